@@ -1,0 +1,57 @@
+"""One root error and a few leaves named for the failure; each carries its data."""
+
+from __future__ import annotations
+
+
+class FleetError(Exception):
+    """Root of every error the platform raises on purpose."""
+
+
+class ProtocolError(FleetError):
+    """A payload or topic that does not follow docs/protocol.md."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(f"invalid {what}: {reason}")
+        self.what = what
+        self.reason = reason
+
+
+class PayloadTooLarge(ProtocolError):
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(what, f"payload of {size} bytes exceeds the {limit}-byte limit")
+        self.size = size
+        self.limit = limit
+
+
+class BrokerUnavailable(FleetError):
+    """The broker could not be reached or refused the connection."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot connect to broker {url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+class ControllerUnavailable(FleetError):
+    """No controller answered an API request in time."""
+
+    def __init__(self, op: str, waited_s: float) -> None:
+        super().__init__(
+            f"no controller answered {op!r} within {waited_s:g}s; is `fleet controller` running?"
+        )
+        self.op = op
+        self.waited_s = waited_s
+
+
+class UnknownDevice(FleetError):
+    def __init__(self, device_id: str) -> None:
+        super().__init__(f"unknown device {device_id!r}: it never announced itself")
+        self.device_id = device_id
+
+
+class CredentialsError(FleetError):
+    """A credentials file that cannot be read, or a user that cannot be added."""
+
+
+class ConfigError(FleetError):
+    """A setting or URL the platform cannot use."""

@@ -1,0 +1,439 @@
+"""Pydantic models for every payload on the wire, and the one encode/decode pair.
+
+Rules (docs/protocol.md): JSON objects in UTF-8; unknown fields are ignored so
+newer controllers can talk to older firmware; wrong types are refused (strict
+mode: "5" is not an int); absent optional fields mean null; payloads above
+MAX_PAYLOAD_BYTES are refused before parsing.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import cache
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+
+from fleet.errors import PayloadTooLarge, ProtocolError
+from fleet.protocol.topics import ID_PATTERN, TopicKind
+
+MAX_PAYLOAD_BYTES = 64 * 1024
+PROTOCOL_VERSION = 1
+
+DeviceId = Annotated[str, StringConstraints(pattern=rf"^{ID_PATTERN}$")]
+GroupName = Annotated[str, StringConstraints(pattern=rf"^{ID_PATTERN}$")]
+RoomName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+CommandId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+ShortText = Annotated[str, StringConstraints(max_length=256)]
+Rev = Annotated[int, Field(ge=0)]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True, populate_by_name=True)
+
+
+# --- presence -------------------------------------------------------------------------------
+
+
+class Capabilities(Message):
+    audio: bool = False
+    mic: bool = False
+    speaker: bool = False
+    codecs: list[Annotated[str, StringConstraints(max_length=16)]] = Field(
+        default_factory=list, max_length=8
+    )
+
+
+class Status(Message):
+    """Retained on dev/{id}/status: the birth message, or the LWT `{online: false}`."""
+
+    online: bool
+    fw: ShortText | None = None
+    hw: ShortText | None = None
+    ip: ShortText | None = None
+    caps: Capabilities | None = None
+    groups: list[GroupName] = Field(default_factory=list, max_length=32)
+    ts: float | None = None
+
+
+# --- desired and reported state ---------------------------------------------------------------
+
+
+class MeetingIntent(Message):
+    room: RoomName
+    mic: bool = True
+    volume: Annotated[int, Field(ge=0, le=100)] | None = None
+    # Unix time after which this intent lapses: the device leaves, the controller writes a leave.
+    until: float | None = None
+
+
+class Desired(Message):
+    """Retained on dev/{id}/desired and grp/{group}/desired. Highest rev wins."""
+
+    rev: Rev
+    meeting: MeetingIntent | None = None
+    ts: float | None = None
+
+
+class MeetingState(Message):
+    room: RoomName
+    session: ShortText | None = None
+    participant: ShortText | None = None
+    peers: list[ShortText] = Field(default_factory=list, max_length=64)
+
+
+class State(Message):
+    """Retained on dev/{id}/state: what the device has applied."""
+
+    rev: Rev
+    meeting: MeetingState | None = None
+    mic: bool = True
+    volume: Annotated[int, Field(ge=0, le=100)] | None = None
+    error: ShortText | None = None
+    ts: float | None = None
+
+
+# --- imperative commands ----------------------------------------------------------------------
+
+
+class CommandOp(StrEnum):
+    PING = "ping"
+    IDENTIFY = "identify"
+    REBOOT = "reboot"
+    OTA = "ota"
+    SET_GROUPS = "set_groups"
+
+
+class AckCode(StrEnum):
+    OK = "ok"
+    ACCEPTED = "accepted"  # received, still running; a final ack follows
+    UNKNOWN_OP = "unknown_op"
+    BAD_ARGS = "bad_args"
+    EXPIRED = "expired"
+    FAILED = "failed"
+    BAD_REQUEST = "bad_request"  # the command payload itself did not parse
+
+
+# Codes by which a device refuses a command without trying it.
+REJECT_CODES = frozenset({AckCode.UNKNOWN_OP, AckCode.BAD_ARGS, AckCode.EXPIRED, AckCode.BAD_REQUEST})
+
+
+class Command(Message):
+    """On dev/{id}/cmd (not retained). `op` is a plain string so unknown ops can be refused."""
+
+    id: CommandId
+    op: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    args: dict[str, Any] = Field(default_factory=dict)
+    ttl_ms: Annotated[int, Field(gt=0)] = 30_000
+    ts: float | None = None  # issue time; with ttl_ms a device with a set clock drops stale commands
+
+
+class Ack(Message):
+    """On dev/{id}/ack. `done: false` marks a progress ack (code `accepted`)."""
+
+    id: CommandId
+    ok: bool
+    code: AckCode
+    detail: ShortText = ""
+    done: bool = True
+    result: dict[str, Any] | None = None
+
+
+# --- telemetry --------------------------------------------------------------------------------
+
+
+class WifiTelemetry(Message):
+    rssi: int | None = None
+    channel: int | None = None
+    reconnects: int = 0
+
+
+class SystemTelemetry(Message):
+    heap_free: int | None = None
+    heap_min: int | None = None
+    uptime_s: float | None = None
+    cpu_load: Annotated[float, Field(ge=0, le=1)] | None = None
+    mqtt_reconnects: int = 0
+
+
+class PeerAudioStats(Message):
+    peer: ShortText  # the remote participant id
+    packets_sent: int = 0
+    packets_received: int = 0
+    packets_lost: int = 0
+    loss: Annotated[float, Field(ge=0, le=1)] | None = None
+    jitter_ms: float | None = None
+    rtt_ms: float | None = None
+    level: float | None = None  # received audio level, 0..1 (RMS of full scale)
+    bitrate_kbps: float | None = None
+    codec: ShortText | None = None
+
+
+class TelemetryMeeting(Message):
+    room: RoomName
+    session: ShortText | None = None
+    participant: ShortText | None = None
+
+
+class Telemetry(Message):
+    """On dev/{id}/tele (not retained), every few seconds."""
+
+    ts: float
+    wifi: WifiTelemetry = Field(default_factory=WifiTelemetry)
+    sys: SystemTelemetry = Field(default_factory=SystemTelemetry)
+    meeting: TelemetryMeeting | None = None
+    audio: list[PeerAudioStats] = Field(default_factory=list, max_length=64)
+
+
+# --- meeting signalling (meet/{pid}/up and meet/{pid}/down) -----------------------------------
+
+Sdp = Annotated[str, StringConstraints(min_length=1, max_length=32 * 1024)]
+
+
+class PeerInfo(Message):
+    participant: ShortText
+    pid: DeviceId
+    caps: Capabilities | None = None
+
+
+class MeetJoin(Message):
+    type: Literal["join"]
+    room: RoomName
+    caps: Capabilities | None = None
+
+
+class MeetLeave(Message):
+    type: Literal["leave"]
+
+
+class MeetOffer(Message):
+    type: Literal["offer"]
+    to: ShortText  # participant id of the receiver
+    sdp: Sdp
+
+
+class MeetAnswer(Message):
+    type: Literal["answer"]
+    to: ShortText
+    sdp: Sdp
+
+
+class MeetSend(Message):
+    """A text or binary (base64) message to one participant (`to`) or the whole session."""
+
+    type: Literal["message"]
+    to: ShortText | None = None
+    text: Annotated[str, StringConstraints(max_length=4096)] | None = None
+    data_b64: Annotated[str, StringConstraints(max_length=8192)] | None = None
+
+
+MeetUp = Annotated[
+    MeetJoin | MeetLeave | MeetOffer | MeetAnswer | MeetSend, Field(discriminator="type")
+]
+
+
+class MeetJoined(Message):
+    type: Literal["joined"]
+    room: RoomName
+    session: ShortText
+    participant: ShortText
+    peers: list[PeerInfo] = Field(default_factory=list)
+
+
+class MeetPeerJoined(Message):
+    type: Literal["peer_joined"]
+    peer: PeerInfo
+
+
+class MeetPeerLeft(Message):
+    type: Literal["peer_left"]
+    participant: ShortText
+
+
+class MeetRelayedOffer(Message):
+    type: Literal["offer"]
+    from_: ShortText = Field(alias="from")
+    sdp: Sdp
+
+
+class MeetRelayedAnswer(Message):
+    type: Literal["answer"]
+    from_: ShortText = Field(alias="from")
+    sdp: Sdp
+
+
+class MeetLeft(Message):
+    type: Literal["left"]
+    session: ShortText | None = None
+
+
+class MeetError(Message):
+    type: Literal["error"]
+    code: ShortText
+    detail: ShortText = ""
+
+
+class MeetDelivered(Message):
+    type: Literal["message"]
+    from_: ShortText = Field(alias="from")
+    text: str | None = None
+    data_b64: str | None = None
+
+
+MeetDown = Annotated[
+    MeetJoined
+    | MeetPeerJoined
+    | MeetPeerLeft
+    | MeetRelayedOffer
+    | MeetRelayedAnswer
+    | MeetLeft
+    | MeetError
+    | MeetDelivered,
+    Field(discriminator="type"),
+]
+
+
+# --- the automation API (api/{op} and api/result) ---------------------------------------------
+
+
+class ApiOp(StrEnum):
+    JOIN_ALL = "join-all"
+    LEAVE_ALL = "leave-all"
+    JOIN = "join"
+    LEAVE = "leave"
+    CMD = "cmd"
+
+
+class ApiRequest(Message):
+    """On api/{op}. Which fields matter depends on the op (docs/protocol.md)."""
+
+    id: CommandId | None = None
+    room: RoomName | None = None
+    group: GroupName = "all"
+    device: DeviceId | None = None
+    mic: bool = True
+    # Seconds the intent lasts (join-all --for); the controller writes a leave when it passes.
+    for_s: Annotated[float, Field(gt=0)] | None = None
+    # Seconds the controller waits for devices to converge before its final result.
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    cmd_op: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+    ttl_ms: Annotated[int, Field(gt=0)] = 30_000
+
+
+class DeviceOutcome(StrEnum):
+    CONVERGED = "converged"
+    PENDING = "pending"  # offline: converges when it comes back
+    WAITING = "waiting"  # online, not yet reported the rev
+    FAILED = "failed"  # reported the rev with an error
+    # command outcomes
+    QUEUED = "queued"
+    DELIVERED = "delivered"
+    SUCCEEDED = "succeeded"
+    REJECTED = "rejected"
+    TIMED_OUT = "timed_out"
+
+
+class DeviceResult(Message):
+    device: DeviceId
+    outcome: DeviceOutcome
+    online: bool
+    rev: int | None = None
+    room: RoomName | None = None
+    code: ShortText | None = None
+    detail: ShortText | None = None
+
+
+class ApiResult(Message):
+    """On api/result. `done: false` is the acceptance (rev and targets); the final one follows."""
+
+    id: CommandId | None = None
+    op: ShortText
+    ok: bool
+    done: bool = True
+    code: ShortText = "ok"
+    detail: ShortText = ""
+    rev: int | None = None
+    room: RoomName | None = None
+    group: GroupName | None = None
+    until: float | None = None
+    devices: list[DeviceResult] = Field(default_factory=list)
+    counts: dict[str, int] = Field(default_factory=dict)
+
+
+# --- the codec --------------------------------------------------------------------------------
+
+M = TypeVar("M", bound=BaseModel)
+
+MODEL_FOR_KIND: dict[TopicKind, Any] = {
+    TopicKind.STATUS: Status,
+    TopicKind.DESIRED: Desired,
+    TopicKind.GROUP_DESIRED: Desired,
+    TopicKind.STATE: State,
+    TopicKind.CMD: Command,
+    TopicKind.ACK: Ack,
+    TopicKind.TELE: Telemetry,
+    TopicKind.MEET_UP: MeetUp,
+    TopicKind.MEET_DOWN: MeetDown,
+    TopicKind.API: ApiRequest,
+    TopicKind.API_RESULT: ApiResult,
+}
+
+
+@cache
+def _adapter(model: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(model)
+
+
+def encode(message: BaseModel) -> bytes:
+    """Serialise a message: compact JSON, aliases (`from`), nulls left out."""
+    return message.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+def decode(model: type[M] | Any, payload: bytes | bytearray | str, what: str = "") -> M:
+    """Parse and validate raw bytes; ProtocolError (never ValidationError) on bad input."""
+    label = what or getattr(model, "__name__", "message")
+    if isinstance(payload, str):
+        payload = payload.encode()
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise PayloadTooLarge(label, len(payload), MAX_PAYLOAD_BYTES)
+    try:
+        return _adapter(model).validate_json(payload)  # type: ignore[no-any-return]
+    except ValidationError as exc:
+        raise ProtocolError(label, _summarise(exc)) from exc
+
+
+def decode_for(kind: TopicKind, payload: bytes | bytearray | str) -> Any:
+    """Decode by topic kind (the model is fixed by the topic)."""
+    return decode(MODEL_FOR_KIND[kind], payload, what=f"{kind.value} payload")
+
+
+def _summarise(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:3]:
+        loc = ".".join(str(p) for p in err["loc"]) or "payload"
+        parts.append(f"{loc}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    if more > 0:
+        parts.append(f"and {more} more")
+    return "; ".join(parts)
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schema for every message, keyed by name (for `fleet protocol schema`)."""
+    named: dict[str, Any] = {
+        "status": Status,
+        "desired": Desired,
+        "state": State,
+        "cmd": Command,
+        "ack": Ack,
+        "tele": Telemetry,
+        "meet_up": MeetUp,
+        "meet_down": MeetDown,
+        "api_request": ApiRequest,
+        "api_result": ApiResult,
+    }
+    return {
+        name: _adapter(model).json_schema(by_alias=True, mode="validation")
+        for name, model in named.items()
+    }

@@ -1,0 +1,159 @@
+"""Topic builders and the one compiled matcher for the fleet's MQTT namespace.
+
+Every topic string the platform uses is written here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+DEFAULT_PREFIX = "fleet/v1"
+ID_PATTERN = r"[a-z0-9][a-z0-9-]{0,63}"
+ID_RE = re.compile(rf"^{ID_PATTERN}$")
+# A prefix is one or more plain topic levels: no wildcards, no empty levels, no leading '$'.
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+
+
+class TopicKind(StrEnum):
+    STATUS = "status"
+    DESIRED = "desired"
+    STATE = "state"
+    CMD = "cmd"
+    ACK = "ack"
+    TELE = "tele"
+    GROUP_DESIRED = "group_desired"
+    MEET_UP = "meet_up"
+    MEET_DOWN = "meet_down"
+    API = "api"
+    API_RESULT = "api_result"
+
+
+DEVICE_TOPIC_KINDS = (
+    TopicKind.STATUS,
+    TopicKind.DESIRED,
+    TopicKind.STATE,
+    TopicKind.CMD,
+    TopicKind.ACK,
+    TopicKind.TELE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedTopic:
+    kind: TopicKind
+    # device id, group name, participant peer id or API op, depending on kind
+    name: str
+
+
+def is_valid_id(value: str) -> bool:
+    return bool(ID_RE.match(value))
+
+
+class Topics:
+    """Builds and parses topics under one prefix (default ``fleet/v1``)."""
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        prefix = prefix.strip("/")
+        if not _PREFIX_RE.match(prefix):
+            raise ValueError(f"invalid topic prefix {prefix!r}: plain levels only, no wildcards")
+        self.prefix = prefix
+        p = re.escape(prefix)
+        self._matcher = re.compile(
+            rf"^{p}/(?:"
+            rf"dev/(?P<dev>{ID_PATTERN})/(?P<dev_kind>status|desired|state|cmd|ack|tele)"
+            rf"|grp/(?P<grp>{ID_PATTERN})/desired"
+            rf"|meet/(?P<pid>{ID_PATTERN})/(?P<dir>up|down)"
+            rf"|api/(?P<api>result|[a-z][a-z-]{{0,31}})"
+            r")$"
+        )
+
+    # --- builders -------------------------------------------------------------------------
+    def device(self, kind: TopicKind, device_id: str) -> str:
+        if kind not in DEVICE_TOPIC_KINDS:
+            raise ValueError(f"{kind} is not a device topic")
+        _check_id(device_id, "device id")
+        return f"{self.prefix}/dev/{device_id}/{kind.value}"
+
+    def status(self, device_id: str) -> str:
+        return self.device(TopicKind.STATUS, device_id)
+
+    def desired(self, device_id: str) -> str:
+        return self.device(TopicKind.DESIRED, device_id)
+
+    def state(self, device_id: str) -> str:
+        return self.device(TopicKind.STATE, device_id)
+
+    def cmd(self, device_id: str) -> str:
+        return self.device(TopicKind.CMD, device_id)
+
+    def ack(self, device_id: str) -> str:
+        return self.device(TopicKind.ACK, device_id)
+
+    def tele(self, device_id: str) -> str:
+        return self.device(TopicKind.TELE, device_id)
+
+    def group_desired(self, group: str) -> str:
+        _check_id(group, "group")
+        return f"{self.prefix}/grp/{group}/desired"
+
+    def meet_up(self, pid: str) -> str:
+        _check_id(pid, "participant peer id")
+        return f"{self.prefix}/meet/{pid}/up"
+
+    def meet_down(self, pid: str) -> str:
+        _check_id(pid, "participant peer id")
+        return f"{self.prefix}/meet/{pid}/down"
+
+    def api(self, op: str) -> str:
+        return f"{self.prefix}/api/{op}"
+
+    @property
+    def api_result(self) -> str:
+        return f"{self.prefix}/api/result"
+
+    # --- subscription filters -------------------------------------------------------------
+    def all_devices(self, kind: TopicKind) -> str:
+        if kind not in DEVICE_TOPIC_KINDS:
+            raise ValueError(f"{kind} is not a device topic")
+        return f"{self.prefix}/dev/+/{kind.value}"
+
+    @property
+    def all_group_desired(self) -> str:
+        return f"{self.prefix}/grp/+/desired"
+
+    @property
+    def all_meet_up(self) -> str:
+        return f"{self.prefix}/meet/+/up"
+
+    @property
+    def all_api_requests(self) -> str:
+        return f"{self.prefix}/api/+"
+
+    @property
+    def everything(self) -> str:
+        return f"{self.prefix}/#"
+
+    # --- parsing --------------------------------------------------------------------------
+    def parse(self, topic: str) -> ParsedTopic | None:
+        """Classify a topic; None for anything outside the fleet's namespace."""
+        m = self._matcher.match(topic)
+        if m is None:
+            return None
+        if m["dev"]:
+            return ParsedTopic(TopicKind(m["dev_kind"]), m["dev"])
+        if m["grp"]:
+            return ParsedTopic(TopicKind.GROUP_DESIRED, m["grp"])
+        if m["pid"]:
+            kind = TopicKind.MEET_UP if m["dir"] == "up" else TopicKind.MEET_DOWN
+            return ParsedTopic(kind, m["pid"])
+        op = m["api"]
+        if op == "result":
+            return ParsedTopic(TopicKind.API_RESULT, "result")
+        return ParsedTopic(TopicKind.API, op)
+
+
+def _check_id(value: str, what: str) -> None:
+    if not ID_RE.match(value):
+        raise ValueError(f"invalid {what} {value!r}: must match {ID_PATTERN}")
