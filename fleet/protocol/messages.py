@@ -8,11 +8,20 @@ MAX_PAYLOAD_BYTES are refused before parsing.
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from functools import cache
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from fleet.errors import PayloadTooLarge, ProtocolError
 from fleet.protocol.topics import ID_PATTERN, TopicKind
@@ -25,11 +34,16 @@ GroupName = Annotated[str, StringConstraints(pattern=rf"^{ID_PATTERN}$")]
 RoomName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 CommandId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 ShortText = Annotated[str, StringConstraints(max_length=256)]
-Rev = Annotated[int, Field(ge=0)]
+# Revs stay within 2^53 - 1 so firmware that parses JSON numbers as doubles holds them exactly.
+MAX_REV = 2**53 - 1
+Rev = Annotated[int, Field(ge=0, le=MAX_REV)]
+Count = Annotated[int, Field(ge=0)]
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True, frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="ignore", strict=True, frozen=True, populate_by_name=True, allow_inf_nan=False
+    )
 
 
 # --- presence -------------------------------------------------------------------------------
@@ -115,7 +129,9 @@ class AckCode(StrEnum):
 
 
 # Codes by which a device refuses a command without trying it.
-REJECT_CODES = frozenset({AckCode.UNKNOWN_OP, AckCode.BAD_ARGS, AckCode.EXPIRED, AckCode.BAD_REQUEST})
+REJECT_CODES = frozenset(
+    {AckCode.UNKNOWN_OP, AckCode.BAD_ARGS, AckCode.EXPIRED, AckCode.BAD_REQUEST}
+)
 
 
 class Command(Message):
@@ -125,7 +141,9 @@ class Command(Message):
     op: Annotated[str, StringConstraints(min_length=1, max_length=32)]
     args: dict[str, Any] = Field(default_factory=dict)
     ttl_ms: Annotated[int, Field(gt=0)] = 30_000
-    ts: float | None = None  # issue time; with ttl_ms a device with a set clock drops stale commands
+    ts: float | None = (
+        None  # issue time; with ttl_ms a device with a set clock drops stale commands
+    )
 
 
 class Ack(Message):
@@ -145,7 +163,7 @@ class Ack(Message):
 class WifiTelemetry(Message):
     rssi: int | None = None
     channel: int | None = None
-    reconnects: int = 0
+    reconnects: Count = 0
 
 
 class SystemTelemetry(Message):
@@ -153,14 +171,14 @@ class SystemTelemetry(Message):
     heap_min: int | None = None
     uptime_s: float | None = None
     cpu_load: Annotated[float, Field(ge=0, le=1)] | None = None
-    mqtt_reconnects: int = 0
+    mqtt_reconnects: Count = 0
 
 
 class PeerAudioStats(Message):
     peer: ShortText  # the remote participant id
-    packets_sent: int = 0
-    packets_received: int = 0
-    packets_lost: int = 0
+    packets_sent: Count = 0
+    packets_received: Count = 0
+    packets_lost: Count = 0
     loss: Annotated[float, Field(ge=0, le=1)] | None = None
     jitter_ms: float | None = None
     rtt_ms: float | None = None
@@ -188,6 +206,8 @@ class Telemetry(Message):
 # --- meeting signalling (meet/{pid}/up and meet/{pid}/down) -----------------------------------
 
 Sdp = Annotated[str, StringConstraints(min_length=1, max_length=32 * 1024)]
+MessageText = Annotated[str, StringConstraints(max_length=4096)]
+MessageData = Annotated[str, StringConstraints(max_length=8192)]
 
 
 class PeerInfo(Message):
@@ -223,8 +243,14 @@ class MeetSend(Message):
 
     type: Literal["message"]
     to: ShortText | None = None
-    text: Annotated[str, StringConstraints(max_length=4096)] | None = None
-    data_b64: Annotated[str, StringConstraints(max_length=8192)] | None = None
+    text: MessageText | None = None
+    data_b64: MessageData | None = None
+
+    @model_validator(mode="after")
+    def _has_content(self) -> MeetSend:
+        if self.text is None and self.data_b64 is None:
+            raise ValueError("a message needs text or data_b64")
+        return self
 
 
 MeetUp = Annotated[
@@ -237,7 +263,7 @@ class MeetJoined(Message):
     room: RoomName
     session: ShortText
     participant: ShortText
-    peers: list[PeerInfo] = Field(default_factory=list)
+    peers: list[PeerInfo] = Field(default_factory=list, max_length=64)
 
 
 class MeetPeerJoined(Message):
@@ -276,8 +302,8 @@ class MeetError(Message):
 class MeetDelivered(Message):
     type: Literal["message"]
     from_: ShortText = Field(alias="from")
-    text: str | None = None
-    data_b64: str | None = None
+    text: MessageText | None = None
+    data_b64: MessageData | None = None
 
 
 MeetDown = Annotated[
@@ -321,14 +347,25 @@ class ApiRequest(Message):
     ttl_ms: Annotated[int, Field(gt=0)] = 30_000
 
 
+# Fields each API op needs beyond the defaults.
+API_REQUIRED_FIELDS: dict[ApiOp, tuple[str, ...]] = {
+    ApiOp.JOIN_ALL: ("room",),
+    ApiOp.LEAVE_ALL: (),
+    ApiOp.JOIN: ("device", "room"),
+    ApiOp.LEAVE: ("device",),
+    ApiOp.CMD: ("device", "cmd_op"),
+}
+
+
 class DeviceOutcome(StrEnum):
     CONVERGED = "converged"
     PENDING = "pending"  # offline: converges when it comes back
     WAITING = "waiting"  # online, not yet reported the rev
     FAILED = "failed"  # reported the rev with an error
     # command outcomes
-    QUEUED = "queued"
-    DELIVERED = "delivered"
+    QUEUED = "queued"  # device offline: held by the controller until it is back
+    SENT = "sent"  # published to the device, no ack yet
+    DELIVERED = "delivered"  # the device acked receipt (code accepted), still running
     SUCCEEDED = "succeeded"
     REJECTED = "rejected"
     TIMED_OUT = "timed_out"
@@ -338,10 +375,11 @@ class DeviceResult(Message):
     device: DeviceId
     outcome: DeviceOutcome
     online: bool
-    rev: int | None = None
+    rev: Rev | None = None
     room: RoomName | None = None
     code: ShortText | None = None
     detail: ShortText | None = None
+    result: dict[str, Any] | None = None  # a command's result (e.g. ping's uptime)
 
 
 class ApiResult(Message):
@@ -353,7 +391,7 @@ class ApiResult(Message):
     done: bool = True
     code: ShortText = "ok"
     detail: ShortText = ""
-    rev: int | None = None
+    rev: Rev | None = None
     room: RoomName | None = None
     group: GroupName | None = None
     until: float | None = None
@@ -392,9 +430,12 @@ def encode(message: BaseModel) -> bytes:
 
 def decode(model: type[M] | Any, payload: bytes | bytearray | str, what: str = "") -> M:
     """Parse and validate raw bytes; ProtocolError (never ValidationError) on bad input."""
-    label = what or getattr(model, "__name__", "message")
+    label = what or _model_name(model)
     if isinstance(payload, str):
-        payload = payload.encode()
+        try:
+            payload = payload.encode()
+        except UnicodeEncodeError as exc:
+            raise ProtocolError(label, "payload is not valid UTF-8 text") from exc
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise PayloadTooLarge(label, len(payload), MAX_PAYLOAD_BYTES)
     try:
@@ -406,6 +447,44 @@ def decode(model: type[M] | Any, payload: bytes | bytearray | str, what: str = "
 def decode_for(kind: TopicKind, payload: bytes | bytearray | str) -> Any:
     """Decode by topic kind (the model is fixed by the topic)."""
     return decode(MODEL_FOR_KIND[kind], payload, what=f"{kind.value} payload")
+
+
+def _model_name(model: Any) -> str:
+    if isinstance(model, type):
+        return model.__name__
+    # an Annotated union such as MeetUp: name its members
+    members = getattr(getattr(model, "__origin__", None), "__args__", ())
+    return " | ".join(getattr(m, "__name__", "?") for m in members) or "message"
+
+
+def api_request_from_payload(op: ApiOp, payload: bytes) -> ApiRequest:
+    """Parse an API request; a bare room name (not JSON) is a join-all for that room."""
+    stripped = payload.strip()
+    if op is ApiOp.JOIN_ALL and stripped and not stripped.startswith(b"{"):
+        try:
+            room = stripped.decode()
+        except UnicodeDecodeError as exc:
+            raise ProtocolError("join-all request", "payload is not valid UTF-8") from exc
+        return decode(ApiRequest, json.dumps({"room": room}), what="join-all request")
+    request = decode(ApiRequest, stripped or b"{}", what=f"{op.value} request")
+    absent = [name for name in API_REQUIRED_FIELDS[op] if getattr(request, name) is None]
+    if absent:
+        raise ProtocolError(f"{op.value} request", f"missing field(s): {', '.join(absent)}")
+    return request
+
+
+def probe_id(payload: bytes | bytearray, limit: int = 4096) -> str | None:
+    """Best effort: the `id` of a payload that failed validation, so the error can name it."""
+    if len(payload) > limit:
+        return None
+    try:
+        value = json.loads(payload)
+    except ValueError:
+        return None
+    candidate = value.get("id") if isinstance(value, dict) else None
+    if isinstance(candidate, str) and 0 < len(candidate) <= 64:
+        return candidate
+    return None
 
 
 def _summarise(exc: ValidationError) -> str:

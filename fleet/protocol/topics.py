@@ -11,9 +11,12 @@ from enum import StrEnum
 
 DEFAULT_PREFIX = "fleet/v1"
 ID_PATTERN = r"[a-z0-9][a-z0-9-]{0,63}"
-ID_RE = re.compile(rf"^{ID_PATTERN}$")
+# Matched with fullmatch: a Python `$` would also accept a trailing newline.
+ID_RE = re.compile(ID_PATTERN)
+API_OP_PATTERN = r"[a-z][a-z-]{0,31}"
+_API_OP_RE = re.compile(API_OP_PATTERN)
 # A prefix is one or more plain topic levels: no wildcards, no empty levels, no leading '$'.
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+_PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
 
 
 class TopicKind(StrEnum):
@@ -48,7 +51,7 @@ class ParsedTopic:
 
 
 def is_valid_id(value: str) -> bool:
-    return bool(ID_RE.match(value))
+    return bool(ID_RE.fullmatch(value))
 
 
 class Topics:
@@ -56,17 +59,17 @@ class Topics:
 
     def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
         prefix = prefix.strip("/")
-        if not _PREFIX_RE.match(prefix):
+        if not _PREFIX_RE.fullmatch(prefix):
             raise ValueError(f"invalid topic prefix {prefix!r}: plain levels only, no wildcards")
         self.prefix = prefix
         p = re.escape(prefix)
         self._matcher = re.compile(
-            rf"^{p}/(?:"
+            rf"{p}/(?:"
             rf"dev/(?P<dev>{ID_PATTERN})/(?P<dev_kind>status|desired|state|cmd|ack|tele)"
             rf"|grp/(?P<grp>{ID_PATTERN})/desired"
             rf"|meet/(?P<pid>{ID_PATTERN})/(?P<dir>up|down)"
-            rf"|api/(?P<api>result|[a-z][a-z-]{{0,31}})"
-            r")$"
+            rf"|api/(?P<api>{API_OP_PATTERN})"
+            r")"
         )
 
     # --- builders -------------------------------------------------------------------------
@@ -107,6 +110,8 @@ class Topics:
         return f"{self.prefix}/meet/{pid}/down"
 
     def api(self, op: str) -> str:
+        if op == "result" or not _API_OP_RE.fullmatch(op):
+            raise ValueError(f"invalid API op {op!r}: must match {API_OP_PATTERN}, not 'result'")
         return f"{self.prefix}/api/{op}"
 
     @property
@@ -138,7 +143,7 @@ class Topics:
     # --- parsing --------------------------------------------------------------------------
     def parse(self, topic: str) -> ParsedTopic | None:
         """Classify a topic; None for anything outside the fleet's namespace."""
-        m = self._matcher.match(topic)
+        m = self._matcher.fullmatch(topic)
         if m is None:
             return None
         if m["dev"]:
@@ -155,5 +160,5 @@ class Topics:
 
 
 def _check_id(value: str, what: str) -> None:
-    if not ID_RE.match(value):
+    if not ID_RE.fullmatch(value):
         raise ValueError(f"invalid {what} {value!r}: must match {ID_PATTERN}")

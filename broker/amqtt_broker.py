@@ -1,0 +1,164 @@
+"""amqtt's Broker with three defects of 0.12.1 corrected for fleet scale.
+
+1. On every new connection amqtt replays the retained messages matching
+   *every client's* subscription filters to the newcomer
+   (`_handle_client_session` loops over all of `_subscriptions`). A device
+   would receive the whole fleet's retained status, state and desired docs,
+   past the topic ACL (RECEIVE is not checked on that path). Here retained
+   messages are replayed only for filters the session itself holds, as MQTT
+   3.1.1 section 3.3.1.3 asks.
+2. Each broadcast scans every subscription filter (and formats a debug
+   f-string for each one that does not match): O(filters) per message, so a
+   fleet of N devices costs O(N^2) to report its state. Here exact filters are
+   found by dict lookup and only wildcard filters are scanned.
+3. After every SUBSCRIBE amqtt evaluates `repr(self._subscriptions)` for a
+   debug line, formatting the whole table; the table's repr is made O(1).
+4. A new subscription scans every retained message, and a disconnect scans
+   every filter: both O(fleet) per device. Here an exact filter finds its
+   retained message by lookup, and a disconnect visits only the client's own
+   filters.
+
+The broadcast below keeps amqtt's semantics otherwise: RECEIVE topic
+filtering per target, queueing for disconnected persistent sessions, QoS of
+the subscription unless forced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+from amqtt.broker import Broker
+from amqtt.contexts import Action
+from amqtt.mqtt.constants import QOS_1, QOS_2
+from amqtt.session import OutgoingApplicationMessage, Session
+
+Subscribers = list[tuple[Session, int]]
+
+
+class SubscriptionTable(dict[str, Subscribers]):
+    """amqtt's filter -> subscribers table, indexed by kind of filter and by client."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wildcards: set[str] = set()
+        self.by_client: dict[str, set[str]] = {}
+
+    def __setitem__(self, key: str, value: Subscribers) -> None:
+        super().__setitem__(key, value)
+        if "+" in key or "#" in key:
+            self.wildcards.add(key)
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self.wildcards.discard(key)
+
+    def clear(self) -> None:
+        super().clear()
+        self.wildcards.clear()
+        self.by_client.clear()
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} subscription filters>"
+
+    def candidates(self, topic: str) -> Iterator[tuple[str, Subscribers]]:
+        exact = self.get(topic)
+        if exact:
+            yield topic, exact
+        for topic_filter in list(self.wildcards):
+            subscribers = self.get(topic_filter)
+            if subscribers:
+                yield topic_filter, subscribers
+
+
+class FleetAmqttBroker(Broker):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._subscriptions: SubscriptionTable = SubscriptionTable()
+
+    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+        code = await super().add_subscription(subscription, session)
+        if code != 0x80 and session.client_id is not None:
+            self._subscriptions.by_client.setdefault(session.client_id, set()).add(subscription[0])
+        return code
+
+    def _del_subscription(self, a_filter: str, session: Session) -> int:
+        deleted = super()._del_subscription(a_filter, session)
+        if deleted and session.client_id is not None:
+            held = self._subscriptions.by_client.get(session.client_id)
+            if held is not None:
+                held.discard(a_filter)
+                if not held:
+                    del self._subscriptions.by_client[session.client_id]
+        return deleted
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Session
+    ) -> None:
+        topic_filter, qos = subscription
+        if topic_filter not in self._subscriptions.by_client.get(session.client_id or "", ()):
+            return
+        handler = self._get_handler(session)
+        if handler is None:
+            return
+        if "+" in topic_filter or "#" in topic_filter:
+            matching = [
+                retained
+                for topic, retained in self._retained_messages.items()
+                if self._matches(topic, topic_filter)
+            ]
+        else:
+            exact = self._retained_messages.get(topic_filter)
+            matching = [exact] if exact is not None else []
+        tasks = [
+            asyncio.ensure_future(
+                handler.mqtt_publish(
+                    retained.topic, retained.data, min(qos, retained.qos or qos), retain=True
+                )
+            )
+            for retained in matching
+        ]
+        if tasks:
+            await asyncio.wait(tasks)
+
+    async def _del_all_subscriptions(self, session: Session) -> None:
+        for topic_filter in list(self._subscriptions.by_client.get(session.client_id or "", ())):
+            if self._del_subscription(topic_filter, session) and not self._subscriptions.get(
+                topic_filter
+            ):
+                del self._subscriptions[topic_filter]
+
+    async def _run_broadcast(
+        self, running_tasks: deque[asyncio.Task[OutgoingApplicationMessage]]
+    ) -> None:
+        broadcast = await self._broadcast_queue.get()
+        topic = broadcast["topic"]
+        for topic_filter, subscribers in self._subscriptions.candidates(topic):
+            if topic_filter != topic and not self._matches(topic, topic_filter):
+                continue
+            for target_session, sub_qos in list(subscribers):
+                qos = broadcast.get("qos", sub_qos)
+                if not await self._topic_filtering(
+                    target_session, topic=topic, action=Action.RECEIVE
+                ):
+                    continue
+                connected = target_session.transitions.state == "connected"
+                if (
+                    not connected
+                    and not target_session.clean_session
+                    and qos in (QOS_1, QOS_2)
+                    and not target_session.is_anonymous
+                ):
+                    await self._retain_broadcast_message(broadcast, qos, target_session)
+                    continue
+                if not connected:
+                    continue
+                handler = self._get_handler(target_session)
+                if handler:
+                    running_tasks.append(
+                        asyncio.ensure_future(
+                            handler.mqtt_publish(topic, broadcast["data"], qos, retain=False)
+                        )
+                    )

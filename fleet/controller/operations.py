@@ -1,0 +1,143 @@
+"""Tracking of operator actions (join-all, leave, cmd...) until they converge or time out."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from fleet.controller.store import Job
+from fleet.protocol.messages import (
+    ApiOp,
+    ApiRequest,
+    ApiResult,
+    DeviceOutcome,
+    DeviceResult,
+)
+from fleet.registry import Registry, count_outcomes
+
+
+@dataclass(slots=True)
+class DesiredTracker:
+    """Follows one desired-state write until every online target reports its rev."""
+
+    op: ApiOp
+    request: ApiRequest
+    rev: int
+    targets: list[str]
+    deadline: float
+    room: str | None = None
+    group: str | None = None
+    until: float | None = None
+    waiting: set[str] = field(default_factory=set)
+
+    @classmethod
+    def start(
+        cls,
+        op: ApiOp,
+        request: ApiRequest,
+        rev: int,
+        targets: list[str],
+        registry: Registry,
+        *,
+        room: str | None,
+        group: str | None,
+        until: float | None,
+    ) -> DesiredTracker:
+        tracker = cls(
+            op=op,
+            request=request,
+            rev=rev,
+            targets=targets,
+            deadline=time.monotonic() + request.timeout_s,
+            room=room,
+            group=group,
+            until=until,
+        )
+        for device_id in targets:
+            tracker.observe(device_id, registry)
+        return tracker
+
+    def observe(self, device_id: str, registry: Registry) -> None:
+        rec = registry.devices.get(device_id)
+        if rec is not None and rec.outcome(self.rev) is DeviceOutcome.WAITING:
+            self.waiting.add(device_id)
+        else:
+            self.waiting.discard(device_id)
+
+    @property
+    def done(self) -> bool:
+        return not self.waiting
+
+    def result(self, registry: Registry, *, final: bool) -> ApiResult:
+        devices = [
+            rec.result(self.rev)
+            for rec in (registry.devices.get(d) for d in self.targets)
+            if rec is not None
+        ]
+        counts = count_outcomes(devices)
+        failed = counts.get(DeviceOutcome.FAILED.value, 0)
+        waiting = counts.get(DeviceOutcome.WAITING.value, 0)
+        if not final:
+            code, ok = "accepted", True
+        elif failed:
+            code, ok = "failed", False
+        elif waiting:
+            code, ok = "timeout", False
+        else:
+            code, ok = "ok", True
+        return ApiResult(
+            id=self.request.id,
+            op=self.op.value,
+            ok=ok,
+            done=final,
+            code=code,
+            detail=_detail(counts, len(devices)),
+            rev=self.rev,
+            room=self.room,
+            group=self.group,
+            until=self.until,
+            devices=devices,
+            counts=counts,
+        )
+
+
+@dataclass(slots=True)
+class CommandTracker:
+    """Follows one imperative command until its job reaches a final state."""
+
+    request: ApiRequest
+    job: Job
+    online: bool
+
+    @property
+    def done(self) -> bool:
+        return self.job.final
+
+    def result(self, *, final: bool) -> ApiResult:
+        job = self.job
+        outcome = DeviceResult(
+            device=job.device,
+            outcome=job.status,
+            online=self.online,
+            code=job.code,
+            detail=job.detail,
+            result=job.result,
+        )
+        ok = job.status is DeviceOutcome.SUCCEEDED if final else True
+        return ApiResult(
+            id=self.request.id,
+            op=ApiOp.CMD.value,
+            ok=ok,
+            done=final,
+            code=(job.code or job.status.value) if final else "accepted",
+            detail=job.detail or "",
+            devices=[outcome],
+            counts={job.status.value: 1},
+        )
+
+
+def _detail(counts: dict[str, int], total: int) -> str:
+    if total == 0:
+        return "no devices targeted"
+    parts = [f"{n} {name}" for name, n in sorted(counts.items())]
+    return f"{total} devices: " + ", ".join(parts)

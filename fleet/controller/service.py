@@ -1,0 +1,372 @@
+"""The controller: registry, desired-state writes, commands as jobs, the automation API.
+
+One MQTT link; every inbound message is classified by the topic matcher,
+parsed by the protocol models, and handled here. Bad input is logged and, where
+a caller waits (API requests), answered with an error result; nothing else is
+lost. Desired docs live in SQLite and are re-asserted on every (re)connect, so
+a broker that forgets its retained messages (amqtt keeps them in memory) loses
+no intent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from pathlib import Path
+
+import aiomqtt
+
+from fleet.controller.operations import CommandTracker, DesiredTracker
+from fleet.controller.store import Job, Store
+from fleet.errors import ProtocolError
+from fleet.mqtt import BrokerUrl, payload_bytes, run_link
+from fleet.protocol import ParsedTopic, TopicKind, Topics, decode, decode_for, encode
+from fleet.protocol.messages import (
+    REJECT_CODES,
+    Ack,
+    ApiOp,
+    ApiRequest,
+    ApiResult,
+    Command,
+    Desired,
+    DeviceOutcome,
+    MeetingIntent,
+    State,
+    Status,
+    api_request_from_payload,
+    probe_id,
+)
+from fleet.registry import Registry
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.2
+
+
+class Controller:
+    def __init__(
+        self,
+        url: BrokerUrl,
+        store_path: Path | str,
+        topics: Topics | None = None,
+        client_id: str = "fleet-controller",
+    ) -> None:
+        self.url = url
+        self.topics = topics or Topics()
+        self.client_id = client_id
+        self.store = Store(store_path)
+        self.registry = Registry()
+        self.connected = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self._desired_trackers: list[DesiredTracker] = []
+        self._command_trackers: list[CommandTracker] = []
+        self._jobs: dict[str, Job] = {job.id: job for job in self.store.open_jobs()}
+        self.stats = {"messages": 0, "rejected": 0}
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(
+                    run_link(
+                        self.url,
+                        client_id=self.client_id,
+                        on_connect=self._on_connect,
+                        on_message=self._on_message,
+                        on_disconnect=self._on_disconnect,
+                        connected=self.connected,
+                    ),
+                    name="controller-link",
+                )
+                tg.create_task(self._tick_loop(), name="controller-ticks")
+        finally:
+            self.store.close()
+
+    async def _on_connect(self, client: aiomqtt.Client) -> None:
+        t = self.topics
+        self._client = client
+        await client.subscribe(
+            [
+                (t.all_devices(TopicKind.STATUS), 1),
+                (t.all_devices(TopicKind.STATE), 1),
+                (t.all_devices(TopicKind.ACK), 1),
+                (t.all_devices(TopicKind.DESIRED), 1),
+                (t.all_group_desired, 1),
+                (t.all_api_requests, 1),
+            ]
+        )
+        # Re-assert every desired doc: the broker may have restarted and forgotten them.
+        for rec in self.store.desired_docs():
+            await self._publish_desired(rec.scope, rec.name, rec.doc)
+        log.info("controller connected to %s", self.url.redacted())
+
+    def _on_disconnect(self) -> None:
+        self._client = None
+
+    # --- inbound ------------------------------------------------------------------------------
+    async def _on_message(self, message: aiomqtt.Message) -> None:
+        self.stats["messages"] += 1
+        topic = message.topic.value
+        parsed = self.topics.parse(topic)
+        if parsed is None:
+            return
+        payload = payload_bytes(message)
+        try:
+            await self._handle(parsed, payload)
+        except ProtocolError as exc:
+            self.stats["rejected"] += 1
+            log.warning("dropped message on %s: %s", topic, exc)
+
+    async def _handle(self, parsed: ParsedTopic, payload: bytes) -> None:
+        kind = parsed.kind
+        if kind in (TopicKind.STATUS, TopicKind.STATE):
+            message: Status | State | None = decode_for(kind, payload) if payload else None
+            presence_changed = self.registry.update(kind, parsed.name, message)
+            if isinstance(message, State):
+                self.store.raise_rev_floor(message.rev)
+            await self._device_changed(parsed.name, presence_changed)
+        elif kind is TopicKind.ACK:
+            await self._on_ack(parsed.name, decode(Ack, payload))
+        elif kind in (TopicKind.DESIRED, TopicKind.GROUP_DESIRED):
+            if payload:
+                self._adopt_desired(kind, parsed.name, decode_for(kind, payload))
+        elif kind is TopicKind.API:
+            await self._on_api(parsed.name, payload)
+
+    def _adopt_desired(self, kind: TopicKind, name: str, doc: Desired) -> None:
+        """A retained doc seen on the wire: keep revs ahead of it, and keep it if we lost it."""
+        self.store.raise_rev_floor(doc.rev)
+        scope = "dev" if kind is TopicKind.DESIRED else "grp"
+        known = self.store.desired_rev(scope, name)
+        if known is None or known < doc.rev:
+            self.store.save_desired(scope, name, doc)
+
+    async def _device_changed(self, device_id: str, presence_changed: bool) -> None:
+        for tracker in self._desired_trackers:
+            if device_id in tracker.targets:
+                tracker.observe(device_id, self.registry)
+        rec = self.registry.devices.get(device_id)
+        if presence_changed and rec is not None and rec.online:
+            # Commands held while it was offline go out now, unless they went stale.
+            for job in list(self._jobs.values()):
+                if job.device == device_id and job.status is DeviceOutcome.QUEUED:
+                    await self._send_job(job)
+        await self._finish_done()
+
+    # --- desired state ------------------------------------------------------------------------
+    def _desired_topic(self, scope: str, name: str) -> str:
+        return self.topics.desired(name) if scope == "dev" else self.topics.group_desired(name)
+
+    async def _publish_desired(self, scope: str, name: str, doc: Desired) -> None:
+        if self._client is None:
+            return  # re-asserted on the next connect
+        await self._client.publish(
+            self._desired_topic(scope, name), encode(doc), qos=1, retain=True
+        )
+
+    async def write_desired(self, scope: str, name: str, meeting: MeetingIntent | None) -> Desired:
+        doc = Desired(rev=self.store.next_rev(), meeting=meeting, ts=time.time())
+        self.store.save_desired(scope, name, doc)
+        await self._publish_desired(scope, name, doc)
+        return doc
+
+    async def _expire_meetings(self, now: float) -> None:
+        """Write a leave for every intent whose `until` passed.
+
+        Docs newer than the lapsed one are re-issued after the leave, so the
+        leave's fresh rev cannot override a later intent (last writer still wins).
+        """
+        docs = self.store.desired_docs()
+        for i, rec in enumerate(docs):
+            meeting = rec.doc.meeting
+            if meeting is None or meeting.until is None or meeting.until > now:
+                continue
+            log.info("intent rev %d for %s/%s lapsed; leaving", rec.doc.rev, rec.scope, rec.name)
+            await self.write_desired(rec.scope, rec.name, None)
+            for newer in docs[i + 1 :]:
+                await self.write_desired(newer.scope, newer.name, newer.doc.meeting)
+            return  # the doc list changed; the next tick handles any other lapsed intent
+
+    # --- the automation API -------------------------------------------------------------------
+    async def _on_api(self, op_name: str, payload: bytes) -> None:
+        try:
+            op = ApiOp(op_name)
+        except ValueError:
+            await self._api_error(None, op_name, "unknown_op", f"unknown API op {op_name!r}")
+            return
+        try:
+            request = api_request_from_payload(op, payload)
+        except ProtocolError as exc:
+            await self._api_error(probe_id(payload), op.value, "bad_request", exc.reason)
+            return
+        if request.id is None:
+            request = request.model_copy(update={"id": uuid.uuid4().hex[:12]})
+        self.store.save_operation(request.id or "", op.value, encode(request).decode(), rev=None)
+        if op in (ApiOp.JOIN_ALL, ApiOp.LEAVE_ALL, ApiOp.JOIN, ApiOp.LEAVE):
+            await self._start_desired_op(op, request)
+        else:
+            await self._start_command(request)
+
+    async def _start_desired_op(self, op: ApiOp, request: ApiRequest) -> None:
+        if op in (ApiOp.JOIN, ApiOp.LEAVE):
+            device = request.device or ""
+            if device not in self.registry.devices:
+                await self._api_error(
+                    request.id,
+                    op.value,
+                    "unknown_device",
+                    f"unknown device {device!r}: it never announced itself",
+                )
+                return
+            scope, name, targets, group = "dev", device, [device], None
+        else:
+            scope, name, group = "grp", request.group, request.group
+            targets = [rec.id for rec in self.registry.targets(request.group)]
+        meeting = None
+        until = None
+        if op in (ApiOp.JOIN_ALL, ApiOp.JOIN):
+            assert request.room is not None
+            until = time.time() + request.for_s if request.for_s else None
+            meeting = MeetingIntent(room=request.room, mic=request.mic, until=until)
+        doc = await self.write_desired(scope, name, meeting)
+        tracker = DesiredTracker.start(
+            op,
+            request,
+            doc.rev,
+            targets,
+            self.registry,
+            room=request.room if meeting else None,
+            group=group,
+            until=until,
+        )
+        self.store.save_operation(request.id or "", op.value, encode(request).decode(), doc.rev)
+        await self._publish_result(tracker.result(self.registry, final=False))
+        self._desired_trackers.append(tracker)
+        await self._finish_done()
+
+    async def _start_command(self, request: ApiRequest) -> None:
+        device = request.device or ""
+        rec = self.registry.devices.get(device)
+        if rec is None:
+            await self._api_error(
+                request.id,
+                ApiOp.CMD.value,
+                "unknown_device",
+                f"unknown device {device!r}: it never announced itself",
+            )
+            return
+        now = time.time()
+        job = Job(
+            id=request.id or uuid.uuid4().hex[:12],
+            device=device,
+            op=request.cmd_op or "",
+            args=dict(request.args),
+            ttl_ms=request.ttl_ms,
+            created=now,
+            expires=now + request.ttl_ms / 1000,
+        )
+        self._jobs[job.id] = job
+        self.store.save_job(job)
+        tracker = CommandTracker(request, job, online=rec.online)
+        if rec.online:
+            await self._send_job(job)
+        await self._publish_result(tracker.result(final=False))
+        self._command_trackers.append(tracker)
+
+    async def _send_job(self, job: Job) -> None:
+        if self._client is None or time.time() >= job.expires:
+            return
+        cmd = Command(
+            id=job.id,
+            op=job.op,
+            args=job.args,
+            ttl_ms=max(1, int((job.expires - time.time()) * 1000)),
+            ts=time.time(),
+        )
+        await self._client.publish(self.topics.cmd(job.device), encode(cmd), qos=1)
+        job.status = DeviceOutcome.SENT
+        self.store.save_job(job)
+
+    async def _on_ack(self, device_id: str, ack: Ack) -> None:
+        job = self._jobs.get(ack.id)
+        if job is None or job.device != device_id or job.final:
+            log.debug("ack %s from %s matches no open job", ack.id, device_id)
+            return
+        if not ack.done:
+            job.status = DeviceOutcome.DELIVERED
+        elif ack.ok:
+            job.status = DeviceOutcome.SUCCEEDED
+        elif ack.code in REJECT_CODES:
+            job.status = DeviceOutcome.REJECTED
+        else:
+            job.status = DeviceOutcome.FAILED
+        job.code = ack.code.value
+        job.detail = ack.detail or job.detail
+        job.result = ack.result if ack.result is not None else job.result
+        self.store.save_job(job)
+        if job.final:
+            self._jobs.pop(job.id, None)
+        await self._finish_done()
+
+    # --- results ------------------------------------------------------------------------------
+    async def _finish_done(self) -> None:
+        """Publish the final result of every tracker that converged or timed out.
+
+        Finished trackers are detached before the first await, so the tick loop
+        and a message handler can never both publish the same final result.
+        """
+        mono = time.monotonic()
+        finals: list[ApiResult] = []
+        open_desired: list[DesiredTracker] = []
+        for tracker in self._desired_trackers:
+            if tracker.done or mono >= tracker.deadline:
+                finals.append(tracker.result(self.registry, final=True))
+            else:
+                open_desired.append(tracker)
+        self._desired_trackers = open_desired
+        open_commands: list[CommandTracker] = []
+        for ctracker in self._command_trackers:
+            if ctracker.done:
+                finals.append(ctracker.result(final=True))
+            else:
+                open_commands.append(ctracker)
+        self._command_trackers = open_commands
+        for result in finals:
+            await self._publish_result(result)
+
+    async def _publish_result(self, result: ApiResult) -> None:
+        if result.done and result.id:
+            self.store.save_operation(result.id, result.op, "", result.rev, encode(result).decode())
+        if self._client is not None:
+            await self._client.publish(self.topics.api_result, encode(result), qos=1)
+
+    async def _api_error(self, request_id: str | None, op: str, code: str, detail: str) -> None:
+        log.warning("API %s refused: %s", op, detail)
+        self.stats["rejected"] += 1
+        await self._publish_result(
+            ApiResult(id=request_id, op=op[:256], ok=False, code=code, detail=detail[:256])
+        )
+
+    # --- timers -------------------------------------------------------------------------------
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                await self._tick()
+            except (aiomqtt.MqttError, OSError) as exc:
+                log.info("tick skipped while disconnected: %s", exc)
+
+    async def _tick(self) -> None:
+        now = time.time()
+        for job in list(self._jobs.values()):
+            if now >= job.expires and not job.final:
+                job.status = DeviceOutcome.TIMED_OUT
+                job.code = "timed_out"
+                job.detail = f"no final ack within {job.ttl_ms} ms"
+                self.store.save_job(job)
+                self._jobs.pop(job.id, None)
+        if self._client is not None:
+            await self._expire_meetings(now)
+        await self._finish_done()

@@ -1,0 +1,225 @@
+"""The controller's SQLite store: the rev counter, desired docs, the command audit log.
+
+SQLite is the embedded default: one file, no server. Writes are small and
+rare (one per operator action, a few per command), so they run inline.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fleet.protocol import encode
+from fleet.protocol.messages import Desired, DeviceOutcome, decode
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS desired (
+    scope TEXT NOT NULL CHECK (scope IN ('dev', 'grp')),
+    name TEXT NOT NULL,
+    rev INTEGER NOT NULL,
+    doc TEXT NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (scope, name)
+);
+CREATE TABLE IF NOT EXISTS commands (
+    id TEXT PRIMARY KEY,
+    device TEXT NOT NULL,
+    op TEXT NOT NULL,
+    args TEXT NOT NULL,
+    ttl_ms INTEGER NOT NULL,
+    created REAL NOT NULL,
+    expires REAL NOT NULL,
+    status TEXT NOT NULL,
+    code TEXT,
+    detail TEXT,
+    result TEXT,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS commands_device ON commands (device, created);
+CREATE TABLE IF NOT EXISTS operations (
+    id TEXT PRIMARY KEY,
+    op TEXT NOT NULL,
+    request TEXT NOT NULL,
+    rev INTEGER,
+    created REAL NOT NULL,
+    result TEXT
+);
+"""
+
+# Final command states: nothing changes a job once it is in one of these.
+FINAL_JOB_STATES = frozenset(
+    {
+        DeviceOutcome.SUCCEEDED,
+        DeviceOutcome.FAILED,
+        DeviceOutcome.REJECTED,
+        DeviceOutcome.TIMED_OUT,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredRecord:
+    scope: str  # "dev" or "grp"
+    name: str
+    doc: Desired
+
+
+@dataclass(slots=True)
+class Job:
+    id: str
+    device: str
+    op: str
+    args: dict[str, Any]
+    ttl_ms: int
+    created: float
+    expires: float
+    status: DeviceOutcome = DeviceOutcome.QUEUED
+    code: str | None = None
+    detail: str | None = None
+    result: dict[str, Any] | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_JOB_STATES
+
+
+class Store:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- revs -------------------------------------------------------------------------------
+    def last_rev(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key='rev'").fetchone()
+        return int(row[0]) if row else 0
+
+    def next_rev(self) -> int:
+        """Allocate a rev; durable before it is used, so revs never go backwards."""
+        with self._tx():
+            rev = self.last_rev() + 1
+            self._set_rev(rev)
+        return rev
+
+    def raise_rev_floor(self, seen: int) -> None:
+        """Never hand out a rev at or below one seen on the wire (e.g. after a lost DB)."""
+        if seen > self.last_rev():
+            with self._tx():
+                self._set_rev(seen)
+
+    def _set_rev(self, rev: int) -> None:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES ('rev', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (str(rev),),
+        )
+
+    # --- desired docs -----------------------------------------------------------------------
+    def save_desired(self, scope: str, name: str, doc: Desired) -> None:
+        self._db.execute(
+            "INSERT INTO desired (scope, name, rev, doc, updated) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(scope, name) DO UPDATE SET rev=excluded.rev, doc=excluded.doc, "
+            "updated=excluded.updated",
+            (scope, name, doc.rev, encode(doc).decode(), time.time()),
+        )
+
+    def desired_rev(self, scope: str, name: str) -> int | None:
+        row = self._db.execute(
+            "SELECT rev FROM desired WHERE scope=? AND name=?", (scope, name)
+        ).fetchone()
+        return int(row[0]) if row else None
+
+    def delete_desired(self, scope: str, name: str) -> None:
+        self._db.execute("DELETE FROM desired WHERE scope=? AND name=?", (scope, name))
+
+    def desired_docs(self) -> list[DesiredRecord]:
+        rows = self._db.execute("SELECT scope, name, doc FROM desired ORDER BY rev").fetchall()
+        return [DesiredRecord(scope, name, decode(Desired, doc)) for scope, name, doc in rows]
+
+    # --- command jobs (the audit log) -------------------------------------------------------
+    def save_job(self, job: Job) -> None:
+        self._db.execute(
+            "INSERT INTO commands (id, device, op, args, ttl_ms, created, expires, status, code,"
+            " detail, result, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(id) DO UPDATE SET status=excluded.status, code=excluded.code,"
+            " detail=excluded.detail, result=excluded.result, updated=excluded.updated",
+            (
+                job.id,
+                job.device,
+                job.op,
+                json.dumps(job.args),
+                job.ttl_ms,
+                job.created,
+                job.expires,
+                job.status.value,
+                job.code,
+                job.detail,
+                json.dumps(job.result) if job.result is not None else None,
+                time.time(),
+            ),
+        )
+
+    def open_jobs(self) -> list[Job]:
+        final = tuple(s.value for s in FINAL_JOB_STATES)
+        rows = self._db.execute(
+            "SELECT id, device, op, args, ttl_ms, created, expires, status, code, detail, result"
+            f" FROM commands WHERE status NOT IN ({','.join('?' * len(final))}) ORDER BY created",
+            final,
+        ).fetchall()
+        return [_job(row) for row in rows]
+
+    def jobs(self, device: str | None = None, limit: int = 100) -> list[Job]:
+        sql = (
+            "SELECT id, device, op, args, ttl_ms, created, expires, status, code, detail, result"
+            " FROM commands"
+        )
+        params: tuple[Any, ...] = ()
+        if device is not None:
+            sql += " WHERE device=?"
+            params = (device,)
+        sql += " ORDER BY created DESC LIMIT ?"
+        return [_job(row) for row in self._db.execute(sql, (*params, limit)).fetchall()]
+
+    # --- operator actions -------------------------------------------------------------------
+    def save_operation(
+        self, op_id: str, op: str, request: str, rev: int | None, result: str | None = None
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO operations (id, op, request, rev, created, result) VALUES (?,?,?,?,?,?)"
+            " ON CONFLICT(id) DO UPDATE SET result=excluded.result",
+            (op_id, op, request, rev, time.time(), result),
+        )
+
+    def _tx(self) -> sqlite3.Connection:
+        # `with connection:` commits or rolls back; BEGIN IMMEDIATE serialises writers.
+        self._db.execute("BEGIN IMMEDIATE")
+        return self._db
+
+
+def _job(row: tuple[Any, ...]) -> Job:
+    jid, device, op, args, ttl_ms, created, expires, status, code, detail, result = row
+    return Job(
+        id=jid,
+        device=device,
+        op=op,
+        args=json.loads(args),
+        ttl_ms=ttl_ms,
+        created=created,
+        expires=expires,
+        status=DeviceOutcome(status),
+        code=code,
+        detail=detail,
+        result=json.loads(result) if result else None,
+    )

@@ -1,0 +1,475 @@
+"""The simulated ESP device: exactly the device side of the protocol.
+
+Birth and LWT on its retained status topic; subscribes its own desired doc,
+`grp/all` and its groups' docs; applies the highest rev and reports it in its
+retained state; answers commands idempotently by id; sends telemetry. Many of
+them share one process and one event loop (`SimFleet`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+
+from fleet.device.reconciler import Applied, Reconciler
+from fleet.errors import ProtocolError
+from fleet.mqtt import BrokerUrl, LastWill, RestartLink, payload_bytes, run_link
+from fleet.protocol import TopicKind, Topics, decode, encode, is_valid_id
+from fleet.protocol.messages import (
+    Ack,
+    AckCode,
+    Capabilities,
+    Command,
+    CommandOp,
+    Desired,
+    MeetingIntent,
+    MeetingState,
+    State,
+    Status,
+    SystemTelemetry,
+    Telemetry,
+    WifiTelemetry,
+    probe_id,
+)
+
+log = logging.getLogger(__name__)
+
+FIRMWARE_VERSION = "sim-0.1.0"
+HARDWARE = "sim-esp32s3"
+ACK_CACHE_SIZE = 64  # recent command ids answered again without running twice
+REBOOT_DELAY_S = 0.5
+MAX_IDENTIFY_S = 300
+
+
+class MeetingDriver:
+    """How a device takes part in a meeting. This one joins nothing: the state names the room.
+
+    The media layer replaces it with one that signals and streams audio.
+    """
+
+    async def join(self, intent: MeetingIntent) -> MeetingState:
+        return MeetingState(room=intent.room)
+
+    async def leave(self) -> None:
+        return None
+
+
+@dataclass
+class DeviceConfig:
+    device_id: str
+    secret: str
+    groups: list[str] = field(default_factory=list)
+    tele_interval_s: float = 10.0
+    caps: Capabilities = field(default_factory=Capabilities)
+
+
+class SimulatedDevice:
+    def __init__(
+        self,
+        config: DeviceConfig,
+        url: BrokerUrl,
+        topics: Topics | None = None,
+        driver: MeetingDriver | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if not is_valid_id(config.device_id):
+            raise ValueError(f"invalid device id {config.device_id!r}")
+        self.config = config
+        self.id = config.device_id
+        self.url = url.with_credentials(config.device_id, config.secret)
+        self.topics = topics or Topics()
+        self.driver = driver or MeetingDriver()
+        self.groups = list(dict.fromkeys(config.groups))
+        self.reconciler = Reconciler()
+        self.meeting: MeetingState | None = None
+        self.mic = True
+        self.volume: int | None = None
+        self.error: str | None = None
+        self.fw = FIRMWARE_VERSION
+        self.connected = asyncio.Event()
+        self.booted_at = time.monotonic()
+        self.connects = 0
+        self.identify_until = 0.0
+        self._client: aiomqtt.Client | None = None
+        self._acks: OrderedDict[str, Ack] = OrderedDict()
+        self._final_after_boot: Ack | None = None
+        self._rng = random.Random(seed if seed is not None else hash(self.id))
+        self._rssi = -50 - self._rng.randint(0, 25)
+        self.state_changes = 0
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(
+                run_link(
+                    self.url,
+                    client_id=self.id,
+                    on_connect=self._on_connect,
+                    on_message=self._on_message,
+                    on_disconnect=self._on_disconnect,
+                    on_close=self._publish_offline,
+                    will=LastWill(self.topics.status(self.id), encode(Status(online=False))),
+                    connected=self.connected,
+                ),
+                name=f"{self.id}-link",
+            )
+            tg.create_task(self._periodic(), name=f"{self.id}-periodic")
+
+    def _desired_sources(self) -> list[str]:
+        groups = ["all", *(g for g in self.groups if g != "all")]
+        return [self.topics.desired(self.id), *(self.topics.group_desired(g) for g in groups)]
+
+    async def _on_connect(self, client: aiomqtt.Client) -> None:
+        self._client = client
+        self.connects += 1
+        await client.publish(self.topics.status(self.id), encode(self._birth()), qos=1, retain=True)
+        subs = [(t, 1) for t in self._desired_sources()]
+        subs += [(self.topics.cmd(self.id), 1), (self.topics.meet_down(self.id), 1)]
+        granted = await client.subscribe(subs)
+        refused = [t for (t, _), g in zip(subs, granted, strict=False) if _code(g) >= 0x80]
+        self.error = f"broker refused: {', '.join(refused)}" if refused else None
+        await self._publish_state()
+        if self._final_after_boot is not None:
+            await self._send_ack(self._final_after_boot)
+            self._final_after_boot = None
+
+    def _on_disconnect(self) -> None:
+        self._client = None
+
+    async def _publish_offline(self, client: aiomqtt.Client) -> None:
+        await client.publish(
+            self.topics.status(self.id), encode(Status(online=False)), qos=1, retain=True
+        )
+
+    def _birth(self) -> Status:
+        return Status(
+            online=True,
+            fw=self.fw,
+            hw=HARDWARE,
+            ip="127.0.0.1",
+            caps=self.config.caps,
+            groups=self.groups,
+            ts=time.time(),
+        )
+
+    # --- inbound ------------------------------------------------------------------------------
+    async def _on_message(self, message: aiomqtt.Message) -> None:
+        topic = message.topic.value
+        parsed = self.topics.parse(topic)
+        if parsed is None:
+            return
+        payload = payload_bytes(message)
+        if parsed.kind in (TopicKind.DESIRED, TopicKind.GROUP_DESIRED):
+            await self._on_desired(topic, payload)
+        elif parsed.kind is TopicKind.CMD:
+            await self._on_command(payload)
+
+    async def _on_desired(self, topic: str, payload: bytes) -> None:
+        try:
+            doc = decode(Desired, payload) if payload else None
+        except ProtocolError as exc:
+            # Refused; the applied intent stays. Reported so an operator can see it.
+            log.warning("%s: refused desired doc on %s: %s", self.id, topic, exc)
+            self.error = str(exc)[:256]
+            await self._publish_state()
+            return
+        self.reconciler.offer(topic, doc)
+        await self._reconcile()
+
+    async def _reconcile(self) -> None:
+        change = self.reconciler.reconcile(time.time())
+        if change is None:
+            return
+        await self._apply(change)
+
+    async def _apply(self, applied: Applied) -> None:
+        intent = applied.meeting
+        self.error = None
+        try:
+            if intent is None:
+                if self.meeting is not None:
+                    await self.driver.leave()
+                self.meeting = None
+            else:
+                if self.meeting is not None and self.meeting.room != intent.room:
+                    await self.driver.leave()
+                    self.meeting = None
+                if self.meeting is None:
+                    self.meeting = await self.driver.join(intent)
+                self.mic = intent.mic
+                self.volume = intent.volume
+        except Exception as exc:  # a media failure is reported, not fatal
+            log.warning("%s: applying rev %d failed: %s", self.id, applied.rev, exc)
+            self.error = str(exc)[:256]
+        self.state_changes += 1
+        await self._publish_state()
+
+    def current_state(self) -> State:
+        return State(
+            rev=self.reconciler.applied.rev,
+            meeting=self.meeting,
+            mic=self.mic,
+            volume=self.volume,
+            error=self.error,
+            ts=time.time(),
+        )
+
+    async def _publish_state(self) -> None:
+        if self._client is None:
+            return
+        await self._client.publish(
+            self.topics.state(self.id), encode(self.current_state()), qos=1, retain=True
+        )
+
+    # --- commands -----------------------------------------------------------------------------
+    async def _on_command(self, payload: bytes) -> None:
+        try:
+            cmd = decode(Command, payload)
+        except ProtocolError as exc:
+            await self._send_ack(
+                Ack(
+                    id=probe_id(payload) or "?",
+                    ok=False,
+                    code=AckCode.BAD_REQUEST,
+                    detail=exc.reason[:256],
+                )
+            )
+            return
+        cached = self._acks.get(cmd.id)
+        if cached is not None:
+            await self._send_ack(cached)  # idempotent: the same answer, nothing runs twice
+            return
+        if cmd.ts is not None and time.time() > cmd.ts + cmd.ttl_ms / 1000:
+            await self._finish(
+                cmd,
+                Ack(
+                    id=cmd.id,
+                    ok=False,
+                    code=AckCode.EXPIRED,
+                    detail="command arrived after its ttl",
+                ),
+            )
+            return
+        await self._run_command(cmd)
+
+    async def _run_command(self, cmd: Command) -> None:
+        try:
+            op = CommandOp(cmd.op)
+        except ValueError:
+            await self._finish(
+                cmd,
+                Ack(id=cmd.id, ok=False, code=AckCode.UNKNOWN_OP, detail=f"unknown op {cmd.op!r}"),
+            )
+            return
+        if op is CommandOp.PING:
+            await self._finish(
+                cmd,
+                Ack(
+                    id=cmd.id,
+                    ok=True,
+                    code=AckCode.OK,
+                    result={"uptime_s": round(self.uptime_s, 3)},
+                ),
+            )
+        elif op is CommandOp.IDENTIFY:
+            seconds = cmd.args.get("seconds", 5)
+            if not isinstance(seconds, int | float) or not 0 < seconds <= MAX_IDENTIFY_S:
+                await self._bad_args(cmd, f"seconds must be a number in (0, {MAX_IDENTIFY_S}]")
+                return
+            self.identify_until = time.monotonic() + seconds
+            await self._finish(cmd, Ack(id=cmd.id, ok=True, code=AckCode.OK))
+        elif op is CommandOp.SET_GROUPS:
+            await self._set_groups(cmd)
+        elif op is CommandOp.REBOOT:
+            await self._reboot(cmd)
+        elif op is CommandOp.OTA:
+            await self._ota(cmd)
+
+    async def _set_groups(self, cmd: Command) -> None:
+        groups = cmd.args.get("groups")
+        if (
+            not isinstance(groups, list)
+            or not all(isinstance(g, str) and is_valid_id(g) for g in groups)
+            or len(groups) > 32
+        ):
+            await self._bad_args(cmd, "groups must be a list of up to 32 group names")
+            return
+        old_sources = set(self._desired_sources())
+        self.groups = list(dict.fromkeys(groups))
+        new_sources = self._desired_sources()
+        client = self._client
+        if client is not None:
+            gone = [t for t in old_sources if t not in new_sources]
+            added = [t for t in new_sources if t not in old_sources]
+            if gone:
+                await client.unsubscribe(gone)
+            if added:
+                granted = await client.subscribe([(t, 1) for t in added])
+                refused = [t for t, g in zip(added, granted, strict=False) if _code(g) >= 0x80]
+                if refused:
+                    await self._finish(
+                        cmd,
+                        Ack(
+                            id=cmd.id,
+                            ok=False,
+                            code=AckCode.FAILED,
+                            detail=f"broker refused subscription to {', '.join(refused)}"[:256],
+                        ),
+                    )
+                    return
+            await client.publish(
+                self.topics.status(self.id), encode(self._birth()), qos=1, retain=True
+            )
+        self.reconciler.forget_sources(set(new_sources))
+        await self._finish(
+            cmd, Ack(id=cmd.id, ok=True, code=AckCode.OK, result={"groups": self.groups})
+        )
+        await self._reconcile()
+
+    async def _reboot(self, cmd: Command) -> None:
+        accepted = Ack(id=cmd.id, ok=True, code=AckCode.ACCEPTED, detail="rebooting", done=False)
+        self._remember(cmd.id, accepted)
+        await self._send_ack(accepted)
+        final = Ack(id=cmd.id, ok=True, code=AckCode.OK, detail="rebooted")
+        self._remember(cmd.id, final)
+        self._final_after_boot = final
+        # A reboot forgets everything that lives in RAM; the broker's retained docs restore it.
+        self.reconciler = Reconciler()
+        self.meeting = None
+        self.booted_at = time.monotonic()
+        raise RestartLink(REBOOT_DELAY_S)
+
+    async def _ota(self, cmd: Command) -> None:
+        url = cmd.args.get("url")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            await self._bad_args(cmd, "url must be an http(s) URL")
+            return
+        await self._send_ack(
+            Ack(id=cmd.id, ok=True, code=AckCode.ACCEPTED, done=False, detail="downloading")
+        )
+        version = cmd.args.get("version")
+        self.fw = version if isinstance(version, str) and version else f"{FIRMWARE_VERSION}+ota"
+        await self._finish(cmd, Ack(id=cmd.id, ok=True, code=AckCode.OK, result={"fw": self.fw}))
+
+    async def _bad_args(self, cmd: Command, detail: str) -> None:
+        await self._finish(cmd, Ack(id=cmd.id, ok=False, code=AckCode.BAD_ARGS, detail=detail))
+
+    async def _finish(self, cmd: Command, ack: Ack) -> None:
+        self._remember(cmd.id, ack)
+        await self._send_ack(ack)
+
+    def _remember(self, command_id: str, ack: Ack) -> None:
+        self._acks[command_id] = ack
+        self._acks.move_to_end(command_id)
+        while len(self._acks) > ACK_CACHE_SIZE:
+            self._acks.popitem(last=False)
+
+    async def _send_ack(self, ack: Ack) -> None:
+        if self._client is not None:
+            await self._client.publish(self.topics.ack(self.id), encode(ack), qos=1)
+
+    # --- periodic work ------------------------------------------------------------------------
+    @property
+    def uptime_s(self) -> float:
+        return time.monotonic() - self.booted_at
+
+    async def _periodic(self) -> None:
+        # Spread the fleet's telemetry over the interval instead of bursting in step.
+        await asyncio.sleep(self._rng.uniform(0, self.config.tele_interval_s))
+        while True:
+            if self._client is not None:
+                try:
+                    await self._reconcile()  # lapses an intent whose `until` passed
+                    await self._client.publish(self.topics.tele(self.id), encode(self.telemetry()))
+                except aiomqtt.MqttError as exc:
+                    log.debug("%s: telemetry skipped: %s", self.id, exc)
+            await asyncio.sleep(self.config.tele_interval_s)
+
+    def telemetry(self) -> Telemetry:
+        rng = self._rng
+        self._rssi = max(-90, min(-30, self._rssi + rng.randint(-2, 2)))
+        heap_free = 180_000 + int(20_000 * math.sin(self.uptime_s / 60)) - rng.randint(0, 4_000)
+        return Telemetry(
+            ts=time.time(),
+            wifi=WifiTelemetry(rssi=self._rssi, channel=6, reconnects=self.connects - 1),
+            sys=SystemTelemetry(
+                heap_free=heap_free,
+                heap_min=150_000,
+                uptime_s=round(self.uptime_s, 1),
+                cpu_load=round(rng.uniform(0.05, 0.3 if self.meeting else 0.1), 3),
+                mqtt_reconnects=max(0, self.connects - 1),
+            ),
+        )
+
+
+def _code(granted: Any) -> int:
+    """SUBACK return code as an int (paho gives ints for 3.1.1, ReasonCodes for 5)."""
+    value = getattr(granted, "value", granted)
+    return int(value)
+
+
+# --- many devices in one process -------------------------------------------------------------
+
+
+def device_ids(count: int, prefix: str = "dev", start: int = 1) -> list[str]:
+    return [f"{prefix}-{n}" for n in range(start, start + count)]
+
+
+class SimFleet:
+    """N simulated devices in one event loop, connecting in a bounded ramp."""
+
+    def __init__(
+        self,
+        url: BrokerUrl,
+        secrets: dict[str, str],
+        topics: Topics | None = None,
+        groups: Sequence[str] | Callable[[str], Sequence[str]] = (),
+        tele_interval_s: float = 10.0,
+        connect_concurrency: int = 64,
+        driver_factory: Callable[[str], MeetingDriver] | None = None,
+        caps: Capabilities | None = None,
+    ) -> None:
+        self.topics = topics or Topics()
+        self.devices: list[SimulatedDevice] = []
+        for device_id, secret in secrets.items():
+            dev_groups = groups(device_id) if callable(groups) else groups
+            cfg = DeviceConfig(
+                device_id, secret, list(dev_groups), tele_interval_s, caps or Capabilities()
+            )
+            driver = driver_factory(device_id) if driver_factory else None
+            self.devices.append(SimulatedDevice(cfg, url, self.topics, driver))
+        self._gate = asyncio.Semaphore(connect_concurrency)
+
+    def __getitem__(self, device_id: str) -> SimulatedDevice:
+        for dev in self.devices:
+            if dev.id == device_id:
+                return dev
+        raise KeyError(device_id)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for dev in self.devices:
+                tg.create_task(self._run_one(dev), name=f"sim-{dev.id}")
+
+    async def _run_one(self, dev: SimulatedDevice) -> None:
+        async with self._gate:
+            task = asyncio.create_task(dev.run(), name=f"{dev.id}-run")
+            # Hold the gate until connected, so at most N handshakes are in flight at once.
+            waiter = asyncio.create_task(dev.connected.wait())
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+        await task
+
+    async def wait_connected(self, timeout: float = 60.0) -> None:
+        async with asyncio.timeout(timeout):
+            for dev in self.devices:
+                await dev.connected.wait()

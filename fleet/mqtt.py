@@ -1,0 +1,246 @@
+"""MQTT connections: broker URLs, clients, and a reconnecting message loop.
+
+paho-mqtt drives the wire through aiomqtt (MQTT 3.1.1, so amqtt and esp-mqtt
+both serve). Callers give a `Link` handler; the loop keeps the connection up,
+calls `on_connect` after every (re)connect and feeds each message to
+`on_message`. A handler's exception is logged and dropped, never raised into
+the loop: one bad message must not take a device or the controller down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Literal
+from urllib.parse import quote, unquote, urlsplit
+
+import aiomqtt
+
+from fleet.errors import BrokerUnavailable, ConfigError
+
+log = logging.getLogger(__name__)
+
+# Reconnect backoff: fast first retry (broker restarts are short), capped so a
+# fleet does not hammer a broker that is down, jittered so it does not stampede.
+RECONNECT_FIRST_S = 0.2
+RECONNECT_MAX_S = 10.0
+KEEPALIVE_S = 30
+CONNECT_TIMEOUT_S = 10.0
+
+_SCHEMES: dict[str, tuple[bool, Literal["tcp", "websockets"], int]] = {
+    "mqtt": (False, "tcp", 1883),
+    "tcp": (False, "tcp", 1883),
+    "mqtts": (True, "tcp", 8883),
+    "ssl": (True, "tcp", 8883),
+    "ws": (False, "websockets", 8080),
+    "wss": (True, "websockets", 8443),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerUrl:
+    """`mqtt://user:pass@host:port`, `mqtts://` for TLS, `ws://`/`wss://` for WebSocket."""
+
+    scheme: str
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    path: str = "/"
+    ca_file: str | None = None  # trust anchor for mqtts:// (default: the system store)
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerUrl:
+        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+        scheme = parts.scheme.lower()
+        if scheme not in _SCHEMES:
+            known = ", ".join(sorted(_SCHEMES))
+            raise ConfigError(f"unsupported broker URL scheme {scheme!r} in {url!r}; use {known}")
+        if not parts.hostname:
+            raise ConfigError(f"broker URL {url!r} names no host")
+        try:
+            port = parts.port or _SCHEMES[scheme][2]
+        except ValueError as exc:
+            raise ConfigError(f"broker URL {url!r} has an invalid port") from exc
+        return cls(
+            scheme=scheme,
+            host=parts.hostname,
+            port=port,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password is not None else None,
+            path=parts.path or "/mqtt",
+        )
+
+    @property
+    def tls(self) -> bool:
+        return _SCHEMES[self.scheme][0]
+
+    @property
+    def transport(self) -> Literal["tcp", "websockets"]:
+        return _SCHEMES[self.scheme][1]
+
+    def with_credentials(self, username: str, password: str) -> BrokerUrl:
+        return replace(self, username=username, password=password)
+
+    def __str__(self) -> str:
+        auth = ""
+        if self.username is not None:
+            auth = quote(self.username, safe="")
+            if self.password is not None:
+                auth += ":" + quote(self.password, safe="")
+            auth += "@"
+        suffix = self.path if self.transport == "websockets" else ""
+        return f"{self.scheme}://{auth}{self.host}:{self.port}{suffix}"
+
+    def redacted(self) -> str:
+        """The URL for logs and errors: the password never leaves the process."""
+        user = f"{self.username}:***@" if self.username else ""
+        return f"{self.scheme}://{user}{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class LastWill:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+def make_client(
+    url: BrokerUrl,
+    *,
+    client_id: str,
+    will: LastWill | None = None,
+    clean_session: bool = True,
+    keepalive: int = KEEPALIVE_S,
+    max_queued_incoming: int | None = None,
+) -> aiomqtt.Client:
+    """An aiomqtt client for MQTT 3.1.1; enter it with `async with`."""
+    tls_context = None
+    if url.tls:
+        tls_context = ssl.create_default_context(cafile=url.ca_file)
+    return aiomqtt.Client(
+        url.host,
+        url.port,
+        username=url.username,
+        password=url.password,
+        identifier=client_id,
+        protocol=aiomqtt.ProtocolVersion.V311,
+        will=aiomqtt.Will(will.topic, will.payload, will.qos, will.retain) if will else None,
+        clean_session=clean_session,
+        transport=url.transport,
+        websocket_path=url.path if url.transport == "websockets" else None,
+        tls_context=tls_context,
+        keepalive=keepalive,
+        timeout=CONNECT_TIMEOUT_S,
+        max_queued_incoming_messages=max_queued_incoming,
+    )
+
+
+class RestartLink(Exception):
+    """Raised by a handler to disconnect cleanly and reconnect after `delay_s` (a reboot)."""
+
+    def __init__(self, delay_s: float = 0.5) -> None:
+        super().__init__(f"restart in {delay_s}s")
+        self.delay_s = delay_s
+
+
+OnConnect = Callable[[aiomqtt.Client], Awaitable[None]]
+OnMessage = Callable[[aiomqtt.Message], Awaitable[None] | None]
+
+
+async def run_link(
+    url: BrokerUrl,
+    *,
+    client_id: str,
+    on_connect: OnConnect,
+    on_message: OnMessage,
+    on_disconnect: Callable[[], None] | None = None,
+    on_close: OnConnect | None = None,
+    will: LastWill | None = None,
+    connected: asyncio.Event | None = None,
+    retry: bool = True,
+    max_queued_incoming: int | None = None,
+) -> None:
+    """Keep one MQTT connection up until cancelled.
+
+    With `retry=False` the first failure raises BrokerUnavailable, which is what a
+    one-shot CLI command wants; long-running parts retry with jittered backoff.
+    `on_close` runs before a deliberate disconnect (cancellation or RestartLink),
+    while the connection is still up: the place for a graceful "offline".
+    """
+    delay = RECONNECT_FIRST_S
+    while True:
+        try:
+            async with make_client(
+                url, client_id=client_id, will=will, max_queued_incoming=max_queued_incoming
+            ) as client:
+                delay = RECONNECT_FIRST_S
+                try:
+                    await on_connect(client)
+                    if connected is not None:
+                        connected.set()
+                    async for message in client.messages:
+                        await _dispatch(on_message, message)
+                except (asyncio.CancelledError, RestartLink):
+                    if on_close is not None:
+                        await _close_quietly(on_close, client)
+                    raise
+        except RestartLink as restart:
+            if connected is not None:
+                connected.clear()
+            if on_disconnect is not None:
+                on_disconnect()
+            await asyncio.sleep(restart.delay_s)
+            continue
+        except aiomqtt.MqttError as exc:
+            if connected is not None:
+                connected.clear()
+            if on_disconnect is not None:
+                on_disconnect()
+            if not retry:
+                raise BrokerUnavailable(url.redacted(), str(exc)) from exc
+            log.info("%s: connection to %s lost (%s); retrying", client_id, url.redacted(), exc)
+        await asyncio.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, RECONNECT_MAX_S)
+
+
+async def _dispatch(handler: OnMessage, message: aiomqtt.Message) -> None:
+    try:
+        result = handler(message)
+        if result is not None:
+            await result
+    except (asyncio.CancelledError, RestartLink):
+        raise
+    except Exception:
+        log.exception("handler failed on %s; message dropped", message.topic)
+
+
+async def _close_quietly(on_close: OnConnect, client: aiomqtt.Client) -> None:
+    try:
+        async with asyncio.timeout(2):
+            await on_close(client)
+    except Exception as exc:  # best effort: we are going away anyway
+        log.debug("on_close failed: %s", exc)
+
+
+def payload_bytes(message: aiomqtt.Message) -> bytes:
+    payload = message.payload
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload)
+    if payload is None:
+        return b""
+    return str(payload).encode()
+
+
+async def cancel_and_wait(task: asyncio.Task[object] | None) -> None:
+    if task is None or task.done():
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,72 @@
+"""Where things are: broker URL, topic prefix, the platform's home folder.
+
+Resolution order for the broker URL: explicit flag, FLEET_BROKER, the
+client file `fleet up` writes into FLEET_HOME, then mqtt://127.0.0.1:1883.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fleet.errors import ConfigError
+from fleet.mqtt import BrokerUrl
+from fleet.protocol import DEFAULT_PREFIX, Topics
+
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+CLIENT_FILE = "client.json"
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("FLEET_HOME") or Path.home() / ".espfleet")
+
+
+class FleetSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLEET_", extra="ignore")
+
+    broker: str | None = None
+    prefix: str = DEFAULT_PREFIX
+    home: Path = Path.home() / ".espfleet"
+    ca_file: str | None = None
+
+    def topics(self) -> Topics:
+        try:
+            return Topics(self.prefix)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+
+    def broker_url(self, explicit: str | None = None) -> BrokerUrl:
+        raw = explicit or self.broker or self._client_file_broker() or DEFAULT_BROKER
+        url = BrokerUrl.parse(raw)
+        if self.ca_file:
+            url = replace(url, ca_file=self.ca_file)
+        return url
+
+    def _client_file_broker(self) -> str | None:
+        path = self.home / CLIENT_FILE
+        if not path.exists():
+            return None
+        try:
+            value = json.loads(path.read_text())["broker"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from exc
+        return str(value)
+
+    def write_client_file(self, url: BrokerUrl) -> Path:
+        """Remember how to reach a local stack (`fleet up`) for later CLI commands."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        path = self.home / CLIENT_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"broker": str(url), "prefix": self.prefix}) + "\n")
+        tmp.chmod(0o600)
+        tmp.replace(path)
+        return path
+
+
+def load_settings(**overrides: object) -> FleetSettings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    return FleetSettings(**values)  # type: ignore[arg-type]
