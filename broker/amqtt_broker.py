@@ -17,6 +17,11 @@
    every filter: both O(fleet) per device. Here an exact filter finds its
    retained message by lookup, and a disconnect visits only the client's own
    filters.
+5. `shutdown()` with clients still connected can hang: stopping a session's
+   handler waits for its reader to finish, and the cancelled reader's own
+   clean-up stops the handler again. Here the clients' connections are
+   dropped first, as a process exit would drop them; their readers then end
+   on EOF (publishing wills, as after a crash) before amqtt's shutdown runs.
 
 The broadcast below keeps amqtt's semantics otherwise: RECEIVE topic
 filtering per target, queueing for disconnected persistent sessions, QoS of
@@ -77,6 +82,21 @@ class FleetAmqttBroker(Broker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._subscriptions: SubscriptionTable = SubscriptionTable()
+
+    async def shutdown(self) -> None:
+        aborted = 0
+        for _session, handler in list(self._sessions.values()):
+            transport = _transport_of(handler)
+            if transport is not None and not transport.is_closing():
+                transport.abort()
+                aborted += 1
+        if aborted:
+            # Let the readers see EOF and detach their sessions.
+            for _ in range(50):
+                if not any(h is not None for _s, h in self._sessions.values()):
+                    break
+                await asyncio.sleep(0.01)
+        await super().shutdown()
 
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
         code = await super().add_subscription(subscription, session)
@@ -162,3 +182,11 @@ class FleetAmqttBroker(Broker):
                             handler.mqtt_publish(topic, broadcast["data"], qos, retain=False)
                         )
                     )
+
+
+def _transport_of(handler: Any) -> asyncio.BaseTransport | None:
+    """The socket transport under an amqtt handler's writer (TCP or WebSocket)."""
+    writer = getattr(handler, "writer", None)
+    inner = getattr(writer, "_writer", None) or getattr(writer, "_protocol", None)
+    transport = getattr(inner, "transport", None)
+    return transport if isinstance(transport, asyncio.BaseTransport) else None

@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 from pathlib import Path
+from typing import Any, Protocol
 
 import aiomqtt
 
@@ -30,6 +31,7 @@ from fleet.protocol.messages import (
     ApiRequest,
     ApiResult,
     Command,
+    CommandOp,
     Desired,
     DeviceOutcome,
     MeetingIntent,
@@ -42,6 +44,13 @@ from fleet.registry import Registry
 
 log = logging.getLogger(__name__)
 
+
+class GroupAcl(Protocol):
+    """Where device credentials keep the groups the broker lets a device read."""
+
+    def set_groups(self, username: str, groups: list[str]) -> Any: ...
+
+
 TICK_S = 0.2
 
 
@@ -52,10 +61,14 @@ class Controller:
         store_path: Path | str,
         topics: Topics | None = None,
         client_id: str = "fleet-controller",
+        credentials: GroupAcl | None = None,
     ) -> None:
         self.url = url
         self.topics = topics or Topics()
         self.client_id = client_id
+        # With the embedded broker the controller keeps device credentials' groups in step
+        # with set_groups, so the broker lets the device read its new groups' desired docs.
+        self.credentials = credentials
         self.store = Store(store_path)
         self.registry = Registry()
         self.connected = asyncio.Event()
@@ -64,6 +77,10 @@ class Controller:
         self._command_trackers: list[CommandTracker] = []
         self._jobs: dict[str, Job] = {job.id: job for job in self.store.open_jobs()}
         self.stats = {"messages": 0, "rejected": 0}
+        # Until the retained fleet state has been read after a (re)connect, API requests
+        # wait: acting on a partial registry could hand out a rev that is already in use.
+        self._synced = False
+        self._held_requests: list[tuple[str, bytes]] = []
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -87,6 +104,7 @@ class Controller:
     async def _on_connect(self, client: aiomqtt.Client) -> None:
         t = self.topics
         self._client = client
+        self._synced = False
         await client.subscribe(
             [
                 (t.all_devices(TopicKind.STATUS), 1),
@@ -95,8 +113,10 @@ class Controller:
                 (t.all_devices(TopicKind.DESIRED), 1),
                 (t.all_group_desired, 1),
                 (t.all_api_requests, 1),
+                (t.sync(self.client_id), 1),
             ]
         )
+        await client.publish(t.sync(self.client_id), b"synced", qos=1)
         # Re-assert every desired doc: the broker may have restarted and forgotten them.
         for rec in self.store.desired_docs():
             await self._publish_desired(rec.scope, rec.name, rec.doc)
@@ -133,7 +153,15 @@ class Controller:
             if payload:
                 self._adopt_desired(kind, parsed.name, decode_for(kind, payload))
         elif kind is TopicKind.API:
-            await self._on_api(parsed.name, payload)
+            if self._synced:
+                await self._on_api(parsed.name, payload)
+            else:
+                self._held_requests.append((parsed.name, payload))
+        elif kind is TopicKind.SYNC and parsed.name == self.client_id:
+            self._synced = True
+            held, self._held_requests = self._held_requests, []
+            for op_name, request in held:
+                await self._on_api(op_name, request)
 
     def _adopt_desired(self, kind: TopicKind, name: str, doc: Desired) -> None:
         """A retained doc seen on the wire: keep revs ahead of it, and keep it if we lost it."""
@@ -267,6 +295,8 @@ class Controller:
             created=now,
             expires=now + request.ttl_ms / 1000,
         )
+        if job.op == CommandOp.SET_GROUPS.value and self.credentials is not None:
+            self._grant_groups(job)
         self._jobs[job.id] = job
         self.store.save_job(job)
         tracker = CommandTracker(request, job, online=rec.online)
@@ -274,6 +304,16 @@ class Controller:
             await self._send_job(job)
         await self._publish_result(tracker.result(final=False))
         self._command_trackers.append(tracker)
+
+    def _grant_groups(self, job: Job) -> None:
+        groups = job.args.get("groups")
+        if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+            return  # the device refuses it with bad_args
+        assert self.credentials is not None
+        try:
+            self.credentials.set_groups(job.device, [g for g in groups if g != "all"])
+        except Exception as exc:  # the device then fails to subscribe and says so
+            log.warning("could not grant groups %s to %s: %s", groups, job.device, exc)
 
     async def _send_job(self, job: Job) -> None:
         if self._client is None or time.time() >= job.expires:

@@ -415,6 +415,7 @@ MODEL_FOR_KIND: dict[TopicKind, Any] = {
     TopicKind.MEET_DOWN: MeetDown,
     TopicKind.API: ApiRequest,
     TopicKind.API_RESULT: ApiResult,
+    TopicKind.SYNC: bytes,  # an opaque token
 }
 
 

@@ -31,6 +31,7 @@ class TopicKind(StrEnum):
     MEET_DOWN = "meet_down"
     API = "api"
     API_RESULT = "api_result"
+    SYNC = "sync"
 
 
 DEVICE_TOPIC_KINDS = (
@@ -69,6 +70,7 @@ class Topics:
             rf"|grp/(?P<grp>{ID_PATTERN})/desired"
             rf"|meet/(?P<pid>{ID_PATTERN})/(?P<dir>up|down)"
             rf"|api/(?P<api>{API_OP_PATTERN})"
+            rf"|sync/(?P<sync>{ID_PATTERN})"
             r")"
         )
 
@@ -118,6 +120,12 @@ class Topics:
     def api_result(self) -> str:
         return f"{self.prefix}/api/result"
 
+    def sync(self, client_id: str) -> str:
+        """A client's private loopback: a message sent here comes back after the
+        retained messages of its earlier subscriptions, so it marks "caught up"."""
+        _check_id(client_id, "client id")
+        return f"{self.prefix}/sync/{client_id}"
+
     # --- subscription filters -------------------------------------------------------------
     def all_devices(self, kind: TopicKind) -> str:
         if kind not in DEVICE_TOPIC_KINDS:
@@ -153,6 +161,8 @@ class Topics:
         if m["pid"]:
             kind = TopicKind.MEET_UP if m["dir"] == "up" else TopicKind.MEET_DOWN
             return ParsedTopic(kind, m["pid"])
+        if m["sync"]:
+            return ParsedTopic(TopicKind.SYNC, m["sync"])
         op = m["api"]
         if op == "result":
             return ParsedTopic(TopicKind.API_RESULT, "result")

@@ -1,0 +1,154 @@
+"""Who may publish, subscribe to and receive which topic (DESIGN.md, "Security").
+
+The rules, by role:
+
+- controller: everything under the prefix, and ``homeassistant/#``.
+- device (username == device id): publishes only its own ``dev/{id}/status|state|ack|tele``
+  and ``meet/{id}/up``; reads only ``dev/{id}/desired``, ``dev/{id}/cmd``,
+  ``meet/{id}/down`` and ``grp/{g}/desired`` for its groups and ``all``, by exact
+  subscription (no wildcards).
+- homeassistant: publishes ``api/{op}`` requests, ``homeassistant/status`` and ``ha/#``;
+  reads ``homeassistant/#``, device status/state/tele, ``api/result`` and ``ha/#``.
+- anonymous or unknown role: nothing.
+
+A wildcard subscription is allowed only when every topic it can match is readable.
+
+`Acl.allows` runs once per message per subscriber inside amqtt, so it does no regex work:
+exact topics are set lookups, the few wildcard rules are pre-split filters.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from broker.credentials import Credential, Role
+from fleet.protocol.messages import ApiOp
+from fleet.protocol.topics import Topics
+
+AclAction = Literal["publish", "subscribe", "receive"]
+
+_DEVICE_WRITE = ("status", "state", "ack", "tele")
+_DEVICE_READ = ("desired", "cmd")
+_HA_DEVICE_READ = ("status", "state", "tele")
+# Enum member lookup costs ~0.2 us on Python 3.11; module constants are plain globals.
+_DEVICE, _CONTROLLER, _HOMEASSISTANT = Role.DEVICE, Role.CONTROLLER, Role.HOMEASSISTANT
+_CACHE_LIMIT = 100_000  # entries per cache; cleared wholesale past this (cheap to rebuild)
+
+Filter = tuple[str, ...]
+
+
+def filter_covers(pattern: Filter, sub: Filter) -> bool:
+    """True when every topic the filter `sub` matches is also matched by `pattern`.
+
+    Both are split on '/'. An exact topic is a filter without wildcards. Conservative:
+    '+' in `sub` is covered only by '+' or '#' in `pattern`.
+    """
+    n = len(sub)
+    for i, p in enumerate(pattern):
+        if p == "#":
+            return True
+        if i >= n:
+            return False
+        s = sub[i]
+        if s == "#":
+            return False
+        if p != "+" and (s == "+" or s != p):
+            return False
+    return n == len(pattern)
+
+
+def split_filter(topic: str) -> Filter:
+    return tuple(topic.split("/"))
+
+
+class Acl:
+    """Pure, cached authorisation for one topic prefix."""
+
+    def __init__(self, topics: Topics) -> None:
+        self.topics = topics
+        p = topics.prefix
+        self.prefix = p
+        self._ha_status = "homeassistant/status"
+
+        self._controller_read: tuple[Filter, ...] = (
+            split_filter(f"{p}/#"),
+            ("homeassistant", "#"),
+        )
+        self._ha_write_exact = frozenset(
+            {f"{p}/api/{op.value}" for op in ApiOp} | {self._ha_status}
+        )
+        self._ha_write: tuple[Filter, ...] = (split_filter(f"{p}/ha/#"),)
+        self._ha_read_cache: dict[str, bool] = {}
+        self._ha_read: tuple[Filter, ...] = (
+            ("homeassistant", "#"),
+            *(split_filter(f"{p}/dev/+/{k}") for k in _HA_DEVICE_READ),
+            split_filter(f"{p}/api/result"),
+            split_filter(f"{p}/ha/#"),
+        )
+        # (username, groups) -> (writable topics, readable topics)
+        self._device_cache: dict[tuple[str, tuple[str, ...]], tuple[frozenset[str], frozenset[str]]]
+        self._device_cache = {}
+
+    # --- the one entry point ----------------------------------------------------------------
+    def allows(self, cred: Credential | None, action: AclAction, topic: str) -> bool:
+        if cred is None or not topic:
+            return False
+        role = cred.role
+        if role is _DEVICE:
+            write, read = self._device_sets(cred)
+            if action == "publish":
+                return topic in write
+            # Exact topics only: a device subscription is never a wildcard.
+            return topic in read
+        if role is _CONTROLLER:
+            if action == "subscribe" and ("+" in topic or "#" in topic):
+                return self._covered(topic, self._controller_read)
+            # The same topics as the filters `{prefix}/#` and `homeassistant/#` match.
+            return (topic.startswith(self.prefix) and _under(topic, self.prefix)) or (
+                topic.startswith("homeassistant") and _under(topic, "homeassistant")
+            )
+        if role is _HOMEASSISTANT:
+            if action == "publish":
+                return topic in self._ha_write_exact or self._covered(topic, self._ha_write)
+            # Home Assistant receives every device's state: remember answers per topic.
+            allowed = self._ha_read_cache.get(topic)
+            if allowed is None:
+                if len(self._ha_read_cache) >= _CACHE_LIMIT:
+                    self._ha_read_cache.clear()
+                allowed = self._covered(topic, self._ha_read)
+                self._ha_read_cache[topic] = allowed
+            return allowed
+        return False
+
+    # --- helpers ------------------------------------------------------------------------------
+    @staticmethod
+    def _covered(topic: str, patterns: tuple[Filter, ...]) -> bool:
+        sub = split_filter(topic)
+        return any(filter_covers(p, sub) for p in patterns)
+
+    def _device_sets(self, cred: Credential) -> tuple[frozenset[str], frozenset[str]]:
+        key = (cred.username, tuple(cred.groups))
+        sets = self._device_cache.get(key)
+        if sets is None:
+            if len(self._device_cache) >= _CACHE_LIMIT:
+                self._device_cache.clear()
+            sets = self._build_device_sets(cred.username, key[1])
+            self._device_cache[key] = sets
+        return sets
+
+    def _build_device_sets(
+        self, device_id: str, groups: tuple[str, ...]
+    ) -> tuple[frozenset[str], frozenset[str]]:
+        base = f"{self.prefix}/dev/{device_id}/"
+        write = {base + k for k in _DEVICE_WRITE}
+        write.add(f"{self.prefix}/meet/{device_id}/up")
+        read = {base + k for k in _DEVICE_READ}
+        read.add(f"{self.prefix}/meet/{device_id}/down")
+        for g in ("all", *groups):
+            read.add(f"{self.prefix}/grp/{g}/desired")
+        return frozenset(write), frozenset(read)
+
+
+def _under(topic: str, root: str) -> bool:
+    """`topic` is `root` itself or below it (what the filter ``root/#`` matches)."""
+    return len(topic) == len(root) or topic[len(root)] == "/"

@@ -1,0 +1,175 @@
+"""amqtt 0.12.1 plugins: authenticate against the credential store, authorise with Acl.
+
+Both are loaded by dotted path from the broker config's ``plugins`` section (see
+broker/embedded.py). amqtt calls ``authenticate(session=)`` once per CONNECT and
+``topic_filtering(session=, topic=, action=)`` per PUBLISH, per SUBSCRIBE filter and per
+message per matching subscriber (RECEIVE), so the topic check stays a dict lookup plus
+`Acl.allows`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from amqtt.contexts import Action, BaseContext
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+from amqtt.session import Session
+
+from broker.acl import Acl, AclAction
+from broker.credentials import Credential, CredentialStore, Role, verify_secret
+from fleet.errors import CredentialsError
+from fleet.protocol.topics import DEFAULT_PREFIX, Topics
+
+log = logging.getLogger(__name__)
+
+# PBKDF2 at this many iterations or more runs in a worker thread (hashlib releases the
+# GIL); the cheap device hashes stay on the loop, where a thread hop would cost more.
+_THREAD_ITERATIONS = 1_000
+# The topic plugin re-checks the credentials file at most this often: RECEIVE runs per
+# message per subscriber, a stat() there would dominate. Revocations apply within it.
+REFRESH_INTERVAL_S = 1.0
+
+_ACTIONS: dict[Action, AclAction] = {
+    Action.PUBLISH: "publish",
+    Action.SUBSCRIBE: "subscribe",
+    Action.RECEIVE: "receive",
+}
+# Session.attributes key holding the username the CONNECT was authenticated as.
+SESSION_USER_KEY = "espfleet.username"
+
+
+class _StoreMixin:
+    """One CredentialStore per credentials file, shared by both plugins of a broker."""
+
+    _stores: dict[Path, CredentialStore] = {}
+
+    @staticmethod
+    def _store_for(path: str | Path) -> CredentialStore:
+        resolved = Path(path).expanduser().resolve()
+        store = _StoreMixin._stores.get(resolved)
+        if store is None:
+            store = CredentialStore(resolved)
+            _StoreMixin._stores[resolved] = store
+        return store
+
+
+class FleetAuthPlugin(BaseAuthPlugin, _StoreMixin):
+    """Accept a CONNECT only with a username and the right secret from the store.
+
+    Also refuses a device whose client id is not its device id (it could otherwise take
+    over another device's session and its last will), and a will topic the user may not
+    publish to (amqtt sends wills without a PUBLISH check).
+    """
+
+    @dataclass
+    class Config:
+        credentials_file: str | Path = field(default="")
+        allow_anonymous: bool = False
+        prefix: str = DEFAULT_PREFIX
+
+    def __init__(self, context: BaseContext) -> None:
+        super().__init__(context)
+        if not self.config.credentials_file:
+            raise CredentialsError("FleetAuthPlugin needs 'credentials_file' in its config")
+        self.store = self._store_for(self.config.credentials_file)
+        self.acl = Acl(Topics(self.config.prefix))
+        self.allow_anonymous = self.config.allow_anonymous
+        self._broken_file_logged = False
+
+    async def authenticate(self, *, session: Session) -> bool | None:
+        username = session.username
+        if not username:
+            if self.allow_anonymous:
+                # Anonymous clients may connect but the ACL grants them nothing.
+                session.is_anonymous = True
+                session.attributes.pop(SESSION_USER_KEY, None)
+                return True
+            self.context.logger.info("refused %s: no username", session.client_id)
+            return False
+        cred = await self._verify(username, session.password or "")
+        if cred is None:
+            self.context.logger.info("refused %s: bad username or password", session.client_id)
+            return False
+        if cred.role is Role.DEVICE and session.client_id != username:
+            self.context.logger.info(
+                "refused device %s: client id %r must equal the device id",
+                username,
+                session.client_id,
+            )
+            return False
+        if session.will_flag and not self.acl.allows(cred, "publish", session.will_topic or ""):
+            self.context.logger.info(
+                "refused %s: will topic %r not allowed", username, session.will_topic
+            )
+            return False
+        session.attributes[SESSION_USER_KEY] = username
+        return True
+
+    async def _verify(self, username: str, password: str) -> Credential | None:
+        try:
+            self.store.refresh()
+            self._broken_file_logged = False
+        except CredentialsError as exc:
+            # Keep serving the last good users rather than locking the fleet out.
+            if not self._broken_file_logged:
+                self.context.logger.error("%s; using the users loaded before", exc)
+                self._broken_file_logged = True
+        cred = self.store.get(username, refresh=False)
+        if cred is None:
+            return self.store.verify(username, password, refresh=False)  # dummy work, None
+        if cred.iterations >= _THREAD_ITERATIONS:
+            ok = await asyncio.to_thread(verify_secret, cred.hash, password)
+        else:
+            ok = verify_secret(cred.hash, password)
+        return cred if ok else None
+
+
+class FleetTopicPlugin(BaseTopicPlugin, _StoreMixin):
+    """Apply `Acl` to PUBLISH, SUBSCRIBE and RECEIVE."""
+
+    @dataclass
+    class Config:
+        credentials_file: str | Path = field(default="")
+        prefix: str = DEFAULT_PREFIX
+
+    def __init__(self, context: BaseContext) -> None:
+        super().__init__(context)
+        if not self.config.credentials_file:
+            raise CredentialsError("FleetTopicPlugin needs 'credentials_file' in its config")
+        self.store = self._store_for(self.config.credentials_file)
+        self.acl = Acl(Topics(self.config.prefix))
+        self._next_refresh = 0.0
+
+    async def topic_filtering(
+        self,
+        *,
+        session: Session | None = None,
+        topic: str | None = None,
+        action: Action | None = None,
+    ) -> bool:
+        return self.check(session, topic, action)
+
+    def check(self, session: Session | None, topic: str | None, action: Action | None) -> bool:
+        """Synchronous core of topic_filtering (the embedded broker calls it directly)."""
+        if session is None or topic is None or action is None:
+            return False
+        now = time.monotonic()
+        # Per message the file is looked at once a second at most; a SUBSCRIBE (rare) always
+        # looks, so groups granted just before (set_groups) hold for the very next subscription.
+        if now >= self._next_refresh or action is Action.SUBSCRIBE:
+            self._next_refresh = now + REFRESH_INTERVAL_S
+            # A broken file is logged by the auth plugin; keep the last good users.
+            with contextlib.suppress(CredentialsError):
+                self.store.refresh()
+        # The name authenticated at CONNECT, not session.username: amqtt copies a new
+        # CONNECT's username onto a persistent session before authenticating it.
+        username = session.attributes.get(SESSION_USER_KEY)
+        if username is None:
+            return False
+        cred = self.store.get(username, refresh=False)
+        return self.acl.allows(cred, _ACTIONS[action], topic)

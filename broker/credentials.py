@@ -1,0 +1,398 @@
+"""Broker users: per-device credentials, the controller and Home Assistant.
+
+The store is one JSON file (mode 0600, written atomically). Hashes use Mosquitto's
+``$7$`` PBKDF2-SHA512 format, so the same file feeds the embedded amqtt broker and a
+generated Mosquitto ``password_file`` without re-keying any device.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import tempfile
+from collections.abc import Iterator, Sequence
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+from fleet.errors import CredentialsError
+from fleet.protocol.topics import ID_PATTERN
+
+FILE_VERSION = 1
+CREDENTIALS_FILENAME = "credentials.json"
+
+# Generated secrets are secrets.token_urlsafe(24): 192 random bits that no amount of
+# offline guessing reaches, so stretching buys nothing. 101 is mosquitto_passwd's own
+# default and keeps a connect cheap (~75 us): the amqtt broker verifies on its event
+# loop, and a whole fleet reconnects at once after a broker restart.
+GENERATED_SECRET_ITERATIONS = 101
+# A secret a person chose can be guessed; stretch it (~15 ms per check, off the loop).
+CHOSEN_SECRET_ITERATIONS = 20_000
+_SALT_BYTES = 12  # what mosquitto_passwd uses
+_HASH_BYTES = 64  # SHA-512 output
+_MAX_ITERATIONS = 10_000_000  # refuse absurd counts from a tampered file (CPU exhaustion)
+
+DEVICE_NAME_PATTERN = ID_PATTERN
+USER_NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,63}"
+_DEVICE_NAME_RE = re.compile(rf"^{DEVICE_NAME_PATTERN}$")
+_USER_NAME_RE = re.compile(rf"^{USER_NAME_PATTERN}$")
+_HASH_RE = re.compile(r"^\$7\$([0-9]{1,9})\$([A-Za-z0-9+/]+={0,2})\$([A-Za-z0-9+/]+={0,2})$")
+
+GroupName = Annotated[str, StringConstraints(pattern=rf"^{ID_PATTERN}$")]
+
+
+class Role(StrEnum):
+    DEVICE = "device"
+    CONTROLLER = "controller"
+    HOMEASSISTANT = "homeassistant"
+
+
+class Credential(BaseModel):
+    """One broker user. For a device the username is its device id."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    username: str
+    role: Role
+    hash: Annotated[str, Field(pattern=_HASH_RE.pattern)]
+    groups: list[GroupName] = Field(default_factory=list, max_length=32)
+
+    @model_validator(mode="after")
+    def _check_name_and_groups(self) -> Credential:
+        check_username(self.username, self.role)
+        if self.groups and self.role is not Role.DEVICE:
+            raise ValueError(f"only devices have groups, not a {self.role.value} user")
+        return self
+
+    @property
+    def iterations(self) -> int:
+        return int(self.hash.split("$", 3)[2])
+
+
+def check_username(username: str, role: Role | str) -> None:
+    """Raise ValueError when `username` is not a valid name for `role`."""
+    if Role(role) is Role.DEVICE:
+        if not _DEVICE_NAME_RE.match(username):
+            raise ValueError(f"invalid device id {username!r}: must match {DEVICE_NAME_PATTERN}")
+    elif not _USER_NAME_RE.match(username):
+        raise ValueError(f"invalid username {username!r}: must match {USER_NAME_PATTERN}")
+
+
+# --- hashing ----------------------------------------------------------------------------------
+
+
+def hash_secret(secret: str, iterations: int = CHOSEN_SECRET_ITERATIONS) -> str:
+    """Hash in Mosquitto's format: ``$7$<iterations>$<b64 salt>$<b64 pbkdf2-sha512>``."""
+    salt = os.urandom(_SALT_BYTES)
+    digest = hashlib.pbkdf2_hmac("sha512", secret.encode(), salt, iterations, _HASH_BYTES)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def verify_secret(encoded: str, secret: str) -> bool:
+    """Check `secret` against a ``$7$`` hash in constant time; False for any malformed hash."""
+    m = _HASH_RE.match(encoded)
+    if m is None:
+        return False
+    iterations = int(m[1])
+    if not 0 < iterations <= _MAX_ITERATIONS:
+        return False
+    try:
+        salt = base64.b64decode(m[2], validate=True)
+        expected = base64.b64decode(m[3], validate=True)
+    except binascii.Error:
+        return False
+    if not expected:
+        return False
+    actual = hashlib.pbkdf2_hmac("sha512", secret.encode(), salt, iterations, len(expected))
+    return hmac.compare_digest(actual, expected)
+
+
+def generate_secret() -> str:
+    return secrets.token_urlsafe(24)
+
+
+# Checked against for unknown users so a miss costs about what a hit costs.
+_DUMMY_HASH = hash_secret(generate_secret(), GENERATED_SECRET_ITERATIONS)
+
+
+def default_credentials_path() -> Path:
+    """``$FLEET_HOME/credentials.json``, else ``~/.espfleet/credentials.json``."""
+    home = os.environ.get("FLEET_HOME")
+    base = Path(home).expanduser() if home else Path.home() / ".espfleet"
+    return base / CREDENTIALS_FILENAME
+
+
+# --- the store --------------------------------------------------------------------------------
+
+_USERS_ADAPTER: TypeAdapter[list[Credential]] = TypeAdapter(list[Credential])
+
+
+class CredentialStore:
+    """Users in a JSON file, re-read whenever the file changes on disk.
+
+    A broker holds one store for its lifetime, so ``fleet creds add`` in another process
+    takes effect on the next connect without a restart. Writers serialise on a lock file
+    next to the store so two CLI invocations cannot lose each other's update.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path).expanduser()
+        self._users: dict[str, Credential] = {}
+        self._signature: tuple[int, int, int] | None = None
+        self._load_error: CredentialsError | None = None
+        # Bumped whenever the users change (load or write); caches key on it.
+        self.generation = 0
+
+    def __repr__(self) -> str:
+        return f"CredentialStore({str(self.path)!r}, users={len(self._users)})"
+
+    # --- reading ------------------------------------------------------------------------------
+    def refresh(self) -> bool:
+        """Re-read the file if it changed since the last look; True when users were reloaded.
+
+        Raises CredentialsError while the file on disk is corrupt (the last good users stay
+        in memory for callers that pass ``refresh=False``).
+        """
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            signature = None
+        except OSError as exc:
+            raise CredentialsError(f"cannot read credentials file {self.path}: {exc}") from exc
+        else:
+            signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if signature == self._signature:
+            if self._load_error is not None:
+                raise self._load_error
+            return False
+        self._signature = signature
+        self._load_error = None
+        if signature is None:
+            users: dict[str, Credential] = {}
+        else:
+            try:
+                users = self._parse(self.path.read_bytes())
+            except CredentialsError as exc:
+                self._load_error = exc
+                raise
+            except OSError as exc:
+                self._signature = None  # try again next time
+                raise CredentialsError(f"cannot read credentials file {self.path}: {exc}") from exc
+        self._users = users
+        self.generation += 1
+        return True
+
+    def _parse(self, raw: bytes) -> dict[str, Credential]:
+        where = f"credentials file {self.path} is corrupt"
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CredentialsError(f"{where}: not JSON ({exc}); fix or remove it") from exc
+        if not isinstance(doc, dict) or not isinstance(doc.get("users"), list):
+            raise CredentialsError(f"{where}: expected an object with a 'users' list")
+        if doc.get("version") != FILE_VERSION:
+            raise CredentialsError(
+                f"{where}: unsupported version {doc.get('version')!r} (expected {FILE_VERSION})"
+            )
+        try:
+            creds = _USERS_ADAPTER.validate_python(doc["users"])
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            raise CredentialsError(f"{where}: users.{loc}: {first['msg']}") from exc
+        users: dict[str, Credential] = {}
+        for cred in creds:
+            if cred.username in users:
+                raise CredentialsError(f"{where}: user {cred.username!r} appears twice")
+            users[cred.username] = cred
+        return users
+
+    def get(self, username: str, *, refresh: bool = True) -> Credential | None:
+        if refresh:
+            self.refresh()
+        return self._users.get(username)
+
+    def list(self) -> list[Credential]:
+        self.refresh()
+        return sorted(self._users.values(), key=lambda c: (c.role != Role.CONTROLLER, c.username))
+
+    def __len__(self) -> int:
+        self.refresh()
+        return len(self._users)
+
+    def verify(self, username: str, password: str, *, refresh: bool = True) -> Credential | None:
+        """The user's credential when `password` is right, else None (unknown user included)."""
+        cred = self.get(username, refresh=refresh)
+        if cred is None:
+            verify_secret(_DUMMY_HASH, password)
+            return None
+        return cred if verify_secret(cred.hash, password) else None
+
+    # --- writing ------------------------------------------------------------------------------
+    def add(
+        self,
+        username: str,
+        role: Role | str,
+        secret: str | None = None,
+        groups: Sequence[str] = (),
+        *,
+        replace: bool = False,
+    ) -> str:
+        """Add a user and return its secret (generated when `secret` is None)."""
+        role = _role(role)
+        if secret is not None and not secret:
+            raise CredentialsError("an empty secret is not allowed")
+        secret_out = secret if secret is not None else generate_secret()
+        iterations = GENERATED_SECRET_ITERATIONS if secret is None else CHOSEN_SECRET_ITERATIONS
+        cred = _build(username, role, hash_secret(secret_out, iterations), groups)
+        with self._writing():
+            if username in self._users and not replace:
+                raise CredentialsError(
+                    f"user {username!r} already exists; remove it first or replace it"
+                )
+            self._users[username] = cred
+        return secret_out
+
+    def add_devices(self, ids: Sequence[str], groups: Sequence[str] = ()) -> dict[str, str]:
+        """Add many devices with generated secrets in one file write; returns id -> secret.
+
+        Refuses (adding none) if any id exists already or repeats.
+        """
+        seen: set[str] = set()
+        for device_id in ids:
+            if device_id in seen:
+                raise CredentialsError(f"device {device_id!r} is listed twice")
+            seen.add(device_id)
+        out: dict[str, str] = {}
+        new: list[Credential] = []
+        group_list = list(groups)
+        for device_id in ids:
+            secret = generate_secret()
+            new.append(
+                _build(
+                    device_id,
+                    Role.DEVICE,
+                    hash_secret(secret, GENERATED_SECRET_ITERATIONS),
+                    group_list,
+                )
+            )
+            out[device_id] = secret
+        with self._writing():
+            clash = [d for d in ids if d in self._users]
+            if clash:
+                more = f" and {len(clash) - 1} more" if len(clash) > 1 else ""
+                raise CredentialsError(f"user {clash[0]!r}{more} already exists")
+            for cred in new:
+                self._users[cred.username] = cred
+        return out
+
+    def remove(self, username: str) -> bool:
+        with self._writing():
+            return self._users.pop(username, None) is not None
+
+    def set_groups(self, username: str, groups: Sequence[str]) -> Credential:
+        with self._writing():
+            cred = self._users.get(username)
+            if cred is None:
+                raise CredentialsError(f"unknown user {username!r}")
+            if cred.role is not Role.DEVICE:
+                raise CredentialsError(
+                    f"{username!r} is a {cred.role.value} user; only devices have groups"
+                )
+            updated = _build(username, cred.role, cred.hash, groups)
+            self._users[username] = updated
+        return updated
+
+    def write_mosquitto_passwd(self, path: Path | str) -> Path:
+        """Write a Mosquitto ``password_file`` (``user:$7$...`` lines) with the same hashes."""
+        path = Path(path)
+        lines = "".join(f"{c.username}:{c.hash}\n" for c in self.list())
+        atomic_write(path, lines.encode())
+        return path
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Lock, load the latest file, let the caller mutate, then write (only if no error)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self.refresh()
+            before = dict(self._users)
+            try:
+                yield
+            except BaseException:
+                self._users = before
+                raise
+            if self._users != before:
+                self._save()
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    def _save(self) -> None:
+        doc: dict[str, Any] = {
+            "version": FILE_VERSION,
+            "users": [c.model_dump(mode="json") for c in self._users.values()],
+        }
+        atomic_write(self.path, json.dumps(doc, indent=1).encode() + b"\n")
+        st = self.path.stat()
+        self._signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+        self._load_error = None
+        self.generation += 1
+
+
+def _role(role: Role | str) -> Role:
+    try:
+        return Role(role)
+    except ValueError:
+        choices = ", ".join(r.value for r in Role)
+        raise CredentialsError(f"unknown role {role!r}: choose one of {choices}") from None
+
+
+def _build(username: str, role: Role, hash_: str, groups: Sequence[str]) -> Credential:
+    # Keep the first occurrence of each group; 'all' is implicit for every device.
+    uniq = [g for i, g in enumerate(groups) if g != "all" and g not in groups[:i]]
+    try:
+        return Credential(username=username, role=role, hash=hash_, groups=uniq)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        raise CredentialsError(
+            f"cannot add {username!r}: {loc + ': ' if loc else ''}{msg}"
+        ) from exc
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write via a 0600 temp file in the same directory, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:  # mkstemp creates the file with mode 0600
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,362 @@
+"""The embedded broker: amqtt in-process, with the fleet's credentials and ACL.
+
+``async with EmbeddedBroker(creds_path, port=1883) as broker:`` listens on TCP (and
+WebSocket / TLS when asked); ``await broker.stop()`` frees the ports.
+
+`FleetBroker` builds on `broker.amqtt_broker.FleetAmqttBroker` (amqtt 0.12.1's Broker with
+its scaling defects fixed: per-client filter index, retained replay limited to the
+client's own filters, exact-filter lookups) and adds what the security model needs and
+the plugin interface cannot reach. Each override copies amqtt's method (the version is
+pinned in pyproject) and marks what differs:
+
+1. A CONNECT is authenticated *before* amqtt touches an existing session with the same
+   client id. Stock amqtt first deletes that session (clean session), or copies the new
+   username into it and evicts the live connection (persistent session), so any client
+   without credentials that knows a device id could knock the device off its
+   subscriptions.
+2. On connect, retained messages are replayed for the client's own filters only, looked
+   up in the per-client index instead of a loop over every filter in the broker. A resumed
+   session's filters are re-checked against the ACL first and dropped when its user may
+   no longer hold them (groups changed, credentials replaced by another role).
+3. Topic checks call FleetTopicPlugin synchronously instead of through the plugin
+   manager's task-per-plugin gather: RECEIVE runs per message per subscriber.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import amqtt
+from amqtt.adapters import ReaderAdapter, WriterAdapter
+from amqtt.broker import Broker, Server
+from amqtt.contexts import Action, ListenerConfig
+from amqtt.errors import AMQTTError, BrokerError, MQTTError, NoDataError
+from amqtt.events import BrokerEvents
+from amqtt.mqtt.constants import QOS_0
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.plugins.base import BaseTopicPlugin
+from amqtt.session import Session
+from amqtt.utils import format_client_message, gen_client_id
+from transitions import MachineError
+
+from broker.amqtt_broker import FleetAmqttBroker
+from broker.amqtt_plugins import SESSION_USER_KEY, FleetAuthPlugin, FleetTopicPlugin
+from fleet.errors import ConfigError
+from fleet.protocol.topics import DEFAULT_PREFIX, Topics
+
+log = logging.getLogger(__name__)
+
+AMQTT_VERSION = "0.12.1"  # the version whose Broker internals FleetBroker overrides
+_PREAUTHENTICATED_KEY = "espfleet.preauthenticated"
+_AUTH_PLUGIN = f"{FleetAuthPlugin.__module__}.{FleetAuthPlugin.__qualname__}"
+_TOPIC_PLUGIN = f"{FleetTopicPlugin.__module__}.{FleetTopicPlugin.__qualname__}"
+
+if amqtt.__version__ != AMQTT_VERSION:  # pragma: no cover - guarded by the pin
+    log.warning(
+        "amqtt %s installed; FleetBroker was written against %s", amqtt.__version__, AMQTT_VERSION
+    )
+
+
+class _DropStartupTraceback(logging.Filter):
+    """amqtt logs a traceback when a listener cannot bind; EmbeddedBroker.start raises a
+    ConfigError naming the cause instead, so the traceback is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "Broker startup failed"
+
+
+logging.getLogger("amqtt.broker").addFilter(_DropStartupTraceback())
+
+
+class FleetBroker(FleetAmqttBroker):
+    """FleetAmqttBroker plus authentication-first CONNECT and a synchronous ACL."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        topic_plugins = [p for p in self.plugins_manager.plugins if isinstance(p, BaseTopicPlugin)]
+        self._fleet_topic: FleetTopicPlugin | None = None
+        if len(topic_plugins) == 1 and isinstance(topic_plugins[0], FleetTopicPlugin):
+            self._fleet_topic = topic_plugins[0]
+
+    # --- 1: authenticate first ------------------------------------------------------------
+    async def _initialize_client_session(
+        self,
+        reader: ReaderAdapter,
+        writer: WriterAdapter,
+        remote_address: str,
+        remote_port: int,
+    ) -> tuple[BrokerProtocolHandler, Session]:
+        peer = format_client_message(address=remote_address, port=remote_port)
+        try:
+            handler, client_session = await BrokerProtocolHandler.init_from_connect(
+                reader, writer, self.plugins_manager
+            )
+        except AMQTTError as exc:
+            self.logger.warning(f"[MQTT-3.1.0-1] {peer}: Can't read first packet as CONNECT: {exc}")
+            raise AMQTTError(exc) from exc
+        except MQTTError as exc:
+            self.logger.warning(f"Invalid connection from {peer}")
+            await writer.close()
+            raise MQTTError(exc) from exc
+        except NoDataError as exc:
+            raise AMQTTError(exc) from exc
+
+        if client_session.clean_session and not client_session.client_id:
+            client_session.client_id = gen_client_id()
+
+        # CHANGED: refuse here, before any existing session with this client id is touched.
+        if not await super()._authenticate(client_session, ListenerConfig()):
+            client_session.parent = 0
+            handler.attach(client_session, reader, writer)
+            try:
+                await handler.mqtt_connack_authorize(False)
+            finally:
+                await writer.close()
+            msg = (
+                f"CONNECT refused (not authorised): client id {client_session.client_id!r},"
+                f" user {client_session.username!r} from {remote_address}:{remote_port}"
+            )
+            raise AMQTTError(msg)
+
+        if client_session.clean_session:
+            await self._delete_session(client_session.client_id or "")
+            client_session.parent = 0
+        elif client_session.client_id in self._sessions:
+            existing, _ = self._sessions[client_session.client_id]
+            existing.will_flag = client_session.will_flag
+            existing.will_message = client_session.will_message
+            existing.will_topic = client_session.will_topic
+            existing.will_qos = client_session.will_qos
+            existing.will_retain = client_session.will_retain
+            existing.keep_alive = client_session.keep_alive
+            existing.username = client_session.username
+            existing.password = client_session.password
+            existing.is_anonymous = client_session.is_anonymous
+            # CHANGED: carry the authenticated identity over to the resumed session.
+            user = client_session.attributes.get(SESSION_USER_KEY)
+            if user is None:
+                existing.attributes.pop(SESSION_USER_KEY, None)
+            else:
+                existing.attributes[SESSION_USER_KEY] = user
+            client_session = existing
+            client_session.parent = 1
+        else:
+            client_session.parent = 0
+        client_session.attributes[_PREAUTHENTICATED_KEY] = True
+
+        timeout_disconnect_delay = self.config.get("timeout-disconnect-delay", 0)
+        if client_session.keep_alive > 0 and isinstance(timeout_disconnect_delay, int):
+            client_session.keep_alive += timeout_disconnect_delay
+        return handler, client_session
+
+    async def _authenticate(self, session: Session, listener: ListenerConfig) -> bool:
+        # Already decided in _initialize_client_session; don't hash the password twice.
+        if session.attributes.pop(_PREAUTHENTICATED_KEY, False):
+            return True
+        return await super()._authenticate(session, listener)
+
+    # --- 2: retained messages for the client's own subscriptions only -------------------------
+    async def _handle_client_session(
+        self,
+        reader: ReaderAdapter,
+        writer: WriterAdapter,
+        client_session: Session,
+        handler: BrokerProtocolHandler,
+        server: Server,
+        listener_name: str,
+    ) -> None:
+        authenticated = await self._authenticate(
+            client_session, self.listeners_config[listener_name]
+        )
+
+        if client_session.client_id is None:
+            msg = "Client ID was not correctly created/set."
+            raise BrokerError(msg)
+
+        while True:
+            try:
+                client_session.transitions.connect()
+                break
+            except (MachineError, ValueError):
+                if client_session.transitions.is_connected():
+                    self.logger.warning(
+                        f"Client {client_session.client_id} is already connected, taking over."
+                    )
+                    old_session = self._sessions[client_session.client_id]
+                    await old_session[1].handle_connection_closed()
+                    await old_session[1].stop()
+                    break
+                self.logger.warning(
+                    f"Client {client_session.client_id} is reconnecting too quickly, make it wait"
+                )
+                await asyncio.sleep(1)
+
+        handler.attach(client_session, reader, writer)
+        self._sessions[client_session.client_id] = (client_session, handler)
+
+        await handler.mqtt_connack_authorize(authenticated)
+        if not authenticated:
+            await writer.close()
+            return
+
+        await self.plugins_manager.fire_event(
+            BrokerEvents.CLIENT_CONNECTED,
+            client_id=client_session.client_id,
+            client_session=client_session,
+        )
+        await handler.start()
+        await self._publish_session_retained_messages(client_session)
+        # CHANGED: stock amqtt loops over every filter in the broker here.
+        await self._replay_own_retained(client_session)
+        await self._client_message_loop(client_session, handler)
+
+    async def _replay_own_retained(self, session: Session) -> None:
+        held = self._subscriptions.by_client.get(session.client_id or "", set())
+        for topic_filter in list(held):
+            if not await self._topic_filtering(session, topic_filter, Action.SUBSCRIBE):
+                # The user may no longer hold it (groups changed): drop it, replay nothing.
+                self._del_subscription(topic_filter, session)
+                if topic_filter in self._subscriptions and not self._subscriptions[topic_filter]:
+                    del self._subscriptions[topic_filter]  # del keeps the table's index right
+                continue
+            await self._publish_retained_messages_for_subscription((topic_filter, QOS_0), session)
+
+    # --- 3: synchronous ACL ------------------------------------------------------------------
+    async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
+        if self._fleet_topic is not None:
+            return self._fleet_topic.check(session, topic, action)
+        return await super()._topic_filtering(session, topic, action)
+
+
+class EmbeddedBroker:
+    """amqtt with FleetAuthPlugin and FleetTopicPlugin, as an async context manager."""
+
+    def __init__(
+        self,
+        creds_path: Path | str,
+        host: str = "127.0.0.1",
+        port: int = 1883,
+        ws_port: int | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        certfile: Path | str | None = None,
+        keyfile: Path | str | None = None,
+    ) -> None:
+        if (certfile is None) != (keyfile is None):
+            raise ConfigError("TLS needs both certfile and keyfile")
+        self.creds_path = Path(creds_path).expanduser()
+        self.host = host
+        self.port = port
+        self.ws_port = ws_port
+        self.prefix = Topics(prefix).prefix  # validates
+        self.certfile = Path(certfile) if certfile is not None else None
+        self.keyfile = Path(keyfile) if keyfile is not None else None
+        self._broker: FleetBroker | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._broker is not None
+
+    @property
+    def url(self) -> str:
+        scheme = "mqtts" if self.certfile else "mqtt"
+        return f"{scheme}://{_host_for_url(self.host)}:{self.port}"
+
+    def config(self) -> dict[str, Any]:
+        """The amqtt broker config this runs with."""
+        default: dict[str, Any] = {"type": "tcp", "bind": _bind(self.host, self.port)}
+        if self.certfile is not None:
+            default |= {"ssl": True, "certfile": str(self.certfile), "keyfile": str(self.keyfile)}
+        listeners: dict[str, Any] = {"default": default}
+        if self.ws_port is not None:
+            listeners["ws"] = {"type": "ws", "bind": _bind(self.host, self.ws_port)}
+        creds = str(self.creds_path)
+        return {
+            "listeners": listeners,
+            # Only ours: no anonymous plugin, no $SYS, no per-packet/event loggers.
+            "plugins": {
+                _AUTH_PLUGIN: {
+                    "credentials_file": creds,
+                    "allow_anonymous": False,
+                    "prefix": self.prefix,
+                },
+                _TOPIC_PLUGIN: {"credentials_file": creds, "prefix": self.prefix},
+            },
+        }
+
+    async def start(self) -> None:
+        if self._broker is not None:
+            return
+        where = f"{self.host}:{self.port}" + (f" (ws {self.ws_port})" if self.ws_port else "")
+        try:
+            # Config errors (a missing TLS file) surface here, bind errors in start().
+            broker = FleetBroker(self.config())
+        except (AMQTTError, ValueError, OSError) as exc:
+            raise ConfigError(f"cannot start the broker on {where}: {exc}") from exc
+        try:
+            await broker.start()
+        except BrokerError as exc:
+            await _close_servers(broker)
+            raise ConfigError(
+                f"cannot start the broker on {where}: {exc.__cause__ or exc}"
+            ) from exc
+        self._broker = broker
+        # Report the real ports when 0 asked the OS to pick.
+        for name, server in broker._servers.items():
+            sockets = getattr(server.instance, "sockets", None) or ()
+            for sock in sockets:
+                port = sock.getsockname()[1]
+                if name == "default":
+                    self.port = port
+                elif name == "ws":
+                    self.ws_port = port
+                break
+
+    async def stop(self) -> None:
+        """Close every connection and free the ports; safe to call twice."""
+        broker, self._broker = self._broker, None
+        if broker is None:
+            return
+        try:
+            await broker.shutdown()
+        except Exception:
+            log.exception("broker shutdown failed; closing its listeners")
+            await _close_servers(broker)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def serve_forever(self) -> None:
+        """Run until cancelled (Ctrl-C in `fleet broker run`), then stop."""
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+
+async def _close_servers(broker: Broker) -> None:
+    for server in broker._servers.values():
+        with contextlib.suppress(Exception):
+            await server.close_instance()
+
+
+def _bind(host: str, port: int) -> str:
+    return f"{_host_for_url(host)}:{port}"
+
+
+def _host_for_url(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

@@ -1,0 +1,164 @@
+"""`fleet broker`: run the embedded broker, or write a Mosquitto config for the same users."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from broker.credentials import CredentialStore, default_credentials_path
+from fleet.errors import FleetError
+from fleet.protocol.topics import DEFAULT_PREFIX
+
+app = typer.Typer(
+    help="Run the embedded MQTT broker (amqtt) or write a Mosquitto configuration.",
+    no_args_is_help=True,
+)
+out = Console()
+err = Console(stderr=True)
+
+CredsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--creds",
+        help="Credentials file (default: $FLEET_HOME or ~/.espfleet, then credentials.json).",
+        dir_okay=False,
+    ),
+]
+PrefixOption = Annotated[
+    str, typer.Option("--prefix", envvar="FLEET_PREFIX", help="Topic prefix the ACL applies to.")
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {escape(message)}")
+    return typer.Exit(code=1)
+
+
+def _users(store: CredentialStore) -> int:
+    try:
+        return len(store)
+    except FleetError as exc:
+        raise _fail(str(exc)) from exc
+
+
+@app.command()
+def run(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="MQTT (TCP) port.")] = 1883,
+    ws_port: Annotated[
+        int | None, typer.Option("--ws-port", help="Also listen for MQTT over WebSocket here.")
+    ] = None,
+    creds: CredsOption = None,
+    certfile: Annotated[
+        Path | None, typer.Option(help="TLS certificate (PEM); needs --keyfile.", exists=True)
+    ] = None,
+    keyfile: Annotated[
+        Path | None, typer.Option(help="TLS private key (PEM).", exists=True)
+    ] = None,
+    prefix: PrefixOption = DEFAULT_PREFIX,
+) -> None:
+    """Run the embedded broker until Ctrl-C. Users come from `fleet creds`."""
+    from broker.embedded import EmbeddedBroker  # amqtt is heavy; only this command needs it
+
+    if not logging.getLogger().handlers:
+        # Refused logins and amqtt's warnings, timestamped like a server log.
+        logging.basicConfig(
+            level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    if (certfile is None) != (keyfile is None):
+        raise _fail("--certfile and --keyfile go together")
+    store = CredentialStore(creds or default_credentials_path())
+    count = _users(store)
+    if count == 0:
+        err.print(
+            f"[yellow]warning:[/yellow] no users in {store.path}; every CONNECT will be refused"
+            " until you add some with `fleet creds add`"
+        )
+    try:
+        broker = EmbeddedBroker(
+            store.path,
+            host=host,
+            port=port,
+            ws_port=ws_port,
+            prefix=prefix,
+            certfile=certfile,
+            keyfile=keyfile,
+        )
+    except (FleetError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+
+    async def serve() -> None:
+        await broker.start()
+        ws = f", WebSocket on port {broker.ws_port}" if broker.ws_port else ""
+        out.print(
+            f"Broker on {broker.url}{ws}; prefix {prefix}; {count} users from {store.path}."
+            " Ctrl-C to stop."
+        )
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        if task is not None:
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await broker.stop()
+
+    try:
+        asyncio.run(serve())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass
+    except FleetError as exc:
+        raise _fail(str(exc)) from exc
+    out.print("Broker stopped.")
+
+
+@app.command("mosquitto-config")
+def mosquitto_config(
+    directory: Annotated[Path, typer.Argument(help="Where to write mosquitto.conf, passwd, acl.")],
+    creds: CredsOption = None,
+    port: Annotated[int, typer.Option(help="MQTT (TCP) port.")] = 1883,
+    bind: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    ws_port: Annotated[
+        int | None, typer.Option("--ws-port", help="Also listen for MQTT over WebSocket here.")
+    ] = None,
+    persistence: Annotated[
+        Path | None,
+        typer.Option(help="Keep retained messages and sessions across restarts, here."),
+    ] = None,
+    run_as: Annotated[
+        str | None,
+        typer.Option(
+            "--run-as", help="User mosquitto switches to when started as root ('root' stays)."
+        ),
+    ] = None,
+    prefix: PrefixOption = DEFAULT_PREFIX,
+) -> None:
+    """Write a Mosquitto 2 config with the same users (same hashes) and equivalent ACL."""
+    from broker.mosquitto import write_mosquitto_config
+
+    store = CredentialStore(creds or default_credentials_path())
+    count = _users(store)
+    try:
+        conf = write_mosquitto_config(
+            directory,
+            store,
+            prefix=prefix,
+            port=port,
+            bind=bind,
+            ws_port=ws_port,
+            persistence_dir=persistence,
+            run_as=run_as,
+        )
+    except (FleetError, ValueError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    out.print(f"Wrote {conf} with passwd and acl for {count} users.")
+    out.print(f"Run: mosquitto -c {conf}   (after `fleet creds` changes: rerun this, then SIGHUP)")

@@ -1,0 +1,71 @@
+"""The `fleet` command: thin typer shells over the `fleet` package."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli import broker, creds, ops, services
+from cli.common import Exit, fail, setup_logging
+from fleet.protocol import json_schemas
+
+app = typer.Typer(
+    name="fleet",
+    help="Run fleets of ESP32 audio devices in meetings.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+protocol_app = typer.Typer(help="The wire contract (docs/protocol.md).", no_args_is_help=True)
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False,
+) -> None:
+    setup_logging(verbose)
+
+
+@protocol_app.command("schema")
+def schema(
+    name: Annotated[str | None, typer.Argument(help="One message (status, desired, ...).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write NAME.schema.json files here.")] = None,
+) -> None:
+    """Print the JSON Schema of every message (or of NAME)."""
+    schemas = json_schemas()
+    if name is not None:
+        if name not in schemas:
+            fail(f"unknown message {name!r}; known: {', '.join(schemas)}", Exit.USAGE)
+        schemas = {name: schemas[name]}
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for key, value in schemas.items():
+            (out / f"{key}.schema.json").write_text(json.dumps(value, indent=2) + "\n")
+        typer.echo(f"wrote {len(schemas)} schemas to {out}")
+        return
+    typer.echo(json.dumps(schemas if name is None else schemas[name], indent=2))
+
+
+app.command("up")(services.up)
+app.command("demo")(services.demo)
+app.command("controller")(services.controller)
+app.command("sim")(services.sim)
+app.command("devices")(ops.devices)
+app.command("join-all")(ops.join_all)
+app.command("leave-all")(ops.leave_all)
+app.command("join")(ops.join)
+app.command("leave")(ops.leave)
+app.command("cmd")(ops.cmd)
+app.add_typer(protocol_app, name="protocol")
+app.add_typer(creds.app, name="creds")
+app.add_typer(broker.app, name="broker")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Long-running parts: `fleet up`, `fleet controller`, `fleet sim`, and `fleet demo`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from broker.credentials import CredentialStore, default_credentials_path
+from cli.common import (
+    BrokerOpt,
+    Exit,
+    PrefixOpt,
+    connection,
+    console,
+    fail,
+    run,
+    run_service,
+)
+from fleet.client import FleetClient
+from fleet.controller.service import Controller
+from fleet.device.sim import SimFleet, device_ids
+from fleet.protocol import is_valid_id
+from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult
+from fleet.settings import load_settings
+from fleet.stack import StackConfig, running_stack
+
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--home",
+        envvar="FLEET_HOME",
+        help="Folder for credentials, database, client file.",
+        show_default="~/.espfleet",
+    ),
+]
+PortOpt = Annotated[int, typer.Option("--port", min=0, max=65535, help="Broker TCP port.")]
+GroupOpt = Annotated[
+    list[str] | None, typer.Option("--group", help="Group of the simulated devices (repeatable).")
+]
+
+
+def up(
+    devices: Annotated[int, typer.Option(min=0, max=20000, help="Simulated devices.")] = 3,
+    port: PortOpt = 1883,
+    ws_port: Annotated[
+        int | None, typer.Option(help="Also listen for MQTT over WebSocket.")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address the broker binds.")] = "127.0.0.1",
+    group: GroupOpt = None,
+    tele_interval: Annotated[
+        float, typer.Option(min=0.5, help="Telemetry period, seconds.")
+    ] = 10.0,
+    home: HomeOpt = None,
+    prefix: PrefixOpt = None,
+) -> None:
+    """Run broker + controller + N simulated devices until Ctrl-C."""
+    settings = load_settings(home=home, prefix=prefix)
+    config = StackConfig(
+        home=settings.home,
+        devices=devices,
+        host=host,
+        port=port,
+        ws_port=ws_port,
+        prefix=settings.prefix,
+        groups=_groups(group),
+        tele_interval_s=tele_interval,
+    )
+
+    async def go() -> None:
+        async with running_stack(config) as stack:
+            await stack.wait_ready()
+            client_file = settings.write_client_file(stack.operator_url)
+            console.print(
+                f"[green]up[/]: broker on {host}:{port}, controller, {devices} simulated devices. "
+                f"CLI commands find it through {client_file}. Ctrl-C stops everything.",
+                highlight=False,
+            )
+            # The parts run until Ctrl-C; one that ends on its own is a failure to report.
+            await asyncio.wait(stack.tasks, return_when=asyncio.FIRST_COMPLETED)
+            raise stack.failed() or RuntimeError("a part of the stack stopped")
+
+    run_service(go())
+
+
+def controller(
+    db: Annotated[
+        Path | None, typer.Option(help="SQLite database.", show_default="FLEET_HOME/controller.db")
+    ] = None,
+    client_id: Annotated[str, typer.Option(help="MQTT client id.")] = "fleet-controller",
+    broker: BrokerOpt = None,
+    prefix: PrefixOpt = None,
+) -> None:
+    """Run the controller: registry, desired state, commands, the automation API."""
+    url, topics = connection(broker, prefix)
+    path = db or load_settings().home / "controller.db"
+    console.print(f"controller on {url.redacted()}, store {path}", highlight=False)
+    run_service(Controller(url, path, topics, client_id=client_id).run())
+
+
+def sim(
+    devices: Annotated[int, typer.Option(min=1, max=20000, help="How many devices.")] = 10,
+    id_prefix: Annotated[str, typer.Option(help="Device ids are PREFIX-1, PREFIX-2, ...")] = "dev",
+    start: Annotated[int, typer.Option(min=0, help="First device number.")] = 1,
+    group: GroupOpt = None,
+    creds: Annotated[
+        Path | None,
+        typer.Option(
+            help="Credentials file to register the devices in (a local broker's).",
+            show_default="FLEET_HOME/credentials.json",
+        ),
+    ] = None,
+    secrets: Annotated[
+        Path | None, typer.Option(help="JSON {device id: secret} for a remote broker.")
+    ] = None,
+    tele_interval: Annotated[
+        float, typer.Option(min=0.5, help="Telemetry period, seconds.")
+    ] = 10.0,
+    broker: BrokerOpt = None,
+    prefix: PrefixOpt = None,
+) -> None:
+    """Run N simulated devices that speak exactly the device side of the protocol."""
+    ids = device_ids(devices, id_prefix, start)
+    if not all(is_valid_id(i) for i in ids):
+        fail(f"--id-prefix {id_prefix!r} makes invalid device ids", Exit.USAGE)
+    url, topics = connection(broker, prefix)
+    if secrets is not None:
+        try:
+            known = json.loads(secrets.read_text())
+        except (OSError, ValueError) as exc:
+            fail(f"cannot read {secrets}: {exc}", Exit.USAGE)
+        missing = [i for i in ids if i not in known]
+        if missing:
+            fail(f"{secrets} has no secret for {', '.join(missing[:5])}", Exit.USAGE)
+        device_secrets = {i: str(known[i]) for i in ids}
+    else:
+        store = CredentialStore(creds or default_credentials_path())
+        device_secrets = store.add_devices(ids, groups=_groups(group))
+    fleet = SimFleet(
+        url, device_secrets, topics, groups=_groups(group), tele_interval_s=tele_interval
+    )
+    console.print(f"{devices} simulated devices on {url.redacted()}", highlight=False)
+    run_service(fleet.run())
+
+
+def demo(
+    devices: Annotated[int, typer.Option(min=1, max=50, help="Simulated devices.")] = 3,
+    room: Annotated[str, typer.Option(help="Room the devices meet in.")] = "standup",
+    port: PortOpt = 0,
+    home: HomeOpt = None,
+) -> None:
+    """The main job on embedded defaults: start everything, meet, leave, report, stop."""
+    settings = load_settings(home=home)
+    config = StackConfig(
+        home=settings.home, devices=devices, port=port or _free_port(), tele_interval_s=2.0
+    )
+
+    async def go() -> bool:
+        async with running_stack(config) as stack:
+            started = time.monotonic()
+            await stack.wait_ready()
+            console.print(
+                f"broker, controller and {devices} devices up in {time.monotonic() - started:.2f}s",
+                highlight=False,
+            )
+            async with FleetClient(stack.operator_url, stack.controller.topics) as fleet:
+                joined = await _step(fleet, ApiOp.JOIN_ALL, ApiRequest(room=room, timeout_s=20))
+                left = await _step(fleet, ApiOp.LEAVE_ALL, ApiRequest(timeout_s=20))
+            return joined.ok and left.ok
+
+    ok = run(go())
+    console.print("[green]demo passed[/]" if ok else "[red]demo failed[/]")
+    raise typer.Exit(Exit.OK if ok else Exit.NOT_CONVERGED)
+
+
+async def _step(fleet: FleetClient, op: ApiOp, request: ApiRequest) -> ApiResult:
+    started = time.monotonic()
+    result = await fleet.request(op, request)
+    style = "green" if result.ok else "red"
+    console.print(
+        f"{op.value:<9} rev {result.rev}: [{style}]{result.code}[/] ({result.detail}) "
+        f"in {time.monotonic() - started:.2f}s",
+        highlight=False,
+    )
+    for d in result.devices:
+        console.print(f"  {d.device}: {d.outcome.value}, room {d.room or '-'}", highlight=False)
+    return result
+
+
+def _groups(group: list[str] | None) -> list[str]:
+    groups = list(dict.fromkeys(group or []))
+    bad = [g for g in groups if not is_valid_id(g)]
+    if bad:
+        raise typer.BadParameter(f"invalid group name(s): {', '.join(bad)}")
+    return groups
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

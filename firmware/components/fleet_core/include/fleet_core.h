@@ -1,0 +1,182 @@
+/*
+ * fleet_core.h - the device's brain, shared by the ESP port and the host port.
+ *
+ * The port owns the network and the clock; it calls in here on four occasions:
+ *   fleet_core_on_connected()     the MQTT session is up (after CONNACK)
+ *   fleet_core_on_disconnected()  it went down
+ *   fleet_core_on_message()       a PUBLISH arrived on a subscribed topic
+ *   fleet_core_tick()             periodically; it returns how long it may sleep
+ * and the core answers through the fleet_port_t table: it subscribes, publishes
+ * the birth, state, acks, telemetry and meeting signalling, and asks for reboots.
+ *
+ * What it keeps:
+ *  - the latest desired doc per source topic (own, grp/all, each group); an empty
+ *    payload clears a source; the highest rev is applied only if it is higher than
+ *    the applied rev, so state never goes backwards;
+ *  - the meeting signalling phase (idle/joining/joined) and the session it is in;
+ *  - the last FLEET_CMD_RING command ids and their final acks, so a redelivered
+ *    command gets the same answer and runs nothing.
+ *
+ * All storage is inside fleet_core_t (no allocation except cJSON's while a payload
+ * is parsed), so one static instance is all a device needs. Not thread-safe: call
+ * it from one task.
+ */
+#ifndef FLEET_CORE_H
+#define FLEET_CORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fleet_msg.h"
+#include "fleet_port.h"
+#include "fleet_topics.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#ifndef FLEET_CMD_RING
+#define FLEET_CMD_RING 32 /* remembered command ids (protocol.md 6.2: at least 32) */
+#endif
+#ifndef FLEET_ACK_ARENA
+#define FLEET_ACK_ARENA 8192 /* bytes shared by the remembered ids and their acks */
+#endif
+#ifndef FLEET_MAX_PEERS
+#define FLEET_MAX_PEERS 8 /* remote participants tracked (an ESP mesh holds 2-3) */
+#endif
+#define FLEET_PEER_BYTES   129 /* a participant id this long or shorter is tracked */
+#define FLEET_TEXT_BYTES   FLEET_UTF8_BYTES(FLEET_SHORT_TEXT_CHARS)
+#define FLEET_FIELD_BYTES  65 /* fw, hw, ip */
+#define FLEET_DETAIL_BYTES FLEET_ERRMSG_MAX
+/* {"groups":[...]}: 32 ids of 64 chars, quoted, with commas */
+#define FLEET_RESULT_BYTES (FLEET_MAX_GROUPS * (FLEET_ID_MAX + 3) + 16)
+#define FLEET_OUT_MAX      4096 /* largest state/birth/ack/tele payload the core sends */
+#define FLEET_SOURCES      (2 + FLEET_MAX_GROUPS)
+
+#define FLEET_IDENTIFY_DEFAULT_S 5
+#define FLEET_IDENTIFY_MAX_S     300
+
+typedef struct {
+    const char *device_id; /* [a-z0-9][a-z0-9-]{0,63} */
+    const char *prefix;    /* NULL = "fleet/v1" */
+    const char *const *groups;
+    size_t n_groups;
+    const char *fw;
+    const char *hw;
+    const char *ip;            /* NULL = not reported */
+    fleet_caps_t caps;         /* codec strings must outlive the core */
+    uint32_t tele_interval_ms; /* 0 = no telemetry */
+    /* The id of a reboot command that restarted the device (persisted by the port across
+     * the restart), or NULL: its final ack goes out after the first connect. */
+    const char *pending_cmd_id;
+} fleet_config_t;
+
+typedef enum {
+    FLEET_MEET_IDLE = 0, /* no signalling session (the intent may still name a room) */
+    FLEET_MEET_JOINING,  /* join sent, waiting for joined */
+    FLEET_MEET_JOINED,   /* a participant of a session */
+} fleet_meet_phase_t;
+
+typedef struct {
+    bool has_doc;
+    fleet_desired_t doc;
+} fleet_source_t;
+
+/* A remembered command: its id and the last ack sent for it live in the arena. */
+typedef struct {
+    bool used;
+    uint32_t hash; /* FNV-1a of the id, to skip most comparisons */
+    uint16_t off;
+    uint16_t id_len;
+    uint16_t ack_len;
+} fleet_ack_memo_t;
+
+typedef struct fleet_core {
+    const fleet_port_t *port;
+
+    /* configuration (copied) */
+    char id[FLEET_ID_MAX + 1];
+    char prefix[FLEET_PREFIX_MAX + 1];
+    char fw[FLEET_FIELD_BYTES];
+    char hw[FLEET_FIELD_BYTES];
+    char ip[FLEET_FIELD_BYTES];
+    bool has_ip;
+    fleet_caps_t caps;
+    char groups[FLEET_MAX_GROUPS][FLEET_ID_MAX + 1];
+    size_t n_groups;
+    uint32_t tele_interval_ms;
+
+    /* topics built once */
+    char t_status[FLEET_TOPIC_MAX];
+    char t_state[FLEET_TOPIC_MAX];
+    char t_ack[FLEET_TOPIC_MAX];
+    char t_tele[FLEET_TOPIC_MAX];
+    char t_desired[FLEET_TOPIC_MAX];
+    char t_cmd[FLEET_TOPIC_MAX];
+    char t_meet_up[FLEET_TOPIC_MAX];
+    char t_meet_down[FLEET_TOPIC_MAX];
+
+    bool connected;
+
+    /* desired state: [0] own, [1] grp/all, [2 + i] groups[i] */
+    fleet_source_t sources[FLEET_SOURCES];
+    int64_t applied_rev;
+    bool has_meeting; /* the applied intent has a meeting */
+    fleet_intent_t meeting;
+    char error[FLEET_TEXT_BYTES]; /* reported in state when not empty */
+
+    /* meeting signalling */
+    fleet_meet_phase_t phase;
+    char session[FLEET_TEXT_BYTES];
+    char participant[FLEET_TEXT_BYTES];
+    char peers[FLEET_MAX_PEERS][FLEET_PEER_BYTES];
+    size_t n_peers;
+
+    /* commands */
+    fleet_ack_memo_t memo[FLEET_CMD_RING];
+    size_t memo_next;
+    char arena[FLEET_ACK_ARENA];
+    size_t arena_pos;
+    char pending_cmd[FLEET_UTF8_BYTES(FLEET_CMD_ID_CHARS)]; /* a reboot to confirm, or "" */
+    char result[FLEET_RESULT_BYTES];                        /* scratch for ack results */
+
+    /* telemetry */
+    uint64_t next_tele_ms;
+    bool tele_waits_for_clock;
+
+    char out[FLEET_OUT_MAX]; /* scratch for outgoing payloads */
+} fleet_core_t;
+
+/* False if the config is unusable (bad id, prefix or group); the reason is logged. */
+bool fleet_core_init(fleet_core_t *core, const fleet_config_t *cfg, const fleet_port_t *port);
+
+/* The device's address changed (DHCP): the next birth reports it. NULL = none. */
+void fleet_core_set_ip(fleet_core_t *core, const char *ip);
+
+/* For the port's MQTT setup: the LWT goes retained on this topic with FLEET_LWT_PAYLOAD. */
+const char *fleet_core_status_topic(const fleet_core_t *core);
+
+void fleet_core_on_connected(fleet_core_t *core);
+void fleet_core_on_disconnected(fleet_core_t *core);
+void fleet_core_on_message(fleet_core_t *core, const char *topic, size_t topic_len,
+                           const char *payload, size_t len);
+/* Runs timers (telemetry, meeting.until); returns the milliseconds until it wants to run. */
+uint32_t fleet_core_tick(fleet_core_t *core);
+/* Orderly stop: leave the meeting, publish {"online":false} retained. Then disconnect. */
+void fleet_core_shutdown(fleet_core_t *core);
+
+/* For the media layer: send SDP to a participant of our session through the controller. */
+bool fleet_core_send_sdp(fleet_core_t *core, const char *to, bool is_offer, const char *sdp);
+
+/* Encoders the core uses, exposed for tests. */
+size_t fleet_core_encode_birth(fleet_core_t *core, char *buf, size_t cap);
+size_t fleet_core_encode_state(fleet_core_t *core, char *buf, size_t cap);
+
+const char *fleet_meet_phase_name(fleet_meet_phase_t phase);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FLEET_CORE_H */

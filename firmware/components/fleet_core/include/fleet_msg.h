@@ -1,0 +1,300 @@
+/*
+ * fleet_msg.h - every payload the device sends or receives, parsed and encoded
+ * exactly as fleet/protocol/messages.py defines them.
+ *
+ * Parsing rules (pydantic strict mode, extra="ignore"):
+ *  - a JSON object is required; unknown members are ignored;
+ *  - wrong JSON types are refused ("5" is not an int, 5.0 is not an int, true is
+ *    not a number); a float field takes an int;
+ *  - an absent optional field is null; null is accepted only where the model
+ *    says `| None`, an absent field with a default takes the default;
+ *  - string lengths count code points, as Python does;
+ *  - payloads above FLEET_MAX_PAYLOAD are refused before parsing.
+ * Known, deliberate differences (all refusals of odd input, see firmware/README.md):
+ * NaN/Infinity literals and numbers that overflow a double (1e400), \u0000 escapes,
+ * integers beyond +-2^53, nesting deeper than FLEET_JSON_MAX_DEPTH and more than
+ * FLEET_JSON_MAX_VALUES values.
+ *
+ * Parsed strings are views (const char *) into the cJSON tree of the
+ * fleet_json_doc_t they came from: valid until fleet_json_free(). Desired and
+ * Command, which the core keeps, copy what they hold into fixed arrays.
+ *
+ * Encoders write compact JSON with nulls left out (messages.encode does the
+ * same) into a caller buffer and return its length, 0 if it did not fit.
+ */
+#ifndef FLEET_MSG_H
+#define FLEET_MSG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fleet_json.h"
+#include "fleet_topics.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FLEET_PROTOCOL_VERSION 1
+#define FLEET_ROOM_MAX         64  /* chars, ASCII by pattern */
+#define FLEET_SHORT_TEXT_CHARS 256 /* ShortText max_length (code points) */
+#define FLEET_CMD_ID_CHARS     64  /* CommandId */
+#define FLEET_OP_CHARS         32  /* Command.op */
+#define FLEET_MAX_GROUPS       32  /* Status.groups max_length */
+#define FLEET_MAX_CODECS       8   /* Capabilities.codecs max_length */
+#define FLEET_CODEC_CHARS      16
+#define FLEET_STATE_MAX_PEERS  64                 /* MeetingState.peers max_length */
+#define FLEET_JOINED_MAX_PEERS 64                 /* MeetJoined.peers max_length */
+#define FLEET_MAX_REV          9007199254740991LL /* messages.MAX_REV = 2^53 - 1 */
+#define FLEET_TELE_MAX_AUDIO   64                 /* Telemetry.audio max_length */
+#define FLEET_SDP_CHARS        (32 * 1024)
+#define FLEET_SEND_TEXT_CHARS  4096
+#define FLEET_SEND_B64_CHARS   8192
+/* Bytes needed to hold n code points of UTF-8 plus a terminator. */
+#define FLEET_UTF8_BYTES(n) ((n)*4 + 1)
+
+#define FLEET_LWT_PAYLOAD "{\"online\":false}"
+
+/* ---- presence ---------------------------------------------------------------------------- */
+
+typedef struct {
+    bool audio;
+    bool mic;
+    bool speaker;
+    size_t n_codecs;
+    const char *codecs[FLEET_MAX_CODECS];
+} fleet_caps_t;
+
+typedef struct {
+    bool online;
+    const char *fw; /* NULL = absent */
+    const char *hw;
+    const char *ip;
+    bool has_caps;
+    fleet_caps_t caps;
+    size_t n_groups;
+    const char *groups[FLEET_MAX_GROUPS];
+    bool has_ts;
+    double ts;
+} fleet_status_t;
+
+/* ---- desired and reported state ---------------------------------------------------------- */
+
+typedef struct {
+    char room[FLEET_ROOM_MAX + 1];
+    bool mic; /* default true */
+    bool has_volume;
+    int volume; /* 0..100 */
+    bool has_until;
+    double until; /* Unix time after which the intent lapses */
+} fleet_intent_t;
+
+typedef struct {
+    int64_t rev; /* >= 0 */
+    bool has_meeting;
+    fleet_intent_t meeting;
+    bool has_ts;
+    double ts;
+} fleet_desired_t;
+
+typedef struct {
+    int64_t rev;
+    bool has_meeting;
+    struct {
+        const char *room;
+        const char *session;     /* NULL = null */
+        const char *participant; /* NULL = null */
+        size_t n_peers;
+        const char *peers[FLEET_STATE_MAX_PEERS];
+    } meeting;
+    bool mic; /* default true */
+    bool has_volume;
+    int volume;
+    const char *error; /* NULL = none */
+    bool has_ts;
+    double ts;
+} fleet_state_t;
+
+/* ---- commands ---------------------------------------------------------------------------- */
+
+typedef enum {
+    FLEET_ACK_OK = 0,
+    FLEET_ACK_ACCEPTED,
+    FLEET_ACK_UNKNOWN_OP,
+    FLEET_ACK_BAD_ARGS,
+    FLEET_ACK_EXPIRED,
+    FLEET_ACK_FAILED,
+    FLEET_ACK_BAD_REQUEST,
+} fleet_ack_code_t;
+
+typedef struct {
+    char id[FLEET_UTF8_BYTES(FLEET_CMD_ID_CHARS)];
+    char op[FLEET_UTF8_BYTES(FLEET_OP_CHARS)];
+    const cJSON *args; /* the args object (view); NULL when absent (= {}) */
+    int64_t ttl_ms;    /* > 0, default 30000 */
+    bool has_ts;
+    double ts;
+} fleet_cmd_t;
+
+typedef struct {
+    const char *id;
+    bool ok;
+    fleet_ack_code_t code;
+    const char *detail;      /* never NULL after parse ("" default) */
+    bool done;               /* default true */
+    const cJSON *result;     /* parse: object view or NULL */
+    const char *result_json; /* encode: an encoded JSON object, or NULL */
+} fleet_ack_t;
+
+/* ---- telemetry --------------------------------------------------------------------------- */
+
+typedef struct {
+    const char *peer;
+    int64_t packets_sent;
+    int64_t packets_received;
+    int64_t packets_lost;
+    bool has_loss;
+    double loss;
+    bool has_jitter_ms;
+    double jitter_ms;
+    bool has_rtt_ms;
+    double rtt_ms;
+    bool has_level;
+    double level;
+    bool has_bitrate_kbps;
+    double bitrate_kbps;
+    const char *codec;
+} fleet_peer_audio_t;
+
+typedef struct {
+    double ts;
+    struct {
+        bool has_rssi;
+        int64_t rssi;
+        bool has_channel;
+        int64_t channel;
+        int64_t reconnects;
+    } wifi;
+    struct {
+        bool has_heap_free;
+        int64_t heap_free;
+        bool has_heap_min;
+        int64_t heap_min;
+        bool has_uptime_s;
+        double uptime_s;
+        bool has_cpu_load;
+        double cpu_load;
+        int64_t mqtt_reconnects;
+    } sys;
+    bool has_meeting;
+    struct {
+        const char *room;
+        const char *session;
+        const char *participant;
+    } meeting;
+    /* Encode: n_audio items in audio[] to write. Parse: every item is validated; the first
+     * audio_cap are stored in audio[] and n_audio says how many were stored (with audio NULL,
+     * n_audio counts the items and none is stored). */
+    size_t n_audio;
+    fleet_peer_audio_t *audio;
+    size_t audio_cap;
+} fleet_tele_t;
+
+/* ---- meeting signalling ------------------------------------------------------------------ */
+
+typedef struct {
+    const char *participant;
+    const char *pid; /* a device id */
+    bool has_caps;
+    fleet_caps_t caps;
+} fleet_peer_info_t;
+
+typedef enum {
+    FLEET_UP_JOIN = 0,
+    FLEET_UP_LEAVE,
+    FLEET_UP_OFFER,
+    FLEET_UP_ANSWER,
+    FLEET_UP_MESSAGE,
+} fleet_up_type_t;
+
+typedef struct {
+    fleet_up_type_t type;
+    const char *room; /* join */
+    bool has_caps;    /* join */
+    fleet_caps_t caps;
+    const char *to;       /* offer, answer (required), message (optional) */
+    const char *sdp;      /* offer, answer */
+    const char *text;     /* message */
+    const char *data_b64; /* message */
+} fleet_meet_up_t;
+
+typedef enum {
+    FLEET_DOWN_JOINED = 0,
+    FLEET_DOWN_PEER_JOINED,
+    FLEET_DOWN_PEER_LEFT,
+    FLEET_DOWN_OFFER,
+    FLEET_DOWN_ANSWER,
+    FLEET_DOWN_LEFT,
+    FLEET_DOWN_ERROR,
+    FLEET_DOWN_MESSAGE,
+} fleet_down_type_t;
+
+typedef struct {
+    fleet_down_type_t type;
+    const char *room;        /* joined */
+    const char *session;     /* joined (required), left (optional) */
+    const char *participant; /* joined, peer_left */
+    const cJSON *peers;      /* joined: validated array of PeerInfo (view), NULL = [] */
+    size_t n_peers;
+    fleet_peer_info_t peer; /* peer_joined */
+    const char *from;       /* offer, answer, message */
+    const char *sdp;        /* offer, answer */
+    const char *code;       /* error */
+    const char *detail;     /* error ("" default) */
+    const char *text;       /* message */
+    const char *data_b64;   /* message */
+} fleet_meet_down_t;
+
+/* ---- parsers: doc must hold a successfully parsed document --------------------------------- */
+
+fleet_err_t fleet_status_parse(const fleet_json_doc_t *doc, fleet_status_t *out, fleet_perr_t *err);
+fleet_err_t fleet_desired_parse(const fleet_json_doc_t *doc, fleet_desired_t *out,
+                                fleet_perr_t *err);
+fleet_err_t fleet_state_parse(const fleet_json_doc_t *doc, fleet_state_t *out, fleet_perr_t *err);
+fleet_err_t fleet_cmd_parse(const fleet_json_doc_t *doc, fleet_cmd_t *out, fleet_perr_t *err);
+fleet_err_t fleet_ack_parse(const fleet_json_doc_t *doc, fleet_ack_t *out, fleet_perr_t *err);
+fleet_err_t fleet_tele_parse(const fleet_json_doc_t *doc, fleet_tele_t *out, fleet_perr_t *err);
+fleet_err_t fleet_meet_up_parse(const fleet_json_doc_t *doc, fleet_meet_up_t *out,
+                                fleet_perr_t *err);
+fleet_err_t fleet_meet_down_parse(const fleet_json_doc_t *doc, fleet_meet_down_t *out,
+                                  fleet_perr_t *err);
+/* The i-th entry of a parsed joined message's peers (already validated). */
+bool fleet_meet_peer_at(const fleet_meet_down_t *msg, size_t i, fleet_peer_info_t *out);
+
+/* Raw bytes to a Desired in one step (size check, JSON, schema); no view outlives the call. */
+fleet_err_t fleet_desired_decode(const char *payload, size_t len, fleet_desired_t *out,
+                                 fleet_perr_t *err);
+
+/* When the command could not be parsed: its id if the payload has a valid one. */
+bool fleet_cmd_salvage_id(const fleet_json_doc_t *doc, char *out, size_t cap);
+
+/* ---- encoders ---------------------------------------------------------------------------- */
+
+size_t fleet_status_encode(const fleet_status_t *m, char *buf, size_t cap);
+size_t fleet_desired_encode(const fleet_desired_t *m, char *buf, size_t cap);
+size_t fleet_state_encode(const fleet_state_t *m, char *buf, size_t cap);
+size_t fleet_cmd_encode(const fleet_cmd_t *m, char *buf, size_t cap); /* args as {} or copy */
+size_t fleet_ack_encode(const fleet_ack_t *m, char *buf, size_t cap);
+size_t fleet_tele_encode(const fleet_tele_t *m, char *buf, size_t cap);
+size_t fleet_meet_up_encode(const fleet_meet_up_t *m, char *buf, size_t cap);
+size_t fleet_meet_down_encode(const fleet_meet_down_t *m, char *buf, size_t cap);
+
+const char *fleet_ack_code_name(fleet_ack_code_t code);
+bool fleet_ack_code_from_name(const char *name, fleet_ack_code_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FLEET_MSG_H */

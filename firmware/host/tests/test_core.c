@@ -1,0 +1,912 @@
+/*
+ * test_core.c - the device behaviour through the port: connect, reconciler, commands,
+ * meeting signalling, telemetry, shutdown. Every payload the core publishes is checked
+ * against the parsers at the end of each test.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fake_port.h"
+#include "fleet_core.h"
+#include "harness.h"
+
+static fake_port_t fp;
+static fleet_core_t core;
+static fleet_json_doc_t state_doc, ack_doc; /* what last_state()/last_ack() point into */
+
+static bool setup_with(const char *id, const char *prefix, const char *const *groups, size_t n)
+{
+    fleet_config_t cfg;
+    fp_free(&fp);
+    fp_init(&fp);
+    memset(&cfg, 0, sizeof cfg);
+    cfg.device_id = id;
+    cfg.prefix = prefix;
+    cfg.groups = groups;
+    cfg.n_groups = n;
+    cfg.fw = "0.1.0";
+    cfg.hw = "host";
+    cfg.tele_interval_ms = 5000;
+    if (!fleet_core_init(&core, &cfg, &fp.port)) {
+        return false;
+    }
+    fleet_core_on_connected(&core);
+    return true;
+}
+
+static void setup(void)
+{
+    static const char *const groups[] = {"kitchen"};
+    CHECK(setup_with("dev-1", NULL, groups, 1));
+}
+
+static void deliver(const char *suffix, const char *payload)
+{
+    char topic[256];
+    snprintf(topic, sizeof topic, "fleet/v1/%s", suffix);
+    fleet_core_on_message(&core, topic, strlen(topic), payload,
+                          payload != NULL ? strlen(payload) : 0);
+}
+
+/* The last state published, parsed (valid until the next call). */
+static fleet_state_t *last_state(void)
+{
+    static fleet_state_t st;
+    fleet_json_free(&state_doc);
+    const fp_pub_t *p = fp_last(&fp, "/dev/dev-1/state");
+    if (p == NULL || fleet_json_parse(&state_doc, p->payload, p->len, NULL) != FLEET_OK ||
+        fleet_state_parse(&state_doc, &st, NULL) != FLEET_OK) {
+        return NULL;
+    }
+    return &st;
+}
+
+/* The last ack published, parsed. */
+static fleet_ack_t *last_ack(void)
+{
+    static fleet_ack_t ack;
+    fleet_json_free(&ack_doc);
+    const fp_pub_t *p = fp_last(&fp, "/dev/dev-1/ack");
+    if (p == NULL || fleet_json_parse(&ack_doc, p->payload, p->len, NULL) != FLEET_OK ||
+        fleet_ack_parse(&ack_doc, &ack, NULL) != FLEET_OK) {
+        return NULL;
+    }
+    return &ack;
+}
+
+static const char *last_payload(const char *suffix)
+{
+    const fp_pub_t *p = fp_last(&fp, suffix);
+    return p != NULL ? p->payload : "";
+}
+
+/* Every recorded publish must parse as the message its topic says. */
+static void check_publishes_valid(void)
+{
+    for (size_t i = 0; i < fp.n_pubs; i++) {
+        const fp_pub_t *p = &fp.pubs[i];
+        fleet_topic_t t;
+        fleet_json_doc_t doc;
+        fleet_perr_t err;
+        fleet_err_t rc = FLEET_ERR_SCHEMA;
+        CHECK(fleet_topic_parse(core.prefix, p->topic, strlen(p->topic), &t));
+        if (fleet_json_parse(&doc, p->payload, p->len, &err) == FLEET_OK) {
+            union {
+                fleet_status_t status;
+                fleet_state_t state;
+                fleet_ack_t ack;
+                fleet_tele_t tele;
+                fleet_meet_up_t up;
+            } u;
+            memset(&u, 0, sizeof u);
+            switch (t.kind) {
+                case FLEET_TOPIC_STATUS:
+                    rc = fleet_status_parse(&doc, &u.status, &err);
+                    break;
+                case FLEET_TOPIC_STATE:
+                    rc = fleet_state_parse(&doc, &u.state, &err);
+                    break;
+                case FLEET_TOPIC_ACK:
+                    rc = fleet_ack_parse(&doc, &u.ack, &err);
+                    break;
+                case FLEET_TOPIC_TELE:
+                    rc = fleet_tele_parse(&doc, &u.tele, &err);
+                    break;
+                case FLEET_TOPIC_MEET_UP:
+                    rc = fleet_meet_up_parse(&doc, &u.up, &err);
+                    break;
+                default:
+                    break;
+            }
+            fleet_json_free(&doc);
+        }
+        if (rc != FLEET_OK) {
+            fprintf(stderr, "  invalid publish on %s: %s (%s)\n", p->topic, p->payload, err.msg);
+            CHECK(!"the core published an invalid message");
+        }
+    }
+}
+
+/* True if repeating the command with this id (an unknown op) resends the same bytes. */
+static bool memo_ok(const char *id)
+{
+    char before[1024], cmd[256];
+    snprintf(before, sizeof before, "%s", last_payload("/ack"));
+    snprintf(cmd, sizeof cmd, "{\"id\":\"%s\",\"op\":\"ping\"}", id);
+    deliver("dev/dev-1/cmd", cmd);
+    return strcmp(before, last_payload("/ack")) == 0 && strstr(before, "unknown_op") != NULL;
+}
+
+/* ---- init and connect -------------------------------------------------------------------- */
+
+static void test_init_refuses_bad_config(void)
+{
+    static const char *const bad_group[] = {"Kitchen"};
+    CHECK(!setup_with("Dev-1", NULL, NULL, 0));
+    CHECK(!setup_with("", NULL, NULL, 0));
+    CHECK(!setup_with("dev-1", "fleet/+", NULL, 0));
+    CHECK(!setup_with("dev-1", NULL, bad_group, 1));
+    CHECK(setup_with("dev-1", "/site-a/fleet/", NULL, 0));
+    CHECK_STR(fleet_core_status_topic(&core), "site-a/fleet/dev/dev-1/status");
+}
+
+static void test_connect_birth_subscriptions_state(void)
+{
+    setup();
+    const fp_pub_t *birth = fp_last(&fp, "/dev/dev-1/status");
+    CHECK(birth != NULL && birth->retain && birth->qos == 1);
+    CHECK_STR(birth->topic, "fleet/v1/dev/dev-1/status");
+    CHECK_STR(birth->payload, "{\"online\":true,\"fw\":\"0.1.0\",\"hw\":\"host\",\"caps\":{"
+                              "\"audio\":false,\"mic\":false,\"speaker\":false,\"codecs\":[]},"
+                              "\"groups\":[\"kitchen\"],\"ts\":1700000000}");
+    CHECK(fp_subscribed(&fp, "fleet/v1/dev/dev-1/desired"));
+    CHECK(fp_subscribed(&fp, "fleet/v1/dev/dev-1/cmd"));
+    CHECK(fp_subscribed(&fp, "fleet/v1/meet/dev-1/down"));
+    CHECK(fp_subscribed(&fp, "fleet/v1/grp/all/desired"));
+    CHECK(fp_subscribed(&fp, "fleet/v1/grp/kitchen/desired"));
+    CHECK_INT(fp.n_subs, 5);
+    const fp_pub_t *state = fp_last(&fp, "/dev/dev-1/state");
+    CHECK(state != NULL && state->retain && state->qos == 1);
+    CHECK_STR(state->payload, "{\"rev\":0,\"mic\":true,\"ts\":1700000000}");
+    CHECK_STR(FLEET_LWT_PAYLOAD, "{\"online\":false}");
+    check_publishes_valid();
+}
+
+static void test_birth_without_clock_has_no_ts(void)
+{
+    static const char *const groups[] = {"b", "all", "a", "b"}; /* "all" implicit, dup dropped */
+    fp_free(&fp);
+    fp_init(&fp);
+    fp.clock_set = false;
+    fleet_config_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.device_id = "d";
+    cfg.groups = groups;
+    cfg.n_groups = 4;
+    cfg.ip = "10.1.2.3";
+    CHECK(fleet_core_init(&core, &cfg, &fp.port));
+    fleet_core_on_connected(&core);
+    CHECK_STR(last_payload("/status"),
+              "{\"online\":true,\"fw\":\"unknown\",\"hw\":\"unknown\","
+              "\"ip\":\"10.1.2.3\",\"caps\":{\"audio\":false,\"mic\":false,"
+              "\"speaker\":false,\"codecs\":[]},\"groups\":[\"b\",\"a\"]}");
+    fp_free(&fp);
+}
+
+/* ---- desired state ----------------------------------------------------------------------- */
+
+static void test_desired_applies_and_reports(void)
+{
+    setup();
+    fp_clear(&fp);
+    deliver("dev/dev-1/desired", "{\"rev\":5,\"meeting\":{\"room\":\"standup\",\"mic\":true}}");
+    fleet_state_t *st = last_state();
+    CHECK(st != NULL);
+    if (st != NULL) {
+        CHECK_INT(st->rev, 5);
+        CHECK(st->has_meeting);
+        CHECK_STR(st->meeting.room, "standup");
+        CHECK(st->meeting.session == NULL && st->meeting.participant == NULL);
+        CHECK(st->mic);
+    }
+    CHECK_STR(last_payload("/meet/dev-1/up"), "{\"type\":\"join\",\"room\":\"standup\",\"caps\":{"
+                                              "\"audio\":false,\"mic\":false,\"speaker\":false,"
+                                              "\"codecs\":[]}}");
+    CHECK_INT(core.phase, FLEET_MEET_JOINING);
+    check_publishes_valid();
+}
+
+static void test_highest_rev_wins_never_backwards(void)
+{
+    setup();
+    deliver("dev/dev-1/desired", "{\"rev\":5,\"meeting\":{\"room\":\"standup\",\"mic\":true}}");
+    fp_clear(&fp);
+    deliver("grp/kitchen/desired", "{\"rev\":7,\"meeting\":null}");
+    fleet_state_t *st = last_state();
+    CHECK(st != NULL && st->rev == 7 && !st->has_meeting);
+    CHECK_STR(last_payload("/meet/dev-1/up"), "{\"type\":\"leave\"}");
+    CHECK_INT(core.phase, FLEET_MEET_IDLE);
+
+    /* Lower and equal revs, from any source, change nothing. */
+    fp_clear(&fp);
+    deliver("dev/dev-1/desired", "{\"rev\":6,\"meeting\":{\"room\":\"late\"}}");
+    deliver("grp/all/desired", "{\"rev\":7,\"meeting\":{\"room\":\"same\"}}");
+    CHECK_INT(fp_count(&fp, "/state"), 0);
+    CHECK_INT(fp_count(&fp, "/up"), 0);
+    CHECK_INT(core.applied_rev, 7);
+
+    /* A newer one from grp/all applies. */
+    deliver("grp/all/desired", "{\"rev\":8,\"meeting\":{\"room\":\"all-hands\",\"mic\":false}}");
+    st = last_state();
+    CHECK(st != NULL && st->rev == 8 && st->has_meeting && !st->mic);
+    CHECK_STR(st != NULL ? st->meeting.room : "", "all-hands");
+    check_publishes_valid();
+}
+
+/* Puts a doc straight into a source slot, as if it had arrived without being applied. */
+static void plant(size_t slot, int64_t rev, const char *room)
+{
+    memset(&core.sources[slot], 0, sizeof core.sources[slot]);
+    core.sources[slot].has_doc = true;
+    core.sources[slot].doc.rev = rev;
+    core.sources[slot].doc.has_meeting = true;
+    snprintf(core.sources[slot].doc.meeting.room, sizeof core.sources[slot].doc.meeting.room, "%s",
+             room);
+    core.sources[slot].doc.meeting.mic = true;
+}
+
+static void test_equal_rev_prefers_device_then_group_then_all(void)
+{
+    /* grp/all (slot 1) and kitchen (slot 2) hold rev 9; a lower own doc makes the core
+     * evaluate: the named group wins the tie. */
+    setup();
+    plant(1, 9, "from-all");
+    plant(2, 9, "from-group");
+    deliver("dev/dev-1/desired", "{\"rev\":8}");
+    CHECK_INT(core.applied_rev, 9);
+    CHECK_STR(core.meeting.room, "from-group");
+    /* The device's own doc beats both. */
+    setup();
+    plant(1, 9, "from-all");
+    plant(2, 9, "from-group");
+    deliver("dev/dev-1/desired", "{\"rev\":9,\"meeting\":{\"room\":\"from-device\"}}");
+    CHECK_STR(core.meeting.room, "from-device");
+}
+
+static void test_room_switch_leaves_then_joins(void)
+{
+    setup();
+    deliver("dev/dev-1/desired", "{\"rev\":1,\"meeting\":{\"room\":\"a\"}}");
+    fp_clear(&fp);
+    deliver("dev/dev-1/desired", "{\"rev\":2,\"meeting\":{\"room\":\"b\"}}");
+    CHECK_INT(fp_count(&fp, "/meet/dev-1/up"), 2);
+    CHECK_STR(fp.pubs[0].payload, "{\"type\":\"leave\"}");
+    CHECK(strstr(fp.pubs[1].payload, "\"room\":\"b\"") != NULL);
+    /* Same room, mic change: no rejoin. */
+    fp_clear(&fp);
+    deliver("dev/dev-1/desired", "{\"rev\":3,\"meeting\":{\"room\":\"b\",\"mic\":false}}");
+    CHECK_INT(fp_count(&fp, "/meet/dev-1/up"), 0);
+    CHECK(last_state() != NULL && !last_state()->mic);
+    check_publishes_valid();
+}
+
+static void test_empty_payload_clears_source(void)
+{
+    setup();
+    deliver("dev/dev-1/desired", "{\"rev\":9,\"meeting\":{\"room\":\"r\"}}");
+    fp_clear(&fp);
+    deliver("dev/dev-1/desired", "");
+    CHECK(!core.sources[0].has_doc);
+    CHECK_INT(fp_count(&fp, "/state"), 0); /* what is applied stays applied */
+    CHECK_INT(core.applied_rev, 9);
+    deliver("grp/all/desired", "{\"rev\":8}");
+    CHECK_INT(core.applied_rev, 9);
+    CHECK(core.sources[1].has_doc);
+    deliver("grp/all/desired", "{\"rev\":10}");
+    CHECK_INT(core.applied_rev, 10);
+    CHECK(!core.has_meeting);
+    fleet_core_on_message(&core, "fleet/v1/grp/all/desired", 24, NULL, 0);
+    CHECK(!core.sources[1].has_doc);
+    check_publishes_valid();
+}
+
+static void test_malformed_desired_refused(void)
+{
+    setup();
+    deliver("dev/dev-1/desired", "{\"rev\":5,\"meeting\":{\"room\":\"standup\"}}");
+    fp_clear(&fp);
+    deliver("dev/dev-1/desired", "{\"rev\":");
+    deliver("dev/dev-1/desired", "{\"rev\":\"9\"}");
+    deliver("dev/dev-1/desired", "{\"rev\":9.0}");
+    deliver("dev/dev-1/desired", "[9]");
+    size_t big = 70 * 1024;
+    char *p = malloc(big);
+    memset(p, ' ', big);
+    memcpy(p, "{\"rev\":99}", 10);
+    fleet_core_on_message(&core, "fleet/v1/dev/dev-1/desired", 26, p, big);
+    free(p);
+    CHECK_INT(fp.n_pubs, 0);
+    CHECK_INT(core.applied_rev, 5);
+    CHECK(core.sources[0].has_doc && core.sources[0].doc.rev == 5); /* the good one is kept */
+    CHECK(core.has_meeting);
+}
+
+static void test_foreign_and_unknown_topics_ignored(void)
+{
+    setup();
+    fp_clear(&fp);
+    deliver("dev/dev-2/desired", "{\"rev\":50}");
+    deliver("grp/other/desired", "{\"rev\":50}");
+    deliver("dev/dev-2/cmd", "{\"id\":\"x\",\"op\":\"ping\"}");
+    deliver("meet/dev-2/down", "{\"type\":\"left\"}");
+    deliver("dev/dev-1/state", "{\"rev\":50}");
+    fleet_core_on_message(&core, "elsewhere/x", 11, "{}", 2);
+    CHECK_INT(fp.n_pubs, 0);
+    CHECK_INT(core.applied_rev, 0);
+}
+
+static void test_until_past_means_no_meeting(void)
+{
+    setup();
+    fp.unix_now = 1700000000.0;
+    deliver("dev/dev-1/desired",
+            "{\"rev\":3,\"meeting\":{\"room\":\"old\",\"until\":1699999999.5}}");
+    fleet_state_t *st = last_state();
+    CHECK(st != NULL && st->rev == 3 && !st->has_meeting);
+    CHECK_INT(fp_count(&fp, "/meet/dev-1/up"), 0);
+
+    /* A future until holds until the clock passes it. */
+    deliver("dev/dev-1/desired", "{\"rev\":4,\"meeting\":{\"room\":\"now\",\"until\":1700000010}}");
+    st = last_state();
+    CHECK(st != NULL && st->rev == 4 && st->has_meeting);
+    fp.unix_now = 1700000009.0;
+    (void)fleet_core_tick(&core);
+    CHECK(core.has_meeting);
+    fp_clear(&fp);
+    fp.unix_now = 1700000010.5;
+    (void)fleet_core_tick(&core);
+    st = last_state();
+    CHECK(st != NULL && st->rev == 4 && !st->has_meeting);
+    CHECK_STR(last_payload("/meet/dev-1/up"), "{\"type\":\"leave\"}");
+    check_publishes_valid();
+}
+
+static void test_until_waits_for_clock(void)
+{
+    setup();
+    fp.clock_set = false;
+    deliver("dev/dev-1/desired", "{\"rev\":3,\"meeting\":{\"room\":\"r\",\"until\":1000}}");
+    CHECK(core.has_meeting); /* no clock, no way to know it lapsed */
+    (void)fleet_core_tick(&core);
+    CHECK(core.has_meeting);
+    fp.clock_set = true;
+    (void)fleet_core_tick(&core);
+    CHECK(!core.has_meeting);
+    CHECK_INT(core.applied_rev, 3);
+}
+
+/* ---- commands ---------------------------------------------------------------------------- */
+
+static void test_cmd_ping(void)
+{
+    setup();
+    fp.now_ms = 12345;
+    deliver("dev/dev-1/cmd", "{\"id\":\"c1\",\"op\":\"ping\",\"args\":{},\"ttl_ms\":30000}");
+    const fp_pub_t *p = fp_last(&fp, "/dev/dev-1/ack");
+    CHECK(p != NULL && p->qos == 1 && !p->retain);
+    CHECK_STR(p != NULL ? p->payload : "", "{\"id\":\"c1\",\"ok\":true,\"code\":\"ok\",\"detail\":"
+                                           "\"\",\"done\":true,\"result\":{\"uptime_s\":12.345}}");
+    check_publishes_valid();
+}
+
+static void test_cmd_identify(void)
+{
+    setup();
+    deliver("dev/dev-1/cmd", "{\"id\":\"i1\",\"op\":\"identify\"}");
+    CHECK(fp.identifies == 1 && fp.identify_s == FLEET_IDENTIFY_DEFAULT_S);
+    CHECK(last_ack() != NULL && last_ack()->ok);
+    deliver("dev/dev-1/cmd", "{\"id\":\"i2\",\"op\":\"identify\",\"args\":{\"seconds\":3}}");
+    CHECK(fp.identifies == 2 && fp.identify_s == 3);
+    deliver("dev/dev-1/cmd", "{\"id\":\"i3\",\"op\":\"identify\",\"args\":{\"seconds\":300}}");
+    CHECK(fp.identifies == 3 && fp.identify_s == 300);
+    deliver("dev/dev-1/cmd", "{\"id\":\"i4\",\"op\":\"identify\",\"args\":{\"seconds\":null}}");
+    CHECK(fp.identifies == 4 && fp.identify_s == FLEET_IDENTIFY_DEFAULT_S);
+    const char *bad[] = {"\"3\"", "3.0", "0", "301", "true", "[]"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char cmd[128];
+        snprintf(cmd, sizeof cmd,
+                 "{\"id\":\"ib%lu\",\"op\":\"identify\",\"args\":{\"seconds\":%s}}",
+                 (unsigned long)i, bad[i]);
+        deliver("dev/dev-1/cmd", cmd);
+        fleet_ack_t *a = last_ack();
+        CHECK(a != NULL && !a->ok && a->code == FLEET_ACK_BAD_ARGS);
+    }
+    CHECK_INT(fp.identifies, 4);
+    check_publishes_valid();
+}
+
+static void test_cmd_reboot(void)
+{
+    setup();
+    deliver("dev/dev-1/cmd", "{\"id\":\"r1\",\"op\":\"reboot\"}");
+    fleet_ack_t *a = last_ack();
+    CHECK(a != NULL && a->ok && a->code == FLEET_ACK_ACCEPTED && !a->done);
+    CHECK_STR(a != NULL ? a->detail : "", "rebooting");
+    CHECK_INT(fp.reboots, 1);
+    CHECK_INT(fp_count(&fp, "/ack"), 1);
+    CHECK_STR(fp.pending, "r1"); /* saved for the next boot's final ack */
+    check_publishes_valid();
+}
+
+static void test_reboot_final_ack_after_restart(void)
+{
+    fleet_config_t cfg;
+    fp_free(&fp);
+    fp_init(&fp);
+    strcpy(fp.pending, "r1");
+    memset(&cfg, 0, sizeof cfg);
+    cfg.device_id = "dev-1";
+    cfg.pending_cmd_id = "r1";
+    CHECK(fleet_core_init(&core, &cfg, &fp.port));
+    CHECK_INT(fp.n_pubs, 0); /* nothing before the connection */
+    fleet_core_on_connected(&core);
+    fleet_ack_t *a = last_ack();
+    CHECK(a != NULL && a->ok && a->code == FLEET_ACK_OK && a->done);
+    CHECK_STR(a != NULL ? a->id : "", "r1");
+    CHECK_STR(fp.pending, "");
+    /* The birth and the state go out before the final ack. */
+    CHECK(fp.n_pubs >= 3 && strstr(fp.pubs[0].topic, "/status") != NULL);
+    /* A redelivered reboot command now gets that final ack, and does not reboot. */
+    deliver("dev/dev-1/cmd", "{\"id\":\"r1\",\"op\":\"reboot\"}");
+    CHECK_INT(fp.reboots, 0);
+    CHECK(last_ack() != NULL && last_ack()->code == FLEET_ACK_OK);
+    /* Reconnecting does not confirm it twice. */
+    fp_clear(&fp);
+    fleet_core_on_disconnected(&core);
+    fleet_core_on_connected(&core);
+    CHECK_INT(fp_count(&fp, "/ack"), 0);
+    check_publishes_valid();
+}
+
+static void test_cmd_ota(void)
+{
+    setup();
+    fp_clear(&fp);
+    deliver("dev/dev-1/cmd",
+            "{\"id\":\"o1\",\"op\":\"ota\",\"args\":{\"url\":\"http://x/fw.bin\"}}");
+    CHECK_INT(fp_count(&fp, "/ack"), 2);
+    CHECK(strstr(fp.pubs[0].payload, "\"code\":\"accepted\"") != NULL);
+    CHECK(strstr(fp.pubs[0].payload, "\"done\":false") != NULL);
+    fleet_ack_t *a = last_ack();
+    CHECK(a != NULL && !a->ok && a->code == FLEET_ACK_FAILED && a->done);
+    CHECK_STR(a != NULL ? a->detail : "", "not supported in this build");
+    const char *bad[] = {"{}", "{\"url\":5}", "{\"url\":null}", "{\"url\":\"ftp://x/fw\"}"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char cmd[128];
+        snprintf(cmd, sizeof cmd, "{\"id\":\"ob%lu\",\"op\":\"ota\",\"args\":%s}", (unsigned long)i,
+                 bad[i]);
+        deliver("dev/dev-1/cmd", cmd);
+        CHECK(last_ack() != NULL && last_ack()->code == FLEET_ACK_BAD_ARGS);
+    }
+    CHECK_STR(last_ack() != NULL ? last_ack()->detail : "", "args.url: an http:// or https:// URL");
+    check_publishes_valid();
+}
+
+static void test_cmd_set_groups(void)
+{
+    static const char *const groups[] = {"kitchen", "floor-1"};
+    CHECK(setup_with("dev-1", NULL, groups, 2));
+    deliver("grp/floor-1/desired", "{\"rev\":2}");
+    deliver("grp/kitchen/desired", "{\"rev\":3}");
+    fp_clear(&fp);
+    deliver("dev/dev-1/cmd",
+            "{\"id\":\"g1\",\"op\":\"set_groups\",\"args\":{\"groups\":[\"floor-1\",\"lab\","
+            "\"lab\",\"all\"]}}");
+    fleet_ack_t *a = last_ack();
+    CHECK(a != NULL && a->ok && a->code == FLEET_ACK_OK);
+    CHECK(strstr(last_payload("/ack"), "\"result\":{\"groups\":[\"floor-1\",\"lab\"]}") != NULL);
+    CHECK(!fp_subscribed(&fp, "fleet/v1/grp/kitchen/desired"));
+    CHECK(fp_subscribed(&fp, "fleet/v1/grp/floor-1/desired"));
+    CHECK(fp_subscribed(&fp, "fleet/v1/grp/lab/desired"));
+    CHECK(fp_subscribed(&fp, "fleet/v1/grp/all/desired"));
+    CHECK_INT(fp.n_unsubs, 1);
+    CHECK_INT(fp.saved_groups, 1);
+    CHECK(strstr(last_payload("/status"), "\"groups\":[\"floor-1\",\"lab\"]") != NULL);
+    CHECK(fp_last(&fp, "/status")->retain);
+    CHECK_INT(core.n_groups, 2);
+    CHECK(core.sources[2].has_doc && core.sources[2].doc.rev == 2); /* floor-1's doc kept */
+    CHECK(!core.sources[3].has_doc);                                /* lab: nothing yet */
+    /* The dropped group's docs no longer count, and its topic is not ours any more. */
+    fp_clear(&fp);
+    deliver("grp/kitchen/desired", "{\"rev\":40}");
+    CHECK_INT(fp.n_pubs, 0);
+    deliver("grp/lab/desired", "{\"rev\":41}");
+    CHECK(last_state() != NULL && last_state()->rev == 41);
+
+    const char *bad[] = {
+        "{}",
+        "{\"groups\":\"lab\"}",
+        "{\"groups\":[\"Lab\"]}",
+        "{\"groups\":[5]}",
+        "{\"groups\":null}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char cmd[256];
+        snprintf(cmd, sizeof cmd, "{\"id\":\"gb%lu\",\"op\":\"set_groups\",\"args\":%s}",
+                 (unsigned long)i, bad[i]);
+        deliver("dev/dev-1/cmd", cmd);
+        a = last_ack();
+        CHECK(a != NULL && !a->ok && a->code == FLEET_ACK_BAD_ARGS);
+    }
+    char many[1024] = "{\"id\":\"gm\",\"op\":\"set_groups\",\"args\":{\"groups\":[";
+    for (int i = 0; i < 33; i++) {
+        char g[16];
+        snprintf(g, sizeof g, "%s\"g%d\"", i == 0 ? "" : ",", i);
+        strcat(many, g);
+    }
+    strcat(many, "]}}");
+    deliver("dev/dev-1/cmd", many);
+    CHECK(last_ack() != NULL && last_ack()->code == FLEET_ACK_BAD_ARGS);
+    CHECK_INT(core.n_groups, 2);
+    check_publishes_valid();
+}
+
+static void test_cmd_unknown_bad_request_expired(void)
+{
+    setup();
+    deliver("dev/dev-1/cmd", "{\"id\":\"u1\",\"op\":\"selfdestruct\"}");
+    fleet_ack_t *a = last_ack();
+    CHECK(a != NULL && !a->ok && a->code == FLEET_ACK_UNKNOWN_OP);
+    CHECK_STR(a != NULL ? a->detail : "", "unknown op 'selfdestruct'");
+
+    deliver("dev/dev-1/cmd", "{not json");
+    a = last_ack();
+    CHECK(a != NULL && a->code == FLEET_ACK_BAD_REQUEST && !a->ok);
+    CHECK_STR(a != NULL ? a->id : "", "?");
+
+    deliver("dev/dev-1/cmd", "{\"id\":\"b1\",\"op\":\"ping\",\"ttl_ms\":\"5\"}");
+    a = last_ack();
+    CHECK(a != NULL && a->code == FLEET_ACK_BAD_REQUEST);
+    CHECK_STR(a != NULL ? a->id : "", "b1");
+    CHECK_STR(a != NULL ? a->detail : "", "ttl_ms: expected an integer");
+
+    fp.unix_now = 1700000000.0;
+    deliver("dev/dev-1/cmd",
+            "{\"id\":\"e1\",\"op\":\"identify\",\"ts\":1699999990,\"ttl_ms\":5000}");
+    a = last_ack();
+    CHECK(a != NULL && a->code == FLEET_ACK_EXPIRED && !a->ok);
+    CHECK_STR(a != NULL ? a->detail : "", "issued 10 s ago, ttl 5 s");
+    CHECK_INT(fp.identifies, 0);
+    deliver("dev/dev-1/cmd",
+            "{\"id\":\"e2\",\"op\":\"identify\",\"ts\":1699999990,\"ttl_ms\":20000}");
+    CHECK(last_ack() != NULL && last_ack()->ok);
+    /* Without a set clock the device cannot judge age: it runs the command. */
+    fp.clock_set = false;
+    deliver("dev/dev-1/cmd", "{\"id\":\"e3\",\"op\":\"identify\",\"ts\":1,\"ttl_ms\":1}");
+    CHECK(last_ack() != NULL && last_ack()->ok);
+    CHECK_INT(fp.identifies, 2);
+
+    size_t big = FLEET_MAX_PAYLOAD + 10;
+    char *p = malloc(big);
+    memset(p, ' ', big);
+    fp_clear(&fp);
+    fleet_core_on_message(&core, "fleet/v1/dev/dev-1/cmd", 22, p, big);
+    free(p);
+    CHECK_INT(fp.n_pubs, 0); /* refused before parsing: not even an ack */
+    check_publishes_valid();
+}
+
+static void test_cmd_idempotent(void)
+{
+    setup();
+    deliver("dev/dev-1/cmd", "{\"id\":\"c1\",\"op\":\"identify\",\"args\":{\"seconds\":2}}");
+    char first[512];
+    snprintf(first, sizeof first, "%s", last_payload("/ack"));
+    fp.now_ms += 1000;
+    deliver("dev/dev-1/cmd", "{\"id\":\"c1\",\"op\":\"identify\",\"args\":{\"seconds\":2}}");
+    CHECK_STR(last_payload("/ack"), first);
+    CHECK_INT(fp.identifies, 1);
+
+    /* ping's result (uptime) is frozen in the remembered ack. */
+    deliver("dev/dev-1/cmd", "{\"id\":\"p1\",\"op\":\"ping\"}");
+    snprintf(first, sizeof first, "%s", last_payload("/ack"));
+    fp.now_ms += 5000;
+    deliver("dev/dev-1/cmd", "{\"id\":\"p1\",\"op\":\"ping\"}");
+    CHECK_STR(last_payload("/ack"), first);
+
+    /* A repeated reboot does not reboot twice. */
+    deliver("dev/dev-1/cmd", "{\"id\":\"r1\",\"op\":\"reboot\"}");
+    deliver("dev/dev-1/cmd", "{\"id\":\"r1\",\"op\":\"reboot\"}");
+    CHECK_INT(fp.reboots, 1);
+
+    /* After FLEET_CMD_RING other commands the id is forgotten and runs again. */
+    for (int i = 0; i < FLEET_CMD_RING; i++) {
+        char cmd[64];
+        snprintf(cmd, sizeof cmd, "{\"id\":\"x%d\",\"op\":\"ping\"}", i);
+        deliver("dev/dev-1/cmd", cmd);
+    }
+    deliver("dev/dev-1/cmd", "{\"id\":\"c1\",\"op\":\"identify\",\"args\":{\"seconds\":2}}");
+    CHECK_INT(fp.identifies, 2);
+
+    /* The last 32 ids are all remembered (protocol.md 6.2). */
+    for (int i = 0; i < FLEET_CMD_RING; i++) {
+        char cmd[64];
+        snprintf(cmd, sizeof cmd, "{\"id\":\"k%d\",\"op\":\"identify\"}", i);
+        deliver("dev/dev-1/cmd", cmd);
+    }
+    int before = fp.identifies;
+    for (int i = 0; i < FLEET_CMD_RING; i++) {
+        char cmd[64];
+        snprintf(cmd, sizeof cmd, "{\"id\":\"k%d\",\"op\":\"identify\"}", i);
+        deliver("dev/dev-1/cmd", cmd);
+    }
+    CHECK_INT(fp.identifies, before);
+
+    /* A bad request with a readable id is remembered too; "?" is not. */
+    deliver("dev/dev-1/cmd", "{\"id\":\"bad1\",\"op\":7}");
+    snprintf(first, sizeof first, "%s", last_payload("/ack"));
+    deliver("dev/dev-1/cmd", "{\"id\":\"bad1\",\"op\":\"identify\"}");
+    CHECK_STR(last_payload("/ack"), first);
+    CHECK_INT(fp.identifies, before);
+    check_publishes_valid();
+}
+
+static void test_cmd_memo_arena_evicts_big_acks(void)
+{
+    /* Acks with long ids and details fill the arena before the ring: old entries are
+     * forgotten safely, new ones always answer the same. */
+    setup();
+    char id[80], cmd[256];
+    for (int i = 0; i < 200; i++) {
+        snprintf(id, sizeof id, "%060d", i);
+        snprintf(cmd, sizeof cmd, "{\"id\":\"%s\",\"op\":\"unknown-op-with-a-long-name-xx\"}", id);
+        deliver("dev/dev-1/cmd", cmd);
+        CHECK(memo_ok(id));
+    }
+    CHECK(core.arena_pos <= FLEET_ACK_ARENA);
+    check_publishes_valid();
+}
+
+/* ---- meeting signalling ------------------------------------------------------------------ */
+
+static void join_standup(void)
+{
+    setup();
+    deliver("dev/dev-1/desired", "{\"rev\":5,\"meeting\":{\"room\":\"standup\",\"mic\":true}}");
+}
+
+static void test_meeting_joined_and_peers(void)
+{
+    join_standup();
+    deliver("meet/dev-1/down", "{\"type\":\"joined\",\"room\":\"standup\",\"session\":\"s-1\","
+                               "\"participant\":\"p-1\",\"peers\":[{\"participant\":\"p-0\","
+                               "\"pid\":\"dev-0\"}]}");
+    CHECK_INT(core.phase, FLEET_MEET_JOINED);
+    fleet_state_t *st = last_state();
+    CHECK(st != NULL && st->has_meeting && st->meeting.n_peers == 1);
+    CHECK_STR(st != NULL ? st->meeting.session : "", "s-1");
+    CHECK_STR(st != NULL ? st->meeting.participant : "", "p-1");
+    CHECK_STR(st != NULL ? st->meeting.peers[0] : "", "p-0");
+
+    deliver("meet/dev-1/down", "{\"type\":\"peer_joined\",\"peer\":{\"participant\":\"p-2\","
+                               "\"pid\":\"dev-2\"}}");
+    st = last_state();
+    CHECK(st != NULL && st->meeting.n_peers == 2);
+    deliver("meet/dev-1/down", "{\"type\":\"peer_left\",\"participant\":\"p-0\"}");
+    st = last_state();
+    CHECK(st != NULL && st->meeting.n_peers == 1);
+    CHECK_STR(st != NULL ? st->meeting.peers[0] : "", "p-2");
+
+    /* Offers are logged and dropped in a build without audio. */
+    fp_clear(&fp);
+    deliver("meet/dev-1/down", "{\"type\":\"offer\",\"from\":\"p-2\",\"sdp\":\"v=0\"}");
+    CHECK_INT(fp.n_pubs, 0);
+
+    /* A left for another session is stale; ours ends the session but keeps the room. */
+    deliver("meet/dev-1/down", "{\"type\":\"left\",\"session\":\"s-0\"}");
+    CHECK_INT(core.phase, FLEET_MEET_JOINED);
+    deliver("meet/dev-1/down", "{\"type\":\"left\",\"session\":\"s-1\"}");
+    CHECK_INT(core.phase, FLEET_MEET_IDLE);
+    st = last_state();
+    CHECK(st != NULL && st->has_meeting && st->meeting.session == NULL);
+    check_publishes_valid();
+}
+
+static void test_meeting_stale_joined_and_error(void)
+{
+    join_standup();
+    fp_clear(&fp);
+    deliver("meet/dev-1/down", "{\"type\":\"joined\",\"room\":\"other\",\"session\":\"s\","
+                               "\"participant\":\"p\"}");
+    CHECK_INT(core.phase, FLEET_MEET_JOINING);
+    CHECK_INT(fp.n_pubs, 0);
+
+    deliver("meet/dev-1/down", "{\"type\":\"error\",\"code\":\"room_full\",\"detail\":\"cap 3\"}");
+    CHECK_INT(core.phase, FLEET_MEET_IDLE);
+    fleet_state_t *st = last_state();
+    CHECK(st != NULL && st->has_meeting);
+    CHECK_STR(st != NULL ? st->error : "", "meeting room_full: cap 3");
+    deliver("meet/dev-1/down", "{\"type\":\"bogus\"}"); /* refused, logged */
+    deliver("dev/dev-1/desired", "{\"rev\":6,\"meeting\":null}");
+    st = last_state();
+    CHECK(st != NULL && st->error == NULL && !st->has_meeting);
+    check_publishes_valid();
+}
+
+static void test_meeting_rejoins_after_reconnect(void)
+{
+    join_standup();
+    deliver("meet/dev-1/down", "{\"type\":\"joined\",\"room\":\"standup\",\"session\":\"s-1\","
+                               "\"participant\":\"p-1\"}");
+    fleet_core_on_disconnected(&core);
+    CHECK_INT(core.phase, FLEET_MEET_IDLE);
+    fp_clear(&fp);
+    fleet_core_on_connected(&core);
+    CHECK(strstr(last_payload("/meet/dev-1/up"), "\"type\":\"join\"") != NULL);
+    CHECK_INT(core.phase, FLEET_MEET_JOINING);
+    /* State on reconnect still says rev 5 and the room. */
+    CHECK(last_state() != NULL && last_state()->rev == 5 && last_state()->has_meeting);
+    check_publishes_valid();
+}
+
+/* A recording media layer, to see the core drive it. */
+static struct {
+    int starts, stops, sdps;
+    int offers_by_us;
+    char last_peer[64];
+} media_log;
+
+static bool m_start(void *ctx, const char *room, const char *session, const char *participant,
+                    bool mic, int volume)
+{
+    (void)ctx;
+    (void)room;
+    (void)session;
+    (void)participant;
+    (void)mic;
+    (void)volume;
+    media_log.starts++;
+    return true;
+}
+
+static bool m_add_peer(void *ctx, const char *participant, bool we_offer)
+{
+    (void)ctx;
+    snprintf(media_log.last_peer, sizeof media_log.last_peer, "%s", participant);
+    media_log.offers_by_us += we_offer;
+    return true;
+}
+
+static bool m_remote_sdp(void *ctx, const char *from, bool is_offer, const char *sdp)
+{
+    (void)ctx;
+    (void)from;
+    (void)is_offer;
+    (void)sdp;
+    media_log.sdps++;
+    return true;
+}
+
+static void m_stop(void *ctx)
+{
+    (void)ctx;
+    media_log.stops++;
+}
+
+static void test_media_hooks(void)
+{
+    static fleet_media_t m;
+    memset(&m, 0, sizeof m);
+    memset(&media_log, 0, sizeof media_log);
+    m.start = m_start;
+    m.add_peer = m_add_peer;
+    m.remote_sdp = m_remote_sdp;
+    m.stop = m_stop;
+    join_standup();
+    fp.port.media = &m;
+    CHECK(!fleet_core_send_sdp(&core, "p-0", true, "v=0")); /* not in a session yet */
+    deliver("meet/dev-1/down", "{\"type\":\"joined\",\"room\":\"standup\",\"session\":\"s-1\","
+                               "\"participant\":\"p-1\",\"peers\":[{\"participant\":\"p-0\","
+                               "\"pid\":\"dev-0\"}]}");
+    CHECK_INT(media_log.starts, 1);
+    CHECK_INT(media_log.offers_by_us, 1);
+    CHECK_STR(media_log.last_peer, "p-0");
+    deliver("meet/dev-1/down", "{\"type\":\"answer\",\"from\":\"p-0\",\"sdp\":\"v=0\"}");
+    CHECK_INT(media_log.sdps, 1);
+    CHECK(fleet_core_send_sdp(&core, "p-0", true, "v=0\r\ns=-\r\n"));
+    CHECK_STR(last_payload("/meet/dev-1/up"),
+              "{\"type\":\"offer\",\"to\":\"p-0\",\"sdp\":\"v=0\\r\\ns=-\\r\\n\"}");
+    deliver("dev/dev-1/desired", "{\"rev\":6}");
+    CHECK_INT(media_log.stops, 1);
+    fp.port.media = NULL;
+    check_publishes_valid();
+}
+
+/* ---- telemetry, shutdown ----------------------------------------------------------------- */
+
+static void test_telemetry(void)
+{
+    join_standup();
+    fp_clear(&fp);
+    uint32_t wait = fleet_core_tick(&core);
+    CHECK(wait > 0 && wait <= 1000);
+    CHECK_INT(fp_count(&fp, "/tele"), 0);
+    fp.now_ms += 5000;
+    (void)fleet_core_tick(&core);
+    const fp_pub_t *t = fp_last(&fp, "/dev/dev-1/tele");
+    CHECK(t != NULL && t->qos == 0 && !t->retain);
+    CHECK_STR(t != NULL ? t->payload : "",
+              "{\"ts\":1700000000,\"wifi\":{\"rssi\":-51,\"reconnects\":2},\"sys\":{\"heap_free\":"
+              "120000,\"heap_min\":90000,\"uptime_s\":6,\"mqtt_reconnects\":1},\"meeting\":{"
+              "\"room\":\"standup\"},\"audio\":[]}");
+    (void)fleet_core_tick(&core);
+    CHECK_INT(fp_count(&fp, "/tele"), 1); /* not again before the interval */
+    fp.now_ms += 5000;
+    fp.clock_set = false;
+    (void)fleet_core_tick(&core);
+    CHECK_INT(fp_count(&fp, "/tele"), 1); /* ts is required: no clock, no telemetry */
+    fleet_core_on_disconnected(&core);
+    fp.clock_set = true;
+    fp.now_ms += 5000;
+    (void)fleet_core_tick(&core);
+    CHECK_INT(fp_count(&fp, "/tele"), 1);
+    check_publishes_valid();
+}
+
+static void test_shutdown_publishes_offline(void)
+{
+    join_standup();
+    fp_clear(&fp);
+    fleet_core_shutdown(&core);
+    const fp_pub_t *s = fp_last(&fp, "/dev/dev-1/status");
+    CHECK(s != NULL && s->retain && s->qos == 1);
+    CHECK_STR(s != NULL ? s->payload : "", "{\"online\":false}");
+    CHECK_STR(fp.pubs[0].payload, "{\"type\":\"leave\"}"); /* leave goes first */
+    check_publishes_valid();
+}
+
+static void test_publish_refused_is_survived(void)
+{
+    setup();
+    fp.refuse_publish = true;
+    deliver("dev/dev-1/desired", "{\"rev\":5,\"meeting\":{\"room\":\"r\"}}");
+    deliver("dev/dev-1/cmd", "{\"id\":\"c1\",\"op\":\"ping\"}");
+    CHECK_INT(core.applied_rev, 5);
+    fp.refuse_publish = false;
+}
+
+void suite_core(void)
+{
+    RUN(test_init_refuses_bad_config);
+    RUN(test_connect_birth_subscriptions_state);
+    RUN(test_birth_without_clock_has_no_ts);
+    RUN(test_desired_applies_and_reports);
+    RUN(test_highest_rev_wins_never_backwards);
+    RUN(test_equal_rev_prefers_device_then_group_then_all);
+    RUN(test_room_switch_leaves_then_joins);
+    RUN(test_empty_payload_clears_source);
+    RUN(test_malformed_desired_refused);
+    RUN(test_foreign_and_unknown_topics_ignored);
+    RUN(test_until_past_means_no_meeting);
+    RUN(test_until_waits_for_clock);
+    RUN(test_cmd_ping);
+    RUN(test_cmd_identify);
+    RUN(test_cmd_reboot);
+    RUN(test_reboot_final_ack_after_restart);
+    RUN(test_cmd_ota);
+    RUN(test_cmd_set_groups);
+    RUN(test_cmd_unknown_bad_request_expired);
+    RUN(test_cmd_idempotent);
+    RUN(test_cmd_memo_arena_evicts_big_acks);
+    RUN(test_meeting_joined_and_peers);
+    RUN(test_meeting_stale_joined_and_error);
+    RUN(test_meeting_rejoins_after_reconnect);
+    RUN(test_media_hooks);
+    RUN(test_telemetry);
+    RUN(test_shutdown_publishes_offline);
+    RUN(test_publish_refused_is_survived);
+    fp_free(&fp);
+    fleet_json_free(&state_doc);
+    fleet_json_free(&ack_doc);
+}

@@ -1,0 +1,112 @@
+"""The whole platform in one process on embedded defaults: broker, controller, simulated devices.
+
+`fleet up` runs it until Ctrl-C; `fleet demo` runs it, drives one meeting
+through join-all and leave-all, and reports. Credentials are made fresh in the
+platform's home folder, and a client file there lets later CLI commands find
+this broker with no flags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from broker.credentials import CredentialStore, Role
+from broker.embedded import EmbeddedBroker
+from fleet.controller.service import Controller
+from fleet.device.sim import SimFleet, device_ids
+from fleet.mqtt import BrokerUrl
+from fleet.protocol import Topics
+
+log = logging.getLogger(__name__)
+
+CONTROLLER_USER = "controller"
+OPERATOR_USER = "operator"
+
+
+@dataclass
+class StackConfig:
+    home: Path
+    devices: int = 3
+    host: str = "127.0.0.1"
+    port: int = 1883
+    ws_port: int | None = None
+    prefix: str = "fleet/v1"
+    groups: Sequence[str] = ()
+    tele_interval_s: float = 10.0
+    id_prefix: str = "dev"
+
+
+@dataclass
+class Stack:
+    config: StackConfig
+    broker: EmbeddedBroker
+    controller: Controller
+    fleet: SimFleet
+    operator_url: BrokerUrl
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        async with asyncio.timeout(timeout):
+            await self.controller.connected.wait()
+            await self.fleet.wait_connected(timeout)
+
+    def failed(self) -> BaseException | None:
+        for task in self.tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                return task.exception()
+        return None
+
+
+@contextlib.asynccontextmanager
+async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
+    home = config.home
+    home.mkdir(parents=True, exist_ok=True)
+    store = CredentialStore(home / "credentials.json")
+    controller_secret = store.add(CONTROLLER_USER, Role.CONTROLLER, replace=True)
+    operator_secret = store.add(OPERATOR_USER, Role.CONTROLLER, replace=True)
+    ids = device_ids(config.devices, config.id_prefix)
+    secrets = store.add_devices(ids, groups=config.groups) if ids else {}
+    topics = Topics(config.prefix)
+    base = BrokerUrl(scheme="mqtt", host=config.host, port=config.port)
+    async with EmbeddedBroker(
+        store.path,
+        host=config.host,
+        port=config.port,
+        ws_port=config.ws_port,
+        prefix=config.prefix,
+    ) as broker:
+        controller = Controller(
+            base.with_credentials(CONTROLLER_USER, controller_secret),
+            home / "controller.db",
+            topics,
+            credentials=store,
+        )
+        fleet = SimFleet(
+            base,
+            secrets,
+            topics,
+            groups=list(config.groups),
+            tele_interval_s=config.tele_interval_s,
+        )
+        stack = Stack(
+            config,
+            broker,
+            controller,
+            fleet,
+            base.with_credentials(OPERATOR_USER, operator_secret),
+        )
+        stack.tasks = [
+            asyncio.create_task(controller.run(), name="controller"),
+            asyncio.create_task(fleet.run(), name="sim-fleet"),
+        ]
+        try:
+            yield stack
+        finally:
+            for task in stack.tasks:
+                task.cancel()
+            await asyncio.gather(*stack.tasks, return_exceptions=True)

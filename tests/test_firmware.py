@@ -1,0 +1,399 @@
+"""The firmware's C core on the host: unit tests (plain and ASan+UBSan), the fuzzer, and
+fleet-host-device (the real core as a Linux process) against real brokers.
+
+Everything is built once per module with the project's own build files
+(firmware/host/CMakeLists.txt). Needs the Debian packages in firmware/host/DEPENDENCIES;
+without a C compiler or cmake the tests skip, except in CI (CI=true), where they fail.
+
+Env: FLEET_FUZZ_SECONDS (default 20) bounds the fuzz run; FLEET_FIRMWARE_BUILD reuses a
+build directory (handy while working on the C code).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from brokers import BrokerHandle, mqtt_client
+
+from fleet.protocol.messages import Ack, AckCode, State, Status, decode
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST_DIR = ROOT / "firmware" / "host"
+SEED_CORPUS = HOST_DIR / "fuzz" / "corpus"
+SUMMARY_RE = re.compile(r"^(\d+) passed, (\d+) failed$")
+WAIT_S = 10.0
+
+_IN_CI = os.environ.get("CI") == "true"
+_TOOLS = [shutil.which(t) for t in ("cmake", "cc", "pkg-config")]
+pytestmark = [
+    pytest.mark.skipif(
+        not all(_TOOLS) and not _IN_CI,
+        reason="needs cmake, a C compiler and pkg-config (see firmware/host/DEPENDENCIES)",
+    ),
+    pytest.mark.timeout(300),
+]
+
+
+@dataclass(frozen=True)
+class Build:
+    dir: Path
+
+    @property
+    def tests(self) -> Path:
+        return self.dir / "fleet_core_tests"
+
+    @property
+    def tests_asan(self) -> Path:
+        return self.dir / "fleet_core_tests_asan"
+
+    @property
+    def device_asan(self) -> Path:
+        return self.dir / "fleet-host-device-asan"
+
+    @property
+    def fuzzer(self) -> Path:
+        return self.dir / "fuzz" / "fleet_fuzz"
+
+
+def _run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, check=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
+    """Configure and build firmware/host once for the whole module."""
+    out = Path(os.environ.get("FLEET_FIRMWARE_BUILD") or tmp_path_factory.mktemp("fw-build"))
+    steps = (
+        ["cmake", "-S", str(HOST_DIR), "-B", str(out), "-DCMAKE_BUILD_TYPE=Debug"],
+        ["cmake", "--build", str(out), "-j", str(os.cpu_count() or 2)],
+    )
+    for cmd in steps:
+        proc = _run(cmd, timeout=600)
+        assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return Build(out)
+
+
+def _summary(output: str) -> tuple[int, int]:
+    lines = output.strip().splitlines()
+    assert lines, "no output"
+    m = SUMMARY_RE.match(lines[-1])
+    assert m, f"last line is not the summary: {lines[-1]!r}"
+    return int(m[1]), int(m[2])
+
+
+# --- unit tests and fuzzing -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["plain", "asan"])
+def test_core_unit_tests(build: Build, variant: str) -> None:
+    exe = build.tests if variant == "plain" else build.tests_asan
+    env = {
+        **os.environ,
+        "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0",
+        "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
+    }
+    proc = _run([str(exe)], timeout=120, env=env)
+    passed, failed = _summary(proc.stdout)
+    assert failed == 0, proc.stderr
+    assert passed >= 50
+    assert proc.returncode == 0, proc.stderr
+    assert "runtime error" not in proc.stderr  # UBSan
+    assert "Sanitizer" not in proc.stderr
+
+
+def test_fuzz_inbound_paths(build: Build, tmp_path: Path) -> None:
+    if not build.fuzzer.exists():
+        if _IN_CI:
+            pytest.fail("the fuzzer was not built: clang and libclang-rt-14-dev are required")
+        pytest.skip("clang not available: the fuzzer was not built")
+    seconds = int(os.environ.get("FLEET_FUZZ_SECONDS", "20"))
+    work = tmp_path / "corpus"  # new inputs go here, the checked-in seeds stay untouched
+    work.mkdir()
+    proc = _run(
+        [
+            str(build.fuzzer),
+            f"-max_total_time={seconds}",
+            "-max_len=8192",
+            "-rss_limit_mb=2048",
+            "-print_final_stats=1",
+            f"-artifact_prefix={tmp_path}/",
+            str(work),
+            str(SEED_CORPUS),
+        ],
+        timeout=seconds + 120,
+    )
+    tail = proc.stderr[-4000:]
+    assert proc.returncode == 0, tail
+    assert "Done " in proc.stderr, tail
+    assert not list(tmp_path.glob("crash-*")), tail
+    assert not list(tmp_path.glob("leak-*")), tail
+    runs = re.search(r"stat::number_of_executed_units:\s*(\d+)", proc.stderr)
+    assert runs, tail
+    assert int(runs[1]) > 1000, tail
+
+
+# --- the host device against a real broker -----------------------------------------------------
+
+
+class Inbox:
+    """Every message the controller-side client receives, with waiting helpers."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self.client = client
+        self.messages: list[aiomqtt.Message] = []
+        self._event = asyncio.Event()
+        self._task = asyncio.create_task(self._pump())
+
+    async def _pump(self) -> None:
+        async for message in self.client.messages:
+            self.messages.append(message)
+            self._event.set()
+
+    async def wait(
+        self, topic: str, pred: Callable[[bytes], bool] = lambda _: True, *, start: int = 0
+    ) -> bytes:
+        """The first payload on `topic` (from index `start`) for which pred holds."""
+        deadline = asyncio.get_running_loop().time() + WAIT_S
+        while True:
+            for m in self.messages[start:]:
+                if m.topic.value == topic and pred(bytes(m.payload)):
+                    return bytes(m.payload)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                seen = [(m.topic.value, bytes(m.payload)[:200]) for m in self.messages]
+                raise AssertionError(f"nothing matching on {topic} within {WAIT_S}s; saw {seen}")
+            self._event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), remaining)
+
+    def on(self, topic: str, start: int = 0) -> list[bytes]:
+        return [bytes(m.payload) for m in self.messages[start:] if m.topic.value == topic]
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+@contextlib.asynccontextmanager
+async def controller_inbox(handle: BrokerHandle, topics: list[str]) -> AsyncIterator[Inbox]:
+    user = f"fw-ctl-{uuid.uuid4().hex[:8]}"
+    secret = handle.add_user(user, "controller")
+    async with mqtt_client(handle, user, secret) as client:
+        for t in topics:
+            await client.subscribe(t, qos=1)
+        inbox = Inbox(client)
+        try:
+            yield inbox
+        finally:
+            await inbox.close()
+
+
+class Device:
+    """fleet-host-device (ASan build) as a subprocess, its log in a file."""
+
+    def __init__(self, exe: Path, args: list[str], log: Path) -> None:
+        self.exe, self.args, self.log = exe, args, log
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1", "UBSAN_OPTIONS": "halt_on_error=1"}
+        with self.log.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                str(self.exe),
+                *self.args,
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def signal(self, sig: int) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return await asyncio.wait_for(self.proc.wait(), WAIT_S)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    async def stop(self) -> None:
+        if self.alive:
+            assert self.proc is not None
+            self.proc.kill()
+            await self.proc.wait()
+
+
+def _status(p: bytes) -> Status:
+    return decode(Status, p)
+
+
+def _state(p: bytes) -> State:
+    return decode(State, p)
+
+
+def _ack(p: bytes) -> Ack:
+    return decode(Ack, p)
+
+
+async def test_host_device_against_broker(
+    any_broker: BrokerHandle, build: Build, tmp_path: Path
+) -> None:
+    dev = "fw-dev-1"
+    t = any_broker.topics
+    secret = any_broker.add_device(dev, groups=("kitchen",))
+    args = [
+        "--broker",
+        any_broker.url(dev, secret),
+        "--id",
+        dev,
+        "--prefix",
+        any_broker.prefix,
+        "--group",
+        "kitchen",
+        "--tele-interval",
+        "1",
+    ]
+    device = Device(build.device_asan, args, tmp_path / "device.log")
+    status, state, ack, tele = t.status(dev), t.state(dev), t.ack(dev), t.tele(dev)
+    async with controller_inbox(any_broker, [status, state, ack, tele]) as inbox:
+        ctl = inbox.client
+        try:
+            await device.start()
+
+            # Birth: retained, what the device is.
+            birth = _status(await inbox.wait(status, lambda p: _status(p).online))
+            assert birth.hw == "host"
+            assert birth.fw
+            assert birth.groups == ["kitchen"]
+            assert birth.caps is not None
+            assert birth.caps.audio is False
+            assert birth.caps.codecs == []
+            assert birth.ts is not None
+
+            # Own desired doc: state reports rev 5 and the room; no session without audio.
+            await ctl.publish(
+                t.desired(dev),
+                json.dumps({"rev": 5, "meeting": {"room": "standup", "mic": True}}),
+                qos=1,
+                retain=True,
+            )
+            st = _state(await inbox.wait(state, lambda p: _state(p).rev == 5))
+            assert st.meeting is not None
+            assert st.meeting.room == "standup"
+            assert st.meeting.session is None
+            assert st.meeting.participant is None
+            assert st.mic
+
+            # A group doc with a higher rev and no meeting wins.
+            await ctl.publish(
+                t.group_desired("kitchen"),
+                json.dumps({"rev": 7, "meeting": None}),
+                qos=1,
+                retain=True,
+            )
+            st = _state(await inbox.wait(state, lambda p: _state(p).rev == 7))
+            assert st.meeting is None
+            assert b'"meeting"' not in inbox.on(state)[-1]  # null is left out
+
+            # A lower rev is kept but not applied; malformed docs are refused; none crashes it.
+            mark = len(inbox.messages)
+            await ctl.publish(
+                t.desired(dev),
+                json.dumps({"rev": 6, "meeting": {"room": "late"}}),
+                qos=1,
+                retain=True,
+            )
+            await ctl.publish(t.desired(dev), b'{"rev": 9, "meeting":', qos=1)
+            await ctl.publish(t.desired(dev), b'{"rev": "9"}', qos=1)
+            await ctl.publish(t.desired(dev), b'{"rev": 9, "pad": "' + b"x" * 70_000 + b'"}', qos=1)
+
+            ping = {"id": "c1", "op": "ping", "args": {}, "ttl_ms": 30000}
+            await ctl.publish(t.cmd(dev), json.dumps(ping), qos=1)
+            first = await inbox.wait(ack, lambda p: _ack(p).id == "c1", start=mark)
+            a = _ack(first)
+            assert a.ok
+            assert a.code is AckCode.OK
+            assert a.done
+            assert a.result is not None
+            assert a.result["uptime_s"] > 0
+            await asyncio.sleep(0.3)
+            assert all(_state(p).rev == 7 for p in inbox.on(state, mark)), inbox.on(state, mark)
+            assert device.alive
+
+            # The same command id again: the same ack, byte for byte.
+            mark = len(inbox.messages)
+            await asyncio.sleep(0.05)  # uptime moves on: a re-run would answer differently
+            await ctl.publish(t.cmd(dev), json.dumps(ping), qos=1)
+            again = await inbox.wait(ack, start=mark)
+            assert again == first
+
+            # A bad command is answered, not fatal.
+            mark = len(inbox.messages)
+            await ctl.publish(t.cmd(dev), b"not json", qos=1)
+            bad = _ack(await inbox.wait(ack, start=mark))
+            assert bad.id == "?"
+            assert bad.code is AckCode.BAD_REQUEST
+            assert not bad.ok
+
+            # Telemetry flows (QoS 0, every second here).
+            await inbox.wait(tele)
+
+            # Reboot: accepted, graceful offline, a new birth, then the final ack.
+            mark = len(inbox.messages)
+            await ctl.publish(t.cmd(dev), json.dumps({"id": "r1", "op": "reboot"}), qos=1)
+            acc = _ack(await inbox.wait(ack, lambda p: _ack(p).id == "r1", start=mark))
+            assert acc.code is AckCode.ACCEPTED
+            assert not acc.done
+            await inbox.wait(status, lambda p: not _status(p).online, start=mark)
+            await inbox.wait(status, lambda p: _status(p).online, start=mark)
+            final = _ack(await inbox.wait(ack, lambda p: _ack(p).done, start=mark))
+            assert final.id == "r1"
+            assert final.code is AckCode.OK
+            # After the restart it converged again from the retained docs (rev 7 beats 6).
+            st = _state(await inbox.wait(state, lambda p: _state(p).rev == 7, start=mark))
+            assert st.meeting is None
+
+            # SIGKILL: no goodbye, so the broker publishes the will.
+            mark = len(inbox.messages)
+            assert await device.signal(signal.SIGKILL) == -signal.SIGKILL
+            will = await inbox.wait(status, start=mark)
+            assert json.loads(will) == {"online": False}
+
+            # SIGTERM: a clean goodbye, exit 0, and {"online": false} stays retained.
+            await device.start()
+            mark = len(inbox.messages)
+            await inbox.wait(status, lambda p: _status(p).online, start=mark)
+            await inbox.wait(state, lambda p: _state(p).rev == 7, start=mark)
+            mark = len(inbox.messages)
+            assert await device.signal(signal.SIGTERM) == 0, device.text()[-3000:]
+            assert json.loads(await inbox.wait(status, start=mark)) == {"online": False}
+        finally:
+            await device.stop()
+
+    # A fresh subscriber gets the retained goodbye.
+    async with controller_inbox(any_broker, [status]) as late:
+        assert json.loads(await late.wait(status)) == {"online": False}
+        assert late.messages[-1].retain
+
+    log = device.text()
+    assert "Sanitizer" not in log, log[-3000:]
+    assert "runtime error" not in log, log[-3000:]
+    assert "refused" in log  # the malformed desired docs were logged
