@@ -18,10 +18,12 @@
    retained message by lookup, and a disconnect visits only the client's own
    filters.
 5. `shutdown()` with clients still connected can hang: stopping a session's
-   handler waits for its reader to finish, and the cancelled reader's own
-   clean-up stops the handler again. Here the clients' connections are
-   dropped first, as a process exit would drop them; their readers then end
-   on EOF (publishing wills, as after a crash) before amqtt's shutdown runs.
+   handler cancels its reader and waits for an event that the reader sets
+   only when its clean-up completes; a reader that ended on an exception
+   never sets it. Here the clients' connections are dropped first, as a
+   process exit would drop them (their readers end on EOF, wills are
+   published as after a crash), a reader that is already over counts as
+   stopped, and the wait is bounded.
 
 The broadcast below keeps amqtt's semantics otherwise: RECEIVE topic
 filtering per target, queueing for disconnected persistent sessions, QoS of
@@ -31,6 +33,7 @@ the subscription unless forced.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -41,6 +44,8 @@ from amqtt.mqtt.constants import QOS_1, QOS_2
 from amqtt.session import OutgoingApplicationMessage, Session
 
 Subscribers = list[tuple[Session, int]]
+log = logging.getLogger(__name__)
+HANDLER_STOP_TIMEOUT_S = 2.0
 
 
 class SubscriptionTable(dict[str, Subscribers]):
@@ -84,6 +89,12 @@ class FleetAmqttBroker(Broker):
         self._subscriptions: SubscriptionTable = SubscriptionTable()
 
     async def shutdown(self) -> None:
+        # Stop listening first: clients that lose their connection below must not
+        # reconnect to this broker while it is going away.
+        for server in self._servers.values():
+            instance = getattr(server, "instance", None)
+            if instance is not None:
+                instance.close()
         aborted = 0
         for _session, handler in list(self._sessions.values()):
             transport = _transport_of(handler)
@@ -97,6 +108,24 @@ class FleetAmqttBroker(Broker):
                     break
                 await asyncio.sleep(0.01)
         await super().shutdown()
+
+    async def _stop_handler(self, handler: Any) -> None:
+        reader = getattr(handler, "_reader_task", None)
+        stopped = getattr(handler, "_reader_stopped", None)
+        if reader is not None and reader.done() and stopped is not None:
+            stopped.set()
+        try:
+            async with asyncio.timeout(HANDLER_STOP_TIMEOUT_S):
+                await super()._stop_handler(handler)
+        except TimeoutError:
+            log.warning(
+                "a session handler did not stop in %ss; dropping it", HANDLER_STOP_TIMEOUT_S
+            )
+            transport = _transport_of(handler)
+            if transport is not None:
+                transport.abort()
+            if stopped is not None:
+                stopped.set()
 
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
         code = await super().add_subscription(subscription, session)

@@ -271,10 +271,13 @@ class CredentialStore:
             self._users[username] = cred
         return secret_out
 
-    def add_devices(self, ids: Sequence[str], groups: Sequence[str] = ()) -> dict[str, str]:
+    def add_devices(
+        self, ids: Sequence[str], groups: Sequence[str] = (), *, replace: bool = False
+    ) -> dict[str, str]:
         """Add many devices with generated secrets in one file write; returns id -> secret.
 
-        Refuses (adding none) if any id exists already or repeats.
+        Refuses (adding none) if any id repeats, or exists already unless `replace`
+        (which re-keys existing devices, never other users).
         """
         seen: set[str] = set()
         for device_id in ids:
@@ -296,7 +299,11 @@ class CredentialStore:
             )
             out[device_id] = secret
         with self._writing():
-            clash = [d for d in ids if d in self._users]
+            clash = [
+                d
+                for d in ids
+                if d in self._users and not (replace and self._users[d].role is Role.DEVICE)
+            ]
             if clash:
                 more = f" and {len(clash) - 1} more" if len(clash) > 1 else ""
                 raise CredentialsError(f"user {clash[0]!r}{more} already exists")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli import broker, creds, ops, services
+from cli import broker, creds, flash, ops, services
 from cli.common import Exit, fail, setup_logging
 from fleet.protocol import json_schemas
 
@@ -58,6 +58,9 @@ app.command("leave-all")(ops.leave_all)
 app.command("join")(ops.join)
 app.command("leave")(ops.leave)
 app.command("cmd")(ops.cmd)
+app.command("flash")(flash.flash)
+app.command("provision")(flash.provision)
+app.command("image")(flash.image)
 app.add_typer(protocol_app, name="protocol")
 app.add_typer(creds.app, name="creds")
 app.add_typer(broker.app, name="broker")

@@ -235,18 +235,8 @@ def _desired_op(
             ) as bar:
                 task = bar.add_task(op.value, total=None)
 
-                def progress(accepted: ApiResult | None, registry: Registry) -> None:
-                    if accepted is None or accepted.rev is None:
-                        return
-                    online = [
-                        registry.devices[d.device]
-                        for d in accepted.devices
-                        if d.device in registry.devices and registry.devices[d.device].online
-                    ]
-                    done = sum(
-                        1 for r in online if r.outcome(accepted.rev) is not DeviceOutcome.WAITING
-                    )
-                    bar.update(task, total=len(online), completed=done)
+                def progress(converged: int, online: int) -> None:
+                    bar.update(task, total=online, completed=min(converged, online))
 
                 return await fleet.request(op, request, progress)
 
@@ -306,6 +296,8 @@ def _summary(result: ApiResult, elapsed: float) -> None:
                 d.room or "",
                 d.detail or "",
             )
+        if result.omitted:
+            table.caption = f"and {result.omitted} more, all converged"
         console.print(table)
     style = "green" if result.ok else "red"
     console.print(f"[{style}]{result.code}[/]: {result.detail} in {elapsed:.2f}s", highlight=False)

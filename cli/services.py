@@ -92,14 +92,24 @@ def controller(
         Path | None, typer.Option(help="SQLite database.", show_default="FLEET_HOME/controller.db")
     ] = None,
     client_id: Annotated[str, typer.Option(help="MQTT client id.")] = "fleet-controller",
+    creds: Annotated[
+        Path | None,
+        typer.Option(
+            help="The embedded broker's credentials file: set_groups then grants the new "
+            "groups in the broker's ACL before the device subscribes them."
+        ),
+    ] = None,
     broker: BrokerOpt = None,
     prefix: PrefixOpt = None,
 ) -> None:
     """Run the controller: registry, desired state, commands, the automation API."""
+    if not is_valid_id(client_id):
+        fail(f"--client-id {client_id!r} must match [a-z0-9][a-z0-9-]{{0,63}}", Exit.USAGE)
     url, topics = connection(broker, prefix)
     path = db or load_settings().home / "controller.db"
     console.print(f"controller on {url.redacted()}, store {path}", highlight=False)
-    run_service(Controller(url, path, topics, client_id=client_id).run())
+    store = CredentialStore(creds) if creds is not None else None
+    run_service(Controller(url, path, topics, client_id=client_id, credentials=store).run())
 
 
 def sim(
@@ -139,7 +149,7 @@ def sim(
         device_secrets = {i: str(known[i]) for i in ids}
     else:
         store = CredentialStore(creds or default_credentials_path())
-        device_secrets = store.add_devices(ids, groups=_groups(group))
+        device_secrets = store.add_devices(ids, groups=_groups(group), replace=True)
     fleet = SimFleet(
         url, device_secrets, topics, groups=_groups(group), tele_interval_s=tele_interval
     )

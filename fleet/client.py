@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from types import TracebackType
@@ -20,7 +21,7 @@ import aiomqtt
 from fleet.errors import BrokerUnavailable, ControllerUnavailable, ProtocolError
 from fleet.mqtt import BrokerUrl, make_client, payload_bytes
 from fleet.protocol import TopicKind, Topics, decode, decode_for, encode
-from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult
+from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult, State, Sync
 from fleet.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,8 @@ ACCEPT_TIMEOUT_S = 5.0  # how long the controller may take to acknowledge a requ
 RESULT_GRACE_S = 5.0  # beyond the request's own timeout, for the final result to arrive
 SYNC_TIMEOUT_S = 10.0
 
-Progress = Callable[[ApiResult | None, Registry], None]
+PROGRESS_INTERVAL_S = 0.05
+Progress = Callable[[int, int], None]  # (converged, online targets)
 
 
 class FleetClient:
@@ -46,7 +48,7 @@ class FleetClient:
         self._reader: asyncio.Task[None] | None = None
         self._results: dict[str, asyncio.Queue[ApiResult]] = {}
         self._synced: dict[str, asyncio.Event] = {}
-        self._changed = asyncio.Event()
+        self._watch: Convergence | None = None
 
     async def __aenter__(self) -> FleetClient:
         client = make_client(self.url, client_id=self.client_id)
@@ -57,11 +59,13 @@ class FleetClient:
         self._client = client
         self._reader = asyncio.create_task(self._read(client), name="fleet-client-reader")
         t = self.topics
+        # Status and state only feed the registry and progress display (the verdict is the
+        # controller's QoS 1 result), so QoS 0 spares the broker an ack flow per device.
         await client.subscribe(
             [
                 (t.api_result, 1),
-                (t.all_devices(TopicKind.STATUS), 1),
-                (t.all_devices(TopicKind.STATE), 1),
+                (t.all_devices(TopicKind.STATUS), 0),
+                (t.all_devices(TopicKind.STATE), 0),
                 (self._sync_topic, 1),
             ]
         )
@@ -97,7 +101,7 @@ class FleetClient:
         assert self._client is not None
         token = uuid.uuid4().hex
         event = self._synced[token] = asyncio.Event()
-        await self._client.publish(self._sync_topic, token.encode(), qos=1)
+        await self._client.publish(self._sync_topic, encode(Sync(token=token)), qos=1)
         try:
             async with asyncio.timeout(SYNC_TIMEOUT_S):
                 await event.wait()
@@ -114,26 +118,27 @@ class FleetClient:
             log.warning("connection to the broker lost: %s", exc)
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        if topic == self._sync_topic:
-            event = self._synced.get(payload.decode(errors="replace"))
-            if event is not None:
-                event.set()
-            return
         parsed = self.topics.parse(topic)
         if parsed is None:
             return
         try:
-            if parsed.kind in (TopicKind.STATUS, TopicKind.STATE):
+            if parsed.kind is TopicKind.SYNC:
+                event = self._synced.get(decode(Sync, payload).token)
+                if event is not None:
+                    event.set()
+            elif parsed.kind in (TopicKind.STATUS, TopicKind.STATE):
                 message = decode_for(parsed.kind, payload) if payload else None
                 self.registry.update(parsed.kind, parsed.name, message)
-                self._changed.set()
+                if self._watch is not None and parsed.kind is TopicKind.STATE:
+                    self._watch.observe(parsed.name, message)
             elif parsed.kind is TopicKind.API_RESULT:
                 result = decode(ApiResult, payload)
                 queue = self._results.get(result.id or "")
                 if queue is not None:
                     queue.put_nowait(result)
         except ProtocolError as exc:
-            log.debug("ignored %s: %s", topic, exc)
+            level = logging.WARNING if parsed.kind is TopicKind.API_RESULT else logging.DEBUG
+            log.log(level, "ignored %s: %s", topic, exc)
 
     async def request(
         self,
@@ -143,8 +148,10 @@ class FleetClient:
     ) -> ApiResult:
         """Send one API request; return the controller's final result.
 
-        `progress` is called with the acceptance and then on every registry change.
-        Raises ControllerUnavailable when no controller acknowledges in time.
+        For desired-state ops, `progress(converged, online_targets)` is called every
+        PROGRESS_INTERVAL_S while the devices report the new rev (counted as their
+        state messages arrive, O(1) each). Raises ControllerUnavailable when no
+        controller acknowledges in time.
         """
         assert self._client is not None
         request_id = request.id or uuid.uuid4().hex[:12]
@@ -160,36 +167,55 @@ class FleetClient:
                 raise ControllerUnavailable(op.value, ACCEPT_TIMEOUT_S) from exc
             if first.done:
                 return first  # refused, or converged at once
-            if progress is not None:
-                progress(first, self.registry)
-            return await self._follow(queue, first, request.timeout_s + RESULT_GRACE_S, progress)
+            if first.rev is not None and op is not ApiOp.CMD:
+                targets = (
+                    [request.device]
+                    if request.device
+                    else [r.id for r in self.registry.targets(request.group)]
+                )
+                self._watch = Convergence(first.rev, targets, self.registry)
+            wait_s = request.timeout_s + RESULT_GRACE_S
+            return await self._follow(queue, op, wait_s, progress)
         finally:
             self._results.pop(request_id, None)
+            self._watch = None
 
     async def _follow(
         self,
         queue: asyncio.Queue[ApiResult],
-        accepted: ApiResult,
+        op: ApiOp,
         wait_s: float,
         progress: Progress | None,
     ) -> ApiResult:
-        try:
-            async with asyncio.timeout(wait_s):
-                while True:
-                    self._changed.clear()
-                    getter = asyncio.ensure_future(queue.get())
-                    changed = asyncio.ensure_future(self._changed.wait())
-                    done, _ = await asyncio.wait(
-                        {getter, changed}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    changed.cancel()
-                    if getter in done:
-                        result = getter.result()
-                        if result.done:
-                            return result
-                    else:
-                        getter.cancel()
-                    if progress is not None:
-                        progress(accepted, self.registry)
-        except TimeoutError as exc:
-            raise ControllerUnavailable(accepted.op, wait_s) from exc
+        deadline = time.monotonic() + wait_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ControllerUnavailable(op.value, wait_s)
+            try:
+                async with asyncio.timeout(min(PROGRESS_INTERVAL_S, remaining)):
+                    result = await queue.get()
+                if result.done:
+                    return result
+            except TimeoutError:
+                pass
+            if progress is not None and self._watch is not None:
+                progress(len(self._watch.converged), self._watch.online)
+
+
+class Convergence:
+    """Which targets have reported a rev, counted as state messages arrive."""
+
+    def __init__(self, rev: int, targets: list[str], registry: Registry) -> None:
+        self.rev = rev
+        self.targets = frozenset(targets)
+        self.online = sum(
+            1 for t in targets if t in registry.devices and registry.devices[t].online
+        )
+        self.converged = {
+            t for t in targets if t in registry.devices and (registry.devices[t].rev or -1) >= rev
+        }
+
+    def observe(self, device_id: str, state: State | None) -> None:
+        if state is not None and state.rev >= self.rev and device_id in self.targets:
+            self.converged.add(device_id)

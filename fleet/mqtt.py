@@ -229,6 +229,23 @@ async def _close_quietly(on_close: OnConnect, client: aiomqtt.Client) -> None:
         log.debug("on_close failed: %s", exc)
 
 
+def publish_nowait(
+    client: aiomqtt.Client, topic: str, payload: bytes, qos: int = 0, retain: bool = False
+) -> None:
+    """Queue a publish without waiting for its PUBACK.
+
+    paho still tracks a QoS 1 message until the broker acknowledges it and sends
+    it again after a reconnect; a device reporting its state has no reason to
+    block on that (the firmware does not either). Waiting per message costs a
+    future and a timer in aiomqtt, which dominates when a thousand simulated
+    devices share one event loop. aiomqtt exposes no such call, so this reaches
+    the paho client it wraps.
+    """
+    info = client._client.publish(topic, payload, qos=qos, retain=retain)
+    if info.rc != 0:
+        raise aiomqtt.MqttCodeError(info.rc, f"could not publish to {topic}")
+
+
 def payload_bytes(message: aiomqtt.Message) -> bytes:
     payload = message.payload
     if isinstance(payload, bytes | bytearray):

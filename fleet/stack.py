@@ -70,7 +70,7 @@ async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
     controller_secret = store.add(CONTROLLER_USER, Role.CONTROLLER, replace=True)
     operator_secret = store.add(OPERATOR_USER, Role.CONTROLLER, replace=True)
     ids = device_ids(config.devices, config.id_prefix)
-    secrets = store.add_devices(ids, groups=config.groups) if ids else {}
+    secrets = store.add_devices(ids, groups=config.groups, replace=True) if ids else {}
     topics = Topics(config.prefix)
     base = BrokerUrl(scheme="mqtt", host=config.host, port=config.port)
     async with EmbeddedBroker(
@@ -100,10 +100,9 @@ async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
             fleet,
             base.with_credentials(OPERATOR_USER, operator_secret),
         )
-        stack.tasks = [
-            asyncio.create_task(controller.run(), name="controller"),
-            asyncio.create_task(fleet.run(), name="sim-fleet"),
-        ]
+        stack.tasks = [asyncio.create_task(controller.run(), name="controller")]
+        if fleet.devices:  # an empty fleet's task would end at once
+            stack.tasks.append(asyncio.create_task(fleet.run(), name="sim-fleet"))
         try:
             yield stack
         finally:

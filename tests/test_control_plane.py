@@ -51,7 +51,8 @@ async def test_offline_device_converges_when_it_comes_back(
             assert [o for d, o in outcomes.items() if d != "dev-4"] == [DeviceOutcome.CONVERGED] * 3
             async with one_device(any_broker, "dev-4", late["dev-4"]) as dev4:
                 await wait_for(lambda: dev4.meeting is not None, what="dev-4 joins on return")
-                assert dev4.meeting is not None and dev4.meeting.room == "standup"
+                assert dev4.meeting is not None
+                assert dev4.meeting.room == "standup"
                 assert dev4.reconciler.applied.rev == result.rev
 
 
@@ -66,8 +67,11 @@ async def test_leave_one_after_join_all_wins_and_a_later_join_all_wins_again(
     ):
         first = await op.request(ApiOp.JOIN_ALL, ApiRequest(room="standup"))
         leave = await op.request(ApiOp.LEAVE, ApiRequest(device="dev-3"))
-        assert first.ok and leave.ok
-        assert leave.rev is not None and first.rev is not None and leave.rev > first.rev
+        assert first.ok
+        assert leave.ok
+        assert leave.rev is not None
+        assert first.rev is not None
+        assert leave.rev > first.rev
         assert fleet["dev-3"].meeting is None
         assert all(fleet[d].meeting is not None for d in ("dev-1", "dev-2", "dev-4"))
         again = await op.request(ApiOp.JOIN_ALL, ApiRequest(room="retro"))
@@ -86,7 +90,8 @@ async def test_group_join_targets_only_the_group(any_broker: BrokerHandle, tmp_p
         operator(any_broker) as op,
     ):
         result = await op.request(ApiOp.JOIN_ALL, ApiRequest(room="lunch", group="kitchen"))
-        assert result.ok and {d.device for d in result.devices} == set(kitchen)
+        assert result.ok
+        assert {d.device for d in result.devices} == set(kitchen)
         assert all(d.meeting and d.meeting.room == "lunch" for d in kfleet.devices)
         assert all(d.meeting is None for d in ofleet.devices)
 
@@ -98,20 +103,25 @@ async def test_controller_restart_keeps_registry_and_revs(
     async with sim_fleet(any_broker, secrets) as fleet, operator(any_broker) as op:
         async with controller(any_broker, tmp_path / "ctl.db"):
             first = await op.request(ApiOp.JOIN_ALL, ApiRequest(room="standup"))
-        assert first.ok and first.rev is not None
+        assert first.ok
+        assert first.rev is not None
         async with controller(any_broker, tmp_path / "ctl.db") as ctl:
             await wait_for(lambda: len(ctl.registry.devices) == 5, what="registry rebuilt")
             assert all(
                 rec.online and rec.room == "standup" for rec in ctl.registry.devices.values()
             )
             second = await op.request(ApiOp.LEAVE, ApiRequest(device="dev-2"))
-            assert second.ok and second.rev is not None and second.rev > first.rev
+            assert second.ok
+            assert second.rev is not None
+            assert second.rev > first.rev
         # Even a controller whose database is gone never hands out an old rev again:
         # it raises its floor from the revs it sees retained on the broker.
         async with controller(any_broker, tmp_path / "fresh.db") as ctl:
             await wait_for(lambda: len(ctl.registry.devices) == 5, what="registry rebuilt")
             third = await op.request(ApiOp.JOIN, ApiRequest(device="dev-2", room="standup"))
-            assert third.ok and third.rev is not None and third.rev > second.rev
+            assert third.ok
+            assert third.rev is not None
+            assert third.rev > second.rev
             assert fleet["dev-2"].meeting is not None
 
 
@@ -124,7 +134,8 @@ async def test_broker_restart_loses_no_intent(any_broker: BrokerHandle, tmp_path
         async with operator(any_broker) as op:
             joined = await op.request(ApiOp.JOIN_ALL, ApiRequest(room="standup"))
             left = await op.request(ApiOp.LEAVE, ApiRequest(device="dev-6"))
-        assert joined.ok and left.ok
+        assert joined.ok
+        assert left.ok
         connects = {dev.id: dev.connects for dev in fleet.devices}
         await any_broker.restart()
         await wait_for(
@@ -168,8 +179,10 @@ async def test_commands_ping_identify_and_audit_log(
         operator(any_broker) as op,
     ):
         ping = await op.request(ApiOp.CMD, ApiRequest(device="dev-1", cmd_op="ping"))
-        assert ping.ok and ping.devices[0].outcome is DeviceOutcome.SUCCEEDED
-        assert ping.devices[0].result is not None and ping.devices[0].result["uptime_s"] >= 0
+        assert ping.ok
+        assert ping.devices[0].outcome is DeviceOutcome.SUCCEEDED
+        assert ping.devices[0].result is not None
+        assert ping.devices[0].result["uptime_s"] >= 0
         ident = await op.request(
             ApiOp.CMD, ApiRequest(device="dev-2", cmd_op="identify", args={"seconds": 2})
         )
@@ -177,12 +190,15 @@ async def test_commands_ping_identify_and_audit_log(
         bad = await op.request(
             ApiOp.CMD, ApiRequest(device="dev-2", cmd_op="identify", args={"seconds": "long"})
         )
-        assert not bad.ok and bad.devices[0].outcome is DeviceOutcome.REJECTED
+        assert not bad.ok
+        assert bad.devices[0].outcome is DeviceOutcome.REJECTED
         assert bad.code == "bad_args"
         unknown = await op.request(ApiOp.CMD, ApiRequest(device="dev-1", cmd_op="selfdestruct"))
-        assert not unknown.ok and unknown.code == "unknown_op"
+        assert not unknown.ok
+        assert unknown.code == "unknown_op"
         reboot = await op.request(ApiOp.CMD, ApiRequest(device="dev-1", cmd_op="reboot"))
-        assert reboot.ok and reboot.devices[0].outcome is DeviceOutcome.SUCCEEDED
+        assert reboot.ok
+        assert reboot.devices[0].outcome is DeviceOutcome.SUCCEEDED
         log = {job.id: job for job in ctl.store.jobs()}
         assert {j.status for j in log.values()} >= {DeviceOutcome.SUCCEEDED, DeviceOutcome.REJECTED}
         assert log[reboot.id or ""].op == "reboot"
@@ -202,7 +218,8 @@ async def test_command_to_offline_device_is_queued_then_runs_or_times_out(
         stale = await op.request(
             ApiOp.CMD, ApiRequest(device="dev-1", cmd_op="ping", ttl_ms=300, timeout_s=1)
         )
-        assert not stale.ok and stale.devices[0].outcome is DeviceOutcome.TIMED_OUT
+        assert not stale.ok
+        assert stale.devices[0].outcome is DeviceOutcome.TIMED_OUT
         import asyncio
 
         queued = asyncio.create_task(
@@ -218,7 +235,8 @@ async def test_command_to_offline_device_is_queued_then_runs_or_times_out(
         )
         async with one_device(amqtt_broker, "dev-1", secrets["dev-1"]):
             result = await queued
-        assert result.ok and result.devices[0].outcome is DeviceOutcome.SUCCEEDED
+        assert result.ok
+        assert result.devices[0].outcome is DeviceOutcome.SUCCEEDED
 
 
 async def test_set_groups_moves_a_device_into_a_group(
@@ -239,8 +257,10 @@ async def test_set_groups_moves_a_device_into_a_group(
             what="new birth with the group",
         )
         result = await op.request(ApiOp.JOIN_ALL, ApiRequest(room="lunch", group="kitchen"))
-        assert result.ok and [d.device for d in result.devices] == ["dev-1"]
-        assert fleet["dev-1"].meeting is not None and fleet["dev-2"].meeting is None
+        assert result.ok
+        assert [d.device for d in result.devices] == ["dev-1"]
+        assert fleet["dev-1"].meeting is not None
+        assert fleet["dev-2"].meeting is None
 
 
 async def test_join_all_for_a_while_lapses(amqtt_broker: BrokerHandle, tmp_path: Path) -> None:
@@ -251,13 +271,32 @@ async def test_join_all_for_a_while_lapses(amqtt_broker: BrokerHandle, tmp_path:
         operator(amqtt_broker) as op,
     ):
         result = await op.request(ApiOp.JOIN_ALL, ApiRequest(room="standup", for_s=1.0))
-        assert result.ok and result.until is not None
-        # A later, unbounded intent for one device must survive the lapse of the group's.
+        assert result.ok
+        assert result.until is not None
+        # A later, unbounded intent for one device must survive the lapse of the group's,
+        # without so much as a blip: dev-2 is never told to leave.
         pinned = await op.request(ApiOp.JOIN, ApiRequest(device="dev-2", room="focus"))
         assert pinned.ok
+        changes = fleet["dev-2"].state_changes
         await wait_for(
             lambda: fleet["dev-1"].meeting is None and fleet["dev-3"].meeting is None,
             timeout=5,
             what="the intent lapses",
         )
-        assert fleet["dev-2"].meeting is not None and fleet["dev-2"].meeting.room == "focus"
+        # The controller's leave (not only the devices' own clocks) ends it: new revs.
+        await wait_for(
+            lambda: all(
+                (fleet[d].reconciler.applied.rev or 0) > (pinned.rev or 0)
+                for d in ("dev-1", "dev-3")
+            ),
+            timeout=5,
+            what="the controller's leave",
+        )
+        assert fleet["dev-2"].meeting is not None
+        assert fleet["dev-2"].meeting.room == "focus"
+        assert fleet["dev-2"].state_changes == changes
+        assert fleet["dev-2"].reconciler.applied.rev == pinned.rev
+        # A device that reboots now finds no lapsed group doc to rejoin.
+        await op.request(ApiOp.CMD, ApiRequest(device="dev-1", cmd_op="reboot"))
+        await wait_for(lambda: fleet["dev-1"].connected.is_set(), what="dev-1 back")
+        assert fleet["dev-1"].meeting is None

@@ -56,6 +56,7 @@ MODELS: dict[str, tuple[type[BaseModel], TopicKind, str]] = {
     "MeetDelivered": (m.MeetDelivered, TopicKind.MEET_DOWN, "meet_down"),
     "ApiRequest": (m.ApiRequest, TopicKind.API, "api_request"),
     "ApiResult": (m.ApiResult, TopicKind.API_RESULT, "api_result"),
+    "Sync": (m.Sync, TopicKind.SYNC, "sync"),
 }
 
 _MARKER_RE = re.compile(r"<!-- example: (\S+) -->")
@@ -147,6 +148,48 @@ def test_required_examples_are_present() -> None:
     assert any(r.get("done") is False for r in results)
     assert any(r.get("done", True) and r["ok"] for r in results)
     assert any(r["code"] == "bad_request" for r in results)
+    assert any(r.get("omitted", 0) > 0 for r in results), "a capped result is missing"
+    assert [model for model, _, _ in EXAMPLES].count("Sync") >= 1
+
+
+def test_example_results_count_every_target() -> None:
+    """`counts` covers every target: listed devices plus `omitted`."""
+    for model, body, _ in EXAMPLES:
+        if model != "ApiResult":
+            continue
+        result = decode(m.ApiResult, body.encode())
+        if not result.devices and not result.omitted:
+            continue  # a refusal targets nobody
+        assert sum(result.counts.values()) == len(result.devices) + result.omitted, body
+        listed = {d.outcome.value for d in result.devices}
+        assert listed <= set(result.counts), body
+        if result.omitted:
+            # Only devices that have not converged are listed once the cap applies.
+            assert all(d.outcome is not m.DeviceOutcome.CONVERGED for d in result.devices)
+
+
+def test_example_acks_are_consistent() -> None:
+    """Normative (docs/protocol.md section 6): ok exactly for ok/accepted; done false only
+    with accepted. The Ack model does not enforce it, so the examples are checked here."""
+    for model, body, _ in EXAMPLES:
+        if model != "Ack":
+            continue
+        ack = decode(m.Ack, body.encode())
+        assert ack.ok == (ack.code in (m.AckCode.OK, m.AckCode.ACCEPTED)), body
+        assert ack.done or ack.code is m.AckCode.ACCEPTED, body
+
+
+def test_doc_states_the_listed_devices_cap() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    assert m.MAX_LISTED_DEVICES == 256
+    assert f"`MAX_LISTED_DEVICES` = **{m.MAX_LISTED_DEVICES}**" in text
+    assert m.ApiResult.model_fields["omitted"].default == 0
+
+
+def test_doc_topic_table_names_every_kind() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    missing = [kind.name for kind in TopicKind if f"| `{kind.name}` |" not in text]
+    assert not missing, f"topic kinds missing from the topic table: {missing}"
 
 
 def test_doc_mentions_every_enum_value() -> None:
@@ -182,6 +225,7 @@ def _all_topics(t: Topics, name: str) -> list[tuple[str, ParsedTopic]]:
         (t.meet_up(name), ParsedTopic(TopicKind.MEET_UP, name)),
         (t.meet_down(name), ParsedTopic(TopicKind.MEET_DOWN, name)),
         (t.api_result, ParsedTopic(TopicKind.API_RESULT, "result")),
+        (t.sync(name), ParsedTopic(TopicKind.SYNC, name)),
     ]
     built += [(t.api(op.value), ParsedTopic(TopicKind.API, op.value)) for op in m.ApiOp]
     return built
@@ -215,6 +259,7 @@ def test_topic_strings_are_the_documented_ones() -> None:
     assert t.meet_down("p1") == "fleet/v1/meet/p1/down"
     assert t.api("join-all") == "fleet/v1/api/join-all"
     assert t.api_result == "fleet/v1/api/result"
+    assert t.sync("fleet-controller") == "fleet/v1/sync/fleet-controller"
 
 
 def test_subscription_filters() -> None:
@@ -237,7 +282,14 @@ def test_subscription_filters() -> None:
 
 
 @pytest.mark.parametrize(
-    "kind", [TopicKind.GROUP_DESIRED, TopicKind.MEET_UP, TopicKind.API, TopicKind.API_RESULT]
+    "kind",
+    [
+        TopicKind.GROUP_DESIRED,
+        TopicKind.MEET_UP,
+        TopicKind.API,
+        TopicKind.API_RESULT,
+        TopicKind.SYNC,
+    ],
 )
 def test_non_device_kinds_refused_by_device_builders(kind: TopicKind) -> None:
     t = Topics()
@@ -294,6 +346,7 @@ def test_invalid_ids_refused_by_builders(bad: str) -> None:
         t.group_desired,
         t.meet_up,
         t.meet_down,
+        t.sync,
     ]
     for build in builders:
         with pytest.raises(ValueError, match="invalid"):
@@ -310,6 +363,7 @@ def test_invalid_ids_not_parsed(bad: str) -> None:
         f"fleet/v1/dev/{bad}/status",
         f"fleet/v1/grp/{bad}/desired",
         f"fleet/v1/meet/{bad}/up",
+        f"fleet/v1/sync/{bad}",
     ):
         assert t.parse(topic) is None, topic
 
@@ -337,6 +391,11 @@ def test_invalid_ids_not_parsed(bad: str) -> None:
         "fleet/v1/api/join/now",
         "fleet/v1/api/1join",
         "fleet/v1/api/" + "a" * 33,
+        "fleet/v1/sync",
+        "fleet/v1/sync/",
+        "fleet/v1/sync/ctl/extra",
+        "fleet/v1/sync/Fleet-Controller",
+        "fleet/v1/dev/d1/sync",
         "$SYS/broker/uptime",
         "$share/g/fleet/v1/dev/d1/status",
         "homeassistant/status",
@@ -467,6 +526,10 @@ WRONG_TYPES: list[tuple[type[Any] | Any, dict[str, Any]]] = [
     (m.ApiRequest, {"mic": "false"}),
     (m.ApiRequest, {"args": "seconds=5"}),
     (m.ApiResult, {"op": "join", "ok": True, "counts": {"converged": "2"}}),
+    (m.ApiResult, {"op": "join", "ok": True, "omitted": "3"}),
+    (m.ApiResult, {"op": "join", "ok": True, "omitted": 3.0}),
+    (m.Sync, {"token": 5}),
+    (m.Sync, {"token": None}),
     (
         m.ApiResult,
         {"op": "join", "ok": True, "devices": [{"device": "d1", "outcome": "x", "online": True}]},
@@ -507,6 +570,7 @@ MISSING_REQUIRED: list[tuple[type[Any] | Any, dict[str, Any]]] = [
     (m.ApiResult, {"ok": True}),
     (m.ApiResult, {"op": "join"}),
     (m.ApiResult, {"op": "join", "ok": True, "devices": [{"device": "d1", "outcome": "pending"}]}),
+    (m.Sync, {}),
 ]
 
 OUT_OF_RANGE: list[tuple[type[Any] | Any, dict[str, Any]]] = [
@@ -547,6 +611,21 @@ OUT_OF_RANGE: list[tuple[type[Any] | Any, dict[str, Any]]] = [
     (m.ApiRequest, {"group": "all!"}),
     (m.ApiRequest, {"id": ""}),
     (m.ApiRequest, {"ttl_ms": -5}),
+    (m.ApiResult, {"op": "join", "ok": True, "omitted": -1}),
+    (m.ApiResult, {"op": "join", "ok": True, "counts": {"converged": -1}}),
+    (
+        m.ApiResult,
+        {
+            "op": "join-all",
+            "ok": True,
+            "devices": [
+                {"device": f"d{i}", "outcome": "waiting", "online": True}
+                for i in range(m.MAX_LISTED_DEVICES + 1)
+            ],
+        },
+    ),
+    (m.Sync, {"token": ""}),
+    (m.Sync, {"token": "t" * 65}),
 ]
 
 
@@ -669,6 +748,63 @@ def test_alias_from_on_the_wire() -> None:
     assert m.MeetRelayedOffer(type="offer", **{"from": "p-1"}, sdp="v=0") == msg
 
 
+@pytest.mark.parametrize(
+    ("model", "body"),
+    [
+        (m.MeetRelayedOffer, {"type": "offer", "sdp": "v=0"}),
+        (m.MeetRelayedAnswer, {"type": "answer", "sdp": "v=0"}),
+        (m.MeetDelivered, {"type": "message", "text": "hi"}),
+    ],
+)
+def test_from_underscore_is_tolerated_on_input(model: Any, body: dict[str, Any]) -> None:
+    """`from_` is accepted on input (populate_by_name), not part of the contract:
+    senders write `from`, and encode() always does."""
+    by_alias = decode(model, json.dumps({**body, "from": "p-1"}).encode())
+    by_name = decode(model, json.dumps({**body, "from_": "p-1"}).encode())
+    assert by_name == by_alias
+    wire = json.loads(encode(by_name))
+    assert wire["from"] == "p-1"
+    assert "from_" not in wire
+    assert "from_" not in json.dumps(json_schemas()["meet_down"])
+
+
+def test_api_result_cap_keeps_results_far_below_the_payload_limit() -> None:
+    """The reason for MAX_LISTED_DEVICES: 1,000 ordinary entries would not fit in 64 KiB."""
+
+    def entry(i: int) -> m.DeviceResult:
+        return m.DeviceResult(
+            device=f"esp-kitchen-{i}",
+            outcome=m.DeviceOutcome.WAITING,
+            online=True,
+            rev=44,
+            room="all-hands",
+        )
+
+    def size(n: int) -> int:
+        result = m.ApiResult(
+            id="r-1ca4",
+            op="join-all",
+            ok=True,
+            done=False,
+            code="accepted",
+            rev=45,
+            room="all-hands",
+            group="all",
+            devices=[entry(i) for i in range(n)],
+            omitted=1000 - n,
+            counts={"waiting": 1000},
+        )
+        return len(encode(result))
+
+    assert size(m.MAX_LISTED_DEVICES) < MAX_PAYLOAD_BYTES // 2
+    # Built without validation: the model itself refuses more than MAX_LISTED_DEVICES.
+    uncapped = m.ApiResult.model_construct(
+        id="r-1ca4", op="join-all", ok=True, devices=[entry(i) for i in range(1000)]
+    )
+    assert len(encode(uncapped)) > MAX_PAYLOAD_BYTES
+    assert m.ApiResult(op="join", ok=True).omitted == 0
+
+
 @pytest.mark.parametrize("kind", [TopicKind.MEET_UP, TopicKind.MEET_DOWN])
 @pytest.mark.parametrize(
     "payload",
@@ -765,6 +901,7 @@ SCHEMA_NAMES = {
     "meet_down",
     "api_request",
     "api_result",
+    "sync",
 }
 
 
@@ -891,6 +1028,9 @@ def test_example_validates_against_json_schema(model_name: str, body: str) -> No
         ("meet_down", {"type": "offer", "to": "p-1", "sdp": "v=0"}),
         ("api_request", {"timeout_s": 0}),
         ("api_result", {"op": "join", "ok": True, "devices": [{"device": "d1"}]}),
+        ("api_result", {"op": "join", "ok": True, "omitted": -1}),
+        ("sync", {}),
+        ("sync", {"token": ""}),
     ],
 )
 def test_json_schema_refuses_what_the_models_refuse(schema_name: str, value: Any) -> None:
@@ -905,6 +1045,7 @@ def test_json_schema_refuses_what_the_models_refuse(schema_name: str, value: Any
         "meet_down": TopicKind.MEET_DOWN,
         "api_request": TopicKind.API,
         "api_result": TopicKind.API_RESULT,
+        "sync": TopicKind.SYNC,
     }[schema_name]
     with pytest.raises(ProtocolError):
         decode_for(kind, json.dumps(value).encode())

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from fleet.controller.store import Job
 from fleet.protocol.messages import (
+    MAX_LISTED_BYTES,
+    MAX_LISTED_DEVICES,
     ApiOp,
     ApiRequest,
     ApiResult,
@@ -29,6 +31,8 @@ class DesiredTracker:
     group: str | None = None
     until: float | None = None
     waiting: set[str] = field(default_factory=set)
+    # Membership is checked on every state report of the fleet: a set, not the list.
+    target_set: frozenset[str] = field(default_factory=frozenset)
 
     @classmethod
     def start(
@@ -53,6 +57,7 @@ class DesiredTracker:
             group=group,
             until=until,
         )
+        tracker.target_set = frozenset(targets)
         for device_id in targets:
             tracker.observe(device_id, registry)
         return tracker
@@ -69,12 +74,16 @@ class DesiredTracker:
         return not self.waiting
 
     def result(self, registry: Registry, *, final: bool) -> ApiResult:
-        devices = [
+        everyone = [
             rec.result(self.rev)
             for rec in (registry.devices.get(d) for d in self.targets)
             if rec is not None
         ]
-        counts = count_outcomes(devices)
+        counts = count_outcomes(everyone)
+        devices = everyone
+        if len(everyone) > MAX_LISTED_DEVICES:
+            devices = [d for d in everyone if d.outcome is not DeviceOutcome.CONVERGED]
+        devices = _within_budget(devices)
         failed = counts.get(DeviceOutcome.FAILED.value, 0)
         waiting = counts.get(DeviceOutcome.WAITING.value, 0)
         if not final:
@@ -91,12 +100,13 @@ class DesiredTracker:
             ok=ok,
             done=final,
             code=code,
-            detail=_detail(counts, len(devices)),
+            detail=_detail(counts, len(everyone)),
             rev=self.rev,
             room=self.room,
             group=self.group,
             until=self.until,
             devices=devices,
+            omitted=len(everyone) - len(devices),
             counts=counts,
         )
 
@@ -134,6 +144,17 @@ class CommandTracker:
             devices=[outcome],
             counts={job.status.value: 1},
         )
+
+
+def _within_budget(devices: list[DeviceResult]) -> list[DeviceResult]:
+    listed: list[DeviceResult] = []
+    size = 0
+    for device in devices[:MAX_LISTED_DEVICES]:
+        size += len(device.model_dump_json(exclude_none=True)) + 1
+        if size > MAX_LISTED_BYTES:
+            break
+        listed.append(device)
+    return listed
 
 
 def _detail(counts: dict[str, int], total: int) -> str:

@@ -23,7 +23,16 @@ from fleet.controller.operations import CommandTracker, DesiredTracker
 from fleet.controller.store import Job, Store
 from fleet.errors import ProtocolError
 from fleet.mqtt import BrokerUrl, payload_bytes, run_link
-from fleet.protocol import ParsedTopic, TopicKind, Topics, decode, decode_for, encode
+from fleet.protocol import (
+    ID_PATTERN,
+    ParsedTopic,
+    TopicKind,
+    Topics,
+    decode,
+    decode_for,
+    encode,
+    is_valid_id,
+)
 from fleet.protocol.messages import (
     REJECT_CODES,
     Ack,
@@ -37,6 +46,7 @@ from fleet.protocol.messages import (
     MeetingIntent,
     State,
     Status,
+    Sync,
     api_request_from_payload,
     probe_id,
 )
@@ -65,6 +75,8 @@ class Controller:
     ) -> None:
         self.url = url
         self.topics = topics or Topics()
+        if not is_valid_id(client_id):
+            raise ValueError(f"invalid controller client id {client_id!r}: must match {ID_PATTERN}")
         self.client_id = client_id
         # With the embedded broker the controller keeps device credentials' groups in step
         # with set_groups, so the broker lets the device read its new groups' desired docs.
@@ -80,6 +92,7 @@ class Controller:
         # Until the retained fleet state has been read after a (re)connect, API requests
         # wait: acting on a partial registry could hand out a rev that is already in use.
         self._synced = False
+        self._sync_token = ""
         self._held_requests: list[tuple[str, bytes]] = []
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -116,7 +129,8 @@ class Controller:
                 (t.sync(self.client_id), 1),
             ]
         )
-        await client.publish(t.sync(self.client_id), b"synced", qos=1)
+        self._sync_token = uuid.uuid4().hex  # a stale marker from an earlier connection is not it
+        await client.publish(t.sync(self.client_id), encode(Sync(token=self._sync_token)), qos=1)
         # Re-assert every desired doc: the broker may have restarted and forgotten them.
         for rec in self.store.desired_docs():
             await self._publish_desired(rec.scope, rec.name, rec.doc)
@@ -157,7 +171,11 @@ class Controller:
                 await self._on_api(parsed.name, payload)
             else:
                 self._held_requests.append((parsed.name, payload))
-        elif kind is TopicKind.SYNC and parsed.name == self.client_id:
+        elif (
+            kind is TopicKind.SYNC
+            and parsed.name == self.client_id
+            and decode(Sync, payload).token == self._sync_token
+        ):
             self._synced = True
             held, self._held_requests = self._held_requests, []
             for op_name, request in held:
@@ -173,7 +191,7 @@ class Controller:
 
     async def _device_changed(self, device_id: str, presence_changed: bool) -> None:
         for tracker in self._desired_trackers:
-            if device_id in tracker.targets:
+            if device_id in tracker.target_set:
                 tracker.observe(device_id, self.registry)
         rec = self.registry.devices.get(device_id)
         if presence_changed and rec is not None and rec.online:
@@ -201,21 +219,37 @@ class Controller:
         return doc
 
     async def _expire_meetings(self, now: float) -> None:
-        """Write a leave for every intent whose `until` passed.
+        """End every intent whose `until` passed, without touching later intents.
 
-        Docs newer than the lapsed one are re-issued after the leave, so the
-        leave's fresh rev cannot override a later intent (last writer still wins).
+        The lapsed doc is cleared from the broker, and only the devices still
+        following it (they report its rev) get a leave of their own. A group-wide
+        leave with a fresh rev would outrank, and so interrupt, any newer intent a
+        device got since (a `join` of one device during a `join-all --for`).
         """
-        docs = self.store.desired_docs()
-        for i, rec in enumerate(docs):
+        for rec in self.store.desired_docs():
             meeting = rec.doc.meeting
             if meeting is None or meeting.until is None or meeting.until > now:
                 continue
-            log.info("intent rev %d for %s/%s lapsed; leaving", rec.doc.rev, rec.scope, rec.name)
-            await self.write_desired(rec.scope, rec.name, None)
-            for newer in docs[i + 1 :]:
-                await self.write_desired(newer.scope, newer.name, newer.doc.meeting)
-            return  # the doc list changed; the next tick handles any other lapsed intent
+            log.info("intent rev %d for %s/%s lapsed", rec.doc.rev, rec.scope, rec.name)
+            targets = (
+                [r.id for r in self.registry.targets(rec.name)]
+                if rec.scope == "grp"
+                else [rec.name]
+            )
+            followers = [
+                t
+                for t in targets
+                if t in self.registry.devices and self.registry.devices[t].rev == rec.doc.rev
+            ]
+            await self._clear_desired(rec.scope, rec.name)
+            for device_id in followers:
+                await self.write_desired("dev", device_id, None)
+
+    async def _clear_desired(self, scope: str, name: str) -> None:
+        self.store.delete_desired(scope, name)
+        if self._client is not None:
+            # An empty retained payload removes the doc: devices forget that source.
+            await self._client.publish(self._desired_topic(scope, name), b"", qos=1, retain=True)
 
     # --- the automation API -------------------------------------------------------------------
     async def _on_api(self, op_name: str, payload: bytes) -> None:

@@ -97,34 +97,35 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        row = self._db.execute("SELECT value FROM meta WHERE key='rev'").fetchone()
+        # Cached: the floor is checked on every state report, the database only on change.
+        self._rev = int(row[0]) if row else 0
 
     def close(self) -> None:
         self._db.close()
 
     # --- revs -------------------------------------------------------------------------------
     def last_rev(self) -> int:
-        row = self._db.execute("SELECT value FROM meta WHERE key='rev'").fetchone()
-        return int(row[0]) if row else 0
+        return self._rev
 
     def next_rev(self) -> int:
         """Allocate a rev; durable before it is used, so revs never go backwards."""
-        with self._tx():
-            rev = self.last_rev() + 1
-            self._set_rev(rev)
-        return rev
+        self._set_rev(self._rev + 1)
+        return self._rev
 
     def raise_rev_floor(self, seen: int) -> None:
         """Never hand out a rev at or below one seen on the wire (e.g. after a lost DB)."""
-        if seen > self.last_rev():
-            with self._tx():
-                self._set_rev(seen)
+        if seen > self._rev:
+            self._set_rev(seen)
 
     def _set_rev(self, rev: int) -> None:
-        self._db.execute(
-            "INSERT INTO meta (key, value) VALUES ('rev', ?) "
-            "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-            (str(rev),),
-        )
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES ('rev', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (str(rev),),
+            )
+        self._rev = rev
 
     # --- desired docs -----------------------------------------------------------------------
     def save_desired(self, scope: str, name: str, doc: Desired) -> None:

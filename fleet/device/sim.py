@@ -22,7 +22,14 @@ import aiomqtt
 
 from fleet.device.reconciler import Applied, Reconciler
 from fleet.errors import ProtocolError
-from fleet.mqtt import BrokerUrl, LastWill, RestartLink, payload_bytes, run_link
+from fleet.mqtt import (
+    BrokerUrl,
+    LastWill,
+    RestartLink,
+    payload_bytes,
+    publish_nowait,
+    run_link,
+)
 from fleet.protocol import TopicKind, Topics, decode, encode, is_valid_id
 from fleet.protocol.messages import (
     Ack,
@@ -226,8 +233,8 @@ class SimulatedDevice:
     async def _publish_state(self) -> None:
         if self._client is None:
             return
-        await self._client.publish(
-            self.topics.state(self.id), encode(self.current_state()), qos=1, retain=True
+        publish_nowait(
+            self._client, self.topics.state(self.id), encode(self.current_state()), 1, True
         )
 
     # --- commands -----------------------------------------------------------------------------
@@ -282,8 +289,9 @@ class SimulatedDevice:
             )
         elif op is CommandOp.IDENTIFY:
             seconds = cmd.args.get("seconds", 5)
-            if not isinstance(seconds, int | float) or not 0 < seconds <= MAX_IDENTIFY_S:
-                await self._bad_args(cmd, f"seconds must be a number in (0, {MAX_IDENTIFY_S}]")
+            valid = isinstance(seconds, int) and not isinstance(seconds, bool)
+            if not valid or not 1 <= seconds <= MAX_IDENTIFY_S:
+                await self._bad_args(cmd, f"seconds must be an integer from 1 to {MAX_IDENTIFY_S}")
                 return
             self.identify_until = time.monotonic() + seconds
             await self._finish(cmd, Ack(id=cmd.id, ok=True, code=AckCode.OK))
@@ -303,6 +311,7 @@ class SimulatedDevice:
         ):
             await self._bad_args(cmd, "groups must be a list of up to 32 group names")
             return
+        old_groups = self.groups
         old_sources = set(self._desired_sources())
         self.groups = list(dict.fromkeys(groups))
         new_sources = self._desired_sources()
@@ -310,12 +319,15 @@ class SimulatedDevice:
         if client is not None:
             gone = [t for t in old_sources if t not in new_sources]
             added = [t for t in new_sources if t not in old_sources]
-            if gone:
-                await client.unsubscribe(gone)
             if added:
                 granted = await client.subscribe([(t, 1) for t in added])
                 refused = [t for t, g in zip(added, granted, strict=False) if _code(g) >= 0x80]
                 if refused:
+                    # All or nothing: back to the old groups, as if the command never ran.
+                    accepted = [t for t in added if t not in refused]
+                    if accepted:
+                        await client.unsubscribe(accepted)
+                    self.groups = old_groups
                     await self._finish(
                         cmd,
                         Ack(
@@ -326,6 +338,8 @@ class SimulatedDevice:
                         ),
                     )
                     return
+            if gone:
+                await client.unsubscribe(gone)
             await client.publish(
                 self.topics.status(self.id), encode(self._birth()), qos=1, retain=True
             )
@@ -375,7 +389,7 @@ class SimulatedDevice:
 
     async def _send_ack(self, ack: Ack) -> None:
         if self._client is not None:
-            await self._client.publish(self.topics.ack(self.id), encode(ack), qos=1)
+            publish_nowait(self._client, self.topics.ack(self.id), encode(ack), 1)
 
     # --- periodic work ------------------------------------------------------------------------
     @property
@@ -388,8 +402,11 @@ class SimulatedDevice:
         while True:
             if self._client is not None:
                 try:
-                    await self._reconcile()  # lapses an intent whose `until` passed
-                    await self._client.publish(self.topics.tele(self.id), encode(self.telemetry()))
+                    if self.reconciler.applied.meeting and self.reconciler.applied.meeting.until:
+                        await self._reconcile()  # lapses an intent whose `until` passed
+                    publish_nowait(
+                        self._client, self.topics.tele(self.id), encode(self.telemetry())
+                    )
                 except aiomqtt.MqttError as exc:
                     log.debug("%s: telemetry skipped: %s", self.id, exc)
             await asyncio.sleep(self.config.tele_interval_s)

@@ -156,6 +156,15 @@ class Ack(Message):
     done: bool = True
     result: dict[str, Any] | None = None
 
+    @model_validator(mode="after")
+    def _consistent(self) -> Ack:
+        # ok exactly for "ok" and "accepted"; a progress ack (done: false) only as "accepted".
+        if self.ok != (self.code in (AckCode.OK, AckCode.ACCEPTED)):
+            raise ValueError(f"ok={self.ok} does not fit code {self.code.value!r}")
+        if not self.done and self.code is not AckCode.ACCEPTED:
+            raise ValueError("done: false is only for code 'accepted'")
+        return self
+
 
 # --- telemetry --------------------------------------------------------------------------------
 
@@ -382,6 +391,12 @@ class DeviceResult(Message):
     result: dict[str, Any] | None = None  # a command's result (e.g. ping's uptime)
 
 
+MAX_LISTED_DEVICES = 256
+# A listed device costs ~90 bytes, but up to ~450 with a long detail: the list also stops
+# at this many encoded bytes, so a result stays well inside MAX_PAYLOAD_BYTES.
+MAX_LISTED_BYTES = 32 * 1024
+
+
 class ApiResult(Message):
     """On api/result. `done: false` is the acceptance (rev and targets); the final one follows."""
 
@@ -395,8 +410,17 @@ class ApiResult(Message):
     room: RoomName | None = None
     group: GroupName | None = None
     until: float | None = None
-    devices: list[DeviceResult] = Field(default_factory=list)
-    counts: dict[str, int] = Field(default_factory=dict)
+    # Every target up to MAX_LISTED_DEVICES; past that only those not converged (capped),
+    # so a result stays far below MAX_PAYLOAD_BYTES. `counts` always covers every target.
+    devices: list[DeviceResult] = Field(default_factory=list, max_length=256)
+    omitted: Count = 0
+    counts: dict[str, Count] = Field(default_factory=dict)
+
+
+class Sync(Message):
+    """On sync/{client id}: a client's loopback marker (see Topics.sync)."""
+
+    token: Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
 # --- the codec --------------------------------------------------------------------------------
@@ -415,7 +439,7 @@ MODEL_FOR_KIND: dict[TopicKind, Any] = {
     TopicKind.MEET_DOWN: MeetDown,
     TopicKind.API: ApiRequest,
     TopicKind.API_RESULT: ApiResult,
-    TopicKind.SYNC: bytes,  # an opaque token
+    TopicKind.SYNC: Sync,
 }
 
 
@@ -512,6 +536,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         "meet_down": MeetDown,
         "api_request": ApiRequest,
         "api_result": ApiResult,
+        "sync": Sync,
     }
     return {
         name: _adapter(model).json_schema(by_alias=True, mode="validation")

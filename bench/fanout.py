@@ -1,0 +1,265 @@
+"""Fan-out benchmark: time from join-all to every device converged, and the controller's peak RSS.
+
+Each part runs in its own process through the real `fleet` commands, as a
+user would deploy them:
+
+  embedded:  `fleet up --devices 0` (amqtt broker + controller in one process)
+             + `fleet sim` processes for the devices
+  mosquitto: a mosquitto subprocess (config from `fleet broker mosquitto-config`'s
+             writer) + `fleet controller` + `fleet sim` processes
+
+The operator side is this process: it sends join-all through the automation
+API and stops the clock when the controller's final result says every
+targeted device reported the new rev (what `fleet join-all` waits for).
+
+    python bench/fanout.py --broker embedded --devices 1000
+    python bench/fanout.py --broker mosquitto --devices 10000 --sim-procs 2
+
+Targets (issue 2): 1,000 devices on the embedded broker under 3 s; 10,000 on
+Mosquitto under 5 s. Prints figures; asserts nothing about time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from broker.credentials import CredentialStore, Role  # noqa: E402
+from broker.mosquitto import write_mosquitto_config  # noqa: E402
+from fleet.client import FleetClient  # noqa: E402
+from fleet.device.sim import device_ids  # noqa: E402
+from fleet.mqtt import BrokerUrl  # noqa: E402
+from fleet.protocol import Topics  # noqa: E402
+from fleet.protocol.messages import ApiOp, ApiRequest  # noqa: E402
+
+FLEET = [sys.executable, "-m", "cli.main"]
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def raise_nofile() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def peak_rss_mib(pid: int) -> float:
+    """VmHWM: the process's peak resident set size."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Procs:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: dict[str, asyncio.subprocess.Process] = {}
+
+    async def start(self, name: str, *cmd: str, env: dict[str, str] | None = None) -> int:
+        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115, ASYNC230 - the child owns it
+        proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            stdout=log,
+            stderr=log,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            preexec_fn=raise_nofile,
+        )
+        self.procs[name] = proc
+        return proc.pid
+
+    def check(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.returncode is not None:
+                tail = (self.workdir / f"{name}.log").read_text()[-2000:]
+                raise SystemExit(f"{name} exited with {proc.returncode}:\n{tail}")
+
+    async def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                async with asyncio.timeout(15):
+                    await proc.wait()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+async def wait_port(port: int, procs: Procs, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        procs.check()
+        with contextlib.suppress(OSError):
+            _r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            return
+        await asyncio.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+async def run(args: argparse.Namespace) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="fanout-"))
+    home = workdir / "home"
+    home.mkdir()
+    store = CredentialStore(home / "credentials.json")
+    prefix = "fleet/v1"
+    port = free_port()
+    ids = device_ids(args.devices)
+    secrets = store.add_devices(ids)
+    (workdir / "secrets.json").write_text(json.dumps(secrets))
+    procs = Procs(workdir)
+    env = {"FLEET_HOME": str(home)}
+    try:
+        if args.broker == "embedded":
+            controller_pid = await procs.start(
+                "up",
+                *FLEET,
+                *(["-v"] if args.verbose else []),
+                "up",
+                "--devices",
+                "0",
+                "--port",
+                str(port),
+                env=env,
+            )
+            await wait_port(port, procs)
+            client_file = home / "client.json"
+            while not client_file.exists():
+                procs.check()
+                await asyncio.sleep(0.05)
+            operator = BrokerUrl.parse(json.loads(client_file.read_text())["broker"])
+            label = "amqtt broker + controller process"
+        else:
+            ctl_secret = store.add("controller", Role.CONTROLLER)
+            op_secret = store.add("operator", Role.CONTROLLER)
+            conf = write_mosquitto_config(workdir / "mosquitto", store, prefix, port, run_as="root")
+            await procs.start("mosquitto", MOSQUITTO, "-c", str(conf))
+            await wait_port(port, procs)
+            base = BrokerUrl.parse(f"mqtt://127.0.0.1:{port}")
+            controller_pid = await procs.start(
+                "controller",
+                *FLEET,
+                "controller",
+                "--db",
+                str(workdir / "ctl.db"),
+                "--broker",
+                str(base.with_credentials("controller", ctl_secret)),
+                env=env,
+            )
+            operator = base.with_credentials("operator", op_secret)
+            label = "controller process"
+        started = time.monotonic()
+        per_proc = -(-args.devices // args.sim_procs)
+        for n in range(args.sim_procs):
+            first = 1 + n * per_proc
+            count = min(per_proc, args.devices - n * per_proc)
+            if count <= 0:
+                break
+            await procs.start(
+                f"sim{n}",
+                *FLEET,
+                "sim",
+                "--devices",
+                str(count),
+                "--start",
+                str(first),
+                "--secrets",
+                str(workdir / "secrets.json"),
+                "--tele-interval",
+                str(args.tele_interval),
+                "--broker",
+                f"mqtt://127.0.0.1:{port}",
+                env=env,
+            )
+        async with FleetClient(operator, Topics(prefix)) as fleet:
+            while fleet.registry.online_count() < args.devices:
+                procs.check()
+                await asyncio.sleep(0.2)
+            connect_s = time.monotonic() - started
+            print(
+                f"{args.devices} devices online after {connect_s:.1f}s "
+                f"({args.sim_procs} sim process(es))"
+            )
+            await asyncio.sleep(1.0)  # let the connection burst settle
+            times: list[float] = []
+            for i in range(args.rounds):
+                for op, request in (
+                    (ApiOp.JOIN_ALL, ApiRequest(room=f"room-{i}", timeout_s=60)),
+                    (ApiOp.LEAVE_ALL, ApiRequest(timeout_s=60)),
+                ):
+                    t0 = time.perf_counter()
+                    seen: dict[str, float] = {}
+
+                    def progress(converged: int, online: int, seen=seen, t0=t0) -> None:
+                        # When the devices' new rev reached the operator, straight from the
+                        # broker: separates the devices' speed from the controller's verdict.
+                        for mark in (0.5, 0.9, 1.0):
+                            key = f"p{int(mark * 100)}"
+                            if key not in seen and converged >= mark * args.devices:
+                                seen[key] = time.perf_counter() - t0
+
+                    result = await fleet.request(op, request, progress)
+                    elapsed = time.perf_counter() - t0
+                    if not result.ok:
+                        raise SystemExit(f"{op.value} did not converge: {result.detail}")
+                    if op is ApiOp.JOIN_ALL:
+                        times.append(elapsed)
+                    marks = " ".join(f"{k}={v:.2f}s" for k, v in seen.items())
+                    print(
+                        f"  {op.value:<9} rev {result.rev}: {result.detail} in {elapsed:.3f}s"
+                        f" (states on the wire: {marks})"
+                    )
+        target = 3.0 if args.broker == "embedded" else 5.0
+        median = statistics.median(times)
+        print(
+            f"RESULT broker={args.broker} devices={args.devices} "
+            f"join_all_to_converged_median_s={median:.3f} best_s={min(times):.3f} "
+            f"target_s={target} ratio_to_target={median / target:.2f} "
+            f"peak_rss_mib({label})={peak_rss_mib(controller_pid):.0f}"
+        )
+    finally:
+        await procs.stop()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"logs kept in {workdir}")
+
+
+def main() -> None:
+    # A SIGTERM'd benchmark still stops its children (the finally in run()).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--broker", choices=["embedded", "mosquitto"], default="embedded")
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--sim-procs", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tele-interval", type=float, default=10.0)
+    parser.add_argument("--keep", action="store_true", help="keep logs and work dir")
+    parser.add_argument("--verbose", action="store_true", help="verbose logs from the parts")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
