@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -139,6 +140,9 @@ def make_client(
         keepalive=keepalive,
         timeout=CONNECT_TIMEOUT_S,
         max_queued_incoming_messages=max_queued_incoming,
+        # MQTT sends small packets back to back (a PUBLISH, then its PUBACK or the next
+        # PUBLISH); with Nagle's algorithm the second waits ~40 ms for a delayed ACK.
+        socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
     )
 
 

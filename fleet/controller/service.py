@@ -21,7 +21,7 @@ import aiomqtt
 
 from fleet.controller.operations import CommandTracker, DesiredTracker
 from fleet.controller.store import Job, Store
-from fleet.errors import ProtocolError
+from fleet.errors import FleetError, ProtocolError
 from fleet.mqtt import BrokerUrl, payload_bytes, run_link
 from fleet.protocol import (
     ID_PATTERN,
@@ -78,6 +78,7 @@ class Controller:
         if not is_valid_id(client_id):
             raise ValueError(f"invalid controller client id {client_id!r}: must match {ID_PATTERN}")
         self.client_id = client_id
+        self._api_root = f"{self.topics.prefix}/api/"
         # With the embedded broker the controller keeps device credentials' groups in step
         # with set_groups, so the broker lets the device read its new groups' desired docs.
         self.credentials = credentials
@@ -144,9 +145,15 @@ class Controller:
         self.stats["messages"] += 1
         topic = message.topic.value
         parsed = self.topics.parse(topic)
-        if parsed is None:
-            return
         payload = payload_bytes(message)
+        if parsed is None:
+            op = topic.removeprefix(self._api_root)
+            if op != topic and "/" not in op and self._synced:
+                # Under api/ but no op we know (nor one that could be): answer, don't ignore.
+                await self._api_error(
+                    probe_id(payload), op[:32], "unknown_op", f"unknown API op {op[:32]!r}"
+                )
+            return
         try:
             await self._handle(parsed, payload)
         except ProtocolError as exc:
@@ -158,7 +165,10 @@ class Controller:
         if kind in (TopicKind.STATUS, TopicKind.STATE):
             message: Status | State | None = decode_for(kind, payload) if payload else None
             presence_changed = self.registry.update(kind, parsed.name, message)
-            if isinstance(message, State):
+            if isinstance(message, State) and not self._synced:
+                # Device reports count toward the rev floor only while re-reading the
+                # retained fleet (a lost database); later, a device could only push the
+                # counter up, never down, so its reports are not trusted for it.
                 self.store.raise_rev_floor(message.rev)
             await self._device_changed(parsed.name, presence_changed)
         elif kind is TopicKind.ACK:
@@ -256,13 +266,21 @@ class Controller:
         try:
             op = ApiOp(op_name)
         except ValueError:
-            await self._api_error(None, op_name, "unknown_op", f"unknown API op {op_name!r}")
+            await self._api_error(
+                probe_id(payload), op_name, "unknown_op", f"unknown API op {op_name!r}"
+            )
             return
         try:
             request = api_request_from_payload(op, payload)
         except ProtocolError as exc:
             await self._api_error(probe_id(payload), op.value, "bad_request", exc.reason)
             return
+        try:
+            await self._run_api(op, request)
+        except FleetError as exc:
+            await self._api_error(request.id, op.value, "failed", str(exc))
+
+    async def _run_api(self, op: ApiOp, request: ApiRequest) -> None:
         if request.id is None:
             request = request.model_copy(update={"id": uuid.uuid4().hex[:12]})
         self.store.save_operation(request.id or "", op.value, encode(request).decode(), rev=None)

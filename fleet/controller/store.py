@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fleet.errors import FleetError
 from fleet.protocol import encode
-from fleet.protocol.messages import Desired, DeviceOutcome, decode
+from fleet.protocol.messages import MAX_REV, Desired, DeviceOutcome, decode
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -50,6 +51,17 @@ CREATE TABLE IF NOT EXISTS operations (
     result TEXT
 );
 """
+
+# A billion operations a second for a century stays below 2^62; 2^53 - 1 is the wire limit.
+# Revs seen above this are a device misbehaving, not history to respect.
+REV_CEILING = MAX_REV - 2**32
+
+
+class RevExhausted(FleetError):
+    def __init__(self, rev: int) -> None:
+        super().__init__(f"the rev counter is at {rev}, at its ceiling; no rev left to hand out")
+        self.rev = rev
+
 
 # Final command states: nothing changes a job once it is in one of these.
 FINAL_JOB_STATES = frozenset(
@@ -110,12 +122,18 @@ class Store:
 
     def next_rev(self) -> int:
         """Allocate a rev; durable before it is used, so revs never go backwards."""
+        if self._rev >= REV_CEILING:
+            raise RevExhausted(self._rev)
         self._set_rev(self._rev + 1)
         return self._rev
 
     def raise_rev_floor(self, seen: int) -> None:
-        """Never hand out a rev at or below one seen on the wire (e.g. after a lost DB)."""
-        if seen > self._rev:
+        """Never hand out a rev at or below one seen on the wire (e.g. after a lost DB).
+
+        A rev above REV_CEILING is not believed: no controller gets there by counting,
+        and it would leave no revs to hand out.
+        """
+        if self._rev < seen <= REV_CEILING:
             self._set_rev(seen)
 
     def _set_rev(self, rev: int) -> None:

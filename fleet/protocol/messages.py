@@ -483,22 +483,29 @@ def _model_name(model: Any) -> str:
 
 
 def api_request_from_payload(op: ApiOp, payload: bytes) -> ApiRequest:
-    """Parse an API request; a bare room name (not JSON) is a join-all for that room."""
+    """Parse an API request; a bare room name (or a JSON string) is a join-all for that room."""
+    what = f"{op.value} request"
     stripped = payload.strip()
-    if op is ApiOp.JOIN_ALL and stripped and not stripped.startswith(b"{"):
+    if not stripped:
+        # Not "{}": an empty leave-all must not quietly become a fleet-wide leave.
+        raise ProtocolError(what, "empty payload; send a JSON object ({} for no fields)")
+    if op is ApiOp.JOIN_ALL and not stripped.startswith(b"{"):
         try:
-            room = stripped.decode()
-        except UnicodeDecodeError as exc:
-            raise ProtocolError("join-all request", "payload is not valid UTF-8") from exc
-        return decode(ApiRequest, json.dumps({"room": room}), what="join-all request")
-    request = decode(ApiRequest, stripped or b"{}", what=f"{op.value} request")
+            text = stripped.decode()
+            room = json.loads(text) if text.startswith('"') else text
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ProtocolError(what, "a bare room name must be plain UTF-8 text") from exc
+        if not isinstance(room, str):
+            raise ProtocolError(what, "a bare room name must be a string")
+        return decode(ApiRequest, json.dumps({"room": room}), what=what)
+    request = decode(ApiRequest, stripped, what=what)
     absent = [name for name in API_REQUIRED_FIELDS[op] if getattr(request, name) is None]
     if absent:
         raise ProtocolError(f"{op.value} request", f"missing field(s): {', '.join(absent)}")
     return request
 
 
-def probe_id(payload: bytes | bytearray, limit: int = 4096) -> str | None:
+def probe_id(payload: bytes | bytearray, limit: int = MAX_PAYLOAD_BYTES) -> str | None:
     """Best effort: the `id` of a payload that failed validation, so the error can name it."""
     if len(payload) > limit:
         return None
