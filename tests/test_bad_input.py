@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import aiomqtt
-import pytest
 from brokers import BrokerHandle, mqtt_client
 from running import controller, operator, register_devices, sim_fleet, wait_for
 
