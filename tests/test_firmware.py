@@ -1,8 +1,9 @@
 """The firmware's C core on the host: unit tests (plain and ASan+UBSan), the fuzzer, and
 fleet-host-device (the real core as a Linux process) against real brokers.
 
-Everything is built once per module with the project's own build files
-(firmware/host/CMakeLists.txt). Needs the Debian packages in firmware/host/DEPENDENCIES;
+Everything is built once per session with the project's own build files
+(firmware/host/CMakeLists.txt; the `build` fixture in tests/firmware_build.py, shared with
+tests/test_conformance.py). Needs the Debian packages in firmware/host/DEPENDENCIES;
 without a C compiler or cmake the tests skip, except in CI (CI=true), where they fail.
 
 Env: FLEET_FUZZ_SECONDS (default 20) bounds the fuzz run; FLEET_FIRMWARE_BUILD reuses a
@@ -12,79 +13,32 @@ build directory (handy while working on the C code).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
-import shutil
 import signal
-import subprocess
-import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import aiomqtt
 import pytest
-from brokers import BrokerHandle, mqtt_client
+from brokers import BrokerHandle
+from firmware_build import (
+    HOST_DIR,
+    Build,
+    Device,
+    build,
+    controller_inbox,
+    requires_toolchain,
+)
+from firmware_build import IN_CI as _IN_CI
+from firmware_build import run_tool as _run
 
 from fleet.protocol.messages import Ack, AckCode, State, Status, decode
 
-ROOT = Path(__file__).resolve().parent.parent
-HOST_DIR = ROOT / "firmware" / "host"
 SEED_CORPUS = HOST_DIR / "fuzz" / "corpus"
 SUMMARY_RE = re.compile(r"^(\d+) passed, (\d+) failed$")
-WAIT_S = 10.0
 
-_IN_CI = os.environ.get("CI") == "true"
-_TOOLS = [shutil.which(t) for t in ("cmake", "cc", "pkg-config")]
-pytestmark = [
-    pytest.mark.skipif(
-        not all(_TOOLS) and not _IN_CI,
-        reason="needs cmake, a C compiler and pkg-config (see firmware/host/DEPENDENCIES)",
-    ),
-    pytest.mark.timeout(300),
-]
-
-
-@dataclass(frozen=True)
-class Build:
-    dir: Path
-
-    @property
-    def tests(self) -> Path:
-        return self.dir / "fleet_core_tests"
-
-    @property
-    def tests_asan(self) -> Path:
-        return self.dir / "fleet_core_tests_asan"
-
-    @property
-    def device_asan(self) -> Path:
-        return self.dir / "fleet-host-device-asan"
-
-    @property
-    def fuzzer(self) -> Path:
-        return self.dir / "fuzz" / "fleet_fuzz"
-
-
-def _run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, check=False, **kw)
-
-
-@pytest.fixture(scope="module")
-def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
-    """Configure and build firmware/host once for the whole module."""
-    out = Path(os.environ.get("FLEET_FIRMWARE_BUILD") or tmp_path_factory.mktemp("fw-build"))
-    steps = (
-        ["cmake", "-S", str(HOST_DIR), "-B", str(out), "-DCMAKE_BUILD_TYPE=Debug"],
-        ["cmake", "--build", str(out), "-j", str(os.cpu_count() or 2)],
-    )
-    for cmd in steps:
-        proc = _run(cmd, timeout=600)
-        assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return Build(out)
+__all__ = ["build"]  # the session-scoped fixture, imported so that pytest finds it here
+pytestmark = [requires_toolchain, pytest.mark.timeout(300)]
 
 
 def _summary(output: str) -> tuple[int, int]:
@@ -147,98 +101,6 @@ def test_fuzz_inbound_paths(build: Build, tmp_path: Path) -> None:
 
 
 # --- the host device against a real broker -----------------------------------------------------
-
-
-class Inbox:
-    """Every message the controller-side client receives, with waiting helpers."""
-
-    def __init__(self, client: aiomqtt.Client) -> None:
-        self.client = client
-        self.messages: list[aiomqtt.Message] = []
-        self._event = asyncio.Event()
-        self._task = asyncio.create_task(self._pump())
-
-    async def _pump(self) -> None:
-        async for message in self.client.messages:
-            self.messages.append(message)
-            self._event.set()
-
-    async def wait(
-        self, topic: str, pred: Callable[[bytes], bool] = lambda _: True, *, start: int = 0
-    ) -> bytes:
-        """The first payload on `topic` (from index `start`) for which pred holds."""
-        deadline = asyncio.get_running_loop().time() + WAIT_S
-        while True:
-            for m in self.messages[start:]:
-                if m.topic.value == topic and pred(bytes(m.payload)):
-                    return bytes(m.payload)
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                seen = [(m.topic.value, bytes(m.payload)[:200]) for m in self.messages]
-                raise AssertionError(f"nothing matching on {topic} within {WAIT_S}s; saw {seen}")
-            self._event.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._event.wait(), remaining)
-
-    def on(self, topic: str, start: int = 0) -> list[bytes]:
-        return [bytes(m.payload) for m in self.messages[start:] if m.topic.value == topic]
-
-    async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-
-@contextlib.asynccontextmanager
-async def controller_inbox(handle: BrokerHandle, topics: list[str]) -> AsyncIterator[Inbox]:
-    user = f"fw-ctl-{uuid.uuid4().hex[:8]}"
-    secret = handle.add_user(user, "controller")
-    async with mqtt_client(handle, user, secret) as client:
-        for t in topics:
-            await client.subscribe(t, qos=1)
-        inbox = Inbox(client)
-        try:
-            yield inbox
-        finally:
-            await inbox.close()
-
-
-class Device:
-    """fleet-host-device (ASan build) as a subprocess, its log in a file."""
-
-    def __init__(self, exe: Path, args: list[str], log: Path) -> None:
-        self.exe, self.args, self.log = exe, args, log
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1", "UBSAN_OPTIONS": "halt_on_error=1"}
-        with self.log.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                str(self.exe),
-                *self.args,
-                stdout=log,
-                stderr=log,
-                stdin=subprocess.DEVNULL,
-                env=env,
-            )
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
-
-    async def signal(self, sig: int) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        return await asyncio.wait_for(self.proc.wait(), WAIT_S)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    async def stop(self) -> None:
-        if self.alive:
-            assert self.proc is not None
-            self.proc.kill()
-            await self.proc.wait()
 
 
 def _status(p: bytes) -> Status:
