@@ -12,6 +12,9 @@ import pytest
 from brokers import BrokerHandle, free_port
 from running import controller, operator_url, register_devices, sim_fleet
 
+from broker.credentials import CredentialStore, Role
+from broker.embedded import EmbeddedBroker
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -128,3 +131,53 @@ async def test_fleet_operations_end_to_end(any_broker: BrokerHandle, tmp_path: P
         code, out, err = await fleet("leave-all", *common, home=tmp_path)
         assert code == 0, err
         assert all(dev.meeting is None for dev in sims.devices)
+
+
+async def test_tls_and_secure_websocket_broker_urls(
+    creds_store: CredentialStore, topic_prefix: str, tls_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`mqtts://` and `wss://` (trusting FLEET_CA_FILE) reach the embedded broker's listeners."""
+    cert, key = tls_files
+    secret = creds_store.add("ops", Role.CONTROLLER)
+    async with EmbeddedBroker(
+        creds_store.path, port=0, ws_port=0, prefix=topic_prefix, certfile=cert, keyfile=key
+    ) as broker:
+        for url, extra_env in (
+            (f"mqtts://ops:{secret}@127.0.0.1:{broker.port}", {"FLEET_CA_FILE": str(cert)}),
+            # With a certificate the WebSocket listener is TLS too.
+            (f"wss://ops:{secret}@127.0.0.1:{broker.ws_port}/", {"FLEET_CA_FILE": str(cert)}),
+        ):
+            os.environ.update(extra_env)
+            try:
+                code, out, err = await fleet(
+                    "devices", "--json", "--broker", url, "--prefix", topic_prefix, home=tmp_path
+                )
+            finally:
+                for key_name in extra_env:
+                    os.environ.pop(key_name, None)
+            assert code == 0, err
+            assert json.loads(out) == []
+        # Without the CA the certificate is not trusted: a clear error, exit 3.
+        code, _, err = await fleet(
+            "devices",
+            "--broker",
+            f"mqtts://ops:{secret}@127.0.0.1:{broker.port}",
+            "--prefix",
+            topic_prefix,
+            home=tmp_path,
+        )
+        assert code == 3
+        assert "cannot connect to broker" in err
+
+
+async def test_plain_websocket_broker_url(
+    creds_store: CredentialStore, topic_prefix: str, tmp_path: Path
+) -> None:
+    secret = creds_store.add("ops", Role.CONTROLLER)
+    async with EmbeddedBroker(creds_store.path, port=0, ws_port=0, prefix=topic_prefix) as broker:
+        url = f"ws://ops:{secret}@127.0.0.1:{broker.ws_port}/"
+        code, out, err = await fleet(
+            "devices", "--json", "--broker", url, "--prefix", topic_prefix, home=tmp_path
+        )
+    assert code == 0, err
+    assert json.loads(out) == []
