@@ -1,0 +1,192 @@
+"""The firmware's host build, shared by every test module that needs it, and helpers to run
+fleet-host-device (the real C core as a Linux process) against a real broker.
+
+`build` is a session-scoped fixture: firmware/host is configured and built with the
+project's own CMake files once per test session (per process), however many modules use
+it. A module imports the fixture (`from firmware_build import build`) and marks itself
+with `requires_toolchain`. Needs the Debian packages in firmware/host/DEPENDENCIES;
+without a C compiler or cmake those modules skip, except in CI (CI=true), where they fail.
+
+Env: FLEET_FIRMWARE_BUILD reuses a build directory (handy while working on the C code).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from brokers import BrokerHandle, mqtt_client
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST_DIR = ROOT / "firmware" / "host"
+WAIT_S = 10.0
+
+IN_CI = os.environ.get("CI") == "true"
+_TOOLS = [shutil.which(t) for t in ("cmake", "cc", "pkg-config")]
+requires_toolchain = pytest.mark.skipif(
+    not all(_TOOLS) and not IN_CI,
+    reason="needs cmake, a C compiler and pkg-config (see firmware/host/DEPENDENCIES)",
+)
+
+
+@dataclass(frozen=True)
+class Build:
+    dir: Path
+
+    @property
+    def tests(self) -> Path:
+        return self.dir / "fleet_core_tests"
+
+    @property
+    def tests_asan(self) -> Path:
+        return self.dir / "fleet_core_tests_asan"
+
+    @property
+    def device(self) -> Path:
+        return self.dir / "fleet-host-device"
+
+    @property
+    def device_asan(self) -> Path:
+        return self.dir / "fleet-host-device-asan"
+
+    @property
+    def fuzzer(self) -> Path:
+        return self.dir / "fuzz" / "fleet_fuzz"
+
+
+def run_tool(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, check=False, **kw)
+
+
+# One build per process: a fixture imported into several modules gets one FixtureDef per
+# module (and so one session-scoped cache each); this cache is what they share.
+_builds: dict[str, Build] = {}
+
+
+def build_firmware(tmp_path_factory: pytest.TempPathFactory) -> Build:
+    """Configure and build firmware/host, once per process."""
+    if "host" not in _builds:
+        out = Path(os.environ.get("FLEET_FIRMWARE_BUILD") or tmp_path_factory.mktemp("fw-build"))
+        steps = (
+            ["cmake", "-S", str(HOST_DIR), "-B", str(out), "-DCMAKE_BUILD_TYPE=Debug"],
+            ["cmake", "--build", str(out), "-j", str(os.cpu_count() or 2)],
+        )
+        for cmd in steps:
+            proc = run_tool(cmd, timeout=600)
+            assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+        _builds["host"] = Build(out)
+    return _builds["host"]
+
+
+@pytest.fixture(scope="session")
+def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
+    """firmware/host, configured and built once for the whole session."""
+    return build_firmware(tmp_path_factory)
+
+
+# --- a controller-side view of the wire ---------------------------------------------------------
+
+
+class Inbox:
+    """Every message the controller-side client receives, with waiting helpers."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self.client = client
+        self.messages: list[aiomqtt.Message] = []
+        self._event = asyncio.Event()
+        self._task = asyncio.create_task(self._pump())
+
+    async def _pump(self) -> None:
+        async for message in self.client.messages:
+            self.messages.append(message)
+            self._event.set()
+
+    async def wait(
+        self, topic: str, pred: Callable[[bytes], bool] = lambda _: True, *, start: int = 0
+    ) -> bytes:
+        """The first payload on `topic` (from index `start`) for which pred holds."""
+        deadline = asyncio.get_running_loop().time() + WAIT_S
+        while True:
+            for m in self.messages[start:]:
+                if m.topic.value == topic and pred(bytes(m.payload)):
+                    return bytes(m.payload)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                seen = [(m.topic.value, bytes(m.payload)[:200]) for m in self.messages]
+                raise AssertionError(f"nothing matching on {topic} within {WAIT_S}s; saw {seen}")
+            self._event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), remaining)
+
+    def on(self, topic: str, start: int = 0) -> list[bytes]:
+        return [bytes(m.payload) for m in self.messages[start:] if m.topic.value == topic]
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+@contextlib.asynccontextmanager
+async def controller_inbox(handle: BrokerHandle, topics: list[str]) -> AsyncIterator[Inbox]:
+    user = f"fw-ctl-{uuid.uuid4().hex[:8]}"
+    secret = handle.add_user(user, "controller")
+    async with mqtt_client(handle, user, secret) as client:
+        for t in topics:
+            await client.subscribe(t, qos=1)
+        inbox = Inbox(client)
+        try:
+            yield inbox
+        finally:
+            await inbox.close()
+
+
+# --- fleet-host-device as a subprocess -----------------------------------------------------------
+
+
+class Device:
+    """fleet-host-device (ASan build) as a subprocess, its log in a file."""
+
+    def __init__(self, exe: Path, args: list[str], log: Path) -> None:
+        self.exe, self.args, self.log = exe, args, log
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1", "UBSAN_OPTIONS": "halt_on_error=1"}
+        with self.log.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                str(self.exe),
+                *self.args,
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def signal(self, sig: int) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return await asyncio.wait_for(self.proc.wait(), WAIT_S)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    async def stop(self) -> None:
+        if self.alive:
+            assert self.proc is not None
+            self.proc.kill()
+            await self.proc.wait()
