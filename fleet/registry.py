@@ -28,7 +28,7 @@ class DeviceRecord:
 
     @property
     def groups(self) -> list[str]:
-        return list(self.status.groups) if self.status else []
+        return list(self.status.groups or []) if self.status else []
 
     @property
     def rev(self) -> int | None:

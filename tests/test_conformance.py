@@ -542,14 +542,6 @@ async def test_meeting_until_lapses_at_the_same_rev(
 
 
 async def test_meeting_until_lapses_on_time(lab: Lab, request: pytest.FixtureRequest) -> None:
-    xfail_for(
-        request,
-        ["sim"],
-        "DEFECT: the simulated device checks `meeting.until` only on its telemetry tick "
-        "(SimulatedDevice._periodic), so an intent lapses up to one telemetry interval late "
-        "(10 s by default, 30 s in tests/running.py's fleets; here 30 s); protocol.md 4.3: a "
-        "device with a set clock leaves once until <= now. The C core checks every second",
-    )
     dev = await lab.device(DEV, tele_interval_s=30)
     async with wire(lab.handle, DEV) as w:
         await dev.start()
@@ -819,13 +811,6 @@ async def test_telemetry(booted: tuple[DeviceUnderTest, Wire]) -> None:
 async def test_offline_payload_is_exactly_the_documented_one(
     booted: tuple[DeviceUnderTest, Wire], request: pytest.FixtureRequest
 ) -> None:
-    xfail_for(
-        request,
-        ["sim"],
-        'DEFECT: the simulated device\'s will and goodbye are {"online":false,"groups":[]} '
-        "(encode(Status(online=False)) keeps the non-null default groups=[]); protocol.md 3 "
-        'fixes the payload as {"online": false}, which the C core sends',
-    )
     dev, w = booted
     start = w.mark()
     await dev.kill()
@@ -866,14 +851,6 @@ async def test_refused_desired_doc_is_only_logged(
 async def test_idle_state_after_a_leave(
     booted: tuple[DeviceUnderTest, Wire], request: pytest.FixtureRequest
 ) -> None:
-    xfail_for(
-        request,
-        ["sim"],
-        "DIFFERENCE: after leaving a muted meeting with a volume the simulated device keeps "
-        'reporting them ({"mic":false,"volume":35}); the C core reports the idle state of '
-        'protocol.md 5 ({"rev":N,"mic":true}, no volume). The spec does not say which is '
-        "right beyond that example.",
-    )
     _, w = booted
     await w.desired({"rev": 1, "meeting": {"room": "standup", "mic": False, "volume": 35}})
     await w.state(lambda s: s.rev == 1)
@@ -902,13 +879,6 @@ async def test_malformed_command_with_a_known_id_is_bad_request(
 async def test_an_id_answered_bad_request_gets_that_answer_again(
     booted: tuple[DeviceUnderTest, Wire], request: pytest.FixtureRequest
 ) -> None:
-    xfail_for(
-        request,
-        ["sim"],
-        "DIFFERENCE: the simulated device does not remember bad_request acks, so a valid "
-        "command reusing the id of a malformed one runs; protocol.md 6.2 step 2 answers an "
-        'id "with the last ack it sent for that id", which the C core does (bad_request again)',
-    )
     _, w = booted
     ack = await w.raw_command(b'{"id": "k2", "op": 5}')
     assert (ack.id, ack.code) == ("k2", AckCode.BAD_REQUEST)
@@ -919,14 +889,6 @@ async def test_an_id_answered_bad_request_gets_that_answer_again(
 async def test_command_with_a_bom_is_answered_with_id_unknown(
     booted: tuple[DeviceUnderTest, Wire], request: pytest.FixtureRequest
 ) -> None:
-    xfail_for(
-        request,
-        ["sim"],
-        "DEFECT: fleet.protocol.probe_id uses json.loads on bytes, which skips a UTF-8 BOM, "
-        "so the simulated device's bad_request for a BOM-prefixed command carries its id; "
-        "decode() refuses the BOM (protocol.md 1.4: no BOM), so the payload is not a JSON "
-        'object and 6.2 says id "?", as the C core answers',
-    )
     _, w = booted
     ack = await w.raw_command(b'\xef\xbb\xbf{"id": "k3", "op": "ping"}')
     assert (ack.id, ack.code) == ("?", AckCode.BAD_REQUEST)
@@ -935,13 +897,6 @@ async def test_command_with_a_bom_is_answered_with_id_unknown(
 async def test_identify_with_null_seconds_uses_the_default(
     booted: tuple[DeviceUnderTest, Wire], request: pytest.FixtureRequest
 ) -> None:
-    xfail_for(
-        request,
-        ["sim"],
-        'DEFECT: the simulated device answers identify {"seconds": null} with bad_args '
-        "(args.get('seconds', 5) is None); protocol.md 1.4 and 6.1: an explicit null is an "
-        "absent arg, so the default 5 applies, as in the C core",
-    )
     _, w = booted
     ack = await w.command({"id": "n1", "op": "identify", "args": {"seconds": None}})
     assert ack.code is AckCode.OK
@@ -975,13 +930,6 @@ async def test_explicit_null_is_an_absent_field(
 async def test_set_groups_does_not_store_all(
     booted: tuple[DeviceUnderTest, Wire], request: pytest.FixtureRequest
 ) -> None:
-    xfail_for(
-        request,
-        ["sim"],
-        'DIFFERENCE: set_groups {"groups": ["all", "kitchen"]}: the simulated device stores '
-        'and announces "all" (result and birth groups ["all","kitchen"]); the C core drops '
-        "it as implicit (protocol.md 3: `groups` are the named groups, `all` is implicit)",
-    )
     _, w = booted
     start = w.mark()
     ack = await w.command({"id": "a1", "op": "set_groups", "args": {"groups": ["all", GROUP]}})

@@ -112,6 +112,8 @@ class SimulatedDevice:
         self._rng = random.Random(seed if seed is not None else hash(self.id))
         self._rssi = -50 - self._rng.randint(0, 25)
         self.state_changes = 0
+        self._lapse: asyncio.TimerHandle | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -206,6 +208,7 @@ class SimulatedDevice:
                 if self.meeting is not None:
                     await self.driver.leave()
                 self.meeting = None
+                self.mic, self.volume = True, None  # idle, as the spec's idle state
             else:
                 if self.meeting is not None and self.meeting.room != intent.room:
                     await self.driver.leave()
@@ -217,8 +220,25 @@ class SimulatedDevice:
         except Exception as exc:  # a media failure is reported, not fatal
             log.warning("%s: applying rev %d failed: %s", self.id, applied.rev, exc)
             self.error = str(exc)[:256]
+        self._arm_lapse(intent)
         self.state_changes += 1
         await self._publish_state()
+
+    def _arm_lapse(self, intent: MeetingIntent | None) -> None:
+        """Re-check the intent the moment its `until` passes, not at the next tick."""
+        if self._lapse is not None:
+            self._lapse.cancel()
+            self._lapse = None
+        if intent is not None and intent.until is not None:
+            delay = max(0.0, intent.until - time.time())
+            self._lapse = asyncio.get_running_loop().call_later(
+                delay, lambda: self._spawn(self._reconcile())
+            )
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def current_state(self) -> State:
         return State(
@@ -242,14 +262,11 @@ class SimulatedDevice:
         try:
             cmd = decode(Command, payload)
         except ProtocolError as exc:
-            await self._send_ack(
-                Ack(
-                    id=probe_id(payload) or "?",
-                    ok=False,
-                    code=AckCode.BAD_REQUEST,
-                    detail=exc.reason[:256],
-                )
+            command_id = probe_id(payload) or "?"
+            refusal = Ack(
+                id=command_id, ok=False, code=AckCode.BAD_REQUEST, detail=exc.reason[:256]
             )
+            await self._finish_id(command_id, refusal)
             return
         cached = self._acks.get(cmd.id)
         if cached is not None:
@@ -288,7 +305,8 @@ class SimulatedDevice:
                 ),
             )
         elif op is CommandOp.IDENTIFY:
-            seconds = cmd.args.get("seconds", 5)
+            seconds = cmd.args.get("seconds")
+            seconds = 5 if seconds is None else seconds  # null is absent: the default
             valid = isinstance(seconds, int) and not isinstance(seconds, bool)
             if not valid or not 1 <= seconds <= MAX_IDENTIFY_S:
                 await self._bad_args(cmd, f"seconds must be an integer from 1 to {MAX_IDENTIFY_S}")
@@ -313,7 +331,7 @@ class SimulatedDevice:
             return
         old_groups = self.groups
         old_sources = set(self._desired_sources())
-        self.groups = list(dict.fromkeys(groups))
+        self.groups = [g for g in dict.fromkeys(groups) if g != "all"]  # "all" is implicit
         new_sources = self._desired_sources()
         client = self._client
         if client is not None:
@@ -378,7 +396,11 @@ class SimulatedDevice:
         await self._finish(cmd, Ack(id=cmd.id, ok=False, code=AckCode.BAD_ARGS, detail=detail))
 
     async def _finish(self, cmd: Command, ack: Ack) -> None:
-        self._remember(cmd.id, ack)
+        await self._finish_id(cmd.id, ack)
+
+    async def _finish_id(self, command_id: str, ack: Ack) -> None:
+        if command_id != "?":
+            self._remember(command_id, ack)
         await self._send_ack(ack)
 
     def _remember(self, command_id: str, ack: Ack) -> None:
@@ -402,8 +424,6 @@ class SimulatedDevice:
         while True:
             if self._client is not None:
                 try:
-                    if self.reconciler.applied.meeting and self.reconciler.applied.meeting.until:
-                        await self._reconcile()  # lapses an intent whose `until` passed
                     publish_nowait(
                         self._client, self.topics.tele(self.id), encode(self.telemetry())
                     )

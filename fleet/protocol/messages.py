@@ -66,7 +66,8 @@ class Status(Message):
     hw: ShortText | None = None
     ip: ShortText | None = None
     caps: Capabilities | None = None
-    groups: list[GroupName] = Field(default_factory=list, max_length=32)
+    # Absent (not []) in the LWT, so it is exactly {"online": false}.
+    groups: list[GroupName] | None = Field(default=None, max_length=32)
     ts: float | None = None
 
 
@@ -507,8 +508,8 @@ def api_request_from_payload(op: ApiOp, payload: bytes) -> ApiRequest:
 
 def probe_id(payload: bytes | bytearray, limit: int = MAX_PAYLOAD_BYTES) -> str | None:
     """Best effort: the `id` of a payload that failed validation, so the error can name it."""
-    if len(payload) > limit:
-        return None
+    if len(payload) > limit or bytes(payload[:3]) == b"\xef\xbb\xbf":
+        return None  # JSON text has no byte-order mark; the decoder refuses it too
     try:
         value = json.loads(payload)
     except ValueError:
