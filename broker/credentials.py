@@ -35,6 +35,7 @@ from pydantic import (
 
 from fleet.errors import CredentialsError
 from fleet.protocol.topics import ID_PATTERN
+from fleet.settings import default_home
 
 FILE_VERSION = 1
 CREDENTIALS_FILENAME = "credentials.json"
@@ -135,9 +136,7 @@ _DUMMY_HASH = hash_secret(generate_secret(), GENERATED_SECRET_ITERATIONS)
 
 def default_credentials_path() -> Path:
     """``$FLEET_HOME/credentials.json``, else ``~/.espfleet/credentials.json``."""
-    home = os.environ.get("FLEET_HOME")
-    base = Path(home).expanduser() if home else Path.home() / ".espfleet"
-    return base / CREDENTIALS_FILENAME
+    return default_home() / CREDENTIALS_FILENAME
 
 
 # --- the store --------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleet.errors import ConfigError
@@ -22,7 +23,9 @@ CLIENT_FILE = "client.json"
 
 
 def default_home() -> Path:
-    return Path(os.environ.get("FLEET_HOME") or Path.home() / ".espfleet")
+    """`$FLEET_HOME`, else `~/.espfleet`: credentials, database, client file."""
+    home = os.environ.get("FLEET_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".espfleet"
 
 
 class FleetSettings(BaseSettings):
@@ -30,7 +33,7 @@ class FleetSettings(BaseSettings):
 
     broker: str | None = None
     prefix: str = DEFAULT_PREFIX
-    home: Path = Path.home() / ".espfleet"
+    home: Path = Field(default_factory=default_home)
     ca_file: str | None = None
 
     def topics(self) -> Topics:
