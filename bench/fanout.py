@@ -29,7 +29,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -46,15 +45,10 @@ from fleet.device.sim import device_ids  # noqa: E402
 from fleet.mqtt import BrokerUrl  # noqa: E402
 from fleet.protocol import Topics  # noqa: E402
 from fleet.protocol.messages import ApiOp, ApiRequest  # noqa: E402
+from fleet.stack import free_port  # noqa: E402
 
 FLEET = [sys.executable, "-m", "cli.main"]
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def raise_nofile() -> None:

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from broker.credentials import CredentialStore, default_credentials_path
+from cli.common import console, err_console, fail
 from fleet.errors import FleetError
 from fleet.protocol.topics import DEFAULT_PREFIX
 
@@ -21,8 +20,6 @@ app = typer.Typer(
     help="Run the embedded MQTT broker (amqtt) or write a Mosquitto configuration.",
     no_args_is_help=True,
 )
-out = Console()
-err = Console(stderr=True)
 
 CredsOption = Annotated[
     Path | None,
@@ -37,16 +34,11 @@ PrefixOption = Annotated[
 ]
 
 
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {escape(message)}")
-    return typer.Exit(code=1)
-
-
 def _users(store: CredentialStore) -> int:
     try:
         return len(store)
     except FleetError as exc:
-        raise _fail(str(exc)) from exc
+        fail(str(exc))
 
 
 @app.command()
@@ -74,11 +66,11 @@ def run(
             level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
     if (certfile is None) != (keyfile is None):
-        raise _fail("--certfile and --keyfile go together")
+        fail("--certfile and --keyfile go together")
     store = CredentialStore(creds or default_credentials_path())
     count = _users(store)
     if count == 0:
-        err.print(
+        err_console.print(
             f"[yellow]warning:[/yellow] no users in {store.path}; every CONNECT will be refused"
             " until you add some with `fleet creds add`"
         )
@@ -93,12 +85,12 @@ def run(
             keyfile=keyfile,
         )
     except (FleetError, ValueError) as exc:
-        raise _fail(str(exc)) from exc
+        fail(str(exc))
 
     async def serve() -> None:
         await broker.start()
         ws = f", WebSocket on port {broker.ws_port}" if broker.ws_port else ""
-        out.print(
+        console.print(
             f"Broker on {broker.url}{ws}; prefix {prefix}; {count} users from {store.path}."
             " Ctrl-C to stop."
         )
@@ -117,8 +109,8 @@ def run(
     except (KeyboardInterrupt, asyncio.CancelledError):
         pass
     except FleetError as exc:
-        raise _fail(str(exc)) from exc
-    out.print("Broker stopped.")
+        fail(str(exc))
+    console.print("Broker stopped.")
 
 
 @app.command("mosquitto-config")
@@ -159,6 +151,8 @@ def mosquitto_config(
             run_as=run_as,
         )
     except (FleetError, ValueError, OSError) as exc:
-        raise _fail(str(exc)) from exc
-    out.print(f"Wrote {conf} with passwd and acl for {count} users.")
-    out.print(f"Run: mosquitto -c {conf}   (after `fleet creds` changes: rerun this, then SIGHUP)")
+        fail(str(exc))
+    console.print(f"Wrote {conf} with passwd and acl for {count} users.")
+    console.print(
+        f"Run: mosquitto -c {conf}   (after `fleet creds` changes: rerun this, then SIGHUP)"
+    )

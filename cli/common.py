@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Coroutine
 from enum import IntEnum
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from pydantic import BaseModel
@@ -75,9 +75,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command's coroutine; platform errors become a message and an exit code."""
     try:
         return asyncio.run(coro)
-    except BrokerUnavailable as exc:
-        fail(str(exc), Exit.UNREACHABLE)
-    except ControllerUnavailable as exc:
+    except (BrokerUnavailable, ControllerUnavailable) as exc:
         fail(str(exc), Exit.UNREACHABLE)
     except (ConfigError, CredentialsError) as exc:
         fail(str(exc), Exit.USAGE)
@@ -107,7 +105,7 @@ def run_service(coro: Coroutine[Any, Any, Any]) -> None:
     run(main())
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
+def fail(message: str, code: int = 1) -> NoReturn:
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(int(code))
 

@@ -7,19 +7,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from broker.credentials import Credential, CredentialStore, Role, default_credentials_path
+from cli.common import console, fail
 from fleet.errors import CredentialsError
 
 app = typer.Typer(
     help="Manage broker users: one per device, plus the controller and Home Assistant.",
     no_args_is_help=True,
 )
-out = Console()
-err = Console(stderr=True)
 
 FileOption = Annotated[
     Path | None,
@@ -34,11 +32,6 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts
 
 def _store(path: Path | None) -> CredentialStore:
     return CredentialStore(path or default_credentials_path())
-
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {escape(message)}")
-    return typer.Exit(code=1)
 
 
 def _split_groups(values: list[str] | None) -> list[str]:
@@ -75,18 +68,18 @@ def add(
         secret_out = store.add(username, role, secret, _split_groups(group), replace=replace)
         cred = store.get(username)
     except CredentialsError as exc:
-        raise _fail(str(exc)) from exc
+        fail(str(exc))
     assert cred is not None
     if as_json:
-        out.print_json(json.dumps(_public(cred) | {"secret": secret_out}))
+        console.print_json(json.dumps(_public(cred) | {"secret": secret_out}))
         return
     groups = f" in groups {', '.join(cred.groups)}" if cred.groups else ""
-    out.print(
+    console.print(
         f"Added {cred.role.value} [bold]{escape(username)}[/bold]{escape(groups)} to {store.path}"
     )
     if secret is None:
-        out.print("Secret (shown only now; store it on the device):")
-        out.print(secret_out, markup=False, highlight=False)
+        console.print("Secret (shown only now; store it on the device):")
+        console.print(secret_out, markup=False, highlight=False)
 
 
 @app.command("rm")
@@ -99,10 +92,10 @@ def remove(
     try:
         removed = store.remove(username)
     except CredentialsError as exc:
-        raise _fail(str(exc)) from exc
+        fail(str(exc))
     if not removed:
-        raise _fail(f"unknown user {username!r} in {store.path}")
-    out.print(f"Removed [bold]{escape(username)}[/bold]")
+        fail(f"unknown user {username!r} in {store.path}")
+    console.print(f"Removed [bold]{escape(username)}[/bold]")
 
 
 @app.command("list")
@@ -112,17 +105,17 @@ def list_users(as_json: JsonOption = False, file: FileOption = None) -> None:
     try:
         creds = store.list()
     except CredentialsError as exc:
-        raise _fail(str(exc)) from exc
+        fail(str(exc))
     if as_json:
-        out.print_json(json.dumps([_public(c) for c in creds]))
+        console.print_json(json.dumps([_public(c) for c in creds]))
         return
     if not creds:
-        out.print(f"No users in {store.path}; add one with `fleet creds add NAME --role ...`.")
+        console.print(f"No users in {store.path}; add one with `fleet creds add NAME --role ...`.")
         return
     table = Table("username", "role", "groups", title=str(store.path), title_justify="left")
     for cred in creds:
         table.add_row(escape(cred.username), cred.role.value, escape(", ".join(cred.groups)))
-    out.print(table)
+    console.print(table)
 
 
 @app.command()
@@ -138,6 +131,6 @@ def groups(
     try:
         cred = store.set_groups(username, _split_groups([group_list]))
     except CredentialsError as exc:
-        raise _fail(str(exc)) from exc
+        fail(str(exc))
     shown = ", ".join(cred.groups) or "(none besides 'all')"
-    out.print(f"[bold]{escape(username)}[/bold] groups: {escape(shown)}")
+    console.print(f"[bold]{escape(username)}[/bold] groups: {escape(shown)}")

@@ -27,7 +27,7 @@ from fleet.device.sim import SimFleet, device_ids
 from fleet.protocol import is_valid_id
 from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult
 from fleet.settings import load_settings
-from fleet.stack import StackConfig, running_stack
+from fleet.stack import StackConfig, free_port, running_stack
 
 HomeOpt = Annotated[
     Path | None,
@@ -166,7 +166,7 @@ def demo(
     """The main job on embedded defaults: start everything, meet, leave, report, stop."""
     settings = load_settings(home=home)
     config = StackConfig(
-        home=settings.home, devices=devices, port=port or _free_port(), tele_interval_s=2.0
+        home=settings.home, devices=devices, port=port or free_port(), tele_interval_s=2.0
     )
 
     async def go() -> bool:
@@ -207,11 +207,3 @@ def _groups(group: list[str] | None) -> list[str]:
     if bad:
         raise typer.BadParameter(f"invalid group name(s): {', '.join(bad)}")
     return groups
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

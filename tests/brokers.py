@@ -35,6 +35,7 @@ from broker.credentials import CredentialStore, Role
 from broker.embedded import EmbeddedBroker
 from broker.mosquitto import write_mosquitto_config
 from fleet.protocol.topics import Topics
+from fleet.stack import free_port
 
 MOSQUITTO_BIN = Path("/usr/sbin/mosquitto")
 HOST = "127.0.0.1"
@@ -42,13 +43,6 @@ START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 RELOAD_TIMEOUT_S = 5.0
 CONTROLLER_USER = "test-controller"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def unique_prefix() -> str:
