@@ -57,6 +57,7 @@ MODELS: dict[str, tuple[type[BaseModel], TopicKind, str]] = {
     "ApiRequest": (m.ApiRequest, TopicKind.API, "api_request"),
     "ApiResult": (m.ApiResult, TopicKind.API_RESULT, "api_result"),
     "Sync": (m.Sync, TopicKind.SYNC, "sync"),
+    "FleetEvent": (m.FleetEvent, TopicKind.EVENTS, "event"),
 }
 
 _MARKER_RE = re.compile(r"<!-- example: (\S+) -->")
@@ -226,6 +227,7 @@ def _all_topics(t: Topics, name: str) -> list[tuple[str, ParsedTopic]]:
         (t.meet_down(name), ParsedTopic(TopicKind.MEET_DOWN, name)),
         (t.api_result, ParsedTopic(TopicKind.API_RESULT, "result")),
         (t.sync(name), ParsedTopic(TopicKind.SYNC, name)),
+        (t.events, ParsedTopic(TopicKind.EVENTS, "events")),
     ]
     built += [(t.api(op.value), ParsedTopic(TopicKind.API, op.value)) for op in m.ApiOp]
     return built
@@ -260,6 +262,7 @@ def test_topic_strings_are_the_documented_ones() -> None:
     assert t.api("join-all") == "fleet/v1/api/join-all"
     assert t.api_result == "fleet/v1/api/result"
     assert t.sync("fleet-controller") == "fleet/v1/sync/fleet-controller"
+    assert t.events == "fleet/v1/events"
 
 
 def test_subscription_filters() -> None:
@@ -396,6 +399,9 @@ def test_invalid_ids_not_parsed(bad: str) -> None:
         "fleet/v1/sync/ctl/extra",
         "fleet/v1/sync/Fleet-Controller",
         "fleet/v1/dev/d1/sync",
+        "fleet/v1/events/",
+        "fleet/v1/events/join",
+        "fleet/v1/Events",
         "$SYS/broker/uptime",
         "$share/g/fleet/v1/dev/d1/status",
         "homeassistant/status",
@@ -903,6 +909,7 @@ SCHEMA_NAMES = {
     "api_request",
     "api_result",
     "sync",
+    "event",
 }
 
 
@@ -1032,6 +1039,8 @@ def test_example_validates_against_json_schema(model_name: str, body: str) -> No
         ("api_result", {"op": "join", "ok": True, "omitted": -1}),
         ("sync", {}),
         ("sync", {"token": ""}),
+        ("event", {"kind": "join"}),
+        ("event", {"ts": 1.0, "kind": ""}),
     ],
 )
 def test_json_schema_refuses_what_the_models_refuse(schema_name: str, value: Any) -> None:
@@ -1047,6 +1056,7 @@ def test_json_schema_refuses_what_the_models_refuse(schema_name: str, value: Any
         "api_request": TopicKind.API,
         "api_result": TopicKind.API_RESULT,
         "sync": TopicKind.SYNC,
+        "event": TopicKind.EVENTS,
     }[schema_name]
     with pytest.raises(ProtocolError):
         decode_for(kind, json.dumps(value).encode())

@@ -14,15 +14,17 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import aiomqtt
 
 from fleet.controller.operations import CommandTracker, DesiredTracker
+from fleet.controller.parts import ControllerPart
 from fleet.controller.store import Job, Store
 from fleet.errors import FleetError, ProtocolError
-from fleet.mqtt import BrokerUrl, payload_bytes, run_link
+from fleet.mqtt import BrokerUrl, payload_bytes, publish_nowait, run_link
 from fleet.protocol import (
     ID_PATTERN,
     ParsedTopic,
@@ -43,6 +45,8 @@ from fleet.protocol.messages import (
     CommandOp,
     Desired,
     DeviceOutcome,
+    EventKind,
+    FleetEvent,
     MeetingIntent,
     State,
     Status,
@@ -72,6 +76,7 @@ class Controller:
         topics: Topics | None = None,
         client_id: str = "fleet-controller",
         credentials: GroupAcl | None = None,
+        parts: Sequence[ControllerPart] = (),
     ) -> None:
         self.url = url
         self.topics = topics or Topics()
@@ -95,6 +100,9 @@ class Controller:
         self._synced = False
         self._sync_token = ""
         self._held_requests: list[tuple[str, bytes]] = []
+        self.parts = list(parts)
+        for part in self.parts:
+            part.attach(self)
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -112,7 +120,14 @@ class Controller:
                     name="controller-link",
                 )
                 tg.create_task(self._tick_loop(), name="controller-ticks")
+                for part in self.parts:
+                    tg.create_task(part.run(), name=f"controller-{part.name}")
         finally:
+            for part in self.parts:
+                try:
+                    await part.close()
+                except Exception:
+                    log.exception("part %s failed to close", part.name)
             self.store.close()
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:
@@ -128,6 +143,7 @@ class Controller:
                 (t.all_group_desired, 1),
                 (t.all_api_requests, 1),
                 (t.sync(self.client_id), 1),
+                *((flt, 1) for part in self.parts for flt in part.subscriptions()),
             ]
         )
         self._sync_token = uuid.uuid4().hex  # a stale marker from an earlier connection is not it
@@ -135,6 +151,8 @@ class Controller:
         # Re-assert every desired doc: the broker may have restarted and forgotten them.
         for rec in self.store.desired_docs():
             await self._publish_desired(rec.scope, rec.name, rec.doc)
+        for part in self.parts:
+            await part.on_connect()
         log.info("controller connected to %s", self.url.redacted())
 
     def _on_disconnect(self) -> None:
@@ -146,6 +164,13 @@ class Controller:
         topic = message.topic.value
         parsed = self.topics.parse(topic)
         payload = payload_bytes(message)
+        for part in self.parts:
+            if any(message.topic.matches(flt) for flt in part.subscriptions()):
+                try:
+                    await part.on_message(topic, payload)
+                except ProtocolError as exc:
+                    self.stats["rejected"] += 1
+                    log.warning("%s dropped message on %s: %s", part.name, topic, exc)
         if parsed is None:
             op = topic.removeprefix(self._api_root)
             if op != topic and "/" not in op and self._synced:
@@ -187,6 +212,8 @@ class Controller:
             and decode(Sync, payload).token == self._sync_token
         ):
             self._synced = True
+            for part in self.parts:
+                await part.on_synced()
             held, self._held_requests = self._held_requests, []
             for op_name, request in held:
                 await self._on_api(op_name, request)
@@ -204,6 +231,16 @@ class Controller:
             if device_id in tracker.target_set:
                 tracker.observe(device_id, self.registry)
         rec = self.registry.devices.get(device_id)
+        if presence_changed and rec is not None and self._synced:
+            await self.emit(
+                FleetEvent(
+                    ts=time.time(),
+                    kind=EventKind.ONLINE if rec.online else EventKind.OFFLINE,
+                    device=device_id,
+                )
+            )
+        for part in self.parts:
+            await part.on_device_changed(device_id, presence_changed)
         if presence_changed and rec is not None and rec.online:
             # Commands held while it was offline go out now, unless they went stale.
             for job in list(self._jobs.values()):
@@ -222,10 +259,23 @@ class Controller:
             self._desired_topic(scope, name), encode(doc), qos=1, retain=True
         )
 
-    async def write_desired(self, scope: str, name: str, meeting: MeetingIntent | None) -> Desired:
+    async def write_desired(
+        self, scope: str, name: str, meeting: MeetingIntent | None, op: str | None = None
+    ) -> Desired:
         doc = Desired(rev=self.store.next_rev(), meeting=meeting, ts=time.time())
         self.store.save_desired(scope, name, doc)
         await self._publish_desired(scope, name, doc)
+        await self.emit(
+            FleetEvent(
+                ts=doc.ts or time.time(),
+                kind=EventKind.JOIN if meeting else EventKind.LEAVE,
+                device=name if scope == "dev" else None,
+                group=name if scope == "grp" else None,
+                room=meeting.room if meeting else None,
+                op=op,
+                rev=doc.rev,
+            )
+        )
         return doc
 
     async def _expire_meetings(self, now: float) -> None:
@@ -253,7 +303,7 @@ class Controller:
             ]
             await self._clear_desired(rec.scope, rec.name)
             for device_id in followers:
-                await self.write_desired("dev", device_id, None)
+                await self.write_desired("dev", device_id, None, op="expiry")
 
     async def _clear_desired(self, scope: str, name: str) -> None:
         self.store.delete_desired(scope, name)
@@ -275,10 +325,7 @@ class Controller:
         except ProtocolError as exc:
             await self._api_error(probe_id(payload), op.value, "bad_request", exc.reason)
             return
-        try:
-            await self._run_api(op, request)
-        except FleetError as exc:
-            await self._api_error(request.id, op.value, "failed", str(exc))
+        await self.submit(op, request)
 
     async def _run_api(self, op: ApiOp, request: ApiRequest) -> None:
         if request.id is None:
@@ -310,7 +357,7 @@ class Controller:
             assert request.room is not None
             until = time.time() + request.for_s if request.for_s else None
             meeting = MeetingIntent(room=request.room, mic=request.mic, until=until)
-        doc = await self.write_desired(scope, name, meeting)
+        doc = await self.write_desired(scope, name, meeting, op=op.value)
         tracker = DesiredTracker.start(
             op,
             request,
@@ -400,6 +447,7 @@ class Controller:
         self.store.save_job(job)
         if job.final:
             self._jobs.pop(job.id, None)
+            await self._job_event(job)
         await self._finish_done()
 
     # --- results ------------------------------------------------------------------------------
@@ -437,8 +485,61 @@ class Controller:
     async def _api_error(self, request_id: str | None, op: str, code: str, detail: str) -> None:
         log.warning("API %s refused: %s", op, detail)
         self.stats["rejected"] += 1
+        await self.emit(
+            FleetEvent(
+                ts=time.time(),
+                kind=EventKind.ERROR,
+                op=op[:256],
+                ok=False,
+                code=code,
+                detail=detail[:256],
+            )
+        )
         await self._publish_result(
             ApiResult(id=request_id, op=op[:256], ok=False, code=code, detail=detail[:256])
+        )
+
+    # --- for parts ----------------------------------------------------------------------------
+    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
+        """Publish on the controller's link; False (nothing sent) while disconnected."""
+        if self._client is None:
+            return False
+        await self._client.publish(topic, payload, qos=qos, retain=retain)
+        return True
+
+    async def submit(self, op: ApiOp, request: ApiRequest) -> None:
+        """Run an API request as if it came on api/{op}; its results go to api/result."""
+        try:
+            await self._run_api(op, request)
+        except FleetError as exc:
+            await self._api_error(request.id, op.value, "failed", str(exc))
+
+    async def emit(self, event: FleetEvent) -> None:
+        """Publish a fleet event and hand it to every part."""
+        for part in self.parts:
+            try:
+                await part.on_event(event)
+            except Exception:
+                log.exception("part %s failed on event %s", part.name, event.kind)
+        if self._client is not None:
+            # Not awaited: an event is a record, and Python 3.11's wait_for (inside aiomqtt's
+            # publish) can swallow a cancellation that lands as the PUBACK arrives.
+            try:
+                publish_nowait(self._client, self.topics.events, encode(event), qos=1)
+            except aiomqtt.MqttError as exc:
+                log.debug("event %s not published: %s", event.kind, exc)
+
+    async def _job_event(self, job: Job) -> None:
+        await self.emit(
+            FleetEvent(
+                ts=time.time(),
+                kind=EventKind.COMMAND,
+                device=job.device,
+                op=job.op[:256],
+                ok=job.status is DeviceOutcome.SUCCEEDED,
+                code=job.code,
+                detail=job.detail[:256] if job.detail else None,
+            )
         )
 
     # --- timers -------------------------------------------------------------------------------
@@ -459,6 +560,7 @@ class Controller:
                 job.detail = f"no final ack within {job.ttl_ms} ms"
                 self.store.save_job(job)
                 self._jobs.pop(job.id, None)
+                await self._job_event(job)
         if self._client is not None:
             await self._expire_meetings(now)
         await self._finish_done()

@@ -424,6 +424,36 @@ class Sync(Message):
     token: Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
+class EventKind(StrEnum):
+    JOIN = "join"  # a join/join-all intent was written
+    LEAVE = "leave"  # a leave/leave-all intent was written, or one lapsed
+    COMMAND = "command"  # a command job reached its final outcome
+    ONLINE = "online"
+    OFFLINE = "offline"
+    SESSION_START = "session_start"
+    SESSION_END = "session_end"
+    ERROR = "error"  # a refused API request or another fault worth an annotation
+
+
+class FleetEvent(Message):
+    """On events (not retained): what happened, for logs and dashboard annotations.
+
+    `kind` is an EventKind value; receivers MUST accept kinds they do not know.
+    """
+
+    ts: float
+    kind: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    device: DeviceId | None = None
+    group: GroupName | None = None
+    room: RoomName | None = None
+    session: ShortText | None = None
+    op: ShortText | None = None
+    ok: bool | None = None
+    code: ShortText | None = None
+    detail: ShortText | None = None
+    rev: Rev | None = None
+
+
 # --- the codec --------------------------------------------------------------------------------
 
 M = TypeVar("M", bound=BaseModel)
@@ -441,6 +471,7 @@ MODEL_FOR_KIND: dict[TopicKind, Any] = {
     TopicKind.API: ApiRequest,
     TopicKind.API_RESULT: ApiResult,
     TopicKind.SYNC: Sync,
+    TopicKind.EVENTS: FleetEvent,
 }
 
 
@@ -545,6 +576,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         "api_request": ApiRequest,
         "api_result": ApiResult,
         "sync": Sync,
+        "event": FleetEvent,
     }
     return {
         name: _adapter(model).json_schema(by_alias=True, mode="validation")

@@ -32,6 +32,7 @@ class TopicKind(StrEnum):
     API = "api"
     API_RESULT = "api_result"
     SYNC = "sync"
+    EVENTS = "events"
 
 
 DEVICE_TOPIC_KINDS = (
@@ -71,6 +72,7 @@ class Topics:
             rf"|meet/(?P<pid>{ID_PATTERN})/(?P<dir>up|down)"
             rf"|api/(?P<api>{API_OP_PATTERN})"
             rf"|sync/(?P<sync>{ID_PATTERN})"
+            r"|(?P<events>events)"
             r")"
         )
 
@@ -126,6 +128,11 @@ class Topics:
         _check_id(client_id, "client id")
         return f"{self.prefix}/sync/{client_id}"
 
+    @property
+    def events(self) -> str:
+        """The controller's fleet events (join, leave, command, session...), not retained."""
+        return f"{self.prefix}/events"
+
     # --- subscription filters -------------------------------------------------------------
     def all_devices(self, kind: TopicKind) -> str:
         if kind not in DEVICE_TOPIC_KINDS:
@@ -163,6 +170,8 @@ class Topics:
             return ParsedTopic(kind, m["pid"])
         if m["sync"]:
             return ParsedTopic(TopicKind.SYNC, m["sync"])
+        if m["events"]:
+            return ParsedTopic(TopicKind.EVENTS, "events")
         op = m["api"]
         if op == "result":
             return ParsedTopic(TopicKind.API_RESULT, "result")

@@ -1,0 +1,53 @@
+"""Parts: features that run inside the controller on its one MQTT link.
+
+The meeting server, telemetry ingest and Home Assistant discovery each need
+the controller's registry, its link and its intents, but not each other. A
+part subclasses `ControllerPart`, overrides what it needs, and is handed to
+`Controller(parts=[...])`. The controller subscribes to every part's filters
+on each (re)connect and hands it the messages they match, tells it when a
+device's presence or state changes, and passes it every fleet event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from fleet.protocol.messages import FleetEvent
+
+if TYPE_CHECKING:
+    from fleet.controller.service import Controller
+
+
+class ControllerPart:
+    name = "part"
+    controller: Controller
+
+    def attach(self, controller: Controller) -> None:
+        """Called once, from Controller.__init__."""
+        self.controller = controller
+
+    def subscriptions(self) -> Sequence[str]:
+        """Topic filters (QoS 1) whose messages go to on_message."""
+        return ()
+
+    async def on_connect(self) -> None:
+        """After every (re)connect and subscribe, before the controller is synced."""
+
+    async def on_synced(self) -> None:
+        """Once the retained fleet has been read after a (re)connect."""
+
+    async def on_message(self, topic: str, payload: bytes) -> None:
+        """A message on one of this part's filters. Raise ProtocolError on bad input."""
+
+    async def on_device_changed(self, device_id: str, presence_changed: bool) -> None:
+        """A device's status or state changed (or it was removed from the registry)."""
+
+    async def on_event(self, event: FleetEvent) -> None:
+        """Every fleet event the controller emits."""
+
+    async def run(self) -> None:
+        """Background work for the controller's lifetime; return when there is none."""
+
+    async def close(self) -> None:
+        """The controller is stopping: flush and release."""
