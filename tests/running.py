@@ -11,6 +11,8 @@ from brokers import BrokerHandle
 
 from broker.credentials import Role
 from fleet.client import FleetClient
+from fleet.controller.meetings import MeetingServer
+from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.device.sim import DeviceConfig, SimFleet, SimulatedDevice, device_ids
 from fleet.mqtt import BrokerUrl
@@ -43,13 +45,17 @@ class Part:
 
 @contextlib.asynccontextmanager
 async def controller(
-    handle: BrokerHandle, db: Path, manage_credentials: bool = True
+    handle: BrokerHandle,
+    db: Path,
+    manage_credentials: bool = True,
+    parts: Sequence[ControllerPart] | None = None,
 ) -> AsyncIterator[Controller]:
     ctl = Controller(
         BrokerUrl.parse(handle.controller_url()),
         db,
         handle.topics,
         credentials=handle.store if manage_credentials else None,
+        parts=[MeetingServer()] if parts is None else parts,
     )
     part = Part(ctl.run(), "controller")
     try:

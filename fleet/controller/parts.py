@@ -10,10 +10,10 @@ device's presence or state changes, and passes it every fleet event.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from fleet.protocol.messages import FleetEvent
+from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult, FleetEvent
 
 if TYPE_CHECKING:
     from fleet.controller.service import Controller
@@ -30,6 +30,10 @@ class ControllerPart:
     def subscriptions(self) -> Sequence[str]:
         """Topic filters (QoS 1) whose messages go to on_message."""
         return ()
+
+    def api_ops(self) -> Mapping[ApiOp, Callable[[ApiRequest], Awaitable[ApiResult]]]:
+        """API ops this part answers: one final result each, published on api/result."""
+        return {}
 
     async def on_connect(self) -> None:
         """After every (re)connect and subscribe, before the controller is synced."""

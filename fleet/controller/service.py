@@ -331,10 +331,20 @@ class Controller:
         if request.id is None:
             request = request.model_copy(update={"id": uuid.uuid4().hex[:12]})
         self.store.save_operation(request.id or "", op.value, encode(request).decode(), rev=None)
+        for part in self.parts:
+            handler = part.api_ops().get(op)
+            if handler is not None:
+                result = await handler(request)
+                await self._publish_result(result.model_copy(update={"id": request.id}))
+                return
         if op in (ApiOp.JOIN_ALL, ApiOp.LEAVE_ALL, ApiOp.JOIN, ApiOp.LEAVE):
             await self._start_desired_op(op, request)
-        else:
+        elif op is ApiOp.CMD:
             await self._start_command(request)
+        else:
+            await self._api_error(
+                request.id, op.value, "unknown_op", f"no part serves {op.value!r}"
+            )
 
     async def _start_desired_op(self, op: ApiOp, request: ApiRequest) -> None:
         if op in (ApiOp.JOIN, ApiOp.LEAVE):
@@ -501,10 +511,14 @@ class Controller:
 
     # --- for parts ----------------------------------------------------------------------------
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
-        """Publish on the controller's link; False (nothing sent) while disconnected."""
+        """Queue a publish on the controller's link; False (nothing sent) while disconnected.
+
+        Not awaited to its PUBACK: parts publish from message handlers, and paho resends
+        an unacknowledged QoS 1 message by itself.
+        """
         if self._client is None:
             return False
-        await self._client.publish(topic, payload, qos=qos, retain=retain)
+        publish_nowait(self._client, topic, payload, qos=qos, retain=retain)
         return True
 
     async def submit(self, op: ApiOp, request: ApiRequest) -> None:

@@ -1,4 +1,5 @@
-"""The controller's SQLite store: the rev counter, desired docs, the command audit log.
+"""The controller's SQLite store: the rev counter, desired docs, the command audit log,
+rooms and meeting history.
 
 SQLite is the embedded default: one file, no server. Writes are small and
 rare (one per operator action, a few per command), so they run inline.
@@ -15,7 +16,14 @@ from typing import Any
 
 from fleet.errors import FleetError
 from fleet.protocol import encode
-from fleet.protocol.messages import MAX_REV, Desired, DeviceOutcome, decode
+from fleet.protocol.messages import (
+    MAX_REV,
+    Desired,
+    DeviceOutcome,
+    ParticipantRecord,
+    SessionInfo,
+    decode,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -49,6 +57,26 @@ CREATE TABLE IF NOT EXISTS operations (
     rev INTEGER,
     created REAL NOT NULL,
     result TEXT
+);
+CREATE TABLE IF NOT EXISTS rooms (
+    name TEXT PRIMARY KEY,
+    cap INTEGER NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    room TEXT NOT NULL,
+    started REAL NOT NULL,
+    ended REAL
+);
+CREATE INDEX IF NOT EXISTS sessions_room ON sessions (room, started);
+CREATE TABLE IF NOT EXISTS participants (
+    session TEXT NOT NULL,
+    participant TEXT NOT NULL,
+    pid TEXT NOT NULL,
+    joined REAL NOT NULL,
+    left REAL,
+    PRIMARY KEY (session, participant)
 );
 """
 
@@ -220,6 +248,88 @@ class Store:
             " ON CONFLICT(id) DO UPDATE SET result=excluded.result",
             (op_id, op, request, rev, time.time(), result),
         )
+
+    # --- rooms and meeting history -----------------------------------------------------------
+    def save_room(self, name: str, cap: int) -> None:
+        self._db.execute(
+            "INSERT INTO rooms (name, cap, created) VALUES (?, ?, ?)"
+            " ON CONFLICT(name) DO UPDATE SET cap=excluded.cap",
+            (name, cap, time.time()),
+        )
+
+    def delete_room(self, name: str) -> None:
+        self._db.execute("DELETE FROM rooms WHERE name=?", (name,))
+
+    def rooms(self) -> list[tuple[str, int, float]]:
+        """(name, cap, created) of every room, by name."""
+        return list(self._db.execute("SELECT name, cap, created FROM rooms ORDER BY name"))
+
+    def start_session(self, session: str, room: str, started: float) -> None:
+        self._db.execute(
+            "INSERT INTO sessions (id, room, started) VALUES (?, ?, ?)", (session, room, started)
+        )
+
+    def end_session(self, session: str, ended: float) -> None:
+        with self._tx():
+            self._db.execute("UPDATE sessions SET ended=? WHERE id=?", (ended, session))
+            self._db.execute(
+                "UPDATE participants SET left=? WHERE session=? AND left IS NULL", (ended, session)
+            )
+
+    def end_open_sessions(self, ended: float) -> int:
+        """Close sessions a previous run left open (their members' links are gone)."""
+        open_ids = [r[0] for r in self._db.execute("SELECT id FROM sessions WHERE ended IS NULL")]
+        for session in open_ids:
+            self.end_session(session, ended)
+        return len(open_ids)
+
+    def add_participant(self, session: str, participant: str, pid: str, joined: float) -> None:
+        self._db.execute(
+            "INSERT INTO participants (session, participant, pid, joined) VALUES (?, ?, ?, ?)",
+            (session, participant, pid, joined),
+        )
+
+    def remove_participant(self, session: str, participant: str, left: float) -> None:
+        self._db.execute(
+            "UPDATE participants SET left=? WHERE session=? AND participant=?",
+            (left, session, participant),
+        )
+
+    def sessions(self, room: str, limit: int = 20, now: float | None = None) -> list[SessionInfo]:
+        """The room's newest sessions first, live ones included, with their participants."""
+        now = time.time() if now is None else now
+        rows = self._db.execute(
+            "SELECT id, room, started, ended FROM sessions WHERE room=?"
+            " ORDER BY started DESC LIMIT ?",
+            (room, limit),
+        ).fetchall()
+        infos = []
+        for sid, sroom, started, ended in rows:
+            members = [
+                ParticipantRecord(
+                    participant=participant,
+                    pid=pid,
+                    joined=joined,
+                    left=left,
+                    duration_s=round((left if left is not None else now) - joined, 3),
+                )
+                for participant, pid, joined, left in self._db.execute(
+                    "SELECT participant, pid, joined, left FROM participants WHERE session=?"
+                    " ORDER BY joined LIMIT 256",
+                    (sid,),
+                )
+            ]
+            infos.append(
+                SessionInfo(
+                    session=sid,
+                    room=sroom,
+                    started=started,
+                    ended=ended,
+                    duration_s=round((ended if ended is not None else now) - started, 3),
+                    participants=members,
+                )
+            )
+        return infos
 
     def _tx(self) -> sqlite3.Connection:
         # `with connection:` commits or rolls back; BEGIN IMMEDIATE serialises writers.

@@ -338,6 +338,12 @@ class ApiOp(StrEnum):
     JOIN = "join"
     LEAVE = "leave"
     CMD = "cmd"
+    # the meeting server's (§8.4)
+    ROOM_CREATE = "room-create"
+    ROOM_RM = "room-rm"
+    ROOMS = "rooms"
+    SESSIONS = "sessions"
+    SAY = "say"
 
 
 class ApiRequest(Message):
@@ -355,6 +361,12 @@ class ApiRequest(Message):
     cmd_op: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = None
     args: dict[str, Any] = Field(default_factory=dict)
     ttl_ms: Annotated[int, Field(gt=0)] = 30_000
+    # room-create: the room's member cap (absent: the server's default)
+    cap: Annotated[int, Field(ge=2, le=64)] | None = None
+    # say: the text delivered to every member of the room's live session
+    text: MessageText | None = None
+    # sessions: how many of the newest sessions to list
+    limit: Annotated[int, Field(ge=1, le=100)] = 20
 
 
 # Fields each API op needs beyond the defaults.
@@ -364,6 +376,11 @@ API_REQUIRED_FIELDS: dict[ApiOp, tuple[str, ...]] = {
     ApiOp.JOIN: ("device", "room"),
     ApiOp.LEAVE: ("device",),
     ApiOp.CMD: ("device", "cmd_op"),
+    ApiOp.ROOM_CREATE: ("room",),
+    ApiOp.ROOM_RM: ("room",),
+    ApiOp.ROOMS: (),
+    ApiOp.SESSIONS: ("room",),
+    ApiOp.SAY: ("room", "text"),
 }
 
 
@@ -398,6 +415,31 @@ MAX_LISTED_DEVICES = 256
 MAX_LISTED_BYTES = 32 * 1024
 
 
+class RoomInfo(Message):
+    room: RoomName
+    created: float
+    cap: Annotated[int, Field(ge=2, le=64)]
+    session: ShortText | None = None  # the live session, if any
+    members: Count = 0
+
+
+class ParticipantRecord(Message):
+    participant: ShortText
+    pid: DeviceId
+    joined: float
+    left: float | None = None  # null while still in the session
+    duration_s: float
+
+
+class SessionInfo(Message):
+    session: ShortText
+    room: RoomName
+    started: float
+    ended: float | None = None  # null while live
+    duration_s: float
+    participants: list[ParticipantRecord] = Field(default_factory=list, max_length=256)
+
+
 class ApiResult(Message):
     """On api/result. `done: false` is the acceptance (rev and targets); the final one follows."""
 
@@ -416,6 +458,9 @@ class ApiResult(Message):
     devices: list[DeviceResult] = Field(default_factory=list, max_length=256)
     omitted: Count = 0
     counts: dict[str, Count] = Field(default_factory=dict)
+    # the meeting server's ops
+    rooms: list[RoomInfo] = Field(default_factory=list, max_length=256)
+    sessions: list[SessionInfo] = Field(default_factory=list, max_length=100)
 
 
 class Sync(Message):

@@ -1,0 +1,320 @@
+"""One participant's side of the meeting protocol (docs/protocol.md §8).
+
+It joins a room through the meeting server, opens a peer connection to every
+member already there (the newcomer offers, so two members never offer to each
+other at once), answers offers from later members, closes a peer when it
+leaves, and keeps what a device reports: room, session, participant, peers.
+
+Transport is the caller's: a simulated device hands over its own MQTT link,
+an agent its own. `handle()` is called from the MQTT message loop and never
+waits on the network: SDP work runs in tasks, so the loop keeps delivering the
+answers those tasks wait for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import aiomqtt
+
+from fleet.errors import FleetError, ProtocolError
+from fleet.mqtt import BrokerUrl, LastWill, payload_bytes, publish_nowait, run_link
+from fleet.protocol import TopicKind, Topics, decode_for, encode
+from fleet.protocol.messages import (
+    Capabilities,
+    MeetAnswer,
+    MeetDelivered,
+    MeetError,
+    MeetingState,
+    MeetJoin,
+    MeetJoined,
+    MeetLeave,
+    MeetLeft,
+    MeetOffer,
+    MeetPeerJoined,
+    MeetPeerLeft,
+    MeetRelayedAnswer,
+    MeetRelayedOffer,
+    MeetSend,
+    PeerInfo,
+)
+
+if TYPE_CHECKING:
+    from fleet.media.mesh import MediaMesh
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, bytes], Awaitable[None]]
+JOIN_TIMEOUT_S = 10.0
+
+
+class MeetingRefused(FleetError):
+    """The meeting server said no (room_full, unknown_room, ...)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}" if detail else code)
+        self.code = code
+        self.detail = detail
+
+
+class MeetingParticipant:
+    def __init__(
+        self,
+        pid: str,
+        topics: Topics,
+        publish: Publish,
+        mesh: MediaMesh | None = None,
+        caps: Capabilities | None = None,
+        on_change: Callable[[], Any] | None = None,
+    ) -> None:
+        self.pid = pid
+        self.topics = topics
+        self._publish = publish
+        self.mesh = mesh
+        self.caps = caps
+        self._on_change = on_change
+        self.room: str | None = None
+        self.session: str | None = None
+        self.participant: str | None = None
+        self.peers: dict[str, PeerInfo] = {}  # by participant id
+        self.inbox: list[MeetDelivered] = []
+        self.errors: list[MeetError] = []
+        self.peer_errors: dict[str, str] = {}
+        self._pending_join: asyncio.Future[MeetJoined] | None = None
+        self._pending_leave: asyncio.Future[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- what the caller asks -----------------------------------------------------------------
+    async def join(self, room: str, timeout: float = JOIN_TIMEOUT_S) -> MeetJoined:
+        """Join `room`; returns the server's `joined`, raises MeetingRefused on its error."""
+        if self.session is not None:
+            await self._drop_all_peers()
+        loop = asyncio.get_running_loop()
+        self._pending_join = loop.create_future()
+        self.room = room
+        await self.send(MeetJoin(type="join", room=room, caps=self.caps))
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._pending_join
+        except TimeoutError:
+            self.room = None
+            raise FleetError(
+                f"the meeting server did not answer a join within {timeout}s"
+            ) from None
+        finally:
+            self._pending_join = None
+
+    async def leave(self, timeout: float = 5.0) -> None:
+        if self.session is None and self.room is None:
+            return
+        self._pending_leave = asyncio.get_running_loop().create_future()
+        try:
+            await self.send(MeetLeave(type="leave"))
+            async with asyncio.timeout(timeout):
+                await self._pending_leave
+        except (TimeoutError, FleetError) as exc:
+            log.info("%s: leave not confirmed (%s); leaving locally", self.pid, exc)
+        finally:
+            self._pending_leave = None
+            await self._forget_session()
+
+    async def say(
+        self, text: str | None = None, data: bytes | None = None, to: str | None = None
+    ) -> None:
+        """A message to one member (`to`, a participant id) or to every other member."""
+        data_b64 = base64.b64encode(data).decode() if data is not None else None
+        await self.send(MeetSend(type="message", to=to, text=text, data_b64=data_b64))
+
+    def meeting_state(self) -> MeetingState | None:
+        if self.room is None:
+            return None
+        return MeetingState(
+            room=self.room,
+            session=self.session,
+            participant=self.participant,
+            peers=sorted(self.peers),
+        )
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.mesh is not None:
+            await self.mesh.close()
+
+    # --- what the server says -----------------------------------------------------------------
+    def handle(self, payload: bytes) -> None:
+        """A message from meet/{pid}/down. Bad input is logged and dropped."""
+        try:
+            message = decode_for(TopicKind.MEET_DOWN, payload)
+        except ProtocolError as exc:
+            log.warning("%s: dropped meeting message: %s", self.pid, exc)
+            return
+        if isinstance(message, MeetJoined):
+            self._on_joined(message)
+        elif isinstance(message, MeetPeerJoined):
+            self.peers[message.peer.participant] = message.peer
+            self._changed()
+        elif isinstance(message, MeetPeerLeft):
+            self.peers.pop(message.participant, None)
+            self._spawn(self._remove_peer(message.participant), message.participant)
+            self._changed()
+        elif isinstance(message, MeetRelayedOffer):
+            self._spawn(self._answer(message.from_, message.sdp), message.from_)
+        elif isinstance(message, MeetRelayedAnswer):
+            self._spawn(self._accept_answer(message.from_, message.sdp), message.from_)
+        elif isinstance(message, MeetLeft):
+            if self._pending_leave is not None and not self._pending_leave.done():
+                self._pending_leave.set_result(None)
+        elif isinstance(message, MeetError):
+            self._on_error(message)
+        elif isinstance(message, MeetDelivered):
+            self.inbox.append(message)
+
+    def _on_joined(self, joined: MeetJoined) -> None:
+        self.room, self.session, self.participant = joined.room, joined.session, joined.participant
+        self.peers = {p.participant: p for p in joined.peers}
+        self.peer_errors.clear()
+        for peer in joined.peers:
+            self._spawn(self._offer(peer), peer.participant)
+        if self._pending_join is not None and not self._pending_join.done():
+            self._pending_join.set_result(joined)
+        self._changed()
+
+    def _on_error(self, error: MeetError) -> None:
+        self.errors.append(error)
+        if self._pending_join is not None and not self._pending_join.done():
+            self.room = None
+            self._pending_join.set_exception(MeetingRefused(error.code, error.detail))
+        else:
+            log.warning("%s: meeting server error %s: %s", self.pid, error.code, error.detail)
+
+    # --- peer negotiation (in tasks) ----------------------------------------------------------
+    async def _offer(self, peer: PeerInfo) -> None:
+        if self.mesh is None:
+            return
+        sdp = await self.mesh.create_offer(peer.participant, peer.caps)
+        await self.send(MeetOffer(type="offer", to=peer.participant, sdp=sdp))
+
+    async def _answer(self, peer_id: str, sdp: str) -> None:
+        if self.mesh is None:
+            return
+        peer = self.peers.get(peer_id)
+        answer = await self.mesh.accept_offer(peer_id, peer.caps if peer else None, sdp)
+        await self.send(MeetAnswer(type="answer", to=peer_id, sdp=answer))
+
+    async def _accept_answer(self, peer_id: str, sdp: str) -> None:
+        if self.mesh is not None:
+            await self.mesh.accept_answer(peer_id, sdp)
+
+    async def _remove_peer(self, peer_id: str) -> None:
+        if self.mesh is not None:
+            await self.mesh.remove_peer(peer_id)
+
+    async def _drop_all_peers(self) -> None:
+        for peer_id in list(self.peers):
+            await self._remove_peer(peer_id)
+        self.peers.clear()
+
+    async def _forget_session(self) -> None:
+        await self._drop_all_peers()
+        self.room = self.session = self.participant = None
+        self._changed()
+
+    # --- plumbing -----------------------------------------------------------------------------
+    async def send(self, message: Any) -> None:
+        """Any up message, as is (tests use it to send what a well-behaved peer would not)."""
+        await self._publish(self.topics.meet_up(self.pid), encode(message))
+
+    def _spawn(self, coro: Awaitable[None], peer: str) -> None:
+        task = asyncio.ensure_future(self._guarded(coro, peer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guarded(self, coro: Awaitable[None], peer: str) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # one peer's failure must not end the meeting for the rest
+            log.warning("%s: negotiation with %s failed: %s", self.pid, peer, exc)
+            self.peer_errors[peer] = str(exc)[:256]
+            self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
+
+
+@contextlib.asynccontextmanager
+async def participant_link(
+    url: BrokerUrl,
+    pid: str,
+    topics: Topics,
+    mesh: MediaMesh | None = None,
+    caps: Capabilities | None = None,
+    connect_timeout: float = 10.0,
+) -> AsyncIterator[MeetingParticipant]:
+    """A participant with an MQTT link of its own (an agent, a test peer).
+
+    Its last will is a `leave` on its own up topic: if the process dies, the
+    server removes it from its session and tells the others, as it does for a
+    device whose status turns offline.
+    """
+    client_ref: list[aiomqtt.Client] = []
+
+    async def publish(topic: str, payload: bytes) -> None:
+        if not client_ref:
+            raise FleetError("not connected to the broker")
+        publish_nowait(client_ref[0], topic, payload, qos=1)
+
+    participant = MeetingParticipant(pid, topics, publish, mesh, caps)
+
+    async def on_connect(client: aiomqtt.Client) -> None:
+        client_ref[:] = [client]
+        await client.subscribe(topics.meet_down(pid), qos=1)
+
+    def on_disconnect() -> None:
+        client_ref.clear()
+
+    async def on_message(message: aiomqtt.Message) -> None:
+        participant.handle(payload_bytes(message))
+
+    connected = asyncio.Event()
+    link = asyncio.create_task(
+        run_link(
+            url,
+            client_id=pid,
+            on_connect=on_connect,
+            on_message=on_message,
+            on_disconnect=on_disconnect,
+            will=LastWill(topics.meet_up(pid), encode(MeetLeave(type="leave")), retain=False),
+            connected=connected,
+            retry=False,
+        ),
+        name=f"{pid}-link",
+    )
+    try:
+        waiter = asyncio.create_task(connected.wait())
+        done, _ = await asyncio.wait(
+            {link, waiter}, timeout=connect_timeout, return_when="FIRST_COMPLETED"
+        )
+        waiter.cancel()
+        if link in done:
+            link.result()  # raises BrokerUnavailable
+        if not connected.is_set():
+            raise FleetError(f"{pid}: no connection to {url.redacted()} in {connect_timeout}s")
+        yield participant
+    finally:
+        with contextlib.suppress(Exception):
+            if participant.session is not None and client_ref:
+                await participant.leave(timeout=2.0)
+        await participant.close()
+        link.cancel()
+        with contextlib.suppress(asyncio.CancelledError, FleetError):
+            await link
