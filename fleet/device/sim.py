@@ -40,10 +40,12 @@ from fleet.protocol.messages import (
     Desired,
     MeetingIntent,
     MeetingState,
+    PeerAudioStats,
     State,
     Status,
     SystemTelemetry,
     Telemetry,
+    TelemetryMeeting,
     WifiTelemetry,
     probe_id,
 )
@@ -60,14 +62,36 @@ MAX_IDENTIFY_S = 300
 class MeetingDriver:
     """How a device takes part in a meeting. This one joins nothing: the state names the room.
 
-    The media layer replaces it with one that signals and streams audio.
+    `fleet.device.audio.AudioMeetingDriver` signals through the meeting server and
+    streams real audio; it waits for the server, so its joins run outside the
+    MQTT message loop (`waits_for_server`).
     """
+
+    waits_for_server = False
+
+    def attach(self, device: SimulatedDevice) -> None:
+        """Called once by the device that owns this driver."""
 
     async def join(self, intent: MeetingIntent) -> MeetingState:
         return MeetingState(room=intent.room)
 
     async def leave(self) -> None:
         return None
+
+    async def forget(self) -> None:
+        """Drop the meeting locally, with no word to the server (a reboot, a lost link)."""
+
+    def on_down(self, payload: bytes) -> None:
+        """A message on the device's meet/{id}/down."""
+
+    def set_audio(self, mic: bool, volume: int | None) -> None:
+        """The applied intent's mic and speaker volume."""
+
+    def audio_stats(self) -> list[PeerAudioStats]:
+        return []
+
+    async def close(self) -> None:
+        """The device is stopping."""
 
 
 @dataclass
@@ -95,6 +119,7 @@ class SimulatedDevice:
         self.url = url.with_credentials(config.device_id, config.secret)
         self.topics = topics or Topics()
         self.driver = driver or MeetingDriver()
+        self.driver.attach(self)
         self.groups = list(dict.fromkeys(config.groups))
         self.reconciler = Reconciler()
         self.meeting: MeetingState | None = None
@@ -114,9 +139,16 @@ class SimulatedDevice:
         self.state_changes = 0
         self._lapse: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._apply_lock = asyncio.Lock()
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            await self.driver.close()
+
+    async def _run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(
                 run_link(
@@ -147,12 +179,24 @@ class SimulatedDevice:
         refused = [t for (t, _), g in zip(subs, granted, strict=False) if _code(g) >= 0x80]
         self.error = f"broker refused: {', '.join(refused)}" if refused else None
         await self._publish_state()
+        if self.meeting is not None and self.driver.waits_for_server:
+            # The server dropped us when our link went; back in, as the intent says.
+            self._spawn(self._rejoin())
         if self._final_after_boot is not None:
             await self._send_ack(self._final_after_boot)
             self._final_after_boot = None
 
     def _on_disconnect(self) -> None:
         self._client = None
+
+    async def _rejoin(self) -> None:
+        async with self._apply_lock:
+            intent = self.reconciler.applied.meeting
+            await self.driver.forget()
+            self.meeting = None
+            if intent is not None:
+                await self._enter(intent)
+            await self._publish_state()
 
     async def _publish_offline(self, client: aiomqtt.Client) -> None:
         await client.publish(
@@ -181,6 +225,8 @@ class SimulatedDevice:
             await self._on_desired(topic, payload)
         elif parsed.kind is TopicKind.CMD:
             await self._on_command(payload)
+        elif parsed.kind is TopicKind.MEET_DOWN:
+            self.driver.on_down(payload)
 
     async def _on_desired(self, topic: str, payload: bytes) -> None:
         try:
@@ -192,13 +238,21 @@ class SimulatedDevice:
             await self._publish_state()
             return
         self.reconciler.offer(topic, doc)
-        await self._reconcile()
+        await self._reconcile_soon()
+
+    async def _reconcile_soon(self) -> None:
+        if self.driver.waits_for_server:
+            # A join waits for the server's answer, which this message loop delivers.
+            self._spawn(self._reconcile())
+        else:
+            await self._reconcile()
 
     async def _reconcile(self) -> None:
-        change = self.reconciler.reconcile(time.time())
-        if change is None:
-            return
-        await self._apply(change)
+        async with self._apply_lock:
+            change = self.reconciler.reconcile(time.time())
+            if change is None:
+                return
+            await self._apply(change)
 
     async def _apply(self, applied: Applied) -> None:
         intent = applied.meeting
@@ -213,16 +267,29 @@ class SimulatedDevice:
                 if self.meeting is not None and self.meeting.room != intent.room:
                     await self.driver.leave()
                     self.meeting = None
-                if self.meeting is None:
-                    self.meeting = await self.driver.join(intent)
-                self.mic = intent.mic
-                self.volume = intent.volume
+                await self._enter(intent)
         except Exception as exc:  # a media failure is reported, not fatal
             log.warning("%s: applying rev %d failed: %s", self.id, applied.rev, exc)
             self.error = str(exc)[:256]
         self._arm_lapse(intent)
         self.state_changes += 1
         await self._publish_state()
+
+    async def _enter(self, intent: MeetingIntent) -> None:
+        if self.meeting is None:
+            self.meeting = await self.driver.join(intent)
+        self.mic = intent.mic
+        self.volume = intent.volume
+        self.driver.set_audio(self.mic, self.volume)
+
+    def meeting_changed(self, meeting: MeetingState | None) -> None:
+        """The driver's view moved on (a peer came or went): report it."""
+        if self.meeting is None or meeting is None or meeting.session != self.meeting.session:
+            return  # a join or leave under way reports when it is done
+        if meeting != self.meeting:
+            self.meeting = meeting
+            self.state_changes += 1
+            self._spawn(self._publish_state())
 
     def _arm_lapse(self, intent: MeetingIntent | None) -> None:
         """Re-check the intent the moment its `until` passes, not at the next tick."""
@@ -365,7 +432,7 @@ class SimulatedDevice:
         await self._finish(
             cmd, Ack(id=cmd.id, ok=True, code=AckCode.OK, result={"groups": self.groups})
         )
-        await self._reconcile()
+        await self._reconcile_soon()
 
     async def _reboot(self, cmd: Command) -> None:
         accepted = Ack(id=cmd.id, ok=True, code=AckCode.ACCEPTED, detail="rebooting", done=False)
@@ -377,6 +444,7 @@ class SimulatedDevice:
         # A reboot forgets everything that lives in RAM; the broker's retained docs restore it.
         self.reconciler = Reconciler()
         self.meeting = None
+        self._spawn(self.driver.forget())
         self.booted_at = time.monotonic()
         raise RestartLink(REBOOT_DELAY_S)
 
@@ -445,6 +513,16 @@ class SimulatedDevice:
                 cpu_load=round(rng.uniform(0.05, 0.3 if self.meeting else 0.1), 3),
                 mqtt_reconnects=max(0, self.connects - 1),
             ),
+            meeting=(
+                TelemetryMeeting(
+                    room=self.meeting.room,
+                    session=self.meeting.session,
+                    participant=self.meeting.participant,
+                )
+                if self.meeting
+                else None
+            ),
+            audio=self.driver.audio_stats() if self.meeting else [],
         )
 
 
