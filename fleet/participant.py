@@ -221,6 +221,10 @@ class MeetingParticipant:
             await self._remove_peer(peer_id)
         self.peers.clear()
 
+    async def forget(self) -> None:
+        """Drop the session locally with no word to the server (it dropped us already)."""
+        await self._forget_session()
+
     async def _forget_session(self) -> None:
         await self._drop_all_peers()
         self.room = self.session = self.participant = None

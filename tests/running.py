@@ -14,7 +14,7 @@ from fleet.client import FleetClient
 from fleet.controller.meetings import MeetingServer
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
-from fleet.device.sim import DeviceConfig, SimFleet, SimulatedDevice, device_ids
+from fleet.device.sim import DeviceConfig, MeetingDriver, SimFleet, SimulatedDevice, device_ids
 from fleet.mqtt import BrokerUrl
 
 OPERATOR = "operator"
@@ -81,9 +81,17 @@ async def sim_fleet(
     secrets: dict[str, str],
     groups: Sequence[str] = (),
     tele_interval_s: float = 30.0,
+    driver_factory: Callable[[str], MeetingDriver] | None = None,
 ) -> AsyncIterator[SimFleet]:
     base = BrokerUrl.parse(f"mqtt://{handle.host}:{handle.port}")
-    fleet = SimFleet(base, secrets, handle.topics, groups=groups, tele_interval_s=tele_interval_s)
+    fleet = SimFleet(
+        base,
+        secrets,
+        handle.topics,
+        groups=groups,
+        tele_interval_s=tele_interval_s,
+        driver_factory=driver_factory,
+    )
     part = Part(fleet.run(), "sim-fleet")
     try:
         await fleet.wait_connected(30)

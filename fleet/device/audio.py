@@ -1,0 +1,200 @@
+"""A simulated device that really meets: signalling through the meeting server, audio
+through aiortc.
+
+It sends a tone (each device its own frequency, so a listener can tell who it
+hears) or a WAV file, and keeps what it hears from every peer: a level meter
+and the last seconds of audio for analysis. Peer stats go into its telemetry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiortc import MediaStreamTrack
+
+from fleet.device.sim import MeetingDriver
+from fleet.errors import FleetError
+from fleet.media.analysis import hears
+from fleet.media.config import MediaConfig
+from fleet.media.mesh import MediaMesh
+from fleet.media.sinks import AudioSink, CaptureSink, FanoutSink, LevelMeter, WavRecorder
+from fleet.media.sources import SharedSource, ToneSource, WavSource
+from fleet.mqtt import publish_nowait
+from fleet.participant import MeetingParticipant
+from fleet.protocol.messages import MeetingIntent, MeetingState, PeerAudioStats
+
+if TYPE_CHECKING:
+    from fleet.device.sim import SimulatedDevice
+
+log = logging.getLogger(__name__)
+
+STATS_INTERVAL_S = 2.0
+# Far apart, and no one a harmonic of another: a listener's spectrum tells them apart.
+TONE_BASE_HZ = 400.0
+TONE_STEP_HZ = 175.0
+TONE_SLOTS = 12
+
+
+def tone_for(index: int) -> float:
+    """The tone of the `index`-th simulated device (0-based)."""
+    return TONE_BASE_HZ + TONE_STEP_HZ * (index % TONE_SLOTS)
+
+
+@dataclass(frozen=True)
+class AudioProfile:
+    media: MediaConfig = field(default_factory=MediaConfig)
+    tone_hz: float | None = TONE_BASE_HZ  # what the microphone "hears"; None: silence
+    wav: Path | None = None  # played instead of the tone
+    record_dir: Path | None = None  # one WAV per peer heard
+    keep_s: float = 5.0  # seconds of each peer's audio kept for analysis
+
+
+class AudioMeetingDriver(MeetingDriver):
+    waits_for_server = True
+
+    def __init__(self, profile: AudioProfile | None = None) -> None:
+        self.profile = profile or AudioProfile()
+        self.levels = LevelMeter()
+        self.heard = CaptureSink(keep_s=self.profile.keep_s)
+        self._shared: SharedSource | None = None
+        self._stats: list[PeerAudioStats] = []
+        self._stats_task: asyncio.Task[None] | None = None
+        self.device: SimulatedDevice | None = None
+        self.participant: MeetingParticipant | None = None
+
+    def attach(self, device: SimulatedDevice) -> None:
+        self.device = device
+        sinks: list[AudioSink] = [self.levels, self.heard]
+        if self.profile.record_dir is not None:
+            sinks.append(WavRecorder(self.profile.record_dir / device.id))
+        mesh = MediaMesh(self.profile.media, self._source_for, FanoutSink(*sinks))
+        self.participant = MeetingParticipant(
+            device.id,
+            device.topics,
+            self._publish,
+            mesh,
+            self.profile.media.capabilities(),
+            on_change=self._changed,
+        )
+
+    @property
+    def mesh(self) -> MediaMesh:
+        assert self.participant is not None
+        assert self.participant.mesh is not None
+        return self.participant.mesh
+
+    # --- MeetingDriver ------------------------------------------------------------------------
+    async def join(self, intent: MeetingIntent) -> MeetingState:
+        assert self.participant is not None
+        self._start_source()
+        try:
+            await self.participant.join(intent.room)
+        except BaseException:
+            self._stop_source()
+            raise
+        if self._stats_task is None:
+            self._stats_task = asyncio.create_task(self._refresh_stats())
+        state = self.participant.meeting_state()
+        assert state is not None
+        return state
+
+    async def leave(self) -> None:
+        assert self.participant is not None
+        await self.participant.leave()
+        await self._stopped()
+
+    async def forget(self) -> None:
+        if self.participant is not None:
+            await self.participant.forget()
+        await self._stopped()
+
+    def on_down(self, payload: bytes) -> None:
+        if self.participant is not None:
+            self.participant.handle(payload)
+
+    def set_audio(self, mic: bool, volume: int | None) -> None:
+        self.mesh.set_mic(mic)
+        self.mesh.set_volume(100 if volume is None else volume)
+
+    def audio_stats(self) -> list[PeerAudioStats]:
+        return list(self._stats)
+
+    async def close(self) -> None:
+        await self._stopped()
+        if self.participant is not None:
+            await self.participant.close()
+
+    # --- what the device heard ----------------------------------------------------------------
+    def peer_pids(self) -> dict[str, str]:
+        """Participant id -> pid of every current peer."""
+        if self.participant is None:
+            return {}
+        return {p: info.pid for p, info in self.participant.peers.items()}
+
+    def hears_tone(self, peer: str, freq_hz: float, last_s: float = 1.0) -> bool:
+        samples = self.heard.samples(peer, last_s)
+        return samples.size > 0 and hears(samples, freq_hz)
+
+    # --- inside -------------------------------------------------------------------------------
+    def _source_for(self, peer: str) -> MediaStreamTrack | None:
+        return self._shared(peer) if self._shared is not None else None
+
+    def _start_source(self) -> None:
+        if self._shared is not None or not self.profile.media.mic:
+            return
+        if self.profile.wav is not None:
+            track: MediaStreamTrack = WavSource(self.profile.wav)
+        elif self.profile.tone_hz is not None:
+            track = ToneSource(self.profile.tone_hz)
+        else:
+            return  # silence: send nothing at all
+        self._shared = SharedSource(track)
+
+    def _stop_source(self) -> None:
+        if self._shared is not None:
+            self._shared.stop()
+            self._shared = None
+
+    async def _stopped(self) -> None:
+        self._stop_source()
+        self._stats = []
+        if self._stats_task is not None:
+            self._stats_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stats_task
+            self._stats_task = None
+
+    async def _publish(self, topic: str, payload: bytes) -> None:
+        client = self.device._client if self.device is not None else None
+        if client is None:
+            raise FleetError("not connected to the broker")
+        publish_nowait(client, topic, payload, qos=1)
+
+    def _changed(self) -> None:
+        if self.device is not None and self.participant is not None:
+            self.device.meeting_changed(self.participant.meeting_state())
+
+    async def _refresh_stats(self) -> None:
+        while True:
+            try:
+                self._stats = await self.mesh.stats()
+            except Exception as exc:  # stats are best effort; the call goes on
+                log.debug("stats failed: %s", exc)
+            await asyncio.sleep(STATS_INTERVAL_S)
+
+
+def audio_drivers(
+    ids: Sequence[str], profile: AudioProfile | None = None
+) -> Callable[[str], AudioMeetingDriver]:
+    """A driver factory for SimFleet: every device its own tone (`tone_for` its index)."""
+    base = profile or AudioProfile()
+    index = {device_id: n for n, device_id in enumerate(ids)}
+    return lambda device_id: AudioMeetingDriver(
+        replace(base, tone_hz=tone_for(index.get(device_id, 0)))
+    )
