@@ -4,15 +4,24 @@ through the meeting server and talk through aiortc; what each hears is checked b
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 from brokers import BrokerHandle
 from running import controller, operator, register_devices, sim_fleet, wait_for
 
-from fleet.device.audio import AudioMeetingDriver, audio_drivers, tone_for
+from fleet.agents import EchoAgent, RecorderAgent
+from fleet.agents.runner import agent_in_room
+from fleet.device.audio import AudioMeetingDriver, AudioProfile, audio_drivers, tone_for
 from fleet.device.sim import SimFleet
-from fleet.protocol.messages import ApiOp, ApiRequest, DeviceOutcome
+from fleet.media.analysis import hears
+from fleet.media.config import MediaConfig
+from fleet.media.sinks import CaptureSink, FanoutSink
+from fleet.media.sources import load_audio
+from fleet.mqtt import BrokerUrl
+from fleet.participant import participant_link
+from fleet.protocol.messages import ApiOp, ApiRequest, DeviceOutcome, MeetOffer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -78,3 +87,170 @@ async def test_three_devices_each_hear_the_other_two_and_not_themselves(
         assert ended.ended is not None
         assert all(p.left is not None for p in ended.participants)
         assert all(not drv.mesh.peers() for drv in by_id.values())
+
+
+def _device_driver(tone_hz: float, **media: object) -> AudioMeetingDriver:
+    return AudioMeetingDriver(AudioProfile(media=MediaConfig(**media), tone_hz=tone_hz))  # type: ignore[arg-type]
+
+
+def agent_url(handle: BrokerHandle, pid: str) -> BrokerUrl:
+    return BrokerUrl.parse(handle.url(pid, handle.add_device(pid)))
+
+
+async def test_echo_agent_returns_a_device_its_own_tone(
+    amqtt_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    secrets = register_devices(amqtt_broker, 1)
+    async with (
+        controller(amqtt_broker, tmp_path / "ctl.db"),
+        sim_fleet(amqtt_broker, secrets, driver_factory=audio_drivers(list(secrets))) as fleet,
+        operator(amqtt_broker) as op,
+    ):
+        assert (await op.request(ApiOp.JOIN_ALL, ApiRequest(room="echo-test"))).ok
+        async with agent_in_room(
+            agent_url(amqtt_broker, "agent-echo"),
+            "agent-echo",
+            "echo-test",
+            EchoAgent(),
+            amqtt_broker.topics,
+        ) as echo:
+            drv = drivers(fleet)["dev-1"]
+            await wait_for(
+                lambda: (
+                    echo.participant in drv.heard.peers()
+                    and drv.hears_tone(echo.participant, tone_for(0))
+                ),  # type: ignore[arg-type]
+                timeout=20,
+                what="dev-1 hears its own tone back",
+            )
+
+
+async def test_recorder_agent_writes_every_participants_tone(
+    amqtt_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    secrets = register_devices(amqtt_broker, 2)
+    ids = list(secrets)
+    recorder = RecorderAgent(tmp_path / "rec")
+    async with (
+        controller(amqtt_broker, tmp_path / "ctl.db"),
+        sim_fleet(amqtt_broker, secrets, driver_factory=audio_drivers(ids)),
+        operator(amqtt_broker) as op,
+    ):
+        assert (await op.request(ApiOp.JOIN_ALL, ApiRequest(room="rec"))).ok
+        async with agent_in_room(
+            agent_url(amqtt_broker, "agent-rec"),
+            "agent-rec",
+            "rec",
+            recorder,
+            amqtt_broker.topics,
+        ):
+            await wait_for(
+                lambda: (
+                    len(recorder.recorder.paths) == 2
+                    and all(p.stat().st_size > 48_000 * 2 for p in recorder.recorder.paths.values())
+                ),
+                timeout=20,
+                what="a second of each device recorded",
+            )
+    # Leaving closed the files; each holds its device's tone and the mix holds both.
+    paths = recorder.recorder.paths
+    by_pid = {name.split("-", 2)[-1]: path for name, path in paths.items()}
+    assert set(by_pid) == set(ids)
+    for n, device_id in enumerate(ids):
+        samples = load_audio(by_pid[device_id])
+        assert hears(samples, tone_for(n)), device_id
+        assert not hears(samples, tone_for(1 - n)), device_id
+    assert recorder.recorder.mix_path is not None
+    mix = load_audio(recorder.recorder.mix_path)
+    assert all(hears(mix, tone_for(n)) for n in range(2))
+
+
+async def test_a_pcmu_only_device_talks_with_an_opus_device(
+    amqtt_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    secrets = register_devices(amqtt_broker, 2)
+    factories = {
+        "dev-1": lambda: _device_driver(tone_for(0), codecs=("pcmu",)),
+        "dev-2": lambda: _device_driver(tone_for(1), codecs=("opus", "pcmu")),
+    }
+    async with (
+        controller(amqtt_broker, tmp_path / "ctl.db"),
+        sim_fleet(amqtt_broker, secrets, driver_factory=lambda d: factories[d]()) as fleet,
+        operator(amqtt_broker) as op,
+    ):
+        assert (await op.request(ApiOp.JOIN_ALL, ApiRequest(room="g711"))).ok
+        by_id = drivers(fleet)
+        freqs = {"dev-1": tone_for(0), "dev-2": tone_for(1)}
+        await wait_for(
+            lambda: (
+                heard_pids(by_id["dev-1"], freqs) == {"dev-2"}
+                and heard_pids(by_id["dev-2"], freqs) == {"dev-1"}
+            ),
+            timeout=20,
+            what="both hear each other",
+        )
+        for drv in by_id.values():
+            stats = await drv.mesh.stats()
+            assert [s.codec for s in stats] == ["PCMU"] or [s.codec for s in stats] == ["pcmu"]
+
+
+async def test_a_send_only_device_is_heard_but_sent_nothing(
+    amqtt_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    secrets = register_devices(amqtt_broker, 2)
+    factories = {
+        "dev-1": lambda: _device_driver(tone_for(0), speaker=False),  # a mic, no speaker
+        "dev-2": lambda: _device_driver(tone_for(1)),
+    }
+    async with (
+        controller(amqtt_broker, tmp_path / "ctl.db"),
+        sim_fleet(amqtt_broker, secrets, driver_factory=lambda d: factories[d]()) as fleet,
+        operator(amqtt_broker) as op,
+    ):
+        assert (await op.request(ApiOp.JOIN_ALL, ApiRequest(room="one-way"))).ok
+        by_id = drivers(fleet)
+        await wait_for(
+            lambda: heard_pids(by_id["dev-2"], {"dev-1": tone_for(0)}) == {"dev-1"},
+            timeout=20,
+            what="dev-2 hears the send-only dev-1",
+        )
+        await asyncio.sleep(1.0)  # anything sent to dev-1 would have arrived by now
+        assert by_id["dev-1"].heard.peers() == []
+        sent_to_send_only = await by_id["dev-2"].mesh.stats()
+        assert [s.packets_sent for s in sent_to_send_only] == [0]
+        received = await by_id["dev-1"].mesh.stats()
+        assert [s.packets_received for s in received] == [0]
+
+
+async def test_garbage_sdp_to_a_device_breaks_nothing(
+    amqtt_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    secrets = register_devices(amqtt_broker, 2)
+    ids = list(secrets)
+    freqs = {device_id: tone_for(n) for n, device_id in enumerate(ids)}
+    async with (
+        controller(amqtt_broker, tmp_path / "ctl.db"),
+        sim_fleet(amqtt_broker, secrets, driver_factory=audio_drivers(ids)) as fleet,
+        operator(amqtt_broker) as op,
+        participant_link(
+            agent_url(amqtt_broker, "mallory"), "mallory", amqtt_broker.topics
+        ) as mallory,
+    ):
+        assert (await op.request(ApiOp.JOIN_ALL, ApiRequest(room="standup"))).ok
+        by_id = drivers(fleet)
+        await wait_for(
+            lambda: heard_pids(by_id["dev-1"], freqs) == {"dev-2"}, timeout=20, what="audio"
+        )
+        joined = await mallory.join("standup")
+        dev1 = next(p.participant for p in joined.peers if p.pid == "dev-1")
+        for garbage in ("v=0\r\nthis is not sdp", "x" * 1000, "v=0\r\nm=video 9 RTP/AVP 0\r\n"):
+            await mallory.send(MeetOffer(type="offer", to=dev1, sdp=garbage))
+        drv1 = by_id["dev-1"]
+        await wait_for(lambda: mallory.participant in drv1.participant.peer_errors, what="refused")  # type: ignore[union-attr]
+        # dev-1 still hears dev-2, and reports its state as before.
+        drv1.heard = CaptureSink(keep_s=2.0)
+        drv1.mesh.sink = FanoutSink(drv1.levels, drv1.heard)
+        await wait_for(
+            lambda: heard_pids(drv1, freqs) == {"dev-2"}, timeout=10, what="audio goes on"
+        )
+        assert fleet["dev-1"].error is None

@@ -119,8 +119,11 @@ class AudioMeetingDriver(MeetingDriver):
             self.participant.handle(payload)
 
     def set_audio(self, mic: bool, volume: int | None) -> None:
-        self.mesh.set_mic(mic)
-        self.mesh.set_volume(100 if volume is None else volume)
+        media = self.profile.media
+        if media.mic:
+            self.mesh.set_mic(mic)
+        if media.speaker:  # a board with no speaker has no volume to set
+            self.mesh.set_volume(100 if volume is None else volume)
 
     def audio_stats(self) -> list[PeerAudioStats]:
         return list(self._stats)

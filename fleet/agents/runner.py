@@ -1,0 +1,96 @@
+"""Run one agent in a room: its own MQTT link, the meeting protocol, the media mesh."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+from fleet.agents import Agent, EchoAgent, PlayerAgent, RecorderAgent, ToneAgent
+from fleet.errors import ConfigError
+from fleet.media.mesh import MediaMesh
+from fleet.mqtt import BrokerUrl
+from fleet.participant import MeetingParticipant, participant_link
+from fleet.protocol import Topics
+
+log = logging.getLogger(__name__)
+
+MODES = ("echo", "tone", "play", "record")
+
+
+def build_agent(
+    mode: str, file: Path | None = None, directory: Path | None = None, freq_hz: float = 1000.0
+) -> Agent:
+    if mode == "echo":
+        return EchoAgent()
+    if mode == "tone":
+        return ToneAgent(freq_hz)
+    if mode == "play":
+        if file is None:
+            raise ConfigError("--mode play needs a WAV file")
+        return PlayerAgent(file)
+    if mode == "record":
+        if directory is None:
+            raise ConfigError("--mode record needs a directory")
+        return RecorderAgent(directory)
+    raise ConfigError(f"unknown agent mode {mode!r}: choose {', '.join(MODES)}")
+
+
+def load_plugin(spec: str) -> Agent:
+    """`module:Class` -> an instance of that Agent subclass (made with no arguments)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"plugin {spec!r}: expected module:Class")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"plugin {spec!r}: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Agent)):
+        raise ConfigError(f"plugin {spec!r} is not a fleet.agents.Agent subclass")
+    return cls()
+
+
+@contextlib.asynccontextmanager
+async def agent_in_room(
+    url: BrokerUrl,
+    pid: str,
+    room: str,
+    agent: Agent,
+    topics: Topics | None = None,
+    ice_servers: tuple[str, ...] = (),
+) -> AsyncIterator[MeetingParticipant]:
+    """Join `room` as `pid` with `agent` as its voice and ears; leave on exit."""
+    topics = topics or Topics()
+    config = replace(agent.media, ice_servers=ice_servers or agent.media.ice_servers)
+    mesh = MediaMesh(config, agent.track_for, agent)
+    async with participant_link(url, pid, topics, mesh, config.capabilities()) as participant:
+
+        def name_of(peer: str) -> str:
+            info = participant.peers.get(peer)
+            return f"{peer}-{info.pid}" if info else peer
+
+        agent.name_of = name_of
+        await participant.join(room)
+        log.info("agent %s (%s) joined %s as %s", pid, agent.name, room, participant.participant)
+        yield participant
+
+
+async def run_agent(
+    url: BrokerUrl,
+    pid: str,
+    room: str,
+    agent: Agent,
+    topics: Topics | None = None,
+    duration_s: float | None = None,
+    ice_servers: tuple[str, ...] = (),
+) -> None:
+    """Join and stay until cancelled or `duration_s` has passed."""
+    async with agent_in_room(url, pid, room, agent, topics, ice_servers):
+        if duration_s is None:
+            await asyncio.Event().wait()
+        else:
+            await asyncio.sleep(duration_s)
