@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli import broker, creds, flash, ops, services
+from cli import broker, creds, flash, meetings, ops, services
 from cli.common import Exit, fail, setup_logging
 from fleet.protocol import json_schemas
 
@@ -58,12 +58,16 @@ app.command("leave-all")(ops.leave_all)
 app.command("join")(ops.join)
 app.command("leave")(ops.leave)
 app.command("cmd")(ops.cmd)
+app.command("sessions")(meetings.sessions)
+app.command("say")(meetings.say)
 app.command("flash")(flash.flash)
 app.command("provision")(flash.provision)
 app.command("image")(flash.image)
 app.add_typer(protocol_app, name="protocol")
 app.add_typer(creds.app, name="creds")
 app.add_typer(broker.app, name="broker")
+app.add_typer(meetings.app, name="rooms")
+app.add_typer(meetings.agent_app, name="agent")
 
 
 def main() -> None:

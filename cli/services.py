@@ -22,6 +22,7 @@ from cli.common import (
     run_service,
 )
 from fleet.client import FleetClient
+from fleet.controller.meetings import DEFAULT_ROOM_CAP, MeetingServer
 from fleet.controller.service import Controller
 from fleet.device.sim import SimFleet, device_ids
 from fleet.protocol import is_valid_id
@@ -42,6 +43,9 @@ PortOpt = Annotated[int, typer.Option("--port", min=0, max=65535, help="Broker T
 GroupOpt = Annotated[
     list[str] | None, typer.Option("--group", help="Group of the simulated devices (repeatable).")
 ]
+RoomCapOpt = Annotated[
+    int, typer.Option(min=2, max=64, help="Default member cap of a room (a full mesh).")
+]
 
 
 def up(
@@ -55,6 +59,10 @@ def up(
     tele_interval: Annotated[
         float, typer.Option(min=0.5, help="Telemetry period, seconds.")
     ] = 10.0,
+    audio: Annotated[
+        bool, typer.Option(help="Devices meet with real audio (off: the state names the room).")
+    ] = True,
+    room_cap: RoomCapOpt = DEFAULT_ROOM_CAP,
     home: HomeOpt = None,
     prefix: PrefixOpt = None,
 ) -> None:
@@ -69,6 +77,8 @@ def up(
         prefix=settings.prefix,
         groups=_groups(group),
         tele_interval_s=tele_interval,
+        audio=audio,
+        room_cap=room_cap,
     )
 
     async def go() -> None:
@@ -99,17 +109,26 @@ def controller(
             "groups in the broker's ACL before the device subscribes them."
         ),
     ] = None,
+    room_cap: RoomCapOpt = DEFAULT_ROOM_CAP,
+    auto_create: Annotated[
+        bool, typer.Option(help="Create a room on its first join (off: `fleet rooms create`).")
+    ] = True,
     broker: BrokerOpt = None,
     prefix: PrefixOpt = None,
 ) -> None:
-    """Run the controller: registry, desired state, commands, the automation API."""
+    """Run the controller: registry, desired state, commands, meetings, the automation API."""
     if not is_valid_id(client_id):
         fail(f"--client-id {client_id!r} must match [a-z0-9][a-z0-9-]{{0,63}}", Exit.USAGE)
     url, topics = connection(broker, prefix)
     path = db or load_settings().home / "controller.db"
     console.print(f"controller on {url.redacted()}, store {path}", highlight=False)
     store = CredentialStore(creds) if creds is not None else None
-    run_service(Controller(url, path, topics, client_id=client_id, credentials=store).run())
+    meetings = MeetingServer(room_cap=room_cap, auto_create=auto_create)
+    run_service(
+        Controller(
+            url, path, topics, client_id=client_id, credentials=store, parts=[meetings]
+        ).run()
+    )
 
 
 def sim(
@@ -130,6 +149,18 @@ def sim(
     tele_interval: Annotated[
         float, typer.Option(min=0.5, help="Telemetry period, seconds.")
     ] = 10.0,
+    audio: Annotated[
+        bool, typer.Option(help="Meet with real audio (aiortc); off: the state names the room.")
+    ] = False,
+    codec: Annotated[
+        list[str] | None,
+        typer.Option(help="Codecs offered, in preference order (repeatable): opus, pcmu, pcma."),
+    ] = None,
+    mic: Annotated[bool, typer.Option(help="The devices have a microphone.")] = True,
+    speaker: Annotated[bool, typer.Option(help="The devices have a speaker.")] = True,
+    ice_server: Annotated[
+        list[str] | None, typer.Option(help="STUN/TURN URL (repeatable); default none.")
+    ] = None,
     broker: BrokerOpt = None,
     prefix: PrefixOpt = None,
 ) -> None:
@@ -150,20 +181,49 @@ def sim(
     else:
         store = CredentialStore(creds or default_credentials_path())
         device_secrets = store.add_devices(ids, groups=_groups(group), replace=True)
+    drivers = None
+    if audio:
+        from fleet.device.audio import AudioProfile, audio_drivers
+        from fleet.media.config import MediaConfig
+        from fleet.media.errors import MediaError
+
+        try:
+            media = MediaConfig(
+                codecs=tuple(codec) if codec else MediaConfig.codecs,
+                mic=mic,
+                speaker=speaker,
+                ice_servers=tuple(ice_server or ()),
+            )
+        except MediaError as exc:
+            fail(str(exc), Exit.USAGE)
+        drivers = audio_drivers(ids, AudioProfile(media=media))
+    elif codec or not mic or not speaker or ice_server:
+        fail("--codec, --no-mic, --no-speaker and --ice-server need --audio", Exit.USAGE)
     fleet = SimFleet(
-        url, device_secrets, topics, groups=_groups(group), tele_interval_s=tele_interval
+        url,
+        device_secrets,
+        topics,
+        groups=_groups(group),
+        tele_interval_s=tele_interval,
+        driver_factory=drivers,
     )
     console.print(f"{devices} simulated devices on {url.redacted()}", highlight=False)
     run_service(fleet.run())
 
 
 def demo(
-    devices: Annotated[int, typer.Option(min=1, max=50, help="Simulated devices.")] = 3,
+    devices: Annotated[int, typer.Option(min=2, max=6, help="Simulated devices.")] = 3,
     room: Annotated[str, typer.Option(help="Room the devices meet in.")] = "standup",
+    listen: Annotated[
+        float, typer.Option(min=1, max=60, help="Seconds to wait for everyone to hear everyone.")
+    ] = 15.0,
     port: PortOpt = 0,
     home: HomeOpt = None,
 ) -> None:
-    """The main job on embedded defaults: start everything, meet, leave, report, stop."""
+    """The main job on embedded defaults: start everything, meet with real audio, check that
+    every device hears every other, leave, report, stop."""
+    from fleet.demo import hearing_table, wait_until_everyone_hears
+
     settings = load_settings(home=home)
     config = StackConfig(
         home=settings.home, devices=devices, port=port or free_port(), tele_interval_s=2.0
@@ -178,9 +238,25 @@ def demo(
                 highlight=False,
             )
             async with FleetClient(stack.operator_url, stack.controller.topics) as fleet:
+                sent = time.monotonic()
                 joined = await _step(fleet, ApiOp.JOIN_ALL, ApiRequest(room=room, timeout_s=20))
+                hearing = await wait_until_everyone_hears(stack.fleet, listen)
+                if hearing.complete:
+                    console.print(
+                        f"every device hears every other {hearing.at - sent:.2f}s after join-all",
+                        highlight=False,
+                    )
+                console.print(hearing_table(hearing))
                 left = await _step(fleet, ApiOp.LEAVE_ALL, ApiRequest(timeout_s=20))
-            return joined.ok and left.ok
+                history = await fleet.request(ApiOp.SESSIONS, ApiRequest(room=room, limit=1))
+            for s in history.sessions:
+                members = ", ".join(f"{p.pid} ({p.duration_s:.1f}s)" for p in s.participants)
+                state = "ended" if s.ended else "still live"
+                console.print(
+                    f"session {s.session} in {s.room}: {s.duration_s:.1f}s, {state}; {members}",
+                    highlight=False,
+                )
+            return joined.ok and hearing.complete and left.ok
 
     ok = run(go())
     console.print("[green]demo passed[/]" if ok else "[red]demo failed[/]")

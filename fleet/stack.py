@@ -12,18 +12,27 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.credentials import CredentialStore, Role
 from broker.embedded import EmbeddedBroker
+from fleet.controller.meetings import DEFAULT_ROOM_CAP, MeetingServer
 from fleet.controller.service import Controller
-from fleet.device.sim import SimFleet, device_ids
+from fleet.device.sim import MeetingDriver, SimFleet, device_ids
 from fleet.mqtt import BrokerUrl
 from fleet.protocol import Topics
 
 log = logging.getLogger(__name__)
+
+
+def audio_drivers(ids: Sequence[str]) -> Callable[[str], MeetingDriver]:
+    # Imported here: aiortc and numpy load only for a fleet that meets for real.
+    from fleet.device.audio import audio_drivers as make
+
+    return make(ids)
+
 
 CONTROLLER_USER = "controller"
 OPERATOR_USER = "operator"
@@ -47,6 +56,8 @@ class StackConfig:
     groups: Sequence[str] = ()
     tele_interval_s: float = 10.0
     id_prefix: str = "dev"
+    audio: bool = True  # simulated devices meet for real (aiortc); off: the state names the room
+    room_cap: int = DEFAULT_ROOM_CAP
 
 
 @dataclass
@@ -93,6 +104,7 @@ async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
             home / "controller.db",
             topics,
             credentials=store,
+            parts=[MeetingServer(room_cap=config.room_cap)],
         )
         fleet = SimFleet(
             base,
@@ -100,6 +112,7 @@ async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
             topics,
             groups=list(config.groups),
             tele_interval_s=config.tele_interval_s,
+            driver_factory=audio_drivers(ids) if config.audio else None,
         )
         stack = Stack(
             config,

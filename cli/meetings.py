@@ -1,0 +1,181 @@
+"""Meetings: rooms, session history, messages to a room, and agents that join."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cli.common import (
+    BrokerOpt,
+    Exit,
+    JsonOpt,
+    PrefixOpt,
+    connection,
+    console,
+    fail,
+    print_json,
+    run,
+    run_service,
+)
+from fleet.client import FleetClient
+from fleet.errors import ConfigError
+from fleet.protocol import is_valid_id
+from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult
+
+app = typer.Typer(help="Rooms the fleet meets in.", no_args_is_help=True)
+agent_app = typer.Typer(help="Python participants that join rooms.", no_args_is_help=True)
+
+RoomArg = Annotated[str, typer.Argument(help="Room name.")]
+
+
+def _ask(broker: str | None, prefix: str | None, op: ApiOp, request: ApiRequest) -> ApiResult:
+    url, topics = connection(broker, prefix)
+
+    async def go() -> ApiResult:
+        async with FleetClient(url, topics) as fleet:
+            return await fleet.request(op, request)
+
+    result = run(go())
+    if not result.ok:
+        fail(f"{result.code}: {result.detail}", Exit.REFUSED)
+    return result
+
+
+def _when(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+def _rooms_table(result: ApiResult) -> None:
+    table = Table(title=f"{len(result.rooms)} rooms")
+    for column in ("room", "cap", "live session", "members", "created"):
+        table.add_column(column)
+    for r in result.rooms:
+        table.add_row(r.room, str(r.cap), r.session or "", str(r.members), _when(r.created))
+    console.print(table)
+
+
+@app.command("create")
+def rooms_create(
+    room: RoomArg,
+    cap: Annotated[
+        int | None, typer.Option(min=2, max=64, help="Most participants at once (mesh).")
+    ] = None,
+    broker: BrokerOpt = None,
+    prefix: PrefixOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a room (or change its cap)."""
+    result = _ask(broker, prefix, ApiOp.ROOM_CREATE, ApiRequest(room=room, cap=cap))
+    print_json(result) if as_json else _rooms_table(result)
+
+
+@app.command("ls")
+def rooms_ls(broker: BrokerOpt = None, prefix: PrefixOpt = None, as_json: JsonOpt = False) -> None:
+    """List rooms with their live sessions."""
+    result = _ask(broker, prefix, ApiOp.ROOMS, ApiRequest())
+    print_json(result) if as_json else _rooms_table(result)
+
+
+@app.command("rm")
+def rooms_rm(room: RoomArg, broker: BrokerOpt = None, prefix: PrefixOpt = None) -> None:
+    """Remove a room (not while a session is live in it). Its history stays."""
+    _ask(broker, prefix, ApiOp.ROOM_RM, ApiRequest(room=room))
+    console.print(f"room {room} removed", highlight=False)
+
+
+def sessions(
+    room: RoomArg,
+    limit: Annotated[int, typer.Option(min=1, max=100, help="Newest sessions to list.")] = 20,
+    broker: BrokerOpt = None,
+    prefix: PrefixOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Past and live sessions of a room, with participants and durations."""
+    result = _ask(broker, prefix, ApiOp.SESSIONS, ApiRequest(room=room, limit=limit))
+    if as_json:
+        print_json(result)
+        return
+    table = Table(title=f"room {room}: {len(result.sessions)} sessions")
+    columns = (
+        "session",
+        "started",
+        "ended",
+        "length",
+        "participant",
+        "pid",
+        "joined",
+        "left",
+        "in",
+    )
+    for column in columns:
+        table.add_column(column)
+    for s in result.sessions:
+        ended = _when(s.ended) if s.ended else "live"
+        head = (s.session, _when(s.started), ended, f"{s.duration_s:.0f}s")
+        for p in s.participants:
+            left = _when(p.left) if p.left else "still in"
+            table.add_row(
+                *head, p.participant, p.pid, _when(p.joined), left, f"{p.duration_s:.0f}s"
+            )
+            head = ("", "", "", "")  # the session's columns once, on its first row
+        if not s.participants:
+            table.add_row(*head, "", "", "", "", "")
+    console.print(table)
+
+
+def say(
+    room: RoomArg,
+    text: Annotated[str, typer.Argument(help="The message.")],
+    broker: BrokerOpt = None,
+    prefix: PrefixOpt = None,
+) -> None:
+    """Send a text message to every member of the room's live session."""
+    if len(text) > 4096:
+        fail("a message is at most 4096 characters", Exit.USAGE)
+    result = _ask(broker, prefix, ApiOp.SAY, ApiRequest(room=room, text=text))
+    console.print(result.detail, highlight=False)
+
+
+@agent_app.command("join")
+def agent_join(
+    room: RoomArg,
+    mode: Annotated[str, typer.Option(help="echo, tone, play or record.")] = "echo",
+    file: Annotated[Path | None, typer.Option(help="WAV file for --mode play.")] = None,
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Folder for --mode record's WAV files.")
+    ] = None,
+    freq: Annotated[float, typer.Option(help="Tone frequency for --mode tone, Hz.")] = 1000.0,
+    plugin: Annotated[
+        str | None, typer.Option(help="Your own agent, module:Class (an fleet.agents.Agent).")
+    ] = None,
+    agent_id: Annotated[
+        str | None,
+        typer.Option("--id", help="Participant id (= the broker user for device credentials)."),
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(min=0.1, help="Leave after this many seconds.")
+    ] = None,
+    ice_server: Annotated[
+        list[str] | None, typer.Option(help="STUN/TURN URL (repeatable); default none.")
+    ] = None,
+    broker: BrokerOpt = None,
+    prefix: PrefixOpt = None,
+) -> None:
+    """Join ROOM as a Python participant until Ctrl-C (or --duration)."""
+    from fleet.agents.runner import build_agent, load_plugin, run_agent
+
+    pid = agent_id or f"agent-{(plugin and 'plugin') or mode}-{secrets.token_hex(3)}"
+    if not is_valid_id(pid):
+        fail(f"--id {pid!r} must match [a-z0-9][a-z0-9-]{{0,63}}", Exit.USAGE)
+    try:
+        agent = load_plugin(plugin) if plugin else build_agent(mode, file, directory, freq)
+    except ConfigError as exc:
+        fail(str(exc), Exit.USAGE)
+    url, topics = connection(broker, prefix)
+    console.print(f"agent {pid} ({agent.name}) joining {room} on {url.redacted()}", highlight=False)
+    run_service(run_agent(url, pid, room, agent, topics, duration, tuple(ice_server or ())))
