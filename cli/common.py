@@ -13,7 +13,7 @@ from enum import IntEnum
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.markup import escape
 
@@ -26,6 +26,7 @@ from fleet.errors import (
 )
 from fleet.mqtt import BrokerUrl
 from fleet.protocol import Topics
+from fleet.protocol.messages import ApiRequest
 from fleet.settings import load_settings
 
 T = TypeVar("T")
@@ -108,6 +109,16 @@ def run_service(coro: Coroutine[Any, Any, Any]) -> None:
 def fail(message: str, code: int = 1) -> NoReturn:
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(int(code))
+
+
+def api_request(**fields: Any) -> ApiRequest:
+    """An API request from command-line values; a value the protocol refuses exits 2."""
+    try:
+        return ApiRequest(**fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        fail(f"invalid request: {where}: {first['msg']}", Exit.USAGE)
 
 
 def print_json(value: BaseModel | list[Any] | dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ from cli.common import (
     Exit,
     JsonOpt,
     PrefixOpt,
+    api_request,
     connection,
     console,
     fail,
@@ -23,7 +24,7 @@ from cli.common import (
     run_service,
 )
 from fleet.client import FleetClient
-from fleet.errors import ConfigError
+from fleet.errors import FleetError
 from fleet.protocol import is_valid_id
 from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult
 
@@ -70,21 +71,21 @@ def rooms_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a room (or change its cap)."""
-    result = _ask(broker, prefix, ApiOp.ROOM_CREATE, ApiRequest(room=room, cap=cap))
+    result = _ask(broker, prefix, ApiOp.ROOM_CREATE, api_request(room=room, cap=cap))
     print_json(result) if as_json else _rooms_table(result)
 
 
 @app.command("ls")
 def rooms_ls(broker: BrokerOpt = None, prefix: PrefixOpt = None, as_json: JsonOpt = False) -> None:
     """List rooms with their live sessions."""
-    result = _ask(broker, prefix, ApiOp.ROOMS, ApiRequest())
+    result = _ask(broker, prefix, ApiOp.ROOMS, api_request())
     print_json(result) if as_json else _rooms_table(result)
 
 
 @app.command("rm")
 def rooms_rm(room: RoomArg, broker: BrokerOpt = None, prefix: PrefixOpt = None) -> None:
     """Remove a room (not while a session is live in it). Its history stays."""
-    _ask(broker, prefix, ApiOp.ROOM_RM, ApiRequest(room=room))
+    _ask(broker, prefix, ApiOp.ROOM_RM, api_request(room=room))
     console.print(f"room {room} removed", highlight=False)
 
 
@@ -96,7 +97,7 @@ def sessions(
     as_json: JsonOpt = False,
 ) -> None:
     """Past and live sessions of a room, with participants and durations."""
-    result = _ask(broker, prefix, ApiOp.SESSIONS, ApiRequest(room=room, limit=limit))
+    result = _ask(broker, prefix, ApiOp.SESSIONS, api_request(room=room, limit=limit))
     if as_json:
         print_json(result)
         return
@@ -135,9 +136,7 @@ def say(
     prefix: PrefixOpt = None,
 ) -> None:
     """Send a text message to every member of the room's live session."""
-    if len(text) > 4096:
-        fail("a message is at most 4096 characters", Exit.USAGE)
-    result = _ask(broker, prefix, ApiOp.SAY, ApiRequest(room=room, text=text))
+    result = _ask(broker, prefix, ApiOp.SAY, api_request(room=room, text=text))
     console.print(result.detail, highlight=False)
 
 
@@ -172,9 +171,10 @@ def agent_join(
     pid = agent_id or f"agent-{(plugin and 'plugin') or mode}-{secrets.token_hex(3)}"
     if not is_valid_id(pid):
         fail(f"--id {pid!r} must match [a-z0-9][a-z0-9-]{{0,63}}", Exit.USAGE)
+    api_request(room=room)  # the room name, checked as the protocol checks it
     try:
         agent = load_plugin(plugin) if plugin else build_agent(mode, file, directory, freq)
-    except ConfigError as exc:
+    except FleetError as exc:  # a bad mode or plugin, a WAV file that will not load
         fail(str(exc), Exit.USAGE)
     url, topics = connection(broker, prefix)
     console.print(f"agent {pid} ({agent.name}) joining {room} on {url.redacted()}", highlight=False)

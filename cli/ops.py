@@ -17,6 +17,7 @@ from cli.common import (
     JsonOpt,
     PrefixOpt,
     TimeoutOpt,
+    api_request,
     connection,
     console,
     fail,
@@ -214,10 +215,7 @@ def _desired_op(
     prefix: str | None,
     as_json: bool,
 ) -> None:
-    try:
-        request = ApiRequest(timeout_s=timeout, **fields)
-    except ValueError as exc:
-        fail(f"invalid request: {_first_error(exc)}", Exit.USAGE)
+    request = api_request(timeout_s=timeout, **fields)
     url, topics = connection(broker, prefix)
     show_progress = not as_json and sys.stderr.isatty()
 
@@ -247,14 +245,6 @@ def _desired_op(
     else:
         _summary(result, time.monotonic() - started)
     raise typer.Exit(_exit_code(result))
-
-
-def _first_error(exc: ValueError) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
-    return str(exc)
 
 
 def _exit_code(result: ApiResult) -> int:
