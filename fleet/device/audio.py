@@ -53,6 +53,7 @@ class AudioProfile:
     wav: Path | None = None  # played instead of the tone
     record_dir: Path | None = None  # one WAV per peer heard
     keep_s: float = 5.0  # seconds of each peer's audio kept for analysis
+    marker_every_s: float | None = None  # a latency marker in the tone (bench/meeting.py)
 
 
 class AudioMeetingDriver(MeetingDriver):
@@ -63,6 +64,7 @@ class AudioMeetingDriver(MeetingDriver):
         self.levels = LevelMeter()
         self.heard = CaptureSink(keep_s=self.profile.keep_s)
         self._shared: SharedSource | None = None
+        self.source: MediaStreamTrack | None = None  # what the microphone sends now
         self._stats: list[PeerAudioStats] = []
         self._stats_task: asyncio.Task[None] | None = None
         self.device: SimulatedDevice | None = None
@@ -154,15 +156,17 @@ class AudioMeetingDriver(MeetingDriver):
         if self.profile.wav is not None:
             track: MediaStreamTrack = WavSource(self.profile.wav)
         elif self.profile.tone_hz is not None:
-            track = ToneSource(self.profile.tone_hz)
+            track = ToneSource(self.profile.tone_hz, marker_every_s=self.profile.marker_every_s)
         else:
             return  # silence: send nothing at all
         self._shared = SharedSource(track)
+        self.source = track
 
     def _stop_source(self) -> None:
         if self._shared is not None:
             self._shared.stop()
             self._shared = None
+            self.source = None
 
     async def _stopped(self) -> None:
         self._stop_source()
