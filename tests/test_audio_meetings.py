@@ -21,7 +21,8 @@ from fleet.media.sinks import CaptureSink, FanoutSink
 from fleet.media.sources import load_audio
 from fleet.mqtt import BrokerUrl
 from fleet.participant import participant_link
-from fleet.protocol.messages import ApiOp, ApiRequest, DeviceOutcome, MeetOffer
+from fleet.protocol import decode, encode
+from fleet.protocol.messages import ApiOp, ApiRequest, DeviceOutcome, MeetOffer, Telemetry
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -254,3 +255,68 @@ async def test_garbage_sdp_to_a_device_breaks_nothing(
             lambda: heard_pids(drv1, freqs) == {"dev-2"}, timeout=10, what="audio goes on"
         )
         assert fleet["dev-1"].error is None
+
+
+async def test_mic_from_the_desired_state_mutes_and_unmutes(
+    amqtt_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    secrets = register_devices(amqtt_broker, 2)
+    ids = list(secrets)
+    async with (
+        controller(amqtt_broker, tmp_path / "ctl.db"),
+        sim_fleet(amqtt_broker, secrets, driver_factory=audio_drivers(ids)) as fleet,
+        operator(amqtt_broker) as op,
+    ):
+        muted = await op.request(ApiOp.JOIN, ApiRequest(device="dev-1", room="r", mic=False))
+        assert muted.ok
+        assert (await op.request(ApiOp.JOIN, ApiRequest(device="dev-2", room="r"))).ok
+        by_id = drivers(fleet)
+        listener, speaker = by_id["dev-2"], by_id["dev-1"]
+        await wait_for(
+            lambda: heard_pids(speaker, {"dev-2": tone_for(1)}) == {"dev-2"},
+            timeout=20,
+            what="dev-1 hears dev-2",
+        )
+        await wait_for(lambda: listener.heard.peers(), what="dev-2 receives dev-1's stream")
+        peer = listener.heard.peers()[0]
+        await asyncio.sleep(1.0)
+        assert listener.levels.level(peer) < 0.01, "a muted mic sends silence"
+        assert fleet["dev-1"].current_state().mic is False
+        assert (await op.request(ApiOp.JOIN, ApiRequest(device="dev-1", room="r"))).ok
+        await wait_for(
+            lambda: listener.hears_tone(peer, tone_for(0), last_s=0.5),
+            timeout=10,
+            what="unmuted: dev-2 hears dev-1's tone",
+        )
+        assert fleet["dev-1"].current_state().mic is True
+
+
+async def test_peer_stats_go_into_the_devices_telemetry(
+    amqtt_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    secrets = register_devices(amqtt_broker, 2)
+    ids = list(secrets)
+    async with (
+        controller(amqtt_broker, tmp_path / "ctl.db"),
+        sim_fleet(amqtt_broker, secrets, driver_factory=audio_drivers(ids)) as fleet,
+        operator(amqtt_broker) as op,
+    ):
+        assert (await op.request(ApiOp.JOIN_ALL, ApiRequest(room="stats"))).ok
+        dev = fleet["dev-1"]
+        await wait_for(
+            lambda: any(s.packets_received > 0 for s in dev.telemetry().audio),
+            timeout=15,
+            what="stats in telemetry",
+        )
+        tele = decode(Telemetry, encode(dev.telemetry()))
+        assert tele.meeting is not None
+        assert tele.meeting.room == "stats"
+        assert tele.meeting.session == dev.meeting.session  # type: ignore[union-attr]
+        (stats,) = tele.audio
+        assert stats.peer in dev.meeting.peers  # type: ignore[union-attr]
+        assert stats.packets_sent > 0
+        assert stats.codec is not None
+        assert stats.codec.lower() == "opus"
+        assert (await op.request(ApiOp.LEAVE_ALL, ApiRequest())).ok
+        assert dev.telemetry().audio == []
+        assert dev.telemetry().meeting is None
