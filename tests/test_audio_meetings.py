@@ -56,6 +56,9 @@ async def test_three_devices_each_hear_the_other_two_and_not_themselves(
         assert result.ok, result
         assert {d.outcome for d in result.devices} == {DeviceOutcome.CONVERGED}
         by_id = drivers(fleet)
+        # Births announce what each board can do.
+        caps = {r.id: r.status.caps for r in ctl.registry.devices.values() if r.status}
+        assert all(c is not None and c.audio and c.mic and c.speaker for c in caps.values())
         # Reported state names the session, the device's participant id and both peers.
         states = {d.id: d.meeting for d in fleet.devices}
         sessions = {s.session for s in states.values() if s}

@@ -27,7 +27,7 @@ from fleet.media.sinks import AudioSink, CaptureSink, FanoutSink, LevelMeter, Wa
 from fleet.media.sources import SharedSource, ToneSource, WavSource
 from fleet.mqtt import publish_nowait
 from fleet.participant import MeetingParticipant
-from fleet.protocol.messages import MeetingIntent, MeetingState, PeerAudioStats
+from fleet.protocol.messages import Capabilities, MeetingIntent, MeetingState, PeerAudioStats
 
 if TYPE_CHECKING:
     from fleet.device.sim import SimulatedDevice
@@ -129,6 +129,9 @@ class AudioMeetingDriver(MeetingDriver):
 
     def audio_stats(self) -> list[PeerAudioStats]:
         return list(self._stats)
+
+    def capabilities(self) -> Capabilities:
+        return self.profile.media.capabilities()
 
     async def close(self) -> None:
         await self._stopped()

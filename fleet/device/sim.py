@@ -90,6 +90,10 @@ class MeetingDriver:
     def audio_stats(self) -> list[PeerAudioStats]:
         return []
 
+    def capabilities(self) -> Capabilities | None:
+        """What the device announces in its birth; None: the configured ones."""
+        return None
+
     async def close(self) -> None:
         """The device is stopping."""
 
@@ -209,7 +213,7 @@ class SimulatedDevice:
             fw=self.fw,
             hw=HARDWARE,
             ip="127.0.0.1",
-            caps=self.config.caps,
+            caps=self.driver.capabilities() or self.config.caps,
             groups=self.groups,
             ts=time.time(),
         )
