@@ -71,6 +71,7 @@ class MeetingParticipant:
         mesh: MediaMesh | None = None,
         caps: Capabilities | None = None,
         on_change: Callable[[], Any] | None = None,
+        on_lost: Callable[[], Any] | None = None,
     ) -> None:
         self.pid = pid
         self.topics = topics
@@ -78,6 +79,9 @@ class MeetingParticipant:
         self.mesh = mesh
         self.caps = caps
         self._on_change = on_change
+        # The server no longer knows our session (it restarted): join again, or let the
+        # owner do it (a device re-applies its intent).
+        self._on_lost = on_lost
         self.room: str | None = None
         self.session: str | None = None
         self.participant: str | None = None
@@ -191,6 +195,12 @@ class MeetingParticipant:
         if self._pending_join is not None and not self._pending_join.done():
             self.room = None
             self._pending_join.set_exception(MeetingRefused(error.code, error.detail))
+        elif error.code == "session_lost" and self.session is not None:
+            log.info("%s: %s", self.pid, error.detail)
+            if self._on_lost is not None:
+                self._on_lost()
+            else:
+                self._spawn(self._rejoin(), "server")
         else:
             log.warning("%s: meeting server error %s: %s", self.pid, error.code, error.detail)
 
@@ -220,6 +230,12 @@ class MeetingParticipant:
         for peer_id in list(self.peers):
             await self._remove_peer(peer_id)
         self.peers.clear()
+
+    async def _rejoin(self) -> None:
+        room = self.room
+        await self._forget_session()
+        if room is not None:
+            await self.join(room)
 
     async def forget(self) -> None:
         """Drop the session locally with no word to the server (it dropped us already)."""

@@ -323,3 +323,41 @@ async def test_peer_stats_go_into_the_devices_telemetry(
         assert (await op.request(ApiOp.LEAVE_ALL, ApiRequest())).ok
         assert dev.telemetry().audio == []
         assert dev.telemetry().meeting is None
+
+
+async def test_a_controller_restart_brings_devices_back_into_one_session(
+    amqtt_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    secrets = register_devices(amqtt_broker, 2)
+    ids = list(secrets)
+    freqs = {device_id: tone_for(n) for n, device_id in enumerate(ids)}
+    db = tmp_path / "ctl.db"
+    async with sim_fleet(amqtt_broker, secrets, driver_factory=audio_drivers(ids)) as fleet:
+        async with controller(amqtt_broker, db), operator(amqtt_broker) as op:
+            assert (await op.request(ApiOp.JOIN_ALL, ApiRequest(room="standup"))).ok
+            old = fleet["dev-1"].meeting.session  # type: ignore[union-attr]
+        # A new controller has no live session; the devices are told and join again.
+        async with controller(amqtt_broker, db) as ctl:
+            await wait_for(
+                lambda: (
+                    "standup" in ctl.parts[0].live  # type: ignore[attr-defined]
+                    and len(ctl.parts[0].live["standup"].members) == 2
+                ),  # type: ignore[attr-defined]
+                timeout=20,
+                what="both devices back in one session",
+            )
+            new = ctl.parts[0].live["standup"].id  # type: ignore[attr-defined]
+            assert new != old
+            await wait_for(
+                lambda: all(d.meeting and d.meeting.session == new for d in fleet.devices),
+                what="states name the new session",
+            )
+            by_id = drivers(fleet)
+            for drv in by_id.values():
+                drv.heard = CaptureSink(keep_s=2.0)
+                drv.mesh.sink = FanoutSink(drv.levels, drv.heard)
+            await wait_for(
+                lambda: all(heard_pids(drv, freqs) == set(ids) - {i} for i, drv in by_id.items()),
+                timeout=20,
+                what="audio flows again",
+            )

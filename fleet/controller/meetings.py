@@ -130,6 +130,17 @@ class MeetingServer(ControllerPart):
         elif isinstance(message, MeetSend):
             await self._relay_message(pid, message)
 
+    async def on_synced(self) -> None:
+        """Tell devices that report a session this server does not know (it restarted, or
+        it closed the session while they were cut off) to join again."""
+        known = {live.id for live in self.live.values()}
+        for rec in list(self.controller.registry.devices.values()):
+            meeting = rec.state.meeting if rec.state else None
+            if rec.online and meeting and meeting.session and meeting.session not in known:
+                await self._refuse(
+                    rec.id, "session_lost", f"session {meeting.session} is over; join again"
+                )
+
     async def on_device_changed(self, device_id: str, presence_changed: bool) -> None:
         rec = self.controller.registry.devices.get(device_id)
         if device_id in self._where and (rec is None or not rec.online):

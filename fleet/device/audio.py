@@ -83,6 +83,7 @@ class AudioMeetingDriver(MeetingDriver):
             mesh,
             self.profile.media.capabilities(),
             on_change=self._changed,
+            on_lost=lambda: device._spawn(device._rejoin()),
         )
 
     @property
