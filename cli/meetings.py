@@ -47,8 +47,12 @@ def _ask(broker: str | None, prefix: str | None, op: ApiOp, request: ApiRequest)
     return result
 
 
-def _when(ts: float | None) -> str:
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+def _when(ts: float | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    return datetime.fromtimestamp(ts).strftime(fmt) if ts else "-"
+
+
+def _clock(ts: float | None) -> str:
+    return _when(ts, "%H:%M:%S")
 
 
 def _rooms_table(result: ApiResult) -> None:
@@ -116,10 +120,10 @@ def sessions(
     for column in columns:
         table.add_column(column)
     for s in result.sessions:
-        ended = _when(s.ended) if s.ended else "live"
+        ended = _clock(s.ended) if s.ended else "live"
         head = (s.session, _when(s.started), ended, f"{s.duration_s:.0f}s")
         for p in s.participants:
-            left = _when(p.left) if p.left else "still in"
+            left = _clock(p.left) if p.left else "still in"
             table.add_row(
                 *head, p.participant, p.pid, _when(p.joined), left, f"{p.duration_s:.0f}s"
             )
