@@ -1,0 +1,75 @@
+"""The one audio format inside fleet.media: 48 kHz mono signed 16-bit, 20 ms frames.
+
+Sources produce it, and every decoded remote frame is brought to it before a sink sees
+it (Opus decodes to stereo, G.711 to 8 kHz), so sinks and analysis never convert.
+"""
+
+from __future__ import annotations
+
+import fractions
+
+import av
+import numpy as np
+
+SAMPLE_RATE = 48_000
+FRAME_SAMPLES = 960  # 20 ms
+FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
+TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
+FULL_SCALE = 32768.0
+
+
+def make_frame(samples: np.ndarray, pts: int) -> av.AudioFrame:
+    """An s16 mono 48 kHz frame holding `samples` (int16), stamped with `pts` samples."""
+    frame = av.AudioFrame.from_ndarray(
+        np.ascontiguousarray(samples, dtype=np.int16).reshape(1, -1), format="s16", layout="mono"
+    )
+    frame.sample_rate = SAMPLE_RATE
+    frame.pts = pts
+    frame.time_base = TIME_BASE
+    return frame
+
+
+def samples_of(frame: av.AudioFrame) -> np.ndarray:
+    """A 48 kHz mono s16 frame's samples as a 1-D int16 array."""
+    return frame.to_ndarray().reshape(-1)
+
+
+def rms(samples: np.ndarray) -> float:
+    """Root mean square as a fraction of full scale (0..1)."""
+    if samples.size == 0:
+        return 0.0
+    x = samples.astype(np.float32)
+    return float(np.sqrt(np.mean(x * x)) / FULL_SCALE)
+
+
+def scale(samples: np.ndarray, gain: float) -> np.ndarray:
+    if gain == 1.0:
+        return samples
+    return np.clip(samples.astype(np.float32) * gain, -32768, 32767).astype(np.int16)
+
+
+class Normalizer:
+    """Brings one remote stream's decoded frames to 48 kHz mono s16.
+
+    Opus (48 kHz stereo) is folded to mono in numpy; anything else (G.711 at 8 kHz) goes
+    through libswresample, which keeps filter state across frames, hence one per stream.
+    """
+
+    def __init__(self) -> None:
+        self._resampler: av.AudioResampler | None = None
+
+    def __call__(self, frame: av.AudioFrame) -> list[np.ndarray]:
+        if frame.sample_rate == SAMPLE_RATE and frame.format.name == "s16":
+            data = frame.to_ndarray().reshape(-1)
+            channels = len(frame.layout.channels)
+            if channels == 1:
+                return [data]
+            if channels == 2:
+                # (L+R)/sqrt(2): aiortc's Opus encoder spreads mono to both channels at -3 dB,
+                # so this gives back the sender's level.
+                pairs = data.reshape(-1, 2).astype(np.float32)
+                mono = (pairs[:, 0] + pairs[:, 1]) * np.float32(0.70710677)
+                return [np.clip(mono, -32768, 32767).astype(np.int16)]
+        if self._resampler is None:
+            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        return [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]

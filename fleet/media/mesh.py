@@ -1,0 +1,406 @@
+"""One participant's full mesh: one aiortc peer connection per remote participant.
+
+Signalling is the caller's (fleet.participant): it hands SDP strings in and out. The
+newcomer offers to every member already there (`create_offer`), members answer
+(`accept_offer`), the offerer completes with `accept_answer`. ICE is vanilla: candidates
+are gathered inside setLocalDescription and travel in the SDP.
+
+Per peer, from both sides' declared capabilities:
+- codecs: the intersection, in each side's own preference order (Opus, then G.711);
+  none in common is refused before any SDP goes out;
+- direction: we send only if we have a mic and the peer a speaker, receive only if we
+  have a speaker and the peer a mic; a link with neither is "inactive" but still set up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import av
+from aiortc import (
+    MediaStreamTrack,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from aiortc.jitterbuffer import JitterBuffer
+from aiortc.mediastreams import MediaStreamError
+
+from fleet.media import sdp
+from fleet.media.config import (
+    AIORTC_JITTER_FRAMES,
+    CODEC_MIME,
+    CODECS,
+    MediaConfig,
+    known_codecs,
+)
+from fleet.media.errors import MediaError, MediaNotSupported
+from fleet.media.frames import Normalizer, make_frame, scale
+from fleet.media.sinks import AudioSink
+from fleet.media.stats import PeerCounters, peer_stats
+from fleet.protocol.messages import Capabilities, PeerAudioStats
+
+__all__ = ["MediaError", "MediaMesh", "MediaNotSupported"]
+
+log = logging.getLogger(__name__)
+
+SourceFor = Callable[[str], MediaStreamTrack | None]
+# A peer that declared nothing is taken for a full audio device with the platform's codecs.
+UNDECLARED = Capabilities(audio=True, mic=True, speaker=True, codecs=list(CODECS))
+DIRECTIONS = {
+    (True, True): "sendrecv",
+    (True, False): "sendonly",
+    (False, True): "recvonly",
+    (False, False): "inactive",
+}
+
+
+class MicGate(MediaStreamTrack):
+    """Passes its source's frames, or silence of the same shape while the mic is off:
+    muting keeps the stream (and its RTP timing) going, as a muted phone does."""
+
+    kind = "audio"
+
+    def __init__(self, inner: MediaStreamTrack, is_on: Callable[[], bool]) -> None:
+        super().__init__()
+        self.inner = inner
+        self._is_on = is_on
+
+    async def recv(self) -> av.AudioFrame:
+        frame = await self.inner.recv()
+        if self._is_on():
+            return frame
+        silent = av.AudioFrame(
+            format=frame.format.name, layout=frame.layout.name, samples=frame.samples
+        )
+        for plane in silent.planes:
+            plane.update(bytes(plane.buffer_size))
+        silent.sample_rate = frame.sample_rate
+        silent.pts = frame.pts
+        silent.time_base = frame.time_base
+        return silent
+
+    def stop(self) -> None:
+        super().stop()
+        self.inner.stop()
+
+
+@dataclass(eq=False)
+class Peer:
+    id: str
+    pc: RTCPeerConnection
+    transceiver: RTCRtpTransceiver
+    send: bool
+    recv: bool
+    created: float = field(default_factory=time.monotonic)
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    send_codec: str | None = None
+    recv_codec: str | None = None
+    counters: PeerCounters = field(default_factory=PeerCounters)
+    normalizer: Normalizer = field(default_factory=Normalizer)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    sink_failed: bool = False
+
+
+class MediaMesh:
+    def __init__(
+        self,
+        config: MediaConfig,
+        source_for: SourceFor,
+        sink: AudioSink,
+        on_peer_failed: Callable[[str, MediaError], None] | None = None,
+    ) -> None:
+        """`source_for(peer)` gives the track to send to that peer (None: send nothing);
+        `sink` gets every peer's decoded audio and is closed with the mesh;
+        `on_peer_failed(peer, error)` hears of a peer that did not connect in time or
+        whose connection failed later (it is removed from the mesh)."""
+        self.config = config
+        self.source_for = source_for
+        self.sink = sink
+        self.on_peer_failed = on_peer_failed
+        self.failures: dict[str, MediaError] = {}
+        self._peers: dict[str, Peer] = {}
+        self._mic = True
+        self._gain = 1.0
+        self._closed = False
+        self._caps = {c.mimeType.lower(): c for c in RTCRtpSender.getCapabilities("audio").codecs}
+
+    # --- negotiation --------------------------------------------------------------------------
+    async def create_offer(self, peer: str, peer_caps: Capabilities | None) -> str:
+        entry = await self._new_peer(peer, peer_caps)
+        try:
+            await entry.pc.setLocalDescription(await entry.pc.createOffer())
+            self._still_current(entry)
+            offer = entry.pc.localDescription.sdp
+            sdp.require_candidates(offer)
+        except Exception as exc:
+            await self._drop(entry)
+            raise _media_error(f"cannot offer to {peer}", exc) from exc
+        self._watch(entry)
+        return offer
+
+    async def accept_offer(self, peer: str, peer_caps: Capabilities | None, sdp_text: str) -> str:
+        remote = sdp.parse_remote(peer, sdp_text, "offer")
+        offered = sdp.codec_names(remote)
+        if not set(offered) & set(self.config.codecs):
+            raise MediaError(
+                f"no common codec with {peer}: its offer has {', '.join(offered) or 'none'}, "
+                f"we use {', '.join(self.config.codecs)}"
+            )
+        entry = await self._new_peer(peer, peer_caps)
+        try:
+            await entry.pc.setRemoteDescription(RTCSessionDescription(sdp_text, "offer"))
+            await entry.pc.setLocalDescription(await entry.pc.createAnswer())
+            self._still_current(entry)
+            answer = entry.pc.localDescription.sdp
+            sdp.require_candidates(answer)
+            self._negotiated(entry, answer, remote)
+        except Exception as exc:
+            await self._drop(entry)
+            raise _media_error(f"cannot answer {peer}", exc) from exc
+        self._watch(entry)
+        return answer
+
+    async def accept_answer(self, peer: str, sdp_text: str) -> None:
+        entry = self._peers.get(peer)
+        if entry is None or entry.pc.signalingState != "have-local-offer":
+            raise MediaError(f"answer from {peer}, to whom no offer is pending")
+        try:
+            remote = sdp.parse_remote(peer, sdp_text, "answer")
+            await entry.pc.setRemoteDescription(RTCSessionDescription(sdp_text, "answer"))
+            self._still_current(entry)
+            self._negotiated(entry, entry.pc.localDescription.sdp, remote)
+        except Exception as exc:
+            # A failed answer leaves nothing usable: drop the peer, the others keep going.
+            await self._drop(entry)
+            raise _media_error(f"cannot accept the answer from {peer}", exc) from exc
+
+    async def remove_peer(self, peer: str) -> None:
+        entry = self._peers.get(peer)
+        if entry is not None:
+            await self._drop(entry)
+        self.failures.pop(peer, None)
+
+    async def close(self) -> None:
+        """Close every peer connection and the sink. Sources given through source_for are
+        stopped by aiortc with their senders; a SharedSource is the caller's to stop."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.gather(*(self._drop(p) for p in list(self._peers.values())))
+        self.sink.close()
+
+    def peers(self) -> list[str]:
+        return sorted(self._peers)
+
+    async def wait_connected(self, peer: str | None = None, timeout: float | None = None) -> None:
+        """Until `peer` (or every current peer) is connected; MediaError if one fails or
+        `timeout` (default: config.connect_timeout_s) passes."""
+        timeout = self.config.connect_timeout_s if timeout is None else timeout
+        names = [peer] if peer is not None else self.peers()
+        try:
+            async with asyncio.timeout(timeout):
+                for name in names:
+                    while True:
+                        if name in self.failures:
+                            raise self.failures[name]
+                        entry = self._peers.get(name)
+                        if entry is None:
+                            raise MediaError(f"no peer {name!r} in this mesh")
+                        if entry.connected.is_set():
+                            break
+                        await asyncio.sleep(0.02)
+        except TimeoutError:
+            raise MediaError(f"peers {names} not connected within {timeout}s") from None
+
+    # --- controls -----------------------------------------------------------------------------
+    def set_mic(self, on: bool) -> None:
+        """Mute sends silence (the stream goes on); from the desired state's `mic`."""
+        self._mic = on
+
+    @property
+    def mic(self) -> bool:
+        return self._mic
+
+    def set_volume(self, volume: int) -> None:
+        """0..100, linear gain on what reaches the sink (the speaker)."""
+        if isinstance(volume, bool) or not isinstance(volume, int) or not 0 <= volume <= 100:
+            raise MediaError(f"volume must be an integer 0..100, got {volume!r}")
+        self.config.require_speaker()
+        self._gain = volume / 100
+
+    @property
+    def volume(self) -> int:
+        return round(self._gain * 100)
+
+    async def stats(self) -> list[PeerAudioStats]:
+        """Per-peer figures from aiortc's getStats, plus the received level since the last
+        call (the sink path's RMS)."""
+        out = []
+        for entry in list(self._peers.values()):
+            try:
+                report = await entry.pc.getStats()
+            except Exception as exc:  # a peer closing under us: skip it this round
+                log.debug("stats for %s unavailable: %s", entry.id, exc)
+                continue
+            out.append(peer_stats(entry.id, report, entry, time.monotonic()))
+        return out
+
+    # --- internals ----------------------------------------------------------------------------
+    async def _new_peer(self, peer: str, caps: Capabilities | None) -> Peer:
+        if self._closed:
+            raise MediaError("this mesh is closed")
+        old = self._peers.get(peer)
+        if old is not None:  # a new offer for a known peer replaces its connection
+            await self._drop(old)
+        self.failures.pop(peer, None)
+        remote = caps if caps is not None else UNDECLARED
+        send = self.config.mic and remote.audio and remote.speaker
+        recv = self.config.speaker and remote.audio and remote.mic
+        codecs = self._common_codecs(peer, remote) if (send or recv) else []
+        track = self.source_for(peer) if send else None
+        send = send and track is not None
+        pc = RTCPeerConnection(self.config.rtc_configuration())
+        try:
+            gate = MicGate(track, lambda: self._mic) if track is not None else None
+            transceiver = pc.addTransceiver(gate or "audio", direction=DIRECTIONS[send, recv])
+            if self.config.jitter_frames != AIORTC_JITTER_FRAMES:
+                set_jitter_frames(transceiver, self.config.jitter_frames)
+            if codecs:
+                transceiver.setCodecPreferences([self._caps[CODEC_MIME[c].lower()] for c in codecs])
+        except BaseException:
+            await pc.close()
+            if track is not None:
+                track.stop()
+            raise
+        entry = Peer(peer, pc, transceiver, send, recv)
+        pc.on("connectionstatechange", lambda: self._state_changed(entry))
+        self._peers[peer] = entry
+        return entry
+
+    def _common_codecs(self, peer: str, remote: Capabilities) -> list[str]:
+        theirs = known_codecs(remote.codecs) if remote.codecs else list(CODECS)
+        common = [c for c in self.config.codecs if c in theirs]
+        if not common:
+            raise MediaError(
+                f"no common codec with {peer}: we use {', '.join(self.config.codecs)}, "
+                f"it declares {', '.join(remote.codecs) or 'none we know'}"
+            )
+        return common
+
+    def _negotiated(
+        self, entry: Peer, local_sdp: str, remote: sdp.aiortc_sdp.SessionDescription
+    ) -> None:
+        local = sdp.codec_names(sdp.parse_own(local_sdp))
+        entry.send_codec, entry.recv_codec = sdp.negotiated(local, sdp.codec_names(remote))
+        direction = entry.transceiver.currentDirection
+        entry.send = direction in ("sendonly", "sendrecv")
+        entry.recv = direction in ("recvonly", "sendrecv")
+        track = entry.transceiver.receiver.track
+        if entry.recv and track is not None:
+            entry.tasks.append(asyncio.create_task(self._read(entry, track)))
+
+    def _still_current(self, entry: Peer) -> None:
+        if self._peers.get(entry.id) is not entry:
+            raise MediaError(f"peer {entry.id} left during negotiation")
+
+    async def _read(self, entry: Peer, track: MediaStreamTrack) -> None:
+        """Decoded frames of one peer → 48 kHz mono → volume → level → sink."""
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            try:
+                for data in entry.normalizer(frame):
+                    data = scale(data, self._gain)
+                    pts = entry.counters.samples  # the frame's start in this peer's stream
+                    entry.counters.add_audio(data)
+                    self.sink.on_frame(entry.id, make_frame(data, pts))
+            except Exception:  # a broken sink or frame must not stop the audio (or others')
+                if not entry.sink_failed:
+                    entry.sink_failed = True
+                    log.exception("audio from %s could not be delivered", entry.id)
+
+    def _watch(self, entry: Peer) -> None:
+        entry.tasks.append(asyncio.create_task(self._watchdog(entry)))
+
+    async def _watchdog(self, entry: Peer) -> None:
+        timeout = self.config.connect_timeout_s
+        try:
+            await asyncio.wait_for(entry.connected.wait(), timeout)
+        except TimeoutError:
+            await self._fail(
+                entry,
+                MediaError(
+                    f"peer {entry.id}: not connected within {timeout:g}s "
+                    f"(ICE {entry.pc.iceConnectionState}, signalling {entry.pc.signalingState})"
+                ),
+            )
+
+    def _state_changed(self, entry: Peer) -> None:
+        state = entry.pc.connectionState
+        if state == "connected":
+            entry.connected.set()
+        elif state == "failed" and self._peers.get(entry.id) is entry:
+            error = MediaError(f"peer {entry.id}: connection failed (ICE or DTLS)")
+            entry.tasks.append(asyncio.ensure_future(self._fail(entry, error)))
+        elif state == "closed" and self._peers.get(entry.id) is entry:
+            # aiortc closes a connection whose remote closed DTLS: the peer went away.
+            log.info("peer %s closed its connection", entry.id)
+            entry.tasks.append(asyncio.ensure_future(self._drop(entry)))
+
+    async def _fail(self, entry: Peer, error: MediaError) -> None:
+        if self._peers.get(entry.id) is not entry:
+            return
+        log.warning("%s", error)
+        # Out of the mesh and reported at once; closing the connection can take a while.
+        self.failures[entry.id] = error
+        del self._peers[entry.id]
+        if self.on_peer_failed is not None:
+            try:
+                self.on_peer_failed(entry.id, error)
+            except Exception:  # the caller's bug must not kill this task silently
+                log.exception("on_peer_failed(%s) raised", entry.id)
+        await self._drop(entry)
+
+    async def _drop(self, entry: Peer) -> None:
+        if self._peers.get(entry.id) is entry:
+            del self._peers[entry.id]
+        current = asyncio.current_task()
+        for task in entry.tasks:
+            if task is not current:
+                task.cancel()
+        with contextlib.suppress(Exception):
+            await entry.pc.close()
+        for task in entry.tasks:
+            if task is not current:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+
+def set_jitter_frames(transceiver: RTCRtpTransceiver, frames: int) -> None:
+    """Swap aiortc's audio jitter buffer (capacity 16, prefetch 4, fixed in RTCRtpReceiver's
+    constructor, no setting) for one with `frames` prefetch, before any packet arrives.
+    aiortc is pinned (1.16.0); a version without the attribute is refused, not ignored."""
+    attr = "_RTCRtpReceiver__jitter_buffer"
+    receiver = transceiver.receiver
+    if not isinstance(getattr(receiver, attr, None), JitterBuffer):
+        raise MediaError(
+            f"this aiortc has no jitter buffer to tune; leave jitter_frames at "
+            f"{AIORTC_JITTER_FRAMES}"
+        )
+    setattr(receiver, attr, JitterBuffer(capacity=16, prefetch=frames))
+
+
+def _media_error(what: str, exc: Exception) -> MediaError:
+    """Our own errors already say what and who; aiortc's get the context added."""
+    if isinstance(exc, MediaError):
+        return exc
+    return MediaError(f"{what}: {type(exc).__name__}: {exc}")

@@ -1,0 +1,73 @@
+"""Checks on SDP going out and coming in, before aiortc acts on it.
+
+aiortc parses almost anything ("garbage" is a valid session with no media), so a remote
+description is checked here first; and aiortc gathers no host candidates on a machine
+with only loopback (aioice skips 127.0.0.1 and ::1), which would leave a connection in
+"new" for ever: our own description is checked for candidates.
+"""
+
+from __future__ import annotations
+
+from aiortc import sdp as aiortc_sdp
+
+from fleet.media.errors import MediaError
+
+MAX_SDP_BYTES = 32 * 1024  # as the signalling model (fleet.protocol.messages.Sdp)
+
+
+def parse_remote(peer: str, text: str, kind: str) -> aiortc_sdp.SessionDescription:
+    """The peer's offer or answer, or MediaError saying what is wrong with it."""
+    what = f"{kind} from {peer}"
+    if not isinstance(text, str) or not text.strip():
+        raise MediaError(f"bad SDP {what}: empty")
+    if len(text.encode()) > MAX_SDP_BYTES:
+        raise MediaError(f"bad SDP {what}: larger than {MAX_SDP_BYTES} bytes")
+    if not text.lstrip().startswith("v=0"):
+        raise MediaError(f"bad SDP {what}: does not start with v=0")
+    try:
+        description = aiortc_sdp.SessionDescription.parse(text)
+    except Exception as exc:  # aiortc's parser fails with assorted errors (even AssertionError)
+        raise MediaError(f"bad SDP {what}: unparsable ({type(exc).__name__}: {exc})") from exc
+    kinds = [m.kind for m in description.media]
+    if kinds.count("audio") != 1 or set(kinds) - {"audio", "application"}:
+        raise MediaError(f"bad SDP {what}: expected one audio section, got {kinds or 'none'}")
+    for media in description.media:
+        if not media.ice.usernameFragment or not media.ice.password:
+            raise MediaError(f"bad SDP {what}: no ICE credentials")
+        if not media.dtls or not media.dtls.fingerprints:
+            raise MediaError(f"bad SDP {what}: no DTLS fingerprint")
+    if not any(m.ice_candidates for m in description.media):
+        raise MediaError(
+            f"bad SDP {what}: no ICE candidates (the peer's host has no usable "
+            "network interface besides loopback?)"
+        )
+    return description
+
+
+def parse_own(text: str) -> aiortc_sdp.SessionDescription:
+    return aiortc_sdp.SessionDescription.parse(text)
+
+
+def require_candidates(text: str) -> None:
+    if "\na=candidate:" not in text:
+        raise MediaError(
+            "no ICE candidates: this host (or network namespace) has no network interface "
+            "besides loopback, and aioice does not use loopback addresses; give it an "
+            "interface with an address (even a dummy one) or configure a TURN server"
+        )
+
+
+def codec_names(description: aiortc_sdp.SessionDescription) -> list[str]:
+    audio = next(m for m in description.media if m.kind == "audio")
+    return [c.name.lower() for c in audio.rtp.codecs]
+
+
+def negotiated(local: list[str], remote: list[str]) -> tuple[str | None, str | None]:
+    """(codec we send, codec we receive) from both descriptions' codec lists.
+
+    aiortc sends with its first codec, which is the first of its own list present in the
+    other side's list; each side's list is in its preference order.
+    """
+    send = next((c for c in local if c in remote), None)
+    recv = next((c for c in remote if c in local), None)
+    return send, recv
