@@ -12,7 +12,7 @@ dev=0
 runtime_pkgs=(python3-venv)
 # The test suite runs a real Mosquitto and builds the firmware core (gcc, clang/libFuzzer,
 # cJSON, libmosquitto): the firmware's own list is the source of truth for those.
-dev_pkgs=(mosquitto)
+dev_pkgs=(mosquitto iproute2)
 if [ "$dev" = 1 ]; then
     mapfile -t fw_pkgs < <(grep -v '^\s*#' firmware/host/DEPENDENCIES | grep -v '^\s*$')
     dev_pkgs+=("${fw_pkgs[@]}")
