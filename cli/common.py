@@ -57,6 +57,10 @@ PrefixOpt = Annotated[
     str | None,
     typer.Option("--prefix", envvar="FLEET_PREFIX", help="Topic root.", show_default="fleet/v1"),
 ]
+IceServerOpt = Annotated[
+    list[str] | None,
+    typer.Option(help="STUN/TURN server URL for the audio (repeatable); default: none."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 TimeoutOpt = Annotated[
     float,

@@ -13,6 +13,7 @@ from rich.table import Table
 from cli.common import (
     BrokerOpt,
     Exit,
+    IceServerOpt,
     JsonOpt,
     PrefixOpt,
     api_request,
@@ -163,9 +164,7 @@ def agent_join(
     duration: Annotated[
         float | None, typer.Option(min=0.1, help="Leave after this many seconds.")
     ] = None,
-    ice_server: Annotated[
-        list[str] | None, typer.Option(help="STUN/TURN URL (repeatable); default none.")
-    ] = None,
+    ice_server: IceServerOpt = None,
     broker: BrokerOpt = None,
     prefix: PrefixOpt = None,
 ) -> None:

@@ -14,6 +14,7 @@ from broker.credentials import CredentialStore, default_credentials_path
 from cli.common import (
     BrokerOpt,
     Exit,
+    IceServerOpt,
     PrefixOpt,
     connection,
     console,
@@ -158,9 +159,7 @@ def sim(
     ] = None,
     mic: Annotated[bool, typer.Option(help="The devices have a microphone.")] = True,
     speaker: Annotated[bool, typer.Option(help="The devices have a speaker.")] = True,
-    ice_server: Annotated[
-        list[str] | None, typer.Option(help="STUN/TURN URL (repeatable); default none.")
-    ] = None,
+    ice_server: IceServerOpt = None,
     broker: BrokerOpt = None,
     prefix: PrefixOpt = None,
 ) -> None:

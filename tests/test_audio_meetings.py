@@ -5,6 +5,9 @@ through the meeting server and talk through aiortc; what each hears is checked b
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -13,8 +16,10 @@ from running import controller, operator, register_devices, sim_fleet, wait_for
 
 from fleet.agents import EchoAgent, RecorderAgent
 from fleet.agents.runner import agent_in_room
+from fleet.client import FleetClient
+from fleet.controller.service import Controller
 from fleet.device.audio import AudioMeetingDriver, AudioProfile, audio_drivers, tone_for
-from fleet.device.sim import SimFleet
+from fleet.device.sim import MeetingDriver, SimFleet, device_ids
 from fleet.media.analysis import hears
 from fleet.media.config import MediaConfig
 from fleet.media.sinks import CaptureSink, FanoutSink
@@ -25,6 +30,42 @@ from fleet.protocol import decode, encode
 from fleet.protocol.messages import ApiOp, ApiRequest, DeviceOutcome, MeetOffer, Telemetry
 
 pytestmark = pytest.mark.timeout(120)
+
+
+@dataclass
+class Meeting:
+    ctl: Controller
+    fleet: SimFleet
+    op: FleetClient
+    ids: list[str]
+
+    @property
+    def drivers(self) -> dict[str, AudioMeetingDriver]:
+        return drivers(self.fleet)
+
+
+@contextlib.asynccontextmanager
+async def meeting(
+    handle: BrokerHandle,
+    tmp_path: Path,
+    count: int,
+    factory: Callable[[str], MeetingDriver] | None = None,
+) -> AsyncIterator[Meeting]:
+    """A controller, `count` simulated devices with real audio (their own tones unless
+    `factory` says otherwise) and an operator client."""
+    secrets = register_devices(handle, count)
+    ids = list(secrets)
+    async with (
+        controller(handle, tmp_path / "ctl.db") as ctl,
+        sim_fleet(handle, secrets, driver_factory=factory or audio_drivers(ids)) as fleet,
+        operator(handle) as op,
+    ):
+        yield Meeting(ctl, fleet, op, ids)
+
+
+def tones(count: int) -> dict[str, float]:
+    """Each simulated device's tone, as audio_drivers assigns them."""
+    return {device_id: tone_for(n) for n, device_id in enumerate(device_ids(count))}
 
 
 def drivers(fleet: SimFleet) -> dict[str, AudioMeetingDriver]:
@@ -44,14 +85,9 @@ def heard_pids(driver: AudioMeetingDriver, freqs: dict[str, float]) -> set[str]:
 async def test_three_devices_each_hear_the_other_two_and_not_themselves(
     amqtt_broker: BrokerHandle, tmp_path: Path
 ) -> None:
-    secrets = register_devices(amqtt_broker, 3)
-    ids = list(secrets)
-    freqs = {device_id: tone_for(n) for n, device_id in enumerate(ids)}
-    async with (
-        controller(amqtt_broker, tmp_path / "ctl.db") as ctl,
-        sim_fleet(amqtt_broker, secrets, driver_factory=audio_drivers(ids)) as fleet,
-        operator(amqtt_broker) as op,
-    ):
+    freqs = tones(3)
+    async with meeting(amqtt_broker, tmp_path, 3) as m:
+        ctl, fleet, op, ids = m.ctl, m.fleet, m.op, m.ids
         result = await op.request(ApiOp.JOIN_ALL, ApiRequest(room="standup", timeout_s=20))
         assert result.ok, result
         assert {d.outcome for d in result.devices} == {DeviceOutcome.CONVERGED}
@@ -104,12 +140,8 @@ def agent_url(handle: BrokerHandle, pid: str) -> BrokerUrl:
 async def test_echo_agent_returns_a_device_its_own_tone(
     amqtt_broker: BrokerHandle, tmp_path: Path
 ) -> None:
-    secrets = register_devices(amqtt_broker, 1)
-    async with (
-        controller(amqtt_broker, tmp_path / "ctl.db"),
-        sim_fleet(amqtt_broker, secrets, driver_factory=audio_drivers(list(secrets))) as fleet,
-        operator(amqtt_broker) as op,
-    ):
+    async with meeting(amqtt_broker, tmp_path, 1) as m:
+        fleet, op = m.fleet, m.op
         assert (await op.request(ApiOp.JOIN_ALL, ApiRequest(room="echo-test"))).ok
         async with agent_in_room(
             agent_url(amqtt_broker, "agent-echo"),
@@ -132,14 +164,9 @@ async def test_echo_agent_returns_a_device_its_own_tone(
 async def test_recorder_agent_writes_every_participants_tone(
     amqtt_broker: BrokerHandle, tmp_path: Path
 ) -> None:
-    secrets = register_devices(amqtt_broker, 2)
-    ids = list(secrets)
     recorder = RecorderAgent(tmp_path / "rec")
-    async with (
-        controller(amqtt_broker, tmp_path / "ctl.db"),
-        sim_fleet(amqtt_broker, secrets, driver_factory=audio_drivers(ids)),
-        operator(amqtt_broker) as op,
-    ):
+    async with meeting(amqtt_broker, tmp_path, 2) as m:
+        op, ids = m.op, m.ids
         assert (await op.request(ApiOp.JOIN_ALL, ApiRequest(room="rec"))).ok
         async with agent_in_room(
             agent_url(amqtt_broker, "agent-rec"),
@@ -172,16 +199,12 @@ async def test_recorder_agent_writes_every_participants_tone(
 async def test_a_pcmu_only_device_talks_with_an_opus_device(
     amqtt_broker: BrokerHandle, tmp_path: Path
 ) -> None:
-    secrets = register_devices(amqtt_broker, 2)
     factories = {
         "dev-1": lambda: _device_driver(tone_for(0), codecs=("pcmu",)),
         "dev-2": lambda: _device_driver(tone_for(1), codecs=("opus", "pcmu")),
     }
-    async with (
-        controller(amqtt_broker, tmp_path / "ctl.db"),
-        sim_fleet(amqtt_broker, secrets, driver_factory=lambda d: factories[d]()) as fleet,
-        operator(amqtt_broker) as op,
-    ):
+    async with meeting(amqtt_broker, tmp_path, 2, lambda d: factories[d]()) as m:
+        fleet, op = m.fleet, m.op
         assert (await op.request(ApiOp.JOIN_ALL, ApiRequest(room="g711"))).ok
         by_id = drivers(fleet)
         freqs = {"dev-1": tone_for(0), "dev-2": tone_for(1)}
@@ -201,16 +224,12 @@ async def test_a_pcmu_only_device_talks_with_an_opus_device(
 async def test_a_send_only_device_is_heard_but_sent_nothing(
     amqtt_broker: BrokerHandle, tmp_path: Path
 ) -> None:
-    secrets = register_devices(amqtt_broker, 2)
     factories = {
         "dev-1": lambda: _device_driver(tone_for(0), speaker=False),  # a mic, no speaker
         "dev-2": lambda: _device_driver(tone_for(1)),
     }
-    async with (
-        controller(amqtt_broker, tmp_path / "ctl.db"),
-        sim_fleet(amqtt_broker, secrets, driver_factory=lambda d: factories[d]()) as fleet,
-        operator(amqtt_broker) as op,
-    ):
+    async with meeting(amqtt_broker, tmp_path, 2, lambda d: factories[d]()) as m:
+        fleet, op = m.fleet, m.op
         assert (await op.request(ApiOp.JOIN_ALL, ApiRequest(room="one-way"))).ok
         by_id = drivers(fleet)
         await wait_for(
@@ -229,17 +248,14 @@ async def test_a_send_only_device_is_heard_but_sent_nothing(
 async def test_garbage_sdp_to_a_device_breaks_nothing(
     amqtt_broker: BrokerHandle, tmp_path: Path
 ) -> None:
-    secrets = register_devices(amqtt_broker, 2)
-    ids = list(secrets)
-    freqs = {device_id: tone_for(n) for n, device_id in enumerate(ids)}
+    freqs = tones(2)
     async with (
-        controller(amqtt_broker, tmp_path / "ctl.db"),
-        sim_fleet(amqtt_broker, secrets, driver_factory=audio_drivers(ids)) as fleet,
-        operator(amqtt_broker) as op,
+        meeting(amqtt_broker, tmp_path, 2) as m,
         participant_link(
             agent_url(amqtt_broker, "mallory"), "mallory", amqtt_broker.topics
         ) as mallory,
     ):
+        fleet, op = m.fleet, m.op
         assert (await op.request(ApiOp.JOIN_ALL, ApiRequest(room="standup"))).ok
         by_id = drivers(fleet)
         await wait_for(
@@ -263,13 +279,8 @@ async def test_garbage_sdp_to_a_device_breaks_nothing(
 async def test_mic_from_the_desired_state_mutes_and_unmutes(
     amqtt_broker: BrokerHandle, tmp_path: Path
 ) -> None:
-    secrets = register_devices(amqtt_broker, 2)
-    ids = list(secrets)
-    async with (
-        controller(amqtt_broker, tmp_path / "ctl.db"),
-        sim_fleet(amqtt_broker, secrets, driver_factory=audio_drivers(ids)) as fleet,
-        operator(amqtt_broker) as op,
-    ):
+    async with meeting(amqtt_broker, tmp_path, 2) as m:
+        fleet, op = m.fleet, m.op
         muted = await op.request(ApiOp.JOIN, ApiRequest(device="dev-1", room="r", mic=False))
         assert muted.ok
         assert (await op.request(ApiOp.JOIN, ApiRequest(device="dev-2", room="r"))).ok
@@ -297,13 +308,8 @@ async def test_mic_from_the_desired_state_mutes_and_unmutes(
 async def test_peer_stats_go_into_the_devices_telemetry(
     amqtt_broker: BrokerHandle, tmp_path: Path
 ) -> None:
-    secrets = register_devices(amqtt_broker, 2)
-    ids = list(secrets)
-    async with (
-        controller(amqtt_broker, tmp_path / "ctl.db"),
-        sim_fleet(amqtt_broker, secrets, driver_factory=audio_drivers(ids)) as fleet,
-        operator(amqtt_broker) as op,
-    ):
+    async with meeting(amqtt_broker, tmp_path, 2) as m:
+        fleet, op = m.fleet, m.op
         assert (await op.request(ApiOp.JOIN_ALL, ApiRequest(room="stats"))).ok
         dev = fleet["dev-1"]
         await wait_for(
