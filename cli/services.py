@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -23,11 +24,18 @@ from cli.common import (
 )
 from fleet.client import FleetClient
 from fleet.controller.service import Controller
+from fleet.device.bulk import BulkFleet
 from fleet.device.sim import SimFleet, device_ids
 from fleet.protocol import is_valid_id
 from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult
 from fleet.settings import load_settings
 from fleet.stack import StackConfig, free_port, running_stack
+
+
+class SimEngine(StrEnum):
+    BULK = "bulk"
+    AIOMQTT = "aiomqtt"
+
 
 HomeOpt = Annotated[
     Path | None,
@@ -130,6 +138,13 @@ def sim(
     tele_interval: Annotated[
         float, typer.Option(min=0.5, help="Telemetry period, seconds.")
     ] = 10.0,
+    engine: Annotated[
+        SimEngine,
+        typer.Option(
+            help="bulk: plain paho clients on one loop (thousands per process); "
+            "aiomqtt: one aiomqtt client per device, as `fleet up` runs them."
+        ),
+    ] = SimEngine.BULK,
     broker: BrokerOpt = None,
     prefix: PrefixOpt = None,
 ) -> None:
@@ -150,10 +165,14 @@ def sim(
     else:
         store = CredentialStore(creds or default_credentials_path())
         device_secrets = store.add_devices(ids, groups=_groups(group), replace=True)
-    fleet = SimFleet(
+    fleet_type = BulkFleet if engine is SimEngine.BULK else SimFleet
+    fleet = fleet_type(
         url, device_secrets, topics, groups=_groups(group), tele_interval_s=tele_interval
     )
-    console.print(f"{devices} simulated devices on {url.redacted()}", highlight=False)
+    console.print(
+        f"{devices} simulated devices on {url.redacted()} ({engine.value} engine)",
+        highlight=False,
+    )
     run_service(fleet.run())
 
 
