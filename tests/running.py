@@ -12,6 +12,7 @@ from brokers import BrokerHandle
 from broker.credentials import Role
 from fleet.client import FleetClient
 from fleet.controller.service import Controller
+from fleet.device.bulk import BulkFleet
 from fleet.device.sim import DeviceConfig, SimFleet, SimulatedDevice, device_ids
 from fleet.mqtt import BrokerUrl
 
@@ -75,9 +76,12 @@ async def sim_fleet(
     secrets: dict[str, str],
     groups: Sequence[str] = (),
     tele_interval_s: float = 30.0,
-) -> AsyncIterator[SimFleet]:
+    engine: str = "aiomqtt",
+) -> AsyncIterator[SimFleet | BulkFleet]:
+    """Simulated devices; engine "bulk" is `fleet sim`'s default (fleet/device/bulk.py)."""
     base = BrokerUrl.parse(f"mqtt://{handle.host}:{handle.port}")
-    fleet = SimFleet(base, secrets, handle.topics, groups=groups, tele_interval_s=tele_interval_s)
+    fleet_type = BulkFleet if engine == "bulk" else SimFleet
+    fleet = fleet_type(base, secrets, handle.topics, groups=groups, tele_interval_s=tele_interval_s)
     part = Part(fleet.run(), "sim-fleet")
     try:
         await fleet.wait_connected(30)

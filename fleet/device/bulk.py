@@ -56,6 +56,7 @@ KEEPALIVE_CHECK_S = 1.0  # paho's loop_misc: PINGREQ when due, drop a silent bro
 TELEMETRY_TICK_S = 0.1
 STATE_TS_REUSE_S = 0.5  # an encoded state is shared only while its `ts` is this fresh
 CACHE_ENTRIES = 1024
+GOODBYE_TIMEOUT_S = 2.0  # as run_link's on_close: best effort, the device is going anyway
 
 Handler = Callable[[], Coroutine[Any, Any, None]]
 
@@ -114,8 +115,9 @@ class BulkDevice(SimulatedDevice):
 class BulkLink:
     """What SimulatedDevice uses of aiomqtt.Client, on a paho client this fleet drives.
 
-    publish() does not wait for the PUBACK (paho still tracks and resends QoS 1);
-    subscribe() and unsubscribe() wait for the broker's answer.
+    Like aiomqtt, publish() at QoS 1 waits for the PUBACK and subscribe() and
+    unsubscribe() for the broker's answer. The device's hot path (state, acks,
+    telemetry) does not come here: it uses publish_nowait on `_client`.
     """
 
     def __init__(self, client: paho.Client, conn: _Conn) -> None:
@@ -125,7 +127,9 @@ class BulkLink:
     async def publish(
         self, topic: str, payload: bytes, qos: int = 0, retain: bool = False, **_: Any
     ) -> None:
-        publish_nowait(cast("aiomqtt.Client", self), topic, payload, qos, retain)
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if qos > 0 or info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            await self._conn.answer(info.rc, info.mid)
 
     async def subscribe(self, topics: list[tuple[str, int]], *_: Any, **__: Any) -> Any:
         rc, mid = self._client.subscribe(topics)
@@ -148,6 +152,7 @@ class _Conn:
         self.waiters: dict[int, asyncio.Future[Any]] = {}
         self.ready: asyncio.Future[None] | None = None  # resolved when booted or failed
         self.writer = False  # a selector writer is registered (kernel buffer was full)
+        self.leaving = False  # saying goodbye: inbound messages are no longer handled
         self.delay = RECONNECT_FIRST_S
 
     def answer(self, rc: MQTTErrorCode, mid: int | None) -> asyncio.Future[Any]:
@@ -247,7 +252,7 @@ class BulkFleet:
                 tg.create_task(self._keepalive(), name="bulk-keepalive")
                 tg.create_task(self._telemetry(), name="bulk-telemetry")
         finally:
-            self._close_all()
+            await self._close_all()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -294,13 +299,15 @@ class BulkFleet:
             client.ws_set_options(path=self.url.path)
         client.on_connect = self._on_connack
         client.on_message = self._on_message
-        client.on_subscribe = self._on_suback
-        client.on_unsubscribe = self._on_suback
+        client.on_subscribe = self._on_answer
+        client.on_unsubscribe = self._on_answer
+        client.on_publish = self._on_answer
         client.on_disconnect = self._on_disconnect
         client.on_socket_close = self._on_socket_close
         conn.client = client
         conn.link = BulkLink(client, conn)
         conn.ready = self._loop.create_future()
+        conn.leaving = False
         # The TCP (and TLS, WebSocket) handshake and CONNECT block: off the loop thread.
         await self._loop.run_in_executor(
             None, partial(client.connect, self.url.host, self.url.port, KEEPALIVE_S)
@@ -343,7 +350,8 @@ class BulkFleet:
         if conn.ready is not None and not conn.ready.done():
             conn.ready.set_result(None)
 
-    def _on_suback(self, client: paho.Client, conn: _Conn, mid: int, codes: Any, _p: Any) -> None:
+    def _on_answer(self, client: paho.Client, conn: _Conn, mid: int, codes: Any, _p: Any) -> None:
+        """SUBACK, UNSUBACK, PUBACK (or a QoS 0 publish written): wake whoever waits on it."""
         fut = conn.waiters.pop(mid, None)
         if fut is not None and not fut.done():
             fut.set_result(codes)
@@ -364,7 +372,7 @@ class BulkFleet:
             self._on_disconnect(client, cast("_Conn", client.user_data_get()))
 
     def _on_message(self, client: paho.Client, conn: _Conn, message: paho.MQTTMessage) -> None:
-        if client is conn.client:
+        if client is conn.client and not conn.leaving:
             self._submit(conn, partial(conn.dev.handle, message.topic, message.payload))
 
     def _submit(self, conn: _Conn, handler: Handler) -> None:
@@ -439,11 +447,11 @@ class BulkFleet:
     def _on_disconnect(self, client: paho.Client, conn: _Conn, *_: Any) -> None:
         if client is not conn.client:
             return  # a connection this fleet already let go of (restart, shutdown)
-        was_up = conn.dev.connected.is_set()
+        was_up, leaving = conn.dev.connected.is_set(), conn.leaving
         self._drop(conn)
         if conn.ready is not None and not conn.ready.done():
             conn.ready.set_exception(aiomqtt.MqttError("connection lost while connecting"))
-        elif was_up and not self._closing:
+        elif was_up and not leaving and not self._closing:  # a reboot reconnects by itself
             log.info("%s: connection to %s lost; retrying", conn.dev.id, self.url.redacted())
             self._spawn(self._reconnect(conn, conn.delay * (0.5 + random.random())))
 
@@ -468,43 +476,43 @@ class BulkFleet:
         await asyncio.sleep(delay)
         await self._connect(conn)
 
-    def _goodbye(self, conn: _Conn) -> None:
-        """The graceful end: {"online": false} and DISCONNECT, flushed now, best effort."""
+    async def _goodbye(self, conn: _Conn) -> None:
+        """The graceful end, as run_link's: {"online": false} (PUBACK awaited), DISCONNECT."""
         client, link = conn.client, conn.link
         if client is None or link is None:
             return
-        conn.client = None  # what paho reports from here on is expected
+        conn.leaving = True
         try:
-            offline = conn.dev._publish_offline(cast("aiomqtt.Client", link))
-            try:
-                offline.send(None)
-            except StopIteration:
-                pass
-            else:  # BulkLink.publish never waits; should that change, do not hang here
-                offline.close()
-            client.disconnect()
-            client.loop_write()
-        except Exception as exc:  # the socket may be gone already
-            log.debug("%s: goodbye failed: %s", conn.dev.id, exc)
-        self._drop(conn)
+            async with asyncio.timeout(GOODBYE_TIMEOUT_S):
+                await conn.dev._publish_offline(cast("aiomqtt.Client", link))
+        except (TimeoutError, aiomqtt.MqttError) as exc:  # the connection may be gone already
+            log.debug("%s: no goodbye: %s", conn.dev.id, exc)
+        if conn.client is client:
+            self._drop(conn)  # what paho reports from here on is expected
+            client.disconnect()  # written by the next flush; paho then closes the socket
 
     def _restart(self, conn: _Conn, delay_s: float) -> None:
-        """A reboot: say goodbye, drop the connection, come back after `delay_s`."""
-        self._goodbye(conn)
+        """A reboot: stop handling messages, say goodbye, come back after `delay_s`."""
+        conn.leaving = True
         if not self._closing:
-            self._spawn(self._reconnect(conn, delay_s))
+            self._spawn(self._reboot(conn, delay_s))
 
-    def _close_all(self) -> None:
+    async def _reboot(self, conn: _Conn, delay_s: float) -> None:
+        await self._goodbye(conn)
+        await self._reconnect(conn, delay_s)
+
+    async def _close_all(self) -> None:
         self._closing = True
         for task in list(self._tasks):
             task.cancel()
+        goodbyes = []
         for conn in self._conns:
             if conn.client is not None and conn.dev.connected.is_set():
-                self._goodbye(conn)
+                goodbyes.append(self._goodbye(conn))
             elif conn.client is not None:
-                client = conn.client
-                self._drop(conn)
-                client.disconnect()
+                self._abandon(conn)
+        await asyncio.gather(*goodbyes)
+        self._flush()  # the DISCONNECTs, before the loop goes away
 
     # --- timers -------------------------------------------------------------------------------
     async def _keepalive(self) -> None:
