@@ -8,6 +8,7 @@ and tests/test_control_plane.py (engine "bulk").
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -17,9 +18,11 @@ from pathlib import Path
 from brokers import BrokerHandle, mqtt_client
 from running import controller, operator, register_devices, sim_fleet, wait_for
 
-from broker.credentials import Role
+from broker.credentials import CredentialStore, Role
+from broker.embedded import EmbeddedBroker
 from fleet.device.bulk import BulkFleet
-from fleet.mqtt import BrokerUrl
+from fleet.mqtt import BrokerUrl, make_client
+from fleet.protocol import Topics
 from fleet.protocol.messages import Ack, ApiOp, ApiRequest, State, Status, decode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,3 +166,42 @@ async def test_a_refused_login_is_retried_until_the_broker_lets_it_in(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_bulk_devices_over_tls_and_secure_websocket(
+    creds_store: CredentialStore, topic_prefix: str, tls_files: tuple[Path, Path]
+) -> None:
+    """mqtts:// and wss:// (paho's TLS socket and WebSocket wrapper buffer bytes the selector
+    cannot see): the devices connect, and a desired doc reaches them and their state back."""
+    cert, key = tls_files
+    topics = Topics(topic_prefix)
+    secrets = creds_store.add_devices(["dev-1", "dev-2"])
+    ops = creds_store.add("ops", Role.CONTROLLER)
+    async with EmbeddedBroker(
+        creds_store.path, port=0, ws_port=0, prefix=topic_prefix, certfile=cert, keyfile=key
+    ) as broker:
+        for url in (f"mqtts://127.0.0.1:{broker.port}", f"wss://127.0.0.1:{broker.ws_port}/"):
+            base = dataclasses.replace(BrokerUrl.parse(url), ca_file=str(cert))
+            fleet = BulkFleet(base, secrets, topics)
+            task = asyncio.create_task(fleet.run())
+            try:
+                await fleet.wait_connected(15)
+                async with make_client(
+                    dataclasses.replace(base.with_credentials("ops", ops), path="/"),
+                    client_id="bulk-tls-ops",
+                ) as ops_client:
+                    doc = {"rev": 3, "meeting": {"room": "secure"}}
+                    await ops_client.publish(
+                        topics.group_desired("all"), json.dumps(doc).encode(), qos=1, retain=True
+                    )
+                    devices = fleet.devices
+                    await wait_for(
+                        lambda devices=devices: all(
+                            d.meeting is not None and d.meeting.room == "secure" for d in devices
+                        ),
+                        what=f"devices in the room over {url}",
+                    )
+                    await ops_client.publish(topics.group_desired("all"), b"", qos=1, retain=True)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)

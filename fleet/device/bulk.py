@@ -37,7 +37,7 @@ import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from fleet.device.sim import DeviceConfig, SimulatedDevice
+from fleet.device.sim import DeviceConfig, MeetingDriver, SimulatedDevice
 from fleet.mqtt import (
     CONNECT_TIMEOUT_S,
     KEEPALIVE_S,
@@ -48,7 +48,14 @@ from fleet.mqtt import (
     publish_nowait,
 )
 from fleet.protocol import Topics, decode, encode
-from fleet.protocol.messages import Capabilities, Desired, State, Status
+from fleet.protocol.messages import (
+    Capabilities,
+    Desired,
+    MeetingIntent,
+    MeetingState,
+    State,
+    Status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,7 @@ KEEPALIVE_CHECK_S = 1.0  # paho's loop_misc: PINGREQ when due, drop a silent bro
 TELEMETRY_TICK_S = 0.1
 STATE_TS_REUSE_S = 0.5  # an encoded state is shared only while its `ts` is this fresh
 CACHE_ENTRIES = 1024
+RECV_CHUNK = 65536
 GOODBYE_TIMEOUT_S = 2.0  # as run_link's on_close: best effort, the device is going anyway
 
 Handler = Callable[[], Coroutine[Any, Any, None]]
@@ -67,6 +75,7 @@ class _Shared:
     def __init__(self) -> None:
         self.docs: dict[bytes, Desired] = {}
         self.states: dict[tuple[Any, ...], tuple[float, bytes]] = {}
+        self.rooms: dict[str, MeetingState] = {}  # frozen models: one per room will do
 
     def desired(self, payload: bytes) -> Desired:
         doc = self.docs.get(payload)
@@ -78,11 +87,26 @@ class _Shared:
         return doc
 
 
+class _SharedRooms(MeetingDriver):
+    """The plain driver (the state names the room), with one MeetingState per room."""
+
+    def __init__(self, shared: _Shared) -> None:
+        self._rooms = shared.rooms
+
+    async def join(self, intent: MeetingIntent) -> MeetingState:
+        state = self._rooms.get(intent.room)
+        if state is None:
+            if len(self._rooms) >= CACHE_ENTRIES:
+                self._rooms.clear()
+            state = self._rooms[intent.room] = await super().join(intent)
+        return state
+
+
 class BulkDevice(SimulatedDevice):
     """A SimulatedDevice with the plain meeting driver, sharing decode/encode work."""
 
     def __init__(self, config: DeviceConfig, url: BrokerUrl, topics: Topics, shared: _Shared):
-        super().__init__(config, url, topics)
+        super().__init__(config, url, topics, driver=_SharedRooms(shared))
         self._shared = shared
 
     def _decode_desired(self, payload: bytes) -> Desired:
@@ -110,6 +134,34 @@ class BulkDevice(SimulatedDevice):
             self._shared.states.clear()
         self._shared.states[key] = (now, payload)
         return payload
+
+
+class _BufferedClient(paho.Client):
+    """paho reads each packet with at least three recv() calls (type, length bytes, body);
+    one recv of whatever is waiting serves a burst of packets instead."""
+
+    _buf = b""
+    _pos = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._pos >= len(self._buf):
+            self._buf = super()._sock_recv(RECV_CHUNK)  # BlockingIOError when nothing waits
+            self._pos = 0
+            if not self._buf:
+                return b""  # the peer closed the connection
+        end = self._pos + bufsize
+        data = self._buf[self._pos : end]
+        self._pos = min(end, len(self._buf))
+        return data
+
+    def buffered(self) -> bool:
+        """Bytes read from the socket that paho has not consumed: the selector cannot see them."""
+        if self._sock is None:
+            return False
+        if self._pos < len(self._buf):
+            return True
+        pending = getattr(self._sock, "pending", None)  # TLS and WebSocket buffer too
+        return pending is not None and pending() > 0
 
 
 class BulkLink:
@@ -281,7 +333,7 @@ class BulkFleet:
 
     async def _open(self, conn: _Conn) -> None:
         dev = conn.dev
-        client = paho.Client(
+        client = _BufferedClient(
             CallbackAPIVersion.VERSION2,
             client_id=dev.id,
             protocol=paho.MQTTv311,
@@ -357,14 +409,11 @@ class BulkFleet:
             fut.set_result(codes)
 
     # --- reading and dispatching --------------------------------------------------------------
-    def _readable(self, client: paho.Client) -> None:
+    def _readable(self, client: _BufferedClient) -> None:
         try:
             client.loop_read()
-            sock = client.socket()
-            # TLS may hold decoded bytes the selector cannot see.
-            while sock is not None and getattr(sock, "pending", None) and sock.pending() > 0:
+            while client.buffered():
                 client.loop_read()
-                sock = client.socket()
         except Exception as exc:  # a broken transport (WebSocket framing...): reconnect
             log.info("%s: read failed: %s", client._client_id.decode(), exc)
             with contextlib.suppress(Exception):
