@@ -48,12 +48,24 @@ from fleet.protocol.messages import ApiOp, ApiRequest  # noqa: E402
 from fleet.stack import free_port  # noqa: E402
 
 FLEET = [sys.executable, "-m", "cli.main"]
+# At rest the parts only send telemetry and keep-alives; busier than this, they are
+# still catching up with something.
+IDLE_CORES = 0.35
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
 def raise_nofile() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (/proc/PID/stat fields 14 and 15).
+
+    Robust to other load on the machine, unlike the wall-clock figures.
+    """
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -82,6 +94,15 @@ class Procs:
         self.procs[name] = proc
         return proc.pid
 
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far per role: the controller (or `up`), all sims, the broker."""
+        use: dict[str, float] = {}
+        for name, proc in self.procs.items():
+            role = "sims" if name.startswith("sim") else name
+            role = role if role in ("sims", "mosquitto") else "controller"
+            use[role] = use.get(role, 0.0) + cpu_seconds(proc.pid)
+        return use
+
     def check(self) -> None:
         for name, proc in self.procs.items():
             if proc.returncode is not None:
@@ -99,6 +120,22 @@ class Procs:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+async def settle(procs: Procs, max_s: float = 60.0) -> dict[str, float]:
+    """Wait until the parts are idle (connect bursts, retained replays handled).
+
+    A request sent while the controller still works through a backlog waits behind it;
+    that is not fan-out time. Returns the parts' CPU use at rest, in cores.
+    """
+    deadline = time.monotonic() + max_s
+    while True:
+        before, t0 = procs.cpu(), time.monotonic()
+        await asyncio.sleep(0.5)
+        elapsed = time.monotonic() - t0
+        rate = {k: (v - before.get(k, 0.0)) / elapsed for k, v in procs.cpu().items()}
+        if sum(rate.values()) < IDLE_CORES or time.monotonic() > deadline:
+            return rate
 
 
 async def wait_port(port: int, procs: Procs, timeout: float = 30) -> None:
@@ -185,6 +222,7 @@ async def run(args: argparse.Namespace) -> None:
                 str(args.tele_interval),
                 "--broker",
                 f"mqtt://127.0.0.1:{port}",
+                *(["--engine", args.sim_engine] if args.sim_engine else []),
                 env=env,
             )
         async with FleetClient(operator, Topics(prefix)) as fleet:
@@ -196,13 +234,21 @@ async def run(args: argparse.Namespace) -> None:
                 f"{args.devices} devices online after {connect_s:.1f}s "
                 f"({args.sim_procs} sim process(es))"
             )
-            await asyncio.sleep(1.0)  # let the connection burst settle
+            rest = await settle(procs)
+            print(
+                "  at rest (telemetry every {}s, keep-alives), cores: {}".format(
+                    args.tele_interval, " ".join(f"{k}={v:.2f}" for k, v in sorted(rest.items()))
+                )
+            )
             times: list[float] = []
+            cpu_per_join: list[dict[str, float]] = []
             for i in range(args.rounds):
                 for op, request in (
                     (ApiOp.JOIN_ALL, ApiRequest(room=f"room-{i}", timeout_s=60)),
                     (ApiOp.LEAVE_ALL, ApiRequest(timeout_s=60)),
                 ):
+                    rest = await settle(procs)
+                    cpu0 = procs.cpu()
                     t0 = time.perf_counter()
                     seen: dict[str, float] = {}
 
@@ -218,12 +264,20 @@ async def run(args: argparse.Namespace) -> None:
                     elapsed = time.perf_counter() - t0
                     if not result.ok:
                         raise SystemExit(f"{op.value} did not converge: {result.detail}")
+                    # Net of what the parts burn at rest (telemetry, keep-alives) over the
+                    # same time: what the operation itself cost, however long it took.
+                    cpu = {
+                        k: v - cpu0.get(k, 0.0) - rest.get(k, 0.0) * elapsed
+                        for k, v in procs.cpu().items()
+                    }
                     if op is ApiOp.JOIN_ALL:
                         times.append(elapsed)
+                        cpu_per_join.append(cpu)
                     marks = " ".join(f"{k}={v:.2f}s" for k, v in seen.items())
+                    used = " ".join(f"{k}={v:.2f}" for k, v in sorted(cpu.items()))
                     print(
                         f"  {op.value:<9} rev {result.rev}: {result.detail} in {elapsed:.3f}s"
-                        f" (states on the wire: {marks})"
+                        f" (states on the wire: {marks}; cpu_s net of rest: {used})"
                     )
         target = 3.0 if args.broker == "embedded" else 5.0
         median = statistics.median(times)
@@ -232,6 +286,17 @@ async def run(args: argparse.Namespace) -> None:
             f"join_all_to_converged_median_s={median:.3f} best_s={min(times):.3f} "
             f"target_s={target} ratio_to_target={median / target:.2f} "
             f"peak_rss_mib({label})={peak_rss_mib(controller_pid):.0f}"
+        )
+        cpu_median = {
+            k: statistics.median(c.get(k, 0.0) for c in cpu_per_join) for k in cpu_per_join[0]
+        }
+        print(
+            "CPU broker={} devices={} join_all_median_cpu_s_net: {} total={:.2f}".format(
+                args.broker,
+                args.devices,
+                " ".join(f"{k}={v:.2f}" for k, v in sorted(cpu_median.items())),
+                sum(cpu_median.values()),
+            )
         )
     finally:
         await procs.stop()
@@ -250,6 +315,9 @@ def main() -> None:
     parser.add_argument("--sim-procs", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tele-interval", type=float, default=10.0)
+    parser.add_argument(
+        "--sim-engine", choices=["bulk", "aiomqtt"], help="`fleet sim --engine` (its default)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep logs and work dir")
     parser.add_argument("--verbose", action="store_true", help="verbose logs from the parts")
     asyncio.run(run(parser.parse_args()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -25,11 +26,18 @@ from cli.common import (
 from fleet.client import FleetClient
 from fleet.controller.meetings import DEFAULT_ROOM_CAP, MeetingServer
 from fleet.controller.service import Controller
+from fleet.device.bulk import BulkFleet
 from fleet.device.sim import SimFleet, device_ids
 from fleet.protocol import is_valid_id
 from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult
 from fleet.settings import load_settings
 from fleet.stack import StackConfig, free_port, running_stack
+
+
+class SimEngine(StrEnum):
+    BULK = "bulk"
+    AIOMQTT = "aiomqtt"
+
 
 HomeOpt = Annotated[
     Path | None,
@@ -160,6 +168,15 @@ def sim(
     mic: Annotated[bool, typer.Option(help="The devices have a microphone.")] = True,
     speaker: Annotated[bool, typer.Option(help="The devices have a speaker.")] = True,
     ice_server: IceServerOpt = None,
+    engine: Annotated[
+        SimEngine | None,
+        typer.Option(
+            help="bulk: plain paho clients on one loop (thousands per process; no audio); "
+            "aiomqtt: one aiomqtt client per device, as `fleet up` runs them. "
+            "Default: bulk, aiomqtt with --audio.",
+            show_default=False,
+        ),
+    ] = None,
     broker: BrokerOpt = None,
     prefix: PrefixOpt = None,
 ) -> None:
@@ -180,8 +197,12 @@ def sim(
     else:
         store = CredentialStore(creds or default_credentials_path())
         device_secrets = store.add_devices(ids, groups=_groups(group), replace=True)
+    if engine is None:
+        engine = SimEngine.AIOMQTT if audio else SimEngine.BULK
     drivers = None
     if audio:
+        if engine is SimEngine.BULK:
+            fail("the bulk engine has no audio: use --engine aiomqtt with --audio", Exit.USAGE)
         from fleet.device.audio import AudioProfile, audio_drivers
         from fleet.media.config import MediaConfig
         from fleet.media.errors import MediaError
@@ -198,15 +219,24 @@ def sim(
         drivers = audio_drivers(ids, AudioProfile(media=media))
     elif codec or not mic or not speaker or ice_server:
         fail("--codec, --no-mic, --no-speaker and --ice-server need --audio", Exit.USAGE)
-    fleet = SimFleet(
-        url,
-        device_secrets,
-        topics,
-        groups=_groups(group),
-        tele_interval_s=tele_interval,
-        driver_factory=drivers,
+    fleet: SimFleet | BulkFleet
+    if engine is SimEngine.BULK:
+        fleet = BulkFleet(
+            url, device_secrets, topics, groups=_groups(group), tele_interval_s=tele_interval
+        )
+    else:
+        fleet = SimFleet(
+            url,
+            device_secrets,
+            topics,
+            groups=_groups(group),
+            tele_interval_s=tele_interval,
+            driver_factory=drivers,
+        )
+    console.print(
+        f"{devices} simulated devices on {url.redacted()} ({engine.value} engine)",
+        highlight=False,
     )
-    console.print(f"{devices} simulated devices on {url.redacted()}", highlight=False)
     run_service(fleet.run())
 
 

@@ -27,6 +27,10 @@ from fleet.registry import Registry
 log = logging.getLogger(__name__)
 
 ACCEPT_TIMEOUT_S = 5.0  # how long the controller may take to acknowledge a request
+# The acceptance queues behind whatever reached us first: at 10,000 devices, the fan-out's
+# state reports. While we are still reading those, the controller is not silent: keep
+# waiting (up to the request's own timeout) as long as messages were read this recently.
+BACKLOG_S = 0.5
 RESULT_GRACE_S = 5.0  # beyond the request's own timeout, for the final result to arrive
 SYNC_TIMEOUT_S = 10.0
 
@@ -49,6 +53,7 @@ class FleetClient:
         self._results: dict[str, asyncio.Queue[ApiResult]] = {}
         self._synced: dict[str, asyncio.Event] = {}
         self._watch: Convergence | None = None
+        self._last_read = 0.0
 
     async def __aenter__(self) -> FleetClient:
         client = make_client(self.url, client_id=self.client_id)
@@ -118,6 +123,7 @@ class FleetClient:
             log.warning("connection to the broker lost: %s", exc)
 
     def _on_message(self, topic: str, payload: bytes) -> None:
+        self._last_read = time.monotonic()
         parsed = self.topics.parse(topic)
         if parsed is None:
             return
@@ -160,11 +166,7 @@ class FleetClient:
         self._results[request_id] = queue
         try:
             await self._client.publish(self.topics.api(op.value), encode(request), qos=1)
-            try:
-                async with asyncio.timeout(ACCEPT_TIMEOUT_S):
-                    first = await queue.get()
-            except TimeoutError as exc:
-                raise ControllerUnavailable(op.value, ACCEPT_TIMEOUT_S) from exc
+            first = await self._accepted(queue, op, request.timeout_s)
             if first.done:
                 return first  # refused, or converged at once
             if first.rev is not None and op is not ApiOp.CMD:
@@ -179,6 +181,22 @@ class FleetClient:
         finally:
             self._results.pop(request_id, None)
             self._watch = None
+
+    async def _accepted(
+        self, queue: asyncio.Queue[ApiResult], op: ApiOp, limit_s: float
+    ) -> ApiResult:
+        """The controller's first answer; ControllerUnavailable if it stays silent."""
+        started = time.monotonic()
+        wait_s = ACCEPT_TIMEOUT_S
+        while True:
+            try:
+                async with asyncio.timeout(wait_s):
+                    return await queue.get()
+            except TimeoutError:
+                now = time.monotonic()
+                if now - self._last_read > BACKLOG_S or now - started > limit_s:
+                    raise ControllerUnavailable(op.value, ACCEPT_TIMEOUT_S) from None
+                wait_s = BACKLOG_S  # still reading a backlog: the answer may be in it
 
     async def _follow(
         self,

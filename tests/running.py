@@ -14,6 +14,7 @@ from fleet.client import FleetClient
 from fleet.controller.meetings import MeetingServer
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
+from fleet.device.bulk import BulkFleet
 from fleet.device.sim import DeviceConfig, MeetingDriver, SimFleet, SimulatedDevice, device_ids
 from fleet.mqtt import BrokerUrl
 
@@ -82,16 +83,26 @@ async def sim_fleet(
     groups: Sequence[str] = (),
     tele_interval_s: float = 30.0,
     driver_factory: Callable[[str], MeetingDriver] | None = None,
-) -> AsyncIterator[SimFleet]:
+    engine: str = "aiomqtt",
+) -> AsyncIterator[SimFleet | BulkFleet]:
+    """Simulated devices; engine "bulk" is `fleet sim`'s default (fleet/device/bulk.py), with
+    no audio: a `driver_factory` (devices that meet for real) needs the aiomqtt engine."""
     base = BrokerUrl.parse(f"mqtt://{handle.host}:{handle.port}")
-    fleet = SimFleet(
-        base,
-        secrets,
-        handle.topics,
-        groups=groups,
-        tele_interval_s=tele_interval_s,
-        driver_factory=driver_factory,
-    )
+    fleet: SimFleet | BulkFleet
+    if engine == "bulk":
+        assert driver_factory is None, "the bulk engine has no audio"
+        fleet = BulkFleet(
+            base, secrets, handle.topics, groups=groups, tele_interval_s=tele_interval_s
+        )
+    else:
+        fleet = SimFleet(
+            base,
+            secrets,
+            handle.topics,
+            groups=groups,
+            tele_interval_s=tele_interval_s,
+            driver_factory=driver_factory,
+        )
     part = Part(fleet.run(), "sim-fleet")
     try:
         await fleet.wait_connected(30)

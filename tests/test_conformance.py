@@ -1,7 +1,8 @@
-"""Device conformance: the Python simulated device and the C firmware core (fleet-host-device,
-ASan+UBSan build) pass the same wire scenarios, on amqtt and on Mosquitto.
+"""Device conformance: the Python simulated device (on aiomqtt, and in the bulk engine that
+`fleet sim` runs) and the C firmware core (fleet-host-device, ASan+UBSan build) pass the same
+wire scenarios, on amqtt and on Mosquitto.
 
-Every scenario is parametrized over `device_kind` ("sim", "host") and `any_broker`, drives
+Every scenario is parametrized over `device_kind` ("sim", "bulk", "host") and `any_broker`, drives
 the device only through the wire (a raw controller-role MQTT client, `Wire`) and makes the
 same assertions for both kinds. Where the kinds legitimately differ (hw and fw strings,
 caps, which telemetry fields a host can fill) the tests check a field's presence and type,
@@ -37,6 +38,7 @@ from firmware_build import Device as HostProcess
 from running import Part, controller, operator, register_devices, sim_fleet, wait_for
 
 from broker.credentials import Role
+from fleet.device.bulk import BulkFleet
 from fleet.device.sim import DeviceConfig, SimulatedDevice
 from fleet.mqtt import BrokerUrl
 from fleet.protocol.messages import (
@@ -55,7 +57,7 @@ from fleet.protocol.messages import (
 __all__ = ["build"]  # the session-scoped fixture (tests/firmware_build.py), found here by pytest
 pytestmark = [requires_toolchain, pytest.mark.timeout(120)]
 
-DEVICE_KINDS = ["sim", "host"]
+DEVICE_KINDS = ["sim", "bulk", "host"]
 DEV = "conf-1"
 GROUP = "kitchen"
 TELE_INTERVAL_S = 0.5
@@ -110,6 +112,14 @@ class DeviceUnderTest:
                 args += ["--group", g]
             self._host = HostProcess(self.build.device_asan, args, self.workdir / f"{self.id}.log")
             await self._host.start()
+        elif self.kind == "bulk":
+            # The bulk engine with one device: the same device logic, its own transport.
+            base = BrokerUrl.parse(f"mqtt://{self.handle.host}:{self.handle.port}")
+            fleet = BulkFleet(
+                base, {self.id: self.secret}, self.handle.topics, self.groups, self.tele_interval_s
+            )
+            self._sim = fleet[self.id]
+            self._part = Part(fleet.run(), self.id)
         else:
             base = BrokerUrl.parse(f"mqtt://{self.handle.host}:{self.handle.port}")
             config = DeviceConfig(self.id, self.secret, self.groups, self.tele_interval_s)
@@ -470,6 +480,8 @@ async def test_will_on_abrupt_end_and_goodbye_on_clean_stop(
     await w.ping()
     start = w.mark()
     await dev.stop()
+    # The broker forwards the goodbye after acknowledging it: wait for it, then count.
+    await w.status(lambda s: not s.online, start)
     goodbye = w.messages(w.status_t, start)
     assert [decode(Status, m.payload) for m in goodbye] == [OFFLINE]
     assert goodbye[0].qos == 1
@@ -822,6 +834,7 @@ async def test_offline_payload_is_exactly_the_documented_one(
     await w.ping()
     start = w.mark()
     await dev.stop()
+    await w.status(lambda s: not s.online, start)
     assert [json.loads(m.payload) for m in w.messages(w.status_t, start)] == [LWT]
 
 
@@ -830,7 +843,7 @@ async def test_refused_desired_doc_is_only_logged(
 ) -> None:
     xfail_for(
         request,
-        ["sim"],
+        ["sim", "bulk"],
         "DEFECT: on a desired doc that does not decode the simulated device republishes its "
         "state with `error` set to the decode error (sticky until the next apply); "
         "protocol.md 4.2 rule 2 says such a doc is logged and ignored, and 5 defines `error` "
@@ -907,7 +920,7 @@ async def test_explicit_null_is_an_absent_field(
 ) -> None:
     xfail_for(
         request,
-        ["sim", "host"],
+        ["sim", "bulk", "host"],
         "DEFECT (both): protocol.md 1.4 'Receivers MUST treat an explicit null and an absent "
         "field alike', but a null in a field with a default is refused by both devices: "
         "meeting.mic: null (desired doc refused), args: null and ttl_ms: null (command "

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from brokers import BrokerHandle
 from running import controller, one_device, operator, register_devices, sim_fleet, wait_for
 
 from fleet.protocol.messages import ApiOp, ApiRequest, DeviceOutcome
 
+ENGINES = pytest.mark.parametrize("engine", ["aiomqtt", "bulk"])
 
-async def test_join_all_converges_fifty_devices(any_broker: BrokerHandle, tmp_path: Path) -> None:
+
+@ENGINES
+async def test_join_all_converges_fifty_devices(
+    any_broker: BrokerHandle, tmp_path: Path, engine: str
+) -> None:
     secrets = register_devices(any_broker, 50)
     async with (
         controller(any_broker, tmp_path / "ctl.db"),
-        sim_fleet(any_broker, secrets) as fleet,
+        sim_fleet(any_broker, secrets, engine=engine) as fleet,
         operator(any_broker) as op,
     ):
         result = await op.request(ApiOp.JOIN_ALL, ApiRequest(room="standup", timeout_s=20))
@@ -125,11 +131,14 @@ async def test_controller_restart_keeps_registry_and_revs(
             assert fleet["dev-2"].meeting is not None
 
 
-async def test_broker_restart_loses_no_intent(any_broker: BrokerHandle, tmp_path: Path) -> None:
+@ENGINES
+async def test_broker_restart_loses_no_intent(
+    any_broker: BrokerHandle, tmp_path: Path, engine: str
+) -> None:
     secrets = register_devices(any_broker, 6)
     async with (
         controller(any_broker, tmp_path / "ctl.db") as ctl,
-        sim_fleet(any_broker, secrets) as fleet,
+        sim_fleet(any_broker, secrets, engine=engine) as fleet,
     ):
         async with operator(any_broker) as op:
             joined = await op.request(ApiOp.JOIN_ALL, ApiRequest(room="standup"))

@@ -15,7 +15,7 @@ from fleet.protocol.messages import (
     DeviceOutcome,
     DeviceResult,
 )
-from fleet.registry import Registry, count_outcomes
+from fleet.registry import Registry
 
 
 @dataclass(slots=True)
@@ -74,16 +74,21 @@ class DesiredTracker:
         return not self.waiting
 
     def result(self, registry: Registry, *, final: bool) -> ApiResult:
-        everyone = [
-            rec.result(self.rev)
-            for rec in (registry.devices.get(d) for d in self.targets)
-            if rec is not None
-        ]
-        counts = count_outcomes(everyone)
-        devices = everyone
-        if len(everyone) > MAX_LISTED_DEVICES:
-            devices = [d for d in everyone if d.outcome is not DeviceOutcome.CONVERGED]
-        devices = _within_budget(devices)
+        # Counted for every target, but a DeviceResult is built only for the listed ones:
+        # at 10,000 targets building them all cost a few hundred ms per result, and the
+        # final result is the verdict the operator waits for.
+        records = [rec for rec in map(registry.devices.get, self.targets) if rec is not None]
+        list_all = len(records) <= MAX_LISTED_DEVICES
+        counts: dict[str, int] = {}
+        listed: list[DeviceResult] = []
+        for rec in records:
+            outcome = rec.outcome(self.rev)
+            counts[outcome.value] = counts.get(outcome.value, 0) + 1
+            if len(listed) < MAX_LISTED_DEVICES and (
+                list_all or outcome is not DeviceOutcome.CONVERGED
+            ):
+                listed.append(rec.result(self.rev))
+        devices = _within_budget(listed)
         failed = counts.get(DeviceOutcome.FAILED.value, 0)
         waiting = counts.get(DeviceOutcome.WAITING.value, 0)
         if not final:
@@ -100,13 +105,13 @@ class DesiredTracker:
             ok=ok,
             done=final,
             code=code,
-            detail=_detail(counts, len(everyone)),
+            detail=_detail(counts, len(records)),
             rev=self.rev,
             room=self.room,
             group=self.group,
             until=self.until,
             devices=devices,
-            omitted=len(everyone) - len(devices),
+            omitted=len(records) - len(devices),
             counts=counts,
         )
 

@@ -220,11 +220,13 @@ class SimulatedDevice:
 
     # --- inbound ------------------------------------------------------------------------------
     async def _on_message(self, message: aiomqtt.Message) -> None:
-        topic = message.topic.value
+        await self.handle(message.topic.value, payload_bytes(message))
+
+    async def handle(self, topic: str, payload: bytes) -> None:
+        """One inbound message, whichever transport brought it (aiomqtt here, bulk.py)."""
         parsed = self.topics.parse(topic)
         if parsed is None:
             return
-        payload = payload_bytes(message)
         if parsed.kind in (TopicKind.DESIRED, TopicKind.GROUP_DESIRED):
             await self._on_desired(topic, payload)
         elif parsed.kind is TopicKind.CMD:
@@ -234,7 +236,7 @@ class SimulatedDevice:
 
     async def _on_desired(self, topic: str, payload: bytes) -> None:
         try:
-            doc = decode(Desired, payload) if payload else None
+            doc = self._decode_desired(payload) if payload else None
         except ProtocolError as exc:
             # Refused; the applied intent stays. Reported so an operator can see it.
             log.warning("%s: refused desired doc on %s: %s", self.id, topic, exc)
@@ -250,6 +252,9 @@ class SimulatedDevice:
             self._spawn(self._reconcile())
         else:
             await self._reconcile()
+
+    def _decode_desired(self, payload: bytes) -> Desired:
+        return decode(Desired, payload)
 
     async def _reconcile(self) -> None:
         async with self._apply_lock:
@@ -324,9 +329,10 @@ class SimulatedDevice:
     async def _publish_state(self) -> None:
         if self._client is None:
             return
-        publish_nowait(
-            self._client, self.topics.state(self.id), encode(self.current_state()), 1, True
-        )
+        publish_nowait(self._client, self.topics.state(self.id), self._state_payload(), 1, True)
+
+    def _state_payload(self) -> bytes:
+        return encode(self.current_state())
 
     # --- commands -----------------------------------------------------------------------------
     async def _on_command(self, payload: bytes) -> None:
