@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli import broker, creds, flash, ops, services
+from cli import broker, creds, flash, ops, services, telemetry
 from cli.common import Exit, fail, setup_logging
 from fleet.protocol import json_schemas
 
@@ -64,6 +64,7 @@ app.command("image")(flash.image)
 app.add_typer(protocol_app, name="protocol")
 app.add_typer(creds.app, name="creds")
 app.add_typer(broker.app, name="broker")
+app.add_typer(telemetry.app, name="telemetry")
 
 
 def main() -> None:

@@ -21,6 +21,20 @@ from cli.common import (
     run,
     run_service,
 )
+from cli.telemetry import (
+    InfluxBatchOpt,
+    InfluxBucketOpt,
+    InfluxBufferOpt,
+    InfluxDatabaseOpt,
+    InfluxFlushOpt,
+    InfluxOptions,
+    InfluxOrgOpt,
+    InfluxPasswordOpt,
+    InfluxTokenOpt,
+    InfluxUrlOpt,
+    InfluxUserOpt,
+    InfluxVersionOpt,
+)
 from fleet.client import FleetClient
 from fleet.controller.service import Controller
 from fleet.device.sim import SimFleet, device_ids
@@ -57,9 +71,33 @@ def up(
     ] = 10.0,
     home: HomeOpt = None,
     prefix: PrefixOpt = None,
+    influx_url: InfluxUrlOpt = None,
+    influx_version: InfluxVersionOpt = None,
+    influx_token: InfluxTokenOpt = None,
+    influx_org: InfluxOrgOpt = None,
+    influx_bucket: InfluxBucketOpt = None,
+    influx_database: InfluxDatabaseOpt = None,
+    influx_user: InfluxUserOpt = None,
+    influx_password: InfluxPasswordOpt = None,
+    influx_batch_size: InfluxBatchOpt = None,
+    influx_flush_interval: InfluxFlushOpt = None,
+    influx_buffer: InfluxBufferOpt = None,
 ) -> None:
     """Run broker + controller + N simulated devices until Ctrl-C."""
     settings = load_settings(home=home, prefix=prefix)
+    influx = InfluxOptions(
+        influx_url,
+        influx_version,
+        influx_token,
+        influx_org,
+        influx_bucket,
+        influx_database,
+        influx_user,
+        influx_password,
+        influx_batch_size,
+        influx_flush_interval,
+        influx_buffer,
+    )
     config = StackConfig(
         home=settings.home,
         devices=devices,
@@ -69,6 +107,7 @@ def up(
         prefix=settings.prefix,
         groups=_groups(group),
         tele_interval_s=tele_interval,
+        parts=influx.parts(),
     )
 
     async def go() -> None:
@@ -101,15 +140,42 @@ def controller(
     ] = None,
     broker: BrokerOpt = None,
     prefix: PrefixOpt = None,
+    influx_url: InfluxUrlOpt = None,
+    influx_version: InfluxVersionOpt = None,
+    influx_token: InfluxTokenOpt = None,
+    influx_org: InfluxOrgOpt = None,
+    influx_bucket: InfluxBucketOpt = None,
+    influx_database: InfluxDatabaseOpt = None,
+    influx_user: InfluxUserOpt = None,
+    influx_password: InfluxPasswordOpt = None,
+    influx_batch_size: InfluxBatchOpt = None,
+    influx_flush_interval: InfluxFlushOpt = None,
+    influx_buffer: InfluxBufferOpt = None,
 ) -> None:
-    """Run the controller: registry, desired state, commands, the automation API."""
+    """Run the controller: registry, desired state, commands, the automation API, telemetry."""
     if not is_valid_id(client_id):
         fail(f"--client-id {client_id!r} must match [a-z0-9][a-z0-9-]{{0,63}}", Exit.USAGE)
     url, topics = connection(broker, prefix)
+    influx = InfluxOptions(
+        influx_url,
+        influx_version,
+        influx_token,
+        influx_org,
+        influx_bucket,
+        influx_database,
+        influx_user,
+        influx_password,
+        influx_batch_size,
+        influx_flush_interval,
+        influx_buffer,
+    )
+    parts = influx.parts()
     path = db or load_settings().home / "controller.db"
     console.print(f"controller on {url.redacted()}, store {path}", highlight=False)
     store = CredentialStore(creds) if creds is not None else None
-    run_service(Controller(url, path, topics, client_id=client_id, credentials=store).run())
+    run_service(
+        Controller(url, path, topics, client_id=client_id, credentials=store, parts=parts).run()
+    )
 
 
 def sim(

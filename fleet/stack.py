@@ -18,6 +18,7 @@ from pathlib import Path
 
 from broker.credentials import CredentialStore, Role
 from broker.embedded import EmbeddedBroker
+from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.device.sim import SimFleet, device_ids
 from fleet.mqtt import BrokerUrl
@@ -47,6 +48,7 @@ class StackConfig:
     groups: Sequence[str] = ()
     tele_interval_s: float = 10.0
     id_prefix: str = "dev"
+    parts: Sequence[ControllerPart] = ()  # controller features (telemetry ingest, ...)
 
 
 @dataclass
@@ -93,6 +95,7 @@ async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
             home / "controller.db",
             topics,
             credentials=store,
+            parts=config.parts,
         )
         fleet = SimFleet(
             base,

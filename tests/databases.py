@@ -13,6 +13,7 @@ by its fixture. Missing binaries skip the test, except under CI=true, where they
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -22,13 +23,20 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from brokers import BrokerHandle
+from running import Part
 
+from fleet.controller.parts import ControllerPart
+from fleet.controller.service import Controller
+from fleet.mqtt import BrokerUrl
+from fleet.protocol.messages import FleetEvent
 from fleet.stack import free_port
+from fleet.telemetry import InfluxSettings, TelemetryIngest
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 30.0
@@ -199,6 +207,57 @@ bind-address = "{HOST}:{self.rpc_port}"
 
     def create_database(self, db: str) -> None:
         self.query(f'CREATE DATABASE "{db}"')
+
+
+def fast_settings(url: str, **overrides: object) -> InfluxSettings:
+    """Small batches and short waits, so a test sees retries and flushes in seconds."""
+    values: dict[str, object] = dict(
+        url=url,
+        bucket="fleet",
+        org="espfleet",
+        token="t",
+        batch_size=100,
+        flush_interval_ms=100,
+        retry_interval_ms=100,
+        max_retry_delay_ms=400,
+        max_retries=1,
+        timeout_ms=1000,
+        fleet_interval_s=0.5,
+    )
+    values.update(overrides)
+    return InfluxSettings(**values)  # type: ignore[arg-type]
+
+
+class EventRecorder(ControllerPart):
+    """Keeps every fleet event the controller emits."""
+
+    name = "event-recorder"
+
+    def __init__(self) -> None:
+        self.events: list[FleetEvent] = []
+
+    async def on_event(self, event: FleetEvent) -> None:
+        self.events.append(event)
+
+
+@contextlib.asynccontextmanager
+async def ingesting_controller(
+    handle: BrokerHandle,
+    db: Path,
+    settings: InfluxSettings,
+    report_interval_s: float = 10.0,
+    recorder: EventRecorder | None = None,
+) -> AsyncIterator[tuple[Controller, TelemetryIngest]]:
+    ingest = TelemetryIngest(settings, report_interval_s=report_interval_s)
+    parts: list[ControllerPart] = [ingest] if recorder is None else [ingest, recorder]
+    ctl = Controller(BrokerUrl.parse(handle.controller_url()), db, handle.topics, parts=parts)
+    part = Part(ctl.run(), "controller")
+    try:
+        async with asyncio.timeout(10):
+            await ctl.connected.wait()
+        yield ctl, ingest
+    finally:
+        await part.stop()
 
 
 @contextlib.contextmanager

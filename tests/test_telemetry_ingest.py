@@ -14,12 +14,11 @@ from pathlib import Path
 
 import aiomqtt
 from brokers import BrokerHandle, mqtt_client
-from databases import VictoriaMetrics
+from databases import VictoriaMetrics, fast_settings, ingesting_controller
 from databases import victoria as victoria  # the fixture
 from running import Part, register_devices, wait_for
 
 from broker.credentials import Role
-from fleet.controller.service import Controller
 from fleet.device.sim import SimFleet
 from fleet.mqtt import BrokerUrl, payload_bytes
 from fleet.protocol import decode, encode
@@ -31,43 +30,8 @@ from fleet.protocol.messages import (
     TelemetryMeeting,
 )
 from fleet.stack import free_port
-from fleet.telemetry import InfluxSettings, TelemetryIngest
 
 TELE_INTERVAL_S = 0.1
-
-
-def fast_settings(url: str, **overrides: object) -> InfluxSettings:
-    """Small batches and short waits, so a test sees retries and flushes in seconds."""
-    values: dict[str, object] = dict(
-        url=url,
-        bucket="fleet",
-        org="espfleet",
-        token="t",
-        batch_size=100,
-        flush_interval_ms=100,
-        retry_interval_ms=100,
-        max_retry_delay_ms=400,
-        max_retries=1,
-        timeout_ms=1000,
-        fleet_interval_s=0.5,
-    )
-    values.update(overrides)
-    return InfluxSettings(**values)  # type: ignore[arg-type]
-
-
-@contextlib.asynccontextmanager
-async def ingesting_controller(
-    handle: BrokerHandle, db: Path, settings: InfluxSettings, report_interval_s: float = 10.0
-) -> AsyncIterator[tuple[Controller, TelemetryIngest]]:
-    ingest = TelemetryIngest(settings, report_interval_s=report_interval_s)
-    ctl = Controller(BrokerUrl.parse(handle.controller_url()), db, handle.topics, parts=[ingest])
-    part = Part(ctl.run(), "controller")
-    try:
-        async with asyncio.timeout(10):
-            await ctl.connected.wait()
-        yield ctl, ingest
-    finally:
-        await part.stop()
 
 
 @contextlib.asynccontextmanager

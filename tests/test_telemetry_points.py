@@ -101,7 +101,8 @@ def test_settings_from_flags_and_environment(monkeypatch: pytest.MonkeyPatch) ->
     settings = load_influx_settings(batch_size=50)
     assert settings.enabled
     assert (settings.bucket, settings.batch_size, settings.version) == ("fleet", 50, 2)
-    assert "s3cret" not in settings.describe() and "s3cret" not in repr(settings)
+    assert "s3cret" not in settings.describe()
+    assert "s3cret" not in repr(settings)
     # A flag wins over the environment.
     assert load_influx_settings(bucket="other").bucket == "other"
 
