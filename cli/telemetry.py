@@ -120,6 +120,14 @@ class InfluxOptions:
         settings = self.settings()
         if not settings.enabled:
             return []
+        if settings.version == 2:
+            try:
+                import influxdb_client  # noqa: F401
+            except ImportError:
+                fail(
+                    "--influx-version 2 needs influxdb-client: pip install -e '.[telemetry]'",
+                    Exit.USAGE,
+                )
         from fleet.telemetry.ingest import TelemetryIngest
 
         console.print(settings.describe(), highlight=False)

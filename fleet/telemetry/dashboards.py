@@ -333,9 +333,7 @@ def device_detail() -> dash.Dashboard:
             "One device: radio, memory, load, reconnects, its audio peers, its events.",
         )
         .with_variable(
-            _tag_variable(
-                "device", "Device", 'SHOW TAG VALUES FROM "device" WITH KEY = "device"'
-            )
+            _tag_variable("device", "Device", 'SHOW TAG VALUES FROM "device" WITH KEY = "device"')
         )
         .annotation(
             Annotation("Device events", f'{EVENTS_QUERY} AND "device" =~ /^$device$/', "#F2CC0C")
@@ -459,8 +457,7 @@ def meeting_quality() -> dash.Dashboard:
             _tag_variable(
                 "session",
                 "Session",
-                'SHOW TAG VALUES FROM "audio_peer" WITH KEY = "session" '
-                'WHERE "room" =~ /^$room$/',
+                'SHOW TAG VALUES FROM "audio_peer" WITH KEY = "session" WHERE "room" =~ /^$room$/',
                 include_all=True,
             )
         )
@@ -473,8 +470,7 @@ def meeting_quality() -> dash.Dashboard:
         .with_panel(
             _series(
                 "Packets lost",
-                f'SELECT max("packets_lost") FROM "audio_peer" WHERE {_where(*scope)} '
-                f"{by_member}",
+                f'SELECT max("packets_lost") FROM "audio_peer" WHERE {_where(*scope)} {by_member}',
                 "none",
                 alias=alias,
             )

@@ -28,7 +28,7 @@ from fleet.errors import ProtocolError
 from fleet.protocol import TopicKind, decode
 from fleet.protocol.messages import EventKind, FleetEvent, Telemetry
 from fleet.telemetry.config import InfluxSettings
-from fleet.telemetry.points import event_line, fleet_line, telemetry_lines
+from fleet.telemetry.points import device_tags, event_line, fleet_line, telemetry_lines
 from fleet.telemetry.writers import Outcome, Report, RetryNote, Writer, make_writer
 
 if TYPE_CHECKING:
@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REPORT_INTERVAL_S = 10.0
+# The drain hands points over at least this often, and at once when a batch is full:
+# waking per message would cost more than the message.
+HANDOFF_S = 0.05
 # Batches the writer may hold at once: enough to keep it busy, the rest waits here.
 INFLIGHT_BATCHES = 4
 
@@ -63,6 +66,7 @@ class IngestStats:
 
 class TelemetryIngest(ControllerPart):
     name = "telemetry"
+    qos = 0  # devices publish tele at QoS 0 (docs/protocol.md §1.5)
 
     def __init__(
         self,
@@ -80,9 +84,11 @@ class TelemetryIngest(ControllerPart):
         self._backoff_s = 0.0
         self._paused_until = 0.0
         self._report_interval_s = report_interval_s
+        self._handoff_s = min(HANDOFF_S, settings.flush_interval_ms / 1000)
         self._reported = (0, 0)  # (dropped, refused) at the last report
         self._last_error = ""
         self._tele_filter = ""
+        self._tags: dict[str, tuple[list[str] | None, str]] = {}
         self.flushed = asyncio.Event()  # set whenever nothing is buffered or in flight
 
     def attach(self, controller: Controller) -> None:
@@ -103,8 +109,14 @@ class TelemetryIngest(ControllerPart):
             self.stats.rejected += 1
             raise  # the controller logs it and counts it
         self.stats.messages += 1
-        rec = self.controller.registry.devices.get(parsed.name)
-        self._enqueue(telemetry_lines(parsed.name, rec.groups if rec else (), tele))
+        device = parsed.name
+        rec = self.controller.registry.devices.get(device)
+        groups = rec.status.groups if rec is not None and rec.status is not None else None
+        # The tag set only changes with the device's groups: kept per device.
+        cached = self._tags.get(device)
+        if cached is None or cached[0] is not groups:
+            cached = self._tags[device] = (groups, device_tags(device, groups or ()))
+        self._enqueue(telemetry_lines(device, (), tele, tags=cached[1]))
 
     async def on_event(self, event: FleetEvent) -> None:
         self.stats.events += 1
@@ -121,7 +133,8 @@ class TelemetryIngest(ControllerPart):
         self.stats.points += len(lines)
         self.stats.buffered = len(self._buffer)
         self.flushed.clear()
-        self._wakeup.set()
+        if len(self._buffer) >= self.settings.batch_size:
+            self._wakeup.set()
 
     def _write_fleet_counts(self) -> None:
         reg = self.controller.registry
@@ -146,8 +159,8 @@ class TelemetryIngest(ControllerPart):
                 await self._report_losses()
             self._drain(now)
             wake_at = min(next_fleet, next_report)
-            if self._buffer and self._paused_until > now:
-                wake_at = min(wake_at, self._paused_until)
+            if self._buffer:
+                wake_at = min(wake_at, max(self._paused_until, now + self._handoff_s))
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, wake_at - time.monotonic())):

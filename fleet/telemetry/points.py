@@ -73,30 +73,52 @@ def timestamp_ns(device_ts: float, received: float) -> int:
     return to_ns(device_ts if abs(device_ts - received) <= MAX_CLOCK_SKEW_S else received)
 
 
+def device_tags(device: str, groups: Sequence[str]) -> str:
+    """`,device=...,groups=...`: the tag set of a device's points."""
+    group_tag = ",".join(sorted(g for g in groups if g != "all"))
+    return _tags((("device", device), ("groups", group_tag)))
+
+
 def telemetry_lines(
-    device: str, groups: Sequence[str], tele: Telemetry, received: float | None = None
+    device: str,
+    groups: Sequence[str],
+    tele: Telemetry,
+    received: float | None = None,
+    tags: str | None = None,
 ) -> list[str]:
-    """The `device` point and one `audio_peer` point per peer of one telemetry message."""
+    """The `device` point and one `audio_peer` point per peer of one telemetry message.
+
+    `tags` is `device_tags(device, groups)` when the caller keeps it (it is the
+    same for every message of a device); this runs once per message, so it is
+    written out rather than built from helpers.
+    """
     now = time.time() if received is None else received
     ts = timestamp_ns(tele.ts, now)
     wifi, sys = tele.wifi, tele.sys
     meeting = tele.meeting
-    fields = _join_fields(
-        (
-            _int("rssi", wifi.rssi),
-            _int("channel", wifi.channel),
-            _int("wifi_reconnects", wifi.reconnects),
-            _int("heap_free", sys.heap_free),
-            _int("heap_min", sys.heap_min),
-            _float("uptime_s", sys.uptime_s),
-            _float("cpu_load", sys.cpu_load),
-            _int("mqtt_reconnects", sys.mqtt_reconnects),
-            _int("in_meeting", 1 if meeting is not None else 0),
-            _int("peers", len(tele.audio)),
-        )
-    )
-    group_tag = ",".join(sorted(g for g in groups if g != "all"))
-    lines = [f"device{_tags((('device', device), ('groups', group_tag)))} {fields} {ts}"]
+    # Pydantic has checked the types and refused NaN and infinities.
+    f = []
+    if wifi.rssi is not None:
+        f.append(f"rssi={wifi.rssi}i")
+    if wifi.channel is not None:
+        f.append(f"channel={wifi.channel}i")
+    f.append(f"wifi_reconnects={wifi.reconnects}i")
+    if sys.heap_free is not None:
+        f.append(f"heap_free={sys.heap_free}i")
+    if sys.heap_min is not None:
+        f.append(f"heap_min={sys.heap_min}i")
+    if sys.uptime_s is not None:
+        f.append(f"uptime_s={float(sys.uptime_s)!r}")
+    if sys.cpu_load is not None:
+        f.append(f"cpu_load={float(sys.cpu_load)!r}")
+    f.append(f"mqtt_reconnects={sys.mqtt_reconnects}i")
+    f.append(f"in_meeting={0 if meeting is None else 1}i")
+    f.append(f"peers={len(tele.audio)}i")
+    if tags is None:
+        tags = device_tags(device, groups)
+    lines = [f"device{tags} {','.join(f)} {ts}"]
+    if not tele.audio:
+        return lines
     room = meeting.room if meeting else None
     session = meeting.session if meeting else None
     participant = meeting.participant if meeting else None
@@ -113,7 +135,7 @@ def telemetry_lines(
                 _int("packets_lost", peer.packets_lost),
             )
         )
-        tags = _tags(
+        peer_tags = _tags(
             (
                 ("device", device),
                 ("room", room),
@@ -122,7 +144,7 @@ def telemetry_lines(
                 ("peer", peer.peer),
             )
         )
-        lines.append(f"audio_peer{tags} {peer_fields} {ts}")
+        lines.append(f"audio_peer{peer_tags} {peer_fields} {ts}")
     return lines
 
 
