@@ -2,8 +2,9 @@
 
 Each part is its own process, deployed as a user would:
 
-  embedded:  `fleet up --devices 0 --influx-url ...` (amqtt broker + controller, one process)
-  mosquitto: a mosquitto subprocess + `fleet controller --influx-url ...`
+  embedded:        `fleet up --devices 0 --influx-url ...` (amqtt broker + controller, one process)
+  embedded-split:  `fleet broker run` (amqtt) + `fleet controller --influx-url ...`
+  mosquitto:       a mosquitto subprocess + `fleet controller --influx-url ...`
 
 The database is VictoriaMetrics (Debian's `victoria-metrics`), written through
 influxdb-client's batching `/api/v2/write`. Telemetry comes from load-generator
@@ -179,7 +180,7 @@ async def run(args: argparse.Namespace) -> None:
             "-loggerLevel=ERROR",
         )
         await wait_port(vm_port, procs)
-        mosquitto_pid = None
+        broker_pid = None  # a broker in a process of its own
         if args.broker == "embedded":
             ctl_pid = await procs.start(
                 "up", *FLEET, "up", "--devices", "0", "--port", str(port), *influx, env=env
@@ -188,8 +189,15 @@ async def run(args: argparse.Namespace) -> None:
             label = "amqtt broker + controller process"
         else:
             ctl_secret = store.add("controller", Role.CONTROLLER)
-            conf = write_mosquitto_config(workdir / "mosquitto", store, PREFIX, port, run_as="root")
-            mosquitto_pid = await procs.start("mosquitto", MOSQUITTO, "-c", str(conf))
+            if args.broker == "mosquitto":
+                conf = write_mosquitto_config(
+                    workdir / "mosquitto", store, PREFIX, port, run_as="root"
+                )
+                broker_pid = await procs.start("broker", MOSQUITTO, "-c", str(conf))
+            else:
+                broker_pid = await procs.start(
+                    "broker", *FLEET, "broker", "run", "--port", str(port), env=env
+                )
             await wait_port(port, procs)
             ctl_pid = await procs.start(
                 "controller",
@@ -246,8 +254,8 @@ async def run(args: argparse.Namespace) -> None:
         await asyncio.sleep(max(0.0, start_at - time.time()))
         t0 = time.monotonic()
         cpu0 = {"ctl": cpu_seconds(ctl_pid), "vm": cpu_seconds(vm_pid)}
-        if mosquitto_pid:
-            cpu0["mosquitto"] = cpu_seconds(mosquitto_pid)
+        if broker_pid:
+            cpu0["broker"] = cpu_seconds(broker_pid)
         sent = 0
         gen_seconds = 0.0
         for gen in gens:
@@ -266,11 +274,11 @@ async def run(args: argparse.Namespace) -> None:
             if count != stored:
                 stored, last_change, t_done = count, time.monotonic(), time.monotonic()
         cpu = {k: cpu_seconds(pid) - cpu0[k] for k, pid in (("ctl", ctl_pid), ("vm", vm_pid))}
-        if mosquitto_pid:
-            cpu["mosquitto"] = cpu_seconds(mosquitto_pid) - cpu0["mosquitto"]
+        if broker_pid:
+            cpu["broker"] = cpu_seconds(broker_pid) - cpu0["broker"]
         elapsed = t_done - t0
         throughput = stored / elapsed if elapsed > 0 else 0.0
-        target = 2000 if args.broker == "embedded" else 5000
+        target = 5000 if args.broker == "mosquitto" else 2000
         lost = sent - stored
         print(
             f"sent {sent} telemetry messages from {args.devices} devices in {gen_seconds:.1f}s "
@@ -302,7 +310,9 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--broker", choices=["embedded", "mosquitto"], default="embedded")
+    parser.add_argument(
+        "--broker", choices=["embedded", "embedded-split", "mosquitto"], default="embedded"
+    )
     parser.add_argument("--devices", type=int, default=100)
     parser.add_argument("--rate", type=float, default=None, help="offered msg/s (default: target)")
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -323,7 +333,7 @@ def main() -> None:
         generate(args)
         return
     if args.rate is None:
-        args.rate = 2000.0 if args.broker == "embedded" else 5000.0
+        args.rate = 5000.0 if args.broker == "mosquitto" else 2000.0
     asyncio.run(run(args))
 
 
