@@ -138,10 +138,13 @@ def generate(args: argparse.Namespace) -> None:
                 buf.clear()
         time.sleep(max(0.0, started + ((now - started) // tick + 1) * tick - time.monotonic()))
     elapsed = time.monotonic() - started
+    print(json.dumps({"sent": total, "seconds": elapsed}), flush=True)
+    # Stay connected until told (stdin closes): amqtt 0.12.1 drops a client's
+    # publishes still queued in the broker when it handles the client's DISCONNECT.
+    sys.stdin.read()
     for sock in socks:
         sock.sendall(b"\xe0\x00")  # DISCONNECT: no will, a clean goodbye
         sock.close()
-    print(json.dumps({"sent": total, "seconds": elapsed}), flush=True)
 
 
 # --- the benchmark ----------------------------------------------------------------------------
@@ -221,7 +224,7 @@ async def run(args: argparse.Namespace) -> None:
                 raise SystemExit(f"controller did not start:\n{log.read_text()[-2000:]}")
             await asyncio.sleep(0.1)
         await asyncio.sleep(2.0)
-        print(f"{label}: pid {ctl_pid}", flush=True)
+        print(f"{label}: pid {ctl_pid}; broker pid {broker_pid}", flush=True)
 
         start_at = time.time() + 3.0  # generators connect first, then start together
         per_gen = -(-args.devices // args.gen_procs)
@@ -248,6 +251,7 @@ async def run(args: argparse.Namespace) -> None:
                     "--start-at",
                     str(start_at),
                     stdout=asyncio.subprocess.PIPE,
+                    stdin=asyncio.subprocess.PIPE,
                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
                 )
             )
@@ -259,10 +263,11 @@ async def run(args: argparse.Namespace) -> None:
         sent = 0
         gen_seconds = 0.0
         for gen in gens:
-            out, _ = await gen.communicate()
-            if gen.returncode != 0:
-                raise SystemExit(f"a load generator failed ({gen.returncode})")
-            report = json.loads(out.decode().strip().splitlines()[-1])
+            assert gen.stdout is not None
+            line = await gen.stdout.readline()
+            if not line:
+                raise SystemExit(f"a load generator failed ({await gen.wait()})")
+            report = json.loads(line)
             sent += report["sent"]
             gen_seconds = max(gen_seconds, report["seconds"])
         t_sent = time.monotonic()
@@ -273,6 +278,8 @@ async def run(args: argparse.Namespace) -> None:
             count = await asyncio.to_thread(vm_count, vm_url)
             if count != stored:
                 stored, last_change, t_done = count, time.monotonic(), time.monotonic()
+        for gen in gens:
+            await gen.communicate(b"")  # close stdin: the generators disconnect
         cpu = {k: cpu_seconds(pid) - cpu0[k] for k, pid in (("ctl", ctl_pid), ("vm", vm_pid))}
         if broker_pid:
             cpu["broker"] = cpu_seconds(broker_pid) - cpu0["broker"]
