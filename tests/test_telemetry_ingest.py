@@ -14,7 +14,8 @@ from pathlib import Path
 
 import aiomqtt
 from brokers import BrokerHandle, mqtt_client
-from databases import VictoriaMetrics, fast_settings, ingesting_controller
+from databases import Influx1, VictoriaMetrics, fast_settings, ingesting_controller
+from databases import influx1 as influx1  # the fixture
 from databases import victoria as victoria  # the fixture
 from running import Part, register_devices, wait_for
 
@@ -216,3 +217,28 @@ async def test_bad_telemetry_is_refused_and_loses_nothing_else(
         "participant": "p-1",
         "peer": "p-2",
     }
+
+
+async def test_influx1_outage_is_ridden_out(
+    amqtt_broker: BrokerHandle, influx1: Influx1, tmp_path: Path
+) -> None:
+    """The same through InfluxDB 1.x's /write (the writer of our own)."""
+    influx1.create_database("fleet")
+    secrets = register_devices(amqtt_broker, 3)
+    settings = fast_settings(influx1.url, version=1, database="fleet", bucket=None)
+
+    async with ingesting_controller(amqtt_broker, tmp_path / "c.db", settings) as (_ctl, ingest):
+
+        async def outage() -> None:
+            await asyncio.to_thread(influx1.stop)
+            await wait_for(lambda: ingest.stats.requeued > 0, 15, "a failed batch requeued")
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(influx1.start)
+
+        sent = await run_fleet_for(amqtt_broker, secrets, 0.5, during=outage())
+        await wait_for(lambda: ingest.stats.messages == sum(sent.values()), 10, "ingested")
+        await wait_for(ingest.flushed.is_set, 20, "the backlog written")
+        assert ingest.stats.dropped == 0
+    result = influx1.query('SELECT count("uptime_s") FROM "device" GROUP BY "device"', "fleet")
+    stored = {s["tags"]["device"]: s["values"][0][1] for s in result["results"][0]["series"]}
+    assert stored == sent
