@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -242,3 +243,50 @@ async def test_influx1_outage_is_ridden_out(
     result = influx1.query('SELECT count("uptime_s") FROM "device" GROUP BY "device"', "fleet")
     stored = {s["tags"]["device"]: s["values"][0][1] for s in result["results"][0]["series"]}
     assert stored == sent
+
+
+def _mqtt_frame(kind: int, body: bytes) -> bytes:
+    length, n = bytearray(), len(body)
+    while True:
+        byte, n = n % 128, n // 128
+        length.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes([kind]) + bytes(length) + body
+
+
+def _mqtt_str(value: str) -> bytes:
+    return len(value.encode()).to_bytes(2, "big") + value.encode()
+
+
+async def test_a_burst_then_a_disconnect_loses_nothing(
+    any_broker: BrokerHandle, victoria: VictoriaMetrics, tmp_path: Path
+) -> None:
+    """Telemetry sent right before a clean DISCONNECT still arrives (MQTT 3.1.1 4.6).
+
+    The burst and the DISCONNECT leave in one write, so the broker reads the
+    DISCONNECT with the burst still to deliver, and the controller takes 2,000
+    messages at once.
+    """
+    secret = any_broker.add_device("esp-burst")
+    topic = any_broker.topics.tele("esp-burst")
+    settings = fast_settings(victoria.url)
+    burst = 2000
+    connect = _mqtt_str("MQTT") + bytes([4, 0xC2]) + (30).to_bytes(2, "big")
+    connect += _mqtt_str("esp-burst") + _mqtt_str("esp-burst") + _mqtt_str(secret)
+    frames = b"".join(
+        _mqtt_frame(
+            0x30,
+            _mqtt_str(topic)
+            + encode(Telemetry(ts=time.time(), sys=SystemTelemetry(uptime_s=float(n)))),
+        )
+        for n in range(burst)
+    )
+    async with ingesting_controller(any_broker, tmp_path / "c.db", settings) as (_ctl, ingest):
+        reader, writer = await asyncio.open_connection(any_broker.host, any_broker.port)
+        writer.write(_mqtt_frame(0x10, connect))
+        assert (await reader.readexactly(4))[3] == 0  # CONNACK: accepted
+        writer.write(frames + b"\xe0\x00")  # every PUBLISH, then DISCONNECT
+        await writer.drain()
+        await reader.read()  # the broker closes the connection
+        writer.close()
+        await wait_for(lambda: ingest.stats.messages == burst, 20, "every message of the burst")
