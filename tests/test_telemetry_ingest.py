@@ -111,8 +111,15 @@ async def test_every_message_arrives_counted_in_and_out(
         assert [series["metric"].get("groups") for series in rssi] == ["hall"]
         # The fleet's counts and the controller's events arrive too.
         await wait_for(lambda: victoria.count_samples('{__name__="fleet_online"}') > 0, 5)
-        events = victoria.export('{__name__="fleet_event_count"}')
-        assert {s["metric"]["kind"] for s in events} >= {"online", "offline"}
+        # The devices' goodbyes (offline) come after their last telemetry: poll.
+        await wait_for(
+            lambda: (
+                {s["metric"]["kind"] for s in victoria.export('{__name__="fleet_event_count"}')}
+                >= {"online", "offline"}
+            ),
+            10,
+            "online and offline events",
+        )
 
 
 async def test_a_database_outage_is_ridden_out(

@@ -125,6 +125,10 @@ class TelemetryIngest(ControllerPart):
     async def on_synced(self) -> None:
         self._write_fleet_counts()
 
+    async def on_device_changed(self, device_id: str, presence_changed: bool) -> None:
+        if device_id not in self.controller.registry.devices:
+            self._tags.pop(device_id, None)  # removed from the fleet
+
     def _enqueue(self, lines: list[str]) -> None:
         over = len(self._buffer) + len(lines) - self.settings.buffer_size
         if over > 0:
