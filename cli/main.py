@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli import broker, creds, flash, meetings, ops, services
+from cli import broker, creds, flash, meetings, ops, services, telemetry
 from cli.common import Exit, fail, setup_logging
 from fleet.protocol import json_schemas
 
@@ -68,6 +68,7 @@ app.add_typer(creds.app, name="creds")
 app.add_typer(broker.app, name="broker")
 app.add_typer(meetings.app, name="rooms")
 app.add_typer(meetings.agent_app, name="agent")
+app.add_typer(telemetry.app, name="telemetry")
 
 
 def main() -> None:

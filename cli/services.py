@@ -23,6 +23,20 @@ from cli.common import (
     run,
     run_service,
 )
+from cli.telemetry import (
+    InfluxBatchOpt,
+    InfluxBucketOpt,
+    InfluxBufferOpt,
+    InfluxDatabaseOpt,
+    InfluxFlushOpt,
+    InfluxOptions,
+    InfluxOrgOpt,
+    InfluxPasswordOpt,
+    InfluxTokenOpt,
+    InfluxUrlOpt,
+    InfluxUserOpt,
+    InfluxVersionOpt,
+)
 from fleet.client import FleetClient
 from fleet.controller.meetings import DEFAULT_ROOM_CAP, MeetingServer
 from fleet.controller.service import Controller
@@ -74,9 +88,33 @@ def up(
     room_cap: RoomCapOpt = DEFAULT_ROOM_CAP,
     home: HomeOpt = None,
     prefix: PrefixOpt = None,
+    influx_url: InfluxUrlOpt = None,
+    influx_version: InfluxVersionOpt = None,
+    influx_token: InfluxTokenOpt = None,
+    influx_org: InfluxOrgOpt = None,
+    influx_bucket: InfluxBucketOpt = None,
+    influx_database: InfluxDatabaseOpt = None,
+    influx_user: InfluxUserOpt = None,
+    influx_password: InfluxPasswordOpt = None,
+    influx_batch_size: InfluxBatchOpt = None,
+    influx_flush_interval: InfluxFlushOpt = None,
+    influx_buffer: InfluxBufferOpt = None,
 ) -> None:
     """Run broker + controller + N simulated devices until Ctrl-C."""
     settings = load_settings(home=home, prefix=prefix)
+    influx = InfluxOptions(
+        influx_url,
+        influx_version,
+        influx_token,
+        influx_org,
+        influx_bucket,
+        influx_database,
+        influx_user,
+        influx_password,
+        influx_batch_size,
+        influx_flush_interval,
+        influx_buffer,
+    )
     config = StackConfig(
         home=settings.home,
         devices=devices,
@@ -88,6 +126,7 @@ def up(
         tele_interval_s=tele_interval,
         audio=audio,
         room_cap=room_cap,
+        parts=influx.parts(),
     )
 
     async def go() -> None:
@@ -124,18 +163,44 @@ def controller(
     ] = True,
     broker: BrokerOpt = None,
     prefix: PrefixOpt = None,
+    influx_url: InfluxUrlOpt = None,
+    influx_version: InfluxVersionOpt = None,
+    influx_token: InfluxTokenOpt = None,
+    influx_org: InfluxOrgOpt = None,
+    influx_bucket: InfluxBucketOpt = None,
+    influx_database: InfluxDatabaseOpt = None,
+    influx_user: InfluxUserOpt = None,
+    influx_password: InfluxPasswordOpt = None,
+    influx_batch_size: InfluxBatchOpt = None,
+    influx_flush_interval: InfluxFlushOpt = None,
+    influx_buffer: InfluxBufferOpt = None,
 ) -> None:
-    """Run the controller: registry, desired state, commands, meetings, the automation API."""
+    """Run the controller: registry, desired state, commands, meetings, the automation API,
+    telemetry."""
     if not is_valid_id(client_id):
         fail(f"--client-id {client_id!r} must match [a-z0-9][a-z0-9-]{{0,63}}", Exit.USAGE)
     url, topics = connection(broker, prefix)
+    influx = InfluxOptions(
+        influx_url,
+        influx_version,
+        influx_token,
+        influx_org,
+        influx_bucket,
+        influx_database,
+        influx_user,
+        influx_password,
+        influx_batch_size,
+        influx_flush_interval,
+        influx_buffer,
+    )
+    parts = influx.parts()
     path = db or load_settings().home / "controller.db"
     console.print(f"controller on {url.redacted()}, store {path}", highlight=False)
     store = CredentialStore(creds) if creds is not None else None
     meetings = MeetingServer(room_cap=room_cap, auto_create=auto_create)
     run_service(
         Controller(
-            url, path, topics, client_id=client_id, credentials=store, parts=[meetings]
+            url, path, topics, client_id=client_id, credentials=store, parts=[meetings, *parts]
         ).run()
     )
 

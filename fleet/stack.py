@@ -19,6 +19,7 @@ from pathlib import Path
 from broker.credentials import CredentialStore, Role
 from broker.embedded import EmbeddedBroker
 from fleet.controller.meetings import DEFAULT_ROOM_CAP, MeetingServer
+from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.device.sim import MeetingDriver, SimFleet, device_ids
 from fleet.mqtt import BrokerUrl
@@ -58,6 +59,7 @@ class StackConfig:
     id_prefix: str = "dev"
     audio: bool = True  # simulated devices meet for real (aiortc); off: the state names the room
     room_cap: int = DEFAULT_ROOM_CAP
+    parts: Sequence[ControllerPart] = ()  # controller features (telemetry ingest, ...)
 
 
 @dataclass
@@ -104,7 +106,7 @@ async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
             home / "controller.db",
             topics,
             credentials=store,
-            parts=[MeetingServer(room_cap=config.room_cap)],
+            parts=[MeetingServer(room_cap=config.room_cap), *config.parts],
         )
         fleet = SimFleet(
             base,

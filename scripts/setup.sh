@@ -10,9 +10,11 @@ dev=0
 [ "${1:-}" = "--dev" ] && dev=1
 
 runtime_pkgs=(python3-venv)
-# The test suite runs a real Mosquitto and builds the firmware core (gcc, clang/libFuzzer,
-# cJSON, libmosquitto): the firmware's own list is the source of truth for those.
-dev_pkgs=(mosquitto iproute2)
+# The test suite runs a real Mosquitto, VictoriaMetrics and InfluxDB 1.x (telemetry), a
+# network namespace (iproute2: a host with only loopback for the media tests) and builds
+# the firmware core (gcc, clang/libFuzzer, cJSON, libmosquitto): the firmware's own list
+# is the source of truth for those.
+dev_pkgs=(mosquitto iproute2 victoria-metrics influxdb)
 if [ "$dev" = 1 ]; then
     mapfile -t fw_pkgs < <(grep -v '^\s*#' firmware/host/DEPENDENCIES | grep -v '^\s*$')
     dev_pkgs+=("${fw_pkgs[@]}")
@@ -47,6 +49,6 @@ fi
 if [ "$dev" = 1 ]; then
     .venv/bin/python -m pip install -q -e '.[dev]'
 else
-    .venv/bin/python -m pip install -q -e .
+    .venv/bin/python -m pip install -q -e '.[telemetry]'
 fi
 echo "ready: .venv/bin/fleet"

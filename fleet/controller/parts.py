@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 class ControllerPart:
     name = "part"
+    # QoS of this part's subscriptions; 0 for streams that are published at QoS 0
+    # (telemetry), so a broker that delivers at the subscription's QoS adds no acks.
+    qos = 1
     controller: Controller
 
     def attach(self, controller: Controller) -> None:
@@ -28,7 +31,7 @@ class ControllerPart:
         self.controller = controller
 
     def subscriptions(self) -> Sequence[str]:
-        """Topic filters (QoS 1) whose messages go to on_message."""
+        """Topic filters (subscribed with `qos`) whose messages go to on_message."""
         return ()
 
     def api_ops(self) -> Mapping[ApiOp, Callable[[ApiRequest], Awaitable[ApiResult]]]:

@@ -143,7 +143,7 @@ class Controller:
                 (t.all_group_desired, 1),
                 (t.all_api_requests, 1),
                 (t.sync(self.client_id), 1),
-                *((flt, 1) for part in self.parts for flt in part.subscriptions()),
+                *((flt, part.qos) for part in self.parts for flt in part.subscriptions()),
             ]
         )
         self._sync_token = uuid.uuid4().hex  # a stale marker from an earlier connection is not it
