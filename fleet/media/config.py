@@ -17,6 +17,7 @@ CODECS: tuple[str, ...] = ("opus", "pcmu", "pcma")
 ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
 AIORTC_JITTER_FRAMES = 4
 MAX_JITTER_FRAMES = 8  # half the buffer's 16 packets
+OPUS_KBPS = (6, 510)
 
 
 def known_codecs(names: list[str] | tuple[str, ...]) -> list[str]:
@@ -42,6 +43,9 @@ class MediaConfig:
     # puts loopback mouth-to-ear at ~110 ms; 3 gives ~90 ms (bench/media_pair.py) and
     # still rides out 40-60 ms of jitter. More for a jittery network, fewer for latency.
     jitter_frames: int = 3
+    # Opus bitrate. The mesh encodes Opus itself, mono (fleet.media.encoding): 32 kbit/s is
+    # transparent for speech; aiortc alone sends stereo at 96 kbit/s.
+    opus_kbps: int = 32
 
     def __post_init__(self) -> None:
         if not self.codecs:
@@ -54,6 +58,8 @@ class MediaConfig:
             raise MediaError("connect_timeout_s must be positive")
         if not 1 <= self.jitter_frames <= MAX_JITTER_FRAMES:
             raise MediaError(f"jitter_frames must be 1..{MAX_JITTER_FRAMES}")
+        if not OPUS_KBPS[0] <= self.opus_kbps <= OPUS_KBPS[1]:
+            raise MediaError(f"opus_kbps must be {OPUS_KBPS[0]}..{OPUS_KBPS[1]} (libopus' range)")
         for url in self.ice_servers:
             parse_ice_server(url)  # fail at configuration time, not at the first call
 

@@ -1,7 +1,7 @@
 """The one audio format inside fleet.media: 48 kHz mono signed 16-bit, 20 ms frames.
 
 Sources produce it, and every decoded remote frame is brought to it before a sink sees
-it (Opus decodes to stereo, G.711 to 8 kHz), so sinks and analysis never convert.
+it (aiortc decodes Opus to stereo, G.711 to 8 kHz), so sinks and analysis never convert.
 """
 
 from __future__ import annotations
@@ -51,8 +51,12 @@ def scale(samples: np.ndarray, gain: float) -> np.ndarray:
 class Normalizer:
     """Brings one remote stream's decoded frames to 48 kHz mono s16.
 
-    Opus (48 kHz stereo) is folded to mono in numpy; anything else (G.711 at 8 kHz) goes
-    through libswresample, which keeps filter state across frames, hence one per stream.
+    Opus (aiortc decodes it to 48 kHz stereo) is folded to mono in numpy as (L+R)/2, which
+    gives back the sender's level for a mono-coded stream (ours, fleet.media.encoding;
+    browsers'; ESP boards'), decoded as two equal channels. Stock aiortc upmixes mono at
+    -3 dB a channel before its stereo encode: such a peer is heard 3 dB low. Anything else
+    (G.711 at 8 kHz) goes through libswresample, which keeps filter state across frames,
+    hence one per stream.
     """
 
     def __init__(self) -> None:
@@ -65,11 +69,10 @@ class Normalizer:
             if channels == 1:
                 return [data]
             if channels == 2:
-                # (L+R)/sqrt(2): aiortc's Opus encoder spreads mono to both channels at -3 dB,
-                # so this gives back the sender's level.
-                pairs = data.reshape(-1, 2).astype(np.float32)
-                mono = (pairs[:, 0] + pairs[:, 1]) * np.float32(0.70710677)
-                return [np.clip(mono, -32768, 32767).astype(np.int16)]
+                mono = data[0::2].astype(np.int32)
+                mono += data[1::2]
+                mono >>= 1  # the mean of two int16 fits an int16
+                return [mono.astype(np.int16)]
         if self._resampler is None:
             self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
         return [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]

@@ -10,6 +10,10 @@ Per peer, from both sides' declared capabilities:
   none in common is refused before any SDP goes out;
 - direction: we send only if we have a mic and the peer a speaker, receive only if we
   have a speaker and the peer a mic; a link with neither is "inactive" but still set up.
+
+Sending: each peer's sender reads a SendTrack; the tracks of one source (the SharedTracks
+of one SharedSource, or one track) share a Broadcast that reads it once, applies the mic
+gate and encodes once per codec (mono Opus, G.711): fleet.media.encoding.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import av
 from aiortc import (
     MediaStreamTrack,
     RTCPeerConnection,
@@ -40,9 +43,11 @@ from fleet.media.config import (
     MediaConfig,
     known_codecs,
 )
+from fleet.media.encoding import ENCODED, Broadcast, EncoderInfo, FrameEncoder, SendTrack
 from fleet.media.errors import MediaError, MediaNotSupported
 from fleet.media.frames import Normalizer, make_frame, scale
 from fleet.media.sinks import AudioSink
+from fleet.media.sources import SharedTrack
 from fleet.media.stats import PeerCounters, peer_stats
 from fleet.protocol.messages import Capabilities, PeerAudioStats
 
@@ -61,36 +66,6 @@ DIRECTIONS = {
 }
 
 
-class MicGate(MediaStreamTrack):
-    """Passes its source's frames, or silence of the same shape while the mic is off:
-    muting keeps the stream (and its RTP timing) going, as a muted phone does."""
-
-    kind = "audio"
-
-    def __init__(self, inner: MediaStreamTrack, is_on: Callable[[], bool]) -> None:
-        super().__init__()
-        self.inner = inner
-        self._is_on = is_on
-
-    async def recv(self) -> av.AudioFrame:
-        frame = await self.inner.recv()
-        if self._is_on():
-            return frame
-        silent = av.AudioFrame(
-            format=frame.format.name, layout=frame.layout.name, samples=frame.samples
-        )
-        for plane in silent.planes:
-            plane.update(bytes(plane.buffer_size))
-        silent.sample_rate = frame.sample_rate
-        silent.pts = frame.pts
-        silent.time_base = frame.time_base
-        return silent
-
-    def stop(self) -> None:
-        super().stop()
-        self.inner.stop()
-
-
 @dataclass(eq=False)
 class Peer:
     id: str
@@ -106,6 +81,7 @@ class Peer:
     normalizer: Normalizer = field(default_factory=Normalizer)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     sink_failed: bool = False
+    outgoing: SendTrack | None = None  # what our sender to this peer reads
 
 
 class MediaMesh:
@@ -130,6 +106,8 @@ class MediaMesh:
         self._gain = 1.0
         self._closed = False
         self._caps = {c.mimeType.lower(): c for c in RTCRtpSender.getCapabilities("audio").codecs}
+        # One per source being sent (a SharedSource, or a track of one peer's own).
+        self._broadcasts: dict[object, Broadcast] = {}
 
     # --- negotiation --------------------------------------------------------------------------
     async def create_offer(self, peer: str, peer_caps: Capabilities | None) -> str:
@@ -239,6 +217,11 @@ class MediaMesh:
     def volume(self) -> int:
         return round(self._gain * 100)
 
+    def sending(self) -> list[EncoderInfo]:
+        """What is encoded now: one entry per source and codec, with the number of peers
+        it goes to and the frames encoded so far (once for all of them)."""
+        return [info for b in self._broadcasts.values() for info in b.info()]
+
     async def stats(self) -> list[PeerAudioStats]:
         """Per-peer figures from aiortc's getStats, plus the received level since the last
         call (the sink path's RMS)."""
@@ -267,9 +250,9 @@ class MediaMesh:
         track = self.source_for(peer) if send else None
         send = send and track is not None
         pc = RTCPeerConnection(self.config.rtc_configuration())
+        outgoing = SendTrack(track, self._attach) if track is not None else None
         try:
-            gate = MicGate(track, lambda: self._mic) if track is not None else None
-            transceiver = pc.addTransceiver(gate or "audio", direction=DIRECTIONS[send, recv])
+            transceiver = pc.addTransceiver(outgoing or "audio", direction=DIRECTIONS[send, recv])
             if self.config.jitter_frames != AIORTC_JITTER_FRAMES:
                 set_jitter_frames(transceiver, self.config.jitter_frames)
             if codecs:
@@ -279,7 +262,7 @@ class MediaMesh:
             if track is not None:
                 track.stop()
             raise
-        entry = Peer(peer, pc, transceiver, send, recv)
+        entry = Peer(peer, pc, transceiver, send, recv, outgoing=outgoing)
         pc.on("connectionstatechange", lambda: self._state_changed(entry))
         self._peers[peer] = entry
         return entry
@@ -302,9 +285,38 @@ class MediaMesh:
         direction = entry.transceiver.currentDirection
         entry.send = direction in ("sendonly", "sendrecv")
         entry.recv = direction in ("recvonly", "sendrecv")
+        if entry.outgoing is not None:
+            # aiortc sends with the same codec (the first of ours the answer holds); the
+            # sender reads its first frame only once connected, after this.
+            entry.outgoing.codec = entry.send_codec
         track = entry.transceiver.receiver.track
         if entry.recv and track is not None:
             entry.tasks.append(asyncio.create_task(self._read(entry, track)))
+
+    def _attach(self, feed: SendTrack) -> Broadcast:
+        """A sender's first read: join (or start) the Broadcast of its source."""
+        source = feed.source
+        key = source.shared if isinstance(source, SharedTrack) else source
+        broadcast = self._broadcasts.get(key)
+        if broadcast is None:
+
+            def closed(done: Broadcast) -> None:
+                if self._broadcasts.get(key) is done:
+                    del self._broadcasts[key]
+
+            broadcast = Broadcast(source, self._encoder, lambda: self._mic, closed)
+            self._broadcasts[key] = broadcast
+        elif broadcast.source is not source:
+            source.stop()  # a spare subscription to a SharedSource already read: never used
+        feed.handed_over()
+        codec = feed.codec if feed.codec in ENCODED else None
+        if codec is None:
+            log.info("sending %s audio encoded by aiortc (per peer)", feed.codec or "unknown")
+        broadcast.join(feed, codec)
+        return broadcast
+
+    def _encoder(self, codec: str) -> FrameEncoder:
+        return FrameEncoder(codec, self.config.opus_kbps)
 
     def _still_current(self, entry: Peer) -> None:
         if self._peers.get(entry.id) is not entry:
@@ -379,6 +391,8 @@ class MediaMesh:
                 task.cancel()
         with contextlib.suppress(Exception):
             await entry.pc.close()
+        if entry.outgoing is not None and entry.outgoing.attached:
+            entry.outgoing.stop()  # aiortc does when its sender ran; leaves the Broadcast
         for task in entry.tasks:
             if task is not current:
                 with contextlib.suppress(asyncio.CancelledError, Exception):

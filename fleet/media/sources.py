@@ -248,15 +248,50 @@ class SharedSource:
     """One source sent to every peer: `source_for` for MediaMesh, through aiortc's MediaRelay
     (the source is read once per frame, whatever the number of peers).
 
-    Stop it when the meeting ends: the relay keeps reading a live source.
+    Each call gives a SharedTrack; a mesh recognises the tracks of one SharedSource and
+    reads (and encodes) one of them for all its peers (fleet.media.encoding). Stop it when
+    the meeting ends: the relay keeps reading a live source.
     """
 
     def __init__(self, track: MediaStreamTrack) -> None:
         self.track = track
         self._relay = MediaRelay()
 
-    def __call__(self, peer: str) -> MediaStreamTrack:
+    def __call__(self, peer: str) -> SharedTrack:
+        return SharedTrack(self)
+
+    def subscribe(self) -> MediaStreamTrack:
+        """A relay subscription: the source's frames, read once for every subscriber."""
         return self._relay.subscribe(self.track)
 
     def stop(self) -> None:
         self.track.stop()
+
+
+class SharedTrack(MediaStreamTrack):
+    """What SharedSource gives each peer: the source's frames through the relay (which it
+    joins at its first read, so one never read costs nothing), and `shared`, by which a
+    mesh knows the tracks that carry the same audio."""
+
+    kind = "audio"
+
+    def __init__(self, shared: SharedSource) -> None:
+        super().__init__()
+        self.shared = shared
+        self._proxy: MediaStreamTrack | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._proxy is None:
+            self._proxy = self.shared.subscribe()
+        try:
+            return await self._proxy.recv()  # type: ignore[return-value]
+        except MediaStreamError:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        super().stop()
+        if self._proxy is not None:
+            self._proxy.stop()
