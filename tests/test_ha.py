@@ -632,3 +632,28 @@ async def test_ha_status_before_sync_is_harmless(
         await ha.client.publish(f"{HA_PREFIX}/status", payload, qos=1, retain=True)
         async with controller(amqtt_broker, tmp_path / "ctl.db", parts=[ha_part()]):
             await wait_for(lambda: len(ha.configs()) == 1, what="the controller's config")
+
+
+async def test_join_all_room_survives_a_controller_restart(
+    amqtt_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    t = amqtt_broker.topics
+    ha_secret = amqtt_broker.add_user(HA_USER, Role.HOMEASSISTANT)
+    async with home_assistant(amqtt_broker, ha_secret) as ha:
+        async with (
+            controller(amqtt_broker, tmp_path / "ctl.db") as ctl,
+            operator(amqtt_broker) as op,
+        ):
+            assert (await op.request(ApiOp.ROOM_CREATE, ApiRequest(room="retro"))).ok
+            del ctl
+        async with controller(amqtt_broker, tmp_path / "ctl.db", parts=[ha_part()]):
+            await wait_for(lambda: t.ha_fleet_state in ha.last, what="fleet state")
+            await ha.press(t.ha_fleet_set("room"), b"retro")
+            await wait_for(lambda: ha.doc(t.ha_fleet_state)["room"] == "retro", what="chosen")
+        async with controller(amqtt_broker, tmp_path / "ctl.db", parts=[ha_part()]) as ctl:
+            await wait_for(lambda: ctl.synced, what="synced")
+            part = ctl.parts[0]
+            assert isinstance(part, HomeAssistantPart)
+            assert part.room == "retro"
+            await wait_for(lambda: ha.last.get(t.ha_status) == b"online", what="online again")
+            assert ha.doc(t.ha_fleet_state)["room"] == "retro"
