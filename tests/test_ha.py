@@ -318,7 +318,11 @@ async def test_room_selects(amqtt_broker: BrokerHandle, tmp_path: Path) -> None:
             lambda: all(d.meeting and d.meeting.room == "retro" for d in fleet.devices),
             what="all in retro",
         )
-        # A device's select moves it while it is in a meeting.
+        # A device's select moves it while it is in a meeting (as Home Assistant shows it).
+        await wait_for(
+            lambda: ha.doc(t.ha_device_state("dev-1"))["room"] == "retro", what="dev-1 in retro"
+        )
+        assert in_meeting(ha, "dev-1") == "ON"
         await ha.press(t.ha_device_set("dev-1", "room"), b"standup")
         await wait_for(
             lambda: fleet["dev-1"].meeting is not None and fleet["dev-1"].meeting.room == "standup",
