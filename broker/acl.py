@@ -7,8 +7,10 @@ The rules, by role:
   and ``meet/{id}/up``; reads only ``dev/{id}/desired``, ``dev/{id}/cmd``,
   ``meet/{id}/down`` and ``grp/{g}/desired`` for its groups and ``all``, by exact
   subscription (no wildcards).
-- homeassistant: publishes ``api/{op}`` requests, ``homeassistant/status`` and ``ha/#``;
-  reads ``homeassistant/#``, device status/state/tele, ``api/result`` and ``ha/#``.
+- homeassistant: publishes the meeting ops of ``api/{op}`` (join-all, leave-all, join,
+  leave), ``homeassistant/status`` and its entities' command topics (``ha/dev/+/+/set``,
+  ``ha/fleet/+/set``); reads ``homeassistant/#``, device status/state/tele, ``api/result``
+  and ``ha/#``. So it cannot forge the state docs under ``ha/`` nor write discovery.
 - anonymous or unknown role: nothing.
 
 A wildcard subscription is allowed only when every topic it can match is readable.
@@ -22,7 +24,7 @@ from __future__ import annotations
 from typing import Literal
 
 from broker.credentials import Credential, Role
-from fleet.protocol.messages import ApiOp
+from fleet.protocol.messages import HOMEASSISTANT_API_OPS
 from fleet.protocol.topics import Topics
 
 AclAction = Literal["publish", "subscribe", "receive"]
@@ -75,9 +77,12 @@ class Acl:
             ("homeassistant", "#"),
         )
         self._ha_write_exact = frozenset(
-            {f"{p}/api/{op.value}" for op in ApiOp} | {self._ha_status}
+            {f"{p}/api/{op.value}" for op in HOMEASSISTANT_API_OPS} | {self._ha_status}
         )
-        self._ha_write: tuple[Filter, ...] = (split_filter(f"{p}/ha/#"),)
+        self._ha_write: tuple[Filter, ...] = (
+            split_filter(topics.ha_all_device_sets),
+            split_filter(topics.ha_all_fleet_sets),
+        )
         self._ha_read_cache: dict[str, bool] = {}
         self._ha_read: tuple[Filter, ...] = (
             ("homeassistant", "#"),

@@ -39,11 +39,16 @@ from cli.telemetry import (
 )
 from fleet.client import FleetClient
 from fleet.controller.meetings import DEFAULT_ROOM_CAP, MeetingServer
+from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.device.bulk import BulkFleet
 from fleet.device.sim import SimFleet, device_ids
+from fleet.errors import ProtocolError
+from fleet.ha import HomeAssistantPart, HomeAssistantSettings
+from fleet.ha.part import DEFAULT_ROOM
 from fleet.protocol import is_valid_id
 from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult
+from fleet.protocol.topics import DEFAULT_HA_PREFIX
 from fleet.settings import load_settings
 from fleet.stack import StackConfig, free_port, running_stack
 
@@ -66,6 +71,20 @@ PortOpt = Annotated[int, typer.Option("--port", min=0, max=65535, help="Broker T
 GroupOpt = Annotated[
     list[str] | None, typer.Option("--group", help="Group of the simulated devices (repeatable).")
 ]
+HaOpt = Annotated[
+    bool,
+    typer.Option(
+        "--ha/--no-ha",
+        help="Home Assistant: MQTT discovery of every device and the controller, entity "
+        "state and commands under PREFIX/ha/ (docs/home-assistant.md).",
+    ),
+]
+HaPrefixOpt = Annotated[
+    str, typer.Option(help="Home Assistant's discovery prefix (its MQTT setting).")
+]
+HaRoomOpt = Annotated[
+    str, typer.Option(help='Room of Home Assistant\'s "Join all" until one is chosen there.')
+]
 RoomCapOpt = Annotated[
     int, typer.Option(min=2, max=64, help="Default member cap of a room (a full mesh).")
 ]
@@ -86,6 +105,9 @@ def up(
         bool, typer.Option(help="Devices meet with real audio (off: the state names the room).")
     ] = True,
     room_cap: RoomCapOpt = DEFAULT_ROOM_CAP,
+    ha: HaOpt = True,
+    ha_prefix: HaPrefixOpt = DEFAULT_HA_PREFIX,
+    ha_room: HaRoomOpt = DEFAULT_ROOM,
     home: HomeOpt = None,
     prefix: PrefixOpt = None,
     influx_url: InfluxUrlOpt = None,
@@ -126,7 +148,7 @@ def up(
         tele_interval_s=tele_interval,
         audio=audio,
         room_cap=room_cap,
-        parts=influx.parts(),
+        parts=[*influx.parts(), *_ha_parts(ha, ha_prefix, ha_room)],
     )
 
     async def go() -> None:
@@ -161,6 +183,9 @@ def controller(
     auto_create: Annotated[
         bool, typer.Option(help="Create a room on its first join (off: `fleet rooms create`).")
     ] = True,
+    ha: HaOpt = True,
+    ha_prefix: HaPrefixOpt = DEFAULT_HA_PREFIX,
+    ha_room: HaRoomOpt = DEFAULT_ROOM,
     broker: BrokerOpt = None,
     prefix: PrefixOpt = None,
     influx_url: InfluxUrlOpt = None,
@@ -176,7 +201,7 @@ def controller(
     influx_buffer: InfluxBufferOpt = None,
 ) -> None:
     """Run the controller: registry, desired state, commands, meetings, the automation API,
-    telemetry."""
+    telemetry, Home Assistant discovery."""
     if not is_valid_id(client_id):
         fail(f"--client-id {client_id!r} must match [a-z0-9][a-z0-9-]{{0,63}}", Exit.USAGE)
     url, topics = connection(broker, prefix)
@@ -193,7 +218,7 @@ def controller(
         influx_flush_interval,
         influx_buffer,
     )
-    parts = influx.parts()
+    parts = [*influx.parts(), *_ha_parts(ha, ha_prefix, ha_room)]
     path = db or load_settings().home / "controller.db"
     console.print(f"controller on {url.redacted()}, store {path}", highlight=False)
     store = CredentialStore(creds) if creds is not None else None
@@ -369,6 +394,15 @@ async def _step(fleet: FleetClient, op: ApiOp, request: ApiRequest) -> ApiResult
     for d in result.devices:
         console.print(f"  {d.device}: {d.outcome.value}, room {d.room or '-'}", highlight=False)
     return result
+
+
+def _ha_parts(enabled: bool, ha_prefix: str, room: str) -> list[ControllerPart]:
+    if not enabled:
+        return []
+    try:
+        return [HomeAssistantPart(HomeAssistantSettings(ha_prefix=ha_prefix, room=room))]
+    except (ValueError, ProtocolError) as exc:
+        fail(f"--ha-prefix/--ha-room: {exc}", Exit.USAGE)
 
 
 def _groups(group: list[str] | None) -> list[str]:

@@ -14,7 +14,7 @@ from brokers import (
 
 from broker.acl import Acl, filter_covers, split_filter
 from broker.credentials import Credential, Role, hash_secret
-from fleet.protocol.messages import ApiOp
+from fleet.protocol.messages import HOMEASSISTANT_API_OPS, ApiOp
 from fleet.protocol.topics import TopicKind, Topics
 
 P = "fleet/v1"
@@ -160,14 +160,25 @@ def test_controller_wildcards_stay_inside(acl: Acl) -> None:
 # --- home assistant -----------------------------------------------------------------------------
 
 
-def test_homeassistant_publishes_api_requests_only(acl: Acl) -> None:
+def test_homeassistant_publishes_meeting_requests_and_entity_commands_only(acl: Acl) -> None:
     for op in ApiOp:
-        assert acl.allows(HA, "publish", f"{P}/api/{op.value}")
+        allowed = op in HOMEASSISTANT_API_OPS
+        assert acl.allows(HA, "publish", f"{P}/api/{op.value}") is allowed, op
+    assert {op.value for op in HOMEASSISTANT_API_OPS} == {"join-all", "leave-all", "join", "leave"}
     assert acl.allows(HA, "publish", "homeassistant/status")
     assert acl.allows(HA, "publish", f"{P}/ha/fleet/join_all/set")
+    assert acl.allows(HA, "publish", f"{P}/ha/dev/dev-1/meeting/set")
     for bad in (
         f"{P}/api/result",
         f"{P}/api/reboot-everything",
+        f"{P}/api/cmd",
+        f"{P}/api/room-rm",
+        # the controller's state docs and availability: Home Assistant reads, never writes them
+        f"{P}/ha/dev/dev-1/state",
+        f"{P}/ha/fleet/state",
+        f"{P}/ha/status",
+        f"{P}/ha/dev/dev-1/meeting/set/more",
+        "homeassistant/device/x/config",
         f"{P}/dev/dev-1/desired",
         f"{P}/dev/dev-1/cmd",
         f"{P}/grp/all/desired",

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from broker.credentials import CredentialStore, Role
 from broker.mosquitto import MAX_QUEUED_MESSAGES, mosquitto_acl, write_mosquitto_config
 from cli.broker import app as broker_app
-from fleet.protocol.messages import ApiOp
+from fleet.protocol.messages import HOMEASSISTANT_API_OPS
 
 P = "fleet/v1"
 
@@ -94,7 +94,10 @@ def test_acl_text(users: CredentialStore) -> None:
     assert sections["dev-2"] == [f"topic read {P}/grp/all/desired"]
     assert sections["controller"] == [f"topic readwrite {P}/#", "topic readwrite homeassistant/#"]
     ha = sections["homeassistant"]
-    assert {f"topic write {P}/api/{op.value}" for op in ApiOp} <= set(ha)
+    assert {f"topic write {P}/api/{op.value}" for op in HOMEASSISTANT_API_OPS} <= set(ha)
+    assert f"topic write {P}/api/cmd" not in ha
+    assert {f"topic write {P}/ha/dev/+/+/set", f"topic write {P}/ha/fleet/+/set"} <= set(ha)
+    assert f"topic read {P}/ha/#" in ha
     assert f"topic write {P}/api/result" not in ha
     assert f"topic read {P}/dev/+/state" in ha
 

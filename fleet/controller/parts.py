@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from fleet.mqtt import LastWill
 from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult, FleetEvent
 
 if TYPE_CHECKING:
@@ -38,6 +39,11 @@ class ControllerPart:
         """API ops this part answers: one final result each, published on api/result."""
         return {}
 
+    def will(self) -> LastWill | None:
+        """A last will for the controller's connection (the first part's that has one wins:
+        MQTT allows one per connection)."""
+        return None
+
     async def on_connect(self) -> None:
         """After every (re)connect and subscribe, before the controller is synced."""
 
@@ -52,6 +58,10 @@ class ControllerPart:
 
     async def on_event(self, event: FleetEvent) -> None:
         """Every fleet event the controller emits."""
+
+    async def on_closing(self) -> None:
+        """The controller disconnects on purpose, the link still up: the place for a goodbye
+        (a clean DISCONNECT suppresses the will)."""
 
     async def run(self) -> None:
         """Background work for the controller's lifetime; return when there is none."""

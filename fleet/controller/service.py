@@ -115,6 +115,8 @@ class Controller:
                         on_connect=self._on_connect,
                         on_message=self._on_message,
                         on_disconnect=self._on_disconnect,
+                        on_close=self._on_close,
+                        will=next((w for p in self.parts if (w := p.will()) is not None), None),
                         connected=self.connected,
                     ),
                     name="controller-link",
@@ -134,18 +136,21 @@ class Controller:
         t = self.topics
         self._client = client
         self._synced = False
-        await client.subscribe(
-            [
-                (t.all_devices(TopicKind.STATUS), 1),
-                (t.all_devices(TopicKind.STATE), 1),
-                (t.all_devices(TopicKind.ACK), 1),
-                (t.all_devices(TopicKind.DESIRED), 1),
-                (t.all_group_desired, 1),
-                (t.all_api_requests, 1),
-                (t.sync(self.client_id), 1),
-                *((flt, part.qos) for part in self.parts for flt in part.subscriptions()),
-            ]
-        )
+        filters = {
+            t.all_devices(TopicKind.STATUS): 1,
+            t.all_devices(TopicKind.STATE): 1,
+            t.all_devices(TopicKind.ACK): 1,
+            t.all_devices(TopicKind.DESIRED): 1,
+            t.all_group_desired: 1,
+            t.all_api_requests: 1,
+            t.sync(self.client_id): 1,
+        }
+        for part in self.parts:
+            for flt in part.subscriptions():
+                # Two parts may share a filter (telemetry and Home Assistant both read tele):
+                # one subscription at the higher QoS; the broker delivers it once.
+                filters[flt] = max(filters.get(flt, 0), part.qos)
+        await client.subscribe(list(filters.items()))
         self._sync_token = uuid.uuid4().hex  # a stale marker from an earlier connection is not it
         await client.publish(t.sync(self.client_id), encode(Sync(token=self._sync_token)), qos=1)
         # Re-assert every desired doc: the broker may have restarted and forgotten them.
@@ -157,6 +162,13 @@ class Controller:
 
     def _on_disconnect(self) -> None:
         self._client = None
+
+    async def _on_close(self, client: aiomqtt.Client) -> None:
+        for part in self.parts:
+            try:
+                await part.on_closing()
+            except Exception as exc:  # best effort: we are going away anyway
+                log.debug("part %s failed to say goodbye: %s", part.name, exc)
 
     # --- inbound ------------------------------------------------------------------------------
     async def _on_message(self, message: aiomqtt.Message) -> None:
@@ -510,16 +522,26 @@ class Controller:
         )
 
     # --- for parts ----------------------------------------------------------------------------
-    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
+    async def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, wait: bool = False
+    ) -> bool:
         """Queue a publish on the controller's link; False (nothing sent) while disconnected.
 
-        Not awaited to its PUBACK: parts publish from message handlers, and paho resends
-        an unacknowledged QoS 1 message by itself.
+        Not awaited to its PUBACK unless `wait`: parts publish from message handlers, and
+        paho resends an unacknowledged QoS 1 message by itself.
         """
         if self._client is None:
             return False
-        publish_nowait(self._client, topic, payload, qos=qos, retain=retain)
+        if wait:
+            await self._client.publish(topic, payload, qos=qos, retain=retain)
+        else:
+            publish_nowait(self._client, topic, payload, qos=qos, retain=retain)
         return True
+
+    @property
+    def synced(self) -> bool:
+        """The retained fleet has been read since the last (re)connect."""
+        return self._synced
 
     async def submit(self, op: ApiOp, request: ApiRequest) -> None:
         """Run an API request as if it came on api/{op}; its results go to api/result."""

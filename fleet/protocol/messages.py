@@ -369,6 +369,10 @@ class ApiRequest(Message):
     limit: Annotated[int, Field(ge=1, le=100)] = 20
 
 
+# The ops a homeassistant-role user may request (§11): meetings only, no commands
+# (reboot, OTA) and no room management.
+HOMEASSISTANT_API_OPS = (ApiOp.JOIN_ALL, ApiOp.LEAVE_ALL, ApiOp.JOIN, ApiOp.LEAVE)
+
 # Fields each API op needs beyond the defaults.
 API_REQUIRED_FIELDS: dict[ApiOp, tuple[str, ...]] = {
     ApiOp.JOIN_ALL: ("room",),

@@ -17,6 +17,11 @@ API_OP_PATTERN = r"[a-z][a-z-]{0,31}"
 _API_OP_RE = re.compile(API_OP_PATTERN)
 # A prefix is one or more plain topic levels: no wildcards, no empty levels, no leading '$'.
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
+DEFAULT_HA_PREFIX = "homeassistant"
+# Home Assistant entity keys in command topics (`ha/dev/{id}/{entity}/set`): snake_case.
+HA_ENTITY_PATTERN = r"[a-z][a-z0-9_]{0,31}"
+# A discovery object id: what Home Assistant accepts as a topic level there.
+_HA_NODE_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 class TopicKind(StrEnum):
@@ -56,6 +61,23 @@ def is_valid_id(value: str) -> bool:
     return bool(ID_RE.fullmatch(value))
 
 
+class HaTopicKind(StrEnum):
+    """Topics of the Home Assistant integration under `{prefix}/ha/` (docs/home-assistant.md)."""
+
+    DEVICE_SET = "device_set"  # ha/dev/{id}/{entity}/set: a device entity's command
+    FLEET_SET = "fleet_set"  # ha/fleet/{entity}/set: a controller entity's command
+    DEVICE_STATE = "device_state"  # ha/dev/{id}/state
+    FLEET_STATE = "fleet_state"  # ha/fleet/state
+    STATUS = "status"  # ha/status: the controller's availability
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedHaTopic:
+    kind: HaTopicKind
+    device: str  # "" for the fleet's topics
+    entity: str  # "" for state and status topics
+
+
 class Topics:
     """Builds and parses topics under one prefix (default ``fleet/v1``)."""
 
@@ -73,6 +95,13 @@ class Topics:
             rf"|api/(?P<api>{API_OP_PATTERN})"
             rf"|sync/(?P<sync>{ID_PATTERN})"
             r"|(?P<events>events)"
+            r")"
+        )
+        self._ha_matcher = re.compile(
+            rf"{p}/ha/(?:"
+            rf"dev/(?P<dev>{ID_PATTERN})/(?:(?P<dev_entity>{HA_ENTITY_PATTERN})/set|(?P<dev_state>state))"
+            rf"|fleet/(?:(?P<fleet_entity>{HA_ENTITY_PATTERN})/set|(?P<fleet_state>state))"
+            r"|(?P<status>status)"
             r")"
         )
 
@@ -133,6 +162,56 @@ class Topics:
         """The controller's fleet events (join, leave, command, session...), not retained."""
         return f"{self.prefix}/events"
 
+    # --- the Home Assistant integration (`{prefix}/ha/...`) ----------------------------------
+    @property
+    def ha_status(self) -> str:
+        """The controller's availability for Home Assistant: `online`/`offline`, retained."""
+        return f"{self.prefix}/ha/status"
+
+    def ha_device_state(self, device_id: str) -> str:
+        _check_id(device_id, "device id")
+        return f"{self.prefix}/ha/dev/{device_id}/state"
+
+    def ha_device_set(self, device_id: str, entity: str) -> str:
+        _check_id(device_id, "device id")
+        _check_entity(entity)
+        return f"{self.prefix}/ha/dev/{device_id}/{entity}/set"
+
+    @property
+    def ha_fleet_state(self) -> str:
+        return f"{self.prefix}/ha/fleet/state"
+
+    def ha_fleet_set(self, entity: str) -> str:
+        _check_entity(entity)
+        return f"{self.prefix}/ha/fleet/{entity}/set"
+
+    @property
+    def ha_all_device_sets(self) -> str:
+        return f"{self.prefix}/ha/dev/+/+/set"
+
+    @property
+    def ha_all_fleet_sets(self) -> str:
+        return f"{self.prefix}/ha/fleet/+/set"
+
+    @property
+    def ha_everything(self) -> str:
+        return f"{self.prefix}/ha/#"
+
+    def parse_ha(self, topic: str) -> ParsedHaTopic | None:
+        """Classify a topic under `{prefix}/ha/`; None for anything else."""
+        m = self._ha_matcher.fullmatch(topic)
+        if m is None:
+            return None
+        if m["dev"]:
+            if m["dev_state"]:
+                return ParsedHaTopic(HaTopicKind.DEVICE_STATE, m["dev"], "")
+            return ParsedHaTopic(HaTopicKind.DEVICE_SET, m["dev"], m["dev_entity"])
+        if m["fleet_entity"]:
+            return ParsedHaTopic(HaTopicKind.FLEET_SET, "", m["fleet_entity"])
+        if m["fleet_state"]:
+            return ParsedHaTopic(HaTopicKind.FLEET_STATE, "", "")
+        return ParsedHaTopic(HaTopicKind.STATUS, "", "")
+
     # --- subscription filters -------------------------------------------------------------
     def all_devices(self, kind: TopicKind) -> str:
         if kind not in DEVICE_TOPIC_KINDS:
@@ -176,6 +255,35 @@ class Topics:
         if op == "result":
             return ParsedTopic(TopicKind.API_RESULT, "result")
         return ParsedTopic(TopicKind.API, op)
+
+
+def ha_discovery_config(ha_prefix: str, node: str) -> str:
+    """Home Assistant's device-based discovery topic: `{ha_prefix}/device/{node}/config`."""
+    _check_ha_prefix(ha_prefix)
+    if not _HA_NODE_RE.fullmatch(node):
+        raise ValueError(f"invalid discovery object id {node!r}: must match [A-Za-z0-9_-]+")
+    return f"{ha_prefix}/device/{node}/config"
+
+
+def ha_birth(ha_prefix: str) -> str:
+    """Where Home Assistant announces itself (`online`) and its will (`offline`)."""
+    _check_ha_prefix(ha_prefix)
+    return f"{ha_prefix}/status"
+
+
+def check_ha_prefix(ha_prefix: str) -> str:
+    _check_ha_prefix(ha_prefix)
+    return ha_prefix
+
+
+def _check_ha_prefix(ha_prefix: str) -> None:
+    if not _PREFIX_RE.fullmatch(ha_prefix):
+        raise ValueError(f"invalid discovery prefix {ha_prefix!r}: plain levels only")
+
+
+def _check_entity(entity: str) -> None:
+    if not re.fullmatch(HA_ENTITY_PATTERN, entity):
+        raise ValueError(f"invalid entity key {entity!r}: must match {HA_ENTITY_PATTERN}")
 
 
 def _check_id(value: str, what: str) -> None:

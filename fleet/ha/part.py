@@ -1,0 +1,430 @@
+"""The controller part that puts the fleet into Home Assistant and obeys its entities.
+
+Cost at fleet scale: a device's discovery config is built and published when the
+device first appears and again only when what it shows changes (firmware, board,
+the list of rooms); its state doc only when a value in it changes, and values
+that come from telemetry at most every `tele_interval_s` per device. Counts for
+the controller's sensors are kept incrementally and published at most every
+`fleet_interval_s`. Only a Home Assistant restart (`online` on its status topic),
+a reconnect of the controller, or a new room re-publishes everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from fleet.controller.parts import ControllerPart
+from fleet.errors import ProtocolError
+from fleet.ha.discovery import Discovery
+from fleet.ha.models import (
+    HaDeviceState,
+    HaFleetState,
+    encode_state,
+    meeting_of,
+    parse_press,
+    parse_room,
+    parse_switch,
+    tele_values,
+)
+from fleet.mqtt import LastWill
+from fleet.protocol import TopicKind, decode
+from fleet.protocol.messages import (
+    ApiOp,
+    ApiRequest,
+    EventKind,
+    FleetEvent,
+    Telemetry,
+)
+from fleet.protocol.topics import DEFAULT_HA_PREFIX, HaTopicKind, ParsedHaTopic, ha_birth
+
+if TYPE_CHECKING:
+    from fleet.controller.service import Controller
+    from fleet.registry import DeviceRecord
+
+log = logging.getLogger(__name__)
+
+ONLINE = b"online"
+OFFLINE = b"offline"
+DEFAULT_ROOM = "standup"
+# Telemetry-driven state updates per device at most this often (meeting changes go at once).
+TELE_INTERVAL_S = 30.0
+# The controller's counters (online, in meetings) at most this often: a join-all of
+# 10,000 devices changes them 10,000 times.
+FLEET_INTERVAL_S = 0.5
+# How often rooms made through the API (`fleet rooms create`) are looked for.
+ROOMS_POLL_S = 5.0
+IDENTIFY_S = 5
+# Commands that arrive before the retained fleet has been read wait; past this many, dropped.
+MAX_HELD = 256
+
+
+@dataclass(frozen=True, slots=True)
+class HomeAssistantSettings:
+    ha_prefix: str = DEFAULT_HA_PREFIX
+    room: str = DEFAULT_ROOM  # the room "Join all" and a switch without a last room use
+    tele_interval_s: float = TELE_INTERVAL_S
+    fleet_interval_s: float = FLEET_INTERVAL_S
+    rooms_poll_s: float = ROOMS_POLL_S
+
+
+@dataclass(slots=True)
+class _Device:
+    config_key: tuple[object, ...] | None = None  # what the published discovery config shows
+    state: bytes = b""  # the state doc published last
+    meeting: tuple[bool, str | None] = (False, None)  # its meeting part
+    state_at: float = 0.0
+    last_room: str | None = None
+    tele: dict[str, int | float | None] = field(default_factory=dict)
+    counted: tuple[bool, bool] = (False, False)  # (online, in a meeting) in the fleet counters
+
+
+class HomeAssistantPart(ControllerPart):
+    name = "homeassistant"
+
+    def __init__(self, settings: HomeAssistantSettings | None = None) -> None:
+        self.settings = settings or HomeAssistantSettings()
+        ha_birth(self.settings.ha_prefix)  # validates the prefix
+        parse_room(self.settings.room.encode(), "default room")
+        self.room = self.settings.room
+        self._devices: dict[str, _Device] = {}
+        self._rooms: set[str] = {self.room}
+        self._rooms_gen = 0
+        self._configs_dirty = False
+        self._fleet_dirty = False
+        self._fleet_state = b""
+        self._online = 0
+        self._in_meeting = 0
+        self._room_adopted = False
+        self._held: list[tuple[ParsedHaTopic, str, bytes]] = []
+        self.stats = {"commands": 0, "refused": 0, "configs": 0, "states": 0}
+
+    def attach(self, controller: Controller) -> None:
+        super().attach(controller)
+        self.discovery = Discovery(controller.topics, self.settings.ha_prefix)
+        t = controller.topics
+        self._birth = ha_birth(self.settings.ha_prefix)
+        self._tele_filter = t.all_devices(TopicKind.TELE)
+        self._filters = (
+            t.ha_all_device_sets,
+            t.ha_all_fleet_sets,
+            t.ha_fleet_state,
+            self._birth,
+            self._tele_filter,
+        )
+
+    # --- the part's hooks ---------------------------------------------------------------------
+    def subscriptions(self) -> Sequence[str]:
+        return self._filters
+
+    def will(self) -> LastWill:
+        return LastWill(self.controller.topics.ha_status, OFFLINE, qos=1, retain=True)
+
+    async def on_connect(self) -> None:
+        # A new connection: nothing published on the old one counts (the broker may have
+        # restarted and forgotten it), so everything goes out again once synced.
+        self._refresh_rooms()
+        await self._pub(self.controller.topics.ha_status, ONLINE)
+        await self._publish_controller()
+
+    async def on_synced(self) -> None:
+        await self.publish_all()
+        held, self._held = self._held, []
+        for parsed, topic, payload in held:
+            try:
+                await self._command(parsed, topic, payload)
+            except ProtocolError as exc:
+                log.warning("homeassistant dropped held command on %s: %s", topic, exc)
+
+    async def on_closing(self) -> None:
+        await self.controller.publish(
+            self.controller.topics.ha_status, OFFLINE, qos=1, retain=True, wait=True
+        )
+
+    async def on_message(self, topic: str, payload: bytes) -> None:
+        if topic == self._birth:
+            await self._on_ha_status(payload)
+            return
+        t = self.controller.topics
+        parsed = t.parse(topic)
+        if parsed is not None:
+            if parsed.kind is TopicKind.TELE:
+                await self._on_tele(parsed.name, payload)
+            return
+        ha = t.parse_ha(topic)
+        if ha is None:
+            raise ProtocolError(f"Home Assistant topic {topic[:128]!r}", "not one of ours")
+        if ha.kind is HaTopicKind.FLEET_STATE:
+            self._adopt_room(payload)
+        elif ha.kind in (HaTopicKind.DEVICE_SET, HaTopicKind.FLEET_SET):
+            if not self.controller.synced:
+                if len(self._held) < MAX_HELD:
+                    self._held.append((ha, topic, payload))
+                else:
+                    log.warning("homeassistant: command on %s dropped, %d held", topic, MAX_HELD)
+                return
+            await self._command(ha, topic, payload)
+
+    async def on_device_changed(self, device_id: str, presence_changed: bool) -> None:
+        if not self.controller.synced:
+            return  # on_synced publishes the whole fleet
+        rec = self.controller.registry.devices.get(device_id)
+        if rec is None:
+            await self._remove(device_id)
+            return
+        await self._publish_device(device_id, rec)
+
+    async def on_event(self, event: FleetEvent) -> None:
+        if event.kind == EventKind.JOIN and event.room:
+            self._note_room(event.room)
+
+    async def run(self) -> None:
+        next_rooms = time.monotonic() + self.settings.rooms_poll_s
+        while True:
+            await asyncio.sleep(self.settings.fleet_interval_s)
+            try:
+                if time.monotonic() >= next_rooms:
+                    next_rooms = time.monotonic() + self.settings.rooms_poll_s
+                    self._refresh_rooms()
+                if self._configs_dirty and self.controller.synced:
+                    self._configs_dirty = False
+                    await self._publish_configs()
+                if self._fleet_dirty:
+                    await self._publish_fleet_state()
+            except Exception:  # a bad moment must not end the part
+                log.exception("homeassistant: periodic work failed")
+
+    # --- publishing ---------------------------------------------------------------------------
+    async def publish_all(self) -> None:
+        """Discovery, availability and state of the controller and every device, again."""
+        await self._pub(self.controller.topics.ha_status, ONLINE)
+        await self._publish_controller()
+        for device_id, rec in list(self.controller.registry.devices.items()):
+            dev = self._devices.setdefault(device_id, _Device())
+            dev.config_key = None
+            dev.state = b""
+            await self._publish_device(device_id, rec)
+        await self._publish_fleet_state(force=True)
+
+    async def _publish_configs(self) -> None:
+        await self._publish_controller()
+        for device_id, rec in list(self.controller.registry.devices.items()):
+            await self._publish_device(device_id, rec)
+
+    async def _publish_controller(self) -> None:
+        d = self.discovery
+        await self._pub(d.controller_config_topic, _json(d.controller_config(self._rooms)))
+        self.stats["configs"] += 1
+
+    async def _publish_device(self, device_id: str, rec: DeviceRecord, tele: bool = False) -> None:
+        dev = self._devices.setdefault(device_id, _Device())
+        in_meeting, room = meeting_of(rec.state)
+        if room is not None:
+            dev.last_room = room
+            self._note_room(room)
+        status = rec.status
+        key = (status.fw, status.hw) if status else (None, None)
+        config_key = (*key, self._rooms_gen)
+        if dev.config_key != config_key:
+            dev.config_key = config_key
+            config = self.discovery.device_config(device_id, status, self._rooms)
+            await self._pub(self.discovery.device_config_topic(device_id), _json(config))
+            self.stats["configs"] += 1
+        self._count(dev, rec.online, rec.online and in_meeting)
+        meeting = (in_meeting, room)
+        values = dict(dev.tele)
+        if not in_meeting:
+            values["jitter"] = values["loss"] = None
+        doc = HaDeviceState(
+            in_meeting="ON" if in_meeting else "OFF",
+            room=room or dev.last_room or self.room,
+            **values,  # type: ignore[arg-type]
+        )
+        payload = encode_state(doc)
+        if payload == dev.state:
+            return
+        now = time.monotonic()
+        if tele and meeting == dev.meeting and now - dev.state_at < self.settings.tele_interval_s:
+            return  # only telemetry moved, and it went out recently: the next sample will do
+        dev.state, dev.meeting, dev.state_at = payload, meeting, now
+        await self._pub(self.controller.topics.ha_device_state(device_id), payload)
+        self.stats["states"] += 1
+
+    async def _publish_fleet_state(self, force: bool = False) -> None:
+        self._fleet_dirty = False
+        doc = HaFleetState(
+            room=self.room,
+            devices=len(self.controller.registry.devices),
+            online=self._online,
+            in_meeting=self._in_meeting,
+        )
+        payload = encode_state(doc)
+        if payload != self._fleet_state or force:
+            self._fleet_state = payload
+            await self._pub(self.controller.topics.ha_fleet_state, payload)
+
+    async def _remove(self, device_id: str) -> None:
+        """The device left the registry (its retained status was cleared): Home Assistant
+        forgets it too (an empty retained config removes the device and its entities)."""
+        dev = self._devices.pop(device_id, None)
+        if dev is None:
+            return
+        self._count(dev, False, False)
+        await self._pub(self.discovery.device_config_topic(device_id), b"")
+        await self._pub(self.controller.topics.ha_device_state(device_id), b"")
+        self._fleet_dirty = True
+        log.info("homeassistant: removed %s", device_id)
+
+    async def _pub(self, topic: str, payload: bytes) -> None:
+        await self.controller.publish(topic, payload, qos=1, retain=True)
+
+    def _count(self, dev: _Device, online: bool, in_meeting: bool) -> None:
+        was_online, was_in = dev.counted
+        if (was_online, was_in) == (online, in_meeting):
+            return
+        self._online += int(online) - int(was_online)
+        self._in_meeting += int(in_meeting) - int(was_in)
+        dev.counted = (online, in_meeting)
+        self._fleet_dirty = True
+
+    # --- rooms --------------------------------------------------------------------------------
+    def _note_room(self, room: str) -> bool:
+        if room in self._rooms:
+            return False
+        self._rooms.add(room)
+        self._rooms_gen += 1
+        # Every select lists the rooms: re-published from the periodic task, not from inside
+        # the handler of one message of a fan-out.
+        self._configs_dirty = True
+        return True
+
+    def _refresh_rooms(self) -> None:
+        for name, _cap, _created in self.controller.store.rooms():
+            self._note_room(name)
+
+    def _adopt_room(self, payload: bytes) -> None:
+        """Our own retained fleet state, read back once after a restart: keep the room the
+        user chose for "Join all" last time."""
+        if self._room_adopted or self.controller.synced or not payload:
+            return
+        self._room_adopted = True
+        try:
+            room = decode(HaFleetState, payload).room
+        except ProtocolError as exc:
+            log.info("homeassistant: ignored retained fleet state: %s", exc)
+            return
+        self.room = room
+        self._note_room(room)
+
+    # --- Home Assistant's side ----------------------------------------------------------------
+    async def _on_ha_status(self, payload: bytes) -> None:
+        text = payload.strip()
+        if text == ONLINE:
+            if self.controller.synced:
+                log.info("homeassistant: Home Assistant (re)started; publishing everything")
+                await self.publish_all()
+        elif text != OFFLINE:
+            raise ProtocolError(self._birth, f"expected online or offline, got {text[:32]!r}")
+
+    async def _on_tele(self, device_id: str, payload: bytes) -> None:
+        rec = self.controller.registry.devices.get(device_id)
+        if rec is None:
+            return  # telemetry of a device that never announced itself shows nowhere
+        tele = decode(Telemetry, payload)
+        dev = self._devices.setdefault(device_id, _Device())
+        dev.tele = tele_values(tele)
+        if self.controller.synced:
+            await self._publish_device(device_id, rec, tele=True)
+
+    async def _command(self, parsed: ParsedHaTopic, topic: str, payload: bytes) -> None:
+        self.stats["commands"] += 1
+        what = f"Home Assistant command on {topic}"
+        try:
+            if parsed.kind is HaTopicKind.FLEET_SET:
+                await self._fleet_command(parsed.entity, payload, what)
+            else:
+                await self._device_command(parsed.device, parsed.entity, payload, what)
+        except ProtocolError as exc:
+            self.stats["refused"] += 1
+            await self.controller.emit(
+                FleetEvent(
+                    ts=time.time(),
+                    kind=EventKind.ERROR,
+                    device=parsed.device or None,
+                    op=f"ha:{parsed.entity}",
+                    ok=False,
+                    code="bad_request",
+                    detail=exc.reason[:256],
+                )
+            )
+            # Home Assistant shows what the state doc says: send it again, unchanged, so a
+            # select that moved in the UI moves back.
+            if parsed.kind is HaTopicKind.FLEET_SET:
+                await self._publish_fleet_state(force=True)
+            elif (dev := self._devices.get(parsed.device)) is not None and dev.state:
+                await self._pub(self.controller.topics.ha_device_state(parsed.device), dev.state)
+            raise
+
+    async def _fleet_command(self, entity: str, payload: bytes, what: str) -> None:
+        if entity == "join_all":
+            parse_press(payload, what)
+            await self._submit(ApiOp.JOIN_ALL, room=self.room)
+        elif entity == "leave_all":
+            parse_press(payload, what)
+            await self._submit(ApiOp.LEAVE_ALL)
+        elif entity == "room":
+            self.room = self._known_room(payload, what)
+            await self._publish_fleet_state(force=True)
+        else:
+            raise ProtocolError(what, f"no fleet entity {entity!r}")
+
+    async def _device_command(self, device_id: str, entity: str, payload: bytes, what: str) -> None:
+        rec = self.controller.registry.devices.get(device_id)
+        if rec is None:
+            raise ProtocolError(what, f"unknown device {device_id!r}")
+        dev = self._devices.setdefault(device_id, _Device())
+        in_meeting, room = meeting_of(rec.state)
+        if entity == "meeting":
+            if parse_switch(payload, what):
+                target = room or dev.last_room or self.room
+                await self._submit(ApiOp.JOIN, device=device_id, room=target)
+            else:
+                await self._submit(ApiOp.LEAVE, device=device_id)
+        elif entity == "room":
+            chosen = self._known_room(payload, what)
+            dev.last_room = chosen
+            if in_meeting and chosen != room:
+                await self._submit(ApiOp.JOIN, device=device_id, room=chosen)
+            await self._publish_device(device_id, rec)
+        elif entity == "identify":
+            parse_press(payload, what)
+            await self._submit(
+                ApiOp.CMD, device=device_id, cmd_op="identify", args={"seconds": IDENTIFY_S}
+            )
+        elif entity == "leave":
+            parse_press(payload, what)
+            await self._submit(ApiOp.LEAVE, device=device_id)
+        else:
+            raise ProtocolError(what, f"no device entity {entity!r}")
+
+    def _known_room(self, payload: bytes, what: str) -> str:
+        room = parse_room(payload, what)
+        if room not in self._rooms:
+            raise ProtocolError(what, f"unknown room {room!r}")
+        return room
+
+    async def _submit(self, op: ApiOp, **fields: object) -> None:
+        """The same request the CLI sends: its results go to api/result as for any caller."""
+        request = ApiRequest.model_validate({"id": f"ha-{uuid.uuid4().hex[:12]}", **fields})
+        log.info("homeassistant: %s %s", op.value, fields)
+        await self.controller.submit(op, request)
+
+
+def _json(config: dict[str, object]) -> bytes:
+    return json.dumps(config, separators=(",", ":")).encode()
