@@ -162,6 +162,7 @@ async def run(args: argparse.Namespace) -> None:
     (workdir / "secrets.json").write_text(json.dumps(secrets))
     procs = Procs(workdir)
     env = {"FLEET_HOME": str(home)}
+    extra = ["--no-ha"] if args.no_ha else []  # the controller's Home Assistant part, on by default
     try:
         if args.broker == "embedded":
             controller_pid = await procs.start(
@@ -173,6 +174,7 @@ async def run(args: argparse.Namespace) -> None:
                 "0",
                 "--port",
                 str(port),
+                *extra,
                 env=env,
             )
             await wait_port(port, procs)
@@ -197,6 +199,7 @@ async def run(args: argparse.Namespace) -> None:
                 str(workdir / "ctl.db"),
                 "--broker",
                 str(base.with_credentials("controller", ctl_secret)),
+                *extra,
                 env=env,
             )
             operator = base.with_credentials("operator", op_secret)
@@ -317,6 +320,9 @@ def main() -> None:
     parser.add_argument("--tele-interval", type=float, default=10.0)
     parser.add_argument(
         "--sim-engine", choices=["bulk", "aiomqtt"], help="`fleet sim --engine` (its default)"
+    )
+    parser.add_argument(
+        "--no-ha", action="store_true", help="controller without its Home Assistant part"
     )
     parser.add_argument("--keep", action="store_true", help="keep logs and work dir")
     parser.add_argument("--verbose", action="store_true", help="verbose logs from the parts")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -99,8 +99,8 @@ class MeetingServer(ControllerPart):
             log.info("closed %d session(s) left open by an earlier run", closed)
 
     # --- the part's hooks ---------------------------------------------------------------------
-    def subscriptions(self) -> Sequence[str]:
-        return (self.controller.topics.all_meet_up,)
+    def subscriptions(self) -> Mapping[str, int]:
+        return {self.controller.topics.all_meet_up: 1}
 
     def api_ops(self) -> Mapping[ApiOp, Callable[[ApiRequest], Awaitable[ApiResult]]]:
         return {

@@ -10,7 +10,7 @@ device's presence or state changes, and passes it every fleet event.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from fleet.mqtt import LastWill
@@ -22,18 +22,18 @@ if TYPE_CHECKING:
 
 class ControllerPart:
     name = "part"
-    # QoS of this part's subscriptions; 0 for streams that are published at QoS 0
-    # (telemetry), so a broker that delivers at the subscription's QoS adds no acks.
-    qos = 1
     controller: Controller
 
     def attach(self, controller: Controller) -> None:
         """Called once, from Controller.__init__."""
         self.controller = controller
 
-    def subscriptions(self) -> Sequence[str]:
-        """Topic filters (subscribed with `qos`) whose messages go to on_message."""
-        return ()
+    def subscriptions(self) -> Mapping[str, int]:
+        """Topic filters whose messages go to on_message, each with the QoS to subscribe at:
+        0 for streams published at QoS 0 (telemetry), so that a broker delivering at the
+        subscription's QoS (amqtt) adds no acknowledgements. Fixed once attached: the
+        controller remembers which parts a topic goes to."""
+        return {}
 
     def api_ops(self) -> Mapping[ApiOp, Callable[[ApiRequest], Awaitable[ApiResult]]]:
         """API ops this part answers: one final result each, published on api/result."""

@@ -66,6 +66,7 @@ class GroupAcl(Protocol):
 
 
 TICK_S = 0.2
+ROUTE_CACHE_LIMIT = 100_000  # topics whose parts are remembered; cleared wholesale past it
 
 
 class Controller:
@@ -101,6 +102,7 @@ class Controller:
         self._sync_token = ""
         self._held_requests: list[tuple[str, bytes]] = []
         self.parts = list(parts)
+        self._routes: dict[str, tuple[ControllerPart, ...]] = {}
         for part in self.parts:
             part.attach(self)
 
@@ -146,10 +148,10 @@ class Controller:
             t.sync(self.client_id): 1,
         }
         for part in self.parts:
-            for flt in part.subscriptions():
+            for flt, qos in part.subscriptions().items():
                 # Two parts may share a filter (telemetry and Home Assistant both read tele):
                 # one subscription at the higher QoS; the broker delivers it once.
-                filters[flt] = max(filters.get(flt, 0), part.qos)
+                filters[flt] = max(filters.get(flt, 0), qos)
         await client.subscribe(list(filters.items()))
         self._sync_token = uuid.uuid4().hex  # a stale marker from an earlier connection is not it
         await client.publish(t.sync(self.client_id), encode(Sync(token=self._sync_token)), qos=1)
@@ -176,13 +178,12 @@ class Controller:
         topic = message.topic.value
         parsed = self.topics.parse(topic)
         payload = payload_bytes(message)
-        for part in self.parts:
-            if any(message.topic.matches(flt) for flt in part.subscriptions()):
-                try:
-                    await part.on_message(topic, payload)
-                except ProtocolError as exc:
-                    self.stats["rejected"] += 1
-                    log.warning("%s dropped message on %s: %s", part.name, topic, exc)
+        for part in self._parts_for(message.topic):
+            try:
+                await part.on_message(topic, payload)
+            except ProtocolError as exc:
+                self.stats["rejected"] += 1
+                log.warning("%s dropped message on %s: %s", part.name, topic, exc)
         if parsed is None:
             op = topic.removeprefix(self._api_root)
             if op != topic and "/" not in op and self._synced:
@@ -196,6 +197,17 @@ class Controller:
         except ProtocolError as exc:
             self.stats["rejected"] += 1
             log.warning("dropped message on %s: %s", topic, exc)
+
+    def _parts_for(self, topic: aiomqtt.Topic) -> tuple[ControllerPart, ...]:
+        """The parts whose filters match `topic`, remembered per topic: matching every
+        part's filters costs more than the rest of routing a state report."""
+        parts = self._routes.get(topic.value)
+        if parts is None:
+            if len(self._routes) >= ROUTE_CACHE_LIMIT:
+                self._routes.clear()
+            parts = tuple(p for p in self.parts if any(topic.matches(f) for f in p.subscriptions()))
+            self._routes[topic.value] = parts
+        return parts
 
     async def _handle(self, parsed: ParsedTopic, payload: bytes) -> None:
         kind = parsed.kind
@@ -537,6 +549,12 @@ class Controller:
         else:
             publish_nowait(self._client, topic, payload, qos=qos, retain=retain)
         return True
+
+    @property
+    def converging(self) -> bool:
+        """A desired-state operation is still waiting for devices: work that can wait
+        (Home Assistant's room lists) stays out of its way."""
+        return bool(self._desired_trackers)
 
     @property
     def synced(self) -> bool:

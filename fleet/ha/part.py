@@ -16,7 +16,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -60,6 +60,10 @@ TELE_INTERVAL_S = 30.0
 FLEET_INTERVAL_S = 0.5
 # How often rooms made through the API (`fleet rooms create`) are looked for.
 ROOMS_POLL_S = 5.0
+# Discovery configs re-published per tick when the room list changed (every device's
+# select lists the rooms), once no join-all is converging: a join-all into a new room
+# must not pay for 10,000 configs while its devices report.
+CONFIGS_PER_TICK = 200
 IDENTIFY_S = 5
 # Commands that arrive before the retained fleet has been read wait; past this many, dropped.
 MAX_HELD = 256
@@ -96,7 +100,8 @@ class HomeAssistantPart(ControllerPart):
         self._devices: dict[str, _Device] = {}
         self._rooms: set[str] = {self.room}
         self._rooms_gen = 0
-        self._configs_dirty = False
+        self._stale_configs: dict[str, None] = {}  # devices whose config lists old rooms
+        self._controller_stale = False  # the controller's config lists old rooms
         self._fleet_dirty = False
         self._fleet_state = b""
         self._online = 0
@@ -111,16 +116,16 @@ class HomeAssistantPart(ControllerPart):
         t = controller.topics
         self._birth = ha_birth(self.settings.ha_prefix)
         self._tele_filter = t.all_devices(TopicKind.TELE)
-        self._filters = (
-            t.ha_all_device_sets,
-            t.ha_all_fleet_sets,
-            t.ha_fleet_state,
-            self._birth,
-            self._tele_filter,
-        )
+        self._filters = {
+            t.ha_all_device_sets: 1,
+            t.ha_all_fleet_sets: 1,
+            t.ha_fleet_state: 1,
+            self._birth: 1,
+            self._tele_filter: 0,  # published at QoS 0
+        }
 
     # --- the part's hooks ---------------------------------------------------------------------
-    def subscriptions(self) -> Sequence[str]:
+    def subscriptions(self) -> Mapping[str, int]:
         return self._filters
 
     def will(self) -> LastWill:
@@ -192,9 +197,14 @@ class HomeAssistantPart(ControllerPart):
                 if time.monotonic() >= next_rooms:
                     next_rooms = time.monotonic() + self.settings.rooms_poll_s
                     self._refresh_rooms()
-                if self._configs_dirty and self.controller.synced:
-                    self._configs_dirty = False
-                    await self._publish_configs()
+                if self._controller_stale and self.controller.synced:
+                    await self._publish_controller()
+                if (
+                    self._stale_configs
+                    and self.controller.synced
+                    and not self.controller.converging
+                ):
+                    await self._publish_stale_configs()
                 if self._fleet_dirty:
                     await self._publish_fleet_state()
             except Exception:  # a bad moment must not end the part
@@ -212,12 +222,27 @@ class HomeAssistantPart(ControllerPart):
             await self._publish_device(device_id, rec)
         await self._publish_fleet_state(force=True)
 
-    async def _publish_configs(self) -> None:
-        await self._publish_controller()
-        for device_id, rec in list(self.controller.registry.devices.items()):
-            await self._publish_device(device_id, rec)
+    async def _publish_stale_configs(self) -> None:
+        devices = self.controller.registry.devices
+        for device_id in list(self._stale_configs)[:CONFIGS_PER_TICK]:
+            del self._stale_configs[device_id]
+            rec, dev = devices.get(device_id), self._devices.get(device_id)
+            if rec is not None and dev is not None:
+                await self._publish_config(device_id, rec, dev)
+
+    async def _publish_config(self, device_id: str, rec: DeviceRecord, dev: _Device) -> None:
+        status = rec.status
+        shown = (status.fw, status.hw) if status else (None, None)
+        key = (*shown, self._rooms_gen)
+        if dev.config_key == key:
+            return
+        dev.config_key = key
+        config = self.discovery.device_config(device_id, status, self._rooms)
+        await self._pub(self.discovery.device_config_topic(device_id), _json(config))
+        self.stats["configs"] += 1
 
     async def _publish_controller(self) -> None:
+        self._controller_stale = False
         d = self.discovery
         await self._pub(d.controller_config_topic, _json(d.controller_config(self._rooms)))
         self.stats["configs"] += 1
@@ -229,13 +254,11 @@ class HomeAssistantPart(ControllerPart):
             dev.last_room = room
             self._note_room(room)
         status = rec.status
-        key = (status.fw, status.hw) if status else (None, None)
-        config_key = (*key, self._rooms_gen)
-        if dev.config_key != config_key:
-            dev.config_key = config_key
-            config = self.discovery.device_config(device_id, status, self._rooms)
-            await self._pub(self.discovery.device_config_topic(device_id), _json(config))
-            self.stats["configs"] += 1
+        shown = (status.fw, status.hw) if status else (None, None)
+        # A new device or a new firmware or board: its config at once. A config that only
+        # lists old rooms waits in _stale_configs for the periodic task.
+        if dev.config_key is None or dev.config_key[:2] != shown:
+            await self._publish_config(device_id, rec, dev)
         self._count(dev, rec.online, rec.online and in_meeting)
         meeting = (in_meeting, room)
         values = dict(dev.tele)
@@ -253,7 +276,9 @@ class HomeAssistantPart(ControllerPart):
         if tele and meeting == dev.meeting and now - dev.state_at < self.settings.tele_interval_s:
             return  # only telemetry moved, and it went out recently: the next sample will do
         dev.state, dev.meeting, dev.state_at = payload, meeting, now
-        await self._pub(self.controller.topics.ha_device_state(device_id), payload)
+        # QoS 0: one per device per change of a fan-out, and a lost one is re-sent with
+        # everything after a reconnect (retained, so Home Assistant still reads the last).
+        await self._pub(self.controller.topics.ha_device_state(device_id), payload, qos=0)
         self.stats["states"] += 1
 
     async def _publish_fleet_state(self, force: bool = False) -> None:
@@ -277,12 +302,13 @@ class HomeAssistantPart(ControllerPart):
             return
         self._count(dev, False, False)
         await self._pub(self.discovery.device_config_topic(device_id), b"")
-        await self._pub(self.controller.topics.ha_device_state(device_id), b"")
+        # At the QoS of the state docs before it: MQTT keeps order only within one QoS.
+        await self._pub(self.controller.topics.ha_device_state(device_id), b"", qos=0)
         self._fleet_dirty = True
         log.info("homeassistant: removed %s", device_id)
 
-    async def _pub(self, topic: str, payload: bytes) -> None:
-        await self.controller.publish(topic, payload, qos=1, retain=True)
+    async def _pub(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        await self.controller.publish(topic, payload, qos=qos, retain=True)
 
     def _count(self, dev: _Device, online: bool, in_meeting: bool) -> None:
         was_online, was_in = dev.counted
@@ -299,9 +325,10 @@ class HomeAssistantPart(ControllerPart):
             return False
         self._rooms.add(room)
         self._rooms_gen += 1
-        # Every select lists the rooms: re-published from the periodic task, not from inside
-        # the handler of one message of a fan-out.
-        self._configs_dirty = True
+        # Every select lists the rooms: re-published from the periodic task, a slice per
+        # tick, not from inside the handler of one message of a fan-out.
+        self._stale_configs.update(dict.fromkeys(self._devices))
+        self._controller_stale = True
         return True
 
     def _refresh_rooms(self) -> None:
@@ -336,8 +363,10 @@ class HomeAssistantPart(ControllerPart):
         rec = self.controller.registry.devices.get(device_id)
         if rec is None:
             return  # telemetry of a device that never announced itself shows nowhere
-        tele = decode(Telemetry, payload)
         dev = self._devices.setdefault(device_id, _Device())
+        if dev.tele and time.monotonic() - dev.state_at < self.settings.tele_interval_s:
+            return  # its state went out recently; not worth decoding this sample
+        tele = decode(Telemetry, payload)
         dev.tele = tele_values(tele)
         if self.controller.synced:
             await self._publish_device(device_id, rec, tele=True)
@@ -368,7 +397,9 @@ class HomeAssistantPart(ControllerPart):
             if parsed.kind is HaTopicKind.FLEET_SET:
                 await self._publish_fleet_state(force=True)
             elif (dev := self._devices.get(parsed.device)) is not None and dev.state:
-                await self._pub(self.controller.topics.ha_device_state(parsed.device), dev.state)
+                await self._pub(
+                    self.controller.topics.ha_device_state(parsed.device), dev.state, qos=0
+                )
             raise
 
     async def _fleet_command(self, entity: str, payload: bytes, what: str) -> None:

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -66,7 +66,6 @@ class IngestStats:
 
 class TelemetryIngest(ControllerPart):
     name = "telemetry"
-    qos = 0  # devices publish tele at QoS 0 (docs/protocol.md §1.5)
 
     def __init__(
         self,
@@ -95,8 +94,8 @@ class TelemetryIngest(ControllerPart):
         super().attach(controller)
         self._tele_filter = self.controller.topics.all_devices(TopicKind.TELE)
 
-    def subscriptions(self) -> Sequence[str]:
-        return (self._tele_filter,)
+    def subscriptions(self) -> Mapping[str, int]:
+        return {self._tele_filter: 0}  # devices publish tele at QoS 0 (docs/protocol.md §1.5)
 
     # --- inbound (the MQTT loop: never waits) ---------------------------------------------------
     async def on_message(self, topic: str, payload: bytes) -> None:
