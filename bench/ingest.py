@@ -173,6 +173,7 @@ async def run(args: argparse.Namespace) -> None:
         str(args.batch_size),
         "--influx-flush-interval",
         str(args.flush_interval_ms),
+        *(["--no-ha"] if args.no_ha else []),
     ]
     try:
         vm_pid = await procs.start(
@@ -321,6 +322,9 @@ def main() -> None:
         "--broker", choices=["embedded", "embedded-split", "mosquitto"], default="embedded"
     )
     parser.add_argument("--devices", type=int, default=100)
+    parser.add_argument(
+        "--no-ha", action="store_true", help="controller without its Home Assistant part"
+    )
     parser.add_argument("--rate", type=float, default=None, help="offered msg/s (default: target)")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--gen-procs", type=int, default=1)
