@@ -80,7 +80,10 @@ class HomeAssistantSettings:
 
 @dataclass(slots=True)
 class _Device:
-    config_key: tuple[object, ...] | None = None  # what the published discovery config shows
+    # What its published discovery config shows: firmware and board, and the room list
+    # (by generation). None: no config published on this connection yet.
+    shown: tuple[str | None, str | None] | None = None
+    rooms_gen: int = -1
     state: bytes = b""  # the state doc published last
     meeting: tuple[bool, str | None] = (False, None)  # its meeting part
     state_at: float = 0.0
@@ -217,7 +220,7 @@ class HomeAssistantPart(ControllerPart):
         await self._publish_controller()
         for device_id, rec in list(self.controller.registry.devices.items()):
             dev = self._devices.setdefault(device_id, _Device())
-            dev.config_key = None
+            dev.shown = None
             dev.state = b""
             await self._publish_device(device_id, rec)
         await self._publish_fleet_state(force=True)
@@ -231,13 +234,11 @@ class HomeAssistantPart(ControllerPart):
                 await self._publish_config(device_id, rec, dev)
 
     async def _publish_config(self, device_id: str, rec: DeviceRecord, dev: _Device) -> None:
-        status = rec.status
-        shown = (status.fw, status.hw) if status else (None, None)
-        key = (*shown, self._rooms_gen)
-        if dev.config_key == key:
+        shown = _shown(rec)
+        if (dev.shown, dev.rooms_gen) == (shown, self._rooms_gen):
             return
-        dev.config_key = key
-        config = self.discovery.device_config(device_id, status, self._rooms)
+        dev.shown, dev.rooms_gen = shown, self._rooms_gen
+        config = self.discovery.device_config(device_id, rec.status, self._rooms)
         await self._pub(self.discovery.device_config_topic(device_id), _json(config))
         self.stats["configs"] += 1
 
@@ -253,11 +254,9 @@ class HomeAssistantPart(ControllerPart):
         if room is not None:
             dev.last_room = room
             self._note_room(room)
-        status = rec.status
-        shown = (status.fw, status.hw) if status else (None, None)
         # A new device or a new firmware or board: its config at once. A config that only
         # lists old rooms waits in _stale_configs for the periodic task.
-        if dev.config_key is None or dev.config_key[:2] != shown:
+        if dev.shown != _shown(rec):
             await self._publish_config(device_id, rec, dev)
         self._count(dev, rec.online, rec.online and in_meeting)
         meeting = (in_meeting, room)
@@ -455,6 +454,12 @@ class HomeAssistantPart(ControllerPart):
         request = ApiRequest.model_validate({"id": f"ha-{uuid.uuid4().hex[:12]}", **fields})
         log.info("homeassistant: %s %s", op.value, fields)
         await self.controller.submit(op, request)
+
+
+def _shown(rec: DeviceRecord) -> tuple[str | None, str | None]:
+    """What of a device's birth its discovery config shows: firmware and board."""
+    status = rec.status
+    return (status.fw, status.hw) if status else (None, None)
 
 
 def _json(config: dict[str, object]) -> bytes:

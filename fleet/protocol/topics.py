@@ -20,6 +20,7 @@ _PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
 DEFAULT_HA_PREFIX = "homeassistant"
 # Home Assistant entity keys in command topics (`ha/dev/{id}/{entity}/set`): snake_case.
 HA_ENTITY_PATTERN = r"[a-z][a-z0-9_]{0,31}"
+_HA_ENTITY_RE = re.compile(HA_ENTITY_PATTERN)
 # A discovery object id: what Home Assistant accepts as a topic level there.
 _HA_NODE_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
@@ -271,18 +272,13 @@ def ha_birth(ha_prefix: str) -> str:
     return f"{ha_prefix}/status"
 
 
-def check_ha_prefix(ha_prefix: str) -> str:
-    _check_ha_prefix(ha_prefix)
-    return ha_prefix
-
-
 def _check_ha_prefix(ha_prefix: str) -> None:
     if not _PREFIX_RE.fullmatch(ha_prefix):
         raise ValueError(f"invalid discovery prefix {ha_prefix!r}: plain levels only")
 
 
 def _check_entity(entity: str) -> None:
-    if not re.fullmatch(HA_ENTITY_PATTERN, entity):
+    if not _HA_ENTITY_RE.fullmatch(entity):
         raise ValueError(f"invalid entity key {entity!r}: must match {HA_ENTITY_PATTERN}")
 
 
