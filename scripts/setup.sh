@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install what espfleet needs on a fresh Debian machine with Python 3.11:
+# Install what espfleet needs on a fresh Debian machine with Python 3.11 to 3.14:
 # the Debian packages (when missing) and a virtualenv in .venv with the project.
 #   scripts/setup.sh          runtime only (the platform, `fleet`)
 #   scripts/setup.sh --dev    plus what the test suite needs (compilers, mosquitto, pytest)
@@ -40,15 +40,30 @@ if [ "${#missing[@]}" -gt 0 ]; then
     $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-python=$(command -v python3.11 || command -v python3)
-"$python" -c 'import sys; assert sys.version_info[:2] == (3, 11), "espfleet needs Python 3.11"'
-if [ ! -x .venv/bin/python ]; then
-    "$python" -m venv .venv
+# Python 3.11 to 3.14: `python3` when it is one of them, else the newest pythonX.Y found.
+# FLEET_PYTHON picks one by hand; FLEET_VENV names the venv (default .venv).
+supported='import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 14))'
+python="${FLEET_PYTHON:-}"
+if [ -z "$python" ]; then
+    for candidate in python3 python3.14 python3.13 python3.12 python3.11; do
+        if command -v "$candidate" >/dev/null && "$candidate" -c "$supported" 2>/dev/null; then
+            python=$(command -v "$candidate")
+            break
+        fi
+    done
 fi
-.venv/bin/python -m pip install -q --upgrade pip
+if [ -z "$python" ] || ! "$python" -c "$supported" 2>/dev/null; then
+    echo "espfleet needs Python 3.11 to 3.14 (found: $(python3 --version 2>&1))" >&2
+    exit 1
+fi
+venv="${FLEET_VENV:-.venv}"
+if [ ! -x "$venv/bin/python" ]; then
+    "$python" -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q --upgrade pip
 if [ "$dev" = 1 ]; then
-    .venv/bin/python -m pip install -q -e '.[dev]'
+    "$venv/bin/python" -m pip install -q -e '.[dev]'
 else
-    .venv/bin/python -m pip install -q -e '.[telemetry]'
+    "$venv/bin/python" -m pip install -q -e '.[telemetry]'
 fi
-echo "ready: .venv/bin/fleet"
+echo "ready: $venv/bin/fleet ($("$venv/bin/python" --version))"
