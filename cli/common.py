@@ -111,7 +111,8 @@ def run_service(coro: Coroutine[Any, Any, Any]) -> None:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    # One line whatever the terminal width: scripts and log readers grep for it.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(int(code))
 
 
