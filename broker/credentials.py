@@ -34,7 +34,7 @@ from pydantic import (
 )
 
 from fleet.errors import CredentialsError
-from fleet.protocol.topics import ID_PATTERN
+from fleet.protocol.topics import ID_PATTERN, NAME_RULES
 from fleet.settings import default_home
 
 FILE_VERSION = 1
@@ -92,7 +92,7 @@ def check_username(username: str, role: Role | str) -> None:
     """Raise ValueError when `username` is not a valid name for `role`."""
     if Role(role) is Role.DEVICE:
         if not _DEVICE_NAME_RE.match(username):
-            raise ValueError(f"invalid device id {username!r}: must match {DEVICE_NAME_PATTERN}")
+            raise ValueError(f"invalid device id {username!r}: {NAME_RULES['device']}")
     elif not _USER_NAME_RE.match(username):
         raise ValueError(f"invalid username {username!r}: must match {USER_NAME_PATTERN}")
 

@@ -12,14 +12,11 @@ from typing import Annotated
 import typer
 
 from broker.credentials import CredentialStore, default_credentials_path
-from cli.common import console, err_console, fail
+from cli.common import command_group, console, err_console, fail
 from fleet.errors import FleetError
 from fleet.protocol.topics import DEFAULT_PREFIX
 
-app = typer.Typer(
-    help="Run the embedded MQTT broker (amqtt) or write a Mosquitto configuration.",
-    no_args_is_help=True,
-)
+app = command_group("Run the embedded MQTT broker (amqtt) or write a Mosquitto configuration.")
 
 CredsOption = Annotated[
     Path | None,

@@ -17,10 +17,15 @@ from cli.common import (
     JsonOpt,
     PrefixOpt,
     api_request,
+    command_group,
+    complete_rooms,
     connection,
     console,
     fail,
+    name_error,
+    plural,
     print_json,
+    remember_names,
     run,
     run_service,
 )
@@ -29,10 +34,10 @@ from fleet.errors import FleetError
 from fleet.protocol import is_valid_id
 from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult
 
-app = typer.Typer(help="Rooms the fleet meets in.", no_args_is_help=True)
-agent_app = typer.Typer(help="Python participants that join rooms.", no_args_is_help=True)
+app = command_group("Rooms the fleet meets in.")
+agent_app = command_group("Python participants that join rooms.")
 
-RoomArg = Annotated[str, typer.Argument(help="Room name.")]
+RoomArg = Annotated[str, typer.Argument(help="Room name.", autocompletion=complete_rooms)]
 
 
 def _ask(broker: str | None, prefix: str | None, op: ApiOp, request: ApiRequest) -> ApiResult:
@@ -44,7 +49,7 @@ def _ask(broker: str | None, prefix: str | None, op: ApiOp, request: ApiRequest)
 
     result = run(go())
     if not result.ok:
-        fail(f"{result.code}: {result.detail}", Exit.REFUSED)
+        fail(f"{result.code}: {result.detail}", Exit.REFUSED, reason=result.code)
     return result
 
 
@@ -57,7 +62,8 @@ def _clock(ts: float | None) -> str:
 
 
 def _rooms_table(result: ApiResult) -> None:
-    table = Table(title=f"{len(result.rooms)} rooms")
+    remember_names(rooms=[r.room for r in result.rooms])
+    table = Table(title=plural(len(result.rooms), "room"))
     for column in ("room", "cap", "live session", "members", "created"):
         table.add_column(column)
     for r in result.rooms:
@@ -88,10 +94,12 @@ def rooms_ls(broker: BrokerOpt = None, prefix: PrefixOpt = None, as_json: JsonOp
 
 
 @app.command("rm")
-def rooms_rm(room: RoomArg, broker: BrokerOpt = None, prefix: PrefixOpt = None) -> None:
+def rooms_rm(
+    room: RoomArg, broker: BrokerOpt = None, prefix: PrefixOpt = None, as_json: JsonOpt = False
+) -> None:
     """Remove a room (not while a session is live in it). Its history stays."""
-    _ask(broker, prefix, ApiOp.ROOM_RM, api_request(room=room))
-    console.print(f"room {room} removed", highlight=False)
+    result = _ask(broker, prefix, ApiOp.ROOM_RM, api_request(room=room))
+    print_json(result) if as_json else console.print(f"room {room} removed", highlight=False)
 
 
 def sessions(
@@ -106,18 +114,9 @@ def sessions(
     if as_json:
         print_json(result)
         return
-    table = Table(title=f"room {room}: {len(result.sessions)} sessions")
-    columns = (
-        "session",
-        "started",
-        "ended",
-        "length",
-        "participant",
-        "pid",
-        "joined",
-        "left",
-        "in",
-    )
+    table = Table(title=f"room {room}: {plural(len(result.sessions), 'session')}")
+    # Who first (the device or agent), then the id the session gave it.
+    columns = ("session", "started", "ended", "length", "member", "as", "joined", "left", "in")
     for column in columns:
         table.add_column(column)
     for s in result.sessions:
@@ -126,7 +125,7 @@ def sessions(
         for p in s.participants:
             left = _clock(p.left) if p.left else "still in"
             table.add_row(
-                *head, p.participant, p.pid, _when(p.joined), left, f"{p.duration_s:.0f}s"
+                *head, p.pid, p.participant, _when(p.joined), left, f"{p.duration_s:.0f}s"
             )
             head = ("", "", "", "")  # the session's columns once, on its first row
         if not s.participants:
@@ -139,10 +138,11 @@ def say(
     text: Annotated[str, typer.Argument(help="The message.")],
     broker: BrokerOpt = None,
     prefix: PrefixOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Send a text message to every member of the room's live session."""
     result = _ask(broker, prefix, ApiOp.SAY, api_request(room=room, text=text))
-    console.print(result.detail, highlight=False)
+    print_json(result) if as_json else console.print(result.detail, highlight=False)
 
 
 @agent_app.command("join")
@@ -173,7 +173,7 @@ def agent_join(
 
     pid = agent_id or f"agent-{(plugin and 'plugin') or mode}-{secrets.token_hex(3)}"
     if not is_valid_id(pid):
-        fail(f"--id {pid!r} must match [a-z0-9][a-z0-9-]{{0,63}}", Exit.USAGE)
+        fail(f"--id: {name_error('device', pid)}", Exit.USAGE)
     api_request(room=room)  # the room name, checked as the protocol checks it
     try:
         agent = load_plugin(plugin) if plugin else build_agent(mode, file, directory, freq)

@@ -124,6 +124,13 @@ async def test_rooms_sessions_say_and_a_recorder_agent(
         code, out, err = await fleet("sessions", "standup", *common, home=tmp_path)
         assert code == 0, err
         assert "agent-rec" in out
+        assert "1 session" in out
+        assert "1 sessions" not in out
+        # Who first (the device or agent), then the id the session gave it.
+        header = next(line for line in out.splitlines() if "member" in line)
+        assert header.index("member") < header.index(" as ")
+        row = next(line for line in out.splitlines() if "agent-rec" in line)
+        assert row.index("agent-rec") < row.index(" p-")
 
         code, out, err = await fleet("rooms", "rm", "standup", *common, home=tmp_path)
         assert code == 4

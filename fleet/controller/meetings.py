@@ -288,6 +288,10 @@ class MeetingServer(ControllerPart):
     async def _api_sessions(self, request: ApiRequest) -> ApiResult:
         assert request.room is not None
         sessions = self.controller.store.sessions(request.room, request.limit)
+        if not sessions and self._room_cap(request.room, create=False) is None:
+            return _refused(
+                ApiOp.SESSIONS.value, "unknown_room", f"room {request.room!r} does not exist"
+            )
         return ApiResult(op=ApiOp.SESSIONS.value, ok=True, room=request.room, sessions=sessions)
 
     async def _api_say(self, request: ApiRequest) -> ApiResult:

@@ -24,14 +24,14 @@ from pydantic import (
 )
 
 from fleet.errors import PayloadTooLarge, ProtocolError
-from fleet.protocol.topics import ID_PATTERN, TopicKind
+from fleet.protocol.topics import ID_PATTERN, ROOM_PATTERN, TopicKind
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 PROTOCOL_VERSION = 1
 
 DeviceId = Annotated[str, StringConstraints(pattern=rf"^{ID_PATTERN}$")]
 GroupName = Annotated[str, StringConstraints(pattern=rf"^{ID_PATTERN}$")]
-RoomName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+RoomName = Annotated[str, StringConstraints(pattern=rf"^{ROOM_PATTERN}$")]
 CommandId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 ShortText = Annotated[str, StringConstraints(max_length=256)]
 # Revs stay within 2^53 - 1 so firmware that parses JSON numbers as doubles holds them exactly.
@@ -117,6 +117,33 @@ class CommandOp(StrEnum):
     REBOOT = "reboot"
     OTA = "ota"
     SET_GROUPS = "set_groups"
+
+
+class IdentifyArgs(Message):
+    seconds: Annotated[int, Field(ge=1, le=300)] = 5
+
+
+class OtaArgs(Message):
+    url: Annotated[str, StringConstraints(pattern=r"^https?://\S+$", max_length=2048)]
+
+
+class SetGroupsArgs(Message):
+    groups: Annotated[list[GroupName], Field(max_length=32)]
+
+
+class NoArgs(Message):
+    pass
+
+
+# The args of each op (§6.1). Devices ignore unknown args; clients check them before
+# sending, so a typo in a key is caught where a person can fix it.
+COMMAND_ARGS: dict[CommandOp, type[Message]] = {
+    CommandOp.PING: NoArgs,
+    CommandOp.IDENTIFY: IdentifyArgs,
+    CommandOp.REBOOT: NoArgs,
+    CommandOp.OTA: OtaArgs,
+    CommandOp.SET_GROUPS: SetGroupsArgs,
+}
 
 
 class AckCode(StrEnum):

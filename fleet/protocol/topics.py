@@ -11,6 +11,14 @@ from enum import StrEnum
 
 DEFAULT_PREFIX = "fleet/v1"
 ID_PATTERN = r"[a-z0-9][a-z0-9-]{0,63}"
+ROOM_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
+# What each kind of name allows, in words, for error messages people read.
+_ID_RULE = "use 1-64 of a-z, 0-9 and '-', starting with a letter or digit"
+NAME_RULES = {
+    "device": _ID_RULE,
+    "group": _ID_RULE,
+    "room": "use 1-64 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit",
+}
 # Matched with fullmatch: a Python `$` would also accept a trailing newline.
 ID_RE = re.compile(ID_PATTERN)
 API_OP_PATTERN = r"[a-z][a-z-]{0,31}"
