@@ -2,8 +2,9 @@
 
 It joins a room through the meeting server, opens a peer connection to every
 peer `joined` names (the members already there, or in a mixed session the one
-mixer; `media` moves it from one to the other without leaving the session) (the newcomer offers, so two members never offer to each
-other at once), answers offers from later members, closes a peer when it
+mixer; `media` moves it from one to the other without leaving the session;
+the newcomer offers, so two members never offer to each other at once),
+answers offers from later members, closes a peer when it
 leaves, and keeps what a device reports: room, session, participant, peers.
 
 Transport is the caller's: a simulated device hands over its own MQTT link,
@@ -28,6 +29,7 @@ from fleet.mqtt import BrokerUrl, LastWill, payload_bytes, publish_nowait, run_l
 from fleet.protocol import TopicKind, Topics, decode_for, encode
 from fleet.protocol.messages import (
     Capabilities,
+    MediaPath,
     MeetAnswer,
     MeetDelivered,
     MeetError,
@@ -43,7 +45,6 @@ from fleet.protocol.messages import (
     MeetRelayedAnswer,
     MeetRelayedOffer,
     MeetSend,
-    MediaPath,
     PeerInfo,
 )
 

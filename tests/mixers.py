@@ -2,7 +2,8 @@
 address that is not loopback), this process's event loop thread inside it, and Janus
 processes started there on free ports and stopped after.
 
-    from mixers import mixed_net, janus  # noqa: F401  (module-scoped fixtures)
+    from mixers import janus as janus  # the fixtures (module-scoped)
+    from mixers import mixed_net as mixed_net
 
 Then `janus.url` is the WebSocket URL to give `MeetingServer(mixers=[...])`, and every
 broker, controller and simulated device the test starts lives in the namespace too.
@@ -10,9 +11,10 @@ broker, controller and simulated device the test starts lives in the namespace t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,15 @@ def janus(mixed_net: Netns, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     """One Janus for the module, in its namespace."""
     with janus_process(mixed_net, tmp_path_factory.mktemp("janus")) as running:
         yield running
+
+
+async def until(
+    check: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = ""
+) -> None:
+    """Poll an async condition (one that asks the mixer) until it holds."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not await check():  # noqa: ASYNC110 (the mixer has no event for it)
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise TimeoutError(f"timed out after {timeout}s waiting for {what}") from None
