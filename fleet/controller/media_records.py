@@ -101,7 +101,7 @@ class MediaRecords:
     def forget_session(self, session: str) -> None:
         self._counts.pop(session, None)
 
-    def complete(self, info: SessionInfo) -> SessionInfo:
+    def complete(self, info: SessionInfo, events: bool = True) -> SessionInfo:
         """A session as the store lists it, with its media path, mixer and newest events."""
         row = self._db.execute(
             "SELECT media, mixer FROM session_media WHERE session=?", (info.session,)
@@ -111,7 +111,7 @@ class MediaRecords:
             for ts, kind, participant, detail in self._db.execute(
                 "SELECT ts, kind, participant, detail FROM session_events WHERE session=?"
                 " ORDER BY ts DESC, rowid DESC LIMIT ?",
-                (info.session, MAX_SESSION_EVENTS),
+                (info.session, MAX_SESSION_EVENTS if events else 0),
             )
         ][::-1]
         media, mixer = (MediaPath(row[0]), row[1]) if row else (MediaPath.MESH, None)

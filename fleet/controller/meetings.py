@@ -33,6 +33,7 @@ from fleet.mixer.errors import MixerError, MixerUnavailable
 from fleet.mixer.pool import Mixer, MixerPool
 from fleet.protocol import TopicKind, decode_for, encode
 from fleet.protocol.messages import (
+    MAX_LISTED_BYTES,
     MAX_ROOM_CAP,
     ApiOp,
     ApiRequest,
@@ -59,6 +60,7 @@ from fleet.protocol.messages import (
     PeerInfo,
     RoomInfo,
     RoomMedia,
+    SessionInfo,
 )
 from fleet.protocol.messages import MIXER_PARTICIPANT as MIXER
 
@@ -649,8 +651,8 @@ class MeetingServer(ControllerPart):
 
     async def _api_sessions(self, request: ApiRequest) -> ApiResult:
         assert request.room is not None
-        sessions = self.controller.store.sessions(request.room, request.limit)
-        sessions = [self.records.complete(s) for s in sessions]
+        stored = self.controller.store.sessions(request.room, request.limit)
+        sessions = _fit([self.records.complete(s, events=n == 0) for n, s in enumerate(stored)])
         return ApiResult(op=ApiOp.SESSIONS.value, ok=True, room=request.room, sessions=sessions)
 
     async def _api_say(self, request: ApiRequest) -> ApiResult:
@@ -719,6 +721,26 @@ class MeetingServer(ControllerPart):
 
 def _refused(op: str, code: str, detail: str) -> ApiResult:
     return ApiResult(op=op, ok=False, code=code, detail=detail)
+
+
+def _fit(sessions: list[SessionInfo], budget: int = MAX_LISTED_BYTES) -> list[SessionInfo]:
+    """The newest sessions that fit `budget` encoded bytes: a 256-member room's history
+    would pass the payload limit. Within a session, events and then the latest joiners
+    go first; what is left out is counted in `omitted`."""
+    out: list[SessionInfo] = []
+    for info in sessions:
+        room = budget - sum(len(encode(s)) for s in out)
+        while len(encode(info)) > room and (info.events or info.participants):
+            if info.events:  # the newest half stays
+                field, kept = "events", info.events[len(info.events) // 2 + 1 :]
+            else:  # the first half to join stays
+                field, kept = "participants", info.participants[: len(info.participants) // 2]
+            dropped = len(getattr(info, field)) - len(kept)
+            info = info.model_copy(update={field: kept, "omitted": info.omitted + dropped})
+        if len(encode(info)) > room:
+            break
+        out.append(info)
+    return out
 
 
 def _consume(future: asyncio.Future[None]) -> None:

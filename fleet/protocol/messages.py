@@ -505,6 +505,7 @@ class SessionInfo(Message):
     mixer: ShortText | None = None  # the mixer of a mixed session
     # the newest MAX_SESSION_EVENTS, oldest first
     events: list[SessionEvent] = Field(default_factory=list, max_length=MAX_SESSION_EVENTS)
+    omitted: Count = 0  # participants and events left out to keep a result small
 
 
 class ApiResult(Message):
