@@ -4,7 +4,11 @@ plane, offer to the mixer through the meeting server, and hear the mix of the ot
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +16,9 @@ from pathlib import Path
 import pytest
 from brokers import BrokerHandle
 from mixers import janus as janus  # the fixtures (module-scoped)
+from mixers import janus_process, until
 from mixers import mixed_net as mixed_net
-from mixers import until
+from netns import Netns
 from running import controller, operator, register_devices, sim_fleet, wait_for
 
 from fleet.client import FleetClient
@@ -34,6 +39,7 @@ from fleet.protocol.messages import (
 )
 
 pytestmark = pytest.mark.timeout(180)
+REPO = Path(__file__).resolve().parents[1]
 
 # G.711 at the mixer's 16 kHz: the cheapest codec for eight members on two shared cores.
 G711 = MediaConfig(codecs=("pcmu",))
@@ -154,3 +160,193 @@ async def test_eight_devices_in_a_mixed_room_each_hear_the_other_seven(
             return live.id not in await bridge.rooms()
 
         await until(destroyed, what="the AudioBridge room is destroyed")
+
+
+async def test_a_pcmu_only_member_and_an_opus_member_hear_each_other_through_the_mixer(
+    amqtt_broker: BrokerHandle, tmp_path: Path, janus: JanusProcess
+) -> None:
+    media = {"dev-1": MediaConfig(codecs=("pcmu",)), "dev-2": MediaConfig(codecs=("opus",))}
+    async with meeting(
+        amqtt_broker, tmp_path, 2, [janus.url], lambda d, tone: driver(tone, media[d])
+    ) as m:
+        await create_room(m.op, "g711", RoomMedia.MIXED)
+        assert (await m.op.request(ApiOp.JOIN_ALL, ApiRequest(room="g711", timeout_s=20))).ok
+        await everyone_hears_the_others(m, m.ids)
+        codecs = {i: [s.codec for s in await d.mesh.stats()] for i, d in m.drivers.items()}
+        assert {i: [c.lower() for c in v if c] for i, v in codecs.items()} == {
+            "dev-1": ["pcmu"],
+            "dev-2": ["opus"],
+        }
+        live = m.server.live["g711"]
+        by_pid = {live.members[p].pid: e.codec for p, e in live.bridge.items()}
+        assert by_pid == {"dev-1": "pcmu", "dev-2": "opus"}
+
+
+async def test_mic_false_takes_a_member_out_of_everyones_mix_and_true_puts_it_back(
+    amqtt_broker: BrokerHandle, tmp_path: Path, janus: JanusProcess
+) -> None:
+    async with meeting(amqtt_broker, tmp_path, 3, [janus.url]) as m:
+        await create_room(m.op, "quiet", RoomMedia.MIXED)
+        for device_id in m.ids:
+            muted = device_id == "dev-1"
+            joined = await m.op.request(
+                ApiOp.JOIN, ApiRequest(device=device_id, room="quiet", mic=not muted)
+            )
+            assert joined.ok, joined
+        live = m.server.live["quiet"]
+        bridge = m.server.pool.mixers[0].bridge
+        assert bridge is not None
+        speaker = next(p for p, mem in live.members.items() if mem.pid == "dev-1")
+
+        async def mixer_says(muted: bool) -> bool:
+            listed = {p["id"]: p.get("muted") for p in await bridge.participants(live.id)}
+            return len(listed) == 3 and listed[speaker] is muted
+
+        await until(lambda: mixer_says(True), 20, "the mixer holds dev-1 muted")
+        listeners = ["dev-2", "dev-3"]
+        await everyone_hears_the_others(m, listeners)
+        await asyncio.sleep(0.5)  # dev-1 would be in the mix by now
+        for device_id in listeners:
+            assert "dev-1" not in heard(m.drivers[device_id], m.tones)
+        assert heard(m.drivers["dev-1"], m.tones) == set(listeners)
+        assert m.fleet["dev-1"].current_state().mic is False
+
+        assert (await m.op.request(ApiOp.JOIN, ApiRequest(device="dev-1", room="quiet"))).ok
+        await until(lambda: mixer_says(False), 10, "the mixer unmutes dev-1")
+        await everyone_hears_the_others(m, m.ids, timeout=10)
+        history = (await m.op.request(ApiOp.SESSIONS, ApiRequest(room="quiet"))).sessions[0]
+        kinds = [(e.kind, e.participant) for e in history.events]
+        assert ("unmuted", speaker) in kinds
+
+
+def fleet_sim(handle: BrokerHandle, secrets: dict[str, str], home: Path) -> list[str]:
+    """`fleet sim --audio` for these devices, as a command for another process."""
+    path = home / "secrets.json"
+    path.write_text(json.dumps(secrets))
+    return [
+        sys.executable, "-m", "cli.main", "sim", "--audio", "--devices", str(len(secrets)),
+        "--id-prefix", next(iter(secrets)).rsplit("-", 1)[0], "--secrets", str(path),
+        "--broker", f"mqtt://{handle.host}:{handle.port}", "--prefix", handle.prefix,
+        "--tele-interval", "1", "--codec", "pcmu",
+    ]  # fmt: skip
+
+
+async def test_a_member_whose_process_is_killed_leaves_the_mixer_and_the_history(
+    amqtt_broker: BrokerHandle, tmp_path: Path, janus: JanusProcess
+) -> None:
+    doomed = register_devices(amqtt_broker, 1, prefix="doomed")
+    async with meeting(amqtt_broker, tmp_path, 2, [janus.url]) as m:
+        await create_room(m.op, "standup", RoomMedia.MIXED)
+        assert (await m.op.request(ApiOp.JOIN_ALL, ApiRequest(room="standup"))).ok
+        # A simulated device in a process of its own, to kill.
+        proc = subprocess.Popen(fleet_sim(amqtt_broker, doomed, tmp_path), cwd=REPO)  # noqa: ASYNC220
+        try:
+            await wait_for(
+                lambda: (rec := m.ctl.registry.devices.get("doomed-1")) is not None and rec.online,
+                timeout=20,
+                what="the doomed device is online",
+            )
+            joined = await m.op.request(ApiOp.JOIN, ApiRequest(device="doomed-1", room="standup"))
+            assert joined.ok, joined
+            live = m.server.live["standup"]
+            gone = next(p for p, mem in live.members.items() if mem.pid == "doomed-1")
+            await wait_for(lambda: gone in live.bridge, timeout=20, what="it joined the mixer")
+            bridge = m.server.pool.mixers[0].bridge
+            assert bridge is not None
+
+            async def listed() -> set[str]:
+                return {p["id"] for p in await bridge.participants(live.id)}
+
+            assert gone in await listed()
+        finally:
+            proc.kill()
+            proc.wait(10)
+
+        async def removed() -> bool:
+            return gone not in await listed()
+
+        await until(removed, 15, "the killed member is out of the AudioBridge room")
+        assert await listed() == set(live.members)  # the two others stay
+        history = (await m.op.request(ApiOp.SESSIONS, ApiRequest(room="standup"))).sessions[0]
+        record = next(p for p in history.participants if p.participant == gone)
+        assert record.left is not None
+        assert ("mixer_leave", gone) in [(e.kind, e.participant) for e in history.events]
+        await everyone_hears_the_others(m, m.ids, timeout=10)
+
+
+async def test_an_auto_room_growing_past_the_mesh_cap_moves_to_the_mixer_in_session(
+    amqtt_broker: BrokerHandle, tmp_path: Path, janus: JanusProcess
+) -> None:
+    async with meeting(amqtt_broker, tmp_path, 8, [janus.url], mesh_cap=4) as m:
+        first, rest = m.ids[:3], m.ids[3:]
+        for device_id in first:
+            assert (await m.op.request(ApiOp.JOIN, ApiRequest(device=device_id, room="grow"))).ok
+        live = m.server.live["grow"]
+        assert live.media is MediaPath.MESH
+        await wait_for(
+            lambda: all(len(m.drivers[i].mesh.peers()) == 2 for i in first), what="a mesh of 3"
+        )
+        await everyone_hears_the_others(m, first)
+        before = {i: (m.fleet[i].meeting.session, m.fleet[i].meeting.participant) for i in first}  # type: ignore[union-attr]
+        for device_id in rest:
+            assert (await m.op.request(ApiOp.JOIN, ApiRequest(device=device_id, room="grow"))).ok
+        assert live.media is MediaPath.MIXED
+        await wait_for(
+            lambda: all(d.mesh.peers() == [MIXER_PARTICIPANT] for d in m.drivers.values()),
+            timeout=20,
+            what="every member holds one connection, to the mixer",
+        )
+        for drv in m.drivers.values():
+            fresh_ears(drv)
+        await everyone_hears_the_others(m, m.ids)
+        # Nobody left: same session, same participant ids, no leave in the history.
+        after = {i: (m.fleet[i].meeting.session, m.fleet[i].meeting.participant) for i in first}  # type: ignore[union-attr]
+        assert after == before
+        history = (await m.op.request(ApiOp.SESSIONS, ApiRequest(room="grow"))).sessions
+        assert len(history) == 1
+        assert history[0].media is MediaPath.MIXED
+        assert all(p.left is None for p in history[0].participants)
+        assert len(history[0].participants) == 8
+        changes = [e.detail for e in history[0].events if e.kind == "media"]
+        assert changes == ["mesh -> mixed: 4 members past the mesh cap of 4"] or changes == [
+            "mesh -> mixed: 5 members past the mesh cap of 4"
+        ]
+        rooms = (await m.op.request(ApiOp.ROOMS, ApiRequest())).rooms
+        assert [(r.media, r.session_media) for r in rooms] == [(RoomMedia.AUTO, MediaPath.MIXED)]
+
+
+async def test_sessions_spread_over_two_mixers_and_move_when_one_dies(
+    amqtt_broker: BrokerHandle, tmp_path: Path, janus: JanusProcess, mixed_net: Netns
+) -> None:
+    with janus_process(mixed_net, tmp_path / "janus-2", "janus-2") as second:
+        async with meeting(amqtt_broker, tmp_path, 4, [janus.url, second.url]) as m:
+            rooms = {"east": m.ids[:2], "west": m.ids[2:]}
+            for room, members in rooms.items():
+                await create_room(m.op, room, RoomMedia.MIXED)
+                for device_id in members:
+                    assert (
+                        await m.op.request(ApiOp.JOIN, ApiRequest(device=device_id, room=room))
+                    ).ok
+            placed = {room: m.server.live[room].mixer for room in rooms}
+            assert placed == {"east": "janus-1", "west": "janus-2"}
+            for members in rooms.values():
+                await everyone_hears_the_others(m, members)
+            west = m.server.live["west"]
+            ids_before = {i: m.fleet[i].meeting.participant for i in rooms["west"]}  # type: ignore[union-attr]
+
+            second.kill()
+            await wait_for(
+                lambda: west.mixer == "janus-1", timeout=10, what="west moves to janus-1"
+            )
+            for device_id in rooms["west"]:
+                fresh_ears(m.drivers[device_id])
+            await everyone_hears_the_others(m, rooms["west"], timeout=20)
+            assert m.server.live["west"] is west  # the same session
+            assert {i: m.fleet[i].meeting.participant for i in rooms["west"]} == ids_before  # type: ignore[union-attr]
+            assert m.server.live["east"].mixer == "janus-1"
+            history = (await m.op.request(ApiOp.SESSIONS, ApiRequest(room="west"))).sessions[0]
+            assert history.mixer == "janus-1"
+            moves = [e.detail for e in history.events if e.kind == "mixer"]
+            assert "janus-2 lost; moved to janus-1" in moves
+            assert moves[-1] == "on janus-1 at 16000 Hz"
+            assert all(p.left is None for p in history.participants)
