@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from brokers import BrokerHandle
+from mixers import fake_mixer, janus_process, until
 from mixers import janus as janus  # the fixtures (module-scoped)
-from mixers import janus_process, until
 from mixers import mixed_net as mixed_net
 from netns import Netns
 from running import controller, operator, register_devices, sim_fleet, wait_for
@@ -29,12 +29,16 @@ from fleet.device.sim import MeetingDriver, SimFleet
 from fleet.media.config import MediaConfig
 from fleet.media.sinks import CaptureSink, FanoutSink
 from fleet.mixer.process import JanusProcess
+from fleet.mqtt import BrokerUrl
+from fleet.participant import MeetingParticipant, MeetingRefused, participant_link
 from fleet.protocol.messages import (
     MIXER_PARTICIPANT,
     ApiOp,
     ApiRequest,
     DeviceOutcome,
     MediaPath,
+    MeetAnswer,
+    MeetOffer,
     RoomMedia,
 )
 
@@ -350,3 +354,99 @@ async def test_sessions_spread_over_two_mixers_and_move_when_one_dies(
             assert "janus-2 lost; moved to janus-1" in moves
             assert moves[-1] == "on janus-1 at 16000 Hz"
             assert all(p.left is None for p in history.participants)
+
+
+# --- a mixer that is missing, silent or talking nonsense ----------------------------------
+
+
+@contextlib.asynccontextmanager
+async def signalling_only(
+    handle: BrokerHandle, tmp_path: Path, mixers: Sequence[str], **server: object
+) -> AsyncIterator[tuple[MeetingServer, FleetClient, Callable[[str], object]]]:
+    """A controller with these mixers, an operator, and signalling-only participants."""
+    meetings = MeetingServer(mixers=list(mixers), **server)  # type: ignore[arg-type]
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(controller(handle, tmp_path / "c.db", parts=[meetings]))
+        op = await stack.enter_async_context(operator(handle))
+
+        async def member(pid: str) -> MeetingParticipant:
+            url = BrokerUrl.parse(handle.url(pid, handle.add_device(pid)))
+            return await stack.enter_async_context(participant_link(url, pid, handle.topics))
+
+        await meetings.pool.wait_ready()
+        yield meetings, op, member
+
+
+async def test_without_a_mixer_a_mixed_join_says_how_to_install_one_and_mesh_works(
+    amqtt_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    async with signalling_only(amqtt_broker, tmp_path, [], mesh_cap=2) as (server, op, member):
+        await create_room(op, "big", RoomMedia.MIXED)
+        ann, bob, cid = await member("ann"), await member("bob"), await member("cid")
+        with pytest.raises(MeetingRefused) as refused:
+            await ann.join("big")
+        assert refused.value.code == "mixer_unavailable"
+        assert "apt-get install janus" in refused.value.detail
+        assert ann.session is None
+        # Mesh rooms go on; an auto room past the mesh cap is refused the same way.
+        assert (await ann.join("small")).media is MediaPath.MESH
+        assert [p.participant for p in (await bob.join("small")).peers] == [ann.participant]
+        with pytest.raises(MeetingRefused) as past_cap:
+            await cid.join("small")
+        assert past_cap.value.code == "mixer_unavailable"
+        assert "mesh cap of 2" in past_cap.value.detail
+        assert len(server.live["small"].members) == 2
+
+
+@pytest.mark.parametrize("behaviour", ["silent", "garbage", "not-json"])
+async def test_a_mixer_that_answers_nonsense_or_nothing_fails_the_join_clearly(
+    amqtt_broker: BrokerHandle, tmp_path: Path, behaviour: str
+) -> None:
+    async with (
+        fake_mixer(behaviour) as url,
+        signalling_only(amqtt_broker, tmp_path, [url], mixer_timeout=1.0) as (server, op, member),
+    ):
+        await create_room(op, "big", RoomMedia.MIXED)
+        ann = await member("ann")
+        async with asyncio.timeout(5):  # a join result, never a hang
+            with pytest.raises(MeetingRefused) as refused:
+                await ann.join("big")
+        assert refused.value.code == "mixer_failed", refused.value
+        expected = {
+            "silent": "no answer to 'create' within 1s",
+            "garbage": "answered without plugin data",
+            "not-json": "no answer to 'create' within 1s",
+        }[behaviour]
+        assert expected in refused.value.detail
+        assert "big" not in server.live
+        assert (await ann.join("mesh-room")).media is MediaPath.MESH
+
+
+async def test_bad_signalling_to_the_mixer_is_refused_and_breaks_nothing(
+    amqtt_broker: BrokerHandle, tmp_path: Path, janus: JanusProcess
+) -> None:
+    async with signalling_only(amqtt_broker, tmp_path, [janus.url]) as (server, op, member):
+        await create_room(op, "big", RoomMedia.MIXED)
+        ann, bob = await member("ann"), await member("bob")
+        await bob.send(MeetOffer(type="offer", to=MIXER_PARTICIPANT, sdp="v=0\r\n"))
+        joined = await ann.join("big")
+        assert joined.media is MediaPath.MIXED
+        assert [(p.participant, p.pid) for p in joined.peers] == [(MIXER_PARTICIPANT, "janus-1")]
+        bad = [
+            MeetAnswer(type="answer", to=MIXER_PARTICIPANT, sdp="v=0\r\n"),
+            MeetOffer(type="offer", to=MIXER_PARTICIPANT, sdp="v=0\r\nthis is not sdp"),
+            MeetOffer(type="offer", to=MIXER_PARTICIPANT, sdp="v=0\r\nm=video 9 RTP/AVP 0\r\n"),
+        ]
+        for message in bad:
+            await ann.send(message)
+        await bob.join("mesh")
+        await bob.send(MeetOffer(type="offer", to=MIXER_PARTICIPANT, sdp="v=0\r\n"))
+        await wait_for(lambda: len(ann.errors) == 3 and len(bob.errors) == 2, what="refusals")
+        assert [e.code for e in ann.errors] == ["bad_request"] * 3
+        assert "never offers" in ann.errors[0].detail
+        assert [e.code for e in bob.errors] == ["not_in_session", "unknown_participant"]
+        # Nothing reached the mixer, and ann is still in her session.
+        live = server.live["big"]
+        assert live.bridge == {}
+        assert (await op.request(ApiOp.ROOMS, ApiRequest())).rooms[0].members == 1
+        assert ann.session == live.id
