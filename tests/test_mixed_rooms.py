@@ -9,28 +9,35 @@ import contextlib
 import json
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from brokers import BrokerHandle
-from mixers import fake_mixer, janus_process, until
+from brokers import BrokerHandle, mqtt_client
+from databases import Influx1, fast_settings
+from databases import influx1 as influx1  # the fixture
+from impair import Impairment, impaired
+from mixers import fake_mixer, janus_process, tcp_forward, until
 from mixers import janus as janus  # the fixtures (module-scoped)
 from mixers import mixed_net as mixed_net
 from netns import Netns
 from running import controller, operator, register_devices, sim_fleet, wait_for
+from test_telemetry_dashboards import DB, fill, queries_of
 
+from broker.credentials import Role
 from fleet.client import FleetClient
 from fleet.controller.meetings import MeetingServer
 from fleet.controller.service import Controller
-from fleet.device.audio import AudioMeetingDriver, AudioProfile, tone_for
+from fleet.device.audio import AudioMeetingDriver, AudioProfile, audio_drivers, tone_for
 from fleet.device.sim import MeetingDriver, SimFleet
 from fleet.media.config import MediaConfig
 from fleet.media.sinks import CaptureSink, FanoutSink
 from fleet.mixer.process import JanusProcess
-from fleet.mqtt import BrokerUrl
+from fleet.mqtt import BrokerUrl, payload_bytes
 from fleet.participant import MeetingParticipant, MeetingRefused, participant_link
+from fleet.protocol import decode
 from fleet.protocol.messages import (
     MIXER_PARTICIPANT,
     ApiOp,
@@ -39,8 +46,11 @@ from fleet.protocol.messages import (
     MediaPath,
     MeetAnswer,
     MeetOffer,
+    PeerAudioStats,
     RoomMedia,
+    Telemetry,
 )
+from fleet.telemetry import TelemetryIngest
 
 pytestmark = pytest.mark.timeout(180)
 REPO = Path(__file__).resolve().parents[1]
@@ -223,14 +233,17 @@ async def test_mic_false_takes_a_member_out_of_everyones_mix_and_true_puts_it_ba
         assert ("unmuted", speaker) in kinds
 
 
-def fleet_sim(handle: BrokerHandle, secrets: dict[str, str], home: Path) -> list[str]:
+def fleet_sim(
+    handle: BrokerHandle, secrets: dict[str, str], home: Path, broker: str | None = None
+) -> list[str]:
     """`fleet sim --audio` for these devices, as a command for another process."""
+    broker = broker or f"mqtt://{handle.host}:{handle.port}"
     path = home / "secrets.json"
     path.write_text(json.dumps(secrets))
     return [
         sys.executable, "-m", "cli.main", "sim", "--audio", "--devices", str(len(secrets)),
         "--id-prefix", next(iter(secrets)).rsplit("-", 1)[0], "--secrets", str(path),
-        "--broker", f"mqtt://{handle.host}:{handle.port}", "--prefix", handle.prefix,
+        "--broker", broker, "--prefix", handle.prefix,
         "--tele-interval", "1", "--codec", "pcmu",
     ]  # fmt: skip
 
@@ -450,3 +463,104 @@ async def test_bad_signalling_to_the_mixer_is_refused_and_breaks_nothing(
         assert live.bridge == {}
         assert (await op.request(ApiOp.ROOMS, ApiRequest())).rooms[0].members == 1
         assert ann.session == live.id
+
+
+# --- a member behind a bad network ----------------------------------------------------------
+
+
+def hearing(samples: list[Telemetry]) -> list[PeerAudioStats]:
+    """The audio stats of every sample since the first packets arrived."""
+    stats = [tele.audio[0] for tele in samples]
+    first = next((n for n, s in enumerate(stats) if s.packets_received > 0), len(stats))
+    return stats[first:]
+
+
+# As `tc netem delay 50ms 50ms loss 10%` would (this kernel has no netem): tests/impair.py.
+LOSSY = Impairment(loss=0.10, delay_s=0.050, jitter_s=0.050)
+
+
+async def test_a_member_behind_loss_and_jitter_keeps_hearing_and_its_telemetry_shows_it(
+    amqtt_broker: BrokerHandle,
+    tmp_path: Path,
+    janus: JanusProcess,
+    mixed_net: Netns,
+    influx1: Influx1,
+) -> None:
+    influx1.create_database(DB)
+    ingest = TelemetryIngest(fast_settings(influx1.url, version=1, database=DB, bucket=None))
+    link = mixed_net.peer_namespace("l")
+    secrets = register_devices(amqtt_broker, 2)
+    lossy = register_devices(amqtt_broker, 1, prefix="lossy")
+    watcher = amqtt_broker.add_user("watcher", Role.CONTROLLER)
+    meetings = MeetingServer(mixers=[janus.url])
+    samples: list[Telemetry] = []
+    async with (
+        contextlib.AsyncExitStack() as stack,
+        controller(amqtt_broker, tmp_path / "c.db", parts=[meetings, ingest]),
+        sim_fleet(amqtt_broker, secrets, driver_factory=audio_drivers(list(secrets))) as fleet,
+        operator(amqtt_broker) as op,
+        tcp_forward(link.gateway, (amqtt_broker.host, amqtt_broker.port)) as port,
+        mqtt_client(amqtt_broker, "watcher", watcher) as watch,
+    ):
+        stack.enter_context(impaired(mixed_net, link, LOSSY))
+        await meetings.pool.wait_ready()
+        await watch.subscribe(amqtt_broker.topics.tele("lossy-1"), qos=0)
+        await create_room(op, "flaky", RoomMedia.MIXED)
+        assert (await op.request(ApiOp.JOIN_ALL, ApiRequest(room="flaky", timeout_s=20))).ok
+        # The lossy member: its own process in the other namespace, its group desired
+        # state (join-all) waiting for it.
+        command = fleet_sim(amqtt_broker, lossy, tmp_path, f"mqtt://{link.gateway}:{port}")
+        proc = subprocess.Popen(["ip", "netns", "exec", link.netns, *command], cwd=REPO)  # noqa: ASYNC220
+        try:
+
+            async def collect() -> None:
+                async for message in watch.messages:
+                    tele = decode(Telemetry, payload_bytes(message))
+                    if tele.meeting and tele.audio:
+                        samples.append(tele)
+
+            reader = asyncio.create_task(collect())
+            try:
+                await wait_for(
+                    lambda: len(hearing(samples)) >= 5, timeout=60, what="5 s of audio telemetry"
+                )
+            finally:
+                reader.cancel()
+        finally:
+            proc.kill()
+            proc.wait(10)
+        live = meetings.live["flaky"]
+        # It keeps hearing the mix: a level from the mixer in every sample once connected.
+        stats = hearing(samples)
+        assert {s.peer for s in stats} == {MIXER_PARTICIPANT}
+        assert all((s.level or 0) > 0.05 for s in stats), stats
+        received = [s.packets_received for s in stats]
+        assert received == sorted(received)
+        assert received[-1] > received[0]
+        # Its loss and jitter, from its own telemetry.
+        loss = sum(s.loss or 0 for s in stats) / len(stats)
+        jitter = sum(s.jitter_ms or 0 for s in stats) / len(stats)
+        assert 0.04 < loss < 0.25, loss
+        assert jitter > 10, jitter
+        assert LOSSY.counts["dropped"] > 0
+        # The others, on a clean link, hear the mix with no loss to speak of.
+        clean = [s for d in fleet.devices for s in d.telemetry().audio]
+        assert all((s.loss or 0) < 0.02 for s in clean), clean
+        await wait_for(ingest.flushed.is_set, 10, "telemetry written")
+    # The meeting-quality panels show it (Grafana's queries, variables filled in).
+    board = json.loads((REPO / "dashboards" / "meeting-quality.json").read_text())
+    now_ms = int(time.time() * 1000)
+    shown: dict[str, float] = {}
+    for title, query in queries_of(board):
+        filled = fill(query, {"room": "flaky", "session": live.id}, now_ms - 600_000, now_ms)
+        result = influx1.query(filled, DB)["results"][0]
+        assert "error" not in result, f"{title}: {result['error']}"
+        for series in result.get("series", []):
+            if series.get("tags", {}).get("peer") == MIXER_PARTICIPANT and title in (
+                "panel 'Packet loss'",
+                "panel 'Jitter'",
+            ):
+                values = [v[1] for v in series["values"] if v[1] is not None]
+                shown[title] = max(shown.get(title, 0.0), max(values, default=0.0))
+    assert shown["panel 'Packet loss'"] > 0.04, shown
+    assert shown["panel 'Jitter'"] > 10, shown
