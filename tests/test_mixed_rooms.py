@@ -386,6 +386,32 @@ async def test_sessions_spread_over_two_mixers_and_move_when_one_dies(
             assert [e.detail for e in moved] == ["janus-2 lost; moved to janus-1"]
 
 
+async def test_a_session_whose_only_mixer_dies_waits_and_moves_when_one_is_back(
+    amqtt_broker: BrokerHandle, tmp_path: Path, mixed_net: Netns
+) -> None:
+    with janus_process(mixed_net, tmp_path / "j-a") as first:
+        async with meeting(amqtt_broker, tmp_path, 2, [first.url]) as m:
+            await create_room(m.op, "solo", RoomMedia.MIXED)
+            assert (await m.op.request(ApiOp.JOIN_ALL, ApiRequest(room="solo"))).ok
+            await everyone_hears_the_others(m, m.ids)
+            live = m.server.live["solo"]
+            first.kill()
+            await wait_for(lambda: live.mixer is None, what="the session has no mixer")
+            parts = [d.participant for d in m.drivers.values()]
+            await wait_for(
+                lambda: all(
+                    p and "mixer_unavailable" in p.peer_errors.get("mixer", "") for p in parts
+                ),
+                what="members are told",
+            )
+            with janus_process(mixed_net, tmp_path / "j-b", ws_port=first.config.ws_port):
+                await wait_for(lambda: live.mixer == "janus-1", timeout=15, what="back on janus-1")
+                for drv in m.drivers.values():
+                    fresh_ears(drv)
+                await everyone_hears_the_others(m, m.ids, timeout=20)
+                assert m.server.live["solo"] is live
+
+
 # --- a mixer that is missing, silent or talking nonsense ----------------------------------
 
 
