@@ -632,6 +632,33 @@ async def test_a_member_behind_loss_and_jitter_keeps_hearing_and_its_telemetry_s
     assert shown["panel 'Jitter'"] > 10, shown
 
 
+async def test_a_mesh_session_whose_mixer_refuses_the_room_stays_a_mesh(
+    amqtt_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    async with (
+        fake_mixer("no-rooms") as url,
+        signalling_only(amqtt_broker, tmp_path, [url], mesh_cap=2) as (server, op, member),
+    ):
+        ann, bob, cid = await member("ann"), await member("bob"), await member("cid")
+        await ann.join("pair")
+        await bob.join("pair")
+        with pytest.raises(MeetingRefused) as refused:
+            await cid.join("pair")
+        assert refused.value.code == "mixer_failed"
+        assert "no rooms today" in refused.value.detail
+        await wait_for(lambda: ann.errors and bob.errors, what="the members hear why")
+        assert [(e.code, e.from_) for e in ann.errors] == [("mixer_failed", MIXER_PARTICIPANT)]
+        live = server.live["pair"]
+        assert (live.media, list(live.members)) == (MediaPath.MESH, ["p-1", "p-2"])
+        assert ann.media is MediaPath.MESH
+        assert list(ann.peers) == [bob.participant]
+        history = (await op.request(ApiOp.SESSIONS, ApiRequest(room="pair"))).sessions[0]
+        assert history.media is MediaPath.MESH
+        assert [e.detail for e in history.events if e.kind == "media"][-1].startswith(
+            "stays mesh: mixer janus-1: 'create' refused: 490 no rooms today"
+        )
+
+
 # --- fleet up's own mixer --------------------------------------------------------------------
 
 
