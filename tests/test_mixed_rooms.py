@@ -25,6 +25,7 @@ from mixers import janus as janus  # the fixtures (module-scoped)
 from mixers import mixed_net as mixed_net
 from netns import Netns
 from running import controller, operator, register_devices, sim_fleet, wait_for
+from test_cli import fleet
 from test_telemetry_dashboards import DB, fill, queries_of
 
 from broker.credentials import Role
@@ -670,8 +671,14 @@ async def test_the_stack_runs_a_local_janus_and_its_mixed_rooms_meet(
         await stack.wait_ready()
         assert stack.mixer_url is not None
         assert (tmp_path / "home" / "janus" / "janus.jcfg").exists()
+        cli = ("--broker", str(stack.operator_url), "--prefix", config.prefix)
+        code, out, err = await fleet(
+            "rooms", "create", "standup", "--media", "mixed", "--rate", "48000", *cli, home=tmp_path
+        )
+        assert code == 0, err
+        assert "mixed" in out
+        assert "48 kHz" in out
         async with FleetClient(stack.operator_url, Topics(config.prefix)) as op:
-            await create_room(op, "standup", RoomMedia.MIXED)
             assert (await op.request(ApiOp.JOIN_ALL, ApiRequest(room="standup"))).ok
             drivers = {d.id: d.driver for d in stack.fleet.devices}
             tones = {device_id: tone_for(n) for n, device_id in enumerate(drivers)}
@@ -685,6 +692,10 @@ async def test_the_stack_runs_a_local_janus_and_its_mixed_rooms_meet(
             )
             history = (await op.request(ApiOp.SESSIONS, ApiRequest(room="standup"))).sessions
             assert history[0].mixer == "janus-1"
+            code, out, err = await fleet("sessions", "standup", *cli, home=tmp_path)
+            assert code == 0, err
+            assert "mixed (janus-1)" in out
+            assert "on janus-1 at 48000 Hz" in out
         port = int(stack.mixer_url.rsplit(":", 1)[1])
     with socket.socket() as sock:  # Janus stopped with the stack
         assert sock.connect_ex(("127.0.0.1", port)) != 0
