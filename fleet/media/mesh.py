@@ -43,9 +43,10 @@ from fleet.media.config import (
     MediaConfig,
     known_codecs,
 )
-from fleet.media.encoding import ENCODED, Broadcast, EncoderInfo, FrameEncoder, SendTrack
+from fleet.media.encoding import ENCODED, Broadcast, EncoderInfo, SendTrack
 from fleet.media.errors import MediaError, MediaNotSupported
 from fleet.media.frames import Normalizer, make_frame, scale
+from fleet.media.receiving import decode_inline
 from fleet.media.sinks import AudioSink
 from fleet.media.sources import SharedTrack
 from fleet.media.stats import PeerCounters, peer_stats
@@ -255,6 +256,7 @@ class MediaMesh:
             transceiver = pc.addTransceiver(outgoing or "audio", direction=DIRECTIONS[send, recv])
             if self.config.jitter_frames != AIORTC_JITTER_FRAMES:
                 set_jitter_frames(transceiver, self.config.jitter_frames)
+            decode_inline(transceiver.receiver)
             if codecs:
                 transceiver.setCodecPreferences([self._caps[CODEC_MIME[c].lower()] for c in codecs])
         except BaseException:
@@ -304,7 +306,7 @@ class MediaMesh:
                 if self._broadcasts.get(key) is done:
                     del self._broadcasts[key]
 
-            broadcast = Broadcast(source, self._encoder, lambda: self._mic, closed)
+            broadcast = Broadcast(source, self.config.opus_kbps, lambda: self._mic, closed)
             self._broadcasts[key] = broadcast
         elif broadcast.source is not source:
             source.stop()  # a spare subscription to a SharedSource already read: never used
@@ -314,9 +316,6 @@ class MediaMesh:
             log.info("sending %s audio encoded by aiortc (per peer)", feed.codec or "unknown")
         broadcast.join(feed, codec)
         return broadcast
-
-    def _encoder(self, codec: str) -> FrameEncoder:
-        return FrameEncoder(codec, self.config.opus_kbps)
 
     def _still_current(self, entry: Peer) -> None:
         if self._peers.get(entry.id) is not entry:
