@@ -35,7 +35,8 @@ def decode(codec: str, payloads: list[bytes]) -> np.ndarray:
 def test_a_replayed_tone_keeps_its_frequency_and_markers_past_its_loop(codec: str) -> None:
     tone = ToneSource(440.0, marker_every_s=0.5)
     loop = tone.repeats()
-    assert loop is not None and loop.period == 50  # one second
+    assert loop is not None
+    assert loop.period == 50  # one second
     looped = looped_packets(tone, loop, codec, 32)
     frames = 5 * loop.period  # well past the two encoded periods
     chunks = [looped.packet(k, muted=False) for k in range(frames)]
