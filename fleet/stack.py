@@ -22,6 +22,7 @@ from fleet.controller.meetings import DEFAULT_ROOM_CAP, MeetingServer
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.device.sim import MeetingDriver, SimFleet, device_ids
+from fleet.device.workers import SimWorkers
 from fleet.mqtt import BrokerUrl
 from fleet.protocol import Topics
 
@@ -60,6 +61,8 @@ class StackConfig:
     audio: bool = True  # simulated devices meet for real (aiortc); off: the state names the room
     room_cap: int = DEFAULT_ROOM_CAP
     parts: Sequence[ControllerPart] = ()  # controller features (telemetry ingest, ...)
+    # Audio devices run in this many worker processes (fleet.device.workers); 0: here.
+    sim_procs: int = 0
 
 
 @dataclass
@@ -70,11 +73,14 @@ class Stack:
     fleet: SimFleet
     operator_url: BrokerUrl
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    workers: SimWorkers | None = None  # the devices, when they run in worker processes
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
         async with asyncio.timeout(timeout):
             await self.controller.connected.wait()
             await self.fleet.wait_connected(timeout)
+            if self.workers is not None:
+                await self.workers.wait_connected(timeout)
 
     def failed(self) -> BaseException | None:
         for task in self.tasks:
@@ -108,9 +114,10 @@ async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
             credentials=store,
             parts=[MeetingServer(room_cap=config.room_cap), *config.parts],
         )
+        workers = sim_workers(config, base, topics, secrets)
         fleet = SimFleet(
             base,
-            secrets,
+            {} if workers is not None else secrets,
             topics,
             groups=list(config.groups),
             tele_interval_s=config.tele_interval_s,
@@ -122,13 +129,38 @@ async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
             controller,
             fleet,
             base.with_credentials(OPERATOR_USER, operator_secret),
+            workers=workers,
         )
         stack.tasks = [asyncio.create_task(controller.run(), name="controller")]
         if fleet.devices:  # an empty fleet's task would end at once
             stack.tasks.append(asyncio.create_task(fleet.run(), name="sim-fleet"))
         try:
-            yield stack
+            async with contextlib.AsyncExitStack() as children:
+                if workers is not None:
+                    await children.enter_async_context(workers)
+                yield stack
         finally:
             for task in stack.tasks:
                 task.cancel()
             await asyncio.gather(*stack.tasks, return_exceptions=True)
+
+
+def sim_workers(
+    config: StackConfig, base: BrokerUrl, topics: Topics, secrets: dict[str, str]
+) -> SimWorkers | None:
+    """The worker processes of an audio fleet that asked for them (config.sim_procs)."""
+    if not (config.audio and config.sim_procs and secrets):
+        return None
+    from fleet.device.audio import tone_amplitude, tone_for
+
+    ids = list(secrets)
+    return SimWorkers(
+        base,
+        topics,
+        secrets,
+        {device_id: tone_for(n) for n, device_id in enumerate(ids)},
+        procs=min(config.sim_procs, len(ids)),
+        groups=config.groups,
+        tele_interval_s=config.tele_interval_s,
+        amplitude=tone_amplitude(len(ids)),
+    )

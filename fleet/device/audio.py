@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +20,7 @@ from aiortc import MediaStreamTrack
 
 from fleet.device.sim import MeetingDriver
 from fleet.errors import FleetError
-from fleet.media.analysis import hears
+from fleet.media.analysis import hears, tone_shares
 from fleet.media.config import MediaConfig
 from fleet.media.mesh import MediaMesh
 from fleet.media.sinks import AudioSink, CaptureSink, FanoutSink, LevelMeter, WavRecorder
@@ -35,24 +35,46 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATS_INTERVAL_S = 2.0
-# Far apart, and no one a harmonic of another: a listener's spectrum tells them apart.
+# Far apart, and no one a low harmonic of another: a listener's spectrum tells them apart.
+# Up to 6.9 kHz: a 16 kHz mix (the mixer's default rate) carries them all; G.711 (8 kHz)
+# carries the first 18.
 TONE_BASE_HZ = 400.0
 TONE_STEP_HZ = 175.0
-TONE_SLOTS = 12
+TONE_SLOTS = 38
+TONE_AMPLITUDE = 0.3
+MIX_HEADROOM = 0.9  # the peak a mix of every tone may reach (of full scale)
 
 
 def tone_for(index: int) -> float:
-    """The tone of the `index`-th simulated device (0-based)."""
+    """The tone of the `index`-th simulated device (0-based); distinct for TONE_SLOTS."""
     return TONE_BASE_HZ + TONE_STEP_HZ * (index % TONE_SLOTS)
+
+
+def tone_amplitude(devices: int) -> float:
+    """Each tone's amplitude in a fleet of `devices`: a mixer sums the others' tones for
+    each member, and that sum must not clip (clipping smears tones into each other)."""
+    return min(TONE_AMPLITUDE, MIX_HEADROOM / max(1, devices - 1))
+
+
+@dataclass
+class DeviceHearing:
+    """What one device hears now: the devices whose tone is in what it receives (by FFT
+    of the last second), and the level of each stream it receives, by the pid of its
+    sender (the mixer's name for a mixed session's one stream)."""
+
+    heard: set[str]
+    levels: dict[str, float]
+    first_audio_at: float | None  # time.monotonic() of its first received frame
 
 
 @dataclass(frozen=True)
 class AudioProfile:
     media: MediaConfig = field(default_factory=MediaConfig)
     tone_hz: float | None = TONE_BASE_HZ  # what the microphone "hears"; None: silence
+    amplitude: float = TONE_AMPLITUDE  # of the tone (tone_amplitude for a big room)
     wav: Path | None = None  # played instead of the tone
     record_dir: Path | None = None  # one WAV per peer heard
-    keep_s: float = 5.0  # seconds of each peer's audio kept for analysis
+    keep_s: float = 5.0  # seconds of each peer's audio kept for analysis; 0: levels only
     marker_every_s: float | None = None  # a latency marker in the tone (bench/meeting.py)
 
 
@@ -72,7 +94,9 @@ class AudioMeetingDriver(MeetingDriver):
 
     def attach(self, device: SimulatedDevice) -> None:
         self.device = device
-        sinks: list[AudioSink] = [self.levels, self.heard]
+        sinks: list[AudioSink] = [self.levels]
+        if self.profile.keep_s > 0:
+            sinks.append(self.heard)
         if self.profile.record_dir is not None:
             sinks.append(WavRecorder(self.profile.record_dir / device.id))
         mesh = MediaMesh(self.profile.media, self._source_for, FanoutSink(*sinks))
@@ -150,6 +174,22 @@ class AudioMeetingDriver(MeetingDriver):
         samples = self.heard.samples(peer, last_s)
         return samples.size > 0 and hears(samples, freq_hz)
 
+    def hearing(self, tones: Mapping[str, float], min_share: float) -> DeviceHearing:
+        """Which of `tones` (device -> Hz) hold at least `min_share` of the power of some
+        stream received over the last second, and every stream's level."""
+        names = self.peer_pids()
+        heard: set[str] = set()
+        levels: dict[str, float] = {}
+        devices, freqs = list(tones), list(tones.values())
+        for participant, entry in self.levels.peers.items():
+            levels[names.get(participant, participant)] = entry.level
+            samples = self.heard.samples(participant, 1.0)
+            if samples.size:
+                shares = tone_shares(samples, freqs)
+                heard |= {d for d, share in zip(devices, shares, strict=True) if share >= min_share}
+        firsts = [p.first_frame_at for p in self.levels.peers.values() if p.first_frame_at]
+        return DeviceHearing(heard, levels, min(firsts) if firsts else None)
+
     # --- inside -------------------------------------------------------------------------------
     def _source_for(self, peer: str) -> MediaStreamTrack | None:
         return self._shared(peer) if self._shared is not None else None
@@ -160,7 +200,11 @@ class AudioMeetingDriver(MeetingDriver):
         if self.profile.wav is not None:
             track: MediaStreamTrack = WavSource(self.profile.wav)
         elif self.profile.tone_hz is not None:
-            track = ToneSource(self.profile.tone_hz, marker_every_s=self.profile.marker_every_s)
+            track = ToneSource(
+                self.profile.tone_hz,
+                amplitude=self.profile.amplitude,
+                marker_every_s=self.profile.marker_every_s,
+            )
         else:
             return  # silence: send nothing at all
         self._shared = SharedSource(track)
@@ -203,9 +247,11 @@ class AudioMeetingDriver(MeetingDriver):
 def audio_drivers(
     ids: Sequence[str], profile: AudioProfile | None = None
 ) -> Callable[[str], AudioMeetingDriver]:
-    """A driver factory for SimFleet: every device its own tone (`tone_for` its index)."""
+    """A driver factory for SimFleet: every device its own tone (`tone_for` its index), at
+    an amplitude a mix of the whole fleet holds without clipping."""
     base = profile or AudioProfile()
     index = {device_id: n for n, device_id in enumerate(ids)}
+    amplitude = min(base.amplitude, tone_amplitude(len(ids)))
     return lambda device_id: AudioMeetingDriver(
-        replace(base, tone_hz=tone_for(index.get(device_id, 0)))
+        replace(base, tone_hz=tone_for(index.get(device_id, 0)), amplitude=amplitude)
     )

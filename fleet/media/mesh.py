@@ -45,7 +45,7 @@ from fleet.media.config import (
 )
 from fleet.media.encoding import ENCODED, Broadcast, EncoderInfo, SendTrack
 from fleet.media.errors import MediaError, MediaNotSupported
-from fleet.media.frames import Normalizer, make_frame, scale
+from fleet.media.frames import TIME_BASE, Normalizer, is_internal, make_frame, scale
 from fleet.media.receiving import decode_inline
 from fleet.media.sinks import AudioSink
 from fleet.media.sources import SharedTrack
@@ -330,10 +330,15 @@ class MediaMesh:
                 return
             try:
                 for data in entry.normalizer(frame):
-                    data = scale(data, self._gain)
                     pts = entry.counters.samples  # the frame's start in this peer's stream
+                    if self._gain == 1.0 and is_internal(frame):
+                        frame.pts, frame.time_base = pts, TIME_BASE  # handed on as it is
+                        out = frame
+                    else:
+                        data = scale(data, self._gain)
+                        out = make_frame(data, pts)
                     entry.counters.add_audio(data)
-                    self.sink.on_frame(entry.id, make_frame(data, pts))
+                    self.sink.on_frame(entry.id, out)
             except Exception:  # a broken sink or frame must not stop the audio (or others')
                 if not entry.sink_failed:
                     entry.sink_failed = True
