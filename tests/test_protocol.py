@@ -47,6 +47,7 @@ MODELS: dict[str, tuple[type[BaseModel], TopicKind, str]] = {
     "MeetAnswer": (m.MeetAnswer, TopicKind.MEET_UP, "meet_up"),
     "MeetSend": (m.MeetSend, TopicKind.MEET_UP, "meet_up"),
     "MeetJoined": (m.MeetJoined, TopicKind.MEET_DOWN, "meet_down"),
+    "MeetMedia": (m.MeetMedia, TopicKind.MEET_DOWN, "meet_down"),
     "MeetPeerJoined": (m.MeetPeerJoined, TopicKind.MEET_DOWN, "meet_down"),
     "MeetPeerLeft": (m.MeetPeerLeft, TopicKind.MEET_DOWN, "meet_down"),
     "MeetRelayedOffer": (m.MeetRelayedOffer, TopicKind.MEET_DOWN, "meet_down"),

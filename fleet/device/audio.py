@@ -71,7 +71,9 @@ class DeviceHearing:
 class AudioProfile:
     media: MediaConfig = field(default_factory=MediaConfig)
     tone_hz: float | None = TONE_BASE_HZ  # what the microphone "hears"; None: silence
-    amplitude: float = TONE_AMPLITUDE  # of the tone (tone_amplitude for a big room)
+    # Of full scale. A mixer sums the members' tones: keep (members - 1) x this below 1
+    # (tone_amplitude(members)).
+    tone_amplitude: float = TONE_AMPLITUDE
     wav: Path | None = None  # played instead of the tone
     record_dir: Path | None = None  # one WAV per peer heard
     keep_s: float = 5.0  # seconds of each peer's audio kept for analysis; 0: levels only
@@ -202,7 +204,7 @@ class AudioMeetingDriver(MeetingDriver):
         elif self.profile.tone_hz is not None:
             track = ToneSource(
                 self.profile.tone_hz,
-                amplitude=self.profile.amplitude,
+                self.profile.tone_amplitude,
                 marker_every_s=self.profile.marker_every_s,
             )
         else:
@@ -251,7 +253,7 @@ def audio_drivers(
     an amplitude a mix of the whole fleet holds without clipping."""
     base = profile or AudioProfile()
     index = {device_id: n for n, device_id in enumerate(ids)}
-    amplitude = min(base.amplitude, tone_amplitude(len(ids)))
+    amplitude = min(base.tone_amplitude, tone_amplitude(len(ids)))
     return lambda device_id: AudioMeetingDriver(
-        replace(base, tone_hz=tone_for(index.get(device_id, 0)), amplitude=amplitude)
+        replace(base, tone_hz=tone_for(index.get(device_id, 0)), tone_amplitude=amplitude)
     )

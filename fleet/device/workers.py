@@ -189,7 +189,9 @@ async def _serve() -> None:
         tele_interval_s=spec.tele_interval_s,
         driver_factory=lambda device_id: AudioMeetingDriver(
             AudioProfile(
-                tone_hz=spec.tones[device_id], amplitude=spec.amplitude, keep_s=spec.capture_s
+                tone_hz=spec.tones[device_id],
+                tone_amplitude=spec.amplitude,
+                keep_s=spec.capture_s,
             )
         ),
     )
