@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from fleet.controller.meetings import DEFAULT_ROOM_CAP, MeetingServer
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.device.sim import MeetingDriver, SimFleet, device_ids
-from fleet.device.workers import SimWorkers
+from fleet.device.workers import DeviceSound, SimWorkers
 from fleet.mqtt import BrokerUrl
 from fleet.protocol import Topics
 
@@ -63,6 +63,9 @@ class StackConfig:
     parts: Sequence[ControllerPart] = ()  # controller features (telemetry ingest, ...)
     # Audio devices run in this many worker processes (fleet.device.workers); 0: here.
     sim_procs: int = 0
+    mixers: Sequence[str] = ()  # Janus WebSocket URLs for mixed sessions
+    # What each worker device sends and keeps (absent: its own tone, tone_amplitude).
+    sounds: Mapping[str, DeviceSound] | None = None
 
 
 @dataclass
@@ -112,7 +115,7 @@ async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
             home / "controller.db",
             topics,
             credentials=store,
-            parts=[MeetingServer(room_cap=config.room_cap), *config.parts],
+            parts=[MeetingServer(room_cap=config.room_cap, mixers=config.mixers), *config.parts],
         )
         workers = sim_workers(config, base, topics, secrets)
         fleet = SimFleet(
@@ -154,13 +157,15 @@ def sim_workers(
     from fleet.device.audio import tone_amplitude, tone_for
 
     ids = list(secrets)
+    amplitude = tone_amplitude(len(ids))
+    sounds = {i: DeviceSound(tone_for(n), amplitude) for n, i in enumerate(ids)}
+    sounds.update(config.sounds or {})
     return SimWorkers(
         base,
         topics,
         secrets,
-        {device_id: tone_for(n) for n, device_id in enumerate(ids)},
+        sounds,
         procs=min(config.sim_procs, len(ids)),
         groups=config.groups,
         tele_interval_s=config.tele_interval_s,
-        amplitude=tone_amplitude(len(ids)),
     )

@@ -64,7 +64,7 @@ class DeviceHearing:
 
     heard: set[str]
     levels: dict[str, float]
-    first_audio_at: float | None  # time.monotonic() of its first received frame
+    audible_at: float | None  # time.monotonic() when some stream first carried sound
 
 
 @dataclass(frozen=True)
@@ -189,8 +189,17 @@ class AudioMeetingDriver(MeetingDriver):
             if samples.size:
                 shares = tone_shares(samples, freqs)
                 heard |= {d for d, share in zip(devices, shares, strict=True) if share >= min_share}
-        firsts = [p.first_frame_at for p in self.levels.peers.values() if p.first_frame_at]
+        firsts = [p.audible_at for p in self.levels.peers.values() if p.audible_at]
         return DeviceHearing(heard, levels, min(firsts) if firsts else None)
+
+    def markers(self) -> tuple[list[float], dict[str, list[float]]]:
+        """For the latency bench: when the markers this device sent were spoken, and when
+        the markers in each stream it kept reached it (by the stream's sender pid)."""
+        source = self.source
+        sent = source.sent_markers() if isinstance(source, ToneSource) else []
+        names = self.peer_pids()
+        arrivals = {names.get(p, p): self.heard.marker_arrivals(p) for p in self.heard.peers()}
+        return sent, arrivals
 
     # --- inside -------------------------------------------------------------------------------
     def _source_for(self, peer: str) -> MediaStreamTrack | None:

@@ -39,15 +39,23 @@ STREAM_LIMIT = 16 * 1024 * 1024  # a hearing report of thousands of devices is o
 
 
 @dataclass
+class DeviceSound:
+    """What one worker device sends, and what it keeps of what it hears."""
+
+    tone_hz: float
+    amplitude: float = 0.3
+    keep_s: float = 2.0  # received audio kept per stream for the FFT; 0: levels only
+    marker_every_s: float | None = None  # latency markers in the tone (bench/mixed_room.py)
+
+
+@dataclass
 class WorkerSpec:
     url: str  # the broker, without credentials
     prefix: str
     secrets: dict[str, str]  # device id -> broker secret
-    tones: dict[str, float]  # device id -> the tone it sends
+    sounds: dict[str, DeviceSound]
     groups: list[str] = field(default_factory=list)
     tele_interval_s: float = 10.0
-    amplitude: float = 0.3
-    capture_s: float = 2.0  # seconds of received audio kept per peer for the FFT; 0: levels only
 
 
 class SimWorkers:
@@ -58,29 +66,25 @@ class SimWorkers:
         url: BrokerUrl,
         topics: Topics,
         secrets: dict[str, str],
-        tones: dict[str, float],
+        sounds: dict[str, DeviceSound],
         procs: int,
         groups: Sequence[str] = (),
         tele_interval_s: float = 10.0,
-        amplitude: float = 0.3,
-        capture_s: float = 2.0,
     ) -> None:
         if procs < 1:
             raise ValueError("at least one worker process")
         ids = list(secrets)
         self.device_ids = ids
-        self.tones = dict(tones)
+        self.tones = {i: sounds[i].tone_hz for i in ids}
         share = [ids[n::procs] for n in range(procs)]
         self.specs = [
             WorkerSpec(
                 url=str(url),
                 prefix=topics.prefix,
                 secrets={i: secrets[i] for i in part},
-                tones={i: tones[i] for i in part},
+                sounds={i: sounds[i] for i in part},
                 groups=list(groups),
                 tele_interval_s=tele_interval_s,
-                amplitude=amplitude,
-                capture_s=capture_s,
             )
             for part in share
             if part
@@ -131,9 +135,16 @@ class SimWorkers:
         out: dict[str, DeviceHearing] = {}
         for reply in replies:
             for device, got in reply["devices"].items():
-                out[device] = DeviceHearing(
-                    set(got["heard"]), got["levels"], got.get("first_audio_at")
-                )
+                out[device] = DeviceHearing(set(got["heard"]), got["levels"], got["audible_at"])
+        return out
+
+    async def markers(self) -> dict[str, tuple[list[float], dict[str, list[float]]]]:
+        """Per device: when its markers were spoken, and when each stream's reached it
+        (AudioMeetingDriver.markers; one monotonic clock for every process of a host)."""
+        out = {}
+        for reply in await self._ask({"op": "markers"}):
+            for device, (sent, arrivals) in reply["devices"].items():
+                out[device] = (sent, arrivals)
         return out
 
     async def _ask(self, request: dict[str, Any]) -> list[dict[str, Any]]:
@@ -180,20 +191,27 @@ async def _serve() -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=STREAM_LIMIT)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    spec = WorkerSpec(**json.loads(await reader.readline()))
+    raw = json.loads(await reader.readline())
+    spec = WorkerSpec(**raw | {"sounds": {i: DeviceSound(**d) for i, d in raw["sounds"].items()}})
+
+    def driver(device_id: str) -> AudioMeetingDriver:
+        sound = spec.sounds[device_id]
+        return AudioMeetingDriver(
+            AudioProfile(
+                tone_hz=sound.tone_hz,
+                tone_amplitude=sound.amplitude,
+                keep_s=sound.keep_s,
+                marker_every_s=sound.marker_every_s,
+            )
+        )
+
     fleet = SimFleet(
         BrokerUrl.parse(spec.url),
         spec.secrets,
         Topics(spec.prefix),
         groups=spec.groups,
         tele_interval_s=spec.tele_interval_s,
-        driver_factory=lambda device_id: AudioMeetingDriver(
-            AudioProfile(
-                tone_hz=spec.tones[device_id],
-                tone_amplitude=spec.amplitude,
-                keep_s=spec.capture_s,
-            )
-        ),
+        driver_factory=driver,
     )
     running = asyncio.create_task(fleet.run(), name="sim-fleet")
     try:
@@ -205,15 +223,19 @@ async def _serve() -> None:
         _reply({"ready": True})
         while line := await reader.readline():
             request = json.loads(line)
-            if request.get("op") != "hearing":
+            drivers = {d.id: d.driver for d in fleet.devices}
+            devices: dict[str, Any] = {}
+            for device_id, drv in drivers.items():
+                assert isinstance(drv, AudioMeetingDriver)
+                if request.get("op") == "hearing":
+                    got = drv.hearing(request["tones"], request["min_share"])
+                    devices[device_id] = asdict(got) | {"heard": sorted(got.heard)}
+                elif request.get("op") == "markers":
+                    devices[device_id] = drv.markers()
+            if request.get("op") in ("hearing", "markers"):
+                _reply({"devices": devices})
+            else:
                 _reply({"error": f"unknown op {request.get('op')!r}"})
-                continue
-            devices = {}
-            for dev in fleet.devices:
-                assert isinstance(dev.driver, AudioMeetingDriver)
-                got = dev.driver.hearing(request["tones"], request["min_share"])
-                devices[dev.id] = asdict(got) | {"heard": sorted(got.heard)}
-            _reply({"devices": devices})
     finally:
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -46,11 +46,11 @@ from fleet.media.config import (
 from fleet.media.encoding import ENCODED, Broadcast, EncoderInfo, SendTrack
 from fleet.media.errors import MediaError, MediaNotSupported
 from fleet.media.frames import TIME_BASE, Normalizer, is_internal, make_frame, scale
-from fleet.media.receiving import decode_inline
+from fleet.media.receiving import InOrderBuffer, decode_inline
 from fleet.media.sinks import AudioSink
 from fleet.media.sources import SharedTrack
 from fleet.media.stats import PeerCounters, peer_stats
-from fleet.protocol.messages import Capabilities, PeerAudioStats
+from fleet.protocol.messages import MIXER_PARTICIPANT, Capabilities, PeerAudioStats
 
 __all__ = ["MediaError", "MediaMesh", "MediaNotSupported"]
 
@@ -254,8 +254,13 @@ class MediaMesh:
         outgoing = SendTrack(track, self._attach) if track is not None else None
         try:
             transceiver = pc.addTransceiver(outgoing or "audio", direction=DIRECTIONS[send, recv])
-            if self.config.jitter_frames != AIORTC_JITTER_FRAMES:
-                set_jitter_frames(transceiver, self.config.jitter_frames)
+            frames = (
+                self.config.mixer_jitter_frames
+                if peer == MIXER_PARTICIPANT
+                else self.config.jitter_frames
+            )
+            if frames != AIORTC_JITTER_FRAMES:
+                set_jitter_frames(transceiver, frames)
             decode_inline(transceiver.receiver)
             if codecs:
                 transceiver.setCodecPreferences([self._caps[CODEC_MIME[c].lower()] for c in codecs])
@@ -405,8 +410,9 @@ class MediaMesh:
 
 def set_jitter_frames(transceiver: RTCRtpTransceiver, frames: int) -> None:
     """Swap aiortc's audio jitter buffer (capacity 16, prefetch 4, fixed in RTCRtpReceiver's
-    constructor, no setting) for one with `frames` prefetch, before any packet arrives.
-    aiortc is pinned (1.16.0); a version without the attribute is refused, not ignored."""
+    constructor, no setting) for one with `frames` prefetch (0: InOrderBuffer), before any
+    packet arrives. aiortc is pinned (1.16.0); a version without the attribute is
+    refused, not ignored."""
     attr = "_RTCRtpReceiver__jitter_buffer"
     receiver = transceiver.receiver
     if not isinstance(getattr(receiver, attr, None), JitterBuffer):
@@ -414,7 +420,8 @@ def set_jitter_frames(transceiver: RTCRtpTransceiver, frames: int) -> None:
             f"this aiortc has no jitter buffer to tune; leave jitter_frames at "
             f"{AIORTC_JITTER_FRAMES}"
         )
-    setattr(receiver, attr, JitterBuffer(capacity=16, prefetch=frames))
+    buffer = InOrderBuffer() if frames == 0 else JitterBuffer(capacity=16, prefetch=frames)
+    setattr(receiver, attr, buffer)
 
 
 def _media_error(what: str, exc: Exception) -> MediaError:

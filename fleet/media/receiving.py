@@ -12,6 +12,10 @@ arrives and puts the frame on the track's queue directly:
   frame to fold in numpy afterwards.
 - G.711 is decoded as aiortc does (8 kHz mono); `frames.Normalizer` resamples it.
 
+`InOrderBuffer` stands in for the jitter buffer where none is wanted (a mixer's stream,
+`MediaConfig.mixer_jitter_frames` 0): aiortc's releases a frame only once the packet after
+it has arrived, so even its shallowest costs a frame (20 ms).
+
 aiortc still starts its decoder thread; it blocks in `get()` here until the receiver
 stops, then ends the track as it always does. aiortc is pinned (1.16.0); a version whose
 receiver has no decoder queue to replace is refused with a clear error, not ignored.
@@ -28,7 +32,10 @@ from typing import Any
 import av
 from aiortc import RTCRtpReceiver
 from aiortc.codecs import get_decoder
+from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
+from aiortc.utils import uint16_gt
 
 from fleet.media.errors import MediaError
 from fleet.media.frames import SAMPLE_RATE
@@ -94,6 +101,21 @@ class InlineDecoder:
     def get(self) -> None:
         """aiortc's decoder thread waits here for the receiver to stop."""
         self._stopped.wait()
+
+
+class InOrderBuffer:
+    """A jitter buffer of no depth for audio (one packet a frame): each packet is played
+    as it arrives; one older than the last played (late, or repeated) is dropped."""
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        seq = packet.sequence_number
+        if self._last is not None and not uint16_gt(seq, self._last):
+            return False, None
+        self._last = seq
+        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
 
 
 def decoder_for(codec: RTCRtpCodecParameters) -> Any:
