@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rich.table import Table
 
+from fleet.controller.meetings import DEFAULT_MESH_CAP
 from fleet.device.audio import AudioMeetingDriver, DeviceHearing
 from fleet.device.sim import SimFleet
 from fleet.device.workers import SimWorkers
+from fleet.protocol.messages import ApiRequest, RoomMedia
 
 POLL_S = 0.1
 COMPACT_ABOVE = 5  # devices heard: beyond, the table counts them instead of naming them
@@ -100,3 +105,31 @@ def hearing_table(hearing: Hearing) -> Table:
             "[red]" + ", ".join(sorted(missing[device_id])) + "[/]" if device_id in missing else "",
         )
     return table
+
+
+# --- a demo past the mesh cap: a mixed room ---------------------------------------------------
+
+
+def needs_mixer(devices: int) -> bool:
+    """A demo of more devices than a mesh holds meets in a mixed room."""
+    return devices > DEFAULT_MESH_CAP
+
+
+@contextlib.asynccontextmanager
+async def demo_mixers(devices: int, folder: Path) -> AsyncIterator[list[str]]:
+    """The mixers a demo of `devices` needs: none for a mesh, else a local Janus started
+    for it (MixerUnavailable, saying how to install it, where there is none)."""
+    if not needs_mixer(devices):
+        yield []
+        return
+    from fleet.mixer.process import JanusConfig, local_janus
+
+    async with local_janus(JanusConfig(folder / "demo-janus", name="janus-1")) as janus:
+        yield [janus.url]
+
+
+def demo_room(room: str, devices: int) -> ApiRequest:
+    """The room the demo creates: a mixed one past the mesh cap (auto would start a mesh
+    and move every member to the mixer a moment later)."""
+    media = RoomMedia.MIXED if needs_mixer(devices) else RoomMedia.AUTO
+    return ApiRequest(room=room, media=media, cap=max(devices, 2))

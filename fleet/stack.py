@@ -22,6 +22,7 @@ from fleet.controller.meetings import DEFAULT_ROOM_CAP, MeetingServer
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.device.sim import MeetingDriver, SimFleet, device_ids
+from fleet.device.tones import tone_amplitude, tone_for
 from fleet.device.workers import DeviceSound, SimWorkers
 from fleet.mqtt import BrokerUrl
 from fleet.protocol import Topics
@@ -154,8 +155,6 @@ def sim_workers(
     """The worker processes of an audio fleet that asked for them (config.sim_procs)."""
     if not (config.audio and config.sim_procs and secrets):
         return None
-    from fleet.device.audio import tone_amplitude, tone_for
-
     ids = list(secrets)
     amplitude = tone_amplitude(len(ids))
     sounds = {i: DeviceSound(tone_for(n), amplitude) for n, i in enumerate(ids)}

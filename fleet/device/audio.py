@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from aiortc import MediaStreamTrack
 
 from fleet.device.sim import MeetingDriver
+from fleet.device.tones import TONE_AMPLITUDE, TONE_BASE_HZ, tone_amplitude, tone_for
 from fleet.errors import FleetError
 from fleet.media.analysis import hears, tone_shares
 from fleet.media.config import MediaConfig
@@ -35,25 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATS_INTERVAL_S = 2.0
-# Far apart, and no one a low harmonic of another: a listener's spectrum tells them apart.
-# Up to 6.9 kHz: a 16 kHz mix (the mixer's default rate) carries them all; G.711 (8 kHz)
-# carries the first 18.
-TONE_BASE_HZ = 400.0
-TONE_STEP_HZ = 175.0
-TONE_SLOTS = 38
-TONE_AMPLITUDE = 0.3
-MIX_HEADROOM = 0.9  # the peak a mix of every tone may reach (of full scale)
-
-
-def tone_for(index: int) -> float:
-    """The tone of the `index`-th simulated device (0-based); distinct for TONE_SLOTS."""
-    return TONE_BASE_HZ + TONE_STEP_HZ * (index % TONE_SLOTS)
-
-
-def tone_amplitude(devices: int) -> float:
-    """Each tone's amplitude in a fleet of `devices`: a mixer sums the others' tones for
-    each member, and that sum must not clip (clipping smears tones into each other)."""
-    return min(TONE_AMPLITUDE, MIX_HEADROOM / max(1, devices - 1))
 
 
 @dataclass

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+IN_PROCESS_UP_TO = 8  # audio devices one process runs beside the broker and controller
 READY_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 30.0
 STREAM_LIMIT = 16 * 1024 * 1024  # a hearing report of thousands of devices is one line
@@ -56,6 +58,14 @@ class WorkerSpec:
     sounds: dict[str, DeviceSound]
     groups: list[str] = field(default_factory=list)
     tele_interval_s: float = 10.0
+
+
+def auto_procs(devices: int, audio: bool = True) -> int:
+    """Worker processes for a fleet of `devices`: none for a small one (they run in the
+    stack's own process), else one per core."""
+    if not audio or devices <= IN_PROCESS_UP_TO:
+        return 0
+    return min(devices, os.cpu_count() or 1)
 
 
 class SimWorkers:
