@@ -134,7 +134,7 @@ class SimWorkers:
         async with asyncio.timeout(timeout):
             for proc in self._procs:
                 reply = await self._read(proc)
-                if not reply.get("ready"):
+                if reply.get("ready") is not True:
                     raise FleetError(f"sim worker {proc.pid} did not start: {reply}")
 
     async def hearing(self, min_share: float) -> dict[str, DeviceHearing]:
@@ -163,7 +163,12 @@ class SimWorkers:
             for proc in self._procs:
                 assert proc.stdin is not None
                 proc.stdin.write(line)
-            return [await self._read(proc) for proc in self._procs]
+            # Every reply is read before one is found wanting: none is left for the next ask.
+            replies = [await self._read(proc) for proc in self._procs]
+        for proc, reply in zip(self._procs, replies, strict=True):
+            if "error" in reply:
+                raise FleetError(f"sim worker {proc.pid}: {reply['error']}")
+        return replies
 
     async def _read(self, proc: asyncio.subprocess.Process) -> dict[str, Any]:
         assert proc.stdout is not None
@@ -172,8 +177,6 @@ class SimWorkers:
             code = await proc.wait()
             raise FleetError(f"sim worker {proc.pid} exited (status {code})")
         reply: dict[str, Any] = json.loads(line)
-        if "error" in reply:
-            raise FleetError(f"sim worker {proc.pid}: {reply['error']}")
         return reply
 
     async def close(self) -> None:
