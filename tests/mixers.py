@@ -14,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Awaitable, Callable, Iterator
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import websockets
 from netns import Netns, netns
+from websockets.asyncio.server import ServerConnection
 
 from fleet.mixer.process import JanusConfig, JanusProcess, spawn_janus, wait_listening_sync
 
@@ -71,3 +74,71 @@ async def until(
                 await asyncio.sleep(0.05)
     except TimeoutError:
         raise TimeoutError(f"timed out after {timeout}s waiting for {what}") from None
+
+
+@contextlib.asynccontextmanager
+async def fake_mixer(behaviour: str) -> AsyncIterator[str]:
+    """A WebSocket server that is no Janus, for the error paths; yields its URL.
+
+    - "silent": takes the connection and answers nothing;
+    - "garbage": answers the session and handle requests as Janus does, and every plugin
+      request with a reply that is no AudioBridge answer;
+    - "not-json": answers everything with text that is not JSON.
+    """
+
+    async def serve(ws: ServerConnection) -> None:
+        async for raw in ws:
+            if behaviour == "silent":
+                continue
+            if behaviour == "not-json":
+                await ws.send("<html>502 Bad Gateway</html>")
+                continue
+            message = json.loads(raw)
+            reply: dict[str, object] = {"transaction": message.get("transaction")}
+            if message.get("janus") in ("create", "attach"):
+                reply.update(janus="success", data={"id": 1234})
+            elif message.get("janus") == "message":
+                reply.update(janus="success", plugindata={"plugin": "x", "data": "nonsense"})
+            else:
+                reply.update(janus="ack")
+            await ws.send(json.dumps(reply))
+
+    async with websockets.serve(serve, "127.0.0.1", 0, subprotocols=["janus-protocol"]) as server:  # type: ignore[list-item]
+        port = next(iter(server.sockets)).getsockname()[1]
+        yield f"ws://127.0.0.1:{port}"
+
+
+@contextlib.asynccontextmanager
+async def tcp_forward(host: str, target: tuple[str, int]) -> AsyncIterator[int]:
+    """Listen on `host` (a free port, yielded) and pipe every connection to `target`:
+    a broker bound to 127.0.0.1 reached from another namespace."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*target)
+        for task in (
+            asyncio.create_task(pipe(reader, up_writer)),
+            asyncio.create_task(pipe(up_reader, writer)),
+        ):
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    server = await asyncio.start_server(accept, host, 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

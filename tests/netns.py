@@ -57,6 +57,24 @@ def _setns(path: str) -> None:
         os.close(fd)
 
 
+@dataclass(frozen=True)
+class Link:
+    """A pair of TUN devices from the test's namespace to another one."""
+
+    netns: str  # the other namespace
+    ours: str  # our end's interface
+    theirs: str  # theirs
+    subnet: str  # a.b.c: we are .1, they are .2
+
+    @property
+    def gateway(self) -> str:
+        return f"{self.subnet}.1"
+
+    @property
+    def address(self) -> str:
+        return f"{self.subnet}.2"
+
+
 @dataclass
 class Netns:
     name: str
@@ -68,12 +86,12 @@ class Netns:
         return ["ip", "netns", "exec", name or self.name]
 
     @contextlib.contextmanager
-    def inside(self) -> Iterator[None]:
-        """The calling thread in this namespace until the block ends."""
+    def inside(self, name: str | None = None) -> Iterator[None]:
+        """The calling thread in this namespace (or in `name`) until the block ends."""
         own = f"/proc/self/task/{threading.get_native_id()}/ns/net"
         back = os.open(own, os.O_RDONLY)
         try:
-            _setns(f"/run/netns/{self.name}")
+            _setns(f"/run/netns/{name or self.name}")
             try:
                 yield
             finally:
@@ -82,22 +100,23 @@ class Netns:
         finally:
             os.close(back)
 
-    def peer_namespace(self, tag: str) -> tuple[str, str, str]:
-        """A second namespace joined to this one by a veth pair, for a member whose link
-        gets impaired (netem): (its name, its address, our veth's name)."""
+    def peer_namespace(self, tag: str) -> Link:
+        """A second namespace joined to this one by a pair of TUN devices whose packets
+        this process carries (`Impairment`): its default route goes through us."""
         other = f"{self.name}-{tag}"
         ip("netns", "add", other)
         self.extra.append(other)
-        ours, theirs = f"v{tag}a", f"v{tag}b"
-        ip("link", "add", ours, "type", "veth", "peer", "name", theirs, "netns", other,
-           netns=self.name)  # fmt: skip
-        base = f"10.{200 + self.subnet % 50}.{len(self.extra)}"
-        ip("addr", "add", f"{base}.1/24", "dev", ours, netns=self.name)
-        ip("link", "set", ours, "up", netns=self.name)
-        ip("addr", "add", f"{base}.2/24", "dev", theirs, netns=other)
-        ip("link", "set", theirs, "up", netns=other)
+        link = Link(other, f"t{tag}a", f"t{tag}b", f"10.{200 + self.subnet % 50}.{len(self.extra)}")
+        for dev, space, here, there in (
+            (link.ours, self.name, link.gateway, link.address),
+            (link.theirs, other, link.address, link.gateway),
+        ):
+            ip("tuntap", "add", "dev", dev, "mode", "tun", netns=space)
+            ip("addr", "add", here, "peer", there, "dev", dev, netns=space)
+            ip("link", "set", dev, "up", netns=space)
         ip("link", "set", "lo", "up", netns=other)
-        return other, f"{base}.2", ours
+        ip("route", "add", "default", "dev", link.theirs, netns=other)
+        return link
 
     def delete(self) -> None:
         for name in [*self.extra, self.name]:

@@ -72,6 +72,7 @@ class JanusConfig:
     rtp_ports: tuple[int, int] = (20000, 40000)
     name: str = "janus-1"
     debug_level: int = 3
+    ice_enforce: str | None = None  # interfaces or addresses ICE may use (None: all)
 
     def write(self, lib: Path) -> Path:
         """Write the config folder; returns janus.jcfg."""
@@ -94,6 +95,9 @@ class JanusConfig:
         (folder / "events").mkdir(exist_ok=True)
         (folder / "loggers").mkdir(exist_ok=True)
         low, high = self.rtp_ports
+        # Enforcing an address makes libnice reach only that address's own subnet (a member
+        # routed from elsewhere gets no answer): by default Janus gathers every interface.
+        enforce = f'\n    ice_enforce_list = "{self.ice_enforce}"' if self.ice_enforce else ""
         (folder / "janus.jcfg").write_text(
             f"""general: {{
     configs_folder = "{folder}"
@@ -110,8 +114,7 @@ media: {{
     rtp_port_range = "{low}-{high}"
 }}
 nat: {{
-    nice_debug = false
-    ice_enforce_list = "{media_ip}"
+    nice_debug = false{enforce}
 }}
 events: {{
     broadcast = false
