@@ -178,6 +178,7 @@ async def one_run(
             devices=devices,
             port=free_port(),
             sim_procs=procs,
+            mixer=False,  # our own Janus: its pid is measured
             mixers=[janus.url] if janus else [],
             tele_interval_s=60,
             sounds=sounds,

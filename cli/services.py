@@ -38,7 +38,7 @@ from cli.telemetry import (
     InfluxVersionOpt,
 )
 from fleet.client import FleetClient
-from fleet.controller.meetings import DEFAULT_ROOM_CAP, MeetingServer
+from fleet.controller.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, MeetingServer
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.device.bulk import BulkFleet
@@ -48,9 +48,16 @@ from fleet.device.workers import auto_procs
 from fleet.errors import ProtocolError
 from fleet.ha import HomeAssistantPart, HomeAssistantSettings
 from fleet.ha.part import DEFAULT_ROOM
-from fleet.mixer.errors import MixerUnavailable
+from fleet.mixer.errors import INSTALL_HINT, MixerUnavailable
 from fleet.protocol import is_valid_id
-from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult, DeviceOutcome, MediaPath
+from fleet.protocol.messages import (
+    MAX_ROOM_CAP,
+    ApiOp,
+    ApiRequest,
+    ApiResult,
+    DeviceOutcome,
+    MediaPath,
+)
 from fleet.protocol.topics import DEFAULT_HA_PREFIX
 from fleet.settings import load_settings
 from fleet.stack import StackConfig, free_port, running_stack
@@ -91,7 +98,15 @@ HaRoomOpt = Annotated[
     str, typer.Option(help='Room of Home Assistant\'s "Join all" until one is chosen there.')
 ]
 RoomCapOpt = Annotated[
-    int, typer.Option(min=2, max=64, help="Default member cap of a room (a full mesh).")
+    int, typer.Option(min=2, max=MAX_ROOM_CAP, help="Default member cap of a room.")
+]
+MeshCapOpt = Annotated[
+    int,
+    typer.Option(
+        min=2,
+        max=MAX_ROOM_CAP,
+        help="Most members of a mesh session; an auto room's session moves to the mixer past it.",
+    ),
 ]
 
 
@@ -119,6 +134,14 @@ def up(
             show_default="0 up to 8 devices, else one per core",
         ),
     ] = None,
+    mesh_cap: MeshCapOpt = DEFAULT_MESH_CAP,
+    mixer: Annotated[
+        bool,
+        typer.Option(
+            help="Start a local Janus (the mixer of mixed rooms) when it is installed "
+            "(apt-get install janus)."
+        ),
+    ] = True,
     ha: HaOpt = True,
     ha_prefix: HaPrefixOpt = DEFAULT_HA_PREFIX,
     ha_room: HaRoomOpt = DEFAULT_ROOM,
@@ -162,6 +185,8 @@ def up(
         tele_interval_s=tele_interval,
         audio=audio,
         room_cap=room_cap,
+        mesh_cap=mesh_cap,
+        mixer=mixer,
         parts=[*influx.parts(), *_ha_parts(ha, ha_prefix, ha_room)],
         sim_procs=auto_procs(devices, audio) if sim_procs is None else sim_procs,
     )
@@ -170,9 +195,15 @@ def up(
         async with running_stack(config) as stack:
             await stack.wait_ready()
             client_file = settings.write_client_file(stack.operator_url)
+            mixing = (
+                f"mixer {stack.mixer_url}"
+                if stack.mixer_url
+                else "no mixer (mixed rooms refused; apt-get install janus)"
+            )
             console.print(
-                f"[green]up[/]: broker on {host}:{port}, controller, {devices} simulated devices. "
-                f"CLI commands find it through {client_file}. Ctrl-C stops everything.",
+                f"[green]up[/]: broker on {host}:{port}, controller, {mixing}, {devices} "
+                f"simulated devices. CLI commands find it through {client_file}. "
+                "Ctrl-C stops everything.",
                 highlight=False,
             )
             # The parts run until Ctrl-C; one that ends on its own is a failure to report.
@@ -195,6 +226,15 @@ def controller(
         ),
     ] = None,
     room_cap: RoomCapOpt = DEFAULT_ROOM_CAP,
+    mesh_cap: MeshCapOpt = DEFAULT_MESH_CAP,
+    mixer: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A Janus WebSocket API URL (ws://HOST:PORT), the mixer of mixed rooms; "
+            "repeatable (a pool: new sessions go to the least loaded). Default: FLEET_MIXERS.",
+            show_default=False,
+        ),
+    ] = None,
     auto_create: Annotated[
         bool, typer.Option(help="Create a room on its first join (off: `fleet rooms create`).")
     ] = True,
@@ -237,7 +277,13 @@ def controller(
     path = db or load_settings().home / "controller.db"
     console.print(f"controller on {url.redacted()}, store {path}", highlight=False)
     store = CredentialStore(creds) if creds is not None else None
-    meetings = MeetingServer(room_cap=room_cap, auto_create=auto_create)
+    mixers = list(mixer or load_settings().mixers)
+    bad = [m for m in mixers if not m.startswith(("ws://", "wss://"))]
+    if bad:
+        fail(f"--mixer {bad[0]!r}: expected ws://HOST:PORT (Janus's WebSocket API)", Exit.USAGE)
+    meetings = MeetingServer(
+        room_cap=room_cap, auto_create=auto_create, mesh_cap=mesh_cap, mixers=mixers
+    )
     run_service(
         Controller(
             url, path, topics, client_id=client_id, credentials=store, parts=[meetings, *parts]
@@ -364,24 +410,26 @@ def demo(
 ) -> None:
     """The main job on embedded defaults: start everything, meet with real audio, check that
     every device hears every other, leave, report, stop."""
-    from fleet.demo import demo_mixers, demo_room, hearing_table, wait_until_everyone_hears
+    from fleet.demo import demo_room, hearing_table, needs_mixer, wait_until_everyone_hears
 
     settings = load_settings(home=home)
 
+    config = StackConfig(
+        home=settings.home,
+        devices=devices,
+        port=port or free_port(),
+        tele_interval_s=2.0,
+        mixer=needs_mixer(devices),
+        sim_procs=auto_procs(devices),
+    )
+
     async def go() -> bool:
-        async with (
-            demo_mixers(devices, settings.home) as mixers,
-            running_stack(
-                StackConfig(
-                    home=settings.home,
-                    devices=devices,
-                    port=port or free_port(),
-                    tele_interval_s=2.0,
-                    mixers=mixers,
-                    sim_procs=auto_procs(devices),
+        async with running_stack(config) as stack:
+            if config.mixer and stack.mixer_url is None:
+                raise MixerUnavailable(
+                    "local",
+                    f"{devices} devices meet in a mixed room, which needs Janus: {INSTALL_HINT}",
                 )
-            ) as stack,
-        ):
             started = time.monotonic()
             await stack.wait_ready()
             console.print(

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from rich.table import Table
 
@@ -113,19 +110,6 @@ def hearing_table(hearing: Hearing) -> Table:
 def needs_mixer(devices: int) -> bool:
     """A demo of more devices than a mesh holds meets in a mixed room."""
     return devices > DEFAULT_MESH_CAP
-
-
-@contextlib.asynccontextmanager
-async def demo_mixers(devices: int, folder: Path) -> AsyncIterator[list[str]]:
-    """The mixers a demo of `devices` needs: none for a mesh, else a local Janus started
-    for it (MixerUnavailable, saying how to install it, where there is none)."""
-    if not needs_mixer(devices):
-        yield []
-        return
-    from fleet.mixer.process import JanusConfig, local_janus
-
-    async with local_janus(JanusConfig(folder / "demo-janus", name="janus-1")) as janus:
-        yield [janus.url]
 
 
 def demo_room(room: str, devices: int) -> ApiRequest:

@@ -18,12 +18,13 @@ from pathlib import Path
 
 from broker.credentials import CredentialStore, Role
 from broker.embedded import EmbeddedBroker
-from fleet.controller.meetings import DEFAULT_ROOM_CAP, MeetingServer
+from fleet.controller.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, MeetingServer
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.device.sim import MeetingDriver, SimFleet, device_ids
 from fleet.device.tones import tone_amplitude, tone_for
 from fleet.device.workers import DeviceSound, SimWorkers
+from fleet.mixer.process import maybe_local_janus
 from fleet.mqtt import BrokerUrl
 from fleet.protocol import Topics
 
@@ -61,10 +62,12 @@ class StackConfig:
     id_prefix: str = "dev"
     audio: bool = True  # simulated devices meet for real (aiortc); off: the state names the room
     room_cap: int = DEFAULT_ROOM_CAP
+    mesh_cap: int = DEFAULT_MESH_CAP
+    mixer: bool = True  # start a local Janus for mixed rooms when it is installed
     parts: Sequence[ControllerPart] = ()  # controller features (telemetry ingest, ...)
     # Audio devices run in this many worker processes (fleet.device.workers); 0: here.
     sim_procs: int = 0
-    mixers: Sequence[str] = ()  # Janus WebSocket URLs for mixed sessions
+    mixers: Sequence[str] = ()  # further mixers (Janus WebSocket URLs), e.g. a bench's own
     # What each worker device sends and keeps (absent: its own tone, tone_amplitude).
     sounds: Mapping[str, DeviceSound] | None = None
 
@@ -77,6 +80,7 @@ class Stack:
     fleet: SimFleet
     operator_url: BrokerUrl
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    mixer_url: str | None = None  # the local Janus, when one runs
     workers: SimWorkers | None = None  # the devices, when they run in worker processes
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
@@ -104,19 +108,27 @@ async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
     secrets = store.add_devices(ids, groups=config.groups, replace=True) if ids else {}
     topics = Topics(config.prefix)
     base = BrokerUrl(scheme="mqtt", host=config.host, port=config.port)
-    async with EmbeddedBroker(
-        store.path,
-        host=config.host,
-        port=config.port,
-        ws_port=config.ws_port,
-        prefix=config.prefix,
-    ) as broker:
+    async with (
+        EmbeddedBroker(
+            store.path,
+            host=config.host,
+            port=config.port,
+            ws_port=config.ws_port,
+            prefix=config.prefix,
+        ) as broker,
+        maybe_local_janus(home / "janus", config.mixer) as mixer_url,
+    ):
+        meetings = MeetingServer(
+            room_cap=config.room_cap,
+            mesh_cap=config.mesh_cap,
+            mixers=[*([mixer_url] if mixer_url else []), *config.mixers],
+        )
         controller = Controller(
             base.with_credentials(CONTROLLER_USER, controller_secret),
             home / "controller.db",
             topics,
             credentials=store,
-            parts=[MeetingServer(room_cap=config.room_cap, mixers=config.mixers), *config.parts],
+            parts=[meetings, *config.parts],
         )
         workers = sim_workers(config, base, topics, secrets)
         fleet = SimFleet(
@@ -133,6 +145,7 @@ async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
             controller,
             fleet,
             base.with_credentials(OPERATOR_USER, operator_secret),
+            mixer_url=mixer_url,
             workers=workers,
         )
         stack.tasks = [asyncio.create_task(controller.run(), name="controller")]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -34,10 +35,11 @@ from fleet.device.audio import AudioMeetingDriver, AudioProfile, audio_drivers, 
 from fleet.device.sim import MeetingDriver, SimFleet
 from fleet.media.config import MediaConfig
 from fleet.media.sinks import CaptureSink, FanoutSink
-from fleet.mixer.process import JanusProcess
+from fleet.mixer.errors import MixerUnavailable
+from fleet.mixer.process import JanusProcess, maybe_local_janus, require_janus
 from fleet.mqtt import BrokerUrl, payload_bytes
 from fleet.participant import MeetingParticipant, MeetingRefused, participant_link
-from fleet.protocol import decode
+from fleet.protocol import Topics, decode
 from fleet.protocol.messages import (
     MIXER_PARTICIPANT,
     ApiOp,
@@ -50,6 +52,7 @@ from fleet.protocol.messages import (
     RoomMedia,
     Telemetry,
 )
+from fleet.stack import StackConfig, free_port, running_stack
 from fleet.telemetry import TelemetryIngest
 
 pytestmark = pytest.mark.timeout(180)
@@ -564,3 +567,44 @@ async def test_a_member_behind_loss_and_jitter_keeps_hearing_and_its_telemetry_s
                 shown[title] = max(shown.get(title, 0.0), max(values, default=0.0))
     assert shown["panel 'Packet loss'"] > 0.04, shown
     assert shown["panel 'Jitter'"] > 10, shown
+
+
+# --- fleet up's own mixer --------------------------------------------------------------------
+
+
+async def test_the_stack_runs_a_local_janus_and_its_mixed_rooms_meet(
+    tmp_path: Path, mixed_net: Netns
+) -> None:
+    config = StackConfig(home=tmp_path / "home", devices=2, port=free_port(), tele_interval_s=60)
+    async with running_stack(config) as stack:
+        await stack.wait_ready()
+        assert stack.mixer_url is not None
+        assert (tmp_path / "home" / "janus" / "janus.jcfg").exists()
+        async with FleetClient(stack.operator_url, Topics(config.prefix)) as op:
+            await create_room(op, "standup", RoomMedia.MIXED)
+            assert (await op.request(ApiOp.JOIN_ALL, ApiRequest(room="standup"))).ok
+            drivers = {d.id: d.driver for d in stack.fleet.devices}
+            tones = {device_id: tone_for(n) for n, device_id in enumerate(drivers)}
+            await wait_for(
+                lambda: all(
+                    heard(drv, tones) == set(tones) - {i}  # type: ignore[arg-type]
+                    for i, drv in drivers.items()
+                ),
+                timeout=20,
+                what="both hear each other through the local mixer",
+            )
+            history = (await op.request(ApiOp.SESSIONS, ApiRequest(room="standup"))).sessions
+            assert history[0].mixer == "janus-1"
+        port = int(stack.mixer_url.rsplit(":", 1)[1])
+    with socket.socket() as sock:  # Janus stopped with the stack
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+async def test_without_janus_installed_the_stack_runs_without_a_mixer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("fleet.mixer.process.janus_binary", lambda: None)
+    async with maybe_local_janus(tmp_path) as url:
+        assert url is None
+    with pytest.raises(MixerUnavailable, match="apt-get install janus"):
+        require_janus()

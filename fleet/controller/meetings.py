@@ -26,8 +26,6 @@ from typing import TYPE_CHECKING, Any
 from fleet.controller.media_records import MediaRecords
 from fleet.controller.parts import ControllerPart
 from fleet.errors import ProtocolError
-from fleet.media import sdp as sdp_check
-from fleet.media.errors import MediaError
 from fleet.mixer.audiobridge import BridgeMember
 from fleet.mixer.errors import MixerError, MixerUnavailable
 from fleet.mixer.pool import Mixer, MixerPool
@@ -469,6 +467,10 @@ class MeetingServer(ControllerPart):
         if isinstance(message, MeetAnswer):
             await self._refuse(pid, "bad_request", "the mixer takes offers, it never offers")
             return
+        # Imported here: aiortc loads only once a session is mixed.
+        from fleet.media import sdp as sdp_check
+        from fleet.media.errors import MediaError
+
         try:
             offered = sdp_check.codec_names(
                 sdp_check.parse_remote(participant, message.sdp, "offer")

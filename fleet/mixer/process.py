@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import logging
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -20,10 +23,13 @@ from pathlib import Path
 
 from fleet.mixer.errors import INSTALL_HINT, MixerUnavailable
 
+log = logging.getLogger(__name__)
+
 JANUS_LIB = Path("/usr/lib/x86_64-linux-gnu/janus")
 PLUGINS = ("libjanus_audiobridge.so",)
 TRANSPORTS = ("libjanus_websockets.so",)
 START_TIMEOUT_S = 15.0
+PR_SET_PDEATHSIG = 1
 
 
 def janus_binary() -> str | None:
@@ -207,8 +213,15 @@ def spawn_janus(config: JanusConfig) -> JanusProcess:
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )
     return JanusProcess(config, process, log_path)
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the process that started it dies (no orphaned Janus)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _listening(running: JanusProcess) -> bool:
@@ -255,5 +268,27 @@ async def local_janus(config: JanusConfig) -> AsyncIterator[JanusProcess]:
     running = await start_janus(config)
     try:
         yield running
+    finally:
+        running.stop()
+
+
+@contextlib.asynccontextmanager
+async def maybe_local_janus(folder: Path, enabled: bool = True) -> AsyncIterator[str | None]:
+    """`fleet up`'s mixer: a local Janus when it is installed and this host has an address
+    for media; its URL, or None (logged with the reason: mesh rooms work without it, a
+    mixed join is refused with `mixer_unavailable`)."""
+    if not enabled:
+        yield None
+        return
+    try:
+        running = await start_janus(JanusConfig(folder))
+    except MixerUnavailable as exc:
+        log.warning("no local mixer: %s", exc.reason.splitlines()[0])
+        yield None
+        return
+    log.info("local mixer %s at %s (media on %s)", running.config.name, running.url,
+             running.config.media_ip)  # fmt: skip
+    try:
+        yield running.url
     finally:
         running.stop()
