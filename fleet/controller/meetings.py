@@ -558,11 +558,14 @@ class MeetingServer(ControllerPart):
         )
 
     def _mixer_lost(self, mixer: Mixer) -> None:
+        reason = mixer.error.reason if mixer.error else "lost"
+        self._spawn(self._mixer_news(mixer, False, f"{mixer.name} down: {reason}"))
         for live in list(self.live.values()):
             if live.mixer == mixer.name:
                 self._move(live, f"{mixer.name} lost")
 
     def _mixer_up(self, mixer: Mixer) -> None:
+        self._spawn(self._mixer_news(mixer, True, f"{mixer.name} up at {mixer.url}"))
         for live in list(self.live.values()):
             if live.media is MediaPath.MIXED and live.mixer is None:
                 self._move(live, f"{mixer.name} is up")
@@ -587,6 +590,11 @@ class MeetingServer(ControllerPart):
         self._history(live, "mixer", None, detail)
         self._spawn(self._event(EventKind.MEDIA, live, None, detail))
         self._spawn(self._tell_media(live, list(live.members.values())))
+
+    async def _mixer_news(self, mixer: Mixer, ok: bool, detail: str) -> None:
+        await self.controller.emit(
+            FleetEvent(ts=time.time(), kind=EventKind.MIXER, op=mixer.name, ok=ok, detail=detail)
+        )
 
     def _mixer_event(self, mixer: str, room: str, member: str, event: dict[str, Any]) -> None:
         live = next((s for s in self.live.values() if s.id == room and s.mixer == mixer), None)
