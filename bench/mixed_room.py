@@ -320,6 +320,8 @@ def main() -> None:
             f"{fmt(r['sim_pct_per_device'], '%'):>8} {fmt(r['join_cpu_s'], ' s', 3):>11}"
             + ("" if r["converged_ok"] else "  (join-all did not converge)")
         )
+        if r["rtp"]:
+            print(f"{'':>14}every plain-RTP member got >= {r['rtp_min_packets']} mix packets")
     print(
         "aiortc: simulated devices, one WebRTC connection each (to the mixer, or to every mesh "
         "peer); rtp: plain-RTP AudioBridge members (no ICE/DTLS/SRTP), Janus load only. "
