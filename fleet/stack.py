@@ -155,6 +155,7 @@ async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
             async with contextlib.AsyncExitStack() as children:
                 if workers is not None:
                     await children.enter_async_context(workers)
+                    stack.tasks.append(asyncio.create_task(workers.watch(), name="sim-workers"))
                 yield stack
         finally:
             for task in stack.tasks:

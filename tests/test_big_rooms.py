@@ -4,7 +4,9 @@ namespace of the module's own (WebRTC needs an address that is not loopback)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,15 @@ async def test_worker_processes_hold_an_auto_room_past_the_mesh_cap(
             with pytest.raises(FleetError, match="unknown op"):
                 await workers._ask({"op": "karaoke"})
             assert len(await workers.hearing(0.05)) == DEVICES
+        # A worker that dies ends the stack's sim-workers task with the reason (`fleet up`
+        # reports it and stops).
+        watch = next(t for t in stack.tasks if t.get_name() == "sim-workers")
+        assert not watch.done()
+        os.kill(pids[0], signal.SIGKILL)
+        async with asyncio.timeout(10):
+            with pytest.raises(FleetError, match=f"sim worker {pids[0]} exited"):
+                await watch
+        assert isinstance(stack.failed(), FleetError)
     # The workers end with the stack: none outlives it.
     assert all(not os.path.exists(f"/proc/{pid}") for pid in pids)  # noqa: ASYNC240
 

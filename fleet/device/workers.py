@@ -84,7 +84,6 @@ class SimWorkers:
         if procs < 1:
             raise ValueError("at least one worker process")
         ids = list(secrets)
-        self.device_ids = ids
         self.tones = {i: sounds[i].tone_hz for i in ids}
         share = [ids[n::procs] for n in range(procs)]
         self.specs = [
@@ -101,6 +100,7 @@ class SimWorkers:
         ]
         self._procs: list[asyncio.subprocess.Process] = []
         self._lock = asyncio.Lock()
+        self._ready = False
 
     @property
     def pids(self) -> list[int]:
@@ -131,11 +131,25 @@ class SimWorkers:
 
     async def wait_connected(self, timeout: float = READY_TIMEOUT_S) -> None:
         """Until every worker's devices are connected to the broker."""
-        async with asyncio.timeout(timeout):
+        if self._ready:
+            return
+        async with self._lock, asyncio.timeout(timeout):
             for proc in self._procs:
                 reply = await self._read(proc)
                 if reply.get("ready") is not True:
                     raise FleetError(f"sim worker {proc.pid} did not start: {reply}")
+        self._ready = True
+
+    async def watch(self) -> None:
+        """Run while every worker runs; FleetError once one has exited (`fleet up` stops)."""
+        waits = {asyncio.ensure_future(proc.wait()): proc for proc in self._procs}
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        proc = waits[done.pop()]
+        raise FleetError(f"sim worker {proc.pid} exited (status {proc.returncode})")
 
     async def hearing(self, min_share: float) -> dict[str, DeviceHearing]:
         """What every device hears now (AudioMeetingDriver.hearing in each worker)."""
