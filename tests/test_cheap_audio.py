@@ -6,11 +6,12 @@ from __future__ import annotations
 import av
 import numpy as np
 import pytest
+from aiortc.rtp import RtpPacket
 
 from fleet.media.analysis import find_markers, hears
 from fleet.media.encoding import looped_packets
 from fleet.media.frames import FRAME_SAMPLES, SAMPLE_RATE, Normalizer
-from fleet.media.receiving import MonoOpusDecoder
+from fleet.media.receiving import InOrderBuffer, MonoOpusDecoder
 from fleet.media.sources import ToneSource
 
 
@@ -70,3 +71,17 @@ def test_tones_that_do_not_repeat_soon_are_encoded_live() -> None:
         ToneSource(440.0, marker_every_s=0.4).repeats()
         == ToneSource(440.0, marker_every_s=0.4).repeats()
     )
+
+
+def test_the_mixers_stream_plays_each_packet_on_arrival_and_drops_late_ones() -> None:
+    buffer = InOrderBuffer()
+
+    def played(seq: int) -> bool:
+        packet = RtpPacket(payload_type=111, sequence_number=seq, timestamp=seq * 960)
+        packet._data = bytes([seq % 256])  # type: ignore[attr-defined]  # what depayload sets
+        _, frame = buffer.add(packet)
+        return frame is not None and frame.data == bytes([seq % 256])
+
+    assert [played(s) for s in (7, 9, 8, 8, 10)] == [True, True, False, False, True]
+    # Sequence numbers wrap at 65536: the next packet after 65535 is 0.
+    assert [played(s) for s in (65534, 65535, 0, 1, 65535)] == [True, True, True, True, False]
