@@ -6,7 +6,8 @@ frame back with `asyncio.run_coroutine_threadsafe` (a coroutine, a future and a 
 the loop's self-pipe). For a 20 ms audio frame that hand-off costs more than the decode:
 with one stream per member (a mixed room) it was the hottest line of the profile. So each
 receiver's decoder queue is replaced by an `InlineDecoder`, which decodes where the packet
-arrives and puts the frame on the track's queue directly:
+arrives and hands the frame to the mesh (or, with no one to hand it to, puts it on the
+track's queue):
 
 - Opus is decoded straight to mono (libopus folds the channels), at 48 kHz: no stereo
   frame to fold in numpy afterwards.
@@ -27,6 +28,7 @@ import asyncio
 import fractions
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import av
@@ -69,6 +71,9 @@ class InlineDecoder:
 
     def __init__(self, receiver: RTCRtpReceiver) -> None:
         self._receiver = receiver
+        # Set: each frame goes straight there (the mesh's sink path), not through the
+        # track's queue and a reading task.
+        self.deliver: Callable[[av.AudioFrame], None] | None = None
         self._decoder: Any = None
         self._codec: str | None = None
         self._stopped = threading.Event()
@@ -90,13 +95,17 @@ class InlineDecoder:
                 self._failed = True
                 log.warning("cannot decode a %s frame: %s", codec.name, exc)
             return
+        self.frames += len(frames)
+        if self.deliver is not None:
+            for frame in frames:
+                self.deliver(frame)
+            return
         track = self._receiver.track
         if track is None:
             return
         queue: asyncio.Queue[Any] = track._queue  # type: ignore[attr-defined]
         for frame in frames:
             queue.put_nowait(frame)
-        self.frames += len(frames)
 
     def get(self) -> None:
         """aiortc's decoder thread waits here for the receiver to stop."""
