@@ -35,13 +35,16 @@ def mixed_net() -> Iterator[Netns]:
         yield space
 
 
-def start_janus_in(space: Netns, folder: Path, name: str = "janus-1") -> JanusProcess:
-    """A Janus in `space` (the caller's thread must be inside it), on free ports."""
+def start_janus_in(
+    space: Netns, folder: Path, name: str = "janus-1", ws_port: int = 0
+) -> JanusProcess:
+    """A Janus in `space` (the caller's thread must be inside it), on free ports (or on
+    `ws_port`: a mixer restarted where the pool knows it)."""
     # Each process its own RTP range, so two mixers never race for a port.
     n = next(_rtp_ranges) % 8
     low = 20000 + n * 4000
     config = JanusConfig(
-        folder, media_ip=space.address, rtp_ports=(low, low + 1999), name=name, debug_level=3
+        folder, ws_port, media_ip=space.address, rtp_ports=(low, low + 1999), name=name
     )
     running = spawn_janus(config)
     wait_listening_sync(running)
@@ -49,8 +52,10 @@ def start_janus_in(space: Netns, folder: Path, name: str = "janus-1") -> JanusPr
 
 
 @contextlib.contextmanager
-def janus_process(space: Netns, folder: Path, name: str = "janus-1") -> Iterator[JanusProcess]:
-    running = start_janus_in(space, folder, name)
+def janus_process(
+    space: Netns, folder: Path, name: str = "janus-1", ws_port: int = 0
+) -> Iterator[JanusProcess]:
+    running = start_janus_in(space, folder, name, ws_port)
     try:
         yield running
     finally:
@@ -83,7 +88,9 @@ async def fake_mixer(behaviour: str) -> AsyncIterator[str]:
     - "silent": takes the connection and answers nothing;
     - "garbage": answers the session and handle requests as Janus does, and every plugin
       request with a reply that is no AudioBridge answer;
-    - "not-json": answers everything with text that is not JSON.
+    - "not-json": answers everything with text that is not JSON;
+    - "no-rooms": a healthy-looking AudioBridge (it lists no rooms) that refuses to
+      create any.
     """
 
     async def serve(ws: ServerConnection) -> None:
@@ -97,6 +104,14 @@ async def fake_mixer(behaviour: str) -> AsyncIterator[str]:
             reply: dict[str, object] = {"transaction": message.get("transaction")}
             if message.get("janus") in ("create", "attach"):
                 reply.update(janus="success", data={"id": 1234})
+            elif message.get("janus") == "message" and behaviour == "no-rooms":
+                request = message["body"]["request"]
+                data = (
+                    {"audiobridge": "success", "list": []}
+                    if request == "list"
+                    else {"audiobridge": "event", "error_code": 490, "error": "no rooms today"}
+                )
+                reply.update(janus="success", plugindata={"plugin": "audiobridge", "data": data})
             elif message.get("janus") == "message":
                 reply.update(janus="success", plugindata={"plugin": "x", "data": "nonsense"})
             else:

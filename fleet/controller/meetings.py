@@ -16,6 +16,7 @@ driven from here through fleet.mixer, in tasks: the MQTT loop never waits on Jan
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -402,12 +403,13 @@ class MeetingServer(ControllerPart):
         self._spawn(self._event(EventKind.MEDIA, live, None, detail))
         self._place(live, mixer)
         newcomer = list(live.members)[-1]
-        self._spawn(self._tell_media(live, [m for p, m in live.members.items() if p != newcomer]))
+        existing = [m for p, m in live.members.items() if p != newcomer]
+        self._spawn(self._tell_media(live, existing, from_mesh=True))
 
     def _place(self, live: LiveSession, mixer: Mixer) -> None:
         live.mixer = mixer.name
         live.bridge.clear()
-        live.ready = asyncio.ensure_future(self._make_room(live, mixer))
+        live.ready = asyncio.create_task(self._make_room(live, mixer), name=f"room-{live.id}")
         live.ready.add_done_callback(_consume)
         self.records.set_media(live.id, live.media, mixer.name)
 
@@ -429,12 +431,19 @@ class MeetingServer(ControllerPart):
         if self._where.get(member.pid) == (live, member.participant):
             await self._send(member.pid, self._joined(live, member, [self._mixer_info(live)]))
 
-    async def _tell_media(self, live: LiveSession, members: list[Member]) -> None:
+    async def _tell_media(
+        self, live: LiveSession, members: list[Member], from_mesh: bool = False
+    ) -> None:
         """After the room exists: every member in `members` drops its peers and offers to
-        the mixer (a mixer that could not be reached is reported to each as an error)."""
+        the mixer. A mixer that could not make the room is reported to each as an error;
+        a session that was moving from its mesh stays a mesh (its members still hold it)."""
         try:
             await self._wait_ready(live)
         except MixerError as exc:
+            if from_mesh:
+                live.media, live.mixer, live.ready = MediaPath.MESH, None, None
+                self.records.set_media(live.id, MediaPath.MESH, None)
+                self._history(live, "media", None, f"stays mesh: {exc}")
             for member in members:
                 await self._mixer_error(member.pid, exc)
             return
@@ -448,7 +457,11 @@ class MeetingServer(ControllerPart):
             ready = live.ready
             if ready is None:
                 raise MixerUnavailable("none", "the session has no mixer now")
-            await asyncio.shield(ready)
+            try:
+                await asyncio.shield(ready)
+            except MixerError:
+                if live.ready is ready or live.ready is None:  # not moved: this is the answer
+                    raise
             if live.ready is ready:  # not moved to another mixer meanwhile
                 return
 
@@ -566,6 +579,7 @@ class MeetingServer(ControllerPart):
 
     def _mixer_up(self, mixer: Mixer) -> None:
         self._spawn(self._mixer_news(mixer, True, f"{mixer.name} up at {mixer.url}"))
+        self._spawn(self._sweep(mixer))
         for live in list(self.live.values()):
             if live.media is MediaPath.MIXED and live.mixer is None:
                 self._move(live, f"{mixer.name} is up")
@@ -591,6 +605,16 @@ class MeetingServer(ControllerPart):
         self._spawn(self._event(EventKind.MEDIA, live, None, detail))
         self._spawn(self._tell_media(live, list(live.members.values())))
 
+    async def _sweep(self, mixer: Mixer) -> None:
+        """Destroy the rooms an earlier run of ours left on this mixer (sessions it closed)."""
+        if mixer.bridge is None:
+            return
+        ours = {live.id for live in self.live.values()}
+        for room in await mixer.bridge.rooms():
+            if room.startswith("s-") and room not in ours:
+                with contextlib.suppress(MixerError):
+                    await mixer.bridge.destroy_room(room)
+
     async def _mixer_news(self, mixer: Mixer, ok: bool, detail: str) -> None:
         await self.controller.emit(
             FleetEvent(ts=time.time(), kind=EventKind.MIXER, op=mixer.name, ok=ok, detail=detail)
@@ -613,7 +637,8 @@ class MeetingServer(ControllerPart):
         self.records.add_event(live.id, kind[:32], participant, detail[:256] if detail else None)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(self._guarded(coro))
+        name = f"meetings-{getattr(coro, '__name__', 'task').lstrip('_')}"
+        task = asyncio.create_task(self._guarded(coro), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
