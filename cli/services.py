@@ -43,14 +43,26 @@ from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.device.bulk import BulkFleet
 from fleet.device.sim import SimFleet, device_ids
+from fleet.device.tones import TONE_SLOTS
+from fleet.device.workers import auto_procs
 from fleet.errors import ProtocolError
 from fleet.ha import HomeAssistantPart, HomeAssistantSettings
 from fleet.ha.part import DEFAULT_ROOM
+from fleet.mixer.errors import INSTALL_HINT, MixerUnavailable
 from fleet.protocol import is_valid_id
-from fleet.protocol.messages import MAX_ROOM_CAP, ApiOp, ApiRequest, ApiResult
+from fleet.protocol.messages import (
+    MAX_ROOM_CAP,
+    ApiOp,
+    ApiRequest,
+    ApiResult,
+    DeviceOutcome,
+    MediaPath,
+)
 from fleet.protocol.topics import DEFAULT_HA_PREFIX
 from fleet.settings import load_settings
 from fleet.stack import StackConfig, free_port, running_stack
+
+LISTED_DEVICES = 6  # a join's result lists every device up to this many, then only failures
 
 
 class SimEngine(StrEnum):
@@ -113,6 +125,15 @@ def up(
         bool, typer.Option(help="Devices meet with real audio (off: the state names the room).")
     ] = True,
     room_cap: RoomCapOpt = DEFAULT_ROOM_CAP,
+    sim_procs: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=64,
+            help="Worker processes for the audio devices (0: in this process).",
+            show_default="0 up to 8 devices, else one per core",
+        ),
+    ] = None,
     mesh_cap: MeshCapOpt = DEFAULT_MESH_CAP,
     mixer: Annotated[
         bool,
@@ -167,6 +188,7 @@ def up(
         mesh_cap=mesh_cap,
         mixer=mixer,
         parts=[*influx.parts(), *_ha_parts(ha, ha_prefix, ha_room)],
+        sim_procs=auto_procs(devices, audio) if sim_procs is None else sim_procs,
     )
 
     async def go() -> None:
@@ -370,7 +392,15 @@ def sim(
 
 
 def demo(
-    devices: Annotated[int, typer.Option(min=2, max=6, help="Simulated devices.")] = 3,
+    devices: Annotated[
+        int,
+        typer.Option(
+            min=2,
+            max=TONE_SLOTS,
+            help="Simulated devices, each its own tone; past the mesh cap (4) they meet in "
+            "a mixed room, through a local Janus.",
+        ),
+    ] = 3,
     room: Annotated[str, typer.Option(help="Room the devices meet in.")] = "standup",
     listen: Annotated[
         float, typer.Option(min=1, max=60, help="Seconds to wait for everyone to hear everyone.")
@@ -380,15 +410,26 @@ def demo(
 ) -> None:
     """The main job on embedded defaults: start everything, meet with real audio, check that
     every device hears every other, leave, report, stop."""
-    from fleet.demo import hearing_table, wait_until_everyone_hears
+    from fleet.demo import demo_room, hearing_table, needs_mixer, wait_until_everyone_hears
 
     settings = load_settings(home=home)
+
     config = StackConfig(
-        home=settings.home, devices=devices, port=port or free_port(), tele_interval_s=2.0
+        home=settings.home,
+        devices=devices,
+        port=port or free_port(),
+        tele_interval_s=2.0,
+        mixer=needs_mixer(devices),
+        sim_procs=auto_procs(devices),
     )
 
     async def go() -> bool:
         async with running_stack(config) as stack:
+            if config.mixer and stack.mixer_url is None:
+                raise MixerUnavailable(
+                    "local",
+                    f"{devices} devices meet in a mixed room, which needs Janus: {INSTALL_HINT}",
+                )
             started = time.monotonic()
             await stack.wait_ready()
             console.print(
@@ -396,9 +437,10 @@ def demo(
                 highlight=False,
             )
             async with FleetClient(stack.operator_url, stack.controller.topics) as fleet:
+                await _step(fleet, ApiOp.ROOM_CREATE, demo_room(room, devices))
                 sent = time.monotonic()
                 joined = await _step(fleet, ApiOp.JOIN_ALL, ApiRequest(room=room, timeout_s=20))
-                hearing = await wait_until_everyone_hears(stack.fleet, listen)
+                hearing = await wait_until_everyone_hears(stack.workers or stack.fleet, listen)
                 if hearing.complete:
                     console.print(
                         f"every device hears every other {hearing.at - sent:.2f}s after join-all",
@@ -409,14 +451,21 @@ def demo(
                 history = await fleet.request(ApiOp.SESSIONS, ApiRequest(room=room, limit=1))
             for s in history.sessions:
                 members = ", ".join(f"{p.pid} ({p.duration_s:.1f}s)" for p in s.participants)
+                if len(s.participants) > LISTED_DEVICES:
+                    members = f"{len(s.participants)} participants"
                 state = "ended" if s.ended else "still live"
+                path = f"mixed on {s.mixer}" if s.media is MediaPath.MIXED else "mesh"
                 console.print(
-                    f"session {s.session} in {s.room}: {s.duration_s:.1f}s, {state}; {members}",
+                    f"session {s.session} in {s.room} ({path}): {s.duration_s:.1f}s, {state}; "
+                    f"{members}",
                     highlight=False,
                 )
             return joined.ok and hearing.complete and left.ok
 
-    ok = run(go())
+    try:
+        ok = run(go())
+    except MixerUnavailable as exc:
+        fail(str(exc), Exit.UNREACHABLE)
     console.print("[green]demo passed[/]" if ok else "[red]demo failed[/]")
     raise typer.Exit(Exit.OK if ok else Exit.NOT_CONVERGED)
 
@@ -431,7 +480,9 @@ async def _step(fleet: FleetClient, op: ApiOp, request: ApiRequest) -> ApiResult
         highlight=False,
     )
     for d in result.devices:
-        console.print(f"  {d.device}: {d.outcome.value}, room {d.room or '-'}", highlight=False)
+        # A big fleet lists only the devices that did not converge.
+        if len(result.devices) <= LISTED_DEVICES or d.outcome is not DeviceOutcome.CONVERGED:
+            console.print(f"  {d.device}: {d.outcome.value}, room {d.room or '-'}", highlight=False)
     return result
 
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +22,8 @@ from fleet.controller.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, Meetin
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.device.sim import MeetingDriver, SimFleet, device_ids
+from fleet.device.tones import tone_amplitude, tone_for
+from fleet.device.workers import DeviceSound, SimWorkers
 from fleet.mixer.process import maybe_local_janus
 from fleet.mqtt import BrokerUrl
 from fleet.protocol import Topics
@@ -63,6 +65,11 @@ class StackConfig:
     mesh_cap: int = DEFAULT_MESH_CAP
     mixer: bool = True  # start a local Janus for mixed rooms when it is installed
     parts: Sequence[ControllerPart] = ()  # controller features (telemetry ingest, ...)
+    # Audio devices run in this many worker processes (fleet.device.workers); 0: here.
+    sim_procs: int = 0
+    mixers: Sequence[str] = ()  # further mixers (Janus WebSocket URLs), e.g. a bench's own
+    # What each worker device sends and keeps (absent: its own tone, tone_amplitude).
+    sounds: Mapping[str, DeviceSound] | None = None
 
 
 @dataclass
@@ -74,11 +81,14 @@ class Stack:
     operator_url: BrokerUrl
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     mixer_url: str | None = None  # the local Janus, when one runs
+    workers: SimWorkers | None = None  # the devices, when they run in worker processes
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
         async with asyncio.timeout(timeout):
             await self.controller.connected.wait()
             await self.fleet.wait_connected(timeout)
+            if self.workers is not None:
+                await self.workers.wait_connected(timeout)
 
     def failed(self) -> BaseException | None:
         for task in self.tasks:
@@ -111,7 +121,7 @@ async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
         meetings = MeetingServer(
             room_cap=config.room_cap,
             mesh_cap=config.mesh_cap,
-            mixers=[mixer_url] if mixer_url else [],
+            mixers=[*([mixer_url] if mixer_url else []), *config.mixers],
         )
         controller = Controller(
             base.with_credentials(CONTROLLER_USER, controller_secret),
@@ -120,9 +130,10 @@ async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
             credentials=store,
             parts=[meetings, *config.parts],
         )
+        workers = sim_workers(config, base, topics, secrets)
         fleet = SimFleet(
             base,
-            secrets,
+            {} if workers is not None else secrets,
             topics,
             groups=list(config.groups),
             tele_interval_s=config.tele_interval_s,
@@ -135,13 +146,39 @@ async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
             fleet,
             base.with_credentials(OPERATOR_USER, operator_secret),
             mixer_url=mixer_url,
+            workers=workers,
         )
         stack.tasks = [asyncio.create_task(controller.run(), name="controller")]
         if fleet.devices:  # an empty fleet's task would end at once
             stack.tasks.append(asyncio.create_task(fleet.run(), name="sim-fleet"))
         try:
-            yield stack
+            async with contextlib.AsyncExitStack() as children:
+                if workers is not None:
+                    await children.enter_async_context(workers)
+                    stack.tasks.append(asyncio.create_task(workers.watch(), name="sim-workers"))
+                yield stack
         finally:
             for task in stack.tasks:
                 task.cancel()
             await asyncio.gather(*stack.tasks, return_exceptions=True)
+
+
+def sim_workers(
+    config: StackConfig, base: BrokerUrl, topics: Topics, secrets: dict[str, str]
+) -> SimWorkers | None:
+    """The worker processes of an audio fleet that asked for them (config.sim_procs)."""
+    if not (config.audio and config.sim_procs and secrets):
+        return None
+    ids = list(secrets)
+    amplitude = tone_amplitude(len(ids))
+    sounds = {i: DeviceSound(tone_for(n), amplitude) for n, i in enumerate(ids)}
+    sounds.update(config.sounds or {})
+    return SimWorkers(
+        base,
+        topics,
+        secrets,
+        sounds,
+        procs=min(config.sim_procs, len(ids)),
+        groups=config.groups,
+        tele_interval_s=config.tele_interval_s,
+    )

@@ -391,7 +391,8 @@ def test_configuration_is_checked_up_front() -> None:
         ({"ice_servers": ("http://stun.example",)}, "bad ICE server"),
         ({"ice_servers": ("stun:user:pw@host",)}, "only turn: URLs carry"),
         ({"connect_timeout_s": 0}, "positive"),
-        ({"jitter_frames": 0}, "jitter_frames"),
+        ({"jitter_frames": -1}, "jitter_frames"),
+        ({"mixer_jitter_frames": 9}, "mixer_jitter_frames"),
     ]:
         with pytest.raises(MediaError, match=match):
             MediaConfig(**bad)  # type: ignore[arg-type]
