@@ -56,11 +56,16 @@ typedef struct {
 } host_t;
 
 #define PENDING_ENV "FLEET_HOST_PENDING_CMD"
+/* The groups set_groups stored, comma-separated ("" = none): the host's NVS. A reboot hands
+ * them to the new image, where they replace the --group arguments. */
+#define GROUPS_ENV "FLEET_HOST_GROUPS"
 
 static host_t host;
 static volatile sig_atomic_t stop_requested;
 static char **saved_argv;
 static char pending_cmd[300]; /* a reboot command id to hand to the next image */
+static char saved_groups[FLEET_MAX_GROUPS * (FLEET_ID_MAX + 1) + 1];
+static bool groups_saved;
 
 /* ---- time and log ------------------------------------------------------------------------ */
 
@@ -180,6 +185,33 @@ static bool port_save_pending(void *ctx, const char *cmd_id)
     (void)ctx;
     (void)snprintf(pending_cmd, sizeof pending_cmd, "%s", cmd_id != NULL ? cmd_id : "");
     return true;
+}
+
+static bool port_save_groups(void *ctx, const char *const *groups, size_t count)
+{
+    (void)ctx;
+    size_t off = 0;
+    saved_groups[0] = '\0';
+    for (size_t i = 0; i < count; i++) {
+        int n = snprintf(saved_groups + off, sizeof saved_groups - off, "%s%s", i > 0 ? "," : "",
+                         groups[i]);
+        if (n < 0 || (size_t)n >= sizeof saved_groups - off) {
+            return false; /* cannot happen: 32 valid ids fit */
+        }
+        off += (size_t)n;
+    }
+    groups_saved = true;
+    return true;
+}
+
+/* Splits a saved comma-separated list into groups[] (pointers into buf). */
+static size_t split_groups(char *buf, const char **groups, size_t cap)
+{
+    size_t n = 0;
+    for (char *tok = strtok(buf, ","); tok != NULL && n < cap; tok = strtok(NULL, ",")) {
+        groups[n++] = tok;
+    }
+    return n;
 }
 
 static void port_identify(void *ctx, uint32_t seconds)
@@ -377,7 +409,19 @@ int main(int argc, char **argv)
     host.port.log = port_log;
     host.port.sample = port_sample;
     host.port.save_pending = port_save_pending;
+    host.port.save_groups = port_save_groups;
     host.offline_mid = -1;
+
+    const char *stored = getenv(GROUPS_ENV);
+    if (stored != NULL) {
+        /* Set by set_groups before a reboot: it beats the command line, as NVS would. */
+        (void)snprintf(saved_groups, sizeof saved_groups, "%s", stored);
+        groups_saved = true;
+        unsetenv(GROUPS_ENV);
+        static char split[sizeof saved_groups];
+        memcpy(split, saved_groups, sizeof split);
+        n_groups = split_groups(split, groups, FLEET_MAX_GROUPS);
+    }
 
     fleet_config_t cfg;
     memset(&cfg, 0, sizeof cfg);
@@ -481,6 +525,9 @@ int main(int argc, char **argv)
     if (host.reboot_requested) {
         if (pending_cmd[0] != '\0') {
             setenv(PENDING_ENV, pending_cmd, 1);
+        }
+        if (groups_saved) {
+            setenv(GROUPS_ENV, saved_groups, 1);
         }
         logf_host('W', "re-executing %s", saved_argv[0]);
         fflush(stderr);

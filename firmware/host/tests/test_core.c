@@ -571,6 +571,17 @@ static void test_cmd_unknown_bad_request_expired(void)
     CHECK_STR(a != NULL ? a->id : "", "b1");
     CHECK_STR(a != NULL ? a->detail : "", "ttl_ms: expected an integer");
 
+    /* An id answered before, reused by a payload that does not decode: bad_request (decoding
+     * comes first, protocol.md 6.2), not the old ack; that refusal is what the id gets now. */
+    deliver("dev/dev-1/cmd", "{\"id\":\"k1\",\"op\":\"ping\"}");
+    CHECK(last_ack() != NULL && last_ack()->code == FLEET_ACK_OK);
+    deliver("dev/dev-1/cmd", "{\"id\":\"k1\",\"op\":5}");
+    a = last_ack();
+    CHECK(a != NULL && a->code == FLEET_ACK_BAD_REQUEST);
+    CHECK_STR(a != NULL ? a->id : "", "k1");
+    deliver("dev/dev-1/cmd", "{\"id\":\"k1\",\"op\":\"ping\"}");
+    CHECK(last_ack() != NULL && last_ack()->code == FLEET_ACK_BAD_REQUEST);
+
     fp.unix_now = 1700000000.0;
     deliver("dev/dev-1/cmd",
             "{\"id\":\"e1\",\"op\":\"identify\",\"ts\":1699999990,\"ttl_ms\":5000}");
