@@ -106,7 +106,9 @@ def _check_unit_run(proc: subprocess.CompletedProcess[str], at_least: int) -> No
 def test_fuzz(build: Build, tmp_path: Path, target: str) -> None:
     """Bounded libFuzzer runs: the core's inbound messages, the media core's RTP and SDP."""
     fuzzer, seeds = (
-        (build.fuzzer, SEED_CORPUS) if target == "inbound" else (build.media_fuzzer, MEDIA_SEED_CORPUS)
+        (build.fuzzer, SEED_CORPUS)
+        if target == "inbound"
+        else (build.media_fuzzer, MEDIA_SEED_CORPUS)
     )
     if not fuzzer.exists():
         if _IN_CI:

@@ -28,10 +28,10 @@ from firmware_build import IN_CI, Build, Device, build, requires_toolchain
 from running import controller, operator, register_devices, sim_fleet, wait_for
 
 from broker.credentials import CredentialStore
+from fleet.client import FleetClient
 from fleet.controller.service import Controller
 from fleet.device.audio import AudioMeetingDriver, AudioProfile, tone_for
 from fleet.device.sim import SimFleet
-from fleet.client import FleetClient
 from fleet.media.analysis import hears
 from fleet.media.config import MediaConfig
 from fleet.protocol.messages import ApiOp, ApiRequest
@@ -128,10 +128,15 @@ class Room:
 
 @contextlib.asynccontextmanager
 async def room_with_host(
-    tmp_path: Path, build: Build, codecs: str, sim_codecs: tuple[str, ...] = ("opus", "pcmu")
+    tmp_path: Path,
+    build: Build,
+    codecs: str,
+    sim_codecs: tuple[str, ...] = ("opus", "pcmu"),
+    host_first: bool = False,
 ) -> AsyncIterator[Room]:
     """A controller, two simulated devices with tones (400, 575 Hz) and the host device with
-    its tone, all joined to ROOM."""
+    its tone, all joined to ROOM. The newcomer offers (protocol.md 8.1): the host device
+    offers when it joins last, and answers both when it joins first."""
     handle = amqtt_handle(CredentialStore(tmp_path / "home" / "credentials.json"), unique_prefix())
     await handle.start()
     try:
@@ -160,7 +165,9 @@ async def room_with_host(
 
         def driver(device_id: str) -> AudioMeetingDriver:
             media = MediaConfig(codecs=sim_codecs)  # type: ignore[arg-type]
-            return AudioMeetingDriver(AudioProfile(media=media, tone_hz=tone_for(ids.index(device_id))))
+            return AudioMeetingDriver(
+                AudioProfile(media=media, tone_hz=tone_for(ids.index(device_id)))
+            )
 
         async with (
             controller(handle, tmp_path / "ctl.db") as ctl,
@@ -173,6 +180,12 @@ async def room_with_host(
                     lambda: (r := ctl.registry.devices.get(HOST_ID)) is not None and r.online,
                     what="the host device's birth",
                 )
+                if host_first:
+                    first = await op.request(
+                        ApiOp.JOIN, ApiRequest(room=ROOM, device=HOST_ID, timeout_s=30)
+                    )
+                    assert first.ok, first
+                    await wait_for(lambda: "meeting: joined room" in host.text(), what="joined")
                 result = await op.request(ApiOp.JOIN_ALL, ApiRequest(room=ROOM, timeout_s=30))
                 assert result.ok, result
                 yield Room(handle, ctl, fleet, op, host, speaker)  # type: ignore[arg-type]
@@ -207,6 +220,7 @@ async def test_host_device_and_simulated_devices_hear_each_other(
         await wait_for(
             lambda: all(_hears_host(room).values()), timeout=30, what="both sims hear the host"
         )
+
         # ... and the C device's speaker plays both of theirs (the mix), not its own.
         def host_hears_both() -> bool:
             tail = speaker_tail(room.speaker)
@@ -215,7 +229,9 @@ async def test_host_device_and_simulated_devices_hear_each_other(
         await wait_for(host_hears_both, timeout=20, what="the host's speaker plays both tones")
         assert not hears(speaker_tail(room.speaker), HOST_TONE_HZ)
         log = room.host.text()
-        assert "opus (payload type" in log, log[-3000:]
+        assert log.count("opus (payload type 111)") == 2, log[-3000:]
+        assert "offer to" in log
+        assert "answer from" in log
 
         # mic: false gates the C device's microphone: its peers hear silence, yet its
         # stream keeps coming (the RTP clock runs on: packets still arrive).
@@ -256,7 +272,8 @@ async def test_host_device_and_simulated_devices_hear_each_other(
 async def test_a_pcmu_only_host_device_talks_with_opus_devices(
     netns: str, build: Build, tmp_path: Path
 ) -> None:
-    async with room_with_host(tmp_path, build, "pcmu", ("opus", "pcmu")) as room:
+    # The host device joins first here: both simulated devices offer, it answers.
+    async with room_with_host(tmp_path, build, "pcmu", ("opus", "pcmu"), host_first=True) as room:
         await wait_for(
             lambda: all(_hears_host(room).values()), timeout=30, what="both sims hear the host"
         )
@@ -267,5 +284,8 @@ async def test_a_pcmu_only_host_device_talks_with_opus_devices(
 
         await wait_for(host_hears_both, timeout=20, what="the host's speaker plays both tones")
         log = room.host.text()
-        assert "pcmu (payload type 0)" in log, log[-3000:]
+        assert log.count("pcmu (payload type 0)") == 2, log[-3000:]
         assert "opus (payload type" not in log
+        assert "offer from" in log
+        assert "answer to" in log
+        assert "offer to" not in log
