@@ -299,3 +299,36 @@ async def test_host_device_against_broker(
     assert "Sanitizer" not in log, log[-3000:]
     assert "runtime error" not in log, log[-3000:]
     assert "refused" in log  # the malformed desired docs were logged
+
+
+# --- main/ against the ESP-IDF stubs (no IDF here) -----------------------------------------------
+
+IDF_STUBS = HOST_DIR / "idf_stubs"
+BOARDS = ("none", "korvo2", "xiao")
+
+
+def test_main_compiles_against_idf_stubs() -> None:
+    """Every file of main/, per audio board, against headers that mimic IDF's (host/idf_stubs)."""
+    proc = _run(["bash", str(HOST_DIR / "idf_syntax_check.sh"), *BOARDS], timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    sources = sorted(p.name for p in (HOST_DIR.parent / "main").glob("*.c"))
+    for board in BOARDS:
+        for name in sources:
+            assert f"syntax {board} {name}: ok" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_idf_stubs_break_where_idf_5_1_broke(tmp_path: Path) -> None:
+    """The stubs' esp-mqtt is that of IDF v5.1.2-v5.2.1: a const topic through the
+    esp_mqtt_client_subscribe macro does not compile, as it did not there."""
+    src = tmp_path / "subscribe.c"
+    src.write_text(
+        '#include "mqtt_client.h"\n'
+        "int sub(esp_mqtt_client_handle_t c, const char *topic);\n"
+        "int sub(esp_mqtt_client_handle_t c, const char *topic)\n"
+        "{ return esp_mqtt_client_subscribe(c, topic, 1); }\n"
+    )
+    cmd = ["gcc", "-std=gnu17", "-fsyntax-only", "-Wall", "-Werror", f"-I{IDF_STUBS}", str(src)]
+    proc = _run(cmd, timeout=60)
+    assert proc.returncode != 0
+    assert "_Generic" in proc.stderr
+    assert "const char *" in proc.stderr
