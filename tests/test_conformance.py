@@ -875,14 +875,6 @@ async def test_idle_state_after_a_leave(
 async def test_malformed_command_with_a_known_id_is_bad_request(
     booted: tuple[DeviceUnderTest, Wire], request: pytest.FixtureRequest
 ) -> None:
-    xfail_for(
-        request,
-        ["host"],
-        "DEFECT: the C core (fleet_cmd_handle) looks up the id it salvages from a command "
-        "that does not decode and, if it has answered that id before, resends that old ack "
-        '(e.g. ping\'s "ok" for {"id":"k1","op":5}); protocol.md 6.2 decodes first (step 1: '
-        "bad_request) and only then checks ids (step 2), as the simulated device does",
-    )
     _, w = booted
     assert (await w.command({"id": "k1", "op": "ping"})).code is AckCode.OK
     ack = await w.raw_command(b'{"id": "k1", "op": 5}')
@@ -954,13 +946,6 @@ async def test_set_groups_does_not_store_all(
 async def test_set_groups_survives_a_reboot(
     booted: tuple[DeviceUnderTest, Wire], request: pytest.FixtureRequest
 ) -> None:
-    xfail_for(
-        request,
-        ["host"],
-        "DEFECT: fleet-host-device sets no port.save_groups and re-executes itself with its "
-        "original --group arguments, so after a reboot command it is back in its old groups; "
-        "protocol.md 6.1: set_groups 'stores the groups persistently'",
-    )
     dev, w = booted
     w.handle.store.set_groups(dev.id, ["lobby"])
     await w.handle.sync()
