@@ -20,6 +20,7 @@ from amqtt.contexts import Action, BaseContext
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
+from broker import clientids
 from broker.acl import Acl, AclAction
 from broker.credentials import Credential, CredentialStore, Role, verify_secret
 from fleet.errors import CredentialsError
@@ -61,9 +62,10 @@ class _StoreMixin:
 class FleetAuthPlugin(BaseAuthPlugin, _StoreMixin):
     """Accept a CONNECT only with a username and the right secret from the store.
 
-    Also refuses a device whose client id is not its device id (it could otherwise take
-    over another device's session and its last will), and a will topic the user may not
-    publish to (amqtt sends wills without a PUBLISH check).
+    Also refuses a client id the user does not own (broker/clientids.py: a device's is
+    its id; otherwise the user could take over another client's session and its will),
+    and a will topic the user may not publish to (amqtt sends wills without a PUBLISH
+    check).
     """
 
     @dataclass
@@ -95,11 +97,12 @@ class FleetAuthPlugin(BaseAuthPlugin, _StoreMixin):
         if cred is None:
             self.context.logger.info("refused %s: bad username or password", session.client_id)
             return False
-        if cred.role is Role.DEVICE and session.client_id != username:
+        if not clientids.may_use(cred, session.client_id or "", self.store.users):
             self.context.logger.info(
-                "refused device %s: client id %r must equal the device id",
+                "refused %s: client id %r belongs to another user%s",
                 username,
                 session.client_id,
+                " (a device's is its id)" if cred.role is Role.DEVICE else "",
             )
             return False
         if session.will_flag and not self.acl.allows(cred, "publish", session.will_topic or ""):

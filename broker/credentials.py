@@ -18,7 +18,7 @@ import os
 import re
 import secrets
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -223,6 +223,11 @@ class CredentialStore:
                 raise CredentialsError(f"{where}: user {cred.username!r} appears twice")
             users[cred.username] = cred
         return users
+
+    @property
+    def users(self) -> Mapping[str, Credential]:
+        """The users as last loaded (no refresh), by name; do not modify."""
+        return self._users
 
     def get(self, username: str, *, refresh: bool = True) -> Credential | None:
         if refresh:

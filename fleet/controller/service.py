@@ -66,6 +66,7 @@ class GroupAcl(Protocol):
 
 
 TICK_S = 0.2
+DEFAULT_CLIENT_ID = "fleet-controller"  # only for a broker without usernames
 ROUTE_CACHE_LIMIT = 100_000  # topics whose parts are remembered; cleared wholesale past it
 
 
@@ -75,12 +76,14 @@ class Controller:
         url: BrokerUrl,
         store_path: Path | str,
         topics: Topics | None = None,
-        client_id: str = "fleet-controller",
+        client_id: str | None = None,
         credentials: GroupAcl | None = None,
         parts: Sequence[ControllerPart] = (),
     ) -> None:
         self.url = url
         self.topics = topics or Topics()
+        # The broker binds client ids to users (protocol.md §11): by default the username.
+        client_id = client_id or url.username or DEFAULT_CLIENT_ID
         if not is_valid_id(client_id):
             raise ValueError(f"invalid controller client id {client_id!r}: must match {ID_PATTERN}")
         self.client_id = client_id
