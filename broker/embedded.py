@@ -377,6 +377,7 @@ class FleetBroker(FleetAmqttBroker):
     # --- 3: synchronous ACL ------------------------------------------------------------------
     async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
         if self._fleet_topic is not None:
+            await self._fleet_topic.refresh_for(action)
             return self._fleet_topic.check(session, topic, action)
         return await super()._topic_filtering(session, topic, action)
 

@@ -432,7 +432,7 @@ class Controller:
             expires=now + request.ttl_ms / 1000,
         )
         if job.op == CommandOp.SET_GROUPS.value and self.credentials is not None:
-            self._grant_groups(job)
+            await self._grant_groups(job)
         self._jobs[job.id] = job
         self.store.save_job(job)
         tracker = CommandTracker(request, job, online=rec.online)
@@ -441,13 +441,16 @@ class Controller:
         await self._publish_result(tracker.result(final=False))
         self._command_trackers.append(tracker)
 
-    def _grant_groups(self, job: Job) -> None:
+    async def _grant_groups(self, job: Job) -> None:
         groups = job.args.get("groups")
         if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
             return  # the device refuses it with bad_args
         assert self.credentials is not None
         try:
-            self.credentials.set_groups(job.device, [g for g in groups if g != "all"])
+            # In a thread: it rewrites the whole credentials file (~0.1 s at 20,000 users).
+            await asyncio.to_thread(
+                self.credentials.set_groups, job.device, [g for g in groups if g != "all"]
+            )
         except Exception as exc:  # the device then fails to subscribe and says so
             log.warning("could not grant groups %s to %s: %s", groups, job.device, exc)
 
