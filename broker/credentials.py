@@ -18,7 +18,6 @@ import json
 import os
 import re
 import secrets
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -35,6 +34,7 @@ from pydantic import (
 )
 
 from fleet.errors import CredentialsError
+from fleet.files import atomic_write
 from fleet.protocol.topics import ID_PATTERN
 from fleet.settings import default_home
 
@@ -433,19 +433,3 @@ def _build(username: str, role: Role, hash_: str, groups: Sequence[str]) -> Cred
         raise CredentialsError(
             f"cannot add {username!r}: {loc + ': ' if loc else ''}{msg}"
         ) from exc
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a 0600 temp file in the same directory, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:  # mkstemp creates the file with mode 0600
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

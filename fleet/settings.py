@@ -15,7 +15,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleet.errors import ConfigError
-from fleet.files import private_dir, write_private
+from fleet.files import atomic_write, private_dir
 from fleet.mqtt import BrokerUrl
 from fleet.protocol import DEFAULT_PREFIX, Topics
 
@@ -66,7 +66,7 @@ class FleetSettings(BaseSettings):
         path = self.home / CLIENT_FILE
         # It holds the operator's password: 0600 from its creation on.
         doc = {"broker": str(url), "prefix": self.prefix}
-        write_private(path, (json.dumps(doc) + "\n").encode())
+        atomic_write(path, (json.dumps(doc) + "\n").encode())
         return path
 
 
