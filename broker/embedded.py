@@ -394,6 +394,7 @@ class EmbeddedBroker:
         prefix: str = DEFAULT_PREFIX,
         certfile: Path | str | None = None,
         keyfile: Path | str | None = None,
+        admission: Admission | None = None,
     ) -> None:
         if (certfile is None) != (keyfile is None):
             raise ConfigError("TLS needs both certfile and keyfile")
@@ -404,6 +405,8 @@ class EmbeddedBroker:
         self.prefix = Topics(prefix).prefix  # validates
         self.certfile = Path(certfile) if certfile is not None else None
         self.keyfile = Path(keyfile) if keyfile is not None else None
+        # Connection bounds and the failed-login budget; kept across restarts.
+        self.admission = admission or Admission()
         self._broker: FleetBroker | None = None
 
     @property
@@ -443,7 +446,7 @@ class EmbeddedBroker:
         where = f"{self.host}:{self.port}" + (f" (ws {self.ws_port})" if self.ws_port else "")
         try:
             # Config errors (a missing TLS file) surface here, bind errors in start().
-            broker = FleetBroker(self.config())
+            broker = FleetBroker(self.config(), self.admission)
         except (AMQTTError, ValueError, OSError) as exc:
             raise ConfigError(f"cannot start the broker on {where}: {exc}") from exc
         try:
