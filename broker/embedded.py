@@ -43,7 +43,13 @@ from types import TracebackType
 from typing import Any, Self
 
 import amqtt
-from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, WriterAdapter
+from amqtt.adapters import (
+    ReaderAdapter,
+    StreamReaderAdapter,
+    WebSocketsReader,
+    WebSocketsWriter,
+    WriterAdapter,
+)
 from amqtt.broker import Broker, Server
 from amqtt.contexts import Action, ListenerConfig
 from amqtt.errors import AMQTTError, BrokerError, MQTTError, NoDataError
@@ -116,6 +122,15 @@ class _DropStartupTraceback(logging.Filter):
 
 
 logging.getLogger("amqtt.broker").addFilter(_DropStartupTraceback())
+
+
+class _BoundedWsReader(WebSocketsReader):
+    """`_BoundedReader` for WebSocket connections (the server then closes the socket)."""
+
+    async def read(self, n: int = -1) -> bytes:
+        if n > MAX_PACKET_BYTES:
+            raise PacketTooLarge(f"a packet of more than {n} bytes (limit {MAX_PACKET_BYTES})")
+        return await super().read(n)
 
 
 class FleetBroker(FleetAmqttBroker):
@@ -339,6 +354,19 @@ class FleetBroker(FleetAmqttBroker):
             self.admission.closed()
             if not transport.is_closing():
                 transport.close()
+
+    async def ws_connected(self, websocket: Any, listener_name: str) -> None:
+        peer = getattr(websocket, "remote_address", None)
+        address = str(peer[0]) if peer else "?"
+        if not self.admission.admit(address):
+            await websocket.close()
+            return
+        try:
+            await self._client_connected(
+                listener_name, _BoundedWsReader(websocket), WebSocketsWriter(websocket)
+            )
+        finally:
+            self.admission.closed()
 
     async def _broadcast_message(
         self,
