@@ -27,7 +27,7 @@ from running import controller, one_device, operator, wait_for
 import broker.embedded as embedded
 from broker.acl import split_filter
 from broker.admission import Admission
-from broker.amqtt_broker import FilterTrie
+from broker.amqtt_broker import FilterTrie, TopicTree
 from broker.clientids import owner
 from broker.credentials import Credential, CredentialStore, Role, hash_secret
 from broker.embedded import EmbeddedBroker
@@ -428,9 +428,45 @@ def test_filter_trie_matches_like_the_mqtt_rule() -> None:
                 return False
         return len(levels) == len(parts)
 
+    topics = {"/".join(rng.choice(words) for _ in range(rng.randint(1, 5))) for _ in range(300)}
+    tree = TopicTree()
+    for topic in topics:
+        tree.add(topic)
+    for topic in rng.sample(sorted(topics), 100):
+        tree.discard(topic)
+        topics.discard(topic)
     for _ in range(500):
         topic = "/".join(rng.choice(words) for _ in range(rng.randint(1, 5)))
         assert sorted(trie.match(topic)) == sorted(f for f in kept if matches(topic, f)), topic
+    for f in kept:
+        assert sorted(tree.matching(f)) == sorted(t for t in topics if matches(t, f)), f
+
+
+async def test_a_wildcard_subscription_looks_only_at_retained_topics_it_can_match(
+    amqtt_broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """amqtt compared every new wildcard filter with every retained topic: a client with
+    10,000 filters made the broker compare 10,000 x (the fleet's retained messages)."""
+    t = amqtt_broker.topics
+    ctl = amqtt_broker.add_user("ctl", Role.CONTROLLER)
+    inner = amqtt_broker.backend.broker._broker  # type: ignore[attr-defined]
+    async with mqtt_client(amqtt_broker, "ctl", ctl) as client:
+        for i in range(100):
+            await client.publish(t.state(f"dev-{i}"), b"{}", qos=1, retain=True)
+        calls = 0
+        matches = inner._matches
+
+        def counting(topic: str, a_filter: str) -> bool:
+            nonlocal calls
+            calls += 1
+            return matches(topic, a_filter)
+
+        monkeypatch.setattr(inner, "_matches", counting)
+        await client.subscribe(f"{t.prefix}/ha/+/x/#", qos=0)
+        await client.subscribe(f"{t.prefix}/dev/dev-7/+", qos=1)
+        got = await collect(client, until_topic=t.state("dev-7"), settle_s=0)
+    assert [m.topic.value for m in got] == [t.state("dev-7")]
+    assert calls <= 2  # the one retained topic each filter can match, not all 100
 
 
 # --- 13: credential writes off the event loop -----------------------------------------------
