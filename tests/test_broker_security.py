@@ -496,3 +496,21 @@ async def test_controller_rewrites_credentials_off_its_event_loop(
     assert threads
     assert threading.get_ident() not in threads
     assert amqtt_broker.store.get("dev-a").groups == ["hall"]  # type: ignore[union-attr]
+
+
+def test_a_burst_of_failed_logins_locks_an_address_out_briefly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr("broker.admission.time.monotonic", lambda: now[0])
+    admission = Admission(failed_logins_per_s=2.0, failed_login_burst=3)
+    for _ in range(50):  # a whole fleet admitted at once, all with a wrong password
+        assert admission.admit("10.0.0.9")
+    for _ in range(50):
+        admission.connected("10.0.0.9")
+        admission.login_failed("10.0.0.9")
+        admission.closed()
+    assert not admission.admit("10.0.0.9")
+    assert admission.admit("10.0.0.10")  # others are not affected
+    now[0] += 0.5  # one login's worth of refill
+    assert admission.admit("10.0.0.9")
