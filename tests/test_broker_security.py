@@ -514,3 +514,12 @@ def test_a_burst_of_failed_logins_locks_an_address_out_briefly(
     assert admission.admit("10.0.0.10")  # others are not affected
     now[0] += 0.5  # one login's worth of refill
     assert admission.admit("10.0.0.9")
+
+
+def test_sockets_in_all_stay_below_the_bound() -> None:
+    admission = Admission(max_connections=3, max_pending_per_address=10)
+    assert all(admission.admit(f"10.0.0.{i}") for i in range(3))
+    assert not admission.admit("10.0.0.99")
+    admission.closed()
+    assert admission.admit("10.0.0.99")
+    assert admission.refused == 1
