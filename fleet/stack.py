@@ -24,6 +24,7 @@ from fleet.controller.service import Controller
 from fleet.device.sim import MeetingDriver, SimFleet, device_ids
 from fleet.device.tones import tone_amplitude, tone_for
 from fleet.device.workers import DeviceSound, SimWorkers
+from fleet.files import private_dir
 from fleet.mixer.process import maybe_local_janus
 from fleet.mqtt import BrokerUrl
 from fleet.protocol import Topics
@@ -100,7 +101,7 @@ class Stack:
 @contextlib.asynccontextmanager
 async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
     home = config.home
-    home.mkdir(parents=True, exist_ok=True)
+    private_dir(home)  # credentials, the database, client.json
     store = CredentialStore(home / "credentials.json")
     controller_secret = store.add(CONTROLLER_USER, Role.CONTROLLER, replace=True)
     operator_secret = store.add(OPERATOR_USER, Role.CONTROLLER, replace=True)
