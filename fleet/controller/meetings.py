@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 # Each member of a mesh holds one peer connection per other member; an ESP32-S3 manages
 # 2-3 (DESIGN.md), a Python participant a handful.
 DEFAULT_ROOM_CAP = 6
+# Rooms are rows a join could otherwise add without end (issue 11 item 10).
+DEFAULT_MAX_ROOMS = 1000
 SERVER_PARTICIPANT = "server"  # `from` of messages sent by the CLI's `fleet say`
 
 
@@ -83,11 +85,19 @@ class LiveSession:
 class MeetingServer(ControllerPart):
     name = "meetings"
 
-    def __init__(self, room_cap: int = DEFAULT_ROOM_CAP, auto_create: bool = True) -> None:
+    def __init__(
+        self,
+        room_cap: int = DEFAULT_ROOM_CAP,
+        auto_create: bool = False,
+        max_rooms: int = DEFAULT_MAX_ROOMS,
+    ) -> None:
         if not 2 <= room_cap <= 64:
             raise ValueError(f"room cap {room_cap} out of range 2-64")
         self.room_cap = room_cap
+        # Rooms come from operators and the API (room-create, and the room of a join or
+        # join-all request); a participant's own join creates one only when this is set.
         self.auto_create = auto_create
+        self.max_rooms = max_rooms
         self.live: dict[str, LiveSession] = {}  # by room
         self._where: dict[str, tuple[LiveSession, str]] = {}  # pid -> (session, participant)
         self.stats = {"relayed": 0, "refused": 0}
@@ -141,6 +151,12 @@ class MeetingServer(ControllerPart):
                     rec.id, "session_lost", f"session {meeting.session} is over; join again"
                 )
 
+    async def on_event(self, event: FleetEvent) -> None:
+        # A join or join-all request names its room: the API may create it (before any
+        # device's join for it can arrive: the event comes as the intent is written).
+        if event.kind == EventKind.JOIN and event.room is not None:
+            self._room_cap(event.room, create=True)
+
     async def on_device_changed(self, device_id: str, presence_changed: bool) -> None:
         rec = self.controller.registry.devices.get(device_id)
         if device_id in self._where and (rec is None or not rec.online):
@@ -151,9 +167,13 @@ class MeetingServer(ControllerPart):
     async def _join(self, pid: str, join: MeetJoin) -> None:
         if pid in self._where:
             await self._leave(pid, tell_self=False)
-        cap = self._room_cap(join.room)
+        cap = self._room_cap(join.room, create=self.auto_create)
         if cap is None:
-            await self._refuse(pid, "unknown_room", f"room {join.room!r} does not exist")
+            await self._refuse(
+                pid,
+                "unknown_room",
+                f"room {join.room!r} does not exist: `fleet rooms create {join.room}`",
+            )
             return
         live = self.live.get(join.room)
         if live is not None and len(live.members) >= cap:
@@ -259,6 +279,8 @@ class MeetingServer(ControllerPart):
     async def _api_room_create(self, request: ApiRequest) -> ApiResult:
         assert request.room is not None
         cap = request.cap or self.room_cap
+        if self.controller.store.room(request.room) is None and self._full():
+            return _refused(ApiOp.ROOM_CREATE.value, "too_many_rooms", self._full_detail())
         self.controller.store.save_room(request.room, cap)
         return ApiResult(
             op=ApiOp.ROOM_CREATE.value,
@@ -278,11 +300,15 @@ class MeetingServer(ControllerPart):
         return ApiResult(op=op, ok=True, room=request.room)
 
     async def _api_rooms(self, request: ApiRequest) -> ApiResult:
-        names = [name for name, _, _ in self.controller.store.rooms()]
-        # A room created on first join is stored then; a live one is always listed.
-        names += [room for room in self.live if room not in names]
+        # One page by name, after `after`; `next` is where the following page starts.
+        rows = self.controller.store.rooms(after=request.after, limit=request.limit + 1)
+        more = len(rows) > request.limit
+        rows = rows[: request.limit]
         return ApiResult(
-            op=ApiOp.ROOMS.value, ok=True, rooms=[self._room_info(n) for n in sorted(names)[:256]]
+            op=ApiOp.ROOMS.value,
+            ok=True,
+            rooms=[self._room_info(name, (cap, created)) for name, cap, created in rows],
+            next=rows[-1][0] if more else None,
         )
 
     async def _api_sessions(self, request: ApiRequest) -> ApiResult:
@@ -304,18 +330,24 @@ class MeetingServer(ControllerPart):
         )
 
     # --- helpers ------------------------------------------------------------------------------
-    def _room_cap(self, room: str, create: bool = True) -> int | None:
-        for name, cap, _ in self.controller.store.rooms():
-            if name == room:
-                return cap
-        if not (create and self.auto_create):
+    def _room_cap(self, room: str, create: bool = False) -> int | None:
+        stored = self.controller.store.room(room)
+        if stored is not None:
+            return stored[0]
+        if not create or self._full():
             return None
         self.controller.store.save_room(room, self.room_cap)
         return self.room_cap
 
-    def _room_info(self, room: str) -> RoomInfo:
-        stored = {name: (cap, created) for name, cap, created in self.controller.store.rooms()}
-        cap, created = stored.get(room, (self.room_cap, time.time()))
+    def _full(self) -> bool:
+        return self.controller.store.room_count() >= self.max_rooms
+
+    def _full_detail(self) -> str:
+        return f"the server holds its limit of {self.max_rooms} rooms; remove one first"
+
+    def _room_info(self, room: str, stored: tuple[int, float] | None = None) -> RoomInfo:
+        stored = stored or self.controller.store.room(room)
+        cap, created = stored or (self.room_cap, time.time())
         live = self.live.get(room)
         return RoomInfo(
             room=room,
