@@ -139,7 +139,9 @@ async def test_room_cap_refuses_with_a_clear_error(
     any_broker: BrokerHandle, tmp_path: Path
 ) -> None:
     async with (
-        controller(any_broker, tmp_path / "ctl.db", parts=[MeetingServer(room_cap=2, auto_create=True)]),
+        controller(
+            any_broker, tmp_path / "ctl.db", parts=[MeetingServer(room_cap=2, auto_create=True)]
+        ),
         operator(any_broker) as op,
         peer(any_broker, "ann") as ann,
         peer(any_broker, "bob") as bob,
@@ -214,7 +216,8 @@ async def test_rooms_are_bounded_and_listed_by_page(
         after = None
         while True:
             page = await op.request(ApiOp.ROOMS, ApiRequest(limit=10, after=after))
-            assert page.ok and len(page.rooms) <= 10
+            assert page.ok
+            assert len(page.rooms) <= 10
             listed += [r.room for r in page.rooms]
             if page.next is None:
                 break

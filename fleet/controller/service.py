@@ -372,9 +372,7 @@ class Controller:
             )
             if self._client is not None:
                 # An empty retained payload removes the doc: devices forget that source.
-                publish_nowait(
-                    self._client, self._desired_topic(rec.scope, rec.name), b"", 1, True
-                )
+                publish_nowait(self._client, self._desired_topic(rec.scope, rec.name), b"", 1, True)
                 for device_id, leave in zip(followers, leaves, strict=False):
                     publish_nowait(
                         self._client, self.topics.desired(device_id), encode(leave), 1, True
@@ -387,7 +385,7 @@ class Controller:
                     group=rec.name if rec.scope == "grp" else None,
                     op="expiry",
                     rev=leaves[-1].rev if leaves else rec.doc.rev,
-                    detail=f"intent rev {rec.doc.rev} lapsed; {len(leaves)} device(s) told to leave",
+                    detail=f"rev {rec.doc.rev} lapsed; {len(leaves)} device(s) told to leave",
                 )
             )
 

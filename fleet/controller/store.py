@@ -166,8 +166,7 @@ class Store:
     def next_rev(self) -> int:
         """Allocate a rev; durable before it is used, so revs never go backwards."""
         with self._tx():
-            rev = self._allocate(1)
-        return rev
+            return self._allocate(1)
 
     def _allocate(self, count: int) -> int:
         """The first of `count` new revs, written inside the caller's transaction."""
@@ -314,9 +313,11 @@ class Store:
 
     def operation_exists(self, op_id: str) -> bool:
         row = self._db.execute("SELECT 1 FROM operations WHERE id=?", (op_id,)).fetchone()
-        return row is not None or self._db.execute(
-            "SELECT 1 FROM commands WHERE id=?", (op_id,)
-        ).fetchone() is not None
+        return (
+            row is not None
+            or self._db.execute("SELECT 1 FROM commands WHERE id=?", (op_id,)).fetchone()
+            is not None
+        )
 
     def operations(self, limit: int = 100) -> list[tuple[str, str, int | None, str | None]]:
         """(id, op, rev, final result) of the newest operator actions."""
