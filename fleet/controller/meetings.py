@@ -36,6 +36,7 @@ from fleet.protocol.messages import (
     MeetOffer,
     MeetPeerJoined,
     MeetPeerLeft,
+    MeetReject,
     MeetRelayedAnswer,
     MeetRelayedOffer,
     MeetSend,
@@ -139,6 +140,8 @@ class MeetingServer(ControllerPart):
             await self._relay_sdp(pid, message)
         elif isinstance(message, MeetSend):
             await self._relay_message(pid, message)
+        elif isinstance(message, MeetReject):
+            await self._relay_reject(pid, message)
 
     async def on_synced(self) -> None:
         """Tell devices that report a session this server does not know (it restarted, or
@@ -241,6 +244,18 @@ class MeetingServer(ControllerPart):
             relayed = MeetRelayedAnswer(type="answer", from_=sender, sdp=message.sdp)
         self.stats["relayed"] += 1
         await self._send(member.pid, relayed)
+
+    async def _relay_reject(self, pid: str, reject: MeetReject) -> None:
+        """A participant could not negotiate with `to`: `to` hears it as an error from it."""
+        target = await self._target(pid, reject.to)
+        if target is None:
+            return
+        _, sender, member = target
+        self.stats["relayed"] += 1
+        await self._send(
+            member.pid,
+            MeetError(type="error", code=reject.code, detail=reject.detail, from_=sender),
+        )
 
     async def _relay_message(self, pid: str, message: MeetSend) -> None:
         if message.to is not None:

@@ -22,7 +22,7 @@ import aiomqtt
 
 from fleet.controller.operations import CommandTracker, DesiredTracker
 from fleet.controller.parts import ControllerPart
-from fleet.controller.store import Job, Store
+from fleet.controller.store import DesiredRecord, Job, Store
 from fleet.errors import FleetError, ProtocolError
 from fleet.mqtt import BrokerUrl, payload_bytes, publish_nowait, run_link
 from fleet.protocol import (
@@ -352,17 +352,8 @@ class Controller:
         (a `join` of one device during a `join-all --for`).
         """
         for rec in self.store.lapsed(now):
-            targets = (
-                [r.id for r in self.registry.targets(rec.name)]
-                if rec.scope == "grp"
-                else [rec.name]
-            )
-            followers = [
-                t
-                for t in targets
-                if t in self.registry.devices and self.registry.devices[t].rev == rec.doc.rev
-            ]
-            leaves = self.store.lapse(rec, followers, now)
+            leaves_for = self._lapse_followers(rec)
+            leaves = self.store.lapse(rec, leaves_for, now)
             log.info(
                 "intent rev %d for %s/%s lapsed: %d device(s) told to leave",
                 rec.doc.rev,
@@ -373,7 +364,7 @@ class Controller:
             if self._client is not None:
                 # An empty retained payload removes the doc: devices forget that source.
                 publish_nowait(self._client, self._desired_topic(rec.scope, rec.name), b"", 1, True)
-                for device_id, leave in zip(followers, leaves, strict=False):
+                for device_id, leave in zip(leaves_for, leaves, strict=False):
                     publish_nowait(
                         self._client, self.topics.desired(device_id), encode(leave), 1, True
                     )
@@ -388,6 +379,34 @@ class Controller:
                     detail=f"rev {rec.doc.rev} lapsed; {len(leaves)} device(s) told to leave",
                 )
             )
+
+    def _lapse_followers(self, lapsed: DesiredRecord) -> list[str]:
+        """The devices a lapse tells to leave: its targets (and whoever reports its rev)
+        that have no newer intent, judged by what we wrote, not by what they report yet:
+        a device that has not yet reported a newer `join` must not be pulled out of it."""
+        rev = lapsed.doc.rev
+        devices = self.registry.devices
+        if lapsed.scope == "grp":
+            targets = {r.id for r in self.registry.targets(lapsed.name)}
+            targets.update(d for d, r in devices.items() if r.rev == rev)
+        else:
+            targets = {lapsed.name}
+        newest = self.store.desired_revs()
+        newest.pop((lapsed.scope, lapsed.name), None)
+        all_rev = newest.get(("grp", "all"), 0)
+
+        def moved_on(device_id: str) -> bool:
+            rec = devices.get(device_id)
+            if rec is not None and (rec.rev or 0) > rev:
+                return True
+            groups = rec.groups if rec is not None else []
+            return (
+                newest.get(("dev", device_id), 0) > rev
+                or all_rev > rev
+                or any(newest.get(("grp", g), 0) > rev for g in groups)
+            )
+
+        return sorted(t for t in targets if not moved_on(t))
 
     # --- the automation API -------------------------------------------------------------------
     async def _on_api(self, op_name: str, payload: bytes) -> None:

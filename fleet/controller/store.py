@@ -251,6 +251,11 @@ class Store:
         rows = self._db.execute("SELECT scope, name, doc FROM desired ORDER BY rev").fetchall()
         return [DesiredRecord(scope, name, decode(Desired, doc)) for scope, name, doc in rows]
 
+    def desired_revs(self) -> dict[tuple[str, str], int]:
+        """(scope, name) -> rev of every doc, without decoding any."""
+        rows = self._db.execute("SELECT scope, name, rev FROM desired").fetchall()
+        return {(scope, name): rev for scope, name, rev in rows}
+
     def desired_payloads(self) -> list[tuple[str, str, bytes]]:
         """(scope, name, encoded doc) of every doc, by rev: what a re-assert publishes."""
         rows = self._db.execute("SELECT scope, name, doc FROM desired ORDER BY rev").fetchall()

@@ -125,6 +125,8 @@ class MeetingState(Message):
     session: ShortText | None = None
     participant: ShortText | None = None
     peers: list[ShortText] = Field(default_factory=list, max_length=64)
+    # Peers (participant ids) the media could not be negotiated with, and why.
+    peer_errors: dict[ShortText, ShortText] | None = Field(default=None, max_length=64)
 
 
 class State(Message):
@@ -231,6 +233,7 @@ class TelemetryMeeting(Message):
     room: RoomName
     session: ShortText | None = None
     participant: ShortText | None = None
+    peer_errors: dict[ShortText, ShortText] | None = Field(default=None, max_length=64)
 
 
 class Telemetry(Message):
@@ -293,8 +296,19 @@ class MeetSend(Message):
         return self
 
 
+class MeetReject(Message):
+    """A participant cannot answer (or accept) the SDP of `to`: the server tells `to` as an
+    `error` with `from` naming the sender, so the other side does not wait for ever."""
+
+    type: Literal["reject"]
+    to: ShortText
+    code: ShortText = "negotiation_failed"
+    detail: ShortText = ""
+
+
 MeetUp = Annotated[
-    MeetJoin | MeetLeave | MeetOffer | MeetAnswer | MeetSend, Field(discriminator="type")
+    MeetJoin | MeetLeave | MeetOffer | MeetAnswer | MeetSend | MeetReject,
+    Field(discriminator="type"),
 ]
 
 
@@ -337,6 +351,8 @@ class MeetError(Message):
     type: Literal["error"]
     code: ShortText
     detail: ShortText = ""
+    # The participant the error concerns (a relayed MeetReject); absent: the server itself.
+    from_: ShortText | None = Field(default=None, alias="from")
 
 
 class MeetDelivered(Message):
