@@ -22,6 +22,7 @@ from fleet.controller.meetings import DEFAULT_ROOM_CAP, MeetingServer
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.device.sim import MeetingDriver, SimFleet, device_ids
+from fleet.homelock import home_lock
 from fleet.mqtt import BrokerUrl
 from fleet.protocol import Topics
 
@@ -85,6 +86,14 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
+    # First, before any file in the home is written: HomeBusy if another stack runs there.
+    with home_lock(config.home):
+        async with _running_stack(config) as stack:
+            yield stack
+
+
+@contextlib.asynccontextmanager
+async def _running_stack(config: StackConfig) -> AsyncIterator[Stack]:
     home = config.home
     home.mkdir(parents=True, exist_ok=True)
     store = CredentialStore(home / "credentials.json")
