@@ -131,8 +131,11 @@ async def test_sdp_is_relayed_only_inside_the_session(
         await eve.send(MeetOffer(type="offer", to="p-2", sdp=SDP))
         await wait_for(lambda: len(eve.errors) == 2, what="eve refused again")
         assert eve.errors[-1].code == "unknown_participant"
-        await asyncio.sleep(0.3)
-        assert len(got) == 1, "nothing crossed sessions"
+        # A marker offer from bob, sent after eve's refusals: anything that crossed
+        # sessions would have reached ann before it.
+        await bob.send(MeetOffer(type="offer", to=a.participant, sdp=SDP + "a=marker\r\n"))
+        await wait_for(lambda: len(got) >= 2, what="bob's marker")
+        assert [m.sdp for m in got] == [SDP, SDP + "a=marker\r\n"], "nothing crossed sessions"
 
 
 async def test_room_cap_refuses_with_a_clear_error(
@@ -244,7 +247,13 @@ async def test_messages_reach_every_other_member_once(
         said = await op.request(ApiOp.SAY, ApiRequest(room="standup", text="from the cli"))
         assert said.ok
         await wait_for(lambda: len(bob.inbox) == 3 and len(cid.inbox) == 3, what="deliveries")
-        await asyncio.sleep(0.3)  # anything extra would have arrived by now
+        # A last message to each room: anything extra the server sent arrived before it.
+        for room in ("standup", "elsewhere"):
+            assert (await op.request(ApiOp.SAY, ApiRequest(room=room, text="end"))).ok
+        everyone = (ann, bob, cid, dan)
+        await wait_for(lambda: all(p.inbox and p.inbox[-1].text == "end" for p in everyone))
+        for p in everyone:
+            p.inbox.pop()
         for p in (bob, cid):
             # ann's two come in order; the CLI's travels another path, so anywhere.
             texts = [(m.from_, m.text, m.data_b64) for m in p.inbox]
