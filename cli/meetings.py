@@ -32,7 +32,7 @@ from cli.common import (
 from fleet.client import FleetClient
 from fleet.errors import FleetError
 from fleet.protocol import is_valid_id
-from fleet.protocol.messages import MAX_ROOM_CAP, ApiOp, ApiRequest, ApiResult, RoomMedia
+from fleet.protocol.messages import MAX_ROOM_CAP, ApiOp, ApiRequest, ApiResult, RoomInfo, RoomMedia
 
 app = command_group("Rooms the fleet meets in.")
 agent_app = command_group("Python participants that join rooms.")
@@ -110,8 +110,24 @@ def rooms_create(
 
 @app.command("ls")
 def rooms_ls(broker: BrokerOpt = None, prefix: PrefixOpt = None, as_json: JsonOpt = False) -> None:
-    """List rooms with their live sessions."""
-    result = _ask(broker, prefix, ApiOp.ROOMS, api_request())
+    """List rooms with their live sessions (every page of them)."""
+    url, topics = connection(broker, prefix)
+
+    async def go() -> ApiResult:
+        rooms: list[RoomInfo] = []
+        async with FleetClient(url, topics) as fleet:
+            result = await fleet.request(ApiOp.ROOMS, api_request(limit=100))
+            rooms += result.rooms
+            while result.ok and result.next is not None:
+                page = api_request(limit=100, after=result.next)
+                result = await fleet.request(ApiOp.ROOMS, page)
+                rooms += result.rooms
+        # Every page in one result, for the table and --json alike (not re-validated).
+        return result.model_copy(update={"rooms": rooms, "next": None})
+
+    result = run(go())
+    if not result.ok:
+        fail(f"{result.code}: {result.detail}", Exit.REFUSED)
     print_json(result) if as_json else _rooms_table(result)
 
 

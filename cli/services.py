@@ -242,8 +242,12 @@ def controller(
         ),
     ] = None,
     auto_create: Annotated[
-        bool, typer.Option(help="Create a room on its first join (off: `fleet rooms create`).")
-    ] = True,
+        bool,
+        typer.Option(
+            help="Let a participant's own join create its room (off: only operators and the "
+            "API create rooms: `fleet rooms create`, and the room of a join or join-all)."
+        ),
+    ] = False,
     ha: HaOpt = True,
     ha_prefix: HaPrefixOpt = DEFAULT_HA_PREFIX,
     ha_room: HaRoomOpt = DEFAULT_ROOM,

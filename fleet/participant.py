@@ -42,6 +42,7 @@ from fleet.protocol.messages import (
     MeetOffer,
     MeetPeerJoined,
     MeetPeerLeft,
+    MeetReject,
     MeetRelayedAnswer,
     MeetRelayedOffer,
     MeetSend,
@@ -147,6 +148,7 @@ class MeetingParticipant:
             session=self.session,
             participant=self.participant,
             peers=sorted(self.peers),
+            peer_errors=dict(sorted(self.peer_errors.items())[:64]) or None,
         )
 
     async def close(self) -> None:
@@ -177,9 +179,9 @@ class MeetingParticipant:
             self._spawn(self._remove_peer(message.participant), message.participant)
             self._changed()
         elif isinstance(message, MeetRelayedOffer):
-            self._spawn(self._answer(message.from_, message.sdp), message.from_)
+            self._spawn(self._answer(message.from_, message.sdp), message.from_, reject=True)
         elif isinstance(message, MeetRelayedAnswer):
-            self._spawn(self._accept_answer(message.from_, message.sdp), message.from_)
+            self._spawn(self._accept_answer(message.from_, message.sdp), message.from_, reject=True)
         elif isinstance(message, MeetLeft):
             if self._pending_leave is not None and not self._pending_leave.done():
                 self._pending_leave.set_result(None)
@@ -194,7 +196,7 @@ class MeetingParticipant:
         self.peers = {p.participant: p for p in joined.peers}
         self.peer_errors.clear()
         for peer in joined.peers:
-            self._spawn(self._offer(peer), peer.participant)
+            self._spawn(self._offer(peer), peer.participant, reject=True)
         if self._pending_join is not None and not self._pending_join.done():
             self._pending_join.set_result(joined)
         self._changed()
@@ -216,7 +218,8 @@ class MeetingParticipant:
     def _on_error(self, error: MeetError) -> None:
         self.errors.append(error)
         if error.from_ is not None and self._pending_join is None:
-            # About one peer (the mixer, or a member that could not negotiate): the rest goes on.
+            # About one peer (the mixer, or a member that could not negotiate with us: a
+            # relayed MeetReject): that peer's media failed, the session goes on.
             log.warning("%s: %s: %s: %s", self.pid, error.from_, error.code, error.detail)
             self.peer_errors[error.from_] = f"{error.code}: {error.detail}"[:256]
             self._changed()
@@ -281,12 +284,12 @@ class MeetingParticipant:
         """Any up message, as is (tests use it to send what a well-behaved peer would not)."""
         await self._publish(self.topics.meet_up(self.pid), encode(message))
 
-    def _spawn(self, coro: Awaitable[None], peer: str) -> None:
-        task = asyncio.ensure_future(self._guarded(coro, peer))
+    def _spawn(self, coro: Awaitable[None], peer: str, reject: bool = False) -> None:
+        task = asyncio.ensure_future(self._guarded(coro, peer, reject))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _guarded(self, coro: Awaitable[None], peer: str) -> None:
+    async def _guarded(self, coro: Awaitable[None], peer: str, reject: bool) -> None:
         try:
             await coro
         except asyncio.CancelledError:
@@ -295,6 +298,14 @@ class MeetingParticipant:
             log.warning("%s: negotiation with %s failed: %s", self.pid, peer, exc)
             self.peer_errors[peer] = str(exc)[:256]
             self._changed()
+            if reject and self.session is not None:
+                # The other side would wait for ever: tell it why (docs/protocol.md §8.2).
+                with contextlib.suppress(FleetError):
+                    await self.send(
+                        MeetReject(
+                            type="reject", to=peer, code="negotiation_failed", detail=str(exc)[:256]
+                        )
+                    )
 
     def _changed(self) -> None:
         if self._on_change is not None:

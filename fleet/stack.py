@@ -25,6 +25,7 @@ from fleet.device.sim import MeetingDriver, SimFleet, device_ids
 from fleet.device.tones import tone_amplitude, tone_for
 from fleet.device.workers import DeviceSound, SimWorkers
 from fleet.files import private_dir
+from fleet.homelock import home_lock
 from fleet.mixer.process import maybe_local_janus
 from fleet.mqtt import BrokerUrl
 from fleet.protocol import Topics
@@ -100,6 +101,14 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
+    # First, before any file in the home is written: HomeBusy if another stack runs there.
+    with home_lock(config.home):
+        async with _running_stack(config) as stack:
+            yield stack
+
+
+@contextlib.asynccontextmanager
+async def _running_stack(config: StackConfig) -> AsyncIterator[Stack]:
     home = config.home
     private_dir(home)  # credentials, the database, client.json
     store = CredentialStore(home / "credentials.json")

@@ -129,6 +129,19 @@ async def test_three_devices_each_hear_the_other_two_and_not_themselves(
         assert all(not drv.mesh.peers() for drv in by_id.values())
 
 
+async def receive(driver: AudioMeetingDriver, packets: int, timeout: float = 10.0) -> None:
+    """Until `driver` has received `packets` more RTP packets from its one peer: a wait on
+    the stream itself, so what the check after it looks for had time to arrive."""
+
+    async def received() -> int:
+        return sum(s.packets_received for s in await driver.mesh.stats())
+
+    target = await received() + packets
+    async with asyncio.timeout(timeout):
+        while await received() < target:  # noqa: ASYNC110 (stats are polled; no event)
+            await asyncio.sleep(0.05)
+
+
 def _device_driver(tone_hz: float, **media: object) -> AudioMeetingDriver:
     return AudioMeetingDriver(AudioProfile(media=MediaConfig(**media), tone_hz=tone_hz))  # type: ignore[arg-type]
 
@@ -237,7 +250,8 @@ async def test_a_send_only_device_is_heard_but_sent_nothing(
             timeout=20,
             what="dev-2 hears the send-only dev-1",
         )
-        await asyncio.sleep(1.0)  # anything sent to dev-1 would have arrived by now
+        # A second of dev-1's stream at dev-2: a stream the other way would be under way.
+        await receive(by_id["dev-2"], 50)
         assert by_id["dev-1"].heard.peers() == []
         sent_to_send_only = await by_id["dev-2"].mesh.stats()
         assert [s.packets_sent for s in sent_to_send_only] == [0]
@@ -293,7 +307,7 @@ async def test_mic_from_the_desired_state_mutes_and_unmutes(
         )
         await wait_for(lambda: listener.heard.peers(), what="dev-2 receives dev-1's stream")
         peer = listener.heard.peers()[0]
-        await asyncio.sleep(1.0)
+        await receive(listener, 50)  # a second of the muted stream
         assert listener.levels.level(peer) < 0.01, "a muted mic sends silence"
         assert fleet["dev-1"].current_state().mic is False
         assert (await op.request(ApiOp.JOIN, ApiRequest(device="dev-1", room="r"))).ok

@@ -5,8 +5,9 @@ wrong types, missing fields, unknown fields (accepted), oversize and non-UTF-8 p
 empty payloads, unknown ops and unknown devices, and check
 
 - the clear error where a sender waits: an `ApiResult` refusal on `api/result`, an `Ack`
-  refusal on `dev/{id}/ack`, a device's `State.error` for a refused desired doc;
-- the log-and-drop where nobody waits (device garbage on status/state/ack):
+  refusal on `dev/{id}/ack`;
+- the log-and-drop where nobody waits (device garbage on status/state/ack; a desired doc
+  a device refuses, protocol.md 4.2 rule 2):
   `ctl.stats["rejected"]` grows and the registry keeps the device's last good record;
 - that nothing else is lost: right after each bad message a valid request, command or doc
   works end to end, the other devices are untouched and still converge on a join-all, and
@@ -721,7 +722,8 @@ def scope_of(r: Rig, topic: str) -> tuple[str, str]:
 
 
 async def refuse_doc(r: Rig, topic: str, targets: Sequence[str], payload: bytes, what: str) -> None:
-    """Publish a bad retained doc; every target keeps its intent and reports the refusal."""
+    """Publish a bad retained doc; every target keeps its intent and only logs the refusal
+    (protocol.md 4.2 rule 2): its state does not change."""
     before = r.snapshot()
     rejected = r.ctl.stats["rejected"]
     scope, name = scope_of(r, topic)
@@ -729,17 +731,14 @@ async def refuse_doc(r: Rig, topic: str, targets: Sequence[str], payload: bytes,
     await r.wire.send(topic, payload, retain=True)
     for device_id in targets:
         dev, was = r.dev(device_id), before[device_id]
-        await soon(lambda dev=dev: dev.error is not None, f"{device_id} refuses {what}")
-        now = (dev.reconciler.applied, dev.meeting, dev.state_changes, dev.connects)
-        assert now == (was.applied, was.meeting, was.state_changes, was.connects), (
-            f"{what}: {device_id} changed its intent"
+        # A command after the doc: once it is answered, the doc has been handled.
+        mark = r.wire.mark()
+        await r.wire.send(r.topics.cmd(device_id), js({"id": f"b-{mark}", "op": "ping"}))
+        assert (await r.next_ack(device_id, mark, f"ping after {what}")).ok
+        now = (dev.reconciler.applied, dev.meeting, dev.state_changes, dev.connects, dev.error)
+        assert now == (was.applied, was.meeting, was.state_changes, was.connects, None), (
+            f"{what}: {device_id} changed its intent or its state"
         )
-
-        def reported(device_id: str = device_id, rev: int = was.applied.rev) -> bool:
-            state = r.ctl.registry.devices[device_id].state
-            return state is not None and state.rev == rev and bool(state.error)
-
-        await soon(reported, f"{device_id} reports the refusal of {what}")
     others = {k: v for k, v in before.items() if k not in targets}
     assert r.snapshot(exclude=targets) == others, f"{what} reached other devices"
     # The controller reads desired topics too: it refuses to adopt the doc.

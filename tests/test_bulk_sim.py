@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import os
 import signal
 import sys
 from pathlib import Path
 
+import pytest
 from brokers import BrokerHandle, mqtt_client
 from running import controller, operator, register_devices, sim_fleet, wait_for
 
@@ -147,15 +149,25 @@ async def test_fleet_sim_runs_the_bulk_engine_and_says_goodbye_on_sigterm(
 
 
 async def test_a_refused_login_is_retried_until_the_broker_lets_it_in(
-    any_broker: BrokerHandle,
+    any_broker: BrokerHandle, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A CONNACK refusal neither stops the fleet nor the device: it retries with backoff."""
     h = any_broker
+    caplog.set_level(logging.INFO, logger="fleet.device.bulk")
     secret = "a-secret-the-broker-does-not-know-yet"
     fleet = BulkFleet(BrokerUrl.parse(f"mqtt://{h.host}:{h.port}"), {"dev-1": secret}, h.topics)
     task = asyncio.create_task(fleet.run())
+
+    def refusals() -> int:
+        return sum(
+            1
+            for r in caplog.records
+            if r.getMessage().startswith("dev-1: connection to") and "failed" in r.getMessage()
+        )
+
     try:
-        await asyncio.sleep(1.0)
+        # Two refused attempts (the broker said no, and the device tried again).
+        await wait_for(lambda: refusals() >= 2, timeout=15, what="two refused logins")
         assert not task.done()
         assert not fleet["dev-1"].connected.is_set()
         h.store.add("dev-1", Role.DEVICE, secret=secret)

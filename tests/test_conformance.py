@@ -841,16 +841,6 @@ async def test_offline_payload_is_exactly_the_documented_one(
 async def test_refused_desired_doc_is_only_logged(
     booted: tuple[DeviceUnderTest, Wire], request: pytest.FixtureRequest
 ) -> None:
-    xfail_for(
-        request,
-        ["sim", "bulk"],
-        "DEFECT: on a desired doc that does not decode the simulated device republishes its "
-        "state with `error` set to the decode error (sticky until the next apply); "
-        "protocol.md 4.2 rule 2 says such a doc is logged and ignored, and 5 defines `error` "
-        "as why the applied intent is not in effect. The C core only logs. "
-        "(tests/test_bad_input.py relies on the sim's behaviour: the spec and the C core "
-        "gain it, or the sim drops it.)",
-    )
     _, w = booted
     await w.desired({"rev": 2, "meeting": {"room": "standup"}})
     await w.state(lambda s: s.rev == 2)
@@ -912,12 +902,11 @@ async def test_explicit_null_is_an_absent_field(
 ) -> None:
     xfail_for(
         request,
-        ["sim", "bulk", "host"],
-        "DEFECT (both): protocol.md 1.4 'Receivers MUST treat an explicit null and an absent "
-        "field alike', but a null in a field with a default is refused by both devices: "
+        ["host"],
+        "DEFECT (C core): protocol.md 1.4 'Receivers MUST treat an explicit null and an absent "
+        "field alike', but the C parser refuses a null in a field with a default: "
         "meeting.mic: null (desired doc refused), args: null and ttl_ms: null (command "
-        "bad_request). In Python the pydantic models (fleet/protocol/messages.py: bool/int/"
-        "dict fields with defaults, strict) refuse None; the C parser refuses it too",
+        "bad_request). The Python models take the default (fleet/protocol/messages.py)",
     )
     _, w = booted
     start = w.mark()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -208,9 +209,23 @@ async def test_commands_ping_identify_and_audit_log(
         reboot = await op.request(ApiOp.CMD, ApiRequest(device="dev-1", cmd_op="reboot"))
         assert reboot.ok
         assert reboot.devices[0].outcome is DeviceOutcome.SUCCEEDED
-        log = {job.id: job for job in ctl.store.jobs()}
-        assert {j.status for j in log.values()} >= {DeviceOutcome.SUCCEEDED, DeviceOutcome.REJECTED}
-        assert log[reboot.id or ""].op == "reboot"
+        # The audit log: a job row per command with its real outcome, and an operation row
+        # per request holding the final result the operator got.
+        jobs = {job.id: job for job in ctl.store.jobs()}
+        expected = {
+            ping.id: ("ping", DeviceOutcome.SUCCEEDED),
+            ident.id: ("identify", DeviceOutcome.SUCCEEDED),
+            bad.id: ("identify", DeviceOutcome.REJECTED),
+            unknown.id: ("selfdestruct", DeviceOutcome.REJECTED),
+            reboot.id: ("reboot", DeviceOutcome.SUCCEEDED),
+        }
+        assert {i: (jobs[i].op, jobs[i].status) for i in expected} == expected
+        operations = {op_id: (name, res) for op_id, name, _, res in ctl.store.operations()}
+        for result in (ping, ident, bad, unknown, reboot):
+            name, final = operations[result.id]
+            assert name == "cmd"
+            assert final is not None, f"{result.id} has no final result in the log"
+            assert (json.loads(final)["ok"], json.loads(final)["code"]) == (result.ok, result.code)
 
 
 async def test_command_to_offline_device_is_queued_then_runs_or_times_out(

@@ -427,7 +427,7 @@ async def test_telemetry_sensors(amqtt_broker: BrokerHandle, tmp_path: Path) -> 
     )
     async with (
         home_assistant(amqtt_broker, ha_secret) as ha,
-        controller(amqtt_broker, tmp_path / "ctl.db", parts=[ha_part()]),
+        controller(amqtt_broker, tmp_path / "ctl.db", parts=[ha_part()]) as ctl,
         mqtt_client(amqtt_broker, "dev-t", secret) as dev,
     ):
         await dev.publish(t.status("dev-t"), encode(Status(online=True, fw="1.0")), 1, True)
@@ -444,11 +444,15 @@ async def test_telemetry_sensors(amqtt_broker: BrokerHandle, tmp_path: Path) -> 
         assert ha.doc(doc)["jitter"] is None
         assert ha.doc(doc)["loss"] is None
         assert ha.doc(doc)["rssi"] == -61
-        # Bad telemetry is dropped; the last good values stay.
+        # Bad telemetry is dropped (the controller counts it); the last good values stay,
+        # and the next good sample (another heap value) still comes through.
+        rejected = ctl.stats["rejected"]
         await dev.publish(t.tele("dev-t"), b'{"ts": "soon"}')
-        await dev.publish(t.tele("dev-t"), encode(tele.model_copy(update={"meeting": None})))
-        await asyncio.sleep(0.3)
+        await wait_for(lambda: ctl.stats["rejected"] > rejected, what="bad telemetry refused")
         assert ha.doc(doc)["heap"] == 123456
+        later = tele.model_copy(update={"meeting": None, "sys": SystemTelemetry(heap_free=98765)})
+        await dev.publish(t.tele("dev-t"), encode(later))
+        await wait_for(lambda: ha.doc(doc)["heap"] == 98765, what="the next good sample")
 
 
 # --- the plain API ------------------------------------------------------------------------------

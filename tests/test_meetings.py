@@ -131,15 +131,20 @@ async def test_sdp_is_relayed_only_inside_the_session(
         await eve.send(MeetOffer(type="offer", to="p-2", sdp=SDP))
         await wait_for(lambda: len(eve.errors) == 2, what="eve refused again")
         assert eve.errors[-1].code == "unknown_participant"
-        await asyncio.sleep(0.3)
-        assert len(got) == 1, "nothing crossed sessions"
+        # A marker offer from bob, sent after eve's refusals: anything that crossed
+        # sessions would have reached ann before it.
+        await bob.send(MeetOffer(type="offer", to=a.participant, sdp=SDP + "a=marker\r\n"))
+        await wait_for(lambda: len(got) >= 2, what="bob's marker")
+        assert [m.sdp for m in got] == [SDP, SDP + "a=marker\r\n"], "nothing crossed sessions"
 
 
 async def test_room_cap_refuses_with_a_clear_error(
     any_broker: BrokerHandle, tmp_path: Path
 ) -> None:
     async with (
-        controller(any_broker, tmp_path / "ctl.db", parts=[MeetingServer(room_cap=2)]),
+        controller(
+            any_broker, tmp_path / "ctl.db", parts=[MeetingServer(room_cap=2, auto_create=True)]
+        ),
         operator(any_broker) as op,
         peer(any_broker, "ann") as ann,
         peer(any_broker, "bob") as bob,
@@ -170,11 +175,11 @@ async def test_room_cap_refuses_with_a_clear_error(
         assert (unknown.ok, unknown.code) == (False, "unknown_room")
 
 
-async def test_rooms_must_exist_when_auto_create_is_off(
+async def test_rooms_come_from_operators_and_the_api_by_default(
     any_broker: BrokerHandle, tmp_path: Path
 ) -> None:
     async with (
-        controller(any_broker, tmp_path / "ctl.db", parts=[MeetingServer(auto_create=False)]),
+        controller(any_broker, tmp_path / "ctl.db", parts=[MeetingServer()]),
         operator(any_broker) as op,
         peer(any_broker, "ann") as ann,
     ):
@@ -183,6 +188,44 @@ async def test_rooms_must_exist_when_auto_create_is_off(
         assert refused.value.code == "unknown_room"
         assert (await op.request(ApiOp.ROOM_CREATE, ApiRequest(room="standup"))).ok
         assert (await ann.join("standup")).room == "standup"
+        # The room of a join-all request is created with the intent (here: no devices).
+        with pytest.raises(MeetingRefused):
+            await ann.join("retro")
+        assert (await op.request(ApiOp.JOIN_ALL, ApiRequest(room="retro", timeout_s=2))).ok
+        assert (await ann.join("retro")).room == "retro"
+
+
+async def test_rooms_are_bounded_and_listed_by_page(
+    amqtt_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    async with (
+        controller(amqtt_broker, tmp_path / "ctl.db", parts=[MeetingServer(max_rooms=25)]),
+        operator(amqtt_broker) as op,
+        peer(amqtt_broker, "ann") as ann,
+    ):
+        names = [f"r{n:02d}" for n in range(25)]
+        for name in names:
+            assert (await op.request(ApiOp.ROOM_CREATE, ApiRequest(room=name))).ok
+        over = await op.request(ApiOp.ROOM_CREATE, ApiRequest(room="one-more"))
+        assert (over.ok, over.code) == (False, "too_many_rooms")
+        again = await op.request(ApiOp.ROOM_CREATE, ApiRequest(room="r03", cap=4))
+        assert again.ok, "changing an existing room's cap is no new room"
+        # Nor may a join-all's room, nor (with auto-create) a participant's join, pass it.
+        assert (await op.request(ApiOp.JOIN_ALL, ApiRequest(room="new-one", timeout_s=2))).ok
+        with pytest.raises(MeetingRefused) as refused:
+            await ann.join("new-one")
+        assert refused.value.code == "unknown_room"
+        listed: list[str] = []
+        after = None
+        while True:
+            page = await op.request(ApiOp.ROOMS, ApiRequest(limit=10, after=after))
+            assert page.ok
+            assert len(page.rooms) <= 10
+            listed += [r.room for r in page.rooms]
+            if page.next is None:
+                break
+            after = page.next
+        assert listed == names
 
 
 async def test_messages_reach_every_other_member_once(
@@ -204,7 +247,13 @@ async def test_messages_reach_every_other_member_once(
         said = await op.request(ApiOp.SAY, ApiRequest(room="standup", text="from the cli"))
         assert said.ok
         await wait_for(lambda: len(bob.inbox) == 3 and len(cid.inbox) == 3, what="deliveries")
-        await asyncio.sleep(0.3)  # anything extra would have arrived by now
+        # A last message to each room: anything extra the server sent arrived before it.
+        for room in ("standup", "elsewhere"):
+            assert (await op.request(ApiOp.SAY, ApiRequest(room=room, text="end"))).ok
+        everyone = (ann, bob, cid, dan)
+        await wait_for(lambda: all(p.inbox and p.inbox[-1].text == "end" for p in everyone))
+        for p in everyone:
+            p.inbox.pop()
         for p in (bob, cid):
             # ann's two come in order; the CLI's travels another path, so anywhere.
             texts = [(m.from_, m.text, m.data_b64) for m in p.inbox]

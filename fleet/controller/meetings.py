@@ -52,6 +52,7 @@ from fleet.protocol.messages import (
     MeetOffer,
     MeetPeerJoined,
     MeetPeerLeft,
+    MeetReject,
     MeetRelayedAnswer,
     MeetRelayedOffer,
     MeetSend,
@@ -73,6 +74,8 @@ DEFAULT_ROOM_CAP = 256
 # Each member of a mesh holds one peer connection per other member; an ESP32-S3 manages
 # 2-3 (DESIGN.md), a Python participant a handful. Past this an `auto` session goes mixed.
 DEFAULT_MESH_CAP = 4
+# Rooms are rows a join could otherwise add without end (issue 11 item 10).
+DEFAULT_MAX_ROOMS = 1000
 SERVER_PARTICIPANT = "server"  # `from` of messages sent by the CLI's `fleet say`
 MIXER_CAPS = Capabilities(audio=True, mic=True, speaker=True, codecs=["opus", "pcmu", "pcma"])
 
@@ -121,10 +124,11 @@ class MeetingServer(ControllerPart):
     def __init__(
         self,
         room_cap: int = DEFAULT_ROOM_CAP,
-        auto_create: bool = True,
+        auto_create: bool = False,
         mesh_cap: int = DEFAULT_MESH_CAP,
         mixers: Sequence[str] = (),
         mixer_timeout: float | None = None,
+        max_rooms: int = DEFAULT_MAX_ROOMS,
     ) -> None:
         if not 2 <= room_cap <= MAX_ROOM_CAP:
             raise ValueError(f"room cap {room_cap} out of range 2-{MAX_ROOM_CAP}")
@@ -132,7 +136,10 @@ class MeetingServer(ControllerPart):
             raise ValueError(f"mesh cap {mesh_cap} out of range 2-{MAX_ROOM_CAP}")
         self.room_cap = room_cap
         self.mesh_cap = mesh_cap
+        # Rooms come from operators and the API (room-create, and the room of a join or
+        # join-all request); a participant's own join creates one only when this is set.
         self.auto_create = auto_create
+        self.max_rooms = max_rooms
         self.live: dict[str, LiveSession] = {}  # by room
         self._where: dict[str, tuple[LiveSession, str]] = {}  # pid -> (session, participant)
         self.stats = {"relayed": 0, "refused": 0}
@@ -194,6 +201,8 @@ class MeetingServer(ControllerPart):
             await self._relay_sdp(pid, message)
         elif isinstance(message, MeetSend):
             await self._relay_message(pid, message)
+        elif isinstance(message, MeetReject):
+            await self._relay_reject(pid, message)
 
     async def on_synced(self) -> None:
         """Tell devices that report a session this server does not know (it restarted, or
@@ -205,6 +214,12 @@ class MeetingServer(ControllerPart):
                 await self._refuse(
                     rec.id, "session_lost", f"session {meeting.session} is over; join again"
                 )
+
+    async def on_event(self, event: FleetEvent) -> None:
+        # A join or join-all request names its room: the API may create it (before any
+        # device's join for it can arrive: the event comes as the intent is written).
+        if event.kind == EventKind.JOIN and event.room is not None:
+            self._room_settings(event.room, create=True)
 
     async def on_device_changed(self, device_id: str, presence_changed: bool) -> None:
         rec = self.controller.registry.devices.get(device_id)
@@ -223,9 +238,13 @@ class MeetingServer(ControllerPart):
     async def _join(self, pid: str, join: MeetJoin) -> None:
         if pid in self._where:
             await self._leave(pid, tell_self=False)
-        settings = self._room_settings(join.room)
+        settings = self._room_settings(join.room, create=self.auto_create)
         if settings is None:
-            await self._refuse(pid, "unknown_room", f"room {join.room!r} does not exist")
+            await self._refuse(
+                pid,
+                "unknown_room",
+                f"room {join.room!r} does not exist: `fleet rooms create {join.room}`",
+            )
             return
         live = self.live.get(join.room)
         if live is not None and len(live.members) >= settings.cap:
@@ -343,6 +362,18 @@ class MeetingServer(ControllerPart):
             relayed = MeetRelayedAnswer(type="answer", from_=sender, sdp=message.sdp)
         self.stats["relayed"] += 1
         await self._send(member.pid, relayed)
+
+    async def _relay_reject(self, pid: str, reject: MeetReject) -> None:
+        """A participant could not negotiate with `to`: `to` hears it as an error from it."""
+        target = await self._target(pid, reject.to)
+        if target is None:
+            return
+        _, sender, member = target
+        self.stats["relayed"] += 1
+        await self._send(
+            member.pid,
+            MeetError(type="error", code=reject.code, detail=reject.detail, from_=sender),
+        )
 
     async def _relay_message(self, pid: str, message: MeetSend) -> None:
         if message.to is not None:
@@ -655,6 +686,8 @@ class MeetingServer(ControllerPart):
     async def _api_room_create(self, request: ApiRequest) -> ApiResult:
         assert request.room is not None
         cap = request.cap or self.room_cap
+        if self.controller.store.room(request.room) is None and self._full():
+            return _refused(ApiOp.ROOM_CREATE.value, "too_many_rooms", self._full_detail())
         self.controller.store.save_room(request.room, cap)
         media, rate = self.records.room(request.room)
         self.records.save_room(request.room, request.media or media, request.rate or rate)
@@ -677,11 +710,15 @@ class MeetingServer(ControllerPart):
         return ApiResult(op=op, ok=True, room=request.room)
 
     async def _api_rooms(self, request: ApiRequest) -> ApiResult:
-        names = [name for name, _, _ in self.controller.store.rooms()]
-        # A room created on first join is stored then; a live one is always listed.
-        names += [room for room in self.live if room not in names]
+        # One page by name, after `after`; `next` is where the following page starts.
+        rows = self.controller.store.rooms(after=request.after, limit=request.limit + 1)
+        more = len(rows) > request.limit
+        rows = rows[: request.limit]
         return ApiResult(
-            op=ApiOp.ROOMS.value, ok=True, rooms=[self._room_info(n) for n in sorted(names)[:256]]
+            op=ApiOp.ROOMS.value,
+            ok=True,
+            rooms=[self._room_info(name, (cap, created)) for name, cap, created in rows],
+            next=rows[-1][0] if more else None,
         )
 
     async def _api_sessions(self, request: ApiRequest) -> ApiResult:
@@ -708,20 +745,26 @@ class MeetingServer(ControllerPart):
         )
 
     # --- helpers ------------------------------------------------------------------------------
-    def _room_settings(self, room: str, create: bool = True) -> RoomSettings | None:
-        for name, cap, _ in self.controller.store.rooms():
-            if name == room:
-                media, rate = self.records.room(room)
-                return RoomSettings(cap, media, rate)
-        if not (create and self.auto_create):
+    def _room_settings(self, room: str, create: bool = False) -> RoomSettings | None:
+        stored = self.controller.store.room(room)
+        if stored is not None:
+            media, rate = self.records.room(room)
+            return RoomSettings(stored[0], media, rate)
+        if not create or self._full():
             return None
         self.controller.store.save_room(room, self.room_cap)
         media, rate = self.records.room(room)
         return RoomSettings(self.room_cap, media, rate)
 
-    def _room_info(self, room: str) -> RoomInfo:
-        stored = {name: (cap, created) for name, cap, created in self.controller.store.rooms()}
-        cap, created = stored.get(room, (self.room_cap, time.time()))
+    def _full(self) -> bool:
+        return self.controller.store.room_count() >= self.max_rooms
+
+    def _full_detail(self) -> str:
+        return f"the server holds its limit of {self.max_rooms} rooms; remove one first"
+
+    def _room_info(self, room: str, stored: tuple[int, float] | None = None) -> RoomInfo:
+        stored = stored or self.controller.store.room(room)
+        cap, created = stored or (self.room_cap, time.time())
         media, rate = self.records.room(room)
         live = self.live.get(room)
         return RoomInfo(

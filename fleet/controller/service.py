@@ -22,7 +22,7 @@ import aiomqtt
 
 from fleet.controller.operations import CommandTracker, DesiredTracker
 from fleet.controller.parts import ControllerPart
-from fleet.controller.store import Job, Store
+from fleet.controller.store import DesiredRecord, Job, Store
 from fleet.errors import FleetError, ProtocolError
 from fleet.mqtt import BrokerUrl, payload_bytes, publish_nowait, run_link
 from fleet.protocol import (
@@ -67,7 +67,13 @@ class GroupAcl(Protocol):
 
 TICK_S = 0.2
 DEFAULT_CLIENT_ID = "fleet-controller"  # only for a broker without usernames
-ROUTE_CACHE_LIMIT = 100_000  # topics whose parts are remembered; cleared wholesale past it
+# Topics whose parts are remembered, in bytes of topic names plus a dict entry's cost;
+# cleared wholesale past it (a 20,000-device fleet's topics take about 3 MB).
+ROUTE_CACHE_BYTES = 16 * 1024 * 1024
+ROUTE_ENTRY_OVERHEAD = 160
+# API requests held until synced, in payload bytes; past it a request is refused (busy).
+HELD_REQUESTS_BYTES = 8 * 1024 * 1024
+MAX_CLEARING = 1024
 
 
 class Controller:
@@ -104,8 +110,11 @@ class Controller:
         self._synced = False
         self._sync_token = ""
         self._held_requests: list[tuple[str, bytes]] = []
+        self._held_bytes = 0
         self.parts = list(parts)
         self._routes: dict[str, tuple[ControllerPart, ...]] = {}
+        self._routes_bytes = 0
+        self._clearing: dict[str, None] = {}  # retained requests we cleared: topics
         for part in self.parts:
             part.attach(self)
 
@@ -159,8 +168,8 @@ class Controller:
         self._sync_token = uuid.uuid4().hex  # a stale marker from an earlier connection is not it
         await client.publish(t.sync(self.client_id), encode(Sync(token=self._sync_token)), qos=1)
         # Re-assert every desired doc: the broker may have restarted and forgotten them.
-        for rec in self.store.desired_docs():
-            await self._publish_desired(rec.scope, rec.name, rec.doc)
+        for scope, name, payload in self.store.desired_payloads():
+            await client.publish(self._desired_topic(scope, name), payload, qos=1, retain=True)
         for part in self.parts:
             await part.on_connect()
         log.info("controller connected to %s", self.url.redacted())
@@ -179,8 +188,14 @@ class Controller:
     async def _on_message(self, message: aiomqtt.Message) -> None:
         self.stats["messages"] += 1
         topic = message.topic.value
-        parsed = self.topics.parse(topic)
         payload = payload_bytes(message)
+        if self.topics.never_retained(topic):
+            if message.retain and payload:
+                await self._refuse_retained(topic, payload)
+                return
+            if not payload and self._clearing.pop(topic, None) is not None:
+                return  # our own clearing of a retained request, delivered back
+        parsed = self.topics.parse(topic)
         for part in self._parts_for(message.topic):
             try:
                 await part.on_message(topic, payload)
@@ -201,27 +216,43 @@ class Controller:
             self.stats["rejected"] += 1
             log.warning("dropped message on %s: %s", topic, exc)
 
+    async def _refuse_retained(self, topic: str, payload: bytes) -> None:
+        """A request or signalling message that came retained: carried out it would fire
+        again on every restart (a retained leave-all), so it is refused and cleared."""
+        self.stats["rejected"] += 1
+        log.warning("refused a retained message on %s: requests are never retained", topic)
+        if self._client is not None:
+            if len(self._clearing) < MAX_CLEARING:
+                self._clearing[topic] = None
+            publish_nowait(self._client, topic, b"", qos=1, retain=True)
+        op = topic.removeprefix(self._api_root)
+        if op != topic:
+            await self._api_error(
+                probe_id(payload), op[:32], "retained", "API requests must not be retained"
+            )
+
     def _parts_for(self, topic: aiomqtt.Topic) -> tuple[ControllerPart, ...]:
         """The parts whose filters match `topic`, remembered per topic: matching every
         part's filters costs more than the rest of routing a state report."""
         parts = self._routes.get(topic.value)
         if parts is None:
-            if len(self._routes) >= ROUTE_CACHE_LIMIT:
+            # Bounded by bytes: topic names are up to 64 KiB each (issue 11 item 11).
+            cost = len(topic.value) + ROUTE_ENTRY_OVERHEAD
+            if self._routes_bytes + cost > ROUTE_CACHE_BYTES:
                 self._routes.clear()
+                self._routes_bytes = 0
             parts = tuple(p for p in self.parts if any(topic.matches(f) for f in p.subscriptions()))
             self._routes[topic.value] = parts
+            self._routes_bytes += cost
         return parts
 
     async def _handle(self, parsed: ParsedTopic, payload: bytes) -> None:
         kind = parsed.kind
         if kind in (TopicKind.STATUS, TopicKind.STATE):
             message: Status | State | None = decode_for(kind, payload) if payload else None
+            # A reported rev never moves the counter: a device could push it to the ceiling
+            # and stop every intent. Only desired docs, which only we write, raise it.
             presence_changed = self.registry.update(kind, parsed.name, message)
-            if isinstance(message, State) and not self._synced:
-                # Device reports count toward the rev floor only while re-reading the
-                # retained fleet (a lost database); later, a device could only push the
-                # counter up, never down, so its reports are not trusted for it.
-                self.store.raise_rev_floor(message.rev)
             await self._device_changed(parsed.name, presence_changed)
         elif kind is TopicKind.ACK:
             await self._on_ack(parsed.name, decode(Ack, payload))
@@ -231,8 +262,16 @@ class Controller:
         elif kind is TopicKind.API:
             if self._synced:
                 await self._on_api(parsed.name, payload)
+            elif self._held_bytes + len(payload) > HELD_REQUESTS_BYTES:
+                await self._api_error(
+                    probe_id(payload),
+                    parsed.name,
+                    "busy",
+                    "the controller is re-reading the fleet and holds enough requests; retry",
+                )
             else:
                 self._held_requests.append((parsed.name, payload))
+                self._held_bytes += len(payload)
         elif (
             kind is TopicKind.SYNC
             and parsed.name == self.client_id
@@ -241,7 +280,7 @@ class Controller:
             self._synced = True
             for part in self.parts:
                 await part.on_synced()
-            held, self._held_requests = self._held_requests, []
+            held, self._held_requests, self._held_bytes = self._held_requests, [], 0
             for op_name, request in held:
                 await self._on_api(op_name, request)
 
@@ -289,8 +328,7 @@ class Controller:
     async def write_desired(
         self, scope: str, name: str, meeting: MeetingIntent | None, op: str | None = None
     ) -> Desired:
-        doc = Desired(rev=self.store.next_rev(), meeting=meeting, ts=time.time())
-        self.store.save_desired(scope, name, doc)
+        doc = self.store.write_desired(scope, name, meeting, time.time())
         await self._publish_desired(scope, name, doc)
         await self.emit(
             FleetEvent(
@@ -308,35 +346,70 @@ class Controller:
     async def _expire_meetings(self, now: float) -> None:
         """End every intent whose `until` passed, without touching later intents.
 
-        The lapsed doc is cleared from the broker, and only the devices still
-        following it (they report its rev) get a leave of their own. A group-wide
-        leave with a fresh rev would outrank, and so interrupt, any newer intent a
-        device got since (a `join` of one device during a `join-all --for`).
+        Each lapse is one change in the store (Store.lapse): the lapsed doc goes and
+        only the devices still following it (they report its rev) get a leave of their
+        own, with revs allocated together, before any await. So an intent written while
+        the leaves go out has a higher rev than all of them, and a crash half way leaves
+        the store whole: the next connect re-asserts every leave. A group-wide leave with
+        a fresh rev would outrank, and so interrupt, any newer intent a device got since
+        (a `join` of one device during a `join-all --for`).
         """
-        for rec in self.store.desired_docs():
-            meeting = rec.doc.meeting
-            if meeting is None or meeting.until is None or meeting.until > now:
-                continue
-            log.info("intent rev %d for %s/%s lapsed", rec.doc.rev, rec.scope, rec.name)
-            targets = (
-                [r.id for r in self.registry.targets(rec.name)]
-                if rec.scope == "grp"
-                else [rec.name]
+        for rec in self.store.lapsed(now):
+            leaves_for = self._lapse_followers(rec)
+            leaves = self.store.lapse(rec, leaves_for, now)
+            log.info(
+                "intent rev %d for %s/%s lapsed: %d device(s) told to leave",
+                rec.doc.rev,
+                rec.scope,
+                rec.name,
+                len(leaves),
             )
-            followers = [
-                t
-                for t in targets
-                if t in self.registry.devices and self.registry.devices[t].rev == rec.doc.rev
-            ]
-            await self._clear_desired(rec.scope, rec.name)
-            for device_id in followers:
-                await self.write_desired("dev", device_id, None, op="expiry")
+            if self._client is not None:
+                # An empty retained payload removes the doc: devices forget that source.
+                publish_nowait(self._client, self._desired_topic(rec.scope, rec.name), b"", 1, True)
+                for device_id, leave in zip(leaves_for, leaves, strict=False):
+                    publish_nowait(
+                        self._client, self.topics.desired(device_id), encode(leave), 1, True
+                    )
+            await self.emit(
+                FleetEvent(
+                    ts=now,
+                    kind=EventKind.LEAVE,
+                    device=rec.name if rec.scope == "dev" else None,
+                    group=rec.name if rec.scope == "grp" else None,
+                    op="expiry",
+                    rev=leaves[-1].rev if leaves else rec.doc.rev,
+                    detail=f"rev {rec.doc.rev} lapsed; {len(leaves)} device(s) told to leave",
+                )
+            )
 
-    async def _clear_desired(self, scope: str, name: str) -> None:
-        self.store.delete_desired(scope, name)
-        if self._client is not None:
-            # An empty retained payload removes the doc: devices forget that source.
-            await self._client.publish(self._desired_topic(scope, name), b"", qos=1, retain=True)
+    def _lapse_followers(self, lapsed: DesiredRecord) -> list[str]:
+        """The devices a lapse tells to leave: its targets (and whoever reports its rev)
+        that have no newer intent, judged by what we wrote, not by what they report yet:
+        a device that has not yet reported a newer `join` must not be pulled out of it."""
+        rev = lapsed.doc.rev
+        devices = self.registry.devices
+        if lapsed.scope == "grp":
+            targets = {r.id for r in self.registry.targets(lapsed.name)}
+            targets.update(d for d, r in devices.items() if r.rev == rev)
+        else:
+            targets = {lapsed.name}
+        newest = self.store.desired_revs()
+        newest.pop((lapsed.scope, lapsed.name), None)
+        all_rev = newest.get(("grp", "all"), 0)
+
+        def moved_on(device_id: str) -> bool:
+            rec = devices.get(device_id)
+            if rec is not None and (rec.rev or 0) > rev:
+                return True
+            groups = rec.groups if rec is not None else []
+            return (
+                newest.get(("dev", device_id), 0) > rev
+                or all_rev > rev
+                or any(newest.get(("grp", g), 0) > rev for g in groups)
+            )
+
+        return sorted(t for t in targets if not moved_on(t))
 
     # --- the automation API -------------------------------------------------------------------
     async def _on_api(self, op_name: str, payload: bytes) -> None:
@@ -357,6 +430,17 @@ class Controller:
     async def _run_api(self, op: ApiOp, request: ApiRequest) -> None:
         if request.id is None:
             request = request.model_copy(update={"id": uuid.uuid4().hex[:12]})
+        elif self.store.operation_exists(request.id):
+            # A reused id would merge two actions into one audit row and leave the first
+            # without a final result: refused, and the first one's row left as it is.
+            await self._api_error(
+                request.id,
+                op.value,
+                "duplicate_id",
+                f"id {request.id!r} names an earlier request; every request needs its own",
+                record=False,
+            )
+            return
         self.store.save_operation(request.id or "", op.value, encode(request).decode(), rev=None)
         for part in self.parts:
             handler = part.api_ops().get(op)
@@ -433,8 +517,8 @@ class Controller:
         )
         if job.op == CommandOp.SET_GROUPS.value and self.credentials is not None:
             await self._grant_groups(job)
+        self.store.save_job(job)  # first: a job the log cannot hold is never sent
         self._jobs[job.id] = job
-        self.store.save_job(job)
         tracker = CommandTracker(request, job, online=rec.online)
         if rec.online:
             await self._send_job(job)
@@ -516,13 +600,15 @@ class Controller:
         for result in finals:
             await self._publish_result(result)
 
-    async def _publish_result(self, result: ApiResult) -> None:
-        if result.done and result.id:
+    async def _publish_result(self, result: ApiResult, record: bool = True) -> None:
+        if record and result.done and result.id:
             self.store.save_operation(result.id, result.op, "", result.rev, encode(result).decode())
         if self._client is not None:
             await self._client.publish(self.topics.api_result, encode(result), qos=1)
 
-    async def _api_error(self, request_id: str | None, op: str, code: str, detail: str) -> None:
+    async def _api_error(
+        self, request_id: str | None, op: str, code: str, detail: str, record: bool = True
+    ) -> None:
         log.warning("API %s refused: %s", op, detail)
         self.stats["rejected"] += 1
         await self.emit(
@@ -536,7 +622,8 @@ class Controller:
             )
         )
         await self._publish_result(
-            ApiResult(id=request_id, op=op[:256], ok=False, code=code, detail=detail[:256])
+            ApiResult(id=request_id, op=op[:256], ok=False, code=code, detail=detail[:256]),
+            record=record,
         )
 
     # --- for parts ----------------------------------------------------------------------------
@@ -610,6 +697,8 @@ class Controller:
                 await self._tick()
             except (aiomqtt.MqttError, OSError) as exc:
                 log.info("tick skipped while disconnected: %s", exc)
+            except FleetError as exc:  # e.g. RevExhausted: say so, and keep serving
+                log.error("tick failed: %s", exc)
 
     async def _tick(self) -> None:
         now = time.time()
@@ -621,6 +710,7 @@ class Controller:
                 self.store.save_job(job)
                 self._jobs.pop(job.id, None)
                 await self._job_event(job)
-        if self._client is not None:
+        if self._synced:
+            # Only on the whole retained fleet: a partial registry would miss followers.
             await self._expire_meetings(now)
         await self._finish_done()

@@ -21,6 +21,7 @@ from fleet.protocol.messages import (
     MAX_REV,
     Desired,
     DeviceOutcome,
+    MeetingIntent,
     ParticipantRecord,
     SessionInfo,
     decode,
@@ -34,6 +35,7 @@ CREATE TABLE IF NOT EXISTS desired (
     rev INTEGER NOT NULL,
     doc TEXT NOT NULL,
     updated REAL NOT NULL,
+    until REAL,
     PRIMARY KEY (scope, name)
 );
 CREATE TABLE IF NOT EXISTS commands (
@@ -82,8 +84,12 @@ CREATE TABLE IF NOT EXISTS participants (
 """
 
 # A billion operations a second for a century stays below 2^62; 2^53 - 1 is the wire limit.
-# Revs seen above this are a device misbehaving, not history to respect.
+# Revs seen above this are a misbehaving writer, not history to respect.
 REV_CEILING = MAX_REV - 2**32
+# A fresh counter (no database) starts at the clock in microseconds: above every rev an
+# earlier counter handed out unless it averaged over a million revs a second, so even a
+# lost database with a broker that lost its retained docs reuses no rev. Good to 2255.
+REVS_PER_SECOND = 1_000_000
 
 
 class RevExhausted(FleetError):
@@ -145,9 +151,18 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(desired)")}
+        if "until" not in columns:  # a database from before lapses were indexed
+            self._db.execute("ALTER TABLE desired ADD COLUMN until REAL")
+            for scope, name, doc in self._db.execute("SELECT scope, name, doc FROM desired"):
+                self._db.execute(
+                    "UPDATE desired SET until=? WHERE scope=? AND name=?",
+                    (_until(decode(Desired, doc)), scope, name),
+                )
+        self._db.execute("CREATE INDEX IF NOT EXISTS desired_until ON desired (until)")
         row = self._db.execute("SELECT value FROM meta WHERE key='rev'").fetchone()
-        # Cached: the floor is checked on every state report, the database only on change.
-        self._rev = int(row[0]) if row else 0
+        # Cached: the database is read once, written on every allocation.
+        self._rev = int(row[0]) if row else int(time.time() * REVS_PER_SECOND)
 
     def close(self) -> None:
         self._db.close()
@@ -158,37 +173,78 @@ class Store:
 
     def next_rev(self) -> int:
         """Allocate a rev; durable before it is used, so revs never go backwards."""
-        if self._rev >= REV_CEILING:
+        with self._tx():
+            return self._allocate(1)
+
+    def _allocate(self, count: int) -> int:
+        """The first of `count` new revs, written inside the caller's transaction."""
+        if self._rev + count > REV_CEILING:
             raise RevExhausted(self._rev)
-        self._set_rev(self._rev + 1)
-        return self._rev
+        self._write_rev(self._rev + count)
+        first, self._rev = self._rev + 1, self._rev + count
+        return first
 
     def raise_rev_floor(self, seen: int) -> None:
-        """Never hand out a rev at or below one seen on the wire (e.g. after a lost DB).
+        """Never hand out a rev at or below one of a desired doc seen on the wire (e.g.
+        after a lost DB). Only for desired docs: only the controller writes them; a rev a
+        device reports never moves the counter.
 
         A rev above REV_CEILING is not believed: no controller gets there by counting,
         and it would leave no revs to hand out.
         """
         if self._rev < seen <= REV_CEILING:
-            self._set_rev(seen)
+            with self._tx():
+                self._write_rev(seen)
+            self._rev = seen
 
-    def _set_rev(self, rev: int) -> None:
-        with self._tx():
-            self._db.execute(
-                "INSERT INTO meta (key, value) VALUES ('rev', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                (str(rev),),
-            )
-        self._rev = rev
+    def _write_rev(self, rev: int) -> None:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES ('rev', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (str(rev),),
+        )
 
     # --- desired docs -----------------------------------------------------------------------
     def save_desired(self, scope: str, name: str, doc: Desired) -> None:
         self._db.execute(
-            "INSERT INTO desired (scope, name, rev, doc, updated) VALUES (?, ?, ?, ?, ?) "
+            "INSERT INTO desired (scope, name, rev, doc, updated, until) VALUES (?,?,?,?,?,?) "
             "ON CONFLICT(scope, name) DO UPDATE SET rev=excluded.rev, doc=excluded.doc, "
-            "updated=excluded.updated",
-            (scope, name, doc.rev, encode(doc).decode(), time.time()),
+            "updated=excluded.updated, until=excluded.until",
+            (scope, name, doc.rev, encode(doc).decode(), time.time(), _until(doc)),
         )
+
+    def write_desired(
+        self, scope: str, name: str, meeting: MeetingIntent | None, ts: float
+    ) -> Desired:
+        """A new doc with a new rev, saved in one transaction with the rev's allocation."""
+        with self._tx():
+            doc = Desired(rev=self._allocate(1), meeting=meeting, ts=ts)
+            self.save_desired(scope, name, doc)
+        return doc
+
+    def lapse(self, lapsed: DesiredRecord, followers: list[str], ts: float) -> list[Desired]:
+        """End a lapsed intent as one change: the doc goes, and every follower gets a leave
+        with a rev of its own, all in one transaction. A crash leaves all of it or none,
+        and an intent written after it has a higher rev than every one of its leaves."""
+        with self._tx():
+            current = self._db.execute(
+                "SELECT rev FROM desired WHERE scope=? AND name=?", (lapsed.scope, lapsed.name)
+            ).fetchone()
+            if current is None or current[0] != lapsed.doc.rev:
+                return []  # replaced since it was read: the newer intent stands
+            first = self._allocate(len(followers)) if followers else 0
+            leaves = [Desired(rev=first + n, meeting=None, ts=ts) for n in range(len(followers))]
+            for device_id, leave in zip(followers, leaves, strict=True):
+                self.save_desired("dev", device_id, leave)
+            self.delete_desired(lapsed.scope, lapsed.name)
+        return leaves
+
+    def lapsed(self, now: float) -> list[DesiredRecord]:
+        """Docs whose `until` has passed: an index lookup, no decoding of the others."""
+        rows = self._db.execute(
+            "SELECT scope, name, doc FROM desired WHERE until <= ? ORDER BY rev", (now,)
+        ).fetchall()
+        return [DesiredRecord(scope, name, decode(Desired, doc)) for scope, name, doc in rows]
 
     def desired_rev(self, scope: str, name: str) -> int | None:
         row = self._db.execute(
@@ -202,6 +258,16 @@ class Store:
     def desired_docs(self) -> list[DesiredRecord]:
         rows = self._db.execute("SELECT scope, name, doc FROM desired ORDER BY rev").fetchall()
         return [DesiredRecord(scope, name, decode(Desired, doc)) for scope, name, doc in rows]
+
+    def desired_revs(self) -> dict[tuple[str, str], int]:
+        """(scope, name) -> rev of every doc, without decoding any."""
+        rows = self._db.execute("SELECT scope, name, rev FROM desired").fetchall()
+        return {(scope, name): rev for scope, name, rev in rows}
+
+    def desired_payloads(self) -> list[tuple[str, str, bytes]]:
+        """(scope, name, encoded doc) of every doc, by rev: what a re-assert publishes."""
+        rows = self._db.execute("SELECT scope, name, doc FROM desired ORDER BY rev").fetchall()
+        return [(scope, name, doc.encode()) for scope, name, doc in rows]
 
     # --- command jobs (the audit log) -------------------------------------------------------
     def save_job(self, job: Job) -> None:
@@ -253,8 +319,26 @@ class Store:
     ) -> None:
         self._db.execute(
             "INSERT INTO operations (id, op, request, rev, created, result) VALUES (?,?,?,?,?,?)"
-            " ON CONFLICT(id) DO UPDATE SET result=excluded.result",
+            " ON CONFLICT(id) DO UPDATE SET rev=COALESCE(excluded.rev, operations.rev),"
+            " result=COALESCE(excluded.result, operations.result)",
             (op_id, op, request, rev, time.time(), result),
+        )
+
+    def operation_exists(self, op_id: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM operations WHERE id=?", (op_id,)).fetchone()
+        return (
+            row is not None
+            or self._db.execute("SELECT 1 FROM commands WHERE id=?", (op_id,)).fetchone()
+            is not None
+        )
+
+    def operations(self, limit: int = 100) -> list[tuple[str, str, int | None, str | None]]:
+        """(id, op, rev, final result) of the newest operator actions."""
+        return list(
+            self._db.execute(
+                "SELECT id, op, rev, result FROM operations ORDER BY created DESC LIMIT ?",
+                (limit,),
+            )
         )
 
     # --- rooms and meeting history -----------------------------------------------------------
@@ -268,9 +352,22 @@ class Store:
     def delete_room(self, name: str) -> None:
         self._db.execute("DELETE FROM rooms WHERE name=?", (name,))
 
-    def rooms(self) -> list[tuple[str, int, float]]:
-        """(name, cap, created) of every room, by name."""
-        return list(self._db.execute("SELECT name, cap, created FROM rooms ORDER BY name"))
+    def rooms(self, after: str | None = None, limit: int = -1) -> list[tuple[str, int, float]]:
+        """(name, cap, created) of the rooms after `after`, by name (limit -1: all)."""
+        return list(
+            self._db.execute(
+                "SELECT name, cap, created FROM rooms WHERE name > ? ORDER BY name LIMIT ?",
+                (after or "", limit),
+            )
+        )
+
+    def room(self, name: str) -> tuple[int, float] | None:
+        """(cap, created) of one room, or None."""
+        row = self._db.execute("SELECT cap, created FROM rooms WHERE name=?", (name,)).fetchone()
+        return (int(row[0]), float(row[1])) if row else None
+
+    def room_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM rooms").fetchone()[0])
 
     def start_session(self, session: str, room: str, started: float) -> None:
         self._db.execute(
@@ -343,6 +440,10 @@ class Store:
         # `with connection:` commits or rolls back; BEGIN IMMEDIATE serialises writers.
         self._db.execute("BEGIN IMMEDIATE")
         return self._db
+
+
+def _until(doc: Desired) -> float | None:
+    return doc.meeting.until if doc.meeting is not None else None
 
 
 def _job(row: tuple[Any, ...]) -> Job:

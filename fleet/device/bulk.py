@@ -116,7 +116,7 @@ class BulkDevice(SimulatedDevice):
         # With the plain driver the meeting state is just the room, so this key is the
         # whole state but its ts; the ts is reused only while it is fresh.
         room = self.meeting.room if self.meeting is not None else None
-        key = (self.reconciler.applied.rev, room, self.mic, self.volume, self.error)
+        key = (self.reported_rev, room, self.mic, self.volume, self.error)
         now = time.time()
         hit = self._shared.states.get(key)
         if hit is not None and now - hit[0] < STATE_TS_REUSE_S:

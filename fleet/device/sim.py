@@ -126,6 +126,9 @@ class SimulatedDevice:
         self.driver.attach(self)
         self.groups = list(dict.fromkeys(config.groups))
         self.reconciler = Reconciler()
+        # The rev the state reports: the applied one once applying it is done, not before
+        # (a state sent mid-join or mid-leave must not claim the new intent holds).
+        self.reported_rev = 0
         self.meeting: MeetingState | None = None
         self.mic = True
         self.volume: int | None = None
@@ -238,10 +241,10 @@ class SimulatedDevice:
         try:
             doc = self._decode_desired(payload) if payload else None
         except ProtocolError as exc:
-            # Refused; the applied intent stays. Reported so an operator can see it.
+            # Logged and ignored (protocol.md 4.2 rule 2, as the C core): the topic keeps
+            # its previous doc and the applied intent stays in effect, so the state's
+            # `error` (why the applied intent is not in effect, §5) has nothing to say.
             log.warning("%s: refused desired doc on %s: %s", self.id, topic, exc)
-            self.error = str(exc)[:256]
-            await self._publish_state()
             return
         self.reconciler.offer(topic, doc)
         await self._reconcile_soon()
@@ -280,6 +283,7 @@ class SimulatedDevice:
         except Exception as exc:  # a media failure is reported, not fatal
             log.warning("%s: applying rev %d failed: %s", self.id, applied.rev, exc)
             self.error = str(exc)[:256]
+        self.reported_rev = applied.rev
         self._arm_lapse(intent)
         self.state_changes += 1
         await self._publish_state()
@@ -318,7 +322,7 @@ class SimulatedDevice:
 
     def current_state(self) -> State:
         return State(
-            rev=self.reconciler.applied.rev,
+            rev=self.reported_rev,
             meeting=self.meeting,
             mic=self.mic,
             volume=self.volume,
@@ -453,6 +457,7 @@ class SimulatedDevice:
         self._final_after_boot = final
         # A reboot forgets everything that lives in RAM; the broker's retained docs restore it.
         self.reconciler = Reconciler()
+        self.reported_rev = 0
         self.meeting = None
         self._spawn(self.driver.forget())
         self.booted_at = time.monotonic()
@@ -528,6 +533,7 @@ class SimulatedDevice:
                     room=self.meeting.room,
                     session=self.meeting.session,
                     participant=self.meeting.participant,
+                    peer_errors=self.meeting.peer_errors,
                 )
                 if self.meeting
                 else None

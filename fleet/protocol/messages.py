@@ -37,7 +37,14 @@ ShortText = Annotated[str, StringConstraints(max_length=256)]
 # Revs stay within 2^53 - 1 so firmware that parses JSON numbers as doubles holds them exactly.
 MAX_REV = 2**53 - 1
 Rev = Annotated[int, Field(ge=0, le=MAX_REV)]
-Count = Annotated[int, Field(ge=0)]
+# Counters stay within 2^53 - 1 too: exact in a double, and within SQLite's and InfluxDB's
+# 64-bit integers (an unbounded int used to overflow the audit log and leave a phantom job).
+Count = Annotated[int, Field(ge=0, le=MAX_REV)]
+# A command lives at most a day (a longer one is a mistake or an attack, not a plan).
+MAX_TTL_MS = 86_400_000
+TtlMs = Annotated[int, Field(gt=0, le=MAX_TTL_MS)]
+# An intent lasts at most a year (`for_s`).
+MAX_FOR_S = 366 * 86_400
 # Members of one session: a mixed room holds this many, a mesh far fewer (its mesh cap).
 MAX_ROOM_CAP = 256
 RoomCap = Annotated[int, Field(ge=2, le=MAX_ROOM_CAP)]
@@ -49,6 +56,29 @@ class Message(BaseModel):
     model_config = ConfigDict(
         extra="ignore", strict=True, frozen=True, populate_by_name=True, allow_inf_nan=False
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        # protocol.md 1.4: an explicit null and an absent field are alike, so a null in a
+        # field with a default takes the default (strict mode would refuse it otherwise).
+        if isinstance(data, dict) and None in data.values():
+            defaulted = _defaulted_keys(cls)
+            return {k: v for k, v in data.items() if v is not None or k not in defaulted}
+        return data
+
+
+@cache
+def _defaulted_keys(model: type[BaseModel]) -> frozenset[str]:
+    """Wire keys (names and aliases) of fields whose default is not None."""
+    keys: set[str] = set()
+    for name, info in model.model_fields.items():
+        if info.is_required() or (info.default_factory is None and info.default is None):
+            continue
+        keys.add(name)
+        if info.alias:
+            keys.add(info.alias)
+    return frozenset(keys)
 
 
 # --- presence -------------------------------------------------------------------------------
@@ -103,6 +133,8 @@ class MeetingState(Message):
     session: ShortText | None = None
     participant: ShortText | None = None
     peers: list[ShortText] = Field(default_factory=list, max_length=64)
+    # Peers (participant ids) the media could not be negotiated with, and why.
+    peer_errors: dict[ShortText, ShortText] | None = Field(default=None, max_length=64)
 
 
 class State(Message):
@@ -176,7 +208,7 @@ class Command(Message):
     id: CommandId
     op: Annotated[str, StringConstraints(min_length=1, max_length=32)]
     args: dict[str, Any] = Field(default_factory=dict)
-    ttl_ms: Annotated[int, Field(gt=0)] = 30_000
+    ttl_ms: TtlMs = 30_000
     ts: float | None = (
         None  # issue time; with ttl_ms a device with a set clock drops stale commands
     )
@@ -236,6 +268,7 @@ class TelemetryMeeting(Message):
     room: RoomName
     session: ShortText | None = None
     participant: ShortText | None = None
+    peer_errors: dict[ShortText, ShortText] | None = Field(default=None, max_length=64)
 
 
 class Telemetry(Message):
@@ -317,8 +350,19 @@ class MeetSend(Message):
         return self
 
 
+class MeetReject(Message):
+    """A participant cannot answer (or accept) the SDP of `to`: the server tells `to` as an
+    `error` with `from` naming the sender, so the other side does not wait for ever."""
+
+    type: Literal["reject"]
+    to: ShortText
+    code: ShortText = "negotiation_failed"
+    detail: ShortText = ""
+
+
 MeetUp = Annotated[
-    MeetJoin | MeetLeave | MeetOffer | MeetAnswer | MeetSend, Field(discriminator="type")
+    MeetJoin | MeetLeave | MeetOffer | MeetAnswer | MeetSend | MeetReject,
+    Field(discriminator="type"),
 ]
 
 
@@ -372,7 +416,8 @@ class MeetError(Message):
     type: Literal["error"]
     code: ShortText
     detail: ShortText = ""
-    from_: ShortText | None = Field(default=None, alias="from")  # absent: the server itself
+    # The participant the error concerns (a relayed MeetReject); absent: the server itself.
+    from_: ShortText | None = Field(default=None, alias="from")
 
 
 class MeetDelivered(Message):
@@ -422,12 +467,12 @@ class ApiRequest(Message):
     device: DeviceId | None = None
     mic: bool = True
     # Seconds the intent lasts (join-all --for); the controller writes a leave when it passes.
-    for_s: Annotated[float, Field(gt=0)] | None = None
+    for_s: Annotated[float, Field(gt=0, le=MAX_FOR_S)] | None = None
     # Seconds the controller waits for devices to converge before its final result.
     timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     cmd_op: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = None
     args: dict[str, Any] = Field(default_factory=dict)
-    ttl_ms: Annotated[int, Field(gt=0)] = 30_000
+    ttl_ms: TtlMs = 30_000
     # room-create: the room's member cap (absent: the server's default)
     cap: RoomCap | None = None
     # room-create: the room's media mode and mix rate (absent: auto, 16000)
@@ -435,8 +480,10 @@ class ApiRequest(Message):
     rate: MixRate | None = None
     # say: the text delivered to every member of the room's live session
     text: MessageText | None = None
-    # sessions: how many of the newest sessions to list
+    # sessions: how many of the newest sessions to list; rooms: how many rooms per page
     limit: Annotated[int, Field(ge=1, le=100)] = 20
+    # rooms: list the rooms whose names sort after this one (the previous page's `next`)
+    after: RoomName | None = None
 
 
 # The ops a homeassistant-role user may request (§11): meetings only, no commands
@@ -555,6 +602,8 @@ class ApiResult(Message):
     counts: dict[str, Count] = Field(default_factory=dict)
     # the meeting server's ops
     rooms: list[RoomInfo] = Field(default_factory=list, max_length=256)
+    # rooms: more rooms follow; ask again with `after` set to this
+    next: RoomName | None = None
     sessions: list[SessionInfo] = Field(default_factory=list, max_length=100)
 
 

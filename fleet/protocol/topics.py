@@ -59,6 +59,15 @@ DEVICE_TOPIC_KINDS = (
 )
 
 
+# Requests and signalling act once, when sent: one that comes retained would act again on
+# every (re)subscribe (a retained leave-all empties every meeting at each controller
+# restart). Receivers refuse these kinds when they arrive retained (docs/protocol.md §1.5).
+NEVER_RETAINED_KINDS = frozenset(
+    {TopicKind.CMD, TopicKind.ACK, TopicKind.TELE, TopicKind.MEET_UP, TopicKind.MEET_DOWN}
+    | {TopicKind.API, TopicKind.API_RESULT, TopicKind.SYNC, TopicKind.EVENTS}
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ParsedTopic:
     kind: TopicKind
@@ -220,6 +229,16 @@ class Topics:
         if m["fleet_state"]:
             return ParsedHaTopic(HaTopicKind.FLEET_STATE, "", "")
         return ParsedHaTopic(HaTopicKind.STATUS, "", "")
+
+    def never_retained(self, topic: str) -> bool:
+        """A request or signalling topic, whose message must never come retained."""
+        parsed = self.parse(topic)
+        if parsed is not None:
+            return parsed.kind in NEVER_RETAINED_KINDS
+        if topic.startswith(f"{self.prefix}/api/"):
+            return True  # an op nobody knows is still a request
+        ha = self.parse_ha(topic)
+        return ha is not None and ha.kind in (HaTopicKind.DEVICE_SET, HaTopicKind.FLEET_SET)
 
     # --- subscription filters -------------------------------------------------------------
     def all_devices(self, kind: TopicKind) -> str:
