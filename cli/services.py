@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from broker.credentials import CredentialStore, default_credentials_path
+from broker.local import BrokerEngine, MosquittoBroker
 from cli.common import (
     BrokerOpt,
     Exit,
@@ -85,6 +86,13 @@ HaPrefixOpt = Annotated[
 HaRoomOpt = Annotated[
     str, typer.Option(help='Room of Home Assistant\'s "Join all" until one is chosen there.')
 ]
+EngineOpt = Annotated[
+    BrokerEngine,
+    typer.Option(
+        help="The local broker: mosquitto (MQTT 5 and 3.1.1), amqtt (in-process, 3.1.1 "
+        "only), auto = mosquitto when installed.",
+    ),
+]
 RoomCapOpt = Annotated[
     int, typer.Option(min=2, max=64, help="Default member cap of a room (a full mesh).")
 ]
@@ -97,6 +105,7 @@ def up(
         int | None, typer.Option(help="Also listen for MQTT over WebSocket.")
     ] = None,
     host: Annotated[str, typer.Option(help="Address the broker binds.")] = "127.0.0.1",
+    engine: EngineOpt = BrokerEngine.AUTO,
     group: GroupOpt = None,
     tele_interval: Annotated[
         float, typer.Option(min=0.5, help="Telemetry period, seconds.")
@@ -149,6 +158,7 @@ def up(
         audio=audio,
         room_cap=room_cap,
         parts=[*influx.parts(), *_ha_parts(ha, ha_prefix, ha_room)],
+        engine=engine,
     )
 
     async def go() -> None:
@@ -156,7 +166,8 @@ def up(
             await stack.wait_ready()
             client_file = settings.write_client_file(stack.operator_url)
             console.print(
-                f"[green]up[/]: broker on {host}:{port}, controller, {devices} simulated devices. "
+                f"[green]up[/]: {_broker_line(stack.broker, host)}, controller, "
+                f"{devices} simulated devices. "
                 f"CLI commands find it through {client_file}. Ctrl-C stops everything.",
                 highlight=False,
             )
@@ -394,6 +405,13 @@ async def _step(fleet: FleetClient, op: ApiOp, request: ApiRequest) -> ApiResult
     for d in result.devices:
         console.print(f"  {d.device}: {d.outcome.value}, room {d.room or '-'}", highlight=False)
     return result
+
+
+def _broker_line(broker: object, host: str) -> str:
+    port = getattr(broker, "port", "?")
+    if isinstance(broker, MosquittoBroker):
+        return f"Mosquitto (MQTT 5 and 3.1.1) on {host}:{port}, log {broker.log_path}"
+    return f"amqtt (MQTT 3.1.1 only) on {host}:{port}"
 
 
 def _ha_parts(enabled: bool, ha_prefix: str, room: str) -> list[ControllerPart]:

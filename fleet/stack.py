@@ -11,18 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.credentials import CredentialStore, Role
 from broker.embedded import EmbeddedBroker
+from broker.local import BrokerEngine, MosquittoBroker, free_port, local_broker
 from fleet.controller.meetings import DEFAULT_ROOM_CAP, MeetingServer
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.device.sim import MeetingDriver, SimFleet, device_ids
-from fleet.mqtt import BrokerUrl
+from fleet.mqtt import BrokerUrl, MqttVersion
 from fleet.protocol import Topics
 
 log = logging.getLogger(__name__)
@@ -37,13 +37,7 @@ def audio_drivers(ids: Sequence[str]) -> Callable[[str], MeetingDriver]:
 
 CONTROLLER_USER = "controller"
 OPERATOR_USER = "operator"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on now (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+__all__ = ["Stack", "StackConfig", "free_port", "running_stack"]
 
 
 @dataclass
@@ -60,12 +54,13 @@ class StackConfig:
     audio: bool = True  # simulated devices meet for real (aiortc); off: the state names the room
     room_cap: int = DEFAULT_ROOM_CAP
     parts: Sequence[ControllerPart] = ()  # controller features (telemetry ingest, ...)
+    engine: BrokerEngine = BrokerEngine.AUTO  # Mosquitto when installed, else amqtt
 
 
 @dataclass
 class Stack:
     config: StackConfig
-    broker: EmbeddedBroker
+    broker: MosquittoBroker | EmbeddedBroker
     controller: Controller
     fleet: SimFleet
     operator_url: BrokerUrl
@@ -93,19 +88,24 @@ async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
     ids = device_ids(config.devices, config.id_prefix)
     secrets = store.add_devices(ids, groups=config.groups, replace=True) if ids else {}
     topics = Topics(config.prefix)
-    base = BrokerUrl(scheme="mqtt", host=config.host, port=config.port)
-    async with EmbeddedBroker(
+    async with local_broker(
+        config.engine,
         store.path,
         host=config.host,
         port=config.port,
         ws_port=config.ws_port,
         prefix=config.prefix,
     ) as broker:
+        # amqtt speaks 3.1.1 only: say so in the URLs (and the client file), so that no
+        # client asks it for MQTT 5 first.
+        mqtt = MqttVersion.AUTO if isinstance(broker, MosquittoBroker) else MqttVersion.V311
+        base = BrokerUrl(scheme="mqtt", host=config.host, port=broker.port, mqtt=mqtt)
         controller = Controller(
             base.with_credentials(CONTROLLER_USER, controller_secret),
             home / "controller.db",
             topics,
-            credentials=store,
+            # Mosquitto reads its ACL from files: the broker rewrites them on a grant.
+            credentials=broker if isinstance(broker, MosquittoBroker) else store,
             parts=[MeetingServer(room_cap=config.room_cap), *config.parts],
         )
         fleet = SimFleet(
@@ -124,6 +124,8 @@ async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
             base.with_credentials(OPERATOR_USER, operator_secret),
         )
         stack.tasks = [asyncio.create_task(controller.run(), name="controller")]
+        if isinstance(broker, MosquittoBroker):  # a broker that dies is a failure to report
+            stack.tasks.append(asyncio.create_task(broker.wait(), name="mosquitto"))
         if fleet.devices:  # an empty fleet's task would end at once
             stack.tasks.append(asyncio.create_task(fleet.run(), name="sim-fleet"))
         try:
