@@ -234,7 +234,10 @@ class MosquittoBroker:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
-                preexec_fn=_child_setup,
+                # Its own session: a Ctrl-C or a SIGTERM to the whole group reaches only us,
+                # and we stop it after the controller and devices have said goodbye.
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         finally:
             log_file.close()
@@ -350,9 +353,7 @@ async def _port_open(host: str, port: int) -> bool:
 _PR_SET_PDEATHSIG = 1
 
 
-def _child_setup() -> None:
-    """In the child: die with the parent (no orphan holding the port after a crash), and
-    ignore Ctrl-C (the parent stops it in order)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _die_with_parent() -> None:
+    """In the child: no orphan holding the port after the parent is killed."""
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -93,6 +93,13 @@ EngineOpt = Annotated[
         "only), auto = mosquitto when installed.",
     ),
 ]
+IngestShareOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Split the telemetry ingest with `fleet ingest --share NAME` processes (a "
+        "shared subscription; needs a broker that has them: Mosquitto).",
+    ),
+]
 RoomCapOpt = Annotated[
     int, typer.Option(min=2, max=64, help="Default member cap of a room (a full mesh).")
 ]
@@ -197,6 +204,7 @@ def controller(
     ha: HaOpt = True,
     ha_prefix: HaPrefixOpt = DEFAULT_HA_PREFIX,
     ha_room: HaRoomOpt = DEFAULT_ROOM,
+    ingest_share: IngestShareOpt = None,
     broker: BrokerOpt = None,
     prefix: PrefixOpt = None,
     influx_url: InfluxUrlOpt = None,
@@ -229,7 +237,9 @@ def controller(
         influx_flush_interval,
         influx_buffer,
     )
-    parts = [*influx.parts(), *_ha_parts(ha, ha_prefix, ha_room)]
+    if ingest_share is not None and not is_valid_id(ingest_share):
+        fail(f"--ingest-share {ingest_share!r} must match [a-z0-9][a-z0-9-]{{0,63}}", Exit.USAGE)
+    parts = [*influx.parts(share=ingest_share), *_ha_parts(ha, ha_prefix, ha_room)]
     path = db or load_settings().home / "controller.db"
     console.print(f"controller on {url.redacted()}, store {path}", highlight=False)
     store = CredentialStore(creds) if creds is not None else None
@@ -429,3 +439,54 @@ def _groups(group: list[str] | None) -> list[str]:
     if bad:
         raise typer.BadParameter(f"invalid group name(s): {', '.join(bad)}")
     return groups
+
+
+def ingest(
+    share: Annotated[
+        str, typer.Option(help="The share group, as the controller's --ingest-share.")
+    ] = "ingest",
+    client_id: Annotated[str, typer.Option(help="MQTT client id (one per process).")] = (
+        "fleet-ingest"
+    ),
+    broker: BrokerOpt = None,
+    prefix: PrefixOpt = None,
+    influx_url: InfluxUrlOpt = None,
+    influx_version: InfluxVersionOpt = None,
+    influx_token: InfluxTokenOpt = None,
+    influx_org: InfluxOrgOpt = None,
+    influx_bucket: InfluxBucketOpt = None,
+    influx_database: InfluxDatabaseOpt = None,
+    influx_user: InfluxUserOpt = None,
+    influx_password: InfluxPasswordOpt = None,
+    influx_batch_size: InfluxBatchOpt = None,
+    influx_flush_interval: InfluxFlushOpt = None,
+    influx_buffer: InfluxBufferOpt = None,
+) -> None:
+    """Take a share of the telemetry ingest beside `fleet controller --ingest-share`
+    (telemetry only: desired state, meetings and Home Assistant stay with the controller)."""
+    from fleet.telemetry.worker import IngestWorker
+
+    for name, value in (("--share", share), ("--client-id", client_id)):
+        if not is_valid_id(value):
+            fail(f"{name} {value!r} must match [a-z0-9][a-z0-9-]{{0,63}}", Exit.USAGE)
+    url, topics = connection(broker, prefix)
+    influx = InfluxOptions(
+        influx_url,
+        influx_version,
+        influx_token,
+        influx_org,
+        influx_bucket,
+        influx_database,
+        influx_user,
+        influx_password,
+        influx_batch_size,
+        influx_flush_interval,
+        influx_buffer,
+    )
+    settings = influx.settings()
+    if not settings.enabled:
+        fail("fleet ingest needs a database: --influx-url (or FLEET_INFLUX_URL)", Exit.USAGE)
+    console.print(
+        f"ingest share {share!r} on {url.redacted()}: {settings.describe()}", highlight=False
+    )
+    run_service(IngestWorker(url, settings, share, topics, client_id=client_id).run())

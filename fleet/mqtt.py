@@ -33,6 +33,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 import paho.mqtt.client as paho_mqtt
 from paho.mqtt.matcher import MQTTMatcher
 from paho.mqtt.packettypes import PacketTypes
@@ -443,7 +444,7 @@ async def open_client(
         client = make_client(url, version=version, **options)
         try:
             await stack.enter_async_context(client)
-        except aiomqtt.MqttConnectError as exc:
+        except MqttConnectError as exc:
             if not (client.mqtt5 and version is MqttVersion.AUTO and _wrong_version(exc)):
                 raise
             log.info("%s speaks no MQTT 5; using 3.1.1", url.redacted())
