@@ -33,8 +33,8 @@ from typing import Any, Literal
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import aiomqtt
-from aiomqtt.exceptions import MqttConnectError
 import paho.mqtt.client as paho_mqtt
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.matcher import MQTTMatcher
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
