@@ -173,3 +173,41 @@ def mosquitto_config(
     console.print(
         f"Run: mosquitto -c {conf}   (after `fleet creds` changes: rerun this, then SIGHUP)"
     )
+
+
+@app.command("ha-addon")
+def ha_addon(
+    directory: Annotated[
+        Path, typer.Argument(help="Where to write logins.yaml and share/mosquitto/espfleet.*")
+    ],
+    home_user: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--home-user",
+            help="A user the home's broker already has (repeatable): keeps full access "
+            "under the ACL file.",
+        ),
+    ] = None,
+    folder: Annotated[
+        str, typer.Option(help="The add-on's customize.folder (under /share).")
+    ] = "mosquitto",
+    creds: CredsOption = None,
+    prefix: PrefixOption = DEFAULT_PREFIX,
+) -> None:
+    """Write what Home Assistant's Mosquitto add-on needs to carry the fleet's users and ACL
+    beside the home's (docs/home-assistant.md, "One broker for the home")."""
+    from broker.ha_addon import write_ha_addon_files
+
+    store = CredentialStore(creds or default_credentials_path())
+    _users(store)
+    try:
+        files = write_ha_addon_files(directory, store, prefix, home_user or (), folder)
+    except (FleetError, OSError) as exc:
+        fail(str(exc))
+    console.print(f"Wrote {files.logins} ({files.users} users), {files.conf} and {files.acl}.")
+    console.print(
+        "In the add-on's configuration: add the entries of logins.yaml under `logins:`, set "
+        f"`customize: {{active: true, folder: {folder}}}`, copy share/{folder}/ into Home "
+        "Assistant's /share folder, restart the add-on.",
+        highlight=False,
+    )

@@ -5,10 +5,13 @@ adds where it pays: command expiry, reason codes, reply topics, shared telemetry
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,13 +21,22 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from brokers import BrokerHandle, mqtt_client, require_mosquitto
+from brokers import (
+    BrokerHandle,
+    external_handle,
+    mosquitto_bin,
+    mqtt_client,
+    port_open,
+    require_mosquitto,
+)
 from databases import VictoriaMetrics, fast_settings
 from databases import victoria as victoria  # the fixture
 from running import Part, controller, operator, register_devices, wait_for
+from typer.testing import CliRunner
 
-from broker.credentials import CredentialStore, Role
+from broker.credentials import CredentialStore, Role, hash_secret
 from broker.embedded import EmbeddedBroker
+from cli.broker import app as broker_app
 from fleet.controller.service import Controller
 from fleet.errors import PublishRefused, SubscribeRefused
 from fleet.mqtt import BrokerUrl, MqttVersion, open_client, payload_bytes, publish, subscribe
@@ -367,3 +379,102 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
         for exc in group.exceptions
         for leaf in (_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
     ]
+
+
+# --- one broker for the home: Home Assistant's Mosquitto add-on ----------------------------------
+
+
+def _go_auth_compare(password: str, stored: str) -> bool:
+    """mosquitto-go-auth's PBKDF2 check as the add-on configures it (base64 salt, key as long
+    as the stored hash), written from its hashing/pbkdf2.go."""
+    kind, algorithm, iterations, salt, digest = stored.split("$")
+    assert (kind, algorithm) == ("PBKDF2", "sha512")
+    expected = base64.b64decode(digest)
+    key = hashlib.pbkdf2_hmac(
+        "sha512", password.encode(), base64.b64decode(salt), int(iterations), len(expected)
+    )
+    return key == expected
+
+
+async def test_ha_addon_files_carry_the_fleet_beside_the_home(tmp_path: Path) -> None:
+    require_mosquitto()
+    store = CredentialStore(tmp_path / "credentials.json")
+    prefix = "fleet/v1"
+    secrets = {
+        "dev-1": store.add("dev-1", Role.DEVICE),
+        "controller": store.add("controller", Role.CONTROLLER),
+    }
+    out = tmp_path / "addon"
+    result = CliRunner().invoke(
+        broker_app,
+        ["ha-addon", str(out), "--creds", str(store.path), "--home-user", "zigbee2mqtt"],
+    )
+    assert result.exit_code == 0, result.output
+    logins = (out / "logins.yaml").read_text()
+    hashes = dict(re.findall(r'username: "([^"]+)"\n  password: "([^"]+)"', logins))
+    assert set(hashes) == set(secrets)
+    for user, secret in secrets.items():
+        assert _go_auth_compare(secret, hashes[user]), user
+        assert not _go_auth_compare(secret + "x", hashes[user])
+    assert logins.count("password_pre_hashed: true") == 2
+
+    # The add-on's Mosquitto, as far as it runs here: its system user `homeassistant` and a
+    # home user in the password file beside ours, our conf from /share (path made local).
+    share = out / "share" / "mosquitto"
+    conf = share / "espfleet.conf"
+    conf.write_text(conf.read_text().replace("/share/mosquitto", str(share)))
+    home = {"homeassistant": "ha-pass", "zigbee2mqtt": "z-pass"}
+    passwd = tmp_path / "pw"
+    passwd.write_text(
+        "".join(f"{c.username}:{c.hash}\n" for c in store.list())
+        + "".join(f"{user}:{hash_secret(pw)}\n" for user, pw in home.items())
+    )
+    passwd.chmod(0o600)
+    port = free_port()
+    main_conf = tmp_path / "mosquitto.conf"
+    main_conf.write_text(
+        ("user root\n" if os.geteuid() == 0 else "")
+        + f"per_listener_settings false\nallow_anonymous false\npassword_file {passwd}\n"
+        + f"listener {port} 127.0.0.1\ninclude_dir {share}\n"
+    )
+    handle = external_handle(port, store, prefix, kind="mosquitto")
+    t = Topics(prefix)
+    proc = await asyncio.create_subprocess_exec(
+        mosquitto_bin(),
+        "-c",
+        str(main_conf),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await wait_for(lambda: port_open("127.0.0.1", port), what="mosquitto up")
+        async with (
+            mqtt_client(handle, "homeassistant", home["homeassistant"]) as ha,
+            mqtt_client(handle, "zigbee2mqtt", home["zigbee2mqtt"]) as z2m,
+            mqtt_client(handle, "dev-1", secrets["dev-1"]) as dev,
+        ):
+            await ha.subscribe("#", qos=1)  # the home's own users: everything
+            await z2m.publish("zigbee2mqtt/bridge/state", b"online", qos=1)
+            await dev.publish(t.status("dev-2"), b'{"online": true}', qos=1)  # not its own
+            await dev.publish(t.status("dev-1"), b'{"online": true}', qos=1)  # the marker
+            got: list[str] = []
+            async with asyncio.timeout(10):
+                async for message in ha.messages:
+                    got.append(message.topic.value)
+                    if message.topic.value == t.status("dev-1"):
+                        break
+        assert "zigbee2mqtt/bridge/state" in got
+        assert t.status("dev-2") not in got  # the fleet's ACL holds for devices
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+def test_ha_addon_refuses_the_addons_reserved_names(tmp_path: Path) -> None:
+    store = CredentialStore(tmp_path / "credentials.json")
+    store.add("homeassistant", Role.HOMEASSISTANT)
+    result = CliRunner().invoke(
+        broker_app, ["ha-addon", str(tmp_path / "o"), "--creds", str(store.path)]
+    )
+    assert result.exit_code == 1
+    assert "reserves" in result.output
