@@ -487,6 +487,8 @@ def ingest(
     if not settings.enabled:
         fail("fleet ingest needs a database: --influx-url (or FLEET_INFLUX_URL)", Exit.USAGE)
     console.print(
-        f"ingest share {share!r} on {url.redacted()}: {settings.describe()}", highlight=False
+        f"ingest share {share!r} on {url.redacted()}: {settings.describe()}",
+        highlight=False,
+        soft_wrap=True,
     )
     run_service(IngestWorker(url, settings, share, topics, client_id=client_id).run())

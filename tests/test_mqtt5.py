@@ -39,6 +39,7 @@ from broker.embedded import EmbeddedBroker
 from cli.broker import app as broker_app
 from fleet.controller.service import Controller
 from fleet.errors import PublishRefused, SubscribeRefused
+from fleet.ha import HomeAssistantPart
 from fleet.mqtt import BrokerUrl, MqttVersion, open_client, payload_bytes, publish, subscribe
 from fleet.protocol import Topics, encode
 from fleet.protocol.messages import (
@@ -321,11 +322,12 @@ async def test_two_controller_processes_share_the_ingest(
         client_id="ingest-1",
     )
     sent = 0
-    async with controller(mosquitto_broker, tmp_path / "c.db", parts=[main]):
+    # Home Assistant's part reads telemetry too: from the same share, not a plain copy.
+    ha = HomeAssistantPart()
+    async with controller(mosquitto_broker, tmp_path / "c.db", parts=[main, ha]):
         running = Part(worker.run(), "ingest-worker")
         try:
-            await wait_for(main.shared_ready.is_set, what="the controller's share")
-            await wait_for(worker.ingest.shared_ready.is_set, what="the worker's share")
+            await wait_for(worker.connected.is_set, what="the worker's share")
             async with contextlib.AsyncExitStack() as stack:
                 devices = [
                     await stack.enter_async_context(mqtt_client(mosquitto_broker, d, s))

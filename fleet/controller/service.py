@@ -167,6 +167,13 @@ class Controller:
                 # Two parts may share a filter (telemetry and Home Assistant both read tele):
                 # one subscription at the higher QoS; the broker delivers it once.
                 filters[flt] = max(filters.get(flt, 0), qos)
+        for shared in [f for f in filters if f.startswith("$share/")]:
+            # A shared subscription (telemetry split between processes) brings this
+            # process its share for every part: no plain one beside it, which would bring
+            # each message once more.
+            plain = shared.split("/", 2)[2]
+            if plain in filters:
+                filters[shared] = max(filters[shared], filters.pop(plain))
         await subscribe(client, list(filters.items()))  # SubscribeRefused: a clear stop
         self._sync_token = uuid.uuid4().hex  # a stale marker from an earlier connection is not it
         await client.publish(t.sync(self.client_id), encode(Sync(token=self._sync_token)), qos=1)

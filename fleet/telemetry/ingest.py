@@ -12,12 +12,12 @@ its own thread. So a slow or dead database never holds up the controller:
   event (`error`, op `telemetry`) at most once per report interval: never silent.
 
 Several processes can split the ingest (`share`): each reads telemetry through
-the shared subscription `$share/{share}/{prefix}/dev/+/tele` on a connection of
-its own (the controller's link may also read every `tele`, for Home
-Assistant's sensors: one connection must not hold both, it could not tell a
-message's two copies apart), and the broker hands each message to one member
-of the group. The controller writes the fleet counts and events; the other
-members (`fleet ingest`, fleet/telemetry/worker.py) only telemetry.
+the shared subscription `$share/{share}/{prefix}/dev/+/tele`, and the broker
+hands each message to one member of the group. In the controller that
+subscription replaces the plain one (Controller._on_connect), so Home
+Assistant's sensors read the same share. The controller writes the fleet counts
+and events; the other members (`fleet ingest`, fleet/telemetry/worker.py) only
+telemetry.
 """
 
 from __future__ import annotations
@@ -31,11 +31,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-import aiomqtt
-
 from fleet.controller.parts import ControllerPart
 from fleet.errors import ProtocolError
-from fleet.mqtt import MqttClient, MqttVersion, payload_bytes, run_link, subscribe
 from fleet.protocol import TopicKind, decode
 from fleet.protocol.messages import EventKind, FleetEvent, Telemetry
 from fleet.telemetry.config import InfluxSettings
@@ -104,16 +101,16 @@ class TelemetryIngest(ControllerPart):
         self._tele_filter = ""
         self._tags: dict[str, tuple[list[str] | None, str]] = {}
         self.flushed = asyncio.Event()  # set whenever nothing is buffered or in flight
-        self.shared_ready = asyncio.Event()  # the shared subscription is in place
 
     def attach(self, controller: Controller) -> None:
         super().attach(controller)
         self._tele_filter = self.controller.topics.all_devices(TopicKind.TELE)
 
     def subscriptions(self) -> Mapping[str, int]:
+        # Devices publish tele at QoS 0 (docs/protocol.md §1.5).
         if self.share is not None:
-            return {}  # read on the part's own connection (`_shared_link`)
-        return {self._tele_filter: 0}  # devices publish tele at QoS 0 (docs/protocol.md §1.5)
+            return {f"$share/{self.share}/{self._tele_filter}": 0}
+        return {self._tele_filter: 0}
 
     # --- inbound (the MQTT loop: never waits) ---------------------------------------------------
     async def on_message(self, topic: str, payload: bytes) -> None:
@@ -163,42 +160,8 @@ class TelemetryIngest(ControllerPart):
         reg = self.controller.registry
         self._enqueue([fleet_line(len(reg.devices), reg.online_count(), reg.in_meeting_count())])
 
-    # --- the shared subscription ------------------------------------------------------------------
-    async def _shared_link(self) -> None:
-        ctl = self.controller
-        shared = f"$share/{self.share}/{self._tele_filter}"
-
-        async def on_connect(client: MqttClient) -> None:
-            # SubscribeRefused where the broker has no shared subscriptions (amqtt: 0x80).
-            await subscribe(client, [(shared, 0)])
-            self.shared_ready.set()
-            log.info("telemetry: reading %s", shared)
-
-        async def on_message(message: aiomqtt.Message) -> None:
-            try:
-                await self.on_message(message.topic.value, payload_bytes(message))
-            except ProtocolError as exc:  # counted in stats.rejected
-                log.warning("telemetry dropped message on %s: %s", message.topic.value, exc)
-
-        await run_link(
-            ctl.url,
-            client_id=f"{ctl.client_id}-ingest",
-            on_connect=on_connect,
-            on_message=on_message,
-            on_disconnect=self.shared_ready.clear,
-            version=MqttVersion.AUTO,
-        )
-
     # --- the drain task ---------------------------------------------------------------------------
     async def run(self) -> None:
-        if self.share is None:
-            await self._drain_loop()
-            return
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._shared_link(), name="telemetry-shared-link")
-            tg.create_task(self._drain_loop(), name="telemetry-drain")
-
-    async def _drain_loop(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._writer = await asyncio.to_thread(
             self._writer_factory, self.settings, self._report_threadsafe, self._retry_threadsafe

@@ -75,21 +75,31 @@ class IngestWorker:
 
     async def _on_connect(self, client: MqttClient) -> None:
         self._client = client
-        # Status for the tag sets (a device's groups); telemetry comes on the part's link.
-        await subscribe(client, [(self.topics.all_devices(TopicKind.STATUS), 0)])
+        # Status for the tag sets (a device's groups), and the share of telemetry.
+        filters = [(self.topics.all_devices(TopicKind.STATUS), 0)]
+        await subscribe(client, [*filters, *self.ingest.subscriptions().items()])
 
     def _on_disconnect(self) -> None:
         self._client = None
 
     async def _on_message(self, message: aiomqtt.Message) -> None:
-        parsed = self.topics.parse(message.topic.value)
-        if parsed is None or parsed.kind is not TopicKind.STATUS:
+        topic = message.topic.value
+        parsed = self.topics.parse(topic)
+        if parsed is None:
             return
         payload = payload_bytes(message)
+        if parsed.kind is TopicKind.TELE:
+            try:
+                await self.ingest.on_message(topic, payload)
+            except ProtocolError as exc:  # counted in the part's stats
+                log.warning("telemetry dropped message on %s: %s", topic, exc)
+            return
+        if parsed.kind is not TopicKind.STATUS:
+            return
         try:
             status: Status | None = decode_for(parsed.kind, payload) if payload else None
         except ProtocolError as exc:
-            log.debug("ignored %s: %s", message.topic.value, exc)
+            log.debug("ignored %s: %s", topic, exc)
             return
         self.registry.update(parsed.kind, parsed.name, status)  # type: ignore[arg-type]
         await self.ingest.on_device_changed(parsed.name, True)
