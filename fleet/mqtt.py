@@ -4,11 +4,11 @@ paho-mqtt drives the wire through aiomqtt. Devices and participants speak MQTT
 3.1.1 (as esp-mqtt does); the controller and the operator's tools ask for
 `MqttVersion.AUTO`: MQTT 5 where the broker speaks it, else 3.1.1 (a broker that
 refuses an MQTT 5 CONNECT is remembered and asked in 3.1.1 at once). What MQTT 5
-adds is used only here (docs/protocol.md §12 says what each does on 3.1.1):
+adds is used only here (docs/protocol.md §13 says what each does on 3.1.1):
 `publish` sets message expiry and response topic + correlation data, and raises
 `PublishRefused` on a PUBACK reason code; `subscribe` raises `SubscribeRefused` on a
-refused filter (SUBACK 0x80 on 3.1.1 too) and can tag a subscription with an
-identifier; `reply_of` and `subscription_ids` read them off a message.
+refused filter (SUBACK 0x80 on 3.1.1 too); `reply_of` reads the response topic of a
+request.
 
 Callers give a `Link` handler; the loop keeps the connection up,
 calls `on_connect` after every (re)connect and feeds each message to
@@ -478,13 +478,6 @@ def reply_of(message: aiomqtt.Message) -> Reply | None:
     return Reply(topic, getattr(props, "CorrelationData", None))
 
 
-def subscription_ids(message: aiomqtt.Message) -> tuple[int, ...]:
-    """The identifiers of the subscriptions a message came through (MQTT 5; else ())."""
-    props = message.properties
-    ids = getattr(props, "SubscriptionIdentifier", None) if props is not None else None
-    return tuple(ids) if ids else ()
-
-
 def _publish_properties(
     expiry_s: float | None, reply: Reply | None, correlation: bytes | None
 ) -> Properties | None:
@@ -540,19 +533,10 @@ async def publish(
         raise PublishRefused(topic, code.value, _reason(code))
 
 
-async def subscribe(
-    client: MqttClient,
-    filters: Sequence[tuple[str, int]],
-    subscription_id: int | None = None,
-) -> None:
+async def subscribe(client: MqttClient, filters: Sequence[tuple[str, int]]) -> None:
     """One SUBSCRIBE; `SubscribeRefused` naming the first filter the broker refused (SUBACK
-    0x80 on 3.1.1, a reason code such as 0x87 not authorised on MQTT 5). `subscription_id`
-    (MQTT 5 only) comes back on every message the filters deliver."""
-    props = None
-    if subscription_id is not None and client.mqtt5:
-        props = Properties(PacketTypes.SUBSCRIBE)
-        props.SubscriptionIdentifier = subscription_id
-    codes = await client.subscribe(list(filters), properties=props)
+    0x80 on 3.1.1, a reason code such as 0x87 not authorised on MQTT 5)."""
+    codes = await client.subscribe(list(filters))
     for (topic_filter, _qos), code in zip(filters, codes, strict=False):
         value = int(code.value if isinstance(code, ReasonCode) else code)
         if value >= 0x80:

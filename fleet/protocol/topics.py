@@ -154,7 +154,7 @@ class Topics:
 
     def api_reply(self, client_id: str) -> str:
         """A client's own inbox for API results: the response topic of its MQTT 5
-        requests (docs/protocol.md §12)."""
+        requests (docs/protocol.md §13)."""
         _check_id(client_id, "client id")
         return f"{self.prefix}/api/reply/{client_id}"
 
