@@ -225,7 +225,7 @@ class MosquittoBroker:
                     f"port {taken} on {self.host} is in use (a system mosquitto? "
                     "`systemctl disable --now mosquitto`, or pick another --port)"
                 )
-        log_file = self.log_path.open("ab")
+        log_file = self.log_path.open("wb")  # a fresh log per start
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 self.binary or "mosquitto",

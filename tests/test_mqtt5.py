@@ -36,7 +36,9 @@ from typer.testing import CliRunner
 
 from broker.credentials import CredentialStore, Role, hash_secret
 from broker.embedded import EmbeddedBroker
+from broker.local import MosquittoBroker
 from cli.broker import app as broker_app
+from fleet.client import FleetClient
 from fleet.controller.service import Controller
 from fleet.errors import PublishRefused, SubscribeRefused
 from fleet.ha import HomeAssistantPart
@@ -52,7 +54,7 @@ from fleet.protocol.messages import (
     Telemetry,
     WifiTelemetry,
 )
-from fleet.stack import free_port
+from fleet.stack import StackConfig, free_port, running_stack
 from fleet.telemetry.ingest import TelemetryIngest
 from fleet.telemetry.worker import IngestWorker
 
@@ -192,6 +194,28 @@ async def test_mqtt5_home_assistant_beside_311_devices_on_fleet_ups_default_brok
         # Side by side on one broker: the devices on 3.1.1 (p2), Home Assistant on 5.
         assert "as dev-1 (p2," in log
         assert "as ha-test (p5," in log
+
+
+async def test_set_groups_reaches_fleet_ups_mosquitto_at_once(tmp_path: Path) -> None:
+    """The README's flow on the default broker: the controller's group grant is in
+    Mosquitto's ACL before the device subscribes to its new group's desired doc."""
+    require_mosquitto()
+    config = StackConfig(
+        home=tmp_path / "home", devices=2, port=free_port(), audio=False, engine="mosquitto"
+    )
+    async with running_stack(config) as stack:
+        assert isinstance(stack.broker, MosquittoBroker)
+        await stack.wait_ready()
+        async with FleetClient(stack.operator_url, stack.controller.topics) as op:
+            moved = await op.request(
+                ApiOp.CMD,
+                ApiRequest(device="dev-2", cmd_op="set_groups", args={"groups": ["kitchen"]}),
+            )
+            assert moved.ok, moved.detail
+            result = await op.request(ApiOp.JOIN_ALL, ApiRequest(room="lunch", group="kitchen"))
+        assert result.ok, result.detail
+        assert [d.device for d in result.devices] == ["dev-2"]
+        assert stack.broker.reloads >= 1
 
 
 # --- MQTT 5 where it pays (Mosquitto) ------------------------------------------------------------
