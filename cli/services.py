@@ -239,6 +239,8 @@ def controller(
     )
     if ingest_share is not None and not is_valid_id(ingest_share):
         fail(f"--ingest-share {ingest_share!r} must match [a-z0-9][a-z0-9-]{{0,63}}", Exit.USAGE)
+    if ingest_share is not None and not influx.settings().enabled:
+        fail("--ingest-share splits the telemetry ingest: it needs --influx-url", Exit.USAGE)
     parts = [*influx.parts(share=ingest_share), *_ha_parts(ha, ha_prefix, ha_room)]
     path = db or load_settings().home / "controller.db"
     console.print(f"controller on {url.redacted()}, store {path}", highlight=False)

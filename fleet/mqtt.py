@@ -540,7 +540,8 @@ async def subscribe(client: MqttClient, filters: Sequence[tuple[str, int]]) -> N
     for (topic_filter, _qos), code in zip(filters, codes, strict=False):
         value = int(code.value if isinstance(code, ReasonCode) else code)
         if value >= 0x80:
-            reason = _reason(code) if isinstance(code, ReasonCode) else "Failure"
+            # 3.1.1's one failure code says no more than that (the ACL, or no such feature).
+            reason = _reason(code) if client.mqtt5 else "Failure (MQTT 3.1.1 SUBACK)"
             raise SubscribeRefused(topic_filter, value, reason)
 
 
