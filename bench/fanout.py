@@ -351,6 +351,8 @@ async def run(args: argparse.Namespace) -> None:
                 *FLEET,
                 *(["-v"] if args.verbose else []),
                 "up",
+                "--engine",
+                "amqtt",  # "embedded" is the in-process broker (`fleet up` defaults to Mosquitto)
                 "--devices",
                 "0",
                 "--port",

@@ -31,6 +31,9 @@ pinned in pyproject) and marks what differs:
    `MAX_PACKET_BYTES` close the connection before they are read, payloads over the
    protocol's 64 KiB are dropped, and each client holds at most
    `MAX_SUBSCRIPTIONS_PER_CLIENT` filters.
+7. An MQTT 5 CONNECT is refused at once with CONNACK 0x01 (unacceptable protocol
+   version, as MQTT 3.1.1 section 3.1.2.2 asks) and one log line. amqtt 0.12 parses it
+   as 3.1.1, misreads its properties as the payload, and hangs or fails with a traceback.
 """
 
 from __future__ import annotations
@@ -153,6 +156,8 @@ class FleetBroker(FleetAmqttBroker):
         remote_port: int,
     ) -> tuple[BrokerProtocolHandler, Session]:
         peer = format_client_message(address=remote_address, port=remote_port)
+        # CHANGED: look at the protocol level before amqtt parses the packet.
+        reader = await _refuse_mqtt5(reader, writer, peer)
         try:
             # CHANGED: a CONNECT must arrive in time, and a socket that fails to send one
             # is closed on our side too.
@@ -526,6 +531,75 @@ class EmbeddedBroker:
             await asyncio.Event().wait()
         finally:
             await self.stop()
+
+
+MQTT5_LEVEL = 5
+# CONNACK of MQTT 3.1.1: no session present, return code 0x01 (unacceptable protocol version).
+CONNACK_UNACCEPTABLE_PROTOCOL = bytes([0x20, 0x02, 0x00, 0x01])
+
+
+class _Replay(ReaderAdapter):
+    """A reader that first hands out bytes already read from `inner`, then reads on."""
+
+    def __init__(self, inner: ReaderAdapter, prefix: bytes) -> None:
+        self._inner = inner
+        self._prefix = prefix
+
+    async def read(self, n: int = -1) -> bytes:
+        if not self._prefix:
+            return await self._inner.read(n)
+        if n == -1:
+            head, self._prefix = self._prefix, b""
+            return head + await self._inner.read(-1)
+        head, self._prefix = self._prefix[:n], self._prefix[n:]
+        if len(head) < n:
+            head += await self._inner.read(n - len(head))
+        return head
+
+    def feed_eof(self) -> None:
+        self._inner.feed_eof()
+
+
+async def _read_up_to(reader: ReaderAdapter, n: int) -> bytes:
+    """Up to `n` bytes (fewer only at EOF or a broken connection)."""
+    data = b""
+    with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, NoDataError):
+        while len(data) < n:
+            chunk = await reader.read(n - len(data))
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+async def _refuse_mqtt5(reader: ReaderAdapter, writer: WriterAdapter, peer: str) -> ReaderAdapter:
+    """Peek at the CONNECT's protocol level; refuse MQTT 5, else hand the bytes back.
+
+    Reads the fixed header and the variable header up to the protocol level (at most 12
+    bytes), so nothing beyond the CONNECT's start is taken from the stream.
+    """
+    head = await _read_up_to(reader, 1)
+    if head != b"\x10":  # not a CONNECT: amqtt says what is wrong with it
+        return _Replay(reader, head)
+    for _ in range(4):  # remaining length: 1 to 4 bytes, high bit = more follow
+        byte = await _read_up_to(reader, 1)
+        head += byte
+        if not byte or byte[0] < 0x80:
+            break
+    # Protocol name (length 4, "MQTT") and level.
+    head += await _read_up_to(reader, 7)
+    if head[-7:-1] == b"\x00\x04MQTT" and head[-1] == MQTT5_LEVEL:
+        with contextlib.suppress(Exception):
+            writer.write(CONNACK_UNACCEPTABLE_PROTOCOL)
+            await writer.drain()
+        with contextlib.suppress(Exception):
+            await writer.close()
+        msg = (
+            f"MQTT 5 CONNECT from {peer} refused with CONNACK 0x01: the embedded amqtt broker"
+            " speaks MQTT 3.1.1 only (run Mosquitto, the default engine, for MQTT 5)"
+        )
+        raise AMQTTError(msg)
+    return _Replay(reader, head)
 
 
 async def _close_servers(broker: Broker) -> None:

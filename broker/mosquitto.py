@@ -136,6 +136,8 @@ def write_mosquitto_config(
     persistence_dir: Path | None = None,
     *,
     run_as: str | None = None,
+    certfile: Path | None = None,
+    keyfile: Path | None = None,
 ) -> Path:
     """Write mosquitto.conf, passwd and acl into `out_dir`; returns the conf path.
 
@@ -161,6 +163,8 @@ def write_mosquitto_config(
         "",
         f"listener {port} {bind}",
         "protocol mqtt",
+        # TLS on the TCP listener (fleet broker run --certfile/--keyfile).
+        *([f"certfile {certfile}", f"keyfile {keyfile}"] if certfile and keyfile else []),
     ]
     if ws_port is not None:
         lines += [f"listener {ws_port} {bind}", "protocol websockets"]

@@ -96,18 +96,38 @@ def run(coro: Coroutine[Any, Any, T], interrupted: str | None = None) -> T:
     """
     try:
         return asyncio.run(coro)
-    except BrokerUnavailable as exc:
-        fail(str(exc) + _credentials_hint(exc), Exit.UNREACHABLE)
-    except ControllerUnavailable as exc:
-        fail(str(exc), Exit.UNREACHABLE)
-    except (ConfigError, CredentialsError) as exc:
-        fail(str(exc), Exit.USAGE)
     except FleetError as exc:
-        fail(str(exc), Exit.REFUSED)
+        _fail_for(exc)
+    except BaseExceptionGroup as group:
+        # A long-running part's task group stopped on a platform error (a broker that
+        # refused the controller's subscription): the error, not a traceback.
+        leaf = _first_fleet_error(group)
+        if leaf is None:
+            raise
+        _fail_for(leaf)
     except KeyboardInterrupt:
         if interrupted:
             err_console.print(f"[yellow]interrupted:[/] {escape(interrupted)}", highlight=False)
         raise typer.Exit(130) from None
+
+
+def _fail_for(exc: FleetError) -> NoReturn:
+    if isinstance(exc, BrokerUnavailable):
+        fail(str(exc) + _credentials_hint(exc), Exit.UNREACHABLE)
+    if isinstance(exc, ControllerUnavailable):
+        fail(str(exc), Exit.UNREACHABLE)
+    if isinstance(exc, ConfigError | CredentialsError):
+        fail(str(exc), Exit.USAGE)
+    fail(str(exc), Exit.REFUSED)
+
+
+def _first_fleet_error(group: BaseExceptionGroup[BaseException]) -> FleetError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, FleetError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup) and (leaf := _first_fleet_error(exc)):
+            return leaf
+    return None
 
 
 def _credentials_hint(exc: BrokerUnavailable) -> str:

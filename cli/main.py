@@ -70,6 +70,7 @@ def schema(
 app.command("up")(services.up)
 app.command("demo")(services.demo)
 app.command("controller")(services.controller)
+app.command("ingest")(services.ingest)
 app.command("sim")(services.sim)
 app.command("devices")(ops.devices)
 app.command("join-all")(ops.join_all)

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from broker.credentials import CredentialStore, default_credentials_path
+from broker.local import BrokerEngine, MosquittoBroker
 from cli.common import (
     BrokerOpt,
     Exit,
@@ -97,6 +98,20 @@ HaPrefixOpt = Annotated[
 HaRoomOpt = Annotated[
     str, typer.Option(help='Room of Home Assistant\'s "Join all" until one is chosen there.')
 ]
+EngineOpt = Annotated[
+    BrokerEngine,
+    typer.Option(
+        help="The local broker: mosquitto (MQTT 5 and 3.1.1), amqtt (in-process, 3.1.1 "
+        "only), auto = mosquitto when installed.",
+    ),
+]
+IngestShareOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Split the telemetry ingest with `fleet ingest --share NAME` processes (a "
+        "shared subscription; needs a broker that has them: Mosquitto).",
+    ),
+]
 RoomCapOpt = Annotated[
     int, typer.Option(min=2, max=MAX_ROOM_CAP, help="Default member cap of a room.")
 ]
@@ -117,6 +132,7 @@ def up(
         int | None, typer.Option(help="Also listen for MQTT over WebSocket.")
     ] = None,
     host: Annotated[str, typer.Option(help="Address the broker binds.")] = "127.0.0.1",
+    engine: EngineOpt = BrokerEngine.AUTO,
     group: GroupOpt = None,
     tele_interval: Annotated[
         float, typer.Option(min=0.5, help="Telemetry period, seconds.")
@@ -189,6 +205,7 @@ def up(
         mixer=mixer,
         parts=[*influx.parts(), *_ha_parts(ha, ha_prefix, ha_room)],
         sim_procs=auto_procs(devices, audio) if sim_procs is None else sim_procs,
+        engine=engine,
     )
 
     async def go() -> None:
@@ -201,9 +218,9 @@ def up(
                 else "no mixer (mixed rooms refused; apt-get install janus)"
             )
             console.print(
-                f"[green]up[/]: broker on {host}:{port}, controller, {mixing}, {devices} "
-                f"simulated devices. CLI commands find it through {client_file}. "
-                "Ctrl-C stops everything.",
+                f"[green]up[/]: {_broker_line(stack.broker, host)}, controller, {mixing}, "
+                f"{devices} simulated devices. "
+                f"CLI commands find it through {client_file}. Ctrl-C stops everything.",
                 highlight=False,
             )
             # The parts run until Ctrl-C; one that ends on its own is a failure to report.
@@ -251,6 +268,7 @@ def controller(
     ha: HaOpt = True,
     ha_prefix: HaPrefixOpt = DEFAULT_HA_PREFIX,
     ha_room: HaRoomOpt = DEFAULT_ROOM,
+    ingest_share: IngestShareOpt = None,
     broker: BrokerOpt = None,
     prefix: PrefixOpt = None,
     influx_url: InfluxUrlOpt = None,
@@ -283,7 +301,11 @@ def controller(
         influx_flush_interval,
         influx_buffer,
     )
-    parts = [*influx.parts(), *_ha_parts(ha, ha_prefix, ha_room)]
+    if ingest_share is not None and not is_valid_id(ingest_share):
+        fail(f"--ingest-share {ingest_share!r} must match [a-z0-9][a-z0-9-]{{0,63}}", Exit.USAGE)
+    if ingest_share is not None and not influx.settings().enabled:
+        fail("--ingest-share splits the telemetry ingest: it needs --influx-url", Exit.USAGE)
+    parts = [*influx.parts(share=ingest_share), *_ha_parts(ha, ha_prefix, ha_room)]
     path = db or load_settings().home / "controller.db"
     console.print(f"controller on {url.redacted()}, store {path}", highlight=False)
     store = CredentialStore(creds) if creds is not None else None
@@ -496,6 +518,13 @@ async def _step(fleet: FleetClient, op: ApiOp, request: ApiRequest) -> ApiResult
     return result
 
 
+def _broker_line(broker: object, host: str) -> str:
+    port = getattr(broker, "port", "?")
+    if isinstance(broker, MosquittoBroker):
+        return f"Mosquitto (MQTT 5 and 3.1.1) on {host}:{port}, log {broker.log_path}"
+    return f"amqtt (MQTT 3.1.1 only) on {host}:{port}"
+
+
 def _ha_parts(enabled: bool, ha_prefix: str, room: str) -> list[ControllerPart]:
     if not enabled:
         return []
@@ -511,3 +540,56 @@ def _groups(group: list[str] | None) -> list[str]:
     if bad:
         raise typer.BadParameter(f"invalid group name(s): {', '.join(bad)}")
     return groups
+
+
+def ingest(
+    share: Annotated[
+        str, typer.Option(help="The share group, as the controller's --ingest-share.")
+    ] = "ingest",
+    client_id: Annotated[str, typer.Option(help="MQTT client id (one per process).")] = (
+        "fleet-ingest"
+    ),
+    broker: BrokerOpt = None,
+    prefix: PrefixOpt = None,
+    influx_url: InfluxUrlOpt = None,
+    influx_version: InfluxVersionOpt = None,
+    influx_token: InfluxTokenOpt = None,
+    influx_org: InfluxOrgOpt = None,
+    influx_bucket: InfluxBucketOpt = None,
+    influx_database: InfluxDatabaseOpt = None,
+    influx_user: InfluxUserOpt = None,
+    influx_password: InfluxPasswordOpt = None,
+    influx_batch_size: InfluxBatchOpt = None,
+    influx_flush_interval: InfluxFlushOpt = None,
+    influx_buffer: InfluxBufferOpt = None,
+) -> None:
+    """Take a share of the telemetry ingest beside `fleet controller --ingest-share`
+    (telemetry only: desired state, meetings and Home Assistant stay with the controller)."""
+    from fleet.telemetry.worker import IngestWorker
+
+    for name, value in (("--share", share), ("--client-id", client_id)):
+        if not is_valid_id(value):
+            fail(f"{name} {value!r} must match [a-z0-9][a-z0-9-]{{0,63}}", Exit.USAGE)
+    url, topics = connection(broker, prefix)
+    influx = InfluxOptions(
+        influx_url,
+        influx_version,
+        influx_token,
+        influx_org,
+        influx_bucket,
+        influx_database,
+        influx_user,
+        influx_password,
+        influx_batch_size,
+        influx_flush_interval,
+        influx_buffer,
+    )
+    settings = influx.settings()
+    if not settings.enabled:
+        fail("fleet ingest needs a database: --influx-url (or FLEET_INFLUX_URL)", Exit.USAGE)
+    console.print(
+        f"ingest share {share!r} on {url.redacted()}: {settings.describe()}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    run_service(IngestWorker(url, settings, share, topics, client_id=client_id).run())

@@ -117,8 +117,9 @@ class InfluxOptions:
         except ConfigError as exc:
             fail(str(exc), Exit.USAGE)
 
-    def parts(self) -> list[ControllerPart]:
-        """The telemetry ingest part, or nothing when no database is configured."""
+    def parts(self, share: str | None = None) -> list[ControllerPart]:
+        """The telemetry ingest part, or nothing when no database is configured; with
+        `share`, it takes its share of a shared subscription (fleet/telemetry/ingest.py)."""
         settings = self.settings()
         if not settings.enabled:
             return []
@@ -133,7 +134,7 @@ class InfluxOptions:
         from fleet.telemetry.ingest import TelemetryIngest
 
         console.print(settings.describe(), highlight=False)
-        return [TelemetryIngest(settings)]
+        return [TelemetryIngest(settings, share=share)]
 
 
 @app.command("tail")

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.credentials import CredentialStore, Role
 from broker.embedded import EmbeddedBroker
+from broker.local import BrokerEngine, MosquittoBroker, free_port, local_broker
 from fleet.controller.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, MeetingServer
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
@@ -27,7 +27,7 @@ from fleet.device.workers import DeviceSound, SimWorkers
 from fleet.files import private_dir
 from fleet.homelock import home_lock
 from fleet.mixer.process import maybe_local_janus
-from fleet.mqtt import BrokerUrl
+from fleet.mqtt import BrokerUrl, MqttVersion
 from fleet.protocol import Topics
 
 log = logging.getLogger(__name__)
@@ -42,13 +42,7 @@ def audio_drivers(ids: Sequence[str]) -> Callable[[str], MeetingDriver]:
 
 CONTROLLER_USER = "controller"
 OPERATOR_USER = "operator"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on now (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+__all__ = ["Stack", "StackConfig", "free_port", "running_stack"]
 
 
 @dataclass
@@ -72,12 +66,13 @@ class StackConfig:
     mixers: Sequence[str] = ()  # further mixers (Janus WebSocket URLs), e.g. a bench's own
     # What each worker device sends and keeps (absent: its own tone, tone_amplitude).
     sounds: Mapping[str, DeviceSound] | None = None
+    engine: BrokerEngine = BrokerEngine.AUTO  # Mosquitto when installed, else amqtt
 
 
 @dataclass
 class Stack:
     config: StackConfig
-    broker: EmbeddedBroker
+    broker: MosquittoBroker | EmbeddedBroker
     controller: Controller
     fleet: SimFleet
     operator_url: BrokerUrl
@@ -117,9 +112,9 @@ async def _running_stack(config: StackConfig) -> AsyncIterator[Stack]:
     ids = device_ids(config.devices, config.id_prefix)
     secrets = store.add_devices(ids, groups=config.groups, replace=True) if ids else {}
     topics = Topics(config.prefix)
-    base = BrokerUrl(scheme="mqtt", host=config.host, port=config.port)
     async with (
-        EmbeddedBroker(
+        local_broker(
+            config.engine,
             store.path,
             host=config.host,
             port=config.port,
@@ -128,6 +123,10 @@ async def _running_stack(config: StackConfig) -> AsyncIterator[Stack]:
         ) as broker,
         maybe_local_janus(home / "janus", config.mixer) as mixer_url,
     ):
+        # amqtt speaks 3.1.1 only: say so in the URLs (and the client file), so that no
+        # client asks it for MQTT 5 first.
+        mqtt = MqttVersion.AUTO if isinstance(broker, MosquittoBroker) else MqttVersion.V311
+        base = BrokerUrl(scheme="mqtt", host=config.host, port=broker.port, mqtt=mqtt)
         meetings = MeetingServer(
             room_cap=config.room_cap,
             mesh_cap=config.mesh_cap,
@@ -137,7 +136,8 @@ async def _running_stack(config: StackConfig) -> AsyncIterator[Stack]:
             base.with_credentials(CONTROLLER_USER, controller_secret),
             home / "controller.db",
             topics,
-            credentials=store,
+            # Mosquitto reads its ACL from files: the broker rewrites them on a grant.
+            credentials=broker if isinstance(broker, MosquittoBroker) else store,
             parts=[meetings, *config.parts],
         )
         workers = sim_workers(config, base, topics, secrets)
@@ -159,6 +159,8 @@ async def _running_stack(config: StackConfig) -> AsyncIterator[Stack]:
             workers=workers,
         )
         stack.tasks = [asyncio.create_task(controller.run(), name="controller")]
+        if isinstance(broker, MosquittoBroker):  # a broker that dies is a failure to report
+            stack.tasks.append(asyncio.create_task(broker.wait(), name="mosquitto"))
         if fleet.devices:  # an empty fleet's task would end at once
             stack.tasks.append(asyncio.create_task(fleet.run(), name="sim-fleet"))
         try:

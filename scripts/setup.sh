@@ -2,23 +2,24 @@
 # Install what espfleet needs on a fresh Debian machine with Python 3.11 to 3.14:
 # the Debian packages (when missing) and a virtualenv in .venv with the project.
 #   scripts/setup.sh          runtime only (the platform, `fleet`)
-#   scripts/setup.sh --dev    plus what the test suite needs (compilers, mosquitto, pytest)
+#   scripts/setup.sh --dev    plus what the test suite needs (compilers, databases, pytest)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 dev=0
 [ "${1:-}" = "--dev" ] && dev=1
 
+# Mosquitto is the local broker `fleet up` and `fleet broker run` start (MQTT 5 beside
+# 3.1.1; amqtt in-process is the fallback without it). Its generated config loads a
+# client-id plugin built with gcc against mosquitto-dev (broker/mosquitto_plugin.py).
 # janus: the mixer of mixed rooms (its AudioBridge plugin). `fleet up` runs its own Janus
 # with a generated config; the package's system service is not needed.
-runtime_pkgs=(python3-venv janus)
-# The test suite runs a real Mosquitto, VictoriaMetrics and InfluxDB 1.x (telemetry), a
-# network namespace (iproute2: a host with only loopback for the media tests) and builds
-# the firmware core (gcc, clang/libFuzzer, cJSON, libmosquitto): the firmware's own list
-# is the source of truth for those.
-# A generated Mosquitto config loads a client-id plugin built with gcc against mosquitto-dev
-# (broker/mosquitto_plugin.py): wherever mosquitto is installed, those two go with it.
-dev_pkgs=(mosquitto mosquitto-dev gcc iproute2 victoria-metrics influxdb)
+runtime_pkgs=(python3-venv mosquitto mosquitto-dev gcc janus)
+# The test suite runs VictoriaMetrics and InfluxDB 1.x (telemetry), a network namespace
+# (iproute2: a host with only loopback for the media tests) and builds the firmware core
+# (gcc, clang/libFuzzer, cJSON, libmosquitto): the firmware's own list is the source of
+# truth for those.
+dev_pkgs=(iproute2 victoria-metrics influxdb)
 if [ "$dev" = 1 ]; then
     mapfile -t fw_pkgs < <(grep -v '^\s*#' firmware/host/DEPENDENCIES | grep -v '^\s*$')
     dev_pkgs+=("${fw_pkgs[@]}")
@@ -42,6 +43,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     $sudo_cmd apt-get update -qq
     $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Debian starts its own mosquitto service on port 1883 when it installs the package;
+    # `fleet up` runs its own, configured from the fleet's users and ACL, on that port.
+    if printf '%s\n' "${missing[@]}" | grep -qx mosquitto && [ -d /run/systemd/system ]; then
+        echo "disabling Debian's mosquitto service (fleet up starts its own on port 1883)"
+        $sudo_cmd systemctl disable --now mosquitto.service >/dev/null 2>&1 || true
+    fi
 fi
 
 # Python 3.11 to 3.14: `python3` when it is one of them, else the newest pythonX.Y found.

@@ -326,6 +326,8 @@ async def test_cli_run_fails_cleanly_on_a_busy_port(tmp_path: Path) -> None:
             "-c",
             "from cli.broker import app; app(prog_name='fleet broker')",
             "run",
+            "--engine",
+            "amqtt",
             "--port",
             str(busy.port),
             "--creds",

@@ -436,6 +436,21 @@ class Store:
             )
         return infos
 
+    # --- small settings of controller parts (the meta table, keys with a part's prefix) ----
+    def meta(self, prefix: str) -> dict[str, str]:
+        rows = self._db.execute(
+            "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+        ).fetchall()
+        return {key: value for key, value in rows}
+
+    def save_meta(self, items: dict[str, str]) -> None:
+        with self._tx():
+            self._db.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                list(items.items()),
+            )
+
     def _tx(self) -> sqlite3.Connection:
         # `with connection:` commits or rolls back; BEGIN IMMEDIATE serialises writers.
         self._db.execute("BEGIN IMMEDIATE")

@@ -169,6 +169,16 @@ class Topics:
     def api_result(self) -> str:
         return f"{self.prefix}/api/result"
 
+    def api_reply(self, client_id: str) -> str:
+        """A client's own inbox for API results: the response topic of its MQTT 5
+        requests (docs/protocol.md §13)."""
+        _check_id(client_id, "client id")
+        return f"{self.prefix}/api/reply/{client_id}"
+
+    def is_api_reply(self, topic: str) -> bool:
+        head = f"{self.prefix}/api/reply/"
+        return topic.startswith(head) and ID_RE.fullmatch(topic[len(head) :]) is not None
+
     def sync(self, client_id: str) -> str:
         """A client's private loopback: a message sent here comes back after the
         retained messages of its earlier subscriptions, so it marks "caught up"."""
