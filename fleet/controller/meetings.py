@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from fleet.controller import transcripts
 from fleet.controller.parts import ControllerPart
 from fleet.errors import ProtocolError
 from fleet.protocol import TopicKind, decode_for, encode
@@ -109,6 +110,8 @@ class MeetingServer(ControllerPart):
             ApiOp.ROOMS: self._api_rooms,
             ApiOp.SESSIONS: self._api_sessions,
             ApiOp.SAY: self._api_say,
+            ApiOp.TRANSCRIBE: lambda r: transcripts.transcribe(self.controller.store, self.live, r),
+            ApiOp.TRANSCRIPT: lambda r: transcripts.transcript(self.controller.store, r),
         }
 
     async def on_message(self, topic: str, payload: bytes) -> None:
