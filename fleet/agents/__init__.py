@@ -61,6 +61,8 @@ class Agent:
 
     def speak(self, samples: np.ndarray | av.AudioFrame, peer: str | None = None) -> None:
         """Queue audio (48 kHz mono s16) for one peer, or for every peer."""
+        # A peer's voice ends with its connection: forget those, so nothing queues for them.
+        self._voices = {p: v for p, v in self._voices.items() if v.readyState == "live"}
         targets = [self._voices[peer]] if peer in self._voices else []
         if peer is None:
             targets = list(self._voices.values())

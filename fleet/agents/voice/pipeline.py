@@ -123,7 +123,7 @@ class VoiceAgent(Agent):
 
     @property
     def speaking(self) -> bool:
-        return any(v.queued_samples > 0 for v in self._voices.values())
+        return any(v.queued_samples > 0 and v.readyState == "live" for v in self._voices.values())
 
     def _speech_started(self, peer: str, at: float) -> None:
         if self.speaking:
@@ -177,7 +177,8 @@ class VoiceAgent(Agent):
             peer, info.pid if info else peer, transcript.text, wall(utt.start), wall(utt.end)
         )
         self.turns.append(turn)
-        log.info("%s said: %s", self.name_of(peer), turn.text)
+        score = "" if transcript.confidence is None else f" (score {transcript.confidence:.2f})"
+        log.info("%s said: %s%s", self.name_of(peer), turn.text, score)
         await self.on_turn(turn)
         return await self.brain.respond(turn) if self.brain is not None else None
 

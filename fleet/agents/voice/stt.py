@@ -29,7 +29,7 @@ from fleet.agents.voice.audio import STT_RATE, VoiceError, wav_bytes
 log = logging.getLogger(__name__)
 
 # Words the fleet uses that CMUdict lacks (ARPAbet, as the dictionary writes them).
-EXTRA_WORDS = {"unmute": "AH N M Y UW T"}
+EXTRA_WORDS = {"unmute": "AH N M Y UW T", "unmuted": "AH N M Y UW T IH D"}
 # Digital silence (exact zeros, as Opus decodes it) gives the front end -inf log energies
 # and the grammar search loses the ends of words; a floor of noise at about -56 dBFS
 # (measured: std 50 of 32768) makes espeak-ng speech decode reliably.
