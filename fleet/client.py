@@ -93,6 +93,11 @@ class FleetClient:
         self._client = None
 
     @property
+    def connected(self) -> bool:
+        """False once the broker connection is lost (this client does not reconnect)."""
+        return self._client is not None and self._reader is not None and not self._reader.done()
+
+    @property
     def _sync_topic(self) -> str:
         return self.topics.sync(self.client_id)
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from brokers import BrokerHandle, amqtt_handle, unique_prefix
-from running import controller, operator, sim_fleet, wait_for
+from running import controller, operator, operator_url, sim_fleet, wait_for
+from test_cli import fleet as fleet_cli
 
 from broker.credentials import CredentialStore, Role
 from fleet.agents import Agent
@@ -242,6 +243,13 @@ async def test_the_transcriber_writes_who_said_what_into_the_session_history(
     assert first.start < first.end <= second.start < second.end
     assert all(line.text for line in result.transcript)
     assert result.detail == room.state("dev-1").meeting.session  # type: ignore[union-attr]
+
+    common = ("--broker", str(operator_url(room.handle)), "--prefix", room.handle.prefix)
+    code, out, err = await fleet_cli("sessions", ROOM, "--transcript", *common, home=room.tmp)
+    assert code == 0, err
+    assert "dev-1" in out
+    assert "kitchen" in out
+    assert out.index(first.text.split()[0]) < out.rindex(second.text.split()[0])
 
     # A line for someone who is not in the session is refused.
     bogus = first.model_copy(update={"pid": "kitchen"})

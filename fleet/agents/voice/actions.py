@@ -7,13 +7,16 @@ one", `living-room` is "living room".
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from dataclasses import dataclass
 
 from fleet.client import FleetClient
 from fleet.errors import FleetError
+from fleet.mqtt import BrokerUrl
 from fleet.participant import MeetingParticipant
+from fleet.protocol import Topics
 from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult
 
 log = logging.getLogger(__name__)
@@ -48,9 +51,39 @@ class Target:
     name: str
 
 
+class ApiLink:
+    """The agent's API client, opened again when its broker connection was lost (a
+    FleetClient is one-shot; the agent lives through broker restarts)."""
+
+    def __init__(self, url: BrokerUrl, topics: Topics, client_id: str) -> None:
+        self.url, self.topics, self.client_id = url, topics, client_id
+        self._client: FleetClient | None = None
+
+    async def ensure(self) -> FleetClient:
+        if self._client is not None and self._client.connected:
+            return self._client
+        await self.close()
+        client = FleetClient(self.url, self.topics, client_id=self.client_id)
+        await client.__aenter__()
+        self._client = client
+        return client
+
+    @property
+    def client(self) -> FleetClient:
+        if self._client is None:
+            raise FleetError("the API client is not open")
+        return self._client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.__aexit__(None, None, None)
+
+
 class FleetActions:
-    def __init__(self, client: FleetClient, participant: MeetingParticipant) -> None:
-        self.client = client
+    def __init__(self, link: ApiLink, participant: MeetingParticipant) -> None:
+        self.link = link
         self.participant = participant
         self.known_rooms: set[str] = set()  # refreshed by refresh_rooms()
 
@@ -58,17 +91,17 @@ class FleetActions:
     def targets(self) -> dict[str, Target]:
         """Spoken name → device or group, from the registry (devices win a clash)."""
         out: dict[str, Target] = {}
-        for rec in self.client.registry.devices.values():
+        for rec in self.link.client.registry.devices.values():
             for group in rec.status.groups if rec.status and rec.status.groups else []:
                 out.setdefault(spoken(group), Target("group", group))
-        for device_id in self.client.registry.devices:
+        for device_id in self.link.client.registry.devices:
             out[spoken(device_id)] = Target("device", device_id)
         return out
 
     def rooms(self) -> dict[str, str]:
         """Spoken room name → room: rooms devices are in or were sent to, and ours."""
         names = {self.participant.room} if self.participant.room else set()
-        for rec in self.client.registry.devices.values():
+        for rec in self.link.client.registry.devices.values():
             if rec.state and rec.state.meeting:
                 names.add(rec.state.meeting.room)
         names |= self.known_rooms
@@ -76,7 +109,8 @@ class FleetActions:
 
     async def refresh_rooms(self) -> None:
         try:
-            result = await self.client.request(ApiOp.ROOMS, ApiRequest(timeout_s=API_TIMEOUT_S))
+            client = await self.link.ensure()
+            result = await client.request(ApiOp.ROOMS, ApiRequest(timeout_s=API_TIMEOUT_S))
         except FleetError as exc:
             log.info("room list unavailable: %s", exc)
             return
@@ -85,7 +119,7 @@ class FleetActions:
 
     # --- actions ------------------------------------------------------------------------------
     async def leave(self, pid: str) -> str:
-        if pid not in self.client.registry.devices:
+        if pid not in self.link.client.registry.devices:
             return f"{spoken(pid)} is not a device I can send out."
         result = await self._ask(ApiOp.LEAVE, ApiRequest(device=pid, timeout_s=API_TIMEOUT_S))
         return f"Goodbye, {spoken(pid)}." if result.ok else _failed(result)
@@ -93,7 +127,7 @@ class FleetActions:
     async def set_mic(self, target: Target, on: bool) -> str:
         word = "unmuted" if on else "muted"
         if target.kind == "device":
-            rec = self.client.registry.devices.get(target.name)
+            rec = self.link.client.registry.devices.get(target.name)
             meeting = rec.state.meeting if rec and rec.state else None
             if meeting is None:
                 return f"{spoken(target.name)} is not in a meeting."
@@ -117,7 +151,7 @@ class FleetActions:
         return f"Everyone is joining {spoken(room)}. {_devices(joined)} joined."
 
     def online(self) -> str:
-        count = sum(1 for rec in self.client.registry.devices.values() if rec.online)
+        count = sum(1 for rec in self.link.client.registry.devices.values() if rec.online)
         return f"{_devices(count)} {'is' if count == 1 else 'are'} online."
 
     def room(self) -> str:
@@ -125,7 +159,7 @@ class FleetActions:
         return f"This is room {spoken(room)}." if room else "I am not in a room."
 
     async def _ask(self, op: ApiOp, request: ApiRequest) -> ApiResult:
-        result = await self.client.request(op, request)
+        result = await (await self.link.ensure()).request(op, request)
         log.info(
             "%s %s: %s %s", op.value, request.device or request.group, result.code, result.detail
         )

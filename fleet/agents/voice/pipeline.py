@@ -21,13 +21,12 @@ import av
 from aiortc import MediaStreamTrack
 
 from fleet.agents import Agent, AgentContext
-from fleet.agents.voice.actions import FleetActions
+from fleet.agents.voice.actions import ApiLink, FleetActions
 from fleet.agents.voice.audio import STT_RATE, VoiceError, resample
 from fleet.agents.voice.brain import Brain, Turn
 from fleet.agents.voice.endpoint import EndpointConfig, Endpointer, Utterance
 from fleet.agents.voice.stt import SpeechToText
 from fleet.agents.voice.tts import TextToSpeech
-from fleet.client import FleetClient
 from fleet.errors import FleetError
 from fleet.media.config import MediaConfig
 from fleet.media.frames import SAMPLE_RATE, samples_of
@@ -71,7 +70,7 @@ class VoiceAgent(Agent):
         self.turn_timeout_s = turn_timeout_s
         self.brain: Brain | None = None
         self.actions: FleetActions | None = None
-        self.client: FleetClient | None = None
+        self.link: ApiLink | None = None
         self.turns: list[Turn] = []  # the transcript, one entry per understood turn
         self.said: list[Said] = []
         self.interruptions: list[float] = []  # monotonic times answers were cut off
@@ -86,10 +85,10 @@ class VoiceAgent(Agent):
     async def start(self, context: AgentContext) -> None:
         self._context = context
         if self.make_brain is not None or self.needs_api:
-            self.client = await self._stack.enter_async_context(
-                FleetClient(context.url, context.topics, client_id=f"{context.pid}-api")
-            )
-            self.actions = FleetActions(self.client, context.participant)
+            self.link = ApiLink(context.url, context.topics, f"{context.pid}-api")
+            self._stack.push_async_callback(self.link.close)
+            await self.link.ensure()
+            self.actions = FleetActions(self.link, context.participant)
             await self.actions.refresh_rooms()
         if self.make_brain is not None and self.actions is not None:
             self.brain = self.make_brain(self.actions)
@@ -166,6 +165,8 @@ class VoiceAgent(Agent):
                 await self._say(answer, generation)
 
     async def _take_turn(self, peer: str, utt: Utterance) -> str | None:
+        if self.link is not None:
+            await self.link.ensure()  # the registry and rooms the grammar is made of
         phrases = self.brain.phrases() if self.brain is not None else self.phrases()
         transcript = await self.stt.transcribe(
             resample(utt.samples, SAMPLE_RATE, STT_RATE), phrases
@@ -219,7 +220,7 @@ class TranscriberAgent(VoiceAgent):
 
     async def on_turn(self, turn: Turn) -> None:
         participant = self._context.participant if self._context else None
-        if participant is None or participant.session is None or self.client is None:
+        if participant is None or participant.session is None or self.link is None:
             return
         line = TranscriptLine(
             session=participant.session,
@@ -229,7 +230,7 @@ class TranscriberAgent(VoiceAgent):
             end=turn.end,
             text=turn.text[:4096],
         )
-        result = await self.client.request(
+        result = await (await self.link.ensure()).request(
             ApiOp.TRANSCRIBE, ApiRequest(room=participant.room, line=line, timeout_s=5)
         )
         if not result.ok:
