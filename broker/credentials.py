@@ -65,6 +65,7 @@ class Role(StrEnum):
     DEVICE = "device"
     CONTROLLER = "controller"
     HOMEASSISTANT = "homeassistant"
+    AGENT = "agent"  # a Python participant that may also use some API ops (broker/acl.py)
 
 
 class Credential(BaseModel):
@@ -91,7 +92,7 @@ class Credential(BaseModel):
 
 def check_username(username: str, role: Role | str) -> None:
     """Raise ValueError when `username` is not a valid name for `role`."""
-    if Role(role) is Role.DEVICE:
+    if Role(role) in (Role.DEVICE, Role.AGENT):  # both meet as participants named by id
         if not _DEVICE_NAME_RE.match(username):
             raise ValueError(f"invalid device id {username!r}: {NAME_RULES['device']}")
     elif not _USER_NAME_RE.match(username):

@@ -33,7 +33,7 @@ from pathlib import Path
 from broker.clientids import clientids_text
 from broker.credentials import CredentialStore, Role, atomic_write
 from broker.mosquitto_plugin import clientid_plugin
-from fleet.protocol.messages import HOMEASSISTANT_API_OPS, MAX_PAYLOAD_BYTES
+from fleet.protocol.messages import AGENT_API_OPS, HOMEASSISTANT_API_OPS, MAX_PAYLOAD_BYTES
 from fleet.protocol.topics import DEFAULT_PREFIX, Topics
 
 CONF_NAME = "mosquitto.conf"
@@ -85,6 +85,15 @@ def mosquitto_acl(store: CredentialStore, prefix: str = DEFAULT_PREFIX) -> str:
                 f"topic read {p}/dev/+/status",
                 f"topic read {p}/dev/+/state",
                 f"topic read {p}/dev/+/tele",
+                f"topic read {p}/api/result",
+            ]
+        elif cred.role is Role.AGENT:  # meet/%u/... comes from the patterns above
+            lines.append(f"user {cred.username}")
+            lines.extend(f"topic write {p}/api/{op.value}" for op in AGENT_API_OPS)
+            lines += [
+                f"topic readwrite {p}/sync/{cred.username}-api",
+                f"topic read {p}/dev/+/status",
+                f"topic read {p}/dev/+/state",
                 f"topic read {p}/api/result",
             ]
         lines.append("")

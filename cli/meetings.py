@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -146,8 +148,14 @@ def sessions(
     broker: BrokerOpt = None,
     prefix: PrefixOpt = None,
     as_json: JsonOpt = False,
+    transcript: Annotated[
+        bool, typer.Option("--transcript", help="Who said what in the newest session.")
+    ] = False,
 ) -> None:
     """Past and live sessions of a room, with participants and durations."""
+    if transcript:
+        _transcript(broker, prefix, room, as_json)
+        return
     result = _ask(broker, prefix, ApiOp.SESSIONS, api_request(room=room, limit=limit))
     if as_json:
         print_json(result)
@@ -189,6 +197,25 @@ def sessions(
         console.print(f"{_clock(event.ts)} {event.kind}: {event.detail or ''}", highlight=False)
 
 
+def _transcript(broker: str | None, prefix: str | None, room: str, as_json: bool) -> None:
+    result = _ask(broker, prefix, ApiOp.TRANSCRIPT, api_request(room=room))
+    if as_json:
+        print_json(result)
+        return
+    table = Table(title=f"room {room}, session {result.detail}: {len(result.transcript)} lines")
+    for column in ("time", "length", "participant", "pid", "said"):
+        table.add_column(column)
+    for line in result.transcript:
+        table.add_row(
+            _clock(line.start),
+            f"{line.end - line.start:.1f}s",
+            line.participant,
+            line.pid,
+            line.text,
+        )
+    console.print(table)
+
+
 def say(
     room: RoomArg,
     text: Annotated[str, typer.Argument(help="The message.")],
@@ -204,7 +231,13 @@ def say(
 @agent_app.command("join")
 def agent_join(
     room: RoomArg,
-    mode: Annotated[str, typer.Option(help="echo, tone, play or record.")] = "echo",
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="echo, tone, play, record, assistant (a voice assistant that runs the fleet) "
+            "or transcribe (writes who said what into the session history)."
+        ),
+    ] = "echo",
     file: Annotated[Path | None, typer.Option(help="WAV file for --mode play.")] = None,
     directory: Annotated[
         Path | None, typer.Option("--dir", help="Folder for --mode record's WAV files.")
@@ -237,4 +270,11 @@ def agent_join(
         fail(str(exc), Exit.USAGE)
     url, topics = connection(broker, prefix)
     console.print(f"agent {pid} ({agent.name}) joining {room} on {url.redacted()}", highlight=False)
+    # What the agent does (joining, peers, leaving, files written, turns) goes to stdout.
+    report = logging.StreamHandler(sys.stdout)
+    report.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    agents_log = logging.getLogger("fleet.agents")
+    agents_log.addHandler(report)
+    agents_log.setLevel(logging.INFO)
+    agents_log.propagate = False
     run_service(run_agent(url, pid, room, agent, topics, duration, tuple(ice_server or ())))

@@ -113,6 +113,11 @@ class FleetClient:
         return self.topics.api_reply(self.client_id)
 
     @property
+    def connected(self) -> bool:
+        """False once the broker connection is lost (this client does not reconnect)."""
+        return self._client is not None and self._reader is not None and not self._reader.done()
+
+    @property
     def _sync_topic(self) -> str:
         return self.topics.sync(self.client_id)
 

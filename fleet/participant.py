@@ -88,6 +88,7 @@ class MeetingParticipant:
         # owner do it (a device re-applies its intent).
         self._on_lost = on_lost
         self.room: str | None = None
+        self.wanted_room: str | None = None  # what the caller asked: join()ed, not left
         self.session: str | None = None
         self.participant: str | None = None
         self.media = MediaPath.MESH
@@ -106,7 +107,7 @@ class MeetingParticipant:
             await self._drop_all_peers()
         loop = asyncio.get_running_loop()
         self._pending_join = loop.create_future()
-        self.room = room
+        self.room = self.wanted_room = room
         await self.send(MeetJoin(type="join", room=room, caps=self.caps))
         try:
             async with asyncio.timeout(timeout):
@@ -120,6 +121,7 @@ class MeetingParticipant:
             self._pending_join = None
 
     async def leave(self, timeout: float = 5.0) -> None:
+        self.wanted_room = None
         if self.session is None and self.room is None:
             return
         self._pending_leave = asyncio.get_running_loop().create_future()
@@ -320,12 +322,17 @@ async def participant_link(
     mesh: MediaMesh | None = None,
     caps: Capabilities | None = None,
     connect_timeout: float = 10.0,
+    stay: bool = False,
+    on_change: Callable[[], Any] | None = None,
 ) -> AsyncIterator[MeetingParticipant]:
     """A participant with an MQTT link of its own (an agent, a test peer).
 
     Its last will is a `leave` on its own up topic: if the process dies, the
     server removes it from its session and tells the others, as it does for a
     device whose status turns offline.
+
+    With `stay` the link outlives the broker: it reconnects (with backoff) and joins
+    its room again, as a device re-applies its intent. Without it, a lost link ends it.
     """
     client_ref: list[aiomqtt.Client] = []
 
@@ -334,11 +341,35 @@ async def participant_link(
             raise FleetError("not connected to the broker")
         publish_nowait(client_ref[0], topic, payload, qos=1)
 
-    participant = MeetingParticipant(pid, topics, publish, mesh, caps)
+    participant = MeetingParticipant(pid, topics, publish, mesh, caps, on_change=on_change)
+    connects = 0
 
     async def on_connect(client: aiomqtt.Client) -> None:
+        nonlocal connects
         client_ref[:] = [client]
         await client.subscribe(topics.meet_down(pid), qos=1)
+        connects += 1
+        if connects > 1 and participant.wanted_room is not None:
+            # The broker restarted (or the link dropped): the server may have dropped us
+            # with our will, or still hold a session we can no longer signal in. Join
+            # again; the server replaces our old membership.
+            participant._spawn(rejoin(participant.wanted_room), "server")
+
+    async def rejoin(room: str) -> None:
+        delay = 0.5
+        while client_ref:
+            log.info("%s: reconnected; joining %s again", pid, room)
+            try:
+                await participant._forget_session()
+                await participant.join(room)
+                return
+            except MeetingRefused as exc:
+                log.warning("%s: could not join %s again: %s", pid, room, exc)
+                return
+            except FleetError as exc:  # the server is not back yet: try again
+                log.info("%s: %s", pid, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     def on_disconnect() -> None:
         client_ref.clear()
@@ -356,7 +387,7 @@ async def participant_link(
             on_disconnect=on_disconnect,
             will=LastWill(topics.meet_up(pid), encode(MeetLeave(type="leave")), retain=False),
             connected=connected,
-            retry=False,
+            retry=stay,
         ),
         name=f"{pid}-link",
     )

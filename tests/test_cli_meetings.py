@@ -97,6 +97,11 @@ async def test_rooms_sessions_say_and_a_recorder_agent(
             home=tmp_path,
         )
         assert code == 0, err
+        # It says what it does: joining, its peers, leaving, the files it wrote.
+        assert "agent agent-rec joined standup as" in out
+        assert "(dev-1) is here" in out
+        assert "leaving standup" in out
+        assert f"wrote {rec}" in out
         wavs = {p.stem.split("-", 2)[-1]: p for p in rec.glob("p-*.wav")}
         assert set(wavs) == set(ids)
         for n, device_id in enumerate(ids):

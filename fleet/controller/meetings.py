@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from fleet.controller import transcripts
 from fleet.controller.media_records import MediaRecords
 from fleet.controller.parts import ControllerPart
 from fleet.errors import ProtocolError
@@ -181,6 +182,8 @@ class MeetingServer(ControllerPart):
             ApiOp.ROOMS: self._api_rooms,
             ApiOp.SESSIONS: self._api_sessions,
             ApiOp.SAY: self._api_say,
+            ApiOp.TRANSCRIBE: lambda r: transcripts.transcribe(self.controller.store, self.live, r),
+            ApiOp.TRANSCRIPT: lambda r: transcripts.transcript(self.controller.store, r),
         }
 
     async def on_message(self, topic: str, payload: bytes) -> None:

@@ -24,6 +24,7 @@ from fleet.protocol.messages import (
     MeetingIntent,
     ParticipantRecord,
     SessionInfo,
+    TranscriptLine,
     decode,
 )
 
@@ -81,6 +82,15 @@ CREATE TABLE IF NOT EXISTS participants (
     left REAL,
     PRIMARY KEY (session, participant)
 );
+CREATE TABLE IF NOT EXISTS transcript (
+    session TEXT NOT NULL,
+    participant TEXT NOT NULL,
+    pid TEXT NOT NULL,
+    start REAL NOT NULL,
+    end REAL NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transcript_session ON transcript (session, start);
 """
 
 # A billion operations a second for a century stays below 2^62; 2^53 - 1 is the wire limit.
@@ -450,6 +460,36 @@ class Store:
                 "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                 list(items.items()),
             )
+
+    # --- transcripts ------------------------------------------------------------------------
+    def add_transcript_line(self, line: TranscriptLine) -> None:
+        self._db.execute(
+            "INSERT INTO transcript (session, participant, pid, start, end, text)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (line.session, line.participant, line.pid, line.start, line.end, line.text),
+        )
+
+    def transcript(self, session: str, limit: int) -> list[TranscriptLine]:
+        """The session's last `limit` lines, oldest first."""
+        rows = self._db.execute(
+            "SELECT participant, pid, start, end, text FROM transcript WHERE session=?"
+            " ORDER BY start DESC LIMIT ?",
+            (session, limit),
+        ).fetchall()
+        return [
+            TranscriptLine(session=session, participant=p, pid=pid, start=a, end=b, text=t)
+            for p, pid, a, b, t in reversed(rows)
+        ]
+
+    def session_room(self, session: str) -> str | None:
+        row = self._db.execute("SELECT room FROM sessions WHERE id=?", (session,)).fetchone()
+        return str(row[0]) if row else None
+
+    def newest_session(self, room: str) -> str | None:
+        row = self._db.execute(
+            "SELECT id FROM sessions WHERE room=? ORDER BY started DESC LIMIT 1", (room,)
+        ).fetchone()
+        return str(row[0]) if row else None
 
     def _tx(self) -> sqlite3.Connection:
         # `with connection:` commits or rolls back; BEGIN IMMEDIATE serialises writers.

@@ -265,6 +265,13 @@ class PushSource(PacedSource):
             self._chunks[0] = self._chunks[0][drop:]
             self._queued -= drop
 
+    def clear(self) -> int:
+        """Drop everything queued (an agent interrupted); returns the samples dropped."""
+        dropped = self._queued
+        self._chunks.clear()
+        self._queued = 0
+        return dropped
+
     def render(self, start: int, count: int) -> np.ndarray:
         out = np.zeros(count, dtype=np.int16)
         filled = 0

@@ -456,6 +456,23 @@ class ApiOp(StrEnum):
     ROOMS = "rooms"
     SESSIONS = "sessions"
     SAY = "say"
+    # transcripts (§8.5): an agent appends what was said; anyone with the API reads it
+    TRANSCRIBE = "transcribe"
+    TRANSCRIPT = "transcript"
+
+
+class TranscriptLine(Message):
+    """Who said what, and when (time.time() of the speech's start and end), in a session."""
+
+    session: ShortText
+    participant: ShortText
+    pid: DeviceId
+    start: float
+    end: float
+    text: MessageText
+
+
+MAX_TRANSCRIPT_LINES = 200
 
 
 class ApiRequest(Message):
@@ -484,7 +501,24 @@ class ApiRequest(Message):
     limit: Annotated[int, Field(ge=1, le=100)] = 20
     # rooms: list the rooms whose names sort after this one (the previous page's `next`)
     after: RoomName | None = None
+    # transcribe: one line of the session's transcript
+    line: TranscriptLine | None = None
+    # transcript: which session (absent: the room's newest)
+    session: ShortText | None = None
 
+
+# The ops an agent-role user may request (§11): meetings, rooms and sessions to read, and
+# transcripts; no commands, no room management.
+AGENT_API_OPS = (
+    ApiOp.JOIN_ALL,
+    ApiOp.LEAVE_ALL,
+    ApiOp.JOIN,
+    ApiOp.LEAVE,
+    ApiOp.ROOMS,
+    ApiOp.SESSIONS,
+    ApiOp.TRANSCRIBE,
+    ApiOp.TRANSCRIPT,
+)
 
 # The ops a homeassistant-role user may request (§11): meetings only, no commands
 # (reboot, OTA) and no room management.
@@ -502,6 +536,8 @@ API_REQUIRED_FIELDS: dict[ApiOp, tuple[str, ...]] = {
     ApiOp.ROOMS: (),
     ApiOp.SESSIONS: ("room",),
     ApiOp.SAY: ("room", "text"),
+    ApiOp.TRANSCRIBE: ("room", "line"),
+    ApiOp.TRANSCRIPT: ("room",),
 }
 
 
@@ -605,6 +641,7 @@ class ApiResult(Message):
     # rooms: more rooms follow; ask again with `after` set to this
     next: RoomName | None = None
     sessions: list[SessionInfo] = Field(default_factory=list, max_length=100)
+    transcript: list[TranscriptLine] = Field(default_factory=list, max_length=MAX_TRANSCRIPT_LINES)
 
 
 class Sync(Message):
