@@ -14,7 +14,8 @@ dev=0
 # client-id plugin built with gcc against mosquitto-dev (broker/mosquitto_plugin.py).
 # janus: the mixer of mixed rooms (its AudioBridge plugin). `fleet up` runs its own Janus
 # with a generated config; the package's system service is not needed.
-runtime_pkgs=(python3-venv mosquitto mosquitto-dev gcc janus)
+# espeak-ng: the voice agent's offline text-to-speech.
+runtime_pkgs=(python3-venv mosquitto mosquitto-dev gcc janus espeak-ng)
 # The test suite runs VictoriaMetrics and InfluxDB 1.x (telemetry), a network namespace
 # (iproute2: a host with only loopback for the media tests) and builds the firmware core
 # (gcc, clang/libFuzzer, cJSON, libmosquitto): the firmware's own list is the source of
