@@ -18,6 +18,8 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from cli.logsummary import SummarizingFilter
+
 try:  # typer 0.29+ carries its own copy of click
     from typer._click import exceptions as click_errors
 except ImportError:  # pragma: no cover - older typer on click
@@ -317,6 +319,9 @@ def setup_logging(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # A fleet in one process repeats itself: each kind of warning once, then a count.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(SummarizingFilter())
     # amqtt logs every refused publish at INFO and connection noise at WARNING.
     logging.getLogger("amqtt").setLevel(logging.ERROR if not verbose else logging.INFO)
     logging.getLogger("transitions").setLevel(logging.WARNING)

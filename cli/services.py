@@ -21,6 +21,7 @@ from cli.common import (
     connection,
     console,
     fail,
+    plural,
     run,
     run_service,
 )
@@ -209,17 +210,20 @@ def up(
     )
 
     async def go() -> None:
+        started = time.monotonic()
         async with running_stack(config) as stack:
             await stack.wait_ready()
             client_file = settings.write_client_file(stack.operator_url)
+            websocket = f", MQTT over WebSocket on {host}:{ws_port}" if ws_port else ""
             mixing = (
                 f"mixer {stack.mixer_url}"
                 if stack.mixer_url
                 else "no mixer (mixed rooms refused; apt-get install janus)"
             )
             console.print(
-                f"[green]up[/]: {_broker_line(stack.broker, host)}, controller, {mixing}, "
-                f"{devices} simulated devices. "
+                f"[green]up[/] in {time.monotonic() - started:.1f}s: "
+                f"{_broker_line(stack.broker, host)}{websocket}, controller, {mixing}, "
+                f"{plural(devices, 'simulated device')}. "
                 f"CLI commands find it through {client_file}. Ctrl-C stops everything.",
                 highlight=False,
             )
