@@ -274,3 +274,43 @@ async def test_not_authorized_says_where_credentials_come_from(
     line = one_error_line(err)
     assert "credentials come from --broker mqtt://USER:PASS@HOST:PORT" in line
     assert "fleet creds add NAME --role operator" in line
+
+
+def test_fleet_up_log_says_each_kind_of_warning_once_then_a_count() -> None:
+    import logging
+
+    from cli.logsummary import SummarizingFilter
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep()
+    summary = SummarizingFilter(window_s=0.2)
+    handler.addFilter(summary)
+    log = logging.getLogger("fleet.test.summary")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        for n in range(44):
+            log.warning("dev-%d: meeting refused: room_full", n)
+        try:
+            raise TimeoutError("Timeout waiting for PUBACK")
+        except TimeoutError:
+            log.exception("publish failed")
+        import time
+
+        time.sleep(0.25)
+        log.warning("dev-%d: meeting refused: room_full", 99)
+    finally:
+        log.removeHandler(handler)
+    messages = [r.getMessage() for r in records]
+    assert messages[0] == "dev-0: meeting refused: room_full"
+    assert "Timeout waiting for PUBACK" in messages[1]
+    assert records[1].exc_info is None  # an expected condition: no traceback
+    assert messages[2] == (
+        "dev-99: meeting refused: room_full (and 43 more like it in the last 0.2s)"
+    )
+    assert len(messages) == 3
