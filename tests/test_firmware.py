@@ -225,7 +225,7 @@ async def test_host_device_against_broker(
             )
             await ctl.publish(t.desired(dev), b'{"rev": 9, "meeting":', qos=1)
             await ctl.publish(t.desired(dev), b'{"rev": "9"}', qos=1)
-            await ctl.publish(t.desired(dev), b'{"rev": 9, "pad": "' + b"x" * 70_000 + b'"}', qos=1)
+            await ctl.publish(t.desired(dev), b'{"rev": 9, "pad": "' + b"x" * 66_000 + b'"}', qos=1)
 
             ping = {"id": "c1", "op": "ping", "args": {}, "ttl_ms": 30000}
             await ctl.publish(t.cmd(dev), json.dumps(ping), qos=1)

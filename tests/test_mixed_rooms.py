@@ -103,7 +103,8 @@ async def meeting(
     ids = list(secrets)
     tones = {device_id: tone_for(n) for n, device_id in enumerate(ids)}
     make = factory or (lambda _id, tone: driver(tone))
-    meetings = MeetingServer(mixers=list(mixers), **server)  # type: ignore[arg-type]
+    # Rooms by first join: these scenarios are about media, not who may make rooms.
+    meetings = MeetingServer(mixers=list(mixers), auto_create=True, **server)  # type: ignore[arg-type]
     async with (
         controller(handle, tmp_path / "ctl.db", parts=[meetings, *extra]) as ctl,
         sim_fleet(handle, secrets, driver_factory=lambda d: make(d, tones[d])) as fleet,
@@ -421,7 +422,8 @@ async def signalling_only(
     handle: BrokerHandle, tmp_path: Path, mixers: Sequence[str], **server: object
 ) -> AsyncIterator[tuple[MeetingServer, FleetClient, Callable[[str], object]]]:
     """A controller with these mixers, an operator, and signalling-only participants."""
-    meetings = MeetingServer(mixers=list(mixers), **server)  # type: ignore[arg-type]
+    # Rooms by first join: these scenarios are about media, not who may make rooms.
+    meetings = MeetingServer(mixers=list(mixers), auto_create=True, **server)  # type: ignore[arg-type]
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(controller(handle, tmp_path / "c.db", parts=[meetings]))
         op = await stack.enter_async_context(operator(handle))
@@ -559,7 +561,7 @@ async def test_a_member_behind_loss_and_jitter_keeps_hearing_and_its_telemetry_s
     secrets = register_devices(amqtt_broker, 2)
     lossy = register_devices(amqtt_broker, 1, prefix="lossy")
     watcher = amqtt_broker.add_user("watcher", Role.CONTROLLER)
-    meetings = MeetingServer(mixers=[janus.url])
+    meetings = MeetingServer(mixers=[janus.url], auto_create=True)
     samples: list[Telemetry] = []
     async with (
         contextlib.AsyncExitStack() as stack,

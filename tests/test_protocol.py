@@ -886,6 +886,8 @@ def test_reject_codes_match_the_spec() -> None:
         "rooms",
         "sessions",
         "say",
+        "transcribe",
+        "transcript",
     }
 
 
