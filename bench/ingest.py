@@ -2,9 +2,12 @@
 
 Each part is its own process, deployed as a user would:
 
-  embedded:        `fleet up --devices 0 --influx-url ...` (amqtt broker + controller, one process)
-  embedded-split:  `fleet broker run` (amqtt) + `fleet controller --influx-url ...`
-  mosquitto:       a mosquitto subprocess + `fleet controller --influx-url ...`
+  embedded:        `fleet up --engine amqtt --devices 0 --influx-url ...` (amqtt broker +
+                   controller, one process)
+  embedded-split:  `fleet broker run --engine amqtt` + `fleet controller --influx-url ...`
+  mosquitto:       a mosquitto subprocess + `fleet controller --influx-url ...`; with
+                   `--controllers N`, the controller with `--ingest-share` and N-1
+                   `fleet ingest` processes split the telemetry (a shared subscription)
 
 The database is VictoriaMetrics (Debian's `victoria-metrics`), written through
 influxdb-client's batching `/api/v2/write`. Telemetry comes from load-generator
@@ -15,12 +18,16 @@ in the database (`device_uptime_s` samples); the run reports any difference.
 
     python bench/ingest.py --broker embedded --rate 2000
     python bench/ingest.py --broker mosquitto --rate 5000
+    python bench/ingest.py --broker mosquitto --compare-shared --rate 12000   # 1 vs 2 processes
 
 Targets (issue 3), per controller process: >= 2,000 msg/s on the embedded
 broker, >= 5,000 on Mosquitto. Throughput is messages stored / (time from the
 first message sent to the last one stored). CPU figures come from /proc (user +
 system seconds of each process during the run), which a busy machine disturbs
-far less than wall-clock time. Prints figures; asserts nothing about time.
+far less than wall-clock time. With several controller processes the capacity by CPU
+is what the busiest of them could take alone on a core of its own (messages / its CPU
+seconds x processes, at an even split): on a shared machine the wall-clock throughput
+mostly says how much CPU the others left. Prints figures; asserts nothing about time.
 """
 
 from __future__ import annotations
@@ -150,7 +157,7 @@ def generate(args: argparse.Namespace) -> None:
 # --- the benchmark ----------------------------------------------------------------------------
 
 
-async def run(args: argparse.Namespace) -> None:
+async def run(args: argparse.Namespace) -> dict[str, float]:
     workdir = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
     home = workdir / "home"
     home.mkdir()
@@ -173,8 +180,10 @@ async def run(args: argparse.Namespace) -> None:
         str(args.batch_size),
         "--influx-flush-interval",
         str(args.flush_interval_ms),
-        *(["--no-ha"] if args.no_ha else []),
     ]
+    influx_worker = list(influx)  # `fleet ingest` has no Home Assistant part to turn off
+    influx += ["--no-ha"] if args.no_ha else []
+    worker_pids: list[int] = []
     try:
         vm_pid = await procs.start(
             "victoria-metrics",
@@ -187,12 +196,25 @@ async def run(args: argparse.Namespace) -> None:
         broker_pid = None  # a broker in a process of its own
         if args.broker == "embedded":
             ctl_pid = await procs.start(
-                "up", *FLEET, "up", "--devices", "0", "--port", str(port), *influx, env=env
+                "up",
+                *FLEET,
+                "up",
+                "--engine",
+                "amqtt",
+                "--devices",
+                "0",
+                "--port",
+                str(port),
+                *influx,
+                env=env,
             )
             await wait_port(port, procs)
             label = "amqtt broker + controller process"
         else:
             ctl_secret = store.add("controller", Role.CONTROLLER)
+            worker_secrets = [
+                store.add(f"ingest-{n}", Role.CONTROLLER) for n in range(1, args.controllers)
+            ]
             if args.broker == "mosquitto":
                 conf = write_mosquitto_config(
                     workdir / "mosquitto", store, PREFIX, port, run_as="root"
@@ -200,7 +222,15 @@ async def run(args: argparse.Namespace) -> None:
                 broker_pid = await procs.start("broker", MOSQUITTO, "-c", str(conf))
             else:
                 broker_pid = await procs.start(
-                    "broker", *FLEET, "broker", "run", "--port", str(port), env=env
+                    "broker",
+                    *FLEET,
+                    "broker",
+                    "run",
+                    "--engine",
+                    "amqtt",
+                    "--port",
+                    str(port),
+                    env=env,
                 )
             await wait_port(port, procs)
             ctl_pid = await procs.start(
@@ -212,20 +242,44 @@ async def run(args: argparse.Namespace) -> None:
                 "--broker",
                 f"mqtt://controller:{ctl_secret}@127.0.0.1:{port}",
                 *influx,
+                *(["--ingest-share", "ingest"] if args.controllers > 1 else []),
                 env=env,
             )
-            label = "controller process"
+            for n, secret in enumerate(worker_secrets, start=1):
+                worker_pids.append(
+                    await procs.start(
+                        f"ingest-{n}",
+                        *FLEET,
+                        "ingest",
+                        "--share",
+                        "ingest",
+                        "--client-id",
+                        f"ingest-{n}",
+                        "--broker",
+                        f"mqtt://ingest-{n}:{secret}@127.0.0.1:{port}",
+                        *influx_worker,
+                        env=env,
+                    )
+                )
+            label = (
+                f"{args.controllers} controller processes sharing the ingest"
+                if args.controllers > 1
+                else "controller process"
+            )
         # The controller is up when it has written its first `fleet` counts point... or just
         # give it a moment to connect and subscribe: a probe would be counted as telemetry.
-        log = workdir / ("up.log" if args.broker == "embedded" else "controller.log")
+        logs = [workdir / ("up.log" if args.broker == "embedded" else "controller.log")]
+        logs += [workdir / f"ingest-{n}.log" for n in range(1, args.controllers)]
         deadline = time.monotonic() + 60
-        while "telemetry to InfluxDB" not in log.read_text():
-            procs.check()
-            if time.monotonic() > deadline:
-                raise SystemExit(f"controller did not start:\n{log.read_text()[-2000:]}")
-            await asyncio.sleep(0.1)
+        for log in logs:
+            while "telemetry to InfluxDB" not in log.read_text():
+                procs.check()
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{log.stem} did not start:\n{log.read_text()[-2000:]}")
+                await asyncio.sleep(0.1)
         await asyncio.sleep(2.0)
-        print(f"{label}: pid {ctl_pid}; broker pid {broker_pid}", flush=True)
+        ctl_pids = [ctl_pid, *worker_pids]
+        print(f"{label}: pids {ctl_pids}; broker pid {broker_pid}", flush=True)
 
         start_at = time.time() + 3.0  # generators connect first, then start together
         per_gen = -(-args.devices // args.gen_procs)
@@ -258,7 +312,8 @@ async def run(args: argparse.Namespace) -> None:
             )
         await asyncio.sleep(max(0.0, start_at - time.time()))
         t0 = time.monotonic()
-        cpu0 = {"ctl": cpu_seconds(ctl_pid), "vm": cpu_seconds(vm_pid)}
+        ctl_cpu0 = [cpu_seconds(pid) for pid in ctl_pids]
+        cpu0 = {"vm": cpu_seconds(vm_pid)}
         if broker_pid:
             cpu0["broker"] = cpu_seconds(broker_pid)
         sent = 0
@@ -281,7 +336,8 @@ async def run(args: argparse.Namespace) -> None:
                 stored, last_change, t_done = count, time.monotonic(), time.monotonic()
         for gen in gens:
             await gen.communicate(b"")  # close stdin: the generators disconnect
-        cpu = {k: cpu_seconds(pid) - cpu0[k] for k, pid in (("ctl", ctl_pid), ("vm", vm_pid))}
+        ctl_cpus = [cpu_seconds(pid) - c0 for pid, c0 in zip(ctl_pids, ctl_cpu0, strict=True)]
+        cpu = {"ctl": sum(ctl_cpus), "vm": cpu_seconds(vm_pid) - cpu0["vm"]}
         if broker_pid:
             cpu["broker"] = cpu_seconds(broker_pid) - cpu0["broker"]
         elapsed = t_done - t0
@@ -294,10 +350,16 @@ async def run(args: argparse.Namespace) -> None:
             f"all stored {t_done - t_sent:.1f}s after the last was sent (includes the "
             f"database's own delay before a write is readable, and polling every 0.5s)"
         )
+        # What the busiest controller process could take on a core of its own, times their
+        # number (the broker splits evenly): wall-clock throughput on a shared machine says
+        # more about the other load than about the controllers.
+        by_cpu = stored / max(max(ctl_cpus), 1e-9)
         print(
             f"{label}: {cpu['ctl']:.2f} CPU s = {cpu['ctl'] / max(stored, 1) * 1000:.3f} "
-            f"CPU s per 1,000 messages ({cpu['ctl'] / elapsed * 100:.0f}% of a core); "
-            f"peak RSS {peak_rss_mib(ctl_pid):.0f} MiB"
+            f"CPU s per 1,000 messages ({cpu['ctl'] / elapsed * 100:.0f}% of a core; per "
+            f"process {', '.join(f'{c:.2f}' for c in ctl_cpus)} CPU s); "
+            f"peak RSS {max(peak_rss_mib(pid) for pid in ctl_pids):.0f} MiB; "
+            f"capacity by CPU {by_cpu:.0f} msg/s"
         )
         others = ", ".join(f"{k} {v:.2f} CPU s" for k, v in cpu.items() if k != "ctl")
         print(f"other processes: {others}")
@@ -305,8 +367,14 @@ async def run(args: argparse.Namespace) -> None:
             f"RESULT broker={args.broker} devices={args.devices} offered_msg_s={args.rate} "
             f"end_to_end_msg_s={throughput:.0f} lost={lost} target_msg_s={target} "
             f"controller_cpu_s_per_1000={cpu['ctl'] / max(stored, 1) * 1000:.3f} "
-            f"controller_max_msg_s_by_cpu={stored / max(cpu['ctl'], 1e-9):.0f}"
+            f"controller_max_msg_s_by_cpu={by_cpu:.0f} controllers={len(ctl_pids)}"
         )
+        return {
+            "throughput": throughput,
+            "lost": lost,
+            "cpu_per_1000": cpu["ctl"] / max(stored, 1) * 1000,
+            "by_cpu": by_cpu,
+        }
     finally:
         await procs.stop()
         if not args.keep:
@@ -332,6 +400,18 @@ def main() -> None:
     parser.add_argument("--flush-interval-ms", type=int, default=200)
     parser.add_argument("--settle", type=float, default=15.0, help="give up after no progress")
     parser.add_argument("--keep", action="store_true", help="keep logs and work dir")
+    parser.add_argument(
+        "--controllers",
+        type=int,
+        default=1,
+        help="mosquitto: controller processes sharing the ingest (the controller and N-1 "
+        "`fleet ingest`)",
+    )
+    parser.add_argument(
+        "--compare-shared",
+        action="store_true",
+        help="mosquitto: one controller, then two sharing the ingest, in one run",
+    )
     # load-generator mode (internal)
     parser.add_argument("--generator", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -345,7 +425,23 @@ def main() -> None:
         return
     if args.rate is None:
         args.rate = 5000.0 if args.broker == "mosquitto" else 2000.0
-    asyncio.run(run(args))
+    if (args.controllers > 1 or args.compare_shared) and args.broker != "mosquitto":
+        parser.error("--controllers and --compare-shared need --broker mosquitto")
+    if not args.compare_shared:
+        asyncio.run(run(args))
+        return
+    runs = {}
+    for n in (1, 2):
+        print(f"--- {n} controller process{'es' if n > 1 else ''}", flush=True)
+        runs[n] = asyncio.run(run(argparse.Namespace(**{**vars(args), "controllers": n})))
+    one, two = runs[1], runs[2]
+    print(
+        f"COMPARE end_to_end_msg_s {one['throughput']:.0f} -> {two['throughput']:.0f} "
+        f"({two['throughput'] / max(one['throughput'], 1e-9):.2f}x); capacity by CPU "
+        f"{one['by_cpu']:.0f} -> {two['by_cpu']:.0f} ({two['by_cpu'] / one['by_cpu']:.2f}x, "
+        f"target 1.8x); CPU s per 1,000 messages {one['cpu_per_1000']:.3f} -> "
+        f"{two['cpu_per_1000']:.3f}; lost {one['lost']:.0f} / {two['lost']:.0f}"
+    )
 
 
 if __name__ == "__main__":

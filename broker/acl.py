@@ -11,6 +11,9 @@ The rules, by role:
   leave), ``homeassistant/status`` and its entities' command topics (``ha/dev/+/+/set``,
   ``ha/fleet/+/set``); reads ``homeassistant/#``, device status/state/tele, ``api/result``
   and ``ha/#``. So it cannot forge the state docs under ``ha/`` nor write discovery.
+- agent (username == participant id): publishes its own ``meet/{id}/up`` and the ops of
+  ``api/{op}`` in AGENT_API_OPS; reads ``meet/{id}/down``, device status/state and
+  ``api/result``; both on ``sync/{id}-api`` (its API client's loopback).
 - anonymous or unknown role: nothing.
 
 A wildcard subscription is allowed only when every topic it can match is readable.
@@ -24,7 +27,7 @@ from __future__ import annotations
 from typing import Literal
 
 from broker.credentials import Credential, Role
-from fleet.protocol.messages import HOMEASSISTANT_API_OPS
+from fleet.protocol.messages import AGENT_API_OPS, HOMEASSISTANT_API_OPS
 from fleet.protocol.topics import Topics
 
 AclAction = Literal["publish", "subscribe", "receive"]
@@ -34,6 +37,7 @@ _DEVICE_READ = ("desired", "cmd")
 _HA_DEVICE_READ = ("status", "state", "tele")
 # Enum member lookup costs ~0.2 us on Python 3.11; module constants are plain globals.
 _DEVICE, _CONTROLLER, _HOMEASSISTANT = Role.DEVICE, Role.CONTROLLER, Role.HOMEASSISTANT
+_AGENT = Role.AGENT
 _CACHE_LIMIT = 100_000  # entries per cache; cleared wholesale past this (cheap to rebuild)
 
 Filter = tuple[str, ...]
@@ -90,6 +94,11 @@ class Acl:
             split_filter(f"{p}/api/result"),
             split_filter(f"{p}/ha/#"),
         )
+        self._agent_api = frozenset(f"{p}/api/{op.value}" for op in AGENT_API_OPS)
+        self._agent_read: tuple[Filter, ...] = (
+            *(split_filter(f"{p}/dev/+/{k}") for k in ("status", "state")),
+            split_filter(f"{p}/api/result"),
+        )
         # (username, groups) -> (writable topics, readable topics)
         self._device_cache: dict[tuple[str, tuple[str, ...]], tuple[frozenset[str], frozenset[str]]]
         self._device_cache = {}
@@ -123,6 +132,14 @@ class Acl:
                 allowed = self._covered(topic, self._ha_read)
                 self._ha_read_cache[topic] = allowed
             return allowed
+        if role is _AGENT:
+            own = (f"{self.prefix}/sync/{cred.username}-api",)
+            if action == "publish":
+                mine = (*own, self.topics.meet_up(cred.username))
+                return topic in self._agent_api or topic in mine
+            if topic in (*own, self.topics.meet_down(cred.username)):
+                return True
+            return self._covered(topic, self._agent_read)
         return False
 
     # --- helpers ------------------------------------------------------------------------------

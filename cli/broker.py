@@ -1,4 +1,5 @@
-"""`fleet broker`: run the embedded broker, or write a Mosquitto config for the same users."""
+"""`fleet broker`: run the local broker (Mosquitto, or amqtt in-process), or write a
+Mosquitto config for the same users."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ from typing import Annotated
 import typer
 
 from broker.credentials import CredentialStore, default_credentials_path
-from cli.common import console, err_console, fail
+from broker.local import BrokerEngine, MosquittoBroker, local_broker
+from cli.common import command_group, console, err_console, fail
 from fleet.errors import FleetError
 from fleet.protocol.topics import DEFAULT_PREFIX
 
-app = typer.Typer(
-    help="Run the embedded MQTT broker (amqtt) or write a Mosquitto configuration.",
-    no_args_is_help=True,
+app = command_group(
+    "Run the local MQTT broker (Mosquitto or amqtt) or write a Mosquitto configuration."
 )
 
 CredsOption = Annotated[
@@ -56,10 +57,16 @@ def run(
         Path | None, typer.Option(help="TLS private key (PEM).", exists=True)
     ] = None,
     prefix: PrefixOption = DEFAULT_PREFIX,
+    engine: Annotated[
+        BrokerEngine,
+        typer.Option(
+            help="mosquitto (MQTT 5 and 3.1.1; files in FLEET_HOME/mosquitto, reloaded when "
+            "the credentials change), amqtt (in-process, 3.1.1 only), auto = mosquitto when "
+            "installed."
+        ),
+    ] = BrokerEngine.AUTO,
 ) -> None:
-    """Run the embedded broker until Ctrl-C. Users come from `fleet creds`."""
-    from broker.embedded import EmbeddedBroker  # amqtt is heavy; only this command needs it
-
+    """Run the local broker until Ctrl-C. Users come from `fleet creds`."""
     if not logging.getLogger().handlers:
         # Refused logins and amqtt's warnings, timestamped like a server log.
         logging.basicConfig(
@@ -75,7 +82,8 @@ def run(
             " until you add some with `fleet creds add`"
         )
     try:
-        broker = EmbeddedBroker(
+        broker = local_broker(
+            engine,
             store.path,
             host=host,
             port=port,
@@ -90,8 +98,13 @@ def run(
     async def serve() -> None:
         await broker.start()
         ws = f", WebSocket on port {broker.ws_port}" if broker.ws_port else ""
+        kind = (
+            f"Mosquitto (MQTT 5 and 3.1.1; log {broker.log_path})"
+            if isinstance(broker, MosquittoBroker)
+            else "amqtt (MQTT 3.1.1 only)"
+        )
         console.print(
-            f"Broker on {broker.url}{ws}; prefix {prefix}; {count} users from {store.path}."
+            f"{kind} on {broker.url}{ws}; prefix {prefix}; {count} users from {store.path}."
             " Ctrl-C to stop."
         )
         task = asyncio.current_task()
@@ -100,7 +113,10 @@ def run(
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(signal.SIGTERM, task.cancel)
         try:
-            await asyncio.Event().wait()
+            if isinstance(broker, MosquittoBroker):
+                await broker.wait()  # ConfigError if it exits by itself
+            else:
+                await asyncio.Event().wait()
         finally:
             await broker.stop()
 
@@ -155,4 +171,42 @@ def mosquitto_config(
     console.print(f"Wrote {conf} with passwd and acl for {count} users.")
     console.print(
         f"Run: mosquitto -c {conf}   (after `fleet creds` changes: rerun this, then SIGHUP)"
+    )
+
+
+@app.command("ha-addon")
+def ha_addon(
+    directory: Annotated[
+        Path, typer.Argument(help="Where to write logins.yaml and share/mosquitto/espfleet.*")
+    ],
+    home_user: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--home-user",
+            help="A user the home's broker already has (repeatable): keeps full access "
+            "under the ACL file.",
+        ),
+    ] = None,
+    folder: Annotated[
+        str, typer.Option(help="The add-on's customize.folder (under /share).")
+    ] = "mosquitto",
+    creds: CredsOption = None,
+    prefix: PrefixOption = DEFAULT_PREFIX,
+) -> None:
+    """Write what Home Assistant's Mosquitto add-on needs to carry the fleet's users and ACL
+    beside the home's (docs/home-assistant.md, "One broker for the home")."""
+    from broker.ha_addon import write_ha_addon_files
+
+    store = CredentialStore(creds or default_credentials_path())
+    _users(store)
+    try:
+        files = write_ha_addon_files(directory, store, prefix, home_user or (), folder)
+    except (FleetError, OSError) as exc:
+        fail(str(exc))
+    console.print(f"Wrote {files.logins} ({files.users} users), {files.conf} and {files.acl}.")
+    console.print(
+        "In the add-on's configuration: add the entries of logins.yaml under `logins:`, set "
+        f"`customize: {{active: true, folder: {folder}}}`, copy share/{folder}/ into Home "
+        "Assistant's /share folder, restart the add-on.",
+        highlight=False,
     )

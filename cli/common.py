@@ -16,6 +16,14 @@ import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
+
+from cli.logsummary import SummarizingFilter
+
+try:  # typer 0.29+ carries its own copy of click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer on click
+    from click import exceptions as click_errors  # type: ignore[no-redef]
 
 from fleet.errors import (
     BrokerUnavailable,
@@ -27,12 +35,19 @@ from fleet.errors import (
 from fleet.mqtt import BrokerUrl
 from fleet.protocol import Topics
 from fleet.protocol.messages import ApiRequest
-from fleet.settings import load_settings
+from fleet.protocol.topics import NAME_RULES
+from fleet.settings import CLIENT_FILE, default_home, load_settings
 
 T = TypeVar("T")
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+class _Output:
+    # Set when the command line holds --json: errors then also go to stdout as a JSON
+    # object, so a script reading stdout always gets JSON.
+    json = False
 
 
 class Exit(IntEnum):
@@ -76,18 +91,94 @@ def connection(broker: str | None, prefix: str | None) -> tuple[BrokerUrl, Topic
         fail(str(exc), Exit.USAGE)
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a command's coroutine; platform errors become a message and an exit code."""
+def run(coro: Coroutine[Any, Any, T], interrupted: str | None = None) -> T:
+    """Run a command's coroutine; platform errors become a message and an exit code.
+
+    `interrupted` is said on Ctrl-C (exit 130): what still holds, and how to undo it.
+    """
     try:
         return asyncio.run(coro)
-    except (BrokerUnavailable, ControllerUnavailable) as exc:
-        fail(str(exc), Exit.UNREACHABLE)
-    except (ConfigError, CredentialsError) as exc:
-        fail(str(exc), Exit.USAGE)
     except FleetError as exc:
-        fail(str(exc), Exit.REFUSED)
+        _fail_for(exc)
+    except BaseExceptionGroup as group:
+        # A long-running part's task group stopped on a platform error (a broker that
+        # refused the controller's subscription): the error, not a traceback.
+        leaf = _first_fleet_error(group)
+        if leaf is None:
+            raise
+        _fail_for(leaf)
     except KeyboardInterrupt:
+        if interrupted:
+            err_console.print(f"[yellow]interrupted:[/] {escape(interrupted)}", highlight=False)
         raise typer.Exit(130) from None
+
+
+def _fail_for(exc: FleetError) -> NoReturn:
+    if isinstance(exc, BrokerUnavailable):
+        fail(str(exc) + _credentials_hint(exc), Exit.UNREACHABLE)
+    if isinstance(exc, ControllerUnavailable):
+        fail(str(exc), Exit.UNREACHABLE)
+    if isinstance(exc, ConfigError | CredentialsError):
+        fail(str(exc), Exit.USAGE)
+    fail(str(exc), Exit.REFUSED)
+
+
+def _first_fleet_error(group: BaseExceptionGroup[BaseException]) -> FleetError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, FleetError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup) and (leaf := _first_fleet_error(exc)):
+            return leaf
+    return None
+
+
+def _credentials_hint(exc: BrokerUnavailable) -> str:
+    reason = exc.reason.lower()
+    if "authori" not in reason and "password" not in reason:
+        return ""
+    return (
+        "; credentials come from --broker mqtt://USER:PASS@HOST:PORT or FLEET_BROKER, else from "
+        f"the file `fleet up` writes ({default_home() / CLIENT_FILE}); "
+        "`fleet creds add NAME --role operator` makes a user"
+    )
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+# --- names for shell completion ----------------------------------------------------------------
+# Completion must answer at once, so it never connects: it reads the device ids and rooms
+# the last commands saw, kept in FLEET_HOME.
+NAMES_FILE = "names.json"
+
+
+def remember_names(**names: list[str]) -> None:
+    """Keep what a command just saw (devices=[...], rooms=[...]) for completion."""
+    path = default_home() / NAMES_FILE
+    try:
+        known = json.loads(path.read_text()) if path.exists() else {}
+        known.update({kind: list(values)[:5000] for kind, values in names.items()})
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.write_text(json.dumps(known))
+    except (OSError, ValueError):
+        pass  # completion is a convenience; never fail a command for it
+
+
+def _remembered(kind: str, incomplete: str) -> list[str]:
+    try:
+        values = json.loads((default_home() / NAMES_FILE).read_text()).get(kind, [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [v for v in values if isinstance(v, str) and v.startswith(incomplete)]
+
+
+def complete_devices(incomplete: str) -> list[str]:
+    return _remembered("devices", incomplete)
+
+
+def complete_rooms(incomplete: str) -> list[str]:
+    return _remembered("rooms", incomplete)
 
 
 def run_service(coro: Coroutine[Any, Any, Any]) -> None:
@@ -110,9 +201,39 @@ def run_service(coro: Coroutine[Any, Any, Any]) -> None:
     run(main())
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+def fail(message: str, code: int = 1, reason: str | None = None) -> NoReturn:
+    """The one voice of every error: `error: ...` on one line of stderr, the exit code,
+    and with --json a JSON object on stdout (`reason` is the controller's code, if any)."""
+    # One line whatever the terminal width: scripts and log readers grep for it.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    if _Output.json:
+        name = Exit(code).name.lower() if code in Exit._value2member_map_ else "error"
+        error = {"ok": False, "error": message, "code": reason or name, "exit_code": int(code)}
+        sys.stdout.write(json.dumps(error) + "\n")
     raise typer.Exit(int(code))
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """A protocol model's refusal in words: what was wrong and what is allowed."""
+    first = exc.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else ""
+    where = ".".join(str(p) for p in first["loc"]) or "request"
+    if first["type"] == "string_pattern_mismatch":
+        kind = field.removesuffix("s")  # groups.0 is a group name
+        if kind in NAME_RULES:
+            return name_error(kind, str(first.get("input")))
+        return f"invalid {where}: {first.get('input')!r} is not of the allowed form"
+    return f"invalid {where}: {first['msg'][:1].lower()}{first['msg'][1:]}"
+
+
+def name_error(kind: str, value: str) -> str:
+    return f"invalid {kind} {'id' if kind == 'device' else 'name'} {value!r}: {NAME_RULES[kind]}"
+
+
+def require_name(kind: str, value: str) -> str:
+    """`value` if it is a valid device/group/room name, else exit 2 saying what is allowed."""
+    api_request(**{kind: value})
+    return value
 
 
 def api_request(**fields: Any) -> ApiRequest:
@@ -120,9 +241,48 @@ def api_request(**fields: Any) -> ApiRequest:
     try:
         return ApiRequest(**fields)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        fail(f"invalid request: {where}: {first['msg']}", Exit.USAGE)
+        fail(describe_invalid(exc), Exit.USAGE)
+
+
+class FleetGroup(TyperGroup):
+    """The top `fleet` group: usage errors (bad options, missing arguments) speak in the
+    same voice as `fail`, instead of typer's boxes; --json makes them JSON on stdout too."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: list[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        _Output.json = "--json" in argv
+        try:
+            try:
+                code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+            except click_errors.NoArgsIsHelpError as exc:
+                exc.show()
+                code = 0
+            except click_errors.UsageError as exc:
+                where = exc.ctx.command_path if exc.ctx else "fleet"
+                fail(f"{exc.format_message()} (see {where} --help)", Exit.USAGE)
+            except click_errors.ClickException as exc:
+                fail(exc.format_message(), exc.exit_code)
+            except typer.Abort:
+                fail("aborted", 1)
+        except typer.Exit as exc:
+            code = exc.exit_code
+        finally:
+            _Output.json = False
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def command_group(help: str, **kw: Any) -> typer.Typer:
+    """A `fleet` command group: plain help text (no boxes that truncate at 80 columns)."""
+    return typer.Typer(help=help, no_args_is_help=True, rich_markup_mode=None, **kw)
 
 
 def print_json(value: BaseModel | list[Any] | dict[str, Any]) -> None:
@@ -159,6 +319,9 @@ def setup_logging(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # A fleet in one process repeats itself: each kind of warning once, then a count.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(SummarizingFilter())
     # amqtt logs every refused publish at INFO and connection noise at WARNING.
     logging.getLogger("amqtt").setLevel(logging.ERROR if not verbose else logging.INFO)
     logging.getLogger("transitions").setLevel(logging.WARNING)

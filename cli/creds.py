@@ -11,13 +11,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from broker.credentials import Credential, CredentialStore, Role, default_credentials_path
-from cli.common import console, fail
+from cli.common import command_group, console, fail
 from fleet.errors import CredentialsError
 
-app = typer.Typer(
-    help="Manage broker users: one per device, plus the controller and Home Assistant.",
-    no_args_is_help=True,
-)
+app = command_group("Manage broker users: one per device, plus the controller and Home Assistant.")
 
 FileOption = Annotated[
     Path | None,

@@ -3,27 +3,46 @@
 from __future__ import annotations
 
 import json
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from cli import broker, creds, flash, meetings, ops, services, telemetry
-from cli.common import Exit, fail, setup_logging
+from cli.common import Exit, FleetGroup, command_group, fail, setup_logging
 from fleet.protocol import json_schemas
+from fleet.protocol.messages import PROTOCOL_VERSION
 
-app = typer.Typer(
+app = command_group(
+    "Run fleets of ESP32 audio devices in meetings.",
     name="fleet",
-    help="Run fleets of ESP32 audio devices in meetings.",
-    no_args_is_help=True,
+    cls=FleetGroup,
     pretty_exceptions_enable=False,
 )
-protocol_app = typer.Typer(help="The wire contract (docs/protocol.md).", no_args_is_help=True)
+protocol_app = command_group("The wire contract (docs/protocol.md).")
+
+
+def _print_version(wanted: bool) -> None:
+    if not wanted:
+        return
+    try:
+        release = version("espfleet")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        release = "unknown"
+    typer.echo(f"fleet {release} (protocol v{PROTOCOL_VERSION})")
+    raise typer.Exit()
 
 
 @app.callback()
 def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False,
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     setup_logging(verbose)
 
@@ -51,6 +70,7 @@ def schema(
 app.command("up")(services.up)
 app.command("demo")(services.demo)
 app.command("controller")(services.controller)
+app.command("ingest")(services.ingest)
 app.command("sim")(services.sim)
 app.command("devices")(ops.devices)
 app.command("join-all")(ops.join_all)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -17,22 +19,27 @@ from cli.common import (
     JsonOpt,
     PrefixOpt,
     api_request,
+    command_group,
+    complete_rooms,
     connection,
     console,
     fail,
+    name_error,
+    plural,
     print_json,
+    remember_names,
     run,
     run_service,
 )
 from fleet.client import FleetClient
 from fleet.errors import FleetError
 from fleet.protocol import is_valid_id
-from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult, RoomInfo
+from fleet.protocol.messages import MAX_ROOM_CAP, ApiOp, ApiRequest, ApiResult, RoomInfo, RoomMedia
 
-app = typer.Typer(help="Rooms the fleet meets in.", no_args_is_help=True)
-agent_app = typer.Typer(help="Python participants that join rooms.", no_args_is_help=True)
+app = command_group("Rooms the fleet meets in.")
+agent_app = command_group("Python participants that join rooms.")
 
-RoomArg = Annotated[str, typer.Argument(help="Room name.")]
+RoomArg = Annotated[str, typer.Argument(help="Room name.", autocompletion=complete_rooms)]
 
 
 def _ask(broker: str | None, prefix: str | None, op: ApiOp, request: ApiRequest) -> ApiResult:
@@ -44,7 +51,7 @@ def _ask(broker: str | None, prefix: str | None, op: ApiOp, request: ApiRequest)
 
     result = run(go())
     if not result.ok:
-        fail(f"{result.code}: {result.detail}", Exit.REFUSED)
+        fail(f"{result.code}: {result.detail}", Exit.REFUSED, reason=result.code)
     return result
 
 
@@ -57,11 +64,21 @@ def _clock(ts: float | None) -> str:
 
 
 def _rooms_table(result: ApiResult) -> None:
-    table = Table(title=f"{len(result.rooms)} rooms")
-    for column in ("room", "cap", "live session", "members", "created"):
+    remember_names(rooms=[r.room for r in result.rooms])
+    table = Table(title=plural(len(result.rooms), "room"))
+    for column in ("room", "cap", "media", "rate", "live session", "members", "created"):
         table.add_column(column)
     for r in result.rooms:
-        table.add_row(r.room, str(r.cap), r.session or "", str(r.members), _when(r.created))
+        live = f"{r.session} ({r.session_media.value})" if r.session and r.session_media else ""
+        table.add_row(
+            r.room,
+            str(r.cap),
+            r.media.value,
+            f"{r.rate // 1000} kHz",
+            live,
+            str(r.members),
+            _when(r.created),
+        )
     console.print(table)
 
 
@@ -69,14 +86,27 @@ def _rooms_table(result: ApiResult) -> None:
 def rooms_create(
     room: RoomArg,
     cap: Annotated[
-        int | None, typer.Option(min=2, max=64, help="Most participants at once (mesh).")
+        int | None, typer.Option(min=2, max=MAX_ROOM_CAP, help="Most participants at once.")
+    ] = None,
+    media: Annotated[
+        RoomMedia | None,
+        typer.Option(
+            help="mesh: members connect to each other (up to the mesh cap); mixed: each to "
+            "the mixer (Janus); auto: mesh, then mixed past the mesh cap.",
+            show_default="auto",
+        ),
+    ] = None,
+    rate: Annotated[
+        int | None,
+        typer.Option(help="The mix's sampling rate: 16000 or 48000.", show_default="16000"),
     ] = None,
     broker: BrokerOpt = None,
     prefix: PrefixOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create a room (or change its cap)."""
-    result = _ask(broker, prefix, ApiOp.ROOM_CREATE, api_request(room=room, cap=cap))
+    """Create a room (or change its cap, media mode or mix rate)."""
+    request = api_request(room=room, cap=cap, media=media, rate=rate)
+    result = _ask(broker, prefix, ApiOp.ROOM_CREATE, request)
     print_json(result) if as_json else _rooms_table(result)
 
 
@@ -104,10 +134,12 @@ def rooms_ls(broker: BrokerOpt = None, prefix: PrefixOpt = None, as_json: JsonOp
 
 
 @app.command("rm")
-def rooms_rm(room: RoomArg, broker: BrokerOpt = None, prefix: PrefixOpt = None) -> None:
+def rooms_rm(
+    room: RoomArg, broker: BrokerOpt = None, prefix: PrefixOpt = None, as_json: JsonOpt = False
+) -> None:
     """Remove a room (not while a session is live in it). Its history stays."""
-    _ask(broker, prefix, ApiOp.ROOM_RM, api_request(room=room))
-    console.print(f"room {room} removed", highlight=False)
+    result = _ask(broker, prefix, ApiOp.ROOM_RM, api_request(room=room))
+    print_json(result) if as_json else console.print(f"room {room} removed", highlight=False)
 
 
 def sessions(
@@ -116,20 +148,28 @@ def sessions(
     broker: BrokerOpt = None,
     prefix: PrefixOpt = None,
     as_json: JsonOpt = False,
+    transcript: Annotated[
+        bool, typer.Option("--transcript", help="Who said what in the newest session.")
+    ] = False,
 ) -> None:
     """Past and live sessions of a room, with participants and durations."""
+    if transcript:
+        _transcript(broker, prefix, room, as_json)
+        return
     result = _ask(broker, prefix, ApiOp.SESSIONS, api_request(room=room, limit=limit))
     if as_json:
         print_json(result)
         return
-    table = Table(title=f"room {room}: {len(result.sessions)} sessions")
+    table = Table(title=f"room {room}: {plural(len(result.sessions), 'session')}")
+    # Who first (the device or agent), then the id the session gave it.
     columns = (
         "session",
+        "media",
         "started",
         "ended",
         "length",
-        "participant",
-        "pid",
+        "member",
+        "as",
         "joined",
         "left",
         "in",
@@ -138,15 +178,41 @@ def sessions(
         table.add_column(column)
     for s in result.sessions:
         ended = _clock(s.ended) if s.ended else "live"
-        head = (s.session, _when(s.started), ended, f"{s.duration_s:.0f}s")
+        media = s.media.value + (f" ({s.mixer})" if s.mixer else "")
+        head = (s.session, media, _when(s.started), ended, f"{s.duration_s:.0f}s")
         for p in s.participants:
             left = _clock(p.left) if p.left else "still in"
             table.add_row(
-                *head, p.participant, p.pid, _when(p.joined), left, f"{p.duration_s:.0f}s"
+                *head, p.pid, p.participant, _when(p.joined), left, f"{p.duration_s:.0f}s"
             )
-            head = ("", "", "", "")  # the session's columns once, on its first row
+            head = ("", "", "", "", "")  # the session's columns once, on its first row
         if not s.participants:
             table.add_row(*head, "", "", "", "", "")
+        if s.omitted:
+            table.add_row("", "", "", "", "", f"... {s.omitted} more not listed", "", "", "", "")
+    console.print(table)
+    # The newest session's media history: path changes, the mixer, failovers.
+    changes = [e for s in result.sessions[:1] for e in s.events if e.kind in ("media", "mixer")]
+    for event in changes:
+        console.print(f"{_clock(event.ts)} {event.kind}: {event.detail or ''}", highlight=False)
+
+
+def _transcript(broker: str | None, prefix: str | None, room: str, as_json: bool) -> None:
+    result = _ask(broker, prefix, ApiOp.TRANSCRIPT, api_request(room=room))
+    if as_json:
+        print_json(result)
+        return
+    table = Table(title=f"room {room}, session {result.detail}: {len(result.transcript)} lines")
+    for column in ("time", "length", "participant", "pid", "said"):
+        table.add_column(column)
+    for line in result.transcript:
+        table.add_row(
+            _clock(line.start),
+            f"{line.end - line.start:.1f}s",
+            line.participant,
+            line.pid,
+            line.text,
+        )
     console.print(table)
 
 
@@ -155,16 +221,23 @@ def say(
     text: Annotated[str, typer.Argument(help="The message.")],
     broker: BrokerOpt = None,
     prefix: PrefixOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Send a text message to every member of the room's live session."""
     result = _ask(broker, prefix, ApiOp.SAY, api_request(room=room, text=text))
-    console.print(result.detail, highlight=False)
+    print_json(result) if as_json else console.print(result.detail, highlight=False)
 
 
 @agent_app.command("join")
 def agent_join(
     room: RoomArg,
-    mode: Annotated[str, typer.Option(help="echo, tone, play or record.")] = "echo",
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="echo, tone, play, record, assistant (a voice assistant that runs the fleet) "
+            "or transcribe (writes who said what into the session history)."
+        ),
+    ] = "echo",
     file: Annotated[Path | None, typer.Option(help="WAV file for --mode play.")] = None,
     directory: Annotated[
         Path | None, typer.Option("--dir", help="Folder for --mode record's WAV files.")
@@ -189,7 +262,7 @@ def agent_join(
 
     pid = agent_id or f"agent-{(plugin and 'plugin') or mode}-{secrets.token_hex(3)}"
     if not is_valid_id(pid):
-        fail(f"--id {pid!r} must match [a-z0-9][a-z0-9-]{{0,63}}", Exit.USAGE)
+        fail(f"--id: {name_error('device', pid)}", Exit.USAGE)
     api_request(room=room)  # the room name, checked as the protocol checks it
     try:
         agent = load_plugin(plugin) if plugin else build_agent(mode, file, directory, freq)
@@ -197,4 +270,11 @@ def agent_join(
         fail(str(exc), Exit.USAGE)
     url, topics = connection(broker, prefix)
     console.print(f"agent {pid} ({agent.name}) joining {room} on {url.redacted()}", highlight=False)
+    # What the agent does (joining, peers, leaving, files written, turns) goes to stdout.
+    report = logging.StreamHandler(sys.stdout)
+    report.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    agents_log = logging.getLogger("fleet.agents")
+    agents_log.addHandler(report)
+    agents_log.setLevel(logging.INFO)
+    agents_log.propagate = False
     run_service(run_agent(url, pid, room, agent, topics, duration, tuple(ice_server or ())))

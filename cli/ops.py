@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
+from collections import Counter
+from datetime import datetime
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -18,20 +22,51 @@ from cli.common import (
     PrefixOpt,
     TimeoutOpt,
     api_request,
+    complete_devices,
+    complete_rooms,
     connection,
     console,
+    describe_invalid,
     fail,
     parse_duration,
+    plural,
     print_json,
+    remember_names,
+    require_name,
     run,
 )
 from fleet.client import FleetClient
-from fleet.protocol import is_valid_id
-from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult, DeviceOutcome
-from fleet.registry import Registry
+from fleet.protocol.messages import (
+    COMMAND_ARGS,
+    ApiOp,
+    ApiResult,
+    CommandOp,
+    DeviceOutcome,
+)
+from fleet.registry import DeviceRecord, Registry
+
+DeviceArg = Annotated[
+    str, typer.Argument(help="Device id.", autocompletion=complete_devices, show_default=False)
+]
+RoomArg = Annotated[str, typer.Argument(help="Room to join.", autocompletion=complete_rooms)]
 
 
-def devices(broker: BrokerOpt = None, prefix: PrefixOpt = None, as_json: JsonOpt = False) -> None:
+def natural_key(name: str) -> list[Any]:
+    """dev-2 before dev-10: digit runs compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def devices(
+    summary: Annotated[
+        bool,
+        typer.Option(
+            "--summary", help="Counts by presence, room, firmware and group instead of a row each."
+        ),
+    ] = False,
+    broker: BrokerOpt = None,
+    prefix: PrefixOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """List the fleet: presence, firmware, groups, applied rev and meeting."""
     url, topics = connection(broker, prefix)
 
@@ -40,7 +75,11 @@ def devices(broker: BrokerOpt = None, prefix: PrefixOpt = None, as_json: JsonOpt
             return fleet.registry
 
     registry = run(go())
-    records = sorted(registry.devices.values(), key=lambda r: r.id)
+    records = sorted(registry.devices.values(), key=lambda r: natural_key(r.id))
+    remember_names(devices=[r.id for r in records])
+    if summary:
+        _summary_view(records, as_json)
+        return
     if as_json:
         print_json(
             [
@@ -57,7 +96,7 @@ def devices(broker: BrokerOpt = None, prefix: PrefixOpt = None, as_json: JsonOpt
             ]
         )
         return
-    table = Table(title=f"{len(records)} devices, {registry.online_count()} online")
+    table = Table(title=f"{plural(len(records), 'device')}, {registry.online_count()} online")
     for column in ("device", "online", "fw", "groups", "rev", "meeting", "error"):
         table.add_column(column)
     for r in records:
@@ -73,8 +112,27 @@ def devices(broker: BrokerOpt = None, prefix: PrefixOpt = None, as_json: JsonOpt
     console.print(table)
 
 
+def _summary_view(records: list[DeviceRecord], as_json: bool) -> None:
+    counts = {
+        "presence": Counter("online" if r.online else "offline" for r in records),
+        "room": Counter(r.room or "(none)" for r in records),
+        "firmware": Counter((r.status.fw if r.status else None) or "(unknown)" for r in records),
+        "group": Counter(g for r in records for g in (r.groups or ["(none)"])),
+    }
+    if as_json:
+        print_json({"devices": len(records), **{k: dict(v) for k, v in counts.items()}})
+        return
+    table = Table(title=plural(len(records), "device"))
+    for column in ("by", "value", "devices"):
+        table.add_column(column)
+    for by, counter in counts.items():
+        for value, n in sorted(counter.items(), key=lambda kv: (-kv[1], natural_key(kv[0]))):
+            table.add_row(by, value, str(n))
+    console.print(table)
+
+
 def join_all(
-    room: Annotated[str, typer.Argument(help="Room to join.")],
+    room: RoomArg,
     group: Annotated[str, typer.Option(help="Only devices in this group.")] = "all",
     for_: Annotated[
         str | None, typer.Option("--for", help="Leave again after this long (90s, 15m, 1h).")
@@ -109,8 +167,8 @@ def leave_all(
 
 
 def join(
-    device: Annotated[str, typer.Argument(help="Device id.")],
-    room: Annotated[str, typer.Argument(help="Room to join.")],
+    device: DeviceArg,
+    room: RoomArg,
     mic: Annotated[bool, typer.Option("--mic/--no-mic", help="Microphone on.")] = True,
     timeout: TimeoutOpt = 30.0,
     broker: BrokerOpt = None,
@@ -120,7 +178,7 @@ def join(
     """Tell one device to join ROOM (newer than any earlier join-all, so it wins)."""
     _desired_op(
         ApiOp.JOIN,
-        dict(device=_device(device), room=room, mic=mic),
+        dict(device=require_name("device", device), room=room, mic=mic),
         timeout,
         broker,
         prefix,
@@ -129,19 +187,29 @@ def join(
 
 
 def leave(
-    device: Annotated[str, typer.Argument(help="Device id.")],
+    device: DeviceArg,
     timeout: TimeoutOpt = 30.0,
     broker: BrokerOpt = None,
     prefix: PrefixOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Tell one device to leave its meeting."""
-    _desired_op(ApiOp.LEAVE, dict(device=_device(device)), timeout, broker, prefix, as_json)
+    fields = dict(device=require_name("device", device))
+    _desired_op(ApiOp.LEAVE, fields, timeout, broker, prefix, as_json)
+
+
+def _complete_ops(incomplete: str) -> list[str]:
+    return [op.value for op in CommandOp if op.value.startswith(incomplete)]
 
 
 def cmd(
-    device: Annotated[str, typer.Argument(help="Device id.")],
-    op: Annotated[str, typer.Argument(help="ping, identify, reboot, ota or set_groups.")],
+    device: DeviceArg,
+    op: Annotated[
+        str,
+        typer.Argument(
+            help="ping, identify, reboot, ota or set_groups.", autocompletion=_complete_ops
+        ),
+    ],
     arg: Annotated[
         list[str] | None,
         typer.Option("--arg", help="KEY=VALUE argument (VALUE parsed as JSON when it can be)."),
@@ -153,14 +221,19 @@ def cmd(
     prefix: PrefixOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run an imperative command on one device and wait for its final answer."""
-    args = _parse_args(arg or [])
-    try:
-        request = ApiRequest(
-            device=_device(device), cmd_op=op, args=args, ttl_ms=int(ttl * 1000), timeout_s=ttl
-        )
-    except ValueError as exc:
-        fail(f"invalid command: {exc}", Exit.USAGE)
+    """Run an imperative command on one device and wait for its final answer.
+
+    Args per op: identify --arg seconds=1..300; ota --arg url=https://...;
+    set_groups --arg groups=kitchen,lobby.
+    """
+    args = _checked_args(op, _parse_args(arg or []))
+    request = api_request(
+        device=require_name("device", device),
+        cmd_op=op,
+        args=args,
+        ttl_ms=int(ttl * 1000),
+        timeout_s=ttl,
+    )
     url, topics = connection(broker, prefix)
 
     async def go() -> ApiResult:
@@ -185,10 +258,23 @@ def cmd(
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _device(device_id: str) -> str:
-    if not is_valid_id(device_id):
-        raise typer.BadParameter(f"{device_id!r} is not a device id ([a-z0-9][a-z0-9-]{{0,63}})")
-    return device_id
+def _checked_args(op: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Refuse, before anything is sent, an op no device knows, an arg it does not take, or
+    a value out of its range (devices ignore unknown args, so a typo would pass silently)."""
+    known = ", ".join(o.value for o in CommandOp)
+    if op not in CommandOp._value2member_map_:
+        fail(f"unknown op {op!r}: use one of {known}", Exit.USAGE)
+    model = COMMAND_ARGS[CommandOp(op)]
+    allowed = set(model.model_fields)
+    unknown = sorted(set(args) - allowed)
+    if unknown:
+        takes = ", ".join(sorted(allowed)) or "no args"
+        fail(f"{op} does not take {', '.join(unknown)} (it takes {takes})", Exit.USAGE)
+    try:
+        model.model_validate(args)
+    except ValidationError as exc:
+        fail(f"{op}: {describe_invalid(exc)}", Exit.USAGE)
+    return args
 
 
 def _parse_args(pairs: list[str]) -> dict[str, Any]:
@@ -196,7 +282,7 @@ def _parse_args(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise typer.BadParameter(f"--arg {pair!r} must look like KEY=VALUE")
+            fail(f"--arg {pair!r} must look like KEY=VALUE", Exit.USAGE)
         if key == "groups" and raw and not raw.startswith("["):
             args[key] = [g for g in raw.split(",") if g]  # --arg groups=a,b
             continue
@@ -239,7 +325,15 @@ def _desired_op(
                 return await fleet.request(op, request, progress)
 
     started = time.monotonic()
-    result = run(go())
+    # Ctrl-C stops the waiting, not the intent: the controller has it (or will) either way.
+    undo = "fleet leave-all" if op is ApiOp.JOIN_ALL else "a newer join or leave"
+    interrupted = (
+        f"stopped waiting; a {op.value} the controller accepted stays in force ({undo} undoes it)"
+    )
+    result = run(go(), interrupted=interrupted)
+    group = fields.get("group", "all")
+    if result.ok and group != "all" and not sum(result.counts.values()) and not result.devices:
+        fail(f"no device is in group {group!r}", Exit.REFUSED, reason="unknown_group")
     if as_json:
         print_json(result)
     else:
@@ -291,6 +385,9 @@ def _summary(result: ApiResult, elapsed: float) -> None:
         console.print(table)
     style = "green" if result.ok else "red"
     console.print(f"[{style}]{result.code}[/]: {result.detail} in {elapsed:.2f}s", highlight=False)
+    if result.until:
+        leave_at = datetime.fromtimestamp(result.until).strftime("%H:%M:%S")
+        console.print(f"the devices leave at {leave_at} (--for)", highlight=False)
     pending = [d.device for d in result.devices if d.outcome is DeviceOutcome.PENDING]
     if pending:
         console.print(

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from broker.credentials import CredentialStore, default_credentials_path
+from broker.local import BrokerEngine, MosquittoBroker
 from cli.common import (
     BrokerOpt,
     Exit,
@@ -20,6 +21,7 @@ from cli.common import (
     connection,
     console,
     fail,
+    plural,
     run,
     run_service,
 )
@@ -38,19 +40,31 @@ from cli.telemetry import (
     InfluxVersionOpt,
 )
 from fleet.client import FleetClient
-from fleet.controller.meetings import DEFAULT_ROOM_CAP, MeetingServer
+from fleet.controller.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, MeetingServer
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.device.bulk import BulkFleet
 from fleet.device.sim import SimFleet, device_ids
+from fleet.device.tones import TONE_SLOTS
+from fleet.device.workers import auto_procs
 from fleet.errors import ProtocolError
 from fleet.ha import HomeAssistantPart, HomeAssistantSettings
 from fleet.ha.part import DEFAULT_ROOM
+from fleet.mixer.errors import INSTALL_HINT, MixerUnavailable
 from fleet.protocol import is_valid_id
-from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult
+from fleet.protocol.messages import (
+    MAX_ROOM_CAP,
+    ApiOp,
+    ApiRequest,
+    ApiResult,
+    DeviceOutcome,
+    MediaPath,
+)
 from fleet.protocol.topics import DEFAULT_HA_PREFIX
 from fleet.settings import load_settings
 from fleet.stack import StackConfig, free_port, running_stack
+
+LISTED_DEVICES = 6  # a join's result lists every device up to this many, then only failures
 
 
 class SimEngine(StrEnum):
@@ -85,8 +99,30 @@ HaPrefixOpt = Annotated[
 HaRoomOpt = Annotated[
     str, typer.Option(help='Room of Home Assistant\'s "Join all" until one is chosen there.')
 ]
+EngineOpt = Annotated[
+    BrokerEngine,
+    typer.Option(
+        help="The local broker: mosquitto (MQTT 5 and 3.1.1), amqtt (in-process, 3.1.1 "
+        "only), auto = mosquitto when installed.",
+    ),
+]
+IngestShareOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Split the telemetry ingest with `fleet ingest --share NAME` processes (a "
+        "shared subscription; needs a broker that has them: Mosquitto).",
+    ),
+]
 RoomCapOpt = Annotated[
-    int, typer.Option(min=2, max=64, help="Default member cap of a room (a full mesh).")
+    int, typer.Option(min=2, max=MAX_ROOM_CAP, help="Default member cap of a room.")
+]
+MeshCapOpt = Annotated[
+    int,
+    typer.Option(
+        min=2,
+        max=MAX_ROOM_CAP,
+        help="Most members of a mesh session; an auto room's session moves to the mixer past it.",
+    ),
 ]
 
 
@@ -97,6 +133,7 @@ def up(
         int | None, typer.Option(help="Also listen for MQTT over WebSocket.")
     ] = None,
     host: Annotated[str, typer.Option(help="Address the broker binds.")] = "127.0.0.1",
+    engine: EngineOpt = BrokerEngine.AUTO,
     group: GroupOpt = None,
     tele_interval: Annotated[
         float, typer.Option(min=0.5, help="Telemetry period, seconds.")
@@ -105,6 +142,23 @@ def up(
         bool, typer.Option(help="Devices meet with real audio (off: the state names the room).")
     ] = True,
     room_cap: RoomCapOpt = DEFAULT_ROOM_CAP,
+    sim_procs: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=64,
+            help="Worker processes for the audio devices (0: in this process).",
+            show_default="0 up to 8 devices, else one per core",
+        ),
+    ] = None,
+    mesh_cap: MeshCapOpt = DEFAULT_MESH_CAP,
+    mixer: Annotated[
+        bool,
+        typer.Option(
+            help="Start a local Janus (the mixer of mixed rooms) when it is installed "
+            "(apt-get install janus)."
+        ),
+    ] = True,
     ha: HaOpt = True,
     ha_prefix: HaPrefixOpt = DEFAULT_HA_PREFIX,
     ha_room: HaRoomOpt = DEFAULT_ROOM,
@@ -148,15 +202,28 @@ def up(
         tele_interval_s=tele_interval,
         audio=audio,
         room_cap=room_cap,
+        mesh_cap=mesh_cap,
+        mixer=mixer,
         parts=[*influx.parts(), *_ha_parts(ha, ha_prefix, ha_room)],
+        sim_procs=auto_procs(devices, audio) if sim_procs is None else sim_procs,
+        engine=engine,
     )
 
     async def go() -> None:
+        started = time.monotonic()
         async with running_stack(config) as stack:
             await stack.wait_ready()
             client_file = settings.write_client_file(stack.operator_url)
+            websocket = f", MQTT over WebSocket on {host}:{ws_port}" if ws_port else ""
+            mixing = (
+                f"mixer {stack.mixer_url}"
+                if stack.mixer_url
+                else "no mixer (mixed rooms refused; apt-get install janus)"
+            )
             console.print(
-                f"[green]up[/]: broker on {host}:{port}, controller, {devices} simulated devices. "
+                f"[green]up[/] in {time.monotonic() - started:.1f}s: "
+                f"{_broker_line(stack.broker, host)}{websocket}, controller, {mixing}, "
+                f"{plural(devices, 'simulated device')}. "
                 f"CLI commands find it through {client_file}. Ctrl-C stops everything.",
                 highlight=False,
             )
@@ -171,7 +238,13 @@ def controller(
     db: Annotated[
         Path | None, typer.Option(help="SQLite database.", show_default="FLEET_HOME/controller.db")
     ] = None,
-    client_id: Annotated[str, typer.Option(help="MQTT client id.")] = "fleet-controller",
+    client_id: Annotated[
+        str | None,
+        typer.Option(
+            help="MQTT client id: the broker username or `USERNAME-NAME`.",
+            show_default="the broker username",
+        ),
+    ] = None,
     creds: Annotated[
         Path | None,
         typer.Option(
@@ -180,6 +253,15 @@ def controller(
         ),
     ] = None,
     room_cap: RoomCapOpt = DEFAULT_ROOM_CAP,
+    mesh_cap: MeshCapOpt = DEFAULT_MESH_CAP,
+    mixer: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A Janus WebSocket API URL (ws://HOST:PORT), the mixer of mixed rooms; "
+            "repeatable (a pool: new sessions go to the least loaded). Default: FLEET_MIXERS.",
+            show_default=False,
+        ),
+    ] = None,
     auto_create: Annotated[
         bool,
         typer.Option(
@@ -190,6 +272,7 @@ def controller(
     ha: HaOpt = True,
     ha_prefix: HaPrefixOpt = DEFAULT_HA_PREFIX,
     ha_room: HaRoomOpt = DEFAULT_ROOM,
+    ingest_share: IngestShareOpt = None,
     broker: BrokerOpt = None,
     prefix: PrefixOpt = None,
     influx_url: InfluxUrlOpt = None,
@@ -206,7 +289,7 @@ def controller(
 ) -> None:
     """Run the controller: registry, desired state, commands, meetings, the automation API,
     telemetry, Home Assistant discovery."""
-    if not is_valid_id(client_id):
+    if client_id is not None and not is_valid_id(client_id):
         fail(f"--client-id {client_id!r} must match [a-z0-9][a-z0-9-]{{0,63}}", Exit.USAGE)
     url, topics = connection(broker, prefix)
     influx = InfluxOptions(
@@ -222,11 +305,21 @@ def controller(
         influx_flush_interval,
         influx_buffer,
     )
-    parts = [*influx.parts(), *_ha_parts(ha, ha_prefix, ha_room)]
+    if ingest_share is not None and not is_valid_id(ingest_share):
+        fail(f"--ingest-share {ingest_share!r} must match [a-z0-9][a-z0-9-]{{0,63}}", Exit.USAGE)
+    if ingest_share is not None and not influx.settings().enabled:
+        fail("--ingest-share splits the telemetry ingest: it needs --influx-url", Exit.USAGE)
+    parts = [*influx.parts(share=ingest_share), *_ha_parts(ha, ha_prefix, ha_room)]
     path = db or load_settings().home / "controller.db"
     console.print(f"controller on {url.redacted()}, store {path}", highlight=False)
     store = CredentialStore(creds) if creds is not None else None
-    meetings = MeetingServer(room_cap=room_cap, auto_create=auto_create)
+    mixers = list(mixer or load_settings().mixers)
+    bad = [m for m in mixers if not m.startswith(("ws://", "wss://"))]
+    if bad:
+        fail(f"--mixer {bad[0]!r}: expected ws://HOST:PORT (Janus's WebSocket API)", Exit.USAGE)
+    meetings = MeetingServer(
+        room_cap=room_cap, auto_create=auto_create, mesh_cap=mesh_cap, mixers=mixers
+    )
     run_service(
         Controller(
             url, path, topics, client_id=client_id, credentials=store, parts=[meetings, *parts]
@@ -335,7 +428,15 @@ def sim(
 
 
 def demo(
-    devices: Annotated[int, typer.Option(min=2, max=6, help="Simulated devices.")] = 3,
+    devices: Annotated[
+        int,
+        typer.Option(
+            min=2,
+            max=TONE_SLOTS,
+            help="Simulated devices, each its own tone; past the mesh cap (4) they meet in "
+            "a mixed room, through a local Janus.",
+        ),
+    ] = 3,
     room: Annotated[str, typer.Option(help="Room the devices meet in.")] = "standup",
     listen: Annotated[
         float, typer.Option(min=1, max=60, help="Seconds to wait for everyone to hear everyone.")
@@ -345,15 +446,26 @@ def demo(
 ) -> None:
     """The main job on embedded defaults: start everything, meet with real audio, check that
     every device hears every other, leave, report, stop."""
-    from fleet.demo import hearing_table, wait_until_everyone_hears
+    from fleet.demo import demo_room, hearing_table, needs_mixer, wait_until_everyone_hears
 
     settings = load_settings(home=home)
+
     config = StackConfig(
-        home=settings.home, devices=devices, port=port or free_port(), tele_interval_s=2.0
+        home=settings.home,
+        devices=devices,
+        port=port or free_port(),
+        tele_interval_s=2.0,
+        mixer=needs_mixer(devices),
+        sim_procs=auto_procs(devices),
     )
 
     async def go() -> bool:
         async with running_stack(config) as stack:
+            if config.mixer and stack.mixer_url is None:
+                raise MixerUnavailable(
+                    "local",
+                    f"{devices} devices meet in a mixed room, which needs Janus: {INSTALL_HINT}",
+                )
             started = time.monotonic()
             await stack.wait_ready()
             console.print(
@@ -361,9 +473,10 @@ def demo(
                 highlight=False,
             )
             async with FleetClient(stack.operator_url, stack.controller.topics) as fleet:
+                await _step(fleet, ApiOp.ROOM_CREATE, demo_room(room, devices))
                 sent = time.monotonic()
                 joined = await _step(fleet, ApiOp.JOIN_ALL, ApiRequest(room=room, timeout_s=20))
-                hearing = await wait_until_everyone_hears(stack.fleet, listen)
+                hearing = await wait_until_everyone_hears(stack.workers or stack.fleet, listen)
                 if hearing.complete:
                     console.print(
                         f"every device hears every other {hearing.at - sent:.2f}s after join-all",
@@ -374,14 +487,21 @@ def demo(
                 history = await fleet.request(ApiOp.SESSIONS, ApiRequest(room=room, limit=1))
             for s in history.sessions:
                 members = ", ".join(f"{p.pid} ({p.duration_s:.1f}s)" for p in s.participants)
+                if len(s.participants) > LISTED_DEVICES:
+                    members = f"{len(s.participants)} participants"
                 state = "ended" if s.ended else "still live"
+                path = f"mixed on {s.mixer}" if s.media is MediaPath.MIXED else "mesh"
                 console.print(
-                    f"session {s.session} in {s.room}: {s.duration_s:.1f}s, {state}; {members}",
+                    f"session {s.session} in {s.room} ({path}): {s.duration_s:.1f}s, {state}; "
+                    f"{members}",
                     highlight=False,
                 )
             return joined.ok and hearing.complete and left.ok
 
-    ok = run(go())
+    try:
+        ok = run(go())
+    except MixerUnavailable as exc:
+        fail(str(exc), Exit.UNREACHABLE)
     console.print("[green]demo passed[/]" if ok else "[red]demo failed[/]")
     raise typer.Exit(Exit.OK if ok else Exit.NOT_CONVERGED)
 
@@ -396,8 +516,17 @@ async def _step(fleet: FleetClient, op: ApiOp, request: ApiRequest) -> ApiResult
         highlight=False,
     )
     for d in result.devices:
-        console.print(f"  {d.device}: {d.outcome.value}, room {d.room or '-'}", highlight=False)
+        # A big fleet lists only the devices that did not converge.
+        if len(result.devices) <= LISTED_DEVICES or d.outcome is not DeviceOutcome.CONVERGED:
+            console.print(f"  {d.device}: {d.outcome.value}, room {d.room or '-'}", highlight=False)
     return result
+
+
+def _broker_line(broker: object, host: str) -> str:
+    port = getattr(broker, "port", "?")
+    if isinstance(broker, MosquittoBroker):
+        return f"Mosquitto (MQTT 5 and 3.1.1) on {host}:{port}, log {broker.log_path}"
+    return f"amqtt (MQTT 3.1.1 only) on {host}:{port}"
 
 
 def _ha_parts(enabled: bool, ha_prefix: str, room: str) -> list[ControllerPart]:
@@ -415,3 +544,56 @@ def _groups(group: list[str] | None) -> list[str]:
     if bad:
         raise typer.BadParameter(f"invalid group name(s): {', '.join(bad)}")
     return groups
+
+
+def ingest(
+    share: Annotated[
+        str, typer.Option(help="The share group, as the controller's --ingest-share.")
+    ] = "ingest",
+    client_id: Annotated[str, typer.Option(help="MQTT client id (one per process).")] = (
+        "fleet-ingest"
+    ),
+    broker: BrokerOpt = None,
+    prefix: PrefixOpt = None,
+    influx_url: InfluxUrlOpt = None,
+    influx_version: InfluxVersionOpt = None,
+    influx_token: InfluxTokenOpt = None,
+    influx_org: InfluxOrgOpt = None,
+    influx_bucket: InfluxBucketOpt = None,
+    influx_database: InfluxDatabaseOpt = None,
+    influx_user: InfluxUserOpt = None,
+    influx_password: InfluxPasswordOpt = None,
+    influx_batch_size: InfluxBatchOpt = None,
+    influx_flush_interval: InfluxFlushOpt = None,
+    influx_buffer: InfluxBufferOpt = None,
+) -> None:
+    """Take a share of the telemetry ingest beside `fleet controller --ingest-share`
+    (telemetry only: desired state, meetings and Home Assistant stay with the controller)."""
+    from fleet.telemetry.worker import IngestWorker
+
+    for name, value in (("--share", share), ("--client-id", client_id)):
+        if not is_valid_id(value):
+            fail(f"{name} {value!r} must match [a-z0-9][a-z0-9-]{{0,63}}", Exit.USAGE)
+    url, topics = connection(broker, prefix)
+    influx = InfluxOptions(
+        influx_url,
+        influx_version,
+        influx_token,
+        influx_org,
+        influx_bucket,
+        influx_database,
+        influx_user,
+        influx_password,
+        influx_batch_size,
+        influx_flush_interval,
+        influx_buffer,
+    )
+    settings = influx.settings()
+    if not settings.enabled:
+        fail("fleet ingest needs a database: --influx-url (or FLEET_INFLUX_URL)", Exit.USAGE)
+    console.print(
+        f"ingest share {share!r} on {url.redacted()}: {settings.describe()}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    run_service(IngestWorker(url, settings, share, topics, client_id=client_id).run())

@@ -16,19 +16,21 @@ from cli.common import (
     Exit,
     JsonOpt,
     PrefixOpt,
+    command_group,
     connection,
     console,
     err_console,
     fail,
+    require_name,
     run_service,
 )
+from fleet.client import FleetClient
 from fleet.controller.parts import ControllerPart
-from fleet.errors import ConfigError
-from fleet.protocol import is_valid_id
+from fleet.errors import ConfigError, FleetError
 from fleet.telemetry.config import InfluxSettings, load_influx_settings
 from fleet.telemetry.tail import EventItem, Refused, TeleItem, follow, summary
 
-app = typer.Typer(help="Device telemetry: live view, InfluxDB, Grafana.", no_args_is_help=True)
+app = command_group("Device telemetry: live view, InfluxDB, Grafana.")
 
 _ENV = "Env: FLEET_INFLUX_{}."
 InfluxUrlOpt = Annotated[
@@ -115,8 +117,9 @@ class InfluxOptions:
         except ConfigError as exc:
             fail(str(exc), Exit.USAGE)
 
-    def parts(self) -> list[ControllerPart]:
-        """The telemetry ingest part, or nothing when no database is configured."""
+    def parts(self, share: str | None = None) -> list[ControllerPart]:
+        """The telemetry ingest part, or nothing when no database is configured; with
+        `share`, it takes its share of a shared subscription (fleet/telemetry/ingest.py)."""
         settings = self.settings()
         if not settings.enabled:
             return []
@@ -131,7 +134,7 @@ class InfluxOptions:
         from fleet.telemetry.ingest import TelemetryIngest
 
         console.print(settings.describe(), highlight=False)
-        return [TelemetryIngest(settings)]
+        return [TelemetryIngest(settings, share=share)]
 
 
 @app.command("tail")
@@ -148,11 +151,13 @@ def tail(
     as_json: JsonOpt = False,
 ) -> None:
     """Live telemetry as devices send it (one line, or one JSON object, per message)."""
-    if device is not None and not is_valid_id(device):
-        fail(f"invalid device id {device!r}: must match [a-z0-9][a-z0-9-]{{0,63}}", Exit.USAGE)
+    if device is not None:
+        require_name("device", device)
     url, topics = connection(broker, prefix)
 
     async def go() -> None:
+        if device is not None:
+            await _check_known(device)
         shown = 0
         async for item in follow(url, topics, device, events):
             if isinstance(item, Refused):
@@ -163,7 +168,21 @@ def tail(
             if count is not None and shown >= count:
                 return
 
+    async def _check_known(device: str) -> None:
+        # A typo would otherwise wait forever for telemetry that never comes.
+        async with FleetClient(url, topics) as fleet:
+            record = fleet.registry.devices.get(device)
+            known = len(fleet.registry.devices)
+        if record is None:
+            raise UnknownDevice(f"unknown device {device!r} ({known} known; see `fleet devices`)")
+        if not record.online:
+            err_console.print(f"{device} is offline: waiting for it to come back", highlight=False)
+
     run_service(go())
+
+
+class UnknownDevice(FleetError):
+    """`telemetry tail` was asked for a device the fleet has never seen."""
 
 
 def _show(item: TeleItem | EventItem, as_json: bool) -> None:

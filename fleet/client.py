@@ -19,7 +19,17 @@ from types import TracebackType
 import aiomqtt
 
 from fleet.errors import BrokerUnavailable, ControllerUnavailable, ProtocolError
-from fleet.mqtt import BrokerUrl, make_client, payload_bytes
+from fleet.mqtt import (
+    BrokerUrl,
+    MqttClient,
+    MqttVersion,
+    Reply,
+    open_client,
+    own_client_id,
+    payload_bytes,
+    publish,
+    subscribe,
+)
 from fleet.protocol import TopicKind, Topics, decode, decode_for, encode
 from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult, State, Sync
 from fleet.registry import Registry
@@ -46,9 +56,11 @@ class FleetClient:
     ) -> None:
         self.url = url
         self.topics = topics or Topics()
-        self.client_id = client_id or f"fleet-cli-{uuid.uuid4().hex[:10]}"
+        # A client id the broker lets this user have (protocol.md §11).
+        self.client_id = client_id or own_client_id(url.username, f"cli-{uuid.uuid4().hex[:10]}")
         self.registry = Registry()
-        self._client: aiomqtt.Client | None = None
+        self._client: MqttClient | None = None
+        self._connection: contextlib.AbstractAsyncContextManager[MqttClient] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._results: dict[str, asyncio.Queue[ApiResult]] = {}
         self._synced: dict[str, asyncio.Event] = {}
@@ -56,23 +68,27 @@ class FleetClient:
         self._last_read = 0.0
 
     async def __aenter__(self) -> FleetClient:
-        client = make_client(self.url, client_id=self.client_id)
+        connection = open_client(self.url, client_id=self.client_id, version=MqttVersion.AUTO)
         try:
-            await client.__aenter__()
+            client = await connection.__aenter__()
         except aiomqtt.MqttError as exc:
             raise BrokerUnavailable(self.url.redacted(), str(exc)) from exc
-        self._client = client
+        self._connection, self._client = connection, client
         self._reader = asyncio.create_task(self._read(client), name="fleet-client-reader")
         t = self.topics
+        # MQTT 5: results come to our own reply topic (response topic + correlation data),
+        # not everyone's on api/result.
+        results = self._reply_topic if client.mqtt5 else t.api_result
         # Status and state only feed the registry and progress display (the verdict is the
         # controller's QoS 1 result), so QoS 0 spares the broker an ack flow per device.
-        await client.subscribe(
+        await subscribe(
+            client,
             [
-                (t.api_result, 1),
+                (results, 1),
                 (t.all_devices(TopicKind.STATUS), 0),
                 (t.all_devices(TopicKind.STATE), 0),
                 (self._sync_topic, 1),
-            ]
+            ],
         )
         await self.sync()
         return self
@@ -87,10 +103,19 @@ class FleetClient:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
-        if self._client is not None:
+        if self._connection is not None:
             with contextlib.suppress(aiomqtt.MqttError):
-                await self._client.__aexit__(exc_type, exc, tb)
-        self._client = None
+                await self._connection.__aexit__(exc_type, exc, tb)
+        self._client = self._connection = None
+
+    @property
+    def _reply_topic(self) -> str:
+        return self.topics.api_reply(self.client_id)
+
+    @property
+    def connected(self) -> bool:
+        """False once the broker connection is lost (this client does not reconnect)."""
+        return self._client is not None and self._reader is not None and not self._reader.done()
 
     @property
     def _sync_topic(self) -> str:
@@ -124,6 +149,9 @@ class FleetClient:
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         self._last_read = time.monotonic()
+        if topic == self._reply_topic:
+            self._on_result(topic, payload)
+            return
         parsed = self.topics.parse(topic)
         if parsed is None:
             return
@@ -138,13 +166,19 @@ class FleetClient:
                 if self._watch is not None and parsed.kind is TopicKind.STATE:
                     self._watch.observe(parsed.name, message)
             elif parsed.kind is TopicKind.API_RESULT:
-                result = decode(ApiResult, payload)
-                queue = self._results.get(result.id or "")
-                if queue is not None:
-                    queue.put_nowait(result)
+                self._on_result(topic, payload)
         except ProtocolError as exc:
-            level = logging.WARNING if parsed.kind is TopicKind.API_RESULT else logging.DEBUG
-            log.log(level, "ignored %s: %s", topic, exc)
+            log.debug("ignored %s: %s", topic, exc)
+
+    def _on_result(self, topic: str, payload: bytes) -> None:
+        try:
+            result = decode(ApiResult, payload)
+        except ProtocolError as exc:
+            log.warning("ignored %s: %s", topic, exc)
+            return
+        queue = self._results.get(result.id or "")
+        if queue is not None:
+            queue.put_nowait(result)
 
     async def request(
         self,
@@ -165,7 +199,13 @@ class FleetClient:
         queue: asyncio.Queue[ApiResult] = asyncio.Queue()
         self._results[request_id] = queue
         try:
-            await self._client.publish(self.topics.api(op.value), encode(request), qos=1)
+            # PublishRefused (MQTT 5) when the broker's ACL does not let this user send it.
+            await publish(
+                self._client,
+                self.topics.api(op.value),
+                encode(request),
+                reply=Reply(self._reply_topic, request_id.encode()),
+            )
             first = await self._accepted(queue, op, request.timeout_s)
             if first.done:
                 return first  # refused, or converged at once

@@ -55,3 +55,25 @@ class CredentialsError(FleetError):
 
 class ConfigError(FleetError):
     """A setting or URL the platform cannot use."""
+
+
+class BrokerRefused(FleetError):
+    """The broker refused a publish or subscription (an MQTT reason code, e.g. the ACL)."""
+
+    def __init__(self, what: str, topic: str, code: int, reason: str) -> None:
+        super().__init__(
+            f"the broker refused {what} {topic!r}: {reason} (reason code 0x{code:02x})"
+        )
+        self.topic = topic
+        self.code = code
+        self.reason = reason
+
+
+class PublishRefused(BrokerRefused):
+    def __init__(self, topic: str, code: int, reason: str) -> None:
+        super().__init__("a publish to", topic, code, reason)
+
+
+class SubscribeRefused(BrokerRefused):
+    def __init__(self, topic_filter: str, code: int, reason: str) -> None:
+        super().__init__("a subscription to", topic_filter, code, reason)

@@ -1,7 +1,16 @@
 """MQTT connections: broker URLs, clients, and a reconnecting message loop.
 
-paho-mqtt drives the wire through aiomqtt (MQTT 3.1.1, so amqtt and esp-mqtt
-both serve). Callers give a `Link` handler; the loop keeps the connection up,
+paho-mqtt drives the wire through aiomqtt. Devices and participants speak MQTT
+3.1.1 (as esp-mqtt does); the controller and the operator's tools ask for
+`MqttVersion.AUTO`: MQTT 5 where the broker speaks it, else 3.1.1 (a broker that
+refuses an MQTT 5 CONNECT is remembered and asked in 3.1.1 at once). What MQTT 5
+adds is used only here (docs/protocol.md §13 says what each does on 3.1.1):
+`publish` sets message expiry and response topic + correlation data, and raises
+`PublishRefused` on a PUBACK reason code; `subscribe` raises `SubscribeRefused` on a
+refused filter (SUBACK 0x80 on 3.1.1 too); `reply_of` reads the response topic of a
+request.
+
+Callers give a `Link` handler; the loop keeps the connection up,
 calls `on_connect` after every (re)connect and feeds each message to
 `on_message`. A handler's exception is logged and dropped, never raised into
 the loop: one bad message must not take a device or the controller down.
@@ -12,19 +21,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import socket
 import ssl
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import Any, Literal
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import aiomqtt
+import paho.mqtt.client as paho_mqtt
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.matcher import MQTTMatcher
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
-from fleet.errors import BrokerUnavailable, ConfigError
+from fleet.errors import BrokerUnavailable, ConfigError, PublishRefused, SubscribeRefused
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +61,19 @@ _SCHEMES: dict[str, tuple[bool, Literal["tcp", "websockets"], int]] = {
 }
 
 
+class MqttVersion(StrEnum):
+    AUTO = "auto"  # MQTT 5 where the broker speaks it, else 3.1.1
+    V5 = "5"
+    V311 = "3.1.1"
+
+
 @dataclass(frozen=True, slots=True)
 class BrokerUrl:
-    """`mqtt://user:pass@host:port`, `mqtts://` for TLS, `ws://`/`wss://` for WebSocket."""
+    """`mqtt://user:pass@host:port`, `mqtts://` for TLS, `ws://`/`wss://` for WebSocket.
+
+    `?mqtt=3.1.1` (or `?mqtt=5`) fixes the protocol version of the clients that would
+    otherwise try MQTT 5 first (`fleet up --engine amqtt` writes it into its client file).
+    """
 
     scheme: str
     host: str
@@ -56,6 +82,7 @@ class BrokerUrl:
     password: str | None = None
     path: str = "/"
     ca_file: str | None = None  # trust anchor for mqtts:// (default: the system store)
+    mqtt: MqttVersion = MqttVersion.AUTO
 
     @classmethod
     def parse(cls, url: str) -> BrokerUrl:
@@ -70,6 +97,12 @@ class BrokerUrl:
             port = parts.port or _SCHEMES[scheme][2]
         except ValueError as exc:
             raise ConfigError(f"broker URL {url!r} has an invalid port") from exc
+        wanted = parse_qs(parts.query).get("mqtt", [MqttVersion.AUTO.value])[-1]
+        try:
+            mqtt = MqttVersion(wanted)
+        except ValueError:
+            known = ", ".join(v.value for v in MqttVersion)
+            raise ConfigError(f"broker URL {url!r}: mqtt={wanted!r}; use {known}") from None
         return cls(
             scheme=scheme,
             host=parts.hostname,
@@ -77,6 +110,7 @@ class BrokerUrl:
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password is not None else None,
             path=parts.path or "/mqtt",
+            mqtt=mqtt,
         )
 
     @property
@@ -98,12 +132,19 @@ class BrokerUrl:
                 auth += ":" + quote(self.password, safe="")
             auth += "@"
         suffix = self.path if self.transport == "websockets" else ""
+        if self.mqtt is not MqttVersion.AUTO:
+            suffix += f"?mqtt={self.mqtt.value}"
         return f"{self.scheme}://{auth}{self.host}:{self.port}{suffix}"
 
     def redacted(self) -> str:
         """The URL for logs and errors: the password never leaves the process."""
         user = f"{self.username}:***@" if self.username else ""
         return f"{self.scheme}://{user}{self.host}:{self.port}"
+
+
+def own_client_id(username: str | None, name: str) -> str:
+    """A client id the broker lets `username` use (protocol.md §11): ``{username}-{name}``."""
+    return f"{username}-{name}" if username else name
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +155,45 @@ class LastWill:
     retain: bool = True
 
 
+class MqttClient(aiomqtt.Client):
+    """aiomqtt's client, knowing its protocol version and the PUBACK reason codes."""
+
+    def __init__(self, *args: Any, mqtt5: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.mqtt5 = mqtt5
+        # QoS 1 publishes whose PUBACK someone waits for (`publish`), and on MQTT 5 the
+        # topics of the others, to name them when the broker refuses one.
+        self._acks: dict[int, asyncio.Future[ReasonCode]] = {}
+        self._unawaited: dict[int, str] = {}
+        on_publish = self._client.on_publish
+
+        def on_puback(paho: Any, userdata: Any, mid: int, code: ReasonCode, props: Any) -> None:
+            waiter = self._acks.pop(mid, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(code)
+            topic = self._unawaited.pop(mid, None)
+            if topic is not None and code.is_failure:
+                log.warning("the broker refused a publish to %s: %s", topic, _reason(code))
+            on_publish(paho, userdata, mid, code, props)
+
+        self._client.on_publish = on_puback
+
+
+# Brokers (host, port) that refused an MQTT 5 CONNECT in this process: asked in 3.1.1 since.
+_V311_BROKERS: set[tuple[str, int]] = set()
+# CONNACK codes that mean "not this protocol version": 3.1.1's 0x01 (paho reports it as
+# MQTT 5's 0x84, Unsupported Protocol Version).
+_UNSUPPORTED_PROTOCOL = {0x01, 0x84}
+
+
+def _resolve(url: BrokerUrl, version: MqttVersion) -> MqttVersion:
+    if version is not MqttVersion.AUTO:
+        return version
+    if url.mqtt is not MqttVersion.AUTO:
+        return url.mqtt
+    return MqttVersion.V311 if (url.host, url.port) in _V311_BROKERS else MqttVersion.V5
+
+
 def make_client(
     url: BrokerUrl,
     *,
@@ -122,20 +202,28 @@ def make_client(
     clean_session: bool = True,
     keepalive: int = KEEPALIVE_S,
     max_queued_incoming: int | None = None,
-) -> aiomqtt.Client:
-    """An aiomqtt client for MQTT 3.1.1; enter it with `async with`."""
+    version: MqttVersion = MqttVersion.V311,
+) -> MqttClient:
+    """An aiomqtt client; enter it with `async with` (`open_client` falls back from MQTT 5).
+
+    MQTT 5 has no clean session flag: a clean start and a session that ends with the
+    connection (no session expiry) are the same thing.
+    """
+    mqtt5 = _resolve(url, version) is MqttVersion.V5
     tls_context = None
     if url.tls:
         tls_context = ssl.create_default_context(cafile=url.ca_file)
-    client = aiomqtt.Client(
+    client = MqttClient(
         url.host,
         url.port,
+        mqtt5=mqtt5,
         username=url.username,
         password=url.password,
         identifier=client_id,
-        protocol=aiomqtt.ProtocolVersion.V311,
+        protocol=aiomqtt.ProtocolVersion.V5 if mqtt5 else aiomqtt.ProtocolVersion.V311,
         will=aiomqtt.Will(will.topic, will.payload, will.qos, will.retain) if will else None,
-        clean_session=clean_session,
+        clean_session=None if mqtt5 else clean_session,
+        clean_start=clean_session if mqtt5 else paho_mqtt.MQTT_CLEAN_START_FIRST_ONLY,
         transport=url.transport,
         websocket_path=url.path if url.transport == "websockets" else None,
         tls_context=tls_context,
@@ -287,7 +375,7 @@ class RestartLink(Exception):
         self.delay_s = delay_s
 
 
-OnConnect = Callable[[aiomqtt.Client], Awaitable[None]]
+OnConnect = Callable[[MqttClient], Awaitable[None]]
 OnMessage = Callable[[aiomqtt.Message], Awaitable[None] | None]
 
 
@@ -303,6 +391,7 @@ async def run_link(
     connected: asyncio.Event | None = None,
     retry: bool = True,
     max_queued_incoming: int | None = None,
+    version: MqttVersion = MqttVersion.V311,
 ) -> None:
     """Keep one MQTT connection up until cancelled.
 
@@ -314,8 +403,12 @@ async def run_link(
     delay = RECONNECT_FIRST_S
     while True:
         try:
-            async with make_client(
-                url, client_id=client_id, will=will, max_queued_incoming=max_queued_incoming
+            async with open_client(
+                url,
+                client_id=client_id,
+                will=will,
+                max_queued_incoming=max_queued_incoming,
+                version=version,
             ) as client:
                 delay = RECONNECT_FIRST_S
                 try:
@@ -344,6 +437,124 @@ async def run_link(
             log.info("%s: connection to %s lost (%s); retrying", client_id, url.redacted(), exc)
         await asyncio.sleep(delay * (0.5 + random.random()))
         delay = min(delay * 2, RECONNECT_MAX_S)
+
+
+@contextlib.asynccontextmanager
+async def open_client(
+    url: BrokerUrl, *, version: MqttVersion = MqttVersion.V311, **options: Any
+) -> AsyncIterator[MqttClient]:
+    """A connected client (`make_client`'s options). With `MqttVersion.AUTO` it tries
+    MQTT 5 and, when the broker refuses that protocol version, 3.1.1 at once."""
+    async with contextlib.AsyncExitStack() as stack:
+        client = make_client(url, version=version, **options)
+        try:
+            await stack.enter_async_context(client)
+        except MqttConnectError as exc:
+            if not (client.mqtt5 and version is MqttVersion.AUTO and _wrong_version(exc)):
+                raise
+            log.info("%s speaks no MQTT 5; using 3.1.1", url.redacted())
+            _V311_BROKERS.add((url.host, url.port))
+            client = make_client(url, version=version, **options)
+            await stack.enter_async_context(client)
+        yield client
+
+
+def _wrong_version(exc: aiomqtt.MqttCodeError) -> bool:
+    rc = exc.rc
+    return int(rc.value if isinstance(rc, ReasonCode) else rc) in _UNSUPPORTED_PROTOCOL
+
+
+# --- what MQTT 5 adds (nothing of it on 3.1.1) ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Where a request asked to be answered: MQTT 5 response topic and correlation data."""
+
+    topic: str
+    correlation: bytes | None = None
+
+
+def reply_of(message: aiomqtt.Message) -> Reply | None:
+    props = message.properties
+    topic = getattr(props, "ResponseTopic", None) if props is not None else None
+    if not topic:
+        return None
+    return Reply(topic, getattr(props, "CorrelationData", None))
+
+
+def _publish_properties(
+    expiry_s: float | None, reply: Reply | None, correlation: bytes | None
+) -> Properties | None:
+    if expiry_s is None and reply is None and correlation is None:
+        return None
+    props = Properties(PacketTypes.PUBLISH)
+    if expiry_s is not None:
+        # Whole seconds on the wire; rounded up, so a command never expires early.
+        props.MessageExpiryInterval = max(1, math.ceil(expiry_s))
+    if reply is not None:
+        props.ResponseTopic = reply.topic
+        if reply.correlation is not None:
+            props.CorrelationData = reply.correlation
+    if correlation is not None:
+        props.CorrelationData = correlation
+    return props
+
+
+async def publish(
+    client: MqttClient,
+    topic: str,
+    payload: bytes,
+    qos: int = 1,
+    retain: bool = False,
+    *,
+    expiry_s: float | None = None,
+    reply: Reply | None = None,
+    correlation: bytes | None = None,
+) -> None:
+    """Publish and, at QoS 1, wait for the PUBACK; `PublishRefused` when its reason code
+    says no (MQTT 5: an ACL refusal is 0x87). On 3.1.1 the MQTT 5 extras are left out:
+    `expiry_s` (the broker drops the message once it is older), `reply` (a response topic
+    and correlation data, so the answer comes back to the asker) and `correlation` (on an
+    answer)."""
+    props = _publish_properties(expiry_s, reply, correlation) if client.mqtt5 else None
+    info = client._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+    if info.rc != 0:
+        raise aiomqtt.MqttCodeError(info.rc, f"could not publish to {topic}")
+    if qos == 0:
+        return
+    waiter = asyncio.get_running_loop().create_future()
+    if info.is_published():
+        return  # acknowledged already (on_publish ran inside paho's publish)
+    client._acks[info.mid] = waiter
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            code = await waiter
+    except TimeoutError:
+        raise aiomqtt.MqttError(f"no PUBACK for {topic} in {CONNECT_TIMEOUT_S:g}s") from None
+    finally:
+        client._acks.pop(info.mid, None)
+    if code.is_failure:
+        raise PublishRefused(topic, code.value, _reason(code))
+
+
+async def subscribe(client: MqttClient, filters: Sequence[tuple[str, int]]) -> None:
+    """One SUBSCRIBE; `SubscribeRefused` naming the first filter the broker refused (SUBACK
+    0x80 on 3.1.1, a reason code such as 0x87 not authorised on MQTT 5)."""
+    codes = await client.subscribe(list(filters))
+    for (topic_filter, _qos), code in zip(filters, codes, strict=False):
+        value = int(code.value if isinstance(code, ReasonCode) else code)
+        if value >= 0x80:
+            # 3.1.1's one failure code says no more than that (the ACL, or no such feature).
+            reason = _reason(code) if client.mqtt5 else "Failure (MQTT 3.1.1 SUBACK)"
+            raise SubscribeRefused(topic_filter, value, reason)
+
+
+def _reason(code: ReasonCode) -> str:
+    try:
+        return str(code.getName())
+    except Exception:  # a code paho has no name for
+        return "Unspecified error"
 
 
 async def _read_messages(client: aiomqtt.Client, on_message: OnMessage) -> None:
@@ -394,6 +605,8 @@ def publish_nowait(
     info = client._client.publish(topic, payload, qos=qos, retain=retain)
     if info.rc != 0:
         raise aiomqtt.MqttCodeError(info.rc, f"could not publish to {topic}")
+    if qos and isinstance(client, MqttClient) and client.mqtt5 and not info.is_published():
+        client._unawaited[info.mid] = topic  # so a refusal can name it
 
 
 def payload_bytes(message: aiomqtt.Message) -> bytes:

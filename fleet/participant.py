@@ -1,8 +1,10 @@
 """One participant's side of the meeting protocol (docs/protocol.md §8).
 
 It joins a room through the meeting server, opens a peer connection to every
-member already there (the newcomer offers, so two members never offer to each
-other at once), answers offers from later members, closes a peer when it
+peer `joined` names (the members already there, or in a mixed session the one
+mixer; `media` moves it from one to the other without leaving the session;
+the newcomer offers, so two members never offer to each other at once),
+answers offers from later members, closes a peer when it
 leaves, and keeps what a device reports: room, session, participant, peers.
 
 Transport is the caller's: a simulated device hands over its own MQTT link,
@@ -27,6 +29,7 @@ from fleet.mqtt import BrokerUrl, LastWill, payload_bytes, publish_nowait, run_l
 from fleet.protocol import TopicKind, Topics, decode_for, encode
 from fleet.protocol.messages import (
     Capabilities,
+    MediaPath,
     MeetAnswer,
     MeetDelivered,
     MeetError,
@@ -35,6 +38,7 @@ from fleet.protocol.messages import (
     MeetJoined,
     MeetLeave,
     MeetLeft,
+    MeetMedia,
     MeetOffer,
     MeetPeerJoined,
     MeetPeerLeft,
@@ -84,8 +88,10 @@ class MeetingParticipant:
         # owner do it (a device re-applies its intent).
         self._on_lost = on_lost
         self.room: str | None = None
+        self.wanted_room: str | None = None  # what the caller asked: join()ed, not left
         self.session: str | None = None
         self.participant: str | None = None
+        self.media = MediaPath.MESH
         self.peers: dict[str, PeerInfo] = {}  # by participant id
         self.inbox: list[MeetDelivered] = []
         self.errors: list[MeetError] = []
@@ -101,7 +107,7 @@ class MeetingParticipant:
             await self._drop_all_peers()
         loop = asyncio.get_running_loop()
         self._pending_join = loop.create_future()
-        self.room = room
+        self.room = self.wanted_room = room
         await self.send(MeetJoin(type="join", room=room, caps=self.caps))
         try:
             async with asyncio.timeout(timeout):
@@ -115,6 +121,7 @@ class MeetingParticipant:
             self._pending_join = None
 
     async def leave(self, timeout: float = 5.0) -> None:
+        self.wanted_room = None
         if self.session is None and self.room is None:
             return
         self._pending_leave = asyncio.get_running_loop().create_future()
@@ -163,6 +170,9 @@ class MeetingParticipant:
             return
         if isinstance(message, MeetJoined):
             self._on_joined(message)
+        elif isinstance(message, MeetMedia):
+            if self.session is not None:
+                self._spawn(self._renegotiate(message), "server")
         elif isinstance(message, MeetPeerJoined):
             self.peers[message.peer.participant] = message.peer
             self._changed()
@@ -184,6 +194,7 @@ class MeetingParticipant:
 
     def _on_joined(self, joined: MeetJoined) -> None:
         self.room, self.session, self.participant = joined.room, joined.session, joined.participant
+        self.media = joined.media
         self.peers = {p.participant: p for p in joined.peers}
         self.peer_errors.clear()
         for peer in joined.peers:
@@ -192,15 +203,30 @@ class MeetingParticipant:
             self._pending_join.set_result(joined)
         self._changed()
 
+    async def _renegotiate(self, media: MeetMedia) -> None:
+        """The session's media path changed: every peer connection goes, the session stays,
+        and we offer to the new peers (the mixer, or the members)."""
+        log.info("%s: session %s is now %s", self.pid, self.session, media.media.value)
+        await self._drop_all_peers()
+        for peer_id in self.mesh.peers() if self.mesh is not None else []:
+            await self._remove_peer(peer_id)  # one whose offer came in as the path changed
+        self.media = media.media
+        self.peers = {p.participant: p for p in media.peers}
+        self.peer_errors.clear()
+        for peer in media.peers:
+            self._spawn(self._offer(peer), peer.participant)
+        self._changed()
+
     def _on_error(self, error: MeetError) -> None:
         self.errors.append(error)
-        if error.from_ is not None:
-            # A peer could not negotiate with us (a relayed MeetReject): that peer's media
-            # failed, the session goes on.
-            log.warning("%s: %s could not negotiate: %s", self.pid, error.from_, error.detail)
+        if error.from_ is not None and self._pending_join is None:
+            # About one peer (the mixer, or a member that could not negotiate with us: a
+            # relayed MeetReject): that peer's media failed, the session goes on.
+            log.warning("%s: %s: %s: %s", self.pid, error.from_, error.code, error.detail)
             self.peer_errors[error.from_] = f"{error.code}: {error.detail}"[:256]
             self._changed()
-        elif self._pending_join is not None and not self._pending_join.done():
+            return
+        if self._pending_join is not None and not self._pending_join.done():
             self.room = None
             self._pending_join.set_exception(MeetingRefused(error.code, error.detail))
         elif error.code == "session_lost" and self.session is not None:
@@ -252,6 +278,7 @@ class MeetingParticipant:
     async def _forget_session(self) -> None:
         await self._drop_all_peers()
         self.room = self.session = self.participant = None
+        self.media = MediaPath.MESH
         self._changed()
 
     # --- plumbing -----------------------------------------------------------------------------
@@ -295,12 +322,17 @@ async def participant_link(
     mesh: MediaMesh | None = None,
     caps: Capabilities | None = None,
     connect_timeout: float = 10.0,
+    stay: bool = False,
+    on_change: Callable[[], Any] | None = None,
 ) -> AsyncIterator[MeetingParticipant]:
     """A participant with an MQTT link of its own (an agent, a test peer).
 
     Its last will is a `leave` on its own up topic: if the process dies, the
     server removes it from its session and tells the others, as it does for a
     device whose status turns offline.
+
+    With `stay` the link outlives the broker: it reconnects (with backoff) and joins
+    its room again, as a device re-applies its intent. Without it, a lost link ends it.
     """
     client_ref: list[aiomqtt.Client] = []
 
@@ -309,11 +341,35 @@ async def participant_link(
             raise FleetError("not connected to the broker")
         publish_nowait(client_ref[0], topic, payload, qos=1)
 
-    participant = MeetingParticipant(pid, topics, publish, mesh, caps)
+    participant = MeetingParticipant(pid, topics, publish, mesh, caps, on_change=on_change)
+    connects = 0
 
     async def on_connect(client: aiomqtt.Client) -> None:
+        nonlocal connects
         client_ref[:] = [client]
         await client.subscribe(topics.meet_down(pid), qos=1)
+        connects += 1
+        if connects > 1 and participant.wanted_room is not None:
+            # The broker restarted (or the link dropped): the server may have dropped us
+            # with our will, or still hold a session we can no longer signal in. Join
+            # again; the server replaces our old membership.
+            participant._spawn(rejoin(participant.wanted_room), "server")
+
+    async def rejoin(room: str) -> None:
+        delay = 0.5
+        while client_ref:
+            log.info("%s: reconnected; joining %s again", pid, room)
+            try:
+                await participant._forget_session()
+                await participant.join(room)
+                return
+            except MeetingRefused as exc:
+                log.warning("%s: could not join %s again: %s", pid, room, exc)
+                return
+            except FleetError as exc:  # the server is not back yet: try again
+                log.info("%s: %s", pid, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     def on_disconnect() -> None:
         client_ref.clear()
@@ -331,7 +387,7 @@ async def participant_link(
             on_disconnect=on_disconnect,
             will=LastWill(topics.meet_up(pid), encode(MeetLeave(type="leave")), retain=False),
             connected=connected,
-            retry=False,
+            retry=stay,
         ),
         name=f"{pid}-link",
     )

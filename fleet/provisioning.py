@@ -40,6 +40,7 @@ from broker.credentials import CredentialStore, Role, atomic_write
 from fleet.errors import ConfigError, CredentialsError, FleetError
 from fleet.mqtt import BrokerUrl
 from fleet.protocol import is_valid_id
+from fleet.protocol.topics import NAME_RULES
 
 if TYPE_CHECKING:
     from esptool.loader import ESPLoader
@@ -190,9 +191,7 @@ class DeviceConfig:
 
     def __post_init__(self) -> None:
         if not is_valid_id(self.device_id):
-            raise ProvisioningError(
-                f"invalid device id {self.device_id!r}: must match [a-z0-9][a-z0-9-]{{0,63}}"
-            )
+            raise ProvisioningError(f"invalid device id {self.device_id!r}: {NAME_RULES['device']}")
         url = device_broker_url(self.broker_url)
         _check_text("broker_url", url, what="broker URL")
         object.__setattr__(self, "broker_url", url)

@@ -11,19 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.credentials import CredentialStore, Role
 from broker.embedded import EmbeddedBroker
-from fleet.controller.meetings import DEFAULT_ROOM_CAP, MeetingServer
+from broker.local import BrokerEngine, MosquittoBroker, free_port, local_broker
+from fleet.controller.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, MeetingServer
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.device.sim import MeetingDriver, SimFleet, device_ids
+from fleet.device.tones import tone_amplitude, tone_for
+from fleet.device.workers import DeviceSound, SimWorkers
+from fleet.files import private_dir
 from fleet.homelock import home_lock
-from fleet.mqtt import BrokerUrl
+from fleet.mixer.process import maybe_local_janus
+from fleet.mqtt import BrokerUrl, MqttVersion
 from fleet.protocol import Topics
 
 log = logging.getLogger(__name__)
@@ -38,13 +42,7 @@ def audio_drivers(ids: Sequence[str]) -> Callable[[str], MeetingDriver]:
 
 CONTROLLER_USER = "controller"
 OPERATOR_USER = "operator"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on now (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+__all__ = ["Stack", "StackConfig", "free_port", "running_stack"]
 
 
 @dataclass
@@ -60,22 +58,34 @@ class StackConfig:
     id_prefix: str = "dev"
     audio: bool = True  # simulated devices meet for real (aiortc); off: the state names the room
     room_cap: int = DEFAULT_ROOM_CAP
+    mesh_cap: int = DEFAULT_MESH_CAP
+    mixer: bool = True  # start a local Janus for mixed rooms when it is installed
     parts: Sequence[ControllerPart] = ()  # controller features (telemetry ingest, ...)
+    # Audio devices run in this many worker processes (fleet.device.workers); 0: here.
+    sim_procs: int = 0
+    mixers: Sequence[str] = ()  # further mixers (Janus WebSocket URLs), e.g. a bench's own
+    # What each worker device sends and keeps (absent: its own tone, tone_amplitude).
+    sounds: Mapping[str, DeviceSound] | None = None
+    engine: BrokerEngine = BrokerEngine.AUTO  # Mosquitto when installed, else amqtt
 
 
 @dataclass
 class Stack:
     config: StackConfig
-    broker: EmbeddedBroker
+    broker: MosquittoBroker | EmbeddedBroker
     controller: Controller
     fleet: SimFleet
     operator_url: BrokerUrl
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    mixer_url: str | None = None  # the local Janus, when one runs
+    workers: SimWorkers | None = None  # the devices, when they run in worker processes
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
         async with asyncio.timeout(timeout):
             await self.controller.connected.wait()
             await self.fleet.wait_connected(timeout)
+            if self.workers is not None:
+                await self.workers.wait_connected(timeout)
 
     def failed(self) -> BaseException | None:
         for task in self.tasks:
@@ -95,31 +105,45 @@ async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
 @contextlib.asynccontextmanager
 async def _running_stack(config: StackConfig) -> AsyncIterator[Stack]:
     home = config.home
-    home.mkdir(parents=True, exist_ok=True)
+    private_dir(home)  # credentials, the database, client.json
     store = CredentialStore(home / "credentials.json")
     controller_secret = store.add(CONTROLLER_USER, Role.CONTROLLER, replace=True)
     operator_secret = store.add(OPERATOR_USER, Role.CONTROLLER, replace=True)
     ids = device_ids(config.devices, config.id_prefix)
     secrets = store.add_devices(ids, groups=config.groups, replace=True) if ids else {}
     topics = Topics(config.prefix)
-    base = BrokerUrl(scheme="mqtt", host=config.host, port=config.port)
-    async with EmbeddedBroker(
-        store.path,
-        host=config.host,
-        port=config.port,
-        ws_port=config.ws_port,
-        prefix=config.prefix,
-    ) as broker:
+    async with (
+        local_broker(
+            config.engine,
+            store.path,
+            host=config.host,
+            port=config.port,
+            ws_port=config.ws_port,
+            prefix=config.prefix,
+        ) as broker,
+        maybe_local_janus(home / "janus", config.mixer) as mixer_url,
+    ):
+        # amqtt speaks 3.1.1 only: say so in the URLs (and the client file), so that no
+        # client asks it for MQTT 5 first.
+        mqtt = MqttVersion.AUTO if isinstance(broker, MosquittoBroker) else MqttVersion.V311
+        base = BrokerUrl(scheme="mqtt", host=config.host, port=broker.port, mqtt=mqtt)
+        meetings = MeetingServer(
+            room_cap=config.room_cap,
+            mesh_cap=config.mesh_cap,
+            mixers=[*([mixer_url] if mixer_url else []), *config.mixers],
+        )
         controller = Controller(
             base.with_credentials(CONTROLLER_USER, controller_secret),
             home / "controller.db",
             topics,
-            credentials=store,
-            parts=[MeetingServer(room_cap=config.room_cap), *config.parts],
+            # Mosquitto reads its ACL from files: the broker rewrites them on a grant.
+            credentials=broker if isinstance(broker, MosquittoBroker) else store,
+            parts=[meetings, *config.parts],
         )
+        workers = sim_workers(config, base, topics, secrets)
         fleet = SimFleet(
             base,
-            secrets,
+            {} if workers is not None else secrets,
             topics,
             groups=list(config.groups),
             tele_interval_s=config.tele_interval_s,
@@ -131,13 +155,42 @@ async def _running_stack(config: StackConfig) -> AsyncIterator[Stack]:
             controller,
             fleet,
             base.with_credentials(OPERATOR_USER, operator_secret),
+            mixer_url=mixer_url,
+            workers=workers,
         )
         stack.tasks = [asyncio.create_task(controller.run(), name="controller")]
+        if isinstance(broker, MosquittoBroker):  # a broker that dies is a failure to report
+            stack.tasks.append(asyncio.create_task(broker.wait(), name="mosquitto"))
         if fleet.devices:  # an empty fleet's task would end at once
             stack.tasks.append(asyncio.create_task(fleet.run(), name="sim-fleet"))
         try:
-            yield stack
+            async with contextlib.AsyncExitStack() as children:
+                if workers is not None:
+                    await children.enter_async_context(workers)
+                    stack.tasks.append(asyncio.create_task(workers.watch(), name="sim-workers"))
+                yield stack
         finally:
             for task in stack.tasks:
                 task.cancel()
             await asyncio.gather(*stack.tasks, return_exceptions=True)
+
+
+def sim_workers(
+    config: StackConfig, base: BrokerUrl, topics: Topics, secrets: dict[str, str]
+) -> SimWorkers | None:
+    """The worker processes of an audio fleet that asked for them (config.sim_procs)."""
+    if not (config.audio and config.sim_procs and secrets):
+        return None
+    ids = list(secrets)
+    amplitude = tone_amplitude(len(ids))
+    sounds = {i: DeviceSound(tone_for(n), amplitude) for n, i in enumerate(ids)}
+    sounds.update(config.sounds or {})
+    return SimWorkers(
+        base,
+        topics,
+        secrets,
+        sounds,
+        procs=min(config.sim_procs, len(ids)),
+        groups=config.groups,
+        tele_interval_s=config.tele_interval_s,
+    )

@@ -63,6 +63,18 @@ class Build:
     def fuzzer(self) -> Path:
         return self.dir / "fuzz" / "fleet_fuzz"
 
+    @property
+    def media_tests(self) -> Path:
+        return self.dir / "media_core_tests"
+
+    @property
+    def media_tests_asan(self) -> Path:
+        return self.dir / "media_core_tests_asan"
+
+    @property
+    def media_fuzzer(self) -> Path:
+        return self.dir / "fuzz" / "media_fuzz"
+
 
 def run_tool(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, check=False, **kw)
@@ -92,6 +104,37 @@ def build_firmware(tmp_path_factory: pytest.TempPathFactory) -> Build:
 def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
     """firmware/host, configured and built once for the whole session."""
     return build_firmware(tmp_path_factory)
+
+
+RV32_TOOLS = ("riscv64-unknown-elf-gcc", "qemu-system-riscv32")
+QEMU_RV32 = [
+    "qemu-system-riscv32",
+    "-M",
+    "virt",
+    "-bios",
+    "none",
+    "-nographic",
+    "-monitor",
+    "none",
+    "-semihosting-config",
+    "enable=on,target=native",
+    "-kernel",
+]
+
+
+def build_rv32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The unit tests built for rv32imc (firmware/host/rv32_tests.sh), once per process."""
+    if "rv32" not in _builds:
+        missing = [t for t in RV32_TOOLS if shutil.which(t) is None]
+        if missing:
+            if IN_CI:
+                pytest.fail(f"missing {missing} (see firmware/host/DEPENDENCIES)")
+            pytest.skip(f"missing {missing} (see firmware/host/DEPENDENCIES)")
+        out = tmp_path_factory.mktemp("fw-rv32")
+        proc = run_tool(["bash", str(HOST_DIR / "rv32_tests.sh"), str(out)], timeout=600)
+        assert proc.returncode == 0, f"rv32 build failed:\n{proc.stdout}\n{proc.stderr}"
+        _builds["rv32"] = Build(out)
+    return _builds["rv32"].dir
 
 
 # --- a controller-side view of the wire ---------------------------------------------------------

@@ -42,7 +42,7 @@ async def test_a_waiting_handler_keeps_the_devices_messages_in_order(
     t = h.topics
     ctl = h.controller_url().split("://")[1].split("@")[0].split(":")
     async with (
-        mqtt_client(h, ctl[0], ctl[1], client_id="bulk-order") as wire,
+        mqtt_client(h, ctl[0], ctl[1], client_id=f"{ctl[0]}-order") as wire,
         sim_fleet(h, secrets, engine="bulk") as fleet,
     ):
         await wire.subscribe([(t.ack("dev-1"), 1), (t.state("dev-1"), 1)])
@@ -199,7 +199,7 @@ async def test_bulk_devices_over_tls_and_secure_websocket(
                 await fleet.wait_connected(15)
                 async with make_client(
                     dataclasses.replace(base.with_credentials("ops", ops), path="/"),
-                    client_id="bulk-tls-ops",
+                    client_id="ops-tls",
                 ) as ops_client:
                     doc = {"rev": 3, "meeting": {"room": "secure"}}
                     await ops_client.publish(

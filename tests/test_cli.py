@@ -60,7 +60,7 @@ async def test_protocol_schema_prints_every_message(tmp_path: Path) -> None:
         (["join-all", "Bad Room"], "room"),
         (["join-all", "standup", "--for", "soon"], "not a duration"),
         (["join-all", "standup", "--timeout", "0"], "timeout"),
-        (["join", "Not_A_Device", "standup"], "not a device id"),
+        (["join", "Not_A_Device", "standup"], "invalid device id"),
         (["cmd", "dev-1", "ping", "--arg", "novalue"], "KEY=VALUE"),
         (["devices", "--broker", "gopher://x"], "unsupported broker URL scheme"),
         (["sim", "--devices", "0"], "greater than or equal to 1"),
@@ -120,9 +120,10 @@ async def test_fleet_operations_end_to_end(any_broker: BrokerHandle, tmp_path: P
         assert code == 0
         assert json.loads(out)["devices"][0]["result"]["uptime_s"] >= 0
 
-        code, out, _ = await fleet("cmd", "dev-1", "selfdestruct", *common, home=tmp_path)
-        assert code == 4
-        assert "unknown op" in out
+        # An op no device knows is a usage error, caught before anything is sent.
+        code, out, err = await fleet("cmd", "dev-1", "selfdestruct", *common, home=tmp_path)
+        assert code == 2
+        assert "unknown op 'selfdestruct': use one of ping, identify" in err
 
         code, _, err = await fleet("join", "nodev", "standup", *common, home=tmp_path)
         assert code == 4

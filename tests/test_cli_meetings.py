@@ -35,6 +35,11 @@ async def test_demo_meets_with_real_audio_and_exits_0(tmp_path: Path) -> None:
     [
         (["rooms", "create", "Bad Room!"], "room"),
         (["rooms", "create", "standup", "--cap", "1"], "--cap"),
+        (["rooms", "create", "standup", "--cap", "257"], "--cap"),
+        (["rooms", "create", "standup", "--media", "hybrid"], "--media"),
+        (["rooms", "create", "standup", "--rate", "44100"], "rate"),
+        (["controller", "--mixer", "http://127.0.0.1:8088/janus"], "--mixer"),
+        (["controller", "--mesh-cap", "1"], "--mesh-cap"),
         (["sessions", "standup", "--limit", "0"], "--limit"),
         (["say", "standup", "x" * 5000], "text"),
         (["agent", "join", "standup", "--mode", "karaoke"], "unknown agent mode"),
@@ -92,6 +97,11 @@ async def test_rooms_sessions_say_and_a_recorder_agent(
             home=tmp_path,
         )
         assert code == 0, err
+        # It says what it does: joining, its peers, leaving, the files it wrote.
+        assert "agent agent-rec joined standup as" in out
+        assert "(dev-1) is here" in out
+        assert "leaving standup" in out
+        assert f"wrote {rec}" in out
         wavs = {p.stem.split("-", 2)[-1]: p for p in rec.glob("p-*.wav")}
         assert set(wavs) == set(ids)
         for n, device_id in enumerate(ids):
@@ -124,6 +134,13 @@ async def test_rooms_sessions_say_and_a_recorder_agent(
         code, out, err = await fleet("sessions", "standup", *common, home=tmp_path)
         assert code == 0, err
         assert "agent-rec" in out
+        assert "1 session" in out
+        assert "1 sessions" not in out
+        # Who first (the device or agent), then the id the session gave it.
+        header = next(line for line in out.splitlines() if "member" in line)
+        assert header.index("member") < header.index(" as ")
+        row = next(line for line in out.splitlines() if "agent-rec" in line)
+        assert row.index("agent-rec") < row.index(" p-")
 
         code, out, err = await fleet("rooms", "rm", "standup", *common, home=tmp_path)
         assert code == 4

@@ -17,15 +17,18 @@ import json
 import os
 import re
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 from brokers import BrokerHandle
 from firmware_build import (
     HOST_DIR,
+    QEMU_RV32,
     Build,
     Device,
     build,
+    build_rv32,
     controller_inbox,
     requires_toolchain,
 )
@@ -35,6 +38,11 @@ from firmware_build import run_tool as _run
 from fleet.protocol.messages import Ack, AckCode, State, Status, decode
 
 SEED_CORPUS = HOST_DIR / "fuzz" / "corpus"
+MEDIA_SEED_CORPUS = HOST_DIR / "fuzz" / "media_corpus"
+SANITIZER_ENV = {
+    "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0",
+    "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
+}
 SUMMARY_RE = re.compile(r"^(\d+) passed, (\d+) failed$")
 
 __all__ = ["build"]  # the session-scoped fixture, imported so that pytest finds it here
@@ -55,22 +63,54 @@ def _summary(output: str) -> tuple[int, int]:
 @pytest.mark.parametrize("variant", ["plain", "asan"])
 def test_core_unit_tests(build: Build, variant: str) -> None:
     exe = build.tests if variant == "plain" else build.tests_asan
-    env = {
-        **os.environ,
-        "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0",
-        "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
-    }
-    proc = _run([str(exe)], timeout=120, env=env)
-    passed, failed = _summary(proc.stdout)
+    _check_unit_run(_run([str(exe)], timeout=120, env={**os.environ, **SANITIZER_ENV}), 50)
+
+
+@pytest.mark.parametrize("variant", ["plain", "asan"])
+def test_media_core_unit_tests(build: Build, variant: str) -> None:
+    """The media core with real Opus (libopus): wire formats, jitter, mixing, the gate."""
+    exe = build.media_tests if variant == "plain" else build.media_tests_asan
+    _check_unit_run(_run([str(exe)], timeout=120, env={**os.environ, **SANITIZER_ENV}), 12)
+
+
+def test_media_core_unit_tests_on_rv32_under_qemu(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Built for rv32imc with picolibc (4-byte long and size_t) and run in qemu -M virt."""
+    out = build_rv32(tmp_path_factory)
+    proc = _run([*QEMU_RV32, str(out / "media_core_tests.elf")], timeout=120)
+    _check_unit_run(proc, 10)
+
+
+def test_fleet_core_unit_tests_on_rv32_under_qemu(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    out = build_rv32(tmp_path_factory)
+    elf = out / "fleet_core_tests.elf"
+    if not elf.exists():
+        pytest.skip("CJSON_SRC is not set: Debian ships no cJSON source to build for rv32")
+    _check_unit_run(_run([*QEMU_RV32, str(elf)], timeout=120), 50)
+
+
+def _check_unit_run(proc: subprocess.CompletedProcess[str], at_least: int) -> None:
+    # QEMU's semihosting console writes the guest's stdout to its own stderr.
+    passed, failed = _summary(proc.stdout or proc.stderr)
     assert failed == 0, proc.stderr
-    assert passed >= 50
+    assert passed >= at_least
     assert proc.returncode == 0, proc.stderr
     assert "runtime error" not in proc.stderr  # UBSan
     assert "Sanitizer" not in proc.stderr
 
 
-def test_fuzz_inbound_paths(build: Build, tmp_path: Path) -> None:
-    if not build.fuzzer.exists():
+@pytest.mark.parametrize("target", ["inbound", "media"])
+def test_fuzz(build: Build, tmp_path: Path, target: str) -> None:
+    """Bounded libFuzzer runs: the core's inbound messages, the media core's RTP and SDP."""
+    fuzzer, seeds = (
+        (build.fuzzer, SEED_CORPUS)
+        if target == "inbound"
+        else (build.media_fuzzer, MEDIA_SEED_CORPUS)
+    )
+    if not fuzzer.exists():
         if _IN_CI:
             pytest.fail("the fuzzer was not built: clang and libclang-rt-14-dev are required")
         pytest.skip("clang not available: the fuzzer was not built")
@@ -79,14 +119,14 @@ def test_fuzz_inbound_paths(build: Build, tmp_path: Path) -> None:
     work.mkdir()
     proc = _run(
         [
-            str(build.fuzzer),
+            str(fuzzer),
             f"-max_total_time={seconds}",
             "-max_len=8192",
             "-rss_limit_mb=2048",
             "-print_final_stats=1",
             f"-artifact_prefix={tmp_path}/",
             str(work),
-            str(SEED_CORPUS),
+            str(seeds),
         ],
         timeout=seconds + 120,
     )
@@ -259,3 +299,36 @@ async def test_host_device_against_broker(
     assert "Sanitizer" not in log, log[-3000:]
     assert "runtime error" not in log, log[-3000:]
     assert "refused" in log  # the malformed desired docs were logged
+
+
+# --- main/ against the ESP-IDF stubs (no IDF here) -----------------------------------------------
+
+IDF_STUBS = HOST_DIR / "idf_stubs"
+BOARDS = ("none", "korvo2", "xiao")
+
+
+def test_main_compiles_against_idf_stubs() -> None:
+    """Every file of main/, per audio board, against headers that mimic IDF's (host/idf_stubs)."""
+    proc = _run(["bash", str(HOST_DIR / "idf_syntax_check.sh"), *BOARDS], timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    sources = sorted(p.name for p in (HOST_DIR.parent / "main").glob("*.c"))
+    for board in BOARDS:
+        for name in sources:
+            assert f"syntax {board} {name}: ok" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_idf_stubs_break_where_idf_5_1_broke(tmp_path: Path) -> None:
+    """The stubs' esp-mqtt is that of IDF v5.1.2-v5.2.1: a const topic through the
+    esp_mqtt_client_subscribe macro does not compile, as it did not there."""
+    src = tmp_path / "subscribe.c"
+    src.write_text(
+        '#include "mqtt_client.h"\n'
+        "int sub(esp_mqtt_client_handle_t c, const char *topic);\n"
+        "int sub(esp_mqtt_client_handle_t c, const char *topic)\n"
+        "{ return esp_mqtt_client_subscribe(c, topic, 1); }\n"
+    )
+    cmd = ["gcc", "-std=gnu17", "-fsyntax-only", "-Wall", "-Werror", f"-I{IDF_STUBS}", str(src)]
+    proc = _run(cmd, timeout=60)
+    assert proc.returncode != 0
+    assert "_Generic" in proc.stderr
+    assert "const char *" in proc.stderr

@@ -620,7 +620,11 @@ def test_cli_flash_shows_esptool_progress_on_stderr_not_stdout(
     )
     assert res.exit_code == 3
     assert "Connecting" in res.stderr  # esptool's own lines, kept off stdout
-    assert res.stdout == ""
+    # stdout holds only JSON: here the error object
+    error = json.loads(res.stdout)
+    assert error["ok"] is False
+    assert error["exit_code"] == 3
+    assert "no board answered" in error["error"]
     assert res.stderr.rstrip().splitlines()[-1].startswith("error: no board answered")
 
 

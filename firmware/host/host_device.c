@@ -8,6 +8,10 @@
  *
  *   fleet-host-device --broker mqtt://dev-1:secret@127.0.0.1:1883 --id dev-1 \
  *                     [--prefix fleet/v1] [--group kitchen]... [--tele-interval 10]
+ *                     [--audio [--codecs opus,pcmu,pcma] [--tone HZ | --mic-wav F.wav]
+ *                              [--speaker-wav OUT.wav] [--speaker-level]]
+ *
+ * --audio: a member that meets for real (host_media.c: webrtcbin + the media core).
  *
  * One thread: mosquitto_loop() runs the network and calls back into the core, so the
  * core is only ever entered from here. SIGTERM/SIGINT: publish {"online":false}
@@ -27,6 +31,9 @@
 
 #include "fleet_core.h"
 #include "host_url.h"
+#ifdef FLEET_HOST_AUDIO
+#include "host_media.h"
+#endif
 
 #ifndef FLEET_HOST_FW_VERSION
 #define FLEET_HOST_FW_VERSION "0.0.0"
@@ -56,11 +63,16 @@ typedef struct {
 } host_t;
 
 #define PENDING_ENV "FLEET_HOST_PENDING_CMD"
+/* The groups set_groups stored, comma-separated ("" = none): the host's NVS. A reboot hands
+ * them to the new image, where they replace the --group arguments. */
+#define GROUPS_ENV "FLEET_HOST_GROUPS"
 
 static host_t host;
 static volatile sig_atomic_t stop_requested;
 static char **saved_argv;
 static char pending_cmd[300]; /* a reboot command id to hand to the next image */
+static char saved_groups[FLEET_MAX_GROUPS * (FLEET_ID_MAX + 1) + 1];
+static bool groups_saved;
 
 /* ---- time and log ------------------------------------------------------------------------ */
 
@@ -180,6 +192,33 @@ static bool port_save_pending(void *ctx, const char *cmd_id)
     (void)ctx;
     (void)snprintf(pending_cmd, sizeof pending_cmd, "%s", cmd_id != NULL ? cmd_id : "");
     return true;
+}
+
+static bool port_save_groups(void *ctx, const char *const *groups, size_t count)
+{
+    (void)ctx;
+    size_t off = 0;
+    saved_groups[0] = '\0';
+    for (size_t i = 0; i < count; i++) {
+        int n = snprintf(saved_groups + off, sizeof saved_groups - off, "%s%s", i > 0 ? "," : "",
+                         groups[i]);
+        if (n < 0 || (size_t)n >= sizeof saved_groups - off) {
+            return false; /* cannot happen: 32 valid ids fit */
+        }
+        off += (size_t)n;
+    }
+    groups_saved = true;
+    return true;
+}
+
+/* Splits a saved comma-separated list into groups[] (pointers into buf). */
+static size_t split_groups(char *buf, const char **groups, size_t cap)
+{
+    size_t n = 0;
+    for (char *tok = strtok(buf, ","); tok != NULL && n < cap; tok = strtok(NULL, ",")) {
+        groups[n++] = tok;
+    }
+    return n;
 }
 
 static void port_identify(void *ctx, uint32_t seconds)
@@ -306,7 +345,9 @@ static void usage(void)
     fprintf(stderr,
             "usage: fleet-host-device --broker mqtt://user:pass@host:port --id ID\n"
             "                         [--prefix fleet/v1] [--group NAME]... [--tele-interval S]\n"
-            "                         [--fw VERSION]\n");
+            "                         [--fw VERSION]\n"
+            "                         [--audio [--codecs opus,pcmu,pcma] [--tone HZ | --mic-wav F]\n"
+            "                                  [--speaker-wav OUT.wav] [--speaker-level]]\n");
 }
 
 int main(int argc, char **argv)
@@ -316,11 +357,25 @@ int main(int argc, char **argv)
     size_t n_groups = 0;
     double tele_s = 10.0;
 
+    bool audio = false;
+#ifdef FLEET_HOST_AUDIO
+    host_media_opts_t mopts = {.tone_hz = 1000.0};
+#endif
     saved_argv = argv;
     clock_gettime(CLOCK_MONOTONIC, &host.t0);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--audio") == 0 || strcmp(a, "--speaker-level") == 0) {
+#ifdef FLEET_HOST_AUDIO
+            audio = audio || strcmp(a, "--audio") == 0;
+            mopts.speaker_level = mopts.speaker_level || strcmp(a, "--speaker-level") == 0;
+            continue;
+#else
+            fprintf(stderr, "%s: this build has no audio (GStreamer was missing)\n", a);
+            return 2;
+#endif
+        }
         if (v == NULL && strncmp(a, "--", 2) == 0) {
             fprintf(stderr, "%s needs a value\n", a);
             usage();
@@ -347,6 +402,21 @@ int main(int argc, char **argv)
             }
         } else if (strcmp(a, "--fw") == 0) {
             fw = v;
+#ifdef FLEET_HOST_AUDIO
+        } else if (strcmp(a, "--codecs") == 0) {
+            mopts.codecs = v;
+        } else if (strcmp(a, "--tone") == 0) {
+            char *end;
+            mopts.tone_hz = strtod(v, &end);
+            if (*end != '\0' || !(mopts.tone_hz >= 0.0 && mopts.tone_hz < 20000.0)) {
+                fprintf(stderr, "--tone: Hz, 0 (silence) up to 20000\n");
+                return 2;
+            }
+        } else if (strcmp(a, "--mic-wav") == 0) {
+            mopts.mic_wav = v;
+        } else if (strcmp(a, "--speaker-wav") == 0) {
+            mopts.speaker_wav = v;
+#endif
         } else {
             fprintf(stderr, "unknown argument %s\n", a);
             usage();
@@ -377,10 +447,36 @@ int main(int argc, char **argv)
     host.port.log = port_log;
     host.port.sample = port_sample;
     host.port.save_pending = port_save_pending;
+    host.port.save_groups = port_save_groups;
     host.offline_mid = -1;
+
+    const char *stored = getenv(GROUPS_ENV);
+    if (stored != NULL) {
+        /* Set by set_groups before a reboot: it beats the command line, as NVS would. */
+        (void)snprintf(saved_groups, sizeof saved_groups, "%s", stored);
+        groups_saved = true;
+        unsetenv(GROUPS_ENV);
+        static char split[sizeof saved_groups];
+        memcpy(split, saved_groups, sizeof split);
+        n_groups = split_groups(split, groups, FLEET_MAX_GROUPS);
+    }
 
     fleet_config_t cfg;
     memset(&cfg, 0, sizeof cfg);
+#ifdef FLEET_HOST_AUDIO
+    host_media_t *hm = NULL;
+    if (audio) {
+        char mwhy[200];
+        mopts.device_id = host.id;
+        hm = host_media_new(&mopts, mwhy, sizeof mwhy);
+        if (hm == NULL) {
+            fprintf(stderr, "--audio: %s\n", mwhy);
+            return 2;
+        }
+        host.port.media = host_media_table(hm);
+        host_media_caps(hm, &cfg.caps);
+    }
+#endif
     cfg.device_id = host.id;
     cfg.prefix = prefix;
     cfg.groups = groups;
@@ -397,6 +493,11 @@ int main(int argc, char **argv)
     if (!fleet_core_init(&host.core, &cfg, &host.port)) {
         return 2; /* the core logged why */
     }
+#ifdef FLEET_HOST_AUDIO
+    if (hm != NULL) {
+        host_media_bind(hm, &host.core);
+    }
+#endif
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -444,7 +545,13 @@ int main(int argc, char **argv)
             socket_open = true;
         }
         uint32_t wait = fleet_core_tick(&host.core);
-        int rc = mosquitto_loop(host.mosq, (int)(wait < 200 ? wait : 200), 1);
+        uint32_t cap = audio ? 10 : 200; /* with audio: drain what GStreamer queued soon */
+        int rc = mosquitto_loop(host.mosq, (int)(wait < cap ? wait : cap), 1);
+#ifdef FLEET_HOST_AUDIO
+        if (hm != NULL) {
+            host_media_poll(hm);
+        }
+#endif
         if (host.mqtt_up) {
             backoff = BACKOFF_MIN_MS;
         }
@@ -478,9 +585,15 @@ int main(int argc, char **argv)
     }
     mosquitto_destroy(host.mosq);
     mosquitto_lib_cleanup();
+#ifdef FLEET_HOST_AUDIO
+    host_media_free(hm); /* after the goodbye: the leave closed every peer already */
+#endif
     if (host.reboot_requested) {
         if (pending_cmd[0] != '\0') {
             setenv(PENDING_ENV, pending_cmd, 1);
+        }
+        if (groups_saved) {
+            setenv(GROUPS_ENV, saved_groups, 1);
         }
         logf_host('W', "re-executing %s", saved_argv[0]);
         fflush(stderr);

@@ -66,6 +66,7 @@ static void fleet_task(void *arg)
         if (xQueueReceive(fleet_ev_queue, &ev, pdMS_TO_TICKS(wait)) == pdTRUE) {
             fleet_wifi_handle(&ev, now_ms());
             fleet_port_esp_handle(&ev);
+            fleet_audio_handle(&ev);
             free(ev.topic);
             free(ev.data);
         }
@@ -105,7 +106,7 @@ void app_main(void)
     ESP_ERROR_CHECK(esp_event_loop_create_default());
 
     fleet_audio_config_t audio = {
-        .i2s_port = 0, .sample_rate = 48000, .frame_ms = 20, .max_peers = 2};
+        .i2s_port = 0, .sample_rate = CONFIG_FLEET_AUDIO_RATE, .frame_ms = 20, .max_peers = 2};
     (void)fleet_audio_init(&audio, &core); /* ESP_ERR_NOT_SUPPORTED: signalling only */
 
     fleet_config_t fc;

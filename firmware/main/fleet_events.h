@@ -24,6 +24,8 @@ typedef enum {
     FLEET_EV_MQTT_PUBLISHED, /* code = msg id (QoS 1 acknowledged) */
     FLEET_EV_MQTT_DATA,      /* topic/data: heap copies, freed by the fleet task */
     FLEET_EV_MQTT_OVERSIZE,  /* topic + code = total length: refused, never assembled */
+    FLEET_EV_MEDIA,          /* from esp_peer's task: topic = participant, data = SDP or
+                                a rejection's detail, code = which (fleet_audio.c) */
 } fleet_ev_type_t;
 
 typedef struct {

@@ -22,6 +22,16 @@
 #include "sdkconfig.h"
 #include "wifi_sta.h"
 
+/* esp-mqtt in ESP-IDF v5.1.2-v5.2.1 defines esp_mqtt_client_subscribe as a _Generic macro
+ * whose only string association is `char *`: a `const char *` topic matches nothing and does
+ * not compile. The function behind the macro, esp_mqtt_client_subscribe_single, exists
+ * wherever the macro does; where there is no macro, the name is the function itself. */
+#ifdef esp_mqtt_client_subscribe
+#define fleet_mqtt_subscribe esp_mqtt_client_subscribe_single
+#else
+#define fleet_mqtt_subscribe esp_mqtt_client_subscribe
+#endif
+
 static const char *TAG = "fleet_port";
 
 #define GOODBYE_WAIT_MS 3000 /* for the offline status to be acknowledged before a restart */
@@ -198,7 +208,7 @@ static bool p_publish(void *ctx, const char *topic, const char *payload, size_t 
 static bool p_subscribe(void *ctx, const char *topic, int qos)
 {
     (void)ctx;
-    return s.client != NULL && esp_mqtt_client_subscribe(s.client, topic, qos) >= 0;
+    return s.client != NULL && fleet_mqtt_subscribe(s.client, topic, qos) >= 0;
 }
 
 static bool p_unsubscribe(void *ctx, const char *topic)

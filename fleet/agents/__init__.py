@@ -10,8 +10,11 @@ says, and is run with `fleet agent join ROOM --plugin module:Class`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
@@ -20,6 +23,24 @@ from aiortc import MediaStreamTrack
 from fleet.media.config import MediaConfig
 from fleet.media.sinks import WavRecorder
 from fleet.media.sources import PushSource, SharedSource, ToneSource, WavSource
+from fleet.mqtt import BrokerUrl
+from fleet.protocol import Topics
+
+if TYPE_CHECKING:
+    from fleet.participant import MeetingParticipant
+
+log = logging.getLogger("fleet.agents")
+
+
+@dataclass(frozen=True)
+class AgentContext:
+    """What a started agent may use: its own broker login (an `agent` user may call some
+    API ops: broker/acl.py) and its participant (room, session, peers)."""
+
+    url: BrokerUrl
+    topics: Topics
+    pid: str
+    participant: MeetingParticipant
 
 
 class Agent:
@@ -40,6 +61,8 @@ class Agent:
 
     def speak(self, samples: np.ndarray | av.AudioFrame, peer: str | None = None) -> None:
         """Queue audio (48 kHz mono s16) for one peer, or for every peer."""
+        # A peer's voice ends with its connection: forget those, so nothing queues for them.
+        self._voices = {p: v for p, v in self._voices.items() if v.readyState == "live"}
         targets = [self._voices[peer]] if peer in self._voices else []
         if peer is None:
             targets = list(self._voices.values())
@@ -52,6 +75,12 @@ class Agent:
         if voice is None:
             voice = self._voices[peer] = PushSource()
         return voice
+
+    async def start(self, context: AgentContext) -> None:
+        """Joined: open what the agent needs beyond the media (an API client, ...)."""
+
+    async def stop(self) -> None:
+        """About to leave: close what `start` opened."""
 
     def close(self) -> None:
         """The agent leaves: flush and release."""
@@ -118,4 +147,7 @@ class RecorderAgent(Agent):
 
     def close(self) -> None:
         self.recorder.close()
+        for path in [*self.recorder.paths.values(), self.recorder.mix_path]:
+            if path is not None and path.exists():
+                log.info("wrote %s (%.1f s)", path, max(0, path.stat().st_size - 44) / 96_000)
         super().close()

@@ -10,16 +10,16 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
-from fleet.agents import Agent, EchoAgent, PlayerAgent, RecorderAgent, ToneAgent
+from fleet.agents import Agent, AgentContext, EchoAgent, PlayerAgent, RecorderAgent, ToneAgent
 from fleet.errors import ConfigError
 from fleet.media.mesh import MediaMesh
 from fleet.mqtt import BrokerUrl
 from fleet.participant import MeetingParticipant, participant_link
 from fleet.protocol import Topics
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("fleet.agents")
 
-MODES = ("echo", "tone", "play", "record")
+MODES = ("echo", "tone", "play", "record", "assistant", "transcribe")
 
 
 def build_agent(
@@ -37,6 +37,14 @@ def build_agent(
         if directory is None:
             raise ConfigError("--mode record needs a directory")
         return RecorderAgent(directory)
+    if mode in ("assistant", "transcribe"):
+        from fleet.agents.voice.pipeline import TranscriberAgent, VoiceAgent
+        from fleet.agents.voice.settings import VoiceSettings
+
+        voice = VoiceSettings()
+        if mode == "transcribe":
+            return TranscriberAgent(voice.build_stt())
+        return VoiceAgent(voice.build_stt(), voice.build_tts(), voice.build_brain)
     raise ConfigError(f"unknown agent mode {mode!r}: choose {', '.join(MODES)}")
 
 
@@ -63,11 +71,19 @@ async def agent_in_room(
     topics: Topics | None = None,
     ice_servers: tuple[str, ...] = (),
 ) -> AsyncIterator[MeetingParticipant]:
-    """Join `room` as `pid` with `agent` as its voice and ears; leave on exit."""
+    """Join `room` as `pid` with `agent` as its voice and ears; leave on exit.
+
+    The link outlives a broker restart: the agent reconnects and joins again. What it does
+    (joining, its peers coming and going, leaving) is logged on "fleet.agents" at INFO.
+    """
     topics = topics or Topics()
     config = replace(agent.media, ice_servers=ice_servers or agent.media.ice_servers)
     mesh = MediaMesh(config, agent.track_for, agent)
-    async with participant_link(url, pid, topics, mesh, config.capabilities()) as participant:
+    seen = PeerReport(pid)
+    async with participant_link(
+        url, pid, topics, mesh, config.capabilities(), stay=True, on_change=seen
+    ) as participant:
+        seen.participant = participant
 
         def name_of(peer: str) -> str:
             info = participant.peers.get(peer)
@@ -75,8 +91,45 @@ async def agent_in_room(
 
         agent.name_of = name_of
         await participant.join(room)
-        log.info("agent %s (%s) joined %s as %s", pid, agent.name, room, participant.participant)
-        yield participant
+        await agent.start(AgentContext(url, topics, pid, participant))
+        try:
+            yield participant
+        finally:
+            await agent.stop()
+            log.info("agent %s leaving %s", pid, participant.room or room)
+
+
+class PeerReport:
+    """Logs what changed in the participant's meeting since the last call."""
+
+    def __init__(self, pid: str) -> None:
+        self.pid = pid
+        self.participant: MeetingParticipant | None = None
+        self.session: str | None = None
+        self.peers: dict[str, str] = {}
+
+    def __call__(self) -> None:
+        participant = self.participant
+        if participant is None:
+            return
+        if participant.session != self.session:
+            if participant.session is not None:
+                log.info(
+                    "agent %s joined %s as %s (session %s)",
+                    self.pid,
+                    participant.room,
+                    participant.participant,
+                    participant.session,
+                )
+            elif self.session is not None:
+                log.info("agent %s is out of session %s", self.pid, self.session)
+            self.session = participant.session
+        now = {p: info.pid for p, info in participant.peers.items()}
+        for peer in now.keys() - self.peers.keys():
+            log.info("peer %s (%s) is here", peer, now[peer])
+        for peer in self.peers.keys() - now.keys():
+            log.info("peer %s (%s) left", peer, self.peers[peer])
+        self.peers = now
 
 
 async def run_agent(

@@ -24,7 +24,18 @@ from fleet.controller.operations import CommandTracker, DesiredTracker
 from fleet.controller.parts import ControllerPart
 from fleet.controller.store import DesiredRecord, Job, Store
 from fleet.errors import FleetError, ProtocolError
-from fleet.mqtt import BrokerUrl, payload_bytes, publish_nowait, run_link
+from fleet.mqtt import (
+    BrokerUrl,
+    MqttClient,
+    MqttVersion,
+    Reply,
+    payload_bytes,
+    publish,
+    publish_nowait,
+    reply_of,
+    run_link,
+    subscribe,
+)
 from fleet.protocol import (
     ID_PATTERN,
     ParsedTopic,
@@ -66,6 +77,7 @@ class GroupAcl(Protocol):
 
 
 TICK_S = 0.2
+DEFAULT_CLIENT_ID = "fleet-controller"  # only for a broker without usernames
 # Topics whose parts are remembered, in bytes of topic names plus a dict entry's cost;
 # cleared wholesale past it (a 20,000-device fleet's topics take about 3 MB).
 ROUTE_CACHE_BYTES = 16 * 1024 * 1024
@@ -73,6 +85,7 @@ ROUTE_ENTRY_OVERHEAD = 160
 # API requests held until synced, in payload bytes; past it a request is refused (busy).
 HELD_REQUESTS_BYTES = 8 * 1024 * 1024
 MAX_CLEARING = 1024
+MAX_REPLIES = 10_000  # open requests with a response topic; beyond, results go to api/result
 
 
 class Controller:
@@ -81,12 +94,14 @@ class Controller:
         url: BrokerUrl,
         store_path: Path | str,
         topics: Topics | None = None,
-        client_id: str = "fleet-controller",
+        client_id: str | None = None,
         credentials: GroupAcl | None = None,
         parts: Sequence[ControllerPart] = (),
     ) -> None:
         self.url = url
         self.topics = topics or Topics()
+        # The broker binds client ids to users (protocol.md §11): by default the username.
+        client_id = client_id or url.username or DEFAULT_CLIENT_ID
         if not is_valid_id(client_id):
             raise ValueError(f"invalid controller client id {client_id!r}: must match {ID_PATTERN}")
         self.client_id = client_id
@@ -97,7 +112,9 @@ class Controller:
         self.store = Store(store_path)
         self.registry = Registry()
         self.connected = asyncio.Event()
-        self._client: aiomqtt.Client | None = None
+        self._client: MqttClient | None = None
+        # MQTT 5 requests that named a response topic: their results go there (by request id).
+        self._replies: dict[str, Reply] = {}
         self._desired_trackers: list[DesiredTracker] = []
         self._command_trackers: list[CommandTracker] = []
         self._jobs: dict[str, Job] = {job.id: job for job in self.store.open_jobs()}
@@ -129,6 +146,7 @@ class Controller:
                         on_close=self._on_close,
                         will=next((w for p in self.parts if (w := p.will()) is not None), None),
                         connected=self.connected,
+                        version=MqttVersion.AUTO,
                     ),
                     name="controller-link",
                 )
@@ -143,7 +161,7 @@ class Controller:
                     log.exception("part %s failed to close", part.name)
             self.store.close()
 
-    async def _on_connect(self, client: aiomqtt.Client) -> None:
+    async def _on_connect(self, client: MqttClient) -> None:
         t = self.topics
         self._client = client
         self._synced = False
@@ -161,7 +179,14 @@ class Controller:
                 # Two parts may share a filter (telemetry and Home Assistant both read tele):
                 # one subscription at the higher QoS; the broker delivers it once.
                 filters[flt] = max(filters.get(flt, 0), qos)
-        await client.subscribe(list(filters.items()))
+        for shared in [f for f in filters if f.startswith("$share/")]:
+            # A shared subscription (telemetry split between processes) brings this
+            # process its share for every part: no plain one beside it, which would bring
+            # each message once more.
+            plain = shared.split("/", 2)[2]
+            if plain in filters:
+                filters[shared] = max(filters[shared], filters.pop(plain))
+        await subscribe(client, list(filters.items()))  # SubscribeRefused: a clear stop
         self._sync_token = uuid.uuid4().hex  # a stale marker from an earlier connection is not it
         await client.publish(t.sync(self.client_id), encode(Sync(token=self._sync_token)), qos=1)
         # Re-assert every desired doc: the broker may have restarted and forgotten them.
@@ -184,6 +209,8 @@ class Controller:
     # --- inbound ------------------------------------------------------------------------------
     async def _on_message(self, message: aiomqtt.Message) -> None:
         self.stats["messages"] += 1
+        if self._client is not None and self._client.mqtt5 and (reply := reply_of(message)):
+            self._note_reply(message.topic.value, payload_bytes(message), reply)
         topic = message.topic.value
         payload = payload_bytes(message)
         if self.topics.never_retained(topic):
@@ -227,6 +254,18 @@ class Controller:
             await self._api_error(
                 probe_id(payload), op[:32], "retained", "API requests must not be retained"
             )
+
+    def _note_reply(self, topic: str, payload: bytes, reply: Reply) -> None:
+        """Remember where an API request wants its results: only our own reply topics
+        (`api/reply/...`), so no requester can make the controller publish elsewhere."""
+        request_id = probe_id(payload)
+        if not request_id or not topic.startswith(self._api_root):
+            return
+        if not self.topics.is_api_reply(reply.topic):
+            log.warning("API request %s: ignored response topic %r", request_id, reply.topic[:128])
+            return
+        if len(self._replies) < MAX_REPLIES:
+            self._replies[request_id] = reply
 
     def _parts_for(self, topic: aiomqtt.Topic) -> tuple[ControllerPart, ...]:
         """The parts whose filters match `topic`, remembered per topic: matching every
@@ -513,7 +552,7 @@ class Controller:
             expires=now + request.ttl_ms / 1000,
         )
         if job.op == CommandOp.SET_GROUPS.value and self.credentials is not None:
-            self._grant_groups(job)
+            await self._grant_groups(job)
         self.store.save_job(job)  # first: a job the log cannot hold is never sent
         self._jobs[job.id] = job
         tracker = CommandTracker(request, job, online=rec.online)
@@ -522,13 +561,16 @@ class Controller:
         await self._publish_result(tracker.result(final=False))
         self._command_trackers.append(tracker)
 
-    def _grant_groups(self, job: Job) -> None:
+    async def _grant_groups(self, job: Job) -> None:
         groups = job.args.get("groups")
         if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
             return  # the device refuses it with bad_args
         assert self.credentials is not None
         try:
-            self.credentials.set_groups(job.device, [g for g in groups if g != "all"])
+            # In a thread: it rewrites the whole credentials file (~0.1 s at 20,000 users).
+            await asyncio.to_thread(
+                self.credentials.set_groups, job.device, [g for g in groups if g != "all"]
+            )
         except Exception as exc:  # the device then fails to subscribe and says so
             log.warning("could not grant groups %s to %s: %s", groups, job.device, exc)
 
@@ -542,7 +584,15 @@ class Controller:
             ttl_ms=max(1, int((job.expires - time.time()) * 1000)),
             ts=time.time(),
         )
-        await self._client.publish(self.topics.cmd(job.device), encode(cmd), qos=1)
+        # MQTT 5: the broker drops the command once its ttl passed (a device back from a
+        # network drop with its session queue must not reboot an hour late).
+        await publish(
+            self._client,
+            self.topics.cmd(job.device),
+            encode(cmd),
+            qos=1,
+            expiry_s=cmd.ttl_ms / 1000,
+        )
         job.status = DeviceOutcome.SENT
         self.store.save_job(job)
 
@@ -598,7 +648,13 @@ class Controller:
         if record and result.done and result.id:
             self.store.save_operation(result.id, result.op, "", result.rev, encode(result).decode())
         if self._client is not None:
-            await self._client.publish(self.topics.api_result, encode(result), qos=1)
+            reply = self._replies.get(result.id or "")
+            if reply is None:
+                await self._client.publish(self.topics.api_result, encode(result), qos=1)
+                return
+            if result.done:
+                del self._replies[result.id or ""]
+            await publish(self._client, reply.topic, encode(result), correlation=reply.correlation)
 
     async def _api_error(
         self, request_id: str | None, op: str, code: str, detail: str, record: bool = True

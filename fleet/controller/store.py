@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.errors import FleetError
+from fleet.files import private_file
 from fleet.protocol import encode
 from fleet.protocol.messages import (
     MAX_REV,
@@ -23,6 +24,7 @@ from fleet.protocol.messages import (
     MeetingIntent,
     ParticipantRecord,
     SessionInfo,
+    TranscriptLine,
     decode,
 )
 
@@ -80,6 +82,15 @@ CREATE TABLE IF NOT EXISTS participants (
     left REAL,
     PRIMARY KEY (session, participant)
 );
+CREATE TABLE IF NOT EXISTS transcript (
+    session TEXT NOT NULL,
+    participant TEXT NOT NULL,
+    pid TEXT NOT NULL,
+    start REAL NOT NULL,
+    end REAL NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transcript_session ON transcript (session, start);
 """
 
 # A billion operations a second for a century stays below 2^62; 2^53 - 1 is the wire limit.
@@ -139,6 +150,13 @@ class Store:
         self.path = Path(path)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # SQLite gives its -wal and -shm files the database file's mode: 0600 for all
+            # (ones left by an older version are narrowed too).
+            private_file(self.path)
+            for suffix in ("-wal", "-shm"):
+                side = self.path.with_name(self.path.name + suffix)
+                if side.exists():
+                    private_file(side)
         self._db = sqlite3.connect(str(path), isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -427,6 +445,51 @@ class Store:
                 )
             )
         return infos
+
+    # --- small settings of controller parts (the meta table, keys with a part's prefix) ----
+    def meta(self, prefix: str) -> dict[str, str]:
+        rows = self._db.execute(
+            "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+        ).fetchall()
+        return {key: value for key, value in rows}
+
+    def save_meta(self, items: dict[str, str]) -> None:
+        with self._tx():
+            self._db.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                list(items.items()),
+            )
+
+    # --- transcripts ------------------------------------------------------------------------
+    def add_transcript_line(self, line: TranscriptLine) -> None:
+        self._db.execute(
+            "INSERT INTO transcript (session, participant, pid, start, end, text)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (line.session, line.participant, line.pid, line.start, line.end, line.text),
+        )
+
+    def transcript(self, session: str, limit: int) -> list[TranscriptLine]:
+        """The session's last `limit` lines, oldest first."""
+        rows = self._db.execute(
+            "SELECT participant, pid, start, end, text FROM transcript WHERE session=?"
+            " ORDER BY start DESC LIMIT ?",
+            (session, limit),
+        ).fetchall()
+        return [
+            TranscriptLine(session=session, participant=p, pid=pid, start=a, end=b, text=t)
+            for p, pid, a, b, t in reversed(rows)
+        ]
+
+    def session_room(self, session: str) -> str | None:
+        row = self._db.execute("SELECT room FROM sessions WHERE id=?", (session,)).fetchone()
+        return str(row[0]) if row else None
+
+    def newest_session(self, room: str) -> str | None:
+        row = self._db.execute(
+            "SELECT id FROM sessions WHERE room=? ORDER BY started DESC LIMIT 1", (room,)
+        ).fetchone()
+        return str(row[0]) if row else None
 
     def _tx(self) -> sqlite3.Connection:
         # `with connection:` commits or rolls back; BEGIN IMMEDIATE serialises writers.

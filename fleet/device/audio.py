@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 from aiortc import MediaStreamTrack
 
 from fleet.device.sim import MeetingDriver
+from fleet.device.tones import TONE_AMPLITUDE, TONE_BASE_HZ, tone_amplitude, tone_for
 from fleet.errors import FleetError
-from fleet.media.analysis import hears
+from fleet.media.analysis import hears, tone_shares
 from fleet.media.config import MediaConfig
 from fleet.media.mesh import MediaMesh
 from fleet.media.sinks import AudioSink, CaptureSink, FanoutSink, LevelMeter, WavRecorder
@@ -35,24 +36,29 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATS_INTERVAL_S = 2.0
-# Far apart, and no one a harmonic of another: a listener's spectrum tells them apart.
-TONE_BASE_HZ = 400.0
-TONE_STEP_HZ = 175.0
-TONE_SLOTS = 12
 
 
-def tone_for(index: int) -> float:
-    """The tone of the `index`-th simulated device (0-based)."""
-    return TONE_BASE_HZ + TONE_STEP_HZ * (index % TONE_SLOTS)
+@dataclass
+class DeviceHearing:
+    """What one device hears now: the devices whose tone is in what it receives (by FFT
+    of the last second), and the level of each stream it receives, by the pid of its
+    sender (the mixer's name for a mixed session's one stream)."""
+
+    heard: set[str]
+    levels: dict[str, float]
+    audible_at: float | None  # time.monotonic() when some stream first carried sound
 
 
 @dataclass(frozen=True)
 class AudioProfile:
     media: MediaConfig = field(default_factory=MediaConfig)
     tone_hz: float | None = TONE_BASE_HZ  # what the microphone "hears"; None: silence
+    # Of full scale. A mixer sums the members' tones: keep (members - 1) x this below 1
+    # (tone_amplitude(members)).
+    tone_amplitude: float = TONE_AMPLITUDE
     wav: Path | None = None  # played instead of the tone
     record_dir: Path | None = None  # one WAV per peer heard
-    keep_s: float = 5.0  # seconds of each peer's audio kept for analysis
+    keep_s: float = 5.0  # seconds of each peer's audio kept for analysis; 0: levels only
     marker_every_s: float | None = None  # a latency marker in the tone (bench/meeting.py)
 
 
@@ -72,7 +78,9 @@ class AudioMeetingDriver(MeetingDriver):
 
     def attach(self, device: SimulatedDevice) -> None:
         self.device = device
-        sinks: list[AudioSink] = [self.levels, self.heard]
+        sinks: list[AudioSink] = [self.levels]
+        if self.profile.keep_s > 0:
+            sinks.append(self.heard)
         if self.profile.record_dir is not None:
             sinks.append(WavRecorder(self.profile.record_dir / device.id))
         mesh = MediaMesh(self.profile.media, self._source_for, FanoutSink(*sinks))
@@ -150,6 +158,31 @@ class AudioMeetingDriver(MeetingDriver):
         samples = self.heard.samples(peer, last_s)
         return samples.size > 0 and hears(samples, freq_hz)
 
+    def hearing(self, tones: Mapping[str, float], min_share: float) -> DeviceHearing:
+        """Which of `tones` (device -> Hz) hold at least `min_share` of the power of some
+        stream received over the last second, and every stream's level."""
+        names = self.peer_pids()
+        heard: set[str] = set()
+        levels: dict[str, float] = {}
+        devices, freqs = list(tones), list(tones.values())
+        for participant, entry in self.levels.peers.items():
+            levels[names.get(participant, participant)] = entry.level
+            samples = self.heard.samples(participant, 1.0)
+            if samples.size:
+                shares = tone_shares(samples, freqs)
+                heard |= {d for d, share in zip(devices, shares, strict=True) if share >= min_share}
+        firsts = [p.audible_at for p in self.levels.peers.values() if p.audible_at]
+        return DeviceHearing(heard, levels, min(firsts) if firsts else None)
+
+    def markers(self) -> tuple[list[float], dict[str, list[float]]]:
+        """For the latency bench: when the markers this device sent were spoken, and when
+        the markers in each stream it kept reached it (by the stream's sender pid)."""
+        source = self.source
+        sent = source.sent_markers() if isinstance(source, ToneSource) else []
+        names = self.peer_pids()
+        arrivals = {names.get(p, p): self.heard.marker_arrivals(p) for p in self.heard.peers()}
+        return sent, arrivals
+
     # --- inside -------------------------------------------------------------------------------
     def _source_for(self, peer: str) -> MediaStreamTrack | None:
         return self._shared(peer) if self._shared is not None else None
@@ -160,7 +193,11 @@ class AudioMeetingDriver(MeetingDriver):
         if self.profile.wav is not None:
             track: MediaStreamTrack = WavSource(self.profile.wav)
         elif self.profile.tone_hz is not None:
-            track = ToneSource(self.profile.tone_hz, marker_every_s=self.profile.marker_every_s)
+            track = ToneSource(
+                self.profile.tone_hz,
+                self.profile.tone_amplitude,
+                marker_every_s=self.profile.marker_every_s,
+            )
         else:
             return  # silence: send nothing at all
         self._shared = SharedSource(track)
@@ -203,9 +240,11 @@ class AudioMeetingDriver(MeetingDriver):
 def audio_drivers(
     ids: Sequence[str], profile: AudioProfile | None = None
 ) -> Callable[[str], AudioMeetingDriver]:
-    """A driver factory for SimFleet: every device its own tone (`tone_for` its index)."""
+    """A driver factory for SimFleet: every device its own tone (`tone_for` its index), at
+    an amplitude a mix of the whole fleet holds without clipping."""
     base = profile or AudioProfile()
     index = {device_id: n for n, device_id in enumerate(ids)}
+    amplitude = min(base.tone_amplitude, tone_amplitude(len(ids)))
     return lambda device_id: AudioMeetingDriver(
-        replace(base, tone_hz=tone_for(index.get(device_id, 0)))
+        replace(base, tone_hz=tone_for(index.get(device_id, 0)), tone_amplitude=amplitude)
     )

@@ -26,8 +26,9 @@ MANUFACTURER = "espfleet"
 DEVICE_MODEL = "ESP32 audio device"
 CONTROLLER_MODEL = "fleet controller"
 # Device availability from its retained status (birth `{"online": true}`, will
-# `{"online": false}`), turned into Home Assistant's default payloads.
-STATUS_TEMPLATE = "{{ 'online' if value_json.online else 'offline' }}"
+# `{"online": false}`), turned into Home Assistant's default payloads. An empty payload (the
+# status cleared: the device deleted) has no `value_json`: offline, not a template error.
+STATUS_TEMPLATE = "{{ 'online' if value_json is defined and value_json.online else 'offline' }}"
 
 
 def _version() -> str:
@@ -39,6 +40,23 @@ def _version() -> str:
 
 SW_VERSION = _version()
 ORIGIN = {"name": "espfleet", "sw_version": SW_VERSION}
+
+
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """What a device's config shows of its birth: firmware and board (None: not known)."""
+
+    fw: str | None = None
+    hw: str | None = None
+
+    @classmethod
+    def of(cls, status: Status | None, before: Shown | None = None) -> Shown:
+        """From a status; a value the status lacks (a will: `{"online": false}`) keeps
+        what was shown before, so going offline does not change the device's model."""
+        old = before or cls()
+        if status is None:
+            return old
+        return cls(status.fw or old.fw, status.hw or old.hw)
 
 
 def _value(key: str) -> str:
@@ -186,20 +204,18 @@ class Discovery:
         return f"{platform}.espfleet_{owner.replace('-', '_')}_{key}"
 
     # --- payloads -------------------------------------------------------------------------
-    def device_config(
-        self, device_id: str, status: Status | None, rooms: Iterable[str]
-    ) -> dict[str, Any]:
+    def device_config(self, device_id: str, shown: Shown, rooms: Iterable[str]) -> dict[str, Any]:
         t = self.topics
         node = self.device_node(device_id)
         dev: dict[str, Any] = {
             "identifiers": [node],
             "name": device_id,
             "manufacturer": MANUFACTURER,
-            "model": (status.hw if status and status.hw else DEVICE_MODEL),
+            "model": shown.hw or DEVICE_MODEL,
             "via_device": self.controller_node,
         }
-        if status is not None and status.fw:
-            dev["sw_version"] = status.fw
+        if shown.fw:
+            dev["sw_version"] = shown.fw
         cmps = {
             e.key: self._component(
                 e,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from fleet.controller.parts import ControllerPart
 from fleet.errors import ProtocolError
-from fleet.ha.discovery import Discovery
+from fleet.ha.discovery import Discovery, Shown
 from fleet.ha.models import (
     HaDeviceState,
     HaFleetState,
@@ -82,14 +82,22 @@ class HomeAssistantSettings:
 class _Device:
     # What its published discovery config shows: firmware and board, and the room list
     # (by generation). None: no config published on this connection yet.
-    shown: tuple[str | None, str | None] | None = None
+    shown: Shown | None = None
     rooms_gen: int = -1
+    known: Shown = field(default_factory=Shown)  # firmware and board of its last birth
     state: bytes = b""  # the state doc published last
     meeting: tuple[bool, str | None] = (False, None)  # its meeting part
     state_at: float = 0.0
     last_room: str | None = None
     tele: dict[str, int | float | None] = field(default_factory=dict)
+    tele_shown: bool = False  # telemetry values have gone out: from now on, throttled
     counted: tuple[bool, bool] = (False, False)  # (online, in a meeting) in the fleet counters
+
+
+# Keys of what the part keeps in the controller's SQLite store (meta table): the room of
+# "Join all", and each device's last room (its "In meeting" switch joins it).
+ROOM_KEY = "ha.room"
+LAST_ROOM_KEY = "ha.last_room."
 
 
 class HomeAssistantPart(ControllerPart):
@@ -111,10 +119,23 @@ class HomeAssistantPart(ControllerPart):
         self._in_meeting = 0
         self._room_adopted = False
         self._held: list[tuple[ParsedHaTopic, str, bytes]] = []
+        self._last_rooms: dict[str, str] = {}  # kept in SQLite: device -> its last room
+        self._unsaved: dict[str, str] = {}  # store keys written at the next tick
         self.stats = {"commands": 0, "refused": 0, "configs": 0, "states": 0}
 
     def attach(self, controller: Controller) -> None:
         super().attach(controller)
+        kept = controller.store.meta("ha.")
+        room = kept.get(ROOM_KEY)
+        if room is not None and _valid_room(room):
+            self.room = room
+            self._room_adopted = True  # SQLite wins over our old retained fleet state
+            self._rooms.add(room)
+        self._last_rooms = {
+            key.removeprefix(LAST_ROOM_KEY): value
+            for key, value in kept.items()
+            if key.startswith(LAST_ROOM_KEY) and _valid_room(value)
+        }
         self.discovery = Discovery(controller.topics, self.settings.ha_prefix)
         t = controller.topics
         self._birth = ha_birth(self.settings.ha_prefix)
@@ -210,6 +231,7 @@ class HomeAssistantPart(ControllerPart):
                     await self._publish_stale_configs()
                 if self._fleet_dirty:
                     await self._publish_fleet_state()
+                self._save()
             except Exception:  # a bad moment must not end the part
                 log.exception("homeassistant: periodic work failed")
 
@@ -219,7 +241,7 @@ class HomeAssistantPart(ControllerPart):
         await self._pub(self.controller.topics.ha_status, ONLINE)
         await self._publish_controller()
         for device_id, rec in list(self.controller.registry.devices.items()):
-            dev = self._devices.setdefault(device_id, _Device())
+            dev = self._device(device_id)
             dev.shown = None
             dev.state = b""
             await self._publish_device(device_id, rec)
@@ -234,11 +256,11 @@ class HomeAssistantPart(ControllerPart):
                 await self._publish_config(device_id, rec, dev)
 
     async def _publish_config(self, device_id: str, rec: DeviceRecord, dev: _Device) -> None:
-        shown = _shown(rec)
+        shown = dev.known = Shown.of(rec.status, dev.known)
         if (dev.shown, dev.rooms_gen) == (shown, self._rooms_gen):
             return
         dev.shown, dev.rooms_gen = shown, self._rooms_gen
-        config = self.discovery.device_config(device_id, rec.status, self._rooms)
+        config = self.discovery.device_config(device_id, shown, self._rooms)
         await self._pub(self.discovery.device_config_topic(device_id), _json(config))
         self.stats["configs"] += 1
 
@@ -249,14 +271,15 @@ class HomeAssistantPart(ControllerPart):
         self.stats["configs"] += 1
 
     async def _publish_device(self, device_id: str, rec: DeviceRecord, tele: bool = False) -> None:
-        dev = self._devices.setdefault(device_id, _Device())
+        dev = self._device(device_id)
         in_meeting, room = meeting_of(rec.state)
         if room is not None:
-            dev.last_room = room
+            self._set_last_room(device_id, dev, room)
             self._note_room(room)
         # A new device or a new firmware or board: its config at once. A config that only
-        # lists old rooms waits in _stale_configs for the periodic task.
-        if dev.shown != _shown(rec):
+        # lists old rooms waits in _stale_configs for the periodic task. A will (no
+        # firmware, no board) changes nothing it shows.
+        if dev.shown != Shown.of(rec.status, dev.known):
             await self._publish_config(device_id, rec, dev)
         self._count(dev, rec.online, rec.online and in_meeting)
         meeting = (in_meeting, room)
@@ -272,9 +295,11 @@ class HomeAssistantPart(ControllerPart):
         if payload == dev.state:
             return
         now = time.monotonic()
-        if tele and meeting == dev.meeting and now - dev.state_at < self.settings.tele_interval_s:
+        recent = now - dev.state_at < self.settings.tele_interval_s
+        if tele and dev.tele_shown and meeting == dev.meeting and recent:
             return  # only telemetry moved, and it went out recently: the next sample will do
         dev.state, dev.meeting, dev.state_at = payload, meeting, now
+        dev.tele_shown = dev.tele_shown or bool(dev.tele)
         # QoS 0: one per device per change of a fan-out, and a lost one is re-sent with
         # everything after a reconnect (retained, so Home Assistant still reads the last).
         await self._pub(self.controller.topics.ha_device_state(device_id), payload, qos=0)
@@ -305,6 +330,26 @@ class HomeAssistantPart(ControllerPart):
         await self._pub(self.controller.topics.ha_device_state(device_id), b"", qos=0)
         self._fleet_dirty = True
         log.info("homeassistant: removed %s", device_id)
+
+    def _device(self, device_id: str) -> _Device:
+        dev = self._devices.get(device_id)
+        if dev is None:
+            dev = self._devices[device_id] = _Device(last_room=self._last_rooms.get(device_id))
+        return dev
+
+    def _set_last_room(self, device_id: str, dev: _Device, room: str) -> None:
+        if dev.last_room != room:
+            dev.last_room = self._last_rooms[device_id] = room
+            self._unsaved[LAST_ROOM_KEY + device_id] = room
+
+    def _save(self) -> None:
+        """Room choices into SQLite, in one transaction per tick (a join-all moves many)."""
+        if self._unsaved:
+            unsaved, self._unsaved = self._unsaved, {}
+            self.controller.store.save_meta(unsaved)
+
+    async def close(self) -> None:
+        self._save()
 
     async def _pub(self, topic: str, payload: bytes, qos: int = 1) -> None:
         await self.controller.publish(topic, payload, qos=qos, retain=True)
@@ -346,6 +391,7 @@ class HomeAssistantPart(ControllerPart):
             log.info("homeassistant: ignored retained fleet state: %s", exc)
             return
         self.room = room
+        self._unsaved[ROOM_KEY] = room
         self._note_room(room)
 
     # --- Home Assistant's side ----------------------------------------------------------------
@@ -362,8 +408,8 @@ class HomeAssistantPart(ControllerPart):
         rec = self.controller.registry.devices.get(device_id)
         if rec is None:
             return  # telemetry of a device that never announced itself shows nowhere
-        dev = self._devices.setdefault(device_id, _Device())
-        if dev.tele and time.monotonic() - dev.state_at < self.settings.tele_interval_s:
+        dev = self._device(device_id)
+        if dev.tele_shown and time.monotonic() - dev.state_at < self.settings.tele_interval_s:
             return  # its state went out recently; not worth decoding this sample
         tele = decode(Telemetry, payload)
         dev.tele = tele_values(tele)
@@ -410,6 +456,7 @@ class HomeAssistantPart(ControllerPart):
             await self._submit(ApiOp.LEAVE_ALL)
         elif entity == "room":
             self.room = self._known_room(payload, what)
+            self._unsaved[ROOM_KEY] = self.room
             await self._publish_fleet_state(force=True)
         else:
             raise ProtocolError(what, f"no fleet entity {entity!r}")
@@ -418,7 +465,7 @@ class HomeAssistantPart(ControllerPart):
         rec = self.controller.registry.devices.get(device_id)
         if rec is None:
             raise ProtocolError(what, f"unknown device {device_id!r}")
-        dev = self._devices.setdefault(device_id, _Device())
+        dev = self._device(device_id)
         in_meeting, room = meeting_of(rec.state)
         if entity == "meeting":
             if parse_switch(payload, what):
@@ -428,7 +475,7 @@ class HomeAssistantPart(ControllerPart):
                 await self._submit(ApiOp.LEAVE, device=device_id)
         elif entity == "room":
             chosen = self._known_room(payload, what)
-            dev.last_room = chosen
+            self._set_last_room(device_id, dev, chosen)
             if in_meeting and chosen != room:
                 await self._submit(ApiOp.JOIN, device=device_id, room=chosen)
             await self._publish_device(device_id, rec)
@@ -456,10 +503,12 @@ class HomeAssistantPart(ControllerPart):
         await self.controller.submit(op, request)
 
 
-def _shown(rec: DeviceRecord) -> tuple[str | None, str | None]:
-    """What of a device's birth its discovery config shows: firmware and board."""
-    status = rec.status
-    return (status.fw, status.hw) if status else (None, None)
+def _valid_room(room: str) -> bool:
+    try:
+        parse_room(room.encode(), "kept room")
+    except ProtocolError:
+        return False
+    return True
 
 
 def _json(config: dict[str, object]) -> bytes:

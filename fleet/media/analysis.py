@@ -31,6 +31,25 @@ def tone_power(
     return float(power[np.abs(freqs - freq_hz) <= band_hz].sum() / total)
 
 
+def tone_shares(
+    samples: np.ndarray, freqs: list[float], rate: int = SAMPLE_RATE, band_hz: float = 25.0
+) -> list[float]:
+    """`tone_power` of each of `freqs`, from one spectrum (a mix holds many tones)."""
+    if samples.size < 2:
+        return [0.0] * len(freqs)
+    bins, power = _spectrum(samples, rate)
+    total = power.sum()
+    if total <= 0:
+        return [0.0] * len(freqs)
+    cumulative = np.concatenate(([0.0], np.cumsum(power)))
+    out = []
+    for f in freqs:
+        lo = np.searchsorted(bins, f - band_hz, side="left")
+        hi = np.searchsorted(bins, f + band_hz, side="right")
+        out.append(float((cumulative[hi] - cumulative[lo]) / total))
+    return out
+
+
 def dominant_frequencies(
     samples: np.ndarray,
     count: int = 3,

@@ -41,8 +41,13 @@ class MediaConfig:
     connect_timeout_s: float = 10.0  # from SDP exchange to a connected peer
     # 20 ms frames the audio jitter buffer holds before playing. aiortc's own 4 (80 ms)
     # puts loopback mouth-to-ear at ~110 ms; 3 gives ~90 ms (bench/media_pair.py) and
-    # still rides out 40-60 ms of jitter. More for a jittery network, fewer for latency.
+    # still rides out 40-60 ms of jitter. More for a jittery network, fewer for latency;
+    # 0 plays each packet as it arrives and drops the ones that come after a later one.
     jitter_frames: int = 3
+    # The same for a mixed session's one stream, the mix: the mixer plays it out on its
+    # own 20 ms clock after a jitter buffer of its own (Janus's prebuffer of 2 packets),
+    # so none here keeps mouth-to-ear through the mixer under 100 ms (bench/mixed_room.py).
+    mixer_jitter_frames: int = 0
     # Opus bitrate. The mesh encodes Opus itself, mono (fleet.media.encoding): 32 kbit/s is
     # transparent for speech; aiortc alone sends stereo at 96 kbit/s.
     opus_kbps: int = 32
@@ -56,8 +61,9 @@ class MediaConfig:
         object.__setattr__(self, "codecs", tuple(known_codecs(self.codecs)))
         if self.connect_timeout_s <= 0:
             raise MediaError("connect_timeout_s must be positive")
-        if not 1 <= self.jitter_frames <= MAX_JITTER_FRAMES:
-            raise MediaError(f"jitter_frames must be 1..{MAX_JITTER_FRAMES}")
+        for name in ("jitter_frames", "mixer_jitter_frames"):
+            if not 0 <= getattr(self, name) <= MAX_JITTER_FRAMES:
+                raise MediaError(f"{name} must be 0..{MAX_JITTER_FRAMES}")
         if not OPUS_KBPS[0] <= self.opus_kbps <= OPUS_KBPS[1]:
             raise MediaError(f"opus_kbps must be {OPUS_KBPS[0]}..{OPUS_KBPS[1]} (libopus' range)")
         for url in self.ice_servers:

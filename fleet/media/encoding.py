@@ -18,6 +18,13 @@ senders packets:
   sender of that codec: N peers cost one encode, not N. It starts with the first sender
   that reads and stops (its source with it) when the last one has gone.
 
+A source that repeats (a whole-Hz `ToneSource`, with or without latency markers: its
+`repeats()`) is not encoded at all while it plays: its first two periods are encoded once
+per process, codec and bitrate (`looped_packets`), and the Broadcast replays them, paced
+by the source's clock (`PacedSource.next_frame`) without rendering a sample. A 20 ms Opus
+encode costs about 240 µs here, so this is what lets one machine simulate a big room of
+talking devices (fleet/media/README.md).
+
 Packets carry no RFC 6464 audio level (aiortc adds that header extension only to frames it
 encodes itself); nothing in a mesh reads it.
 """
@@ -31,11 +38,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import av
+import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from fleet.media.errors import MediaError
-from fleet.media.frames import FRAME_SAMPLES, SAMPLE_RATE
+from fleet.media.frames import FRAME_SAMPLES, SAMPLE_RATE, make_frame
+from fleet.media.sources import PacedSource, SharedTrack, SourceLoop
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +55,7 @@ ENCODED = ("opus", *G711_CODECS)  # what the mesh encodes itself; anything else:
 # Packets a sender may have waiting before the oldest is dropped: a sender that stalls
 # for more than this (20 ms each) gets the newest audio, not a growing delay.
 MAX_QUEUED = 10
+SILENT_FRAME = np.zeros(FRAME_SAMPLES, dtype=np.int16)
 
 
 class FrameEncoder:
@@ -105,6 +115,75 @@ class FrameEncoder:
         return self._conform.resample(frame)
 
 
+class EncodedChunk:
+    """One ready packet as RTCRtpSender's `pack()` reads it (bytes, pts, time_base), cheaper
+    than an av.Packet and shared by every sender (each adds its own RTP timestamp origin)."""
+
+    __slots__ = ("data", "pts", "time_base")
+
+    def __init__(self, data: bytes, pts: int, time_base: fractions.Fraction) -> None:
+        self.data, self.pts, self.time_base = data, pts, time_base
+
+    def __bytes__(self) -> bytes:
+        return self.data
+
+
+@dataclass(frozen=True)
+class LoopedPackets:
+    """A looping source's packets for one codec: frame k is `payloads[k]` for k below two
+    periods, then `payloads[period + k % period]`; `silence` is what a muted mic sends."""
+
+    period: int
+    payloads: tuple[bytes, ...]
+    silence: bytes
+    step: int  # samples per packet in the codec's clock
+    time_base: fractions.Fraction
+
+    def packet(self, frame: int, muted: bool) -> EncodedChunk:
+        if muted:
+            data = self.silence
+        elif frame < len(self.payloads):
+            data = self.payloads[frame]
+        else:
+            data = self.payloads[self.period + frame % self.period]
+        return EncodedChunk(data, frame * self.step, self.time_base)
+
+
+Sendable = av.Packet | av.AudioFrame | EncodedChunk
+_LOOPS: dict[tuple[object, ...], LoopedPackets] = {}
+
+
+def looped_packets(
+    source: PacedSource, loop: SourceLoop, codec: str, opus_kbps: int
+) -> LoopedPackets:
+    """Two periods of `source` encoded once for the process (then replayed by every device
+    that sends the same sound), and a packet of encoded silence."""
+    key = (*loop.key, codec, opus_kbps)
+    cached = _LOOPS.get(key)
+    if cached is not None:
+        return cached
+    frames = 2 * loop.period
+    encoder = FrameEncoder(codec, opus_kbps)
+    packets: list[av.Packet] = []
+    index = 0
+    # Codecs with a delay (G.711's resampler) give their packets a little late: encode on
+    # until there are as many packets as frames.
+    while len(packets) < frames:
+        packets += encoder.encode(make_frame(source.render(index, FRAME_SAMPLES), index))
+        index += FRAME_SAMPLES
+    mute = FrameEncoder(codec, opus_kbps)
+    quiet = [p for _ in range(4) for p in mute.encode(make_frame(SILENT_FRAME, 0))]
+    looped = LoopedPackets(
+        period=loop.period,
+        payloads=tuple(bytes(p) for p in packets[:frames]),
+        silence=bytes(quiet[-1]),
+        step=packets[0].duration or FRAME_SAMPLES,
+        time_base=packets[0].time_base,
+    )
+    _LOOPS[key] = looped
+    return looped
+
+
 def silence_like(frame: av.AudioFrame) -> av.AudioFrame:
     """A frame of zeros with `frame`'s shape and stamp: what a muted microphone sends."""
     silent = av.AudioFrame(
@@ -128,31 +207,38 @@ class EncoderInfo:
 
 
 class _Lane:
-    def __init__(self, encoder: FrameEncoder | None) -> None:
+    def __init__(self, encoder: FrameEncoder | None, looped: LoopedPackets | None) -> None:
         self.encoder = encoder
+        self.looped = looped
         self.feeds: set[SendTrack] = set()
         self.frames = 0
 
 
 class Broadcast:
-    """One source, read once: each frame gated, encoded once per codec in use, queued for
-    every sender of that codec. Runs from the first sender's first read until the source
-    ends or the last sender leaves; then it stops the source track it was given."""
+    """One source, read once: each frame gated, encoded once per codec in use (or, for a
+    source that loops, its packets replayed), queued for every sender of that codec. Runs
+    from the first sender's first read until the source ends or the last sender leaves;
+    then it stops the source track it was given."""
 
     def __init__(
         self,
         source: MediaStreamTrack,
-        make_encoder: Callable[[str], FrameEncoder],
+        opus_kbps: int,
         mic_on: Callable[[], bool],
         on_closed: Callable[[Broadcast], None],
     ) -> None:
         self.source = source
-        self._make_encoder = make_encoder
+        self._opus_kbps = opus_kbps
         self._mic_on = mic_on
         self._on_closed = on_closed
         self._lanes: dict[str | None, _Lane] = {}
         self._task: asyncio.Task[None] | None = None
         self.closed = False
+        # The source's own clock and loop, when it has them: then no frame is rendered
+        # for a lane that replays packets (a SharedTrack's relay is not read at all).
+        raw = source.shared.track if isinstance(source, SharedTrack) else source
+        self._paced = raw if isinstance(raw, PacedSource) else None
+        self._loop = self._paced.repeats() if self._paced is not None else None
 
     def join(self, feed: SendTrack, codec: str | None) -> None:
         if self.closed:
@@ -160,11 +246,17 @@ class Broadcast:
             return
         lane = self._lanes.get(codec)
         if lane is None:
-            encoder = self._make_encoder(codec) if codec is not None else None
-            lane = self._lanes[codec] = _Lane(encoder)
+            lane = self._lanes[codec] = self._lane(codec)
         lane.feeds.add(feed)
         if self._task is None:
             self._task = asyncio.ensure_future(self._run())
+
+    def _lane(self, codec: str | None) -> _Lane:
+        if codec is None:
+            return _Lane(None, None)
+        if self._paced is not None and self._loop is not None:
+            return _Lane(None, looped_packets(self._paced, self._loop, codec, self._opus_kbps))
+        return _Lane(FrameEncoder(codec, self._opus_kbps), None)
 
     def leave(self, feed: SendTrack) -> None:
         for codec, lane in list(self._lanes.items()):
@@ -186,17 +278,39 @@ class Broadcast:
     def info(self) -> list[EncoderInfo]:
         return [EncoderInfo(c, len(lane.feeds), lane.frames) for c, lane in self._lanes.items()]
 
+    async def _next(self) -> tuple[int, av.AudioFrame | None]:
+        """The next frame's first sample, and the frame itself unless every lane replays."""
+        if self._paced is None or self._loop is None:
+            frame = await self.source.recv()
+            return frame.pts or 0, frame  # type: ignore[return-value]
+        start = await self._paced.next_frame()
+        if all(lane.looped is not None for lane in self._lanes.values()):
+            return start, None
+        samples = self._paced.render(start, FRAME_SAMPLES)
+        if samples is None:
+            raise MediaStreamError
+        return start, make_frame(samples, start)
+
     async def _run(self) -> None:
         try:
             while True:
                 try:
-                    frame = await self.source.recv()
+                    start, frame = await self._next()
                 except MediaStreamError:
                     break
-                if not self._mic_on():
+                muted = not self._mic_on()
+                if muted and frame is not None:
                     frame = silence_like(frame)
                 for lane in list(self._lanes.values()):
-                    items = lane.encoder.encode(frame) if lane.encoder is not None else [frame]
+                    items: list[EncodedChunk] | list[av.Packet] | list[av.AudioFrame]
+                    if lane.looped is not None:
+                        items = [lane.looped.packet(start // FRAME_SAMPLES, muted)]
+                    elif frame is None:
+                        continue  # a lane joined since _next(): from the next frame on
+                    elif lane.encoder is not None:
+                        items = lane.encoder.encode(frame)
+                    else:
+                        items = [frame]
                     lane.frames += 1
                     for feed in list(lane.feeds):
                         for item in items:
@@ -226,7 +340,7 @@ class SendTrack(MediaStreamTrack):
         self._attach = attach
         self._broadcast: Broadcast | None = None
         self._owns_source = True
-        self._queue: asyncio.Queue[av.Packet | av.AudioFrame | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[Sendable | None] = asyncio.Queue()
 
     @property
     def attached(self) -> bool:
@@ -236,7 +350,7 @@ class SendTrack(MediaStreamTrack):
         """The source is now the Broadcast's (or was a spare one, stopped): not ours to stop."""
         self._owns_source = False
 
-    async def recv(self) -> av.Packet | av.AudioFrame:
+    async def recv(self) -> Sendable:  # type: ignore[override]
         if self.readyState != "live":
             raise MediaStreamError
         if self._broadcast is None:
@@ -247,7 +361,7 @@ class SendTrack(MediaStreamTrack):
             raise MediaStreamError
         return item
 
-    def deliver(self, item: av.Packet | av.AudioFrame | None) -> None:
+    def deliver(self, item: Sendable | None) -> None:
         if item is not None and self._queue.qsize() >= MAX_QUEUED:
             self._queue.get_nowait()
         self._queue.put_nowait(item)

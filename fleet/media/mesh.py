@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import av
 from aiortc import (
     MediaStreamTrack,
     RTCPeerConnection,
@@ -33,7 +34,6 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.jitterbuffer import JitterBuffer
-from aiortc.mediastreams import MediaStreamError
 
 from fleet.media import sdp
 from fleet.media.config import (
@@ -43,13 +43,14 @@ from fleet.media.config import (
     MediaConfig,
     known_codecs,
 )
-from fleet.media.encoding import ENCODED, Broadcast, EncoderInfo, FrameEncoder, SendTrack
+from fleet.media.encoding import ENCODED, Broadcast, EncoderInfo, SendTrack
 from fleet.media.errors import MediaError, MediaNotSupported
-from fleet.media.frames import Normalizer, make_frame, scale
+from fleet.media.frames import TIME_BASE, Normalizer, is_internal, make_frame, scale
+from fleet.media.receiving import InlineDecoder, InOrderBuffer, decode_inline
 from fleet.media.sinks import AudioSink
 from fleet.media.sources import SharedTrack
 from fleet.media.stats import PeerCounters, peer_stats
-from fleet.protocol.messages import Capabilities, PeerAudioStats
+from fleet.protocol.messages import MIXER_PARTICIPANT, Capabilities, PeerAudioStats
 
 __all__ = ["MediaError", "MediaMesh", "MediaNotSupported"]
 
@@ -82,6 +83,7 @@ class Peer:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     sink_failed: bool = False
     outgoing: SendTrack | None = None  # what our sender to this peer reads
+    decoder: InlineDecoder | None = None  # hands this peer's decoded audio to _deliver
 
 
 class MediaMesh:
@@ -253,8 +255,14 @@ class MediaMesh:
         outgoing = SendTrack(track, self._attach) if track is not None else None
         try:
             transceiver = pc.addTransceiver(outgoing or "audio", direction=DIRECTIONS[send, recv])
-            if self.config.jitter_frames != AIORTC_JITTER_FRAMES:
-                set_jitter_frames(transceiver, self.config.jitter_frames)
+            frames = (
+                self.config.mixer_jitter_frames
+                if peer == MIXER_PARTICIPANT
+                else self.config.jitter_frames
+            )
+            if frames != AIORTC_JITTER_FRAMES:
+                set_jitter_frames(transceiver, frames)
+            decoder = decode_inline(transceiver.receiver)
             if codecs:
                 transceiver.setCodecPreferences([self._caps[CODEC_MIME[c].lower()] for c in codecs])
         except BaseException:
@@ -262,7 +270,7 @@ class MediaMesh:
             if track is not None:
                 track.stop()
             raise
-        entry = Peer(peer, pc, transceiver, send, recv, outgoing=outgoing)
+        entry = Peer(peer, pc, transceiver, send, recv, outgoing=outgoing, decoder=decoder)
         pc.on("connectionstatechange", lambda: self._state_changed(entry))
         self._peers[peer] = entry
         return entry
@@ -289,9 +297,8 @@ class MediaMesh:
             # aiortc sends with the same codec (the first of ours the answer holds); the
             # sender reads its first frame only once connected, after this.
             entry.outgoing.codec = entry.send_codec
-        track = entry.transceiver.receiver.track
-        if entry.recv and track is not None:
-            entry.tasks.append(asyncio.create_task(self._read(entry, track)))
+        if entry.recv and entry.decoder is not None:
+            entry.decoder.deliver = lambda frame: self._deliver(entry, frame)
 
     def _attach(self, feed: SendTrack) -> Broadcast:
         """A sender's first read: join (or start) the Broadcast of its source."""
@@ -304,7 +311,7 @@ class MediaMesh:
                 if self._broadcasts.get(key) is done:
                     del self._broadcasts[key]
 
-            broadcast = Broadcast(source, self._encoder, lambda: self._mic, closed)
+            broadcast = Broadcast(source, self.config.opus_kbps, lambda: self._mic, closed)
             self._broadcasts[key] = broadcast
         elif broadcast.source is not source:
             source.stop()  # a spare subscription to a SharedSource already read: never used
@@ -315,30 +322,30 @@ class MediaMesh:
         broadcast.join(feed, codec)
         return broadcast
 
-    def _encoder(self, codec: str) -> FrameEncoder:
-        return FrameEncoder(codec, self.config.opus_kbps)
-
     def _still_current(self, entry: Peer) -> None:
         if self._peers.get(entry.id) is not entry:
             raise MediaError(f"peer {entry.id} left during negotiation")
 
-    async def _read(self, entry: Peer, track: MediaStreamTrack) -> None:
-        """Decoded frames of one peer → 48 kHz mono → volume → level → sink."""
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            try:
-                for data in entry.normalizer(frame):
+    def _deliver(self, entry: Peer, frame: av.AudioFrame) -> None:
+        """A decoded frame of one peer (from its InlineDecoder, as it is decoded) → 48 kHz
+        mono → volume → level → sink."""
+        if self._peers.get(entry.id) is not entry:
+            return  # dropped: its connection is closing
+        try:
+            for data in entry.normalizer(frame):
+                pts = entry.counters.samples  # the frame's start in this peer's stream
+                if self._gain == 1.0 and is_internal(frame):
+                    frame.pts, frame.time_base = pts, TIME_BASE  # handed on as it is
+                    out = frame
+                else:
                     data = scale(data, self._gain)
-                    pts = entry.counters.samples  # the frame's start in this peer's stream
-                    entry.counters.add_audio(data)
-                    self.sink.on_frame(entry.id, make_frame(data, pts))
-            except Exception:  # a broken sink or frame must not stop the audio (or others')
-                if not entry.sink_failed:
-                    entry.sink_failed = True
-                    log.exception("audio from %s could not be delivered", entry.id)
+                    out = make_frame(data, pts)
+                entry.counters.add_audio(data)
+                self.sink.on_frame(entry.id, out)
+        except Exception:  # a broken sink or frame must not stop the audio (or others')
+            if not entry.sink_failed:
+                entry.sink_failed = True
+                log.exception("audio from %s could not be delivered", entry.id)
 
     def _watch(self, entry: Peer) -> None:
         entry.tasks.append(asyncio.create_task(self._watchdog(entry)))
@@ -401,8 +408,9 @@ class MediaMesh:
 
 def set_jitter_frames(transceiver: RTCRtpTransceiver, frames: int) -> None:
     """Swap aiortc's audio jitter buffer (capacity 16, prefetch 4, fixed in RTCRtpReceiver's
-    constructor, no setting) for one with `frames` prefetch, before any packet arrives.
-    aiortc is pinned (1.16.0); a version without the attribute is refused, not ignored."""
+    constructor, no setting) for one with `frames` prefetch (0: InOrderBuffer), before any
+    packet arrives. aiortc is pinned (1.16.0); a version without the attribute is
+    refused, not ignored."""
     attr = "_RTCRtpReceiver__jitter_buffer"
     receiver = transceiver.receiver
     if not isinstance(getattr(receiver, attr, None), JitterBuffer):
@@ -410,7 +418,8 @@ def set_jitter_frames(transceiver: RTCRtpTransceiver, frames: int) -> None:
             f"this aiortc has no jitter buffer to tune; leave jitter_frames at "
             f"{AIORTC_JITTER_FRAMES}"
         )
-    setattr(receiver, attr, JitterBuffer(capacity=16, prefetch=frames))
+    buffer = InOrderBuffer() if frames == 0 else JitterBuffer(capacity=16, prefetch=frames)
+    setattr(receiver, attr, buffer)
 
 
 def _media_error(what: str, exc: Exception) -> MediaError:

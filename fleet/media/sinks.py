@@ -49,12 +49,17 @@ class FanoutSink:
             sink.close()
 
 
+AUDIBLE = 0.001  # RMS of full scale (-60 dBFS): more than a decoder's idle output
+
+
 @dataclass
 class PeerLevel:
     frames: int = 0
     samples: int = 0
     first_frame_at: float | None = None  # time.monotonic() of the first frame
     last_frame_at: float | None = None
+    # time.monotonic() of the first frame above AUDIBLE (decoders start with silence)
+    audible_at: float | None = None
     window: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=10))
 
     @property
@@ -79,7 +84,10 @@ class LevelMeter:
         entry.last_frame_at = now
         entry.frames += 1
         entry.samples += frame.samples
-        entry.window.append(rms(samples_of(frame)))
+        level = rms(samples_of(frame))
+        entry.window.append(level)
+        if entry.audible_at is None and level >= AUDIBLE:
+            entry.audible_at = now
 
     def level(self, peer: str) -> float:
         entry = self.peers.get(peer)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -29,6 +31,7 @@ MARKER_GAP_S = 0.030
 MARKER_BURST_S = 0.005
 MARKER_TAIL_S = 0.015
 MARKER_AMPLITUDE = 0.9
+MAX_LOOP_S = 5  # a source repeating less often is not replayed (fleet.media.encoding)
 
 
 class PacedSource(MediaStreamTrack):
@@ -49,7 +52,23 @@ class PacedSource(MediaStreamTrack):
         """When sample `sample` was "spoken" (time.monotonic()), once the source has started."""
         return None if self._t0 is None else self._t0 + sample / SAMPLE_RATE
 
+    def repeats(self) -> SourceLoop | None:
+        """How the audio repeats, when it does: a sender may then encode one loop once
+        and replay its packets (fleet.media.encoding) instead of encoding every frame."""
+        return None
+
     async def recv(self) -> av.AudioFrame:
+        start = await self.next_frame()
+        samples = self.render(start, FRAME_SAMPLES) if self.readyState == "live" else None
+        if samples is None:
+            self.stop()
+            raise MediaStreamError
+        return make_frame(samples, start)
+
+    async def next_frame(self) -> int:
+        """Wait until the next frame has been "captured"; its first sample's index. This
+        is the microphone's clock alone: `recv` renders the frame, a sender replaying a
+        loop's packets (`repeats()`) does not need to."""
         if self.readyState != "live":
             raise MediaStreamError
         if self._t0 is None:
@@ -59,13 +78,20 @@ class PacedSource(MediaStreamTrack):
         wait = due - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
-        samples = self.render(self._index, FRAME_SAMPLES) if self.readyState == "live" else None
-        if samples is None:
-            self.stop()
+        if self.readyState != "live":
             raise MediaStreamError
-        frame = make_frame(samples, self._index)
+        start = self._index
         self._index += FRAME_SAMPLES
-        return frame
+        return start
+
+
+@dataclass(frozen=True)
+class SourceLoop:
+    """A source whose frame k + period equals frame k for every k >= period: what it
+    sends is told apart by `key`, the same for every source that sounds the same."""
+
+    key: tuple[object, ...]
+    period: int  # frames
 
 
 class SilenceSource(PacedSource):
@@ -95,6 +121,17 @@ class ToneSource(PacedSource):
                 raise MediaError(f"markers need to be more than {2 * span:.3f}s apart")
             self.marker_every = round(marker_every_s * SAMPLE_RATE)
             self.marker_offset = self._find_own_onset()
+
+    def repeats(self) -> SourceLoop | None:
+        if self._table is None:
+            return None
+        # A whole-Hz tone repeats every second; markers at every multiple of marker_every
+        # (from the first on) repeat with it, so from one period on the audio is periodic.
+        period = math.lcm(SAMPLE_RATE, self.marker_every or SAMPLE_RATE)
+        if period % FRAME_SAMPLES or period > MAX_LOOP_S * SAMPLE_RATE:
+            return None  # no frame grid, or cheaper to encode live than to hold
+        key = ("tone", self.freq_hz, self.amplitude, self.marker_every)
+        return SourceLoop(key, period // FRAME_SAMPLES)
 
     def render(self, start: int, count: int) -> np.ndarray:
         if self._table is not None:  # whole-Hz tone: one second holds whole cycles
@@ -227,6 +264,13 @@ class PushSource(PacedSource):
             drop = self._queued - self._max
             self._chunks[0] = self._chunks[0][drop:]
             self._queued -= drop
+
+    def clear(self) -> int:
+        """Drop everything queued (an agent interrupted); returns the samples dropped."""
+        dropped = self._queued
+        self._chunks.clear()
+        self._queued = 0
+        return dropped
 
     def render(self, start: int, count: int) -> np.ndarray:
         out = np.zeros(count, dtype=np.int16)

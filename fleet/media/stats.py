@@ -56,8 +56,8 @@ class PeerCounters:
     def add_audio(self, data: np.ndarray) -> None:
         if self.first_audio_at is None:
             self.first_audio_at = time.monotonic()
-        x = data.astype(np.float32) / FULL_SCALE
-        self._sumsq += float(np.dot(x, x))
+        x = data.astype(np.float32)
+        self._sumsq += float(np.dot(x, x)) / (FULL_SCALE * FULL_SCALE)
         self._count += data.size
         self.samples += data.size
         self.frames += 1

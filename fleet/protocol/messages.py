@@ -24,14 +24,14 @@ from pydantic import (
 )
 
 from fleet.errors import PayloadTooLarge, ProtocolError
-from fleet.protocol.topics import ID_PATTERN, TopicKind
+from fleet.protocol.topics import ID_PATTERN, ROOM_PATTERN, TopicKind
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 PROTOCOL_VERSION = 1
 
 DeviceId = Annotated[str, StringConstraints(pattern=rf"^{ID_PATTERN}$")]
 GroupName = Annotated[str, StringConstraints(pattern=rf"^{ID_PATTERN}$")]
-RoomName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+RoomName = Annotated[str, StringConstraints(pattern=rf"^{ROOM_PATTERN}$")]
 CommandId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 ShortText = Annotated[str, StringConstraints(max_length=256)]
 # Revs stay within 2^53 - 1 so firmware that parses JSON numbers as doubles holds them exactly.
@@ -45,6 +45,11 @@ MAX_TTL_MS = 86_400_000
 TtlMs = Annotated[int, Field(gt=0, le=MAX_TTL_MS)]
 # An intent lasts at most a year (`for_s`).
 MAX_FOR_S = 366 * 86_400
+# Members of one session: a mixed room holds this many, a mesh far fewer (its mesh cap).
+MAX_ROOM_CAP = 256
+RoomCap = Annotated[int, Field(ge=2, le=MAX_ROOM_CAP)]
+# The reserved participant id of a mixed session's mixer (members are p-N).
+MIXER_PARTICIPANT = "mixer"
 
 
 class Message(BaseModel):
@@ -86,6 +91,9 @@ class Capabilities(Message):
     codecs: list[Annotated[str, StringConstraints(max_length=16)]] = Field(
         default_factory=list, max_length=8
     )
+    # How many peer connections the participant holds at once (an ESP32-S3: 2-3). A mesh
+    # session never grows past any member's limit: an `auto` one moves to the mixer.
+    max_peers: Annotated[int, Field(ge=1, le=MAX_ROOM_CAP)] | None = None
 
 
 class Status(Message):
@@ -149,6 +157,33 @@ class CommandOp(StrEnum):
     REBOOT = "reboot"
     OTA = "ota"
     SET_GROUPS = "set_groups"
+
+
+class IdentifyArgs(Message):
+    seconds: Annotated[int, Field(ge=1, le=300)] = 5
+
+
+class OtaArgs(Message):
+    url: Annotated[str, StringConstraints(pattern=r"^https?://\S+$", max_length=2048)]
+
+
+class SetGroupsArgs(Message):
+    groups: Annotated[list[GroupName], Field(max_length=32)]
+
+
+class NoArgs(Message):
+    pass
+
+
+# The args of each op (§6.1). Devices ignore unknown args; clients check them before
+# sending, so a typo in a key is caught where a person can fix it.
+COMMAND_ARGS: dict[CommandOp, type[Message]] = {
+    CommandOp.PING: NoArgs,
+    CommandOp.IDENTIFY: IdentifyArgs,
+    CommandOp.REBOOT: NoArgs,
+    CommandOp.OTA: OtaArgs,
+    CommandOp.SET_GROUPS: SetGroupsArgs,
+}
 
 
 class AckCode(StrEnum):
@@ -248,6 +283,25 @@ class Telemetry(Message):
 
 # --- meeting signalling (meet/{pid}/up and meet/{pid}/down) -----------------------------------
 
+
+class MediaPath(StrEnum):
+    """How a live session's audio travels."""
+
+    MESH = "mesh"  # every member holds a peer connection to every other member
+    MIXED = "mixed"  # every member holds one connection, to the mixer (mix-minus)
+
+
+class RoomMedia(StrEnum):
+    """A room's media mode: its sessions' path, or `auto` (mesh up to the mesh cap)."""
+
+    MESH = "mesh"
+    MIXED = "mixed"
+    AUTO = "auto"
+
+
+MixRate = Literal[16000, 48000]
+DEFAULT_MIX_RATE = 16000
+
 Sdp = Annotated[str, StringConstraints(min_length=1, max_length=32 * 1024)]
 MessageText = Annotated[str, StringConstraints(max_length=4096)]
 MessageData = Annotated[str, StringConstraints(max_length=8192)]
@@ -318,6 +372,17 @@ class MeetJoined(Message):
     session: ShortText
     participant: ShortText
     peers: list[PeerInfo] = Field(default_factory=list, max_length=64)
+    # mixed: `peers` is exactly the mixer (participant "mixer")
+    media: MediaPath = MediaPath.MESH
+
+
+class MeetMedia(Message):
+    """The session's media path changed: drop every peer, stay in the session, offer to
+    each of `peers` as after `joined`."""
+
+    type: Literal["media"]
+    media: MediaPath
+    peers: list[PeerInfo] = Field(default_factory=list, max_length=64)
 
 
 class MeetPeerJoined(Message):
@@ -364,6 +429,7 @@ class MeetDelivered(Message):
 
 MeetDown = Annotated[
     MeetJoined
+    | MeetMedia
     | MeetPeerJoined
     | MeetPeerLeft
     | MeetRelayedOffer
@@ -390,6 +456,23 @@ class ApiOp(StrEnum):
     ROOMS = "rooms"
     SESSIONS = "sessions"
     SAY = "say"
+    # transcripts (§8.5): an agent appends what was said; anyone with the API reads it
+    TRANSCRIBE = "transcribe"
+    TRANSCRIPT = "transcript"
+
+
+class TranscriptLine(Message):
+    """Who said what, and when (time.time() of the speech's start and end), in a session."""
+
+    session: ShortText
+    participant: ShortText
+    pid: DeviceId
+    start: float
+    end: float
+    text: MessageText
+
+
+MAX_TRANSCRIPT_LINES = 200
 
 
 class ApiRequest(Message):
@@ -408,14 +491,34 @@ class ApiRequest(Message):
     args: dict[str, Any] = Field(default_factory=dict)
     ttl_ms: TtlMs = 30_000
     # room-create: the room's member cap (absent: the server's default)
-    cap: Annotated[int, Field(ge=2, le=64)] | None = None
+    cap: RoomCap | None = None
+    # room-create: the room's media mode and mix rate (absent: auto, 16000)
+    media: RoomMedia | None = None
+    rate: MixRate | None = None
     # say: the text delivered to every member of the room's live session
     text: MessageText | None = None
     # sessions: how many of the newest sessions to list; rooms: how many rooms per page
     limit: Annotated[int, Field(ge=1, le=100)] = 20
     # rooms: list the rooms whose names sort after this one (the previous page's `next`)
     after: RoomName | None = None
+    # transcribe: one line of the session's transcript
+    line: TranscriptLine | None = None
+    # transcript: which session (absent: the room's newest)
+    session: ShortText | None = None
 
+
+# The ops an agent-role user may request (§11): meetings, rooms and sessions to read, and
+# transcripts; no commands, no room management.
+AGENT_API_OPS = (
+    ApiOp.JOIN_ALL,
+    ApiOp.LEAVE_ALL,
+    ApiOp.JOIN,
+    ApiOp.LEAVE,
+    ApiOp.ROOMS,
+    ApiOp.SESSIONS,
+    ApiOp.TRANSCRIBE,
+    ApiOp.TRANSCRIPT,
+)
 
 # The ops a homeassistant-role user may request (§11): meetings only, no commands
 # (reboot, OTA) and no room management.
@@ -433,6 +536,8 @@ API_REQUIRED_FIELDS: dict[ApiOp, tuple[str, ...]] = {
     ApiOp.ROOMS: (),
     ApiOp.SESSIONS: ("room",),
     ApiOp.SAY: ("room", "text"),
+    ApiOp.TRANSCRIBE: ("room", "line"),
+    ApiOp.TRANSCRIPT: ("room",),
 }
 
 
@@ -470,9 +575,12 @@ MAX_LISTED_BYTES = 32 * 1024
 class RoomInfo(Message):
     room: RoomName
     created: float
-    cap: Annotated[int, Field(ge=2, le=64)]
+    cap: RoomCap
     session: ShortText | None = None  # the live session, if any
     members: Count = 0
+    media: RoomMedia = RoomMedia.AUTO
+    rate: MixRate = DEFAULT_MIX_RATE
+    session_media: MediaPath | None = None  # the live session's path now
 
 
 class ParticipantRecord(Message):
@@ -483,6 +591,19 @@ class ParticipantRecord(Message):
     duration_s: float
 
 
+class SessionEvent(Message):
+    """What happened to a session's media: a path change, the mixer's joins, leaves,
+    talking, a member's mute, a mixer failover."""
+
+    ts: float
+    kind: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    participant: ShortText | None = None
+    detail: ShortText | None = None
+
+
+MAX_SESSION_EVENTS = 100
+
+
 class SessionInfo(Message):
     session: ShortText
     room: RoomName
@@ -490,6 +611,11 @@ class SessionInfo(Message):
     ended: float | None = None  # null while live
     duration_s: float
     participants: list[ParticipantRecord] = Field(default_factory=list, max_length=256)
+    media: MediaPath = MediaPath.MESH  # the path now (live) or at the end
+    mixer: ShortText | None = None  # the mixer of a mixed session
+    # the newest MAX_SESSION_EVENTS, oldest first
+    events: list[SessionEvent] = Field(default_factory=list, max_length=MAX_SESSION_EVENTS)
+    omitted: Count = 0  # participants and events left out to keep a result small
 
 
 class ApiResult(Message):
@@ -515,6 +641,7 @@ class ApiResult(Message):
     # rooms: more rooms follow; ask again with `after` set to this
     next: RoomName | None = None
     sessions: list[SessionInfo] = Field(default_factory=list, max_length=100)
+    transcript: list[TranscriptLine] = Field(default_factory=list, max_length=MAX_TRANSCRIPT_LINES)
 
 
 class Sync(Message):
@@ -531,6 +658,9 @@ class EventKind(StrEnum):
     OFFLINE = "offline"
     SESSION_START = "session_start"
     SESSION_END = "session_end"
+    MEDIA = "media"  # a session's media path changed or its mixer failed over (`detail`)
+    MIXER = "mixer"  # a mixer went down or came back (`detail` names it)
+    TALKING = "talking"  # the mixer heard a member start talking (`detail`: its participant)
     ERROR = "error"  # a refused API request or another fault worth an annotation
 
 

@@ -11,6 +11,14 @@ from enum import StrEnum
 
 DEFAULT_PREFIX = "fleet/v1"
 ID_PATTERN = r"[a-z0-9][a-z0-9-]{0,63}"
+ROOM_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
+# What each kind of name allows, in words, for error messages people read.
+_ID_RULE = "use 1-64 of a-z, 0-9 and '-', starting with a letter or digit"
+NAME_RULES = {
+    "device": _ID_RULE,
+    "group": _ID_RULE,
+    "room": "use 1-64 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit",
+}
 # Matched with fullmatch: a Python `$` would also accept a trailing newline.
 ID_RE = re.compile(ID_PATTERN)
 API_OP_PATTERN = r"[a-z][a-z-]{0,31}"
@@ -160,6 +168,16 @@ class Topics:
     @property
     def api_result(self) -> str:
         return f"{self.prefix}/api/result"
+
+    def api_reply(self, client_id: str) -> str:
+        """A client's own inbox for API results: the response topic of its MQTT 5
+        requests (docs/protocol.md §13)."""
+        _check_id(client_id, "client id")
+        return f"{self.prefix}/api/reply/{client_id}"
+
+    def is_api_reply(self, topic: str) -> bool:
+        head = f"{self.prefix}/api/reply/"
+        return topic.startswith(head) and ID_RE.fullmatch(topic[len(head) :]) is not None
 
     def sync(self, client_id: str) -> str:
         """A client's private loopback: a message sent here comes back after the

@@ -10,6 +10,14 @@ its own thread. So a slow or dead database never holds up the controller:
 - when the buffer is full the oldest points are dropped. Every dropped or
   refused point is counted (`IngestStats`), logged, and announced as a fleet
   event (`error`, op `telemetry`) at most once per report interval: never silent.
+
+Several processes can split the ingest (`share`): each reads telemetry through
+the shared subscription `$share/{share}/{prefix}/dev/+/tele`, and the broker
+hands each message to one member of the group. In the controller that
+subscription replaces the plain one (Controller._on_connect), so Home
+Assistant's sensors read the same share. The controller writes the fleet counts
+and events; the other members (`fleet ingest`, fleet/telemetry/worker.py) only
+telemetry.
 """
 
 from __future__ import annotations
@@ -72,8 +80,12 @@ class TelemetryIngest(ControllerPart):
         settings: InfluxSettings,
         writer_factory: WriterFactory = make_writer,
         report_interval_s: float = REPORT_INTERVAL_S,
+        share: str | None = None,
+        fleet_counts: bool = True,
     ) -> None:
         self.settings = settings
+        self.share = share  # shared-subscription group, None: read every message alone
+        self.fleet_counts = fleet_counts  # only one member of a share writes them
         self.stats = IngestStats()
         self._buffer: deque[str] = deque(maxlen=settings.buffer_size)
         self._writer_factory = writer_factory
@@ -95,7 +107,10 @@ class TelemetryIngest(ControllerPart):
         self._tele_filter = self.controller.topics.all_devices(TopicKind.TELE)
 
     def subscriptions(self) -> Mapping[str, int]:
-        return {self._tele_filter: 0}  # devices publish tele at QoS 0 (docs/protocol.md §1.5)
+        # Devices publish tele at QoS 0 (docs/protocol.md §1.5).
+        if self.share is not None:
+            return {f"$share/{self.share}/{self._tele_filter}": 0}
+        return {self._tele_filter: 0}
 
     # --- inbound (the MQTT loop: never waits) ---------------------------------------------------
     async def on_message(self, topic: str, payload: bytes) -> None:
@@ -140,6 +155,8 @@ class TelemetryIngest(ControllerPart):
             self._wakeup.set()
 
     def _write_fleet_counts(self) -> None:
+        if not self.fleet_counts:
+            return
         reg = self.controller.registry
         self._enqueue([fleet_line(len(reg.devices), reg.online_count(), reg.in_meeting_count())])
 

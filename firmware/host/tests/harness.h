@@ -26,5 +26,6 @@ void suite_topics(void);
 void suite_msg(void);
 void suite_core(void);
 void suite_host_url(void);
+void suite_media(void);
 
 #endif

@@ -571,6 +571,17 @@ static void test_cmd_unknown_bad_request_expired(void)
     CHECK_STR(a != NULL ? a->id : "", "b1");
     CHECK_STR(a != NULL ? a->detail : "", "ttl_ms: expected an integer");
 
+    /* An id answered before, reused by a payload that does not decode: bad_request (decoding
+     * comes first, protocol.md 6.2), not the old ack; that refusal is what the id gets now. */
+    deliver("dev/dev-1/cmd", "{\"id\":\"k1\",\"op\":\"ping\"}");
+    CHECK(last_ack() != NULL && last_ack()->code == FLEET_ACK_OK);
+    deliver("dev/dev-1/cmd", "{\"id\":\"k1\",\"op\":5}");
+    a = last_ack();
+    CHECK(a != NULL && a->code == FLEET_ACK_BAD_REQUEST);
+    CHECK_STR(a != NULL ? a->id : "", "k1");
+    deliver("dev/dev-1/cmd", "{\"id\":\"k1\",\"op\":\"ping\"}");
+    CHECK(last_ack() != NULL && last_ack()->code == FLEET_ACK_BAD_REQUEST);
+
     fp.unix_now = 1700000000.0;
     deliver("dev/dev-1/cmd",
             "{\"id\":\"e1\",\"op\":\"identify\",\"ts\":1699999990,\"ttl_ms\":5000}");
@@ -752,9 +763,10 @@ static void test_meeting_rejoins_after_reconnect(void)
 
 /* A recording media layer, to see the core drive it. */
 static struct {
-    int starts, stops, sdps;
+    int starts, stops, sdps, removes;
     int offers_by_us;
     char last_peer[64];
+    char last_removed[64];
 } media_log;
 
 static bool m_start(void *ctx, const char *room, const char *session, const char *participant,
@@ -792,6 +804,95 @@ static void m_stop(void *ctx)
 {
     (void)ctx;
     media_log.stops++;
+}
+
+static void m_remove_peer(void *ctx, const char *participant)
+{
+    (void)ctx;
+    snprintf(media_log.last_removed, sizeof media_log.last_removed, "%s", participant);
+    media_log.removes++;
+}
+
+static size_t m_stats(void *ctx, fleet_peer_audio_t *out, size_t cap)
+{
+    (void)ctx;
+    if (cap < 1) {
+        return 0;
+    }
+    memset(out, 0, sizeof *out);
+    out->peer = "mixer";
+    out->packets_received = 250;
+    out->has_level = true;
+    out->level = 0.25;
+    out->codec = "opus";
+    return 1;
+}
+
+/* Mixed rooms (one peer: the mixer), MeetMedia, errors from a peer, MeetReject, and the
+ * media layer's stats in telemetry. */
+static void test_mixed_session_media_change_and_reject(void)
+{
+    static fleet_media_t m;
+    memset(&m, 0, sizeof m);
+    memset(&media_log, 0, sizeof media_log);
+    m.start = m_start;
+    m.add_peer = m_add_peer;
+    m.remote_sdp = m_remote_sdp;
+    m.remove_peer = m_remove_peer;
+    m.stop = m_stop;
+    m.stats = m_stats;
+    join_standup();
+    fp.port.media = &m;
+    CHECK(!fleet_core_send_reject(&core, "p-0", NULL, "x")); /* not in a session */
+    deliver("meet/dev-1/down", "{\"type\":\"joined\",\"room\":\"standup\",\"session\":\"s-1\","
+                               "\"participant\":\"p-1\",\"media\":\"mixed\",\"peers\":[{"
+                               "\"participant\":\"mixer\",\"pid\":\"janus-1\"}]}");
+    CHECK(core.mixed);
+    CHECK_STR(media_log.last_peer, "mixer");
+    CHECK_INT(media_log.offers_by_us, 1);
+    CHECK(last_state() != NULL && last_state()->meeting.n_peers == 1);
+    CHECK_STR(last_state()->meeting.peers[0], "mixer");
+    /* The mixer died: the server moves the session to another one. */
+    deliver("meet/dev-1/down", "{\"type\":\"media\",\"media\":\"mixed\",\"peers\":[{"
+                               "\"participant\":\"mixer\",\"pid\":\"janus-2\"}]}");
+    CHECK_INT(media_log.removes, 1);
+    CHECK_STR(media_log.last_removed, "mixer");
+    CHECK_INT(media_log.offers_by_us, 2);
+    CHECK_INT(media_log.stops, 0); /* same session */
+    CHECK_STR(core.session, "s-1");
+    /* Back to a mesh of two. */
+    deliver("meet/dev-1/down", "{\"type\":\"media\",\"media\":\"mesh\",\"peers\":[{"
+                               "\"participant\":\"p-0\",\"pid\":\"dev-0\"}]}");
+    CHECK(!core.mixed);
+    CHECK_INT(core.n_peers, 1);
+    CHECK_STR(core.peers[0], "p-0");
+    /* An error from a peer closes that connection, not the session. */
+    deliver("meet/dev-1/down", "{\"type\":\"error\",\"code\":\"negotiation_failed\","
+                               "\"detail\":\"no codec\",\"from\":\"p-0\"}");
+    CHECK_STR(media_log.last_removed, "p-0");
+    CHECK(core.phase == FLEET_MEET_JOINED);
+    CHECK(last_state() != NULL && last_state()->error != NULL &&
+          strstr(last_state()->error, "from p-0") != NULL);
+    /* Rejecting an SDP. */
+    CHECK(fleet_core_send_reject(&core, "p-0", NULL, "no audio codec in common"));
+    CHECK_STR(last_payload("/meet/dev-1/up"),
+              "{\"type\":\"reject\",\"to\":\"p-0\",\"code\":\"negotiation_failed\","
+              "\"detail\":\"no audio codec in common\"}");
+    /* Telemetry carries the media layer's per-peer stats. */
+    fp.unix_now = 1700000000.0;
+    fp.now_ms += 60000;
+    (void)fleet_core_tick(&core);
+    const char *tele = last_payload("/tele");
+    CHECK(tele != NULL && strstr(tele, "\"audio\":[{\"peer\":\"mixer\"") != NULL);
+    CHECK(tele != NULL && strstr(tele, "\"codec\":\"opus\"") != NULL);
+    /* MeetMedia outside a session changes nothing. */
+    deliver("dev/dev-1/desired", "{\"rev\":6}");
+    int offers = media_log.offers_by_us;
+    deliver("meet/dev-1/down", "{\"type\":\"media\",\"media\":\"mixed\",\"peers\":[{"
+                               "\"participant\":\"mixer\",\"pid\":\"janus-2\"}]}");
+    CHECK_INT(media_log.offers_by_us, offers);
+    fp.port.media = NULL;
+    check_publishes_valid();
 }
 
 static void test_media_hooks(void)
@@ -903,6 +1004,7 @@ void suite_core(void)
     RUN(test_meeting_stale_joined_and_error);
     RUN(test_meeting_rejoins_after_reconnect);
     RUN(test_media_hooks);
+    RUN(test_mixed_session_media_change_and_reject);
     RUN(test_telemetry);
     RUN(test_shutdown_publishes_offline);
     RUN(test_publish_refused_is_survived);

@@ -705,7 +705,13 @@ static void test_meet_down_round_trip(void)
 {
     const char *msgs[] = {
         "{\"type\":\"joined\",\"room\":\"r\",\"session\":\"s\",\"participant\":\"p\","
-        "\"peers\":[{\"participant\":\"p2\",\"pid\":\"d2\"}]}",
+        "\"peers\":[{\"participant\":\"p2\",\"pid\":\"d2\"}],\"media\":\"mesh\"}",
+        "{\"type\":\"joined\",\"room\":\"r\",\"session\":\"s\",\"participant\":\"p\","
+        "\"peers\":[{\"participant\":\"mixer\",\"pid\":\"janus-1\"}],\"media\":\"mixed\"}",
+        "{\"type\":\"media\",\"peers\":[{\"participant\":\"mixer\",\"pid\":\"janus-2\"}],"
+        "\"media\":\"mixed\"}",
+        "{\"type\":\"error\",\"code\":\"negotiation_failed\",\"detail\":\"no codec\","
+        "\"from\":\"p2\"}",
         "{\"type\":\"peer_joined\",\"peer\":{\"participant\":\"p3\",\"pid\":\"d3\","
         "\"caps\":{\"audio\":true,\"mic\":true,\"speaker\":true,\"codecs\":[\"opus\"]}}}",
         "{\"type\":\"peer_left\",\"participant\":\"p3\"}",
@@ -721,6 +727,29 @@ static void test_meet_down_round_trip(void)
         CHECK(fleet_meet_down_encode(&m, out, sizeof out) == strlen(msgs[i]));
         CHECK_STR(out, msgs[i]);
     }
+    /* media defaults to mesh in joined, is required in media, and is one of two words. */
+    fleet_meet_down_t m;
+    CHECK_INT(PARSE(fleet_meet_down_parse,
+                    "{\"type\":\"joined\",\"room\":\"r\",\"session\":\"s\",\"participant\":\"p\"}",
+                    &m),
+              FLEET_OK);
+    CHECK(!m.mixed);
+    CHECK_INT(PARSE(fleet_meet_down_parse, "{\"type\":\"media\",\"peers\":[]}", &m),
+              FLEET_ERR_SCHEMA);
+    CHECK_INT(PARSE(fleet_meet_down_parse, "{\"type\":\"media\",\"media\":\"sfu\"}", &m),
+              FLEET_ERR_SCHEMA);
+    CHECK_INT(PARSE(fleet_meet_down_parse, "{\"type\":\"media\",\"media\":\"mesh\"}", &m),
+              FLEET_OK);
+    CHECK_INT(m.n_peers, 0);
+    /* MeetReject, up: to required, code and detail defaulted. */
+    fleet_meet_up_t up;
+    CHECK_INT(PARSE(fleet_meet_up_parse, "{\"type\":\"reject\",\"to\":\"p1\"}", &up), FLEET_OK);
+    CHECK_STR(up.code, "negotiation_failed");
+    char out[256];
+    CHECK(fleet_meet_up_encode(&up, out, sizeof out) > 0);
+    CHECK_STR(out, "{\"type\":\"reject\",\"to\":\"p1\",\"code\":\"negotiation_failed\","
+                   "\"detail\":\"\"}");
+    CHECK_INT(PARSE(fleet_meet_up_parse, "{\"type\":\"reject\"}", &up), FLEET_ERR_SCHEMA);
 }
 
 static void test_encoders_refuse_small_buffers(void)

@@ -45,6 +45,9 @@ extern "C" {
 #ifndef FLEET_MAX_PEERS
 #define FLEET_MAX_PEERS 8 /* remote participants tracked (an ESP mesh holds 2-3) */
 #endif
+#ifndef FLEET_TELE_PEERS
+#define FLEET_TELE_PEERS 4 /* per-peer audio stats in one telemetry sample */
+#endif
 #define FLEET_PEER_BYTES   129 /* a participant id this long or shorter is tracked */
 #define FLEET_TEXT_BYTES   FLEET_UTF8_BYTES(FLEET_SHORT_TEXT_CHARS)
 #define FLEET_FIELD_BYTES  65 /* fw, hw, ip */
@@ -132,6 +135,7 @@ typedef struct fleet_core {
     char participant[FLEET_TEXT_BYTES];
     char peers[FLEET_MAX_PEERS][FLEET_PEER_BYTES];
     size_t n_peers;
+    bool mixed; /* the session's media path: one peer, the mixer */
 
     /* commands */
     fleet_ack_memo_t memo[FLEET_CMD_RING];
@@ -168,6 +172,10 @@ void fleet_core_shutdown(fleet_core_t *core);
 
 /* For the media layer: send SDP to a participant of our session through the controller. */
 bool fleet_core_send_sdp(fleet_core_t *core, const char *to, bool is_offer, const char *sdp);
+/* For the media layer: we cannot answer or accept `to`'s SDP (MeetReject; the server tells
+ * `to` with an error from us). code NULL = "negotiation_failed". */
+bool fleet_core_send_reject(fleet_core_t *core, const char *to, const char *code,
+                            const char *detail);
 
 /* Encoders the core uses, exposed for tests. */
 size_t fleet_core_encode_birth(fleet_core_t *core, char *buf, size_t cap);

@@ -216,6 +216,7 @@ typedef enum {
     FLEET_UP_OFFER,
     FLEET_UP_ANSWER,
     FLEET_UP_MESSAGE,
+    FLEET_UP_REJECT, /* MeetReject: we cannot answer or accept `to`'s SDP */
 } fleet_up_type_t;
 
 typedef struct {
@@ -227,6 +228,8 @@ typedef struct {
     const char *sdp;      /* offer, answer */
     const char *text;     /* message */
     const char *data_b64; /* message */
+    const char *code;     /* reject ("negotiation_failed" default) */
+    const char *detail;   /* reject ("" default) */
 } fleet_meet_up_t;
 
 typedef enum {
@@ -238,6 +241,7 @@ typedef enum {
     FLEET_DOWN_LEFT,
     FLEET_DOWN_ERROR,
     FLEET_DOWN_MESSAGE,
+    FLEET_DOWN_MEDIA, /* MeetMedia: the session's media path changed */
 } fleet_down_type_t;
 
 typedef struct {
@@ -245,10 +249,11 @@ typedef struct {
     const char *room;        /* joined */
     const char *session;     /* joined (required), left (optional) */
     const char *participant; /* joined, peer_left */
-    const cJSON *peers;      /* joined: validated array of PeerInfo (view), NULL = [] */
+    const cJSON *peers;      /* joined, media: validated array of PeerInfo (view), NULL = [] */
     size_t n_peers;
+    bool mixed;              /* joined (default mesh), media: the session's media path */
     fleet_peer_info_t peer; /* peer_joined */
-    const char *from;       /* offer, answer, message */
+    const char *from;       /* offer, answer, message; error (NULL = the server itself) */
     const char *sdp;        /* offer, answer */
     const char *code;       /* error */
     const char *detail;     /* error ("" default) */
@@ -269,7 +274,7 @@ fleet_err_t fleet_meet_up_parse(const fleet_json_doc_t *doc, fleet_meet_up_t *ou
                                 fleet_perr_t *err);
 fleet_err_t fleet_meet_down_parse(const fleet_json_doc_t *doc, fleet_meet_down_t *out,
                                   fleet_perr_t *err);
-/* The i-th entry of a parsed joined message's peers (already validated). */
+/* The i-th entry of a parsed joined or media message's peers (already validated). */
 bool fleet_meet_peer_at(const fleet_meet_down_t *msg, size_t i, fleet_peer_info_t *out);
 
 /* Raw bytes to a Desired in one step (size check, JSON, schema); no view outlives the call. */

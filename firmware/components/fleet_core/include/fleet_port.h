@@ -18,6 +18,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "fleet_msg.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -46,10 +48,11 @@ typedef struct {
 
 /*
  * The audio/WebRTC layer as the core sees it (optional: a build without audio
- * leaves port.media NULL and advertises caps.audio = false). The ESP
- * implementation is main/audio_placeholder.c, the place for I2S + Opus +
- * esp_peer. To send SDP, an implementation calls fleet_core_send_sdp() from the
- * core's task.
+ * leaves port.media NULL and advertises caps.audio = false). Implementations:
+ * main/fleet_audio.c (esp_peer + esp_codec_dev on the ESP32-S3) and host/host_media.c
+ * (GStreamer webrtcbin), both on the media core (components/media_core). To send SDP,
+ * or to refuse one (MeetReject), an implementation calls fleet_core_send_sdp() or
+ * fleet_core_send_reject() from the core's task.
  */
 typedef struct fleet_media {
     void *ctx;
@@ -64,6 +67,9 @@ typedef struct fleet_media {
     bool (*remote_sdp)(void *ctx, const char *from, bool is_offer, const char *sdp);
     void (*remove_peer)(void *ctx, const char *participant);
     void (*stop)(void *ctx);
+    /* Optional: per-peer audio statistics for telemetry, entries written (<= cap). Strings
+     * must stay valid until the core has encoded the sample (it does so at once). */
+    size_t (*stats)(void *ctx, fleet_peer_audio_t *out, size_t cap);
 } fleet_media_t;
 
 typedef struct fleet_port {

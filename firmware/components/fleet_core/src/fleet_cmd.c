@@ -1,8 +1,8 @@
 /*
  * fleet_cmd.c - imperative commands on dev/{id}/cmd and their acks on dev/{id}/ack.
  *
- * Order of checks (protocol.md 6.2): parse (bad_request) -> seen id (resend the
- * remembered ack, run nothing) -> expiry (expired) -> op (unknown_op) -> args
+ * Order of checks (protocol.md 6.2): parse (bad_request, remembered for a salvaged id)
+ * -> seen id (resend the remembered ack, run nothing) -> expiry (expired) -> op (unknown_op) -> args
  * (bad_args) -> run.
  *
  * Remembered acks: the last ack sent for each of the last FLEET_CMD_RING ids, kept
@@ -253,13 +253,11 @@ void fleet_cmd_handle(fleet_core_t *core, const char *payload, size_t len)
         if (doc.root != NULL) {
             (void)fleet_cmd_salvage_id(&doc, id, sizeof id);
         }
-        const fleet_ack_memo_t *seen = strcmp(id, "?") != 0 ? memo_find(core, id) : NULL;
-        if (seen != NULL) {
-            resend(core, id, seen);
-        } else {
-            fleet_core_logf(core, FLEET_LOG_WARN, TAG, "command refused: %s", err.msg);
-            reject(core, id, FLEET_ACK_BAD_REQUEST, err.msg);
-        }
+        /* Decoding comes first (protocol.md 6.2 step 1): a payload that does not decode is
+         * bad_request even when its id was answered before, and that answer becomes the
+         * one remembered for the id. */
+        fleet_core_logf(core, FLEET_LOG_WARN, TAG, "command refused: %s", err.msg);
+        reject(core, id, FLEET_ACK_BAD_REQUEST, err.msg);
         fleet_json_free(&doc);
         return;
     }

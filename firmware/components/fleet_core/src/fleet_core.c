@@ -567,6 +567,7 @@ static void on_joined(fleet_core_t *core, const fleet_meet_down_t *msg)
     fleet_copy_text(core->participant, sizeof core->participant, msg->participant,
                     FLEET_SHORT_TEXT_CHARS);
     core->n_peers = 0;
+    core->mixed = msg->mixed;
     core->phase = FLEET_MEET_JOINED;
     const fleet_media_t *m = media(core);
     if (m != NULL && m->start != NULL &&
@@ -584,9 +585,33 @@ static void on_joined(fleet_core_t *core, const fleet_meet_down_t *msg)
     }
     fleet_core_logf(core, FLEET_LOG_INFO, TAG,
                     "meeting: joined room %s session %.64s as %.64s, "
-                    "%lu peers",
+                    "%lu peers (%s)",
                     core->meeting.room, core->session, core->participant,
-                    (unsigned long)msg->n_peers);
+                    (unsigned long)msg->n_peers, msg->mixed ? "mixed" : "mesh");
+    fleet_core_publish_state(core);
+}
+
+/* MeetMedia: the path changed; close every connection, stay in the session, offer to each
+ * entry of peers as after joined. */
+static void on_media_changed(fleet_core_t *core, const fleet_meet_down_t *msg)
+{
+    const fleet_media_t *m = media(core);
+    for (size_t i = 0; i < core->n_peers; i++) {
+        if (m != NULL && m->remove_peer != NULL) {
+            m->remove_peer(m->ctx, core->peers[i]);
+        }
+    }
+    core->n_peers = 0;
+    core->mixed = msg->mixed;
+    for (size_t i = 0; i < msg->n_peers; i++) {
+        fleet_peer_info_t p;
+        if (fleet_meet_peer_at(msg, i, &p) && peer_add(core, p.participant) && m != NULL &&
+            m->add_peer != NULL) {
+            m->add_peer(m->ctx, p.participant, true);
+        }
+    }
+    fleet_core_logf(core, FLEET_LOG_INFO, TAG, "meeting: media now %s, %lu peers",
+                    msg->mixed ? "mixed" : "mesh", (unsigned long)msg->n_peers);
     fleet_core_publish_state(core);
 }
 
@@ -650,9 +675,27 @@ static void on_meet_down(fleet_core_t *core, const char *payload, size_t len)
                 fleet_core_logf(core, FLEET_LOG_INFO, TAG, "meeting: stale left ignored");
             }
             break;
+        case FLEET_DOWN_MEDIA:
+            if (joined) {
+                on_media_changed(core, &msg);
+            } else {
+                fleet_core_logf(core, FLEET_LOG_INFO, TAG, "meeting: media change ignored (%s)",
+                                "not in a session");
+            }
+            break;
         case FLEET_DOWN_ERROR: {
             char text[FLEET_TEXT_BYTES];
-            (void)snprintf(text, sizeof text, "meeting %s: %s", msg.code, msg.detail);
+            if (msg.from != NULL) {
+                /* About one peer (it rejected our SDP, or the mixer failed): the session
+                 * stays; the peer's connection is what failed. */
+                (void)snprintf(text, sizeof text, "meeting %s from %.64s: %s", msg.code, msg.from,
+                               msg.detail);
+                if (joined && m != NULL && m->remove_peer != NULL) {
+                    m->remove_peer(m->ctx, msg.from);
+                }
+            } else {
+                (void)snprintf(text, sizeof text, "meeting %s: %s", msg.code, msg.detail);
+            }
             fleet_copy_text(core->error, sizeof core->error, text, FLEET_SHORT_TEXT_CHARS);
             if (core->phase == FLEET_MEET_JOINING) {
                 core->phase = FLEET_MEET_IDLE; /* the join was refused */
@@ -669,6 +712,27 @@ static void on_meet_down(fleet_core_t *core, const char *payload, size_t len)
             break;
     }
     fleet_json_free(&doc);
+}
+
+bool fleet_core_send_reject(fleet_core_t *core, const char *to, const char *code,
+                            const char *detail)
+{
+    if (core->phase != FLEET_MEET_JOINED) {
+        return false;
+    }
+    char shortened[FLEET_TEXT_BYTES];
+    fleet_copy_text(shortened, sizeof shortened, detail != NULL ? detail : "",
+                    FLEET_SHORT_TEXT_CHARS);
+    fleet_meet_up_t msg;
+    memset(&msg, 0, sizeof msg);
+    msg.type = FLEET_UP_REJECT;
+    msg.to = to;
+    msg.code = code != NULL ? code : "negotiation_failed";
+    msg.detail = shortened;
+    size_t n = fleet_meet_up_encode(&msg, core->out, sizeof core->out);
+    fleet_core_logf(core, FLEET_LOG_WARN, TAG, "meeting: SDP of %.64s rejected: %.120s", to,
+                    shortened);
+    return n > 0 && fleet_core_publish(core, core->t_meet_up, core->out, n, 1, false);
 }
 
 bool fleet_core_send_sdp(fleet_core_t *core, const char *to, bool is_offer, const char *sdp)
@@ -816,12 +880,18 @@ static void send_tele(fleet_core_t *core)
     tele.sys.has_cpu_load = s.has_cpu_load && s.cpu_load >= 0.0 && s.cpu_load <= 1.0;
     tele.sys.cpu_load = s.cpu_load;
     tele.sys.mqtt_reconnects = s.mqtt_reconnects;
+    fleet_peer_audio_t audio[FLEET_TELE_PEERS];
     if (core->has_meeting) {
         tele.has_meeting = true;
         tele.meeting.room = core->meeting.room;
         if (core->phase == FLEET_MEET_JOINED) {
             tele.meeting.session = core->session;
             tele.meeting.participant = core->participant;
+            const fleet_media_t *m = media(core);
+            if (m != NULL && m->stats != NULL) {
+                tele.n_audio = m->stats(m->ctx, audio, FLEET_TELE_PEERS);
+                tele.audio = audio;
+            }
         }
     }
     size_t n = fleet_tele_encode(&tele, core->out, sizeof core->out);

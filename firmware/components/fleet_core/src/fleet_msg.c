@@ -576,9 +576,11 @@ static bool tag_of(pctx_t *c, const cJSON *root, const char *const *tags, size_t
     return fail(c, "type", "not a known message type");
 }
 
-static const char *const UP_TAGS[] = {"join", "leave", "offer", "answer", "message"};
-static const char *const DOWN_TAGS[] = {"joined", "peer_joined", "peer_left", "offer",
-                                        "answer", "left",        "error",     "message"};
+static const char *const UP_TAGS[] = {"join", "leave", "offer", "answer", "message", "reject"};
+static const char *const DOWN_TAGS[] = {"joined", "peer_joined", "peer_left", "offer", "answer",
+                                        "left",   "error",       "message",   "media"};
+#define N_UP_TAGS   (sizeof UP_TAGS / sizeof UP_TAGS[0])
+#define N_DOWN_TAGS (sizeof DOWN_TAGS / sizeof DOWN_TAGS[0])
 
 fleet_err_t fleet_meet_up_parse(const fleet_json_doc_t *doc, fleet_meet_up_t *out,
                                 fleet_perr_t *err)
@@ -587,7 +589,7 @@ fleet_err_t fleet_meet_up_parse(const fleet_json_doc_t *doc, fleet_meet_up_t *ou
     const cJSON *root = NULL;
     unsigned tag = 0;
     memset(out, 0, sizeof *out);
-    if (!root_object(&c, &root) || !tag_of(&c, root, UP_TAGS, 5, &tag)) {
+    if (!root_object(&c, &root) || !tag_of(&c, root, UP_TAGS, N_UP_TAGS, &tag)) {
         return FLEET_ERR_SCHEMA;
     }
     out->type = (fleet_up_type_t)tag;
@@ -614,6 +616,15 @@ fleet_err_t fleet_meet_up_parse(const fleet_json_doc_t *doc, fleet_meet_up_t *ou
                 ok = fail(&c, "", "a message needs text or data_b64");
             }
             break;
+        case FLEET_UP_REJECT:
+            ok = f_str(&c, root, "", "to", F_REQ, 0, FLEET_SHORT_TEXT_CHARS, PAT_NONE, &out->to) &&
+                 f_str(&c, root, "", "code", F_OPT, 0, FLEET_SHORT_TEXT_CHARS, PAT_NONE,
+                       &out->code) &&
+                 f_str(&c, root, "", "detail", F_OPT, 0, FLEET_SHORT_TEXT_CHARS, PAT_NONE,
+                       &out->detail);
+            out->code = out->code != NULL ? out->code : "negotiation_failed";
+            out->detail = out->detail != NULL ? out->detail : "";
+            break;
     }
     return ok ? FLEET_OK : FLEET_ERR_SCHEMA;
 }
@@ -627,6 +638,35 @@ static bool parse_peer_info(pctx_t *c, const cJSON *o, const char *p, fleet_peer
                  &out->participant) &&
            f_str(c, o, p, "pid", F_REQ, 0, 0, PAT_ID, &out->pid) &&
            opt_caps(c, o, p, inner, &out->has_caps, &out->caps);
+}
+
+/* MediaPath: "mesh" (default where optional) or "mixed". */
+static bool f_media(pctx_t *c, const cJSON *root, int mode, bool *mixed)
+{
+    const char *v = NULL;
+    if (!f_str(c, root, "", "media", mode, 0, 0, PAT_NONE, &v)) {
+        return false;
+    }
+    *mixed = v != NULL && strcmp(v, "mixed") == 0;
+    return v == NULL || *mixed || strcmp(v, "mesh") == 0 ||
+           fail(c, "media", "expected 'mesh' or 'mixed'");
+}
+
+/* peers: a list of PeerInfo, each validated. */
+static bool f_peer_list(pctx_t *c, const cJSON *root, fleet_meet_down_t *out)
+{
+    bool ok = f_arr(c, root, "", "peers", F_OPT, FLEET_JOINED_MAX_PEERS, &out->peers,
+                    &out->n_peers);
+    size_t i = 0;
+    for (const cJSON *it = out->peers != NULL ? out->peers->child : NULL; ok && it != NULL;
+         it = it->next, i++) {
+        char prefix[LABEL_MAX];
+        fleet_peer_info_t tmp;
+        (void)snprintf(prefix, sizeof prefix, "peers.%lu.", (unsigned long)i);
+        ok = cJSON_IsObject(it) ? parse_peer_info(c, it, prefix, &tmp)
+                                : fail(c, prefix, "expected an object");
+    }
+    return ok;
 }
 
 /* MeetRelayedOffer & co. name the field from_ with alias "from"; populate_by_name lets
@@ -646,7 +686,7 @@ fleet_err_t fleet_meet_down_parse(const fleet_json_doc_t *doc, fleet_meet_down_t
     const cJSON *root = NULL, *peer = NULL;
     unsigned tag = 0;
     memset(out, 0, sizeof *out);
-    if (!root_object(&c, &root) || !tag_of(&c, root, DOWN_TAGS, 8, &tag)) {
+    if (!root_object(&c, &root) || !tag_of(&c, root, DOWN_TAGS, N_DOWN_TAGS, &tag)) {
         return FLEET_ERR_SCHEMA;
     }
     out->type = (fleet_down_type_t)tag;
@@ -658,19 +698,12 @@ fleet_err_t fleet_meet_down_parse(const fleet_json_doc_t *doc, fleet_meet_down_t
                        &out->session) &&
                  f_str(&c, root, "", "participant", F_REQ, 0, FLEET_SHORT_TEXT_CHARS, PAT_NONE,
                        &out->participant) &&
-                 f_arr(&c, root, "", "peers", F_OPT, FLEET_JOINED_MAX_PEERS, &out->peers,
-                       &out->n_peers);
-            size_t i = 0;
-            for (const cJSON *it = out->peers != NULL ? out->peers->child : NULL; ok && it != NULL;
-                 it = it->next, i++) {
-                char prefix[LABEL_MAX];
-                fleet_peer_info_t tmp;
-                (void)snprintf(prefix, sizeof prefix, "peers.%lu.", (unsigned long)i);
-                ok = cJSON_IsObject(it) ? parse_peer_info(&c, it, prefix, &tmp)
-                                        : fail(&c, prefix, "expected an object");
-            }
+                 f_peer_list(&c, root, out) && f_media(&c, root, F_OPT, &out->mixed);
             break;
         }
+        case FLEET_DOWN_MEDIA:
+            ok = f_media(&c, root, F_REQ, &out->mixed) && f_peer_list(&c, root, out);
+            break;
         case FLEET_DOWN_PEER_JOINED:
             ok = f_obj(&c, root, "", "peer", F_REQ, &peer) &&
                  parse_peer_info(&c, peer, "peer.", &out->peer);
@@ -692,7 +725,9 @@ fleet_err_t fleet_meet_down_parse(const fleet_json_doc_t *doc, fleet_meet_down_t
             ok = f_str(&c, root, "", "code", F_REQ, 0, FLEET_SHORT_TEXT_CHARS, PAT_NONE,
                        &out->code) &&
                  f_str(&c, root, "", "detail", F_OPT, 0, FLEET_SHORT_TEXT_CHARS, PAT_NONE,
-                       &out->detail);
+                       &out->detail) &&
+                 f_str(&c, root, "", "from", F_NULL, 0, FLEET_SHORT_TEXT_CHARS, PAT_NONE,
+                       &out->from);
             if (ok && out->detail == NULL) {
                 out->detail = "";
             }
@@ -710,7 +745,8 @@ fleet_err_t fleet_meet_down_parse(const fleet_json_doc_t *doc, fleet_meet_down_t
 
 bool fleet_meet_peer_at(const fleet_meet_down_t *msg, size_t i, fleet_peer_info_t *out)
 {
-    if (msg->type != FLEET_DOWN_JOINED || msg->peers == NULL || i >= msg->n_peers) {
+    if ((msg->type != FLEET_DOWN_JOINED && msg->type != FLEET_DOWN_MEDIA) || msg->peers == NULL ||
+        i >= msg->n_peers) {
         return false;
     }
     const cJSON *it = cJSON_GetArrayItem(msg->peers, (int)i);
@@ -982,7 +1018,7 @@ size_t fleet_meet_up_encode(const fleet_meet_up_t *m, char *buf, size_t cap)
     fleet_jw_init(&w, buf, cap);
     fleet_jw_obj_begin(&w);
     fleet_jw_key(&w, "type");
-    fleet_jw_str(&w, UP_TAGS[(unsigned)m->type < 5 ? (unsigned)m->type : 1]);
+    fleet_jw_str(&w, UP_TAGS[(unsigned)m->type < N_UP_TAGS ? (unsigned)m->type : 1]);
     switch (m->type) {
         case FLEET_UP_JOIN:
             fleet_jw_key(&w, "room");
@@ -1003,6 +1039,14 @@ size_t fleet_meet_up_encode(const fleet_meet_up_t *m, char *buf, size_t cap)
             w_opt_str(&w, "to", m->to);
             w_opt_str(&w, "text", m->text);
             w_opt_str(&w, "data_b64", m->data_b64);
+            break;
+        case FLEET_UP_REJECT:
+            fleet_jw_key(&w, "to");
+            fleet_jw_str(&w, m->to);
+            fleet_jw_key(&w, "code");
+            fleet_jw_str(&w, m->code != NULL ? m->code : "negotiation_failed");
+            fleet_jw_key(&w, "detail");
+            fleet_jw_str(&w, m->detail != NULL ? m->detail : "");
             break;
         case FLEET_UP_LEAVE:
         default:
@@ -1032,15 +1076,18 @@ size_t fleet_meet_down_encode(const fleet_meet_down_t *m, char *buf, size_t cap)
     fleet_jw_init(&w, buf, cap);
     fleet_jw_obj_begin(&w);
     fleet_jw_key(&w, "type");
-    fleet_jw_str(&w, DOWN_TAGS[(unsigned)m->type < 8 ? (unsigned)m->type : 5]);
+    fleet_jw_str(&w, DOWN_TAGS[(unsigned)m->type < N_DOWN_TAGS ? (unsigned)m->type : 5]);
     switch (m->type) {
         case FLEET_DOWN_JOINED:
-            fleet_jw_key(&w, "room");
-            fleet_jw_str(&w, m->room);
-            fleet_jw_key(&w, "session");
-            fleet_jw_str(&w, m->session);
-            fleet_jw_key(&w, "participant");
-            fleet_jw_str(&w, m->participant);
+        case FLEET_DOWN_MEDIA:
+            if (m->type == FLEET_DOWN_JOINED) {
+                fleet_jw_key(&w, "room");
+                fleet_jw_str(&w, m->room);
+                fleet_jw_key(&w, "session");
+                fleet_jw_str(&w, m->session);
+                fleet_jw_key(&w, "participant");
+                fleet_jw_str(&w, m->participant);
+            }
             fleet_jw_key(&w, "peers");
             fleet_jw_arr_begin(&w);
             for (size_t i = 0; i < m->n_peers; i++) {
@@ -1050,6 +1097,8 @@ size_t fleet_meet_down_encode(const fleet_meet_down_t *m, char *buf, size_t cap)
                 }
             }
             fleet_jw_arr_end(&w);
+            fleet_jw_key(&w, "media");
+            fleet_jw_str(&w, m->mixed ? "mixed" : "mesh");
             break;
         case FLEET_DOWN_PEER_JOINED:
             fleet_jw_key(&w, "peer");
@@ -1074,6 +1123,7 @@ size_t fleet_meet_down_encode(const fleet_meet_down_t *m, char *buf, size_t cap)
             fleet_jw_str(&w, m->code);
             fleet_jw_key(&w, "detail");
             fleet_jw_str(&w, m->detail != NULL ? m->detail : "");
+            w_opt_str(&w, "from", m->from);
             break;
         case FLEET_DOWN_MESSAGE:
             fleet_jw_key(&w, "from");

@@ -1,0 +1,9 @@
+/* FreeRTOS task.h subset. */
+#pragma once
+#include "freertos/FreeRTOS.h"
+typedef struct tskTaskControlBlock *TaskHandle_t;
+typedef void (*TaskFunction_t)(void *);
+BaseType_t xTaskCreate(TaskFunction_t pxTaskCode, const char *const pcName, const uint32_t usStackDepth,
+                       void *const pvParameters, UBaseType_t uxPriority, TaskHandle_t *const pxCreatedTask);
+void vTaskDelay(const TickType_t xTicksToDelay);
+TickType_t xTaskGetTickCount(void);

@@ -1,0 +1,316 @@
+"""The frictions a new user hit with the CLI (issue 15, item 4), each pinned.
+
+Offline checks run `fleet` in-process through typer's CliRunner; the rest run it as a
+subprocess against a real broker, controller and simulated devices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from brokers import BrokerHandle
+from running import controller, operator_url, sim_fleet
+from test_cli import ROOT, fleet
+from typer.testing import CliRunner
+
+from cli.main import app
+
+ROOM_NAMES_REFUSED = ["Standup", "my room!", "", "a/b"]
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def invoke(runner: CliRunner, *args: str) -> tuple[int, str, str]:
+    res = runner.invoke(app, list(args), env={"COLUMNS": "80", "FLEET_BROKER": ""})
+    return res.exit_code, res.stdout, res.stderr
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: "), stderr
+    assert "Traceback" not in stderr
+    assert not any(box in stderr for box in "╭╰│"), stderr  # no typer boxes
+    return lines[0]
+
+
+def test_version(runner: CliRunner) -> None:
+    code, out, _ = invoke(runner, "--version")
+    assert code == 0
+    assert out.startswith("fleet ")
+    assert "protocol v1" in out
+
+
+@pytest.mark.parametrize("room", ROOM_NAMES_REFUSED)
+def test_a_bad_room_name_says_what_is_allowed_without_a_regex(runner: CliRunner, room: str) -> None:
+    code, _, err = invoke(runner, "join-all", room)
+    assert code == 2
+    line = one_error_line(err)
+    assert f"invalid room name {room!r}: use 1-64 of a-z, 0-9" in line
+    assert "^[" not in line
+    assert "{0,63}" not in line
+
+
+def test_device_and_room_errors_speak_alike(runner: CliRunner) -> None:
+    _, _, device_err = invoke(runner, "join", "Dev_1", "standup")
+    _, _, room_err = invoke(runner, "join", "dev-1", "Standup")
+    assert one_error_line(device_err).startswith("error: invalid device id 'Dev_1': use 1-64")
+    assert one_error_line(room_err).startswith("error: invalid room name 'Standup': use 1-64")
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["join-all", "standup", "--timeout", "0"], "'--timeout'"),
+        (["join-all", "standup", "--frob"], "No such option: --frob"),
+        (["join-all"], "Missing argument 'room'"),
+        (["nosuchcommand"], "No such command 'nosuchcommand'"),
+    ],
+)
+def test_option_errors_are_one_plain_line(runner: CliRunner, args: list[str], words: str) -> None:
+    code, _, err = invoke(runner, *args)
+    assert code == 2
+    line = one_error_line(err)
+    assert words in line
+    assert "--help)" in line  # where to read more
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["cmd", "dev-2", "frobnicate"], "unknown op 'frobnicate': use one of ping, identify"),
+        (["cmd", "dev-2", "set_groups"], "set_groups: invalid groups: field required"),
+        (["cmd", "dev-2", "set_groups", "--arg", "groups=Bad_Group"], "invalid group name"),
+        (["cmd", "dev-2", "ping", "--arg", "secs=3"], "ping does not take secs (it takes no args)"),
+        (["cmd", "dev-2", "identify", "--arg", "secs=3"], "(it takes seconds)"),
+        (["cmd", "dev-2", "identify", "--arg", "seconds=0"], "identify: invalid seconds"),
+        (["cmd", "dev-2", "ota", "--arg", "url=ftp://x"], "ota: invalid url"),
+        (["cmd", "dev-2", "ping", "--arg", "novalue"], "must look like KEY=VALUE"),
+    ],
+)
+def test_commands_are_checked_before_sending(
+    runner: CliRunner, args: list[str], words: str
+) -> None:
+    # No broker is running: every one of these must stop before connecting (exit 2, not 3).
+    code, _, err = invoke(runner, *args)
+    assert code == 2, err
+    assert words in one_error_line(err)
+
+
+def test_json_errors_are_json_on_stdout(runner: CliRunner) -> None:
+    code, out, err = invoke(runner, "join-all", "Standup", "--json")
+    assert code == 2
+    error = json.loads(out)
+    assert error == {
+        "ok": False,
+        "error": one_error_line(err).removeprefix("error: "),
+        "code": "usage",
+        "exit_code": 2,
+    }
+    code, out, _ = invoke(runner, "cmd", "dev-1", "ping", "--bad-option", "--json")
+    assert (code, json.loads(out)["code"]) == (2, "usage")
+
+
+def test_help_fits_80_columns(runner: CliRunner) -> None:
+    code, out, _ = invoke(runner, "up", "--help")
+    assert code == 0
+    for option in ("--influx-flush-interval", "--ha-prefix", "--tele-interval", "--no-audio"):
+        assert option in out  # never truncated
+    assert "…" not in out
+    assert "<bool>" not in out
+    assert all(len(line) <= 80 for line in out.splitlines()), out
+    code, out, _ = invoke(runner, "--help")
+    assert code == 0
+    # A docstring's own line breaks do not show inside the command list.
+    lines = out.splitlines()
+    assert all(
+        line.startswith("  ") or not line.strip() or line.endswith(":") or line.startswith("Usage")
+        for line in lines[lines.index("Commands:") :]
+    ), out
+
+
+def complete(words: str, home: Path) -> list[str]:
+    """What bash completion offers for the last word of `words` (typer's real path)."""
+    import subprocess
+
+    parts = words.split(" ")
+    env = {
+        **os.environ,
+        "FLEET_HOME": str(home),
+        "_FLEET_COMPLETE": "complete_bash",
+        "COMP_WORDS": words,
+        "COMP_CWORD": str(len(parts) - 1),
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", "from cli.main import app; app(prog_name='fleet')"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return run.stdout.split()
+
+
+def test_completion_offers_ops_devices_and_rooms_without_connecting(tmp_path: Path) -> None:
+    assert complete("fleet cmd dev-1 se", tmp_path) == ["set_groups"]
+    assert complete("fleet cmd dev-1 ", tmp_path) == [
+        "ping",
+        "identify",
+        "reboot",
+        "ota",
+        "set_groups",
+    ]
+    # Names come from what the last commands saw (FLEET_HOME/names.json): no broker here.
+    (tmp_path / "names.json").write_text(
+        json.dumps({"devices": ["dev-1", "dev-10", "kitchen"], "rooms": ["standup", "lunch"]})
+    )
+    assert complete("fleet join dev-", tmp_path) == ["dev-1", "dev-10"]
+    assert complete("fleet join dev-1 st", tmp_path) == ["standup"]
+    assert complete("fleet sessions l", tmp_path) == ["lunch"]
+
+
+# --- against a real fleet ------------------------------------------------------------------
+
+
+async def test_a_real_fleet_reads_right(amqtt_broker: BrokerHandle, tmp_path: Path) -> None:
+    ids = ["dev-1", "dev-2", "dev-10"]
+    secrets = {
+        device: secret
+        for device, secret in amqtt_broker.store.add_devices(ids, groups=["kitchen"]).items()
+    }
+    amqtt_broker.backend.sync()
+    common = ("--broker", str(operator_url(amqtt_broker)), "--prefix", amqtt_broker.prefix)
+    fleet_of_three = sim_fleet(amqtt_broker, secrets, groups=["kitchen"])
+    async with controller(amqtt_broker, tmp_path / "c.db"), fleet_of_three:
+        # Natural order, and the names kept for completion.
+        code, out, err = await fleet("devices", "--json", *common, home=tmp_path)
+        assert code == 0, err
+        assert [d["device"] for d in json.loads(out)] == ["dev-1", "dev-2", "dev-10"]
+        assert json.loads((tmp_path / "names.json").read_text())["devices"] == ids
+        code, out, _ = await fleet("devices", *common, home=tmp_path)
+        assert "3 devices, 3 online" in out
+        code, out, _ = await fleet("devices", "--summary", "--json", *common, home=tmp_path)
+        assert json.loads(out)["presence"] == {"online": 3}
+        assert json.loads(out)["group"] == {"kitchen": 3}
+
+        # A typo in a group is refused, not "ok: no devices targeted".
+        code, out, err = await fleet(
+            "join-all", "standup", "--group", "nosuchgroup", "--json", *common, home=tmp_path
+        )
+        assert code == 4, (out, err)
+        assert json.loads(out)["code"] == "unknown_group"
+        assert "no device is in group 'nosuchgroup'" in err
+
+        # --for says when the devices leave.
+        code, out, err = await fleet("join-all", "standup", "--for", "30m", *common, home=tmp_path)
+        assert code == 0, err
+        assert "the devices leave at" in out
+
+        # Unknown rooms and devices are refused at once (exit 4), not an empty table or a wait.
+        code, out, err = await fleet("sessions", "nosuchroom", "--json", *common, home=tmp_path)
+        assert code == 4, (out, err)
+        assert json.loads(out)["code"] == "unknown_room"
+        code, _, err = await fleet("telemetry", "tail", "nosuchdev", *common, home=tmp_path)
+        assert code == 4
+        assert "unknown device 'nosuchdev'" in one_error_line(err)
+
+        # --json on say and rooms rm.
+        code, out, _ = await fleet("say", "standup", "hello", "--json", *common, home=tmp_path)
+        assert (code, json.loads(out)["code"]) == (4, "no_session")  # devices without audio
+        code, out, _ = await fleet("rooms", "create", "spare", *common, home=tmp_path)
+        assert "1 room" in out
+        assert "1 rooms" not in out
+        code, out, _ = await fleet("rooms", "rm", "spare", "--json", *common, home=tmp_path)
+        assert (code, json.loads(out)["room"]) == (0, "spare")
+        code, out, _ = await fleet("rooms", "rm", "spare", "--json", *common, home=tmp_path)
+        assert (code, json.loads(out)["code"]) == (4, "unknown_room")
+
+
+async def test_ctrl_c_during_join_all_says_the_intent_stays(
+    amqtt_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    # No controller runs, so the command is still waiting for its answer when interrupted.
+    common = ("--broker", str(operator_url(amqtt_broker)), "--prefix", amqtt_broker.prefix)
+    env = {**os.environ, "FLEET_HOME": str(tmp_path), "COLUMNS": "200"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cli.main",
+        "join-all",
+        "standup",
+        *common,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    await asyncio.sleep(2.5)  # connected, request sent, waiting (it gives up only after 5 s)
+    proc.send_signal(signal.SIGINT)
+    async with asyncio.timeout(20):
+        _, err = await proc.communicate()
+    assert proc.returncode == 130, err
+    text = err.decode()
+    assert "interrupted: stopped waiting; a join-all the controller accepted stays in force" in text
+    assert "fleet leave-all undoes it" in text
+
+
+async def test_not_authorized_says_where_credentials_come_from(
+    amqtt_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    url = f"mqtt://127.0.0.1:{amqtt_broker.port}"
+    code, _, err = await fleet("devices", "--broker", url, home=tmp_path)
+    assert code == 3
+    line = one_error_line(err)
+    assert "credentials come from --broker mqtt://USER:PASS@HOST:PORT" in line
+    assert "fleet creds add NAME --role operator" in line
+
+
+def test_fleet_up_log_says_each_kind_of_warning_once_then_a_count() -> None:
+    import logging
+
+    from cli.logsummary import SummarizingFilter
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep()
+    summary = SummarizingFilter(window_s=0.2)
+    handler.addFilter(summary)
+    log = logging.getLogger("fleet.test.summary")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        for n in range(44):
+            log.warning("dev-%d: meeting refused: room_full", n)
+        try:
+            raise TimeoutError("Timeout waiting for PUBACK")
+        except TimeoutError:
+            log.exception("publish failed")
+        import time
+
+        time.sleep(0.25)
+        log.warning("dev-%d: meeting refused: room_full", 99)
+    finally:
+        log.removeHandler(handler)
+    messages = [r.getMessage() for r in records]
+    assert messages[0] == "dev-0: meeting refused: room_full"
+    assert "Timeout waiting for PUBACK" in messages[1]
+    assert records[1].exc_info is None  # an expected condition: no traceback
+    assert messages[2] == (
+        "dev-99: meeting refused: room_full (and 43 more like it in the last 0.2s)"
+    )
+    assert len(messages) == 3

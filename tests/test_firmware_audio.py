@@ -1,0 +1,291 @@
+"""fleet-host-device --audio (the C core + media core on GStreamer webrtcbin) meets the Python
+simulated devices (aiortc) for real: tones both ways checked by FFT, the mic gate, a
+PCMU-only C device with Opus devices, and a killed C device leaving its peers.
+
+WebRTC needs an address besides loopback: the whole test (broker, controller, simulated
+devices, host device) runs in a network namespace of its own with one veth pair inside,
+entered by this thread (setns) and left afterwards. Needs root and iproute2, the packages
+in firmware/host/DEPENDENCIES, and the `build` fixture's host build.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from brokers import BrokerHandle, amqtt_handle, unique_prefix
+from firmware_build import IN_CI, Build, Device, build, requires_toolchain
+from running import controller, operator, register_devices, sim_fleet, wait_for
+
+from broker.credentials import CredentialStore
+from fleet.client import FleetClient
+from fleet.controller.service import Controller
+from fleet.device.audio import AudioMeetingDriver, AudioProfile, tone_for
+from fleet.device.sim import SimFleet
+from fleet.media.analysis import hears
+from fleet.media.config import MediaConfig
+from fleet.protocol.messages import ApiOp, ApiRequest
+
+__all__ = ["build"]  # the session-scoped fixture (tests/firmware_build.py), found here by pytest
+pytestmark = [requires_toolchain, pytest.mark.timeout(180)]
+
+HOST_TONE_HZ = 1850.0  # far from the simulated devices' 400 and 575 Hz and their harmonics
+RATE = 48_000
+CLONE_NEWNET = 0x40000000
+HOST_ID = "fw-audio-1"
+ROOM = "fw-audio"
+
+
+# --- a network namespace for this thread -------------------------------------------------------
+
+
+def _ip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+
+
+@contextlib.contextmanager
+def own_network_namespace() -> Iterator[str]:
+    """A namespace with lo and one veth end at 10.77.0.1/24, entered by this thread."""
+    why = None
+    if shutil.which("ip") is None:
+        why = "the ip command (iproute2) is not installed"
+    elif os.geteuid() != 0:
+        why = "network namespaces need root"
+    if why is not None:
+        if IN_CI:
+            pytest.fail(why)
+        pytest.skip(why)
+    name = f"fleet-fwaudio-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    made = _ip("netns", "add", name)
+    assert made.returncode == 0, made.stderr
+    libc = ctypes.CDLL(None, use_errno=True)
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    try:
+        for cmd in (
+            ("link", "set", "lo", "up"),
+            # A veth pair with both ends inside (this kernel may lack the dummy driver).
+            ("link", "add", "fw0", "type", "veth", "peer", "name", "fw1"),
+            ("addr", "add", "10.77.0.1/24", "dev", "fw0"),
+            ("link", "set", "fw0", "up"),
+            ("link", "set", "fw1", "up"),
+        ):
+            done = _ip("-n", name, *cmd)
+            assert done.returncode == 0, done.stderr
+        ns = os.open(f"/run/netns/{name}", os.O_RDONLY)
+        try:
+            assert libc.setns(ns, CLONE_NEWNET) == 0, os.strerror(ctypes.get_errno())
+        finally:
+            os.close(ns)
+        try:
+            yield name
+        finally:
+            assert libc.setns(home, CLONE_NEWNET) == 0, os.strerror(ctypes.get_errno())
+    finally:
+        os.close(home)
+        _ip("netns", "delete", name)
+
+
+# --- the room ---------------------------------------------------------------------------------
+
+
+def speaker_tail(path: Path, seconds: float = 1.0) -> np.ndarray:
+    """The last seconds the host device's speaker played (its WAV grows as it plays)."""
+    data = path.read_bytes()[44:] if path.exists() else b""
+    samples = np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2")
+    return samples[-int(RATE * seconds) :]
+
+
+@dataclass
+class Room:
+    handle: BrokerHandle
+    ctl: Controller
+    fleet: SimFleet
+    op: FleetClient
+    host: Device
+    speaker: Path
+
+    def sims(self) -> dict[str, AudioMeetingDriver]:
+        return {d.id: d.driver for d in self.fleet.devices}  # type: ignore[misc]
+
+    def host_participant(self) -> str | None:
+        """The host device's participant id, as the simulated devices know it."""
+        for drv in self.sims().values():
+            for participant, pid in drv.peer_pids().items():
+                if pid == HOST_ID:
+                    return participant
+        return None
+
+
+@contextlib.asynccontextmanager
+async def room_with_host(
+    tmp_path: Path,
+    build: Build,
+    codecs: str,
+    sim_codecs: tuple[str, ...] = ("opus", "pcmu"),
+    host_first: bool = False,
+) -> AsyncIterator[Room]:
+    """A controller, two simulated devices with tones (400, 575 Hz) and the host device with
+    its tone, all joined to ROOM. The newcomer offers (protocol.md 8.1): the host device
+    offers when it joins last, and answers both when it joins first."""
+    handle = amqtt_handle(CredentialStore(tmp_path / "home" / "credentials.json"), unique_prefix())
+    await handle.start()
+    try:
+        secrets = register_devices(handle, 2)
+        host_secret = handle.add_device(HOST_ID)
+        speaker = tmp_path / "speaker.wav"
+        args = [
+            "--broker",
+            handle.url(HOST_ID, host_secret),
+            "--id",
+            HOST_ID,
+            "--prefix",
+            handle.prefix,
+            "--tele-interval",
+            "1",
+            "--audio",
+            "--codecs",
+            codecs,
+            "--tone",
+            str(HOST_TONE_HZ),
+            "--speaker-wav",
+            str(speaker),
+        ]
+        host = Device(build.device_asan, args, tmp_path / "host-device.log")
+        ids = list(secrets)
+
+        def driver(device_id: str) -> AudioMeetingDriver:
+            media = MediaConfig(codecs=sim_codecs)  # type: ignore[arg-type]
+            return AudioMeetingDriver(
+                AudioProfile(media=media, tone_hz=tone_for(ids.index(device_id)))
+            )
+
+        async with (
+            controller(handle, tmp_path / "ctl.db") as ctl,
+            sim_fleet(handle, secrets, driver_factory=driver) as fleet,
+            operator(handle) as op,
+        ):
+            await host.start()
+            try:
+                await wait_for(
+                    lambda: (r := ctl.registry.devices.get(HOST_ID)) is not None and r.online,
+                    what="the host device's birth",
+                )
+                if host_first:
+                    first = await op.request(
+                        ApiOp.JOIN, ApiRequest(room=ROOM, device=HOST_ID, timeout_s=30)
+                    )
+                    assert first.ok, first
+                    await wait_for(lambda: "meeting: joined room" in host.text(), what="joined")
+                result = await op.request(ApiOp.JOIN_ALL, ApiRequest(room=ROOM, timeout_s=30))
+                assert result.ok, result
+                yield Room(handle, ctl, fleet, op, host, speaker)  # type: ignore[arg-type]
+            finally:
+                await host.stop()
+                log = host.text()
+                assert "Sanitizer" not in log, log[-4000:]
+                assert "runtime error" not in log, log[-4000:]
+    finally:
+        await handle.stop()
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    with own_network_namespace() as name:
+        yield name
+
+
+def _hears_host(room: Room, last_s: float = 1.0) -> dict[str, bool]:
+    participant = room.host_participant()
+    return {
+        sim_id: participant is not None and drv.hears_tone(participant, HOST_TONE_HZ, last_s)
+        for sim_id, drv in room.sims().items()
+    }
+
+
+async def test_host_device_and_simulated_devices_hear_each_other(
+    netns: str, build: Build, tmp_path: Path
+) -> None:
+    async with room_with_host(tmp_path, build, "opus,pcmu,pcma") as room:
+        # Each simulated device hears the C device's tone ...
+        await wait_for(
+            lambda: all(_hears_host(room).values()), timeout=30, what="both sims hear the host"
+        )
+
+        # ... and the C device's speaker plays both of theirs (the mix), not its own.
+        def host_hears_both() -> bool:
+            tail = speaker_tail(room.speaker)
+            return len(tail) == RATE and all(hears(tail, tone_for(n)) for n in range(2))
+
+        await wait_for(host_hears_both, timeout=20, what="the host's speaker plays both tones")
+        assert not hears(speaker_tail(room.speaker), HOST_TONE_HZ)
+        log = room.host.text()
+        assert log.count("opus (payload type 111)") == 2, log[-3000:]
+        assert "offer to" in log
+        assert "answer from" in log
+
+        # mic: false gates the C device's microphone: its peers hear silence, yet its
+        # stream keeps coming (the RTP clock runs on: packets still arrive).
+        first = next(iter(room.sims().values()))
+        participant = room.host_participant()
+        assert participant is not None
+        ok = await room.op.request(
+            ApiOp.JOIN, ApiRequest(room=ROOM, device=HOST_ID, mic=False, timeout_s=20)
+        )
+        assert ok.ok, ok
+        await wait_for(
+            lambda: not any(_hears_host(room).values()), timeout=20, what="the host muted"
+        )
+        assert "mic off" in room.host.text()
+        muted_at = first.heard.received_samples(participant)
+        await wait_for(
+            lambda: first.heard.received_samples(participant) > muted_at + RATE,
+            what="a second more of the muted host's stream",
+        )
+        assert first.levels.level(participant) < 0.01
+
+        # Killing the C device (no goodbye: the broker's will) removes it from its peers.
+        assert await room.host.signal(signal.SIGKILL) == -signal.SIGKILL
+        await wait_for(
+            lambda: all(
+                participant not in (d.meeting.peers if d.meeting else [])
+                for d in room.fleet.devices
+            ),
+            timeout=20,
+            what="the sims drop the killed host device",
+        )
+        await wait_for(
+            lambda: all(participant not in d.driver.mesh.peers() for d in room.fleet.devices),  # type: ignore[attr-defined]
+            what="and close their connections to it",
+        )
+
+
+async def test_a_pcmu_only_host_device_talks_with_opus_devices(
+    netns: str, build: Build, tmp_path: Path
+) -> None:
+    # The host device joins first here: both simulated devices offer, it answers.
+    async with room_with_host(tmp_path, build, "pcmu", ("opus", "pcmu"), host_first=True) as room:
+        await wait_for(
+            lambda: all(_hears_host(room).values()), timeout=30, what="both sims hear the host"
+        )
+
+        def host_hears_both() -> bool:
+            tail = speaker_tail(room.speaker)
+            return len(tail) == RATE and all(hears(tail, tone_for(n)) for n in range(2))
+
+        await wait_for(host_hears_both, timeout=20, what="the host's speaker plays both tones")
+        log = room.host.text()
+        assert log.count("pcmu (payload type 0)") == 2, log[-3000:]
+        assert "opus (payload type" not in log
+        assert "offer from" in log
+        assert "answer to" in log
+        assert "offer to" not in log
