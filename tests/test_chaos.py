@@ -300,7 +300,7 @@ async def test_kill_9_anywhere_in_a_200_device_sequence(
     url = operator_url(handle)
     rec = Record()
     kills: list[str] = []
-    recorder = asyncio.create_task(record_docs(handle, rec, f"chaos-rec-{seed}"))
+    recorder = asyncio.create_task(record_docs(handle, rec, f"{url.username}-rec-{seed}"))
     async with platform(handle, tmp_path) as procs:
         # Everyone up before the chaos starts: a fleet of 200 that the controller knows.
         async with FleetClient(url, handle.topics) as fleet:

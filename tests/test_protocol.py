@@ -46,6 +46,7 @@ MODELS: dict[str, tuple[type[BaseModel], TopicKind, str]] = {
     "MeetOffer": (m.MeetOffer, TopicKind.MEET_UP, "meet_up"),
     "MeetAnswer": (m.MeetAnswer, TopicKind.MEET_UP, "meet_up"),
     "MeetSend": (m.MeetSend, TopicKind.MEET_UP, "meet_up"),
+    "MeetReject": (m.MeetReject, TopicKind.MEET_UP, "meet_up"),
     "MeetJoined": (m.MeetJoined, TopicKind.MEET_DOWN, "meet_down"),
     "MeetMedia": (m.MeetMedia, TopicKind.MEET_DOWN, "meet_down"),
     "MeetPeerJoined": (m.MeetPeerJoined, TopicKind.MEET_DOWN, "meet_down"),

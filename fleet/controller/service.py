@@ -383,8 +383,8 @@ class Controller:
         """End every intent whose `until` passed, without touching later intents.
 
         Each lapse is one change in the store (Store.lapse): the lapsed doc goes and
-        only the devices still following it (they report its rev) get a leave of their
-        own, with revs allocated together, before any await. So an intent written while
+        its targets with no newer intent (`_lapse_followers`) get a leave of their own,
+        with revs allocated together, before any await. So an intent written while
         the leaves go out has a higher rev than all of them, and a crash half way leaves
         the store whole: the next connect re-asserts every leave. A group-wide leave with
         a fresh rev would outrank, and so interrupt, any newer intent a device got since
