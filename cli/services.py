@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -42,15 +43,15 @@ from fleet.controller.meetings import DEFAULT_ROOM_CAP, MeetingServer
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.device.bulk import BulkFleet
-from fleet.device.sim import SimFleet, device_ids
-from fleet.errors import ProtocolError
+from fleet.device.sim import MeetingDriver, SimFleet, device_ids
+from fleet.errors import FleetError, ProtocolError
 from fleet.ha import HomeAssistantPart, HomeAssistantSettings
 from fleet.ha.part import DEFAULT_ROOM
 from fleet.protocol import is_valid_id
 from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult
 from fleet.protocol.topics import DEFAULT_HA_PREFIX
 from fleet.settings import load_settings
-from fleet.stack import StackConfig, free_port, running_stack
+from fleet.stack import Stack, StackConfig, free_port, running_stack
 
 
 class SimEngine(StrEnum):
@@ -338,15 +339,26 @@ def demo(
     ] = 15.0,
     port: PortOpt = 0,
     home: HomeOpt = None,
+    agent: Annotated[
+        str | None,
+        typer.Option(
+            help="assistant: a device speaks a command to the voice assistant instead; "
+            "passes when the fleet changed and the spoken answer was heard."
+        ),
+    ] = None,
 ) -> None:
     """The main job on embedded defaults: start everything, meet with real audio, check that
     every device hears every other, leave, report, stop."""
     from fleet.demo import hearing_table, wait_until_everyone_hears
 
+    if agent not in (None, "assistant"):
+        fail(f"--agent {agent!r}: the demo knows only 'assistant'", Exit.USAGE)
     settings = load_settings(home=home)
     config = StackConfig(
         home=settings.home, devices=devices, port=port or free_port(), tele_interval_s=2.0
     )
+    if agent == "assistant":
+        config.driver_factory = _speaking_devices()
 
     async def go() -> bool:
         async with running_stack(config) as stack:
@@ -359,6 +371,10 @@ def demo(
             async with FleetClient(stack.operator_url, stack.controller.topics) as fleet:
                 sent = time.monotonic()
                 joined = await _step(fleet, ApiOp.JOIN_ALL, ApiRequest(room=room, timeout_s=20))
+                if agent == "assistant":
+                    passed = joined.ok and await _assistant_step(stack, room)
+                    left = await _step(fleet, ApiOp.LEAVE_ALL, ApiRequest(timeout_s=20))
+                    return passed and left.ok
                 hearing = await wait_until_everyone_hears(stack.fleet, listen)
                 if hearing.complete:
                     console.print(
@@ -380,6 +396,27 @@ def demo(
     ok = run(go())
     console.print("[green]demo passed[/]" if ok else "[red]demo failed[/]")
     raise typer.Exit(Exit.OK if ok else Exit.NOT_CONVERGED)
+
+
+def _speaking_devices() -> Callable[[str], MeetingDriver]:
+    from fleet.agents.voice.tts import EspeakTTS
+    from fleet.device.speech import SpeakingDriver
+
+    try:
+        tts = EspeakTTS()
+    except FleetError as exc:
+        fail(str(exc), Exit.USAGE)
+    return lambda _: SpeakingDriver(tts)
+
+
+async def _assistant_step(stack: Stack, room: str) -> bool:
+    from cli.meetings import report_agents
+    from fleet.demo import assistant_demo, assistant_table
+
+    report_agents()
+    check = await assistant_demo(stack, room, lambda line: console.print(line, highlight=False))
+    console.print(assistant_table(check))
+    return check.ok
 
 
 async def _step(fleet: FleetClient, op: ApiOp, request: ApiRequest) -> ApiResult:

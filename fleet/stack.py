@@ -60,6 +60,8 @@ class StackConfig:
     audio: bool = True  # simulated devices meet for real (aiortc); off: the state names the room
     room_cap: int = DEFAULT_ROOM_CAP
     parts: Sequence[ControllerPart] = ()  # controller features (telemetry ingest, ...)
+    # How each simulated device meets (default: with a tone of its own, when `audio`).
+    driver_factory: Callable[[str], MeetingDriver] | None = None
 
 
 @dataclass
@@ -114,7 +116,7 @@ async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
             topics,
             groups=list(config.groups),
             tele_interval_s=config.tele_interval_s,
-            driver_factory=audio_drivers(ids) if config.audio else None,
+            driver_factory=config.driver_factory or (audio_drivers(ids) if config.audio else None),
         )
         stack = Stack(
             config,

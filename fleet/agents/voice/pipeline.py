@@ -172,6 +172,8 @@ class VoiceAgent(Agent):
             resample(utt.samples, SAMPLE_RATE, STT_RATE), phrases
         )
         if not transcript.text:
+            score = "" if transcript.confidence is None else f" (score {transcript.confidence:.2f})"
+            log.info("%s spoke %.1fs: no command%s", self.name_of(peer), utt.end - utt.start, score)
             return None
         info = self._context.participant.peers.get(peer) if self._context else None
         turn = Turn(
