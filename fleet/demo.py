@@ -135,6 +135,11 @@ async def assistant_demo(stack: Stack, room: str, say: Callable[[str], None]) ->
         await me.mesh.wait_connected(timeout=20)
         await listener.mesh.wait_connected(timeout=20)
         await talker.mesh.wait_connected(timeout=20)
+        # Speak once the talker's audio reaches the assistant: a new connection's first
+        # fraction of a second is lost while its jitter buffer fills.
+        talker_peer = next(p for p, i in me.peers.items() if i.pid == "dev-1")
+        await _until(lambda: agent.hears_from(talker_peer), 15)
+        await asyncio.sleep(0.5)
         say(f"assistant {ASSISTANT_PID} is in {room}; dev-1 says: {check.command!r}")
         spoken = await talker.say(check.command)
         ears = PocketSphinxSTT(reject_below=-1e9)

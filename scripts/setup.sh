@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 dev=0
 [ "${1:-}" = "--dev" ] && dev=1
 
-runtime_pkgs=(python3-venv)
+# espeak-ng: the voice assistant's offline text-to-speech (fleet agent join --mode assistant).
+runtime_pkgs=(python3-venv espeak-ng)
 # The test suite runs a real Mosquitto, VictoriaMetrics and InfluxDB 1.x (telemetry), a
 # network namespace (iproute2: a host with only loopback for the media tests) and builds
 # the firmware core (gcc, clang/libFuzzer, cJSON, libmosquitto): the firmware's own list
