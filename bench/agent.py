@@ -18,18 +18,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from brokers import amqtt_handle, unique_prefix  # noqa: E402
-from running import controller, operator, sim_fleet  # noqa: E402
+from brokers import amqtt_handle, unique_prefix
+from running import controller, operator, sim_fleet
 
-from broker.credentials import CredentialStore, Role  # noqa: E402
-from fleet.agents.runner import agent_in_room  # noqa: E402
-from fleet.agents.voice.brain import FleetBrain  # noqa: E402
-from fleet.agents.voice.pipeline import VoiceAgent  # noqa: E402
-from fleet.agents.voice.stt import PocketSphinxSTT  # noqa: E402
-from fleet.agents.voice.tts import EspeakTTS  # noqa: E402
-from fleet.device.speech import SpeakingDriver, words  # noqa: E402
-from fleet.mqtt import BrokerUrl  # noqa: E402
-from fleet.protocol.messages import ApiOp, ApiRequest  # noqa: E402
+from broker.credentials import CredentialStore, Role
+from fleet.agents.runner import agent_in_room
+from fleet.agents.voice.brain import FleetBrain
+from fleet.agents.voice.pipeline import VoiceAgent
+from fleet.agents.voice.stt import PocketSphinxSTT
+from fleet.agents.voice.tts import EspeakTTS
+from fleet.device.speech import SpeakingDriver, words
+from fleet.mqtt import BrokerUrl
+from fleet.protocol.messages import ApiOp, ApiRequest
 
 PHRASES = ["what room is this", "how many devices are online"]
 
