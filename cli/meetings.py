@@ -42,6 +42,16 @@ agent_app = command_group("Python participants that join rooms.")
 RoomArg = Annotated[str, typer.Argument(help="Room name.", autocompletion=complete_rooms)]
 
 
+def report_agents() -> None:
+    """What agents do (joining, peers, leaving, files written, turns) goes to stdout."""
+    report = logging.StreamHandler(sys.stdout)
+    report.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    agents_log = logging.getLogger("fleet.agents")
+    agents_log.addHandler(report)
+    agents_log.setLevel(logging.INFO)
+    agents_log.propagate = False
+
+
 def _ask(broker: str | None, prefix: str | None, op: ApiOp, request: ApiRequest) -> ApiResult:
     url, topics = connection(broker, prefix)
 
@@ -270,11 +280,5 @@ def agent_join(
         fail(str(exc), Exit.USAGE)
     url, topics = connection(broker, prefix)
     console.print(f"agent {pid} ({agent.name}) joining {room} on {url.redacted()}", highlight=False)
-    # What the agent does (joining, peers, leaving, files written, turns) goes to stdout.
-    report = logging.StreamHandler(sys.stdout)
-    report.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    agents_log = logging.getLogger("fleet.agents")
-    agents_log.addHandler(report)
-    agents_log.setLevel(logging.INFO)
-    agents_log.propagate = False
+    report_agents()
     run_service(run_agent(url, pid, room, agent, topics, duration, tuple(ice_server or ())))

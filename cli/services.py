@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -44,10 +45,10 @@ from fleet.controller.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, Meetin
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.device.bulk import BulkFleet
-from fleet.device.sim import SimFleet, device_ids
+from fleet.device.sim import MeetingDriver, SimFleet, device_ids
 from fleet.device.tones import TONE_SLOTS
 from fleet.device.workers import auto_procs
-from fleet.errors import ProtocolError
+from fleet.errors import FleetError, ProtocolError
 from fleet.ha import HomeAssistantPart, HomeAssistantSettings
 from fleet.ha.part import DEFAULT_ROOM
 from fleet.mixer.errors import INSTALL_HINT, MixerUnavailable
@@ -62,7 +63,7 @@ from fleet.protocol.messages import (
 )
 from fleet.protocol.topics import DEFAULT_HA_PREFIX
 from fleet.settings import load_settings
-from fleet.stack import StackConfig, free_port, running_stack
+from fleet.stack import Stack, StackConfig, free_port, running_stack
 
 LISTED_DEVICES = 6  # a join's result lists every device up to this many, then only failures
 
@@ -443,11 +444,20 @@ def demo(
     ] = 15.0,
     port: PortOpt = 0,
     home: HomeOpt = None,
+    agent: Annotated[
+        str | None,
+        typer.Option(
+            help="assistant: a device speaks a command to the voice assistant instead; "
+            "passes when the fleet changed and the spoken answer was heard."
+        ),
+    ] = None,
 ) -> None:
     """The main job on embedded defaults: start everything, meet with real audio, check that
     every device hears every other, leave, report, stop."""
     from fleet.demo import demo_room, hearing_table, needs_mixer, wait_until_everyone_hears
 
+    if agent not in (None, "assistant"):
+        fail(f"--agent {agent!r}: the demo knows only 'assistant'", Exit.USAGE)
     settings = load_settings(home=home)
 
     config = StackConfig(
@@ -458,6 +468,8 @@ def demo(
         mixer=needs_mixer(devices),
         sim_procs=auto_procs(devices),
     )
+    if agent == "assistant":
+        config.driver_factory = _speaking_devices()
 
     async def go() -> bool:
         async with running_stack(config) as stack:
@@ -476,6 +488,10 @@ def demo(
                 await _step(fleet, ApiOp.ROOM_CREATE, demo_room(room, devices))
                 sent = time.monotonic()
                 joined = await _step(fleet, ApiOp.JOIN_ALL, ApiRequest(room=room, timeout_s=20))
+                if agent == "assistant":
+                    passed = joined.ok and await _assistant_step(stack, room)
+                    left = await _step(fleet, ApiOp.LEAVE_ALL, ApiRequest(timeout_s=20))
+                    return passed and left.ok
                 hearing = await wait_until_everyone_hears(stack.workers or stack.fleet, listen)
                 if hearing.complete:
                     console.print(
@@ -504,6 +520,27 @@ def demo(
         fail(str(exc), Exit.UNREACHABLE)
     console.print("[green]demo passed[/]" if ok else "[red]demo failed[/]")
     raise typer.Exit(Exit.OK if ok else Exit.NOT_CONVERGED)
+
+
+def _speaking_devices() -> Callable[[str], MeetingDriver]:
+    from fleet.agents.voice.tts import EspeakTTS
+    from fleet.device.speech import SpeakingDriver
+
+    try:
+        tts = EspeakTTS()
+    except FleetError as exc:
+        fail(str(exc), Exit.USAGE)
+    return lambda _: SpeakingDriver(tts)
+
+
+async def _assistant_step(stack: Stack, room: str) -> bool:
+    from cli.meetings import report_agents
+    from fleet.demo import assistant_demo, assistant_table
+
+    report_agents()
+    check = await assistant_demo(stack, room, lambda line: console.print(line, highlight=False))
+    console.print(assistant_table(check))
+    return check.ok
 
 
 async def _step(fleet: FleetClient, op: ApiOp, request: ApiRequest) -> ApiResult:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rich.table import Table
@@ -13,6 +14,7 @@ from fleet.device.audio import AudioMeetingDriver, DeviceHearing
 from fleet.device.sim import SimFleet
 from fleet.device.workers import SimWorkers
 from fleet.protocol.messages import ApiRequest, RoomMedia
+from fleet.stack import Stack
 
 POLL_S = 0.1
 COMPACT_ABOVE = 5  # devices heard: beyond, the table counts them instead of naming them
@@ -117,3 +119,96 @@ def demo_room(room: str, devices: int) -> ApiRequest:
     and move every member to the mixer a moment later)."""
     media = RoomMedia.MIXED if needs_mixer(devices) else RoomMedia.AUTO
     return ApiRequest(room=room, media=media, cap=max(devices, 2))
+
+
+# --- fleet demo --agent assistant ---------------------------------------------------------
+
+ASSISTANT_PID = "agent-assistant"
+
+
+@dataclass
+class AssistantCheck:
+    """One spoken command: what changed in the fleet and what was heard back."""
+
+    command: str
+    understood: str = ""
+    answer: str = ""
+    heard: str = ""
+    changed: bool = False
+    latency_s: float | None = None  # end of the command's speech → first sound of the answer
+
+    @property
+    def ok(self) -> bool:
+        from fleet.device.speech import words
+
+        return self.changed and bool(self.answer) and self.heard == words(self.answer)
+
+
+async def assistant_demo(stack: Stack, room: str, say: Callable[[str], None]) -> AssistantCheck:
+    """dev-1 says "mute dev two" into its microphone; the assistant (offline voice pipeline,
+    an agent broker user of its own) must mute dev-2 through the API and answer by voice,
+    and dev-2 must hear the answer (recognized back by pocketsphinx)."""
+    from broker.credentials import CredentialStore, Role
+    from fleet.agents.runner import agent_in_room
+    from fleet.agents.voice.brain import FleetBrain
+    from fleet.agents.voice.pipeline import CANNOT, VoiceAgent
+    from fleet.agents.voice.stt import PocketSphinxSTT
+    from fleet.agents.voice.tts import EspeakTTS
+    from fleet.device.speech import SpeakingDriver, words
+
+    check = AssistantCheck("mute dev two")
+    store = CredentialStore(stack.config.home / "credentials.json")
+    secret = store.add(ASSISTANT_PID, Role.AGENT, replace=True)
+    url = stack.operator_url.with_credentials(ASSISTANT_PID, secret)
+    agent = VoiceAgent(PocketSphinxSTT(), EspeakTTS(), FleetBrain)
+    talker, listener = (stack.fleet[d].driver for d in ("dev-1", "dev-2"))
+    assert isinstance(talker, SpeakingDriver)
+    assert isinstance(listener, SpeakingDriver)
+    async with agent_in_room(url, ASSISTANT_PID, room, agent, stack.controller.topics) as me:
+        await _until(lambda: {i.pid for i in me.peers.values()} >= {"dev-1", "dev-2"}, 15)
+        assert me.mesh is not None
+        await me.mesh.wait_connected(timeout=20)
+        await listener.mesh.wait_connected(timeout=20)
+        await talker.mesh.wait_connected(timeout=20)
+        # Speak once the talker's audio reaches the assistant: a new connection's first
+        # fraction of a second is lost while its jitter buffer fills.
+        talker_peer = next(p for p, i in me.peers.items() if i.pid == "dev-1")
+        await _until(lambda: agent.hears_from(talker_peer), 15)
+        await asyncio.sleep(0.5)
+        say(f"assistant {ASSISTANT_PID} is in {room}; dev-1 says: {check.command!r}")
+        spoken = await talker.say(check.command)
+        ears = PocketSphinxSTT(reject_below=-1e9)
+        expected = [words(a) for a in ("dev two is muted", CANNOT, "that did not work")]
+        try:
+            heard = await listener.hear_answer(ASSISTANT_PID, spoken.end, ears, expected)
+        except TimeoutError:
+            say("dev-2 heard no answer")
+        else:
+            check.heard, check.latency_s = heard.text, heard.start - spoken.end
+        check.understood = agent.turns[-1].text if agent.turns else ""
+        check.answer = agent.said[-1].text if agent.said else ""
+        rec = stack.controller.registry.devices.get("dev-2")
+        check.changed = bool(rec and rec.state and rec.state.mic is False)
+    return check
+
+
+async def _until(predicate: Callable[[], bool], timeout_s: float) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not predicate():  # noqa: ASYNC110 - state spread over objects with no events
+            await asyncio.sleep(POLL_S)
+
+
+def assistant_table(check: AssistantCheck) -> Table:
+    table = Table(title="the assistant, spoken to by dev-1")
+    for column in ("said", "understood", "dev-2 muted", "answer", "dev-2 heard", "latency"):
+        table.add_column(column)
+    latency = f"{check.latency_s:.2f}s" if check.latency_s is not None else "-"
+    table.add_row(
+        check.command,
+        check.understood,
+        "yes" if check.changed else "[red]no[/]",
+        check.answer,
+        check.heard if check.heard else "[red]nothing[/]",
+        latency,
+    )
+    return table

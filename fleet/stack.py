@@ -67,6 +67,8 @@ class StackConfig:
     # What each worker device sends and keeps (absent: its own tone, tone_amplitude).
     sounds: Mapping[str, DeviceSound] | None = None
     engine: BrokerEngine = BrokerEngine.AUTO  # Mosquitto when installed, else amqtt
+    # How each simulated device meets (default: with a tone of its own, when `audio`).
+    driver_factory: Callable[[str], MeetingDriver] | None = None
 
 
 @dataclass
@@ -147,7 +149,7 @@ async def _running_stack(config: StackConfig) -> AsyncIterator[Stack]:
             topics,
             groups=list(config.groups),
             tele_interval_s=config.tele_interval_s,
-            driver_factory=audio_drivers(ids) if config.audio else None,
+            driver_factory=config.driver_factory or (audio_drivers(ids) if config.audio else None),
         )
         stack = Stack(
             config,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ from test_cli import fleet as fleet_cli
 from broker.credentials import CredentialStore, Role
 from fleet.agents import Agent
 from fleet.agents.runner import agent_in_room
-from fleet.agents.voice.audio import STT_RATE, resample
 from fleet.agents.voice.brain import FleetBrain, LLMBrain
 from fleet.agents.voice.pipeline import CANNOT, TranscriberAgent, VoiceAgent
 from fleet.agents.voice.stt import OpenAISTT, PocketSphinxSTT
@@ -36,7 +34,7 @@ from fleet.agents.voice.tts import EspeakTTS
 from fleet.client import FleetClient
 from fleet.controller.service import Controller
 from fleet.device.sim import SimFleet
-from fleet.device.speech import SpeakingDriver
+from fleet.device.speech import SpeakingDriver, words
 from fleet.media.frames import SAMPLE_RATE
 from fleet.mqtt import BrokerUrl
 from fleet.participant import MeetingParticipant
@@ -110,31 +108,16 @@ async def joined(room: Room, pid: str, agent: Agent) -> AsyncIterator[MeetingPar
 
 
 def agent_peer(drv: SpeakingDriver, pid: str) -> str:
-    return next(p for p, info in drv.participant.peers.items() if info.pid == pid)  # type: ignore[union-attr]
+    peer = drv.peer_of(pid)
+    assert peer is not None
+    return peer
 
 
-def words(text: str) -> str:
-    return " ".join(re.sub(r"[^a-z' ]", " ", text.lower()).split())
-
-
-async def heard_answer(
-    room: Room, listener: str, pid: str, since: float, phrases: list[str], timeout: float = 20
-) -> str:
-    """What `listener` heard the agent say after `since`, recognized back by pocketsphinx
-    among `phrases` (every answer these tests expect, so a wrong one is told apart)."""
-    drv = room.driver(listener)
-    peer = agent_peer(drv, pid)
-    loud = drv.loudness
-    await wait_for(lambda: loud.loud(peer, since), timeout, f"{listener} hears the agent")
-    await wait_for(
-        lambda: time.monotonic() - loud.loud(peer, since)[-1] > 1.0, timeout, "the answer ends"
-    )
-    first = loud.loud(peer, since)[0]
-    samples = drv.heard.samples(peer, last_s=time.monotonic() - first + 0.3)
-    text = await room.stt.transcribe(
-        resample(samples, SAMPLE_RATE, STT_RATE), [words(p) for p in phrases]
-    )
-    return text.text
+async def heard_answer(room: Room, listener: str, pid: str, since: float) -> str:
+    """What `listener` heard the agent say after `since`, recognized back among every
+    answer these tests expect (so a wrong one is told apart)."""
+    phrases = [words(p) for p in ANSWERS]
+    return (await room.driver(listener).hear_answer(pid, since, room.stt, phrases)).text
 
 
 ANSWERS = [
@@ -162,7 +145,7 @@ async def test_each_intent_spoken_by_a_device_is_carried_out_and_answered(room: 
         async def ask(text: str, answer: str, done: Callable[[], bool]) -> None:
             said = len(agent.said)
             end = await say(room, "dev-1", text)
-            heard = await heard_answer(room, "dev-2", pid, end, ANSWERS)
+            heard = await heard_answer(room, "dev-2", pid, end)
             assert agent.turns[-1].text == text
             assert agent.turns[-1].pid == "dev-1"
             assert [s.text for s in agent.said[said:]] == [answer]
@@ -299,7 +282,7 @@ async def test_a_backend_down_or_slow_gets_a_spoken_cannot_and_one_log_line(
             caplog.clear()
             with caplog.at_level(logging.WARNING, logger="fleet.agents"):
                 end = await say(room, "dev-1", "how many devices are online")
-                heard = await heard_answer(room, "dev-2", pid, end, ANSWERS)
+                heard = await heard_answer(room, "dev-2", pid, end)
             assert heard == words(CANNOT)
             assert [s.text for s in agent.said] == [CANNOT]
             lines = [r for r in caplog.records if r.name == "fleet.agents"]

@@ -7,13 +7,17 @@ board's microphone.
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import re
 import time
 from dataclasses import dataclass
 
 import av
 import numpy as np
 
+from fleet.agents.voice.audio import STT_RATE, resample
+from fleet.agents.voice.stt import SpeechToText
 from fleet.agents.voice.tts import TextToSpeech
 from fleet.device.audio import AudioMeetingDriver, AudioProfile
 from fleet.device.sim import SimulatedDevice
@@ -22,6 +26,20 @@ from fleet.media.sinks import FanoutSink
 from fleet.media.sources import PushSource, SharedSource
 
 LOUD = 0.01  # RMS (of full scale) above which a 20 ms frame counts as sound, not silence
+
+
+def words(text: str) -> str:
+    """Text as a recognizer writes it: lowercase words, no punctuation."""
+    return " ".join(re.sub(r"[^a-z' ]", " ", text.lower()).split())
+
+
+@dataclass(frozen=True)
+class Heard:
+    """What a device heard a peer say, recognized back, and when its sound started."""
+
+    text: str
+    start: float  # time.monotonic() the first loud frame arrived
+    end: float
 
 
 @dataclass(frozen=True)
@@ -55,7 +73,7 @@ class Loudness:
 
 class SpeakingDriver(AudioMeetingDriver):
     def __init__(self, tts: TextToSpeech, profile: AudioProfile | None = None) -> None:
-        super().__init__(profile or AudioProfile(tone_hz=None))
+        super().__init__(profile or AudioProfile(tone_hz=None, keep_s=15.0))
         self.tts = tts
         self.mouth = PushSource(max_buffer_s=30.0)
         self.loudness = Loudness()
@@ -87,3 +105,31 @@ class SpeakingDriver(AudioMeetingDriver):
         if start is None:
             raise RuntimeError("the microphone is not being read: join a meeting first")
         return Spoken(text, start, start + samples.size / SAMPLE_RATE)
+
+    def peer_of(self, pid: str) -> str | None:
+        """The participant id of the peer `pid` in our session."""
+        peers = self.participant.peers if self.participant is not None else {}
+        return next((p for p, info in peers.items() if info.pid == pid), None)
+
+    async def hear_answer(
+        self,
+        pid: str,
+        since: float,
+        stt: SpeechToText,
+        phrases: list[str],
+        timeout: float = 20.0,
+        quiet_s: float = 1.0,
+    ) -> Heard:
+        """Wait for `pid` to say something after `since` (and fall quiet for `quiet_s`);
+        recognize it among `phrases`. TimeoutError if nothing is heard in time."""
+        async with asyncio.timeout(timeout):
+            while True:
+                peer = self.peer_of(pid)
+                loud = self.loudness.loud(peer, since) if peer else []
+                if loud and time.monotonic() - loud[-1] > quiet_s:
+                    break
+                await asyncio.sleep(0.05)
+        assert peer is not None
+        samples = self.heard.samples(peer, last_s=time.monotonic() - loud[0] + 0.3)
+        text = await stt.transcribe(resample(samples, SAMPLE_RATE, STT_RATE), phrases)
+        return Heard(text.text, loud[0], loud[-1])

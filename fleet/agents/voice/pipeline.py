@@ -120,6 +120,10 @@ class VoiceAgent(Agent):
             )
         ep.feed(samples_of(frame), time.monotonic())
 
+    def hears_from(self, peer: str) -> bool:
+        """Whether audio from `peer` has reached us yet."""
+        return peer in self._endpointers
+
     @property
     def speaking(self) -> bool:
         return any(v.queued_samples > 0 and v.readyState == "live" for v in self._voices.values())
@@ -168,10 +172,13 @@ class VoiceAgent(Agent):
         if self.link is not None:
             await self.link.ensure()  # the registry and rooms the grammar is made of
         phrases = self.brain.phrases() if self.brain is not None else self.phrases()
+        log.debug("listening for %d phrases: %s", len(phrases or ()), phrases)
         transcript = await self.stt.transcribe(
             resample(utt.samples, SAMPLE_RATE, STT_RATE), phrases
         )
         if not transcript.text:
+            score = "" if transcript.confidence is None else f" (score {transcript.confidence:.2f})"
+            log.info("%s spoke %.1fs: no command%s", self.name_of(peer), utt.end - utt.start, score)
             return None
         info = self._context.participant.peers.get(peer) if self._context else None
         turn = Turn(
