@@ -59,6 +59,8 @@ async def one_run(devices: int, window_s: float) -> dict[str, float | int | None
         devices=devices,
         port=free_port(),
         room_cap=max(devices, 2),
+        mesh_cap=max(devices, 2),  # a mesh at every size: this bench measures the mesh
+        mixer=False,
         tele_interval_s=60,
     )
     async with running_stack(config) as stack:

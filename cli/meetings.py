@@ -32,7 +32,7 @@ from cli.common import (
 from fleet.client import FleetClient
 from fleet.errors import FleetError
 from fleet.protocol import is_valid_id
-from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult
+from fleet.protocol.messages import MAX_ROOM_CAP, ApiOp, ApiRequest, ApiResult, RoomMedia
 
 app = command_group("Rooms the fleet meets in.")
 agent_app = command_group("Python participants that join rooms.")
@@ -64,10 +64,19 @@ def _clock(ts: float | None) -> str:
 def _rooms_table(result: ApiResult) -> None:
     remember_names(rooms=[r.room for r in result.rooms])
     table = Table(title=plural(len(result.rooms), "room"))
-    for column in ("room", "cap", "live session", "members", "created"):
+    for column in ("room", "cap", "media", "rate", "live session", "members", "created"):
         table.add_column(column)
     for r in result.rooms:
-        table.add_row(r.room, str(r.cap), r.session or "", str(r.members), _when(r.created))
+        live = f"{r.session} ({r.session_media.value})" if r.session and r.session_media else ""
+        table.add_row(
+            r.room,
+            str(r.cap),
+            r.media.value,
+            f"{r.rate // 1000} kHz",
+            live,
+            str(r.members),
+            _when(r.created),
+        )
     console.print(table)
 
 
@@ -75,14 +84,27 @@ def _rooms_table(result: ApiResult) -> None:
 def rooms_create(
     room: RoomArg,
     cap: Annotated[
-        int | None, typer.Option(min=2, max=64, help="Most participants at once (mesh).")
+        int | None, typer.Option(min=2, max=MAX_ROOM_CAP, help="Most participants at once.")
+    ] = None,
+    media: Annotated[
+        RoomMedia | None,
+        typer.Option(
+            help="mesh: members connect to each other (up to the mesh cap); mixed: each to "
+            "the mixer (Janus); auto: mesh, then mixed past the mesh cap.",
+            show_default="auto",
+        ),
+    ] = None,
+    rate: Annotated[
+        int | None,
+        typer.Option(help="The mix's sampling rate: 16000 or 48000.", show_default="16000"),
     ] = None,
     broker: BrokerOpt = None,
     prefix: PrefixOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create a room (or change its cap)."""
-    result = _ask(broker, prefix, ApiOp.ROOM_CREATE, api_request(room=room, cap=cap))
+    """Create a room (or change its cap, media mode or mix rate)."""
+    request = api_request(room=room, cap=cap, media=media, rate=rate)
+    result = _ask(broker, prefix, ApiOp.ROOM_CREATE, request)
     print_json(result) if as_json else _rooms_table(result)
 
 
@@ -116,21 +138,39 @@ def sessions(
         return
     table = Table(title=f"room {room}: {plural(len(result.sessions), 'session')}")
     # Who first (the device or agent), then the id the session gave it.
-    columns = ("session", "started", "ended", "length", "member", "as", "joined", "left", "in")
+    columns = (
+        "session",
+        "media",
+        "started",
+        "ended",
+        "length",
+        "member",
+        "as",
+        "joined",
+        "left",
+        "in",
+    )
     for column in columns:
         table.add_column(column)
     for s in result.sessions:
         ended = _clock(s.ended) if s.ended else "live"
-        head = (s.session, _when(s.started), ended, f"{s.duration_s:.0f}s")
+        media = s.media.value + (f" ({s.mixer})" if s.mixer else "")
+        head = (s.session, media, _when(s.started), ended, f"{s.duration_s:.0f}s")
         for p in s.participants:
             left = _clock(p.left) if p.left else "still in"
             table.add_row(
                 *head, p.pid, p.participant, _when(p.joined), left, f"{p.duration_s:.0f}s"
             )
-            head = ("", "", "", "")  # the session's columns once, on its first row
+            head = ("", "", "", "", "")  # the session's columns once, on its first row
         if not s.participants:
             table.add_row(*head, "", "", "", "", "")
+        if s.omitted:
+            table.add_row("", "", "", "", "", f"... {s.omitted} more not listed", "", "", "", "")
     console.print(table)
+    # The newest session's media history: path changes, the mixer, failovers.
+    changes = [e for s in result.sessions[:1] for e in s.events if e.kind in ("media", "mixer")]
+    for event in changes:
+        console.print(f"{_clock(event.ts)} {event.kind}: {event.detail or ''}", highlight=False)
 
 
 def say(

@@ -38,7 +38,7 @@ from cli.telemetry import (
     InfluxVersionOpt,
 )
 from fleet.client import FleetClient
-from fleet.controller.meetings import DEFAULT_ROOM_CAP, MeetingServer
+from fleet.controller.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, MeetingServer
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.device.bulk import BulkFleet
@@ -47,7 +47,7 @@ from fleet.errors import ProtocolError
 from fleet.ha import HomeAssistantPart, HomeAssistantSettings
 from fleet.ha.part import DEFAULT_ROOM
 from fleet.protocol import is_valid_id
-from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult
+from fleet.protocol.messages import MAX_ROOM_CAP, ApiOp, ApiRequest, ApiResult
 from fleet.protocol.topics import DEFAULT_HA_PREFIX
 from fleet.settings import load_settings
 from fleet.stack import StackConfig, free_port, running_stack
@@ -86,7 +86,15 @@ HaRoomOpt = Annotated[
     str, typer.Option(help='Room of Home Assistant\'s "Join all" until one is chosen there.')
 ]
 RoomCapOpt = Annotated[
-    int, typer.Option(min=2, max=64, help="Default member cap of a room (a full mesh).")
+    int, typer.Option(min=2, max=MAX_ROOM_CAP, help="Default member cap of a room.")
+]
+MeshCapOpt = Annotated[
+    int,
+    typer.Option(
+        min=2,
+        max=MAX_ROOM_CAP,
+        help="Most members of a mesh session; an auto room's session moves to the mixer past it.",
+    ),
 ]
 
 
@@ -105,6 +113,14 @@ def up(
         bool, typer.Option(help="Devices meet with real audio (off: the state names the room).")
     ] = True,
     room_cap: RoomCapOpt = DEFAULT_ROOM_CAP,
+    mesh_cap: MeshCapOpt = DEFAULT_MESH_CAP,
+    mixer: Annotated[
+        bool,
+        typer.Option(
+            help="Start a local Janus (the mixer of mixed rooms) when it is installed "
+            "(apt-get install janus)."
+        ),
+    ] = True,
     ha: HaOpt = True,
     ha_prefix: HaPrefixOpt = DEFAULT_HA_PREFIX,
     ha_room: HaRoomOpt = DEFAULT_ROOM,
@@ -148,6 +164,8 @@ def up(
         tele_interval_s=tele_interval,
         audio=audio,
         room_cap=room_cap,
+        mesh_cap=mesh_cap,
+        mixer=mixer,
         parts=[*influx.parts(), *_ha_parts(ha, ha_prefix, ha_room)],
     )
 
@@ -155,9 +173,15 @@ def up(
         async with running_stack(config) as stack:
             await stack.wait_ready()
             client_file = settings.write_client_file(stack.operator_url)
+            mixing = (
+                f"mixer {stack.mixer_url}"
+                if stack.mixer_url
+                else "no mixer (mixed rooms refused; apt-get install janus)"
+            )
             console.print(
-                f"[green]up[/]: broker on {host}:{port}, controller, {devices} simulated devices. "
-                f"CLI commands find it through {client_file}. Ctrl-C stops everything.",
+                f"[green]up[/]: broker on {host}:{port}, controller, {mixing}, {devices} "
+                f"simulated devices. CLI commands find it through {client_file}. "
+                "Ctrl-C stops everything.",
                 highlight=False,
             )
             # The parts run until Ctrl-C; one that ends on its own is a failure to report.
@@ -180,6 +204,15 @@ def controller(
         ),
     ] = None,
     room_cap: RoomCapOpt = DEFAULT_ROOM_CAP,
+    mesh_cap: MeshCapOpt = DEFAULT_MESH_CAP,
+    mixer: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A Janus WebSocket API URL (ws://HOST:PORT), the mixer of mixed rooms; "
+            "repeatable (a pool: new sessions go to the least loaded). Default: FLEET_MIXERS.",
+            show_default=False,
+        ),
+    ] = None,
     auto_create: Annotated[
         bool, typer.Option(help="Create a room on its first join (off: `fleet rooms create`).")
     ] = True,
@@ -222,7 +255,13 @@ def controller(
     path = db or load_settings().home / "controller.db"
     console.print(f"controller on {url.redacted()}, store {path}", highlight=False)
     store = CredentialStore(creds) if creds is not None else None
-    meetings = MeetingServer(room_cap=room_cap, auto_create=auto_create)
+    mixers = list(mixer or load_settings().mixers)
+    bad = [m for m in mixers if not m.startswith(("ws://", "wss://"))]
+    if bad:
+        fail(f"--mixer {bad[0]!r}: expected ws://HOST:PORT (Janus's WebSocket API)", Exit.USAGE)
+    meetings = MeetingServer(
+        room_cap=room_cap, auto_create=auto_create, mesh_cap=mesh_cap, mixers=mixers
+    )
     run_service(
         Controller(
             url, path, topics, client_id=client_id, credentials=store, parts=[meetings, *parts]

@@ -1,8 +1,10 @@
 """One participant's side of the meeting protocol (docs/protocol.md §8).
 
 It joins a room through the meeting server, opens a peer connection to every
-member already there (the newcomer offers, so two members never offer to each
-other at once), answers offers from later members, closes a peer when it
+peer `joined` names (the members already there, or in a mixed session the one
+mixer; `media` moves it from one to the other without leaving the session;
+the newcomer offers, so two members never offer to each other at once),
+answers offers from later members, closes a peer when it
 leaves, and keeps what a device reports: room, session, participant, peers.
 
 Transport is the caller's: a simulated device hands over its own MQTT link,
@@ -27,6 +29,7 @@ from fleet.mqtt import BrokerUrl, LastWill, payload_bytes, publish_nowait, run_l
 from fleet.protocol import TopicKind, Topics, decode_for, encode
 from fleet.protocol.messages import (
     Capabilities,
+    MediaPath,
     MeetAnswer,
     MeetDelivered,
     MeetError,
@@ -35,6 +38,7 @@ from fleet.protocol.messages import (
     MeetJoined,
     MeetLeave,
     MeetLeft,
+    MeetMedia,
     MeetOffer,
     MeetPeerJoined,
     MeetPeerLeft,
@@ -85,6 +89,7 @@ class MeetingParticipant:
         self.room: str | None = None
         self.session: str | None = None
         self.participant: str | None = None
+        self.media = MediaPath.MESH
         self.peers: dict[str, PeerInfo] = {}  # by participant id
         self.inbox: list[MeetDelivered] = []
         self.errors: list[MeetError] = []
@@ -161,6 +166,9 @@ class MeetingParticipant:
             return
         if isinstance(message, MeetJoined):
             self._on_joined(message)
+        elif isinstance(message, MeetMedia):
+            if self.session is not None:
+                self._spawn(self._renegotiate(message), "server")
         elif isinstance(message, MeetPeerJoined):
             self.peers[message.peer.participant] = message.peer
             self._changed()
@@ -182,6 +190,7 @@ class MeetingParticipant:
 
     def _on_joined(self, joined: MeetJoined) -> None:
         self.room, self.session, self.participant = joined.room, joined.session, joined.participant
+        self.media = joined.media
         self.peers = {p.participant: p for p in joined.peers}
         self.peer_errors.clear()
         for peer in joined.peers:
@@ -190,8 +199,26 @@ class MeetingParticipant:
             self._pending_join.set_result(joined)
         self._changed()
 
+    async def _renegotiate(self, media: MeetMedia) -> None:
+        """The session's media path changed: every peer connection goes, the session stays,
+        and we offer to the new peers (the mixer, or the members)."""
+        log.info("%s: session %s is now %s", self.pid, self.session, media.media.value)
+        await self._drop_all_peers()
+        self.media = media.media
+        self.peers = {p.participant: p for p in media.peers}
+        self.peer_errors.clear()
+        for peer in media.peers:
+            self._spawn(self._offer(peer), peer.participant)
+        self._changed()
+
     def _on_error(self, error: MeetError) -> None:
         self.errors.append(error)
+        if error.from_ is not None and self._pending_join is None:
+            # About one peer (the mixer, or a member that could not negotiate): the rest goes on.
+            log.warning("%s: %s: %s: %s", self.pid, error.from_, error.code, error.detail)
+            self.peer_errors[error.from_] = f"{error.code}: {error.detail}"[:256]
+            self._changed()
+            return
         if self._pending_join is not None and not self._pending_join.done():
             self.room = None
             self._pending_join.set_exception(MeetingRefused(error.code, error.detail))
@@ -244,6 +271,7 @@ class MeetingParticipant:
     async def _forget_session(self) -> None:
         await self._drop_all_peers()
         self.room = self.session = self.participant = None
+        self.media = MediaPath.MESH
         self._changed()
 
     # --- plumbing -----------------------------------------------------------------------------

@@ -35,6 +35,8 @@ class FleetSettings(BaseSettings):
     prefix: str = DEFAULT_PREFIX
     home: Path = Field(default_factory=default_home)
     ca_file: str | None = None
+    # Janus WebSocket URLs for `fleet controller` (FLEET_MIXERS='["ws://host:8188"]')
+    mixers: list[str] = Field(default_factory=list)
 
     def topics(self) -> Topics:
         try:

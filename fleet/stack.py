@@ -18,10 +18,11 @@ from pathlib import Path
 
 from broker.credentials import CredentialStore, Role
 from broker.embedded import EmbeddedBroker
-from fleet.controller.meetings import DEFAULT_ROOM_CAP, MeetingServer
+from fleet.controller.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, MeetingServer
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.device.sim import MeetingDriver, SimFleet, device_ids
+from fleet.mixer.process import maybe_local_janus
 from fleet.mqtt import BrokerUrl
 from fleet.protocol import Topics
 
@@ -59,6 +60,8 @@ class StackConfig:
     id_prefix: str = "dev"
     audio: bool = True  # simulated devices meet for real (aiortc); off: the state names the room
     room_cap: int = DEFAULT_ROOM_CAP
+    mesh_cap: int = DEFAULT_MESH_CAP
+    mixer: bool = True  # start a local Janus for mixed rooms when it is installed
     parts: Sequence[ControllerPart] = ()  # controller features (telemetry ingest, ...)
 
 
@@ -70,6 +73,7 @@ class Stack:
     fleet: SimFleet
     operator_url: BrokerUrl
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    mixer_url: str | None = None  # the local Janus, when one runs
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
         async with asyncio.timeout(timeout):
@@ -94,19 +98,27 @@ async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
     secrets = store.add_devices(ids, groups=config.groups, replace=True) if ids else {}
     topics = Topics(config.prefix)
     base = BrokerUrl(scheme="mqtt", host=config.host, port=config.port)
-    async with EmbeddedBroker(
-        store.path,
-        host=config.host,
-        port=config.port,
-        ws_port=config.ws_port,
-        prefix=config.prefix,
-    ) as broker:
+    async with (
+        EmbeddedBroker(
+            store.path,
+            host=config.host,
+            port=config.port,
+            ws_port=config.ws_port,
+            prefix=config.prefix,
+        ) as broker,
+        maybe_local_janus(home / "janus", config.mixer) as mixer_url,
+    ):
+        meetings = MeetingServer(
+            room_cap=config.room_cap,
+            mesh_cap=config.mesh_cap,
+            mixers=[mixer_url] if mixer_url else [],
+        )
         controller = Controller(
             base.with_credentials(CONTROLLER_USER, controller_secret),
             home / "controller.db",
             topics,
             credentials=store,
-            parts=[MeetingServer(room_cap=config.room_cap), *config.parts],
+            parts=[meetings, *config.parts],
         )
         fleet = SimFleet(
             base,
@@ -122,6 +134,7 @@ async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
             controller,
             fleet,
             base.with_credentials(OPERATOR_USER, operator_secret),
+            mixer_url=mixer_url,
         )
         stack.tasks = [asyncio.create_task(controller.run(), name="controller")]
         if fleet.devices:  # an empty fleet's task would end at once

@@ -35,6 +35,11 @@ async def test_demo_meets_with_real_audio_and_exits_0(tmp_path: Path) -> None:
     [
         (["rooms", "create", "Bad Room!"], "room"),
         (["rooms", "create", "standup", "--cap", "1"], "--cap"),
+        (["rooms", "create", "standup", "--cap", "257"], "--cap"),
+        (["rooms", "create", "standup", "--media", "hybrid"], "--media"),
+        (["rooms", "create", "standup", "--rate", "44100"], "rate"),
+        (["controller", "--mixer", "http://127.0.0.1:8088/janus"], "--mixer"),
+        (["controller", "--mesh-cap", "1"], "--mesh-cap"),
         (["sessions", "standup", "--limit", "0"], "--limit"),
         (["say", "standup", "x" * 5000], "text"),
         (["agent", "join", "standup", "--mode", "karaoke"], "unknown agent mode"),

@@ -47,6 +47,7 @@ MODELS: dict[str, tuple[type[BaseModel], TopicKind, str]] = {
     "MeetAnswer": (m.MeetAnswer, TopicKind.MEET_UP, "meet_up"),
     "MeetSend": (m.MeetSend, TopicKind.MEET_UP, "meet_up"),
     "MeetJoined": (m.MeetJoined, TopicKind.MEET_DOWN, "meet_down"),
+    "MeetMedia": (m.MeetMedia, TopicKind.MEET_DOWN, "meet_down"),
     "MeetPeerJoined": (m.MeetPeerJoined, TopicKind.MEET_DOWN, "meet_down"),
     "MeetPeerLeft": (m.MeetPeerLeft, TopicKind.MEET_DOWN, "meet_down"),
     "MeetRelayedOffer": (m.MeetRelayedOffer, TopicKind.MEET_DOWN, "meet_down"),
@@ -1071,3 +1072,50 @@ def test_json_schema_refuses_what_the_models_refuse(schema_name: str, value: Any
     }[schema_name]
     with pytest.raises(ProtocolError):
         decode_for(kind, json.dumps(value).encode())
+
+
+@pytest.mark.parametrize(
+    ("schema_name", "value"),
+    [
+        ("meet_down", {"type": "media", "media": "p2p"}),
+        ("meet_down", {"type": "media"}),
+        ("meet_down", {"type": "media", "media": "mixed", "peers": [{"participant": "mixer"}]}),
+        (
+            "meet_down",
+            {"type": "joined", "room": "r", "session": "s", "participant": "p", "media": "both"},
+        ),
+        ("meet_down", {"type": "error", "code": "mixer_failed", "from": 7}),
+        ("meet_up", {"type": "media", "media": "mixed"}),
+        ("api_request", {"media": "hybrid"}),
+        ("api_request", {"rate": 44100}),
+        ("api_request", {"rate": "16000"}),
+        ("api_request", {"cap": 257}),
+        ("status", {"online": True, "caps": {"max_peers": 0}}),
+        (
+            "api_result",
+            {
+                "op": "rooms",
+                "ok": True,
+                "rooms": [{"room": "r", "created": 1, "cap": 6, "media": "p2p"}],
+            },
+        ),
+        (
+            "api_result",
+            {
+                "op": "sessions",
+                "ok": True,
+                "sessions": [
+                    {
+                        "session": "s",
+                        "room": "r",
+                        "started": 1,
+                        "duration_s": 1,
+                        "events": [{"ts": 1, "kind": ""}],
+                    }
+                ],
+            },
+        ),
+    ],
+)
+def test_mixed_room_fields_are_refused_when_malformed(schema_name: str, value: Any) -> None:
+    test_json_schema_refuses_what_the_models_refuse(schema_name, value)

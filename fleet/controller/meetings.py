@@ -5,27 +5,41 @@ talks to it on `meet/{pid}/up` and hears back on `meet/{pid}/down`
 (docs/protocol.md §8). Live membership is in memory; rooms and every
 session's history are in the controller's SQLite store. SDP and messages are
 relayed only between members of the same live session.
+
+A session's media path is a mesh (members connect to each other) or mixed (each
+member connects to a Janus AudioBridge, the mixer, and hears the mix of the others).
+An `auto` room's session starts as a mesh and moves to mixed once it would grow past
+the mesh cap; the mixer's work (room, one handle per member, mutes, failover) is
+driven from here through fleet.mixer, in tasks: the MQTT loop never waits on Janus.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from fleet.controller.media_records import MediaRecords
 from fleet.controller.parts import ControllerPart
 from fleet.errors import ProtocolError
+from fleet.mixer.audiobridge import BridgeMember
+from fleet.mixer.errors import MixerError, MixerUnavailable
+from fleet.mixer.pool import Mixer, MixerPool
 from fleet.protocol import TopicKind, decode_for, encode
 from fleet.protocol.messages import (
+    MAX_LISTED_BYTES,
+    MAX_ROOM_CAP,
     ApiOp,
     ApiRequest,
     ApiResult,
     Capabilities,
     EventKind,
     FleetEvent,
+    MediaPath,
     MeetAnswer,
     MeetDelivered,
     MeetError,
@@ -33,6 +47,7 @@ from fleet.protocol.messages import (
     MeetJoined,
     MeetLeave,
     MeetLeft,
+    MeetMedia,
     MeetOffer,
     MeetPeerJoined,
     MeetPeerLeft,
@@ -42,17 +57,30 @@ from fleet.protocol.messages import (
     Message,
     PeerInfo,
     RoomInfo,
+    RoomMedia,
+    SessionInfo,
 )
+from fleet.protocol.messages import MIXER_PARTICIPANT as MIXER
 
 if TYPE_CHECKING:
     from fleet.controller.service import Controller
 
 log = logging.getLogger(__name__)
 
+# Members of a room's session (a mixed session holds this many).
+DEFAULT_ROOM_CAP = 256
 # Each member of a mesh holds one peer connection per other member; an ESP32-S3 manages
-# 2-3 (DESIGN.md), a Python participant a handful.
-DEFAULT_ROOM_CAP = 6
+# 2-3 (DESIGN.md), a Python participant a handful. Past this an `auto` session goes mixed.
+DEFAULT_MESH_CAP = 4
 SERVER_PARTICIPANT = "server"  # `from` of messages sent by the CLI's `fleet say`
+MIXER_CAPS = Capabilities(audio=True, mic=True, speaker=True, codecs=["opus", "pcmu", "pcma"])
+
+
+@dataclass(frozen=True)
+class RoomSettings:
+    cap: int
+    media: RoomMedia
+    rate: int
 
 
 @dataclass
@@ -73,6 +101,12 @@ class LiveSession:
     started: float
     members: dict[str, Member] = field(default_factory=dict)  # by participant id
     next_number: int = 1
+    settings: RoomSettings | None = None
+    media: MediaPath = MediaPath.MESH
+    mixer: str | None = None  # the mixer's name while mixed (None: none reachable)
+    # Done once the AudioBridge room exists on `mixer`; offers and joins wait for it.
+    ready: asyncio.Future[None] | None = None
+    bridge: dict[str, BridgeMember] = field(default_factory=dict)  # by participant id
 
     def new_participant_id(self) -> str:
         pid = f"p-{self.next_number}"
@@ -83,20 +117,50 @@ class LiveSession:
 class MeetingServer(ControllerPart):
     name = "meetings"
 
-    def __init__(self, room_cap: int = DEFAULT_ROOM_CAP, auto_create: bool = True) -> None:
-        if not 2 <= room_cap <= 64:
-            raise ValueError(f"room cap {room_cap} out of range 2-64")
+    def __init__(
+        self,
+        room_cap: int = DEFAULT_ROOM_CAP,
+        auto_create: bool = True,
+        mesh_cap: int = DEFAULT_MESH_CAP,
+        mixers: Sequence[str] = (),
+        mixer_timeout: float | None = None,
+    ) -> None:
+        if not 2 <= room_cap <= MAX_ROOM_CAP:
+            raise ValueError(f"room cap {room_cap} out of range 2-{MAX_ROOM_CAP}")
+        if not 2 <= mesh_cap <= MAX_ROOM_CAP:
+            raise ValueError(f"mesh cap {mesh_cap} out of range 2-{MAX_ROOM_CAP}")
         self.room_cap = room_cap
+        self.mesh_cap = mesh_cap
         self.auto_create = auto_create
         self.live: dict[str, LiveSession] = {}  # by room
         self._where: dict[str, tuple[LiveSession, str]] = {}  # pid -> (session, participant)
         self.stats = {"relayed": 0, "refused": 0}
+        self.pool = MixerPool(
+            mixers,
+            on_lost=self._mixer_lost,
+            on_up=self._mixer_up,
+            on_event=self._mixer_event,
+            request_timeout=mixer_timeout,
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def attach(self, controller: Controller) -> None:
         super().attach(controller)
+        self.records = MediaRecords(controller.store)
         closed = self.controller.store.end_open_sessions(time.time())
         if closed:
             log.info("closed %d session(s) left open by an earlier run", closed)
+
+    async def run(self) -> None:
+        self.pool.start()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for live in list(self.live.values()):
+            await self._destroy_mixer_room(live)
+        await self.pool.close()
 
     # --- the part's hooks ---------------------------------------------------------------------
     def subscriptions(self) -> Mapping[str, int]:
@@ -146,45 +210,92 @@ class MeetingServer(ControllerPart):
         if device_id in self._where and (rec is None or not rec.online):
             log.info("%s went offline: removed from its session", device_id)
             await self._leave(device_id, tell_self=False)
+            return
+        where = self._where.get(device_id)
+        if where is not None and where[0].media is MediaPath.MIXED:
+            live, participant = where
+            entry = live.bridge.get(participant)
+            if entry is not None and entry.muted != self._muted(device_id):
+                self._spawn(self._configure(live, entry, self._muted(device_id)))
 
     # --- signalling ---------------------------------------------------------------------------
     async def _join(self, pid: str, join: MeetJoin) -> None:
         if pid in self._where:
             await self._leave(pid, tell_self=False)
-        cap = self._room_cap(join.room)
-        if cap is None:
+        settings = self._room_settings(join.room)
+        if settings is None:
             await self._refuse(pid, "unknown_room", f"room {join.room!r} does not exist")
             return
         live = self.live.get(join.room)
-        if live is not None and len(live.members) >= cap:
+        if live is not None and len(live.members) >= settings.cap:
             await self._refuse(
-                pid, "room_full", f"room {join.room!r} is at its cap of {cap} participants"
+                pid,
+                "room_full",
+                f"room {join.room!r} is at its cap of {settings.cap} participants",
             )
             return
+        count = len(live.members) + 1 if live else 1
+        mesh_cap = self._mesh_cap(live, join.caps)
+        mixed = settings.media is RoomMedia.MIXED or (
+            live is not None and live.media is MediaPath.MIXED
+        )
+        grows_past = not mixed and count > mesh_cap
+        if grows_past and settings.media is RoomMedia.MESH:
+            await self._refuse(
+                pid,
+                "room_full",
+                f"room {join.room!r} is a mesh room at its mesh cap of {mesh_cap} participants",
+            )
+            return
+        if mixed or grows_past:
+            try:
+                mixer = self._pick_mixer() if live is None or live.mixer is None else None
+            except MixerError as exc:
+                if grows_past:
+                    detail = f"the session would pass the mesh cap of {mesh_cap}; {exc}"
+                else:
+                    detail = str(exc)
+                await self._refuse(pid, exc.code, detail)
+                return
         now = time.time()
         if live is None:
-            live = LiveSession(id=f"s-{uuid.uuid4().hex[:8]}", room=join.room, started=now)
+            live = LiveSession(
+                id=f"s-{uuid.uuid4().hex[:8]}", room=join.room, started=now, settings=settings
+            )
             self.live[join.room] = live
             self.controller.store.start_session(live.id, live.room, now)
+            self.records.set_media(live.id, MediaPath.MESH, None)
             await self._event(EventKind.SESSION_START, live, pid)
         member = Member(live.new_participant_id(), pid, join.caps, now)
         others = list(live.members.values())
         live.members[member.participant] = member
         self._where[pid] = (live, member.participant)
         self.controller.store.add_participant(live.id, member.participant, pid, now)
-        await self._send(
-            pid,
-            MeetJoined(
-                type="joined",
-                room=live.room,
-                session=live.id,
-                participant=member.participant,
-                peers=[m.info() for m in others],
-            ),
-        )
+        log.info("%s joined %s as %s (%s)", pid, live.room, member.participant, live.id)
+        if grows_past:
+            assert mixer is not None
+            self._go_mixed(live, mixer, f"{count} members past the mesh cap of {mesh_cap}")
+        elif mixed and live.media is MediaPath.MESH:  # a new session of a mixed room
+            assert mixer is not None
+            live.media = MediaPath.MIXED
+            self._place(live, mixer)
+        if live.media is MediaPath.MIXED:
+            # Told once the mixer's room exists (or that it could not be made).
+            self._spawn(self._joined_mixed(live, member))
+            return
+        await self._send(pid, self._joined(live, member, [m.info() for m in others]))
         for other in others:
             await self._send(other.pid, MeetPeerJoined(type="peer_joined", peer=member.info()))
-        log.info("%s joined %s as %s (%s)", pid, live.room, member.participant, live.id)
+
+    def _joined(self, live: LiveSession, member: Member, peers: list[PeerInfo]) -> MeetJoined:
+        return MeetJoined(
+            type="joined",
+            room=live.room,
+            session=live.id,
+            participant=member.participant,
+            peers=peers,
+            media=live.media,
+        )
 
     async def _leave(self, pid: str, tell_self: bool) -> None:
         where = self._where.pop(pid, None)
@@ -198,11 +309,18 @@ class MeetingServer(ControllerPart):
         self.controller.store.remove_participant(live.id, participant, now)
         if tell_self:
             await self._send(pid, MeetLeft(type="left", session=live.id))
-        for other in live.members.values():
-            await self._send(other.pid, MeetPeerLeft(type="peer_left", participant=participant))
+        entry = live.bridge.pop(participant, None)
+        if entry is not None:
+            self._spawn(self._bridge_leave(live, entry))
+        if live.media is MediaPath.MESH:
+            for other in live.members.values():
+                await self._send(other.pid, MeetPeerLeft(type="peer_left", participant=participant))
         if not live.members:
             self.live.pop(live.room, None)
             self.controller.store.end_session(live.id, now)
+            self.records.forget_session(live.id)
+            if live.media is MediaPath.MIXED:
+                self._spawn(self._destroy_mixer_room(live))
             await self._event(EventKind.SESSION_END, live, pid)
         log.info("%s left %s (%s)", pid, live.room, live.id)
 
@@ -210,6 +328,9 @@ class MeetingServer(ControllerPart):
         return self._where.get(pid)
 
     async def _relay_sdp(self, pid: str, message: MeetOffer | MeetAnswer) -> None:
+        if message.to == MIXER:
+            await self._to_mixer(pid, message)
+            return
         target = await self._target(pid, message.to)
         if target is None:
             return
@@ -255,11 +376,255 @@ class MeetingServer(ControllerPart):
             return None
         return live, sender, member
 
+    # --- the mixed path -----------------------------------------------------------------------
+    def _mesh_cap(self, live: LiveSession | None, caps: Capabilities | None) -> int:
+        """Members a mesh session may hold: the server's mesh cap, or fewer when a member
+        (or the newcomer) holds fewer peer connections (`caps.max_peers`)."""
+        limits = [self.mesh_cap]
+        members = list(live.members.values()) if live else []
+        for c in [caps, *(m.caps for m in members)]:
+            if c is not None and c.max_peers is not None:
+                limits.append(c.max_peers + 1)
+        return min(limits)
+
+    def _pick_mixer(self, exclude: str | None = None) -> Mixer:
+        def load(mixer: Mixer) -> int:
+            return sum(len(s.members) for s in self.live.values() if s.mixer == mixer.name)
+
+        return self.pool.pick(load, exclude=exclude)
+
+    def _go_mixed(self, live: LiveSession, mixer: Mixer, why: str) -> None:
+        """Move the session to `mixer`: its room is made in a task; members already in the
+        session renegotiate (MeetMedia) once it exists."""
+        live.media = MediaPath.MIXED
+        detail = f"mesh -> mixed: {why}"
+        self._history(live, "media", None, detail)
+        self._spawn(self._event(EventKind.MEDIA, live, None, detail))
+        self._place(live, mixer)
+        newcomer = list(live.members)[-1]
+        self._spawn(self._tell_media(live, [m for p, m in live.members.items() if p != newcomer]))
+
+    def _place(self, live: LiveSession, mixer: Mixer) -> None:
+        live.mixer = mixer.name
+        live.bridge.clear()
+        live.ready = asyncio.ensure_future(self._make_room(live, mixer))
+        live.ready.add_done_callback(_consume)
+        self.records.set_media(live.id, live.media, mixer.name)
+
+    async def _make_room(self, live: LiveSession, mixer: Mixer) -> None:
+        if mixer.bridge is None:
+            raise MixerUnavailable(mixer.name, "not connected")
+        assert live.settings is not None
+        await mixer.bridge.create_room(live.id, live.settings.rate)
+        self._history(live, "mixer", None, f"on {mixer.name} at {live.settings.rate} Hz")
+
+    async def _joined_mixed(self, live: LiveSession, member: Member) -> None:
+        try:
+            await self._wait_ready(live)
+        except MixerError as exc:
+            if self._where.get(member.pid) == (live, member.participant):
+                await self._leave(member.pid, tell_self=False)
+                await self._refuse(member.pid, exc.code, str(exc))
+            return
+        if self._where.get(member.pid) == (live, member.participant):
+            await self._send(member.pid, self._joined(live, member, [self._mixer_info(live)]))
+
+    async def _tell_media(self, live: LiveSession, members: list[Member]) -> None:
+        """After the room exists: every member in `members` drops its peers and offers to
+        the mixer (a mixer that could not be reached is reported to each as an error)."""
+        try:
+            await self._wait_ready(live)
+        except MixerError as exc:
+            for member in members:
+                await self._mixer_error(member.pid, exc)
+            return
+        media = MeetMedia(type="media", media=live.media, peers=[self._mixer_info(live)])
+        for member in members:
+            if live.members.get(member.participant) is member:
+                await self._send(member.pid, media)
+
+    async def _wait_ready(self, live: LiveSession) -> None:
+        while True:
+            ready = live.ready
+            if ready is None:
+                raise MixerUnavailable("none", "the session has no mixer now")
+            await asyncio.shield(ready)
+            if live.ready is ready:  # not moved to another mixer meanwhile
+                return
+
+    def _mixer_info(self, live: LiveSession) -> PeerInfo:
+        return PeerInfo(participant=MIXER, pid=live.mixer or "mixer", caps=MIXER_CAPS)
+
+    async def _to_mixer(self, pid: str, message: MeetOffer | MeetAnswer) -> None:
+        where = self._sender(pid)
+        if where is None:
+            await self._refuse(pid, "not_in_session", "send join first")
+            return
+        live, participant = where
+        if live.media is not MediaPath.MIXED:
+            await self._refuse(pid, "unknown_participant", f"session {live.id} has no mixer")
+            return
+        if isinstance(message, MeetAnswer):
+            await self._refuse(pid, "bad_request", "the mixer takes offers, it never offers")
+            return
+        # Imported here: aiortc loads only once a session is mixed.
+        from fleet.media import sdp as sdp_check
+        from fleet.media.errors import MediaError
+
+        try:
+            offered = sdp_check.codec_names(
+                sdp_check.parse_remote(participant, message.sdp, "offer")
+            )
+        except MediaError as exc:
+            await self._refuse(pid, "bad_request", str(exc))
+            return
+        codec = next((c for c in ("opus", "pcmu", "pcma") if c in offered), None)
+        if codec is None:
+            await self._refuse(
+                pid, "bad_request", f"the mixer mixes opus, pcmu, pcma; offered {offered}"
+            )
+            return
+        self.stats["relayed"] += 1
+        self._spawn(self._bridge_join(live, participant, message.sdp, codec))
+
+    async def _bridge_join(self, live: LiveSession, participant: str, sdp: str, codec: str) -> None:
+        member = live.members.get(participant)
+        if member is None:
+            return
+        try:
+            await self._wait_ready(live)
+            mixer = self.pool.get(live.mixer or "")
+            if mixer is None or mixer.bridge is None:
+                raise MixerUnavailable(live.mixer or "none", "not connected")
+            ready = live.ready
+            old = live.bridge.pop(participant, None)
+            if old is not None:
+                await mixer.bridge.leave(old)
+            muted = self._muted(member.pid)
+            entry, answer = await mixer.bridge.join(
+                live.id, participant, member.pid, sdp, codec, muted
+            )
+        except MixerError as exc:
+            await self._mixer_error(member.pid, exc)
+            return
+        if live.members.get(participant) is not member or live.ready is not ready:
+            await mixer.bridge.leave(entry)  # it left, or the session moved, meanwhile
+            return
+        live.bridge[participant] = entry
+        self._history(
+            live,
+            "mixer_join",
+            participant,
+            f"{member.pid} via {codec}" + (", muted" if muted else ""),
+        )
+        await self._send(member.pid, MeetRelayedAnswer(type="answer", from_=MIXER, sdp=answer))
+
+    async def _bridge_leave(self, live: LiveSession, entry: BridgeMember) -> None:
+        mixer = self.pool.get(live.mixer or "")
+        if mixer is not None and mixer.bridge is not None:
+            await mixer.bridge.leave(entry)
+        self._history(live, "mixer_leave", entry.id, None)
+
+    async def _configure(self, live: LiveSession, entry: BridgeMember, muted: bool) -> None:
+        mixer = self.pool.get(live.mixer or "")
+        if mixer is None or mixer.bridge is None:
+            return
+        try:
+            await mixer.bridge.configure(entry, muted)
+        except MixerError as exc:
+            log.warning("cannot %s %s: %s", "mute" if muted else "unmute", entry.id, exc)
+            return
+        self._history(live, "muted" if muted else "unmuted", entry.id, None)
+
+    def _muted(self, pid: str) -> bool:
+        """A member is muted in the mix when its device reports `mic: false` (agents, with
+        no device state, never are)."""
+        rec = self.controller.registry.devices.get(pid)
+        return bool(rec and rec.state and rec.state.mic is False)
+
+    async def _destroy_mixer_room(self, live: LiveSession) -> None:
+        mixer = self.pool.get(live.mixer or "")
+        if mixer is None or mixer.bridge is None or live.ready is None:
+            return
+        try:
+            await mixer.bridge.destroy_room(live.id)
+        except MixerError as exc:
+            log.info("room %s on %s not destroyed: %s", live.id, mixer.name, exc)
+
+    async def _mixer_error(self, pid: str, exc: MixerError) -> None:
+        log.warning("mixer error for %s: %s", pid, exc)
+        await self._send(
+            pid, MeetError(type="error", code=exc.code, detail=str(exc)[:256], from_=MIXER)
+        )
+
+    def _mixer_lost(self, mixer: Mixer) -> None:
+        for live in list(self.live.values()):
+            if live.mixer == mixer.name:
+                self._move(live, f"{mixer.name} lost")
+
+    def _mixer_up(self, mixer: Mixer) -> None:
+        for live in list(self.live.values()):
+            if live.media is MediaPath.MIXED and live.mixer is None:
+                self._move(live, f"{mixer.name} is up")
+
+    def _move(self, live: LiveSession, why: str) -> None:
+        """The session's mixer is gone: on to another one, every member renegotiating."""
+        old = live.mixer
+        try:
+            mixer = self._pick_mixer(exclude=old)
+        except MixerError as exc:
+            live.mixer, live.ready = None, None
+            live.bridge.clear()
+            self.records.set_media(live.id, MediaPath.MIXED, None)
+            detail = f"{why}; no mixer to move to: {exc.reason}"
+            self._history(live, "mixer", None, detail)
+            self._spawn(self._event(EventKind.MEDIA, live, None, detail))
+            for member in live.members.values():
+                self._spawn(self._mixer_error(member.pid, exc))
+            return
+        self._place(live, mixer)
+        detail = f"{why}; moved to {mixer.name}"
+        self._history(live, "mixer", None, detail)
+        self._spawn(self._event(EventKind.MEDIA, live, None, detail))
+        self._spawn(self._tell_media(live, list(live.members.values())))
+
+    def _mixer_event(self, mixer: str, room: str, member: str, event: dict[str, Any]) -> None:
+        live = next((s for s in self.live.values() if s.id == room and s.mixer == mixer), None)
+        if live is None:
+            return
+        kind = str(event.get("event"))
+        detail = ", ".join(f"{k}={v}" for k, v in event.items() if k != "event") or None
+        self._history(live, kind, member, detail)
+        if kind == "talking":
+            pid = live.members[member].pid if member in live.members else None
+            self._spawn(self._event(EventKind.TALKING, live, pid, member))
+
+    def _history(
+        self, live: LiveSession, kind: str, participant: str | None, detail: str | None
+    ) -> None:
+        self.records.add_event(live.id, kind[:32], participant, detail[:256] if detail else None)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(self._guarded(coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _guarded(coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("meeting server task failed")
+
     # --- the API ------------------------------------------------------------------------------
     async def _api_room_create(self, request: ApiRequest) -> ApiResult:
         assert request.room is not None
         cap = request.cap or self.room_cap
         self.controller.store.save_room(request.room, cap)
+        media, rate = self.records.room(request.room)
+        self.records.save_room(request.room, request.media or media, request.rate or rate)
         return ApiResult(
             op=ApiOp.ROOM_CREATE.value,
             ok=True,
@@ -270,11 +635,12 @@ class MeetingServer(ControllerPart):
     async def _api_room_rm(self, request: ApiRequest) -> ApiResult:
         assert request.room is not None
         op = ApiOp.ROOM_RM.value
-        if self._room_cap(request.room, create=False) is None:
+        if self._room_settings(request.room, create=False) is None:
             return _refused(op, "unknown_room", f"room {request.room!r} does not exist")
         if request.room in self.live:
             return _refused(op, "room_busy", f"room {request.room!r} has a live session")
         self.controller.store.delete_room(request.room)
+        self.records.delete_room(request.room)
         return ApiResult(op=op, ok=True, room=request.room)
 
     async def _api_rooms(self, request: ApiRequest) -> ApiResult:
@@ -287,8 +653,9 @@ class MeetingServer(ControllerPart):
 
     async def _api_sessions(self, request: ApiRequest) -> ApiResult:
         assert request.room is not None
-        sessions = self.controller.store.sessions(request.room, request.limit)
-        if not sessions and self._room_cap(request.room, create=False) is None:
+        stored = self.controller.store.sessions(request.room, request.limit)
+        sessions = _fit([self.records.complete(s, events=n == 0) for n, s in enumerate(stored)])
+        if not sessions and self._room_settings(request.room, create=False) is None:
             return _refused(
                 ApiOp.SESSIONS.value, "unknown_room", f"room {request.room!r} does not exist"
             )
@@ -308,18 +675,21 @@ class MeetingServer(ControllerPart):
         )
 
     # --- helpers ------------------------------------------------------------------------------
-    def _room_cap(self, room: str, create: bool = True) -> int | None:
+    def _room_settings(self, room: str, create: bool = True) -> RoomSettings | None:
         for name, cap, _ in self.controller.store.rooms():
             if name == room:
-                return cap
+                media, rate = self.records.room(room)
+                return RoomSettings(cap, media, rate)
         if not (create and self.auto_create):
             return None
         self.controller.store.save_room(room, self.room_cap)
-        return self.room_cap
+        media, rate = self.records.room(room)
+        return RoomSettings(self.room_cap, media, rate)
 
     def _room_info(self, room: str) -> RoomInfo:
         stored = {name: (cap, created) for name, cap, created in self.controller.store.rooms()}
         cap, created = stored.get(room, (self.room_cap, time.time()))
+        media, rate = self.records.room(room)
         live = self.live.get(room)
         return RoomInfo(
             room=room,
@@ -327,6 +697,9 @@ class MeetingServer(ControllerPart):
             cap=cap,
             session=live.id if live else None,
             members=len(live.members) if live else 0,
+            media=media,
+            rate=rate,  # type: ignore[arg-type]
+            session_media=live.media if live else None,
         )
 
     async def _send(self, pid: str, message: Message) -> None:
@@ -337,11 +710,46 @@ class MeetingServer(ControllerPart):
         log.info("meeting request from %s refused: %s: %s", pid, code, detail)
         await self._send(pid, MeetError(type="error", code=code, detail=detail[:256]))
 
-    async def _event(self, kind: EventKind, live: LiveSession, pid: str) -> None:
+    async def _event(
+        self, kind: EventKind, live: LiveSession, pid: str | None, detail: str | None = None
+    ) -> None:
         await self.controller.emit(
-            FleetEvent(ts=time.time(), kind=kind, room=live.room, session=live.id, device=pid)
+            FleetEvent(
+                ts=time.time(),
+                kind=kind,
+                room=live.room,
+                session=live.id,
+                device=pid,
+                detail=detail[:256] if detail else None,
+            )
         )
 
 
 def _refused(op: str, code: str, detail: str) -> ApiResult:
     return ApiResult(op=op, ok=False, code=code, detail=detail)
+
+
+def _fit(sessions: list[SessionInfo], budget: int = MAX_LISTED_BYTES) -> list[SessionInfo]:
+    """The newest sessions that fit `budget` encoded bytes: a 256-member room's history
+    would pass the payload limit. Within a session, events and then the latest joiners
+    go first; what is left out is counted in `omitted`."""
+    out: list[SessionInfo] = []
+    for info in sessions:
+        room = budget - sum(len(encode(s)) for s in out)
+        while len(encode(info)) > room and (info.events or info.participants):
+            if info.events:  # the newest half stays
+                field, kept = "events", info.events[len(info.events) // 2 + 1 :]
+            else:  # the first half to join stays
+                field, kept = "participants", info.participants[: len(info.participants) // 2]
+            dropped = len(getattr(info, field)) - len(kept)
+            info = info.model_copy(update={field: kept, "omitted": info.omitted + dropped})
+        if len(encode(info)) > room:
+            break
+        out.append(info)
+    return out
+
+
+def _consume(future: asyncio.Future[None]) -> None:
+    """A room that could not be made is reported to whoever waits; nobody may be waiting."""
+    if not future.cancelled():
+        future.exception()

@@ -50,6 +50,8 @@ def tone_for(index: int) -> float:
 class AudioProfile:
     media: MediaConfig = field(default_factory=MediaConfig)
     tone_hz: float | None = TONE_BASE_HZ  # what the microphone "hears"; None: silence
+    # Of full scale. A mixer sums the members' tones: keep (members - 1) x this below 1.
+    tone_amplitude: float = 0.3
     wav: Path | None = None  # played instead of the tone
     record_dir: Path | None = None  # one WAV per peer heard
     keep_s: float = 5.0  # seconds of each peer's audio kept for analysis
@@ -160,7 +162,11 @@ class AudioMeetingDriver(MeetingDriver):
         if self.profile.wav is not None:
             track: MediaStreamTrack = WavSource(self.profile.wav)
         elif self.profile.tone_hz is not None:
-            track = ToneSource(self.profile.tone_hz, marker_every_s=self.profile.marker_every_s)
+            track = ToneSource(
+                self.profile.tone_hz,
+                self.profile.tone_amplitude,
+                marker_every_s=self.profile.marker_every_s,
+            )
         else:
             return  # silence: send nothing at all
         self._shared = SharedSource(track)

@@ -38,6 +38,11 @@ ShortText = Annotated[str, StringConstraints(max_length=256)]
 MAX_REV = 2**53 - 1
 Rev = Annotated[int, Field(ge=0, le=MAX_REV)]
 Count = Annotated[int, Field(ge=0)]
+# Members of one session: a mixed room holds this many, a mesh far fewer (its mesh cap).
+MAX_ROOM_CAP = 256
+RoomCap = Annotated[int, Field(ge=2, le=MAX_ROOM_CAP)]
+# The reserved participant id of a mixed session's mixer (members are p-N).
+MIXER_PARTICIPANT = "mixer"
 
 
 class Message(BaseModel):
@@ -56,6 +61,9 @@ class Capabilities(Message):
     codecs: list[Annotated[str, StringConstraints(max_length=16)]] = Field(
         default_factory=list, max_length=8
     )
+    # How many peer connections the participant holds at once (an ESP32-S3: 2-3). A mesh
+    # session never grows past any member's limit: an `auto` one moves to the mixer.
+    max_peers: Annotated[int, Field(ge=1, le=MAX_ROOM_CAP)] | None = None
 
 
 class Status(Message):
@@ -242,6 +250,25 @@ class Telemetry(Message):
 
 # --- meeting signalling (meet/{pid}/up and meet/{pid}/down) -----------------------------------
 
+
+class MediaPath(StrEnum):
+    """How a live session's audio travels."""
+
+    MESH = "mesh"  # every member holds a peer connection to every other member
+    MIXED = "mixed"  # every member holds one connection, to the mixer (mix-minus)
+
+
+class RoomMedia(StrEnum):
+    """A room's media mode: its sessions' path, or `auto` (mesh up to the mesh cap)."""
+
+    MESH = "mesh"
+    MIXED = "mixed"
+    AUTO = "auto"
+
+
+MixRate = Literal[16000, 48000]
+DEFAULT_MIX_RATE = 16000
+
 Sdp = Annotated[str, StringConstraints(min_length=1, max_length=32 * 1024)]
 MessageText = Annotated[str, StringConstraints(max_length=4096)]
 MessageData = Annotated[str, StringConstraints(max_length=8192)]
@@ -301,6 +328,17 @@ class MeetJoined(Message):
     session: ShortText
     participant: ShortText
     peers: list[PeerInfo] = Field(default_factory=list, max_length=64)
+    # mixed: `peers` is exactly the mixer (participant "mixer")
+    media: MediaPath = MediaPath.MESH
+
+
+class MeetMedia(Message):
+    """The session's media path changed: drop every peer, stay in the session, offer to
+    each of `peers` as after `joined`."""
+
+    type: Literal["media"]
+    media: MediaPath
+    peers: list[PeerInfo] = Field(default_factory=list, max_length=64)
 
 
 class MeetPeerJoined(Message):
@@ -334,6 +372,7 @@ class MeetError(Message):
     type: Literal["error"]
     code: ShortText
     detail: ShortText = ""
+    from_: ShortText | None = Field(default=None, alias="from")  # absent: the server itself
 
 
 class MeetDelivered(Message):
@@ -345,6 +384,7 @@ class MeetDelivered(Message):
 
 MeetDown = Annotated[
     MeetJoined
+    | MeetMedia
     | MeetPeerJoined
     | MeetPeerLeft
     | MeetRelayedOffer
@@ -389,7 +429,10 @@ class ApiRequest(Message):
     args: dict[str, Any] = Field(default_factory=dict)
     ttl_ms: Annotated[int, Field(gt=0)] = 30_000
     # room-create: the room's member cap (absent: the server's default)
-    cap: Annotated[int, Field(ge=2, le=64)] | None = None
+    cap: RoomCap | None = None
+    # room-create: the room's media mode and mix rate (absent: auto, 16000)
+    media: RoomMedia | None = None
+    rate: MixRate | None = None
     # say: the text delivered to every member of the room's live session
     text: MessageText | None = None
     # sessions: how many of the newest sessions to list
@@ -449,9 +492,12 @@ MAX_LISTED_BYTES = 32 * 1024
 class RoomInfo(Message):
     room: RoomName
     created: float
-    cap: Annotated[int, Field(ge=2, le=64)]
+    cap: RoomCap
     session: ShortText | None = None  # the live session, if any
     members: Count = 0
+    media: RoomMedia = RoomMedia.AUTO
+    rate: MixRate = DEFAULT_MIX_RATE
+    session_media: MediaPath | None = None  # the live session's path now
 
 
 class ParticipantRecord(Message):
@@ -462,6 +508,19 @@ class ParticipantRecord(Message):
     duration_s: float
 
 
+class SessionEvent(Message):
+    """What happened to a session's media: a path change, the mixer's joins, leaves,
+    talking, a member's mute, a mixer failover."""
+
+    ts: float
+    kind: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    participant: ShortText | None = None
+    detail: ShortText | None = None
+
+
+MAX_SESSION_EVENTS = 100
+
+
 class SessionInfo(Message):
     session: ShortText
     room: RoomName
@@ -469,6 +528,11 @@ class SessionInfo(Message):
     ended: float | None = None  # null while live
     duration_s: float
     participants: list[ParticipantRecord] = Field(default_factory=list, max_length=256)
+    media: MediaPath = MediaPath.MESH  # the path now (live) or at the end
+    mixer: ShortText | None = None  # the mixer of a mixed session
+    # the newest MAX_SESSION_EVENTS, oldest first
+    events: list[SessionEvent] = Field(default_factory=list, max_length=MAX_SESSION_EVENTS)
+    omitted: Count = 0  # participants and events left out to keep a result small
 
 
 class ApiResult(Message):
@@ -508,6 +572,9 @@ class EventKind(StrEnum):
     OFFLINE = "offline"
     SESSION_START = "session_start"
     SESSION_END = "session_end"
+    MEDIA = "media"  # a session's media path changed or its mixer failed over (`detail`)
+    MIXER = "mixer"  # a mixer went down or came back (`detail` names it)
+    TALKING = "talking"  # the mixer heard a member start talking (`detail`: its participant)
     ERROR = "error"  # a refused API request or another fault worth an annotation
 
 
