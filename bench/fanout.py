@@ -14,9 +14,15 @@ targeted device reported the new rev (what `fleet join-all` waits for).
 
     python bench/fanout.py --broker embedded --devices 1000
     python bench/fanout.py --broker mosquitto --devices 10000 --sim-procs 2
+    python bench/fanout.py --broker embedded --devices 1000 --under-attack
 
 Targets (issue 2): 1,000 devices on the embedded broker under 3 s; 10,000 on
 Mosquitto under 5 s. Prints figures; asserts nothing about time.
+
+`--under-attack` (issue 11) runs the same rounds again while an attacker process, a
+Home Assistant user, holds 10,000 wildcard subscriptions and floods wrong-password
+logins from another address (127.0.0.2), and prints both medians and their ratio
+(target: within 1.5x of quiet).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import statistics
 import sys
 import tempfile
@@ -150,6 +157,177 @@ async def wait_port(port: int, procs: Procs, timeout: float = 30) -> None:
     raise SystemExit(f"nothing listens on {port}")
 
 
+SELF = Path(__file__).resolve()
+ATTACK_SUBSCRIPTIONS = 10_000
+ATTACK_FILTERS_PER_CONNECTION = 250  # under the embedded broker's bound per client
+ATTACK_LOGIN_WORKERS = 8
+ATTACK_SOURCE = "127.0.0.2"  # an attacker is not on the devices' address
+
+
+def _mqtt_connect(client_id: str, username: str, password: str) -> bytes:
+    def field(v: str) -> bytes:
+        return len(v.encode()).to_bytes(2, "big") + v.encode()
+
+    body = field("MQTT") + bytes([4, 0xC2]) + (30).to_bytes(2, "big")
+    body += field(client_id) + field(username) + field(password)
+    return bytes([0x10, len(body)]) + body  # short enough for a one-byte length
+
+
+async def _failed_login(port: int, packet: bytes) -> None:
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setblocking(False)
+    try:
+        sock.bind((ATTACK_SOURCE, 0))
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        await loop.sock_sendall(sock, packet)
+        async with asyncio.timeout(5):
+            await loop.sock_recv(sock, 4)  # CONNACK 5, or nothing when the broker hangs up
+    except (OSError, TimeoutError):
+        pass
+    finally:
+        sock.close()
+
+
+def report(path: str, text: str) -> None:
+    """The attacker's status file: "<subscriptions held> <failed logins per s>" (tiny)."""
+    Path(path).write_text(text)
+
+
+async def attack(args: argparse.Namespace) -> None:
+    """The attacker process: subscriptions held by one allowed user, plus a login flood."""
+    import aiomqtt
+
+    base = BrokerUrl.parse(f"mqtt://127.0.0.1:{args.port}")
+    topics = Topics(args.prefix)
+    stack = contextlib.AsyncExitStack()
+    held = 0
+    for n in range(-(-ATTACK_SUBSCRIPTIONS // ATTACK_FILTERS_PER_CONNECTION)):
+        client = aiomqtt.Client(
+            base.host,
+            base.port,
+            username=args.attack_user,
+            password=args.attack_secret,
+            identifier=f"{args.attack_user}-flood-{n}",
+            protocol=aiomqtt.ProtocolVersion.V311,
+        )
+        await stack.enter_async_context(client)
+        filters = [
+            (f"{topics.prefix}/ha/+/x{held + i}/#", 1)
+            for i in range(min(ATTACK_FILTERS_PER_CONNECTION, ATTACK_SUBSCRIPTIONS - held))
+        ]
+        codes = await client.subscribe(filters)
+        held += sum(1 for c in codes if int(getattr(c, "value", c)) < 0x80)
+    packet = _mqtt_connect("ha", args.attack_user, "wrong-password")
+    tries = 0
+    started = time.monotonic()
+
+    # Each worker paces itself to its share of the rate (0: as fast as it can).
+    pause = ATTACK_LOGIN_WORKERS / args.attack_login_rate if args.attack_login_rate else 0.0
+
+    async def flood() -> None:
+        nonlocal tries
+        while True:
+            t0 = time.monotonic()
+            await _failed_login(args.port, packet)
+            tries += 1
+            await asyncio.sleep(max(0.0, pause - (time.monotonic() - t0)))
+
+    report(args.ready_file, f"{held}\n")
+    workers = [asyncio.create_task(flood()) for _ in range(ATTACK_LOGIN_WORKERS)]
+    try:
+        while True:
+            await asyncio.sleep(1)
+            rate = tries / (time.monotonic() - started)
+            report(args.ready_file, f"{held} {rate:.0f}\n")
+    finally:
+        for w in workers:
+            w.cancel()
+        await stack.aclose()
+
+
+async def run_rounds(
+    args: argparse.Namespace, procs: Procs, fleet: FleetClient, tag: str
+) -> tuple[list[float], list[dict[str, float]]]:
+    times: list[float] = []
+    cpu_per_join: list[dict[str, float]] = []
+    for i in range(args.rounds):
+        for op, request in (
+            (ApiOp.JOIN_ALL, ApiRequest(room=f"{tag}-{i}", timeout_s=60)),
+            (ApiOp.LEAVE_ALL, ApiRequest(timeout_s=60)),
+        ):
+            rest = await settle(procs)
+            cpu0 = procs.cpu()
+            t0 = time.perf_counter()
+            seen: dict[str, float] = {}
+
+            def progress(converged: int, online: int, seen=seen, t0=t0) -> None:
+                # When the devices' new rev reached the operator, straight from the
+                # broker: separates the devices' speed from the controller's verdict.
+                for mark in (0.5, 0.9, 1.0):
+                    key = f"p{int(mark * 100)}"
+                    if key not in seen and converged >= mark * args.devices:
+                        seen[key] = time.perf_counter() - t0
+
+            result = await fleet.request(op, request, progress)
+            elapsed = time.perf_counter() - t0
+            if not result.ok:
+                raise SystemExit(f"{op.value} did not converge: {result.detail}")
+            # Net of what the parts burn at rest (telemetry, keep-alives) over the
+            # same time: what the operation itself cost, however long it took.
+            cpu = {
+                k: v - cpu0.get(k, 0.0) - rest.get(k, 0.0) * elapsed for k, v in procs.cpu().items()
+            }
+            if op is ApiOp.JOIN_ALL:
+                times.append(elapsed)
+                cpu_per_join.append(cpu)
+            marks = " ".join(f"{k}={v:.2f}s" for k, v in seen.items())
+            used = " ".join(f"{k}={v:.2f}" for k, v in sorted(cpu.items()))
+            print(
+                f"  {op.value:<9} rev {result.rev}: {result.detail} in {elapsed:.3f}s"
+                f" (states on the wire: {marks}; cpu_s net of rest: {used})"
+            )
+    return times, cpu_per_join
+
+
+async def start_attack(
+    args: argparse.Namespace, procs: Procs, workdir: Path, port: int, secret: str
+) -> None:
+    """Start the attacker in `procs` (not the platform's: its CPU is not the platform's)."""
+    ready = workdir / "attack.ready"
+    await procs.start(
+        "attacker",
+        sys.executable,
+        str(SELF),
+        "--attack-worker",
+        "--port",
+        str(port),
+        "--prefix",
+        "fleet/v1",
+        "--attack-user",
+        "ha",
+        "--attack-secret",
+        secret,
+        "--ready-file",
+        str(ready),
+        "--attack-login-rate",
+        str(args.attack_login_rate),
+    )
+    while not ready.exists():
+        procs.check()
+        await asyncio.sleep(0.1)
+    held = int(ready.read_text().split()[0])
+    print(
+        f"attacker holds {held} subscriptions and floods failed logins from {ATTACK_SOURCE}"
+        f" (aiming at {args.attack_login_rate or 'as many as it can'}/s)"
+    )
+
+
+def attack_rate(workdir: Path) -> str:
+    parts = (workdir / "attack.ready").read_text().split()
+    return parts[1] if len(parts) > 1 else "?"
+
+
 async def run(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="fanout-"))
     home = workdir / "home"
@@ -161,6 +339,9 @@ async def run(args: argparse.Namespace) -> None:
     secrets = store.add_devices(ids)
     (workdir / "secrets.json").write_text(json.dumps(secrets))
     procs = Procs(workdir)
+    attackers = Procs(workdir)
+    # The attacker of --under-attack: an allowed user with no rights that matter.
+    attack_secret = store.add("ha", Role.HOMEASSISTANT)
     env = {"FLEET_HOME": str(home)}
     extra = ["--no-ha"] if args.no_ha else []  # the controller's Home Assistant part, on by default
     try:
@@ -243,45 +424,11 @@ async def run(args: argparse.Namespace) -> None:
                     args.tele_interval, " ".join(f"{k}={v:.2f}" for k, v in sorted(rest.items()))
                 )
             )
-            times: list[float] = []
-            cpu_per_join: list[dict[str, float]] = []
-            for i in range(args.rounds):
-                for op, request in (
-                    (ApiOp.JOIN_ALL, ApiRequest(room=f"room-{i}", timeout_s=60)),
-                    (ApiOp.LEAVE_ALL, ApiRequest(timeout_s=60)),
-                ):
-                    rest = await settle(procs)
-                    cpu0 = procs.cpu()
-                    t0 = time.perf_counter()
-                    seen: dict[str, float] = {}
-
-                    def progress(converged: int, online: int, seen=seen, t0=t0) -> None:
-                        # When the devices' new rev reached the operator, straight from the
-                        # broker: separates the devices' speed from the controller's verdict.
-                        for mark in (0.5, 0.9, 1.0):
-                            key = f"p{int(mark * 100)}"
-                            if key not in seen and converged >= mark * args.devices:
-                                seen[key] = time.perf_counter() - t0
-
-                    result = await fleet.request(op, request, progress)
-                    elapsed = time.perf_counter() - t0
-                    if not result.ok:
-                        raise SystemExit(f"{op.value} did not converge: {result.detail}")
-                    # Net of what the parts burn at rest (telemetry, keep-alives) over the
-                    # same time: what the operation itself cost, however long it took.
-                    cpu = {
-                        k: v - cpu0.get(k, 0.0) - rest.get(k, 0.0) * elapsed
-                        for k, v in procs.cpu().items()
-                    }
-                    if op is ApiOp.JOIN_ALL:
-                        times.append(elapsed)
-                        cpu_per_join.append(cpu)
-                    marks = " ".join(f"{k}={v:.2f}s" for k, v in seen.items())
-                    used = " ".join(f"{k}={v:.2f}" for k, v in sorted(cpu.items()))
-                    print(
-                        f"  {op.value:<9} rev {result.rev}: {result.detail} in {elapsed:.3f}s"
-                        f" (states on the wire: {marks}; cpu_s net of rest: {used})"
-                    )
+            times, cpu_per_join = await run_rounds(args, procs, fleet, "room")
+            if args.under_attack:
+                await start_attack(args, attackers, workdir, port, attack_secret)
+                attacked, _ = await run_rounds(args, procs, fleet, "attacked")
+                rate = attack_rate(workdir)
         target = 3.0 if args.broker == "embedded" else 5.0
         median = statistics.median(times)
         print(
@@ -290,6 +437,14 @@ async def run(args: argparse.Namespace) -> None:
             f"target_s={target} ratio_to_target={median / target:.2f} "
             f"peak_rss_mib({label})={peak_rss_mib(controller_pid):.0f}"
         )
+        if args.under_attack:
+            attacked_median = statistics.median(attacked)
+            print(
+                f"ATTACK broker={args.broker} devices={args.devices} "
+                f"quiet_median_s={median:.3f} attacked_median_s={attacked_median:.3f} "
+                f"ratio={attacked_median / median:.2f} target_ratio=1.5 "
+                f"subscriptions_held={ATTACK_SUBSCRIPTIONS} failed_logins_per_s={rate}"
+            )
         cpu_median = {
             k: statistics.median(c.get(k, 0.0) for c in cpu_per_join) for k in cpu_per_join[0]
         }
@@ -302,6 +457,7 @@ async def run(args: argparse.Namespace) -> None:
             )
         )
     finally:
+        await attackers.stop()
         await procs.stop()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -324,9 +480,27 @@ def main() -> None:
     parser.add_argument(
         "--no-ha", action="store_true", help="controller without its Home Assistant part"
     )
+    parser.add_argument(
+        "--under-attack",
+        action="store_true",
+        help="repeat the rounds while an attacker holds 10,000 subscriptions and floods logins",
+    )
+    parser.add_argument(
+        "--attack-login-rate",
+        type=float,
+        default=500.0,
+        help="failed logins a second the attacker aims at (0: unthrottled; issue 11 saw 133)",
+    )
+    parser.add_argument("--attack-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", default="fleet/v1", help=argparse.SUPPRESS)
+    parser.add_argument("--attack-user", help=argparse.SUPPRESS)
+    parser.add_argument("--attack-secret", help=argparse.SUPPRESS)
+    parser.add_argument("--ready-file", help=argparse.SUPPRESS)
     parser.add_argument("--keep", action="store_true", help="keep logs and work dir")
     parser.add_argument("--verbose", action="store_true", help="verbose logs from the parts")
-    asyncio.run(run(parser.parse_args()))
+    args = parser.parse_args()
+    asyncio.run(attack(args) if args.attack_worker else run(args))
 
 
 if __name__ == "__main__":

@@ -27,11 +27,18 @@
 6. Every packet goes out in a socket send of its own (amqtt writes and drains
    per packet): at a few thousand messages a second the broker spends a large
    part of its time in syscalls. Here what a connection writes in one event
-   loop iteration leaves in one send (`_CorkedWriter`).
+   loop iteration leaves in one send (`CorkedWriter`).
 7. A client's publishes wait in its session's queue, and the client loop takes
    them one at a time, through a task and an `asyncio.wait` each. Here what is
    queued is delivered in one go; and before a disconnect is handled, so what a
    client sent before its DISCONNECT goes out first (MQTT 3.1.1 4.6).
+8. A message goes out at the subscription's QoS even when it was published at a
+   lower one (amqtt never passes the publish QoS to the broadcast). Here it goes
+   out at the lower of the two (MQTT 3.1.1 3.8.4).
+9. Wildcard filters are scanned one by one for every message, so one client
+   holding thousands of them slows every delivery to everyone. Here they sit in a
+   trie of topic levels: a message visits only the branches its own levels name,
+   whatever the number of filters.
 
 The broadcast below keeps amqtt's semantics otherwise: RECEIVE topic
 filtering per target, queueing for disconnected persistent sessions, QoS of
@@ -41,6 +48,7 @@ the subscription unless forced.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections import deque
 from collections.abc import Iterator
@@ -55,6 +63,76 @@ from amqtt.session import OutgoingApplicationMessage, Session
 Subscribers = list[tuple[Session, int]]
 log = logging.getLogger(__name__)
 HANDLER_STOP_TIMEOUT_S = 2.0
+# Session.attributes key: an Event set when the session's client loop has ended.
+LOOP_DONE_KEY = "espfleet.loop_done"
+# The QoS of the PUBLISH being handled in this task (each client loop is a task).
+_publish_qos: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "publish_qos", default=None
+)
+
+
+class _Level:
+    """One level of the wildcard trie: children by level text, the filter ending here."""
+
+    __slots__ = ("children", "filter")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Level] = {}
+        self.filter: str | None = None
+
+
+class FilterTrie:
+    """Wildcard filters by level; `match` costs O(levels x matching branches)."""
+
+    def __init__(self) -> None:
+        self._root = _Level()
+
+    def add(self, topic_filter: str) -> None:
+        node = self._root
+        for level in topic_filter.split("/"):
+            node = node.children.setdefault(level, _Level())
+        node.filter = topic_filter
+
+    def discard(self, topic_filter: str) -> None:
+        path = [self._root]
+        for level in topic_filter.split("/"):
+            child = path[-1].children.get(level)
+            if child is None:
+                return
+            path.append(child)
+        path[-1].filter = None
+        levels = topic_filter.split("/")
+        # Prune the branch back to the last level still in use.
+        for depth in range(len(levels), 0, -1):
+            node = path[depth]
+            if node.filter is not None or node.children:
+                break
+            del path[depth - 1].children[levels[depth - 1]]
+
+    def clear(self) -> None:
+        self._root = _Level()
+
+    def match(self, topic: str) -> list[str]:
+        levels = topic.split("/")
+        n = len(levels)
+        found: list[str] = []
+        stack = [(self._root, 0)]
+        while stack:
+            node, i = stack.pop()
+            rest = node.children.get("#")  # '#' also matches the parent level itself
+            if rest is not None and rest.filter is not None:
+                found.append(rest.filter)
+            if i == n:
+                if node.filter is not None:
+                    found.append(node.filter)
+                continue
+            child = node.children.get(levels[i])
+            if child is not None:
+                stack.append((child, i + 1))
+            plus = node.children.get("+")
+            if plus is not None:
+                stack.append((plus, i + 1))
+        return found
 
 
 class SubscriptionTable(dict[str, Subscribers]):
@@ -62,7 +140,7 @@ class SubscriptionTable(dict[str, Subscribers]):
 
     def __init__(self) -> None:
         super().__init__()
-        self.wildcards: set[str] = set()
+        self.wildcards = FilterTrie()
         self.by_client: dict[str, set[str]] = {}
 
     def __setitem__(self, key: str, value: Subscribers) -> None:
@@ -86,13 +164,13 @@ class SubscriptionTable(dict[str, Subscribers]):
         exact = self.get(topic)
         if exact:
             yield topic, exact
-        for topic_filter in list(self.wildcards):
+        for topic_filter in self.wildcards.match(topic):
             subscribers = self.get(topic_filter)
             if subscribers:
                 yield topic_filter, subscribers
 
 
-class _CorkedWriter(StreamWriterAdapter):
+class CorkedWriter(StreamWriterAdapter):
     """Collects a connection's writes of one loop iteration; the next iteration sends them.
 
     amqtt awaits `drain()` after each packet. That still applies back pressure
@@ -133,6 +211,21 @@ class FleetAmqttBroker(Broker):
         subscribe_waiter = asyncio.ensure_future(handler.get_next_pending_subscription())
         unsubscribe_waiter = asyncio.ensure_future(handler.get_next_pending_unsubscription())
         wait_deliver = asyncio.ensure_future(handler.mqtt_deliver_next_message())
+        loop_done = asyncio.Event()
+        client_session.attributes[LOOP_DONE_KEY] = loop_done
+        try:
+            await self._run_client_loop(
+                client_session,
+                handler,
+                [disconnect_waiter, subscribe_waiter, unsubscribe_waiter, wait_deliver],
+            )
+        finally:
+            loop_done.set()
+
+    async def _run_client_loop(
+        self, client_session: Session, handler: Any, waiters: list[asyncio.Future[Any]]
+    ) -> None:
+        disconnect_waiter, subscribe_waiter, unsubscribe_waiter, wait_deliver = waiters
         connected = True
         while connected:
             try:
@@ -169,6 +262,32 @@ class FleetAmqttBroker(Broker):
             waiter.cancel()
         await asyncio.gather(*waiters, return_exceptions=True)
 
+    async def _handle_message_delivery(
+        self, client_session: Session, handler: Any, wait_deliver: asyncio.Future[Any]
+    ) -> bool:
+        message = wait_deliver.result()
+        token = _publish_qos.set(getattr(message, "qos", None))
+        try:
+            delivered = await super()._handle_message_delivery(
+                client_session, handler, wait_deliver
+            )
+            return bool(delivered)
+        finally:
+            _publish_qos.reset(token)
+
+    async def _broadcast_message(
+        self,
+        session: Session | None,
+        topic: str | None,
+        data: bytes | bytearray | None,
+        force_qos: int | None = None,
+    ) -> None:
+        # amqtt passes no QoS for a client's PUBLISH; _run_broadcast caps the
+        # subscription's QoS by this one.
+        if force_qos is None and session is not None:
+            force_qos = _publish_qos.get()
+        await super()._broadcast_message(session, topic, data, force_qos)
+
     async def _deliver_queued(self, client_session: Session, handler: Any) -> bool:
         """Deliver every publish already in the session's queue; False to close the client."""
         queue = client_session.delivered_message_queue
@@ -186,7 +305,7 @@ class FleetAmqttBroker(Broker):
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
     ) -> None:
         await self._client_connected(
-            listener_name, StreamReaderAdapter(reader), _CorkedWriter(writer)
+            listener_name, StreamReaderAdapter(reader), CorkedWriter(writer)
         )
 
     async def shutdown(self) -> None:
@@ -198,7 +317,7 @@ class FleetAmqttBroker(Broker):
                 instance.close()
         aborted = 0
         for _session, handler in list(self._sessions.values()):
-            transport = _transport_of(handler)
+            transport = transport_of(handler)
             if transport is not None and not transport.is_closing():
                 transport.abort()
                 aborted += 1
@@ -222,7 +341,7 @@ class FleetAmqttBroker(Broker):
             log.warning(
                 "a session handler did not stop in %ss; dropping it", HANDLER_STOP_TIMEOUT_S
             )
-            transport = _transport_of(handler)
+            transport = transport_of(handler)
             if transport is not None:
                 transport.abort()
             if stopped is not None:
@@ -289,7 +408,7 @@ class FleetAmqttBroker(Broker):
             if topic_filter != topic and not self._matches(topic, topic_filter):
                 continue
             for target_session, sub_qos in list(subscribers):
-                qos = broadcast.get("qos", sub_qos)
+                qos = min(broadcast.get("qos", sub_qos), sub_qos)
                 if not await self._topic_filtering(
                     target_session, topic=topic, action=Action.RECEIVE
                 ):
@@ -314,7 +433,7 @@ class FleetAmqttBroker(Broker):
                     )
 
 
-def _transport_of(handler: Any) -> asyncio.BaseTransport | None:
+def transport_of(handler: Any) -> asyncio.BaseTransport | None:
     """The socket transport under an amqtt handler's writer (TCP or WebSocket)."""
     writer = getattr(handler, "writer", None)
     inner = getattr(writer, "_writer", None) or getattr(writer, "_protocol", None)

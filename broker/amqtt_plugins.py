@@ -20,6 +20,7 @@ from amqtt.contexts import Action, BaseContext
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
+from broker import clientids
 from broker.acl import Acl, AclAction
 from broker.credentials import Credential, CredentialStore, Role, verify_secret
 from fleet.errors import CredentialsError
@@ -61,9 +62,10 @@ class _StoreMixin:
 class FleetAuthPlugin(BaseAuthPlugin, _StoreMixin):
     """Accept a CONNECT only with a username and the right secret from the store.
 
-    Also refuses a device whose client id is not its device id (it could otherwise take
-    over another device's session and its last will), and a will topic the user may not
-    publish to (amqtt sends wills without a PUBLISH check).
+    Also refuses a client id the user does not own (broker/clientids.py: a device's is
+    its id; otherwise the user could take over another client's session and its will),
+    and a will topic the user may not publish to (amqtt sends wills without a PUBLISH
+    check).
     """
 
     @dataclass
@@ -95,11 +97,12 @@ class FleetAuthPlugin(BaseAuthPlugin, _StoreMixin):
         if cred is None:
             self.context.logger.info("refused %s: bad username or password", session.client_id)
             return False
-        if cred.role is Role.DEVICE and session.client_id != username:
+        if not clientids.may_use(cred, session.client_id or "", self.store.users):
             self.context.logger.info(
-                "refused device %s: client id %r must equal the device id",
+                "refused %s: client id %r belongs to another user%s",
                 username,
                 session.client_id,
+                " (a device's is its id)" if cred.role is Role.DEVICE else "",
             )
             return False
         if session.will_flag and not self.acl.allows(cred, "publish", session.will_topic or ""):
@@ -112,7 +115,7 @@ class FleetAuthPlugin(BaseAuthPlugin, _StoreMixin):
 
     async def _verify(self, username: str, password: str) -> Credential | None:
         try:
-            self.store.refresh()
+            await self.store.refresh_async()
             self._broken_file_logged = False
         except CredentialsError as exc:
             # Keep serving the last good users rather than locking the fleet out.
@@ -144,6 +147,7 @@ class FleetTopicPlugin(BaseTopicPlugin, _StoreMixin):
         self.store = self._store_for(self.config.credentials_file)
         self.acl = Acl(Topics(self.config.prefix))
         self._next_refresh = 0.0
+        self._reload: asyncio.Future[None] | None = None
 
     async def topic_filtering(
         self,
@@ -152,20 +156,39 @@ class FleetTopicPlugin(BaseTopicPlugin, _StoreMixin):
         topic: str | None = None,
         action: Action | None = None,
     ) -> bool:
+        await self.refresh_for(action)
         return self.check(session, topic, action)
+
+    async def refresh_for(self, action: Action | None) -> None:
+        """Before a PUBLISH or SUBSCRIBE check: load a changed file first (off the loop).
+
+        A SUBSCRIBE always looks, so groups granted just before (set_groups) hold for the
+        very next subscription; a PUBLISH looks once per interval. RECEIVE, per message
+        per subscriber, leaves it to `check` (in the background).
+        """
+        if action is Action.SUBSCRIBE or (
+            action is Action.PUBLISH and time.monotonic() >= self._next_refresh
+        ):
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        """Load a changed credentials file now, parsing it in a worker thread."""
+        self._next_refresh = time.monotonic() + REFRESH_INTERVAL_S
+        # A broken file is logged by the auth plugin; keep the last good users.
+        with contextlib.suppress(CredentialsError):
+            await self.store.refresh_async()
 
     def check(self, session: Session | None, topic: str | None, action: Action | None) -> bool:
         """Synchronous core of topic_filtering (the embedded broker calls it directly)."""
         if session is None or topic is None or action is None:
             return False
         now = time.monotonic()
-        # Per message the file is looked at once a second at most; a SUBSCRIBE (rare) always
-        # looks, so groups granted just before (set_groups) hold for the very next subscription.
-        if now >= self._next_refresh or action is Action.SUBSCRIBE:
+        # Per message the file is looked at once a second at most, and a change is loaded
+        # in the background: this check runs per message per subscriber.
+        if now >= self._next_refresh:
             self._next_refresh = now + REFRESH_INTERVAL_S
-            # A broken file is logged by the auth plugin; keep the last good users.
-            with contextlib.suppress(CredentialsError):
-                self.store.refresh()
+            if self._reload is None or self._reload.done():
+                self._reload = asyncio.ensure_future(self.refresh())
         # The name authenticated at CONNECT, not session.username: amqtt copies a new
         # CONNECT's username onto a persistent session before authenticating it.
         username = session.attributes.get(SESSION_USER_KEY)

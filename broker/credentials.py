@@ -7,6 +7,7 @@ generated Mosquitto ``password_file`` without re-keying any device.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -17,8 +18,7 @@ import json
 import os
 import re
 import secrets
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from fleet.errors import CredentialsError
+from fleet.files import atomic_write
 from fleet.protocol.topics import ID_PATTERN, NAME_RULES
 from fleet.settings import default_home
 
@@ -157,6 +158,7 @@ class CredentialStore:
         self._users: dict[str, Credential] = {}
         self._signature: tuple[int, int, int] | None = None
         self._load_error: CredentialsError | None = None
+        self._reloading: asyncio.Future[bool] | None = None
         # Bumped whenever the users change (load or write); caches key on it.
         self.generation = 0
 
@@ -164,20 +166,33 @@ class CredentialStore:
         return f"CredentialStore({str(self.path)!r}, users={len(self._users)})"
 
     # --- reading ------------------------------------------------------------------------------
+    def _disk_signature(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CredentialsError(f"cannot read credentials file {self.path}: {exc}") from exc
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    async def refresh_async(self) -> bool:
+        """`refresh` for an event loop: a changed file is read and parsed in a worker thread.
+
+        Only the stat() runs on the loop. Concurrent callers share one reload.
+        """
+        if self._disk_signature() == self._signature:
+            return self.refresh()  # nothing to read; raises a corrupt file's error again
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.ensure_future(asyncio.to_thread(self.refresh))
+        return await asyncio.shield(self._reloading)
+
     def refresh(self) -> bool:
         """Re-read the file if it changed since the last look; True when users were reloaded.
 
         Raises CredentialsError while the file on disk is corrupt (the last good users stay
         in memory for callers that pass ``refresh=False``).
         """
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            signature = None
-        except OSError as exc:
-            raise CredentialsError(f"cannot read credentials file {self.path}: {exc}") from exc
-        else:
-            signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+        signature = self._disk_signature()
         if signature == self._signature:
             if self._load_error is not None:
                 raise self._load_error
@@ -211,18 +226,33 @@ class CredentialStore:
             raise CredentialsError(
                 f"{where}: unsupported version {doc.get('version')!r} (expected {FILE_VERSION})"
             )
+        # Incremental: an entry equal to the user loaded before is that user; only new or
+        # changed entries go through validation (most reloads change one device's groups).
+        raw_users: list[Any] = doc["users"]
+        creds: list[Credential | None] = [_unchanged(item, self._users) for item in raw_users]
+        fresh = [i for i, cred in enumerate(creds) if cred is None]
         try:
-            creds = _USERS_ADAPTER.validate_python(doc["users"])
+            validated = _USERS_ADAPTER.validate_python([raw_users[i] for i in fresh])
         except ValidationError as exc:
             first = exc.errors(include_url=False)[0]
-            loc = ".".join(str(p) for p in first["loc"])
-            raise CredentialsError(f"{where}: users.{loc}: {first['msg']}") from exc
+            loc = [str(p) for p in first["loc"]]
+            if loc and loc[0].isdigit():
+                loc[0] = str(fresh[int(loc[0])])  # the index in the file, not in `fresh`
+            raise CredentialsError(f"{where}: users.{'.'.join(loc)}: {first['msg']}") from exc
+        for i, cred in zip(fresh, validated, strict=True):
+            creds[i] = cred
         users: dict[str, Credential] = {}
         for cred in creds:
+            assert cred is not None
             if cred.username in users:
                 raise CredentialsError(f"{where}: user {cred.username!r} appears twice")
             users[cred.username] = cred
         return users
+
+    @property
+    def users(self) -> Mapping[str, Credential]:
+        """The users as last loaded (no refresh), by name; do not modify."""
+        return self._users
 
     def get(self, username: str, *, refresh: bool = True) -> Credential | None:
         if refresh:
@@ -366,6 +396,23 @@ class CredentialStore:
         self.generation += 1
 
 
+def _unchanged(item: Any, known: Mapping[str, Credential]) -> Credential | None:
+    """The already validated user equal to the raw file entry `item`, if there is one."""
+    if not isinstance(item, dict) or not 3 <= len(item) <= 4:
+        return None
+    name = item.get("username")
+    cred = known.get(name) if isinstance(name, str) else None
+    if (
+        cred is None
+        or item.get("role") != cred.role.value
+        or item.get("hash") != cred.hash
+        or item.get("groups", []) != cred.groups
+        or (len(item) == 4 and "groups" not in item)
+    ):
+        return None
+    return cred
+
+
 def _role(role: Role | str) -> Role:
     try:
         return Role(role)
@@ -386,19 +433,3 @@ def _build(username: str, role: Role, hash_: str, groups: Sequence[str]) -> Cred
         raise CredentialsError(
             f"cannot add {username!r}: {loc + ': ' if loc else ''}{msg}"
         ) from exc
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a 0600 temp file in the same directory, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:  # mkstemp creates the file with mode 0600
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

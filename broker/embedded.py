@@ -20,6 +20,17 @@ pinned in pyproject) and marks what differs:
    no longer hold them (groups changed, credentials replaced by another role).
 3. Topic checks call FleetTopicPlugin synchronously instead of through the plugin
    manager's task-per-plugin gather: RECEIVE runs per message per subscriber.
+4. A client id belongs to one user (broker/clientids.py, checked by the auth plugin).
+   When its owner connects again, the older connection is closed first, as Mosquitto
+   does; stock amqtt deletes the session of a clean-session takeover but leaves the old
+   socket open, so that client stays connected and deaf.
+5. Messages a persistent session queued while offline pass the read ACL again when
+   it resumes, like its subscriptions: the user may have changed (groups, role).
+6. Bounds (broker/admission.py): sockets in all and per address before CONNECT, a
+   CONNECT timeout, a failed-login rate limit per address, packets over
+   `MAX_PACKET_BYTES` close the connection before they are read, payloads over the
+   protocol's 64 KiB are dropped, and each client holds at most
+   `MAX_SUBSCRIPTIONS_PER_CLIENT` filters.
 """
 
 from __future__ import annotations
@@ -32,7 +43,13 @@ from types import TracebackType
 from typing import Any, Self
 
 import amqtt
-from amqtt.adapters import ReaderAdapter, WriterAdapter
+from amqtt.adapters import (
+    ReaderAdapter,
+    StreamReaderAdapter,
+    WebSocketsReader,
+    WebSocketsWriter,
+    WriterAdapter,
+)
 from amqtt.broker import Broker, Server
 from amqtt.contexts import Action, ListenerConfig
 from amqtt.errors import AMQTTError, BrokerError, MQTTError, NoDataError
@@ -44,12 +61,46 @@ from amqtt.session import Session
 from amqtt.utils import format_client_message, gen_client_id
 from transitions import MachineError
 
-from broker.amqtt_broker import FleetAmqttBroker
+from broker.admission import Admission
+from broker.amqtt_broker import LOOP_DONE_KEY, CorkedWriter, FleetAmqttBroker, transport_of
 from broker.amqtt_plugins import SESSION_USER_KEY, FleetAuthPlugin, FleetTopicPlugin
 from fleet.errors import ConfigError
+from fleet.protocol.messages import MAX_PAYLOAD_BYTES
 from fleet.protocol.topics import DEFAULT_PREFIX, Topics
 
 log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 10.0  # from accept to a complete CONNECT packet
+TAKEOVER_TIMEOUT_S = 2.0  # for the older connection of a client id to wind down
+# A packet may carry a 64 KiB payload plus its topic and headers; anything larger closes
+# the connection before its body is read (Mosquitto: max_packet_size, the same value).
+MAX_PACKET_BYTES = MAX_PAYLOAD_BYTES + 4096
+# The controller holds about ten filters, a device at most 36 (its inboxes and groups).
+MAX_SUBSCRIPTIONS_PER_CLIENT = 256
+_SUBACK_FAILURE = 0x80
+
+
+class PacketTooLarge(Exception):
+    pass
+
+
+class _BoundedReader(StreamReaderAdapter):
+    """Refuses to read a packet body larger than MAX_PACKET_BYTES.
+
+    amqtt reads a packet's remaining length, then the whole body in one read (a
+    publish payload in one more); a larger read closes the socket unread instead.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, transport: asyncio.BaseTransport) -> None:
+        super().__init__(reader)
+        self._transport = transport
+
+    async def read(self, n: int = -1) -> bytes:
+        if n > MAX_PACKET_BYTES:
+            self._transport.abort()
+            raise PacketTooLarge(f"a packet of more than {n} bytes (limit {MAX_PACKET_BYTES})")
+        return await super().read(n)
+
 
 AMQTT_VERSION = "0.12.1"  # the version whose Broker internals FleetBroker overrides
 _PREAUTHENTICATED_KEY = "espfleet.preauthenticated"
@@ -73,11 +124,21 @@ class _DropStartupTraceback(logging.Filter):
 logging.getLogger("amqtt.broker").addFilter(_DropStartupTraceback())
 
 
+class _BoundedWsReader(WebSocketsReader):
+    """`_BoundedReader` for WebSocket connections (the server then closes the socket)."""
+
+    async def read(self, n: int = -1) -> bytes:
+        if n > MAX_PACKET_BYTES:
+            raise PacketTooLarge(f"a packet of more than {n} bytes (limit {MAX_PACKET_BYTES})")
+        return await super().read(n)
+
+
 class FleetBroker(FleetAmqttBroker):
     """FleetAmqttBroker plus authentication-first CONNECT and a synchronous ACL."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], admission: Admission | None = None) -> None:
         super().__init__(config)
+        self.admission = admission or Admission()
         topic_plugins = [p for p in self.plugins_manager.plugins if isinstance(p, BaseTopicPlugin)]
         self._fleet_topic: FleetTopicPlugin | None = None
         if len(topic_plugins) == 1 and isinstance(topic_plugins[0], FleetTopicPlugin):
@@ -93,24 +154,35 @@ class FleetBroker(FleetAmqttBroker):
     ) -> tuple[BrokerProtocolHandler, Session]:
         peer = format_client_message(address=remote_address, port=remote_port)
         try:
-            handler, client_session = await BrokerProtocolHandler.init_from_connect(
-                reader, writer, self.plugins_manager
-            )
+            # CHANGED: a CONNECT must arrive in time, and a socket that fails to send one
+            # is closed on our side too.
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                handler, client_session = await BrokerProtocolHandler.init_from_connect(
+                    reader, writer, self.plugins_manager
+                )
+        except TimeoutError as exc:
+            await writer.close()
+            raise AMQTTError(f"{peer}: no CONNECT within {CONNECT_TIMEOUT_S}s") from exc
         except AMQTTError as exc:
             self.logger.warning(f"[MQTT-3.1.0-1] {peer}: Can't read first packet as CONNECT: {exc}")
+            await writer.close()
             raise AMQTTError(exc) from exc
         except MQTTError as exc:
             self.logger.warning(f"Invalid connection from {peer}")
             await writer.close()
             raise MQTTError(exc) from exc
-        except NoDataError as exc:
+        except (NoDataError, PacketTooLarge) as exc:
+            await writer.close()
             raise AMQTTError(exc) from exc
+        finally:
+            self.admission.connected(remote_address)
 
         if client_session.clean_session and not client_session.client_id:
             client_session.client_id = gen_client_id()
 
         # CHANGED: refuse here, before any existing session with this client id is touched.
         if not await super()._authenticate(client_session, ListenerConfig()):
+            self.admission.login_failed(remote_address)
             client_session.parent = 0
             handler.attach(client_session, reader, writer)
             try:
@@ -123,6 +195,9 @@ class FleetBroker(FleetAmqttBroker):
             )
             raise AMQTTError(msg)
 
+        # CHANGED: the owner is back (the auth plugin checked the id is theirs): close
+        # the older connection before its session is deleted or resumed.
+        await self._close_older_connection(client_session)
         if client_session.clean_session:
             await self._delete_session(client_session.client_id or "")
             client_session.parent = 0
@@ -153,6 +228,28 @@ class FleetBroker(FleetAmqttBroker):
         if client_session.keep_alive > 0 and isinstance(timeout_disconnect_delay, int):
             client_session.keep_alive += timeout_disconnect_delay
         return handler, client_session
+
+    async def _close_older_connection(self, newcomer: Session) -> None:
+        existing = self._sessions.get(newcomer.client_id or "")
+        if existing is None:
+            return
+        session, handler = existing
+        if handler is None or session.transitions.state != "connected":
+            return
+        log.warning(
+            "client id %r connected again (user %r): closing its older connection",
+            newcomer.client_id,
+            newcomer.username,
+        )
+        transport = transport_of(handler)
+        if transport is not None:
+            transport.abort()
+        loop_done = session.attributes.get(LOOP_DONE_KEY)
+        if isinstance(loop_done, asyncio.Event):
+            # Its will (an abnormal end) goes out before the newcomer's first message.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TAKEOVER_TIMEOUT_S):
+                    await loop_done.wait()
 
     async def _authenticate(self, session: Session, listener: ListenerConfig) -> bool:
         # Already decided in _initialize_client_session; don't hash the password twice.
@@ -226,9 +323,89 @@ class FleetBroker(FleetAmqttBroker):
                 continue
             await self._publish_retained_messages_for_subscription((topic_filter, QOS_0), session)
 
+    async def _publish_session_retained_messages(self, session: Session) -> None:
+        # CHANGED: what was queued for the session while offline passes the read ACL now,
+        # for the user who resumed it.
+        queue = session.retained_messages
+        kept = []
+        while not queue.empty():
+            message = queue.get_nowait()
+            if await self._topic_filtering(session, message.topic, Action.RECEIVE):
+                kept.append(message)
+        for message in kept:
+            queue.put_nowait(message)
+        await super()._publish_session_retained_messages(session)
+
+    # --- 6: bounds ------------------------------------------------------------------------------
+    async def stream_connected(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
+    ) -> None:
+        transport = writer.transport
+        peer = writer.get_extra_info("peername")
+        address = str(peer[0]) if peer else "?"
+        if not self.admission.admit(address):
+            transport.abort()
+            return
+        try:
+            await self._client_connected(
+                listener_name, _BoundedReader(reader, transport), CorkedWriter(writer)
+            )
+        finally:
+            self.admission.closed()
+            if not transport.is_closing():
+                transport.close()
+
+    async def ws_connected(self, websocket: Any, listener_name: str) -> None:
+        peer = getattr(websocket, "remote_address", None)
+        address = str(peer[0]) if peer else "?"
+        if not self.admission.admit(address):
+            await websocket.close()
+            return
+        try:
+            await self._client_connected(
+                listener_name, _BoundedWsReader(websocket), WebSocketsWriter(websocket)
+            )
+        finally:
+            self.admission.closed()
+
+    async def _broadcast_message(
+        self,
+        session: Session | None,
+        topic: str | None,
+        data: bytes | bytearray | None,
+        force_qos: int | None = None,
+    ) -> None:
+        if data is not None and len(data) > MAX_PAYLOAD_BYTES:
+            log.info("dropped a %d-byte message on %s: over 64 KiB", len(data), topic)
+            return
+        await super()._broadcast_message(session, topic, data, force_qos)
+
+    async def retain_message(
+        self,
+        source_session: Session | None,
+        topic_name: str | None,
+        data: bytes | bytearray | None,
+        qos: int | None = None,
+    ) -> None:
+        if data is not None and len(data) > MAX_PAYLOAD_BYTES:
+            return
+        await super().retain_message(source_session, topic_name, data, qos)
+
+    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+        held = self._subscriptions.by_client.get(session.client_id or "", ())
+        if len(held) >= MAX_SUBSCRIPTIONS_PER_CLIENT and subscription[0] not in held:
+            log.info(
+                "refused a subscription of %s: it holds %d already",
+                session.client_id,
+                len(held),
+            )
+            return _SUBACK_FAILURE
+        return await super().add_subscription(subscription, session)
+
     # --- 3: synchronous ACL ------------------------------------------------------------------
     async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
         if self._fleet_topic is not None:
+            await self._fleet_topic.refresh_for(action)
             return self._fleet_topic.check(session, topic, action)
         return await super()._topic_filtering(session, topic, action)
 
@@ -245,6 +422,7 @@ class EmbeddedBroker:
         prefix: str = DEFAULT_PREFIX,
         certfile: Path | str | None = None,
         keyfile: Path | str | None = None,
+        admission: Admission | None = None,
     ) -> None:
         if (certfile is None) != (keyfile is None):
             raise ConfigError("TLS needs both certfile and keyfile")
@@ -255,6 +433,8 @@ class EmbeddedBroker:
         self.prefix = Topics(prefix).prefix  # validates
         self.certfile = Path(certfile) if certfile is not None else None
         self.keyfile = Path(keyfile) if keyfile is not None else None
+        # Connection bounds and the failed-login budget; kept across restarts.
+        self.admission = admission or Admission()
         self._broker: FleetBroker | None = None
 
     @property
@@ -294,7 +474,7 @@ class EmbeddedBroker:
         where = f"{self.host}:{self.port}" + (f" (ws {self.ws_port})" if self.ws_port else "")
         try:
             # Config errors (a missing TLS file) surface here, bind errors in start().
-            broker = FleetBroker(self.config())
+            broker = FleetBroker(self.config(), self.admission)
         except (AMQTTError, ValueError, OSError) as exc:
             raise ConfigError(f"cannot start the broker on {where}: {exc}") from exc
         try:

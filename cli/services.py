@@ -195,7 +195,13 @@ def controller(
     db: Annotated[
         Path | None, typer.Option(help="SQLite database.", show_default="FLEET_HOME/controller.db")
     ] = None,
-    client_id: Annotated[str, typer.Option(help="MQTT client id.")] = "fleet-controller",
+    client_id: Annotated[
+        str | None,
+        typer.Option(
+            help="MQTT client id: the broker username or `USERNAME-NAME`.",
+            show_default="the broker username",
+        ),
+    ] = None,
     creds: Annotated[
         Path | None,
         typer.Option(
@@ -235,7 +241,7 @@ def controller(
 ) -> None:
     """Run the controller: registry, desired state, commands, meetings, the automation API,
     telemetry, Home Assistant discovery."""
-    if not is_valid_id(client_id):
+    if client_id is not None and not is_valid_id(client_id):
         fail(f"--client-id {client_id!r} must match [a-z0-9][a-z0-9-]{{0,63}}", Exit.USAGE)
     url, topics = connection(broker, prefix)
     influx = InfluxOptions(

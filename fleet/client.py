@@ -19,7 +19,7 @@ from types import TracebackType
 import aiomqtt
 
 from fleet.errors import BrokerUnavailable, ControllerUnavailable, ProtocolError
-from fleet.mqtt import BrokerUrl, make_client, payload_bytes
+from fleet.mqtt import BrokerUrl, make_client, own_client_id, payload_bytes
 from fleet.protocol import TopicKind, Topics, decode, decode_for, encode
 from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult, State, Sync
 from fleet.registry import Registry
@@ -46,7 +46,8 @@ class FleetClient:
     ) -> None:
         self.url = url
         self.topics = topics or Topics()
-        self.client_id = client_id or f"fleet-cli-{uuid.uuid4().hex[:10]}"
+        # A client id the broker lets this user have (protocol.md §11).
+        self.client_id = client_id or own_client_id(url.username, f"cli-{uuid.uuid4().hex[:10]}")
         self.registry = Registry()
         self._client: aiomqtt.Client | None = None
         self._reader: asyncio.Task[None] | None = None

@@ -106,6 +106,11 @@ class BrokerUrl:
         return f"{self.scheme}://{user}{self.host}:{self.port}"
 
 
+def own_client_id(username: str | None, name: str) -> str:
+    """A client id the broker lets `username` use (protocol.md §11): ``{username}-{name}``."""
+    return f"{username}-{name}" if username else name
+
+
 @dataclass(frozen=True, slots=True)
 class LastWill:
     topic: str

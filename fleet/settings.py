@@ -15,6 +15,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleet.errors import ConfigError
+from fleet.files import atomic_write, private_dir
 from fleet.mqtt import BrokerUrl
 from fleet.protocol import DEFAULT_PREFIX, Topics
 
@@ -63,12 +64,11 @@ class FleetSettings(BaseSettings):
 
     def write_client_file(self, url: BrokerUrl) -> Path:
         """Remember how to reach a local stack (`fleet up`) for later CLI commands."""
-        self.home.mkdir(parents=True, exist_ok=True)
+        private_dir(self.home)
         path = self.home / CLIENT_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"broker": str(url), "prefix": self.prefix}) + "\n")
-        tmp.chmod(0o600)
-        tmp.replace(path)
+        # It holds the operator's password: 0600 from its creation on.
+        doc = {"broker": str(url), "prefix": self.prefix}
+        atomic_write(path, (json.dumps(doc) + "\n").encode())
         return path
 
 

@@ -22,6 +22,7 @@ from fleet.controller.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, Meetin
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.device.sim import MeetingDriver, SimFleet, device_ids
+from fleet.files import private_dir
 from fleet.mixer.process import maybe_local_janus
 from fleet.mqtt import BrokerUrl
 from fleet.protocol import Topics
@@ -90,7 +91,7 @@ class Stack:
 @contextlib.asynccontextmanager
 async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
     home = config.home
-    home.mkdir(parents=True, exist_ok=True)
+    private_dir(home)  # credentials, the database, client.json
     store = CredentialStore(home / "credentials.json")
     controller_secret = store.add(CONTROLLER_USER, Role.CONTROLLER, replace=True)
     operator_secret = store.add(OPERATOR_USER, Role.CONTROLLER, replace=True)

@@ -14,7 +14,9 @@ runtime_pkgs=(python3-venv)
 # network namespace (iproute2: a host with only loopback for the media tests) and builds
 # the firmware core (gcc, clang/libFuzzer, cJSON, libmosquitto): the firmware's own list
 # is the source of truth for those.
-dev_pkgs=(mosquitto iproute2 victoria-metrics influxdb)
+# A generated Mosquitto config loads a client-id plugin built with gcc against mosquitto-dev
+# (broker/mosquitto_plugin.py): wherever mosquitto is installed, those two go with it.
+dev_pkgs=(mosquitto mosquitto-dev gcc iproute2 victoria-metrics influxdb)
 if [ "$dev" = 1 ]; then
     mapfile -t fw_pkgs < <(grep -v '^\s*#' firmware/host/DEPENDENCIES | grep -v '^\s*$')
     dev_pkgs+=("${fw_pkgs[@]}")

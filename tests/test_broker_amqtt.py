@@ -176,7 +176,9 @@ async def test_stop_twice_frees_the_ports(creds_store: CredentialStore) -> None:
     async with EmbeddedBroker(creds_store.path, port=port, ws_port=ws_port) as broker:
         assert (broker.port, broker.ws_port) == (port, ws_port)
         assert port_open("127.0.0.1", port)
-        client = aiomqtt.Client("127.0.0.1", port, username="ctl", password=secret)
+        client = aiomqtt.Client(
+            "127.0.0.1", port, username="ctl", password=secret, identifier="ctl"
+        )
         async with client:
             await broker.stop()  # with a client connected
             with pytest.raises(aiomqtt.MqttError):

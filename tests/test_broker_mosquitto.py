@@ -76,22 +76,22 @@ def test_acl_text(users: CredentialStore) -> None:
             sections[current] = []
         elif line and not line.startswith("#"):
             sections[current].append(line)
-    assert sections[""] == [
-        f"pattern write {P}/dev/%u/status",
-        f"pattern write {P}/dev/%u/state",
-        f"pattern write {P}/dev/%u/ack",
-        f"pattern write {P}/dev/%u/tele",
-        f"pattern write {P}/meet/%u/up",
-        f"pattern read {P}/dev/%u/desired",
-        f"pattern read {P}/dev/%u/cmd",
-        f"pattern read {P}/meet/%u/down",
+    # No pattern lines: they would give every user (Home Assistant too) device rights.
+    assert sections[""] == []
+    own = [
+        *(f"topic write {P}/dev/dev-1/{k}" for k in ("status", "state", "ack", "tele")),
+        f"topic write {P}/meet/dev-1/up",
+        f"topic read {P}/dev/dev-1/desired",
+        f"topic read {P}/dev/dev-1/cmd",
+        f"topic read {P}/meet/dev-1/down",
     ]
     assert sections["dev-1"] == [
+        *own,
         f"topic read {P}/grp/all/desired",
         f"topic read {P}/grp/hall/desired",
         f"topic read {P}/grp/floor-2/desired",
     ]
-    assert sections["dev-2"] == [f"topic read {P}/grp/all/desired"]
+    assert sections["dev-2"][-1] == f"topic read {P}/grp/all/desired"
     assert sections["controller"] == [f"topic readwrite {P}/#", "topic readwrite homeassistant/#"]
     ha = sections["homeassistant"]
     assert {f"topic write {P}/api/{op.value}" for op in HOMEASSISTANT_API_OPS} <= set(ha)

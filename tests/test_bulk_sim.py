@@ -40,7 +40,7 @@ async def test_a_waiting_handler_keeps_the_devices_messages_in_order(
     t = h.topics
     ctl = h.controller_url().split("://")[1].split("@")[0].split(":")
     async with (
-        mqtt_client(h, ctl[0], ctl[1], client_id="bulk-order") as wire,
+        mqtt_client(h, ctl[0], ctl[1], client_id=f"{ctl[0]}-order") as wire,
         sim_fleet(h, secrets, engine="bulk") as fleet,
     ):
         await wire.subscribe([(t.ack("dev-1"), 1), (t.state("dev-1"), 1)])
@@ -80,7 +80,7 @@ async def test_shared_caches_keep_each_devices_own_state(
         joined = await op.request(ApiOp.JOIN_ALL, ApiRequest(room="standup", timeout_s=10))
         assert joined.ok, joined.detail
         ctl = h.controller_url().split("://")[1].split("@")[0].split(":")
-        async with mqtt_client(h, ctl[0], ctl[1], client_id="bulk-cache") as wire:
+        async with mqtt_client(h, ctl[0], ctl[1], client_id=f"{ctl[0]}-cache") as wire:
             await wire.publish(h.topics.desired("dev-2"), b'{"rev": "x"}', qos=1)
         await wait_for(lambda: fleet["dev-2"].error is not None, what="dev-2's error")
         await op.sync()
@@ -188,7 +188,7 @@ async def test_bulk_devices_over_tls_and_secure_websocket(
                 await fleet.wait_connected(15)
                 async with make_client(
                     dataclasses.replace(base.with_credentials("ops", ops), path="/"),
-                    client_id="bulk-tls-ops",
+                    client_id="ops-tls",
                 ) as ops_client:
                     doc = {"rev": 3, "meeting": {"room": "secure"}}
                     await ops_client.publish(

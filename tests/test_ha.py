@@ -124,7 +124,7 @@ async def _read(ha: HaClient) -> None:
 @contextlib.asynccontextmanager
 async def home_assistant(handle: BrokerHandle, secret: str) -> AsyncIterator[HaClient]:
     t = handle.topics
-    async with mqtt_client(handle, HA_USER, secret, client_id="ha-test") as client:
+    async with mqtt_client(handle, HA_USER, secret, client_id=f"{HA_USER}-test") as client:
         ha = HaClient(client, t)
         for flt in (
             f"{HA_PREFIX}/#",
@@ -513,7 +513,7 @@ async def test_malformed_api_payloads_get_errors_and_change_nothing(
             ("join", json.dumps({"id": "b-4", "device": "ghost", "room": "x"}), "unknown_device"),
             ("leave", json.dumps({"id": "b-5", "device": 7}), "bad_request"),
             ("leave-all", b"", "bad_request"),
-            ("leave-all", b"{" + b" " * 70_000 + b"}", "bad_request"),
+            # (over 64 KiB the broker drops it: tests/test_bad_input.py)
             ("leave-all", b"\xff\xfe", "bad_request"),
         ]
         for op, payload, _code in bad:

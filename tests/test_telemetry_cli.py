@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from brokers import BrokerHandle, mqtt_client
+from brokers import CONTROLLER_USER, BrokerHandle, mqtt_client
 from databases import VictoriaMetrics
 from databases import victoria as victoria  # the fixture
 from running import operator_url, register_devices, sim_fleet, wait_for
@@ -143,7 +143,7 @@ async def test_controller_writes_telemetry_configured_by_environment(
         "FLEET_INFLUX_FLUSH_INTERVAL_MS": "100",
     }
     async with (
-        controller_process(env, "--client-id", "ctl-sub") as log,
+        controller_process(env, "--client-id", f"{CONTROLLER_USER}-sub") as log,
         sim_fleet(amqtt_broker, secrets, tele_interval_s=0.1),
     ):
         await wait_for(lambda: "telemetry to InfluxDB 2.x API" in log.read_text(), 20)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.errors import FleetError
+from fleet.files import private_file
 from fleet.protocol import encode
 from fleet.protocol.messages import (
     MAX_REV,
@@ -133,6 +134,13 @@ class Store:
         self.path = Path(path)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # SQLite gives its -wal and -shm files the database file's mode: 0600 for all
+            # (ones left by an older version are narrowed too).
+            private_file(self.path)
+            for suffix in ("-wal", "-shm"):
+                side = self.path.with_name(self.path.name + suffix)
+                if side.exists():
+                    private_file(side)
         self._db = sqlite3.connect(str(path), isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import aiomqtt
 
 from fleet.errors import BrokerUnavailable, ProtocolError
-from fleet.mqtt import BrokerUrl, make_client, payload_bytes
+from fleet.mqtt import BrokerUrl, make_client, own_client_id, payload_bytes
 from fleet.protocol import TopicKind, Topics, decode
 from fleet.protocol.messages import FleetEvent, Telemetry
 
@@ -50,7 +50,9 @@ async def follow(
 ) -> AsyncIterator[Item]:
     """Yield telemetry of one device (or all) as it arrives; QoS 0, as devices send it."""
     tele_filter = topics.tele(device) if device else topics.all_devices(TopicKind.TELE)
-    client = make_client(url, client_id=client_id or f"fleet-tail-{time.time_ns() % 10**10}")
+    client = make_client(
+        url, client_id=client_id or own_client_id(url.username, f"tail-{time.time_ns() % 10**10}")
+    )
     try:
         await client.__aenter__()
     except aiomqtt.MqttError as exc:

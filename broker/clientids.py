@@ -1,0 +1,46 @@
+"""Which user a client id belongs to (docs/protocol.md §11), on both brokers.
+
+The owner of a client id is the user with the longest name that the id equals or
+extends with ``-`` (``controller``, ``controller-2`` and ``controller-cli-1a2b`` belong
+to ``controller``; ``dev-1-2`` to the device ``dev-1-2`` when it exists, else to
+``dev-1``). A CONNECT is accepted only with a client id its user owns, and a device
+must use exactly its id. So no user can take over another user's session, whatever
+the role, while a controller or operator still runs several connections of its own.
+The embedded broker applies `may_use` at CONNECT; Mosquitto applies the same rule in
+broker/mosquitto_clientid.c from the list `clientids_text` writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from broker.credentials import Credential, Role
+
+
+def owner(client_id: str, users: Mapping[str, Credential]) -> Credential | None:
+    """The user owning `client_id`, or None when no user's name covers it."""
+    cred = users.get(client_id)
+    if cred is not None:
+        return cred
+    cut = client_id.rfind("-")
+    while cut > 0:
+        cred = users.get(client_id[:cut])
+        if cred is not None:
+            return cred
+        cut = client_id.rfind("-", 0, cut)
+    return None
+
+
+def may_use(cred: Credential, client_id: str, users: Mapping[str, Credential]) -> bool:
+    """True when `cred`'s user may connect with `client_id`."""
+    if cred.role is Role.DEVICE:
+        return client_id == cred.username
+    found = owner(client_id, users)
+    return found is not None and found.username == cred.username
+
+
+def clientids_text(creds: Iterable[Credential]) -> str:
+    """The plugin's user list: ``d <name>`` for devices, ``u <name>`` for others, sorted
+    in byte order (the plugin binary-searches it)."""
+    lines = sorted((c.username, "d" if c.role is Role.DEVICE else "u") for c in creds)
+    return "".join(f"{kind} {name}\n" for name, kind in lines)

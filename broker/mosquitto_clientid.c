@@ -1,0 +1,178 @@
+/* Mosquitto 2.0 plugin: a client id belongs to one user (docs/protocol.md 11).
+ *
+ * Mosquitto's acl_file cannot tie a client id to a username, and
+ * use_username_as_clientid would make every connection of a user evict the
+ * others. This plugin refuses a CONNECT whose client id belongs to another
+ * user, with the same rule as broker/clientids.py:
+ *
+ *   the owner of a client id is the user with the longest name that the id
+ *   equals or extends with "-"; a device's id must equal its name exactly.
+ *
+ * It only refuses: when the id is the user's own it defers, so password_file
+ * still checks the password. Users come from the file named by
+ * `plugin_opt_clientids` (lines "d <name>" for devices, "u <name>" for
+ * others, sorted by name), read at start and on every SIGHUP.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <mosquitto.h>
+#include <mosquitto_broker.h>
+#include <mosquitto_plugin.h>
+
+struct users {
+	char *buf;     /* the file, NUL-separated */
+	char **names;  /* sorted; names[i][-2] is the kind ('d' or 'u') */
+	size_t count;
+};
+
+static mosquitto_plugin_id_t *plugin_id;
+static char *users_path;
+static struct users users;
+
+static void users_free(struct users *u)
+{
+	free(u->buf);
+	free(u->names);
+	memset(u, 0, sizeof(*u));
+}
+
+static int users_load(const char *path, struct users *out)
+{
+	FILE *f = fopen(path, "rb");
+	if(!f) return MOSQ_ERR_UNKNOWN;
+	fseek(f, 0, SEEK_END);
+	long size = ftell(f);
+	fseek(f, 0, SEEK_SET);
+	struct users u = {0};
+	u.buf = malloc((size_t)size + 1);
+	if(!u.buf || fread(u.buf, 1, (size_t)size, f) != (size_t)size){
+		fclose(f);
+		users_free(&u);
+		return MOSQ_ERR_UNKNOWN;
+	}
+	fclose(f);
+	u.buf[size] = '\0';
+	size_t lines = 0;
+	for(long i = 0; i < size; i++) lines += u.buf[i] == '\n';
+	u.names = calloc(lines + 1, sizeof(char *));
+	if(!u.names){
+		users_free(&u);
+		return MOSQ_ERR_NOMEM;
+	}
+	for(char *line = u.buf; *line;){
+		char *end = strchr(line, '\n');
+		if(end) *end = '\0';
+		if((line[0] == 'd' || line[0] == 'u') && line[1] == ' ' && line[2]){
+			u.names[u.count++] = line + 2;
+		}
+		if(!end) break;
+		line = end + 1;
+	}
+	*out = u;
+	return MOSQ_ERR_SUCCESS;
+}
+
+static int by_name(const void *key, const void *item)
+{
+	return strcmp((const char *)key, *(char *const *)item);
+}
+
+/* The owner's entry for `id`, or NULL. */
+static char *owner_of(const char *id)
+{
+	size_t n = strlen(id);
+	char *prefix = malloc(n + 1);
+	if(!prefix) return NULL;
+	memcpy(prefix, id, n + 1);
+	char *found = NULL;
+	for(size_t len = n; len > 0; len--){
+		if(len < n && id[len] != '-') continue;
+		prefix[len] = '\0';
+		char **hit = bsearch(prefix, users.names, users.count, sizeof(char *), by_name);
+		if(hit){
+			found = *hit;
+			break;
+		}
+	}
+	free(prefix);
+	return found;
+}
+
+static int on_basic_auth(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_basic_auth *ed = event_data;
+	(void)event;
+	(void)userdata;
+	const char *id = mosquitto_client_id(ed->client);
+	const char *username = ed->username;
+	if(!username || !id) return MOSQ_ERR_AUTH;
+	char *owner = owner_of(id);
+	if(owner && !strcmp(owner, username) && (owner[-2] != 'd' || !strcmp(id, username))){
+		return MOSQ_ERR_PLUGIN_DEFER;
+	}
+	mosquitto_log_printf(MOSQ_LOG_NOTICE,
+			"fleet-clientid: refused client id '%s' for user '%s': not its own", id, username);
+	return MOSQ_ERR_AUTH;
+}
+
+static int on_reload(int event, void *event_data, void *userdata)
+{
+	(void)event;
+	(void)event_data;
+	(void)userdata;
+	struct users fresh;
+	if(users_load(users_path, &fresh) != MOSQ_ERR_SUCCESS){
+		mosquitto_log_printf(MOSQ_LOG_ERR,
+				"fleet-clientid: cannot read %s; keeping the users read before", users_path);
+		return MOSQ_ERR_SUCCESS;
+	}
+	users_free(&users);
+	users = fresh;
+	return MOSQ_ERR_SUCCESS;
+}
+
+int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
+{
+	for(int i = 0; i < supported_version_count; i++){
+		if(supported_versions[i] == 5) return 5;
+	}
+	return -1;
+}
+
+int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
+		struct mosquitto_opt *options, int option_count)
+{
+	(void)userdata;
+	plugin_id = identifier;
+	for(int i = 0; i < option_count; i++){
+		if(!strcmp(options[i].key, "clientids")) users_path = strdup(options[i].value);
+	}
+	if(!users_path){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "fleet-clientid: plugin_opt_clientids is required");
+		return MOSQ_ERR_INVAL;
+	}
+	if(users_load(users_path, &users) != MOSQ_ERR_SUCCESS){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "fleet-clientid: cannot read %s", users_path);
+		return MOSQ_ERR_INVAL;
+	}
+	int rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL, NULL);
+	if(rc == MOSQ_ERR_SUCCESS){
+		rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_RELOAD, on_reload, NULL, NULL);
+	}
+	return rc;
+}
+
+int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int option_count)
+{
+	(void)userdata;
+	(void)options;
+	(void)option_count;
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL);
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_RELOAD, on_reload, NULL);
+	users_free(&users);
+	free(users_path);
+	users_path = NULL;
+	return MOSQ_ERR_SUCCESS;
+}
