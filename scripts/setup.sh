@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 dev=0
 [ "${1:-}" = "--dev" ] && dev=1
 
-runtime_pkgs=(python3-venv)
+# janus: the mixer of mixed rooms (its AudioBridge plugin). `fleet up` runs its own Janus
+# with a generated config; the package's system service is not needed.
+runtime_pkgs=(python3-venv janus)
 # The test suite runs a real Mosquitto, VictoriaMetrics and InfluxDB 1.x (telemetry), a
 # network namespace (iproute2: a host with only loopback for the media tests) and builds
 # the firmware core (gcc, clang/libFuzzer, cJSON, libmosquitto): the firmware's own list

@@ -35,13 +35,16 @@ def mixed_net() -> Iterator[Netns]:
         yield space
 
 
-def start_janus_in(space: Netns, folder: Path, name: str = "janus-1") -> JanusProcess:
-    """A Janus in `space` (the caller's thread must be inside it), on free ports."""
+def start_janus_in(
+    space: Netns, folder: Path, name: str = "janus-1", ws_port: int = 0
+) -> JanusProcess:
+    """A Janus in `space` (the caller's thread must be inside it), on free ports (or on
+    `ws_port`: a mixer restarted where the pool knows it)."""
     # Each process its own RTP range, so two mixers never race for a port.
     n = next(_rtp_ranges) % 8
     low = 20000 + n * 4000
     config = JanusConfig(
-        folder, media_ip=space.address, rtp_ports=(low, low + 1999), name=name, debug_level=3
+        folder, ws_port, media_ip=space.address, rtp_ports=(low, low + 1999), name=name
     )
     running = spawn_janus(config)
     wait_listening_sync(running)
@@ -49,8 +52,10 @@ def start_janus_in(space: Netns, folder: Path, name: str = "janus-1") -> JanusPr
 
 
 @contextlib.contextmanager
-def janus_process(space: Netns, folder: Path, name: str = "janus-1") -> Iterator[JanusProcess]:
-    running = start_janus_in(space, folder, name)
+def janus_process(
+    space: Netns, folder: Path, name: str = "janus-1", ws_port: int = 0
+) -> Iterator[JanusProcess]:
+    running = start_janus_in(space, folder, name, ws_port)
     try:
         yield running
     finally:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from brokers import BrokerHandle, mqtt_client
-from databases import Influx1, fast_settings
+from databases import EventRecorder, Influx1, fast_settings
 from databases import influx1 as influx1  # the fixture
 from impair import Impairment, impaired
 from mixers import fake_mixer, janus_process, tcp_forward, until
@@ -30,6 +30,7 @@ from test_telemetry_dashboards import DB, fill, queries_of
 from broker.credentials import Role
 from fleet.client import FleetClient
 from fleet.controller.meetings import MeetingServer
+from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.device.audio import AudioMeetingDriver, AudioProfile, audio_drivers, tone_for
 from fleet.device.sim import MeetingDriver, SimFleet
@@ -44,6 +45,7 @@ from fleet.protocol.messages import (
     MIXER_PARTICIPANT,
     ApiOp,
     ApiRequest,
+    Capabilities,
     DeviceOutcome,
     MediaPath,
     MeetAnswer,
@@ -93,6 +95,7 @@ async def meeting(
     count: int,
     mixers: Sequence[str],
     factory: Callable[[str, float], MeetingDriver] | None = None,
+    extra: Sequence[ControllerPart] = (),
     **server: object,
 ) -> AsyncIterator[Meeting]:
     secrets = register_devices(handle, count)
@@ -101,7 +104,7 @@ async def meeting(
     make = factory or (lambda _id, tone: driver(tone))
     meetings = MeetingServer(mixers=list(mixers), **server)  # type: ignore[arg-type]
     async with (
-        controller(handle, tmp_path / "ctl.db", parts=[meetings]) as ctl,
+        controller(handle, tmp_path / "ctl.db", parts=[meetings, *extra]) as ctl,
         sim_fleet(handle, secrets, driver_factory=lambda d: make(d, tones[d])) as fleet,
         operator(handle) as op,
     ):
@@ -168,6 +171,9 @@ async def test_eight_devices_in_a_mixed_room_each_hear_the_other_seven(
         assert history.mixer == "janus-1"
         joins = [e.participant for e in history.events if e.kind == "mixer_join"]
         assert sorted(joins) == sorted(live.members)
+        # Janus's own word on each member's connection, routed by its handle.
+        up = {e.participant for e in history.events if e.kind == "webrtcup"}
+        assert up == set(live.members)
 
         left = await m.op.request(ApiOp.LEAVE_ALL, ApiRequest(timeout_s=20))
         assert left.ok, left
@@ -338,8 +344,11 @@ async def test_an_auto_room_growing_past_the_mesh_cap_moves_to_the_mixer_in_sess
 async def test_sessions_spread_over_two_mixers_and_move_when_one_dies(
     amqtt_broker: BrokerHandle, tmp_path: Path, janus: JanusProcess, mixed_net: Netns
 ) -> None:
+    recorder = EventRecorder()
     with janus_process(mixed_net, tmp_path / "janus-2", "janus-2") as second:
-        async with meeting(amqtt_broker, tmp_path, 4, [janus.url, second.url]) as m:
+        async with meeting(
+            amqtt_broker, tmp_path, 4, [janus.url, second.url], extra=[recorder]
+        ) as m:
             rooms = {"east": m.ids[:2], "west": m.ids[2:]}
             for room, members in rooms.items():
                 await create_room(m.op, room, RoomMedia.MIXED)
@@ -370,6 +379,37 @@ async def test_sessions_spread_over_two_mixers_and_move_when_one_dies(
             assert "janus-2 lost; moved to janus-1" in moves
             assert moves[-1] == "on janus-1 at 16000 Hz"
             assert all(p.left is None for p in history.participants)
+            # Fleet events tell the tale: janus-2 went down, and west moved.
+            news = [(e.kind, e.op, e.ok) for e in recorder.events if e.kind == "mixer"]
+            assert ("mixer", "janus-2", False) in news
+            moved = [e for e in recorder.events if e.kind == "media" and e.room == "west"]
+            assert [e.detail for e in moved] == ["janus-2 lost; moved to janus-1"]
+
+
+async def test_a_session_whose_only_mixer_dies_waits_and_moves_when_one_is_back(
+    amqtt_broker: BrokerHandle, tmp_path: Path, mixed_net: Netns
+) -> None:
+    with janus_process(mixed_net, tmp_path / "j-a") as first:
+        async with meeting(amqtt_broker, tmp_path, 2, [first.url]) as m:
+            await create_room(m.op, "solo", RoomMedia.MIXED)
+            assert (await m.op.request(ApiOp.JOIN_ALL, ApiRequest(room="solo"))).ok
+            await everyone_hears_the_others(m, m.ids)
+            live = m.server.live["solo"]
+            first.kill()
+            await wait_for(lambda: live.mixer is None, what="the session has no mixer")
+            parts = [d.participant for d in m.drivers.values()]
+            await wait_for(
+                lambda: all(
+                    p and "mixer_unavailable" in p.peer_errors.get("mixer", "") for p in parts
+                ),
+                what="members are told",
+            )
+            with janus_process(mixed_net, tmp_path / "j-b", ws_port=first.config.ws_port):
+                await wait_for(lambda: live.mixer == "janus-1", timeout=15, what="back on janus-1")
+                for drv in m.drivers.values():
+                    fresh_ears(drv)
+                await everyone_hears_the_others(m, m.ids, timeout=20)
+                assert m.server.live["solo"] is live
 
 
 # --- a mixer that is missing, silent or talking nonsense ----------------------------------
@@ -412,6 +452,29 @@ async def test_without_a_mixer_a_mixed_join_says_how_to_install_one_and_mesh_wor
         assert past_cap.value.code == "mixer_unavailable"
         assert "mesh cap of 2" in past_cap.value.detail
         assert len(server.live["small"].members) == 2
+
+
+async def test_a_member_that_holds_one_peer_moves_an_auto_session_to_the_mixer(
+    amqtt_broker: BrokerHandle, tmp_path: Path, janus: JanusProcess
+) -> None:
+    async with signalling_only(amqtt_broker, tmp_path, [janus.url]) as (_server, op, member):
+        ann, bob, cid = await member("ann"), await member("bob"), await member("cid")
+        cid.caps = Capabilities(audio=True, mic=True, speaker=True, codecs=["pcmu"], max_peers=1)
+        assert (await ann.join("pair")).media is MediaPath.MESH
+        assert (await bob.join("pair")).media is MediaPath.MESH
+        # cid holds one connection: a mesh of three would need two.
+        joined = await cid.join("pair")
+        assert joined.media is MediaPath.MIXED
+        assert [p.participant for p in joined.peers] == [MIXER_PARTICIPANT]
+        await wait_for(
+            lambda: ann.media is MediaPath.MIXED and bob.media is MediaPath.MIXED,
+            what="the others are told to move to the mixer",
+        )
+        assert list(ann.peers) == list(bob.peers) == [MIXER_PARTICIPANT]
+        assert ann.session == bob.session == cid.session
+        history = (await op.request(ApiOp.SESSIONS, ApiRequest(room="pair"))).sessions[0]
+        (change,) = [e.detail for e in history.events if e.kind == "media"]
+        assert change == "mesh -> mixed: 3 members past the mesh cap of 2"
 
 
 @pytest.mark.parametrize("behaviour", ["silent", "garbage", "not-json"])

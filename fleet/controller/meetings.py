@@ -16,6 +16,7 @@ driven from here through fleet.mixer, in tasks: the MQTT loop never waits on Jan
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -407,7 +408,7 @@ class MeetingServer(ControllerPart):
     def _place(self, live: LiveSession, mixer: Mixer) -> None:
         live.mixer = mixer.name
         live.bridge.clear()
-        live.ready = asyncio.ensure_future(self._make_room(live, mixer))
+        live.ready = asyncio.create_task(self._make_room(live, mixer), name=f"room-{live.id}")
         live.ready.add_done_callback(_consume)
         self.records.set_media(live.id, live.media, mixer.name)
 
@@ -558,11 +559,15 @@ class MeetingServer(ControllerPart):
         )
 
     def _mixer_lost(self, mixer: Mixer) -> None:
+        reason = mixer.error.reason if mixer.error else "lost"
+        self._spawn(self._mixer_news(mixer, False, f"{mixer.name} down: {reason}"))
         for live in list(self.live.values()):
             if live.mixer == mixer.name:
                 self._move(live, f"{mixer.name} lost")
 
     def _mixer_up(self, mixer: Mixer) -> None:
+        self._spawn(self._mixer_news(mixer, True, f"{mixer.name} up at {mixer.url}"))
+        self._spawn(self._sweep(mixer))
         for live in list(self.live.values()):
             if live.media is MediaPath.MIXED and live.mixer is None:
                 self._move(live, f"{mixer.name} is up")
@@ -588,6 +593,21 @@ class MeetingServer(ControllerPart):
         self._spawn(self._event(EventKind.MEDIA, live, None, detail))
         self._spawn(self._tell_media(live, list(live.members.values())))
 
+    async def _sweep(self, mixer: Mixer) -> None:
+        """Destroy the rooms an earlier run of ours left on this mixer (sessions it closed)."""
+        if mixer.bridge is None:
+            return
+        ours = {live.id for live in self.live.values()}
+        for room in await mixer.bridge.rooms():
+            if room.startswith("s-") and room not in ours:
+                with contextlib.suppress(MixerError):
+                    await mixer.bridge.destroy_room(room)
+
+    async def _mixer_news(self, mixer: Mixer, ok: bool, detail: str) -> None:
+        await self.controller.emit(
+            FleetEvent(ts=time.time(), kind=EventKind.MIXER, op=mixer.name, ok=ok, detail=detail)
+        )
+
     def _mixer_event(self, mixer: str, room: str, member: str, event: dict[str, Any]) -> None:
         live = next((s for s in self.live.values() if s.id == room and s.mixer == mixer), None)
         if live is None:
@@ -605,7 +625,8 @@ class MeetingServer(ControllerPart):
         self.records.add_event(live.id, kind[:32], participant, detail[:256] if detail else None)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(self._guarded(coro))
+        name = f"meetings-{getattr(coro, '__name__', 'task').lstrip('_')}"
+        task = asyncio.create_task(self._guarded(coro), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -437,7 +437,7 @@ def meeting_quality() -> dash.Dashboard:
     meeting_events = (
         f"{EVENTS_QUERY} AND "
         "(\"kind\" = 'session_start' OR \"kind\" = 'session_end' "
-        "OR \"kind\" = 'join' OR \"kind\" = 'leave')"
+        "OR \"kind\" = 'join' OR \"kind\" = 'leave' OR \"kind\" = 'media')"
     )
     return (
         _dashboard(
@@ -461,7 +461,7 @@ def meeting_quality() -> dash.Dashboard:
                 include_all=True,
             )
         )
-        .annotation(Annotation("Sessions, joins and leaves", meeting_events, "#73BF69"))
+        .annotation(Annotation("Sessions, joins, leaves, media", meeting_events, "#73BF69"))
         .with_panel(per_member("Packet loss", "loss", "percentunit"))
         .with_panel(per_member("Jitter", "jitter_ms", "ms"))
         .with_panel(per_member("Round-trip time", "rtt_ms", "ms"))
