@@ -11,6 +11,11 @@ The rules, by role:
   leave), ``homeassistant/status`` and its entities' command topics (``ha/dev/+/+/set``,
   ``ha/fleet/+/set``); reads ``homeassistant/#``, device status/state/tele, ``api/result``
   and ``ha/#``. So it cannot forge the state docs under ``ha/`` nor write discovery.
+- web (one person's browser, username == its participant pid): publishes only
+  ``meet/{name}/up`` and the person's API ops (``WEB_API_OPS``: meetings, rooms,
+  sessions, say); reads ``meet/{name}/down``, device status/state/tele, ``api/result``
+  and ``events``: the read-only fleet view. Nothing at all once its credentials expire
+  (checked per message, so an open page goes deaf and mute at its expiry).
 - anonymous or unknown role: nothing.
 
 A wildcard subscription is allowed only when every topic it can match is readable.
@@ -21,10 +26,11 @@ exact topics are set lookups, the few wildcard rules are pre-split filters.
 
 from __future__ import annotations
 
+import time
 from typing import Literal
 
 from broker.credentials import Credential, Role
-from fleet.protocol.messages import HOMEASSISTANT_API_OPS
+from fleet.protocol.messages import HOMEASSISTANT_API_OPS, WEB_API_OPS
 from fleet.protocol.topics import Topics
 
 AclAction = Literal["publish", "subscribe", "receive"]
@@ -34,6 +40,7 @@ _DEVICE_READ = ("desired", "cmd")
 _HA_DEVICE_READ = ("status", "state", "tele")
 # Enum member lookup costs ~0.2 us on Python 3.11; module constants are plain globals.
 _DEVICE, _CONTROLLER, _HOMEASSISTANT = Role.DEVICE, Role.CONTROLLER, Role.HOMEASSISTANT
+_WEB = Role.WEB
 _CACHE_LIMIT = 100_000  # entries per cache; cleared wholesale past this (cheap to rebuild)
 
 Filter = tuple[str, ...]
@@ -90,6 +97,12 @@ class Acl:
             split_filter(f"{p}/api/result"),
             split_filter(f"{p}/ha/#"),
         )
+        self._web_write_exact = frozenset(f"{p}/api/{op.value}" for op in WEB_API_OPS)
+        self._web_read: tuple[Filter, ...] = (
+            *(split_filter(f"{p}/dev/+/{k}") for k in _HA_DEVICE_READ),
+            split_filter(topics.api_result),
+            split_filter(topics.events),
+        )
         # (username, groups) -> (writable topics, readable topics)
         self._device_cache: dict[tuple[str, tuple[str, ...]], tuple[frozenset[str], frozenset[str]]]
         self._device_cache = {}
@@ -123,6 +136,13 @@ class Acl:
                 allowed = self._covered(topic, self._ha_read)
                 self._ha_read_cache[topic] = allowed
             return allowed
+        if role is _WEB:
+            if cred.expired(time.time()):
+                return False
+            own = f"{self.prefix}/meet/{cred.username}/"
+            if action == "publish":
+                return topic == own + "up" or topic in self._web_write_exact
+            return topic == own + "down" or self._covered(topic, self._web_read)
         return False
 
     # --- helpers ------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from broker.embedded import EmbeddedBroker
 from fleet.controller.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, MeetingServer
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
+from fleet.controller.web_login import WebLogins
 from fleet.device.sim import MeetingDriver, SimFleet, device_ids
 from fleet.files import private_dir
 from fleet.mixer.process import maybe_local_janus
@@ -119,7 +120,7 @@ async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
             home / "controller.db",
             topics,
             credentials=store,
-            parts=[meetings, *config.parts],
+            parts=[meetings, WebLogins(store), *config.parts],
         )
         fleet = SimFleet(
             base,

@@ -268,6 +268,9 @@ class RoomMedia(StrEnum):
 
 MixRate = Literal[16000, 48000]
 DEFAULT_MIX_RATE = 16000
+# Lifetime of a person's browser credentials (web-login): a work day at most.
+DEFAULT_WEB_TTL_S = 3600.0
+MAX_WEB_TTL_S = 12 * 3600.0
 
 Sdp = Annotated[str, StringConstraints(min_length=1, max_length=32 * 1024)]
 MessageText = Annotated[str, StringConstraints(max_length=4096)]
@@ -317,8 +320,25 @@ class MeetSend(Message):
         return self
 
 
+# One ICE candidate: the value of an SDP `a=candidate:` line ("candidate:..." as browsers
+# give it, with or without the prefix), at most what such a line can hold.
+IceCandidate = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+MediaId = Annotated[str, StringConstraints(min_length=1, max_length=32)]
+
+
+class MeetCandidate(Message):
+    """Trickle ICE (§8.6): one more candidate of the sender's offer or answer to `to`, or
+    (`candidate` null) the end of its candidates."""
+
+    type: Literal["candidate"]
+    to: ShortText
+    candidate: IceCandidate | None = None
+    mid: MediaId = "0"
+
+
 MeetUp = Annotated[
-    MeetJoin | MeetLeave | MeetOffer | MeetAnswer | MeetSend, Field(discriminator="type")
+    MeetJoin | MeetLeave | MeetOffer | MeetAnswer | MeetCandidate | MeetSend,
+    Field(discriminator="type"),
 ]
 
 
@@ -363,6 +383,13 @@ class MeetRelayedAnswer(Message):
     sdp: Sdp
 
 
+class MeetRelayedCandidate(Message):
+    type: Literal["candidate"]
+    from_: ShortText = Field(alias="from")
+    candidate: IceCandidate | None = None
+    mid: MediaId = "0"
+
+
 class MeetLeft(Message):
     type: Literal["left"]
     session: ShortText | None = None
@@ -389,6 +416,7 @@ MeetDown = Annotated[
     | MeetPeerLeft
     | MeetRelayedOffer
     | MeetRelayedAnswer
+    | MeetRelayedCandidate
     | MeetLeft
     | MeetError
     | MeetDelivered,
@@ -411,6 +439,8 @@ class ApiOp(StrEnum):
     ROOMS = "rooms"
     SESSIONS = "sessions"
     SAY = "say"
+    # short-lived credentials for one person's browser (§11.3); operators only
+    WEB_LOGIN = "web-login"
 
 
 class ApiRequest(Message):
@@ -437,7 +467,22 @@ class ApiRequest(Message):
     text: MessageText | None = None
     # sessions: how many of the newest sessions to list
     limit: Annotated[int, Field(ge=1, le=100)] = 20
+    # web-login: the $7$ hash of the secret the caller chose (the secret never travels)
+    # and how long the credentials last
+    secret_hash: Annotated[str, StringConstraints(max_length=256)] | None = None
+    ttl_s: Annotated[float, Field(ge=1, le=MAX_WEB_TTL_S)] = DEFAULT_WEB_TTL_S
 
+
+# The ops a person's browser (web role) may request (§11.3): meetings and the fleet view.
+WEB_API_OPS = (
+    ApiOp.JOIN_ALL,
+    ApiOp.LEAVE_ALL,
+    ApiOp.JOIN,
+    ApiOp.LEAVE,
+    ApiOp.ROOMS,
+    ApiOp.SESSIONS,
+    ApiOp.SAY,
+)
 
 # The ops a homeassistant-role user may request (§11): meetings only, no commands
 # (reboot, OTA) and no room management.
@@ -455,6 +500,7 @@ API_REQUIRED_FIELDS: dict[ApiOp, tuple[str, ...]] = {
     ApiOp.ROOMS: (),
     ApiOp.SESSIONS: ("room",),
     ApiOp.SAY: ("room", "text"),
+    ApiOp.WEB_LOGIN: ("secret_hash",),
 }
 
 
@@ -556,6 +602,8 @@ class ApiResult(Message):
     # the meeting server's ops
     rooms: list[RoomInfo] = Field(default_factory=list, max_length=256)
     sessions: list[SessionInfo] = Field(default_factory=list, max_length=100)
+    # web-login: the broker user (= client id = participant pid) minted, valid until `until`
+    username: ShortText | None = None
 
 
 class Sync(Message):
