@@ -18,7 +18,8 @@ runtime_pkgs=(python3-venv janus)
 # is the source of truth for those.
 # A generated Mosquitto config loads a client-id plugin built with gcc against mosquitto-dev
 # (broker/mosquitto_plugin.py): wherever mosquitto is installed, those two go with it.
-dev_pkgs=(mosquitto mosquitto-dev gcc iproute2 victoria-metrics influxdb)
+# chromium: the web console's browser tests (driven by the playwright package).
+dev_pkgs=(mosquitto mosquitto-dev gcc iproute2 victoria-metrics influxdb chromium)
 if [ "$dev" = 1 ]; then
     mapfile -t fw_pkgs < <(grep -v '^\s*#' firmware/host/DEPENDENCIES | grep -v '^\s*$')
     dev_pkgs+=("${fw_pkgs[@]}")
