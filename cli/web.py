@@ -1,4 +1,4 @@
-"""`fleet web`: the web console for a running fleet (docs/protocol.md §11.3)."""
+"""`fleet web`: the web console for a running fleet (docs/protocol.md §11.2)."""
 
 from __future__ import annotations
 

@@ -355,7 +355,7 @@ async def test_will_on_a_foreign_topic_never_fires(any_broker: BrokerHandle) -> 
     assert [m.topic.value for m in got] == [t.status("dev-a")]
 
 
-# --- a person's browser (web role, §11.3) ------------------------------------------------------
+# --- a person's browser (web role, §11.2) ------------------------------------------------------
 
 
 def test_web_user_has_its_meet_topics_its_ops_and_the_read_only_fleet_view(acl: Acl) -> None:

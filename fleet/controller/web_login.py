@@ -1,4 +1,4 @@
-"""Short-lived broker credentials for people's browsers (docs/protocol.md §11.3).
+"""Short-lived broker credentials for people's browsers (docs/protocol.md §11.2).
 
 An operator (a controller-role user: only they may publish ``api/web-login``) asks for
 credentials for one browser; the controller mints a web-role user in the credential

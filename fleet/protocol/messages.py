@@ -439,7 +439,7 @@ class ApiOp(StrEnum):
     ROOMS = "rooms"
     SESSIONS = "sessions"
     SAY = "say"
-    # short-lived credentials for one person's browser (§11.3); operators only
+    # short-lived credentials for one person's browser (§11.2); operators only
     WEB_LOGIN = "web-login"
 
 
@@ -473,7 +473,7 @@ class ApiRequest(Message):
     ttl_s: Annotated[float, Field(ge=1, le=MAX_WEB_TTL_S)] = DEFAULT_WEB_TTL_S
 
 
-# The ops a person's browser (web role) may request (§11.3): meetings and the fleet view.
+# The ops a person's browser (web role) may request (§11.2): meetings and the fleet view.
 WEB_API_OPS = (
     ApiOp.JOIN_ALL,
     ApiOp.LEAVE_ALL,

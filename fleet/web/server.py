@@ -4,7 +4,7 @@ It serves fleet/web/static (built from fleet/web/frontend by `npm run build`, co
 so no Node at run time) and one endpoint that turns an operator's secret into a
 browser's own short-lived credentials: the secret is checked by the broker itself (the
 server connects as the operator with it) and the controller mints the credentials
-(``web-login``, §11.3). The server keeps no secret of its own; the page then talks MQTT
+(``web-login``, §11.2). The server keeps no secret of its own; the page then talks MQTT
 over WebSocket to the broker directly.
 """
 

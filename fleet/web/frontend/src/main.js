@@ -1,7 +1,7 @@
 // The espfleet web console: the fleet at a glance from the retained state over
 // MQTT-over-WebSocket (mqtt.js), the fleet's API ops, and talking in a room from the
 // browser (docs/protocol.md §8, with trickle ICE, §8.6). Credentials come from the
-// console server's /login (short-lived, minted by the controller, §11.3).
+// console server's /login (short-lived, minted by the controller, §11.2).
 import mqtt from "mqtt";
 import { Talk } from "./talk.js";
 
