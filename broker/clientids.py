@@ -40,7 +40,13 @@ def may_use(cred: Credential, client_id: str, users: Mapping[str, Credential]) -
 
 
 def clientids_text(creds: Iterable[Credential]) -> str:
-    """The plugin's user list: ``d <name>`` for devices, ``u <name>`` for others, sorted
-    in byte order (the plugin binary-searches it)."""
-    lines = sorted((c.username, "d" if c.role in (Role.DEVICE, Role.WEB) else "u") for c in creds)
-    return "".join(f"{kind} {name}\n" for name, kind in lines)
+    """The plugin's user list: ``d <name>`` for devices, ``w <name> <expires>`` for web
+    users, ``u <name>`` for others, sorted by name in byte order (the plugin
+    binary-searches it)."""
+    lines = []
+    for c in sorted(creds, key=lambda c: c.username):
+        if c.role is Role.WEB:
+            lines.append(f"w {c.username} {int(c.expires or 0)}\n")
+        else:
+            lines.append(f"{'d' if c.role is Role.DEVICE else 'u'} {c.username}\n")
+    return "".join(lines)
