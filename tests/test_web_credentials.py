@@ -67,3 +67,21 @@ async def test_web_login_mints_scoped_credentials_that_expire(
         again = await op.request(ApiOp.WEB_LOGIN, request)
         assert again.ok, again
         assert h.store.get(user) is None
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        ([], "give --ws-url or --ws-port"),
+        (["--ws-url", "http://fleet:8083/"], "expected ws://HOST:PORT/"),
+        (["--ws-port", "8083", "--ttl", "0"], "--ttl"),
+    ],
+)
+def test_fleet_web_refuses_bad_arguments(args: list[str], says: str) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    result = CliRunner().invoke(app, ["web", *args])
+    assert result.exit_code == 2, result.output
+    assert says in result.output
