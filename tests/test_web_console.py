@@ -220,6 +220,20 @@ async def test_talk_from_the_browser_with_trickle_ice_and_push_to_talk(rig: Rig)
         stats = {s.peer: s for s in await drv.mesh.stats()}
         assert stats[me].packets_received > 0, stats
     await page.screenshot(path=str(DOCS / "console-talk.png"), type="png")
+    # A device that joins after the browser offers to it (vanilla, from aiortc); the
+    # browser answers at once and trickles its candidates to the device.
+    await page.click("tr[data-device=dev-1] button[data-action=leave]")
+    await until(lambda: not rig.state("dev-1").meeting, "dev-1 left")
+    await page.click("tr[data-device=dev-1] button[data-action=join]")
+    await until(lambda: "dev-1" in rig.meetings._where, "dev-1 back in the session")
+    again = participant_of(rig, "dev-1")
+    await page_until(
+        page,
+        f"(h => h['{again}'] && h['{again}'].length == 1)"
+        f"(window.fleetConsole.talk.heardTones([{tones['dev-1']}]))",
+        "dev-1's tone in the browser again",
+    )
+    await until(lambda: rig.drivers["dev-1"].hears_tone(me, BROWSER_HZ), "dev-1 hears the browser")
     await hang_up(rig, page)
 
     # Push-to-talk: the mic is live only while the button is held.
