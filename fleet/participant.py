@@ -218,6 +218,8 @@ class MeetingParticipant:
         and we offer to the new peers (the mixer, or the members)."""
         log.info("%s: session %s is now %s", self.pid, self.session, media.media.value)
         await self._drop_all_peers()
+        for peer_id in self.mesh.peers() if self.mesh is not None else []:
+            await self._remove_peer(peer_id)  # one whose offer came in as the path changed
         self.media = media.media
         self.peers = {p.participant: p for p in media.peers}
         self.peer_errors.clear()

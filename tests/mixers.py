@@ -88,7 +88,9 @@ async def fake_mixer(behaviour: str) -> AsyncIterator[str]:
     - "silent": takes the connection and answers nothing;
     - "garbage": answers the session and handle requests as Janus does, and every plugin
       request with a reply that is no AudioBridge answer;
-    - "not-json": answers everything with text that is not JSON.
+    - "not-json": answers everything with text that is not JSON;
+    - "no-rooms": a healthy-looking AudioBridge (it lists no rooms) that refuses to
+      create any.
     """
 
     async def serve(ws: ServerConnection) -> None:
@@ -102,6 +104,14 @@ async def fake_mixer(behaviour: str) -> AsyncIterator[str]:
             reply: dict[str, object] = {"transaction": message.get("transaction")}
             if message.get("janus") in ("create", "attach"):
                 reply.update(janus="success", data={"id": 1234})
+            elif message.get("janus") == "message" and behaviour == "no-rooms":
+                request = message["body"]["request"]
+                data = (
+                    {"audiobridge": "success", "list": []}
+                    if request == "list"
+                    else {"audiobridge": "event", "error_code": 490, "error": "no rooms today"}
+                )
+                reply.update(janus="success", plugindata={"plugin": "audiobridge", "data": data})
             elif message.get("janus") == "message":
                 reply.update(janus="success", plugindata={"plugin": "x", "data": "nonsense"})
             else:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -18,6 +17,7 @@ import pytest
 import pytest_asyncio
 from aiortc import RTCIceServer
 from aiortc.mediastreams import MediaStreamError
+from netns import require_netns
 from running import wait_for
 
 from fleet.media import (
@@ -531,20 +531,6 @@ async def main():
 
 asyncio.run(main())
 """
-
-
-def require_netns() -> None:
-    """Skip when namespaces are impossible here (not root, no iproute2), except in CI."""
-    reason = None
-    if shutil.which("ip") is None:
-        reason = "the ip command (iproute2) is not installed"
-    elif os.geteuid() != 0:
-        reason = "network namespaces need root"
-    if reason is None:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason}; CI needs it for the loopback-only media test")
-    pytest.skip(reason)
 
 
 def test_a_loopback_only_namespace_fails_clearly_instead_of_hanging() -> None:

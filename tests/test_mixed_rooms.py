@@ -25,6 +25,7 @@ from mixers import janus as janus  # the fixtures (module-scoped)
 from mixers import mixed_net as mixed_net
 from netns import Netns
 from running import controller, operator, register_devices, sim_fleet, wait_for
+from test_cli import fleet
 from test_telemetry_dashboards import DB, fill, queries_of
 
 from broker.credentials import Role
@@ -632,6 +633,33 @@ async def test_a_member_behind_loss_and_jitter_keeps_hearing_and_its_telemetry_s
     assert shown["panel 'Jitter'"] > 10, shown
 
 
+async def test_a_mesh_session_whose_mixer_refuses_the_room_stays_a_mesh(
+    amqtt_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    async with (
+        fake_mixer("no-rooms") as url,
+        signalling_only(amqtt_broker, tmp_path, [url], mesh_cap=2) as (server, op, member),
+    ):
+        ann, bob, cid = await member("ann"), await member("bob"), await member("cid")
+        await ann.join("pair")
+        await bob.join("pair")
+        with pytest.raises(MeetingRefused) as refused:
+            await cid.join("pair")
+        assert refused.value.code == "mixer_failed"
+        assert "no rooms today" in refused.value.detail
+        await wait_for(lambda: ann.errors and bob.errors, what="the members hear why")
+        assert [(e.code, e.from_) for e in ann.errors] == [("mixer_failed", MIXER_PARTICIPANT)]
+        live = server.live["pair"]
+        assert (live.media, list(live.members)) == (MediaPath.MESH, ["p-1", "p-2"])
+        assert ann.media is MediaPath.MESH
+        assert list(ann.peers) == [bob.participant]
+        history = (await op.request(ApiOp.SESSIONS, ApiRequest(room="pair"))).sessions[0]
+        assert history.media is MediaPath.MESH
+        assert [e.detail for e in history.events if e.kind == "media"][-1].startswith(
+            "stays mesh: mixer janus-1: 'create' refused: 490 no rooms today"
+        )
+
+
 # --- fleet up's own mixer --------------------------------------------------------------------
 
 
@@ -643,8 +671,14 @@ async def test_the_stack_runs_a_local_janus_and_its_mixed_rooms_meet(
         await stack.wait_ready()
         assert stack.mixer_url is not None
         assert (tmp_path / "home" / "janus" / "janus.jcfg").exists()
+        cli = ("--broker", str(stack.operator_url), "--prefix", config.prefix)
+        code, out, err = await fleet(
+            "rooms", "create", "standup", "--media", "mixed", "--rate", "48000", *cli, home=tmp_path
+        )
+        assert code == 0, err
+        assert "mixed" in out
+        assert "48 kHz" in out
         async with FleetClient(stack.operator_url, Topics(config.prefix)) as op:
-            await create_room(op, "standup", RoomMedia.MIXED)
             assert (await op.request(ApiOp.JOIN_ALL, ApiRequest(room="standup"))).ok
             drivers = {d.id: d.driver for d in stack.fleet.devices}
             tones = {device_id: tone_for(n) for n, device_id in enumerate(drivers)}
@@ -658,6 +692,10 @@ async def test_the_stack_runs_a_local_janus_and_its_mixed_rooms_meet(
             )
             history = (await op.request(ApiOp.SESSIONS, ApiRequest(room="standup"))).sessions
             assert history[0].mixer == "janus-1"
+            code, out, err = await fleet("sessions", "standup", *cli, home=tmp_path)
+            assert code == 0, err
+            assert "mixed (janus-1)" in out
+            assert "on janus-1 at 48000 Hz" in out
         port = int(stack.mixer_url.rsplit(":", 1)[1])
     with socket.socket() as sock:  # Janus stopped with the stack
         assert sock.connect_ex(("127.0.0.1", port)) != 0

@@ -460,7 +460,8 @@ class MeetingServer(ControllerPart):
         self._spawn(self._event(EventKind.MEDIA, live, None, detail))
         self._place(live, mixer)
         newcomer = list(live.members)[-1]
-        self._spawn(self._tell_media(live, [m for p, m in live.members.items() if p != newcomer]))
+        existing = [m for p, m in live.members.items() if p != newcomer]
+        self._spawn(self._tell_media(live, existing, from_mesh=True))
 
     def _place(self, live: LiveSession, mixer: Mixer) -> None:
         live.mixer = mixer.name
@@ -487,12 +488,19 @@ class MeetingServer(ControllerPart):
         if self._where.get(member.pid) == (live, member.participant):
             await self._send(member.pid, self._joined(live, member, [self._mixer_info(live)]))
 
-    async def _tell_media(self, live: LiveSession, members: list[Member]) -> None:
+    async def _tell_media(
+        self, live: LiveSession, members: list[Member], from_mesh: bool = False
+    ) -> None:
         """After the room exists: every member in `members` drops its peers and offers to
-        the mixer (a mixer that could not be reached is reported to each as an error)."""
+        the mixer. A mixer that could not make the room is reported to each as an error;
+        a session that was moving from its mesh stays a mesh (its members still hold it)."""
         try:
             await self._wait_ready(live)
         except MixerError as exc:
+            if from_mesh:
+                live.media, live.mixer, live.ready = MediaPath.MESH, None, None
+                self.records.set_media(live.id, MediaPath.MESH, None)
+                self._history(live, "media", None, f"stays mesh: {exc}")
             for member in members:
                 await self._mixer_error(member.pid, exc)
             return
@@ -506,7 +514,11 @@ class MeetingServer(ControllerPart):
             ready = live.ready
             if ready is None:
                 raise MixerUnavailable("none", "the session has no mixer now")
-            await asyncio.shield(ready)
+            try:
+                await asyncio.shield(ready)
+            except MixerError:
+                if live.ready is ready or live.ready is None:  # not moved: this is the answer
+                    raise
             if live.ready is ready:  # not moved to another mixer meanwhile
                 return
 
