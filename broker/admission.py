@@ -84,7 +84,9 @@ class Admission:
                 del self._failures[next(iter(self._failures))]
             bucket = _Bucket(float(self.failed_login_burst), now)
             self._failures[address] = bucket
-        bucket.tokens -= 1.0
+        # Not below zero: failures admitted together (a fleet whose credentials are not
+        # there yet) must not lock the address out for longer than a refill of one.
+        bucket.tokens = max(0.0, bucket.tokens - 1.0)
 
     def _may_try_login(self, address: str) -> bool:
         bucket = self._refill(address, time.monotonic())

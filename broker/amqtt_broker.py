@@ -15,8 +15,9 @@
    debug line, formatting the whole table; the table's repr is made O(1).
 4. A new subscription scans every retained message, and a disconnect scans
    every filter: both O(fleet) per device. Here an exact filter finds its
-   retained message by lookup, and a disconnect visits only the client's own
-   filters.
+   retained message by lookup, a wildcard one walks a tree of the retained
+   topics (only the branches its levels name), and a disconnect visits only
+   the client's own filters.
 5. `shutdown()` with clients still connected can hang: stopping a session's
    handler cancels its reader and waits for an event that the reader sets
    only when its clean-up completes; a reader that ended on an exception
@@ -72,47 +73,52 @@ _publish_qos: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 
 
 class _Level:
-    """One level of the wildcard trie: children by level text, the filter ending here."""
+    """One level of a `LevelTree`: children by level text, the string ending here."""
 
-    __slots__ = ("children", "filter")
+    __slots__ = ("children", "key")
 
     def __init__(self) -> None:
         self.children: dict[str, _Level] = {}
-        self.filter: str | None = None
+        self.key: str | None = None
 
 
-class FilterTrie:
-    """Wildcard filters by level; `match` costs O(levels x matching branches)."""
+class LevelTree:
+    """Slash-separated strings (filters or topics) stored by level."""
 
     def __init__(self) -> None:
         self._root = _Level()
 
-    def add(self, topic_filter: str) -> None:
+    def add(self, key: str) -> None:
         node = self._root
-        for level in topic_filter.split("/"):
+        for level in key.split("/"):
             node = node.children.setdefault(level, _Level())
-        node.filter = topic_filter
+        node.key = key
 
-    def discard(self, topic_filter: str) -> None:
+    def discard(self, key: str) -> None:
+        levels = key.split("/")
         path = [self._root]
-        for level in topic_filter.split("/"):
+        for level in levels:
             child = path[-1].children.get(level)
             if child is None:
                 return
             path.append(child)
-        path[-1].filter = None
-        levels = topic_filter.split("/")
+        path[-1].key = None
         # Prune the branch back to the last level still in use.
         for depth in range(len(levels), 0, -1):
             node = path[depth]
-            if node.filter is not None or node.children:
+            if node.key is not None or node.children:
                 break
             del path[depth - 1].children[levels[depth - 1]]
 
     def clear(self) -> None:
         self._root = _Level()
 
+
+class FilterTrie(LevelTree):
+    """Wildcard filters; `match` costs O(levels x matching branches), not O(filters)."""
+
     def match(self, topic: str) -> list[str]:
+        """The filters that match `topic`."""
         levels = topic.split("/")
         n = len(levels)
         found: list[str] = []
@@ -120,11 +126,11 @@ class FilterTrie:
         while stack:
             node, i = stack.pop()
             rest = node.children.get("#")  # '#' also matches the parent level itself
-            if rest is not None and rest.filter is not None:
-                found.append(rest.filter)
+            if rest is not None and rest.key is not None:
+                found.append(rest.key)
             if i == n:
-                if node.filter is not None:
-                    found.append(node.filter)
+                if node.key is not None:
+                    found.append(node.key)
                 continue
             child = node.children.get(levels[i])
             if child is not None:
@@ -133,6 +139,64 @@ class FilterTrie:
             if plus is not None:
                 stack.append((plus, i + 1))
         return found
+
+
+class TopicTree(LevelTree):
+    """Topics; `matching` visits only the branches a filter's levels name."""
+
+    def matching(self, topic_filter: str) -> list[str]:
+        """The topics `topic_filter` matches: '+' walks one level's children, '#' a subtree."""
+        levels = topic_filter.split("/")
+        n = len(levels)
+        found: list[str] = []
+        stack = [(self._root, 0)]
+        while stack:
+            node, i = stack.pop()
+            if i == n:
+                if node.key is not None:
+                    found.append(node.key)
+                continue
+            level = levels[i]
+            if level == "#":
+                subtree = [node]  # '#' matches the parent level too
+                while subtree:
+                    below = subtree.pop()
+                    if below.key is not None:
+                        found.append(below.key)
+                    subtree.extend(below.children.values())
+            elif level == "+":
+                stack.extend((child, i + 1) for child in node.children.values())
+            else:
+                child = node.children.get(level)
+                if child is not None:
+                    stack.append((child, i + 1))
+        return found
+
+
+class RetainedTable(dict[str, Any]):
+    """amqtt's topic -> retained message table, with its topics in a `TopicTree`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tree = TopicTree()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key not in self:
+            self.tree.add(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self.tree.discard(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        if key in self:
+            self.tree.discard(key)
+        return super().pop(key, *default)
+
+    def clear(self) -> None:
+        super().clear()
+        self.tree.clear()
 
 
 class SubscriptionTable(dict[str, Subscribers]):
@@ -204,6 +268,7 @@ class FleetAmqttBroker(Broker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._subscriptions: SubscriptionTable = SubscriptionTable()
+        self._retained_messages: RetainedTable = RetainedTable()
 
     async def _client_message_loop(self, client_session: Session, handler: Any) -> None:
         """amqtt 0.12.1's loop, but queued publishes go out together and before a disconnect."""
@@ -373,10 +438,11 @@ class FleetAmqttBroker(Broker):
         if handler is None:
             return
         if "+" in topic_filter or "#" in topic_filter:
+            retained_table = self._retained_messages
             matching = [
-                retained
-                for topic, retained in self._retained_messages.items()
-                if self._matches(topic, topic_filter)
+                retained_table[topic]
+                for topic in retained_table.tree.matching(topic_filter)
+                if self._matches(topic, topic_filter)  # '$' topics and '+'/'#' filters
             ]
         else:
             exact = self._retained_messages.get(topic_filter)

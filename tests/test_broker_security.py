@@ -27,7 +27,7 @@ from running import controller, one_device, operator, wait_for
 import broker.embedded as embedded
 from broker.acl import split_filter
 from broker.admission import Admission
-from broker.amqtt_broker import FilterTrie
+from broker.amqtt_broker import FilterTrie, TopicTree
 from broker.clientids import owner
 from broker.credentials import Credential, CredentialStore, Role, hash_secret
 from broker.embedded import EmbeddedBroker
@@ -428,9 +428,45 @@ def test_filter_trie_matches_like_the_mqtt_rule() -> None:
                 return False
         return len(levels) == len(parts)
 
+    topics = {"/".join(rng.choice(words) for _ in range(rng.randint(1, 5))) for _ in range(300)}
+    tree = TopicTree()
+    for topic in topics:
+        tree.add(topic)
+    for topic in rng.sample(sorted(topics), 100):
+        tree.discard(topic)
+        topics.discard(topic)
     for _ in range(500):
         topic = "/".join(rng.choice(words) for _ in range(rng.randint(1, 5)))
         assert sorted(trie.match(topic)) == sorted(f for f in kept if matches(topic, f)), topic
+    for f in kept:
+        assert sorted(tree.matching(f)) == sorted(t for t in topics if matches(t, f)), f
+
+
+async def test_a_wildcard_subscription_looks_only_at_retained_topics_it_can_match(
+    amqtt_broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """amqtt compared every new wildcard filter with every retained topic: a client with
+    10,000 filters made the broker compare 10,000 x (the fleet's retained messages)."""
+    t = amqtt_broker.topics
+    ctl = amqtt_broker.add_user("ctl", Role.CONTROLLER)
+    inner = amqtt_broker.backend.broker._broker  # type: ignore[attr-defined]
+    async with mqtt_client(amqtt_broker, "ctl", ctl) as client:
+        for i in range(100):
+            await client.publish(t.state(f"dev-{i}"), b"{}", qos=1, retain=True)
+        calls = 0
+        matches = inner._matches
+
+        def counting(topic: str, a_filter: str) -> bool:
+            nonlocal calls
+            calls += 1
+            return matches(topic, a_filter)
+
+        monkeypatch.setattr(inner, "_matches", counting)
+        await client.subscribe(f"{t.prefix}/ha/+/x/#", qos=0)
+        await client.subscribe(f"{t.prefix}/dev/dev-7/+", qos=1)
+        got = await collect(client, until_topic=t.state("dev-7"), settle_s=0)
+    assert [m.topic.value for m in got] == [t.state("dev-7")]
+    assert calls <= 2  # the one retained topic each filter can match, not all 100
 
 
 # --- 13: credential writes off the event loop -----------------------------------------------
@@ -460,3 +496,30 @@ async def test_controller_rewrites_credentials_off_its_event_loop(
     assert threads
     assert threading.get_ident() not in threads
     assert amqtt_broker.store.get("dev-a").groups == ["hall"]  # type: ignore[union-attr]
+
+
+def test_a_burst_of_failed_logins_locks_an_address_out_briefly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr("broker.admission.time.monotonic", lambda: now[0])
+    admission = Admission(failed_logins_per_s=2.0, failed_login_burst=3)
+    for _ in range(50):  # a whole fleet admitted at once, all with a wrong password
+        assert admission.admit("10.0.0.9")
+    for _ in range(50):
+        admission.connected("10.0.0.9")
+        admission.login_failed("10.0.0.9")
+        admission.closed()
+    assert not admission.admit("10.0.0.9")
+    assert admission.admit("10.0.0.10")  # others are not affected
+    now[0] += 0.5  # one login's worth of refill
+    assert admission.admit("10.0.0.9")
+
+
+def test_sockets_in_all_stay_below_the_bound() -> None:
+    admission = Admission(max_connections=3, max_pending_per_address=10)
+    assert all(admission.admit(f"10.0.0.{i}") for i in range(3))
+    assert not admission.admit("10.0.0.99")
+    admission.closed()
+    assert admission.admit("10.0.0.99")
+    assert admission.refused == 1
