@@ -219,6 +219,12 @@ async def test_talk_from_the_browser_with_trickle_ice_and_push_to_talk(rig: Rig)
     for drv in rig.drivers.values():
         stats = {s.peer: s for s in await drv.mesh.stats()}
         assert stats[me].packets_received > 0, stats
+    # The fleet view shows what each device receives (its telemetry's per-peer level).
+    await page_until(
+        page,
+        "[...document.querySelectorAll('#devices meter')].every(m => m.value > 0.01)",
+        "a received level on every device's row",
+    )
     await page.screenshot(path=str(DOCS / "console-talk.png"), type="png")
     # A device that joins after the browser offers to it (vanilla, from aiortc); the
     # browser answers at once and trickles its candidates to the device.
