@@ -87,9 +87,8 @@ class WebConsole:
             raise FleetError(
                 f"the console cannot listen on {self.host}:{self.port}: {exc}"
             ) from exc
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        if sockets:
-            self.port = int(sockets[0].getsockname()[1])
+        if self._runner.addresses:  # the port the OS picked for port 0
+            self.port = int(self._runner.addresses[0][1])
         return self
 
     async def __aexit__(
