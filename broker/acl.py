@@ -14,6 +14,11 @@ The rules, by role:
 - agent (username == participant id): publishes its own ``meet/{id}/up`` and the ops of
   ``api/{op}`` in AGENT_API_OPS; reads ``meet/{id}/down``, device status/state and
   ``api/result``; both on ``sync/{id}-api`` (its API client's loopback).
+- web (one person's browser, username == its participant pid): publishes only
+  ``meet/{name}/up`` and the person's API ops (``WEB_API_OPS``: meetings, rooms,
+  sessions, say); reads ``meet/{name}/down``, device status/state/tele, ``api/result``
+  and ``events``: the read-only fleet view. Nothing at all once its credentials expire
+  (checked per message, so an open page goes deaf and mute at its expiry).
 - anonymous or unknown role: nothing.
 
 A wildcard subscription is allowed only when every topic it can match is readable.
@@ -24,10 +29,11 @@ exact topics are set lookups, the few wildcard rules are pre-split filters.
 
 from __future__ import annotations
 
+import time
 from typing import Literal
 
 from broker.credentials import Credential, Role
-from fleet.protocol.messages import AGENT_API_OPS, HOMEASSISTANT_API_OPS
+from fleet.protocol.messages import AGENT_API_OPS, HOMEASSISTANT_API_OPS, WEB_API_OPS
 from fleet.protocol.topics import Topics
 
 AclAction = Literal["publish", "subscribe", "receive"]
@@ -38,6 +44,7 @@ _HA_DEVICE_READ = ("status", "state", "tele")
 # Enum member lookup costs ~0.2 us on Python 3.11; module constants are plain globals.
 _DEVICE, _CONTROLLER, _HOMEASSISTANT = Role.DEVICE, Role.CONTROLLER, Role.HOMEASSISTANT
 _AGENT = Role.AGENT
+_WEB = Role.WEB
 _CACHE_LIMIT = 100_000  # entries per cache; cleared wholesale past this (cheap to rebuild)
 
 Filter = tuple[str, ...]
@@ -99,6 +106,12 @@ class Acl:
             *(split_filter(f"{p}/dev/+/{k}") for k in ("status", "state")),
             split_filter(f"{p}/api/result"),
         )
+        self._web_write_exact = frozenset(f"{p}/api/{op.value}" for op in WEB_API_OPS)
+        self._web_read: tuple[Filter, ...] = (
+            *(split_filter(f"{p}/dev/+/{k}") for k in _HA_DEVICE_READ),
+            split_filter(topics.api_result),
+            split_filter(topics.events),
+        )
         # (username, groups) -> (writable topics, readable topics)
         self._device_cache: dict[tuple[str, tuple[str, ...]], tuple[frozenset[str], frozenset[str]]]
         self._device_cache = {}
@@ -140,6 +153,13 @@ class Acl:
             if topic in (*own, self.topics.meet_down(cred.username)):
                 return True
             return self._covered(topic, self._agent_read)
+        if role is _WEB:
+            if cred.expired(time.time()):
+                return False
+            own = f"{self.prefix}/meet/{cred.username}/"
+            if action == "publish":
+                return topic == own + "up" or topic in self._web_write_exact
+            return topic == own + "down" or self._covered(topic, self._web_read)
         return False
 
     # --- helpers ------------------------------------------------------------------------------

@@ -97,6 +97,9 @@ class FleetAuthPlugin(BaseAuthPlugin, _StoreMixin):
         if cred is None:
             self.context.logger.info("refused %s: bad username or password", session.client_id)
             return False
+        if cred.expired(time.time()):
+            self.context.logger.info("refused %s: its credentials expired", username)
+            return False
         if not clientids.may_use(cred, session.client_id or "", self.store.users):
             self.context.logger.info(
                 "refused %s: client id %r belongs to another user%s",

@@ -1,14 +1,14 @@
 """Which user a client id belongs to (docs/protocol.md §11), on both brokers.
 
-The owner of a client id is the user with the longest name that the id equals or
-extends with ``-`` (``controller``, ``controller-2`` and ``controller-cli-1a2b`` belong
-to ``controller``; ``dev-1-2`` to the device ``dev-1-2`` when it exists, else to
-``dev-1``). A CONNECT is accepted only with a client id its user owns, and a device
-must use exactly its id. So no user can take over another user's session, whatever
-the role, while a controller or operator still runs several connections of its own.
-The embedded broker applies `may_use` at CONNECT; Mosquitto applies the same rule in
-broker/mosquitto_clientid.c from the list `clientids_text` writes.
-"""
+The owner of a client id is the user with the longest name that the id equals or extends
+with ``-`` (``controller``, ``controller-2`` and ``controller-cli-1a2b`` belong to
+``controller``; ``dev-1-2`` to the device ``dev-1-2`` when it exists, else to
+``dev-1``). A CONNECT is accepted only with a client id its user owns, and a device must
+use exactly its id (a person's browser, the web role, its username). So no user can take
+over another user's session, whatever the role, while a controller or operator still
+runs several connections of its own. The embedded broker applies `may_use` at CONNECT;
+Mosquitto applies the same rule in broker/mosquitto_clientid.c from the list
+`clientids_text` writes."""
 
 from __future__ import annotations
 
@@ -33,14 +33,20 @@ def owner(client_id: str, users: Mapping[str, Credential]) -> Credential | None:
 
 def may_use(cred: Credential, client_id: str, users: Mapping[str, Credential]) -> bool:
     """True when `cred`'s user may connect with `client_id`."""
-    if cred.role is Role.DEVICE:
+    if cred.role in (Role.DEVICE, Role.WEB):
         return client_id == cred.username
     found = owner(client_id, users)
     return found is not None and found.username == cred.username
 
 
 def clientids_text(creds: Iterable[Credential]) -> str:
-    """The plugin's user list: ``d <name>`` for devices, ``u <name>`` for others, sorted
-    in byte order (the plugin binary-searches it)."""
-    lines = sorted((c.username, "d" if c.role is Role.DEVICE else "u") for c in creds)
-    return "".join(f"{kind} {name}\n" for name, kind in lines)
+    """The plugin's user list: ``d <name>`` for devices, ``w <name> <expires>`` for web
+    users, ``u <name>`` for others, sorted by name in byte order (the plugin
+    binary-searches it)."""
+    lines = []
+    for c in sorted(creds, key=lambda c: c.username):
+        if c.role is Role.WEB:
+            lines.append(f"w {c.username} {int(c.expires or 0)}\n")
+        else:
+            lines.append(f"{'d' if c.role is Role.DEVICE else 'u'} {c.username}\n")
+    return "".join(lines)

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import secrets
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -66,6 +67,9 @@ class Role(StrEnum):
     CONTROLLER = "controller"
     HOMEASSISTANT = "homeassistant"
     AGENT = "agent"  # a Python participant that may also use some API ops (broker/acl.py)
+    # One person's browser (a signed-in operator's console): minted by the controller
+    # (web-login), short-lived; its username is its client id and its participant pid.
+    WEB = "web"
 
 
 class Credential(BaseModel):
@@ -77,13 +81,20 @@ class Credential(BaseModel):
     role: Role
     hash: Annotated[str, Field(pattern=_HASH_RE.pattern)]
     groups: list[GroupName] = Field(default_factory=list, max_length=32)
+    # Unix time after which the user is refused (web users only, who always have one).
+    expires: float | None = None
 
     @model_validator(mode="after")
     def _check_name_and_groups(self) -> Credential:
         check_username(self.username, self.role)
         if self.groups and self.role is not Role.DEVICE:
             raise ValueError(f"only devices have groups, not a {self.role.value} user")
+        if (self.expires is not None) != (self.role is Role.WEB):
+            raise ValueError("web users, and only they, have an expiry time")
         return self
+
+    def expired(self, now: float) -> bool:
+        return self.expires is not None and now >= self.expires
 
     @property
     def iterations(self) -> int:
@@ -92,7 +103,11 @@ class Credential(BaseModel):
 
 def check_username(username: str, role: Role | str) -> None:
     """Raise ValueError when `username` is not a valid name for `role`."""
-    if Role(role) in (Role.DEVICE, Role.AGENT):  # both meet as participants named by id
+    if Role(role) in (
+        Role.DEVICE,
+        Role.AGENT,
+        Role.WEB,
+    ):  # participants named by id, topic segments
         if not _DEVICE_NAME_RE.match(username):
             raise ValueError(f"invalid device id {username!r}: {NAME_RULES['device']}")
     elif not _USER_NAME_RE.match(username):
@@ -341,6 +356,30 @@ class CredentialStore:
                 self._users[cred.username] = cred
         return out
 
+    def add_web(self, username: str, secret_hash: str, expires: float) -> Credential:
+        """A person's browser user with the hash of a secret its requester chose; expired
+        web users go in the same write."""
+        cred = _build(username, Role.WEB, secret_hash, (), expires=expires)
+        with self._writing():
+            if username in self._users:
+                raise CredentialsError(f"user {username!r} already exists")
+            self._drop_expired(time.time())
+            self._users[username] = cred
+        return cred
+
+    def remove_expired(self, now: float) -> int:
+        """Forget web users whose credentials have lapsed; how many went."""
+        if not any(c.expired(now) for c in self._users.values()):
+            return 0
+        with self._writing():
+            return self._drop_expired(now)
+
+    def _drop_expired(self, now: float) -> int:
+        gone = [name for name, c in self._users.items() if c.expired(now)]
+        for name in gone:
+            del self._users[name]
+        return len(gone)
+
     def remove(self, username: str) -> bool:
         with self._writing():
             return self._users.pop(username, None) is not None
@@ -388,7 +427,7 @@ class CredentialStore:
     def _save(self) -> None:
         doc: dict[str, Any] = {
             "version": FILE_VERSION,
-            "users": [c.model_dump(mode="json") for c in self._users.values()],
+            "users": [c.model_dump(mode="json", exclude_none=True) for c in self._users.values()],
         }
         atomic_write(self.path, json.dumps(doc, indent=1).encode() + b"\n")
         st = self.path.stat()
@@ -422,11 +461,17 @@ def _role(role: Role | str) -> Role:
         raise CredentialsError(f"unknown role {role!r}: choose one of {choices}") from None
 
 
-def _build(username: str, role: Role, hash_: str, groups: Sequence[str]) -> Credential:
+def _build(
+    username: str,
+    role: Role,
+    hash_: str,
+    groups: Sequence[str],
+    expires: float | None = None,
+) -> Credential:
     # Keep the first occurrence of each group; 'all' is implicit for every device.
     uniq = [g for i, g in enumerate(groups) if g != "all" and g not in groups[:i]]
     try:
-        return Credential(username=username, role=role, hash=hash_, groups=uniq)
+        return Credential(username=username, role=role, hash=hash_, groups=uniq, expires=expires)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         loc = ".".join(str(p) for p in first["loc"])

@@ -33,7 +33,12 @@ from pathlib import Path
 from broker.clientids import clientids_text
 from broker.credentials import CredentialStore, Role, atomic_write
 from broker.mosquitto_plugin import clientid_plugin
-from fleet.protocol.messages import AGENT_API_OPS, HOMEASSISTANT_API_OPS, MAX_PAYLOAD_BYTES
+from fleet.protocol.messages import (
+    AGENT_API_OPS,
+    HOMEASSISTANT_API_OPS,
+    MAX_PAYLOAD_BYTES,
+    WEB_API_OPS,
+)
 from fleet.protocol.topics import DEFAULT_PREFIX, Topics
 
 CONF_NAME = "mosquitto.conf"
@@ -96,6 +101,8 @@ def mosquitto_acl(store: CredentialStore, prefix: str = DEFAULT_PREFIX) -> str:
                 f"topic read {p}/dev/+/state",
                 f"topic read {p}/api/result",
             ]
+        elif cred.role is Role.WEB:
+            lines += _web_acl(t, cred.username)
         lines.append("")
     return "\n".join(lines)
 
@@ -112,6 +119,21 @@ def _device_acl(p: str, device_id: str, groups: list[str]) -> list[str]:
         f"topic read {dev}/cmd",
         f"topic read {meet}/down",
         *(f"topic read {p}/grp/{g}/desired" for g in ("all", *groups)),
+    ]
+
+
+def _web_acl(t: Topics, username: str) -> list[str]:
+    """A person's browser (broker/acl.py): its meet topics, its API ops, the fleet view.
+    Its expiry is the client-id plugin's to check (the ACL file has no time)."""
+    p = t.prefix
+    return [
+        f"user {username}",
+        f"topic write {p}/meet/{username}/up",
+        f"topic read {p}/meet/{username}/down",
+        *(f"topic write {p}/api/{op.value}" for op in WEB_API_OPS),
+        *(f"topic read {p}/dev/+/{kind}" for kind in ("status", "state", "tele")),
+        f"topic read {t.api_result}",
+        f"topic read {t.events}",
     ]
 
 

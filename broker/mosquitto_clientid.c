@@ -8,14 +8,19 @@
  *   the owner of a client id is the user with the longest name that the id
  *   equals or extends with "-"; a device's id must equal its name exactly.
  *
+ * A person's browser user (web role) owns exactly its name, like a device, and
+ * only until its expiry (docs/protocol.md 11.2): after it, its CONNECT is refused.
+ *
  * It only refuses: when the id is the user's own it defers, so password_file
  * still checks the password. Users come from the file named by
- * `plugin_opt_clientids` (lines "d <name>" for devices, "u <name>" for
- * others, sorted by name), read at start and on every SIGHUP.
+ * `plugin_opt_clientids` (lines "d <name>" for devices, "w <name> <expires>"
+ * for web users, expires in Unix seconds, "u <name>" for others, sorted by
+ * name), read at start and on every SIGHUP.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
@@ -23,7 +28,8 @@
 
 struct users {
 	char *buf;     /* the file, NUL-separated */
-	char **names;  /* sorted; names[i][-2] is the kind ('d' or 'u') */
+	char **names;  /* sorted; names[i][-2] is the kind ('d', 'w' or 'u'); a 'w'
+	                  name is followed by its NUL and its expiry */
 	size_t count;
 };
 
@@ -64,8 +70,12 @@ static int users_load(const char *path, struct users *out)
 	for(char *line = u.buf; *line;){
 		char *end = strchr(line, '\n');
 		if(end) *end = '\0';
-		if((line[0] == 'd' || line[0] == 'u') && line[1] == ' ' && line[2]){
-			u.names[u.count++] = line + 2;
+		if((line[0] == 'd' || line[0] == 'u' || line[0] == 'w') && line[1] == ' ' && line[2]){
+			char *gap = line[0] == 'w' ? strchr(line + 2, ' ') : NULL;
+			if(line[0] != 'w' || gap){
+				if(gap) *gap = '\0';
+				u.names[u.count++] = line + 2;
+			}
 		}
 		if(!end) break;
 		line = end + 1;
@@ -109,7 +119,15 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	const char *username = ed->username;
 	if(!username || !id) return MOSQ_ERR_AUTH;
 	char *owner = owner_of(id);
-	if(owner && !strcmp(owner, username) && (owner[-2] != 'd' || !strcmp(id, username))){
+	if(owner && owner[-2] == 'w' && !strcmp(owner, username) && !strcmp(id, username)){
+		double expires = strtod(owner + strlen(owner) + 1, NULL);
+		if((double)time(NULL) < expires) return MOSQ_ERR_PLUGIN_DEFER;
+		mosquitto_log_printf(MOSQ_LOG_NOTICE,
+				"fleet-clientid: refused '%s': its credentials expired", username);
+		return MOSQ_ERR_AUTH;
+	}
+	if(owner && owner[-2] != 'w' && !strcmp(owner, username)
+			&& (owner[-2] != 'd' || !strcmp(id, username))){
 		return MOSQ_ERR_PLUGIN_DEFER;
 	}
 	mosquitto_log_printf(MOSQ_LOG_NOTICE,

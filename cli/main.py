@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from cli import broker, creds, flash, meetings, ops, services, telemetry
+from cli import broker, creds, flash, meetings, ops, services, telemetry, web
 from cli.common import Exit, FleetGroup, command_group, fail, setup_logging
 from fleet.protocol import json_schemas
 from fleet.protocol.messages import PROTOCOL_VERSION
@@ -72,6 +72,7 @@ app.command("demo")(services.demo)
 app.command("controller")(services.controller)
 app.command("ingest")(services.ingest)
 app.command("sim")(services.sim)
+app.command("web")(web.web)
 app.command("devices")(ops.devices)
 app.command("join-all")(ops.join_all)
 app.command("leave-all")(ops.leave_all)

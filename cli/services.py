@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from fleet.client import FleetClient
 from fleet.controller.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, MeetingServer
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
+from fleet.controller.web_login import WebLogins
 from fleet.device.bulk import BulkFleet
 from fleet.device.sim import MeetingDriver, SimFleet, device_ids
 from fleet.device.tones import TONE_SLOTS
@@ -64,6 +66,7 @@ from fleet.protocol.messages import (
 from fleet.protocol.topics import DEFAULT_HA_PREFIX
 from fleet.settings import load_settings
 from fleet.stack import Stack, StackConfig, free_port, running_stack
+from fleet.web.server import stack_console
 
 LISTED_DEVICES = 6  # a join's result lists every device up to this many, then only failures
 
@@ -133,6 +136,13 @@ def up(
     ws_port: Annotated[
         int | None, typer.Option(help="Also listen for MQTT over WebSocket.")
     ] = None,
+    web: Annotated[
+        bool,
+        typer.Option(
+            help="Serve the web console (on --web-port; WebSocket on a free port unless --ws-port)."
+        ),
+    ] = False,
+    web_port: Annotated[int, typer.Option(min=0, max=65535, help="The web console's port.")] = 8080,
     host: Annotated[str, typer.Option(help="Address the broker binds.")] = "127.0.0.1",
     engine: EngineOpt = BrokerEngine.AUTO,
     group: GroupOpt = None,
@@ -192,6 +202,8 @@ def up(
         influx_flush_interval,
         influx_buffer,
     )
+    if web and ws_port is None:
+        ws_port = free_port(host)
     config = StackConfig(
         home=settings.home,
         devices=devices,
@@ -221,16 +233,24 @@ def up(
                 if stack.mixer_url
                 else "no mixer (mixed rooms refused; apt-get install janus)"
             )
-            console.print(
-                f"[green]up[/] in {time.monotonic() - started:.1f}s: "
-                f"{_broker_line(stack.broker, host)}{websocket}, controller, {mixing}, "
-                f"{plural(devices, 'simulated device')}. "
-                f"CLI commands find it through {client_file}. Ctrl-C stops everything.",
-                highlight=False,
-            )
-            # The parts run until Ctrl-C; one that ends on its own is a failure to report.
-            await asyncio.wait(stack.tasks, return_when=asyncio.FIRST_COMPLETED)
-            raise stack.failed() or RuntimeError("a part of the stack stopped")
+            async with contextlib.AsyncExitStack() as extra:
+                if web:
+                    site = await extra.enter_async_context(stack_console(stack, host, web_port))
+                    console.print(
+                        f"web console on {site.url} (sign in with the operator's secret "
+                        f"from {client_file})",
+                        highlight=False,
+                    )
+                console.print(
+                    f"[green]up[/] in {time.monotonic() - started:.1f}s: "
+                    f"{_broker_line(stack.broker, host)}{websocket}, controller, {mixing}, "
+                    f"{plural(devices, 'simulated device')}. "
+                    f"CLI commands find it through {client_file}. Ctrl-C stops everything.",
+                    highlight=False,
+                )
+                # The parts run until Ctrl-C; one that ends on its own is a failure to report.
+                await asyncio.wait(stack.tasks, return_when=asyncio.FIRST_COMPLETED)
+                raise stack.failed() or RuntimeError("a part of the stack stopped")
 
     run_service(go())
 
@@ -250,7 +270,8 @@ def controller(
         Path | None,
         typer.Option(
             help="The embedded broker's credentials file: set_groups then grants the new "
-            "groups in the broker's ACL before the device subscribes them."
+            "groups in the broker's ACL before the device subscribes them, and the web "
+            "console's sign-in (web-login) mints browsers' credentials there."
         ),
     ] = None,
     room_cap: RoomCapOpt = DEFAULT_ROOM_CAP,
@@ -321,6 +342,8 @@ def controller(
     meetings = MeetingServer(
         room_cap=room_cap, auto_create=auto_create, mesh_cap=mesh_cap, mixers=mixers
     )
+    if store is not None:  # people's browsers get credentials only where they are kept
+        parts.append(WebLogins(store))
     run_service(
         Controller(
             url, path, topics, client_id=client_id, credentials=store, parts=[meetings, *parts]

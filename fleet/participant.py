@@ -4,7 +4,8 @@ It joins a room through the meeting server, opens a peer connection to every
 peer `joined` names (the members already there, or in a mixed session the one
 mixer; `media` moves it from one to the other without leaving the session;
 the newcomer offers, so two members never offer to each other at once),
-answers offers from later members, closes a peer when it
+answers offers from later members (their ICE candidates may trickle in after the
+SDP: docs/protocol.md §8.6), closes a peer when it
 leaves, and keeps what a device reports: room, session, participant, peers.
 
 Transport is the caller's: a simulated device hands over its own MQTT link,
@@ -44,6 +45,7 @@ from fleet.protocol.messages import (
     MeetPeerLeft,
     MeetReject,
     MeetRelayedAnswer,
+    MeetRelayedCandidate,
     MeetRelayedOffer,
     MeetSend,
     PeerInfo,
@@ -181,9 +183,21 @@ class MeetingParticipant:
             self._spawn(self._remove_peer(message.participant), message.participant)
             self._changed()
         elif isinstance(message, MeetRelayedOffer):
+            if self.mesh is not None:
+                self.mesh.expect_description(message.from_)
             self._spawn(self._answer(message.from_, message.sdp), message.from_, reject=True)
         elif isinstance(message, MeetRelayedAnswer):
+            if self.mesh is not None:
+                self.mesh.expect_description(message.from_)
             self._spawn(self._accept_answer(message.from_, message.sdp), message.from_, reject=True)
+        elif isinstance(message, MeetRelayedCandidate):
+            if self.mesh is not None:
+                # In a task like the SDP work; the order of a peer's candidates is kept by
+                # the mesh (held until its SDP is applied).
+                self._spawn(
+                    self.mesh.add_candidate(message.from_, message.candidate, message.mid),
+                    message.from_,
+                )
         elif isinstance(message, MeetLeft):
             if self._pending_leave is not None and not self._pending_leave.done():
                 self._pending_leave.set_result(None)

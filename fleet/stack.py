@@ -21,6 +21,7 @@ from broker.local import BrokerEngine, MosquittoBroker, free_port, local_broker
 from fleet.controller.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, MeetingServer
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
+from fleet.controller.web_login import WebLogins
 from fleet.device.sim import MeetingDriver, SimFleet, device_ids
 from fleet.device.tones import tone_amplitude, tone_for
 from fleet.device.workers import DeviceSound, SimWorkers
@@ -140,7 +141,7 @@ async def _running_stack(config: StackConfig) -> AsyncIterator[Stack]:
             topics,
             # Mosquitto reads its ACL from files: the broker rewrites them on a grant.
             credentials=broker if isinstance(broker, MosquittoBroker) else store,
-            parts=[meetings, *config.parts],
+            parts=[meetings, WebLogins(store), *config.parts],
         )
         workers = sim_workers(config, base, topics, secrets)
         fleet = SimFleet(

@@ -20,7 +20,8 @@ runtime_pkgs=(python3-venv mosquitto mosquitto-dev gcc janus espeak-ng)
 # (iproute2: a host with only loopback for the media tests) and builds the firmware core
 # (gcc, clang/libFuzzer, cJSON, libmosquitto): the firmware's own list is the source of
 # truth for those.
-dev_pkgs=(iproute2 victoria-metrics influxdb)
+# chromium: the web console's browser tests (driven by the playwright package).
+dev_pkgs=(iproute2 victoria-metrics influxdb chromium)
 if [ "$dev" = 1 ]; then
     mapfile -t fw_pkgs < <(grep -v '^\s*#' firmware/host/DEPENDENCIES | grep -v '^\s*$')
     dev_pkgs+=("${fw_pkgs[@]}")

@@ -353,3 +353,54 @@ async def test_will_on_a_foreign_topic_never_fires(any_broker: BrokerHandle) -> 
         assert await connect_and_drop(any_broker, "dev-a", secret, t.status("dev-a"), b"{}") == 0
         got = await collect(watcher, until_topic=t.status("dev-a"))
     assert [m.topic.value for m in got] == [t.status("dev-a")]
+
+
+# --- a person's browser (web role, §11.2) ------------------------------------------------------
+
+
+def test_web_user_has_its_meet_topics_its_ops_and_the_read_only_fleet_view(acl: Acl) -> None:
+    import time
+
+    from fleet.protocol.messages import WEB_API_OPS
+
+    web = Credential(username="web-1a2b", role=Role.WEB, hash=HASH, expires=time.time() + 60)
+    for topic in (f"{P}/meet/web-1a2b/up", *(f"{P}/api/{op.value}" for op in WEB_API_OPS)):
+        assert acl.allows(web, "publish", topic), topic
+    for topic in (
+        f"{P}/meet/web-1a2b/down",
+        f"{P}/dev/dev-1/status",
+        f"{P}/dev/+/state",
+        f"{P}/dev/+/tele",
+        f"{P}/api/result",
+        f"{P}/events",
+    ):
+        assert acl.allows(web, "subscribe", topic), topic
+        assert acl.allows(web, "receive", topic.replace("+", "dev-2")), topic
+    for action, topic in (
+        ("publish", f"{P}/meet/web-9999/up"),  # another participant
+        ("publish", f"{P}/meet/dev-1/up"),
+        ("publish", f"{P}/dev/dev-1/state"),  # no forged reports
+        ("publish", f"{P}/api/cmd"),  # no reboot or OTA
+        ("publish", f"{P}/api/room-rm"),
+        ("publish", f"{P}/api/web-login"),  # no minting more
+        ("publish", f"{P}/dev/dev-1/desired"),
+        ("subscribe", f"{P}/meet/dev-1/down"),  # nobody else's signalling
+        ("subscribe", f"{P}/meet/+/down"),
+        ("subscribe", f"{P}/dev/dev-1/cmd"),
+        ("subscribe", f"{P}/dev/+/desired"),
+        ("subscribe", f"{P}/#"),
+        ("subscribe", "homeassistant/#"),
+    ):
+        assert not acl.allows(web, action, topic), (action, topic)  # type: ignore[arg-type]
+    # Expired: nothing at all, though still connected.
+    lapsed = web.model_copy(update={"expires": time.time() - 1})
+    assert not acl.allows(lapsed, "publish", f"{P}/meet/web-1a2b/up")
+    assert not acl.allows(lapsed, "receive", f"{P}/meet/web-1a2b/down")
+    assert not acl.allows(lapsed, "receive", f"{P}/dev/dev-1/status")
+
+
+def test_only_web_users_have_an_expiry() -> None:
+    with pytest.raises(ValueError, match="expiry"):
+        Credential(username="web-1", role=Role.WEB, hash=HASH)
+    with pytest.raises(ValueError, match="expiry"):
+        Credential(username="ha", role=Role.HOMEASSISTANT, hash=HASH, expires=1.0)

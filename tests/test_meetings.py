@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,10 +24,12 @@ from fleet.protocol import TopicKind, decode_for, encode
 from fleet.protocol.messages import (
     ApiOp,
     ApiRequest,
+    MeetCandidate,
     MeetDelivered,
     MeetError,
     MeetLeave,
     MeetOffer,
+    MeetRelayedCandidate,
     MeetRelayedOffer,
 )
 
@@ -377,3 +380,61 @@ async def test_sessions_left_open_by_a_crash_are_closed_on_start(
             history = await sessions(op, "standup")
             assert history[0].ended is not None
             assert history[0].participants[0].left is not None
+
+
+async def test_candidates_are_relayed_only_inside_the_session(
+    any_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    """Trickle ICE (§8.6): a candidate, and the end of them, go to the one member named,
+    with the sender as `from`; outside the session they are refused; bad ones too."""
+    async with (
+        controller(any_broker, tmp_path / "ctl.db"),
+        peer(any_broker, "ann") as ann,
+        peer(any_broker, "bob") as bob,
+        peer(any_broker, "eve") as eve,
+    ):
+        a = await ann.join("standup")
+        b = await bob.join("standup")
+        got: list[MeetRelayedCandidate | MeetDelivered] = []
+
+        def spy(payload: bytes) -> None:
+            message = decode_for(TopicKind.MEET_DOWN, payload)
+            if isinstance(message, MeetRelayedCandidate | MeetDelivered):
+                got.append(message)
+
+        ann.handle = spy  # type: ignore[method-assign]
+        line = "candidate:1 1 udp 2122260223 10.1.0.2 50000 typ host"
+        await bob.send(MeetCandidate(type="candidate", to=a.participant, candidate=line))
+        await bob.send(MeetCandidate(type="candidate", to=a.participant, candidate=None))
+        await wait_for(lambda: len(got) == 2, what="two candidates relayed to ann")
+        assert got == [
+            MeetRelayedCandidate(type="candidate", from_=b.participant, candidate=line, mid="0"),
+            MeetRelayedCandidate(type="candidate", from_=b.participant, candidate=None, mid="0"),
+        ]
+        # Outside the session: refused, never relayed.
+        await eve.send(MeetCandidate(type="candidate", to=a.participant, candidate=line))
+        await wait_for(lambda: eve.errors, what="eve refused")
+        assert eve.errors[-1].code == "not_in_session"
+        await eve.join("retro")
+        await eve.send(MeetCandidate(type="candidate", to="p-2", candidate=line))
+        await wait_for(lambda: len(eve.errors) == 2, what="eve refused again")
+        assert eve.errors[-1].code == "unknown_participant"
+        # A mesh session has no mixer to trickle to.
+        await bob.send(MeetCandidate(type="candidate", to="mixer", candidate=line))
+        await wait_for(lambda: bob.errors, what="bob refused")
+        assert bob.errors[-1].code == "unknown_participant"
+        # Malformed: an oversize candidate, a number for a candidate, no `to`.
+        topic = any_broker.topics.meet_up("bob")
+        for bad in (
+            {"type": "candidate", "to": a.participant, "candidate": "x" * 2000},
+            {"type": "candidate", "to": a.participant, "candidate": 5},
+            {"type": "candidate", "candidate": line},
+        ):
+            await bob._publish(topic, json.dumps(bad).encode())
+        await wait_for(lambda: len(bob.errors) == 4, what="three bad candidates refused")
+        assert [e.code for e in bob.errors[1:]] == ["bad_request"] * 3
+        # A marker sent after everything: what reached ann is the two candidates only.
+        await bob.say(text="marker")
+        await wait_for(lambda: len(got) == 3, what="the marker")
+        assert isinstance(got[2], MeetDelivered)
+        assert got[2].text == "marker"

@@ -45,6 +45,7 @@ MODELS: dict[str, tuple[type[BaseModel], TopicKind, str]] = {
     "MeetLeave": (m.MeetLeave, TopicKind.MEET_UP, "meet_up"),
     "MeetOffer": (m.MeetOffer, TopicKind.MEET_UP, "meet_up"),
     "MeetAnswer": (m.MeetAnswer, TopicKind.MEET_UP, "meet_up"),
+    "MeetCandidate": (m.MeetCandidate, TopicKind.MEET_UP, "meet_up"),
     "MeetSend": (m.MeetSend, TopicKind.MEET_UP, "meet_up"),
     "MeetReject": (m.MeetReject, TopicKind.MEET_UP, "meet_up"),
     "MeetJoined": (m.MeetJoined, TopicKind.MEET_DOWN, "meet_down"),
@@ -53,6 +54,7 @@ MODELS: dict[str, tuple[type[BaseModel], TopicKind, str]] = {
     "MeetPeerLeft": (m.MeetPeerLeft, TopicKind.MEET_DOWN, "meet_down"),
     "MeetRelayedOffer": (m.MeetRelayedOffer, TopicKind.MEET_DOWN, "meet_down"),
     "MeetRelayedAnswer": (m.MeetRelayedAnswer, TopicKind.MEET_DOWN, "meet_down"),
+    "MeetRelayedCandidate": (m.MeetRelayedCandidate, TopicKind.MEET_DOWN, "meet_down"),
     "MeetLeft": (m.MeetLeft, TopicKind.MEET_DOWN, "meet_down"),
     "MeetError": (m.MeetError, TopicKind.MEET_DOWN, "meet_down"),
     "MeetDelivered": (m.MeetDelivered, TopicKind.MEET_DOWN, "meet_down"),
@@ -889,6 +891,7 @@ def test_reject_codes_match_the_spec() -> None:
         "say",
         "transcribe",
         "transcript",
+        "web-login",
     }
 
 

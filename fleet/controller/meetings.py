@@ -43,6 +43,7 @@ from fleet.protocol.messages import (
     FleetEvent,
     MediaPath,
     MeetAnswer,
+    MeetCandidate,
     MeetDelivered,
     MeetError,
     MeetJoin,
@@ -55,6 +56,7 @@ from fleet.protocol.messages import (
     MeetPeerLeft,
     MeetReject,
     MeetRelayedAnswer,
+    MeetRelayedCandidate,
     MeetRelayedOffer,
     MeetSend,
     Message,
@@ -77,6 +79,9 @@ DEFAULT_ROOM_CAP = 256
 DEFAULT_MESH_CAP = 4
 # Rooms are rows a join could otherwise add without end (issue 11 item 10).
 DEFAULT_MAX_ROOMS = 1000
+# Trickled candidates held per member while its offer reaches the mixer (a browser
+# sends a handful; more is a misbehaving client).
+MAX_EARLY_CANDIDATES = 32
 SERVER_PARTICIPANT = "server"  # `from` of messages sent by the CLI's `fleet say`
 MIXER_CAPS = Capabilities(audio=True, mic=True, speaker=True, codecs=["opus", "pcmu", "pcma"])
 
@@ -112,6 +117,9 @@ class LiveSession:
     # Done once the AudioBridge room exists on `mixer`; offers and joins wait for it.
     ready: asyncio.Future[None] | None = None
     bridge: dict[str, BridgeMember] = field(default_factory=dict)  # by participant id
+    # Trickled candidates for the mixer that came before the member's handle existed.
+    early_candidates: dict[str, list[MeetCandidate]] = field(default_factory=dict)
+    offers: dict[str, int] = field(default_factory=dict)  # offers to the mixer, per member
 
     def new_participant_id(self) -> str:
         pid = f"p-{self.next_number}"
@@ -202,6 +210,8 @@ class MeetingServer(ControllerPart):
             await self._leave(pid, tell_self=True)
         elif isinstance(message, MeetOffer | MeetAnswer):
             await self._relay_sdp(pid, message)
+        elif isinstance(message, MeetCandidate):
+            await self._relay_candidate(pid, message)
         elif isinstance(message, MeetSend):
             await self._relay_message(pid, message)
         elif isinstance(message, MeetReject):
@@ -332,6 +342,8 @@ class MeetingServer(ControllerPart):
         self.controller.store.remove_participant(live.id, participant, now)
         if tell_self:
             await self._send(pid, MeetLeft(type="left", session=live.id))
+        live.early_candidates.pop(participant, None)
+        live.offers.pop(participant, None)
         entry = live.bridge.pop(participant, None)
         if entry is not None:
             self._spawn(self._bridge_leave(live, entry))
@@ -365,6 +377,51 @@ class MeetingServer(ControllerPart):
             relayed = MeetRelayedAnswer(type="answer", from_=sender, sdp=message.sdp)
         self.stats["relayed"] += 1
         await self._send(member.pid, relayed)
+
+    async def _relay_candidate(self, pid: str, message: MeetCandidate) -> None:
+        """Trickle ICE: like an answer, only to a member of the sender's session (or to
+        the session's mixer, which gets it as a Janus `trickle`)."""
+        if message.to == MIXER:
+            where = self._sender(pid)
+            if where is None:
+                await self._refuse(pid, "not_in_session", "send join first")
+                return
+            live, participant = where
+            if live.media is not MediaPath.MIXED:
+                await self._refuse(pid, "unknown_participant", f"session {live.id} has no mixer")
+                return
+            self.stats["relayed"] += 1
+            entry = live.bridge.get(participant)
+            if entry is None:  # its offer is still on the way to Janus
+                early = live.early_candidates.setdefault(participant, [])
+                if len(early) < MAX_EARLY_CANDIDATES:
+                    early.append(message)
+                return
+            self._spawn(self._trickle(live, entry, [message]))
+            return
+        target = await self._target(pid, message.to)
+        if target is None:
+            return
+        _, sender, member = target
+        self.stats["relayed"] += 1
+        relayed = MeetRelayedCandidate(
+            type="candidate", from_=sender, candidate=message.candidate, mid=message.mid
+        )
+        await self._send(member.pid, relayed)
+
+    async def _trickle(
+        self, live: LiveSession, entry: BridgeMember, candidates: list[MeetCandidate]
+    ) -> None:
+        mixer = self.pool.get(live.mixer or "")
+        if mixer is None or mixer.bridge is None:
+            return
+        try:
+            for c in candidates:
+                await mixer.bridge.trickle(entry, c.candidate, c.mid)
+        except MixerError as exc:
+            member = live.members.get(entry.id)
+            if member is not None:
+                await self._mixer_error(member.pid, exc)
 
     async def _relay_reject(self, pid: str, reject: MeetReject) -> None:
         """A participant could not negotiate with `to`: `to` hears it as an error from it."""
@@ -532,11 +589,26 @@ class MeetingServer(ControllerPart):
             )
             return
         self.stats["relayed"] += 1
-        self._spawn(self._bridge_join(live, participant, message.sdp, codec))
+        # From now on this member's candidates belong to the new offer: held until its
+        # handle exists (the old handle, if any, goes).
+        old = live.bridge.pop(participant, None)
+        live.early_candidates[participant] = []
+        live.offers[participant] = live.offers.get(participant, 0) + 1
+        self._spawn(self._bridge_join(live, participant, message.sdp, codec, old))
 
-    async def _bridge_join(self, live: LiveSession, participant: str, sdp: str, codec: str) -> None:
+    async def _bridge_join(
+        self,
+        live: LiveSession,
+        participant: str,
+        sdp: str,
+        codec: str,
+        old: BridgeMember | None = None,
+    ) -> None:
         member = live.members.get(participant)
+        number = live.offers.get(participant)
         if member is None:
+            if old is not None:
+                await self._bridge_leave(live, old)
             return
         try:
             await self._wait_ready(live)
@@ -544,7 +616,6 @@ class MeetingServer(ControllerPart):
             if mixer is None or mixer.bridge is None:
                 raise MixerUnavailable(live.mixer or "none", "not connected")
             ready = live.ready
-            old = live.bridge.pop(participant, None)
             if old is not None:
                 await mixer.bridge.leave(old)
             muted = self._muted(member.pid)
@@ -554,10 +625,18 @@ class MeetingServer(ControllerPart):
         except MixerError as exc:
             await self._mixer_error(member.pid, exc)
             return
-        if live.members.get(participant) is not member or live.ready is not ready:
-            await mixer.bridge.leave(entry)  # it left, or the session moved, meanwhile
+        if (
+            live.members.get(participant) is not member
+            or live.ready is not ready
+            or live.offers.get(participant) != number
+        ):
+            # It left, the session moved, or it offered again, meanwhile.
+            await mixer.bridge.leave(entry)
             return
         live.bridge[participant] = entry
+        early = live.early_candidates.pop(participant, [])
+        if early:
+            self._spawn(self._trickle(live, entry, early))
         self._history(
             live,
             "mixer_join",

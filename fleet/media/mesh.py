@@ -2,8 +2,10 @@
 
 Signalling is the caller's (fleet.participant): it hands SDP strings in and out. The
 newcomer offers to every member already there (`create_offer`), members answer
-(`accept_offer`), the offerer completes with `accept_answer`. ICE is vanilla: candidates
-are gathered inside setLocalDescription and travel in the SDP.
+(`accept_offer`), the offerer completes with `accept_answer`. Our own ICE is vanilla:
+candidates are gathered inside setLocalDescription and travel in the SDP. The remote's
+may also trickle in after its SDP (`add_candidate`, a browser's way); those that come
+before its SDP has been applied wait for it.
 
 Per peer, from both sides' declared capabilities:
 - codecs: the intersection, in each side's own preference order (Opus, then G.711);
@@ -28,12 +30,14 @@ from dataclasses import dataclass, field
 import av
 from aiortc import (
     MediaStreamTrack,
+    RTCIceCandidate,
     RTCPeerConnection,
     RTCRtpSender,
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
 from aiortc.jitterbuffer import JitterBuffer
+from aiortc.sdp import candidate_from_sdp
 
 from fleet.media import sdp
 from fleet.media.config import (
@@ -58,6 +62,8 @@ log = logging.getLogger(__name__)
 
 SourceFor = Callable[[str], MediaStreamTrack | None]
 # A peer that declared nothing is taken for a full audio device with the platform's codecs.
+# Trickled candidates held per peer before its SDP is applied (a browser sends a few).
+MAX_EARLY_CANDIDATES = 32
 UNDECLARED = Capabilities(audio=True, mic=True, speaker=True, codecs=list(CODECS))
 DIRECTIONS = {
     (True, True): "sendrecv",
@@ -110,6 +116,9 @@ class MediaMesh:
         self._caps = {c.mimeType.lower(): c for c in RTCRtpSender.getCapabilities("audio").codecs}
         # One per source being sent (a SharedSource, or a track of one peer's own).
         self._broadcasts: dict[object, Broadcast] = {}
+        # Trickled candidates per peer that came before its SDP was applied.
+        self._early: dict[str, list[RTCIceCandidate | None]] = {}
+        self._applying: set[str] = set()  # peers whose remote SDP is being applied
 
     # --- negotiation --------------------------------------------------------------------------
     async def create_offer(self, peer: str, peer_caps: Capabilities | None) -> str:
@@ -134,8 +143,10 @@ class MediaMesh:
                 f"we use {', '.join(self.config.codecs)}"
             )
         entry = await self._new_peer(peer, peer_caps)
+        self._applying.add(peer)
         try:
             await entry.pc.setRemoteDescription(RTCSessionDescription(sdp_text, "offer"))
+            await self._apply_early(entry)
             await entry.pc.setLocalDescription(await entry.pc.createAnswer())
             self._still_current(entry)
             answer = entry.pc.localDescription.sdp
@@ -153,7 +164,9 @@ class MediaMesh:
             raise MediaError(f"answer from {peer}, to whom no offer is pending")
         try:
             remote = sdp.parse_remote(peer, sdp_text, "answer")
+            self._applying.add(peer)
             await entry.pc.setRemoteDescription(RTCSessionDescription(sdp_text, "answer"))
+            await self._apply_early(entry)
             self._still_current(entry)
             self._negotiated(entry, entry.pc.localDescription.sdp, remote)
         except Exception as exc:
@@ -161,11 +174,38 @@ class MediaMesh:
             await self._drop(entry)
             raise _media_error(f"cannot accept the answer from {peer}", exc) from exc
 
+    def expect_description(self, peer: str) -> None:
+        """A new SDP from `peer` is on its way in: candidates from now on belong to it and
+        wait until it is applied (called as the SDP arrives, before its task runs)."""
+        self._early[peer] = []
+        self._applying.add(peer)
+
+    async def add_candidate(self, peer: str, candidate: str | None, mid: str = "0") -> None:
+        """One trickled remote candidate of `peer` (None: the end of them). Held until its
+        SDP is applied; MediaError when it cannot be read."""
+        ice = None if candidate is None else _ice_candidate(peer, candidate, mid)
+        entry = self._peers.get(peer)
+        if entry is None or entry.pc.remoteDescription is None or peer in self._applying:
+            early = self._early.setdefault(peer, [])
+            if len(early) >= MAX_EARLY_CANDIDATES:
+                raise MediaError(f"more than {MAX_EARLY_CANDIDATES} early candidates from {peer}")
+            early.append(ice)
+            return
+        await entry.pc.addIceCandidate(ice)
+
+    async def _apply_early(self, entry: Peer) -> None:
+        """The candidates that came before the remote SDP, once it is applied."""
+        self._applying.discard(entry.id)
+        for ice in self._early.pop(entry.id, []):
+            await entry.pc.addIceCandidate(ice)
+
     async def remove_peer(self, peer: str) -> None:
         entry = self._peers.get(peer)
         if entry is not None:
             await self._drop(entry)
         self.failures.pop(peer, None)
+        self._early.pop(peer, None)
+        self._applying.discard(peer)
 
     async def close(self) -> None:
         """Close every peer connection and the sink. Sources given through source_for are
@@ -404,6 +444,16 @@ class MediaMesh:
             if task is not current:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+
+
+def _ice_candidate(peer: str, line: str, mid: str) -> RTCIceCandidate:
+    """A trickled candidate as browsers send it ("candidate:..." or the bare value)."""
+    try:
+        ice = candidate_from_sdp(line.removeprefix("a=").removeprefix("candidate:"))
+    except Exception as exc:  # aiortc's parser asserts and indexes
+        raise MediaError(f"bad ICE candidate from {peer}: {line[:80]!r}") from exc
+    ice.sdpMid = mid
+    return ice
 
 
 def set_jitter_frames(transceiver: RTCRtpTransceiver, frames: int) -> None:

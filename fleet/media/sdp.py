@@ -3,7 +3,8 @@
 aiortc parses almost anything ("garbage" is a valid session with no media), so a remote
 description is checked here first; and aiortc gathers no host candidates on a machine
 with only loopback (aioice skips 127.0.0.1 and ::1), which would leave a connection in
-"new" for ever: our own description is checked for candidates.
+"new" for ever: our own description is checked for candidates. A remote one may come
+without any when it announces trickle ICE (its candidates follow as messages).
 """
 
 from __future__ import annotations
@@ -36,12 +37,18 @@ def parse_remote(peer: str, text: str, kind: str) -> aiortc_sdp.SessionDescripti
             raise MediaError(f"bad SDP {what}: no ICE credentials")
         if not media.dtls or not media.dtls.fingerprints:
             raise MediaError(f"bad SDP {what}: no DTLS fingerprint")
-    if not any(m.ice_candidates for m in description.media):
+    if not any(m.ice_candidates for m in description.media) and not trickles(description):
         raise MediaError(
             f"bad SDP {what}: no ICE candidates (the peer's host has no usable "
             "network interface besides loopback?)"
         )
     return description
+
+
+def trickles(description: aiortc_sdp.SessionDescription) -> bool:
+    """The description says its candidates may come later (`a=ice-options:trickle`, as
+    browsers and esp_peer send): no candidates in it is then no error."""
+    return any("trickle" in (m.ice_options or "").split() for m in description.media)
 
 
 def parse_own(text: str) -> aiortc_sdp.SessionDescription:

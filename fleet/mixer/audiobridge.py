@@ -2,11 +2,11 @@
 session, one plugin handle (one PeerConnection) per member.
 
 Facts this follows (measured against Janus 1.1.2): a complete SDP from aiortc is
-accepted as is (no trickle); `join` and `configure` are answered by an event after an
-ack; a G.711-only offer is answered `inactive` unless the join names the codec;
-`prebuffer: 0` means permanent silence, 2 packets (40 ms) is the low-latency choice
-(the default 6 adds ~120 ms); the mix sent to each member leaves that member out.
-"""
+accepted as is, and a browser's offer without candidates is completed by `trickle`
+messages; `join` and `configure` are answered by an event after an ack; a G.711-only
+offer is answered `inactive` unless the join names the codec; `prebuffer: 0` means
+permanent silence, 2 packets (40 ms) is the low-latency choice (the default 6 adds ~120
+ms); the mix sent to each member leaves that member out."""
 
 from __future__ import annotations
 
@@ -138,6 +138,16 @@ class AudioBridge:
         )
         _plugin_data(answer, "configure", self.name)
         member.muted = muted
+
+    async def trickle(self, member: BridgeMember, candidate: str | None, mid: str) -> None:
+        """One more ICE candidate of the member's offer (None: its last one), for Janus to
+        check (trickle ICE, docs/protocol.md §8.6)."""
+        if candidate is None:
+            body: dict[str, Any] = {"completed": True}
+        else:
+            line = candidate if candidate.startswith("candidate:") else f"candidate:{candidate}"
+            body = {"candidate": line, "sdpMid": mid}
+        await self.janus.request({"janus": "trickle", "candidate": body}, member.handle)
 
     async def leave(self, member: BridgeMember) -> None:
         """Detach the member's handle: Janus hangs up and drops it from the room."""

@@ -301,6 +301,9 @@ class RoomMedia(StrEnum):
 
 MixRate = Literal[16000, 48000]
 DEFAULT_MIX_RATE = 16000
+# Lifetime of a person's browser credentials (web-login): a work day at most.
+DEFAULT_WEB_TTL_S = 3600.0
+MAX_WEB_TTL_S = 12 * 3600.0
 
 Sdp = Annotated[str, StringConstraints(min_length=1, max_length=32 * 1024)]
 MessageText = Annotated[str, StringConstraints(max_length=4096)]
@@ -360,8 +363,24 @@ class MeetReject(Message):
     detail: ShortText = ""
 
 
+# One ICE candidate: the value of an SDP `a=candidate:` line ("candidate:..." as browsers
+# give it, with or without the prefix), at most what such a line can hold.
+IceCandidate = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+MediaId = Annotated[str, StringConstraints(min_length=1, max_length=32)]
+
+
+class MeetCandidate(Message):
+    """Trickle ICE (§8.6): one more candidate of the sender's offer or answer to `to`, or
+    (`candidate` null) the end of its candidates."""
+
+    type: Literal["candidate"]
+    to: ShortText
+    candidate: IceCandidate | None = None
+    mid: MediaId = "0"
+
+
 MeetUp = Annotated[
-    MeetJoin | MeetLeave | MeetOffer | MeetAnswer | MeetSend | MeetReject,
+    MeetJoin | MeetLeave | MeetOffer | MeetAnswer | MeetCandidate | MeetSend | MeetReject,
     Field(discriminator="type"),
 ]
 
@@ -407,6 +426,13 @@ class MeetRelayedAnswer(Message):
     sdp: Sdp
 
 
+class MeetRelayedCandidate(Message):
+    type: Literal["candidate"]
+    from_: ShortText = Field(alias="from")
+    candidate: IceCandidate | None = None
+    mid: MediaId = "0"
+
+
 class MeetLeft(Message):
     type: Literal["left"]
     session: ShortText | None = None
@@ -434,6 +460,7 @@ MeetDown = Annotated[
     | MeetPeerLeft
     | MeetRelayedOffer
     | MeetRelayedAnswer
+    | MeetRelayedCandidate
     | MeetLeft
     | MeetError
     | MeetDelivered,
@@ -456,6 +483,8 @@ class ApiOp(StrEnum):
     ROOMS = "rooms"
     SESSIONS = "sessions"
     SAY = "say"
+    # short-lived credentials for one person's browser (§11.2); operators only
+    WEB_LOGIN = "web-login"
     # transcripts (§8.5): an agent appends what was said; anyone with the API reads it
     TRANSCRIBE = "transcribe"
     TRANSCRIPT = "transcript"
@@ -506,6 +535,11 @@ class ApiRequest(Message):
     # transcript: which session (absent: the room's newest)
     session: ShortText | None = None
 
+    # web-login: the $7$ hash of the secret the caller chose (the secret never travels)
+    # and how long the credentials last
+    secret_hash: Annotated[str, StringConstraints(max_length=256)] | None = None
+    ttl_s: Annotated[float, Field(ge=1, le=MAX_WEB_TTL_S)] = DEFAULT_WEB_TTL_S
+
 
 # The ops an agent-role user may request (§11): meetings, rooms and sessions to read, and
 # transcripts; no commands, no room management.
@@ -518,6 +552,17 @@ AGENT_API_OPS = (
     ApiOp.SESSIONS,
     ApiOp.TRANSCRIBE,
     ApiOp.TRANSCRIPT,
+)
+
+# The ops a person's browser (web role) may request (§11.2): meetings and the fleet view.
+WEB_API_OPS = (
+    ApiOp.JOIN_ALL,
+    ApiOp.LEAVE_ALL,
+    ApiOp.JOIN,
+    ApiOp.LEAVE,
+    ApiOp.ROOMS,
+    ApiOp.SESSIONS,
+    ApiOp.SAY,
 )
 
 # The ops a homeassistant-role user may request (§11): meetings only, no commands
@@ -538,6 +583,7 @@ API_REQUIRED_FIELDS: dict[ApiOp, tuple[str, ...]] = {
     ApiOp.SAY: ("room", "text"),
     ApiOp.TRANSCRIBE: ("room", "line"),
     ApiOp.TRANSCRIPT: ("room",),
+    ApiOp.WEB_LOGIN: ("secret_hash",),
 }
 
 
@@ -642,6 +688,8 @@ class ApiResult(Message):
     next: RoomName | None = None
     sessions: list[SessionInfo] = Field(default_factory=list, max_length=100)
     transcript: list[TranscriptLine] = Field(default_factory=list, max_length=MAX_TRANSCRIPT_LINES)
+    # web-login: the broker user (= client id = participant pid) minted, valid until `until`
+    username: ShortText | None = None
 
 
 class Sync(Message):

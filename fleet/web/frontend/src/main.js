@@ -1,0 +1,273 @@
+// The espfleet web console: the fleet at a glance from the retained state over
+// MQTT-over-WebSocket (mqtt.js), the fleet's API ops, and talking in a room from the
+// browser (docs/protocol.md §8, with trickle ICE, §8.6). Credentials come from the
+// console server's /login (short-lived, minted by the controller, §11.2).
+import mqtt from "mqtt";
+import { Talk } from "./talk.js";
+
+const $ = (sel) => document.querySelector(sel);
+const CREDS_KEY = "espfleet.console.credentials";
+
+const state = {
+  config: null, // {prefix}
+  creds: null, // {username, password, until, ws_url}
+  client: null,
+  devices: new Map(), // id -> {status, state, tele}
+  rooms: [],
+  sessions: [],
+  pending: new Map(), // request id -> resolve
+  talk: null,
+  log: [],
+};
+window.fleetConsole = state; // the browser tests read it
+
+function topic(...parts) {
+  return [state.config.prefix, ...parts].join("/");
+}
+
+function note(text, kind = "info") {
+  const line = `${new Date().toLocaleTimeString()} ${text}`;
+  state.log.unshift({ kind, text });
+  state.log.length = Math.min(state.log.length, 50);
+  const box = $("#log");
+  const item = document.createElement("div");
+  item.className = kind;
+  item.textContent = line;
+  box.prepend(item);
+  while (box.childElementCount > 50) box.lastChild.remove();
+}
+
+// --- signing in ---------------------------------------------------------------------------
+async function signIn(event) {
+  event.preventDefault();
+  const password = $("#password").value;
+  $("#login-error").textContent = "";
+  const reply = await fetch("login", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ password }),
+  });
+  const body = await reply.json().catch(() => ({}));
+  if (!reply.ok) {
+    $("#login-error").textContent = body.error || `sign-in failed (${reply.status})`;
+    return;
+  }
+  sessionStorage.setItem(CREDS_KEY, JSON.stringify(body));
+  connect(body);
+}
+
+function signedOut(why) {
+  sessionStorage.removeItem(CREDS_KEY);
+  if (state.client) state.client.end(true);
+  state.client = null;
+  document.body.dataset.phase = "login";
+  $("#login-error").textContent = why;
+}
+
+function connect(creds) {
+  state.creds = creds;
+  document.body.dataset.phase = "connecting";
+  $("#who").textContent = `${creds.username}, until ${new Date(creds.until * 1000).toLocaleTimeString()}`;
+  const client = mqtt.connect(creds.ws_url, {
+    clientId: creds.username,
+    username: creds.username,
+    password: creds.password,
+    protocolVersion: 4,
+    reconnectPeriod: 0, // a refused page signs in again rather than hammering the broker
+    connectTimeout: 5000,
+    will: { topic: topic("meet", creds.username, "up"), payload: '{"type":"leave"}', qos: 1 },
+  });
+  state.client = client;
+  client.on("connect", () => {
+    document.body.dataset.phase = "live";
+    client.subscribe(
+      [
+        topic("dev", "+", "status"),
+        topic("dev", "+", "state"),
+        topic("dev", "+", "tele"),
+        topic("api", "result"),
+        topic("events"),
+        topic("meet", creds.username, "down"),
+      ],
+      { qos: 1 },
+    );
+    note(`connected as ${creds.username}`);
+    refreshRooms();
+  });
+  client.on("message", onMessage);
+  client.on("error", (err) => {
+    const refused = /Not authorized|Bad username|refused/i.test(String(err.message));
+    signedOut(refused ? "the broker refused these credentials (expired?): sign in again" : `broker: ${err.message}`);
+  });
+  client.on("close", () => {
+    if (document.body.dataset.phase === "live") signedOut("disconnected from the broker: sign in again");
+  });
+}
+
+// --- the fleet view -----------------------------------------------------------------------
+function onMessage(t, payload) {
+  const parts = t.slice(state.config.prefix.length + 1).split("/");
+  let doc = null;
+  if (payload.length) {
+    try {
+      doc = JSON.parse(new TextDecoder().decode(payload));
+    } catch {
+      return;
+    }
+  }
+  if (parts[0] === "dev" && parts.length === 3) {
+    const entry = state.devices.get(parts[1]) || {};
+    entry[parts[2]] = doc;
+    if (doc === null && parts[2] === "status") state.devices.delete(parts[1]);
+    else state.devices.set(parts[1], entry);
+    scheduleRender();
+  } else if (parts[0] === "api" && parts[1] === "result" && doc) {
+    onResult(doc);
+  } else if (parts[0] === "events" && doc) {
+    note(`${doc.kind}${doc.room ? " " + doc.room : ""}${doc.device ? " " + doc.device : ""}`);
+  } else if (parts[0] === "meet" && doc && state.talk) {
+    state.talk.handle(doc);
+  }
+}
+
+let renderQueued = false;
+function scheduleRender() {
+  if (renderQueued) return;
+  renderQueued = true;
+  requestAnimationFrame(() => {
+    renderQueued = false;
+    renderDevices();
+  });
+}
+
+function naturalKey(id) {
+  return id.replace(/\d+/g, (n) => n.padStart(8, "0"));
+}
+
+function renderDevices() {
+  const rows = [...state.devices.entries()].sort((a, b) => (naturalKey(a[0]) < naturalKey(b[0]) ? -1 : 1));
+  const body = $("#devices tbody");
+  body.replaceChildren();
+  let online = 0;
+  for (const [id, d] of rows) {
+    const isOnline = d.status?.online === true;
+    online += isOnline ? 1 : 0;
+    const meeting = d.state?.meeting;
+    const mic = d.state?.mic !== false;
+    const peers = d.tele?.audio || [];
+    const level = peers.length ? Math.max(...peers.map((p) => p.level || 0)) : 0;
+    const tr = document.createElement("tr");
+    tr.dataset.device = id;
+    tr.className = isOnline ? "online" : "offline";
+    tr.innerHTML = `<td class="id"></td><td class="presence"></td><td class="room"></td>
+      <td class="mic"></td><td class="level"><meter min="0" max="0.3"></meter></td><td class="actions"></td>`;
+    tr.querySelector(".id").textContent = id;
+    tr.querySelector(".presence").textContent = isOnline ? "online" : "offline";
+    tr.querySelector(".room").textContent = meeting ? `${meeting.room} (${(meeting.peers || []).length} peers)` : "—";
+    tr.querySelector(".mic").textContent = mic ? "on" : "muted";
+    tr.querySelector("meter").value = level;
+    const actions = tr.querySelector(".actions");
+    actions.append(
+      button("join", "join", () => api("join", { device: id, room: roomInput(), mic: true })),
+      button("leave", "leave", () => api("leave", { device: id })),
+      button(mic ? "mute" : "unmute", "mute", () =>
+        meeting ? api("join", { device: id, room: meeting.room, mic: !mic }) : note(`${id} is in no room`, "error"),
+      ),
+    );
+    body.append(tr);
+  }
+  $("#fleet-summary").textContent = `${rows.length} device${rows.length === 1 ? "" : "s"}, ${online} online`;
+}
+
+function button(label, action, onClick) {
+  const b = document.createElement("button");
+  b.textContent = label;
+  b.dataset.action = action;
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+function roomInput() {
+  return $("#room").value.trim() || "standup";
+}
+
+// --- the API ------------------------------------------------------------------------------
+let nextId = 1;
+function api(op, fields = {}) {
+  const id = `${state.creds.username}-${nextId++}`;
+  state.client.publish(topic("api", op), JSON.stringify({ id, ...fields }), { qos: 1 });
+  return new Promise((resolve) => state.pending.set(id, resolve));
+}
+
+function onResult(result) {
+  const resolve = result.id && state.pending.get(result.id);
+  if (!resolve) return;
+  if (!result.done) return; // the acceptance; the final one follows
+  state.pending.delete(result.id);
+  note(`${result.op}: ${result.ok ? "ok" : result.code} ${result.detail || ""}`, result.ok ? "info" : "error");
+  resolve(result);
+}
+
+async function refreshRooms() {
+  const result = await api("rooms");
+  state.rooms = result.rooms || [];
+  const list = $("#rooms tbody");
+  list.replaceChildren();
+  for (const r of state.rooms) {
+    const tr = document.createElement("tr");
+    tr.innerHTML = "<td></td><td></td><td></td><td></td>";
+    tr.children[0].textContent = r.room;
+    tr.children[1].textContent = r.media || "auto";
+    tr.children[2].textContent = r.session ? `${r.session} (${r.members})` : "—";
+    const pick = button("sessions", "sessions", () => showSessions(r.room));
+    tr.children[3].append(pick);
+    list.append(tr);
+  }
+}
+
+async function showSessions(room) {
+  const result = await api("sessions", { room, limit: 5 });
+  const box = $("#sessions");
+  box.replaceChildren();
+  for (const s of result.sessions || []) {
+    const div = document.createElement("div");
+    const who = (s.participants || []).map((p) => p.pid).join(", ");
+    div.textContent = `${s.session}: ${new Date(s.started * 1000).toLocaleTimeString()}${
+      s.ended ? "–" + new Date(s.ended * 1000).toLocaleTimeString() : " (live)"
+    } ${who}`;
+    box.append(div);
+  }
+}
+
+// --- wiring -------------------------------------------------------------------------------
+async function start() {
+  state.config = await (await fetch("config")).json();
+  $("#login").addEventListener("submit", signIn);
+  $("#join-all").addEventListener("click", () => api("join-all", { room: roomInput(), mic: true }));
+  $("#leave-all").addEventListener("click", () => api("leave-all", {}));
+  $("#mute-all").addEventListener("click", () => api("join-all", { room: roomInput(), mic: false }));
+  $("#unmute-all").addEventListener("click", () => api("join-all", { room: roomInput(), mic: true }));
+  $("#refresh-rooms").addEventListener("click", refreshRooms);
+  $("#sign-out").addEventListener("click", () => signedOut(""));
+  $("#talk").addEventListener("click", async () => {
+    if (state.talk) {
+      await state.talk.leave();
+      state.talk = null;
+      $("#talk").textContent = "talk";
+      return;
+    }
+    state.talk = new Talk(state, topic, note, { ptt: $("#ptt-only").checked, vanilla: location.hash.includes("vanilla") });
+    $("#talk").textContent = "hang up";
+    await state.talk.join(roomInput());
+  });
+  const ptt = $("#ptt");
+  const press = (on) => () => state.talk && state.talk.setMic(on);
+  ptt.addEventListener("pointerdown", press(true));
+  ptt.addEventListener("pointerup", press(false));
+  ptt.addEventListener("pointerleave", press(false));
+  const saved = sessionStorage.getItem(CREDS_KEY);
+  if (saved) connect(JSON.parse(saved));
+  else document.body.dataset.phase = "login";
+}
+
+start();
