@@ -33,6 +33,7 @@ typedef struct {
     bool used;
     char participant[ID_BYTES];
     uint32_t mc_id;
+    uint32_t ssrc; /* what we send with, announced in our SDP */
     bool we_offer;
     GstElement *pipe, *webrtc, *src;
     bool negotiated; /* a media core peer exists (under lock) */
@@ -116,17 +117,23 @@ static uint64_t mono_us(void)
 
 /* ---- codecs -------------------------------------------------------------------------------- */
 
-static const char *caps_string(mc_codec_t c, uint8_t pt, char *buf, size_t cap)
+/* ssrc 0: none (codec preferences); otherwise the SSRC we send with, which webrtcbin then
+ * announces in the SDP (a=ssrc): Janus routes by it. */
+static const char *caps_string(mc_codec_t c, uint8_t pt, uint32_t ssrc, char *buf, size_t cap)
 {
+    char tail[32] = "";
+    if (ssrc != 0) {
+        (void)snprintf(tail, sizeof tail, ",ssrc=(uint)%lu", (unsigned long)ssrc);
+    }
     if (c == MC_CODEC_OPUS) {
         (void)snprintf(buf, cap,
                        "application/x-rtp,media=audio,encoding-name=OPUS,payload=%u,"
-                       "clock-rate=48000,encoding-params=(string)2",
-                       (unsigned)pt);
+                       "clock-rate=48000,encoding-params=(string)2%s",
+                       (unsigned)pt, tail);
     } else {
         (void)snprintf(buf, cap,
-                       "application/x-rtp,media=audio,encoding-name=%s,payload=%u,clock-rate=8000",
-                       c == MC_CODEC_PCMU ? "PCMU" : "PCMA", (unsigned)pt);
+                       "application/x-rtp,media=audio,encoding-name=%s,payload=%u,clock-rate=8000%s",
+                       c == MC_CODEC_PCMU ? "PCMU" : "PCMA", (unsigned)pt, tail);
     }
     return buf;
 }
@@ -142,8 +149,8 @@ static GstCaps *preferences(const host_media_t *hm)
     GstCaps *caps = gst_caps_new_empty();
     for (size_t i = 0; i < hm->n_codecs; i++) {
         char s[200];
-        GstCaps *one = gst_caps_from_string(caps_string(hm->codecs[i], static_pt(hm->codecs[i]),
-                                                        s, sizeof s));
+        GstCaps *one = gst_caps_from_string(
+            caps_string(hm->codecs[i], static_pt(hm->codecs[i]), 0, s, sizeof s));
         gst_caps_append(caps, one);
     }
     return caps;
@@ -183,6 +190,9 @@ void host_media_poll(host_media_t *hm)
             logf_media(hm, ok ? 'I' : 'W', "%s to %s %s (%lu bytes)",
                        out[i].is_offer ? "offer" : "answer", out[i].to, ok ? "sent" : "NOT sent",
                        (unsigned long)strlen(out[i].text));
+            if (getenv("FLEET_HOST_SDP_LOG") != NULL) { /* debugging interop: the SDP itself */
+                fprintf(stderr, "%s\n", out[i].text);
+            }
         } else if (out[i].kind == OUT_REJECT && hm->core != NULL) {
             (void)fleet_core_send_reject(hm->core, out[i].to, "negotiation_failed", out[i].text);
             logf_media(hm, 'W', "rejected the SDP of %s: %s", out[i].to, out[i].text);
@@ -213,10 +223,10 @@ static bool negotiate(hm_peer_t *p, const char *answer)
         return false;
     }
     char s[200];
-    GstCaps *caps = gst_caps_from_string(caps_string(codec, pt, s, sizeof s));
+    GstCaps *caps = gst_caps_from_string(caps_string(codec, pt, p->ssrc, s, sizeof s));
     pthread_mutex_lock(&hm->lock);
-    bool ok = p->webrtc != NULL &&
-              mc_peer_add(&hm->mc, p->mc_id, codec, pt, true, true);
+    bool ok = p->webrtc != NULL && mc_peer_add(&hm->mc, p->mc_id, codec, pt, true, true) &&
+              mc_peer_set_ssrc(&hm->mc, p->mc_id, p->ssrc);
     if (ok) {
         p->negotiated = true;
         p->codec = codec;
@@ -277,6 +287,21 @@ static void on_gathering(GstElement *webrtc, GParamSpec *spec, gpointer user)
     g_free(text);
 }
 
+/* Our SDP names the SSRC we send with (a=ssrc): Janus drops RTP from an SSRC the SDP did
+ * not announce, and webrtcbin announces none for RTP we make ourselves. */
+static void sdp_add_ssrc(GstSDPMessage *sdp, uint32_t ssrc)
+{
+    char value[64];
+    (void)snprintf(value, sizeof value, "%lu cname:fleet-host", (unsigned long)ssrc);
+    for (guint i = 0; i < gst_sdp_message_medias_len(sdp); i++) {
+        GstSDPMedia *media = (GstSDPMedia *)gst_sdp_message_get_media(sdp, i);
+        if (strcmp(gst_sdp_media_get_media(media), "audio") == 0 &&
+            gst_sdp_media_get_attribute_val(media, "ssrc") == NULL) {
+            gst_sdp_media_add_attribute(media, "ssrc", value);
+        }
+    }
+}
+
 /* Our offers say a=setup:active: we are the DTLS client. As server, webrtcbin shows an
  * RSA certificate, and aiortc (its cipher list is ECDHE-ECDSA only) finds no shared cipher;
  * as client the aiortc side serves its ECDSA certificate. An offerer may pick active
@@ -310,6 +335,7 @@ static void on_offer_created(GstPromise *promise, gpointer user)
         return;
     }
     offer_dtls_active(offer->sdp);
+    sdp_add_ssrc(offer->sdp, p->ssrc);
     GstPromise *done = gst_promise_new();
     g_signal_emit_by_name(p->webrtc, "set-local-description", offer, done);
     gst_promise_interrupt(done);
@@ -342,6 +368,7 @@ static void on_answer_created(GstPromise *promise, gpointer user)
                   "webrtcbin could not answer the offer (no codec in common?)");
         return;
     }
+    sdp_add_ssrc(answer->sdp, p->ssrc);
     gchar *text = gst_sdp_message_as_text(answer->sdp);
     bool ok = negotiate(p, text);
     g_free(text);
@@ -457,7 +484,7 @@ static bool peer_pipeline(hm_peer_t *p)
     }
     char s[200];
     GstCaps *first = gst_caps_from_string(
-        caps_string(hm->codecs[0], static_pt(hm->codecs[0]), s, sizeof s));
+        caps_string(hm->codecs[0], static_pt(hm->codecs[0]), p->ssrc, s, sizeof s));
     g_object_set(src, "is-live", TRUE, "format", GST_FORMAT_TIME, "do-timestamp", TRUE, "caps",
                  first, "max-bytes", (guint64)64000, "block", FALSE, NULL);
     gst_caps_unref(first);
@@ -513,6 +540,7 @@ static hm_peer_t *peer_new(host_media_t *hm, const char *participant, bool we_of
     p->hm = hm;
     p->we_offer = we_offer;
     p->mc_id = ++hm->next_mc_id;
+    p->ssrc = g_random_int() | 1u; /* never 0, which caps_string reads as "none" */
     memcpy(p->participant, participant, strlen(participant) + 1);
     return p;
 }
@@ -637,6 +665,9 @@ static bool media_remote_sdp(void *ctx, const char *from, bool is_offer, const c
     gst_webrtc_session_description_free(desc);
     logf_media(hm, 'I', "%s from %s taken (%lu bytes)", is_offer ? "offer" : "answer", from,
                (unsigned long)strlen(sdp));
+    if (getenv("FLEET_HOST_SDP_LOG") != NULL) {
+        fprintf(stderr, "%s\n", sdp);
+    }
     return true;
 }
 

@@ -241,6 +241,8 @@ void mc_set_volume(mc_t *m, int volume); /* clamped to 0..100; 100 = unity gain 
  * use, or the codec is not available (Opus without ops). */
 bool mc_peer_add(mc_t *m, uint32_t id, mc_codec_t codec, uint8_t pt, bool send, bool recv);
 void mc_peer_remove(mc_t *m, uint32_t id);
+/* The SSRC we send to this peer with, where the WebRTC stack announced one in its SDP. */
+bool mc_peer_set_ssrc(mc_t *m, uint32_t id, uint32_t ssrc);
 const mc_peer_stats_t *mc_peer_stats(const mc_t *m, uint32_t id);
 size_t mc_peer_count(const mc_t *m);
 

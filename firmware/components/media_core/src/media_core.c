@@ -162,6 +162,15 @@ void mc_peer_remove(mc_t *m, uint32_t id)
     }
 }
 
+bool mc_peer_set_ssrc(mc_t *m, uint32_t id, uint32_t ssrc)
+{
+    mc_peer_t *p = find(m, id);
+    if (p != NULL) {
+        p->ssrc = ssrc;
+    }
+    return p != NULL;
+}
+
 const mc_peer_stats_t *mc_peer_stats(const mc_t *m, uint32_t id)
 {
     return find((mc_t *)m, id) != NULL ? &find((mc_t *)m, id)->stats : NULL;
