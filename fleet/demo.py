@@ -175,7 +175,8 @@ async def assistant_demo(stack: Stack, room: str, say: Callable[[str], None]) ->
         talker_peer = next(p for p, i in me.peers.items() if i.pid == "dev-1")
         await _until(lambda: agent.hears_from(talker_peer), 15)
         await asyncio.sleep(0.5)
-        say(f"assistant {ASSISTANT_PID} is in {room}; dev-1 says: {check.command!r}")
+        names = ", ".join(agent.actions.targets()) if agent.actions else "none"
+        say(f"assistant {ASSISTANT_PID} is in {room}, knows {names}; dev-1 says: {check.command!r}")
         spoken = await talker.say(check.command)
         ears = PocketSphinxSTT(reject_below=-1e9)
         expected = [words(a) for a in ("dev two is muted", CANNOT, "that did not work")]

@@ -201,6 +201,7 @@ async def test_a_device_talking_over_an_answer_stops_it(room: Room) -> None:
         # last sound of the answer reaching a listener (two network paths and the VAD
         # included; bench/agent.py prints the figure).
         stopped_after = loud[-1] - spoken.start
+        print(f"barge-in: answer stopped {stopped_after * 1000:.0f} ms after the interrupter spoke")
         assert stopped_after < 1.0, stopped_after
         # The rest of the answer was dropped, not delayed: silence since, long before the
         # whole answer would have been said.
