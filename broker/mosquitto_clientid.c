@@ -48,9 +48,11 @@ static int users_load(const char *path, struct users *out)
 {
 	FILE *f = fopen(path, "rb");
 	if(!f) return MOSQ_ERR_UNKNOWN;
-	fseek(f, 0, SEEK_END);
-	long size = ftell(f);
-	fseek(f, 0, SEEK_SET);
+	long size = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+	if(size < 0 || fseek(f, 0, SEEK_SET) != 0){
+		fclose(f);
+		return MOSQ_ERR_UNKNOWN;
+	}
 	struct users u = {0};
 	u.buf = malloc((size_t)size + 1);
 	if(!u.buf || fread(u.buf, 1, (size_t)size, f) != (size_t)size){
