@@ -156,18 +156,20 @@ class FleetBroker(FleetAmqttBroker):
         remote_port: int,
     ) -> tuple[BrokerProtocolHandler, Session]:
         peer = format_client_message(address=remote_address, port=remote_port)
-        # CHANGED: look at the protocol level before amqtt parses the packet.
-        reader = await _refuse_mqtt5(reader, writer, peer)
         try:
             # CHANGED: a CONNECT must arrive in time, and a socket that fails to send one
             # is closed on our side too.
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                # CHANGED: look at the protocol level before amqtt parses the packet.
+                reader = await _refuse_mqtt5(reader, writer, peer)
                 handler, client_session = await BrokerProtocolHandler.init_from_connect(
                     reader, writer, self.plugins_manager
                 )
         except TimeoutError as exc:
             await writer.close()
             raise AMQTTError(f"{peer}: no CONNECT within {CONNECT_TIMEOUT_S}s") from exc
+        except Mqtt5Refused:
+            raise
         except AMQTTError as exc:
             self.logger.warning(f"[MQTT-3.1.0-1] {peer}: Can't read first packet as CONNECT: {exc}")
             await writer.close()
@@ -534,6 +536,12 @@ class EmbeddedBroker:
 
 
 MQTT5_LEVEL = 5
+
+
+class Mqtt5Refused(AMQTTError):
+    """An MQTT 5 CONNECT, answered with CONNACK 0x01 (amqtt logs it once, as it fails)."""
+
+
 # CONNACK of MQTT 3.1.1: no session present, return code 0x01 (unacceptable protocol version).
 CONNACK_UNACCEPTABLE_PROTOCOL = bytes([0x20, 0x02, 0x00, 0x01])
 
@@ -598,7 +606,7 @@ async def _refuse_mqtt5(reader: ReaderAdapter, writer: WriterAdapter, peer: str)
             f"MQTT 5 CONNECT from {peer} refused with CONNACK 0x01: the embedded amqtt broker"
             " speaks MQTT 3.1.1 only (run Mosquitto, the default engine, for MQTT 5)"
         )
-        raise AMQTTError(msg)
+        raise Mqtt5Refused(msg)
     return _Replay(reader, head)
 
 

@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, Any
 import aiomqtt
 
 from fleet.errors import FleetError, ProtocolError
-from fleet.mqtt import BrokerUrl, LastWill, payload_bytes, publish_nowait, run_link
+from fleet.mqtt import (
+    BrokerUrl,
+    LastWill,
+    own_client_id,
+    payload_bytes,
+    publish_nowait,
+    run_link,
+)
 from fleet.protocol import TopicKind, Topics, decode_for, encode
 from fleet.protocol.messages import (
     Capabilities,
@@ -395,7 +402,9 @@ async def participant_link(
     link = asyncio.create_task(
         run_link(
             url,
-            client_id=pid,
+            # Its own user's id is the pid; another user (an operator) may use only ids it
+            # owns (protocol.md §11): `{user}-{pid}`.
+            client_id=pid if url.username in (None, pid) else own_client_id(url.username, pid),
             on_connect=on_connect,
             on_message=on_message,
             on_disconnect=on_disconnect,
