@@ -141,7 +141,7 @@ async def _running_stack(config: StackConfig) -> AsyncIterator[Stack]:
             topics,
             # Mosquitto reads its ACL from files: the broker rewrites them on a grant.
             credentials=broker if isinstance(broker, MosquittoBroker) else store,
-            parts=[meetings, WebLogins(store), *config.parts],
+            parts=[meetings, WebLogins(store, reload=_reloader(broker)), *config.parts],
         )
         workers = sim_workers(config, base, topics, secrets)
         fleet = SimFleet(
@@ -176,6 +176,10 @@ async def _running_stack(config: StackConfig) -> AsyncIterator[Stack]:
             for task in stack.tasks:
                 task.cancel()
             await asyncio.gather(*stack.tasks, return_exceptions=True)
+
+
+def _reloader(broker: object) -> Callable[[], None] | None:
+    return broker.reload if isinstance(broker, MosquittoBroker) else None
 
 
 def sim_workers(

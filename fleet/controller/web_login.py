@@ -25,8 +25,13 @@ WEB_USER_PREFIX = "web-"
 class WebLogins(ControllerPart):
     name = "web-login"
 
-    def __init__(self, credentials: CredentialStore) -> None:
+    def __init__(
+        self, credentials: CredentialStore, reload: Callable[[], None] | None = None
+    ) -> None:
         self.credentials = credentials
+        # A broker that reads users from files (Mosquitto) rereads them now, not at its next
+        # poll: the browser connects as soon as it has its credentials.
+        self._reload = reload
 
     def api_ops(self) -> Mapping[ApiOp, Callable[[ApiRequest], Awaitable[ApiResult]]]:
         return {ApiOp.WEB_LOGIN: self._mint}
@@ -39,6 +44,8 @@ class WebLogins(ControllerPart):
         try:
             # A file write under a lock: off the controller's loop.
             await asyncio.to_thread(self.credentials.add_web, username, request.secret_hash, until)
+            if self._reload is not None:
+                await asyncio.to_thread(self._reload)
         except CredentialsError as exc:
             return ApiResult(op=op, ok=False, code="bad_request", detail=str(exc)[:256])
         return ApiResult(op=op, ok=True, username=username, until=until)
