@@ -901,14 +901,6 @@ async def test_identify_with_null_seconds_uses_the_default(
 async def test_explicit_null_is_an_absent_field(
     booted: tuple[DeviceUnderTest, Wire], request: pytest.FixtureRequest
 ) -> None:
-    xfail_for(
-        request,
-        ["host"],
-        "DEFECT (C core): protocol.md 1.4 'Receivers MUST treat an explicit null and an absent "
-        "field alike', but the C parser refuses a null in a field with a default: "
-        "meeting.mic: null (desired doc refused), args: null and ttl_ms: null (command "
-        "bad_request). The Python models take the default (fleet/protocol/messages.py)",
-    )
     _, w = booted
     start = w.mark()
     await w.desired({"rev": 4, "meeting": {"room": "standup", "mic": None, "volume": None}})

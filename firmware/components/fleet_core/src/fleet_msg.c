@@ -80,7 +80,9 @@ static int lookup(pctx_t *c, const cJSON *obj, const char *prefix, const char *k
         }
         return 0;
     }
-    if (cJSON_IsNull(v) && (flags & F_NULL)) {
+    /* protocol.md 1.4: an explicit null and an absent field alike, so a field with a
+       default takes it; only a required field refuses null. */
+    if (cJSON_IsNull(v) && !(flags & F_REQ)) {
         return 0;
     }
     *out = v;
