@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -39,13 +41,22 @@ from fleet.protocol.messages import MAX_ROOM_CAP, ApiOp, ApiRequest, ApiResult, 
 app = command_group("Rooms the fleet meets in.")
 agent_app = command_group("Python participants that join rooms.")
 
+AGENT_MODES = ("echo", "tone", "play", "record", "assistant", "transcribe")
 RoomArg = Annotated[str, typer.Argument(help="Room name.", autocompletion=complete_rooms)]
 
 
-def report_agents() -> None:
+class _JsonLines(logging.Formatter):
+    """One JSON object per line for scripts: when, and what the agent did."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"ts": round(record.created, 3), "event": record.getMessage()})
+
+
+def report_agents(as_json: bool = False) -> None:
     """What agents do (joining, peers, leaving, files written, turns) goes to stdout."""
     report = logging.StreamHandler(sys.stdout)
-    report.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    plain = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    report.setFormatter(_JsonLines() if as_json else plain)
     agents_log = logging.getLogger("fleet.agents")
     agents_log.addHandler(report)
     agents_log.setLevel(logging.INFO)
@@ -245,7 +256,8 @@ def agent_join(
         str,
         typer.Option(
             help="echo, tone, play, record, assistant (a voice assistant that runs the fleet) "
-            "or transcribe (writes who said what into the session history)."
+            "or transcribe (writes who said what into the session history).",
+            autocompletion=lambda incomplete: [m for m in AGENT_MODES if m.startswith(incomplete)],
         ),
     ] = "echo",
     file: Annotated[Path | None, typer.Option(help="WAV file for --mode play.")] = None,
@@ -266,6 +278,7 @@ def agent_join(
     ice_server: IceServerOpt = None,
     broker: BrokerOpt = None,
     prefix: PrefixOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Join ROOM as a Python participant until Ctrl-C (or --duration)."""
     from fleet.agents.runner import build_agent, load_plugin, run_agent
@@ -279,6 +292,10 @@ def agent_join(
     except FleetError as exc:  # a bad mode or plugin, a WAV file that will not load
         fail(str(exc), Exit.USAGE)
     url, topics = connection(broker, prefix)
-    console.print(f"agent {pid} ({agent.name}) joining {room} on {url.redacted()}", highlight=False)
-    report_agents()
+    joining = f"agent {pid} ({agent.name}) joining {room} on {url.redacted()}"
+    if as_json:
+        sys.stdout.write(json.dumps({"ts": round(time.time(), 3), "event": joining}) + "\n")
+    else:
+        console.print(joining, highlight=False)
+    report_agents(as_json)
     run_service(run_agent(url, pid, room, agent, topics, duration, tuple(ice_server or ())))

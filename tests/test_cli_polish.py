@@ -314,3 +314,32 @@ def test_fleet_up_log_says_each_kind_of_warning_once_then_a_count() -> None:
         "dev-99: meeting refused: room_full (and 43 more like it in the last 0.2s)"
     )
     assert len(messages) == 3
+
+
+async def test_agent_join_json_prints_a_json_object_per_line(
+    amqtt_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    common = ("--broker", str(operator_url(amqtt_broker)), "--prefix", amqtt_broker.prefix)
+    async with controller(amqtt_broker, tmp_path / "c.db"):
+        code, out, err = await fleet(
+            "agent",
+            "join",
+            "standup",
+            "--id",
+            "agent-js",
+            "--duration",
+            "1",
+            "--json",
+            *common,
+            home=tmp_path,
+        )
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert events, out
+    assert all(set(e) == {"ts", "event"} for e in events), out
+    assert "joining standup" in events[0]["event"]
+    assert any("left" in e["event"] or "leaving" in e["event"] for e in events[1:]), out
+
+
+def test_completion_offers_agent_modes(tmp_path: Path) -> None:
+    assert complete("fleet agent join standup --mode tr", tmp_path) == ["transcribe"]
