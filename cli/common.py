@@ -315,13 +315,15 @@ def parse_duration(text: str) -> float:
 
 
 def setup_logging(verbose: bool) -> None:
+    # A fleet in one process repeats itself: each kind of warning once, then a count. Only
+    # on our own handler: a host that set up logging already (a test runner) keeps its own.
+    terminal = logging.StreamHandler()
+    terminal.addFilter(SummarizingFilter())
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[terminal],
     )
-    # A fleet in one process repeats itself: each kind of warning once, then a count.
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(SummarizingFilter())
     # amqtt logs every refused publish at INFO and connection noise at WARNING.
     logging.getLogger("amqtt").setLevel(logging.ERROR if not verbose else logging.INFO)
     logging.getLogger("transitions").setLevel(logging.WARNING)
