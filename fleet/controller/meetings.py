@@ -382,14 +382,10 @@ class MeetingServer(ControllerPart):
         """Trickle ICE: like an answer, only to a member of the sender's session (or to
         the session's mixer, which gets it as a Janus `trickle`)."""
         if message.to == MIXER:
-            where = self._sender(pid)
+            where = await self._mixed_sender(pid)
             if where is None:
-                await self._refuse(pid, "not_in_session", "send join first")
                 return
             live, participant = where
-            if live.media is not MediaPath.MIXED:
-                await self._refuse(pid, "unknown_participant", f"session {live.id} has no mixer")
-                return
             self.stats["relayed"] += 1
             entry = live.bridge.get(participant)
             if entry is None:  # its offer is still on the way to Janus
@@ -559,15 +555,23 @@ class MeetingServer(ControllerPart):
     def _mixer_info(self, live: LiveSession) -> PeerInfo:
         return PeerInfo(participant=MIXER, pid=live.mixer or "mixer", caps=MIXER_CAPS)
 
-    async def _to_mixer(self, pid: str, message: MeetOffer | MeetAnswer) -> None:
+    async def _mixed_sender(self, pid: str) -> tuple[LiveSession, str] | None:
+        """The sender's mixed session and participant id; refused (and None) otherwise."""
         where = self._sender(pid)
         if where is None:
             await self._refuse(pid, "not_in_session", "send join first")
-            return
-        live, participant = where
+            return None
+        live, _ = where
         if live.media is not MediaPath.MIXED:
             await self._refuse(pid, "unknown_participant", f"session {live.id} has no mixer")
+            return None
+        return where
+
+    async def _to_mixer(self, pid: str, message: MeetOffer | MeetAnswer) -> None:
+        where = await self._mixed_sender(pid)
+        if where is None:
             return
+        live, participant = where
         if isinstance(message, MeetAnswer):
             await self._refuse(pid, "bad_request", "the mixer takes offers, it never offers")
             return

@@ -19,6 +19,7 @@ import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError
+from av.container import InputContainer
 
 from fleet.media.analysis import find_markers
 from fleet.media.errors import MediaError
@@ -214,25 +215,30 @@ class WavSource(PacedSource):
         return np.pad(chunk, (0, count - chunk.size))
 
 
+def decode_mono(container: InputContainer) -> np.ndarray:
+    """Every audio frame of an open PyAV container as 48 kHz mono int16 (empty if none)."""
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    chunks = [
+        out.to_ndarray().reshape(-1)
+        for frame in container.decode(audio=0)
+        for out in resampler.resample(frame)
+    ]
+    chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+    return np.concatenate(chunks).astype(np.int16, copy=False) if chunks else np.zeros(0, np.int16)
+
+
 def load_audio(path: Path) -> np.ndarray:
     """A whole sound file as 48 kHz mono int16; MediaError when it cannot be read."""
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
                 raise MediaError(f"{path}: no audio stream")
-            resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-            chunks = [
-                out.to_ndarray().reshape(-1)
-                for frame in container.decode(audio=0)
-                for out in resampler.resample(frame)
-            ]
-            chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+            samples = decode_mono(container)
     except (OSError, av.FFmpegError) as exc:
         raise MediaError(f"cannot read audio file {path}: {exc}") from exc
-    samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
     if samples.size == 0:
         raise MediaError(f"{path}: no audio samples")
-    return samples.astype(np.int16, copy=False)
+    return samples
 
 
 class PushSource(PacedSource):

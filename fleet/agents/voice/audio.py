@@ -8,7 +8,7 @@ import av
 import numpy as np
 
 from fleet.errors import FleetError
-from fleet.media.frames import SAMPLE_RATE
+from fleet.media.sources import decode_mono
 
 STT_RATE = 16_000
 
@@ -35,18 +35,12 @@ def decode_audio(data: bytes, what: str) -> np.ndarray:
     """Sound file bytes (WAV, MP3, ...) → 48 kHz mono int16."""
     try:
         with av.open(io.BytesIO(data)) as container:
-            resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-            chunks = [
-                out.to_ndarray().reshape(-1)
-                for frame in container.decode(audio=0)
-                for out in resampler.resample(frame)
-            ]
-            chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+            samples = decode_mono(container)
     except (av.FFmpegError, OSError, IndexError) as exc:
         raise VoiceError(f"{what}: not audio: {exc}") from exc
-    if not chunks:
+    if samples.size == 0:
         raise VoiceError(f"{what}: no audio samples")
-    return np.concatenate(chunks).astype(np.int16, copy=False)
+    return samples
 
 
 def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
