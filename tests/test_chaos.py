@@ -290,18 +290,7 @@ async def platform(handle: BrokerHandle, tmp_path: Path) -> AsyncIterator[list[P
             await p.stop()
 
 
-# Seed 11 under load (the whole suite on 2 cores) loses a lapsed join-all for devices
-# whose sim was down while the broker restarted: the controller did not know them at the
-# lapse, so the per-device leaves skipped them while the group doc went. Open in issue 11;
-# not strict, because alone the timing rarely lines up and it passes.
-LAPSE_OF_UNKNOWN_DEVICES = pytest.mark.xfail(
-    strict=False,
-    reason="DEFECT: a lapse writes leaves only for devices the controller knows at that "
-    "moment; one unknown then (down during a broker restart) falls back to an older intent",
-)
-
-
-@pytest.mark.parametrize("seed", [pytest.param(11, marks=LAPSE_OF_UNKNOWN_DEVICES), 23, 47])
+@pytest.mark.parametrize("seed", [11, 23, 47])
 async def test_kill_9_anywhere_in_a_200_device_sequence(
     mosquitto_broker: BrokerHandle, tmp_path: Path, seed: int
 ) -> None:

@@ -30,7 +30,7 @@ from broker.credentials import Role
 from fleet.controller import service
 from fleet.controller.meetings import MeetingServer
 from fleet.controller.store import REV_CEILING
-from fleet.device.sim import MeetingDriver, SimulatedDevice
+from fleet.device.sim import DeviceConfig, MeetingDriver, SimulatedDevice
 from fleet.ha import HomeAssistantPart, HomeAssistantSettings
 from fleet.media.config import MediaConfig
 from fleet.media.mesh import MediaMesh
@@ -42,6 +42,7 @@ from fleet.protocol.messages import (
     ApiOp,
     ApiRequest,
     ApiResult,
+    Desired,
     DeviceOutcome,
     MeetingIntent,
     MeetingState,
@@ -179,9 +180,65 @@ async def test_joins_during_an_expiry_are_never_undone(
             if (d.meeting.room if d.meeting else None) != ("focus" if d.id in pinned else None)
         ]
         assert stray == [], f"{len(stray)} devices not in their last intent: {stray[:8]}"
-        # Nothing of the lapsed intent is left to resurrect it.
-        assert ctl.store.desired_rev("grp", "all") is None
-        assert await retained(any_broker, any_broker.topics.group_desired("all")) == []
+        # The lapsed doc stays, ended, where a device that comes back will find it.
+        assert ctl.store.desired_rev("grp", "all") == lapsing.rev
+        assert ctl.store.ended_revs() == {lapsing.rev}
+        kept = await retained(any_broker, any_broker.topics.group_desired("all"))
+        assert [decode(Desired, doc).rev for doc in kept] == [lapsing.rev]
+
+
+async def test_a_device_unknown_at_a_lapse_never_falls_back_to_an_older_intent(
+    any_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    """A device the controller did not know when an intent lapsed (offline, its retained
+    state gone, as after a broker restart) comes back: it must not fall back to the older
+    intent the lapsed one replaced. With a set clock it stays out at the lapsed rev; without
+    one (a board before SNTP) it joins the lapsed meeting and is told to leave."""
+    t = any_broker.topics
+    secrets = register_devices(any_broker, 3)
+    late = {"dev-3": secrets.pop("dev-3")}
+    db = tmp_path / "ctl.db"
+    async with sim_fleet(any_broker, secrets) as fleet, operator(any_broker) as op:
+        async with controller(any_broker, db), sim_fleet(any_broker, late):
+            older = await op.request(ApiOp.JOIN, ApiRequest(device="dev-3", room="retro"))
+            assert older.ok, older.detail
+        # Forget dev-3 as a lost retained store would: then a controller restart does not know it.
+        async with wire(any_broker) as w:
+            for topic in (t.status("dev-3"), t.state("dev-3")):
+                await w.publish(topic, b"", qos=1, retain=True)
+        async with controller(any_broker, db) as ctl:
+            await wait_for(lambda: ctl.synced, what="synced")
+            assert "dev-3" not in ctl.registry.devices
+            lapsing = await op.request(ApiOp.JOIN_ALL, ApiRequest(room="standup", for_s=0.5))
+            assert lapsing.ok, lapsing.detail
+            assert lapsing.rev is not None
+            await wait_for(lambda: lapsing.rev in ctl.store.ended_revs(), what="the lapse")
+            assert all(d.meeting is None for d in fleet.devices)
+
+            base = BrokerUrl.parse(f"mqtt://{any_broker.host}:{any_broker.port}")
+            config = DeviceConfig("dev-3", late["dev-3"], [], 30.0)
+            for clock_set in (True, False):
+                dev = SimulatedDevice(config, base, t)
+                dev.clock_set = clock_set
+                task = asyncio.create_task(dev.run())
+                try:
+                    await wait_for(lambda d=dev: d.reported_rev > 0, what="dev-3 applies a doc")
+                    applied = dev.reconciler.applied.rev
+                    assert applied >= lapsing.rev, f"fell back to rev {applied}"
+                    if clock_set:
+                        assert dev.meeting is None
+                        assert dev.reported_rev == lapsing.rev
+                    else:
+                        # It joined the lapsed meeting: the controller sees it there.
+                        await wait_for(
+                            lambda d=dev: d.meeting is None and d.reported_rev > lapsing.rev,
+                            what="the leave for a device in an ended intent's meeting",
+                        )
+                        assert ctl.store.desired_rev("dev", "dev-3") == dev.reported_rev
+                finally:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
 
 # --- item 9: retained requests are refused and cleared --------------------------------------

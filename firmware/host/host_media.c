@@ -44,6 +44,11 @@ typedef struct {
     size_t cands_len;
     mc_codec_t codec;
     uint8_t pt;
+    /* Per mc_codec_t, the payload type we use with this peer, and the codecs we may: ours
+     * (static types, Opus at PT_OPUS), or, answering, those of the offer with its types
+     * (an offer's Opus at 96 must be sent at 96: webrtcbin refuses other caps). */
+    uint8_t pts[MC_CODEC_PCMA + 1];
+    unsigned usable;
     host_media_t *hm;
 } hm_peer_t;
 
@@ -143,17 +148,45 @@ static uint8_t static_pt(mc_codec_t c)
     return c == MC_CODEC_OPUS ? PT_OPUS : c == MC_CODEC_PCMU ? 0 : 8;
 }
 
-/* All our codecs in preference order, as webrtcbin's codec-preferences. */
-static GstCaps *preferences(const host_media_t *hm)
+/* Our codecs usable with the peer in preference order, as webrtcbin's codec-preferences. */
+static GstCaps *preferences(const hm_peer_t *p)
 {
+    const host_media_t *hm = p->hm;
     GstCaps *caps = gst_caps_new_empty();
     for (size_t i = 0; i < hm->n_codecs; i++) {
-        char s[200];
-        GstCaps *one = gst_caps_from_string(
-            caps_string(hm->codecs[i], static_pt(hm->codecs[i]), 0, s, sizeof s));
-        gst_caps_append(caps, one);
+        mc_codec_t c = hm->codecs[i];
+        if ((p->usable & MC_ALLOW(c)) != 0) {
+            char s[200];
+            gst_caps_append(caps, gst_caps_from_string(caps_string(c, p->pts[c], 0, s, sizeof s)));
+        }
     }
     return caps;
+}
+
+/* Our most preferred codec usable with the peer (what appsrc starts with). */
+static mc_codec_t first_usable(const hm_peer_t *p)
+{
+    for (size_t i = 0; i < p->hm->n_codecs; i++) {
+        if ((p->usable & MC_ALLOW(p->hm->codecs[i])) != 0) {
+            return p->hm->codecs[i];
+        }
+    }
+    return p->hm->codecs[0];
+}
+
+/* Answering: the codecs of ours that the offer has, with the offer's payload types. */
+static bool take_offer_codecs(hm_peer_t *p, const char *offer)
+{
+    p->usable = 0;
+    for (size_t i = 0; i < p->hm->n_codecs; i++) {
+        mc_codec_t want = p->hm->codecs[i], got;
+        uint8_t pt;
+        if (mc_sdp_audio(offer, strlen(offer), MC_ALLOW(want), &got, &pt)) {
+            p->pts[want] = pt;
+            p->usable |= MC_ALLOW(want);
+        }
+    }
+    return p->usable != 0;
 }
 
 /* ---- the queue to the main thread ----------------------------------------------------------- */
@@ -483,8 +516,8 @@ static bool peer_pipeline(hm_peer_t *p)
         return false;
     }
     char s[200];
-    GstCaps *first = gst_caps_from_string(
-        caps_string(hm->codecs[0], static_pt(hm->codecs[0]), p->ssrc, s, sizeof s));
+    mc_codec_t codec = first_usable(p);
+    GstCaps *first = gst_caps_from_string(caps_string(codec, p->pts[codec], p->ssrc, s, sizeof s));
     g_object_set(src, "is-live", TRUE, "format", GST_FORMAT_TIME, "do-timestamp", TRUE, "caps",
                  first, "max-bytes", (guint64)64000, "block", FALSE, NULL);
     gst_caps_unref(first);
@@ -510,7 +543,7 @@ static bool peer_pipeline(hm_peer_t *p)
     GstWebRTCRTPTransceiver *trans = NULL;
     g_signal_emit_by_name(webrtc, "get-transceiver", 0, &trans);
     if (trans != NULL) {
-        GstCaps *prefs = preferences(hm);
+        GstCaps *prefs = preferences(p);
         g_object_set(trans, "direction", GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_SENDRECV,
                      "codec-preferences", prefs, NULL);
         gst_caps_unref(prefs);
@@ -541,6 +574,10 @@ static hm_peer_t *peer_new(host_media_t *hm, const char *participant, bool we_of
     p->we_offer = we_offer;
     p->mc_id = ++hm->next_mc_id;
     p->ssrc = g_random_int() | 1u; /* never 0, which caps_string reads as "none" */
+    for (int c = MC_CODEC_OPUS; c <= MC_CODEC_PCMA; c++) {
+        p->pts[c] = static_pt((mc_codec_t)c);
+    }
+    p->usable = hm->allowed;
     memcpy(p->participant, participant, strlen(participant) + 1);
     return p;
 }
@@ -628,6 +665,11 @@ static bool media_remote_sdp(void *ctx, const char *from, bool is_offer, const c
         }
         if (p == NULL) {
             p = peer_new(hm, from, false);
+        }
+        if (p != NULL && !take_offer_codecs(p, sdp)) {
+            peer_close(hm, p);
+            queue_out(hm, OUT_REJECT, from, false, "the offer has no audio codec we use");
+            return false;
         }
         if (p == NULL || !peer_pipeline(p)) {
             if (p != NULL) {

@@ -111,6 +111,9 @@ class Controller:
         self.credentials = credentials
         self.store = Store(store_path)
         self.registry = Registry()
+        # Revs of lapsed docs kept after their end: a device reporting one in a meeting
+        # is told to leave (_end_late_follower).
+        self._ended_revs = self.store.ended_revs()
         self.connected = asyncio.Event()
         self._client: MqttClient | None = None
         # MQTT 5 requests that named a response topic: their results go there (by request id).
@@ -343,6 +346,8 @@ class Controller:
             )
         for part in self.parts:
             await part.on_device_changed(device_id, presence_changed)
+        if self._synced and self._ended_revs:
+            await self._end_late_follower(device_id)
         if presence_changed and rec is not None and rec.online:
             # Commands held while it was offline go out now, unless they went stale.
             for job in list(self._jobs.values()):
@@ -382,17 +387,21 @@ class Controller:
     async def _expire_meetings(self, now: float) -> None:
         """End every intent whose `until` passed, without touching later intents.
 
-        Each lapse is one change in the store (Store.lapse): the lapsed doc goes and
-        its targets with no newer intent (`_lapse_followers`) get a leave of their own,
-        with revs allocated together, before any await. So an intent written while
-        the leaves go out has a higher rev than all of them, and a crash half way leaves
-        the store whole: the next connect re-asserts every leave. A group-wide leave with
-        a fresh rev would outrank, and so interrupt, any newer intent a device got since
-        (a `join` of one device during a `join-all --for`).
+        Each lapse is one change in the store (Store.lapse): its targets with no newer
+        intent (`_lapse_followers`) get a leave of their own, with revs allocated
+        together, before any await, and the lapsed doc stays, marked ended. So an intent
+        written while the leaves go out has a higher rev than all of them, and a crash
+        half way leaves the store whole: the next connect re-asserts every leave. A
+        group-wide leave with a fresh rev would outrank, and so interrupt, any newer
+        intent a device got since (a `join` of one device during a `join-all --for`);
+        the kept doc instead outranks the older ones of a device unknown now.
         """
         for rec in self.store.lapsed(now):
-            leaves_for = self._lapse_followers(rec)
-            leaves = self.store.lapse(rec, leaves_for, now)
+            followers = self._lapse_followers(rec)
+            leaves = self.store.lapse(rec, followers, now)
+            if leaves is None:
+                continue  # replaced since it was read: the next tick sees the new one
+            self._ended_revs = self.store.ended_revs()
             log.info(
                 "intent rev %d for %s/%s lapsed: %d device(s) told to leave",
                 rec.doc.rev,
@@ -400,13 +409,7 @@ class Controller:
                 rec.name,
                 len(leaves),
             )
-            if self._client is not None:
-                # An empty retained payload removes the doc: devices forget that source.
-                publish_nowait(self._client, self._desired_topic(rec.scope, rec.name), b"", 1, True)
-                for device_id, leave in zip(leaves_for, leaves, strict=False):
-                    publish_nowait(
-                        self._client, self.topics.desired(device_id), encode(leave), 1, True
-                    )
+            self._publish_leaves(followers, leaves)
             await self.emit(
                 FleetEvent(
                     ts=now,
@@ -418,6 +421,23 @@ class Controller:
                     detail=f"rev {rec.doc.rev} lapsed; {len(leaves)} device(s) told to leave",
                 )
             )
+
+    def _publish_leaves(self, devices: list[str], leaves: list[Desired]) -> None:
+        if self._client is not None:
+            for device_id, leave in zip(devices, leaves, strict=True):
+                publish_nowait(self._client, self.topics.desired(device_id), encode(leave), 1, True)
+
+    async def _end_late_follower(self, device_id: str) -> None:
+        """A device that shows up in the meeting of an ended intent (one without a set clock,
+        unknown to us at the lapse) is told to leave, unless it has a newer intent."""
+        rec = self.registry.devices.get(device_id)
+        if rec is None or rec.room is None or rec.rev not in self._ended_revs:
+            return
+        if self._has_newer_intent(device_id, rec.rev, self.store.desired_revs()):
+            return
+        leave = self.store.write_desired("dev", device_id, None, time.time())
+        log.info("%s is in the meeting of ended rev %d: told to leave", device_id, rec.rev)
+        self._publish_leaves([device_id], [leave])
 
     def _lapse_followers(self, lapsed: DesiredRecord) -> list[str]:
         """The devices a lapse tells to leave: its targets (and whoever reports its rev)
@@ -432,20 +452,21 @@ class Controller:
             targets = {lapsed.name}
         newest = self.store.desired_revs()
         newest.pop((lapsed.scope, lapsed.name), None)
-        all_rev = newest.get(("grp", "all"), 0)
+        return sorted(t for t in targets if not self._has_newer_intent(t, rev, newest))
 
-        def moved_on(device_id: str) -> bool:
-            rec = devices.get(device_id)
-            if rec is not None and (rec.rev or 0) > rev:
-                return True
-            groups = rec.groups if rec is not None else []
-            return (
-                newest.get(("dev", device_id), 0) > rev
-                or all_rev > rev
-                or any(newest.get(("grp", g), 0) > rev for g in groups)
-            )
-
-        return sorted(t for t in targets if not moved_on(t))
+    def _has_newer_intent(
+        self, device_id: str, rev: int, newest: dict[tuple[str, str], int]
+    ) -> bool:
+        """Whether a doc newer than `rev` applies to the device (or it reports one)."""
+        rec = self.registry.devices.get(device_id)
+        if rec is not None and (rec.rev or 0) > rev:
+            return True
+        groups = rec.groups if rec is not None else []
+        return (
+            newest.get(("dev", device_id), 0) > rev
+            or newest.get(("grp", "all"), 0) > rev
+            or any(newest.get(("grp", g), 0) > rev for g in groups)
+        )
 
     # --- the automation API -------------------------------------------------------------------
     async def _on_api(self, op_name: str, payload: bytes) -> None:

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS desired (
     doc TEXT NOT NULL,
     updated REAL NOT NULL,
     until REAL,
+    ended REAL,
     PRIMARY KEY (scope, name)
 );
 CREATE TABLE IF NOT EXISTS commands (
@@ -169,6 +170,8 @@ class Store:
                     "UPDATE desired SET until=? WHERE scope=? AND name=?",
                     (_until(decode(Desired, doc)), scope, name),
                 )
+        if "ended" not in columns:  # a database from before lapsed docs were kept
+            self._db.execute("ALTER TABLE desired ADD COLUMN ended REAL")
         self._db.execute("CREATE INDEX IF NOT EXISTS desired_until ON desired (until)")
         row = self._db.execute("SELECT value FROM meta WHERE key='rev'").fetchone()
         # Cached: the database is read once, written on every allocation.
@@ -217,9 +220,10 @@ class Store:
     # --- desired docs -----------------------------------------------------------------------
     def save_desired(self, scope: str, name: str, doc: Desired) -> None:
         self._db.execute(
-            "INSERT INTO desired (scope, name, rev, doc, updated, until) VALUES (?,?,?,?,?,?) "
+            "INSERT INTO desired (scope, name, rev, doc, updated, until, ended) "
+            "VALUES (?,?,?,?,?,?,NULL) "
             "ON CONFLICT(scope, name) DO UPDATE SET rev=excluded.rev, doc=excluded.doc, "
-            "updated=excluded.updated, until=excluded.until",
+            "updated=excluded.updated, until=excluded.until, ended=NULL",
             (scope, name, doc.rev, encode(doc).decode(), time.time(), _until(doc)),
         )
 
@@ -232,22 +236,35 @@ class Store:
             self.save_desired(scope, name, doc)
         return doc
 
-    def lapse(self, lapsed: DesiredRecord, followers: list[str], ts: float) -> list[Desired]:
-        """End a lapsed intent as one change: the doc goes, and every follower gets a leave
-        with a rev of its own, all in one transaction. A crash leaves all of it or none,
-        and an intent written after it has a higher rev than every one of its leaves."""
+    def lapse(self, lapsed: DesiredRecord, followers: list[str], ts: float) -> list[Desired] | None:
+        """End a lapsed intent as one change: every follower gets a leave with a rev of its
+        own, and the lapsed doc stays, marked ended, all in one transaction. A crash leaves
+        all of it or none, and an intent written after it has a higher rev than every one
+        of its leaves. None when the doc was replaced since it was read.
+
+        The doc stays (retained) because a device unknown now, which comes back later,
+        must find it: it outranks the older intents it would otherwise fall back to, and
+        its `until` makes it no meeting there (section 4.3)."""
         with self._tx():
             current = self._db.execute(
                 "SELECT rev FROM desired WHERE scope=? AND name=?", (lapsed.scope, lapsed.name)
             ).fetchone()
             if current is None or current[0] != lapsed.doc.rev:
-                return []  # replaced since it was read: the newer intent stands
+                return None  # replaced since it was read: the newer intent stands
+            self._db.execute(
+                "UPDATE desired SET until=NULL, ended=? WHERE scope=? AND name=?",
+                (ts, lapsed.scope, lapsed.name),
+            )
             first = self._allocate(len(followers)) if followers else 0
             leaves = [Desired(rev=first + n, meeting=None, ts=ts) for n in range(len(followers))]
             for device_id, leave in zip(followers, leaves, strict=True):
-                self.save_desired("dev", device_id, leave)
-            self.delete_desired(lapsed.scope, lapsed.name)
+                self.save_desired("dev", device_id, leave)  # on a device's own doc: replaces it
         return leaves
+
+    def ended_revs(self) -> set[int]:
+        """The revs of lapsed docs kept after their end (Store.lapse)."""
+        rows = self._db.execute("SELECT rev FROM desired WHERE ended IS NOT NULL").fetchall()
+        return {int(row[0]) for row in rows}
 
     def lapsed(self, now: float) -> list[DesiredRecord]:
         """Docs whose `until` has passed: an index lookup, no decoding of the others."""

@@ -126,6 +126,8 @@ class SimulatedDevice:
         self.driver.attach(self)
         self.groups = list(dict.fromkeys(config.groups))
         self.reconciler = Reconciler()
+        # False plays a board before its first SNTP sync: it ignores `until` (section 4.3).
+        self.clock_set = True
         # The rev the state reports: the applied one once applying it is done, not before
         # (a state sent mid-join or mid-leave must not claim the new intent holds).
         self.reported_rev = 0
@@ -261,7 +263,7 @@ class SimulatedDevice:
 
     async def _reconcile(self) -> None:
         async with self._apply_lock:
-            change = self.reconciler.reconcile(time.time())
+            change = self.reconciler.reconcile(time.time(), self.clock_set)
             if change is None:
                 return
             await self._apply(change)
