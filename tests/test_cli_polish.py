@@ -13,8 +13,9 @@ import signal
 import sys
 from pathlib import Path
 
+import aiomqtt
 import pytest
-from brokers import BrokerHandle
+from brokers import BrokerHandle, mqtt_client
 from running import controller, operator_url, sim_fleet
 from test_cli import ROOT, fleet
 from typer.testing import CliRunner
@@ -240,8 +241,26 @@ async def test_ctrl_c_during_join_all_says_the_intent_stays(
     amqtt_broker: BrokerHandle, tmp_path: Path
 ) -> None:
     # No controller runs, so the command is still waiting for its answer when interrupted.
-    common = ("--broker", str(operator_url(amqtt_broker)), "--prefix", amqtt_broker.prefix)
+    url = operator_url(amqtt_broker)
+    common = ("--broker", str(url), "--prefix", amqtt_broker.prefix)
     env = {**os.environ, "FLEET_HOME": str(tmp_path), "COLUMNS": "200"}
+    watcher = mqtt_client(amqtt_broker, url.username, url.password, client_id=f"{url.username}-w")
+    async with watcher as watch:
+        await watch.subscribe(amqtt_broker.topics.api("join-all"), qos=1)
+        proc = await _interrupt_once_sent(watch, env, common)
+    assert proc.stderr is not None
+    async with asyncio.timeout(20):
+        _, err = await proc.communicate()
+    assert proc.returncode == 130, err
+    text = err.decode()
+    assert "interrupted: stopped waiting; a join-all the controller accepted stays in force" in text
+    assert "fleet leave-all undoes it" in text
+
+
+async def _interrupt_once_sent(
+    watch: aiomqtt.Client, env: dict[str, str], common: tuple[str, ...]
+) -> asyncio.subprocess.Process:
+    """`fleet join-all`, sent Ctrl-C once its request is on the broker (it is waiting then)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -254,15 +273,11 @@ async def test_ctrl_c_during_join_all_says_the_intent_stays(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    assert proc.stderr is not None
-    await asyncio.sleep(2.5)  # connected, request sent, waiting (it gives up only after 5 s)
-    proc.send_signal(signal.SIGINT)
-    async with asyncio.timeout(20):
-        _, err = await proc.communicate()
-    assert proc.returncode == 130, err
-    text = err.decode()
-    assert "interrupted: stopped waiting; a join-all the controller accepted stays in force" in text
-    assert "fleet leave-all undoes it" in text
+    async with asyncio.timeout(60):
+        async for _ in watch.messages:
+            break
+    proc.send_signal(signal.SIGINT)  # inside its asyncio.run, which turns it into the message
+    return proc
 
 
 async def test_not_authorized_says_where_credentials_come_from(
