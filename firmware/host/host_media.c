@@ -143,14 +143,15 @@ static uint8_t static_pt(mc_codec_t c)
     return c == MC_CODEC_OPUS ? PT_OPUS : c == MC_CODEC_PCMU ? 0 : 8;
 }
 
-/* All our codecs in preference order, as webrtcbin's codec-preferences. */
-static GstCaps *preferences(const host_media_t *hm)
+/* All our codecs in preference order, as webrtcbin's codec-preferences; `codec` (the one
+ * appsrc starts with) with payload type `pt`, as appsrc's caps and these must agree. */
+static GstCaps *preferences(const host_media_t *hm, mc_codec_t codec, uint8_t pt)
 {
     GstCaps *caps = gst_caps_new_empty();
     for (size_t i = 0; i < hm->n_codecs; i++) {
         char s[200];
-        GstCaps *one = gst_caps_from_string(
-            caps_string(hm->codecs[i], static_pt(hm->codecs[i]), 0, s, sizeof s));
+        uint8_t this_pt = hm->codecs[i] == codec ? pt : static_pt(hm->codecs[i]);
+        GstCaps *one = gst_caps_from_string(caps_string(hm->codecs[i], this_pt, 0, s, sizeof s));
         gst_caps_append(caps, one);
     }
     return caps;
@@ -467,8 +468,11 @@ static GstBusSyncReply on_bus(GstBus *bus, GstMessage *msg, gpointer user)
     return GST_BUS_DROP;
 }
 
-/* appsrc -> webrtcbin, one sendrecv audio transceiver offering our codecs. */
-static bool peer_pipeline(hm_peer_t *p)
+/* appsrc -> webrtcbin, one sendrecv audio transceiver offering our codecs. appsrc starts
+ * with the caps of what we will send: our first codec when we offer, the offer's choice
+ * (its payload type) when we answer, as webrtcbin refuses a later change of payload type
+ * ("Internal data stream error"). */
+static bool peer_pipeline(hm_peer_t *p, mc_codec_t codec, uint8_t pt)
 {
     host_media_t *hm = p->hm;
     GstElement *pipe = gst_pipeline_new(NULL);
@@ -483,8 +487,7 @@ static bool peer_pipeline(hm_peer_t *p)
         return false;
     }
     char s[200];
-    GstCaps *first = gst_caps_from_string(
-        caps_string(hm->codecs[0], static_pt(hm->codecs[0]), p->ssrc, s, sizeof s));
+    GstCaps *first = gst_caps_from_string(caps_string(codec, pt, p->ssrc, s, sizeof s));
     g_object_set(src, "is-live", TRUE, "format", GST_FORMAT_TIME, "do-timestamp", TRUE, "caps",
                  first, "max-bytes", (guint64)64000, "block", FALSE, NULL);
     gst_caps_unref(first);
@@ -510,7 +513,7 @@ static bool peer_pipeline(hm_peer_t *p)
     GstWebRTCRTPTransceiver *trans = NULL;
     g_signal_emit_by_name(webrtc, "get-transceiver", 0, &trans);
     if (trans != NULL) {
-        GstCaps *prefs = preferences(hm);
+        GstCaps *prefs = preferences(hm, codec, pt);
         g_object_set(trans, "direction", GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_SENDRECV,
                      "codec-preferences", prefs, NULL);
         gst_caps_unref(prefs);
@@ -610,7 +613,7 @@ static bool media_add_peer(void *ctx, const char *participant, bool we_offer)
         return false;
     }
     logf_media(hm, 'I', "peer %s: %s", participant, we_offer ? "we offer" : "waiting for its offer");
-    if (we_offer && !peer_pipeline(p)) {
+    if (we_offer && !peer_pipeline(p, hm->codecs[0], static_pt(hm->codecs[0]))) {
         peer_close(hm, p);
         return false;
     }
@@ -626,10 +629,19 @@ static bool media_remote_sdp(void *ctx, const char *from, bool is_offer, const c
             peer_close(hm, p); /* a new offer from a known peer starts over */
             p = NULL;
         }
+        mc_codec_t codec;
+        uint8_t pt;
+        if (!mc_sdp_audio(sdp, strlen(sdp), hm->allowed, &codec, &pt)) {
+            queue_out(hm, OUT_REJECT, from, false, "the offer has no audio codec we use");
+            if (p != NULL) {
+                peer_close(hm, p);
+            }
+            return false;
+        }
         if (p == NULL) {
             p = peer_new(hm, from, false);
         }
-        if (p == NULL || !peer_pipeline(p)) {
+        if (p == NULL || !peer_pipeline(p, codec, pt)) {
             if (p != NULL) {
                 peer_close(hm, p);
             }
@@ -668,6 +680,30 @@ static bool media_remote_sdp(void *ctx, const char *from, bool is_offer, const c
     if (getenv("FLEET_HOST_SDP_LOG") != NULL) {
         fprintf(stderr, "%s\n", sdp);
     }
+    return true;
+}
+
+/* A trickled candidate of `from` (the core hands them over only after its SDP). One audio
+ * section, bundled: every candidate belongs to m-line 0's transport, whatever its mid.
+ * webrtcbin queues it behind set-remote-description and takes "candidate:..." or
+ * "a=candidate:..."; NULL is the end of them. */
+static bool media_remote_candidate(void *ctx, const char *from, const char *mid,
+                                   const char *candidate)
+{
+    host_media_t *hm = ctx;
+    hm_peer_t *p = peer_find(hm, from);
+    if (p == NULL || p->webrtc == NULL) {
+        logf_media(hm, 'W', "candidate from %s ignored: no connection with it", from);
+        return false;
+    }
+    if (candidate != NULL && strncmp(candidate, "candidate:", 10) != 0 &&
+        strncmp(candidate, "a=candidate:", 12) != 0) {
+        logf_media(hm, 'W', "candidate from %s ignored: not a candidate: %.60s", from, candidate);
+        return false;
+    }
+    g_signal_emit_by_name(p->webrtc, "add-ice-candidate", 0u, candidate);
+    logf_media(hm, 'I', "candidate from %s (mid %s) taken: %.80s", from, mid,
+               candidate != NULL ? candidate : "end of candidates");
     return true;
 }
 
@@ -928,6 +964,7 @@ host_media_t *host_media_new(const host_media_opts_t *opts, char *why, size_t ca
         .set_volume = media_set_volume,
         .add_peer = media_add_peer,
         .remote_sdp = media_remote_sdp,
+        .remote_candidate = media_remote_candidate,
         .remove_peer = media_remove_peer,
         .stop = media_stop,
         .stats = media_stats,

@@ -3,8 +3,9 @@
  * WebRTC (ICE, DTLS-SRTP, RTP/RTCP), the media core (components/media_core) for
  * everything audio, libopus for Opus.
  *
- * One webrtcbin per peer. Vanilla ICE: our SDP goes out once gathering is complete, with
- * every candidate inside it. RTP travels as RTP: the media core makes the packets we send
+ * One webrtcbin per peer. Our SDP goes out once gathering is complete, with every
+ * candidate inside it (vanilla ICE); a peer's trickled candidates (protocol.md 8.6) go to
+ * webrtcbin's add-ice-candidate as the core hands them over. RTP travels as RTP: the media core makes the packets we send
  * (appsrc -> webrtcbin) and reads the ones we get (webrtcbin -> appsink).
  *
  * Threads: the core (fleet_core) and every fleet_media_t callback run on the main thread;
