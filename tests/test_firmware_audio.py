@@ -135,6 +135,7 @@ async def room_with_host(
     sim_codecs: tuple[str, ...] = ("opus", "pcmu"),
     host_first: bool = False,
     sims_trickle: bool = False,
+    host_args: tuple[str, ...] = (),
 ) -> AsyncIterator[Room]:
     """A controller, two simulated devices with tones (400, 575 Hz) and the host device with
     its tone, all joined to ROOM. The newcomer offers (protocol.md 8.1): the host device
@@ -161,6 +162,7 @@ async def room_with_host(
             str(HOST_TONE_HZ),
             "--speaker-wav",
             str(speaker),
+            *host_args,
         ]
         host = Device(build.device_asan, args, tmp_path / "host-device.log")
         ids = list(secrets)
@@ -300,11 +302,14 @@ def _speaker_bytes(room: Room) -> int:
 async def test_a_host_device_meets_participants_that_trickle(
     netns: str, build: Build, tmp_path: Path
 ) -> None:
-    """The simulated devices send their SDP without candidates and each candidate, then the
-    end of them, as messages (docs/protocol.md §8.6): first as offers to the C device (it
-    joined first), then, after it rejoins and offers, as answers. Its core hands them to
-    webrtcbin after their SDP; both ways the tones get through."""
-    async with room_with_host(tmp_path, build, "opus", host_first=True, sims_trickle=True) as room:
+    """Every side trickles (docs/protocol.md §8.6: the SDP without candidates, each candidate
+    and then the end of them as messages): the simulated devices first as offers to the C
+    device (it joined first), then, after it rejoins and offers, as answers; the C device
+    (--trickle) its answers, then its offers. Its core hands what it gets to webrtcbin after
+    the SDP; both ways the tones get through."""
+    async with room_with_host(
+        tmp_path, build, "opus", host_first=True, sims_trickle=True, host_args=("--trickle",)
+    ) as room:
 
         def host_hears_both_since(mark: int) -> bool:
             # Two seconds after mark, so the last one is all from after it.
@@ -324,6 +329,8 @@ async def test_a_host_device_meets_participants_that_trickle(
         assert taken("offer from") == 2, log[-3000:]
         assert taken(") taken: candidate:") >= 2, log[-3000:]
         assert taken(") taken: end of candidates") == 2, log[-3000:]
+        assert taken("candidate to p-") >= 4, log[-3000:]  # ours: at least one and the end
+        assert taken("sent: end of candidates") == 2, log[-3000:]
         assert not [line for line in log.splitlines() if "candidate" in line and "ignored" in line]
 
         # The C device rejoins: now it offers, and the answers trickle.
@@ -344,4 +351,5 @@ async def test_a_host_device_meets_participants_that_trickle(
         log = room.host.text()
         assert taken("answer from") == 2, log[-3000:]
         assert taken(") taken: end of candidates") == 4, log[-3000:]
+        assert taken("sent: end of candidates") == 4, log[-3000:]
         assert not [line for line in log.splitlines() if "candidate" in line and "ignored" in line]

@@ -23,7 +23,7 @@
 
 #define RATE        48000u
 #define FRAME       (RATE / 50u)
-#define MAX_OUT     16   /* queued SDP / rejections for the main thread */
+#define MAX_OUT     64   /* queued SDP, candidates, rejections for the main thread */
 #define MAX_CANDS   4096 /* bytes of candidate lines kept per peer */
 #define ID_BYTES    FLEET_PEER_BYTES
 #define LATENCY_MS  20 /* webrtcbin's own jitter buffer; ours does the real work */
@@ -47,13 +47,13 @@ typedef struct {
     host_media_t *hm;
 } hm_peer_t;
 
-typedef enum { OUT_SDP, OUT_REJECT, OUT_LOG } out_kind_t;
+typedef enum { OUT_SDP, OUT_REJECT, OUT_CANDIDATE } out_kind_t;
 
 typedef struct {
     out_kind_t kind;
     char to[ID_BYTES];
     bool is_offer;
-    char *text; /* SDP, or the rejection's detail (malloc'ed) */
+    char *text; /* SDP, the rejection's detail, a candidate or "" = their end (malloc'ed) */
 } hm_out_t;
 
 struct host_media {
@@ -194,6 +194,11 @@ void host_media_poll(host_media_t *hm)
             if (getenv("FLEET_HOST_SDP_LOG") != NULL) { /* debugging interop: the SDP itself */
                 fprintf(stderr, "%s\n", out[i].text);
             }
+        } else if (out[i].kind == OUT_CANDIDATE && hm->core != NULL) {
+            const char *c = out[i].text;
+            bool ok = fleet_core_send_candidate(hm->core, out[i].to, "0", c[0] != '\0' ? c : NULL);
+            logf_media(hm, ok ? 'I' : 'W', "candidate to %s %s: %.80s", out[i].to,
+                       ok ? "sent" : "NOT sent", c[0] != '\0' ? c : "end of candidates");
         } else if (out[i].kind == OUT_REJECT && hm->core != NULL) {
             (void)fleet_core_send_reject(hm->core, out[i].to, "negotiation_failed", out[i].text);
             logf_media(hm, 'W', "rejected the SDP of %s: %s", out[i].to, out[i].text);
@@ -246,6 +251,12 @@ static void on_ice_candidate(GstElement *webrtc, guint mline, gchar *candidate, 
     hm_peer_t *p = user;
     (void)webrtc;
     (void)mline;
+    if (p->hm->opts.trickle) {
+        /* After our SDP, which was queued before set-local-description started gathering. */
+        queue_out(p->hm, OUT_CANDIDATE, p->participant, false,
+                  candidate + (strncmp(candidate, "a=", 2) == 0 ? 2 : 0));
+        return;
+    }
     pthread_mutex_lock(&p->hm->lock);
     size_t n = strlen(candidate);
     if (p->cands_len + n + 5 < sizeof p->cands) {
@@ -265,6 +276,9 @@ static void on_gathering(GstElement *webrtc, GParamSpec *spec, gpointer user)
     GstWebRTCICEGatheringState state;
     g_object_get(webrtc, "ice-gathering-state", &state, NULL);
     if (state != GST_WEBRTC_ICE_GATHERING_STATE_COMPLETE || p->sdp_queued) {
+        if (state == GST_WEBRTC_ICE_GATHERING_STATE_COMPLETE && p->hm->opts.trickle) {
+            queue_out(p->hm, OUT_CANDIDATE, p->participant, false, ""); /* the end of them */
+        }
         return;
     }
     GstWebRTCSessionDescription *desc = NULL;
@@ -322,6 +336,22 @@ static void offer_dtls_active(GstSDPMessage *sdp)
     }
 }
 
+/* Trickle: our description leaves now, without candidates (they follow as messages);
+ * before set-local-description, so that none can overtake it in the queue. */
+static void queue_sdp_now(hm_peer_t *p, GstSDPMessage *sdp, bool is_offer)
+{
+    for (guint i = 0; i < gst_sdp_message_medias_len(sdp); i++) {
+        GstSDPMedia *media = (GstSDPMedia *)gst_sdp_message_get_media(sdp, i);
+        if (gst_sdp_media_get_attribute_val(media, "ice-options") == NULL) {
+            gst_sdp_media_add_attribute(media, "ice-options", "trickle");
+        }
+    }
+    gchar *text = gst_sdp_message_as_text(sdp);
+    p->sdp_queued = true;
+    queue_out(p->hm, OUT_SDP, p->participant, is_offer, text);
+    g_free(text);
+}
+
 static void on_offer_created(GstPromise *promise, gpointer user)
 {
     hm_peer_t *p = user;
@@ -337,6 +367,9 @@ static void on_offer_created(GstPromise *promise, gpointer user)
     }
     offer_dtls_active(offer->sdp);
     sdp_add_ssrc(offer->sdp, p->ssrc);
+    if (p->hm->opts.trickle) {
+        queue_sdp_now(p, offer->sdp, true);
+    }
     GstPromise *done = gst_promise_new();
     g_signal_emit_by_name(p->webrtc, "set-local-description", offer, done);
     gst_promise_interrupt(done);
@@ -377,6 +410,9 @@ static void on_answer_created(GstPromise *promise, gpointer user)
         gst_webrtc_session_description_free(answer);
         queue_out(p->hm, OUT_REJECT, p->participant, false, "no audio codec in common");
         return;
+    }
+    if (p->hm->opts.trickle) {
+        queue_sdp_now(p, answer->sdp, false);
     }
     GstPromise *done = gst_promise_new();
     g_signal_emit_by_name(p->webrtc, "set-local-description", answer, done);
