@@ -14,7 +14,7 @@
 #
 # cJSON itself is NOT counted: ESP-IDF links its own copy (component "json") and
 # Debian ships only cJSON's headers for the host. Set CJSON_SRC=/path/to/cJSON.c to
-# include it. Object sizes are an upper bound: the firmware link drops unused functions
+# include it (CJSON_SRC=$(bash firmware/host/fetch_cjson.sh) gives a cached copy). Object sizes are an upper bound: the firmware link drops unused functions
 # (--gc-sections).
 #
 # Needs (Debian): gcc-riscv64-unknown-elf, picolibc-riscv64-unknown-elf, libcjson-dev,

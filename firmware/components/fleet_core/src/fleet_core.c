@@ -626,7 +626,8 @@ static bool peer_remove(fleet_core_t *core, const char *participant)
     for (size_t i = 0; i < core->n_peers; i++) {
         if (strcmp(core->peers[i], participant) == 0) {
             memmove(core->peers[i], core->peers[i + 1], (core->n_peers - i - 1) * FLEET_PEER_BYTES);
-            memmove(&core->peer_sdp[i], &core->peer_sdp[i + 1], core->n_peers - i - 1);
+            memmove(&core->peer_sdp[i], &core->peer_sdp[i + 1],
+                    (core->n_peers - i - 1) * sizeof core->peer_sdp[0]);
             core->n_peers--;
             early_take(core, participant, false);
             return true;
