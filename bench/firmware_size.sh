@@ -14,7 +14,7 @@
 #
 # cJSON itself is NOT counted: ESP-IDF links its own copy (component "json") and
 # Debian ships only cJSON's headers for the host. Set CJSON_SRC=/path/to/cJSON.c to
-# include it. Object sizes are an upper bound: the firmware link drops unused functions
+# include it (CJSON_SRC=$(bash firmware/host/fetch_cjson.sh) gives a cached copy). Object sizes are an upper bound: the firmware link drops unused functions
 # (--gc-sections).
 #
 # Needs (Debian): gcc-riscv64-unknown-elf, picolibc-riscv64-unknown-elf, libcjson-dev,
@@ -77,7 +77,9 @@ cat > "$out/link_probe.c" <<'C'
 #include <stddef.h>
 #include "cJSON.h"
 #include "fleet_core.h"
-/* Placeholders so the link closes; ESP-IDF's cJSON takes their place on a device. */
+/* Placeholders so the link closes; ESP-IDF's cJSON takes their place on a device (and
+ * CJSON_SRC's, when set). */
+#ifndef FLEET_PROBE_HAS_CJSON
 cJSON *cJSON_ParseWithLengthOpts(const char *v, size_t n, const char **e, cJSON_bool r)
 { (void)v; (void)n; (void)e; (void)r; return NULL; }
 void cJSON_Delete(cJSON *c) { (void)c; }
@@ -90,6 +92,7 @@ cJSON_bool cJSON_IsTrue(const cJSON *const c) { return c != NULL; }
 cJSON_bool cJSON_IsBool(const cJSON *const c) { return c != NULL; }
 int cJSON_GetArraySize(const cJSON *c) { return c != NULL; }
 cJSON *cJSON_GetArrayItem(const cJSON *c, int i) { (void)i; return (cJSON *)c; }
+#endif
 static fleet_core_t core;
 static fleet_config_t cfg;
 static fleet_port_t port;
@@ -103,13 +106,16 @@ int main(void)
     (void)fleet_core_tick(&core);
     (void)fleet_core_send_sdp(&core, "p", true, "v=0");
     (void)fleet_core_send_reject(&core, "p", NULL, "x");
+    (void)fleet_core_send_candidate(&core, "p", "0", NULL);
     fleet_core_shutdown(&core);
     fleet_core_on_disconnected(&core);
     return 0;
 }
 C
-"$cc" "${flags[@]}" -Wl,--gc-sections -Wl,-Map="$out/core.map" "$out/link_probe.c" "${objs[@]}" \
-    -o "$out/core_probe.elf"
+probe_defs=()
+[ -n "${CJSON_SRC:-}" ] && probe_defs=(-DFLEET_PROBE_HAS_CJSON)
+"$cc" "${flags[@]}" "${probe_defs[@]}" -Wl,--gc-sections -Wl,-Map="$out/core.map" \
+    "$out/link_probe.c" "${objs[@]}" -o "$out/core_probe.elf"
 linked=$(awk 'function hex(s,  i, v) { v = 0; s = tolower(substr(s, 3))
                   for (i = 1; i <= length(s); i++) v = v * 16 + index("0123456789abcdef", substr(s, i, 1)) - 1
                   return v }

@@ -39,6 +39,7 @@ from fleet.protocol.messages import (
     Capabilities,
     MediaPath,
     MeetAnswer,
+    MeetCandidate,
     MeetDelivered,
     MeetError,
     MeetingState,
@@ -264,14 +265,34 @@ class MeetingParticipant:
         if self.mesh is None:
             return
         sdp = await self.mesh.create_offer(peer.participant, peer.caps)
-        await self.send(MeetOffer(type="offer", to=peer.participant, sdp=sdp))
+        await self._send_sdp(peer.participant, sdp, offer=True)
 
     async def _answer(self, peer_id: str, sdp: str) -> None:
         if self.mesh is None:
             return
         peer = self.peers.get(peer_id)
         answer = await self.mesh.accept_offer(peer_id, peer.caps if peer else None, sdp)
-        await self.send(MeetAnswer(type="answer", to=peer_id, sdp=answer))
+        await self._send_sdp(peer_id, answer, offer=False)
+
+    async def _send_sdp(self, to: str, sdp: str, *, offer: bool) -> None:
+        """Our offer or answer: complete, or (MediaConfig.trickle) with its candidates
+        trickled after it (docs/protocol.md §8.6)."""
+        candidates: list[tuple[str, str]] = []
+        if self.mesh is not None and self.mesh.config.trickle:
+            from fleet.media.sdp import split_candidates  # aiortc's: only with a mesh
+
+            sdp, candidates = split_candidates(sdp)
+        await self.send(
+            MeetOffer(type="offer", to=to, sdp=sdp)
+            if offer
+            else MeetAnswer(type="answer", to=to, sdp=sdp)
+        )
+        for mid, candidate in candidates:
+            await self.send(MeetCandidate(type="candidate", to=to, candidate=candidate, mid=mid))
+        if candidates:
+            mids = dict.fromkeys(mid for mid, _ in candidates)
+            for mid in mids:
+                await self.send(MeetCandidate(type="candidate", to=to, candidate=None, mid=mid))
 
     async def _accept_answer(self, peer_id: str, sdp: str) -> None:
         if self.mesh is not None:

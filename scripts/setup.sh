@@ -79,4 +79,9 @@ if [ "$dev" = 1 ]; then
 else
     "$venv/bin/python" -m pip install -q -e '.[telemetry]'
 fi
+# cJSON's source for fleet_core's rv32 unit tests, fetched once into a cache (pinned, sha256).
+if [ "$dev" = 1 ]; then
+    PYTHON="$venv/bin/python" bash firmware/host/fetch_cjson.sh >/dev/null ||
+        echo "warning: no cJSON source: fleet_core's rv32 unit tests will not run" >&2
+fi
 echo "ready: $venv/bin/fleet ($("$venv/bin/python" --version))"

@@ -17,6 +17,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -131,10 +132,37 @@ def build_rv32(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 pytest.fail(f"missing {missing} (see firmware/host/DEPENDENCIES)")
             pytest.skip(f"missing {missing} (see firmware/host/DEPENDENCIES)")
         out = tmp_path_factory.mktemp("fw-rv32")
-        proc = run_tool(["bash", str(HOST_DIR / "rv32_tests.sh"), str(out)], timeout=600)
+        env = {**os.environ, **_cjson_env()}
+        proc = run_tool(["bash", str(HOST_DIR / "rv32_tests.sh"), str(out)], timeout=600, env=env)
         assert proc.returncode == 0, f"rv32 build failed:\n{proc.stdout}\n{proc.stderr}"
         _builds["rv32"] = Build(out)
     return _builds["rv32"].dir
+
+
+def _cjson_env() -> dict[str, str]:
+    """CJSON_SRC for fleet_core's rv32 tests: the caller's, else the cached copy that
+    fetch_cjson.sh keeps (fetched through pip on first use, as scripts/setup.sh --dev does).
+    Empty when it cannot be had, so only the fleet_core ELF is missing (and that test skips,
+    or fails in CI)."""
+    if os.environ.get("CJSON_SRC"):
+        return {}
+    proc = run_tool(
+        ["bash", str(HOST_DIR / "fetch_cjson.sh")],
+        timeout=300,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    if proc.returncode != 0:
+        _cjson_failure.append(proc.stderr.strip()[-2000:])
+        return {}
+    return {"CJSON_SRC": proc.stdout.strip()}
+
+
+_cjson_failure: list[str] = []
+
+
+def cjson_failure() -> str:
+    """Why the rv32 fleet_core tests could not be built (fetch_cjson.sh's error), if so."""
+    return "\n".join(_cjson_failure)
 
 
 # --- a controller-side view of the wire ---------------------------------------------------------

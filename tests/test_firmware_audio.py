@@ -1,6 +1,7 @@
 """fleet-host-device --audio (the C core + media core on GStreamer webrtcbin) meets the Python
 simulated devices (aiortc) for real: tones both ways checked by FFT, the mic gate, a
-PCMU-only C device with Opus devices, and a killed C device leaving its peers.
+PCMU-only C device with Opus devices, a killed C device leaving its peers, and simulated
+devices that trickle their ICE candidates (offers and answers) to the C device.
 
 WebRTC needs an address besides loopback: the whole test (broker, controller, simulated
 devices, host device) runs in a network namespace of its own with one veth pair inside,
@@ -133,6 +134,8 @@ async def room_with_host(
     codecs: str,
     sim_codecs: tuple[str, ...] = ("opus", "pcmu"),
     host_first: bool = False,
+    sims_trickle: bool = False,
+    host_args: tuple[str, ...] = (),
 ) -> AsyncIterator[Room]:
     """A controller, two simulated devices with tones (400, 575 Hz) and the host device with
     its tone, all joined to ROOM. The newcomer offers (protocol.md 8.1): the host device
@@ -159,12 +162,13 @@ async def room_with_host(
             str(HOST_TONE_HZ),
             "--speaker-wav",
             str(speaker),
+            *host_args,
         ]
         host = Device(build.device_asan, args, tmp_path / "host-device.log")
         ids = list(secrets)
 
         def driver(device_id: str) -> AudioMeetingDriver:
-            media = MediaConfig(codecs=sim_codecs)  # type: ignore[arg-type]
+            media = MediaConfig(codecs=sim_codecs, trickle=sims_trickle)  # type: ignore[arg-type]
             return AudioMeetingDriver(
                 AudioProfile(media=media, tone_hz=tone_for(ids.index(device_id)))
             )
@@ -233,8 +237,9 @@ async def test_host_device_and_simulated_devices_hear_each_other(
         await wait_for(host_hears_both, timeout=20, what="the host's speaker plays both tones")
         assert not hears(speaker_tail(room.speaker), HOST_TONE_HZ)
         log = room.host.text()
+        # The host device joined last (room_with_host fixes the order): it offered.
         assert log.count("opus (payload type 111)") == 2, log[-3000:]
-        assert "offer to" in log
+        assert log.count("offer to") == 2, log[-3000:]
         assert "answer from" in log
 
         # mic: false gates the C device's microphone: its peers hear silence, yet its
@@ -301,3 +306,63 @@ async def test_a_host_device_that_answers_talks_with_opus_devices(
         assert "offer from" in log
         assert "answer to" in log
         assert "offer to" not in log
+
+
+def _speaker_bytes(room: Room) -> int:
+    return room.speaker.stat().st_size if room.speaker.exists() else 0
+
+
+async def test_a_host_device_meets_participants_that_trickle(
+    netns: str, build: Build, tmp_path: Path
+) -> None:
+    """Every side trickles (docs/protocol.md §8.6: the SDP without candidates, each candidate
+    and then the end of them as messages): the simulated devices first as offers to the C
+    device (it joined first), then, after it rejoins and offers, as answers; the C device
+    (--trickle) its answers, then its offers. Its core hands what it gets to webrtcbin after
+    the SDP; both ways the tones get through."""
+    async with room_with_host(
+        tmp_path, build, "opus", host_first=True, sims_trickle=True, host_args=("--trickle",)
+    ) as room:
+
+        def host_hears_both_since(mark: int) -> bool:
+            # Two seconds after mark, so the last one is all from after it.
+            tail = speaker_tail(room.speaker)
+            return (
+                _speaker_bytes(room) - mark >= 2 * 2 * RATE
+                and len(tail) == RATE
+                and all(hears(tail, tone_for(n)) for n in range(2))
+            )
+
+        def taken(what: str) -> int:
+            return sum(1 for line in room.host.text().splitlines() if what in line)
+
+        await wait_for(lambda: all(_hears_host(room).values()), timeout=30, what="sims hear host")
+        await wait_for(lambda: host_hears_both_since(0), timeout=20, what="host hears both")
+        log = room.host.text()
+        assert taken("offer from") == 2, log[-3000:]
+        assert taken(") taken: candidate:") >= 2, log[-3000:]
+        assert taken(") taken: end of candidates") == 2, log[-3000:]
+        assert taken("candidate to p-") >= 4, log[-3000:]  # ours: at least one and the end
+        assert taken("sent: end of candidates") == 2, log[-3000:]
+        assert not [line for line in log.splitlines() if "candidate" in line and "ignored" in line]
+
+        # The C device rejoins: now it offers, and the answers trickle.
+        before = room.host_participant()
+        left = await room.op.request(ApiOp.LEAVE, ApiRequest(device=HOST_ID, timeout_s=20))
+        assert left.ok, left
+        mark = _speaker_bytes(room)
+        joined = await room.op.request(
+            ApiOp.JOIN, ApiRequest(room=ROOM, device=HOST_ID, timeout_s=20)
+        )
+        assert joined.ok, joined
+        await wait_for(
+            lambda: (p := room.host_participant()) is not None and p != before,
+            what="the sims know the rejoined host",
+        )
+        await wait_for(lambda: all(_hears_host(room).values()), timeout=30, what="sims hear it")
+        await wait_for(lambda: host_hears_both_since(mark), timeout=20, what="it hears both")
+        log = room.host.text()
+        assert taken("answer from") == 2, log[-3000:]
+        assert taken(") taken: end of candidates") == 4, log[-3000:]
+        assert taken("sent: end of candidates") == 4, log[-3000:]
+        assert not [line for line in log.splitlines() if "candidate" in line and "ignored" in line]

@@ -1,6 +1,8 @@
 """Trickle ICE on the Python side (docs/protocol.md §8.6), without a network: what a
-mesh does with candidates that are bad, early or too many, and the SDP checks. The
-candidates connecting for real are in tests/test_web_console.py (a browser trickles)."""
+mesh does with candidates that are bad, early or too many, the SDP checks, and how a
+trickling Python participant (MediaConfig.trickle) splits its SDP. The candidates
+connecting for real are in tests/test_web_console.py (a browser trickles) and
+tests/test_firmware_audio.py (Python participants trickle to the C host device)."""
 
 from __future__ import annotations
 
@@ -47,3 +49,25 @@ def test_an_sdp_without_candidates_is_refused_unless_it_trickles() -> None:
         "p-1", OFFER.format(options="a=ice-options:trickle\r\n"), "offer"
     )
     assert sdp_check.trickles(parsed)
+
+
+def test_a_trickling_sender_splits_its_sdp() -> None:
+    complete = (
+        OFFER.format(options="")
+        .replace(
+            "a=sendrecv\r\n",
+            f"a=sendrecv\r\na={LINE}\r\na={LINE.replace('10.1.0.2', '10.1.0.3')}\r\n"
+            "a=end-of-candidates\r\n",
+        )
+        .replace("m=audio 9 ", "m=audio 50000 ")
+        .replace("c=IN IP4 0.0.0.0", "c=IN IP4 10.1.0.2")
+    )
+    sdp, candidates = sdp_check.split_candidates(complete)
+    assert candidates == [("0", LINE), ("0", LINE.replace("10.1.0.2", "10.1.0.3"))]
+    assert "a=candidate" not in sdp
+    assert "end-of-candidates" not in sdp
+    assert "10.1.0.2" not in sdp  # nor the default candidate's address and port
+    assert "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n" in sdp
+    parsed = sdp_check.parse_remote("p-1", sdp, "offer")  # valid: it announces trickle
+    assert sdp_check.trickles(parsed)
+    assert sdp.count("a=ice-options:trickle") == 1

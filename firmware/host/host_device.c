@@ -9,9 +9,10 @@
  *   fleet-host-device --broker mqtt://dev-1:secret@127.0.0.1:1883 --id dev-1 \
  *                     [--prefix fleet/v1] [--group kitchen]... [--tele-interval 10]
  *                     [--audio [--codecs opus,pcmu,pcma] [--tone HZ | --mic-wav F.wav]
- *                              [--speaker-wav OUT.wav] [--speaker-level]]
+ *                              [--speaker-wav OUT.wav] [--speaker-level] [--trickle]]
  *
  * --audio: a member that meets for real (host_media.c: webrtcbin + the media core).
+ * --trickle: our SDP leaves at once and our candidates follow it (protocol.md 8.6).
  *
  * One thread: mosquitto_loop() runs the network and calls back into the core, so the
  * core is only ever entered from here. SIGTERM/SIGINT: publish {"online":false}
@@ -347,7 +348,7 @@ static void usage(void)
             "                         [--prefix fleet/v1] [--group NAME]... [--tele-interval S]\n"
             "                         [--fw VERSION]\n"
             "                         [--audio [--codecs opus,pcmu,pcma] [--tone HZ | --mic-wav F]\n"
-            "                                  [--speaker-wav OUT.wav] [--speaker-level]]\n");
+            "                                  [--speaker-wav OUT.wav] [--speaker-level] [--trickle]]\n");
 }
 
 int main(int argc, char **argv)
@@ -366,10 +367,12 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--audio") == 0 || strcmp(a, "--speaker-level") == 0) {
+        if (strcmp(a, "--audio") == 0 || strcmp(a, "--speaker-level") == 0 ||
+            strcmp(a, "--trickle") == 0) {
 #ifdef FLEET_HOST_AUDIO
             audio = audio || strcmp(a, "--audio") == 0;
             mopts.speaker_level = mopts.speaker_level || strcmp(a, "--speaker-level") == 0;
+            mopts.trickle = mopts.trickle || strcmp(a, "--trickle") == 0;
             continue;
 #else
             fprintf(stderr, "%s: this build has no audio (GStreamer was missing)\n", a);

@@ -23,7 +23,7 @@
 
 #define RATE        48000u
 #define FRAME       (RATE / 50u)
-#define MAX_OUT     16   /* queued SDP / rejections for the main thread */
+#define MAX_OUT     64   /* queued SDP, candidates, rejections for the main thread */
 #define MAX_CANDS   4096 /* bytes of candidate lines kept per peer */
 #define ID_BYTES    FLEET_PEER_BYTES
 #define LATENCY_MS  20 /* webrtcbin's own jitter buffer; ours does the real work */
@@ -44,21 +44,16 @@ typedef struct {
     size_t cands_len;
     mc_codec_t codec;
     uint8_t pt;
-    /* Per mc_codec_t, the payload type we use with this peer, and the codecs we may: ours
-     * (static types, Opus at PT_OPUS), or, answering, those of the offer with its types
-     * (an offer's Opus at 96 must be sent at 96: webrtcbin refuses other caps). */
-    uint8_t pts[MC_CODEC_PCMA + 1];
-    unsigned usable;
     host_media_t *hm;
 } hm_peer_t;
 
-typedef enum { OUT_SDP, OUT_REJECT, OUT_LOG } out_kind_t;
+typedef enum { OUT_SDP, OUT_REJECT, OUT_CANDIDATE } out_kind_t;
 
 typedef struct {
     out_kind_t kind;
     char to[ID_BYTES];
     bool is_offer;
-    char *text; /* SDP, or the rejection's detail (malloc'ed) */
+    char *text; /* SDP, the rejection's detail, a candidate or "" = their end (malloc'ed) */
 } hm_out_t;
 
 struct host_media {
@@ -148,45 +143,18 @@ static uint8_t static_pt(mc_codec_t c)
     return c == MC_CODEC_OPUS ? PT_OPUS : c == MC_CODEC_PCMU ? 0 : 8;
 }
 
-/* Our codecs usable with the peer in preference order, as webrtcbin's codec-preferences. */
-static GstCaps *preferences(const hm_peer_t *p)
+/* All our codecs in preference order, as webrtcbin's codec-preferences; `codec` (the one
+ * appsrc starts with) with payload type `pt`, as appsrc's caps and these must agree. */
+static GstCaps *preferences(const host_media_t *hm, mc_codec_t codec, uint8_t pt)
 {
-    const host_media_t *hm = p->hm;
     GstCaps *caps = gst_caps_new_empty();
     for (size_t i = 0; i < hm->n_codecs; i++) {
-        mc_codec_t c = hm->codecs[i];
-        if ((p->usable & MC_ALLOW(c)) != 0) {
-            char s[200];
-            gst_caps_append(caps, gst_caps_from_string(caps_string(c, p->pts[c], 0, s, sizeof s)));
-        }
+        char s[200];
+        uint8_t this_pt = hm->codecs[i] == codec ? pt : static_pt(hm->codecs[i]);
+        GstCaps *one = gst_caps_from_string(caps_string(hm->codecs[i], this_pt, 0, s, sizeof s));
+        gst_caps_append(caps, one);
     }
     return caps;
-}
-
-/* Our most preferred codec usable with the peer (what appsrc starts with). */
-static mc_codec_t first_usable(const hm_peer_t *p)
-{
-    for (size_t i = 0; i < p->hm->n_codecs; i++) {
-        if ((p->usable & MC_ALLOW(p->hm->codecs[i])) != 0) {
-            return p->hm->codecs[i];
-        }
-    }
-    return p->hm->codecs[0];
-}
-
-/* Answering: the codecs of ours that the offer has, with the offer's payload types. */
-static bool take_offer_codecs(hm_peer_t *p, const char *offer)
-{
-    p->usable = 0;
-    for (size_t i = 0; i < p->hm->n_codecs; i++) {
-        mc_codec_t want = p->hm->codecs[i], got;
-        uint8_t pt;
-        if (mc_sdp_audio(offer, strlen(offer), MC_ALLOW(want), &got, &pt)) {
-            p->pts[want] = pt;
-            p->usable |= MC_ALLOW(want);
-        }
-    }
-    return p->usable != 0;
 }
 
 /* ---- the queue to the main thread ----------------------------------------------------------- */
@@ -226,6 +194,11 @@ void host_media_poll(host_media_t *hm)
             if (getenv("FLEET_HOST_SDP_LOG") != NULL) { /* debugging interop: the SDP itself */
                 fprintf(stderr, "%s\n", out[i].text);
             }
+        } else if (out[i].kind == OUT_CANDIDATE && hm->core != NULL) {
+            const char *c = out[i].text;
+            bool ok = fleet_core_send_candidate(hm->core, out[i].to, "0", c[0] != '\0' ? c : NULL);
+            logf_media(hm, ok ? 'I' : 'W', "candidate to %s %s: %.80s", out[i].to,
+                       ok ? "sent" : "NOT sent", c[0] != '\0' ? c : "end of candidates");
         } else if (out[i].kind == OUT_REJECT && hm->core != NULL) {
             (void)fleet_core_send_reject(hm->core, out[i].to, "negotiation_failed", out[i].text);
             logf_media(hm, 'W', "rejected the SDP of %s: %s", out[i].to, out[i].text);
@@ -278,6 +251,12 @@ static void on_ice_candidate(GstElement *webrtc, guint mline, gchar *candidate, 
     hm_peer_t *p = user;
     (void)webrtc;
     (void)mline;
+    if (p->hm->opts.trickle) {
+        /* After our SDP, which was queued before set-local-description started gathering. */
+        queue_out(p->hm, OUT_CANDIDATE, p->participant, false,
+                  candidate + (strncmp(candidate, "a=", 2) == 0 ? 2 : 0));
+        return;
+    }
     pthread_mutex_lock(&p->hm->lock);
     size_t n = strlen(candidate);
     if (p->cands_len + n + 5 < sizeof p->cands) {
@@ -297,6 +276,9 @@ static void on_gathering(GstElement *webrtc, GParamSpec *spec, gpointer user)
     GstWebRTCICEGatheringState state;
     g_object_get(webrtc, "ice-gathering-state", &state, NULL);
     if (state != GST_WEBRTC_ICE_GATHERING_STATE_COMPLETE || p->sdp_queued) {
+        if (state == GST_WEBRTC_ICE_GATHERING_STATE_COMPLETE && p->hm->opts.trickle) {
+            queue_out(p->hm, OUT_CANDIDATE, p->participant, false, ""); /* the end of them */
+        }
         return;
     }
     GstWebRTCSessionDescription *desc = NULL;
@@ -354,6 +336,22 @@ static void offer_dtls_active(GstSDPMessage *sdp)
     }
 }
 
+/* Trickle: our description leaves now, without candidates (they follow as messages);
+ * before set-local-description, so that none can overtake it in the queue. */
+static void queue_sdp_now(hm_peer_t *p, GstSDPMessage *sdp, bool is_offer)
+{
+    for (guint i = 0; i < gst_sdp_message_medias_len(sdp); i++) {
+        GstSDPMedia *media = (GstSDPMedia *)gst_sdp_message_get_media(sdp, i);
+        if (gst_sdp_media_get_attribute_val(media, "ice-options") == NULL) {
+            gst_sdp_media_add_attribute(media, "ice-options", "trickle");
+        }
+    }
+    gchar *text = gst_sdp_message_as_text(sdp);
+    p->sdp_queued = true;
+    queue_out(p->hm, OUT_SDP, p->participant, is_offer, text);
+    g_free(text);
+}
+
 static void on_offer_created(GstPromise *promise, gpointer user)
 {
     hm_peer_t *p = user;
@@ -369,6 +367,9 @@ static void on_offer_created(GstPromise *promise, gpointer user)
     }
     offer_dtls_active(offer->sdp);
     sdp_add_ssrc(offer->sdp, p->ssrc);
+    if (p->hm->opts.trickle) {
+        queue_sdp_now(p, offer->sdp, true);
+    }
     GstPromise *done = gst_promise_new();
     g_signal_emit_by_name(p->webrtc, "set-local-description", offer, done);
     gst_promise_interrupt(done);
@@ -409,6 +410,9 @@ static void on_answer_created(GstPromise *promise, gpointer user)
         gst_webrtc_session_description_free(answer);
         queue_out(p->hm, OUT_REJECT, p->participant, false, "no audio codec in common");
         return;
+    }
+    if (p->hm->opts.trickle) {
+        queue_sdp_now(p, answer->sdp, false);
     }
     GstPromise *done = gst_promise_new();
     g_signal_emit_by_name(p->webrtc, "set-local-description", answer, done);
@@ -500,8 +504,11 @@ static GstBusSyncReply on_bus(GstBus *bus, GstMessage *msg, gpointer user)
     return GST_BUS_DROP;
 }
 
-/* appsrc -> webrtcbin, one sendrecv audio transceiver offering our codecs. */
-static bool peer_pipeline(hm_peer_t *p)
+/* appsrc -> webrtcbin, one sendrecv audio transceiver offering our codecs. appsrc starts
+ * with the caps of what we will send: our first codec when we offer, the offer's choice
+ * (its payload type) when we answer, as webrtcbin refuses a later change of payload type
+ * ("Internal data stream error"). */
+static bool peer_pipeline(hm_peer_t *p, mc_codec_t codec, uint8_t pt)
 {
     host_media_t *hm = p->hm;
     GstElement *pipe = gst_pipeline_new(NULL);
@@ -516,8 +523,7 @@ static bool peer_pipeline(hm_peer_t *p)
         return false;
     }
     char s[200];
-    mc_codec_t codec = first_usable(p);
-    GstCaps *first = gst_caps_from_string(caps_string(codec, p->pts[codec], p->ssrc, s, sizeof s));
+    GstCaps *first = gst_caps_from_string(caps_string(codec, pt, p->ssrc, s, sizeof s));
     g_object_set(src, "is-live", TRUE, "format", GST_FORMAT_TIME, "do-timestamp", TRUE, "caps",
                  first, "max-bytes", (guint64)64000, "block", FALSE, NULL);
     gst_caps_unref(first);
@@ -543,7 +549,7 @@ static bool peer_pipeline(hm_peer_t *p)
     GstWebRTCRTPTransceiver *trans = NULL;
     g_signal_emit_by_name(webrtc, "get-transceiver", 0, &trans);
     if (trans != NULL) {
-        GstCaps *prefs = preferences(p);
+        GstCaps *prefs = preferences(hm, codec, pt);
         g_object_set(trans, "direction", GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_SENDRECV,
                      "codec-preferences", prefs, NULL);
         gst_caps_unref(prefs);
@@ -574,10 +580,6 @@ static hm_peer_t *peer_new(host_media_t *hm, const char *participant, bool we_of
     p->we_offer = we_offer;
     p->mc_id = ++hm->next_mc_id;
     p->ssrc = g_random_int() | 1u; /* never 0, which caps_string reads as "none" */
-    for (int c = MC_CODEC_OPUS; c <= MC_CODEC_PCMA; c++) {
-        p->pts[c] = static_pt((mc_codec_t)c);
-    }
-    p->usable = hm->allowed;
     memcpy(p->participant, participant, strlen(participant) + 1);
     return p;
 }
@@ -647,7 +649,7 @@ static bool media_add_peer(void *ctx, const char *participant, bool we_offer)
         return false;
     }
     logf_media(hm, 'I', "peer %s: %s", participant, we_offer ? "we offer" : "waiting for its offer");
-    if (we_offer && !peer_pipeline(p)) {
+    if (we_offer && !peer_pipeline(p, hm->codecs[0], static_pt(hm->codecs[0]))) {
         peer_close(hm, p);
         return false;
     }
@@ -663,15 +665,19 @@ static bool media_remote_sdp(void *ctx, const char *from, bool is_offer, const c
             peer_close(hm, p); /* a new offer from a known peer starts over */
             p = NULL;
         }
+        mc_codec_t codec;
+        uint8_t pt;
+        if (!mc_sdp_audio(sdp, strlen(sdp), hm->allowed, &codec, &pt)) {
+            queue_out(hm, OUT_REJECT, from, false, "the offer has no audio codec we use");
+            if (p != NULL) {
+                peer_close(hm, p);
+            }
+            return false;
+        }
         if (p == NULL) {
             p = peer_new(hm, from, false);
         }
-        if (p != NULL && !take_offer_codecs(p, sdp)) {
-            peer_close(hm, p);
-            queue_out(hm, OUT_REJECT, from, false, "the offer has no audio codec we use");
-            return false;
-        }
-        if (p == NULL || !peer_pipeline(p)) {
+        if (p == NULL || !peer_pipeline(p, codec, pt)) {
             if (p != NULL) {
                 peer_close(hm, p);
             }
@@ -710,6 +716,30 @@ static bool media_remote_sdp(void *ctx, const char *from, bool is_offer, const c
     if (getenv("FLEET_HOST_SDP_LOG") != NULL) {
         fprintf(stderr, "%s\n", sdp);
     }
+    return true;
+}
+
+/* A trickled candidate of `from` (the core hands them over only after its SDP). One audio
+ * section, bundled: every candidate belongs to m-line 0's transport, whatever its mid.
+ * webrtcbin queues it behind set-remote-description and takes "candidate:..." or
+ * "a=candidate:..."; NULL is the end of them. */
+static bool media_remote_candidate(void *ctx, const char *from, const char *mid,
+                                   const char *candidate)
+{
+    host_media_t *hm = ctx;
+    hm_peer_t *p = peer_find(hm, from);
+    if (p == NULL || p->webrtc == NULL) {
+        logf_media(hm, 'W', "candidate from %s ignored: no connection with it", from);
+        return false;
+    }
+    if (candidate != NULL && strncmp(candidate, "candidate:", 10) != 0 &&
+        strncmp(candidate, "a=candidate:", 12) != 0) {
+        logf_media(hm, 'W', "candidate from %s ignored: not a candidate: %.60s", from, candidate);
+        return false;
+    }
+    g_signal_emit_by_name(p->webrtc, "add-ice-candidate", 0u, candidate);
+    logf_media(hm, 'I', "candidate from %s (mid %s) taken: %.80s", from, mid,
+               candidate != NULL ? candidate : "end of candidates");
     return true;
 }
 
@@ -970,6 +1000,7 @@ host_media_t *host_media_new(const host_media_opts_t *opts, char *why, size_t ca
         .set_volume = media_set_volume,
         .add_peer = media_add_peer,
         .remote_sdp = media_remote_sdp,
+        .remote_candidate = media_remote_candidate,
         .remove_peer = media_remove_peer,
         .stop = media_stop,
         .stats = media_stats,

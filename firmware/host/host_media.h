@@ -3,8 +3,10 @@
  * WebRTC (ICE, DTLS-SRTP, RTP/RTCP), the media core (components/media_core) for
  * everything audio, libopus for Opus.
  *
- * One webrtcbin per peer. Vanilla ICE: our SDP goes out once gathering is complete, with
- * every candidate inside it. RTP travels as RTP: the media core makes the packets we send
+ * One webrtcbin per peer. Our SDP goes out once gathering is complete, with every
+ * candidate inside it (vanilla ICE), or with opts.trickle at once, each candidate after it
+ * and then the end of them (protocol.md 8.6); a peer's trickled candidates go to
+ * webrtcbin's add-ice-candidate as the core hands them over. RTP travels as RTP: the media core makes the packets we send
  * (appsrc -> webrtcbin) and reads the ones we get (webrtcbin -> appsink).
  *
  * Threads: the core (fleet_core) and every fleet_media_t callback run on the main thread;
@@ -28,6 +30,7 @@ typedef struct {
     const char *mic_wav; /* ... or this WAV file (mono 16-bit, looped), if set */
     const char *speaker_wav; /* the speaker writes here (48 kHz mono 16-bit), or NULL */
     bool speaker_level;      /* log the speaker's level once a second */
+    bool trickle;            /* our SDP at once, our candidates after it (protocol.md 8.6) */
     const char *device_id;   /* for log lines */
 } host_media_opts_t;
 

@@ -9,8 +9,9 @@
 #
 # media_core_tests.elf: the media core without Opus (libopus is not built for rv32 here).
 # fleet_core_tests.elf: only when CJSON_SRC names cJSON.c (Debian ships cJSON's headers and
-# library, not its source; ESP-IDF carries its own copy).
-# Needs (Debian): gcc-riscv64-unknown-elf, picolibc-riscv64-unknown-elf, libcjson-dev.
+# library, not its source; ESP-IDF carries its own copy). fetch_cjson.sh prints a cached one:
+#   CJSON_SRC=$(bash firmware/host/fetch_cjson.sh) bash firmware/host/rv32_tests.sh OUTDIR
+# Needs (Debian): gcc-riscv64-unknown-elf, picolibc-riscv64-unknown-elf.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 out=${1:?usage: rv32_tests.sh OUTDIR}

@@ -11,8 +11,8 @@
  * Tasks: the fleet task calls the fleet_media_t table (fleet_core) and fleet_audio_handle()
  * for what the peers queued; one audio task reads 20 ms from the microphone (the I2S DMA
  * paces it), runs mc_frame() and writes the speaker; one peer task runs esp_peer's main
- * loops. esp_peer's callbacks run in the peer task: they queue SDP for the fleet task and
- * feed received frames to the media core, which a mutex guards.
+ * loops. esp_peer's callbacks run in the peer task: they queue SDP and trickled candidates
+ * for the fleet task and feed received frames to the media core, which a mutex guards.
  */
 #include "fleet_audio.h"
 
@@ -336,15 +336,19 @@ static void post(int32_t code, const char *participant, const uint8_t *data, siz
     fleet_ev_post(&ev);
 }
 
-#define MEDIA_SDP    0
-#define MEDIA_REJECT 1
+#define MEDIA_SDP       0
+#define MEDIA_REJECT    1
+#define MEDIA_CANDIDATE 2
 
 static int on_msg(esp_peer_msg_t *msg, void *ctx)
 {
     fa_peer_t *p = ctx;
     if (msg->type == ESP_PEER_MSG_TYPE_SDP) {
-        /* Gathering done: the SDP holds our candidates (vanilla ICE, protocol.md 8.1). */
         post(MEDIA_SDP, p->participant, msg->data, (size_t)msg->size);
+    } else if (msg->type == ESP_PEER_MSG_TYPE_CANDIDATE) {
+        /* esp_peer trickles ("a=candidate:...\r\n"): each one goes out as MeetCandidate,
+         * in the order esp_peer hands them over (protocol.md 8.6). */
+        post(MEDIA_CANDIDATE, p->participant, msg->data, (size_t)msg->size);
     }
     return 0;
 }
@@ -548,6 +552,25 @@ static bool m_remote_sdp(void *ctx, const char *from, bool is_offer, const char 
     return true;
 }
 
+/* A peer's trickled candidate, after its SDP (the core holds earlier ones). esp_peer takes
+ * "candidate:..." with or without "a=" and has no end-of-candidates message. */
+static bool m_remote_candidate(void *ctx, const char *from, const char *mid, const char *candidate)
+{
+    (void)ctx;
+    (void)mid; /* one audio section */
+    fa_peer_t *p = peer_find(from);
+    if (p == NULL || p->peer == NULL) {
+        return false;
+    }
+    if (candidate == NULL) {
+        return true;
+    }
+    esp_peer_msg_t msg = {.type = ESP_PEER_MSG_TYPE_CANDIDATE,
+                          .data = (uint8_t *)candidate,
+                          .size = (int)strlen(candidate)};
+    return esp_peer_send_msg(p->peer, &msg) == ESP_PEER_ERR_NONE;
+}
+
 static void m_remove_peer(void *ctx, const char *participant)
 {
     (void)ctx;
@@ -580,6 +603,7 @@ static const fleet_media_t media = {
     .set_volume = m_set_volume,
     .add_peer = m_add_peer,
     .remote_sdp = m_remote_sdp,
+    .remote_candidate = m_remote_candidate,
     .remove_peer = m_remove_peer,
     .stop = m_stop,
     .stats = m_stats,
@@ -696,6 +720,12 @@ void fleet_audio_handle(const fleet_ev_t *ev)
     fa_peer_t *p = peer_find(ev->topic);
     if (ev->code == MEDIA_REJECT) {
         (void)fleet_core_send_reject(fa.core, ev->topic, NULL, ev->data);
+    } else if (ev->code == MEDIA_CANDIDATE) {
+        char *c = ev->data + (strncmp(ev->data, "a=", 2) == 0 ? 2 : 0);
+        c[strcspn(c, "\r\n")] = '\0'; /* the protocol's value is the bare attribute */
+        if (c[0] != '\0') {
+            (void)fleet_core_send_candidate(fa.core, ev->topic, "0", c);
+        }
     } else if (p != NULL && fleet_core_send_sdp(fa.core, ev->topic, p->we_offer, ev->data) &&
                !p->we_offer) {
         ESP_LOGI(TAG, "answer to %s sent", ev->topic);

@@ -51,6 +51,11 @@ class MediaConfig:
     # Opus bitrate. The mesh encodes Opus itself, mono (fleet.media.encoding): 32 kbit/s is
     # transparent for speech; aiortc alone sends stereo at 96 kbit/s.
     opus_kbps: int = 32
+    # Send our SDP without its candidates and each candidate after it as a `candidate`
+    # message, then the end of them (trickle ICE, docs/protocol.md §8.6), as browsers and
+    # esp_peer do. aiortc has gathered them all by then: this changes only how they travel
+    # (to drive a receiver's trickle path, e.g. the C host device's, from Python).
+    trickle: bool = False
 
     def __post_init__(self) -> None:
         if not self.codecs:

@@ -64,6 +64,43 @@ def require_candidates(text: str) -> None:
         )
 
 
+def split_candidates(text: str) -> tuple[str, list[tuple[str, str]]]:
+    """Our complete SDP as a trickling sender sends it (§8.6): without its `a=candidate`
+    and `a=end-of-candidates` lines, each section announcing `a=ice-options:trickle`, and
+    the candidates, as (mid, "candidate:...") in their order, to follow as messages."""
+    lines = text.rstrip("\r\n").split("\r\n")
+    out: list[str] = []
+    candidates: list[tuple[str, str]] = []
+    section: list[str] = []  # this media section's candidates (its a=mid may come later)
+    mid = "0"
+
+    def close_section() -> None:
+        candidates.extend((mid, c) for c in section)
+        section.clear()
+
+    for line in lines:
+        if line.startswith("m="):
+            close_section()
+            # The default candidate's port and address go too, as a browser's do.
+            kind, _port, rest = line.split(" ", 2)
+            line = f"{kind} 9 {rest}"
+        elif line.startswith("c=IN IP"):
+            line = f"c=IN IP{line[7]} {'::' if line[7] == '6' else '0.0.0.0'}"
+            mid = str(sum(1 for o in out if o.startswith("m=")))  # the index until a=mid
+        if line.startswith("a=mid:"):
+            mid = line.removeprefix("a=mid:")
+        if line.startswith("a=candidate:"):
+            section.append(line.removeprefix("a="))
+        elif line == "a=end-of-candidates" or line.startswith("a=ice-options:"):
+            continue
+        else:
+            out.append(line)
+            if line.startswith("a=ice-pwd:"):
+                out.append("a=ice-options:trickle")
+    close_section()
+    return "\r\n".join(out) + "\r\n", candidates
+
+
 def codec_names(description: aiortc_sdp.SessionDescription) -> list[str]:
     audio = next(m for m in description.media if m.kind == "audio")
     return [c.name.lower() for c in audio.rtp.codecs]

@@ -7,7 +7,8 @@
  *     encode to the same bytes (a fixed point);
  *   8 a device session: a fresh core, then the rest split at 0xFF bytes into messages,
  *     each with its first byte picking the topic (own desired, grp/all, a group, cmd,
- *     meet down, a foreign one) and with clock and disconnects stirred in;
+ *     meet down, a foreign one) and with clock and disconnects stirred in, and a media
+ *     layer that takes SDP (or refuses it) and trickled candidates;
  *   9 on_message with a fuzzed topic: "topic\npayload".
  * In 8 and 9 every payload the core publishes must parse as its topic's message.
  */
@@ -234,6 +235,28 @@ static void p_log(void *ctx, fleet_log_level_t level, const char *tag, const cha
     (void)msg;
 }
 
+/* A media layer for the session path, so that SDP and trickled candidates reach it: an SDP
+ * of even length is taken, one of odd length refused; a candidate must be a real one. */
+static bool m_sdp(void *ctx, const char *from, bool is_offer, const char *sdp)
+{
+    (void)ctx;
+    (void)from;
+    (void)is_offer;
+    return strlen(sdp) % 2 == 0;
+}
+
+static bool m_candidate(void *ctx, const char *from, const char *mid, const char *cand)
+{
+    (void)ctx;
+    if (from[0] == '\0' || mid[0] == '\0' || (cand != NULL && cand[0] == '\0') ||
+        core.early_len > sizeof core.early) {
+        die("a candidate the core should not have handed over", cand);
+    }
+    return true;
+}
+
+static const fleet_media_t fuzz_media = {.remote_sdp = m_sdp, .remote_candidate = m_candidate};
+
 static void start_core(void)
 {
     static const char *const groups[] = {"kitchen", "floor-1"};
@@ -249,6 +272,7 @@ static void start_core(void)
     port.reboot = p_reboot;
     port.identify = p_identify;
     port.log = p_log;
+    port.media = &fuzz_media;
     fport.now_ms = 1000;
     fport.clock_set = true;
     fport.unix_now = 1700000000.0;

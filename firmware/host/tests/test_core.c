@@ -800,6 +800,25 @@ static bool m_remote_sdp(void *ctx, const char *from, bool is_offer, const char 
     return true;
 }
 
+/* Trickled candidates the media layer got, as "peer/mid/candidate;" ("-" = end of them). */
+static char cand_log[512];
+static bool refuse_sdp;
+
+static bool m_remote_candidate(void *ctx, const char *from, const char *mid, const char *cand)
+{
+    (void)ctx;
+    size_t n = strlen(cand_log);
+    snprintf(cand_log + n, sizeof cand_log - n, "%s/%s/%.12s;", from, mid,
+             cand != NULL ? cand : "-");
+    return true;
+}
+
+static bool m_remote_sdp_maybe(void *ctx, const char *from, bool is_offer, const char *sdp)
+{
+    (void)m_remote_sdp(ctx, from, is_offer, sdp);
+    return !refuse_sdp;
+}
+
 static void m_stop(void *ctx)
 {
     (void)ctx;
@@ -924,6 +943,113 @@ static void test_media_hooks(void)
     check_publishes_valid();
 }
 
+#define CAND(from, value) \
+    "{\"type\":\"candidate\",\"from\":\"" from "\",\"candidate\":" value ",\"mid\":\"0\"}"
+#define LINE(n) "\"candidate:" #n " 1 udp 2122260223 10.1.0.2 5000" #n " typ host\""
+
+/* Trickle ICE (protocol.md 8.6): a peer's candidates reach the media layer only after its
+ * SDP, in the order they came; those that overtake it are held, dropped with a refused SDP
+ * or a peer that leaves; strangers' are ignored; our own go out as MeetCandidate. */
+static void test_trickled_candidates(void)
+{
+    static fleet_media_t m;
+    memset(&m, 0, sizeof m);
+    memset(&media_log, 0, sizeof media_log);
+    cand_log[0] = '\0';
+    refuse_sdp = false;
+    m.start = m_start;
+    m.add_peer = m_add_peer;
+    m.remote_sdp = m_remote_sdp_maybe;
+    m.remove_peer = m_remove_peer;
+    m.stop = m_stop;
+    m.remote_candidate = m_remote_candidate;
+    join_standup();
+    fp.port.media = &m;
+    deliver("meet/dev-1/down", CAND("p-0", LINE(1))); /* not in a session yet */
+    CHECK(!fleet_core_send_candidate(&core, "p-0", NULL, NULL));
+    deliver("meet/dev-1/down", "{\"type\":\"joined\",\"room\":\"standup\",\"session\":\"s-1\","
+                               "\"participant\":\"p-1\",\"peers\":[{\"participant\":\"p-0\","
+                               "\"pid\":\"dev-0\"}]}");
+    /* We offered to p-0: its candidates before its answer wait, strangers' are ignored. */
+    deliver("meet/dev-1/down", CAND("p-0", LINE(1)));
+    deliver("meet/dev-1/down", CAND("p-9", LINE(9)));
+    deliver("meet/dev-1/down", CAND("p-0", LINE(2)));
+    CHECK_STR(cand_log, "");
+    deliver("meet/dev-1/down", "{\"type\":\"answer\",\"from\":\"p-0\",\"sdp\":\"v=0\"}");
+    CHECK_INT(media_log.sdps, 1);
+    CHECK_STR(cand_log, "p-0/0/candidate:1 ;p-0/0/candidate:2 ;");
+    CHECK_INT(core.early_len, 0);
+    /* After its SDP: at once, the end of them too. */
+    deliver("meet/dev-1/down", CAND("p-0", "null"));
+    CHECK_STR(cand_log, "p-0/0/candidate:1 ;p-0/0/candidate:2 ;p-0/0/-;");
+    /* p-2 joins and will offer: its early candidates leave with it. */
+    cand_log[0] = '\0';
+    deliver("meet/dev-1/down",
+            "{\"type\":\"peer_joined\",\"peer\":{\"participant\":\"p-2\",\"pid\":\"dev-2\"}}");
+    deliver("meet/dev-1/down", CAND("p-2", LINE(3)));
+    deliver("meet/dev-1/down", "{\"type\":\"peer_left\",\"participant\":\"p-2\"}");
+    CHECK_INT(core.early_len, 0);
+    deliver("meet/dev-1/down",
+            "{\"type\":\"peer_joined\",\"peer\":{\"participant\":\"p-2\",\"pid\":\"dev-2\"}}");
+    deliver("meet/dev-1/down", CAND("p-2", LINE(4)));
+    deliver("meet/dev-1/down", CAND("p-0", LINE(5))); /* p-0's SDP is in: not held */
+    deliver("meet/dev-1/down", "{\"type\":\"offer\",\"from\":\"p-2\",\"sdp\":\"v=0\"}");
+    CHECK_STR(cand_log, "p-0/0/candidate:5 ;p-2/0/candidate:4 ;");
+    /* A refused SDP takes the candidates that came before it along, and holds later ones. */
+    cand_log[0] = '\0';
+    refuse_sdp = true;
+    deliver("meet/dev-1/down", CAND("p-2", LINE(6)));
+    CHECK_STR(cand_log, "p-2/0/candidate:6 ;");
+    deliver("meet/dev-1/down", "{\"type\":\"offer\",\"from\":\"p-2\",\"sdp\":\"v=0\"}");
+    deliver("meet/dev-1/down", CAND("p-2", LINE(7)));
+    CHECK_STR(cand_log, "p-2/0/candidate:6 ;");
+    refuse_sdp = false;
+    deliver("meet/dev-1/down", "{\"type\":\"offer\",\"from\":\"p-2\",\"sdp\":\"v=0\"}");
+    CHECK_STR(cand_log, "p-2/0/candidate:6 ;p-2/0/candidate:7 ;");
+    /* A peer that floods candidates before its SDP fills the bounded store, and no more. */
+    deliver("meet/dev-1/down", "{\"type\":\"peer_left\",\"participant\":\"p-2\"}");
+    deliver("meet/dev-1/down",
+            "{\"type\":\"peer_joined\",\"peer\":{\"participant\":\"p-2\",\"pid\":\"dev-2\"}}");
+    for (int i = 0; i < 100; i++) {
+        deliver("meet/dev-1/down", CAND("p-2", LINE(8)));
+    }
+    CHECK(core.early_len > sizeof core.early - 64 && core.early_len <= sizeof core.early);
+    cand_log[0] = '\0';
+    deliver("meet/dev-1/down", "{\"type\":\"offer\",\"from\":\"p-2\",\"sdp\":\"v=0\"}");
+    CHECK(strlen(cand_log) > 0 && core.early_len == 0);
+    /* A malformed one is refused by the parser and changes nothing. */
+    cand_log[0] = '\0';
+    deliver("meet/dev-1/down", "{\"type\":\"candidate\",\"from\":\"p-0\",\"candidate\":\"\"}");
+    deliver("meet/dev-1/down", "{\"type\":\"candidate\",\"from\":\"p-0\",\"candidate\":5}");
+    CHECK_STR(cand_log, "");
+    /* Our own, trickled. */
+    CHECK(fleet_core_send_candidate(&core, "p-0", NULL, "candidate:1 1 udp 1 10.0.0.1 9 typ host"));
+    CHECK_STR(last_payload("/meet/dev-1/up"),
+              "{\"type\":\"candidate\",\"to\":\"p-0\",\"candidate\":\"candidate:1 1 udp 1 "
+              "10.0.0.1 9 typ host\",\"mid\":\"0\"}");
+    CHECK(fleet_core_send_candidate(&core, "p-0", "0", NULL));
+    CHECK_STR(last_payload("/meet/dev-1/up"),
+              "{\"type\":\"candidate\",\"to\":\"p-0\",\"candidate\":null,\"mid\":\"0\"}");
+    /* Leaving the session forgets what is held. */
+    deliver("meet/dev-1/down",
+            "{\"type\":\"peer_joined\",\"peer\":{\"participant\":\"p-3\",\"pid\":\"dev-3\"}}");
+    deliver("meet/dev-1/down", CAND("p-3", LINE(9)));
+    CHECK(core.early_len > 0);
+    deliver("dev/dev-1/desired", "{\"rev\":6}");
+    CHECK_INT(core.early_len, 0);
+    /* A media layer without trickle support: candidates are only logged. */
+    m.remote_candidate = NULL;
+    join_standup();
+    fp.port.media = &m;
+    deliver("meet/dev-1/down", "{\"type\":\"joined\",\"room\":\"standup\",\"session\":\"s-2\","
+                               "\"participant\":\"p-1\",\"peers\":[{\"participant\":\"p-0\","
+                               "\"pid\":\"dev-0\"}]}");
+    deliver("meet/dev-1/down", CAND("p-0", LINE(1)));
+    CHECK_INT(core.early_len, 0);
+    fp.port.media = NULL;
+    check_publishes_valid();
+}
+
 /* ---- telemetry, shutdown ----------------------------------------------------------------- */
 
 static void test_telemetry(void)
@@ -1005,6 +1131,7 @@ void suite_core(void)
     RUN(test_meeting_rejoins_after_reconnect);
     RUN(test_media_hooks);
     RUN(test_mixed_session_media_change_and_reject);
+    RUN(test_trickled_candidates);
     RUN(test_telemetry);
     RUN(test_shutdown_publishes_offline);
     RUN(test_publish_refused_is_survived);

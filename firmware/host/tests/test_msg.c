@@ -742,6 +742,66 @@ static void test_meet_down_round_trip(void)
     CHECK_INT(PARSE(fleet_meet_up_parse, "{\"type\":\"reject\"}", &up), FLEET_ERR_SCHEMA);
 }
 
+/* MeetCandidate up and MeetRelayedCandidate down (protocol.md 8.6): a value or null (end of
+ * candidates, also when absent), mid defaulting to "0", the bounds of both. */
+static void test_meet_candidate(void)
+{
+    static const char *const ups[] = {
+        "{\"type\":\"candidate\",\"to\":\"p-1\",\"candidate\":\"candidate:842163049 1 udp "
+        "1677729535 192.168.1.41 50123 typ srflx raddr 0.0.0.0 rport 0\",\"mid\":\"0\"}",
+        "{\"type\":\"candidate\",\"to\":\"mixer\",\"candidate\":null,\"mid\":\"audio\"}",
+    };
+    for (size_t i = 0; i < sizeof ups / sizeof ups[0]; i++) {
+        fleet_meet_up_t up;
+        char out[512];
+        CHECK_INT(PARSE(fleet_meet_up_parse, ups[i], &up), FLEET_OK);
+        CHECK_INT(up.type, FLEET_UP_CANDIDATE);
+        CHECK(fleet_meet_up_encode(&up, out, sizeof out) == strlen(ups[i]));
+        CHECK_STR(out, ups[i]);
+    }
+    fleet_meet_up_t up;
+    CHECK_INT(PARSE(fleet_meet_up_parse, "{\"type\":\"candidate\",\"to\":\"p-1\"}", &up), FLEET_OK);
+    CHECK(up.candidate == NULL);
+    CHECK_STR(up.mid, "0");
+    static const char *const bad_ups[] = {
+        "{\"type\":\"candidate\",\"candidate\":\"candidate:1 1 udp 1 h 1 typ host\"}",
+        "{\"type\":\"candidate\",\"to\":\"p-1\",\"candidate\":\"\"}",
+        "{\"type\":\"candidate\",\"to\":\"p-1\",\"candidate\":7}",
+        "{\"type\":\"candidate\",\"to\":\"p-1\",\"mid\":\"\"}",
+        "{\"type\":\"candidate\",\"to\":\"p-1\",\"mid\":\"012345678901234567890123456789012\"}",
+    };
+    for (size_t i = 0; i < sizeof bad_ups / sizeof bad_ups[0]; i++) {
+        CHECK_INT(PARSE(fleet_meet_up_parse, bad_ups[i], &up), FLEET_ERR_SCHEMA);
+    }
+    /* 1024 characters are a candidate, 1025 are not. */
+    static char big[1200];
+    int n = snprintf(big, sizeof big, "{\"type\":\"candidate\",\"to\":\"p\",\"candidate\":\"");
+    memset(big + n, 'c', 1024);
+    memcpy(big + n + 1024, "\"}", 3);
+    CHECK_INT(PARSE(fleet_meet_up_parse, big, &up), FLEET_OK);
+    memmove(big + n + 1, big + n, strlen(big + n) + 1);
+    CHECK_INT(PARSE(fleet_meet_up_parse, big, &up), FLEET_ERR_SCHEMA);
+
+    fleet_meet_down_t m;
+    const char *down = "{\"type\":\"candidate\",\"from\":\"p-2\",\"candidate\":\"candidate:1 1 "
+                       "udp 2122260223 10.1.0.2 50000 typ host\",\"mid\":\"0\"}";
+    char out[512];
+    CHECK_INT(PARSE(fleet_meet_down_parse, down, &m), FLEET_OK);
+    CHECK_INT(m.type, FLEET_DOWN_CANDIDATE);
+    CHECK_STR(m.from, "p-2");
+    CHECK(fleet_meet_down_encode(&m, out, sizeof out) == strlen(down));
+    CHECK_STR(out, down);
+    CHECK_INT(PARSE(fleet_meet_down_parse,
+                    "{\"type\":\"candidate\",\"from\":\"p-2\",\"candidate\":null}", &m),
+              FLEET_OK);
+    CHECK(m.candidate == NULL);
+    CHECK_STR(m.mid, "0");
+    CHECK(fleet_meet_down_encode(&m, out, sizeof out) > 0);
+    CHECK_STR(out, "{\"type\":\"candidate\",\"from\":\"p-2\",\"candidate\":null,\"mid\":\"0\"}");
+    CHECK_INT(PARSE(fleet_meet_down_parse, "{\"type\":\"candidate\",\"candidate\":null}", &m),
+              FLEET_ERR_SCHEMA); /* from is required */
+}
+
 static void test_encoders_refuse_small_buffers(void)
 {
     fleet_state_t s;
@@ -777,6 +837,7 @@ void suite_msg(void)
     RUN(test_meet_down);
     RUN(test_meet_down_sdp_limit);
     RUN(test_meet_down_round_trip);
+    RUN(test_meet_candidate);
     RUN(test_encoders_refuse_small_buffers);
     cleanup();
 }

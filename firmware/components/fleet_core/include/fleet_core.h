@@ -48,6 +48,11 @@ extern "C" {
 #ifndef FLEET_TELE_PEERS
 #define FLEET_TELE_PEERS 4 /* per-peer audio stats in one telemetry sample */
 #endif
+#ifndef FLEET_EARLY_CANDIDATES
+/* bytes of trickled candidates held until their peer's SDP has reached the media layer
+ * (a candidate is ~100 bytes; a browser sends a handful before its SDP is applied) */
+#define FLEET_EARLY_CANDIDATES 2048
+#endif
 #define FLEET_PEER_BYTES   129 /* a participant id this long or shorter is tracked */
 #define FLEET_TEXT_BYTES   FLEET_UTF8_BYTES(FLEET_SHORT_TEXT_CHARS)
 #define FLEET_FIELD_BYTES  65 /* fw, hw, ip */
@@ -135,7 +140,12 @@ typedef struct fleet_core {
     char participant[FLEET_TEXT_BYTES];
     char peers[FLEET_MAX_PEERS][FLEET_PEER_BYTES];
     size_t n_peers;
-    bool mixed; /* the session's media path: one peer, the mixer */
+    bool peer_sdp[FLEET_MAX_PEERS]; /* peers[i]'s SDP went to the media layer */
+    bool mixed;                     /* the session's media path: one peer, the mixer */
+    /* trickled candidates of peers whose SDP has not: "peer\0mid\0candidate\0" records,
+     * an empty candidate = end of candidates */
+    char early[FLEET_EARLY_CANDIDATES];
+    size_t early_len;
 
     /* commands */
     fleet_ack_memo_t memo[FLEET_CMD_RING];
@@ -172,6 +182,10 @@ void fleet_core_shutdown(fleet_core_t *core);
 
 /* For the media layer: send SDP to a participant of our session through the controller. */
 bool fleet_core_send_sdp(fleet_core_t *core, const char *to, bool is_offer, const char *sdp);
+/* For the media layer: trickle one of our ICE candidates to `to` (candidate NULL = the end
+ * of them; mid NULL = "0"). */
+bool fleet_core_send_candidate(fleet_core_t *core, const char *to, const char *mid,
+                               const char *candidate);
 /* For the media layer: we cannot answer or accept `to`'s SDP (MeetReject; the server tells
  * `to` with an error from us). code NULL = "negotiation_failed". */
 bool fleet_core_send_reject(fleet_core_t *core, const char *to, const char *code,

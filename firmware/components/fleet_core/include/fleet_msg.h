@@ -49,6 +49,8 @@ extern "C" {
 #define FLEET_MAX_REV          9007199254740991LL /* messages.MAX_REV = 2^53 - 1 */
 #define FLEET_TELE_MAX_AUDIO   64                 /* Telemetry.audio max_length */
 #define FLEET_SDP_CHARS        (32 * 1024)
+#define FLEET_CANDIDATE_CHARS  1024 /* IceCandidate max_length */
+#define FLEET_MID_CHARS        32   /* MediaId max_length */
 #define FLEET_SEND_TEXT_CHARS  4096
 #define FLEET_SEND_B64_CHARS   8192
 /* Bytes needed to hold n code points of UTF-8 plus a terminator. */
@@ -216,7 +218,8 @@ typedef enum {
     FLEET_UP_OFFER,
     FLEET_UP_ANSWER,
     FLEET_UP_MESSAGE,
-    FLEET_UP_REJECT, /* MeetReject: we cannot answer or accept `to`'s SDP */
+    FLEET_UP_REJECT,    /* MeetReject: we cannot answer or accept `to`'s SDP */
+    FLEET_UP_CANDIDATE, /* MeetCandidate: trickle ICE (protocol.md 8.6) */
 } fleet_up_type_t;
 
 typedef struct {
@@ -224,12 +227,14 @@ typedef struct {
     const char *room; /* join */
     bool has_caps;    /* join */
     fleet_caps_t caps;
-    const char *to;       /* offer, answer (required), message (optional) */
-    const char *sdp;      /* offer, answer */
-    const char *text;     /* message */
-    const char *data_b64; /* message */
-    const char *code;     /* reject ("negotiation_failed" default) */
-    const char *detail;   /* reject ("" default) */
+    const char *to;        /* offer, answer, reject, candidate (required), message (optional) */
+    const char *sdp;       /* offer, answer */
+    const char *text;      /* message */
+    const char *data_b64;  /* message */
+    const char *code;      /* reject ("negotiation_failed" default) */
+    const char *detail;    /* reject ("" default) */
+    const char *candidate; /* candidate: an a=candidate value, NULL = end of candidates */
+    const char *mid;       /* candidate ("0" default) */
 } fleet_meet_up_t;
 
 typedef enum {
@@ -241,7 +246,8 @@ typedef enum {
     FLEET_DOWN_LEFT,
     FLEET_DOWN_ERROR,
     FLEET_DOWN_MESSAGE,
-    FLEET_DOWN_MEDIA, /* MeetMedia: the session's media path changed */
+    FLEET_DOWN_MEDIA,     /* MeetMedia: the session's media path changed */
+    FLEET_DOWN_CANDIDATE, /* MeetRelayedCandidate: trickle ICE from `from` */
 } fleet_down_type_t;
 
 typedef struct {
@@ -253,8 +259,10 @@ typedef struct {
     size_t n_peers;
     bool mixed;              /* joined (default mesh), media: the session's media path */
     fleet_peer_info_t peer; /* peer_joined */
-    const char *from;       /* offer, answer, message; error (NULL = the server itself) */
+    const char *from;       /* offer, answer, message, candidate; error (NULL = the server) */
     const char *sdp;        /* offer, answer */
+    const char *candidate;  /* candidate: NULL = end of candidates */
+    const char *mid;        /* candidate ("0" default) */
     const char *code;       /* error */
     const char *detail;     /* error ("" default) */
     const char *text;       /* message */

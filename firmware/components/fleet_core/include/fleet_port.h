@@ -51,8 +51,9 @@ typedef struct {
  * leaves port.media NULL and advertises caps.audio = false). Implementations:
  * main/fleet_audio.c (esp_peer + esp_codec_dev on the ESP32-S3) and host/host_media.c
  * (GStreamer webrtcbin), both on the media core (components/media_core). To send SDP,
- * or to refuse one (MeetReject), an implementation calls fleet_core_send_sdp() or
- * fleet_core_send_reject() from the core's task.
+ * its own trickled candidates or a refusal (MeetReject), an implementation calls
+ * fleet_core_send_sdp(), fleet_core_send_candidate() or fleet_core_send_reject() from the
+ * core's task.
  */
 typedef struct fleet_media {
     void *ctx;
@@ -65,6 +66,10 @@ typedef struct fleet_media {
     bool (*add_peer)(void *ctx, const char *participant, bool we_offer);
     /* SDP relayed by the controller from participant `from`. */
     bool (*remote_sdp)(void *ctx, const char *from, bool is_offer, const char *sdp);
+    /* Optional: a trickled candidate of `from` (an a=candidate value; NULL = end of its
+     * candidates) for media section `mid`. The core calls it only after remote_sdp() for
+     * that peer, holding earlier ones until then, in the order they came (protocol.md 8.6). */
+    bool (*remote_candidate)(void *ctx, const char *from, const char *mid, const char *candidate);
     void (*remove_peer)(void *ctx, const char *participant);
     void (*stop)(void *ctx);
     /* Optional: per-peer audio statistics for telemetry, entries written (<= cap). Strings

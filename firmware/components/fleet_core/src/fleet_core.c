@@ -301,6 +301,7 @@ static void forget_session(fleet_core_t *core)
     core->session[0] = '\0';
     core->participant[0] = '\0';
     core->n_peers = 0;
+    core->early_len = 0;
 }
 
 static void send_join(fleet_core_t *core)
@@ -522,6 +523,84 @@ void fleet_core_replace_groups(fleet_core_t *core, const char (*groups)[FLEET_ID
 
 /* ---- meeting down ------------------------------------------------------------------------ */
 
+static int peer_index(const fleet_core_t *core, const char *participant)
+{
+    for (size_t i = 0; i < core->n_peers; i++) {
+        if (strcmp(core->peers[i], participant) == 0) {
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+/* Trickled candidates that came before their peer's SDP reached the media layer wait in
+ * core->early as "peer\0mid\0candidate\0" records; an empty candidate is the end of them
+ * (a real one has at least one character). */
+
+static size_t early_record_len(const char *r)
+{
+    size_t a = strlen(r) + 1;
+    size_t b = strlen(r + a) + 1;
+    return a + b + strlen(r + a + b) + 1;
+}
+
+static bool early_hold(fleet_core_t *core, const char *peer, const char *mid, const char *cand)
+{
+    size_t lp = strlen(peer) + 1, lm = strlen(mid) + 1, lc = strlen(cand) + 1;
+    if (core->early_len + lp + lm + lc > sizeof core->early) {
+        return false;
+    }
+    char *at = core->early + core->early_len;
+    memcpy(at, peer, lp);
+    memcpy(at + lp, mid, lm);
+    memcpy(at + lp + lm, cand, lc);
+    core->early_len += lp + lm + lc;
+    return true;
+}
+
+/* Hands `peer`'s held candidates to the media layer in order (deliver) or drops them, and
+ * keeps everyone else's. */
+static void early_take(fleet_core_t *core, const char *peer, bool deliver)
+{
+    const fleet_media_t *m = media(core);
+    size_t keep = 0;
+    for (size_t at = 0; at < core->early_len;) {
+        char *r = core->early + at;
+        size_t n = early_record_len(r);
+        if (strcmp(r, peer) != 0) {
+            memmove(core->early + keep, r, n);
+            keep += n;
+        } else if (deliver && m != NULL && m->remote_candidate != NULL) {
+            const char *mid = r + strlen(r) + 1;
+            const char *cand = mid + strlen(mid) + 1;
+            (void)m->remote_candidate(m->ctx, peer, mid, cand[0] != '\0' ? cand : NULL);
+        }
+        at += n;
+    }
+    core->early_len = keep;
+}
+
+static void on_candidate(fleet_core_t *core, const fleet_meet_down_t *msg)
+{
+    const fleet_media_t *m = media(core);
+    int i = peer_index(core, msg->from);
+    if (core->phase != FLEET_MEET_JOINED || i < 0 || m == NULL || m->remote_candidate == NULL) {
+        fleet_core_logf(core, FLEET_LOG_INFO, TAG, "meeting: candidate from %.64s ignored (%s)",
+                        msg->from,
+                        core->phase != FLEET_MEET_JOINED ? "not in a session"
+                        : i < 0                          ? "not a peer"
+                                                         : "no trickle ICE in this build");
+    } else if (core->peer_sdp[i]) {
+        (void)m->remote_candidate(m->ctx, msg->from, msg->mid, msg->candidate);
+    } else if (!early_hold(core, msg->from, msg->mid,
+                           msg->candidate != NULL ? msg->candidate : "")) {
+        fleet_core_logf(core, FLEET_LOG_WARN, TAG,
+                        "meeting: candidate from %.64s dropped (it came before the SDP and "
+                        "%u bytes of such are held already)",
+                        msg->from, (unsigned)sizeof core->early);
+    }
+}
+
 static bool peer_add(fleet_core_t *core, const char *participant)
 {
     for (size_t i = 0; i < core->n_peers; i++) {
@@ -537,6 +616,7 @@ static bool peer_add(fleet_core_t *core, const char *participant)
         return false;
     }
     memcpy(core->peers[core->n_peers], participant, strlen(participant) + 1);
+    core->peer_sdp[core->n_peers] = false;
     core->n_peers++;
     return true;
 }
@@ -546,7 +626,10 @@ static bool peer_remove(fleet_core_t *core, const char *participant)
     for (size_t i = 0; i < core->n_peers; i++) {
         if (strcmp(core->peers[i], participant) == 0) {
             memmove(core->peers[i], core->peers[i + 1], (core->n_peers - i - 1) * FLEET_PEER_BYTES);
+            memmove(&core->peer_sdp[i], &core->peer_sdp[i + 1],
+                    (core->n_peers - i - 1) * sizeof core->peer_sdp[0]);
             core->n_peers--;
+            early_take(core, participant, false);
             return true;
         }
     }
@@ -567,6 +650,7 @@ static void on_joined(fleet_core_t *core, const fleet_meet_down_t *msg)
     fleet_copy_text(core->participant, sizeof core->participant, msg->participant,
                     FLEET_SHORT_TEXT_CHARS);
     core->n_peers = 0;
+    core->early_len = 0;
     core->mixed = msg->mixed;
     core->phase = FLEET_MEET_JOINED;
     const fleet_media_t *m = media(core);
@@ -602,6 +686,7 @@ static void on_media_changed(fleet_core_t *core, const fleet_meet_down_t *msg)
         }
     }
     core->n_peers = 0;
+    core->early_len = 0;
     core->mixed = msg->mixed;
     for (size_t i = 0; i < msg->n_peers; i++) {
         fleet_peer_info_t p;
@@ -658,7 +743,14 @@ static void on_meet_down(fleet_core_t *core, const char *payload, size_t len)
         case FLEET_DOWN_OFFER:
         case FLEET_DOWN_ANSWER:
             if (joined && m != NULL && m->remote_sdp != NULL) {
-                (void)m->remote_sdp(m->ctx, msg.from, msg.type == FLEET_DOWN_OFFER, msg.sdp);
+                bool taken = m->remote_sdp(m->ctx, msg.from, msg.type == FLEET_DOWN_OFFER, msg.sdp);
+                int i = peer_index(core, msg.from);
+                if (i >= 0) {
+                    /* Candidates from now on belong to this SDP; those that overtook it are
+                     * applied now, or dropped with an SDP that was refused. */
+                    core->peer_sdp[i] = taken;
+                    early_take(core, msg.from, taken);
+                }
             } else {
                 fleet_core_logf(core, FLEET_LOG_INFO, TAG, "meeting: %s from %.64s ignored (%s)",
                                 msg.type == FLEET_DOWN_OFFER ? "offer" : "answer", msg.from,
@@ -705,6 +797,9 @@ static void on_meet_down(fleet_core_t *core, const char *payload, size_t len)
             fleet_core_publish_state(core);
             break;
         }
+        case FLEET_DOWN_CANDIDATE:
+            on_candidate(core, &msg);
+            break;
         case FLEET_DOWN_MESSAGE:
             fleet_core_logf(core, FLEET_LOG_INFO, TAG, "meeting: message from %.64s (%lu chars)",
                             msg.from,
@@ -732,6 +827,22 @@ bool fleet_core_send_reject(fleet_core_t *core, const char *to, const char *code
     size_t n = fleet_meet_up_encode(&msg, core->out, sizeof core->out);
     fleet_core_logf(core, FLEET_LOG_WARN, TAG, "meeting: SDP of %.64s rejected: %.120s", to,
                     shortened);
+    return n > 0 && fleet_core_publish(core, core->t_meet_up, core->out, n, 1, false);
+}
+
+bool fleet_core_send_candidate(fleet_core_t *core, const char *to, const char *mid,
+                               const char *candidate)
+{
+    if (core->phase != FLEET_MEET_JOINED) {
+        return false;
+    }
+    fleet_meet_up_t msg;
+    memset(&msg, 0, sizeof msg);
+    msg.type = FLEET_UP_CANDIDATE;
+    msg.to = to;
+    msg.mid = mid;
+    msg.candidate = candidate;
+    size_t n = fleet_meet_up_encode(&msg, core->out, sizeof core->out);
     return n > 0 && fleet_core_publish(core, core->t_meet_up, core->out, n, 1, false);
 }
 

@@ -578,9 +578,31 @@ static bool tag_of(pctx_t *c, const cJSON *root, const char *const *tags, size_t
     return fail(c, "type", "not a known message type");
 }
 
-static const char *const UP_TAGS[] = {"join", "leave", "offer", "answer", "message", "reject"};
-static const char *const DOWN_TAGS[] = {"joined", "peer_joined", "peer_left", "offer", "answer",
-                                        "left",   "error",       "message",   "media"};
+static const char *const UP_TAGS[] = {"join",    "leave",  "offer",    "answer",
+                                      "message", "reject", "candidate"};
+static const char *const DOWN_TAGS[] = {"joined", "peer_joined", "peer_left", "offer",    "answer",
+                                        "left",   "error",       "message",   "media", "candidate"};
+
+/* A trickled candidate's value (null = end of candidates) and its media section. */
+static bool f_candidate(pctx_t *c, const cJSON *root, const char **cand, const char **mid)
+{
+    bool ok = f_str(c, root, "", "candidate", F_NULL, 1, FLEET_CANDIDATE_CHARS, PAT_NONE, cand) &&
+              f_str(c, root, "", "mid", F_OPT, 1, FLEET_MID_CHARS, PAT_NONE, mid);
+    *mid = *mid != NULL ? *mid : "0";
+    return ok;
+}
+
+static void w_candidate(fleet_jw_t *w, const char *cand, const char *mid)
+{
+    fleet_jw_key(w, "candidate");
+    if (cand != NULL) {
+        fleet_jw_str(w, cand);
+    } else {
+        fleet_jw_null(w);
+    }
+    fleet_jw_key(w, "mid");
+    fleet_jw_str(w, mid != NULL ? mid : "0");
+}
 #define N_UP_TAGS   (sizeof UP_TAGS / sizeof UP_TAGS[0])
 #define N_DOWN_TAGS (sizeof DOWN_TAGS / sizeof DOWN_TAGS[0])
 
@@ -626,6 +648,10 @@ fleet_err_t fleet_meet_up_parse(const fleet_json_doc_t *doc, fleet_meet_up_t *ou
                        &out->detail);
             out->code = out->code != NULL ? out->code : "negotiation_failed";
             out->detail = out->detail != NULL ? out->detail : "";
+            break;
+        case FLEET_UP_CANDIDATE:
+            ok = f_str(&c, root, "", "to", F_REQ, 0, FLEET_SHORT_TEXT_CHARS, PAT_NONE, &out->to) &&
+                 f_candidate(&c, root, &out->candidate, &out->mid);
             break;
     }
     return ok ? FLEET_OK : FLEET_ERR_SCHEMA;
@@ -740,6 +766,9 @@ fleet_err_t fleet_meet_down_parse(const fleet_json_doc_t *doc, fleet_meet_down_t
                        &out->text) &&
                  f_str(&c, root, "", "data_b64", F_NULL, 0, FLEET_SEND_B64_CHARS, PAT_NONE,
                        &out->data_b64);
+            break;
+        case FLEET_DOWN_CANDIDATE:
+            ok = f_from(&c, root, &out->from) && f_candidate(&c, root, &out->candidate, &out->mid);
             break;
     }
     return ok ? FLEET_OK : FLEET_ERR_SCHEMA;
@@ -1050,6 +1079,11 @@ size_t fleet_meet_up_encode(const fleet_meet_up_t *m, char *buf, size_t cap)
             fleet_jw_key(&w, "detail");
             fleet_jw_str(&w, m->detail != NULL ? m->detail : "");
             break;
+        case FLEET_UP_CANDIDATE:
+            fleet_jw_key(&w, "to");
+            fleet_jw_str(&w, m->to);
+            w_candidate(&w, m->candidate, m->mid);
+            break;
         case FLEET_UP_LEAVE:
         default:
             break;
@@ -1132,6 +1166,11 @@ size_t fleet_meet_down_encode(const fleet_meet_down_t *m, char *buf, size_t cap)
             fleet_jw_str(&w, m->from);
             w_opt_str(&w, "text", m->text);
             w_opt_str(&w, "data_b64", m->data_b64);
+            break;
+        case FLEET_DOWN_CANDIDATE:
+            fleet_jw_key(&w, "from");
+            fleet_jw_str(&w, m->from);
+            w_candidate(&w, m->candidate, m->mid);
             break;
     }
     fleet_jw_obj_end(&w);
