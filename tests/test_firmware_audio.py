@@ -191,6 +191,8 @@ async def room_with_host(
                         ApiOp.JOIN, ApiRequest(room=ROOM, device=device_id, timeout_s=30)
                     )
                     assert first.ok, first
+                if host_first:  # its core reports the rev while joining: wait for joined
+                    await wait_for(lambda: "meeting: joined room" in host.text(), what="joined")
                 result = await op.request(ApiOp.JOIN_ALL, ApiRequest(room=ROOM, timeout_s=30))
                 assert result.ok, result
                 yield Room(handle, ctl, fleet, op, host, speaker)  # type: ignore[arg-type]
