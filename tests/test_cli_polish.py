@@ -106,6 +106,52 @@ def test_commands_are_checked_before_sending(
     assert words in one_error_line(err)
 
 
+ID_WORDS = "use 1-64 of a-z, 0-9 and '-', starting with a letter or digit"
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["controller", "--client-id", "BAD"], f"--client-id: invalid client id 'BAD': {ID_WORDS}"),
+        (
+            ["controller", "--ingest-share", "BAD", "--influx-url", "http://127.0.0.1:1"],
+            f"--ingest-share: invalid share group 'BAD': {ID_WORDS}",
+        ),
+        (["controller", "--ha-room", "Bad"], "invalid room name 'Bad': use 1-64 of a-z, 0-9, '.'"),
+        (["ingest", "--share", "BAD"], f"--share: invalid share group 'BAD': {ID_WORDS}"),
+        (["ingest", "--client-id", "a/b"], f"--client-id: invalid client id 'a/b': {ID_WORDS}"),
+        (["sim", "--id-prefix", "BAD"], f"invalid device id 'BAD-1': {ID_WORDS}"),
+        (["sim", "--group", "Bad_G"], f"--group: invalid group name 'Bad_G': {ID_WORDS}"),
+        (["up", "--group", "Bad_G"], f"--group: invalid group name 'Bad_G': {ID_WORDS}"),
+        (["creds", "add", "Bad", "--role", "controller"], "invalid username 'Bad': use 1-64"),
+        (
+            ["creds", "add", "dev-1", "--role", "device", "--group", "Bad_G"],
+            f"invalid group name 'Bad_G': {ID_WORDS}",
+        ),
+        (
+            [
+                "provision", "--device-id", "dev-1", "--group", "Bad_G", "--port", "/dev/null",
+                "--wifi-ssid", "x", "--wifi-password", "y", "--broker", "mqtt://127.0.0.1:1",
+            ],
+            f"invalid group name 'Bad_G': {ID_WORDS}",
+        ),
+        (["web", "--ws-port", "8083", "--prefix", "a/+/b"], "invalid topic prefix 'a/+/b'"),
+    ],
+)  # fmt: skip
+def test_every_validated_name_option_says_what_is_allowed(
+    args: list[str], says: str, tmp_path: Path
+) -> None:
+    env = {"COLUMNS": "80", "FLEET_BROKER": "", "FLEET_HOME": str(tmp_path)}
+    res = CliRunner().invoke(app, args, env=env)
+    # The credential store's refusals exit 1 like its other ones (a user that exists).
+    assert res.exit_code == (1 if args[0] == "creds" else 2), res.output
+    line = one_error_line(res.stderr)
+    assert says in line
+    assert "{0,63}" not in line
+    assert "[a-z" not in line
+    assert not (tmp_path / "credentials.json").exists()  # refused before anything is written
+
+
 def test_json_errors_are_json_on_stdout(runner: CliRunner) -> None:
     code, out, err = invoke(runner, "join-all", "Standup", "--json")
     assert code == 2

@@ -37,7 +37,7 @@ from fleet.mqtt import (
     subscribe,
 )
 from fleet.protocol import (
-    ID_PATTERN,
+    ID_RULE,
     ParsedTopic,
     TopicKind,
     Topics,
@@ -103,7 +103,7 @@ class Controller:
         # The broker binds client ids to users (protocol.md §11): by default the username.
         client_id = client_id or url.username or DEFAULT_CLIENT_ID
         if not is_valid_id(client_id):
-            raise ValueError(f"invalid controller client id {client_id!r}: must match {ID_PATTERN}")
+            raise ValueError(f"invalid controller client id {client_id!r}: {ID_RULE}")
         self.client_id = client_id
         self._api_root = f"{self.topics.prefix}/api/"
         # With the embedded broker the controller keeps device credentials' groups in step
