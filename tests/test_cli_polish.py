@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 from brokers import BrokerHandle
-from running import controller, operator_url, sim_fleet
+from running import controller, operator_url, sim_fleet, wait_for
 from test_cli import ROOT, fleet
 from typer.testing import CliRunner
 
 from cli.main import app
+from fleet.device.sim import FIRMWARE_VERSION, HARDWARE
 
 ROOM_NAMES_REFUSED = ["Standup", "my room!", "", "a/b"]
 
@@ -280,6 +281,61 @@ async def test_a_real_fleet_reads_right(amqtt_broker: BrokerHandle, tmp_path: Pa
         assert (code, json.loads(out)["room"]) == (0, "spare")
         code, out, _ = await fleet("rooms", "rm", "spare", "--json", *common, home=tmp_path)
         assert (code, json.loads(out)["code"]) == (4, "unknown_room")
+
+
+async def test_an_offline_device_keeps_its_firmware_and_groups(
+    amqtt_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    """Its retained status is its will (`{"online": false}`): `fleet devices` takes what it
+    is from the controller, which kept its last birth; without one it says what it lacks."""
+    h = amqtt_broker
+    secrets = h.store.add_devices(["dev-20"], groups=["kitchen"])
+    h.backend.sync()
+    (tmp_path / "secrets.json").write_text(json.dumps(secrets))
+    common = ("--broker", str(operator_url(h)), "--prefix", h.prefix)
+    async with controller(h, tmp_path / "c.db") as ctl:
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "cli.main", "sim", "--devices", "1", "--start", "20"),
+            *("--secrets", str(tmp_path / "secrets.json"), "--broker", f"mqtt://{h.host}:{h.port}"),
+            *("--prefix", h.prefix, "--group", "kitchen"),
+            cwd=ROOT,
+            env={**os.environ, "FLEET_HOME": str(tmp_path)},
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            devices = ctl.registry.devices
+            await wait_for(lambda: "dev-20" in devices and devices["dev-20"].rev == 0, timeout=30)
+        finally:
+            proc.send_signal(signal.SIGKILL)  # no goodbye: the broker sends its will
+            await proc.wait()
+        await wait_for(lambda: not devices["dev-20"].online, timeout=30, what="its will")
+        code, out, err = await fleet("devices", "--json", *common, home=tmp_path)
+        assert code == 0, err
+        assert json.loads(out) == [
+            {
+                "device": "dev-20",
+                "online": False,
+                "fw": FIRMWARE_VERSION,
+                "board": HARDWARE,
+                "groups": ["kitchen"],
+                "rev": 0,
+                "room": None,
+                "error": None,
+            }
+        ]
+        code, out, _ = await fleet("devices", *common, home=tmp_path)
+        row = next(line for line in out.splitlines() if "dev-20" in line)
+        assert "no" in row
+        assert FIRMWARE_VERSION in row
+        assert "kitchen" in row
+    # No controller: the retained fleet still lists, and says what it cannot show.
+    code, out, err = await fleet("devices", "--json", *common, home=tmp_path)
+    assert code == 0, err
+    assert json.loads(out)[0]["fw"] is None
+    assert "no controller answered" in err
+    assert "offline devices show no firmware, board or groups" in err
 
 
 async def test_ctrl_c_during_join_all_says_the_intent_stays(

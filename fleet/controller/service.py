@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import aiomqtt
 
-from fleet.controller.operations import CommandTracker, DesiredTracker
+from fleet.controller.operations import CommandTracker, DesiredTracker, inventory
 from fleet.controller.parts import ControllerPart
 from fleet.controller.store import DesiredRecord, Job, Store
 from fleet.errors import FleetError, ProtocolError
@@ -488,6 +488,8 @@ class Controller:
             await self._start_desired_op(op, request)
         elif op is ApiOp.CMD:
             await self._start_command(request)
+        elif op is ApiOp.DEVICES:
+            await self._publish_result(inventory(self.registry, request))
         else:
             await self._api_error(
                 request.id, op.value, "unknown_op", f"no part serves {op.value!r}"
