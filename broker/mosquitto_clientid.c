@@ -173,12 +173,9 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	return MOSQ_ERR_PLUGIN_DEFER;
 }
 
-/* Close the connections of web users that expired since the last tick. */
-static int on_tick(int event, void *event_data, void *userdata)
+/* Close the connections of web users that expired since the last call. */
+static void kick_expired(void)
 {
-	(void)event;
-	(void)event_data;
-	(void)userdata;
 	double now = now_s();
 	for(size_t i = 0; i < users.count; i++){
 		const char *name = users.names[i];
@@ -193,6 +190,14 @@ static int on_tick(int event, void *event_data, void *userdata)
 		}
 	}
 	kicked_until = now;
+}
+
+static int on_tick(int event, void *event_data, void *userdata)
+{
+	(void)event;
+	(void)event_data;
+	(void)userdata;
+	kick_expired();
 	return MOSQ_ERR_SUCCESS;
 }
 
@@ -207,6 +212,7 @@ static int on_reload(int event, void *event_data, void *userdata)
 				"fleet-clientid: cannot read %s; keeping the users read before", users_path);
 		return MOSQ_ERR_SUCCESS;
 	}
+	kick_expired();  /* a fresh list may have swept users that expired since the tick */
 	users_free(&users);
 	users = fresh;
 	return MOSQ_ERR_SUCCESS;
