@@ -18,7 +18,8 @@ The rules, by role:
   ``meet/{name}/up`` and the person's API ops (``WEB_API_OPS``: meetings, rooms,
   sessions, say); reads ``meet/{name}/down``, device status/state/tele, ``api/result``
   and ``events``: the read-only fleet view. Nothing at all once its credentials expire
-  (checked per message, so an open page goes deaf and mute at its expiry).
+  (checked per message, so an open page goes deaf and mute at its expiry; the broker
+  then closes it).
 - anonymous or unknown role: nothing.
 
 A wildcard subscription is allowed only when every topic it can match is readable.

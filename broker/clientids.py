@@ -46,7 +46,7 @@ def clientids_text(creds: Iterable[Credential]) -> str:
     lines = []
     for c in sorted(creds, key=lambda c: c.username):
         if c.role is Role.WEB:
-            lines.append(f"w {c.username} {int(c.expires or 0)}\n")
+            lines.append(f"w {c.username} {c.expires or 0:.3f}\n")
         else:
             lines.append(f"{'d' if c.role is Role.DEVICE else 'u'} {c.username}\n")
     return "".join(lines)

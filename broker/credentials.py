@@ -55,6 +55,7 @@ _MAX_ITERATIONS = 10_000_000  # refuse absurd counts from a tampered file (CPU e
 
 DEVICE_NAME_PATTERN = ID_PATTERN
 USER_NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,63}"
+USER_NAME_RULE = "use 1-64 of a-z, 0-9, '_' and '-', starting with a letter or digit"
 _DEVICE_NAME_RE = re.compile(rf"^{DEVICE_NAME_PATTERN}$")
 _USER_NAME_RE = re.compile(rf"^{USER_NAME_PATTERN}$")
 _HASH_RE = re.compile(r"^\$7\$([0-9]{1,9})\$([A-Za-z0-9+/]+={0,2})\$([A-Za-z0-9+/]+={0,2})$")
@@ -111,7 +112,7 @@ def check_username(username: str, role: Role | str) -> None:
         if not _DEVICE_NAME_RE.match(username):
             raise ValueError(f"invalid device id {username!r}: {NAME_RULES['device']}")
     elif not _USER_NAME_RE.match(username):
-        raise ValueError(f"invalid username {username!r}: must match {USER_NAME_PATTERN}")
+        raise ValueError(f"invalid username {username!r}: {USER_NAME_RULE}")
 
 
 # --- hashing ----------------------------------------------------------------------------------
@@ -476,6 +477,8 @@ def _build(
         first = exc.errors(include_url=False)[0]
         loc = ".".join(str(p) for p in first["loc"])
         msg = str(first["msg"]).removeprefix("Value error, ")
+        if first["type"] == "string_pattern_mismatch" and first["loc"][0] == "groups":
+            loc, msg = "", f"invalid group name {first['input']!r}: {NAME_RULES['group']}"
         raise CredentialsError(
             f"cannot add {username!r}: {loc + ': ' if loc else ''}{msg}"
         ) from exc

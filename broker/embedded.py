@@ -34,6 +34,8 @@ pinned in pyproject) and marks what differs:
 7. An MQTT 5 CONNECT is refused at once with CONNACK 0x01 (unacceptable protocol
    version, as MQTT 3.1.1 section 3.1.2.2 asks) and one log line. amqtt 0.12 parses it
    as 3.1.1, misreads its properties as the payload, and hangs or fails with a traceback.
+8. A person's browser user (web role) is closed at its credentials' expiry, its will
+   sent, as the Mosquitto plugin does: the ACL alone would leave it connected and deaf.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -317,7 +320,29 @@ class FleetBroker(FleetAmqttBroker):
         await self._publish_session_retained_messages(client_session)
         # CHANGED: stock amqtt loops over every filter in the broker here.
         await self._replay_own_retained(client_session)
-        await self._client_message_loop(client_session, handler)
+        # CHANGED: a person's browser user is closed at its expiry, its will sent, as the
+        # Mosquitto plugin does; the ACL denies it everything from then on anyway.
+        closing = self._close_at_expiry(client_session, handler)
+        try:
+            await self._client_message_loop(client_session, handler)
+        finally:
+            if closing is not None:
+                closing.cancel()
+
+    def _close_at_expiry(self, session: Session, handler: Any) -> asyncio.TimerHandle | None:
+        username = session.attributes.get(SESSION_USER_KEY)
+        cred = None
+        if self._fleet_topic is not None and username is not None:
+            cred = self._fleet_topic.store.get(username, refresh=False)
+        transport = transport_of(handler)
+        if cred is None or cred.expires is None or transport is None:
+            return None
+
+        def close() -> None:
+            log.info("closing %r: its credentials expired", username)
+            transport.abort()  # an abnormal end: amqtt sends the will
+
+        return asyncio.get_running_loop().call_later(max(0.0, cred.expires - time.time()), close)
 
     async def _replay_own_retained(self, session: Session) -> None:
         held = self._subscriptions.by_client.get(session.client_id or "", set())

@@ -9,7 +9,10 @@
  *   equals or extends with "-"; a device's id must equal its name exactly.
  *
  * A person's browser user (web role) owns exactly its name, like a device, and
- * only until its expiry (docs/protocol.md 11.2): after it, its CONNECT is refused.
+ * only until its expiry (docs/protocol.md 11.2): after it, its CONNECT is refused,
+ * every ACL check of a connection still open is denied, and that connection is
+ * closed (with its will, so the meeting drops the participant) at the next tick.
+ * The ACL file has no time; password_file alone would keep an open page's rights.
  *
  * It only refuses: when the id is the user's own it defers, so password_file
  * still checks the password. Users come from the file named by
@@ -36,6 +39,10 @@ struct users {
 static mosquitto_plugin_id_t *plugin_id;
 static char *users_path;
 static struct users users;
+/* Web users whose expiry is at or before this were kicked already. */
+static double kicked_until;
+/* The web user being kicked: its will (the meeting's leave) is still sent. */
+static const char *kicking;
 
 static void users_free(struct users *u)
 {
@@ -112,6 +119,19 @@ static char *owner_of(const char *id)
 	return found;
 }
 
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* A web entry's expiry in Unix seconds. */
+static double expiry_of(const char *entry)
+{
+	return strtod(entry + strlen(entry) + 1, NULL);
+}
+
 static int on_basic_auth(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_basic_auth *ed = event_data;
@@ -122,8 +142,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	if(!username || !id) return MOSQ_ERR_AUTH;
 	char *owner = owner_of(id);
 	if(owner && owner[-2] == 'w' && !strcmp(owner, username) && !strcmp(id, username)){
-		double expires = strtod(owner + strlen(owner) + 1, NULL);
-		if((double)time(NULL) < expires) return MOSQ_ERR_PLUGIN_DEFER;
+		if(now_s() < expiry_of(owner)) return MOSQ_ERR_PLUGIN_DEFER;
 		mosquitto_log_printf(MOSQ_LOG_NOTICE,
 				"fleet-clientid: refused '%s': its credentials expired", username);
 		return MOSQ_ERR_AUTH;
@@ -137,6 +156,51 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	return MOSQ_ERR_AUTH;
 }
 
+/* Per message and subscription: an expired web user may do nothing, even on a
+ * connection opened before its expiry. Others are the ACL file's to decide. */
+static int on_acl_check(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_acl_check *ed = event_data;
+	(void)event;
+	(void)userdata;
+	const char *username = mosquitto_client_username(ed->client);
+	if(!username) return MOSQ_ERR_PLUGIN_DEFER;
+	char **hit = bsearch(username, users.names, users.count, sizeof(char *), by_name);
+	if(hit && (*hit)[-2] == 'w' && now_s() >= expiry_of(*hit)
+			&& !(*hit == kicking && ed->access == MOSQ_ACL_WRITE)){
+		return MOSQ_ERR_ACL_DENIED;
+	}
+	return MOSQ_ERR_PLUGIN_DEFER;
+}
+
+/* Close the connections of web users that expired since the last call. */
+static void kick_expired(void)
+{
+	double now = now_s();
+	for(size_t i = 0; i < users.count; i++){
+		const char *name = users.names[i];
+		if(name[-2] != 'w') continue;
+		double expires = expiry_of(name);
+		if(expires > kicked_until && expires <= now){
+			mosquitto_log_printf(MOSQ_LOG_NOTICE,
+					"fleet-clientid: closing '%s': its credentials expired", name);
+			kicking = name;  /* the kick sends the will at once, through on_acl_check */
+			mosquitto_kick_client_by_username(name, true);
+			kicking = NULL;
+		}
+	}
+	kicked_until = now;
+}
+
+static int on_tick(int event, void *event_data, void *userdata)
+{
+	(void)event;
+	(void)event_data;
+	(void)userdata;
+	kick_expired();
+	return MOSQ_ERR_SUCCESS;
+}
+
 static int on_reload(int event, void *event_data, void *userdata)
 {
 	(void)event;
@@ -148,6 +212,7 @@ static int on_reload(int event, void *event_data, void *userdata)
 				"fleet-clientid: cannot read %s; keeping the users read before", users_path);
 		return MOSQ_ERR_SUCCESS;
 	}
+	kick_expired();  /* a fresh list may have swept users that expired since the tick */
 	users_free(&users);
 	users = fresh;
 	return MOSQ_ERR_SUCCESS;
@@ -179,6 +244,12 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 	}
 	int rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL, NULL);
 	if(rc == MOSQ_ERR_SUCCESS){
+		rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, NULL);
+	}
+	if(rc == MOSQ_ERR_SUCCESS){
+		rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_TICK, on_tick, NULL, NULL);
+	}
+	if(rc == MOSQ_ERR_SUCCESS){
 		rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_RELOAD, on_reload, NULL, NULL);
 	}
 	return rc;
@@ -190,6 +261,8 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 	(void)options;
 	(void)option_count;
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL);
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_TICK, on_tick, NULL);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_RELOAD, on_reload, NULL);
 	users_free(&users);
 	free(users_path);

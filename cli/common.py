@@ -35,7 +35,7 @@ from fleet.errors import (
 from fleet.mqtt import BrokerUrl
 from fleet.protocol import Topics
 from fleet.protocol.messages import ApiRequest
-from fleet.protocol.topics import NAME_RULES
+from fleet.protocol.topics import ID_RULE, NAME_RULES, is_valid_id
 from fleet.settings import CLIENT_FILE, default_home, load_settings
 
 T = TypeVar("T")
@@ -228,6 +228,14 @@ def describe_invalid(exc: ValidationError) -> str:
 
 def name_error(kind: str, value: str) -> str:
     return f"invalid {kind} {'id' if kind == 'device' else 'name'} {value!r}: {NAME_RULES[kind]}"
+
+
+def require_id(option: str, value: str, what: str) -> str:
+    """`value` if it is a valid id (a client id, a share group), else exit 2 saying what
+    is allowed, in the words of `name_error`."""
+    if not is_valid_id(value):
+        fail(f"{option}: invalid {what} {value!r}: {ID_RULE}", Exit.USAGE)
+    return value
 
 
 def require_name(kind: str, value: str) -> str:

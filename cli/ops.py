@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -27,6 +28,7 @@ from cli.common import (
     connection,
     console,
     describe_invalid,
+    err_console,
     fail,
     parse_duration,
     plural,
@@ -36,12 +38,15 @@ from cli.common import (
     run,
 )
 from fleet.client import FleetClient
+from fleet.errors import ControllerUnavailable
 from fleet.protocol.messages import (
     COMMAND_ARGS,
     ApiOp,
+    ApiRequest,
     ApiResult,
     CommandOp,
     DeviceOutcome,
+    Status,
 )
 from fleet.registry import DeviceRecord, Registry
 
@@ -67,11 +72,13 @@ def devices(
     prefix: PrefixOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List the fleet: presence, firmware, groups, applied rev and meeting."""
+    """List the fleet: presence, firmware, board, groups, applied rev and meeting."""
     url, topics = connection(broker, prefix)
 
     async def go() -> Registry:
         async with FleetClient(url, topics) as fleet:
+            if any(r.birth is None for r in fleet.registry.devices.values()):
+                await _learn_births(fleet)
             return fleet.registry
 
     registry = run(go())
@@ -86,7 +93,8 @@ def devices(
                 {
                     "device": r.id,
                     "online": r.online,
-                    "fw": r.status.fw if r.status else None,
+                    "fw": r.fw,
+                    "board": r.hw,
                     "groups": r.groups,
                     "rev": r.rev,
                     "room": r.room,
@@ -97,13 +105,14 @@ def devices(
         )
         return
     table = Table(title=f"{plural(len(records), 'device')}, {registry.online_count()} online")
-    for column in ("device", "online", "fw", "groups", "rev", "meeting", "error"):
+    for column in ("device", "online", "fw", "board", "groups", "rev", "meeting", "error"):
         table.add_column(column)
     for r in records:
         table.add_row(
             r.id,
             "[green]yes[/]" if r.online else "[red]no[/]",
-            r.status.fw if r.status and r.status.fw else "",
+            r.fw or "",
+            r.hw or "",
             ",".join(r.groups),
             "" if r.rev is None else str(r.rev),
             r.room or "",
@@ -112,11 +121,36 @@ def devices(
     console.print(table)
 
 
+async def _learn_births(fleet: FleetClient) -> None:
+    """An offline device's retained status is its will, without firmware, board or
+    groups: take them from the controller, which keeps each device's last birth."""
+    after: str | None = None
+    while True:
+        try:
+            page = await fleet.request(ApiOp.DEVICES, ApiRequest(after=after))
+        except ControllerUnavailable:
+            page = ApiResult(op=ApiOp.DEVICES.value, ok=False, detail="no controller answered")
+        if not page.ok:  # none running, or one older than the op
+            err_console.print(
+                f"[yellow]note:[/] {escape(page.detail)}: offline devices show no firmware,"
+                " board or groups",
+                highlight=False,
+            )
+            return
+        for info in page.inventory:
+            rec = fleet.registry.devices.get(info.device)
+            if rec is not None and rec.birth is None and (info.fw or info.hw or info.groups):
+                rec.birth = Status(online=True, fw=info.fw, hw=info.hw, groups=info.groups)
+        if page.next is None:
+            return
+        after = page.next
+
+
 def _summary_view(records: list[DeviceRecord], as_json: bool) -> None:
     counts = {
         "presence": Counter("online" if r.online else "offline" for r in records),
         "room": Counter(r.room or "(none)" for r in records),
-        "firmware": Counter((r.status.fw if r.status else None) or "(unknown)" for r in records),
+        "firmware": Counter(r.fw or "(unknown)" for r in records),
         "group": Counter(g for r in records for g in (r.groups or ["(none)"])),
     }
     if as_json:

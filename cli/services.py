@@ -23,7 +23,9 @@ from cli.common import (
     connection,
     console,
     fail,
+    name_error,
     plural,
+    require_id,
     run,
     run_service,
 )
@@ -311,8 +313,8 @@ def controller(
 ) -> None:
     """Run the controller: registry, desired state, commands, meetings, the automation API,
     telemetry, Home Assistant discovery."""
-    if client_id is not None and not is_valid_id(client_id):
-        fail(f"--client-id {client_id!r} must match [a-z0-9][a-z0-9-]{{0,63}}", Exit.USAGE)
+    if client_id is not None:
+        require_id("--client-id", client_id, "client id")
     url, topics = connection(broker, prefix)
     influx = InfluxOptions(
         influx_url,
@@ -327,8 +329,8 @@ def controller(
         influx_flush_interval,
         influx_buffer,
     )
-    if ingest_share is not None and not is_valid_id(ingest_share):
-        fail(f"--ingest-share {ingest_share!r} must match [a-z0-9][a-z0-9-]{{0,63}}", Exit.USAGE)
+    if ingest_share is not None:
+        require_id("--ingest-share", ingest_share, "share group")
     if ingest_share is not None and not influx.settings().enabled:
         fail("--ingest-share splits the telemetry ingest: it needs --influx-url", Exit.USAGE)
     parts = [*influx.parts(share=ingest_share), *_ha_parts(ha, ha_prefix, ha_room)]
@@ -393,8 +395,9 @@ def sim(
 ) -> None:
     """Run N simulated devices that speak exactly the device side of the protocol."""
     ids = device_ids(devices, id_prefix, start)
-    if not all(is_valid_id(i) for i in ids):
-        fail(f"--id-prefix {id_prefix!r} makes invalid device ids", Exit.USAGE)
+    bad = [i for i in ids if not is_valid_id(i)]
+    if bad:
+        fail(f"--id-prefix {id_prefix!r}: {name_error('device', bad[0])}", Exit.USAGE)
     url, topics = connection(broker, prefix)
     if secrets is not None:
         try:
@@ -602,7 +605,7 @@ def _groups(group: list[str] | None) -> list[str]:
     groups = list(dict.fromkeys(group or []))
     bad = [g for g in groups if not is_valid_id(g)]
     if bad:
-        raise typer.BadParameter(f"invalid group name(s): {', '.join(bad)}")
+        fail(f"--group: {name_error('group', bad[0])}", Exit.USAGE)
     return groups
 
 
@@ -631,9 +634,8 @@ def ingest(
     (telemetry only: desired state, meetings and Home Assistant stay with the controller)."""
     from fleet.telemetry.worker import IngestWorker
 
-    for name, value in (("--share", share), ("--client-id", client_id)):
-        if not is_valid_id(value):
-            fail(f"{name} {value!r} must match [a-z0-9][a-z0-9-]{{0,63}}", Exit.USAGE)
+    require_id("--share", share, "share group")
+    require_id("--client-id", client_id, "client id")
     url, topics = connection(broker, prefix)
     influx = InfluxOptions(
         influx_url,

@@ -8,10 +8,8 @@ from typing import Annotated
 
 import typer
 
-from cli.common import BrokerOpt, Exit, PrefixOpt, console, fail, run_service
-from fleet.protocol import Topics
+from cli.common import BrokerOpt, Exit, PrefixOpt, connection, console, fail, run_service
 from fleet.protocol.messages import DEFAULT_WEB_TTL_S, MAX_WEB_TTL_S
-from fleet.settings import load_settings
 from fleet.web.server import ConsoleConfig, WebConsole
 
 
@@ -48,11 +46,10 @@ def web(
         fail("give --ws-url or --ws-port: where browsers reach the broker's WebSocket", Exit.USAGE)
     if ws_url is not None and not ws_url.startswith(("ws://", "wss://")):
         fail(f"--ws-url {ws_url!r}: expected ws://HOST:PORT/ or wss://...", Exit.USAGE)
-    settings = load_settings(prefix=prefix)
-    url = settings.broker_url(broker)
+    url, topics = connection(broker, prefix)
     config = ConsoleConfig(
         broker=dataclasses.replace(url, username=None, password=None),
-        topics=Topics(settings.prefix),
+        topics=topics,
         ws_url=ws_url,
         ws_port=ws_port,
         operator=operator,

@@ -160,9 +160,7 @@ def normalize_groups(groups: Sequence[str]) -> tuple[str, ...]:
             if not group or group == "all" or group in out:
                 continue
             if not is_valid_id(group):
-                raise ProvisioningError(
-                    f"invalid group {group!r}: must match [a-z0-9][a-z0-9-]{{0,63}}"
-                )
+                raise ProvisioningError(f"invalid group name {group!r}: {NAME_RULES['group']}")
             out.append(group)
     if len(out) > MAX_GROUPS:
         raise ProvisioningError(

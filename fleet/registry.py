@@ -1,8 +1,10 @@
 """The fleet as seen from retained status and state topics.
 
 Built only from what the broker retains, so a restarted controller or a CLI
-command knows the fleet with no database. Convergence rules live here too, so
-the controller's final results and the CLI's progress bar agree.
+command knows the fleet with no database. Each record keeps the device's last
+birth, so what it is (firmware, board, groups) outlives its will; a CLI that only
+sees the will asks the controller (`devices` op). Convergence rules live here
+too, so the controller's final results and the CLI's progress bar agree.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fleet.protocol import TopicKind
-from fleet.protocol.messages import DeviceOutcome, DeviceResult, State, Status
+from fleet.protocol.messages import DeviceInfo, DeviceOutcome, DeviceResult, State, Status
 
 
 @dataclass(slots=True)
@@ -21,6 +23,9 @@ class DeviceRecord:
     status: Status | None = None
     state: State | None = None
     last_seen: float = field(default_factory=time.time)
+    # Its last birth: what it is (firmware, board, groups) stays known while it is offline,
+    # when the retained status is the will.
+    birth: Status | None = None
 
     @property
     def online(self) -> bool:
@@ -28,7 +33,15 @@ class DeviceRecord:
 
     @property
     def groups(self) -> list[str]:
-        return list(self.status.groups or []) if self.status else []
+        return list(self.birth.groups or []) if self.birth else []
+
+    @property
+    def fw(self) -> str | None:
+        return self.birth.fw if self.birth else None
+
+    @property
+    def hw(self) -> str | None:
+        return self.birth.hw if self.birth else None
 
     @property
     def rev(self) -> int | None:
@@ -50,6 +63,11 @@ class DeviceRecord:
                 return DeviceOutcome.FAILED
             return DeviceOutcome.CONVERGED
         return DeviceOutcome.WAITING if self.online else DeviceOutcome.PENDING
+
+    def info(self) -> DeviceInfo:
+        return DeviceInfo(
+            device=self.id, online=self.online, fw=self.fw, hw=self.hw, groups=self.groups
+        )
 
     def result(self, rev: int) -> DeviceResult:
         outcome = self.outcome(rev)
@@ -87,6 +105,8 @@ class Registry:
             rec = self.record(device_id)
             was_online = rec.online
             rec.status = message
+            if message.online:
+                rec.birth = message
             rec.last_seen = time.time()
             return was_online != rec.online
         if kind is TopicKind.STATE:

@@ -16,11 +16,12 @@ from pathlib import Path
 import aiomqtt
 import pytest
 from brokers import BrokerHandle, mqtt_client
-from running import controller, operator_url, sim_fleet
+from running import controller, operator_url, sim_fleet, wait_for
 from test_cli import ROOT, fleet
 from typer.testing import CliRunner
 
 from cli.main import app
+from fleet.device.sim import FIRMWARE_VERSION, HARDWARE
 
 ROOM_NAMES_REFUSED = ["Standup", "my room!", "", "a/b"]
 
@@ -105,6 +106,52 @@ def test_commands_are_checked_before_sending(
     code, _, err = invoke(runner, *args)
     assert code == 2, err
     assert words in one_error_line(err)
+
+
+ID_WORDS = "use 1-64 of a-z, 0-9 and '-', starting with a letter or digit"
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["controller", "--client-id", "BAD"], f"--client-id: invalid client id 'BAD': {ID_WORDS}"),
+        (
+            ["controller", "--ingest-share", "BAD", "--influx-url", "http://127.0.0.1:1"],
+            f"--ingest-share: invalid share group 'BAD': {ID_WORDS}",
+        ),
+        (["controller", "--ha-room", "Bad"], "invalid room name 'Bad': use 1-64 of a-z, 0-9, '.'"),
+        (["ingest", "--share", "BAD"], f"--share: invalid share group 'BAD': {ID_WORDS}"),
+        (["ingest", "--client-id", "a/b"], f"--client-id: invalid client id 'a/b': {ID_WORDS}"),
+        (["sim", "--id-prefix", "BAD"], f"invalid device id 'BAD-1': {ID_WORDS}"),
+        (["sim", "--group", "Bad_G"], f"--group: invalid group name 'Bad_G': {ID_WORDS}"),
+        (["up", "--group", "Bad_G"], f"--group: invalid group name 'Bad_G': {ID_WORDS}"),
+        (["creds", "add", "Bad", "--role", "controller"], "invalid username 'Bad': use 1-64"),
+        (
+            ["creds", "add", "dev-1", "--role", "device", "--group", "Bad_G"],
+            f"invalid group name 'Bad_G': {ID_WORDS}",
+        ),
+        (
+            [
+                "provision", "--device-id", "dev-1", "--group", "Bad_G", "--port", "/dev/null",
+                "--wifi-ssid", "x", "--wifi-password", "y", "--broker", "mqtt://127.0.0.1:1",
+            ],
+            f"invalid group name 'Bad_G': {ID_WORDS}",
+        ),
+        (["web", "--ws-port", "8083", "--prefix", "a/+/b"], "invalid topic prefix 'a/+/b'"),
+    ],
+)  # fmt: skip
+def test_every_validated_name_option_says_what_is_allowed(
+    args: list[str], says: str, tmp_path: Path
+) -> None:
+    env = {"COLUMNS": "80", "FLEET_BROKER": "", "FLEET_HOME": str(tmp_path)}
+    res = CliRunner().invoke(app, args, env=env)
+    # The credential store's refusals exit 1 like its other ones (a user that exists).
+    assert res.exit_code == (1 if args[0] == "creds" else 2), res.output
+    line = one_error_line(res.stderr)
+    assert says in line
+    assert "{0,63}" not in line
+    assert "[a-z" not in line
+    assert not (tmp_path / "credentials.json").exists()  # refused before anything is written
 
 
 def test_json_errors_are_json_on_stdout(runner: CliRunner) -> None:
@@ -235,6 +282,61 @@ async def test_a_real_fleet_reads_right(amqtt_broker: BrokerHandle, tmp_path: Pa
         assert (code, json.loads(out)["room"]) == (0, "spare")
         code, out, _ = await fleet("rooms", "rm", "spare", "--json", *common, home=tmp_path)
         assert (code, json.loads(out)["code"]) == (4, "unknown_room")
+
+
+async def test_an_offline_device_keeps_its_firmware_and_groups(
+    amqtt_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    """Its retained status is its will (`{"online": false}`): `fleet devices` takes what it
+    is from the controller, which kept its last birth; without one it says what it lacks."""
+    h = amqtt_broker
+    secrets = h.store.add_devices(["dev-20"], groups=["kitchen"])
+    h.backend.sync()
+    (tmp_path / "secrets.json").write_text(json.dumps(secrets))
+    common = ("--broker", str(operator_url(h)), "--prefix", h.prefix)
+    async with controller(h, tmp_path / "c.db") as ctl:
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "cli.main", "sim", "--devices", "1", "--start", "20"),
+            *("--secrets", str(tmp_path / "secrets.json"), "--broker", f"mqtt://{h.host}:{h.port}"),
+            *("--prefix", h.prefix, "--group", "kitchen"),
+            cwd=ROOT,
+            env={**os.environ, "FLEET_HOME": str(tmp_path)},
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            devices = ctl.registry.devices
+            await wait_for(lambda: "dev-20" in devices and devices["dev-20"].rev == 0, timeout=30)
+        finally:
+            proc.send_signal(signal.SIGKILL)  # no goodbye: the broker sends its will
+            await proc.wait()
+        await wait_for(lambda: not devices["dev-20"].online, timeout=30, what="its will")
+        code, out, err = await fleet("devices", "--json", *common, home=tmp_path)
+        assert code == 0, err
+        assert json.loads(out) == [
+            {
+                "device": "dev-20",
+                "online": False,
+                "fw": FIRMWARE_VERSION,
+                "board": HARDWARE,
+                "groups": ["kitchen"],
+                "rev": 0,
+                "room": None,
+                "error": None,
+            }
+        ]
+        code, out, _ = await fleet("devices", *common, home=tmp_path)
+        row = next(line for line in out.splitlines() if "dev-20" in line)
+        assert "no" in row
+        assert FIRMWARE_VERSION in row
+        assert "kitchen" in row
+    # No controller: the retained fleet still lists, and says what it cannot show.
+    code, out, err = await fleet("devices", "--json", *common, home=tmp_path)
+    assert code == 0, err
+    assert json.loads(out)[0]["fw"] is None
+    assert "no controller answered" in err
+    assert "offline devices show no firmware, board or groups" in err
 
 
 async def test_ctrl_c_during_join_all_says_the_intent_stays(

@@ -152,7 +152,7 @@ def test_existing_user_needs_replace(creds_store: CredentialStore) -> None:
         ("x" * 65, Role.DEVICE, (), "invalid device id"),
         ("has space", Role.CONTROLLER, (), "invalid username"),
         ("ops", Role.CONTROLLER, ("kitchen",), "only devices have groups"),
-        ("dev-1", Role.DEVICE, ("Bad Group",), "groups"),
+        ("dev-1", Role.DEVICE, ("Bad Group",), "invalid group name 'Bad Group': use 1-64"),
         ("dev-1", "robot", (), "unknown role"),
     ],
 )

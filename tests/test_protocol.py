@@ -892,6 +892,7 @@ def test_reject_codes_match_the_spec() -> None:
         "transcribe",
         "transcript",
         "web-login",
+        "devices",
     }
 
 

@@ -237,7 +237,7 @@ def test_nvs_reader_refuses_corrupt_images() -> None:
         ({"broker_url": "mqtt://host:99999"}, "invalid port"),
         ({"broker_url": "mqtt://host/path"}, "no path"),
         ({"broker_url": "mqtt://" + "h" * 250}, "holds at most 255"),
-        ({"groups": ("Kitchen",)}, "invalid group 'Kitchen'"),
+        ({"groups": ("Kitchen",)}, "invalid group name 'Kitchen': use 1-64"),
         ({"groups": tuple(f"g{i}" for i in range(33))}, "33 groups; the firmware keeps at most 32"),
         ({"ntp": "pool ntp"}, "not a host name"),
         ({"ntp": "n" * 64}, "holds at most 63"),

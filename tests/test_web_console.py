@@ -363,6 +363,12 @@ async def test_sign_in_is_refused_without_the_operator_secret_and_credentials_ex
                 password=creds["password"],
             ):
                 pass
+        # The open page is closed by the broker at the expiry and says so.
+        await page.wait_for_selector("body[data-phase=login]", timeout=15000)
+        assert "credentials expired" in (await page.text_content("#login-error") or "")
+        # A page that loads them again is refused.
+        stored = json.dumps(json.dumps(creds))
+        await page.evaluate(f"sessionStorage.setItem('{CREDS_KEY}', {stored})")
         await page.reload()
         await page.wait_for_selector("body[data-phase=login]", timeout=15000)
         assert "expired" in (await page.text_content("#login-error") or "")

@@ -28,6 +28,7 @@ async def test_web_login_mints_scoped_credentials_that_expire(
     secret = generate_secret()
     request = ApiRequest(secret_hash=hash_secret(secret, GENERATED_SECRET_ITERATIONS), ttl_s=3.0)
     parts = [MeetingServer(), WebLogins(h.store)]
+    watcher = h.add_user("watcher", Role.CONTROLLER)  # sees the page's topics
     async with controller(h, tmp_path / "ctl.db", parts=parts), operator(h) as op:
         minted = await op.request(ApiOp.WEB_LOGIN, request)
         assert minted.ok, minted
@@ -49,17 +50,45 @@ async def test_web_login_mints_scoped_credentials_that_expire(
         with pytest.raises(aiomqtt.MqttError):
             async with mqtt_client(h, user, secret, client_id=f"{user}-2"):
                 pass
-        async with mqtt_client(h, user, secret) as web:
+        down, up = h.topics.meet_down(user), h.topics.meet_up(user)
+        will = aiomqtt.Will(up, b'{"type": "leave"}', qos=1)
+        async with (
+            mqtt_client(h, user, secret, will=will) as web,
+            mqtt_client(h, "watcher", watcher) as watch,
+        ):
+            await watch.subscribe(down, qos=1)
+            await watch.subscribe(up, qos=1)
             # Its own meet topics: a leave is answered on its down topic.
-            await web.subscribe(h.topics.meet_down(user), qos=1)
-            await web.publish(h.topics.meet_up(user), b'{"type": "leave"}', qos=1)
+            await web.subscribe(down, qos=1)
+            await web.publish(up, b'{"type": "leave"}', qos=1)
             async with asyncio.timeout(10):
                 async for message in web.messages:
-                    if str(message.topic) == h.topics.meet_down(user):
+                    if str(message.topic) == down:
                         assert b'"left"' in bytes(message.payload)  # type: ignore[arg-type]
                         break
-        # After its expiry the broker refuses it.
-        await asyncio.sleep(max(0.0, minted.until - time.time()) + 1.1)
+            # An open page loses its rights at its expiry, not at its next CONNECT: a
+            # message published after the expiry (the watcher's copy shows the broker
+            # routed it) never reaches the page, the broker closes it and its will goes out.
+            await asyncio.sleep(max(0.0, minted.until - time.time()) + 0.05)
+            marker = b'{"type": "after-expiry"}'
+            await watch.publish(down, marker, qos=1)
+            got: list[bytes] = []
+            wills = 0
+            async with asyncio.timeout(10):
+                async for message in watch.messages:
+                    payload = bytes(message.payload)  # type: ignore[arg-type]
+                    wills += str(message.topic) == up and b"leave" in payload
+                    if payload == marker:
+                        break
+            with pytest.raises(aiomqtt.MqttError):
+                await _receive_until_closed(web, got)
+            assert marker not in got
+            async with asyncio.timeout(10):
+                while wills < 2:  # the page's own leave, then its will
+                    message = await anext(aiter(watch.messages))
+                    payload = bytes(message.payload)  # type: ignore[arg-type]
+                    wills += str(message.topic) == up and b"leave" in payload
+        # And its next CONNECT is refused.
         with pytest.raises(aiomqtt.MqttError):
             async with mqtt_client(h, user, secret):
                 pass
@@ -67,6 +96,12 @@ async def test_web_login_mints_scoped_credentials_that_expire(
         again = await op.request(ApiOp.WEB_LOGIN, request)
         assert again.ok, again
         assert h.store.get(user) is None
+
+
+async def _receive_until_closed(client: aiomqtt.Client, got: list[bytes]) -> None:
+    async with asyncio.timeout(10):
+        async for message in client.messages:
+            got.append(bytes(message.payload))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from fleet.controller.store import Job
 from fleet.protocol.messages import (
@@ -14,8 +16,11 @@ from fleet.protocol.messages import (
     ApiResult,
     DeviceOutcome,
     DeviceResult,
+    Message,
 )
 from fleet.registry import Registry
+
+M = TypeVar("M", bound=Message)
 
 
 @dataclass(slots=True)
@@ -151,8 +156,8 @@ class CommandTracker:
         )
 
 
-def _within_budget(devices: list[DeviceResult]) -> list[DeviceResult]:
-    listed: list[DeviceResult] = []
+def _within_budget(devices: Sequence[M]) -> list[M]:
+    listed: list[M] = []
     size = 0
     for device in devices[:MAX_LISTED_DEVICES]:
         size += len(device.model_dump_json(exclude_none=True)) + 1
@@ -160,6 +165,21 @@ def _within_budget(devices: list[DeviceResult]) -> list[DeviceResult]:
             break
         listed.append(device)
     return listed
+
+
+def inventory(registry: Registry, request: ApiRequest) -> ApiResult:
+    """The `devices` op: one page, by id after `request.after`, of what the registry knows
+    of each device; `next` is where the following page starts."""
+    ids = sorted(d for d in registry.devices if request.after is None or d > request.after)
+    page = _within_budget([registry.devices[d].info() for d in ids[:MAX_LISTED_DEVICES]])
+    more = len(page) < len(ids)
+    return ApiResult(
+        id=request.id,
+        op=ApiOp.DEVICES.value,
+        ok=True,
+        inventory=page,
+        next=page[-1].device if more and page else None,
+    )
 
 
 def _detail(counts: dict[str, int], total: int) -> str:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import aiomqtt
 
-from fleet.controller.operations import CommandTracker, DesiredTracker
+from fleet.controller.operations import CommandTracker, DesiredTracker, inventory
 from fleet.controller.parts import ControllerPart
 from fleet.controller.store import DesiredRecord, Job, Store
 from fleet.errors import FleetError, ProtocolError
@@ -37,7 +37,7 @@ from fleet.mqtt import (
     subscribe,
 )
 from fleet.protocol import (
-    ID_PATTERN,
+    ID_RULE,
     ParsedTopic,
     TopicKind,
     Topics,
@@ -103,7 +103,7 @@ class Controller:
         # The broker binds client ids to users (protocol.md §11): by default the username.
         client_id = client_id or url.username or DEFAULT_CLIENT_ID
         if not is_valid_id(client_id):
-            raise ValueError(f"invalid controller client id {client_id!r}: must match {ID_PATTERN}")
+            raise ValueError(f"invalid controller client id {client_id!r}: {ID_RULE}")
         self.client_id = client_id
         self._api_root = f"{self.topics.prefix}/api/"
         # With the embedded broker the controller keeps device credentials' groups in step
@@ -509,6 +509,8 @@ class Controller:
             await self._start_desired_op(op, request)
         elif op is ApiOp.CMD:
             await self._start_command(request)
+        elif op is ApiOp.DEVICES:
+            await self._publish_result(inventory(self.registry, request))
         else:
             await self._api_error(
                 request.id, op.value, "unknown_op", f"no part serves {op.value!r}"

@@ -4,7 +4,8 @@ An operator (a controller-role user: only they may publish ``api/web-login``) as
 credentials for one browser; the controller mints a web-role user in the credential
 store the broker reads, with the hash of a secret the requester chose (the secret never
 crosses MQTT, and ``api/result`` is read by Home Assistant and other browsers too), and
-an expiry. The broker refuses the user after it (at CONNECT and on every message).
+an expiry. The broker refuses the user after it (at CONNECT and on every message) and
+closes a connection still open at it.
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from fleet.protocol.messages import Status
 from fleet.protocol.topics import Topics, ha_discovery_config
 
 MANUFACTURER = "espfleet"
@@ -48,15 +47,6 @@ class Shown:
 
     fw: str | None = None
     hw: str | None = None
-
-    @classmethod
-    def of(cls, status: Status | None, before: Shown | None = None) -> Shown:
-        """From a status; a value the status lacks (a will: `{"online": false}`) keeps
-        what was shown before, so going offline does not change the device's model."""
-        old = before or cls()
-        if status is None:
-            return old
-        return cls(status.fw or old.fw, status.hw or old.hw)
 
 
 def _value(key: str) -> str:

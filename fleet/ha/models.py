@@ -14,6 +14,7 @@ from typing import Literal
 
 from fleet.errors import PayloadTooLarge, ProtocolError
 from fleet.protocol.messages import Message, RoomName, State, Telemetry
+from fleet.protocol.topics import NAME_RULES
 
 # Commands are a word or a room name; anything longer is not from Home Assistant.
 MAX_COMMAND_BYTES = 256
@@ -107,5 +108,5 @@ def parse_room(payload: bytes, what: str) -> str:
     """A room name, as Home Assistant's select sends the chosen option."""
     text = _text(payload, what)
     if not _ROOM_RE.fullmatch(text):
-        raise ProtocolError(what, f"not a room name: {text[:64]!r}")
+        raise ProtocolError(what, f"invalid room name {text[:64]!r}: {NAME_RULES['room']}")
     return text

@@ -84,7 +84,6 @@ class _Device:
     # (by generation). None: no config published on this connection yet.
     shown: Shown | None = None
     rooms_gen: int = -1
-    known: Shown = field(default_factory=Shown)  # firmware and board of its last birth
     state: bytes = b""  # the state doc published last
     meeting: tuple[bool, str | None] = (False, None)  # its meeting part
     state_at: float = 0.0
@@ -256,7 +255,7 @@ class HomeAssistantPart(ControllerPart):
                 await self._publish_config(device_id, rec, dev)
 
     async def _publish_config(self, device_id: str, rec: DeviceRecord, dev: _Device) -> None:
-        shown = dev.known = Shown.of(rec.status, dev.known)
+        shown = Shown(rec.fw, rec.hw)
         if (dev.shown, dev.rooms_gen) == (shown, self._rooms_gen):
             return
         dev.shown, dev.rooms_gen = shown, self._rooms_gen
@@ -279,7 +278,7 @@ class HomeAssistantPart(ControllerPart):
         # A new device or a new firmware or board: its config at once. A config that only
         # lists old rooms waits in _stale_configs for the periodic task. A will (no
         # firmware, no board) changes nothing it shows.
-        if dev.shown != Shown.of(rec.status, dev.known):
+        if dev.shown != Shown(rec.fw, rec.hw):
             await self._publish_config(device_id, rec, dev)
         self._count(dev, rec.online, rec.online and in_meeting)
         meeting = (in_meeting, room)

@@ -5,6 +5,7 @@ from fleet.protocol.messages import MAX_PAYLOAD_BYTES, decode, decode_for, encod
 from fleet.protocol.topics import (
     DEFAULT_PREFIX,
     ID_PATTERN,
+    ID_RULE,
     ParsedTopic,
     TopicKind,
     Topics,
@@ -14,6 +15,7 @@ from fleet.protocol.topics import (
 __all__ = [
     "DEFAULT_PREFIX",
     "ID_PATTERN",
+    "ID_RULE",
     "MAX_PAYLOAD_BYTES",
     "ParsedTopic",
     "TopicKind",

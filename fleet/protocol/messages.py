@@ -488,6 +488,8 @@ class ApiOp(StrEnum):
     # transcripts (§8.5): an agent appends what was said; anyone with the API reads it
     TRANSCRIBE = "transcribe"
     TRANSCRIPT = "transcript"
+    # what the controller knows of each device, offline ones too (their last birth)
+    DEVICES = "devices"
 
 
 class TranscriptLine(Message):
@@ -528,7 +530,7 @@ class ApiRequest(Message):
     text: MessageText | None = None
     # sessions: how many of the newest sessions to list; rooms: how many rooms per page
     limit: Annotated[int, Field(ge=1, le=100)] = 20
-    # rooms: list the rooms whose names sort after this one (the previous page's `next`)
+    # rooms, devices: list the names that sort after this one (the previous page's `next`)
     after: RoomName | None = None
     # transcribe: one line of the session's transcript
     line: TranscriptLine | None = None
@@ -584,6 +586,7 @@ API_REQUIRED_FIELDS: dict[ApiOp, tuple[str, ...]] = {
     ApiOp.TRANSCRIBE: ("room", "line"),
     ApiOp.TRANSCRIPT: ("room",),
     ApiOp.WEB_LOGIN: ("secret_hash",),
+    ApiOp.DEVICES: (),
 }
 
 
@@ -616,6 +619,17 @@ MAX_LISTED_DEVICES = 256
 # A listed device costs ~90 bytes, but up to ~450 with a long detail: the list also stops
 # at this many encoded bytes, so a result stays well inside MAX_PAYLOAD_BYTES.
 MAX_LISTED_BYTES = 32 * 1024
+
+
+class DeviceInfo(Message):
+    """What the controller knows of a device: its presence and its last birth's firmware,
+    board and groups (None and [] when it has seen none)."""
+
+    device: DeviceId
+    online: bool
+    fw: ShortText | None = None
+    hw: ShortText | None = None
+    groups: list[GroupName] = Field(default_factory=list, max_length=32)
 
 
 class RoomInfo(Message):
@@ -684,7 +698,9 @@ class ApiResult(Message):
     counts: dict[str, Count] = Field(default_factory=dict)
     # the meeting server's ops
     rooms: list[RoomInfo] = Field(default_factory=list, max_length=256)
-    # rooms: more rooms follow; ask again with `after` set to this
+    # devices: what the controller knows of each, one page (MAX_LISTED_DEVICES at most)
+    inventory: list[DeviceInfo] = Field(default_factory=list, max_length=MAX_LISTED_DEVICES)
+    # rooms, devices: more follow; ask again with `after` set to this
     next: RoomName | None = None
     sessions: list[SessionInfo] = Field(default_factory=list, max_length=100)
     transcript: list[TranscriptLine] = Field(default_factory=list, max_length=MAX_TRANSCRIPT_LINES)

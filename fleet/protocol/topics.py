@@ -13,10 +13,10 @@ DEFAULT_PREFIX = "fleet/v1"
 ID_PATTERN = r"[a-z0-9][a-z0-9-]{0,63}"
 ROOM_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
 # What each kind of name allows, in words, for error messages people read.
-_ID_RULE = "use 1-64 of a-z, 0-9 and '-', starting with a letter or digit"
+ID_RULE = "use 1-64 of a-z, 0-9 and '-', starting with a letter or digit"
 NAME_RULES = {
-    "device": _ID_RULE,
-    "group": _ID_RULE,
+    "device": ID_RULE,
+    "group": ID_RULE,
     "room": "use 1-64 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit",
 }
 # Matched with fullmatch: a Python `$` would also accept a trailing newline.
@@ -321,4 +321,4 @@ def _check_entity(entity: str) -> None:
 
 def _check_id(value: str, what: str) -> None:
     if not ID_RE.fullmatch(value):
-        raise ValueError(f"invalid {what} {value!r}: must match {ID_PATTERN}")
+        raise ValueError(f"invalid {what} {value!r}: {ID_RULE}")

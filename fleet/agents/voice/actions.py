@@ -92,7 +92,7 @@ class FleetActions:
         """Spoken name → device or group, from the registry (devices win a clash)."""
         out: dict[str, Target] = {}
         for rec in self.link.client.registry.devices.values():
-            for group in rec.status.groups if rec.status and rec.status.groups else []:
+            for group in rec.groups:
                 out.setdefault(spoken(group), Target("group", group))
         for device_id in self.link.client.registry.devices:
             out[spoken(device_id)] = Target("device", device_id)

@@ -100,7 +100,12 @@ function connect(creds) {
     signedOut(refused ? "the broker refused these credentials (expired?): sign in again" : `broker: ${err.message}`);
   });
   client.on("close", () => {
-    if (document.body.dataset.phase === "live") signedOut("disconnected from the broker: sign in again");
+    if (document.body.dataset.phase !== "live") return;
+    // The broker closes a page whose credentials expire (docs/protocol.md 11.2).
+    const expired = Date.now() / 1000 >= creds.until;
+    signedOut(
+      expired ? "your credentials expired: sign in again" : "disconnected from the broker: sign in again",
+    );
   });
 }
 
