@@ -508,7 +508,8 @@ def demo(
                 highlight=False,
             )
             async with FleetClient(stack.operator_url, stack.controller.topics) as fleet:
-                await _step(fleet, ApiOp.ROOM_CREATE, demo_room(room, devices))
+                seats = demo_room(room, devices, agents=int(agent is not None))
+                await _step(fleet, ApiOp.ROOM_CREATE, seats)
                 sent = time.monotonic()
                 joined = await _step(fleet, ApiOp.JOIN_ALL, ApiRequest(room=room, timeout_s=20))
                 if agent == "assistant":

@@ -292,3 +292,14 @@ async def test_a_backend_down_or_slow_gets_a_spoken_cannot_and_one_log_line(
             # Still listening: the agent is not hung on the endpoint.
             assert agent._worker is not None
             assert not agent._worker.done()
+
+
+async def test_the_assistant_demo_exits_0(tmp_path: Path) -> None:
+    """`fleet demo --agent assistant` as a user runs it (its own stack, on the default
+    broker): dev-2 is muted by voice and the spoken answer is recognized back."""
+    code, out, err = await fleet_cli("demo", "--agent", "assistant", home=tmp_path, timeout=120)
+    assert code == 0, (out, err)
+    assert "said: mute dev two" in out
+    assert "assistant answers: dev two is muted." in out
+    assert "demo passed" in out
+    assert "Traceback" not in err
