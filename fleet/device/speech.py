@@ -24,6 +24,7 @@ from fleet.device.sim import SimulatedDevice
 from fleet.media.frames import SAMPLE_RATE, rms, samples_of
 from fleet.media.sinks import FanoutSink
 from fleet.media.sources import PushSource, SharedSource
+from fleet.protocol.messages import MIXER_PARTICIPANT, MediaPath
 
 LOUD = 0.01  # RMS (of full scale) above which a 20 ms frame counts as sound, not silence
 
@@ -107,9 +108,14 @@ class SpeakingDriver(AudioMeetingDriver):
         return Spoken(text, start, start + samples.size / SAMPLE_RATE)
 
     def peer_of(self, pid: str) -> str | None:
-        """The participant id of the peer `pid` in our session."""
-        peers = self.participant.peers if self.participant is not None else {}
-        return next((p for p, info in peers.items() if info.pid == pid), None)
+        """The participant id of the peer whose stream carries `pid`'s voice: `pid`'s own
+        in a mesh, the mixer's in a mixed session (the mix of everyone but us)."""
+        part = self.participant
+        if part is None:
+            return None
+        if part.media is MediaPath.MIXED:
+            return MIXER_PARTICIPANT if MIXER_PARTICIPANT in part.peers else None
+        return next((p for p, info in part.peers.items() if info.pid == pid), None)
 
     async def hear_answer(
         self,
