@@ -32,7 +32,7 @@ from fleet.device.speech import SpeakingDriver, words
 from fleet.mqtt import BrokerUrl
 from fleet.protocol.messages import ApiOp, ApiRequest
 
-PHRASES = ["what room is this", "how many devices are online"]
+PHRASES = ["what room is this", "how many devices are online", "mute dev two", "unmute dev two"]
 LONG_ANSWER = "what can you do"
 TALK_OVER = "hold on a moment please"
 
