@@ -13,7 +13,7 @@ from fleet.controller.meetings import DEFAULT_MESH_CAP
 from fleet.device.audio import AudioMeetingDriver, DeviceHearing
 from fleet.device.sim import SimFleet
 from fleet.device.workers import SimWorkers
-from fleet.protocol.messages import MIXER_PARTICIPANT, ApiRequest, MediaPath, RoomMedia
+from fleet.protocol.messages import ApiRequest, RoomMedia
 from fleet.stack import Stack
 
 POLL_S = 0.1
@@ -154,7 +154,7 @@ async def assistant_demo(stack: Stack, room: str, say: Callable[[str], None]) ->
     from fleet.agents.voice.pipeline import CANNOT, VoiceAgent
     from fleet.agents.voice.stt import PocketSphinxSTT
     from fleet.agents.voice.tts import EspeakTTS
-    from fleet.device.speech import SpeakingDriver, words
+    from fleet.device.speech import SpeakingDriver, voice_peer, words
 
     check = AssistantCheck("mute dev two")
     url = stack.add_user(ASSISTANT_PID, Role.AGENT)
@@ -167,20 +167,18 @@ async def assistant_demo(stack: Stack, room: str, say: Callable[[str], None]) ->
     assert isinstance(talker, SpeakingDriver)
     assert isinstance(listener, SpeakingDriver)
     async with agent_in_room(url, ASSISTANT_PID, room, agent, stack.controller.topics) as me:
-        # Its peers: dev-1 and dev-2 in a mesh, the mixer (the mix of both) in a mixed room.
-        def talker_peer() -> str | None:
-            if me.media is MediaPath.MIXED:
-                return MIXER_PARTICIPANT if MIXER_PARTICIPANT in me.peers else None
-            return next((p for p, i in me.peers.items() if i.pid == "dev-1"), None)
+        # dev-1's own stream in a mesh, the mixer's in a mixed room.
+        def talker_peer() -> str:
+            return voice_peer(me, "dev-1") or ""
 
-        await _until(lambda: talker_peer() is not None and listener.peer_of(ASSISTANT_PID), 15)
+        await _until(lambda: bool(talker_peer() and listener.peer_of(ASSISTANT_PID)), 15)
         assert me.mesh is not None
         await me.mesh.wait_connected(timeout=20)
         await listener.mesh.wait_connected(timeout=20)
         await talker.mesh.wait_connected(timeout=20)
         # Speak once the talker's audio reaches the assistant: a new connection's first
         # fraction of a second is lost while its jitter buffer fills.
-        await _until(lambda: agent.hears_from(talker_peer() or ""), 15)
+        await _until(lambda: agent.hears_from(talker_peer()), 15)
         await asyncio.sleep(0.5)
         names = ", ".join(agent.actions.targets()) if agent.actions else "none"
         say(f"assistant {ASSISTANT_PID} is in {room}, knows {names}; dev-1 says: {check.command!r}")
