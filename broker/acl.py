@@ -13,7 +13,8 @@ The rules, by role:
   and ``ha/#``. So it cannot forge the state docs under ``ha/`` nor write discovery.
 - agent (username == participant id): publishes its own ``meet/{id}/up`` and the ops of
   ``api/{op}`` in AGENT_API_OPS; reads ``meet/{id}/down``, device status/state and
-  ``api/result``; both on ``sync/{id}-api`` (its API client's loopback).
+  ``api/result``; both on ``sync/{id}-api`` (its API client's loopback); on Mosquitto
+  it also reads ``api/reply/{id}-api`` (MQTT 5 results; amqtt speaks 3.1.1 only).
 - web (one person's browser, username == its participant pid): publishes only
   ``meet/{name}/up`` and the person's API ops (``WEB_API_OPS``: meetings, rooms,
   sessions, say); reads ``meet/{name}/down``, device status/state/tele, ``api/result``

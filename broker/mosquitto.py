@@ -92,11 +92,15 @@ def mosquitto_acl(store: CredentialStore, prefix: str = DEFAULT_PREFIX) -> str:
                 f"topic read {p}/dev/+/tele",
                 f"topic read {p}/api/result",
             ]
-        elif cred.role is Role.AGENT:  # meet/%u/... comes from the patterns above
+        elif cred.role is Role.AGENT:  # the username is its participant id
             lines.append(f"user {cred.username}")
             lines.extend(f"topic write {p}/api/{op.value}" for op in AGENT_API_OPS)
             lines += [
+                f"topic write {t.meet_up(cred.username)}",
+                f"topic read {t.meet_down(cred.username)}",
                 f"topic readwrite {p}/sync/{cred.username}-api",
+                # Its API client's MQTT 5 inbox (client id `{username}-api`, as sync's).
+                f"topic read {t.api_reply(cred.username + '-api')}",
                 f"topic read {p}/dev/+/status",
                 f"topic read {p}/dev/+/state",
                 f"topic read {p}/api/result",

@@ -51,7 +51,7 @@ from fleet.controller.web_login import WebLogins
 from fleet.device.bulk import BulkFleet
 from fleet.device.sim import MeetingDriver, SimFleet, device_ids
 from fleet.device.tones import TONE_SLOTS
-from fleet.device.workers import auto_procs
+from fleet.device.workers import IN_PROCESS_UP_TO, auto_procs
 from fleet.errors import FleetError, ProtocolError
 from fleet.ha import HomeAssistantPart, HomeAssistantSettings
 from fleet.ha.part import DEFAULT_ROOM
@@ -485,13 +485,17 @@ def demo(
     if agent not in (None, "assistant"):
         fail(f"--agent {agent!r}: the demo knows only 'assistant'", Exit.USAGE)
     settings = load_settings(home=home)
+    agents = int(agent is not None)
+    if agent == "assistant" and auto_procs(devices):
+        # The assistant demo speaks through devices of its own process.
+        fail(f"--agent assistant: at most {IN_PROCESS_UP_TO} devices", Exit.USAGE)
 
     config = StackConfig(
         home=settings.home,
         devices=devices,
         port=port or free_port(),
         tele_interval_s=2.0,
-        mixer=needs_mixer(devices),
+        mixer=needs_mixer(devices + agents),
         sim_procs=auto_procs(devices),
     )
     if agent == "assistant":
@@ -511,7 +515,8 @@ def demo(
                 highlight=False,
             )
             async with FleetClient(stack.operator_url, stack.controller.topics) as fleet:
-                await _step(fleet, ApiOp.ROOM_CREATE, demo_room(room, devices))
+                seats = demo_room(room, devices, agents)
+                await _step(fleet, ApiOp.ROOM_CREATE, seats)
                 sent = time.monotonic()
                 joined = await _step(fleet, ApiOp.JOIN_ALL, ApiRequest(room=room, timeout_s=20))
                 if agent == "assistant":

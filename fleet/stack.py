@@ -90,6 +90,15 @@ class Stack:
             if self.workers is not None:
                 await self.workers.wait_connected(timeout)
 
+    def add_user(self, username: str, role: Role) -> BrokerUrl:
+        """A broker user of the stack's own (an agent, say), usable at once: Mosquitto is
+        made to read it now (its file watcher would take a while; amqtt reads per login)."""
+        store = CredentialStore(self.config.home / "credentials.json")
+        secret = store.add(username, role, replace=True)
+        if isinstance(self.broker, MosquittoBroker):
+            self.broker.reload()
+        return self.operator_url.with_credentials(username, secret)
+
     def failed(self) -> BaseException | None:
         for task in self.tasks:
             if task.done() and not task.cancelled() and task.exception() is not None:

@@ -36,6 +36,7 @@ def users(creds_store: CredentialStore) -> CredentialStore:
     creds_store.add("dev-2", Role.DEVICE)
     creds_store.add("controller", Role.CONTROLLER)
     creds_store.add("homeassistant", Role.HOMEASSISTANT)
+    creds_store.add("agent-1", Role.AGENT)
     return creds_store
 
 
@@ -100,6 +101,14 @@ def test_acl_text(users: CredentialStore) -> None:
     assert f"topic read {P}/ha/#" in ha
     assert f"topic write {P}/api/result" not in ha
     assert f"topic read {P}/dev/+/state" in ha
+    # An agent meets as itself (as broker/acl.py lets it), and only as itself.
+    agent = sections["agent-1"]
+    assert {
+        f"topic write {P}/meet/agent-1/up",
+        f"topic read {P}/meet/agent-1/down",
+        f"topic read {P}/api/reply/agent-1-api",  # its API client's MQTT 5 results
+    } <= set(agent)
+    assert not [line for line in agent if "/meet/" in line and "agent-1" not in line]
 
 
 def test_run_as(users: CredentialStore, tmp_path: Path) -> None:
@@ -120,7 +129,7 @@ def test_cli_config_runs_in_mosquitto(users: CredentialStore, tmp_path: Path) ->
         args += ["--run-as", "root"]  # else mosquitto drops to its own user, can't read 0600
     res = CliRunner().invoke(broker_app, args)
     assert res.exit_code == 0, res.output
-    assert "4 users" in res.stdout
+    assert "5 users" in res.stdout
     conf = out_dir / "mosquitto.conf"
     proc = subprocess.Popen(
         [mosquitto_bin(), "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT

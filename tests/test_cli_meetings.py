@@ -54,6 +54,8 @@ async def test_demo_meets_with_real_audio_and_exits_0(tmp_path: Path) -> None:
         (["agent", "join", "standup", "--id", "Not_An_Id"], "--id"),
         (["sim", "--codec", "opus"], "need --audio"),
         (["sim", "--audio", "--codec", "speex"], "unknown codecs"),
+        (["demo", "--agent", "karaoke"], "knows only 'assistant'"),
+        (["demo", "--agent", "assistant", "--devices", "9"], "at most 8 devices"),
     ],
 )
 async def test_bad_meeting_arguments_exit_2(tmp_path: Path, args: list[str], message: str) -> None:

@@ -24,6 +24,8 @@ from fleet.device.sim import SimulatedDevice
 from fleet.media.frames import SAMPLE_RATE, rms, samples_of
 from fleet.media.sinks import FanoutSink
 from fleet.media.sources import PushSource, SharedSource
+from fleet.participant import MeetingParticipant
+from fleet.protocol.messages import MIXER_PARTICIPANT, MediaPath
 
 LOUD = 0.01  # RMS (of full scale) above which a 20 ms frame counts as sound, not silence
 
@@ -31,6 +33,15 @@ LOUD = 0.01  # RMS (of full scale) above which a 20 ms frame counts as sound, no
 def words(text: str) -> str:
     """Text as a recognizer writes it: lowercase words, no punctuation."""
     return " ".join(re.sub(r"[^a-z' ]", " ", text.lower()).split())
+
+
+def voice_peer(participant: MeetingParticipant, pid: str) -> str | None:
+    """The participant id of the peer whose stream carries `pid`'s voice to `participant`:
+    `pid`'s own in a mesh, the mixer's in a mixed session (the mix of all the others)."""
+    peers = participant.peers
+    if participant.media is MediaPath.MIXED:
+        return MIXER_PARTICIPANT if MIXER_PARTICIPANT in peers else None
+    return next((p for p, info in peers.items() if info.pid == pid), None)
 
 
 @dataclass(frozen=True)
@@ -107,9 +118,7 @@ class SpeakingDriver(AudioMeetingDriver):
         return Spoken(text, start, start + samples.size / SAMPLE_RATE)
 
     def peer_of(self, pid: str) -> str | None:
-        """The participant id of the peer `pid` in our session."""
-        peers = self.participant.peers if self.participant is not None else {}
-        return next((p for p, info in peers.items() if info.pid == pid), None)
+        return voice_peer(self.participant, pid) if self.participant is not None else None
 
     async def hear_answer(
         self,

@@ -44,6 +44,16 @@ def wall(monotonic: float) -> float:
     return time.time() - (time.monotonic() - monotonic)
 
 
+@dataclass(frozen=True)
+class Interruption:
+    """One barge-in: when the talker's speech was heard starting (its first voiced frame's
+    arrival, monotonic), when the answer was cut off, and how much of it was dropped."""
+
+    heard: float
+    stopped: float
+    dropped_s: float
+
+
 @dataclass
 class Said:
     """One answer: its text, and when its audio was handed to the mesh (monotonic)."""
@@ -73,7 +83,7 @@ class VoiceAgent(Agent):
         self.link: ApiLink | None = None
         self.turns: list[Turn] = []  # the transcript, one entry per understood turn
         self.said: list[Said] = []
-        self.interruptions: list[float] = []  # monotonic times answers were cut off
+        self.interruptions: list[Interruption] = []
         self._context: AgentContext | None = None
         self._endpointers: dict[str, Endpointer] = {}
         self._queue: asyncio.Queue[tuple[str, Utterance]] = asyncio.Queue()
@@ -130,19 +140,16 @@ class VoiceAgent(Agent):
 
     def _speech_started(self, peer: str, at: float) -> None:
         if self.speaking:
-            self.interrupt(f"{self.name_of(peer)} talked over it")
+            self.interrupt(f"{self.name_of(peer)} talked over it", heard=at)
 
-    def interrupt(self, why: str) -> None:
+    def interrupt(self, why: str, heard: float | None = None) -> None:
         """Barge-in: stop talking now and drop whatever was still to be said."""
         self._generation += 1
         dropped = sum(v.clear() for v in self._voices.values())
-        self.interruptions.append(time.monotonic())
-        log.info(
-            "%s: stopped talking (%s); %.1fs of speech dropped",
-            self.name,
-            why,
-            dropped / SAMPLE_RATE / max(1, len(self._voices)),
-        )
+        dropped_s = dropped / SAMPLE_RATE / max(1, len(self._voices))
+        now = time.monotonic()
+        self.interruptions.append(Interruption(now if heard is None else heard, now, dropped_s))
+        log.info("%s: stopped talking (%s); %.1fs of speech dropped", self.name, why, dropped_s)
 
     # --- turns --------------------------------------------------------------------------------
     async def _work(self) -> None:

@@ -5,7 +5,10 @@ JSGF grammar of exactly those (the only way pocketsphinx's general model copes w
 fleet's commands), and rejects speech that fits none: a grammar forces every utterance
 onto its best phrase, so a turn whose words score below `reject_below` (mean acoustic log
 score per voiced frame) is "no command". Without phrases it uses the general language
-model. `OpenAISTT` posts a WAV to any OpenAI-compatible /audio/transcriptions.
+model. Loading the model holds the interpreter for about half a second (the GIL too, so
+a thread does not help): build a `PocketSphinxSTT` before audio flows, never during a
+meeting, where the stall would drop the audio this process sends. `OpenAISTT` posts a
+WAV to any OpenAI-compatible /audio/transcriptions.
 """
 
 from __future__ import annotations
