@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,9 +171,14 @@ def cjson_failure() -> str:
 class Inbox:
     """Every message the controller-side client receives, with waiting helpers."""
 
-    def __init__(self, client: aiomqtt.Client) -> None:
+    def __init__(
+        self,
+        client: aiomqtt.Client,
+        respond: Callable[[aiomqtt.Message], Awaitable[None]] | None = None,
+    ) -> None:
         self.client = client
         self.messages: list[aiomqtt.Message] = []
+        self._respond = respond  # answers some messages, as a server would
         self._event = asyncio.Event()
         self._task = asyncio.create_task(self._pump())
 
@@ -181,6 +186,8 @@ class Inbox:
         async for message in self.client.messages:
             self.messages.append(message)
             self._event.set()
+            if self._respond is not None:
+                await self._respond(message)
 
     async def wait(
         self, topic: str, pred: Callable[[bytes], bool] = lambda _: True, *, start: int = 0

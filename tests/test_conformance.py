@@ -48,10 +48,12 @@ from fleet.protocol.messages import (
     ApiRequest,
     Capabilities,
     DeviceOutcome,
+    MeetJoined,
     State,
     Status,
     Telemetry,
     decode,
+    encode,
 )
 
 __all__ = ["build"]  # the session-scoped fixture (tests/firmware_build.py), found here by pytest
@@ -187,12 +189,25 @@ class Wire:
         self.status_t, self.state_t = t.status(device_id), t.state(device_id)
         self.ack_t, self.tele_t = t.ack(device_id), t.tele(device_id)
         self.cmd_t, self.desired_t = t.cmd(device_id), t.desired(device_id)
-        self.inbox = Inbox(client)
+        self.meet_up_t = t.meet_up(device_id)
+        self.inbox = Inbox(client, self._meeting_server)
         self._n = 0
 
     @property
     def topics(self) -> list[str]:
-        return [self.status_t, self.state_t, self.ack_t, self.tele_t]
+        return [self.status_t, self.state_t, self.ack_t, self.tele_t, self.meet_up_t]
+
+    async def _meeting_server(self, message: aiomqtt.Message) -> None:
+        """Answers a device's join as the meeting server would, alone in the room: a device
+        that signals (the C core) reports a join's rev once it is confirmed (section 5)."""
+        if message.topic.value != self.meet_up_t:
+            return
+        up = json.loads(bytes(message.payload))
+        if up.get("type") == "join":
+            joined = MeetJoined(
+                type="joined", room=up["room"], session="s-conf", participant="p-conf"
+            )
+            await self.client.publish(self.t.meet_down(self.id), encode(joined), qos=1)
 
     def mark(self) -> int:
         return len(self.inbox.messages)
@@ -576,7 +591,8 @@ async def test_reported_state_fields(booted: tuple[DeviceUnderTest, Wire]) -> No
     assert set(raw) == {"rev", "meeting", "mic", "volume", "ts"}
     assert raw["rev"] == 11
     assert raw["meeting"]["room"] == "standup"
-    assert set(raw["meeting"]) <= {"room", "peers"}  # no session without a meeting server
+    # Alone in the room; a device that signals has the session of the wire's stand-in server.
+    assert set(raw["meeting"]) <= {"room", "peers", "session", "participant"}
     assert raw["meeting"].get("peers", []) == []
     assert raw["mic"] is False
     assert raw["volume"] == 35
@@ -904,6 +920,7 @@ async def test_explicit_null_is_an_absent_field(
     _, w = booted
     start = w.mark()
     await w.desired({"rev": 4, "meeting": {"room": "standup", "mic": None, "volume": None}})
+    await w.state(lambda s: s.rev == 4)  # a signalling device's join is answered first
     await w.ping()
     applied = [decode(State, m.payload) for m in w.messages(w.state_t, start)]
     assert [(st.rev, st.mic) for st in applied if st.rev == 4] == [(4, True)]

@@ -36,7 +36,7 @@ from firmware_build import (
 from firmware_build import IN_CI as _IN_CI
 from firmware_build import run_tool as _run
 
-from fleet.protocol.messages import Ack, AckCode, State, Status, decode
+from fleet.protocol.messages import Ack, AckCode, MeetJoined, State, Status, decode, encode
 
 SEED_CORPUS = HOST_DIR / "fuzz" / "corpus"
 MEDIA_SEED_CORPUS = HOST_DIR / "fuzz" / "media_corpus"
@@ -194,18 +194,26 @@ async def test_host_device_against_broker(
             assert birth.caps.codecs == []
             assert birth.ts is not None
 
-            # Own desired doc: state reports rev 5 and the room; no session without audio.
+            # Own desired doc: the device asks to join; until the meeting server answers, its
+            # state shows the room at the rev before (protocol.md 5: a rev is reported once
+            # what it asks holds), then rev 5 with the session.
             await ctl.publish(
                 t.desired(dev),
                 json.dumps({"rev": 5, "meeting": {"room": "standup", "mic": True}}),
                 qos=1,
                 retain=True,
             )
-            st = _state(await inbox.wait(state, lambda p: _state(p).rev == 5))
+            st = _state(await inbox.wait(state, lambda p: _state(p).meeting is not None))
+            assert st.rev == 0
             assert st.meeting is not None
             assert st.meeting.room == "standup"
             assert st.meeting.session is None
-            assert st.meeting.participant is None
+            joined = MeetJoined(type="joined", room="standup", session="s-1", participant="p-1")
+            await ctl.publish(t.meet_down(dev), encode(joined), qos=1)
+            st = _state(await inbox.wait(state, lambda p: _state(p).rev == 5))
+            assert st.meeting is not None
+            assert st.meeting.room == "standup"
+            assert (st.meeting.session, st.meeting.participant) == ("s-1", "p-1")
             assert st.mic
 
             # A group doc with a higher rev and no meeting wins.

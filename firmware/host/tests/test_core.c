@@ -204,7 +204,8 @@ static void test_desired_applies_and_reports(void)
     fleet_state_t *st = last_state();
     CHECK(st != NULL);
     if (st != NULL) {
-        CHECK_INT(st->rev, 5);
+        /* Joining: the room shows, but rev 5 only once the meeting server confirms. */
+        CHECK_INT(st->rev, 0);
         CHECK(st->has_meeting);
         CHECK_STR(st->meeting.room, "standup");
         CHECK(st->meeting.session == NULL && st->meeting.participant == NULL);
@@ -214,6 +215,18 @@ static void test_desired_applies_and_reports(void)
                                               "\"audio\":false,\"mic\":false,\"speaker\":false,"
                                               "\"codecs\":[]}}");
     CHECK_INT(core.phase, FLEET_MEET_JOINING);
+    deliver("meet/dev-1/down", "{\"type\":\"joined\",\"room\":\"standup\",\"session\":\"s-1\","
+                               "\"participant\":\"p-1\",\"peers\":[]}");
+    st = last_state();
+    CHECK(st != NULL && st->rev == 5 && st->meeting.session != NULL);
+
+    /* A refused join reports its rev at once, with the error: the controller counts it failed. */
+    deliver("dev/dev-1/desired", "{\"rev\":6,\"meeting\":{\"room\":\"retro\"}}");
+    st = last_state();
+    CHECK(st != NULL && st->rev == 5);
+    deliver("meet/dev-1/down", "{\"type\":\"error\",\"code\":\"room_full\",\"detail\":\"cap 3\"}");
+    st = last_state();
+    CHECK(st != NULL && st->rev == 6 && st->error != NULL);
     check_publishes_valid();
 }
 
@@ -239,7 +252,8 @@ static void test_highest_rev_wins_never_backwards(void)
     /* A newer one from grp/all applies. */
     deliver("grp/all/desired", "{\"rev\":8,\"meeting\":{\"room\":\"all-hands\",\"mic\":false}}");
     st = last_state();
-    CHECK(st != NULL && st->rev == 8 && st->has_meeting && !st->mic);
+    CHECK(st != NULL && st->rev == 7 && st->has_meeting && !st->mic); /* joining */
+    CHECK_INT(core.applied_rev, 8);
     CHECK_STR(st != NULL ? st->meeting.room : "", "all-hands");
     check_publishes_valid();
 }
@@ -359,7 +373,8 @@ static void test_until_past_means_no_meeting(void)
     /* A future until holds until the clock passes it. */
     deliver("dev/dev-1/desired", "{\"rev\":4,\"meeting\":{\"room\":\"now\",\"until\":1700000010}}");
     st = last_state();
-    CHECK(st != NULL && st->rev == 4 && st->has_meeting);
+    CHECK(st != NULL && st->rev == 3 && st->has_meeting); /* joining */
+    CHECK_INT(core.applied_rev, 4);
     fp.unix_now = 1700000009.0;
     (void)fleet_core_tick(&core);
     CHECK(core.has_meeting);

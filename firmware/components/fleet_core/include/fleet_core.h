@@ -130,6 +130,9 @@ typedef struct fleet_core {
     /* desired state: [0] own, [1] grp/all, [2 + i] groups[i] */
     fleet_source_t sources[FLEET_SOURCES];
     int64_t applied_rev;
+    /* What state reports: applied_rev once what it asks holds; while a join is unanswered,
+     * the rev before it, so nobody counts the device converged early (protocol.md 5). */
+    int64_t reported_rev;
     bool has_meeting; /* the applied intent has a meeting */
     fleet_intent_t meeting;
     char error[FLEET_TEXT_BYTES]; /* reported in state when not empty */

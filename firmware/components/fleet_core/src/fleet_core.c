@@ -233,7 +233,10 @@ static size_t encode_state(fleet_core_t *core, char *buf, size_t cap, bool with_
 {
     fleet_state_t st; /* about 300 bytes on a 32-bit target: fine on the core's task stack */
     memset(&st, 0, sizeof st);
-    st.rev = core->applied_rev;
+    if (core->phase != FLEET_MEET_JOINING) {
+        core->reported_rev = core->applied_rev; /* joined, refused, idle: it holds */
+    }
+    st.rev = core->reported_rev;
     st.mic = true;
     if (core->has_meeting) {
         st.has_meeting = true;
@@ -278,7 +281,7 @@ void fleet_core_publish_state(fleet_core_t *core)
     }
     if (fleet_core_publish(core, core->t_state, core->out, n, 1, true)) {
         fleet_core_logf(core, FLEET_LOG_INFO, TAG, "state published: rev %lld, meeting %s (%s)",
-                        (long long)core->applied_rev, core->has_meeting ? core->meeting.room : "-",
+                        (long long)core->reported_rev, core->has_meeting ? core->meeting.room : "-",
                         fleet_meet_phase_name(core->phase));
     }
 }
