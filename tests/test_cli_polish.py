@@ -337,6 +337,14 @@ async def test_an_offline_device_keeps_its_firmware_and_groups(
     assert json.loads(out)[0]["fw"] is None
     assert "no controller answered" in err
     assert "offline devices show no firmware, board or groups" in err
+    # A controller started again on its database still knows what the offline device is.
+    async with controller(h, tmp_path / "c.db"):
+        code, out, err = await fleet("devices", "--json", *common, home=tmp_path)
+        assert code == 0, err
+        assert (json.loads(out)[0]["fw"], json.loads(out)[0]["groups"]) == (
+            FIRMWARE_VERSION,
+            ["kitchen"],
+        )
 
 
 async def test_ctrl_c_during_join_all_says_the_intent_stays(

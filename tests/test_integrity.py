@@ -190,55 +190,51 @@ async def test_joins_during_an_expiry_are_never_undone(
 async def test_a_device_unknown_at_a_lapse_never_falls_back_to_an_older_intent(
     any_broker: BrokerHandle, tmp_path: Path
 ) -> None:
-    """A device the controller did not know when an intent lapsed (offline, its retained
-    state gone, as after a broker restart) comes back: it must not fall back to the older
-    intent the lapsed one replaced. With a set clock it stays out at the lapsed rev; without
-    one (a board before SNTP) it joins the lapsed meeting and is told to leave."""
+    """A device the controller has never seen (off during both intents) comes up after an
+    intent lapsed: it must not fall back to the older intent the lapsed one outranked. With a
+    set clock it stays out at the lapsed rev; without one (a board before SNTP) it joins the
+    lapsed meeting and is told to leave."""
     t = any_broker.topics
-    secrets = register_devices(any_broker, 3)
+    secrets = register_devices(any_broker, 3, groups=("kitchen",))
     late = {"dev-3": secrets.pop("dev-3")}
-    db = tmp_path / "ctl.db"
-    async with sim_fleet(any_broker, secrets) as fleet, operator(any_broker) as op:
-        async with controller(any_broker, db), sim_fleet(any_broker, late):
-            older = await op.request(ApiOp.JOIN, ApiRequest(device="dev-3", room="retro"))
-            assert older.ok, older.detail
-        # Forget dev-3 as a lost retained store would: then a controller restart does not know it.
-        async with wire(any_broker) as w:
-            for topic in (t.status("dev-3"), t.state("dev-3")):
-                await w.publish(topic, b"", qos=1, retain=True)
-        async with controller(any_broker, db) as ctl:
-            await wait_for(lambda: ctl.synced, what="synced")
-            assert "dev-3" not in ctl.registry.devices
-            lapsing = await op.request(ApiOp.JOIN_ALL, ApiRequest(room="standup", for_s=0.5))
-            assert lapsing.ok, lapsing.detail
-            assert lapsing.rev is not None
-            await wait_for(lambda: lapsing.rev in ctl.store.ended_revs(), what="the lapse")
-            assert all(d.meeting is None for d in fleet.devices)
+    async with (
+        sim_fleet(any_broker, secrets, groups=("kitchen",)) as fleet,
+        operator(any_broker) as op,
+        controller(any_broker, tmp_path / "ctl.db") as ctl,
+    ):
+        older = await op.request(ApiOp.JOIN_ALL, ApiRequest(group="kitchen", room="retro"))
+        assert older.ok, older.detail
+        lapsing = await op.request(ApiOp.JOIN_ALL, ApiRequest(room="standup", for_s=0.5))
+        assert lapsing.ok, lapsing.detail
+        assert lapsing.rev is not None
+        await wait_for(lambda: lapsing.rev in ctl.store.ended_revs(), what="the lapse")
+        await wait_for(lambda: all(d.meeting is None for d in fleet.devices), what="all out")
+        assert "dev-3" not in ctl.registry.devices
 
-            base = BrokerUrl.parse(f"mqtt://{any_broker.host}:{any_broker.port}")
-            config = DeviceConfig("dev-3", late["dev-3"], [], 30.0)
-            for clock_set in (True, False):
-                dev = SimulatedDevice(config, base, t)
-                dev.clock_set = clock_set
-                task = asyncio.create_task(dev.run())
-                try:
-                    await wait_for(lambda d=dev: d.reported_rev > 0, what="dev-3 applies a doc")
-                    applied = dev.reconciler.applied.rev
-                    assert applied >= lapsing.rev, f"fell back to rev {applied}"
-                    if clock_set:
-                        assert dev.meeting is None
-                        assert dev.reported_rev == lapsing.rev
-                    else:
-                        # It joined the lapsed meeting: the controller sees it there.
-                        await wait_for(
-                            lambda d=dev: d.meeting is None and d.reported_rev > lapsing.rev,
-                            what="the leave for a device in an ended intent's meeting",
-                        )
-                        assert ctl.store.desired_rev("dev", "dev-3") == dev.reported_rev
-                finally:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+        base = BrokerUrl.parse(f"mqtt://{any_broker.host}:{any_broker.port}")
+        config = DeviceConfig("dev-3", late["dev-3"], ["kitchen"], 30.0)
+        for clock_set in (True, False):
+            dev = SimulatedDevice(config, base, t)
+            dev.clock_set = clock_set
+            task = asyncio.create_task(dev.run())
+            try:
+                await wait_for(lambda d=dev: d.reported_rev > 0, what="dev-3 applies a doc")
+                applied = dev.reconciler.applied.rev
+                assert applied >= lapsing.rev, f"fell back to rev {applied}"
+                if clock_set:
+                    assert dev.meeting is None
+                    assert dev.reported_rev == lapsing.rev
+                else:
+                    # It joined the lapsed meeting: the controller sees it there.
+                    await wait_for(
+                        lambda d=dev: d.meeting is None and d.reported_rev > lapsing.rev,
+                        what="the leave for a device in an ended intent's meeting",
+                    )
+                    assert ctl.store.desired_rev("dev", "dev-3") == dev.reported_rev
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
 
 # --- item 9: retained requests are refused and cleared --------------------------------------

@@ -11,6 +11,7 @@ no intent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -111,6 +112,11 @@ class Controller:
         self.credentials = credentials
         self.store = Store(store_path)
         self.registry = Registry()
+        # What each device is (firmware, board, groups) outlives its will and our restarts:
+        # an offline device stays listed and in its groups when the broker lost its birth.
+        for device_id, birth in self.store.births():
+            with contextlib.suppress(FleetError):  # a row from an older schema: forget it
+                self.registry.record(device_id).birth = decode(Status, birth)
         # Revs of lapsed docs kept after their end: a device reporting one in a meeting
         # is told to leave (_end_late_follower).
         self._ended_revs = self.store.ended_revs()
@@ -289,6 +295,8 @@ class Controller:
         kind = parsed.kind
         if kind in (TopicKind.STATUS, TopicKind.STATE):
             message: Status | State | None = decode_for(kind, payload) if payload else None
+            if kind is TopicKind.STATUS:
+                self._keep_birth(parsed.name, message, payload)
             # A reported rev never moves the counter: a device could push it to the ceiling
             # and stop every intent. Only desired docs, which only we write, raise it.
             presence_changed = self.registry.update(kind, parsed.name, message)
@@ -322,6 +330,21 @@ class Controller:
             held, self._held_requests, self._held_bytes = self._held_requests, [], 0
             for op_name, request in held:
                 await self._on_api(op_name, request)
+
+    def _keep_birth(self, device_id: str, status: Status | State | None, payload: bytes) -> None:
+        """Store a birth that says something new (not only a new `ts`: a fleet reconnecting
+        after a broker restart writes nothing); a cleared status deletes the device."""
+        if status is None:
+            self.store.forget_birth(device_id)
+            return
+        if not isinstance(status, Status) or not status.online:
+            return
+        rec = self.registry.devices.get(device_id)
+        known = rec.birth if rec is not None else None
+        if known is None or known.model_copy(update={"ts": None}) != status.model_copy(
+            update={"ts": None}
+        ):
+            self.store.save_birth(device_id, payload)
 
     def _adopt_desired(self, kind: TopicKind, name: str, doc: Desired) -> None:
         """A retained doc seen on the wire: keep revs ahead of it, and keep it if we lost it."""

@@ -63,6 +63,10 @@ CREATE TABLE IF NOT EXISTS operations (
     created REAL NOT NULL,
     result TEXT
 );
+CREATE TABLE IF NOT EXISTS births (
+    device TEXT PRIMARY KEY,
+    status TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rooms (
     name TEXT PRIMARY KEY,
     cap INTEGER NOT NULL,
@@ -295,6 +299,21 @@ class Store:
         """(scope, name, encoded doc) of every doc, by rev: what a re-assert publishes."""
         rows = self._db.execute("SELECT scope, name, doc FROM desired ORDER BY rev").fetchall()
         return [(scope, name, doc.encode()) for scope, name, doc in rows]
+
+    # --- what each device is (its last birth) -------------------------------------------------
+    def save_birth(self, device_id: str, payload: bytes) -> None:
+        self._db.execute(
+            "INSERT INTO births (device, status) VALUES (?, ?) "
+            "ON CONFLICT(device) DO UPDATE SET status=excluded.status",
+            (device_id, payload.decode()),
+        )
+
+    def forget_birth(self, device_id: str) -> None:
+        self._db.execute("DELETE FROM births WHERE device=?", (device_id,))
+
+    def births(self) -> list[tuple[str, bytes]]:
+        rows = self._db.execute("SELECT device, status FROM births ORDER BY device").fetchall()
+        return [(device_id, status.encode()) for device_id, status in rows]
 
     # --- command jobs (the audit log) -------------------------------------------------------
     def save_job(self, job: Job) -> None:
