@@ -370,7 +370,7 @@ class Controller:
         for part in self.parts:
             await part.on_device_changed(device_id, presence_changed)
         if self._synced and self._ended_revs:
-            await self._end_late_follower(device_id)
+            self._end_late_follower(device_id)
         if presence_changed and rec is not None and rec.online:
             # Commands held while it was offline go out now, unless they went stale.
             for job in list(self._jobs.values()):
@@ -450,7 +450,7 @@ class Controller:
             for device_id, leave in zip(devices, leaves, strict=True):
                 publish_nowait(self._client, self.topics.desired(device_id), encode(leave), 1, True)
 
-    async def _end_late_follower(self, device_id: str) -> None:
+    def _end_late_follower(self, device_id: str) -> None:
         """A device that shows up in the meeting of an ended intent (one without a set clock,
         unknown to us at the lapse) is told to leave, unless it has a newer intent."""
         rec = self.registry.devices.get(device_id)
