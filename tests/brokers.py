@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -209,6 +210,9 @@ class MosquittoBackend:
         self.port = port
         self.log_path = workdir / "mosquitto.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        # start/stop run in threads that outlive a cancelled caller (a chaos task cancelled
+        # mid-start): one at a time, or two starts race and one mosquitto is orphaned.
+        self._lifecycle = threading.Lock()
         self._synced_generation = -1
 
     def _write(self) -> Path:
@@ -233,6 +237,10 @@ class MosquittoBackend:
         await asyncio.to_thread(self.stop_sync)
 
     def start_sync(self) -> None:
+        with self._lifecycle:
+            self._start_locked()
+
+    def _start_locked(self) -> None:
         if self.proc is not None:
             return
         conf = self._write()
@@ -250,11 +258,23 @@ class MosquittoBackend:
                 code, self.proc = self.proc.returncode, None
                 raise RuntimeError(f"mosquitto exited with {code}:\n{self.log_text()}")
             if time.monotonic() > deadline:
-                self.stop_sync()
+                self._stop_locked()
                 raise RuntimeError(f"mosquitto did not listen on {self.port}:\n{self.log_text()}")
             time.sleep(0.02)
 
     def stop_sync(self) -> None:
+        with self._lifecycle:
+            self._stop_locked()
+
+    def kill_sync(self) -> None:
+        """SIGKILL, no goodbye (chaos); after a start under way has finished."""
+        with self._lifecycle:
+            proc, self.proc = self.proc, None
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+
+    def _stop_locked(self) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return

@@ -111,12 +111,7 @@ class Broker:
         self.name = "broker"
 
     async def kill(self) -> None:
-        backend = self.handle.backend
-        proc = backend.proc  # type: ignore[attr-defined]
-        if proc is not None:
-            proc.kill()
-            proc.wait()
-            backend.proc = None  # type: ignore[attr-defined]
+        await asyncio.to_thread(self.handle.backend.kill_sync)  # type: ignore[attr-defined]
 
     async def start(self) -> None:
         await self.handle.backend.start()
