@@ -214,6 +214,12 @@ def netns() -> Iterator[str]:
         yield name
 
 
+def _host_hears_both(room: Room) -> bool:
+    """The host device's speaker played both simulated devices' tones in its last second."""
+    tail = speaker_tail(room.speaker)
+    return len(tail) == RATE and all(hears(tail, tone_for(n)) for n in range(2))
+
+
 def _hears_host(room: Room, last_s: float = 1.0) -> dict[str, bool]:
     participant = room.host_participant()
     return {
@@ -232,11 +238,9 @@ async def test_host_device_and_simulated_devices_hear_each_other(
         )
 
         # ... and the C device's speaker plays both of theirs (the mix), not its own.
-        def host_hears_both() -> bool:
-            tail = speaker_tail(room.speaker)
-            return len(tail) == RATE and all(hears(tail, tone_for(n)) for n in range(2))
-
-        await wait_for(host_hears_both, timeout=20, what="the host's speaker plays both tones")
+        await wait_for(
+            lambda: _host_hears_both(room), timeout=20, what="the host's speaker plays both tones"
+        )
         assert not hears(speaker_tail(room.speaker), HOST_TONE_HZ)
         log = room.host.text()
         # The host device joined last (room_with_host fixes the order): it offered.
@@ -294,12 +298,9 @@ async def test_a_host_device_that_answers_talks_with_opus_devices(
         await wait_for(
             lambda: all(_hears_host(room).values()), timeout=30, what="both sims hear the host"
         )
-
-        def host_hears_both() -> bool:
-            tail = speaker_tail(room.speaker)
-            return len(tail) == RATE and all(hears(tail, tone_for(n)) for n in range(2))
-
-        await wait_for(host_hears_both, timeout=20, what="the host's speaker plays both tones")
+        await wait_for(
+            lambda: _host_hears_both(room), timeout=20, what="the host's speaker plays both tones"
+        )
         log = room.host.text()
         assert log.count(negotiated) == 2, log[-3000:]
         assert "stream error" not in log, log[-3000:]
@@ -328,12 +329,7 @@ async def test_a_host_device_meets_participants_that_trickle(
 
         def host_hears_both_since(mark: int) -> bool:
             # Two seconds after mark, so the last one is all from after it.
-            tail = speaker_tail(room.speaker)
-            return (
-                _speaker_bytes(room) - mark >= 2 * 2 * RATE
-                and len(tail) == RATE
-                and all(hears(tail, tone_for(n)) for n in range(2))
-            )
+            return _speaker_bytes(room) - mark >= 2 * 2 * RATE and _host_hears_both(room)
 
         def taken(what: str) -> int:
             return sum(1 for line in room.host.text().splitlines() if what in line)

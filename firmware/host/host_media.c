@@ -352,29 +352,43 @@ static void queue_sdp_now(hm_peer_t *p, GstSDPMessage *sdp, bool is_offer)
     g_free(text);
 }
 
+/* The description a create-offer or create-answer promise carries (NULL: none); frees it. */
+static GstWebRTCSessionDescription *promised_description(GstPromise *promise, const char *field)
+{
+    const GstStructure *reply = gst_promise_get_reply(promise);
+    GstWebRTCSessionDescription *desc = NULL;
+    if (reply != NULL) {
+        gst_structure_get(reply, field, GST_TYPE_WEBRTC_SESSION_DESCRIPTION, &desc, NULL);
+    }
+    gst_promise_unref(promise);
+    return desc;
+}
+
+/* Our finished offer or answer: out at once when we trickle (candidates follow it), then
+ * webrtcbin's local description, which starts gathering. Takes `desc`. */
+static void set_local_description(hm_peer_t *p, GstWebRTCSessionDescription *desc, bool is_offer)
+{
+    if (p->hm->opts.trickle) {
+        queue_sdp_now(p, desc->sdp, is_offer);
+    }
+    GstPromise *done = gst_promise_new();
+    g_signal_emit_by_name(p->webrtc, "set-local-description", desc, done);
+    gst_promise_interrupt(done);
+    gst_promise_unref(done);
+    gst_webrtc_session_description_free(desc);
+}
+
 static void on_offer_created(GstPromise *promise, gpointer user)
 {
     hm_peer_t *p = user;
-    const GstStructure *reply = gst_promise_get_reply(promise);
-    GstWebRTCSessionDescription *offer = NULL;
-    if (reply != NULL) {
-        gst_structure_get(reply, "offer", GST_TYPE_WEBRTC_SESSION_DESCRIPTION, &offer, NULL);
-    }
-    gst_promise_unref(promise);
+    GstWebRTCSessionDescription *offer = promised_description(promise, "offer");
     if (offer == NULL) {
         logf_media(p->hm, 'E', "peer %s: webrtcbin made no offer", p->participant);
         return;
     }
     offer_dtls_active(offer->sdp);
     sdp_add_ssrc(offer->sdp, p->ssrc);
-    if (p->hm->opts.trickle) {
-        queue_sdp_now(p, offer->sdp, true);
-    }
-    GstPromise *done = gst_promise_new();
-    g_signal_emit_by_name(p->webrtc, "set-local-description", offer, done);
-    gst_promise_interrupt(done);
-    gst_promise_unref(done);
-    gst_webrtc_session_description_free(offer);
+    set_local_description(p, offer, true);
 }
 
 static void on_negotiation_needed(GstElement *webrtc, gpointer user)
@@ -391,12 +405,7 @@ static void on_negotiation_needed(GstElement *webrtc, gpointer user)
 static void on_answer_created(GstPromise *promise, gpointer user)
 {
     hm_peer_t *p = user;
-    const GstStructure *reply = gst_promise_get_reply(promise);
-    GstWebRTCSessionDescription *answer = NULL;
-    if (reply != NULL) {
-        gst_structure_get(reply, "answer", GST_TYPE_WEBRTC_SESSION_DESCRIPTION, &answer, NULL);
-    }
-    gst_promise_unref(promise);
+    GstWebRTCSessionDescription *answer = promised_description(promise, "answer");
     if (answer == NULL) {
         queue_out(p->hm, OUT_REJECT, p->participant, false,
                   "webrtcbin could not answer the offer (no codec in common?)");
@@ -411,14 +420,7 @@ static void on_answer_created(GstPromise *promise, gpointer user)
         queue_out(p->hm, OUT_REJECT, p->participant, false, "no audio codec in common");
         return;
     }
-    if (p->hm->opts.trickle) {
-        queue_sdp_now(p, answer->sdp, false);
-    }
-    GstPromise *done = gst_promise_new();
-    g_signal_emit_by_name(p->webrtc, "set-local-description", answer, done);
-    gst_promise_interrupt(done);
-    gst_promise_unref(done);
-    gst_webrtc_session_description_free(answer);
+    set_local_description(p, answer, false);
 }
 
 static void on_offer_set(GstPromise *promise, gpointer user)
