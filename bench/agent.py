@@ -22,12 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from brokers import amqtt_handle, unique_prefix
 from running import controller, operator, sim_fleet
 
-from broker.credentials import CredentialStore, Role
 from fleet.agents.runner import agent_in_room
 from fleet.agents.voice.brain import FleetBrain
 from fleet.agents.voice.pipeline import VoiceAgent
 from fleet.agents.voice.stt import PocketSphinxSTT
 from fleet.agents.voice.tts import EspeakTTS
+from fleet.auth import CredentialStore, Role
 from fleet.device.speech import SpeakingDriver, words
 from fleet.mqtt import BrokerUrl
 from fleet.protocol.messages import ApiOp, ApiRequest

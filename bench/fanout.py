@@ -45,14 +45,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from broker.credentials import CredentialStore, Role  # noqa: E402
-from broker.mosquitto import write_mosquitto_config  # noqa: E402
+from broker.mosquitto.config import write_mosquitto_config  # noqa: E402
+from cli.stack import free_port  # noqa: E402
+from fleet.auth import CredentialStore, Role  # noqa: E402
 from fleet.client import FleetClient  # noqa: E402
 from fleet.device.sim import device_ids  # noqa: E402
 from fleet.mqtt import BrokerUrl  # noqa: E402
 from fleet.protocol import Topics  # noqa: E402
 from fleet.protocol.messages import ApiOp, ApiRequest  # noqa: E402
-from fleet.stack import free_port  # noqa: E402
 
 FLEET = [sys.executable, "-m", "cli.main"]
 # At rest the parts only send telemetry and keep-alives; busier than this, they are

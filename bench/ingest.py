@@ -52,10 +52,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from fanout import FLEET, MOSQUITTO, Procs, peak_rss_mib, wait_port  # noqa: E402
 
-from broker.credentials import CredentialStore, Role  # noqa: E402
-from broker.mosquitto import write_mosquitto_config  # noqa: E402
+from broker.mosquitto.config import write_mosquitto_config  # noqa: E402
+from cli.stack import free_port  # noqa: E402
+from fleet.auth import CredentialStore, Role  # noqa: E402
 from fleet.device.sim import device_ids  # noqa: E402
-from fleet.stack import free_port  # noqa: E402
 
 PREFIX = "fleet/v1"
 VM = shutil.which("victoria-metrics") or "/usr/bin/victoria-metrics"

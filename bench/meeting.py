@@ -48,11 +48,11 @@ MARKER_EVERY_S = 0.5
 
 
 async def one_run(devices: int, window_s: float) -> dict[str, float | int | None]:
+    from cli.stack import StackConfig, free_port, running_stack
     from fleet.client import FleetClient
     from fleet.device.audio import AudioMeetingDriver, AudioProfile, tone_for
     from fleet.media.analysis import marker_latencies
     from fleet.protocol.messages import ApiOp, ApiRequest
-    from fleet.stack import StackConfig, free_port, running_stack
 
     config = StackConfig(
         home=Path(tempfile.mkdtemp(prefix="fleet-bench-")),

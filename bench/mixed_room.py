@@ -141,6 +141,7 @@ class RtpMembers:
 async def one_run(
     members: int, aiortc: int, mixed: bool, window_s: float, procs: int
 ) -> dict[str, Any]:
+    from cli.stack import StackConfig, free_port, running_stack
     from fleet.client import FleetClient
     from fleet.device.audio import tone_for
     from fleet.device.sim import device_ids
@@ -148,7 +149,6 @@ async def one_run(
     from fleet.media.analysis import marker_latencies
     from fleet.mixer.process import JanusConfig, local_janus, media_address
     from fleet.protocol.messages import ApiOp, ApiRequest, RoomMedia
-    from fleet.stack import StackConfig, free_port, running_stack
 
     home = Path(tempfile.mkdtemp(prefix="fleet-mixbench-"))
     devices = min(members, aiortc)

@@ -26,11 +26,10 @@ sys.path.insert(0, str(ROOT / "tests"))  # the namespace helper the tests use
 from netns import netns  # noqa: E402
 from playwright.async_api import async_playwright  # noqa: E402
 
+from cli.stack import StackConfig, free_port, running_stack, stack_console  # noqa: E402
 from fleet.client import FleetClient  # noqa: E402
 from fleet.protocol.messages import ApiOp, ApiRequest  # noqa: E402
-from fleet.stack import StackConfig, free_port, running_stack  # noqa: E402
 from fleet.web.chromium import launch, tone_wav  # noqa: E402
-from fleet.web.server import stack_console  # noqa: E402
 
 
 async def wait_js(page, expr: str, timeout: float = 20.0):  # type: ignore[no-untyped-def]

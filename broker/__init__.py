@@ -1,15 +1,7 @@
-"""The fleet's MQTT broker side: users and ACL, the embedded amqtt broker, Mosquitto config.
+"""The fleet's MQTT broker runtimes: `broker.amqtt` (the embedded pure-Python broker and
+its plugins) and `broker.mosquitto` (Mosquitto's files, its client-id plugin, the
+process `fleet up` runs); `broker.local` picks one.
 
-Importing this package stays light (no amqtt): the broker itself lives in
-`broker.embedded`, the Mosquitto files in `broker.mosquitto`.
+Who may do what (users, roles, the ACL, client ids) is `fleet.auth`, which both
+brokers enforce. Importing this package stays light (no amqtt).
 """
-
-from broker.acl import Acl
-from broker.credentials import (
-    Credential,
-    CredentialStore,
-    Role,
-    default_credentials_path,
-)
-
-__all__ = ["Acl", "Credential", "CredentialStore", "Role", "default_credentials_path"]

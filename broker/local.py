@@ -1,12 +1,10 @@
 """The local broker that `fleet up` and `fleet broker run` start: Mosquitto by default.
 
 Mosquitto (the Debian package) speaks MQTT 5 beside 3.1.1, which current Home
-Assistant needs; amqtt (`broker/embedded.py`, in-process) is the pure-Python
+Assistant needs; amqtt (`broker/amqtt/embedded.py`, in-process) is the pure-Python
 fallback for machines without it, MQTT 3.1.1 only. Both run from the same
-credentials file and ACL: `MosquittoBroker` writes mosquitto.conf, passwd and acl
-(`broker/mosquitto.py`) into a folder of the fleet's home, runs mosquitto as a child
-process, and rewrites the files and sends SIGHUP whenever the credentials file
-changes (`fleet creds add`, or the controller granting groups on `set_groups`).
+credentials file and ACL (`broker/mosquitto/process.py` runs mosquitto as a child
+process configured from it).
 
 `local_broker()` picks the engine; both classes have the same async-context-manager
 interface (`start`, `stop`, `url`, `port`, `ws_port`, `wait`).
@@ -14,57 +12,27 @@ interface (`start`, `stop`, `url`, `port`, `ws_port`, `wait`).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import ctypes
 import logging
-import os
-import shutil
-import signal
-import socket
-import time
 from enum import StrEnum
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
-from broker.credentials import Credential, CredentialStore
-from broker.mosquitto import write_mosquitto_config
+from broker.mosquitto.process import INSTALL_HINT, MosquittoBroker, free_port, mosquitto_binary
 from fleet.errors import ConfigError
-from fleet.protocol.topics import DEFAULT_PREFIX, Topics
+from fleet.protocol.topics import DEFAULT_PREFIX
 
 if TYPE_CHECKING:
-    from broker.embedded import EmbeddedBroker
+    from broker.amqtt.embedded import EmbeddedBroker
 
 log = logging.getLogger(__name__)
 
-MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
-START_TIMEOUT_S = 10.0
-STOP_TIMEOUT_S = 5.0
-WATCH_INTERVAL_S = 0.5  # how often the credentials file is looked at
-LOG_NAME = "mosquitto.log"
-INSTALL_HINT = "install it with `apt-get install mosquitto`, or use `--engine amqtt`"
+__all__ = ["BrokerEngine", "MosquittoBroker", "free_port", "local_broker", "resolve_engine"]
 
 
 class BrokerEngine(StrEnum):
     AUTO = "auto"  # Mosquitto when installed, else amqtt
     MOSQUITTO = "mosquitto"
     AMQTT = "amqtt"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on now (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def mosquitto_binary() -> str | None:
-    """The mosquitto executable (Debian puts it in /usr/sbin, often not on a user's PATH)."""
-    for path in MOSQUITTO_PATHS:
-        if os.access(path, os.X_OK):
-            return path
-    return shutil.which("mosquitto")
 
 
 def resolve_engine(engine: BrokerEngine | str) -> BrokerEngine:
@@ -107,7 +75,7 @@ def local_broker(
             keyfile=keyfile,
             workdir=workdir,
         )
-    from broker.embedded import EmbeddedBroker  # amqtt loads only when it runs
+    from broker.amqtt.embedded import EmbeddedBroker  # amqtt loads only when it runs
 
     return EmbeddedBroker(
         creds_path,
@@ -118,242 +86,3 @@ def local_broker(
         certfile=certfile,
         keyfile=keyfile,
     )
-
-
-class MosquittoBroker:
-    """mosquitto as a child process, configured from the fleet's credentials file."""
-
-    engine = BrokerEngine.MOSQUITTO
-    mqtt5 = True
-
-    def __init__(
-        self,
-        creds_path: Path | str,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 1883,
-        ws_port: int | None = None,
-        prefix: str = DEFAULT_PREFIX,
-        certfile: Path | str | None = None,
-        keyfile: Path | str | None = None,
-        workdir: Path | None = None,
-    ) -> None:
-        if (certfile is None) != (keyfile is None):
-            raise ConfigError("TLS needs both certfile and keyfile")
-        self.binary = mosquitto_binary()
-        if self.binary is None:
-            raise ConfigError(f"mosquitto is not installed: {INSTALL_HINT}")
-        self.store = CredentialStore(creds_path)
-        self.host = host
-        self.port = port
-        self.ws_port = ws_port
-        self.prefix = Topics(prefix).prefix  # validates
-        self.certfile = Path(certfile).resolve() if certfile is not None else None
-        self.keyfile = Path(keyfile).resolve() if keyfile is not None else None
-        self.workdir = Path(workdir or self.store.path.parent / "mosquitto").expanduser()
-        self.log_path = self.workdir / LOG_NAME
-        self._proc: asyncio.subprocess.Process | None = None
-        self._watcher: asyncio.Task[None] | None = None
-        self._seen: tuple[int, int] | None = None
-        self.reloads = 0
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None
-
-    @property
-    def url(self) -> str:
-        scheme = "mqtts" if self.certfile else "mqtt"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{scheme}://{host}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    # --- configuration --------------------------------------------------------------------------
-    def write_config(self) -> Path:
-        """mosquitto.conf, passwd and acl from the credentials file as it is now."""
-        self._seen = _file_stamp(self.store.path)
-        self.store.refresh()
-        return write_mosquitto_config(
-            self.workdir,
-            self.store,
-            prefix=self.prefix,
-            port=self.port,
-            bind=self.host,
-            ws_port=self.ws_port,
-            # Started as root, mosquitto would switch to its own user, which cannot read
-            # the 0600 files this process wrote: it keeps the user it was started as.
-            run_as="root" if os.geteuid() == 0 else None,
-            certfile=self.certfile,
-            keyfile=self.keyfile,
-        )
-
-    def reload(self) -> None:
-        """Rewrite the files and have mosquitto read them again (SIGHUP)."""
-        self.write_config()
-        if self.running and self._proc is not None:
-            self._proc.send_signal(signal.SIGHUP)
-            self.reloads += 1
-
-    def set_groups(self, username: str, groups: list[str]) -> Credential:
-        """The controller's `set_groups` grant (`GroupAcl`): stored, then in the ACL at once,
-        before the device is told to subscribe to its new groups."""
-        cred = self.store.set_groups(username, groups)
-        self.reload()
-        return cred
-
-    # --- lifecycle ------------------------------------------------------------------------------
-    async def start(self) -> None:
-        if self.running:
-            return
-        if self.port == 0:
-            self.port = free_port(self.host)
-        if self.ws_port == 0:
-            self.ws_port = free_port(self.host)
-        try:
-            conf = self.write_config()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot write the mosquitto config in {self.workdir}: {exc}"
-            ) from exc
-        where = f"{self.host}:{self.port}"
-        for taken in (self.port, self.ws_port):
-            if taken is not None and not _port_free(self.host, taken):
-                raise ConfigError(
-                    f"port {taken} on {self.host} is in use (a system mosquitto? "
-                    "`systemctl disable --now mosquitto`, or pick another --port)"
-                )
-        log_file = self.log_path.open("wb")  # a fresh log per start
-        try:
-            self._proc = await asyncio.create_subprocess_exec(
-                self.binary or "mosquitto",
-                "-c",
-                str(conf),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=log_file,
-                # Its own session: a Ctrl-C or a SIGTERM to the whole group reaches only us,
-                # and we stop it after the controller and devices have said goodbye.
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        finally:
-            log_file.close()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not await _port_open(self.host, self.port):
-            if self._proc.returncode is not None or time.monotonic() > deadline:
-                code = self._proc.returncode
-                await self.stop()
-                raise ConfigError(
-                    f"mosquitto did not start on {where} (exit code {code}): "
-                    f"{self.log_tail() or 'no output'} (log: {self.log_path})"
-                )
-            await asyncio.sleep(0.02)
-        self._watcher = asyncio.create_task(self._watch_credentials(), name="mosquitto-creds")
-
-    async def stop(self) -> None:
-        """SIGTERM, then SIGKILL after STOP_TIMEOUT_S; safe to call twice."""
-        watcher, self._watcher = self._watcher, None
-        if watcher is not None:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-        proc, self._proc = self._proc, None
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        try:
-            async with asyncio.timeout(STOP_TIMEOUT_S):
-                await proc.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-
-    async def wait(self) -> None:
-        """Return never while mosquitto runs; raise ConfigError when it exits by itself."""
-        proc = self._proc
-        if proc is None:
-            raise ConfigError("mosquitto is not running")
-        code = await proc.wait()
-        raise ConfigError(f"mosquitto exited with code {code}: {self.log_tail()}")
-
-    async def serve_forever(self) -> None:
-        await self.start()
-        try:
-            await self.wait()
-        finally:
-            await self.stop()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    def log_tail(self, lines: int = 5) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return " | ".join(text.strip().splitlines()[-lines:])
-
-    async def _watch_credentials(self) -> None:
-        """`fleet creds` in another terminal changes the file: mosquitto follows within
-        WATCH_INTERVAL_S (amqtt re-reads the file by itself)."""
-        while True:
-            await asyncio.sleep(WATCH_INTERVAL_S)
-            if _file_stamp(self.store.path) == self._seen:
-                continue
-            try:
-                await asyncio.to_thread(self.reload)
-                log.info("credentials changed: mosquitto reloaded its users and ACL")
-            except Exception as exc:  # a half-written or broken file: keep the last good one
-                log.warning("mosquitto keeps its users: %s", exc)
-
-
-def _file_stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size)
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as mosquitto binds
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-async def _port_open(host: str, port: int) -> bool:
-    try:
-        _reader, writer = await asyncio.open_connection(host, port)
-    except OSError:
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child: no orphan holding the port after the parent is killed."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -12,9 +12,9 @@ from typing import Annotated
 
 import typer
 
-from broker.credentials import CredentialStore, default_credentials_path
 from broker.local import BrokerEngine, MosquittoBroker, local_broker
 from cli.common import command_group, console, err_console, fail
+from fleet.auth import CredentialStore, default_credentials_path
 from fleet.errors import FleetError
 from fleet.protocol.topics import DEFAULT_PREFIX
 
@@ -151,7 +151,7 @@ def mosquitto_config(
     prefix: PrefixOption = DEFAULT_PREFIX,
 ) -> None:
     """Write a Mosquitto 2 config with the same users (same hashes) and equivalent ACL."""
-    from broker.mosquitto import write_mosquitto_config
+    from broker.mosquitto.config import write_mosquitto_config
 
     store = CredentialStore(creds or default_credentials_path())
     count = _users(store)
@@ -195,7 +195,7 @@ def ha_addon(
 ) -> None:
     """Write what Home Assistant's Mosquitto add-on needs to carry the fleet's users and ACL
     beside the home's (docs/home-assistant.md, "One broker for the home")."""
-    from broker.ha_addon import write_ha_addon_files
+    from broker.mosquitto.ha_addon import write_ha_addon_files
 
     store = CredentialStore(creds or default_credentials_path())
     _users(store)

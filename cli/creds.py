@@ -10,8 +10,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from broker.credentials import Credential, CredentialStore, Role, default_credentials_path
 from cli.common import command_group, console, fail
+from fleet.auth import Credential, CredentialStore, Role, default_credentials_path
 from fleet.errors import CredentialsError
 
 app = command_group("Manage broker users: one per device, plus the controller and Home Assistant.")

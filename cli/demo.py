@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 
 from rich.table import Table
 
+from cli.stack import Stack
 from fleet.controller.meetings import DEFAULT_MESH_CAP
 from fleet.device.audio import AudioMeetingDriver, DeviceHearing
 from fleet.device.sim import SimFleet
 from fleet.device.workers import SimWorkers
 from fleet.protocol.messages import ApiRequest, RoomMedia
-from fleet.stack import Stack
 
 POLL_S = 0.1
 COMPACT_ABOVE = 5  # devices heard: beyond, the table counts them instead of naming them
@@ -148,12 +148,12 @@ async def assistant_demo(stack: Stack, room: str, say: Callable[[str], None]) ->
     """dev-1 says "mute dev two" into its microphone; the assistant (offline voice pipeline,
     an agent broker user of its own) must mute dev-2 through the API and answer by voice,
     and dev-2 must hear the answer (recognized back by pocketsphinx)."""
-    from broker.credentials import Role
     from fleet.agents.runner import agent_in_room
     from fleet.agents.voice.brain import FleetBrain
     from fleet.agents.voice.pipeline import CANNOT, VoiceAgent
     from fleet.agents.voice.stt import PocketSphinxSTT
     from fleet.agents.voice.tts import EspeakTTS
+    from fleet.auth import Role
     from fleet.device.speech import SpeakingDriver, voice_peer, words
 
     check = AssistantCheck("mute dev two")

@@ -16,9 +16,9 @@ from typing import Annotated, TextIO, TypeVar
 import typer
 from rich.markup import escape
 
-from broker.credentials import CredentialStore, default_credentials_path
 from cli.common import Exit, JsonOpt, console, fail, print_json
 from fleet import provisioning
+from fleet.auth import CredentialStore, default_credentials_path
 from fleet.errors import ConfigError, CredentialsError
 from fleet.provisioning import BoardNotFound, FlashFailed, ProvisionResult
 

@@ -13,7 +13,6 @@ from typing import Annotated
 
 import typer
 
-from broker.credentials import CredentialStore, default_credentials_path
 from broker.local import BrokerEngine, MosquittoBroker
 from cli.common import (
     BrokerOpt,
@@ -29,6 +28,7 @@ from cli.common import (
     run,
     run_service,
 )
+from cli.stack import Stack, StackConfig, free_port, running_stack, stack_console
 from cli.telemetry import (
     InfluxBatchOpt,
     InfluxBucketOpt,
@@ -43,6 +43,7 @@ from cli.telemetry import (
     InfluxUserOpt,
     InfluxVersionOpt,
 )
+from fleet.auth import CredentialStore, default_credentials_path
 from fleet.client import FleetClient
 from fleet.controller.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, MeetingServer
 from fleet.controller.parts import ControllerPart
@@ -67,8 +68,6 @@ from fleet.protocol.messages import (
 )
 from fleet.protocol.topics import DEFAULT_HA_PREFIX
 from fleet.settings import load_settings
-from fleet.stack import Stack, StackConfig, free_port, running_stack
-from fleet.web.server import stack_console
 
 LISTED_DEVICES = 6  # a join's result lists every device up to this many, then only failures
 
@@ -480,7 +479,7 @@ def demo(
 ) -> None:
     """The main job on embedded defaults: start everything, meet with real audio, check that
     every device hears every other, leave, report, stop."""
-    from fleet.demo import demo_room, hearing_table, needs_mixer, wait_until_everyone_hears
+    from cli.demo import demo_room, hearing_table, needs_mixer, wait_until_everyone_hears
 
     if agent not in (None, "assistant"):
         fail(f"--agent {agent!r}: the demo knows only 'assistant'", Exit.USAGE)
@@ -565,8 +564,8 @@ def _speaking_devices() -> Callable[[str], MeetingDriver]:
 
 
 async def _assistant_step(stack: Stack, room: str) -> bool:
+    from cli.demo import assistant_demo, assistant_table
     from cli.meetings import report_agents
-    from fleet.demo import assistant_demo, assistant_table
 
     report_agents()
     check = await assistant_demo(stack, room, lambda line: console.print(line, highlight=False))

@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from broker.credentials import CredentialStore, Role
-from broker.embedded import EmbeddedBroker
+from broker.amqtt.embedded import EmbeddedBroker
 from broker.local import BrokerEngine, MosquittoBroker, free_port, local_broker
+from fleet.auth import CredentialStore, Role
 from fleet.controller.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, MeetingServer
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
@@ -25,11 +25,13 @@ from fleet.controller.web_login import WebLogins
 from fleet.device.sim import MeetingDriver, SimFleet, device_ids
 from fleet.device.tones import tone_amplitude, tone_for
 from fleet.device.workers import DeviceSound, SimWorkers
+from fleet.errors import FleetError
 from fleet.files import private_dir
 from fleet.homelock import home_lock
 from fleet.mixer.process import maybe_local_janus
 from fleet.mqtt import BrokerUrl, MqttVersion
 from fleet.protocol import Topics
+from fleet.web.server import ConsoleConfig, WebConsole
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ def audio_drivers(ids: Sequence[str]) -> Callable[[str], MeetingDriver]:
 
 CONTROLLER_USER = "controller"
 OPERATOR_USER = "operator"
-__all__ = ["Stack", "StackConfig", "free_port", "running_stack"]
+__all__ = ["Stack", "StackConfig", "free_port", "running_stack", "stack_console"]
 
 
 @dataclass
@@ -210,3 +212,17 @@ def sim_workers(
         groups=config.groups,
         tele_interval_s=config.tele_interval_s,
     )
+
+
+def stack_console(stack: Stack, host: str, port: int) -> WebConsole:
+    """The console of a `fleet up` stack: its broker, its WebSocket port, its operator."""
+    cfg = stack.config
+    if stack.broker.ws_port is None:
+        raise FleetError("the web console needs the broker's WebSocket listener (--ws-port)")
+    config = ConsoleConfig(
+        broker=BrokerUrl(scheme="mqtt", host=cfg.host, port=stack.broker.port),
+        topics=Topics(cfg.prefix),
+        ws_port=stack.broker.ws_port,
+        operator=stack.operator_url.username or "operator",
+    )
+    return WebConsole(config, host, port)

@@ -36,8 +36,9 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
 
-from broker.credentials import CredentialStore, Role, atomic_write
+from fleet.auth import CredentialStore, Role
 from fleet.errors import ConfigError, CredentialsError, FleetError
+from fleet.files import atomic_write
 from fleet.mqtt import BrokerUrl
 from fleet.protocol import is_valid_id
 from fleet.protocol.topics import NAME_RULES

@@ -11,7 +11,7 @@ dev=0
 
 # Mosquitto is the local broker `fleet up` and `fleet broker run` start (MQTT 5 beside
 # 3.1.1; amqtt in-process is the fallback without it). Its generated config loads a
-# client-id plugin built with gcc against mosquitto-dev (broker/mosquitto_plugin.py).
+# client-id plugin built with gcc against mosquitto-dev (broker/mosquitto/plugin.py).
 # janus: the mixer of mixed rooms (its AudioBridge plugin). `fleet up` runs its own Janus
 # with a generated config; the package's system service is not needed.
 # espeak-ng: the voice agent's offline text-to-speech.

@@ -32,11 +32,11 @@ from urllib.parse import quote
 import aiomqtt
 import pytest
 
-from broker.credentials import CredentialStore, Role
-from broker.embedded import EmbeddedBroker
-from broker.mosquitto import write_mosquitto_config
+from broker.amqtt.embedded import EmbeddedBroker
+from broker.mosquitto.config import write_mosquitto_config
+from cli.stack import free_port
+from fleet.auth import CredentialStore, Role
 from fleet.protocol.topics import Topics
-from fleet.stack import free_port
 
 MOSQUITTO_BIN = Path("/usr/sbin/mosquitto")
 HOST = "127.0.0.1"

@@ -17,7 +17,7 @@ from brokers import (
     unique_prefix,
 )
 
-from broker.credentials import CredentialStore
+from fleet.auth import CredentialStore
 
 BROKER_KINDS = [
     pytest.param("amqtt", id="amqtt"),

@@ -31,11 +31,11 @@ import pytest
 from brokers import BrokerHandle
 from running import Part
 
+from cli.stack import free_port
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.mqtt import BrokerUrl
 from fleet.protocol.messages import FleetEvent
-from fleet.stack import free_port
 from fleet.telemetry import InfluxSettings, TelemetryIngest
 
 HOST = "127.0.0.1"

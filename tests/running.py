@@ -9,7 +9,7 @@ from pathlib import Path
 
 from brokers import BrokerHandle
 
-from broker.credentials import Role
+from fleet.auth import Role
 from fleet.client import FleetClient
 from fleet.controller.meetings import MeetingServer
 from fleet.controller.parts import ControllerPart

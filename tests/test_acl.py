@@ -12,9 +12,16 @@ from brokers import (
     subscribe_forbidden,
 )
 
-from broker.acl import Acl, filter_covers, split_filter
-from broker.credentials import Credential, Role, hash_secret
-from fleet.protocol.messages import HOMEASSISTANT_API_OPS, ApiOp
+from fleet.auth import (
+    HOMEASSISTANT_API_OPS,
+    Acl,
+    Credential,
+    Role,
+    filter_covers,
+    hash_secret,
+    split_filter,
+)
+from fleet.protocol.messages import ApiOp
 from fleet.protocol.topics import TopicKind, Topics
 
 P = "fleet/v1"
@@ -361,7 +368,7 @@ async def test_will_on_a_foreign_topic_never_fires(any_broker: BrokerHandle) -> 
 def test_web_user_has_its_meet_topics_its_ops_and_the_read_only_fleet_view(acl: Acl) -> None:
     import time
 
-    from fleet.protocol.messages import WEB_API_OPS
+    from fleet.auth import WEB_API_OPS
 
     web = Credential(username="web-1a2b", role=Role.WEB, hash=HASH, expires=time.time() + 60)
     for topic in (f"{P}/meet/web-1a2b/up", *(f"{P}/api/{op.value}" for op in WEB_API_OPS)):

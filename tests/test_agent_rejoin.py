@@ -10,9 +10,9 @@ import pytest
 from brokers import BrokerHandle
 from running import controller, operator, register_devices, sim_fleet, wait_for
 
-from broker.credentials import Role
 from fleet.agents import EchoAgent
 from fleet.agents.runner import agent_in_room
+from fleet.auth import Role
 from fleet.device.audio import audio_drivers, tone_for
 from fleet.media.sinks import CaptureSink, FanoutSink
 from fleet.mqtt import BrokerUrl

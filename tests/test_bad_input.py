@@ -42,7 +42,7 @@ import pytest
 from brokers import BrokerHandle, mqtt_client
 from running import controller, operator, register_devices, sim_fleet, wait_for
 
-from broker.credentials import Role
+from fleet.auth import Role
 from fleet.client import FleetClient
 from fleet.controller.service import Controller
 from fleet.device.reconciler import Applied

@@ -15,12 +15,12 @@ from mixers import mixed_net as mixed_net
 from netns import Netns
 from test_cli import fleet
 
+from cli.demo import hearing_table, wait_until_everyone_hears
+from cli.stack import StackConfig, free_port, running_stack
 from fleet.client import FleetClient
-from fleet.demo import hearing_table, wait_until_everyone_hears
 from fleet.errors import FleetError
 from fleet.mixer.process import JanusProcess
 from fleet.protocol.messages import ApiOp, ApiRequest, MediaPath
-from fleet.stack import StackConfig, free_port, running_stack
 
 pytestmark = pytest.mark.timeout(240)
 

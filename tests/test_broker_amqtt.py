@@ -21,9 +21,9 @@ from brokers import (
     subscribe_failed,
 )
 
-import broker.amqtt_plugins as plugins
-from broker.credentials import CredentialStore, Role
-from broker.embedded import EmbeddedBroker, FleetBroker
+import broker.amqtt.plugins as plugins
+from broker.amqtt.embedded import EmbeddedBroker, FleetBroker
+from fleet.auth import CredentialStore, Role
 from fleet.errors import ConfigError
 from fleet.protocol.topics import Topics
 
@@ -254,8 +254,8 @@ async def test_only_our_plugins_are_loaded(creds_store: CredentialStore) -> None
     broker = EmbeddedBroker(creds_store.path)
     plugin_paths = set(broker.config()["plugins"])
     assert plugin_paths == {
-        "broker.amqtt_plugins.FleetAuthPlugin",
-        "broker.amqtt_plugins.FleetTopicPlugin",
+        "broker.amqtt.plugins.FleetAuthPlugin",
+        "broker.amqtt.plugins.FleetTopicPlugin",
     }
     fb = FleetBroker(broker.config())
     names = {type(p).__name__ for p in fb.plugins_manager.plugins}
@@ -269,7 +269,7 @@ async def test_anonymous_allowed_still_gets_nothing(
     """With allow_anonymous (off in EmbeddedBroker) a client connects but may do nothing."""
     port = free_port()
     config = EmbeddedBroker(creds_store.path, port=port, prefix=topic_prefix).config()
-    config["plugins"]["broker.amqtt_plugins.FleetAuthPlugin"]["allow_anonymous"] = True
+    config["plugins"]["broker.amqtt.plugins.FleetAuthPlugin"]["allow_anonymous"] = True
     amqtt = FleetBroker(config)
     await amqtt.start()
     try:

@@ -22,10 +22,9 @@ from brokers import (
 )
 from typer.testing import CliRunner
 
-from broker.credentials import CredentialStore, Role
-from broker.mosquitto import MAX_QUEUED_MESSAGES, mosquitto_acl, write_mosquitto_config
+from broker.mosquitto.config import MAX_QUEUED_MESSAGES, mosquitto_acl, write_mosquitto_config
 from cli.broker import app as broker_app
-from fleet.protocol.messages import HOMEASSISTANT_API_OPS
+from fleet.auth import HOMEASSISTANT_API_OPS, CredentialStore, Role
 
 P = "fleet/v1"
 
@@ -101,7 +100,7 @@ def test_acl_text(users: CredentialStore) -> None:
     assert f"topic read {P}/ha/#" in ha
     assert f"topic write {P}/api/result" not in ha
     assert f"topic read {P}/dev/+/state" in ha
-    # An agent meets as itself (as broker/acl.py lets it), and only as itself.
+    # An agent meets as itself (as fleet/auth/acl.py lets it), and only as itself.
     agent = sections["agent-1"]
     assert {
         f"topic write {P}/meet/agent-1/up",

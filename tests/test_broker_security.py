@@ -24,13 +24,12 @@ from brokers import (
 )
 from running import controller, one_device, operator, wait_for
 
-import broker.embedded as embedded
-from broker.acl import split_filter
-from broker.admission import Admission
-from broker.amqtt_broker import FilterTrie, TopicTree
-from broker.clientids import owner
-from broker.credentials import Credential, CredentialStore, Role, hash_secret
-from broker.embedded import EmbeddedBroker
+import broker.amqtt.embedded as embedded
+from broker.amqtt.admission import Admission
+from broker.amqtt.embedded import EmbeddedBroker
+from broker.amqtt.fixes import FilterTrie, TopicTree
+from fleet.auth import Credential, CredentialStore, Role, hash_secret, split_filter
+from fleet.auth.clientids import owner
 from fleet.mqtt import BrokerUrl, payload_bytes
 from fleet.protocol import decode
 from fleet.protocol.messages import MAX_PAYLOAD_BYTES, ApiOp, ApiRequest, Status
@@ -502,7 +501,7 @@ def test_a_burst_of_failed_logins_locks_an_address_out_briefly(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     now = [100.0]
-    monkeypatch.setattr("broker.admission.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("broker.amqtt.admission.time.monotonic", lambda: now[0])
     admission = Admission(failed_logins_per_s=2.0, failed_login_burst=3)
     for _ in range(50):  # a whole fleet admitted at once, all with a wrong password
         assert admission.admit("10.0.0.9")

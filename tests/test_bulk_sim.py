@@ -20,8 +20,8 @@ import pytest
 from brokers import BrokerHandle, mqtt_client
 from running import controller, operator, register_devices, sim_fleet, wait_for
 
-from broker.credentials import CredentialStore, Role
-from broker.embedded import EmbeddedBroker
+from broker.amqtt.embedded import EmbeddedBroker
+from fleet.auth import CredentialStore, Role
 from fleet.device.bulk import BulkFleet
 from fleet.mqtt import BrokerUrl, make_client
 from fleet.protocol import Topics

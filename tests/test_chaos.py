@@ -36,7 +36,7 @@ import pytest
 from brokers import BrokerHandle, mqtt_client
 from running import operator_url, register_devices, wait_for
 
-from broker.credentials import Role
+from fleet.auth import Role
 from fleet.client import FleetClient
 from fleet.errors import FleetError
 from fleet.protocol import TopicKind, decode

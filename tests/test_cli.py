@@ -12,8 +12,8 @@ import pytest
 from brokers import BrokerHandle, free_port
 from running import controller, operator_url, register_devices, sim_fleet
 
-from broker.credentials import CredentialStore, Role
-from broker.embedded import EmbeddedBroker
+from broker.amqtt.embedded import EmbeddedBroker
+from fleet.auth import CredentialStore, Role
 
 ROOT = Path(__file__).resolve().parent.parent
 

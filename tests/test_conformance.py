@@ -37,7 +37,7 @@ from firmware_build import WAIT_S, Build, Inbox, build, requires_toolchain
 from firmware_build import Device as HostProcess
 from running import Part, controller, operator, register_devices, sim_fleet, wait_for
 
-from broker.credentials import Role
+from fleet.auth import Role
 from fleet.device.bulk import BulkFleet
 from fleet.device.sim import DeviceConfig, SimulatedDevice
 from fleet.mqtt import BrokerUrl

@@ -16,17 +16,17 @@ import pytest
 from brokers import BrokerHandle, mqtt_client
 from typer.testing import CliRunner
 
-from broker import credentials
-from broker.credentials import (
+from cli.creds import app as creds_app
+from fleet.auth import (
     CHOSEN_SECRET_ITERATIONS,
     GENERATED_SECRET_ITERATIONS,
     CredentialStore,
     Role,
+    credentials,
     default_credentials_path,
     hash_secret,
     verify_secret,
 )
-from cli.creds import app as creds_app
 from fleet.errors import CredentialsError
 
 # --- hashes ----------------------------------------------------------------------------------

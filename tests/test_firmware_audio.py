@@ -28,7 +28,7 @@ from brokers import BrokerHandle, amqtt_handle, unique_prefix
 from firmware_build import IN_CI, Build, Device, build, requires_toolchain
 from running import controller, operator, register_devices, sim_fleet, wait_for
 
-from broker.credentials import CredentialStore
+from fleet.auth import CredentialStore
 from fleet.client import FleetClient
 from fleet.controller.service import Controller
 from fleet.device.audio import AudioMeetingDriver, AudioProfile, tone_for

@@ -31,8 +31,7 @@ from running import (
     wait_for,
 )
 
-from broker.acl import Acl
-from broker.credentials import Role
+from fleet.auth import Acl, Role
 from fleet.controller.meetings import MeetingServer
 from fleet.controller.service import Controller
 from fleet.ha import HomeAssistantPart, HomeAssistantSettings

@@ -26,7 +26,7 @@ from running import (
     wait_for,
 )
 
-from broker.credentials import Role
+from fleet.auth import Role
 from fleet.controller import service
 from fleet.controller.meetings import MeetingServer
 from fleet.controller.store import REV_CEILING

@@ -28,7 +28,8 @@ from running import controller, operator, register_devices, sim_fleet, wait_for
 from test_cli import fleet
 from test_telemetry_dashboards import DB, fill, queries_of
 
-from broker.credentials import Role
+from cli.stack import StackConfig, free_port, running_stack
+from fleet.auth import Role
 from fleet.client import FleetClient
 from fleet.controller.meetings import MeetingServer
 from fleet.controller.parts import ControllerPart
@@ -55,7 +56,6 @@ from fleet.protocol.messages import (
     RoomMedia,
     Telemetry,
 )
-from fleet.stack import StackConfig, free_port, running_stack
 from fleet.telemetry import TelemetryIngest
 
 pytestmark = pytest.mark.timeout(180)

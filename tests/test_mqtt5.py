@@ -34,10 +34,11 @@ from databases import victoria as victoria  # the fixture
 from running import Part, controller, operator, register_devices, wait_for
 from typer.testing import CliRunner
 
-from broker.credentials import CredentialStore, Role, hash_secret
-from broker.embedded import EmbeddedBroker
+from broker.amqtt.embedded import EmbeddedBroker
 from broker.local import MosquittoBroker
 from cli.broker import app as broker_app
+from cli.stack import StackConfig, free_port, running_stack
+from fleet.auth import CredentialStore, Role, hash_secret
 from fleet.client import FleetClient
 from fleet.controller.service import Controller
 from fleet.errors import PublishRefused, SubscribeRefused
@@ -54,7 +55,6 @@ from fleet.protocol.messages import (
     Telemetry,
     WifiTelemetry,
 )
-from fleet.stack import StackConfig, free_port, running_stack
 from fleet.telemetry.ingest import TelemetryIngest
 from fleet.telemetry.worker import IngestWorker
 

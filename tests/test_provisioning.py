@@ -23,8 +23,8 @@ import pytest
 from esp_idf_nvs_partition_gen import nvs_partition_gen as gen
 from typer.testing import CliRunner
 
-from broker.credentials import CredentialStore, Role
 from cli.main import app
+from fleet.auth import CredentialStore, Role
 from fleet.errors import ConfigError
 from fleet.provisioning import (
     FIRMWARE_KEYS,

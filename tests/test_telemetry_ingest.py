@@ -20,7 +20,8 @@ from databases import influx1 as influx1  # the fixture
 from databases import victoria as victoria  # the fixture
 from running import Part, register_devices, wait_for
 
-from broker.credentials import Role
+from cli.stack import free_port
+from fleet.auth import Role
 from fleet.device.sim import SimFleet
 from fleet.mqtt import BrokerUrl, payload_bytes
 from fleet.protocol import decode, encode
@@ -31,7 +32,6 @@ from fleet.protocol.messages import (
     Telemetry,
     TelemetryMeeting,
 )
-from fleet.stack import free_port
 
 TELE_INTERVAL_S = 0.1
 

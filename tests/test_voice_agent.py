@@ -24,13 +24,13 @@ from brokers import BrokerHandle, amqtt_handle, unique_prefix
 from running import controller, operator, operator_url, sim_fleet, wait_for
 from test_cli import fleet as fleet_cli
 
-from broker.credentials import CredentialStore, Role
 from fleet.agents import Agent
 from fleet.agents.runner import agent_in_room
 from fleet.agents.voice.brain import FleetBrain, LLMBrain
 from fleet.agents.voice.pipeline import CANNOT, TranscriberAgent, VoiceAgent
 from fleet.agents.voice.stt import OpenAISTT, PocketSphinxSTT
 from fleet.agents.voice.tts import EspeakTTS
+from fleet.auth import CredentialStore, Role
 from fleet.client import FleetClient
 from fleet.controller.service import Controller
 from fleet.device.sim import SimFleet

@@ -1,7 +1,7 @@
 """The voice assistant in a mixed room: its one peer is a real Janus AudioBridge (the
 stack's own local Janus, in a network namespace of the module's), which mixes dev-1's
 spoken command for it and its spoken answer for dev-2. The same code as
-`fleet demo --agent assistant` (fleet.demo.assistant_demo), on a room created mixed."""
+`fleet demo --agent assistant` (cli.demo.assistant_demo), on a room created mixed."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import pytest
 from mixers import mixed_net as mixed_net  # the fixture (module-scoped)
 from netns import Netns
 
+from cli.demo import assistant_demo
+from cli.stack import StackConfig, free_port, running_stack
 from fleet.agents.voice.tts import EspeakTTS
 from fleet.client import FleetClient
-from fleet.demo import assistant_demo
 from fleet.device.speech import SpeakingDriver
 from fleet.mixer.process import require_janus
 from fleet.protocol.messages import ApiOp, ApiRequest, MediaPath, RoomMedia
-from fleet.stack import StackConfig, free_port, running_stack
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -21,14 +21,14 @@ import pytest_asyncio
 from netns import Netns, netns
 from running import wait_for
 
-from broker.credentials import CredentialStore
+from cli.stack import Stack, StackConfig, free_port, running_stack, stack_console
+from fleet.auth import CredentialStore
 from fleet.client import FleetClient
 from fleet.controller.meetings import MeetingServer
 from fleet.device.audio import AudioMeetingDriver, tone_for
 from fleet.protocol.messages import ApiOp, ApiRequest, MediaPath, RoomMedia
-from fleet.stack import Stack, StackConfig, free_port, running_stack
 from fleet.web.chromium import chromium_path, launch, tone_wav
-from fleet.web.server import ConsoleConfig, WebConsole, stack_console
+from fleet.web.server import ConsoleConfig, WebConsole
 
 playwright_api = pytest.importorskip("playwright.async_api")
 

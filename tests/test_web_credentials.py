@@ -13,7 +13,7 @@ import pytest
 from brokers import BrokerHandle, mqtt_client
 from running import controller, operator
 
-from broker.credentials import GENERATED_SECRET_ITERATIONS, Role, generate_secret, hash_secret
+from fleet.auth import GENERATED_SECRET_ITERATIONS, Role, generate_secret, hash_secret
 from fleet.controller.meetings import MeetingServer
 from fleet.controller.web_login import WebLogins
 from fleet.protocol.messages import ApiOp, ApiRequest

@@ -35,7 +35,7 @@ log = logging.getLogger("fleet.agents")
 @dataclass(frozen=True)
 class AgentContext:
     """What a started agent may use: its own broker login (an `agent` user may call some
-    API ops: broker/acl.py) and its participant (room, session, peers)."""
+    API ops: fleet/auth/acl.py) and its participant (room, session, peers)."""
 
     url: BrokerUrl
     topics: Topics

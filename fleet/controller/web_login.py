@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
-from broker.credentials import CredentialStore
+from fleet.auth import CredentialStore
 from fleet.controller.parts import ControllerPart
 from fleet.errors import CredentialsError
 from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult

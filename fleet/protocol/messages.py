@@ -543,34 +543,6 @@ class ApiRequest(Message):
     ttl_s: Annotated[float, Field(ge=1, le=MAX_WEB_TTL_S)] = DEFAULT_WEB_TTL_S
 
 
-# The ops an agent-role user may request (§11): meetings, rooms and sessions to read, and
-# transcripts; no commands, no room management.
-AGENT_API_OPS = (
-    ApiOp.JOIN_ALL,
-    ApiOp.LEAVE_ALL,
-    ApiOp.JOIN,
-    ApiOp.LEAVE,
-    ApiOp.ROOMS,
-    ApiOp.SESSIONS,
-    ApiOp.TRANSCRIBE,
-    ApiOp.TRANSCRIPT,
-)
-
-# The ops a person's browser (web role) may request (§11.2): meetings and the fleet view.
-WEB_API_OPS = (
-    ApiOp.JOIN_ALL,
-    ApiOp.LEAVE_ALL,
-    ApiOp.JOIN,
-    ApiOp.LEAVE,
-    ApiOp.ROOMS,
-    ApiOp.SESSIONS,
-    ApiOp.SAY,
-)
-
-# The ops a homeassistant-role user may request (§11): meetings only, no commands
-# (reboot, OTA) and no room management.
-HOMEASSISTANT_API_OPS = (ApiOp.JOIN_ALL, ApiOp.LEAVE_ALL, ApiOp.JOIN, ApiOp.LEAVE)
-
 # Fields each API op needs beyond the defaults.
 API_REQUIRED_FIELDS: dict[ApiOp, tuple[str, ...]] = {
     ApiOp.JOIN_ALL: ("room",),

@@ -14,19 +14,16 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 from aiohttp import web
 
-from broker.credentials import GENERATED_SECRET_ITERATIONS, generate_secret, hash_secret
+from fleet.auth import GENERATED_SECRET_ITERATIONS, generate_secret, hash_secret
 from fleet.client import FleetClient
 from fleet.errors import FleetError
 from fleet.mqtt import BrokerUrl
 from fleet.protocol import Topics
 from fleet.protocol.messages import DEFAULT_WEB_TTL_S, MAX_WEB_TTL_S, ApiOp, ApiRequest
-
-if TYPE_CHECKING:
-    from fleet.stack import Stack
 
 log = logging.getLogger(__name__)
 
@@ -160,17 +157,3 @@ async def _headers(request: web.Request, handler: Any) -> web.StreamResponse:
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
     return response
-
-
-def stack_console(stack: Stack, host: str, port: int) -> WebConsole:
-    """The console of a `fleet up` stack: its broker, its WebSocket port, its operator."""
-    cfg = stack.config
-    if stack.broker.ws_port is None:
-        raise FleetError("the web console needs the broker's WebSocket listener (--ws-port)")
-    config = ConsoleConfig(
-        broker=BrokerUrl(scheme="mqtt", host=cfg.host, port=stack.broker.port),
-        topics=Topics(cfg.prefix),
-        ws_port=stack.broker.ws_port,
-        operator=stack.operator_url.username or "operator",
-    )
-    return WebConsole(config, host, port)

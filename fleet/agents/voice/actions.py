@@ -1,5 +1,5 @@
 """What the assistant can do to the fleet, through the automation API with its own scoped
-credentials (an `agent` broker user: broker/acl.py), each answered in a sentence.
+credentials (an `agent` broker user: fleet/auth/acl.py), each answered in a sentence.
 
 Devices, groups and rooms are called by their names spoken as words: `dev-1` is "dev
 one", `living-room` is "living room".

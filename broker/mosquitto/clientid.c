@@ -3,7 +3,7 @@
  * Mosquitto's acl_file cannot tie a client id to a username, and
  * use_username_as_clientid would make every connection of a user evict the
  * others. This plugin refuses a CONNECT whose client id belongs to another
- * user, with the same rule as broker/clientids.py:
+ * user, with the same rule as fleet/auth/clientids.py:
  *
  *   the owner of a client id is the user with the longest name that the id
  *   equals or extends with "-"; a device's id must equal its name exactly.

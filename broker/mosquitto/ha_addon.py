@@ -14,7 +14,7 @@ own auth plugin, so it must also grant the add-on's two system users (`homeassis
   salt and key, no secret needed);
 - ``share/mosquitto/espfleet.conf``: `acl_file` pointing at the ACL below;
 - ``share/mosquitto/espfleet.acl``: full access for the add-on's and the home's users,
-  then the fleet's ACL (`broker.mosquitto.mosquitto_acl`).
+  then the fleet's ACL (`broker.mosquitto.config.mosquitto_acl`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker.credentials import CredentialStore, atomic_write
-from broker.mosquitto import mosquitto_acl
+from broker.mosquitto.config import mosquitto_acl
+from fleet.auth import CredentialStore
 from fleet.errors import CredentialsError
+from fleet.files import atomic_write
 from fleet.protocol.topics import DEFAULT_PREFIX
 
 # Users the add-on makes for itself (Home Assistant's MQTT integration and other add-ons).

@@ -1,4 +1,4 @@
-"""Build the Mosquitto client-id plugin (broker/mosquitto_clientid.c) once per source.
+"""Build the Mosquitto client-id plugin (broker/mosquitto/clientid.c) once per source.
 
 The plugin is compiled with gcc against Debian's ``mosquitto-dev`` headers into a cache
 folder, named by a hash of its source, so every generated config reuses one build.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fleet.errors import ConfigError
 
-SOURCE = Path(__file__).with_name("mosquitto_clientid.c")
+SOURCE = Path(__file__).with_name("clientid.c")
 HEADER = Path("/usr/include/mosquitto_broker.h")
 INSTALL_HINT = "apt-get install gcc mosquitto-dev"
 

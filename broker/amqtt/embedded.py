@@ -3,7 +3,7 @@
 ``async with EmbeddedBroker(creds_path, port=1883) as broker:`` listens on TCP (and
 WebSocket / TLS when asked); ``await broker.stop()`` frees the ports.
 
-`FleetBroker` builds on `broker.amqtt_broker.FleetAmqttBroker` (amqtt 0.12.1's Broker with
+`FleetBroker` builds on `broker.amqtt.fixes.FleetAmqttBroker` (amqtt 0.12.1's Broker with
 its scaling defects fixed: per-client filter index, retained replay limited to the
 client's own filters, exact-filter lookups) and adds what the security model needs and
 the plugin interface cannot reach. Each override copies amqtt's method (the version is
@@ -20,13 +20,13 @@ pinned in pyproject) and marks what differs:
    no longer hold them (groups changed, credentials replaced by another role).
 3. Topic checks call FleetTopicPlugin synchronously instead of through the plugin
    manager's task-per-plugin gather: RECEIVE runs per message per subscriber.
-4. A client id belongs to one user (broker/clientids.py, checked by the auth plugin).
+4. A client id belongs to one user (fleet/auth/clientids.py, checked by the auth plugin).
    When its owner connects again, the older connection is closed first, as Mosquitto
    does; stock amqtt deletes the session of a clean-session takeover but leaves the old
    socket open, so that client stays connected and deaf.
 5. Messages a persistent session queued while offline pass the read ACL again when
    it resumes, like its subscriptions: the user may have changed (groups, role).
-6. Bounds (broker/admission.py): sockets in all and per address before CONNECT, a
+6. Bounds (broker/amqtt/admission.py): sockets in all and per address before CONNECT, a
    CONNECT timeout, a failed-login rate limit per address, packets over
    `MAX_PACKET_BYTES` close the connection before they are read, payloads over the
    protocol's 64 KiB are dropped, and each client holds at most
@@ -67,9 +67,9 @@ from amqtt.session import Session
 from amqtt.utils import format_client_message, gen_client_id
 from transitions import MachineError
 
-from broker.admission import Admission
-from broker.amqtt_broker import LOOP_DONE_KEY, CorkedWriter, FleetAmqttBroker, transport_of
-from broker.amqtt_plugins import SESSION_USER_KEY, FleetAuthPlugin, FleetTopicPlugin
+from broker.amqtt.admission import Admission
+from broker.amqtt.fixes import LOOP_DONE_KEY, CorkedWriter, FleetAmqttBroker, transport_of
+from broker.amqtt.plugins import SESSION_USER_KEY, FleetAuthPlugin, FleetTopicPlugin
 from fleet.errors import ConfigError
 from fleet.protocol.messages import MAX_PAYLOAD_BYTES
 from fleet.protocol.topics import DEFAULT_PREFIX, Topics

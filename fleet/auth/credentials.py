@@ -1,26 +1,20 @@
 """Broker users: per-device credentials, the controller and Home Assistant.
 
 The store is one JSON file (mode 0600, written atomically). Hashes use Mosquitto's
-``$7$`` PBKDF2-SHA512 format, so the same file feeds the embedded amqtt broker and a
-generated Mosquitto ``password_file`` without re-keying any device.
+``$7$`` PBKDF2-SHA512 format (`fleet.auth.hashing`), so the same file feeds the embedded
+amqtt broker and a generated Mosquitto ``password_file`` without re-keying any device.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import fcntl
-import hashlib
-import hmac
 import json
 import os
 import re
-import secrets
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,6 +28,16 @@ from pydantic import (
     model_validator,
 )
 
+from fleet.auth.hashing import (
+    CHOSEN_SECRET_ITERATIONS,
+    DUMMY_HASH,
+    GENERATED_SECRET_ITERATIONS,
+    HASH_RE,
+    generate_secret,
+    hash_secret,
+    verify_secret,
+)
+from fleet.auth.roles import Role
 from fleet.errors import CredentialsError
 from fleet.files import atomic_write
 from fleet.protocol.topics import ID_PATTERN, NAME_RULES
@@ -42,35 +46,13 @@ from fleet.settings import default_home
 FILE_VERSION = 1
 CREDENTIALS_FILENAME = "credentials.json"
 
-# Generated secrets are secrets.token_urlsafe(24): 192 random bits that no amount of
-# offline guessing reaches, so stretching buys nothing. 101 is mosquitto_passwd's own
-# default and keeps a connect cheap (~75 us): the amqtt broker verifies on its event
-# loop, and a whole fleet reconnects at once after a broker restart.
-GENERATED_SECRET_ITERATIONS = 101
-# A secret a person chose can be guessed; stretch it (~15 ms per check, off the loop).
-CHOSEN_SECRET_ITERATIONS = 20_000
-_SALT_BYTES = 12  # what mosquitto_passwd uses
-_HASH_BYTES = 64  # SHA-512 output
-_MAX_ITERATIONS = 10_000_000  # refuse absurd counts from a tampered file (CPU exhaustion)
-
 DEVICE_NAME_PATTERN = ID_PATTERN
 USER_NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,63}"
 USER_NAME_RULE = "use 1-64 of a-z, 0-9, '_' and '-', starting with a letter or digit"
 _DEVICE_NAME_RE = re.compile(rf"^{DEVICE_NAME_PATTERN}$")
 _USER_NAME_RE = re.compile(rf"^{USER_NAME_PATTERN}$")
-_HASH_RE = re.compile(r"^\$7\$([0-9]{1,9})\$([A-Za-z0-9+/]+={0,2})\$([A-Za-z0-9+/]+={0,2})$")
 
 GroupName = Annotated[str, StringConstraints(pattern=rf"^{ID_PATTERN}$")]
-
-
-class Role(StrEnum):
-    DEVICE = "device"
-    CONTROLLER = "controller"
-    HOMEASSISTANT = "homeassistant"
-    AGENT = "agent"  # a Python participant that may also use some API ops (broker/acl.py)
-    # One person's browser (a signed-in operator's console): minted by the controller
-    # (web-login), short-lived; its username is its client id and its participant pid.
-    WEB = "web"
 
 
 class Credential(BaseModel):
@@ -80,7 +62,7 @@ class Credential(BaseModel):
 
     username: str
     role: Role
-    hash: Annotated[str, Field(pattern=_HASH_RE.pattern)]
+    hash: Annotated[str, Field(pattern=HASH_RE.pattern)]
     groups: list[GroupName] = Field(default_factory=list, max_length=32)
     # Unix time after which the user is refused (web users only, who always have one).
     expires: float | None = None
@@ -113,43 +95,6 @@ def check_username(username: str, role: Role | str) -> None:
             raise ValueError(f"invalid device id {username!r}: {NAME_RULES['device']}")
     elif not _USER_NAME_RE.match(username):
         raise ValueError(f"invalid username {username!r}: {USER_NAME_RULE}")
-
-
-# --- hashing ----------------------------------------------------------------------------------
-
-
-def hash_secret(secret: str, iterations: int = CHOSEN_SECRET_ITERATIONS) -> str:
-    """Hash in Mosquitto's format: ``$7$<iterations>$<b64 salt>$<b64 pbkdf2-sha512>``."""
-    salt = os.urandom(_SALT_BYTES)
-    digest = hashlib.pbkdf2_hmac("sha512", secret.encode(), salt, iterations, _HASH_BYTES)
-    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
-
-
-def verify_secret(encoded: str, secret: str) -> bool:
-    """Check `secret` against a ``$7$`` hash in constant time; False for any malformed hash."""
-    m = _HASH_RE.match(encoded)
-    if m is None:
-        return False
-    iterations = int(m[1])
-    if not 0 < iterations <= _MAX_ITERATIONS:
-        return False
-    try:
-        salt = base64.b64decode(m[2], validate=True)
-        expected = base64.b64decode(m[3], validate=True)
-    except binascii.Error:
-        return False
-    if not expected:
-        return False
-    actual = hashlib.pbkdf2_hmac("sha512", secret.encode(), salt, iterations, len(expected))
-    return hmac.compare_digest(actual, expected)
-
-
-def generate_secret() -> str:
-    return secrets.token_urlsafe(24)
-
-
-# Checked against for unknown users so a miss costs about what a hit costs.
-_DUMMY_HASH = hash_secret(generate_secret(), GENERATED_SECRET_ITERATIONS)
 
 
 def default_credentials_path() -> Path:
@@ -288,7 +233,7 @@ class CredentialStore:
         """The user's credential when `password` is right, else None (unknown user included)."""
         cred = self.get(username, refresh=refresh)
         if cred is None:
-            verify_secret(_DUMMY_HASH, password)
+            verify_secret(DUMMY_HASH, password)
             return None
         return cred if verify_secret(cred.hash, password) else None
 

@@ -6,7 +6,7 @@ client flooding wrong passwords makes the broker hash and log for each one. So:
 
 - at most `max_connections` sockets in all (below the descriptor limit);
 - at most `max_pending_per_address` sockets per source address that have not
-  finished CONNECT yet (each also times out, see broker/embedded.py);
+  finished CONNECT yet (each also times out, see broker/amqtt/embedded.py);
 - a source address that fails `failed_login_burst` logins faster than
   `failed_logins_per_s` refills is refused at accept, without reading its CONNECT,
   until its budget has refilled one login.

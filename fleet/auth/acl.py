@@ -34,8 +34,8 @@ from __future__ import annotations
 import time
 from typing import Literal
 
-from broker.credentials import Credential, Role
-from fleet.protocol.messages import AGENT_API_OPS, HOMEASSISTANT_API_OPS, WEB_API_OPS
+from fleet.auth.credentials import Credential
+from fleet.auth.roles import AGENT_API_OPS, HOMEASSISTANT_API_OPS, WEB_API_OPS, Role
 from fleet.protocol.topics import Topics
 
 AclAction = Literal["publish", "subscribe", "receive"]

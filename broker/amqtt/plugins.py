@@ -1,7 +1,7 @@
 """amqtt 0.12.1 plugins: authenticate against the credential store, authorise with Acl.
 
 Both are loaded by dotted path from the broker config's ``plugins`` section (see
-broker/embedded.py). amqtt calls ``authenticate(session=)`` once per CONNECT and
+broker/amqtt/embedded.py). amqtt calls ``authenticate(session=)`` once per CONNECT and
 ``topic_filtering(session=, topic=, action=)`` per PUBLISH, per SUBSCRIBE filter and per
 message per matching subscriber (RECEIVE), so the topic check stays a dict lookup plus
 `Acl.allows`.
@@ -20,9 +20,7 @@ from amqtt.contexts import Action, BaseContext
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
-from broker import clientids
-from broker.acl import Acl, AclAction
-from broker.credentials import Credential, CredentialStore, Role, verify_secret
+from fleet.auth import Acl, AclAction, Credential, CredentialStore, Role, clientids, verify_secret
 from fleet.errors import CredentialsError
 from fleet.protocol.topics import DEFAULT_PREFIX, Topics
 
@@ -62,7 +60,7 @@ class _StoreMixin:
 class FleetAuthPlugin(BaseAuthPlugin, _StoreMixin):
     """Accept a CONNECT only with a username and the right secret from the store.
 
-    Also refuses a client id the user does not own (broker/clientids.py: a device's is
+    Also refuses a client id the user does not own (fleet/auth/clientids.py: a device's is
     its id; otherwise the user could take over another client's session and its will),
     and a will topic the user may not publish to (amqtt sends wills without a PUBLISH
     check).

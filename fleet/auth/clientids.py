@@ -7,14 +7,15 @@ with ``-`` (``controller``, ``controller-2`` and ``controller-cli-1a2b`` belong 
 use exactly its id (a person's browser, the web role, its username). So no user can take
 over another user's session, whatever the role, while a controller or operator still
 runs several connections of its own. The embedded broker applies `may_use` at CONNECT;
-Mosquitto applies the same rule in broker/mosquitto_clientid.c from the list
+Mosquitto applies the same rule in broker/mosquitto/clientid.c from the list
 `clientids_text` writes."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from broker.credentials import Credential, Role
+from fleet.auth.credentials import Credential
+from fleet.auth.roles import Role
 
 
 def owner(client_id: str, users: Mapping[str, Credential]) -> Credential | None:
