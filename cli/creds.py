@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from broker.mosquitto.process import reload_running
 from cli.common import command_group, console, fail
 from fleet.auth import Credential, CredentialStore, Role, default_credentials_path
 from fleet.errors import CredentialsError
@@ -29,6 +30,12 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts
 
 def _store(path: Path | None) -> CredentialStore:
     return CredentialStore(path or default_credentials_path())
+
+
+def _changed(store: CredentialStore) -> None:
+    """The Mosquitto of a `fleet up` on this file reads the change before we return, so
+    a user just added connects at once (amqtt reads the file itself at each login)."""
+    reload_running(store)
 
 
 def _split_groups(values: list[str] | None) -> list[str]:
@@ -66,6 +73,7 @@ def add(
         cred = store.get(username)
     except CredentialsError as exc:
         fail(str(exc))
+    _changed(store)
     assert cred is not None
     if as_json:
         console.print_json(json.dumps(_public(cred) | {"secret": secret_out}))
@@ -92,6 +100,7 @@ def remove(
         fail(str(exc))
     if not removed:
         fail(f"unknown user {username!r} in {store.path}")
+    _changed(store)
     console.print(f"Removed [bold]{escape(username)}[/bold]")
 
 
@@ -129,5 +138,6 @@ def groups(
         cred = store.set_groups(username, _split_groups([group_list]))
     except CredentialsError as exc:
         fail(str(exc))
+    _changed(store)
     shown = ", ".join(cred.groups) or "(none besides 'all')"
     console.print(f"[bold]{escape(username)}[/bold] groups: {escape(shown)}")

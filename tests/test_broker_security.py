@@ -8,6 +8,7 @@ import contextlib
 import os
 import random
 import socket
+import string
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,7 +30,7 @@ from broker.amqtt.admission import Admission
 from broker.amqtt.embedded import EmbeddedBroker
 from broker.amqtt.fixes import FilterTrie, TopicTree
 from fleet.auth import Credential, CredentialStore, Role, hash_secret, split_filter
-from fleet.auth.clientids import owner
+from fleet.auth.clientids import may_use, owner
 from fleet.mqtt import BrokerUrl, payload_bytes
 from fleet.protocol import decode
 from fleet.protocol.messages import MAX_PAYLOAD_BYTES, ApiOp, ApiRequest, Status
@@ -82,7 +83,7 @@ async def test_no_user_connects_with_another_users_client_id(any_broker: BrokerH
         ("ha", ha, "ha-box-1"),
         ("ctl", ctl, "ha-box"),
         ("ctl", ctl, "ha"),
-        ("ctl", ctl, "fleet-controller"),  # owned by nobody
+        ("ctl", ctl, "fleet-controller"),  # the controller's id on a broker without users
         ("ha-box", dev, "ha-box-2"),  # a device uses its id exactly
     ]
     allowed = [
@@ -93,6 +94,76 @@ async def test_no_user_connects_with_another_users_client_id(any_broker: BrokerH
     ]
     got = {(u, cid): await connect_result(any_broker, u, s, cid) for u, s, cid in refused + allowed}
     assert got == {(u, cid): (u, s, cid) in allowed for u, s, cid in refused + allowed}
+
+
+def test_an_id_that_belongs_to_nobody_is_free_but_for_devices_and_web_users() -> None:
+    h = hash_secret("x", 1)
+    users = {
+        name: Credential(username=name, role=role, hash=h, expires=expires)
+        for name, role, expires in [
+            ("ctl", Role.CONTROLLER, None),
+            ("ha", Role.HOMEASSISTANT, None),
+            ("agent-1", Role.AGENT, None),
+            ("dev-a", Role.DEVICE, None),
+            ("web-1", Role.WEB, 4e9),
+        ]
+    }
+    for name in ("ctl", "ha", "agent-1"):
+        assert may_use(users[name], "Xq3Vb9kLm2Pz8RtY5nWc1d", users), name
+        for taken in ("fleet-controller", "fleet-controller-2", "dev-a", "web-1", "ctlx-1"):
+            expected = taken == "ctlx-1"  # nobody's: 'ctlx' is no user
+            assert may_use(users[name], taken, users) is expected, (name, taken)
+    assert not may_use(users["ha"], "ctl-2", users)
+    for name in ("dev-a", "web-1"):
+        assert not may_use(users[name], "Xq3Vb9kLm2Pz8RtY5nWc1d", users), name
+
+
+def home_assistant_client_id() -> str:
+    """What Home Assistant connects with when its client id is left empty: 22 random
+    letters and digits."""
+    return "".join(random.choices(string.ascii_letters + string.digits, k=22))
+
+
+async def test_home_assistant_connects_with_its_random_client_id(
+    any_broker: BrokerHandle,
+) -> None:
+    """On its defaults: a random client id, MQTT 5 where the broker speaks it (amqtt
+    speaks 3.1.1 only). Ids that belong to someone stay refused to it."""
+    ha = any_broker.add_user("ha", Role.HOMEASSISTANT)
+    any_broker.add_user("otheruser", Role.HOMEASSISTANT)
+    dev = any_broker.add_device("dev-a")
+    v5, v311 = aiomqtt.ProtocolVersion.V5, aiomqtt.ProtocolVersion.V311
+    version = v5 if any_broker.kind == "mosquitto" else v311
+
+    async def connects(username: str, secret: str, client_id: str) -> bool:
+        try:
+            async with aiomqtt.Client(
+                any_broker.host,
+                any_broker.port,
+                username=username,
+                password=secret,
+                identifier=client_id,
+                protocol=version,
+                timeout=10,
+            ):
+                return True
+        except aiomqtt.MqttError:
+            return False
+
+    random_id = home_assistant_client_id()
+    expected = {
+        ("ha", random_id): True,
+        ("ha", "ha-x"): True,
+        ("ha", "fleet-controller"): False,
+        ("ha", "fleet-controller-1"): False,
+        ("ha", "dev-a"): False,  # a device's session
+        ("ha", "otheruser"): False,  # another user's namespace
+        ("ha", "otheruser-x"): False,
+        ("dev-a", random_id): False,  # a device uses its id exactly
+    }
+    secrets = {"ha": ha, "dev-a": dev}
+    got = {(u, cid): await connects(u, secrets[u], cid) for u, cid in expected}
+    assert got == expected
 
 
 async def test_a_taken_controller_session_recovers(

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from brokers import BrokerHandle, mqtt_client
+from brokers import BrokerHandle, free_port, mqtt_client, require_mosquitto
 from typer.testing import CliRunner
 
+import broker.mosquitto.process as mosquitto_process
+from broker.local import BrokerEngine
 from cli.creds import app as creds_app
+from cli.stack import StackConfig, running_stack
 from fleet.auth import (
     CHOSEN_SECRET_ITERATIONS,
     GENERATED_SECRET_ITERATIONS,
@@ -419,3 +422,53 @@ def test_cli_uses_fleet_home(
     assert res.exit_code == 0, res.output
     assert "Xq9-chosen-Zz" not in res.stdout  # a chosen secret is not echoed
     assert CredentialStore(tmp_path / "credentials.json").verify("ops", "Xq9-chosen-Zz") is not None
+
+
+@pytest.mark.mosquitto
+async def test_a_user_added_to_a_running_stack_connects_at_once(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`fleet creds add` against `fleet up`'s Mosquitto, then a connect at once: the
+    password and the client id are checked against the new user (the client-id plugin
+    refused it until the broker's file watcher caught up); `fleet creds rm` likewise
+    takes effect before it returns. The watcher is slowed so that only `fleet creds`
+    itself can make the broker follow."""
+    require_mosquitto()
+    monkeypatch.setattr(mosquitto_process, "WATCH_INTERVAL_S", 3600.0)
+    home = tmp_path / "home"
+    config = StackConfig(
+        home=home,
+        devices=0,
+        port=free_port(),
+        audio=False,
+        mixer=False,
+        engine=BrokerEngine.MOSQUITTO,
+    )
+    file = str(home / "credentials.json")
+    async with running_stack(config) as stack:
+        await stack.wait_ready()
+
+        async def connects(secret: str) -> bool:
+            try:
+                async with aiomqtt.Client(
+                    config.host,
+                    config.port,
+                    username="ha",
+                    password=secret,
+                    identifier="ha-x",
+                    protocol=aiomqtt.ProtocolVersion.V5,
+                    timeout=10,
+                ):
+                    return True
+            except aiomqtt.MqttError:
+                return False
+
+        res = runner.invoke(
+            creds_app, ["add", "ha", "--role", "homeassistant", "--json", "--file", file]
+        )
+        assert res.exit_code == 0, res.output
+        secret = json.loads(res.stdout)["secret"]
+        assert await connects(secret)
+        res = runner.invoke(creds_app, ["rm", "ha", "--file", file])
+        assert res.exit_code == 0, res.output
+        assert not await connects(secret)

@@ -60,8 +60,9 @@ class _StoreMixin:
 class FleetAuthPlugin(BaseAuthPlugin, _StoreMixin):
     """Accept a CONNECT only with a username and the right secret from the store.
 
-    Also refuses a client id the user does not own (fleet/auth/clientids.py: a device's is
-    its id; otherwise the user could take over another client's session and its will),
+    Also refuses a client id that is not the user's to take (fleet/auth/clientids.py: a
+    device's is its id; another user's would let it take over that client's session and
+    its will),
     and a will topic the user may not publish to (amqtt sends wills without a PUBLISH
     check).
     """
@@ -100,7 +101,7 @@ class FleetAuthPlugin(BaseAuthPlugin, _StoreMixin):
             return False
         if not clientids.may_use(cred, session.client_id or "", self.store.users):
             self.context.logger.info(
-                "refused %s: client id %r belongs to another user%s",
+                "refused %s: client id %r belongs to another user or the controller%s",
                 username,
                 session.client_id,
                 " (a device's is its id)" if cred.role is Role.DEVICE else "",

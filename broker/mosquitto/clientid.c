@@ -6,7 +6,10 @@
  * user, with the same rule as fleet/auth/clientids.py:
  *
  *   the owner of a client id is the user with the longest name that the id
- *   equals or extends with "-"; a device's id must equal its name exactly.
+ *   equals or extends with "-"; a device's id must equal its name exactly;
+ *   "fleet-controller" and "fleet-controller-..." are nobody's to take; any
+ *   other id that belongs to nobody is free for users other than devices and
+ *   web users (Home Assistant's default client id is a random one).
  *
  * A person's browser user (web role) owns exactly its name, like a device, and
  * only until its expiry (docs/protocol.md 11.2): after it, its CONNECT is refused,
@@ -98,6 +101,14 @@ static int by_name(const void *key, const void *item)
 	return strcmp((const char *)key, *(char *const *)item);
 }
 
+/* The controller's client id on a broker without users, and its family. */
+static int reserved(const char *id)
+{
+	static const char name[] = "fleet-controller";
+	size_t n = sizeof(name) - 1;
+	return !strncmp(id, name, n) && (id[n] == '\0' || id[n] == '-');
+}
+
 /* The owner's entry for `id`, or NULL. */
 static char *owner_of(const char *id)
 {
@@ -150,6 +161,11 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	if(owner && owner[-2] != 'w' && !strcmp(owner, username)
 			&& (owner[-2] != 'd' || !strcmp(id, username))){
 		return MOSQ_ERR_PLUGIN_DEFER;
+	}
+	if(!owner && !reserved(id)){
+		/* Nobody's id: free for a user of kind 'u' (not a device, not a web user). */
+		char **self = bsearch(username, users.names, users.count, sizeof(char *), by_name);
+		if(self && (*self)[-2] == 'u') return MOSQ_ERR_PLUGIN_DEFER;
 	}
 	mosquitto_log_printf(MOSQ_LOG_NOTICE,
 			"fleet-clientid: refused client id '%s' for user '%s': not its own", id, username);

@@ -3,7 +3,14 @@
 `MosquittoBroker` writes mosquitto.conf, passwd, acl and the client-id plugin's list
 (`broker/mosquitto/config.py`) into a folder of the fleet's home, runs mosquitto as a
 child process, and rewrites the files and sends SIGHUP whenever the credentials file
-changes (`fleet creds add`, or the controller granting groups on `set_groups`).
+changes (the controller granting groups on `set_groups`, or a file watcher).
+
+`fleet creds` in another process changes the credentials file; the watcher would
+follow within WATCH_INTERVAL_S, so a user just added would be refused meanwhile (by the
+client-id plugin first, whose list is as stale as the password file). So `fleet creds`
+calls `reload_running`: the running broker's record in its folder (`running.json`: its
+pid and prefix) lets it rewrite the users' files and send the SIGHUP itself before it
+returns. Writers take a lock in that folder, so an older view never overwrites a newer.
 """
 
 from __future__ import annotations
@@ -11,19 +18,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
+import json
 import logging
 import os
 import shutil
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from broker.mosquitto.config import write_mosquitto_config
+from broker.mosquitto.config import CONF_NAME, write_mosquitto_config, write_user_files
 from fleet.auth import Credential, CredentialStore
-from fleet.errors import ConfigError
+from fleet.errors import ConfigError, CredentialsError
+from fleet.files import atomic_write
 from fleet.protocol.topics import DEFAULT_PREFIX, Topics
 
 log = logging.getLogger(__name__)
@@ -33,6 +44,8 @@ START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 WATCH_INTERVAL_S = 0.5  # how often the credentials file is looked at
 LOG_NAME = "mosquitto.log"
+RUN_RECORD_NAME = "running.json"  # the running broker's pid and prefix, for `fleet creds`
+LOCK_NAME = ".reload.lock"
 INSTALL_HINT = "install it with `apt-get install mosquitto`, or use `--engine amqtt`"
 
 
@@ -104,6 +117,10 @@ class MosquittoBroker:
     # --- configuration --------------------------------------------------------------------------
     def write_config(self) -> Path:
         """mosquitto.conf, passwd and acl from the credentials file as it is now."""
+        with _reload_lock(self.workdir):
+            return self._write_config()
+
+    def _write_config(self) -> Path:
         self._seen = _file_stamp(self.store.path)
         self.store.refresh()
         return write_mosquitto_config(
@@ -122,10 +139,11 @@ class MosquittoBroker:
 
     def reload(self) -> None:
         """Rewrite the files and have mosquitto read them again (SIGHUP)."""
-        self.write_config()
-        if self.running and self._proc is not None:
-            self._proc.send_signal(signal.SIGHUP)
-            self.reloads += 1
+        with _reload_lock(self.workdir):
+            self._write_config()
+            if self.running and self._proc is not None:
+                self._proc.send_signal(signal.SIGHUP)
+                self.reloads += 1
 
     def set_groups(self, username: str, groups: list[str]) -> Credential:
         """The controller's `set_groups` grant (`GroupAcl`): stored, then in the ACL at once,
@@ -181,6 +199,8 @@ class MosquittoBroker:
                     f"{self.log_tail() or 'no output'} (log: {self.log_path})"
                 )
             await asyncio.sleep(0.02)
+        record = {"pid": self._proc.pid, "prefix": self.prefix}
+        atomic_write(self.workdir / RUN_RECORD_NAME, json.dumps(record).encode())
         self._watcher = asyncio.create_task(self._watch_credentials(), name="mosquitto-creds")
 
     async def stop(self) -> None:
@@ -191,6 +211,8 @@ class MosquittoBroker:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         proc, self._proc = self._proc, None
+        with contextlib.suppress(OSError):
+            (self.workdir / RUN_RECORD_NAME).unlink()
         if proc is None or proc.returncode is not None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -249,6 +271,53 @@ class MosquittoBroker:
                 log.info("credentials changed: mosquitto reloaded its users and ACL")
             except Exception as exc:  # a half-written or broken file: keep the last good one
                 log.warning("mosquitto keeps its users: %s", exc)
+
+
+def reload_running(store: CredentialStore, workdir: Path | None = None) -> bool:
+    """Have the Mosquitto that `fleet up` or `fleet broker run` runs from `store`'s file
+    read its users now: True when one runs and was told (SIGHUP sent before this
+    returns, so a CONNECT sent after is checked against the new users).
+
+    `workdir` defaults to the broker's own default, beside the credentials file.
+    """
+    workdir = Path(workdir or store.path.parent / "mosquitto").expanduser()
+    try:
+        record = json.loads((workdir / RUN_RECORD_NAME).read_bytes())
+        pid, prefix = int(record["pid"]), str(record["prefix"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # none runs here (or it was killed before it could say goodbye)
+    if not _runs_config(pid, workdir / CONF_NAME):
+        return False
+    try:
+        with _reload_lock(workdir):
+            store.refresh()
+            write_user_files(workdir.resolve(), store, prefix)
+            os.kill(pid, signal.SIGHUP)
+    except (OSError, CredentialsError) as exc:  # the broker's watcher still follows
+        log.warning("could not make mosquitto (pid %d) read its users: %s", pid, exc)
+        return False
+    return True
+
+
+def _runs_config(pid: int, conf: Path) -> bool:
+    """True when process `pid` is a mosquitto started with `conf` (not a reused pid)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return str(conf.resolve()).encode() in args
+
+
+@contextlib.contextmanager
+def _reload_lock(workdir: Path) -> Iterator[None]:
+    """Serialises writing the broker's files and signalling it, across processes."""
+    workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(workdir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _file_stamp(path: Path) -> tuple[int, int] | None:

@@ -5,7 +5,7 @@ The policy both brokers enforce (docs/protocol.md §11); the brokers themselves 
 """
 
 from fleet.auth.acl import Acl, AclAction, filter_covers, split_filter
-from fleet.auth.clientids import clientids_text, may_use, owner
+from fleet.auth.clientids import clientids_text, may_use, owner, reserved
 from fleet.auth.credentials import (
     Credential,
     CredentialStore,
@@ -38,6 +38,7 @@ __all__ = [
     "hash_secret",
     "may_use",
     "owner",
+    "reserved",
     "split_filter",
     "verify_secret",
 ]

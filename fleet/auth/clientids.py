@@ -3,12 +3,14 @@
 The owner of a client id is the user with the longest name that the id equals or extends
 with ``-`` (``controller``, ``controller-2`` and ``controller-cli-1a2b`` belong to
 ``controller``; ``dev-1-2`` to the device ``dev-1-2`` when it exists, else to
-``dev-1``). A CONNECT is accepted only with a client id its user owns, and a device must
-use exactly its id (a person's browser, the web role, its username). So no user can take
-over another user's session, whatever the role, while a controller or operator still
-runs several connections of its own. The embedded broker applies `may_use` at CONNECT;
-Mosquitto applies the same rule in broker/mosquitto/clientid.c from the list
-`clientids_text` writes."""
+``dev-1``). Nobody connects with an id another user owns, nor with the controller's
+own ``fleet-controller`` family (its id on a broker without users), so no user can take
+over another's session, whatever the role, while a controller or operator still runs
+several connections of its own. An id that belongs to nobody is free for a controller,
+Home Assistant or agent user (Home Assistant's default is a random one); a device must
+use exactly its id, a person's browser (the web role) its username. The embedded broker
+applies `may_use` at CONNECT; Mosquitto applies the same rule in
+broker/mosquitto/clientid.c from the list `clientids_text` writes."""
 
 from __future__ import annotations
 
@@ -16,6 +18,14 @@ from collections.abc import Iterable, Mapping
 
 from fleet.auth.credentials import Credential
 from fleet.auth.roles import Role
+
+# The controller's client id where the broker has no usernames: nobody else's to take.
+CONTROLLER_CLIENT_ID = "fleet-controller"
+
+
+def reserved(client_id: str) -> bool:
+    """True for ids no user may take: ``fleet-controller`` and ``fleet-controller-...``."""
+    return client_id == CONTROLLER_CLIENT_ID or client_id.startswith(CONTROLLER_CLIENT_ID + "-")
 
 
 def owner(client_id: str, users: Mapping[str, Credential]) -> Credential | None:
@@ -36,8 +46,10 @@ def may_use(cred: Credential, client_id: str, users: Mapping[str, Credential]) -
     """True when `cred`'s user may connect with `client_id`."""
     if cred.role in (Role.DEVICE, Role.WEB):
         return client_id == cred.username
+    if reserved(client_id):
+        return False
     found = owner(client_id, users)
-    return found is not None and found.username == cred.username
+    return found is None or found.username == cred.username
 
 
 def clientids_text(creds: Iterable[Credential]) -> str:
