@@ -1,8 +1,8 @@
 /*
  * fleet_participant.c - the device as a participant of a meeting (protocol.md 8), the C
- * twin of fleet/participant.py: join and leave as the applied intent says, the session
- * joined names, its peers coming and going, SDP to and from the media layer, and the
- * trickled candidates held until their peer's SDP has reached it.
+ * twin of the Python MeetingParticipant: join and leave as the applied intent says, the
+ * session joined names, its peers coming and going, SDP to and from the media layer, and
+ * the trickled candidates held until their peer's SDP has reached it.
  */
 #include "fleet_core_internal.h"
 
