@@ -72,7 +72,9 @@ if [ -z "${CJSON_SRC:-}" ]; then
 fi
 
 # What a device links: every entry point the ESP port calls, --gc-sections, and only the
-# sections that came from our objects counted (libc and the cJSON placeholders are not).
+# sections that came from our objects counted (libc and the cJSON placeholders are not), and
+# of those only what is loaded (code, constants, data): not each object's .comment and
+# .riscv.attributes, which no image carries and which would grow with the number of files.
 cat > "$out/link_probe.c" <<'C'
 #include <stddef.h>
 #include "cJSON.h"
@@ -120,7 +122,9 @@ linked=$(awk 'function hex(s,  i, v) { v = 0; s = tolower(substr(s, 3))
                   for (i = 1; i <= length(s); i++) v = v * 16 + index("0123456789abcdef", substr(s, i, 1)) - 1
                   return v }
               /^Linker script and memory map/ { on = 1 }
-              on && $NF ~ /\/fleet_[a-z_]+\.o$/ && $(NF-1) ~ /^0x/ && $(NF-2) ~ /^0x/ {
+              on && $1 ~ /^\./ { sec = $1 } # a long section name has its numbers on the next line
+              on && $NF ~ /\/fleet_[a-z_]+\.o$/ && $(NF-1) ~ /^0x/ && $(NF-2) ~ /^0x/ &&
+                  sec ~ /^\.(text|s?rodata|s?data|s?bss)/ {
                   sum += hex($(NF-1)) }
               END { print sum + 0 }' "$out/core.map")
 echo "fleet_core as a device links it (--gc-sections, every entry point the port calls): $linked bytes (budget 32768)"

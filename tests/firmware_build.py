@@ -53,6 +53,16 @@ class Build:
         return self.dir / "fleet_core_tests_asan"
 
     @property
+    def core_lib(self) -> Path:
+        """fleet_core as a device builds it (the IDF component's sources)."""
+        return self.dir / "fleet_core" / "libfleet_core.a"
+
+    @property
+    def controller_lib(self) -> Path:
+        """The controller's side of the codec, which only the tests and fuzzers link."""
+        return self.dir / "fleet_core" / "libfleet_core_controller.a"
+
+    @property
     def device(self) -> Path:
         return self.dir / "fleet-host-device"
 

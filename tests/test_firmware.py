@@ -96,6 +96,22 @@ def test_fleet_core_unit_tests_on_rv32_under_qemu(
     _check_unit_run(_run([*QEMU_RV32, str(elf)], timeout=120), 50)
 
 
+def test_device_core_leaves_out_the_controller_codec(build: Build) -> None:
+    """What controller/fleet_msg_controller.h declares is defined in the tests' library
+    only, never in fleet_core's (a device does not carry it)."""
+    header = HOST_DIR.parent / "components" / "fleet_core" / "controller" / "fleet_msg_controller.h"
+    declared = set(re.findall(r"^\w[\w ]*?\b(fleet_\w+)\(", header.read_text(), re.M))
+    assert {"fleet_status_parse", "fleet_meet_down_encode"} <= declared
+
+    def defined(lib: Path) -> set[str]:
+        proc = _run(["nm", "--defined-only", str(lib)], timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return {line.split()[-1] for line in proc.stdout.splitlines() if " T " in line}
+
+    assert declared <= defined(build.controller_lib)
+    assert not declared & defined(build.core_lib)
+
+
 def _check_unit_run(proc: subprocess.CompletedProcess[str], at_least: int) -> None:
     # QEMU's semihosting console writes the guest's stdout to its own stderr.
     passed, failed = _summary(proc.stdout or proc.stderr)

@@ -31,8 +31,9 @@ flags=(-march=rv32imc -mabi=ilp32 -O2 -g -std=c99 -Wall -Wextra -Werror
 if [ -n "${CJSON_SRC:-}" ]; then
     cjson_inc=$(dirname "$CJSON_SRC")
     "$cc" "${flags[@]}" -w -c "$CJSON_SRC" -o "$out/cJSON.o" # not ours: its warnings are not
-    "$cc" "${flags[@]}" -I"$comp/fleet_core/include" -I"$comp/fleet_core/src" -I"$here/tests" \
-        -I"$here" -I"$cjson_inc" "$comp"/fleet_core/src/*.c "$out/cJSON.o" \
+    "$cc" "${flags[@]}" -I"$comp/fleet_core/include" -I"$comp/fleet_core/src" \
+        -I"$comp/fleet_core/controller" -I"$here/tests" -I"$here" -I"$cjson_inc" \
+        "$comp"/fleet_core/src/*.c "$comp"/fleet_core/controller/*.c "$out/cJSON.o" \
         "$here"/tests/{harness,fake_port,test_json,test_topics,test_msg,test_core,test_host_url,test_main}.c \
         "$here/host_url.c" -lm -o "$out/fleet_core_tests.elf"
 fi

@@ -28,25 +28,12 @@
 
 static const char *TAG = "fleet_main";
 
-#define QUEUE_LEN        32
 #define TASK_STACK       8192 /* the core keeps its state in a static struct, not here */
 #define TASK_PRIORITY    5
 #define MAX_TASK_WAIT_MS 100 /* poll Wi-Fi backoff and identify blinking at least this often */
 
-QueueHandle_t fleet_ev_queue;
-static uint32_t dropped_events;
-
 static fleet_core_t core; /* about 28 KB (bench/firmware_size.sh): static, never on a stack */
 static fleet_nvs_config_t cfg;
-
-void fleet_ev_post(const fleet_ev_t *ev)
-{
-    if (xQueueSend(fleet_ev_queue, ev, 0) != pdTRUE) {
-        free(ev->topic);
-        free(ev->data);
-        dropped_events++;
-    }
-}
 
 static uint64_t now_ms(void)
 {
@@ -56,14 +43,13 @@ static uint64_t now_ms(void)
 static void fleet_task(void *arg)
 {
     fleet_ev_t ev;
-    uint32_t reported_drops = 0;
     (void)arg;
     for (;;) {
         uint32_t wait = fleet_core_tick(&core);
         if (wait > MAX_TASK_WAIT_MS) {
             wait = MAX_TASK_WAIT_MS;
         }
-        if (xQueueReceive(fleet_ev_queue, &ev, pdMS_TO_TICKS(wait)) == pdTRUE) {
+        if (fleet_ev_take(&ev, wait)) {
             fleet_wifi_handle(&ev, now_ms());
             fleet_port_esp_handle(&ev);
             fleet_audio_handle(&ev);
@@ -72,11 +58,6 @@ static void fleet_task(void *arg)
         }
         fleet_wifi_poll(now_ms());
         fleet_port_esp_poll(now_ms());
-        if (dropped_events != reported_drops) {
-            reported_drops = dropped_events;
-            ESP_LOGW(TAG, "event queue full: %lu events dropped so far",
-                     (unsigned long)reported_drops);
-        }
     }
 }
 
@@ -100,8 +81,7 @@ void app_main(void)
         return;
     }
 
-    fleet_ev_queue = xQueueCreate(QUEUE_LEN, sizeof(fleet_ev_t));
-    ESP_ERROR_CHECK(fleet_ev_queue != NULL ? ESP_OK : ESP_ERR_NO_MEM);
+    ESP_ERROR_CHECK(fleet_ev_init());
     ESP_ERROR_CHECK(esp_netif_init());
     ESP_ERROR_CHECK(esp_event_loop_create_default());
 

@@ -8,11 +8,11 @@
  */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-#include "freertos/FreeRTOS.h"
-#include "freertos/queue.h"
+#include "esp_err.h"
 
 typedef enum {
     FLEET_EV_WIFI_START,        /* station started: connect */
@@ -38,9 +38,14 @@ typedef struct {
     char text[16]; /* small inline text (an IPv4 address) */
 } fleet_ev_t;
 
-/* Created by app_main before any handler is registered. */
-extern QueueHandle_t fleet_ev_queue;
+/* Creates the queue (fleet_events.c owns it); app_main calls it before any handler is
+ * registered. */
+esp_err_t fleet_ev_init(void);
 
 /* From a handler: never blocks; on a full queue the event is dropped, its copies freed
  * and the drop counted (a lost MQTT message is redelivered or re-derived on reconnect). */
 void fleet_ev_post(const fleet_ev_t *ev);
+
+/* For the fleet task: the next event, waiting at most wait_ms; false if none came. Logs
+ * the drops counted since the last call. The caller frees the event's copies. */
+bool fleet_ev_take(fleet_ev_t *ev, uint32_t wait_ms);

@@ -19,6 +19,7 @@
 
 #include "fleet_core.h"
 #include "fleet_msg.h"
+#include "fleet_msg_controller.h"
 
 static const char *TAG = "fuzz";
 

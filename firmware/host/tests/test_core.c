@@ -9,6 +9,7 @@
 
 #include "fake_port.h"
 #include "fleet_core.h"
+#include "fleet_msg_controller.h"
 #include "harness.h"
 
 static fake_port_t fp;

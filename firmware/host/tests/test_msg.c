@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "fleet_msg.h"
+#include "fleet_msg_controller.h"
 #include "harness.h"
 
 static fleet_json_doc_t g_doc;

@@ -1,6 +1,9 @@
 /*
- * fleet_msg.h - every payload the device sends or receives, parsed and encoded
- * exactly as fleet/protocol/messages.py defines them.
+ * fleet_msg.h - every payload the device sends or receives, as fleet/protocol/messages.py
+ * defines them, and the device's side of their codec: it parses what it receives (desired,
+ * commands, meeting signalling down) and encodes what it sends (birth, state, acks,
+ * telemetry, meeting signalling up). The other direction of each message, which only the
+ * host tests and fuzzers need, is in controller/fleet_msg_controller.h.
  *
  * Parsing rules (pydantic strict mode, extra="ignore"):
  *  - a JSON object is required; unknown members are ignored;
@@ -271,15 +274,9 @@ typedef struct {
 
 /* ---- parsers: doc must hold a successfully parsed document --------------------------------- */
 
-fleet_err_t fleet_status_parse(const fleet_json_doc_t *doc, fleet_status_t *out, fleet_perr_t *err);
 fleet_err_t fleet_desired_parse(const fleet_json_doc_t *doc, fleet_desired_t *out,
                                 fleet_perr_t *err);
-fleet_err_t fleet_state_parse(const fleet_json_doc_t *doc, fleet_state_t *out, fleet_perr_t *err);
 fleet_err_t fleet_cmd_parse(const fleet_json_doc_t *doc, fleet_cmd_t *out, fleet_perr_t *err);
-fleet_err_t fleet_ack_parse(const fleet_json_doc_t *doc, fleet_ack_t *out, fleet_perr_t *err);
-fleet_err_t fleet_tele_parse(const fleet_json_doc_t *doc, fleet_tele_t *out, fleet_perr_t *err);
-fleet_err_t fleet_meet_up_parse(const fleet_json_doc_t *doc, fleet_meet_up_t *out,
-                                fleet_perr_t *err);
 fleet_err_t fleet_meet_down_parse(const fleet_json_doc_t *doc, fleet_meet_down_t *out,
                                   fleet_perr_t *err);
 /* The i-th entry of a parsed joined or media message's peers (already validated). */
@@ -295,16 +292,12 @@ bool fleet_cmd_salvage_id(const fleet_json_doc_t *doc, char *out, size_t cap);
 /* ---- encoders ---------------------------------------------------------------------------- */
 
 size_t fleet_status_encode(const fleet_status_t *m, char *buf, size_t cap);
-size_t fleet_desired_encode(const fleet_desired_t *m, char *buf, size_t cap);
 size_t fleet_state_encode(const fleet_state_t *m, char *buf, size_t cap);
-size_t fleet_cmd_encode(const fleet_cmd_t *m, char *buf, size_t cap); /* args as {} or copy */
 size_t fleet_ack_encode(const fleet_ack_t *m, char *buf, size_t cap);
 size_t fleet_tele_encode(const fleet_tele_t *m, char *buf, size_t cap);
 size_t fleet_meet_up_encode(const fleet_meet_up_t *m, char *buf, size_t cap);
-size_t fleet_meet_down_encode(const fleet_meet_down_t *m, char *buf, size_t cap);
 
 const char *fleet_ack_code_name(fleet_ack_code_t code);
-bool fleet_ack_code_from_name(const char *name, fleet_ack_code_t *out);
 
 #ifdef __cplusplus
 }

@@ -1,19 +1,19 @@
 /*
- * fleet_core.c - connection lifecycle, the desired-state reconciler, meeting
- * signalling and telemetry. Commands live in fleet_cmd.c.
+ * fleet_core.c - connection lifecycle, groups, the birth and state documents, telemetry,
+ * and the glue that routes each message to its part: desired docs to the reconciler
+ * (fleet_reconciler.c), meeting signalling to the participant (fleet_participant.c),
+ * commands to fleet_cmd.c.
  */
 #include "fleet_core_internal.h"
 
 #include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
-static const char *TAG = "fleet_core";
+#include "fleet_valid.h" /* fleet_copy_str */
 
-#define SRC_OWN    0
-#define SRC_ALL    1
-#define SRC_GROUP0 2
+const char fleet_core_tag[] = "fleet_core";
+static const char *const TAG = fleet_core_tag;
 
 /* ---- small helpers ----------------------------------------------------------------------- */
 
@@ -52,16 +52,6 @@ void fleet_copy_text(char *dst, size_t cap, const char *src, size_t max_cp)
     dst[i] = '\0';
 }
 
-static bool copy_bounded(char *dst, size_t cap, const char *src)
-{
-    size_t n = strlen(src);
-    if (n >= cap) {
-        return false;
-    }
-    memcpy(dst, src, n + 1);
-    return true;
-}
-
 uint64_t fleet_core_now_ms(fleet_core_t *core)
 {
     return core->port->now_ms(core->port->ctx);
@@ -87,24 +77,6 @@ bool fleet_core_publish(fleet_core_t *core, const char *topic, const char *paylo
         fleet_core_logf(core, FLEET_LOG_WARN, TAG, "publish to %s refused by the client", topic);
     }
     return ok;
-}
-
-const char *fleet_meet_phase_name(fleet_meet_phase_t phase)
-{
-    switch (phase) {
-        case FLEET_MEET_JOINING:
-            return "joining";
-        case FLEET_MEET_JOINED:
-            return "joined";
-        case FLEET_MEET_IDLE:
-        default:
-            return "idle";
-    }
-}
-
-static const fleet_media_t *media(fleet_core_t *core)
-{
-    return core->port->media;
 }
 
 /* ---- init -------------------------------------------------------------------------------- */
@@ -133,7 +105,7 @@ bool fleet_core_init(fleet_core_t *core, const fleet_config_t *cfg, const fleet_
                         cfg->device_id != NULL ? cfg->device_id : "");
         return false;
     }
-    (void)copy_bounded(core->id, sizeof core->id, cfg->device_id);
+    (void)fleet_copy_str(core->id, sizeof core->id, cfg->device_id);
     const char *prefix = cfg->prefix != NULL ? cfg->prefix : FLEET_DEFAULT_PREFIX;
     if (!fleet_prefix_normalize(prefix, core->prefix, sizeof core->prefix)) {
         fleet_core_logf(core, FLEET_LOG_ERROR, TAG,
@@ -158,7 +130,7 @@ bool fleet_core_init(fleet_core_t *core, const fleet_config_t *cfg, const fleet_
             dup = strcmp(core->groups[j], g) == 0;
         }
         if (!dup) {
-            (void)copy_bounded(core->groups[core->n_groups++], FLEET_ID_MAX + 1, g);
+            (void)fleet_copy_str(core->groups[core->n_groups++], FLEET_ID_MAX + 1, g);
         }
     }
     fleet_copy_text(core->fw, sizeof core->fw, cfg->fw != NULL ? cfg->fw : "unknown", 64);
@@ -168,7 +140,7 @@ bool fleet_core_init(fleet_core_t *core, const fleet_config_t *cfg, const fleet_
         size_t cps = fleet_utf8_len(cfg->pending_cmd_id);
         if (cps >= 1 && cps <= FLEET_CMD_ID_CHARS &&
             fleet_utf8_valid(cfg->pending_cmd_id, strlen(cfg->pending_cmd_id))) {
-            (void)copy_bounded(core->pending_cmd, sizeof core->pending_cmd, cfg->pending_cmd_id);
+            (void)fleet_copy_str(core->pending_cmd, sizeof core->pending_cmd, cfg->pending_cmd_id);
         }
     }
     core->caps = cfg->caps;
@@ -286,170 +258,6 @@ void fleet_core_publish_state(fleet_core_t *core)
     }
 }
 
-/* ---- meeting signalling ------------------------------------------------------------------ */
-
-static void send_meet_up(fleet_core_t *core, const fleet_meet_up_t *msg)
-{
-    size_t n = fleet_meet_up_encode(msg, core->out, sizeof core->out);
-    if (n > 0) {
-        (void)fleet_core_publish(core, core->t_meet_up, core->out, n, 1, false);
-    }
-}
-
-static void forget_session(fleet_core_t *core)
-{
-    if (core->phase == FLEET_MEET_JOINED && media(core) != NULL && media(core)->stop != NULL) {
-        media(core)->stop(media(core)->ctx);
-    }
-    core->session[0] = '\0';
-    core->participant[0] = '\0';
-    core->n_peers = 0;
-    core->early_len = 0;
-}
-
-static void send_join(fleet_core_t *core)
-{
-    fleet_meet_up_t msg;
-    memset(&msg, 0, sizeof msg);
-    msg.type = FLEET_UP_JOIN;
-    msg.room = core->meeting.room;
-    msg.has_caps = true;
-    msg.caps = core->caps;
-    forget_session(core);
-    core->phase = FLEET_MEET_JOINING;
-    if (core->connected) {
-        send_meet_up(core, &msg);
-        fleet_core_logf(core, FLEET_LOG_INFO, TAG, "meeting: join room %s sent",
-                        core->meeting.room);
-    }
-}
-
-static void send_leave(fleet_core_t *core)
-{
-    fleet_meet_up_t msg;
-    memset(&msg, 0, sizeof msg);
-    msg.type = FLEET_UP_LEAVE;
-    forget_session(core);
-    core->phase = FLEET_MEET_IDLE;
-    if (core->connected) {
-        send_meet_up(core, &msg);
-        fleet_core_logf(core, FLEET_LOG_INFO, TAG, "meeting: leave room %s sent",
-                        core->meeting.room);
-    }
-}
-
-/* Moves from the current meeting intent to `want` (NULL = no meeting). */
-static void set_meeting(fleet_core_t *core, const fleet_intent_t *want)
-{
-    if (core->has_meeting && (want == NULL || strcmp(want->room, core->meeting.room) != 0)) {
-        send_leave(core);
-        core->has_meeting = false;
-    }
-    if (want == NULL) {
-        core->meeting.mic = true;
-        return;
-    }
-    bool same_room = core->has_meeting;
-    bool mic_changed = same_room && core->meeting.mic != want->mic;
-    bool volume_changed = same_room && want->has_volume &&
-                          (!core->meeting.has_volume || core->meeting.volume != want->volume);
-    core->meeting = *want;
-    core->has_meeting = true;
-    if (!same_room) {
-        send_join(core);
-        return;
-    }
-    const fleet_media_t *m = media(core);
-    if (core->phase == FLEET_MEET_JOINED && m != NULL) {
-        if (mic_changed && m->set_mic != NULL) {
-            m->set_mic(m->ctx, want->mic);
-        }
-        if (volume_changed && m->set_volume != NULL) {
-            m->set_volume(m->ctx, want->volume);
-        }
-    }
-}
-
-static bool intent_lapsed(fleet_core_t *core, const fleet_intent_t *intent)
-{
-    double now;
-    return intent->has_until && fleet_core_unix_now(core, &now) && intent->until <= now;
-}
-
-/* ---- desired state ----------------------------------------------------------------------- */
-
-static const char *source_name(fleet_core_t *core, size_t slot)
-{
-    if (slot == SRC_OWN) {
-        return core->id;
-    }
-    if (slot == SRC_ALL) {
-        return "grp/all";
-    }
-    return core->groups[slot - SRC_GROUP0];
-}
-
-static void reconcile(fleet_core_t *core)
-{
-    /* On an equal rev (a correct controller never writes one) the device doc wins, then a
-     * named group, then grp/all (protocol.md 4.2): visit them in that order and keep the
-     * first of the highest. */
-    size_t best = FLEET_SOURCES;
-    for (size_t k = 0; k < FLEET_SOURCES; k++) {
-        size_t i = k == 0 ? SRC_OWN : k == FLEET_SOURCES - 1 ? SRC_ALL : k + 1;
-        if (core->sources[i].has_doc &&
-            (best == FLEET_SOURCES || core->sources[i].doc.rev > core->sources[best].doc.rev)) {
-            best = i;
-        }
-    }
-    if (best == FLEET_SOURCES || core->sources[best].doc.rev <= core->applied_rev) {
-        return; /* never backwards, and an equal rev is the one already applied */
-    }
-    const fleet_desired_t *d = &core->sources[best].doc;
-    const fleet_intent_t *want = d->has_meeting ? &d->meeting : NULL;
-    if (want != NULL && intent_lapsed(core, want)) {
-        fleet_core_logf(core, FLEET_LOG_INFO, TAG, "desired rev %lld: meeting %s lapsed already",
-                        (long long)d->rev, want->room);
-        want = NULL;
-    }
-    core->applied_rev = d->rev;
-    core->error[0] = '\0';
-    fleet_core_logf(core, FLEET_LOG_INFO, TAG, "desired rev %lld from %s applied: meeting %s",
-                    (long long)d->rev, source_name(core, best), want != NULL ? want->room : "none");
-    set_meeting(core, want);
-    fleet_core_publish_state(core);
-}
-
-static void on_desired(fleet_core_t *core, size_t slot, const char *payload, size_t len)
-{
-    fleet_source_t *src = &core->sources[slot];
-    if (len == 0) {
-        /* A retained doc was deleted: the source has no opinion any more. What was applied
-         * stays applied (a newer rev elsewhere is the way to change it). */
-        src->has_doc = false;
-        fleet_core_logf(core, FLEET_LOG_INFO, TAG, "desired from %s cleared",
-                        source_name(core, slot));
-        return;
-    }
-    fleet_perr_t err;
-    fleet_desired_t doc;
-    fleet_err_t rc = fleet_desired_decode(payload, len, &doc, &err);
-    if (rc != FLEET_OK) {
-        fleet_core_logf(core, FLEET_LOG_WARN, TAG, "desired from %s refused: %s",
-                        source_name(core, slot), err.msg);
-        return;
-    }
-    src->doc = doc;
-    src->has_doc = true;
-    if (doc.rev <= core->applied_rev) {
-        fleet_core_logf(core, FLEET_LOG_INFO, TAG,
-                        "desired rev %lld from %s kept, not applied (applied rev %lld)",
-                        (long long)doc.rev, source_name(core, slot), (long long)core->applied_rev);
-        return;
-    }
-    reconcile(core);
-}
-
 /* ---- groups ------------------------------------------------------------------------------ */
 
 static void subscribe(fleet_core_t *core, const char *topic)
@@ -481,7 +289,7 @@ void fleet_core_replace_groups(fleet_core_t *core, const char (*groups)[FLEET_ID
     fleet_source_t old_src[FLEET_MAX_GROUPS];
     size_t n_old = core->n_groups;
     memcpy(old, core->groups, sizeof old);
-    memcpy(old_src, &core->sources[SRC_GROUP0], sizeof old_src);
+    memcpy(old_src, &core->sources[FLEET_SRC_GROUP0], sizeof old_src);
 
     /* Unsubscribe first so no doc of a dropped group can arrive after the switch. */
     for (size_t i = 0; i < n_old; i++) {
@@ -494,9 +302,9 @@ void fleet_core_replace_groups(fleet_core_t *core, const char (*groups)[FLEET_ID
         }
     }
     core->n_groups = 0;
-    memset(&core->sources[SRC_GROUP0], 0, sizeof old_src);
+    memset(&core->sources[FLEET_SRC_GROUP0], 0, sizeof old_src);
     for (size_t j = 0; j < n && j < FLEET_MAX_GROUPS; j++) {
-        size_t slot = SRC_GROUP0 + core->n_groups;
+        size_t slot = FLEET_SRC_GROUP0 + core->n_groups;
         memcpy(core->groups[core->n_groups], groups[j], FLEET_ID_MAX + 1);
         core->n_groups++;
         bool was = false;
@@ -524,354 +332,6 @@ void fleet_core_replace_groups(fleet_core_t *core, const char (*groups)[FLEET_ID
     fleet_core_publish_birth(core);
 }
 
-/* ---- meeting down ------------------------------------------------------------------------ */
-
-static int peer_index(const fleet_core_t *core, const char *participant)
-{
-    for (size_t i = 0; i < core->n_peers; i++) {
-        if (strcmp(core->peers[i], participant) == 0) {
-            return (int)i;
-        }
-    }
-    return -1;
-}
-
-/* Trickled candidates that came before their peer's SDP reached the media layer wait in
- * core->early as "peer\0mid\0candidate\0" records; an empty candidate is the end of them
- * (a real one has at least one character). */
-
-static size_t early_record_len(const char *r)
-{
-    size_t a = strlen(r) + 1;
-    size_t b = strlen(r + a) + 1;
-    return a + b + strlen(r + a + b) + 1;
-}
-
-static bool early_hold(fleet_core_t *core, const char *peer, const char *mid, const char *cand)
-{
-    size_t lp = strlen(peer) + 1, lm = strlen(mid) + 1, lc = strlen(cand) + 1;
-    if (core->early_len + lp + lm + lc > sizeof core->early) {
-        return false;
-    }
-    char *at = core->early + core->early_len;
-    memcpy(at, peer, lp);
-    memcpy(at + lp, mid, lm);
-    memcpy(at + lp + lm, cand, lc);
-    core->early_len += lp + lm + lc;
-    return true;
-}
-
-/* Hands `peer`'s held candidates to the media layer in order (deliver) or drops them, and
- * keeps everyone else's. */
-static void early_take(fleet_core_t *core, const char *peer, bool deliver)
-{
-    const fleet_media_t *m = media(core);
-    size_t keep = 0;
-    for (size_t at = 0; at < core->early_len;) {
-        char *r = core->early + at;
-        size_t n = early_record_len(r);
-        if (strcmp(r, peer) != 0) {
-            memmove(core->early + keep, r, n);
-            keep += n;
-        } else if (deliver && m != NULL && m->remote_candidate != NULL) {
-            const char *mid = r + strlen(r) + 1;
-            const char *cand = mid + strlen(mid) + 1;
-            (void)m->remote_candidate(m->ctx, peer, mid, cand[0] != '\0' ? cand : NULL);
-        }
-        at += n;
-    }
-    core->early_len = keep;
-}
-
-static void on_candidate(fleet_core_t *core, const fleet_meet_down_t *msg)
-{
-    const fleet_media_t *m = media(core);
-    int i = peer_index(core, msg->from);
-    if (core->phase != FLEET_MEET_JOINED || i < 0 || m == NULL || m->remote_candidate == NULL) {
-        fleet_core_logf(core, FLEET_LOG_INFO, TAG, "meeting: candidate from %.64s ignored (%s)",
-                        msg->from,
-                        core->phase != FLEET_MEET_JOINED ? "not in a session"
-                        : i < 0                          ? "not a peer"
-                                                         : "no trickle ICE in this build");
-    } else if (core->peer_sdp[i]) {
-        (void)m->remote_candidate(m->ctx, msg->from, msg->mid, msg->candidate);
-    } else if (!early_hold(core, msg->from, msg->mid,
-                           msg->candidate != NULL ? msg->candidate : "")) {
-        fleet_core_logf(core, FLEET_LOG_WARN, TAG,
-                        "meeting: candidate from %.64s dropped (it came before the SDP and "
-                        "%u bytes of such are held already)",
-                        msg->from, (unsigned)sizeof core->early);
-    }
-}
-
-static bool peer_add(fleet_core_t *core, const char *participant)
-{
-    for (size_t i = 0; i < core->n_peers; i++) {
-        if (strcmp(core->peers[i], participant) == 0) {
-            return false;
-        }
-    }
-    if (core->n_peers >= FLEET_MAX_PEERS || strlen(participant) >= FLEET_PEER_BYTES) {
-        fleet_core_logf(core, FLEET_LOG_WARN, TAG,
-                        "meeting: peer '%.40s' not tracked (room too "
-                        "big or id too long for this device)",
-                        participant);
-        return false;
-    }
-    memcpy(core->peers[core->n_peers], participant, strlen(participant) + 1);
-    core->peer_sdp[core->n_peers] = false;
-    core->n_peers++;
-    return true;
-}
-
-static bool peer_remove(fleet_core_t *core, const char *participant)
-{
-    for (size_t i = 0; i < core->n_peers; i++) {
-        if (strcmp(core->peers[i], participant) == 0) {
-            memmove(core->peers[i], core->peers[i + 1], (core->n_peers - i - 1) * FLEET_PEER_BYTES);
-            memmove(&core->peer_sdp[i], &core->peer_sdp[i + 1],
-                    (core->n_peers - i - 1) * sizeof core->peer_sdp[0]);
-            core->n_peers--;
-            early_take(core, participant, false);
-            return true;
-        }
-    }
-    return false;
-}
-
-static void on_joined(fleet_core_t *core, const fleet_meet_down_t *msg)
-{
-    if (core->phase != FLEET_MEET_JOINING || !core->has_meeting ||
-        strcmp(msg->room, core->meeting.room) != 0) {
-        /* An answer to a join we have since taken back (a leave or another join is already on
-         * its way behind it): answering with a leave here could leave the newer session. */
-        fleet_core_logf(core, FLEET_LOG_INFO, TAG, "meeting: stale joined for room %s ignored",
-                        msg->room);
-        return;
-    }
-    fleet_copy_text(core->session, sizeof core->session, msg->session, FLEET_SHORT_TEXT_CHARS);
-    fleet_copy_text(core->participant, sizeof core->participant, msg->participant,
-                    FLEET_SHORT_TEXT_CHARS);
-    core->n_peers = 0;
-    core->early_len = 0;
-    core->mixed = msg->mixed;
-    core->phase = FLEET_MEET_JOINED;
-    const fleet_media_t *m = media(core);
-    if (m != NULL && m->start != NULL &&
-        !m->start(m->ctx, core->meeting.room, core->session, core->participant, core->meeting.mic,
-                  core->meeting.has_volume ? core->meeting.volume : -1)) {
-        fleet_copy_text(core->error, sizeof core->error, "audio could not start",
-                        FLEET_SHORT_TEXT_CHARS);
-    }
-    for (size_t i = 0; i < msg->n_peers; i++) {
-        fleet_peer_info_t p;
-        if (fleet_meet_peer_at(msg, i, &p) && peer_add(core, p.participant) && m != NULL &&
-            m->add_peer != NULL) {
-            m->add_peer(m->ctx, p.participant, true); /* the newcomer offers to those present */
-        }
-    }
-    fleet_core_logf(core, FLEET_LOG_INFO, TAG,
-                    "meeting: joined room %s session %.64s as %.64s, "
-                    "%lu peers (%s)",
-                    core->meeting.room, core->session, core->participant,
-                    (unsigned long)msg->n_peers, msg->mixed ? "mixed" : "mesh");
-    fleet_core_publish_state(core);
-}
-
-/* MeetMedia: the path changed; close every connection, stay in the session, offer to each
- * entry of peers as after joined. */
-static void on_media_changed(fleet_core_t *core, const fleet_meet_down_t *msg)
-{
-    const fleet_media_t *m = media(core);
-    for (size_t i = 0; i < core->n_peers; i++) {
-        if (m != NULL && m->remove_peer != NULL) {
-            m->remove_peer(m->ctx, core->peers[i]);
-        }
-    }
-    core->n_peers = 0;
-    core->early_len = 0;
-    core->mixed = msg->mixed;
-    for (size_t i = 0; i < msg->n_peers; i++) {
-        fleet_peer_info_t p;
-        if (fleet_meet_peer_at(msg, i, &p) && peer_add(core, p.participant) && m != NULL &&
-            m->add_peer != NULL) {
-            m->add_peer(m->ctx, p.participant, true);
-        }
-    }
-    fleet_core_logf(core, FLEET_LOG_INFO, TAG, "meeting: media now %s, %lu peers",
-                    msg->mixed ? "mixed" : "mesh", (unsigned long)msg->n_peers);
-    fleet_core_publish_state(core);
-}
-
-static void on_meet_down(fleet_core_t *core, const char *payload, size_t len)
-{
-    fleet_json_doc_t doc;
-    fleet_perr_t err;
-    fleet_meet_down_t msg;
-    fleet_err_t rc = fleet_json_parse(&doc, payload, len, &err);
-    if (rc == FLEET_OK) {
-        rc = fleet_meet_down_parse(&doc, &msg, &err);
-    }
-    if (rc != FLEET_OK) {
-        fleet_core_logf(core, FLEET_LOG_WARN, TAG, "meet down refused: %s", err.msg);
-        fleet_json_free(&doc);
-        return;
-    }
-    const fleet_media_t *m = media(core);
-    bool joined = core->phase == FLEET_MEET_JOINED;
-    switch (msg.type) {
-        case FLEET_DOWN_JOINED:
-            on_joined(core, &msg);
-            break;
-        case FLEET_DOWN_PEER_JOINED:
-            if (joined && peer_add(core, msg.peer.participant)) {
-                if (m != NULL && m->add_peer != NULL) {
-                    m->add_peer(m->ctx, msg.peer.participant, false);
-                }
-                fleet_core_logf(core, FLEET_LOG_INFO, TAG, "meeting: peer %.64s (%s) joined",
-                                msg.peer.participant, msg.peer.pid);
-                fleet_core_publish_state(core);
-            }
-            break;
-        case FLEET_DOWN_PEER_LEFT:
-            if (joined && peer_remove(core, msg.participant)) {
-                if (m != NULL && m->remove_peer != NULL) {
-                    m->remove_peer(m->ctx, msg.participant);
-                }
-                fleet_core_logf(core, FLEET_LOG_INFO, TAG, "meeting: peer %.64s left",
-                                msg.participant);
-                fleet_core_publish_state(core);
-            }
-            break;
-        case FLEET_DOWN_OFFER:
-        case FLEET_DOWN_ANSWER:
-            if (joined && m != NULL && m->remote_sdp != NULL) {
-                bool taken = m->remote_sdp(m->ctx, msg.from, msg.type == FLEET_DOWN_OFFER, msg.sdp);
-                int i = peer_index(core, msg.from);
-                if (i >= 0) {
-                    /* Candidates from now on belong to this SDP; those that overtook it are
-                     * applied now, or dropped with an SDP that was refused. */
-                    core->peer_sdp[i] = taken;
-                    early_take(core, msg.from, taken);
-                }
-            } else {
-                fleet_core_logf(core, FLEET_LOG_INFO, TAG, "meeting: %s from %.64s ignored (%s)",
-                                msg.type == FLEET_DOWN_OFFER ? "offer" : "answer", msg.from,
-                                m == NULL ? "no audio in this build" : "not in a session");
-            }
-            break;
-        case FLEET_DOWN_LEFT:
-            if (joined && (msg.session == NULL || strcmp(msg.session, core->session) == 0)) {
-                forget_session(core);
-                core->phase = FLEET_MEET_IDLE;
-                fleet_core_logf(core, FLEET_LOG_INFO, TAG, "meeting: left the session");
-                fleet_core_publish_state(core);
-            } else {
-                fleet_core_logf(core, FLEET_LOG_INFO, TAG, "meeting: stale left ignored");
-            }
-            break;
-        case FLEET_DOWN_MEDIA:
-            if (joined) {
-                on_media_changed(core, &msg);
-            } else {
-                fleet_core_logf(core, FLEET_LOG_INFO, TAG, "meeting: media change ignored (%s)",
-                                "not in a session");
-            }
-            break;
-        case FLEET_DOWN_ERROR: {
-            char text[FLEET_TEXT_BYTES];
-            if (msg.from != NULL) {
-                /* About one peer (it rejected our SDP, or the mixer failed): the session
-                 * stays; the peer's connection is what failed. */
-                (void)snprintf(text, sizeof text, "meeting %s from %.64s: %s", msg.code, msg.from,
-                               msg.detail);
-                if (joined && m != NULL && m->remove_peer != NULL) {
-                    m->remove_peer(m->ctx, msg.from);
-                }
-            } else {
-                (void)snprintf(text, sizeof text, "meeting %s: %s", msg.code, msg.detail);
-            }
-            fleet_copy_text(core->error, sizeof core->error, text, FLEET_SHORT_TEXT_CHARS);
-            if (core->phase == FLEET_MEET_JOINING) {
-                core->phase = FLEET_MEET_IDLE; /* the join was refused */
-            }
-            fleet_core_logf(core, FLEET_LOG_WARN, TAG, "meeting: error %.64s: %.120s", msg.code,
-                            msg.detail);
-            fleet_core_publish_state(core);
-            break;
-        }
-        case FLEET_DOWN_CANDIDATE:
-            on_candidate(core, &msg);
-            break;
-        case FLEET_DOWN_MESSAGE:
-            fleet_core_logf(core, FLEET_LOG_INFO, TAG, "meeting: message from %.64s (%lu chars)",
-                            msg.from,
-                            (unsigned long)(msg.text != NULL ? fleet_utf8_len(msg.text) : 0));
-            break;
-    }
-    fleet_json_free(&doc);
-}
-
-bool fleet_core_send_reject(fleet_core_t *core, const char *to, const char *code,
-                            const char *detail)
-{
-    if (core->phase != FLEET_MEET_JOINED) {
-        return false;
-    }
-    char shortened[FLEET_TEXT_BYTES];
-    fleet_copy_text(shortened, sizeof shortened, detail != NULL ? detail : "",
-                    FLEET_SHORT_TEXT_CHARS);
-    fleet_meet_up_t msg;
-    memset(&msg, 0, sizeof msg);
-    msg.type = FLEET_UP_REJECT;
-    msg.to = to;
-    msg.code = code != NULL ? code : "negotiation_failed";
-    msg.detail = shortened;
-    size_t n = fleet_meet_up_encode(&msg, core->out, sizeof core->out);
-    fleet_core_logf(core, FLEET_LOG_WARN, TAG, "meeting: SDP of %.64s rejected: %.120s", to,
-                    shortened);
-    return n > 0 && fleet_core_publish(core, core->t_meet_up, core->out, n, 1, false);
-}
-
-bool fleet_core_send_candidate(fleet_core_t *core, const char *to, const char *mid,
-                               const char *candidate)
-{
-    if (core->phase != FLEET_MEET_JOINED) {
-        return false;
-    }
-    fleet_meet_up_t msg;
-    memset(&msg, 0, sizeof msg);
-    msg.type = FLEET_UP_CANDIDATE;
-    msg.to = to;
-    msg.mid = mid;
-    msg.candidate = candidate;
-    size_t n = fleet_meet_up_encode(&msg, core->out, sizeof core->out);
-    return n > 0 && fleet_core_publish(core, core->t_meet_up, core->out, n, 1, false);
-}
-
-bool fleet_core_send_sdp(fleet_core_t *core, const char *to, bool is_offer, const char *sdp)
-{
-    if (core->phase != FLEET_MEET_JOINED) {
-        return false;
-    }
-    fleet_meet_up_t msg;
-    memset(&msg, 0, sizeof msg);
-    msg.type = is_offer ? FLEET_UP_OFFER : FLEET_UP_ANSWER;
-    msg.to = to;
-    msg.sdp = sdp;
-    /* SDP is up to 32 KiB and escapes grow it (CRLF -> 4 bytes): this one message gets its
-     * own buffer. Once per peer connection, so not a hot path. */
-    size_t cap = strlen(sdp) * 6 + strlen(to) * 6 + 64;
-    char *buf = malloc(cap);
-    if (buf == NULL) {
-        return false;
-    }
-    size_t n = fleet_meet_up_encode(&msg, buf, cap);
-    bool ok = n > 0 && fleet_core_publish(core, core->t_meet_up, buf, n, 1, false);
-    free(buf);
-    return ok;
-}
-
 /* ---- lifecycle --------------------------------------------------------------------------- */
 
 void fleet_core_on_connected(fleet_core_t *core)
@@ -889,7 +349,7 @@ void fleet_core_on_connected(fleet_core_t *core)
     fleet_core_publish_state(core);
     fleet_cmd_confirm_pending(core);
     if (core->has_meeting) {
-        send_join(core); /* the controller may have dropped us with the LWT */
+        fleet_participant_join(core); /* the controller may have dropped us with the LWT */
     }
     core->next_tele_ms = fleet_core_now_ms(core) + core->tele_interval_ms;
 }
@@ -900,8 +360,7 @@ void fleet_core_on_disconnected(fleet_core_t *core)
         return;
     }
     core->connected = false;
-    forget_session(core);
-    core->phase = FLEET_MEET_IDLE;
+    fleet_participant_leave(core); /* not connected: the session is only forgotten */
     fleet_core_logf(core, FLEET_LOG_WARN, TAG, "disconnected");
 }
 
@@ -928,18 +387,18 @@ void fleet_core_on_message(fleet_core_t *core, const char *topic, size_t topic_l
     switch (t.kind) {
         case FLEET_TOPIC_DESIRED:
             if (mine) {
-                on_desired(core, SRC_OWN, payload, len);
+                fleet_reconciler_on_desired(core, FLEET_SRC_OWN, payload, len);
                 return;
             }
             break;
         case FLEET_TOPIC_GROUP_DESIRED:
             if (strcmp(t.name, "all") == 0) {
-                on_desired(core, SRC_ALL, payload, len);
+                fleet_reconciler_on_desired(core, FLEET_SRC_ALL, payload, len);
                 return;
             }
             for (size_t i = 0; i < core->n_groups; i++) {
                 if (strcmp(t.name, core->groups[i]) == 0) {
-                    on_desired(core, SRC_GROUP0 + i, payload, len);
+                    fleet_reconciler_on_desired(core, FLEET_SRC_GROUP0 + i, payload, len);
                     return;
                 }
             }
@@ -952,7 +411,7 @@ void fleet_core_on_message(fleet_core_t *core, const char *topic, size_t topic_l
             break;
         case FLEET_TOPIC_MEET_DOWN:
             if (mine) {
-                on_meet_down(core, payload, len);
+                fleet_participant_on_down(core, payload, len);
                 return;
             }
             break;
@@ -1001,7 +460,7 @@ static void send_tele(fleet_core_t *core)
         if (core->phase == FLEET_MEET_JOINED) {
             tele.meeting.session = core->session;
             tele.meeting.participant = core->participant;
-            const fleet_media_t *m = media(core);
+            const fleet_media_t *m = core->port->media;
             if (m != NULL && m->stats != NULL) {
                 tele.n_audio = m->stats(m->ctx, audio, FLEET_TELE_PEERS);
                 tele.audio = audio;
@@ -1018,12 +477,7 @@ uint32_t fleet_core_tick(fleet_core_t *core)
 {
     uint64_t now = fleet_core_now_ms(core);
     uint64_t wait = 1000; /* meeting.until is checked at least once a second */
-    if (core->has_meeting && intent_lapsed(core, &core->meeting)) {
-        fleet_core_logf(core, FLEET_LOG_INFO, TAG, "meeting %s lapsed (until passed)",
-                        core->meeting.room);
-        set_meeting(core, NULL);
-        fleet_core_publish_state(core);
-    }
+    fleet_reconciler_expire(core);
     if (core->connected && core->tele_interval_ms > 0) {
         if (now >= core->next_tele_ms) {
             send_tele(core);
@@ -1043,7 +497,7 @@ void fleet_core_shutdown(fleet_core_t *core)
         return;
     }
     if (core->has_meeting && core->phase != FLEET_MEET_IDLE) {
-        send_leave(core);
+        fleet_participant_leave(core);
     }
     static const char offline[] = FLEET_LWT_PAYLOAD;
     if (fleet_core_publish(core, core->t_status, offline, sizeof offline - 1, 1, true)) {

@@ -1,10 +1,13 @@
 /*
- * fleet_core_internal.h - what fleet_core.c and fleet_cmd.c share. Not installed.
+ * fleet_core_internal.h - what the files of the core share. Not installed.
  */
 #ifndef FLEET_CORE_INTERNAL_H
 #define FLEET_CORE_INTERNAL_H
 
 #include "fleet_core.h"
+
+/* The log tag of every file of the core but fleet_cmd.c (defined in fleet_core.c). */
+extern const char fleet_core_tag[];
 
 void fleet_core_logf(fleet_core_t *core, fleet_log_level_t level, const char *tag, const char *fmt,
                      ...)
@@ -26,6 +29,27 @@ uint64_t fleet_core_now_ms(fleet_core_t *core);
  * dropped groups' desired docs, persists and republishes the birth. Groups are valid ids. */
 void fleet_core_replace_groups(fleet_core_t *core, const char (*groups)[FLEET_ID_MAX + 1],
                                size_t n);
+
+/* Desired-state sources in core->sources: own, grp/all, then one per group. */
+#define FLEET_SRC_OWN    0
+#define FLEET_SRC_ALL    1
+#define FLEET_SRC_GROUP0 2
+
+/* fleet_reconciler.c */
+/* A desired doc (empty payload = the retained doc was deleted) on the source `slot`. */
+void fleet_reconciler_on_desired(fleet_core_t *core, size_t slot, const char *payload, size_t len);
+/* The applied meeting lapses once its meeting.until has passed. */
+void fleet_reconciler_expire(fleet_core_t *core);
+
+/* fleet_participant.c */
+/* Moves from the current meeting intent to `want` (NULL = no meeting). */
+void fleet_participant_set_intent(fleet_core_t *core, const fleet_intent_t *want);
+/* (Re)joins the intent's room: forgets the session, sends join if connected. */
+void fleet_participant_join(fleet_core_t *core);
+/* Leaves: forgets the session, sends leave if connected (if not, only forgets). */
+void fleet_participant_leave(fleet_core_t *core);
+/* A message on dev/{id}/meet/down. */
+void fleet_participant_on_down(fleet_core_t *core, const char *payload, size_t len);
 
 /* fleet_cmd.c */
 void fleet_cmd_handle(fleet_core_t *core, const char *payload, size_t len);
