@@ -42,6 +42,9 @@
 #if CONFIG_FLEET_BOARD_XIAO_S3_SENSE
 #include "driver/i2s_pdm.h"
 #endif
+#if CONFIG_FLEET_BOARD_VIRTUAL
+#include "board_virtual.h"
+#endif
 #endif
 
 static const char *TAG = "fleet_audio";
@@ -85,6 +88,11 @@ void fleet_audio_handle(const fleet_ev_t *ev)
 #define FRAME     (RATE / 50)
 #define MAX_PEERS 2 /* one mixer connection, or a mesh of two (~60 KB each in PSRAM) */
 #define ID_BYTES  FLEET_PEER_BYTES
+#if CONFIG_FLEET_VIRTUAL_CODEC_PCMU
+#define BOARD_CODEC MC_CODEC_PCMU
+#else
+#define BOARD_CODEC MC_CODEC_OPUS
+#endif
 
 typedef struct {
     bool used;
@@ -270,6 +278,24 @@ static bool board_read(int16_t *pcm)
 static void board_write(int16_t *pcm)
 {
     (void)esp_codec_dev_write(fa.spk, pcm, FRAME * 2);
+}
+
+#define BOARD_SPEAKER true
+#elif CONFIG_FLEET_BOARD_VIRTUAL
+/* No chips: a tone and a level meter (board_virtual.c), for emulation. */
+static esp_err_t board_init(void)
+{
+    return board_virtual_init(RATE, FRAME, CONFIG_FLEET_VIRTUAL_TONE_HZ);
+}
+
+static bool board_read(int16_t *pcm)
+{
+    return board_virtual_read(pcm);
+}
+
+static void board_write(int16_t *pcm)
+{
+    board_virtual_write(pcm);
 }
 
 #define BOARD_SPEAKER true
@@ -646,7 +672,7 @@ esp_err_t fleet_audio_init(const fleet_audio_config_t *cfg, fleet_core_t *core)
 {
     (void)cfg;
     fa.core = core;
-    fa.codec = MC_CODEC_OPUS;
+    fa.codec = BOARD_CODEC;
     fa.lock = xSemaphoreCreateMutex();
     if (fa.lock == NULL) {
         return ESP_ERR_NO_MEM;
@@ -677,13 +703,12 @@ const fleet_media_t *fleet_audio_media(void)
 
 void fleet_audio_caps(fleet_caps_t *caps)
 {
-    static const char *const codecs[] = {"opus"};
     memset(caps, 0, sizeof *caps);
     caps->audio = fa.lock != NULL;
     caps->mic = caps->audio;
     caps->speaker = caps->audio && BOARD_SPEAKER;
     caps->n_codecs = caps->audio ? 1 : 0;
-    caps->codecs[0] = codecs[0];
+    caps->codecs[0] = mc_codec_name(fa.codec);
 }
 
 size_t fleet_audio_stats(fleet_peer_audio_t *out, size_t cap)
