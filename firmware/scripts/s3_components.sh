@@ -1,66 +1,47 @@
 #!/bin/bash
-# s3_components.sh: the two pieces the ESP component manager would add to an esp_peer build and that a
-# build without the manager (IDF_COMPONENT_MANAGER=0, offline) lacks:
-#   OUT/esp_libsrtp  libsrtp 2.x (Cisco's SRTP library, from Debian's source package or a given tarball)
-#                    as an ESP-IDF component, with its own AES-CM and HMAC-SHA1 (the registry's
-#                    espressif/esp_libsrtp wraps the same library);
-#   OUT/esp_peer     a copy of esp_peer whose PRIV_REQUIRES names esp_libsrtp, which is what the
-#                    manager does with esp_peer's idf_component.yml dependency.
-# Pass both as EXTRA_COMPONENT_DIRS (with esp_codec_dev and esp_audio_codec) in place of esp_peer.
-#   usage: OUT=DIR ESP_PEER=DIR [SRTP_TAR=libsrtp2_X.orig.tar.gz] s3_components.sh
-# Without SRTP_TAR, `apt-get source --download-only libsrtp2` fetches Debian bookworm's (2.5.0) into
-# OUT/srcpkg with a private sources list (the system's apt configuration is not touched).
+# s3_components.sh: the audio components for an ESP32-S3 build without the ESP component manager
+# (IDF_COMPONENT_MANAGER=0, offline), from a set of checked-out components (esp_peer, esp_codec_dev,
+# esp_audio_codec, esp_libsrtp, e.g. made by the SDK's components.sh), into OUT/:
+#   esp_peer         a copy whose PRIV_REQUIRES also names esp_libsrtp: the component manager adds that
+#                    dependency from esp_peer's idf_component.yml, a plain build does not (its DTLS-SRTP
+#                    sources include srtp.h);
+#   esp_libsrtp, esp_codec_dev   as they are;
+#   esp_audio_codec  as it is when it holds its lib/esp32s3 archives; else (a git mirror that filtered out
+#                    large blobs) with the lib/esp32s3 archives of the newest revision of ADF_LIBS_GIT that
+#                    has them (noted in OUT/SOURCES). For fleet_audio.c's Opus calls that is the same ABI
+#                    from 2.2.1 to 2.6.0 (2.3.0 only appended esp_audio_dec_in_raw_t.frame_recover: an
+#                    older library decodes a lost frame as an error, not by its PLC).
+# Pass the four as EXTRA_COMPONENT_DIRS.
+#   usage: SET=DIR OUT=DIR [ADF_LIBS_GIT=bare git dir of espressif/esp-adf-libs] s3_components.sh
 set -euo pipefail
-: "${OUT:?folder to write the components in}" "${ESP_PEER:?the esp_peer component folder}"
-[ -f "$ESP_PEER/CMakeLists.txt" ] || { echo "no $ESP_PEER/CMakeLists.txt" >&2; exit 1; }
-mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
-if [ -z "${SRTP_TAR:-}" ]; then
-  P=$OUT/srcpkg; mkdir -p "$P/lists/partial" "$P/cache"
-  echo 'deb-src http://deb.debian.org/debian bookworm main' > "$P/sources.list"
-  A=(-o Dir::Etc::SourceList="$P/sources.list" -o Dir::Etc::SourceParts=/dev/null
-     -o Dir::State::Lists="$P/lists" -o Dir::Cache="$P/cache")
-  ls "$P"/libsrtp2_*.orig.tar.gz >/dev/null 2>&1 || ( cd "$P" && apt-get "${A[@]}" -qq update &&
-    apt-get "${A[@]}" -qq source --download-only libsrtp2 ) >/dev/null 2>&1
-  SRTP_TAR=$(ls "$P"/libsrtp2_*.orig.tar.gz | tail -1)
+: "${SET:?folder of the checked-out components}" "${OUT:?folder to write the components in}"
+for c in esp_peer esp_codec_dev esp_audio_codec esp_libsrtp; do
+  [ -f "$SET/$c/CMakeLists.txt" ] || { echo "no $SET/$c/CMakeLists.txt" >&2; exit 1; }
+done
+mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd); SET=$(cd "$SET" && pwd)
+rm -rf "$OUT"/esp_peer "$OUT"/esp_libsrtp "$OUT"/esp_codec_dev "$OUT"/esp_audio_codec
+cp -a "$SET/esp_peer" "$SET/esp_libsrtp" "$SET/esp_codec_dev" "$OUT/"
+sed -i 's/PRIV_REQUIRES mbedtls esp-tls esp_netif)/PRIV_REQUIRES mbedtls esp-tls esp_netif esp_libsrtp)/' \
+  "$OUT/esp_peer/CMakeLists.txt"
+grep -q 'esp_netif esp_libsrtp)' "$OUT/esp_peer/CMakeLists.txt" ||
+  { echo "esp_peer's CMakeLists.txt changed: add esp_libsrtp to its requirements by hand" >&2; exit 1; }
+echo "esp_peer: $SET/esp_peer + PRIV_REQUIRES esp_libsrtp" > "$OUT/SOURCES"
+A=esp_audio_codec/lib/esp32s3/libesp_audio_codec.a
+if [ -s "$SET/$A" ]; then
+  cp -a "$SET/esp_audio_codec" "$OUT/"
+  echo "esp_audio_codec: $SET/esp_audio_codec" >> "$OUT/SOURCES"
+else
+  : "${ADF_LIBS_GIT:?$SET/$A is missing: set ADF_LIBS_GIT to a bare git mirror of espressif/esp-adf-libs}"
+  rev=
+  for c in $(git --git-dir="$ADF_LIBS_GIT" rev-list --all -- "$A" 2>/dev/null); do
+    b=$(git --git-dir="$ADF_LIBS_GIT" ls-tree "$c" "$A" | awk '{print $3}')
+    if [ -n "$b" ] && git --git-dir="$ADF_LIBS_GIT" cat-file -e "$b" 2>/dev/null; then rev=$c; break; fi
+  done
+  [ -n "$rev" ] || { echo "no revision of $ADF_LIBS_GIT has $A" >&2; exit 1; }
+  cp -a "$SET/esp_audio_codec" "$OUT/"; rm -rf "$OUT/esp_audio_codec/lib/esp32s3"
+  git --git-dir="$ADF_LIBS_GIT" archive "$rev" esp_audio_codec/lib/esp32s3 | tar -x -C "$OUT"
+  v=$(git --git-dir="$ADF_LIBS_GIT" show "$rev:esp_audio_codec/idf_component.yml" | sed -n 's/^version:[[:space:]]*//p')
+  echo "esp_audio_codec: $SET/esp_audio_codec with lib/esp32s3 of esp-adf-libs $rev (version $v)," \
+    "the newest that has $A" >> "$OUT/SOURCES"
 fi
-S=$OUT/esp_libsrtp; rm -rf "$S"; mkdir -p "$S/libsrtp" "$S/port"
-tar -xzf "$SRTP_TAR" -C "$S/libsrtp" --strip-components=1
-V=$(sed -n 's/^project(libsrtp2 VERSION \([0-9.]*\).*/\1/p' "$S/libsrtp/CMakeLists.txt")
-cat > "$S/port/config.h" <<CFG
-/* libsrtp $V on ESP-IDF: little-endian 32-bit, newlib + lwIP headers, built-in crypto */
-#define PACKAGE_VERSION "$V"
-#define PACKAGE_STRING "libsrtp2 $V"
-#define CPU_RISC 1
-#define HAVE_ARPA_INET_H 1
-#define HAVE_INTTYPES_H 1
-#define HAVE_NETINET_IN_H 1
-#define HAVE_STDINT_H 1
-#define HAVE_STDLIB_H 1
-#define HAVE_SYS_TYPES_H 1
-#define HAVE_UNISTD_H 1
-#define HAVE_INLINE 1
-#define SIZEOF_UNSIGNED_LONG 4
-#define SIZEOF_UNSIGNED_LONG_LONG 8
-CFG
-cat > "$S/CMakeLists.txt" <<'CM'
-# libsrtp as an ESP-IDF component (made by firmware/scripts/s3_components.sh)
-set(d libsrtp)
-idf_component_register(
-    SRCS ${d}/srtp/srtp.c
-         ${d}/crypto/cipher/cipher.c ${d}/crypto/cipher/cipher_test_cases.c ${d}/crypto/cipher/null_cipher.c
-         ${d}/crypto/cipher/aes.c ${d}/crypto/cipher/aes_icm.c
-         ${d}/crypto/hash/auth.c ${d}/crypto/hash/auth_test_cases.c ${d}/crypto/hash/null_auth.c
-         ${d}/crypto/hash/hmac.c ${d}/crypto/hash/sha1.c
-         ${d}/crypto/kernel/alloc.c ${d}/crypto/kernel/crypto_kernel.c ${d}/crypto/kernel/err.c
-         ${d}/crypto/kernel/key.c ${d}/crypto/math/datatypes.c
-         ${d}/crypto/replay/rdb.c ${d}/crypto/replay/rdbx.c
-    INCLUDE_DIRS ${d}/include
-    PRIV_INCLUDE_DIRS port ${d}/crypto/include
-    PRIV_REQUIRES lwip)
-target_compile_definitions(${COMPONENT_LIB} PRIVATE HAVE_CONFIG_H)
-target_compile_options(${COMPONENT_LIB} PRIVATE -Wno-unused-function -Wno-format)
-CM
-E=$OUT/esp_peer; rm -rf "$E"; cp -a "$ESP_PEER" "$E"
-sed -i 's/PRIV_REQUIRES mbedtls esp-tls esp_netif)/PRIV_REQUIRES mbedtls esp-tls esp_netif esp_libsrtp)/' "$E/CMakeLists.txt"
-grep -q 'esp_netif esp_libsrtp)' "$E/CMakeLists.txt" || { echo "esp_peer's CMakeLists.txt changed: add esp_libsrtp by hand" >&2; exit 1; }
-echo "esp_libsrtp (libsrtp $V) and esp_peer in $OUT"
+cat "$OUT/SOURCES"
