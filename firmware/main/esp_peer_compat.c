@@ -12,7 +12,7 @@
 #include "esp_log.h"
 #include "sdkconfig.h"
 
-#if CONFIG_FLEET_AUDIO && ESP_IDF_VERSION < ESP_IDF_VERSION_VAL(5, 5, 0)
+#if CONFIG_IDF_TARGET_ESP32S3 && ESP_IDF_VERSION < ESP_IDF_VERSION_VAL(5, 5, 0)
 
 void esp_log(uint32_t config, const char *tag, const char *format, ...);
 
