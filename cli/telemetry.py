@@ -26,7 +26,7 @@ from cli.common import (
 )
 from fleet.client import FleetClient
 from fleet.controller.parts import ControllerPart
-from fleet.errors import ConfigError, FleetError
+from fleet.errors import ConfigError, UnknownDevice
 from fleet.telemetry.config import InfluxSettings, load_influx_settings
 from fleet.telemetry.tail import EventItem, Refused, TeleItem, follow, summary
 
@@ -174,15 +174,11 @@ def tail(
             record = fleet.registry.devices.get(device)
             known = len(fleet.registry.devices)
         if record is None:
-            raise UnknownDevice(f"unknown device {device!r} ({known} known; see `fleet devices`)")
+            raise UnknownDevice(device, known)
         if not record.online:
             err_console.print(f"{device} is offline: waiting for it to come back", highlight=False)
 
     run_service(go())
-
-
-class UnknownDevice(FleetError):
-    """`telemetry tail` was asked for a device the fleet has never seen."""
 
 
 def _show(item: TeleItem | EventItem, as_json: bool) -> None:

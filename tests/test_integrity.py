@@ -30,7 +30,7 @@ from broker.credentials import Role
 from fleet.controller import service
 from fleet.controller.meetings import MeetingServer
 from fleet.controller.store import REV_CEILING
-from fleet.device.sim import DeviceConfig, MeetingDriver, SimulatedDevice
+from fleet.device.sim import MeetingDriver, SimDeviceConfig, SimulatedDevice
 from fleet.ha import HomeAssistantPart, HomeAssistantSettings
 from fleet.media.config import MediaConfig
 from fleet.media.mesh import MediaMesh
@@ -212,7 +212,7 @@ async def test_a_device_unknown_at_a_lapse_never_falls_back_to_an_older_intent(
         assert "dev-3" not in ctl.registry.devices
 
         base = BrokerUrl.parse(f"mqtt://{any_broker.host}:{any_broker.port}")
-        config = DeviceConfig("dev-3", late["dev-3"], ["kitchen"], 30.0)
+        config = SimDeviceConfig("dev-3", late["dev-3"], ["kitchen"], 30.0)
         for clock_set in (True, False):
             dev = SimulatedDevice(config, base, t)
             dev.clock_set = clock_set
