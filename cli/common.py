@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine
 from enum import IntEnum
+from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar, get_type_hints
 
 import typer
@@ -79,6 +80,14 @@ PrefixOpt = Annotated[
 IceServerOpt = Annotated[
     list[str] | None,
     typer.Option(help="STUN/TURN server URL for the audio (repeatable); default: none."),
+]
+CredsFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--creds",
+        help="Credentials file (default: $FLEET_HOME or ~/.espfleet, then credentials.json).",
+        dir_okay=False,
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 TimeoutOpt = Annotated[
