@@ -16,10 +16,10 @@ targeted device reported the new rev (what `fleet join-all` waits for).
     python bench/fanout.py --broker mosquitto --devices 10000 --sim-procs 2
     python bench/fanout.py --broker embedded --devices 1000 --under-attack
 
-Targets (issue 2): 1,000 devices on the embedded broker under 3 s; 10,000 on
+Targets: 1,000 devices on the embedded broker under 3 s; 10,000 on
 Mosquitto under 5 s. Prints figures; asserts nothing about time.
 
-`--under-attack` (issue 11) runs the same rounds again while an attacker process, a
+`--under-attack` runs the same rounds again while an attacker process, a
 Home Assistant user, holds 10,000 wildcard subscriptions and floods wrong-password
 logins from another address (127.0.0.2), and prints both medians and their ratio
 (target: within 1.5x of quiet).
@@ -502,7 +502,7 @@ def main() -> None:
         "--attack-login-rate",
         type=float,
         default=500.0,
-        help="failed logins a second the attacker aims at (0: unthrottled; issue 11 saw 133)",
+        help="failed logins a second the attacker aims at (0: unthrottled, about 133 here)",
     )
     parser.add_argument("--attack-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)

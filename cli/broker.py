@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from broker.local import BrokerEngine, MosquittoBroker, local_broker
-from cli.common import command_group, console, err_console, fail
+from cli.common import CredsFileOpt, command_group, console, err_console, fail
 from fleet.auth import CredentialStore, default_credentials_path
 from fleet.errors import FleetError
 from fleet.protocol.topics import DEFAULT_PREFIX
@@ -22,13 +22,9 @@ app = command_group(
     "Run the local MQTT broker (Mosquitto or amqtt) or write a Mosquitto configuration."
 )
 
-CredsOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--creds",
-        help="Credentials file (default: $FLEET_HOME or ~/.espfleet, then credentials.json).",
-        dir_okay=False,
-    ),
+PortOption = Annotated[int, typer.Option(help="MQTT (TCP) port.")]
+WsPortOption = Annotated[
+    int | None, typer.Option("--ws-port", help="Also listen for MQTT over WebSocket here.")
 ]
 PrefixOption = Annotated[
     str, typer.Option("--prefix", envvar="FLEET_PREFIX", help="Topic prefix the ACL applies to.")
@@ -45,11 +41,9 @@ def _users(store: CredentialStore) -> int:
 @app.command()
 def run(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="MQTT (TCP) port.")] = 1883,
-    ws_port: Annotated[
-        int | None, typer.Option("--ws-port", help="Also listen for MQTT over WebSocket here.")
-    ] = None,
-    creds: CredsOption = None,
+    port: PortOption = 1883,
+    ws_port: WsPortOption = None,
+    creds: CredsFileOpt = None,
     certfile: Annotated[
         Path | None, typer.Option(help="TLS certificate (PEM); needs --keyfile.", exists=True)
     ] = None,
@@ -132,12 +126,10 @@ def run(
 @app.command("mosquitto-config")
 def mosquitto_config(
     directory: Annotated[Path, typer.Argument(help="Where to write mosquitto.conf, passwd, acl.")],
-    creds: CredsOption = None,
-    port: Annotated[int, typer.Option(help="MQTT (TCP) port.")] = 1883,
+    creds: CredsFileOpt = None,
+    port: PortOption = 1883,
     bind: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    ws_port: Annotated[
-        int | None, typer.Option("--ws-port", help="Also listen for MQTT over WebSocket here.")
-    ] = None,
+    ws_port: WsPortOption = None,
     persistence: Annotated[
         Path | None,
         typer.Option(help="Keep retained messages and sessions across restarts, here."),
@@ -190,7 +182,7 @@ def ha_addon(
     folder: Annotated[
         str, typer.Option(help="The add-on's customize.folder (under /share).")
     ] = "mosquitto",
-    creds: CredsOption = None,
+    creds: CredsFileOpt = None,
     prefix: PrefixOption = DEFAULT_PREFIX,
 ) -> None:
     """Write what Home Assistant's Mosquitto add-on needs to carry the fleet's users and ACL

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
+import inspect
 import json
 import logging
 import re
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from enum import IntEnum
-from typing import Annotated, Any, NoReturn, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar, get_type_hints
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -39,6 +43,7 @@ from fleet.protocol.topics import ID_RULE, NAME_RULES, is_valid_id
 from fleet.settings import CLIENT_FILE, default_home, load_settings
 
 T = TypeVar("T")
+C = TypeVar("C", bound=type)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -76,11 +81,75 @@ IceServerOpt = Annotated[
     list[str] | None,
     typer.Option(help="STUN/TURN server URL for the audio (repeatable); default: none."),
 ]
+CredsFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--creds",
+        help="Credentials file (default: $FLEET_HOME or ~/.espfleet, then credentials.json).",
+        dir_okay=False,
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 TimeoutOpt = Annotated[
     float,
     typer.Option("--timeout", min=0.1, max=3600, help="Seconds to wait for devices to converge."),
 ]
+
+
+# --- option groups ---------------------------------------------------------------------------
+# Options that travel together (the InfluxDB connection, Home Assistant) are one dataclass,
+# defined once; a command takes the group as one parameter and typer still sees (and --help
+# still lists) each option, in the place the group stands.
+_OPTION_GROUPS: set[type] = set()
+
+
+def option_group(cls: C) -> C:
+    """Mark a dataclass as an option group: each field is an `Annotated` typer option that
+    names its own flags (``--influx-url``), with the field's default."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls.__name__} must be a dataclass to be an option group")
+    _OPTION_GROUPS.add(cls)
+    return cls
+
+
+def grouped(command: Callable[..., T]) -> Callable[..., T]:
+    """`command` as typer should see it: each parameter typed with an option group becomes
+    that group's options (named ``<parameter>_<field>``); the command gets the group built."""
+    hints = get_type_hints(command, include_extras=True)
+    params: list[inspect.Parameter] = []
+    groups: dict[str, tuple[type, dict[str, str]]] = {}
+    for param in inspect.signature(command).parameters.values():
+        hint = hints.get(param.name, param.annotation)
+        if not (isinstance(hint, type) and hint in _OPTION_GROUPS):
+            params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hint))
+            continue
+        fields = get_type_hints(hint, include_extras=True)
+        spread: dict[str, str] = {}
+        for field in dataclasses.fields(hint):
+            name = f"{param.name}_{field.name}"
+            spread[name] = field.name
+            default = (
+                inspect.Parameter.empty if field.default is dataclasses.MISSING else field.default
+            )
+            params.append(
+                inspect.Parameter(
+                    name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=default,
+                    annotation=fields[field.name],
+                )
+            )
+        groups[param.name] = (hint, spread)
+
+    @functools.wraps(command)
+    def run_command(**values: Any) -> T:
+        for name, (group, spread) in groups.items():
+            values[name] = group(**{field: values.pop(flat) for flat, field in spread.items()})
+        return command(**values)
+
+    vars(run_command)["__signature__"] = inspect.Signature(params)  # what typer reads
+    run_command.__annotations__ = {p.name: p.annotation for p in params}
+    return run_command
 
 
 def connection(broker: str | None, prefix: str | None) -> tuple[BrokerUrl, Topics]:

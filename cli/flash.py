@@ -16,7 +16,7 @@ from typing import Annotated, TextIO, TypeVar
 import typer
 from rich.markup import escape
 
-from cli.common import Exit, JsonOpt, console, fail, print_json
+from cli.common import CredsFileOpt, Exit, JsonOpt, console, fail, print_json
 from fleet import provisioning
 from fleet.auth import CredentialStore, default_credentials_path
 from fleet.errors import ConfigError, CredentialsError
@@ -93,14 +93,6 @@ NtpOpt = Annotated[
     str | None,
     typer.Option("--ntp", help="SNTP server (default: the firmware's, see menuconfig)."),
 ]
-CredsOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--creds",
-        help="Credentials file (default: $FLEET_HOME or ~/.espfleet, then credentials.json).",
-        dir_okay=False,
-    ),
-]
 PartitionsOpt = Annotated[
     Path | None,
     typer.Option(
@@ -175,7 +167,7 @@ def provision(
     broker: DeviceBrokerOpt,
     group: GroupOpt = None,
     ntp: NtpOpt = None,
-    creds: CredsOpt = None,
+    creds: CredsFileOpt = None,
     partitions: PartitionsOpt = None,
     build_dir: Annotated[
         Path | None,
@@ -252,7 +244,7 @@ def image(
     ],
     group: GroupOpt = None,
     ntp: NtpOpt = None,
-    creds: CredsOpt = None,
+    creds: CredsFileOpt = None,
     partitions: PartitionsOpt = None,
     replace: ReplaceOpt = False,
     as_json: JsonOpt = False,

@@ -54,6 +54,7 @@ DeviceArg = Annotated[
     str, typer.Argument(help="Device id.", autocompletion=complete_devices, show_default=False)
 ]
 RoomArg = Annotated[str, typer.Argument(help="Room to join.", autocompletion=complete_rooms)]
+GroupFilterOpt = Annotated[str, typer.Option(help="Only devices in this group.")]
 
 
 def natural_key(name: str) -> list[Any]:
@@ -167,7 +168,7 @@ def _summary_view(records: list[DeviceRecord], as_json: bool) -> None:
 
 def join_all(
     room: RoomArg,
-    group: Annotated[str, typer.Option(help="Only devices in this group.")] = "all",
+    group: GroupFilterOpt = "all",
     for_: Annotated[
         str | None, typer.Option("--for", help="Leave again after this long (90s, 15m, 1h).")
     ] = None,
@@ -190,7 +191,7 @@ def join_all(
 
 
 def leave_all(
-    group: Annotated[str, typer.Option(help="Only devices in this group.")] = "all",
+    group: GroupFilterOpt = "all",
     timeout: TimeoutOpt = 30.0,
     broker: BrokerOpt = None,
     prefix: PrefixOpt = None,

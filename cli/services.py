@@ -7,6 +7,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -22,27 +23,16 @@ from cli.common import (
     connection,
     console,
     fail,
+    grouped,
     name_error,
+    option_group,
     plural,
     require_id,
     run,
     run_service,
 )
 from cli.stack import Stack, StackConfig, free_port, running_stack, stack_console
-from cli.telemetry import (
-    InfluxBatchOpt,
-    InfluxBucketOpt,
-    InfluxBufferOpt,
-    InfluxDatabaseOpt,
-    InfluxFlushOpt,
-    InfluxOptions,
-    InfluxOrgOpt,
-    InfluxPasswordOpt,
-    InfluxTokenOpt,
-    InfluxUrlOpt,
-    InfluxUserOpt,
-    InfluxVersionOpt,
-)
+from cli.telemetry import InfluxOptions
 from fleet.auth import CredentialStore, default_credentials_path
 from fleet.client import FleetClient
 from fleet.controller.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, MeetingServer
@@ -90,20 +80,42 @@ PortOpt = Annotated[int, typer.Option("--port", min=0, max=65535, help="Broker T
 GroupOpt = Annotated[
     list[str] | None, typer.Option("--group", help="Group of the simulated devices (repeatable).")
 ]
-HaOpt = Annotated[
-    bool,
-    typer.Option(
-        "--ha/--no-ha",
-        help="Home Assistant: MQTT discovery of every device and the controller, entity "
-        "state and commands under PREFIX/ha/ (docs/home-assistant.md).",
-    ),
-]
-HaPrefixOpt = Annotated[
-    str, typer.Option(help="Home Assistant's discovery prefix (its MQTT setting).")
-]
-HaRoomOpt = Annotated[
-    str, typer.Option(help='Room of Home Assistant\'s "Join all" until one is chosen there.')
-]
+TeleIntervalOpt = Annotated[float, typer.Option(min=0.5, help="Telemetry period, seconds.")]
+
+
+@option_group
+@dataclass
+class HomeAssistantOptions:
+    """The Home Assistant options of `fleet up` and `fleet controller`."""
+
+    enabled: Annotated[
+        bool,
+        typer.Option(
+            "--ha/--no-ha",
+            help="Home Assistant: MQTT discovery of every device and the controller, entity "
+            "state and commands under PREFIX/ha/ (docs/home-assistant.md).",
+        ),
+    ] = True
+    prefix: Annotated[
+        str,
+        typer.Option("--ha-prefix", help="Home Assistant's discovery prefix (its MQTT setting)."),
+    ] = DEFAULT_HA_PREFIX
+    room: Annotated[
+        str,
+        typer.Option(
+            "--ha-room", help='Room of Home Assistant\'s "Join all" until one is chosen there.'
+        ),
+    ] = DEFAULT_ROOM
+
+    def parts(self) -> list[ControllerPart]:
+        if not self.enabled:
+            return []
+        try:
+            return [HomeAssistantPart(HomeAssistantSettings(ha_prefix=self.prefix, room=self.room))]
+        except (ValueError, ProtocolError) as exc:
+            fail(f"--ha-prefix/--ha-room: {exc}", Exit.USAGE)
+
+
 EngineOpt = Annotated[
     BrokerEngine,
     typer.Option(
@@ -131,7 +143,9 @@ MeshCapOpt = Annotated[
 ]
 
 
+@grouped
 def up(
+    *,
     devices: Annotated[int, typer.Option(min=0, max=20000, help="Simulated devices.")] = 3,
     port: PortOpt = 1883,
     ws_port: Annotated[
@@ -147,9 +161,7 @@ def up(
     host: Annotated[str, typer.Option(help="Address the broker binds.")] = "127.0.0.1",
     engine: EngineOpt = BrokerEngine.AUTO,
     group: GroupOpt = None,
-    tele_interval: Annotated[
-        float, typer.Option(min=0.5, help="Telemetry period, seconds.")
-    ] = 10.0,
+    tele_interval: TeleIntervalOpt = 10.0,
     audio: Annotated[
         bool, typer.Option(help="Devices meet with real audio (off: the state names the room).")
     ] = True,
@@ -171,38 +183,13 @@ def up(
             "(apt-get install janus)."
         ),
     ] = True,
-    ha: HaOpt = True,
-    ha_prefix: HaPrefixOpt = DEFAULT_HA_PREFIX,
-    ha_room: HaRoomOpt = DEFAULT_ROOM,
+    ha: HomeAssistantOptions,
     home: HomeOpt = None,
     prefix: PrefixOpt = None,
-    influx_url: InfluxUrlOpt = None,
-    influx_version: InfluxVersionOpt = None,
-    influx_token: InfluxTokenOpt = None,
-    influx_org: InfluxOrgOpt = None,
-    influx_bucket: InfluxBucketOpt = None,
-    influx_database: InfluxDatabaseOpt = None,
-    influx_user: InfluxUserOpt = None,
-    influx_password: InfluxPasswordOpt = None,
-    influx_batch_size: InfluxBatchOpt = None,
-    influx_flush_interval: InfluxFlushOpt = None,
-    influx_buffer: InfluxBufferOpt = None,
+    influx: InfluxOptions,
 ) -> None:
     """Run broker + controller + N simulated devices until Ctrl-C."""
     settings = load_settings(home=home, prefix=prefix)
-    influx = InfluxOptions(
-        influx_url,
-        influx_version,
-        influx_token,
-        influx_org,
-        influx_bucket,
-        influx_database,
-        influx_user,
-        influx_password,
-        influx_batch_size,
-        influx_flush_interval,
-        influx_buffer,
-    )
     if web and ws_port is None:
         ws_port = free_port(host)
     config = StackConfig(
@@ -218,7 +205,7 @@ def up(
         room_cap=room_cap,
         mesh_cap=mesh_cap,
         mixer=mixer,
-        parts=[*influx.parts(), *_ha_parts(ha, ha_prefix, ha_room)],
+        parts=[*influx.parts(), *ha.parts()],
         sim_procs=auto_procs(devices, audio) if sim_procs is None else sim_procs,
         engine=engine,
     )
@@ -256,7 +243,9 @@ def up(
     run_service(go())
 
 
+@grouped
 def controller(
+    *,
     db: Annotated[
         Path | None, typer.Option(help="SQLite database.", show_default="FLEET_HOME/controller.db")
     ] = None,
@@ -292,47 +281,22 @@ def controller(
             "API create rooms: `fleet rooms create`, and the room of a join or join-all)."
         ),
     ] = False,
-    ha: HaOpt = True,
-    ha_prefix: HaPrefixOpt = DEFAULT_HA_PREFIX,
-    ha_room: HaRoomOpt = DEFAULT_ROOM,
+    ha: HomeAssistantOptions,
     ingest_share: IngestShareOpt = None,
     broker: BrokerOpt = None,
     prefix: PrefixOpt = None,
-    influx_url: InfluxUrlOpt = None,
-    influx_version: InfluxVersionOpt = None,
-    influx_token: InfluxTokenOpt = None,
-    influx_org: InfluxOrgOpt = None,
-    influx_bucket: InfluxBucketOpt = None,
-    influx_database: InfluxDatabaseOpt = None,
-    influx_user: InfluxUserOpt = None,
-    influx_password: InfluxPasswordOpt = None,
-    influx_batch_size: InfluxBatchOpt = None,
-    influx_flush_interval: InfluxFlushOpt = None,
-    influx_buffer: InfluxBufferOpt = None,
+    influx: InfluxOptions,
 ) -> None:
     """Run the controller: registry, desired state, commands, meetings, the automation API,
     telemetry, Home Assistant discovery."""
     if client_id is not None:
         require_id("--client-id", client_id, "client id")
     url, topics = connection(broker, prefix)
-    influx = InfluxOptions(
-        influx_url,
-        influx_version,
-        influx_token,
-        influx_org,
-        influx_bucket,
-        influx_database,
-        influx_user,
-        influx_password,
-        influx_batch_size,
-        influx_flush_interval,
-        influx_buffer,
-    )
     if ingest_share is not None:
         require_id("--ingest-share", ingest_share, "share group")
     if ingest_share is not None and not influx.settings().enabled:
         fail("--ingest-share splits the telemetry ingest: it needs --influx-url", Exit.USAGE)
-    parts = [*influx.parts(share=ingest_share), *_ha_parts(ha, ha_prefix, ha_room)]
+    parts = [*influx.parts(share=ingest_share), *ha.parts()]
     path = db or load_settings().home / "controller.db"
     console.print(f"controller on {url.redacted()}, store {path}", highlight=False)
     store = CredentialStore(creds) if creds is not None else None
@@ -367,9 +331,7 @@ def sim(
     secrets: Annotated[
         Path | None, typer.Option(help="JSON {device id: secret} for a remote broker.")
     ] = None,
-    tele_interval: Annotated[
-        float, typer.Option(min=0.5, help="Telemetry period, seconds.")
-    ] = 10.0,
+    tele_interval: TeleIntervalOpt = 10.0,
     audio: Annotated[
         bool, typer.Option(help="Meet with real audio (aiortc); off: the state names the room.")
     ] = False,
@@ -596,15 +558,6 @@ def _broker_line(broker: object, host: str) -> str:
     return f"amqtt (MQTT 3.1.1 only) on {host}:{port}"
 
 
-def _ha_parts(enabled: bool, ha_prefix: str, room: str) -> list[ControllerPart]:
-    if not enabled:
-        return []
-    try:
-        return [HomeAssistantPart(HomeAssistantSettings(ha_prefix=ha_prefix, room=room))]
-    except (ValueError, ProtocolError) as exc:
-        fail(f"--ha-prefix/--ha-room: {exc}", Exit.USAGE)
-
-
 def _groups(group: list[str] | None) -> list[str]:
     groups = list(dict.fromkeys(group or []))
     bad = [g for g in groups if not is_valid_id(g)]
@@ -613,7 +566,9 @@ def _groups(group: list[str] | None) -> list[str]:
     return groups
 
 
+@grouped
 def ingest(
+    *,
     share: Annotated[
         str, typer.Option(help="The share group, as the controller's --ingest-share.")
     ] = "ingest",
@@ -622,17 +577,7 @@ def ingest(
     ),
     broker: BrokerOpt = None,
     prefix: PrefixOpt = None,
-    influx_url: InfluxUrlOpt = None,
-    influx_version: InfluxVersionOpt = None,
-    influx_token: InfluxTokenOpt = None,
-    influx_org: InfluxOrgOpt = None,
-    influx_bucket: InfluxBucketOpt = None,
-    influx_database: InfluxDatabaseOpt = None,
-    influx_user: InfluxUserOpt = None,
-    influx_password: InfluxPasswordOpt = None,
-    influx_batch_size: InfluxBatchOpt = None,
-    influx_flush_interval: InfluxFlushOpt = None,
-    influx_buffer: InfluxBufferOpt = None,
+    influx: InfluxOptions,
 ) -> None:
     """Take a share of the telemetry ingest beside `fleet controller --ingest-share`
     (telemetry only: desired state, meetings and Home Assistant stay with the controller)."""
@@ -641,19 +586,6 @@ def ingest(
     require_id("--share", share, "share group")
     require_id("--client-id", client_id, "client id")
     url, topics = connection(broker, prefix)
-    influx = InfluxOptions(
-        influx_url,
-        influx_version,
-        influx_token,
-        influx_org,
-        influx_bucket,
-        influx_database,
-        influx_user,
-        influx_password,
-        influx_batch_size,
-        influx_flush_interval,
-        influx_buffer,
-    )
     settings = influx.settings()
     if not settings.enabled:
         fail("fleet ingest needs a database: --influx-url (or FLEET_INFLUX_URL)", Exit.USAGE)

@@ -21,95 +21,92 @@ from cli.common import (
     console,
     err_console,
     fail,
+    option_group,
     require_name,
     run_service,
 )
 from fleet.client import FleetClient
 from fleet.controller.parts import ControllerPart
-from fleet.errors import ConfigError, FleetError
+from fleet.errors import ConfigError, UnknownDevice
 from fleet.telemetry.config import InfluxSettings, load_influx_settings
 from fleet.telemetry.tail import EventItem, Refused, TeleItem, follow, summary
 
 app = command_group("Device telemetry: live view, InfluxDB, Grafana.")
 
 _ENV = "Env: FLEET_INFLUX_{}."
-InfluxUrlOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--influx-url",
-        help="InfluxDB URL (http://host:8086); telemetry is off without it. " + _ENV.format("URL"),
-        show_default=False,
-    ),
-]
-InfluxVersionOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--influx-version",
-        help="2: the /api/v2/write API (InfluxDB 2.x, 3.x, 1.8+, VictoriaMetrics); "
-        "1: InfluxDB 1.x /write. " + _ENV.format("VERSION"),
-        show_default="2",
-    ),
-]
-InfluxTokenOpt = Annotated[
-    str | None,
-    typer.Option("--influx-token", help="API token (2.x/3.x). " + _ENV.format("TOKEN")),
-]
-InfluxOrgOpt = Annotated[
-    str | None, typer.Option("--influx-org", help="Organisation (2.x). " + _ENV.format("ORG"))
-]
-InfluxBucketOpt = Annotated[
-    str | None,
-    typer.Option("--influx-bucket", help="Bucket (2.x), database (3.x). " + _ENV.format("BUCKET")),
-]
-InfluxDatabaseOpt = Annotated[
-    str | None,
-    typer.Option("--influx-database", help="Database (1.x). " + _ENV.format("DATABASE")),
-]
-InfluxUserOpt = Annotated[
-    str | None, typer.Option("--influx-user", help="User (1.x). " + _ENV.format("USER"))
-]
-InfluxPasswordOpt = Annotated[
-    str | None,
-    typer.Option("--influx-password", help="Password (1.x). " + _ENV.format("PASSWORD")),
-]
-InfluxBatchOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--influx-batch-size", help="Points per write. " + _ENV.format("BATCH_SIZE"), min=1
-    ),
-]
-InfluxFlushOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--influx-flush-interval",
-        help="Milliseconds before a partial batch is written. " + _ENV.format("FLUSH_INTERVAL_MS"),
-        min=10,
-    ),
-]
-InfluxBufferOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--influx-buffer",
-        help="Points kept while the database is unreachable; beyond, the oldest are dropped "
-        "(counted and reported). " + _ENV.format("BUFFER_SIZE"),
-        min=1,
-    ),
-]
 
 
+@option_group
 @dataclass
 class InfluxOptions:
-    url: str | None = None
-    version: int | None = None
-    token: str | None = None
-    org: str | None = None
-    bucket: str | None = None
-    database: str | None = None
-    user: str | None = None
-    password: str | None = None
-    batch_size: int | None = None
-    flush_interval_ms: int | None = None
-    buffer_size: int | None = None
+    """The InfluxDB options of `fleet up`, `fleet controller` and `fleet ingest`."""
+
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--influx-url",
+            help="InfluxDB URL (http://host:8086); telemetry is off without it. "
+            + _ENV.format("URL"),
+            show_default=False,
+        ),
+    ] = None
+    version: Annotated[
+        int | None,
+        typer.Option(
+            "--influx-version",
+            help="2: the /api/v2/write API (InfluxDB 2.x, 3.x, 1.8+, VictoriaMetrics); "
+            "1: InfluxDB 1.x /write. " + _ENV.format("VERSION"),
+            show_default="2",
+        ),
+    ] = None
+    token: Annotated[
+        str | None,
+        typer.Option("--influx-token", help="API token (2.x/3.x). " + _ENV.format("TOKEN")),
+    ] = None
+    org: Annotated[
+        str | None, typer.Option("--influx-org", help="Organisation (2.x). " + _ENV.format("ORG"))
+    ] = None
+    bucket: Annotated[
+        str | None,
+        typer.Option(
+            "--influx-bucket", help="Bucket (2.x), database (3.x). " + _ENV.format("BUCKET")
+        ),
+    ] = None
+    database: Annotated[
+        str | None,
+        typer.Option("--influx-database", help="Database (1.x). " + _ENV.format("DATABASE")),
+    ] = None
+    user: Annotated[
+        str | None, typer.Option("--influx-user", help="User (1.x). " + _ENV.format("USER"))
+    ] = None
+    password: Annotated[
+        str | None,
+        typer.Option("--influx-password", help="Password (1.x). " + _ENV.format("PASSWORD")),
+    ] = None
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--influx-batch-size", help="Points per write. " + _ENV.format("BATCH_SIZE"), min=1
+        ),
+    ] = None
+    flush_interval_ms: Annotated[
+        int | None,
+        typer.Option(
+            "--influx-flush-interval",
+            help="Milliseconds before a partial batch is written. "
+            + _ENV.format("FLUSH_INTERVAL_MS"),
+            min=10,
+        ),
+    ] = None
+    buffer_size: Annotated[
+        int | None,
+        typer.Option(
+            "--influx-buffer",
+            help="Points kept while the database is unreachable; beyond, the oldest are dropped "
+            "(counted and reported). " + _ENV.format("BUFFER_SIZE"),
+            min=1,
+        ),
+    ] = None
 
     def settings(self) -> InfluxSettings:
         try:
@@ -174,15 +171,11 @@ def tail(
             record = fleet.registry.devices.get(device)
             known = len(fleet.registry.devices)
         if record is None:
-            raise UnknownDevice(f"unknown device {device!r} ({known} known; see `fleet devices`)")
+            raise UnknownDevice(device, known)
         if not record.online:
             err_console.print(f"{device} is offline: waiting for it to come back", highlight=False)
 
     run_service(go())
-
-
-class UnknownDevice(FleetError):
-    """`telemetry tail` was asked for a device the fleet has never seen."""
 
 
 def _show(item: TeleItem | EventItem, as_json: bool) -> None:

@@ -44,9 +44,18 @@ class ControllerUnavailable(FleetError):
 
 
 class UnknownDevice(FleetError):
-    def __init__(self, device_id: str) -> None:
-        super().__init__(f"unknown device {device_id!r}: it never announced itself")
+    """A device the fleet has never seen: it never announced itself.
+
+    `known`, when given, is how many devices the fleet does know, so a typo shows.
+    """
+
+    def __init__(self, device_id: str, known: int | None = None) -> None:
+        if known is None:
+            super().__init__(f"unknown device {device_id!r}: it never announced itself")
+        else:
+            super().__init__(f"unknown device {device_id!r} ({known} known; see `fleet devices`)")
         self.device_id = device_id
+        self.known = known
 
 
 class CredentialsError(FleetError):

@@ -1,4 +1,4 @@
-"""Attacks on the brokers (issue 11 items 1-6): client ids, resumed sessions, fake devices,
+"""Attacks on the brokers: client ids, resumed sessions, fake devices,
 message sizes, sockets that never CONNECT, failed-login floods, subscription floods."""
 
 from __future__ import annotations

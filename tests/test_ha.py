@@ -674,7 +674,7 @@ async def test_join_all_room_survives_a_controller_restart(
             assert ha.doc(t.ha_fleet_state)["room"] == "retro"
 
 
-# --- issue 12: what a real Home Assistant showed ------------------------------------------------
+# --- what a real Home Assistant showed ------------------------------------------------------
 
 
 def _render(template: str, payload: bytes) -> str:

@@ -1,6 +1,6 @@
-"""What a misbehaving device, a careless API client or a race must not break (issue 11,
-items 7-12, 15, 16): the rev counter, expiry, retained requests, memory bounds, the audit
-log, reported convergence and negotiation failures. Each runs on amqtt and Mosquitto
+"""What a misbehaving device, a careless API client or a race must not break: the rev
+counter, expiry, retained requests, memory bounds, the audit log, reported convergence
+and negotiation failures. Each runs on amqtt and Mosquitto
 where the broker matters.
 """
 
@@ -30,7 +30,7 @@ from fleet.auth import Role
 from fleet.controller import service
 from fleet.controller.meetings import MeetingServer
 from fleet.controller.store import REV_CEILING
-from fleet.device.sim import DeviceConfig, MeetingDriver, SimulatedDevice
+from fleet.device.sim import MeetingDriver, SimDeviceConfig, SimulatedDevice
 from fleet.ha import HomeAssistantPart, HomeAssistantSettings
 from fleet.media.config import MediaConfig
 from fleet.media.mesh import MediaMesh
@@ -83,7 +83,7 @@ async def retained(handle: BrokerHandle, topic: str) -> list[bytes]:
     return got
 
 
-# --- item 7: device-reported revs never move the counter --------------------------------------
+# --- device-reported revs never move the counter -----------------------------------------------
 
 
 async def test_a_device_reporting_the_ceiling_rev_stops_nothing(
@@ -143,7 +143,7 @@ async def test_a_rev_at_the_ceiling_refuses_intents_but_never_stops_the_controll
         assert rooms.ok, "the controller still answers"
 
 
-# --- item 8: expiry is one change that a newer intent beats --------------------------------
+# --- expiry is one change that a newer intent beats --------------------------------------------
 
 
 async def test_joins_during_an_expiry_are_never_undone(
@@ -212,7 +212,7 @@ async def test_a_device_unknown_at_a_lapse_never_falls_back_to_an_older_intent(
         assert "dev-3" not in ctl.registry.devices
 
         base = BrokerUrl.parse(f"mqtt://{any_broker.host}:{any_broker.port}")
-        config = DeviceConfig("dev-3", late["dev-3"], ["kitchen"], 30.0)
+        config = SimDeviceConfig("dev-3", late["dev-3"], ["kitchen"], 30.0)
         for clock_set in (True, False):
             dev = SimulatedDevice(config, base, t)
             dev.clock_set = clock_set
@@ -237,7 +237,7 @@ async def test_a_device_unknown_at_a_lapse_never_falls_back_to_an_older_intent(
                     await task
 
 
-# --- item 9: retained requests are refused and cleared --------------------------------------
+# --- retained requests are refused and cleared -------------------------------------------------
 
 
 async def test_retained_requests_and_signalling_are_refused_and_cleared(
@@ -288,7 +288,7 @@ async def test_retained_requests_and_signalling_are_refused_and_cleared(
             reader.cancel()
 
 
-# --- item 11: memory bounds -------------------------------------------------------------------
+# --- memory bounds -----------------------------------------------------------------------------
 
 
 async def test_route_cache_and_held_requests_are_bounded_by_bytes(
@@ -331,7 +331,7 @@ async def test_route_cache_and_held_requests_are_bounded_by_bytes(
         assert ctl._held_requests == []
 
 
-# --- item 12: the audit log is true ------------------------------------------------------------
+# --- the audit log is true ---------------------------------------------------------------------
 
 
 async def test_audit_log_rows_are_true(any_broker: BrokerHandle, tmp_path: Path) -> None:
@@ -375,7 +375,7 @@ async def test_audit_log_rows_are_true(any_broker: BrokerHandle, tmp_path: Path)
         assert fleet["dev-2"].connects == connects, "dev-2 never rebooted"
 
 
-# --- item 15: a device reports a rev once what it asks holds -----------------------------------
+# --- a device reports a rev once what it asks holds --------------------------------------------
 
 
 class SignallingDriver(MeetingDriver):
@@ -445,7 +445,7 @@ async def test_leave_all_reports_a_rev_only_once_devices_left(
     assert claims == [], "a state claimed the join's rev before joining"
 
 
-# --- item 16: a negotiation failure travels back ------------------------------------------------
+# --- a negotiation failure travels back --------------------------------------------------------
 
 
 async def test_a_failed_answer_reaches_the_offerer_as_an_error_from_that_peer(

@@ -114,7 +114,7 @@ def mosquitto_acl(store: CredentialStore, prefix: str = DEFAULT_PREFIX) -> str:
 
 
 def _device_acl(p: str, device_id: str, groups: list[str]) -> list[str]:
-    # Per device user, not `pattern` lines: a pattern applies to every user (issue: a
+    # Per device user, not `pattern` lines: a pattern applies to every user (so a
     # Home Assistant user "ha" could report for a device "ha").
     dev, meet = f"{p}/dev/{device_id}", f"{p}/meet/{device_id}"
     return [

@@ -1,4 +1,4 @@
-"""Who may publish, subscribe to and receive which topic (DESIGN.md, "Security").
+"""Who may publish, subscribe to and receive which topic (docs/protocol.md §11, Security).
 
 The rules, by role:
 

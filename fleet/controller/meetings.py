@@ -75,9 +75,9 @@ log = logging.getLogger(__name__)
 # Members of a room's session (a mixed session holds this many).
 DEFAULT_ROOM_CAP = 256
 # Each member of a mesh holds one peer connection per other member; an ESP32-S3 manages
-# 2-3 (DESIGN.md), a Python participant a handful. Past this an `auto` session goes mixed.
+# 2-3 (~60 KB each), a Python participant a handful. Past this an `auto` session goes mixed.
 DEFAULT_MESH_CAP = 4
-# Rooms are rows a join could otherwise add without end (issue 11 item 10).
+# Rooms are rows a join could otherwise add without end: a cap bounds the store.
 DEFAULT_MAX_ROOMS = 1000
 # Trickled candidates held per member while its offer reaches the mixer (a browser
 # sends a handful; more is a misbehaving client).

@@ -281,7 +281,7 @@ class Controller:
         part's filters costs more than the rest of routing a state report."""
         parts = self._routes.get(topic.value)
         if parts is None:
-            # Bounded by bytes: topic names are up to 64 KiB each (issue 11 item 11).
+            # Bounded by bytes, not entries: one topic name may take up to 64 KiB.
             cost = len(topic.value) + ROUTE_ENTRY_OVERHEAD
             if self._routes_bytes + cost > ROUTE_CACHE_BYTES:
                 self._routes.clear()

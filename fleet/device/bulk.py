@@ -37,7 +37,7 @@ import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from fleet.device.sim import DeviceConfig, MeetingDriver, SimulatedDevice
+from fleet.device.sim import MeetingDriver, SimDeviceConfig, SimulatedDevice
 from fleet.mqtt import (
     CONNECT_TIMEOUT_S,
     KEEPALIVE_S,
@@ -105,7 +105,7 @@ class _SharedRooms(MeetingDriver):
 class BulkDevice(SimulatedDevice):
     """A SimulatedDevice with the plain meeting driver, sharing decode/encode work."""
 
-    def __init__(self, config: DeviceConfig, url: BrokerUrl, topics: Topics, shared: _Shared):
+    def __init__(self, config: SimDeviceConfig, url: BrokerUrl, topics: Topics, shared: _Shared):
         super().__init__(config, url, topics, driver=_SharedRooms(shared))
         self._shared = shared
 
@@ -273,7 +273,7 @@ class BulkFleet:
         self.devices: list[BulkDevice] = []
         for device_id, secret in secrets.items():
             dev_groups = groups(device_id) if callable(groups) else groups
-            cfg = DeviceConfig(
+            cfg = SimDeviceConfig(
                 device_id, secret, list(dev_groups), tele_interval_s, caps or Capabilities()
             )
             self.devices.append(BulkDevice(cfg, url, self.topics, shared))
