@@ -44,7 +44,6 @@ from cli.telemetry import (
     InfluxVersionOpt,
 )
 from fleet.client import FleetClient
-from fleet.controller.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, MeetingServer
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.controller.web_login import WebLogins
@@ -55,6 +54,7 @@ from fleet.device.workers import IN_PROCESS_UP_TO, auto_procs
 from fleet.errors import FleetError, ProtocolError
 from fleet.ha import HomeAssistantPart, HomeAssistantSettings
 from fleet.ha.part import DEFAULT_ROOM
+from fleet.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, MeetingServer
 from fleet.mixer.errors import INSTALL_HINT, MixerUnavailable
 from fleet.protocol import is_valid_id
 from fleet.protocol.messages import (
