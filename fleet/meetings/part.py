@@ -26,13 +26,12 @@ from fleet.meetings import transcripts
 from fleet.meetings.mixed import MixedSessions
 from fleet.meetings.records import MeetingRecords
 from fleet.meetings.relay import MeshRelay
-from fleet.meetings.room import DEFAULT_ROOM_CAP, Room
+from fleet.meetings.room import DEFAULT_RATE, DEFAULT_ROOM_CAP, Room
 from fleet.meetings.session import Member, Roster, Session
 from fleet.mixer.errors import MixerError
 from fleet.mixer.pool import MixerPool
 from fleet.protocol import TopicKind, decode_for, encode
 from fleet.protocol.messages import (
-    DEFAULT_MIX_RATE,
     MAX_LISTED_BYTES,
     MAX_ROOM_CAP,
     ApiOp,
@@ -55,7 +54,9 @@ from fleet.protocol.messages import (
     MeetReject,
     MeetSend,
     Message,
+    ParticipantRecord,
     RoomMedia,
+    SessionEvent,
     SessionInfo,
 )
 from fleet.protocol.messages import MIXER_PARTICIPANT as MIXER
@@ -335,7 +336,7 @@ class MeetingServer(ControllerPart):
                 request.room,
                 cap=request.cap or self.room_cap,
                 media=request.media or (existing.media if existing else RoomMedia.AUTO),
-                rate=request.rate or (existing.rate if existing else DEFAULT_MIX_RATE),
+                rate=request.rate or (existing.rate if existing else DEFAULT_RATE),
             )
         )
         return ApiResult(
@@ -440,6 +441,7 @@ def _fit(sessions: list[SessionInfo], budget: int = MAX_LISTED_BYTES) -> list[Se
     for info in sessions:
         room = budget - sum(len(encode(s)) for s in out)
         while len(encode(info)) > room and (info.events or info.participants):
+            kept: list[SessionEvent] | list[ParticipantRecord]
             if info.events:  # the newest half stays
                 field, kept = "events", info.events[len(info.events) // 2 + 1 :]
             else:  # the first half to join stays

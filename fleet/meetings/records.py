@@ -14,9 +14,8 @@ import time
 from typing import cast
 
 from fleet.controller.store import Store
-from fleet.meetings.room import Room
+from fleet.meetings.room import DEFAULT_RATE, Room
 from fleet.protocol.messages import (
-    DEFAULT_MIX_RATE,
     MAX_SESSION_EVENTS,
     MediaPath,
     MixRate,
@@ -298,6 +297,6 @@ def _room(row: tuple[str, int, float, str | None, int | None]) -> Room:
         name=name,
         cap=int(cap),
         media=RoomMedia(media) if media is not None else RoomMedia.AUTO,
-        rate=cast("MixRate", int(rate)) if rate is not None else DEFAULT_MIX_RATE,
+        rate=cast("MixRate", int(rate)) if rate is not None else DEFAULT_RATE,
         created=float(created),
     )

@@ -6,7 +6,7 @@ server allows it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from fleet.protocol.messages import DEFAULT_MIX_RATE, MixRate, RoomInfo, RoomMedia
 
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 # Members of a room's session (a mixed session holds this many).
 DEFAULT_ROOM_CAP = 256
+DEFAULT_RATE = cast("MixRate", DEFAULT_MIX_RATE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +23,7 @@ class Room:
     name: str  # the wire's `room` (roomId)
     cap: int = DEFAULT_ROOM_CAP  # most members its session holds
     media: RoomMedia = RoomMedia.AUTO  # how its sessions' audio flows (mesh, mixed, auto)
-    rate: MixRate = DEFAULT_MIX_RATE  # the mixer's sample rate when a session is mixed
+    rate: MixRate = DEFAULT_RATE  # the mixer's sample rate when a session is mixed
     created: float = 0.0
 
     def info(self, live: Session | None) -> RoomInfo:
