@@ -98,7 +98,7 @@ class LocalParticipant:
         on_change: Callable[[], Any] | None = None,
         on_lost: Callable[[], Any] | None = None,
     ) -> None:
-        self.pid = pid
+        self.pid = pid  # its own id, the one in its topics: a device id or a user name
         self.topics = topics
         self._publish = publish
         self.mesh = mesh
@@ -110,7 +110,7 @@ class LocalParticipant:
         self.room: str | None = None
         self.wanted_room: str | None = None  # what the caller asked: join()ed, not left
         self.session: str | None = None
-        self.participant: str | None = None
+        self.participant: str | None = None  # the id its session gave it (p-N)
         self.media = MediaPath.MESH
         self.peers: dict[str, RemoteParticipant] = {}  # by participant id
         self.inbox: list[MeetDelivered] = []
