@@ -35,7 +35,6 @@ from cli.stack import Stack, StackConfig, free_port, running_stack, stack_consol
 from cli.telemetry import InfluxOptions
 from fleet.auth import CredentialStore, default_credentials_path
 from fleet.client import FleetClient
-from fleet.controller.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, MeetingServer
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.controller.web_login import WebLogins
@@ -46,6 +45,7 @@ from fleet.device.workers import IN_PROCESS_UP_TO, auto_procs
 from fleet.errors import FleetError, ProtocolError
 from fleet.ha import HomeAssistantPart, HomeAssistantSettings
 from fleet.ha.part import DEFAULT_ROOM
+from fleet.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, MeetingServer
 from fleet.mixer.errors import INSTALL_HINT, MixerUnavailable
 from fleet.protocol import is_valid_id
 from fleet.protocol.messages import (

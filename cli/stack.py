@@ -18,7 +18,6 @@ from pathlib import Path
 from broker.amqtt.embedded import EmbeddedBroker
 from broker.local import BrokerEngine, MosquittoBroker, free_port, local_broker
 from fleet.auth import CredentialStore, Role
-from fleet.controller.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, MeetingServer
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.controller.web_login import WebLogins
@@ -28,6 +27,7 @@ from fleet.device.workers import DeviceSound, SimWorkers
 from fleet.errors import FleetError
 from fleet.files import private_dir
 from fleet.homelock import home_lock
+from fleet.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, MeetingServer
 from fleet.mixer.process import maybe_local_janus
 from fleet.mqtt import BrokerUrl, MqttVersion
 from fleet.protocol import Topics

@@ -11,11 +11,11 @@ from brokers import BrokerHandle
 
 from fleet.auth import Role
 from fleet.client import FleetClient
-from fleet.controller.meetings import MeetingServer
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.device.bulk import BulkFleet
 from fleet.device.sim import MeetingDriver, SimDeviceConfig, SimFleet, SimulatedDevice, device_ids
+from fleet.meetings import MeetingServer
 from fleet.mqtt import BrokerUrl
 
 OPERATOR = "operator"

@@ -32,10 +32,10 @@ from running import (
 )
 
 from fleet.auth import Acl, Role
-from fleet.controller.meetings import MeetingServer
 from fleet.controller.service import Controller
 from fleet.ha import HomeAssistantPart, HomeAssistantSettings
 from fleet.ha.discovery import DEVICE_ENTITIES, FLEET_ENTITIES, Discovery, Shown
+from fleet.meetings import MeetingServer
 from fleet.mqtt import payload_bytes
 from fleet.protocol import TopicKind, Topics, encode
 from fleet.protocol.messages import (

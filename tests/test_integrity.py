@@ -28,15 +28,15 @@ from running import (
 
 from fleet.auth import Role
 from fleet.controller import service
-from fleet.controller.meetings import MeetingServer
 from fleet.controller.store import REV_CEILING
 from fleet.device.sim import MeetingDriver, SimDeviceConfig, SimulatedDevice
 from fleet.ha import HomeAssistantPart, HomeAssistantSettings
 from fleet.media.config import MediaConfig
 from fleet.media.mesh import MediaMesh
 from fleet.media.sinks import CaptureSink
+from fleet.meetings import MeetingServer
+from fleet.meetings.participant import LocalParticipant, participant_link
 from fleet.mqtt import BrokerUrl, payload_bytes
-from fleet.participant import MeetingParticipant, participant_link
 from fleet.protocol import TopicKind, decode, encode
 from fleet.protocol.messages import (
     ApiOp,
@@ -390,7 +390,7 @@ class SignallingDriver(MeetingDriver):
             assert device._client is not None
             await device._client.publish(topic, payload, qos=1)
 
-        self.participant = MeetingParticipant(
+        self.participant = LocalParticipant(
             device.id,
             device.topics,
             publish,

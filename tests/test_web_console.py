@@ -24,8 +24,8 @@ from running import wait_for
 from cli.stack import Stack, StackConfig, free_port, running_stack, stack_console
 from fleet.auth import CredentialStore
 from fleet.client import FleetClient
-from fleet.controller.meetings import MeetingServer
 from fleet.device.audio import AudioMeetingDriver, tone_for
+from fleet.meetings import MeetingServer
 from fleet.protocol.messages import ApiOp, ApiRequest, MediaPath, RoomMedia
 from fleet.web.chromium import chromium_path, launch, tone_wav
 from fleet.web.server import ConsoleConfig, WebConsole

@@ -14,8 +14,8 @@ from brokers import BrokerHandle, mqtt_client
 from running import controller, operator
 
 from fleet.auth import GENERATED_SECRET_ITERATIONS, Role, generate_secret, hash_secret
-from fleet.controller.meetings import MeetingServer
 from fleet.controller.web_login import WebLogins
+from fleet.meetings import MeetingServer
 from fleet.protocol.messages import ApiOp, ApiRequest
 
 pytestmark = pytest.mark.timeout(60)

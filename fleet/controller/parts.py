@@ -56,6 +56,10 @@ class ControllerPart:
     async def on_device_changed(self, device_id: str, presence_changed: bool) -> None:
         """A device's status or state changed (or it was removed from the registry)."""
 
+    async def before_intent(self, room: str, request: ApiRequest | None) -> None:
+        """The controller is about to write a join or join-all intent for `room` (`request`
+        is the API request behind it, if any). Raise to refuse it: nothing is written."""
+
     async def on_event(self, event: FleetEvent) -> None:
         """Every fleet event the controller emits."""
 

@@ -390,8 +390,16 @@ class Controller:
         )
 
     async def write_desired(
-        self, scope: str, name: str, meeting: MeetingIntent | None, op: str | None = None
+        self,
+        scope: str,
+        name: str,
+        meeting: MeetingIntent | None,
+        op: str | None = None,
+        request: ApiRequest | None = None,
     ) -> Desired:
+        if meeting is not None:
+            for part in self.parts:
+                await part.before_intent(meeting.room, request)
         doc = self.store.write_desired(scope, name, meeting, time.time())
         await self._publish_desired(scope, name, doc)
         await self.emit(
@@ -560,7 +568,7 @@ class Controller:
             assert request.room is not None
             until = time.time() + request.for_s if request.for_s else None
             meeting = MeetingIntent(room=request.room, mic=request.mic, until=until)
-        doc = await self.write_desired(scope, name, meeting, op=op.value)
+        doc = await self.write_desired(scope, name, meeting, op=op.value, request=request)
         tracker = DesiredTracker.start(
             op,
             request,

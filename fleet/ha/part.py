@@ -33,6 +33,7 @@ from fleet.ha.models import (
     parse_switch,
     tele_values,
 )
+from fleet.meetings.records import MeetingRecords
 from fleet.mqtt import LastWill
 from fleet.protocol import TopicKind, decode
 from fleet.protocol.messages import (
@@ -375,7 +376,7 @@ class HomeAssistantPart(ControllerPart):
         return True
 
     def _refresh_rooms(self) -> None:
-        for name, _cap, _created in self.controller.store.rooms():
+        for name in MeetingRecords(self.controller.store).room_names():
             self._note_room(name)
 
     def _adopt_room(self, payload: bytes) -> None:

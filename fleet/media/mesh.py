@@ -1,7 +1,7 @@
 """One participant's full mesh: one aiortc peer connection per remote participant.
 
-Signalling is the caller's (fleet.participant): it hands SDP strings in and out. The
-newcomer offers to every member already there (`create_offer`), members answer
+Signalling is the caller's (fleet.meetings.participant): it hands SDP strings in and
+out. The newcomer offers to every member already there (`create_offer`), members answer
 (`accept_offer`), the offerer completes with `accept_answer`. Our own ICE is vanilla:
 candidates are gathered inside setLocalDescription and travel in the SDP. The remote's
 may also trickle in after its SDP (`add_candidate`, a browser's way); those that come
