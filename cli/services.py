@@ -44,16 +44,14 @@ from cli.telemetry import (
     InfluxVersionOpt,
 )
 from fleet.client import FleetClient
-from fleet.controller.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, MeetingServer
-from fleet.controller.parts import ControllerPart
-from fleet.controller.service import Controller
-from fleet.controller.web_login import WebLogins
+from fleet.controller.factory import ControllerSettings, build_controller
+from fleet.controller.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP
 from fleet.device.bulk import BulkFleet
 from fleet.device.sim import MeetingDriver, SimFleet, device_ids
 from fleet.device.tones import TONE_SLOTS
 from fleet.device.workers import IN_PROCESS_UP_TO, auto_procs
 from fleet.errors import FleetError, ProtocolError
-from fleet.ha import HomeAssistantPart, HomeAssistantSettings
+from fleet.ha import HomeAssistantSettings
 from fleet.ha.part import DEFAULT_ROOM
 from fleet.mixer.errors import INSTALL_HINT, MixerUnavailable
 from fleet.protocol import is_valid_id
@@ -219,7 +217,8 @@ def up(
         room_cap=room_cap,
         mesh_cap=mesh_cap,
         mixer=mixer,
-        parts=[*influx.parts(), *_ha_parts(ha, ha_prefix, ha_room)],
+        influx=influx.ingest(),
+        home_assistant=_ha_settings(ha, ha_prefix, ha_room),
         sim_procs=auto_procs(devices, audio) if sim_procs is None else sim_procs,
         engine=engine,
     )
@@ -333,7 +332,8 @@ def controller(
         require_id("--ingest-share", ingest_share, "share group")
     if ingest_share is not None and not influx.settings().enabled:
         fail("--ingest-share splits the telemetry ingest: it needs --influx-url", Exit.USAGE)
-    parts = [*influx.parts(share=ingest_share), *_ha_parts(ha, ha_prefix, ha_room)]
+    ingest_settings = influx.ingest()
+    home_assistant = _ha_settings(ha, ha_prefix, ha_room)
     path = db or load_settings().home / "controller.db"
     console.print(f"controller on {url.redacted()}, store {path}", highlight=False)
     store = CredentialStore(creds) if creds is not None else None
@@ -341,16 +341,21 @@ def controller(
     bad = [m for m in mixers if not m.startswith(("ws://", "wss://"))]
     if bad:
         fail(f"--mixer {bad[0]!r}: expected ws://HOST:PORT (Janus's WebSocket API)", Exit.USAGE)
-    meetings = MeetingServer(
-        room_cap=room_cap, auto_create=auto_create, mesh_cap=mesh_cap, mixers=mixers
+    settings = ControllerSettings(
+        url,
+        path,
+        topics,
+        client_id=client_id,
+        room_cap=room_cap,
+        mesh_cap=mesh_cap,
+        auto_create=auto_create,
+        mixers=mixers,
+        credentials=store,
+        influx=ingest_settings,
+        ingest_share=ingest_share,
+        home_assistant=home_assistant,
     )
-    if store is not None:  # people's browsers get credentials only where they are kept
-        parts.append(WebLogins(store))
-    run_service(
-        Controller(
-            url, path, topics, client_id=client_id, credentials=store, parts=[meetings, *parts]
-        ).run()
-    )
+    run_service(build_controller(settings).run())
 
 
 def sim(
@@ -597,11 +602,11 @@ def _broker_line(broker: object, host: str) -> str:
     return f"amqtt (MQTT 3.1.1 only) on {host}:{port}"
 
 
-def _ha_parts(enabled: bool, ha_prefix: str, room: str) -> list[ControllerPart]:
+def _ha_settings(enabled: bool, ha_prefix: str, room: str) -> HomeAssistantSettings | None:
     if not enabled:
-        return []
+        return None
     try:
-        return [HomeAssistantPart(HomeAssistantSettings(ha_prefix=ha_prefix, room=room))]
+        return HomeAssistantSettings(ha_prefix=ha_prefix, room=room)
     except (ValueError, ProtocolError) as exc:
         fail(f"--ha-prefix/--ha-room: {exc}", Exit.USAGE)
 

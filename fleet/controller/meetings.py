@@ -68,7 +68,7 @@ from fleet.protocol.messages import (
 from fleet.protocol.messages import MIXER_PARTICIPANT as MIXER
 
 if TYPE_CHECKING:
-    from fleet.controller.service import Controller
+    from fleet.controller.host import PartHost
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +161,10 @@ class MeetingServer(ControllerPart):
         )
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def attach(self, controller: Controller) -> None:
-        super().attach(controller)
-        self.records = MediaRecords(controller.store)
-        closed = self.controller.store.end_open_sessions(time.time())
+    def attach(self, host: PartHost) -> None:
+        super().attach(host)
+        self.records = MediaRecords(host.store)
+        closed = self.host.store.end_open_sessions(time.time())
         if closed:
             log.info("closed %d session(s) left open by an earlier run", closed)
 
@@ -181,7 +181,7 @@ class MeetingServer(ControllerPart):
 
     # --- the part's hooks ---------------------------------------------------------------------
     def subscriptions(self) -> Mapping[str, int]:
-        return {self.controller.topics.all_meet_up: 1}
+        return {self.host.topics.all_meet_up: 1}
 
     def api_ops(self) -> Mapping[ApiOp, Callable[[ApiRequest], Awaitable[ApiResult]]]:
         return {
@@ -190,12 +190,12 @@ class MeetingServer(ControllerPart):
             ApiOp.ROOMS: self._api_rooms,
             ApiOp.SESSIONS: self._api_sessions,
             ApiOp.SAY: self._api_say,
-            ApiOp.TRANSCRIBE: lambda r: transcripts.transcribe(self.controller.store, self.live, r),
-            ApiOp.TRANSCRIPT: lambda r: transcripts.transcript(self.controller.store, r),
+            ApiOp.TRANSCRIBE: lambda r: transcripts.transcribe(self.host.store, self.live, r),
+            ApiOp.TRANSCRIPT: lambda r: transcripts.transcript(self.host.store, r),
         }
 
     async def on_message(self, topic: str, payload: bytes) -> None:
-        parsed = self.controller.topics.parse(topic)
+        parsed = self.host.topics.parse(topic)
         if parsed is None or parsed.kind is not TopicKind.MEET_UP:
             return
         pid = parsed.name
@@ -221,21 +221,20 @@ class MeetingServer(ControllerPart):
         """Tell devices that report a session this server does not know (it restarted, or
         it closed the session while they were cut off) to join again."""
         known = {live.id for live in self.live.values()}
-        for rec in list(self.controller.registry.devices.values()):
+        for rec in list(self.host.registry.devices.values()):
             meeting = rec.state.meeting if rec.state else None
             if rec.online and meeting and meeting.session and meeting.session not in known:
                 await self._refuse(
                     rec.id, "session_lost", f"session {meeting.session} is over; join again"
                 )
 
-    async def on_event(self, event: FleetEvent) -> None:
+    async def before_intent(self, room: str, request: ApiRequest | None) -> None:
         # A join or join-all request names its room: the API may create it (before any
-        # device's join for it can arrive: the event comes as the intent is written).
-        if event.kind == EventKind.JOIN and event.room is not None:
-            self._room_settings(event.room, create=True)
+        # device's join for it can arrive: the intent is written after this).
+        self._room_settings(room, create=True)
 
     async def on_device_changed(self, device_id: str, presence_changed: bool) -> None:
-        rec = self.controller.registry.devices.get(device_id)
+        rec = self.host.registry.devices.get(device_id)
         if device_id in self._where and (rec is None or not rec.online):
             log.info("%s went offline: removed from its session", device_id)
             await self._leave(device_id, tell_self=False)
@@ -296,14 +295,14 @@ class MeetingServer(ControllerPart):
                 id=f"s-{uuid.uuid4().hex[:8]}", room=join.room, started=now, settings=settings
             )
             self.live[join.room] = live
-            self.controller.store.start_session(live.id, live.room, now)
+            self.host.store.start_session(live.id, live.room, now)
             self.records.set_media(live.id, MediaPath.MESH, None)
             await self._event(EventKind.SESSION_START, live, pid)
         member = Member(live.new_participant_id(), pid, join.caps, now)
         others = list(live.members.values())
         live.members[member.participant] = member
         self._where[pid] = (live, member.participant)
-        self.controller.store.add_participant(live.id, member.participant, pid, now)
+        self.host.store.add_participant(live.id, member.participant, pid, now)
         log.info("%s joined %s as %s (%s)", pid, live.room, member.participant, live.id)
         if grows_past:
             assert mixer is not None
@@ -339,7 +338,7 @@ class MeetingServer(ControllerPart):
         live, participant = where
         live.members.pop(participant, None)
         now = time.time()
-        self.controller.store.remove_participant(live.id, participant, now)
+        self.host.store.remove_participant(live.id, participant, now)
         if tell_self:
             await self._send(pid, MeetLeft(type="left", session=live.id))
         live.early_candidates.pop(participant, None)
@@ -352,7 +351,7 @@ class MeetingServer(ControllerPart):
                 await self._send(other.pid, MeetPeerLeft(type="peer_left", participant=participant))
         if not live.members:
             self.live.pop(live.room, None)
-            self.controller.store.end_session(live.id, now)
+            self.host.store.end_session(live.id, now)
             self.records.forget_session(live.id)
             if live.media is MediaPath.MIXED:
                 self._spawn(self._destroy_mixer_room(live))
@@ -669,7 +668,7 @@ class MeetingServer(ControllerPart):
     def _muted(self, pid: str) -> bool:
         """A member is muted in the mix when its device reports `mic: false` (agents, with
         no device state, never are)."""
-        rec = self.controller.registry.devices.get(pid)
+        rec = self.host.registry.devices.get(pid)
         return bool(rec and rec.state and rec.state.mic is False)
 
     async def _destroy_mixer_room(self, live: LiveSession) -> None:
@@ -733,7 +732,7 @@ class MeetingServer(ControllerPart):
                     await mixer.bridge.destroy_room(room)
 
     async def _mixer_news(self, mixer: Mixer, ok: bool, detail: str) -> None:
-        await self.controller.emit(
+        await self.host.emit(
             FleetEvent(ts=time.time(), kind=EventKind.MIXER, op=mixer.name, ok=ok, detail=detail)
         )
 
@@ -772,9 +771,9 @@ class MeetingServer(ControllerPart):
     async def _api_room_create(self, request: ApiRequest) -> ApiResult:
         assert request.room is not None
         cap = request.cap or self.room_cap
-        if self.controller.store.room(request.room) is None and self._full():
+        if self.host.store.room(request.room) is None and self._full():
             return _refused(ApiOp.ROOM_CREATE.value, "too_many_rooms", self._full_detail())
-        self.controller.store.save_room(request.room, cap)
+        self.host.store.save_room(request.room, cap)
         media, rate = self.records.room(request.room)
         self.records.save_room(request.room, request.media or media, request.rate or rate)
         return ApiResult(
@@ -791,13 +790,13 @@ class MeetingServer(ControllerPart):
             return _refused(op, "unknown_room", f"room {request.room!r} does not exist")
         if request.room in self.live:
             return _refused(op, "room_busy", f"room {request.room!r} has a live session")
-        self.controller.store.delete_room(request.room)
+        self.host.store.delete_room(request.room)
         self.records.delete_room(request.room)
         return ApiResult(op=op, ok=True, room=request.room)
 
     async def _api_rooms(self, request: ApiRequest) -> ApiResult:
         # One page by name, after `after`; `next` is where the following page starts.
-        rows = self.controller.store.rooms(after=request.after, limit=request.limit + 1)
+        rows = self.host.store.rooms(after=request.after, limit=request.limit + 1)
         more = len(rows) > request.limit
         rows = rows[: request.limit]
         return ApiResult(
@@ -809,7 +808,7 @@ class MeetingServer(ControllerPart):
 
     async def _api_sessions(self, request: ApiRequest) -> ApiResult:
         assert request.room is not None
-        stored = self.controller.store.sessions(request.room, request.limit)
+        stored = self.host.store.sessions(request.room, request.limit)
         sessions = _fit([self.records.complete(s, events=n == 0) for n, s in enumerate(stored)])
         if not sessions and self._room_settings(request.room, create=False) is None:
             return _refused(
@@ -832,24 +831,24 @@ class MeetingServer(ControllerPart):
 
     # --- helpers ------------------------------------------------------------------------------
     def _room_settings(self, room: str, create: bool = False) -> RoomSettings | None:
-        stored = self.controller.store.room(room)
+        stored = self.host.store.room(room)
         if stored is not None:
             media, rate = self.records.room(room)
             return RoomSettings(stored[0], media, rate)
         if not create or self._full():
             return None
-        self.controller.store.save_room(room, self.room_cap)
+        self.host.store.save_room(room, self.room_cap)
         media, rate = self.records.room(room)
         return RoomSettings(self.room_cap, media, rate)
 
     def _full(self) -> bool:
-        return self.controller.store.room_count() >= self.max_rooms
+        return self.host.store.room_count() >= self.max_rooms
 
     def _full_detail(self) -> str:
         return f"the server holds its limit of {self.max_rooms} rooms; remove one first"
 
     def _room_info(self, room: str, stored: tuple[int, float] | None = None) -> RoomInfo:
-        stored = stored or self.controller.store.room(room)
+        stored = stored or self.host.store.room(room)
         cap, created = stored or (self.room_cap, time.time())
         media, rate = self.records.room(room)
         live = self.live.get(room)
@@ -865,7 +864,7 @@ class MeetingServer(ControllerPart):
         )
 
     async def _send(self, pid: str, message: Message) -> None:
-        await self.controller.publish(self.controller.topics.meet_down(pid), encode(message))
+        await self.host.publish(self.host.topics.meet_down(pid), encode(message))
 
     async def _refuse(self, pid: str, code: str, detail: str) -> None:
         self.stats["refused"] += 1
@@ -875,7 +874,7 @@ class MeetingServer(ControllerPart):
     async def _event(
         self, kind: EventKind, live: LiveSession, pid: str | None, detail: str | None = None
     ) -> None:
-        await self.controller.emit(
+        await self.host.emit(
             FleetEvent(
                 ts=time.time(),
                 kind=kind,
