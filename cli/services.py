@@ -35,17 +35,15 @@ from cli.stack import Stack, StackConfig, free_port, running_stack, stack_consol
 from cli.telemetry import InfluxOptions
 from fleet.auth import CredentialStore, default_credentials_path
 from fleet.client import FleetClient
-from fleet.controller.parts import ControllerPart
-from fleet.controller.service import Controller
-from fleet.controller.web_login import WebLogins
+from fleet.controller.factory import ControllerSettings, build_controller
 from fleet.device.bulk import BulkFleet
 from fleet.device.sim import MeetingDriver, SimFleet, device_ids
 from fleet.device.tones import TONE_SLOTS
 from fleet.device.workers import IN_PROCESS_UP_TO, auto_procs
 from fleet.errors import FleetError, ProtocolError
-from fleet.ha import HomeAssistantPart, HomeAssistantSettings
+from fleet.ha import HomeAssistantSettings
 from fleet.ha.part import DEFAULT_ROOM
-from fleet.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, MeetingServer
+from fleet.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP
 from fleet.mixer.errors import INSTALL_HINT, MixerUnavailable
 from fleet.protocol import is_valid_id
 from fleet.protocol.messages import (
@@ -107,11 +105,11 @@ class HomeAssistantOptions:
         ),
     ] = DEFAULT_ROOM
 
-    def parts(self) -> list[ControllerPart]:
+    def settings(self) -> HomeAssistantSettings | None:
         if not self.enabled:
-            return []
+            return None
         try:
-            return [HomeAssistantPart(HomeAssistantSettings(ha_prefix=self.prefix, room=self.room))]
+            return HomeAssistantSettings(ha_prefix=self.prefix, room=self.room)
         except (ValueError, ProtocolError) as exc:
             fail(f"--ha-prefix/--ha-room: {exc}", Exit.USAGE)
 
@@ -205,7 +203,8 @@ def up(
         room_cap=room_cap,
         mesh_cap=mesh_cap,
         mixer=mixer,
-        parts=[*influx.parts(), *ha.parts()],
+        influx=influx.ingest(),
+        home_assistant=ha.settings(),
         sim_procs=auto_procs(devices, audio) if sim_procs is None else sim_procs,
         engine=engine,
     )
@@ -296,7 +295,8 @@ def controller(
         require_id("--ingest-share", ingest_share, "share group")
     if ingest_share is not None and not influx.settings().enabled:
         fail("--ingest-share splits the telemetry ingest: it needs --influx-url", Exit.USAGE)
-    parts = [*influx.parts(share=ingest_share), *ha.parts()]
+    ingest_settings = influx.ingest()
+    home_assistant = ha.settings()
     path = db or load_settings().home / "controller.db"
     console.print(f"controller on {url.redacted()}, store {path}", highlight=False)
     store = CredentialStore(creds) if creds is not None else None
@@ -304,16 +304,21 @@ def controller(
     bad = [m for m in mixers if not m.startswith(("ws://", "wss://"))]
     if bad:
         fail(f"--mixer {bad[0]!r}: expected ws://HOST:PORT (Janus's WebSocket API)", Exit.USAGE)
-    meetings = MeetingServer(
-        room_cap=room_cap, auto_create=auto_create, mesh_cap=mesh_cap, mixers=mixers
+    settings = ControllerSettings(
+        url,
+        path,
+        topics,
+        client_id=client_id,
+        room_cap=room_cap,
+        mesh_cap=mesh_cap,
+        auto_create=auto_create,
+        mixers=mixers,
+        credentials=store,
+        influx=ingest_settings,
+        ingest_share=ingest_share,
+        home_assistant=home_assistant,
     )
-    if store is not None:  # people's browsers get credentials only where they are kept
-        parts.append(WebLogins(store))
-    run_service(
-        Controller(
-            url, path, topics, client_id=client_id, credentials=store, parts=[meetings, *parts]
-        ).run()
-    )
+    run_service(build_controller(settings).run())
 
 
 def sim(

@@ -26,7 +26,6 @@ from cli.common import (
     run_service,
 )
 from fleet.client import FleetClient
-from fleet.controller.parts import ControllerPart
 from fleet.errors import ConfigError, UnknownDevice
 from fleet.telemetry.config import InfluxSettings, load_influx_settings
 from fleet.telemetry.tail import EventItem, Refused, TeleItem, follow, summary
@@ -114,12 +113,11 @@ class InfluxOptions:
         except ConfigError as exc:
             fail(str(exc), Exit.USAGE)
 
-    def parts(self, share: str | None = None) -> list[ControllerPart]:
-        """The telemetry ingest part, or nothing when no database is configured; with
-        `share`, it takes its share of a shared subscription (fleet/telemetry/ingest.py)."""
+    def ingest(self) -> InfluxSettings | None:
+        """The telemetry ingest's settings, or None when no database is configured."""
         settings = self.settings()
         if not settings.enabled:
-            return []
+            return None
         if settings.version == 2:
             try:
                 import influxdb_client  # noqa: F401
@@ -128,10 +126,8 @@ class InfluxOptions:
                     "--influx-version 2 needs influxdb-client: pip install -e '.[telemetry]'",
                     Exit.USAGE,
                 )
-        from fleet.telemetry.ingest import TelemetryIngest
-
         console.print(settings.describe(), highlight=False)
-        return [TelemetryIngest(settings, share=share)]
+        return settings
 
 
 @app.command("tail")

@@ -86,3 +86,13 @@ class PublishRefused(BrokerRefused):
 class SubscribeRefused(BrokerRefused):
     def __init__(self, topic_filter: str, code: int, reason: str) -> None:
         super().__init__("a subscription to", topic_filter, code, reason)
+
+
+class RequestRefused(FleetError):
+    """An API request refused on purpose (an unknown device, a part that will not host the
+    intent's room): `code` and `detail` become the request's refused result."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail

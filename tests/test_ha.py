@@ -361,8 +361,8 @@ async def test_homeassistant_online_and_controller_reconnect_republish(
 
         # The controller's own reconnect (a broker restart) publishes everything again.
         before = {topic: ha.counts[topic] for topic in config_topics}
-        assert ctl._client is not None
-        ctl._client._client.disconnect()  # paho drops the link; aiomqtt reconnects
+        assert ctl.link.client is not None
+        ctl.link.client._client.disconnect()  # paho drops the link; aiomqtt reconnects
         await wait_for(
             lambda: all(ha.counts[c] > before[c] for c in config_topics),
             timeout=20,

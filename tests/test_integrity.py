@@ -27,7 +27,7 @@ from running import (
 )
 
 from fleet.auth import Role
-from fleet.controller import service
+from fleet.controller import api, inbound, service
 from fleet.controller.store import REV_CEILING
 from fleet.device.sim import MeetingDriver, SimDeviceConfig, SimulatedDevice
 from fleet.ha import HomeAssistantPart, HomeAssistantSettings
@@ -294,8 +294,8 @@ async def test_retained_requests_and_signalling_are_refused_and_cleared(
 async def test_route_cache_and_held_requests_are_bounded_by_bytes(
     amqtt_broker: BrokerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(service, "ROUTE_CACHE_BYTES", 1_000_000, raising=False)
-    monkeypatch.setattr(service, "HELD_REQUESTS_BYTES", 20_000, raising=False)
+    monkeypatch.setattr(inbound, "ROUTE_CACHE_BYTES", 1_000_000)
+    monkeypatch.setattr(api, "HELD_REQUESTS_BYTES", 20_000)
     t = amqtt_broker.topics
     async with (
         controller(amqtt_broker, tmp_path / "ctl.db") as ctl,
@@ -307,7 +307,7 @@ async def test_route_cache_and_held_requests_are_bounded_by_bytes(
             name = f"q{chr(97 + n % 26)}{chr(97 + n // 26)}" + "x" * 60_000
             await w.publish(f"{t.prefix}/api/{name}", b"{}", qos=1)
         await op.request(ApiOp.ROOMS, ApiRequest())  # after them: all were routed
-        assert sum(len(k) for k in ctl._routes) <= 1_000_000
+        assert sum(len(k) for k in ctl.inbound.routed_topics) <= 1_000_000
         # Requests while the controller re-reads the fleet wait, within their byte bound.
         ctl._synced = False
         token = ctl._sync_token
@@ -323,12 +323,12 @@ async def test_route_cache_and_held_requests_are_bounded_by_bytes(
                     busy.append(result.id)
                 if len(busy) == 4:
                     break
-        assert ctl._held_bytes <= 20_000
+        assert ctl.api.held[1] <= 20_000
         assert busy == [f"held-{n}" for n in range(6, 10)]
         await w.publish(t.sync(ctl.client_id), encode(Sync(token=token)), qos=1)
         served = await op.request(ApiOp.ROOMS, ApiRequest())
         assert served.ok
-        assert ctl._held_requests == []
+        assert ctl.api.held == (0, 0)
 
 
 # --- the audit log is true ---------------------------------------------------------------------
@@ -371,7 +371,7 @@ async def test_audit_log_rows_are_true(any_broker: BrokerHandle, tmp_path: Path)
         assert (jobs["op-same"].device, jobs["op-same"].op) == ("dev-1", "reboot")
         assert jobs["op-same"].status is DeviceOutcome.SUCCEEDED
         assert "op-huge" not in jobs
-        assert ctl._jobs == {}, "no job left open"
+        assert ctl.commands.open_jobs == {}, "no job left open"
         assert fleet["dev-2"].connects == connects, "dev-2 never rebooted"
 
 

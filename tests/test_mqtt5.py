@@ -287,8 +287,8 @@ async def test_an_expired_command_is_never_delivered(
         try:
             await wait_for(
                 lambda: (
-                    ctl._jobs.get("fresh-1") is not None
-                    and ctl._jobs["fresh-1"].status is DeviceOutcome.SENT
+                    ctl.commands.open_jobs.get("fresh-1") is not None
+                    and ctl.commands.open_jobs["fresh-1"].status is DeviceOutcome.SENT
                 ),
                 what="the fresh command sent (queued at the broker: the marker)",
             )

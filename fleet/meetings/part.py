@@ -62,7 +62,7 @@ from fleet.protocol.messages import (
 from fleet.protocol.messages import MIXER_PARTICIPANT as MIXER
 
 if TYPE_CHECKING:
-    from fleet.controller.service import Controller
+    from fleet.controller.host import PartHost
     from fleet.controller.store import Store
     from fleet.registry import DeviceRecord
 
@@ -118,8 +118,8 @@ class MeetingServer(ControllerPart):
     def pool(self) -> MixerPool:
         return self.mixed.pool
 
-    def attach(self, controller: Controller) -> None:
-        super().attach(controller)
+    def attach(self, host: PartHost) -> None:
+        super().attach(host)
         self.records = self.mixed.records = MeetingRecords(self._store())
         closed = self.records.end_open_sessions(time.time())
         if closed:
@@ -402,31 +402,31 @@ class MeetingServer(ControllerPart):
         rec = self._device(pid)
         return bool(rec and rec.state and rec.state.mic is False)
 
-    # --- the controller: every use of it is here ----------------------------------------------
+    # --- the host: every use of it is here ----------------------------------------------
     def _store(self) -> Store:
-        return self.controller.store
+        return self.host.store
 
     def _meet_up_filter(self) -> str:
-        return self.controller.topics.all_meet_up
+        return self.host.topics.all_meet_up
 
     def _meet_up_pid(self, topic: str) -> str | None:
         """The pid of a `meet/{pid}/up` topic; None for any other."""
-        parsed = self.controller.topics.parse(topic)
+        parsed = self.host.topics.parse(topic)
         if parsed is None or parsed.kind is not TopicKind.MEET_UP:
             return None
         return parsed.name
 
     async def send(self, pid: str, message: Message) -> None:
-        await self.controller.publish(self.controller.topics.meet_down(pid), encode(message))
+        await self.host.publish(self.host.topics.meet_down(pid), encode(message))
 
     async def emit(self, event: FleetEvent) -> None:
-        await self.controller.emit(event)
+        await self.host.emit(event)
 
     def _device(self, device_id: str) -> DeviceRecord | None:
-        return self.controller.registry.devices.get(device_id)
+        return self.host.registry.devices.get(device_id)
 
     def _devices(self) -> list[DeviceRecord]:
-        return list(self.controller.registry.devices.values())
+        return list(self.host.registry.devices.values())
 
 
 def _refused(op: str, code: str, detail: str) -> ApiResult:
