@@ -2,12 +2,13 @@
 # The README's first command on a fresh machine: `scripts/setup.sh && .venv/bin/fleet demo`
 # in a Debian 12 root file system that has only what a fresh install has (minbase, Python 3,
 # ca-certificates), on a fresh clone of REV (default HEAD), as root in a chroot of its own
-# mount and PID namespaces. Fails when the runtime install misses anything the demo needs.
+# mount and PID namespaces. Fails when the runtime install misses anything the demo needs;
+# then checks that every runtime module imports without the dev extra.
 #   scripts/fresh_root_check.sh [REV]
 # The pristine base is debootstrapped once a month into FLEET_FRESH_CACHE (default
-# ~/.cache/espfleet/fresh-root) and unpacked into a new temp dir per run. apt's downloaded
-# .debs and pip's HTTP cache live there too: downloads only, so every package is still
-# installed, and every wheel still built, from scratch.
+# ~/.cache/espfleet/fresh-root) and unpacked per run into a tmpfs that ends with the run.
+# apt's downloaded .debs and pip's HTTP cache live there too: downloads only, so every
+# package is still installed, and every wheel still built, from scratch.
 # From this machine it takes what a fresh machine of its kind has: the DNS config, the
 # local CA certificates, pip's configuration and the local package dirs it names (read-only).
 set -euo pipefail
@@ -17,158 +18,56 @@ mirror=http://deb.debian.org/debian
 cache="${FLEET_FRESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/espfleet/fresh-root}"
 chroot_path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
-# ---------------------------------------------------------------------------------------
-# Inside the namespaces (the script runs itself there): mount, chroot, run, report.
-# Every mount belongs to this mount namespace, so it ends with the last process in it,
-# and the PID namespace ends every process started inside (a broker, a mixer) with it.
-if [ "${1:-}" = "--inside" ]; then
-    root=$2
-    mount -t proc proc "$root/proc"
-    mount -t sysfs -o ro sysfs "$root/sys"
-    # A minimal /dev: the usual character devices, ptys and shared memory.
-    mount -t tmpfs -o mode=755,nosuid dev "$root/dev"
-    for node in null zero full random urandom tty; do
-        touch "$root/dev/$node"
-        mount --bind "/dev/$node" "$root/dev/$node"
+# The fresh root in ROOT: the base, a clone of REV, and this host's DNS, CAs and pip config.
+prepare_root() {
+    local root=$1 base=$2 rev=$3 conf target line key value token path
+    tar -C "$root" --numeric-owner -xpf "$base"
+    git clone -q --no-local --no-checkout . "$root/root/espfleet"
+    git -C "$root/root/espfleet" checkout -q --detach "$rev"
+    cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+    cp -L /etc/hosts "$root/etc/hosts"
+    if compgen -G "/usr/local/share/ca-certificates/*" >/dev/null; then
+        cp -rL /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
+        chroot "$root" /usr/bin/env -i PATH="$chroot_path" update-ca-certificates >/dev/null 2>&1
+    fi
+    for conf in /etc/pip.conf /etc/xdg/pip "$HOME/.config/pip" "$HOME/.pip" "${PIP_CONFIG_FILE:-}"; do
+        [ -n "$conf" ] && [ -e "$conf" ] || continue
+        target="$root${conf/#$HOME//root}"
+        mkdir -p "$(dirname "$target")"
+        cp -rL "$conf" "$target"
     done
-    mkdir "$root/dev/pts" "$root/dev/shm"
-    mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts "$root/dev/pts"
-    ln -s pts/ptmx "$root/dev/ptmx"
-    mount -t tmpfs -o mode=1777,nosuid,nodev shm "$root/dev/shm"
-    ln -s /proc/self/fd "$root/dev/fd"
-    ln -s /proc/self/fd/0 "$root/dev/stdin"
-    ln -s /proc/self/fd/1 "$root/dev/stdout"
-    ln -s /proc/self/fd/2 "$root/dev/stderr"
-    mount -t tmpfs -o mode=1777 tmp "$root/tmp"
-    # Download caches only (not pip's built wheels).
-    mkdir -p "$cache/apt-archives/partial" "$cache/pip-http/http" "$cache/pip-http/http-v2" \
-        "$root/root/.cache/pip/http" "$root/root/.cache/pip/http-v2"
-    mount --bind "$cache/apt-archives" "$root/var/cache/apt/archives"
-    mount --bind "$cache/pip-http/http" "$root/root/.cache/pip/http"
-    mount --bind "$cache/pip-http/http-v2" "$root/root/.cache/pip/http-v2"
-    while IFS= read -r dir; do
-        [ -n "$dir" ] || continue
-        mkdir -p "$root$dir"
-        mount --bind -o ro "$dir" "$root$dir"
-    done <"$root/.pip-dirs"
-    rm "$root/.pip-dirs"
-    env_args=(HOME=/root PATH="$chroot_path" LANG=C.UTF-8 TERM=dumb)
-    while IFS= read -r -d '' var; do
-        env_args+=("$var")
-    done < <(env -0 | grep -z '^PIP_' || true)
-    exec chroot "$root" /usr/bin/env -i "${env_args[@]}" /bin/bash /root/fresh-run.sh
-fi
-
-# ---------------------------------------------------------------------------------------
-# On the host.
-cd "$(dirname "$0")/.."
-rev=$(git rev-parse --verify "${1:-HEAD}^{commit}")
-if [ "$(id -u)" -ne 0 ]; then
-    echo "fresh_root_check: needs root (debootstrap, unshare, chroot)" >&2
-    exit 1
-fi
-for tool in debootstrap unshare chroot; do
-    if ! command -v "$tool" >/dev/null; then
-        echo "fresh_root_check: $tool is missing (apt-get install debootstrap util-linux coreutils)" >&2
-        exit 1
-    fi
-done
-started=$(date +%s)
-mkdir -p "$cache"
-base="$cache/$release-minbase-$(date +%Y-%m).tar"
-
-# The pristine base: what a fresh Debian 12 install has, and its apt sources.
-build_base() {
-    local build
-    build=$(mktemp -d "$cache/.build.XXXXXX")
-    echo "debootstrap $release (minbase, python3, ca-certificates) into the cache"
-    # Its own mount namespace: debootstrap's mounts in the target end with it.
-    if ! unshare --mount -- debootstrap --variant=minbase --include=python3,ca-certificates \
-        "$release" "$build/root" "$mirror" >"$build/log" 2>&1; then
-        tail -20 "$build/log" >&2
-        rm -rf --one-file-system "$build"
-        return 1
-    fi
-    cat >"$build/root/etc/apt/sources.list" <<EOF
-deb $mirror $release main
-deb $mirror $release-updates main
-deb http://deb.debian.org/debian-security $release-security main
-EOF
-    rm -f "$build/root/var/cache/apt/archives/"*.deb
-    tar -C "$build/root" --numeric-owner -cf "$build/base.tar" .
-    mv "$build/base.tar" "$base"
-    rm -rf --one-file-system "$build"
-    find "$cache" -maxdepth 1 -name "$release-minbase-*.tar" ! -path "$base" -delete
-}
-(
-    flock 9
-    [ -f "$base" ] || build_base
-) 9>"$cache/.lock"
-based=$(date +%s)
-
-work=$(mktemp -d "${TMPDIR:-/tmp}/espfleet-fresh.XXXXXX")
-root="$work/root"
-cleanup() {
-    local rc=$?
-    # Mounts live in the child's namespace only; anything still mounted here would be a
-    # bug, and rm must never walk into a bind mount.
-    if grep -q " $work/" /proc/self/mountinfo 2>/dev/null; then
-        echo "fresh_root_check: mounts left under $work, not removing it" >&2
-        exit 1
-    fi
-    rm -rf --one-file-system "$work"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-mkdir "$root"
-tar -C "$root" --numeric-owner -xpf "$base"
-git clone -q --no-local --no-checkout . "$root/root/espfleet"
-git -C "$root/root/espfleet" checkout -q --detach "$rev"
-
-# What a fresh machine of this kind has: this host's DNS, its local CAs, its pip config.
-cp -L /etc/resolv.conf "$root/etc/resolv.conf"
-cp -L /etc/hosts "$root/etc/hosts"
-if compgen -G "/usr/local/share/ca-certificates/*" >/dev/null; then
-    cp -rL /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
-    chroot "$root" /usr/bin/env -i PATH="$chroot_path" update-ca-certificates >/dev/null 2>&1
-fi
-for conf in /etc/pip.conf /etc/xdg/pip "$HOME/.config/pip" "$HOME/.pip" "${PIP_CONFIG_FILE:-}"; do
-    [ -n "$conf" ] && [ -e "$conf" ] || continue
-    target="$root${conf/#$HOME//root}"
-    mkdir -p "$(dirname "$target")"
-    cp -rL "$conf" "$target"
-done
-# Local files and dirs that pip's config names (a CA bundle, constraints, wheel dirs,
-# file:// indexes): files are copied, dirs bind-mounted read-only inside.
-: >"$root/.pip-dirs"
-if python3 -m pip --version >/dev/null 2>&1; then
-    python3 -m pip config list 2>/dev/null | while IFS= read -r line; do
-        key=${line%%=*}
-        value=${line#*=}
-        value=${value#\'}
-        value=${value%\'}
-        for token in $value; do
-            path=${token#file://}
-            case "$path" in /*) ;; *) continue ;; esac
-            # An index's pages link to files beside its simple/ folder.
-            case "$key" in *index-url) path=$(dirname "$path") ;; esac
-            if [ -d "$path" ]; then
-                echo "$path" >>"$root/.pip-dirs"
-            elif [ -f "$path" ]; then
-                mkdir -p "$root$(dirname "$path")"
-                cp -L "$path" "$root$path"
-            fi
+    # Local files and dirs that pip's config names (a CA bundle, constraints, wheel dirs,
+    # file:// indexes): files are copied, dirs listed for read-only bind mounts.
+    : >"$root/.pip-dirs"
+    if python3 -m pip --version >/dev/null 2>&1; then
+        python3 -m pip config list 2>/dev/null | while IFS= read -r line; do
+            key=${line%%=*}
+            value=${line#*=}
+            value=${value#\'}
+            value=${value%\'}
+            for token in $value; do
+                path=${token#file://}
+                case "$path" in /*) ;; *) continue ;; esac
+                # An index's pages link to files beside its simple/ folder.
+                case "$key" in *index-url) path=$(dirname "$path") ;; esac
+                if [ -d "$path" ]; then
+                    echo "$path" >>"$root/.pip-dirs"
+                elif [ -f "$path" ]; then
+                    mkdir -p "$root$(dirname "$path")"
+                    cp -L "$path" "$root$path"
+                fi
+            done
         done
-    done
-fi
-sort -u -o "$root/.pip-dirs" "$root/.pip-dirs"
+    fi
+    # A chroot has no init: services the packages would start must not (mosquitto, janus).
+    printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
+    chmod 755 "$root/usr/sbin/policy-rc.d"
+    write_run_script "$root"
+}
 
-# A chroot has no init: services the packages would start must not run (mosquitto, janus).
-printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
-chmod 755 "$root/usr/sbin/policy-rc.d"
-
+# What runs inside: the README's command, what it installed and left running, the imports.
+write_run_script() {
+    local root=$1
 cat >"$root/root/fresh-run.sh" <<'EOF'
 set -uo pipefail
 cd /root/espfleet
@@ -233,17 +132,116 @@ if failed:
     sys.exit(1)
 PY
 EOF
-unpacked=$(date +%s)
+
+}
+
+# The kernel's file systems, a minimal /dev, the download caches and pip's local dirs.
+mount_root() {
+    local root=$1 node dir
+    mount -t proc proc "$root/proc"
+    mount -t sysfs -o ro sysfs "$root/sys"
+    mount -t tmpfs -o mode=755,nosuid dev "$root/dev"
+    for node in null zero full random urandom tty; do
+        touch "$root/dev/$node"
+        mount --bind "/dev/$node" "$root/dev/$node"
+    done
+    mkdir "$root/dev/pts" "$root/dev/shm"
+    mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts "$root/dev/pts"
+    ln -s pts/ptmx "$root/dev/ptmx"
+    mount -t tmpfs -o mode=1777,nosuid,nodev shm "$root/dev/shm"
+    ln -s /proc/self/fd "$root/dev/fd"
+    ln -s /proc/self/fd/0 "$root/dev/stdin"
+    ln -s /proc/self/fd/1 "$root/dev/stdout"
+    ln -s /proc/self/fd/2 "$root/dev/stderr"
+    mkdir -p "$cache/apt-archives/partial" "$cache/pip-http/http" "$cache/pip-http/http-v2" \
+        "$root/root/.cache/pip/http" "$root/root/.cache/pip/http-v2"
+    mount --bind "$cache/apt-archives" "$root/var/cache/apt/archives"
+    mount --bind "$cache/pip-http/http" "$root/root/.cache/pip/http"
+    mount --bind "$cache/pip-http/http-v2" "$root/root/.cache/pip/http-v2"
+    while IFS= read -r dir; do
+        [ -n "$dir" ] || continue
+        mkdir -p "$root$dir"
+        mount --bind -o ro "$dir" "$root$dir"
+    done < <(sort -u "$root/.pip-dirs")
+    rm "$root/.pip-dirs"
+}
+
+# ---------------------------------------------------------------------------------------
+# Inside the namespaces (the script runs itself there). Every mount, the tmpfs root
+# included, belongs to this mount namespace and ends with it; the PID namespace ends
+# every process started inside (a broker, a mixer) with it.
+if [ "${1:-}" = "--inside" ]; then
+    root=$2
+    mount -t tmpfs -o mode=755,size=8g fresh-root "$root"
+    t0=$(date +%s)
+    prepare_root "$root" "$3" "$4"
+    mount_root "$root"
+    echo "unpacked and cloned in $(($(date +%s) - t0))s"
+    env_args=(HOME=/root PATH="$chroot_path" LANG=C.UTF-8 TERM=dumb)
+    while IFS= read -r -d '' var; do
+        env_args+=("$var")
+    done < <(env -0 | grep -z '^PIP_' || true)
+    exec chroot "$root" /usr/bin/env -i "${env_args[@]}" /bin/bash /root/fresh-run.sh
+fi
+
+# ---------------------------------------------------------------------------------------
+# On the host.
+cd "$(dirname "$0")/.."
+rev=$(git rev-parse --verify "${1:-HEAD}^{commit}")
+if [ "$(id -u)" -ne 0 ]; then
+    echo "fresh_root_check: needs root (debootstrap, unshare, chroot)" >&2
+    exit 1
+fi
+for tool in debootstrap unshare chroot; do
+    if ! command -v "$tool" >/dev/null; then
+        echo "fresh_root_check: $tool is missing (apt-get install debootstrap util-linux coreutils)" >&2
+        exit 1
+    fi
+done
+started=$(date +%s)
+mkdir -p "$cache"
+base="$cache/$release-minbase-$(date +%Y-%m).tar"
+
+# The pristine base: what a fresh Debian 12 install has, and its apt sources.
+build_base() {
+    local build
+    build=$(mktemp -d "$cache/.build.XXXXXX")
+    echo "debootstrap $release (minbase, python3, ca-certificates) into the cache"
+    # Its own mount namespace: debootstrap's mounts in the target end with it.
+    if ! unshare --mount -- debootstrap --variant=minbase --include=python3,ca-certificates \
+        "$release" "$build/root" "$mirror" >"$build/log" 2>&1; then
+        tail -20 "$build/log" >&2
+        rm -rf --one-file-system "$build"
+        return 1
+    fi
+    cat >"$build/root/etc/apt/sources.list" <<EOF
+deb $mirror $release main
+deb $mirror $release-updates main
+deb http://deb.debian.org/debian-security $release-security main
+EOF
+    rm -f "$build/root/var/cache/apt/archives/"*.deb
+    tar -C "$build/root" --numeric-owner -cf "$build/base.tar" .
+    mv "$build/base.tar" "$base"
+    rm -rf --one-file-system "$build"
+    find "$cache" -maxdepth 1 -name "$release-minbase-*.tar" ! -path "$base" -delete
+}
+(
+    flock 9
+    [ -f "$base" ] || build_base
+) 9>"$cache/.lock"
+based=$(date +%s)
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/espfleet-fresh.XXXXXX")
+# The root is a tmpfs mounted inside the namespace: here $work stays an empty dir.
+trap 'rmdir "$work"' EXIT
+trap 'exit 130' INT TERM
 echo "fresh root: Debian $release, $(git log -1 --format='%h %s' "$rev" | cut -c1-80)"
-echo "base ready in $((based - started))s, unpacked and cloned in $((unpacked - based))s"
+echo "base ready in $((based - started))s"
 set +e
 FLEET_FRESH_CACHE="$cache" unshare --mount --pid --fork --kill-child -- \
-    "$(realpath "$0")" --inside "$root"
+    "$(realpath "$0")" --inside "$work" "$base" "$rev"
 rc=$?
 set -e
-ended=$(date +%s)
-rm -rf --one-file-system "$root"
-echo "temp root removed in $(($(date +%s) - ended))s"
 echo "fresh root check: $((($(date +%s) - started) / 60))m$((($(date +%s) - started) % 60))s in all"
 if [ "$rc" -ne 0 ]; then
     echo "fresh root check FAILED (exit $rc)" >&2
