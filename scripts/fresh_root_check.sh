@@ -79,9 +79,18 @@ running() {
     done
     echo "$found"
 }
+# Each line with the seconds since setup.sh began; pip's notes that a package is not in
+# one of this machine's local indexes are counted, not shown.
 stamped() {
-    local line
-    while IFS= read -r line; do printf '[%4ds] %s\n' "$SECONDS" "$line"; done
+    local line absent=0
+    while IFS= read -r line; do
+        case "$line" in
+        "WARNING: Location 'file://"*"' is ignored: it is neither a file nor a directory.")
+            absent=$((absent + 1)) ;;
+        *) printf '[%4ds] %s\n' "$SECONDS" "$line" ;;
+        esac
+    done
+    [ "$absent" = 0 ] || echo "($absent pip notes of packages absent from a local index)"
 }
 dpkg-query -W -f '${Package}\n' | sort >/tmp/before
 SECONDS=0

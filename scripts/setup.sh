@@ -24,7 +24,8 @@ runtime_pkgs=(python3-venv mosquitto mosquitto-dev libmosquitto-dev gcc libc6-de
 # (gcc, clang/libFuzzer, cJSON, libmosquitto): the firmware's own list is the source of
 # truth for those.
 # chromium: the web console's browser tests (driven by the playwright package).
-dev_pkgs=(iproute2 victoria-metrics influxdb chromium)
+# debootstrap: scripts/fresh_root_check.sh's fresh Debian root (CI runs it after the suite).
+dev_pkgs=(iproute2 victoria-metrics influxdb chromium debootstrap)
 if [ "$dev" = 1 ]; then
     mapfile -t fw_pkgs < <(grep -v '^\s*#' firmware/host/DEPENDENCIES | grep -v '^\s*$')
     dev_pkgs+=("${fw_pkgs[@]}")
