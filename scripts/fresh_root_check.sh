@@ -2,8 +2,9 @@
 # The README's first command on a fresh machine: `scripts/setup.sh && .venv/bin/fleet demo`
 # in a Debian 12 root file system that has only what a fresh install has (minbase, Python 3,
 # ca-certificates), on a fresh clone of REV (default HEAD), as root in a chroot of its own
-# mount and PID namespaces. Fails when the runtime install misses anything the demo needs;
-# then checks that every runtime module imports without the dev extra.
+# mount and PID namespaces. Then a mixed room through the local Janus, the voice
+# assistant's demo, and every runtime module's import, all without the dev extra. Fails
+# when the runtime install misses anything these need, or leaves a service running.
 #   scripts/fresh_root_check.sh [REV]
 # The pristine base is debootstrapped once a month into FLEET_FRESH_CACHE (default
 # ~/.cache/espfleet/fresh-root) and unpacked per run into a tmpfs that ends with the run.
@@ -114,7 +115,7 @@ demo() {
     .venv/bin/fleet demo "$@" >/tmp/demo.log 2>&1
     rc=$?
     [ $# -gt 0 ] && [ "$rc" = 0 ] || cat /tmp/demo.log
-    echo "fleet demo $*: exit $rc in ${SECONDS}s: $(tail -1 /tmp/demo.log)"
+    echo "fleet demo${*:+ $*}: exit $rc in ${SECONDS}s: $(tail -1 /tmp/demo.log)"
     [ "$rc" = 0 ] && grep -q "demo passed" /tmp/demo.log || exit 1
     left=$(running)
     if [ -n "$left" ]; then
