@@ -22,6 +22,7 @@ import fcntl
 import json
 import logging
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -80,6 +81,7 @@ class MosquittoBroker:
         certfile: Path | str | None = None,
         keyfile: Path | str | None = None,
         workdir: Path | None = None,
+        max_connections: int | None = None,
     ) -> None:
         if (certfile is None) != (keyfile is None):
             raise ConfigError("TLS needs both certfile and keyfile")
@@ -95,6 +97,8 @@ class MosquittoBroker:
         self.keyfile = Path(keyfile).resolve() if keyfile is not None else None
         self.workdir = Path(workdir or self.store.path.parent / "mosquitto").expanduser()
         self.log_path = self.workdir / LOG_NAME
+        # Sockets in all, those that never send CONNECT included (config.py's default).
+        self.max_connections = max_connections
         self._proc: asyncio.subprocess.Process | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._seen: tuple[int, int] | None = None
@@ -135,6 +139,7 @@ class MosquittoBroker:
             run_as="root" if os.geteuid() == 0 else None,
             certfile=self.certfile,
             keyfile=self.keyfile,
+            max_connections=self.max_connections,
         )
 
     def reload(self) -> None:
@@ -185,7 +190,7 @@ class MosquittoBroker:
                 # Its own session: a Ctrl-C or a SIGTERM to the whole group reaches only us,
                 # and we stop it after the controller and devices have said goodbye.
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_prepare_child,
             )
         finally:
             log_file.close()
@@ -352,7 +357,12 @@ async def _port_open(host: str, port: int) -> bool:
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the child: no orphan holding the port after the parent is killed."""
+def _prepare_child() -> None:
+    """In the child: no orphan holding the port after the parent is killed, and every
+    descriptor the system allows, which its listeners' max_connections count on
+    (broker/mosquitto/config.py)."""
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    with contextlib.suppress(Exception):
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
