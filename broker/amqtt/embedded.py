@@ -277,9 +277,7 @@ class FleetBroker(FleetAmqttBroker):
             return True
         client_id = newcomer.client_id or ""
         held = self._held.setdefault(cred.username, set())
-        # Sessions leave `_sessions` in two places only (overridden below); a session
-        # whose id another user now holds is not this user's any more.
-        for other in [c for c in held if c not in self._sessions]:
+        for other in [c for c in held if not self._holds(cred.username, c)]:
             held.discard(other)
         if client_id not in held and len(held) >= SESSIONS_PER_USER:
             log.warning(
@@ -291,6 +289,16 @@ class FleetBroker(FleetAmqttBroker):
             return False
         held.add(client_id)
         return True
+
+    def _holds(self, username: str, client_id: str) -> bool:
+        """True while `username` holds the session of `client_id`: it is in `_sessions`
+        (which it leaves in the two places overridden below), still this user's, and not
+        a clean session that ended (amqtt sweeps those a second later)."""
+        entry = self._sessions.get(client_id)
+        if entry is None or entry[0].attributes.get(SESSION_USER_KEY) != username:
+            return False
+        session = entry[0]
+        return not (session.clean_session and session.transitions.state != "connected")
 
     async def _cleanup_session(self, client_id: str) -> None:
         self._forget_held(client_id)

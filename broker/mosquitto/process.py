@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import ctypes
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -32,7 +33,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from broker.mosquitto.config import CONF_NAME, write_mosquitto_config, write_user_files
+from broker.mosquitto.config import (
+    CONF_NAME,
+    FD_HEADROOM,
+    write_mosquitto_config,
+    write_user_files,
+)
 from fleet.auth import Credential, CredentialStore
 from fleet.errors import ConfigError, CredentialsError
 from fleet.files import atomic_write
@@ -97,7 +103,8 @@ class MosquittoBroker:
         self.keyfile = Path(keyfile).resolve() if keyfile is not None else None
         self.workdir = Path(workdir or self.store.path.parent / "mosquitto").expanduser()
         self.log_path = self.workdir / LOG_NAME
-        # Sockets in all, those that never send CONNECT included (config.py's default).
+        # Sockets in all, those that never send CONNECT included (default: as many as the
+        # descriptor limit allows, config.py); the child's descriptor limit follows it.
         self.max_connections = max_connections
         self._proc: asyncio.subprocess.Process | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -141,6 +148,13 @@ class MosquittoBroker:
             keyfile=self.keyfile,
             max_connections=self.max_connections,
         )
+
+    def _max_files(self) -> int | None:
+        """The child's descriptor limit: its sockets' bound plus headroom (None: the hard
+        limit)."""
+        if self.max_connections is None:
+            return None
+        return self.max_connections + FD_HEADROOM
 
     def reload(self) -> None:
         """Rewrite the files and have mosquitto read them again (SIGHUP)."""
@@ -190,12 +204,15 @@ class MosquittoBroker:
                 # Its own session: a Ctrl-C or a SIGTERM to the whole group reaches only us,
                 # and we stop it after the controller and devices have said goodbye.
                 start_new_session=True,
-                preexec_fn=_prepare_child,
+                preexec_fn=functools.partial(_prepare_child, self._max_files()),
             )
         finally:
             log_file.close()
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not await _port_open(self.host, self.port):
+        # Both listeners: Mosquitto opens the WebSocket one after the TCP one.
+        while not all(
+            [await _port_open(self.host, p) for p in (self.port, self.ws_port) if p is not None]
+        ):
             if self._proc.returncode is not None or time.monotonic() > deadline:
                 code = self._proc.returncode
                 await self.stop()
@@ -357,12 +374,17 @@ async def _port_open(host: str, port: int) -> bool:
 _PR_SET_PDEATHSIG = 1
 
 
-def _prepare_child() -> None:
-    """In the child: no orphan holding the port after the parent is killed, and every
-    descriptor the system allows, which its listeners' max_connections count on
-    (broker/mosquitto/config.py)."""
+def _prepare_child(max_files: int | None) -> None:
+    """In the child: no orphan holding the port after the parent is killed, and its
+    descriptor limit: the bound on its sockets that holds on Mosquitto 2.0.11 (whose
+    max_connections miscounts), at `max_files` or the hard limit."""
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     with contextlib.suppress(Exception):
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        limit = (
+            hard
+            if max_files is None or (hard != resource.RLIM_INFINITY and max_files > hard)
+            else max_files
+        )
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
