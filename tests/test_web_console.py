@@ -32,6 +32,8 @@ from fleet.web.server import ConsoleConfig, WebConsole
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
+JSON = {"Content-Type": "application/json"}
+
 pytestmark = [pytest.mark.timeout(240), pytest.mark.asyncio(loop_scope="module")]
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 BROWSER_HZ = 3000.0  # the fake microphone's tone: none of the devices' (400 Hz + 175 n)
@@ -368,7 +370,7 @@ async def test_sign_in_is_refused_without_the_operator_secret_and_credentials_ex
             (json.dumps({"password": "x" * 5000}).encode(), 413),
             (json.dumps({"password": "wrong"}).encode(), 401),
         ):
-            async with http.post(login, data=body) as reply:
+            async with http.post(login, data=body, headers=JSON) as reply:
                 assert reply.status == status, (body[:20], await reply.text())
                 assert "error" in await reply.json()
     assert {c.username for c in store.list()} == before
