@@ -32,6 +32,7 @@ from fleet.mixer.audiobridge import BridgeMember
 from fleet.mixer.errors import MixerError, MixerUnavailable
 from fleet.mixer.pool import Mixer, MixerPool
 from fleet.protocol import TopicKind, decode_for, encode
+from fleet.protocol.constants import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP
 from fleet.protocol.messages import (
     MAX_LISTED_BYTES,
     MAX_ROOM_CAP,
@@ -72,11 +73,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Members of a room's session (a mixed session holds this many).
-DEFAULT_ROOM_CAP = 256
-# Each member of a mesh holds one peer connection per other member; an ESP32-S3 manages
-# 2-3 (~60 KB each), a Python participant a handful. Past this an `auto` session goes mixed.
-DEFAULT_MESH_CAP = 4
 # Rooms are rows a join could otherwise add without end: a cap bounds the store.
 DEFAULT_MAX_ROOMS = 1000
 # Trickled candidates held per member while its offer reaches the mixer (a browser
