@@ -47,6 +47,7 @@ HEAVY_MODULES = (
     "fleet.device.sim",
     "fleet.ha.part",
     "fleet.media",
+    "fleet.meetings",
     "fleet.mqtt",
     "fleet.protocol.messages",
     "fleet.settings",
