@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from fleet.controller.host import PartHost
 from fleet.controller.parts import ControllerPart
 from fleet.errors import ProtocolError
+from fleet.ha import DEFAULT_ROOM
 from fleet.ha.discovery import Discovery, Shown
 from fleet.ha.models import (
     HaDeviceState,
@@ -53,7 +54,6 @@ log = logging.getLogger(__name__)
 
 ONLINE = b"online"
 OFFLINE = b"offline"
-DEFAULT_ROOM = "standup"
 # Telemetry-driven state updates per device at most this often (meeting changes go at once).
 TELE_INTERVAL_S = 30.0
 # The controller's counters (online, in meetings) at most this often: a join-all of

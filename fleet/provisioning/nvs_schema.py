@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from fleet.mqtt import BrokerUrl
 from fleet.protocol import is_valid_id
 from fleet.protocol.topics import NAME_RULES
 from fleet.provisioning.errors import ProvisioningError
@@ -76,6 +75,8 @@ def device_broker_url(url: str) -> str:
     The device logs in as its own id with its own secret, so a user or password in the URL
     is refused rather than silently dropped; so are paths, queries and WebSocket schemes.
     """
+    from fleet.mqtt.url import BrokerUrl  # here: fleet.mqtt loads the MQTT client (aiomqtt)
+
     parsed = BrokerUrl.parse(url)  # ConfigError for bad schemes, hosts, ports
     scheme = _DEVICE_SCHEMES.get(parsed.scheme)
     if scheme is None:
