@@ -10,6 +10,7 @@ import json
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -72,6 +73,7 @@ class FleetSettings(BaseSettings):
         return path
 
 
-def load_settings(**overrides: object) -> FleetSettings:
+def load_settings(**overrides: Any) -> FleetSettings:
+    """Env vars, then the non-None overrides (CLI flags, of any type: the model validates)."""
     values = {k: v for k, v in overrides.items() if v is not None}
-    return FleetSettings(**values)  # type: ignore[arg-type]
+    return FleetSettings(**values)

@@ -201,8 +201,8 @@ class CredentialStore:
             if loc and loc[0].isdigit():
                 loc[0] = str(fresh[int(loc[0])])  # the index in the file, not in `fresh`
             raise CredentialsError(f"{where}: users.{'.'.join(loc)}: {first['msg']}") from exc
-        for i, cred in zip(fresh, validated, strict=True):
-            creds[i] = cred
+        for i, valid in zip(fresh, validated, strict=True):
+            creds[i] = valid
         users: dict[str, Credential] = {}
         for cred in creds:
             assert cred is not None

@@ -6,7 +6,7 @@ server allows it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from fleet.protocol.messages import DEFAULT_MIX_RATE, MixRate, RoomInfo, RoomMedia
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 # Members of a room's session (a mixed session holds this many).
 DEFAULT_ROOM_CAP = 256
-DEFAULT_RATE = cast("MixRate", DEFAULT_MIX_RATE)
+DEFAULT_RATE: MixRate = DEFAULT_MIX_RATE
 
 
 @dataclass(frozen=True, slots=True)
