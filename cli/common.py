@@ -10,7 +10,7 @@ import logging
 import re
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast, get_type_hints
@@ -23,6 +23,7 @@ from cli.logsummary import SummarizingFilter
 try:  # typer 0.29+ carries its own copy of click
     from typer._click import exceptions as click_errors
 except ImportError:  # pragma: no cover - older typer on click
+    # the same module under its older home, which mypy takes for a second definition
     from click import exceptions as click_errors  # type: ignore[no-redef]
 
 from fleet.errors import (
@@ -366,19 +367,27 @@ class FleetGroup(TyperGroup):
     """The top `fleet` group: usage errors (bad options, missing arguments) speak in the
     same voice as `fail`, instead of typer's boxes; --json makes them JSON on stdout too."""
 
-    def main(  # type: ignore[override]
+    def main(
         self,
-        args: list[str] | None = None,
+        args: Sequence[str] | None = None,
         prog_name: str | None = None,
         complete_var: str | None = None,
         standalone_mode: bool = True,
+        windows_expand_args: bool = True,
         **extra: Any,
     ) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
         _Output.json = "--json" in argv
         try:
             try:
-                code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+                code = super().main(
+                    argv,
+                    prog_name,
+                    complete_var,
+                    standalone_mode=False,
+                    windows_expand_args=windows_expand_args,
+                    **extra,
+                )
             except click_errors.NoArgsIsHelpError as exc:
                 exc.show()
                 code = 0

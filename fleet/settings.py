@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -65,6 +66,7 @@ class FleetSettings(BaseSettings):
         return path
 
 
-def load_settings(**overrides: object) -> FleetSettings:
+def load_settings(**overrides: Any) -> FleetSettings:
+    """Env vars, then the non-None overrides (CLI flags, of any type: the model validates)."""
     values = {k: v for k, v in overrides.items() if v is not None}
-    return FleetSettings(**values)  # type: ignore[arg-type]
+    return FleetSettings(**values)

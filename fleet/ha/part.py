@@ -28,6 +28,7 @@ from fleet.ha.discovery import Discovery, Shown
 from fleet.ha.models import (
     HaDeviceState,
     HaFleetState,
+    TeleValues,
     encode_state,
     meeting_of,
     parse_press,
@@ -93,7 +94,7 @@ class _Device:
     meeting: tuple[bool, str | None] = (False, None)  # its meeting part
     state_at: float = 0.0
     last_room: str | None = None
-    tele: dict[str, int | float | None] = field(default_factory=dict)
+    tele: TeleValues = field(default_factory=TeleValues)
     tele_shown: bool = False  # telemetry values have gone out: from now on, throttled
     counted: tuple[bool, bool] = (False, False)  # (online, in a meeting) in the fleet counters
 
@@ -279,13 +280,13 @@ class HomeAssistantPart(ControllerPart):
             await self._publish_config(device_id, rec, dev)
         self._count(dev, rec.online, rec.online and in_meeting)
         meeting = (in_meeting, room)
-        values = dict(dev.tele)
+        values = dev.tele.copy()
         if not in_meeting:
             values["jitter"] = values["loss"] = None
         doc = HaDeviceState(
             in_meeting="ON" if in_meeting else "OFF",
             room=room or dev.last_room or self.room,
-            **values,  # type: ignore[arg-type]
+            **values,
         )
         payload = encode_state(doc)
         if payload == dev.state:

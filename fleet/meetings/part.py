@@ -31,7 +31,7 @@ from fleet.meetings.session import Member, Roster, Session
 from fleet.mixer.errors import MixerError
 from fleet.mixer.pool import MixerPool
 from fleet.protocol import TopicKind, decode_for, encode
-from fleet.protocol.constants import DEFAULT_MESH_CAP
+from fleet.protocol.constants import DEFAULT_MESH_CAP as DEFAULT_MESH_CAP
 from fleet.protocol.messages import (
     MAX_LISTED_BYTES,
     MAX_ROOM_CAP,

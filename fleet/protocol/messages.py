@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from functools import cache
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, overload
 
 from pydantic import (
     BaseModel,
@@ -27,14 +27,26 @@ from fleet.errors import PayloadTooLarge, ProtocolError
 
 # The names of the contract that need no model live in `constants`; they are part of
 # this module's names too.
-from fleet.protocol.constants import (  # noqa: F401
-    DEFAULT_WEB_TTL_S,
-    MAX_ROOM_CAP,
-    MAX_WEB_TTL_S,
-    PROTOCOL_VERSION,
-    ApiOp,
-    CommandOp,
-    RoomMedia,
+from fleet.protocol.constants import (
+    DEFAULT_WEB_TTL_S as DEFAULT_WEB_TTL_S,
+)
+from fleet.protocol.constants import (
+    MAX_ROOM_CAP as MAX_ROOM_CAP,
+)
+from fleet.protocol.constants import (
+    MAX_WEB_TTL_S as MAX_WEB_TTL_S,
+)
+from fleet.protocol.constants import (
+    PROTOCOL_VERSION as PROTOCOL_VERSION,
+)
+from fleet.protocol.constants import (
+    ApiOp as ApiOp,
+)
+from fleet.protocol.constants import (
+    CommandOp as CommandOp,
+)
+from fleet.protocol.constants import (
+    RoomMedia as RoomMedia,
 )
 from fleet.protocol.topics import ID_PATTERN, ROOM_PATTERN, TopicKind
 
@@ -300,7 +312,7 @@ class MediaPath(StrEnum):
 
 
 MixRate = Literal[16000, 48000]
-DEFAULT_MIX_RATE = 16000
+DEFAULT_MIX_RATE: MixRate = 16000
 
 Sdp = Annotated[str, StringConstraints(min_length=1, max_length=32 * 1024)]
 MessageText = Annotated[str, StringConstraints(max_length=4096)]
@@ -726,7 +738,16 @@ def encode(message: BaseModel) -> bytes:
     return message.model_dump_json(by_alias=True, exclude_none=True).encode()
 
 
-def decode(model: type[M] | Any, payload: bytes | bytearray | str, what: str = "") -> M:
+@overload
+def decode(model: type[M], payload: bytes | bytearray | str, what: str = "") -> M: ...
+
+
+# An Annotated union (MeetUp, MeetDown) is no class: its members are told apart by the caller.
+@overload
+def decode(model: object, payload: bytes | bytearray | str, what: str = "") -> Any: ...
+
+
+def decode(model: object, payload: bytes | bytearray | str, what: str = "") -> Any:
     """Parse and validate raw bytes; ProtocolError (never ValidationError) on bad input."""
     label = what or _model_name(model)
     if isinstance(payload, str):
@@ -737,7 +758,7 @@ def decode(model: type[M] | Any, payload: bytes | bytearray | str, what: str = "
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise PayloadTooLarge(label, len(payload), MAX_PAYLOAD_BYTES)
     try:
-        return _adapter(model).validate_json(payload)  # type: ignore[no-any-return]
+        return _adapter(model).validate_json(payload)
     except ValidationError as exc:
         raise ProtocolError(label, _summarise(exc)) from exc
 
