@@ -169,6 +169,10 @@ bool fleet_core_init(fleet_core_t *core, const fleet_config_t *cfg, const fleet_
         if (cps >= 1 && cps <= FLEET_CMD_ID_CHARS &&
             fleet_utf8_valid(cfg->pending_cmd_id, strlen(cfg->pending_cmd_id))) {
             (void)copy_bounded(core->pending_cmd, sizeof core->pending_cmd, cfg->pending_cmd_id);
+            core->pending_is_ota = cfg->pending_is_ota;
+            fleet_copy_text(core->pending_error, sizeof core->pending_error,
+                            cfg->pending_error != NULL ? cfg->pending_error : "",
+                            FLEET_DETAIL_BYTES - 1);
         }
     }
     core->caps = cfg->caps;
