@@ -28,11 +28,12 @@
 
 static const char *TAG = "fleet_main";
 
+/* The core's state is static, yet command parsing with newlib's printf and set_groups'
+ * NVS write went past 8 KB of stack on the device. */
+#define TASK_STACK       12288
 #define QUEUE_LEN        32
-#define TASK_STACK       8192 /* the core keeps its state in a static struct, not here */
 #define TASK_PRIORITY    5
-#define MAX_TASK_WAIT_MS 100 /* poll the link's backoff and identify blinking at least this often \
-                              */
+#define MAX_TASK_WAIT_MS 100 /* poll the link's backoff and identify at least this often */
 
 QueueHandle_t fleet_ev_queue;
 static uint32_t dropped_events;

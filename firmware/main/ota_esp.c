@@ -1,7 +1,9 @@
 /*
  * ota_esp.c - esp_https_ota in its own task (a download takes seconds and must not stall
  * the fleet task); the result goes back as FLEET_EV_OTA. What to do with it (restart into
- * the new slot, or a failed ack) is port_esp.c's.
+ * the new slot, or a failed ack) is port_esp.c's. The task is made at the first update and
+ * then waits for the next one: a task that logged and is deleted takes newlib's stdio locks
+ * in the idle task's cleanup, which the emulation toolchain's newlib turns into an abort.
  */
 #include "ota_esp.h"
 
@@ -25,11 +27,11 @@ static const char *TAG = "fleet_ota";
 
 static char *url_copy; /* non-NULL while a download runs */
 static uint32_t target_addr;
+static TaskHandle_t ota_handle;
 
-static void ota_task(void *arg)
+static void download(void)
 {
     esp_http_client_config_t http;
-    (void)arg;
     memset(&http, 0, sizeof http);
     http.url = url_copy;
     http.timeout_ms = OTA_TIMEOUT_MS;
@@ -49,7 +51,15 @@ static void ota_task(void *arg)
     free(url_copy);
     url_copy = NULL;
     fleet_ev_post(&ev);
-    vTaskDelete(NULL);
+}
+
+static void ota_task(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        (void)ulTaskNotifyTake(pdTRUE, portMAX_DELAY);
+        download();
+    }
 }
 
 bool fleet_ota_start(const char *url)
@@ -66,11 +76,13 @@ bool fleet_ota_start(const char *url)
     if (url_copy == NULL) {
         return false;
     }
-    if (xTaskCreate(ota_task, "ota", OTA_STACK, NULL, OTA_PRIORITY, NULL) != pdPASS) {
+    if (ota_handle == NULL &&
+        xTaskCreate(ota_task, "ota", OTA_STACK, NULL, OTA_PRIORITY, &ota_handle) != pdPASS) {
         free(url_copy);
         url_copy = NULL;
         return false;
     }
+    xTaskNotifyGive(ota_handle);
     return true;
 }
 

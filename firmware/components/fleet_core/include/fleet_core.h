@@ -164,6 +164,10 @@ typedef struct fleet_core {
     bool pending_is_ota;
     char pending_error[FLEET_DETAIL_BYTES]; /* "" = the pending command succeeded */
     char result[FLEET_RESULT_BYTES];        /* scratch for ack results */
+    /* set_groups' scratch (about 5 KB: more than a device task's stack can spare) */
+    char new_groups[FLEET_MAX_GROUPS][FLEET_ID_MAX + 1];
+    char old_groups[FLEET_MAX_GROUPS][FLEET_ID_MAX + 1];
+    fleet_source_t old_sources[FLEET_MAX_GROUPS];
 
     /* telemetry */
     uint64_t next_tele_ms;

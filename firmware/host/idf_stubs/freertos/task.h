@@ -8,3 +8,5 @@ BaseType_t xTaskCreate(TaskFunction_t pxTaskCode, const char *const pcName, cons
 void vTaskDelete(TaskHandle_t xTaskToDelete);
 void vTaskDelay(const TickType_t xTicksToDelay);
 TickType_t xTaskGetTickCount(void);
+uint32_t ulTaskNotifyTake(BaseType_t xClearCountOnExit, TickType_t xTicksToWait);
+BaseType_t xTaskNotifyGive(TaskHandle_t xTaskToNotify);
