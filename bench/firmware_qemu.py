@@ -95,9 +95,10 @@ async def run(cycles: int) -> None:
                 await op.request(ApiOp.LEAVE_ALL, ApiRequest(timeout_s=30))
 
                 t0 = time.monotonic()
-                await op.request(ApiOp.CMD, ApiRequest(device=DEV, cmd_op="reboot", timeout_s=30))
-                await until(lambda: not online(), "the goodbye")
-                await until(online, "online after the reboot")
+                before = reg[DEV].birth
+                # The request's answer is the final ack, which the new boot sends.
+                await op.request(ApiOp.CMD, ApiRequest(device=DEV, cmd_op="reboot", timeout_s=60))
+                await until(lambda: online() and reg[DEV].birth is not before, "a new birth")
                 print(f"reboot command -> online again:  {time.monotonic() - t0:6.2f} s")
 
                 t0 = time.monotonic()

@@ -8,7 +8,9 @@
 #
 # Entries:
 #   esp32c3 wifi   the default build (Wi-Fi): idf_build.sh, linked
-#   esp32c3 qemu   sdkconfig.defaults.qemu (OpenCores Ethernet): idf_build.sh, linked
+#   esp32c3 qemu   sdkconfig.defaults.qemu (OpenCores Ethernet): idf_build.sh, linked, in the
+#                  firmware_qemu tier's cached build folder (FLEET_QEMU_BUILD, default
+#                  ~/.cache/espfleet/fw-build/esp32c3-qemu): the image the tier boots
 #   esp32s3 none | korvo2 | xiao, x components floor | newest: a full idf_build.sh when
 #                  FLEET_S3_BUILD=1 and an xtensa-esp32s3-elf toolchain is on PATH; otherwise
 #                  COMPILE_CHECK's compile of main/ and components/ with the exact compile
@@ -75,10 +77,9 @@ say() { echo "$*" | tee -a "$report"; }
 say "espfleet firmware build matrix, $(date -u +%Y-%m-%dT%H:%MZ), ESP-IDF ${idf_version:-?}"
 say "(only this ESP-IDF is installed here; the README claims v5.1+ and v5.3+ for audio boards)"
 
-c3() { # NAME DEFAULTS...
-    local name=$1
-    shift
-    local b=$out/esp32c3-$name t0=$SECONDS
+c3() { # NAME BUILD_DIR DEFAULTS...
+    local name=$1 b=$2 t0=$SECONDS
+    shift 2
     say ""
     say "== esp32c3 $name ($(printf '%s ' sdkconfig.defaults sdkconfig.defaults.esp32c3 "$@"))"
     if bash "$fw/scripts/idf_build.sh" "$b" esp32c3 "$@" > "$b.out" 2>&1; then
@@ -139,8 +140,8 @@ s3() { # BOARD_NAME COMPONENT_SET_NAME COMPONENT_DIR [BOARD_DEFAULTS]
         grep -m1 -oE "[a-z_]+\.h: No such file|error: .*" || true))"
 }
 
-c3 wifi
-c3 qemu sdkconfig.defaults.qemu
+c3 wifi "$out/esp32c3-wifi"
+c3 qemu "${FLEET_QEMU_BUILD:-$HOME/.cache/espfleet/fw-build/esp32c3-qemu}" sdkconfig.defaults.qemu
 for set in floor newest; do
     cdir=$floor
     [ "$set" = newest ] && cdir=$newest
