@@ -88,7 +88,8 @@ c3() { # NAME BUILD_DIR DEFAULTS...
     else
         local undef
         undef=$(grep -c "undefined reference" "$b/build.log" 2> /dev/null)
-        if [ "${undef:-0}" -gt 0 ] && ! grep -q "error:" "$b/build.log"; then
+        if [ "${undef:-0}" -gt 0 ] && ! grep -v "collect2: error: ld returned" "$b/build.log" |
+            grep -q "error:"; then
             say "  compiled ($(our_warnings "$b/build.log") warnings in our sources); link FAILED:" \
                 "$undef undefined references, e.g. $(grep -o "undefined reference to \`[^']*'" "$b/build.log" | sort -u | head -3 | tr '\n' ' ')"
             say "  (Espressif's Wi-Fi blobs are not in this SDK: libnet80211.a, libpp.a... are empty)"
