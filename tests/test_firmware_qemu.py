@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -60,6 +61,8 @@ from fleet.protocol.messages import (
 )
 from fleet.protocol.topics import Topics
 
+if os.environ.get("FLEET_FIRMWARE_QEMU") == "0":
+    pytest.skip("firmware_qemu: off (FLEET_FIRMWARE_QEMU=0)", allow_module_level=True)
 TOOLS = find_tools()
 if isinstance(TOOLS, str):
     pytest.skip(f"firmware_qemu: {TOOLS}", allow_module_level=True)
