@@ -20,7 +20,7 @@ in the database (`device_uptime_s` samples); the run reports any difference.
     python bench/ingest.py --broker mosquitto --rate 5000
     python bench/ingest.py --broker mosquitto --compare-shared --rate 12000   # 1 vs 2 processes
 
-Targets (issue 3), per controller process: >= 2,000 msg/s on the embedded
+Targets, per controller process: >= 2,000 msg/s on the embedded
 broker, >= 5,000 on Mosquitto. Throughput is messages stored / (time from the
 first message sent to the last one stored). CPU figures come from /proc (user +
 system seconds of each process during the run), which a busy machine disturbs

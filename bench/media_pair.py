@@ -39,7 +39,7 @@ costs; "after framing" subtracts those 20 ms.
     python bench/media_pair.py --seconds 20 --scenarios bare mesh --repeat 3
     python bench/media_pair.py --callgrind --seconds 20 --scenarios bare mesh mesh-fan3
 
-Targets (issue 6): mouth-to-ear under 100 ms on loopback; at most 7% of one core per
+Targets: mouth-to-ear under 100 ms on loopback; at most 7% of one core per
 stream (a bare aiortc pair measures about 6.5%). Prints figures; asserts nothing.
 """
 

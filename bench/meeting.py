@@ -21,7 +21,7 @@ latency marker every 0.5 s) on loopback, and:
     python bench/meeting.py                      # 2, 4 and 6 devices
     python bench/meeting.py --devices 4 --runs 3 --window 10
 
-Targets (issue 6), on loopback: join-to-audio under 0.5 s for 4 devices,
+Targets, on loopback: join-to-audio under 0.5 s for 4 devices,
 mouth-to-ear under 100 ms, at most 7% of one core per stream (a bare aiortc
 pair: about 6.5%, bench/media_pair.py). Prints figures; asserts nothing. All N
 devices share one Python process here, so past the process's one core (6

@@ -24,7 +24,7 @@ mesh at 4 devices for comparison.
     python bench/mixed_room.py
     python bench/mixed_room.py --sizes 10 50 --window 10 --no-mesh
 
-Targets (issue 10), on this machine: 50 members hearing within 2 s of join-all;
+Targets, on this machine: 50 members hearing within 2 s of join-all;
 mouth-to-ear through the mixer under 100 ms median; Janus at most 1.5% of a core per
 16 kHz Opus member. Prints figures; asserts nothing. CPU seconds hardly move with other
 load on the machine; wall times (join, latency) do.

@@ -3,32 +3,29 @@ Mosquitto config for the same users."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from broker.local import BrokerEngine, MosquittoBroker, local_broker
-from cli.common import command_group, console, err_console, fail
-from fleet.auth import CredentialStore, default_credentials_path
+from broker.local import BrokerEngine
+from cli.common import CredsFileOpt, command_group, console, err_console, fail
 from fleet.errors import FleetError
 from fleet.protocol.topics import DEFAULT_PREFIX
+
+# The broker runtimes and the credentials file's models load when a command runs.
+if TYPE_CHECKING:
+    from fleet.auth import CredentialStore
 
 app = command_group(
     "Run the local MQTT broker (Mosquitto or amqtt) or write a Mosquitto configuration."
 )
 
-CredsOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--creds",
-        help="Credentials file (default: $FLEET_HOME or ~/.espfleet, then credentials.json).",
-        dir_okay=False,
-    ),
+PortOption = Annotated[int, typer.Option(help="MQTT (TCP) port.")]
+WsPortOption = Annotated[
+    int | None, typer.Option("--ws-port", help="Also listen for MQTT over WebSocket here.")
 ]
 PrefixOption = Annotated[
     str, typer.Option("--prefix", envvar="FLEET_PREFIX", help="Topic prefix the ACL applies to.")
@@ -45,11 +42,9 @@ def _users(store: CredentialStore) -> int:
 @app.command()
 def run(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="MQTT (TCP) port.")] = 1883,
-    ws_port: Annotated[
-        int | None, typer.Option("--ws-port", help="Also listen for MQTT over WebSocket here.")
-    ] = None,
-    creds: CredsOption = None,
+    port: PortOption = 1883,
+    ws_port: WsPortOption = None,
+    creds: CredsFileOpt = None,
     certfile: Annotated[
         Path | None, typer.Option(help="TLS certificate (PEM); needs --keyfile.", exists=True)
     ] = None,
@@ -67,6 +62,12 @@ def run(
     ] = BrokerEngine.AUTO,
 ) -> None:
     """Run the local broker until Ctrl-C. Users come from `fleet creds`."""
+    import asyncio
+    import contextlib
+
+    from broker.local import MosquittoBroker, local_broker
+    from fleet.auth import CredentialStore, default_credentials_path
+
     if not logging.getLogger().handlers:
         # Refused logins and amqtt's warnings, timestamped like a server log.
         logging.basicConfig(
@@ -132,12 +133,10 @@ def run(
 @app.command("mosquitto-config")
 def mosquitto_config(
     directory: Annotated[Path, typer.Argument(help="Where to write mosquitto.conf, passwd, acl.")],
-    creds: CredsOption = None,
-    port: Annotated[int, typer.Option(help="MQTT (TCP) port.")] = 1883,
+    creds: CredsFileOpt = None,
+    port: PortOption = 1883,
     bind: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    ws_port: Annotated[
-        int | None, typer.Option("--ws-port", help="Also listen for MQTT over WebSocket here.")
-    ] = None,
+    ws_port: WsPortOption = None,
     persistence: Annotated[
         Path | None,
         typer.Option(help="Keep retained messages and sessions across restarts, here."),
@@ -152,6 +151,7 @@ def mosquitto_config(
 ) -> None:
     """Write a Mosquitto 2 config with the same users (same hashes) and equivalent ACL."""
     from broker.mosquitto.config import write_mosquitto_config
+    from fleet.auth import CredentialStore, default_credentials_path
 
     store = CredentialStore(creds or default_credentials_path())
     count = _users(store)
@@ -190,12 +190,13 @@ def ha_addon(
     folder: Annotated[
         str, typer.Option(help="The add-on's customize.folder (under /share).")
     ] = "mosquitto",
-    creds: CredsOption = None,
+    creds: CredsFileOpt = None,
     prefix: PrefixOption = DEFAULT_PREFIX,
 ) -> None:
     """Write what Home Assistant's Mosquitto add-on needs to carry the fleet's users and ACL
     beside the home's (docs/home-assistant.md, "One broker for the home")."""
     from broker.mosquitto.ha_addon import write_ha_addon_files
+    from fleet.auth import CredentialStore, default_credentials_path
 
     store = CredentialStore(creds or default_credentials_path())
     _users(store)

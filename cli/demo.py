@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from rich.table import Table
 
 from cli.stack import Stack
-from fleet.controller.meetings import DEFAULT_MESH_CAP
 from fleet.device.audio import AudioMeetingDriver, DeviceHearing
 from fleet.device.sim import SimFleet
 from fleet.device.workers import SimWorkers
+from fleet.meetings import DEFAULT_MESH_CAP
 from fleet.protocol.messages import ApiRequest, RoomMedia
 
 POLL_S = 0.1

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from broker.local import BrokerEngine, MosquittoBroker
+from broker.local import BrokerEngine
 from cli.common import (
     BrokerOpt,
     Exit,
@@ -22,52 +21,30 @@ from cli.common import (
     connection,
     console,
     fail,
+    grouped,
     name_error,
+    option_group,
     plural,
     require_id,
     run,
     run_service,
 )
-from cli.stack import Stack, StackConfig, free_port, running_stack, stack_console
-from cli.telemetry import (
-    InfluxBatchOpt,
-    InfluxBucketOpt,
-    InfluxBufferOpt,
-    InfluxDatabaseOpt,
-    InfluxFlushOpt,
-    InfluxOptions,
-    InfluxOrgOpt,
-    InfluxPasswordOpt,
-    InfluxTokenOpt,
-    InfluxUrlOpt,
-    InfluxUserOpt,
-    InfluxVersionOpt,
-)
-from fleet.auth import CredentialStore, default_credentials_path
-from fleet.client import FleetClient
-from fleet.controller.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, MeetingServer
-from fleet.controller.parts import ControllerPart
-from fleet.controller.service import Controller
-from fleet.controller.web_login import WebLogins
-from fleet.device.bulk import BulkFleet
-from fleet.device.sim import MeetingDriver, SimFleet, device_ids
+from cli.telemetry import InfluxOptions
 from fleet.device.tones import TONE_SLOTS
-from fleet.device.workers import IN_PROCESS_UP_TO, auto_procs
 from fleet.errors import FleetError, ProtocolError
-from fleet.ha import HomeAssistantPart, HomeAssistantSettings
-from fleet.ha.part import DEFAULT_ROOM
+from fleet.ha import DEFAULT_ROOM
 from fleet.mixer.errors import INSTALL_HINT, MixerUnavailable
-from fleet.protocol import is_valid_id
-from fleet.protocol.messages import (
-    MAX_ROOM_CAP,
-    ApiOp,
-    ApiRequest,
-    ApiResult,
-    DeviceOutcome,
-    MediaPath,
-)
-from fleet.protocol.topics import DEFAULT_HA_PREFIX
-from fleet.settings import load_settings
+from fleet.protocol.constants import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, MAX_ROOM_CAP, ApiOp
+from fleet.protocol.topics import DEFAULT_HA_PREFIX, is_valid_id
+
+# The parts these commands start (broker, controller, devices, aiortc, the web console)
+# load when one runs: the command tree, --help and the other commands stay light.
+if TYPE_CHECKING:
+    from cli.stack import Stack
+    from fleet.client import FleetClient
+    from fleet.device.sim import MeetingDriver
+    from fleet.ha import HomeAssistantSettings
+    from fleet.protocol.messages import ApiRequest, ApiResult
 
 LISTED_DEVICES = 6  # a join's result lists every device up to this many, then only failures
 
@@ -90,20 +67,44 @@ PortOpt = Annotated[int, typer.Option("--port", min=0, max=65535, help="Broker T
 GroupOpt = Annotated[
     list[str] | None, typer.Option("--group", help="Group of the simulated devices (repeatable).")
 ]
-HaOpt = Annotated[
-    bool,
-    typer.Option(
-        "--ha/--no-ha",
-        help="Home Assistant: MQTT discovery of every device and the controller, entity "
-        "state and commands under PREFIX/ha/ (docs/home-assistant.md).",
-    ),
-]
-HaPrefixOpt = Annotated[
-    str, typer.Option(help="Home Assistant's discovery prefix (its MQTT setting).")
-]
-HaRoomOpt = Annotated[
-    str, typer.Option(help='Room of Home Assistant\'s "Join all" until one is chosen there.')
-]
+TeleIntervalOpt = Annotated[float, typer.Option(min=0.5, help="Telemetry period, seconds.")]
+
+
+@option_group
+@dataclass
+class HomeAssistantOptions:
+    """The Home Assistant options of `fleet up` and `fleet controller`."""
+
+    enabled: Annotated[
+        bool,
+        typer.Option(
+            "--ha/--no-ha",
+            help="Home Assistant: MQTT discovery of every device and the controller, entity "
+            "state and commands under PREFIX/ha/ (docs/home-assistant.md).",
+        ),
+    ] = True
+    prefix: Annotated[
+        str,
+        typer.Option("--ha-prefix", help="Home Assistant's discovery prefix (its MQTT setting)."),
+    ] = DEFAULT_HA_PREFIX
+    room: Annotated[
+        str,
+        typer.Option(
+            "--ha-room", help='Room of Home Assistant\'s "Join all" until one is chosen there.'
+        ),
+    ] = DEFAULT_ROOM
+
+    def settings(self) -> HomeAssistantSettings | None:
+        from fleet.ha import HomeAssistantSettings
+
+        if not self.enabled:
+            return None
+        try:
+            return HomeAssistantSettings(ha_prefix=self.prefix, room=self.room)
+        except (ValueError, ProtocolError) as exc:
+            fail(f"--ha-prefix/--ha-room: {exc}", Exit.USAGE)
+
+
 EngineOpt = Annotated[
     BrokerEngine,
     typer.Option(
@@ -131,7 +132,9 @@ MeshCapOpt = Annotated[
 ]
 
 
+@grouped
 def up(
+    *,
     devices: Annotated[int, typer.Option(min=0, max=20000, help="Simulated devices.")] = 3,
     port: PortOpt = 1883,
     ws_port: Annotated[
@@ -147,9 +150,7 @@ def up(
     host: Annotated[str, typer.Option(help="Address the broker binds.")] = "127.0.0.1",
     engine: EngineOpt = BrokerEngine.AUTO,
     group: GroupOpt = None,
-    tele_interval: Annotated[
-        float, typer.Option(min=0.5, help="Telemetry period, seconds.")
-    ] = 10.0,
+    tele_interval: TeleIntervalOpt = 10.0,
     audio: Annotated[
         bool, typer.Option(help="Devices meet with real audio (off: the state names the room).")
     ] = True,
@@ -171,38 +172,20 @@ def up(
             "(apt-get install janus)."
         ),
     ] = True,
-    ha: HaOpt = True,
-    ha_prefix: HaPrefixOpt = DEFAULT_HA_PREFIX,
-    ha_room: HaRoomOpt = DEFAULT_ROOM,
+    ha: HomeAssistantOptions,
     home: HomeOpt = None,
     prefix: PrefixOpt = None,
-    influx_url: InfluxUrlOpt = None,
-    influx_version: InfluxVersionOpt = None,
-    influx_token: InfluxTokenOpt = None,
-    influx_org: InfluxOrgOpt = None,
-    influx_bucket: InfluxBucketOpt = None,
-    influx_database: InfluxDatabaseOpt = None,
-    influx_user: InfluxUserOpt = None,
-    influx_password: InfluxPasswordOpt = None,
-    influx_batch_size: InfluxBatchOpt = None,
-    influx_flush_interval: InfluxFlushOpt = None,
-    influx_buffer: InfluxBufferOpt = None,
+    influx: InfluxOptions,
 ) -> None:
     """Run broker + controller + N simulated devices until Ctrl-C."""
+    import asyncio
+    import contextlib
+
+    from cli.stack import StackConfig, free_port, running_stack, stack_console
+    from fleet.device.workers import auto_procs
+    from fleet.settings import load_settings
+
     settings = load_settings(home=home, prefix=prefix)
-    influx = InfluxOptions(
-        influx_url,
-        influx_version,
-        influx_token,
-        influx_org,
-        influx_bucket,
-        influx_database,
-        influx_user,
-        influx_password,
-        influx_batch_size,
-        influx_flush_interval,
-        influx_buffer,
-    )
     if web and ws_port is None:
         ws_port = free_port(host)
     config = StackConfig(
@@ -218,7 +201,8 @@ def up(
         room_cap=room_cap,
         mesh_cap=mesh_cap,
         mixer=mixer,
-        parts=[*influx.parts(), *_ha_parts(ha, ha_prefix, ha_room)],
+        influx=influx.ingest(),
+        home_assistant=ha.settings(),
         sim_procs=auto_procs(devices, audio) if sim_procs is None else sim_procs,
         engine=engine,
     )
@@ -256,7 +240,9 @@ def up(
     run_service(go())
 
 
+@grouped
 def controller(
+    *,
     db: Annotated[
         Path | None, typer.Option(help="SQLite database.", show_default="FLEET_HOME/controller.db")
     ] = None,
@@ -292,47 +278,27 @@ def controller(
             "API create rooms: `fleet rooms create`, and the room of a join or join-all)."
         ),
     ] = False,
-    ha: HaOpt = True,
-    ha_prefix: HaPrefixOpt = DEFAULT_HA_PREFIX,
-    ha_room: HaRoomOpt = DEFAULT_ROOM,
+    ha: HomeAssistantOptions,
     ingest_share: IngestShareOpt = None,
     broker: BrokerOpt = None,
     prefix: PrefixOpt = None,
-    influx_url: InfluxUrlOpt = None,
-    influx_version: InfluxVersionOpt = None,
-    influx_token: InfluxTokenOpt = None,
-    influx_org: InfluxOrgOpt = None,
-    influx_bucket: InfluxBucketOpt = None,
-    influx_database: InfluxDatabaseOpt = None,
-    influx_user: InfluxUserOpt = None,
-    influx_password: InfluxPasswordOpt = None,
-    influx_batch_size: InfluxBatchOpt = None,
-    influx_flush_interval: InfluxFlushOpt = None,
-    influx_buffer: InfluxBufferOpt = None,
+    influx: InfluxOptions,
 ) -> None:
     """Run the controller: registry, desired state, commands, meetings, the automation API,
     telemetry, Home Assistant discovery."""
+    from fleet.auth import CredentialStore
+    from fleet.controller.factory import ControllerSettings, build_controller
+    from fleet.settings import load_settings
+
     if client_id is not None:
         require_id("--client-id", client_id, "client id")
     url, topics = connection(broker, prefix)
-    influx = InfluxOptions(
-        influx_url,
-        influx_version,
-        influx_token,
-        influx_org,
-        influx_bucket,
-        influx_database,
-        influx_user,
-        influx_password,
-        influx_batch_size,
-        influx_flush_interval,
-        influx_buffer,
-    )
     if ingest_share is not None:
         require_id("--ingest-share", ingest_share, "share group")
     if ingest_share is not None and not influx.settings().enabled:
         fail("--ingest-share splits the telemetry ingest: it needs --influx-url", Exit.USAGE)
-    parts = [*influx.parts(share=ingest_share), *_ha_parts(ha, ha_prefix, ha_room)]
+    ingest_settings = influx.ingest()
+    home_assistant = ha.settings()
     path = db or load_settings().home / "controller.db"
     console.print(f"controller on {url.redacted()}, store {path}", highlight=False)
     store = CredentialStore(creds) if creds is not None else None
@@ -340,16 +306,21 @@ def controller(
     bad = [m for m in mixers if not m.startswith(("ws://", "wss://"))]
     if bad:
         fail(f"--mixer {bad[0]!r}: expected ws://HOST:PORT (Janus's WebSocket API)", Exit.USAGE)
-    meetings = MeetingServer(
-        room_cap=room_cap, auto_create=auto_create, mesh_cap=mesh_cap, mixers=mixers
+    settings = ControllerSettings(
+        url,
+        path,
+        topics,
+        client_id=client_id,
+        room_cap=room_cap,
+        mesh_cap=mesh_cap,
+        auto_create=auto_create,
+        mixers=mixers,
+        credentials=store,
+        influx=ingest_settings,
+        ingest_share=ingest_share,
+        home_assistant=home_assistant,
     )
-    if store is not None:  # people's browsers get credentials only where they are kept
-        parts.append(WebLogins(store))
-    run_service(
-        Controller(
-            url, path, topics, client_id=client_id, credentials=store, parts=[meetings, *parts]
-        ).run()
-    )
+    run_service(build_controller(settings).run())
 
 
 def sim(
@@ -367,9 +338,7 @@ def sim(
     secrets: Annotated[
         Path | None, typer.Option(help="JSON {device id: secret} for a remote broker.")
     ] = None,
-    tele_interval: Annotated[
-        float, typer.Option(min=0.5, help="Telemetry period, seconds.")
-    ] = 10.0,
+    tele_interval: TeleIntervalOpt = 10.0,
     audio: Annotated[
         bool, typer.Option(help="Meet with real audio (aiortc); off: the state names the room.")
     ] = False,
@@ -393,6 +362,10 @@ def sim(
     prefix: PrefixOpt = None,
 ) -> None:
     """Run N simulated devices that speak exactly the device side of the protocol."""
+    from fleet.auth import CredentialStore, default_credentials_path
+    from fleet.device.bulk import BulkFleet
+    from fleet.device.sim import SimFleet, device_ids
+
     ids = device_ids(devices, id_prefix, start)
     bad = [i for i in ids if not is_valid_id(i)]
     if bad:
@@ -480,6 +453,11 @@ def demo(
     """The main job on embedded defaults: start everything, meet with real audio, check that
     every device hears every other, leave, report, stop."""
     from cli.demo import demo_room, hearing_table, needs_mixer, wait_until_everyone_hears
+    from cli.stack import StackConfig, free_port, running_stack
+    from fleet.client import FleetClient
+    from fleet.device.workers import IN_PROCESS_UP_TO, auto_procs
+    from fleet.protocol.messages import ApiRequest, MediaPath
+    from fleet.settings import load_settings
 
     if agent not in (None, "assistant"):
         fail(f"--agent {agent!r}: the demo knows only 'assistant'", Exit.USAGE)
@@ -574,6 +552,8 @@ async def _assistant_step(stack: Stack, room: str) -> bool:
 
 
 async def _step(fleet: FleetClient, op: ApiOp, request: ApiRequest) -> ApiResult:
+    from fleet.protocol.messages import DeviceOutcome
+
     started = time.monotonic()
     result = await fleet.request(op, request)
     style = "green" if result.ok else "red"
@@ -590,19 +570,12 @@ async def _step(fleet: FleetClient, op: ApiOp, request: ApiRequest) -> ApiResult
 
 
 def _broker_line(broker: object, host: str) -> str:
+    from broker.local import MosquittoBroker
+
     port = getattr(broker, "port", "?")
     if isinstance(broker, MosquittoBroker):
         return f"Mosquitto (MQTT 5 and 3.1.1) on {host}:{port}, log {broker.log_path}"
     return f"amqtt (MQTT 3.1.1 only) on {host}:{port}"
-
-
-def _ha_parts(enabled: bool, ha_prefix: str, room: str) -> list[ControllerPart]:
-    if not enabled:
-        return []
-    try:
-        return [HomeAssistantPart(HomeAssistantSettings(ha_prefix=ha_prefix, room=room))]
-    except (ValueError, ProtocolError) as exc:
-        fail(f"--ha-prefix/--ha-room: {exc}", Exit.USAGE)
 
 
 def _groups(group: list[str] | None) -> list[str]:
@@ -613,7 +586,9 @@ def _groups(group: list[str] | None) -> list[str]:
     return groups
 
 
+@grouped
 def ingest(
+    *,
     share: Annotated[
         str, typer.Option(help="The share group, as the controller's --ingest-share.")
     ] = "ingest",
@@ -622,17 +597,7 @@ def ingest(
     ),
     broker: BrokerOpt = None,
     prefix: PrefixOpt = None,
-    influx_url: InfluxUrlOpt = None,
-    influx_version: InfluxVersionOpt = None,
-    influx_token: InfluxTokenOpt = None,
-    influx_org: InfluxOrgOpt = None,
-    influx_bucket: InfluxBucketOpt = None,
-    influx_database: InfluxDatabaseOpt = None,
-    influx_user: InfluxUserOpt = None,
-    influx_password: InfluxPasswordOpt = None,
-    influx_batch_size: InfluxBatchOpt = None,
-    influx_flush_interval: InfluxFlushOpt = None,
-    influx_buffer: InfluxBufferOpt = None,
+    influx: InfluxOptions,
 ) -> None:
     """Take a share of the telemetry ingest beside `fleet controller --ingest-share`
     (telemetry only: desired state, meetings and Home Assistant stay with the controller)."""
@@ -641,19 +606,6 @@ def ingest(
     require_id("--share", share, "share group")
     require_id("--client-id", client_id, "client id")
     url, topics = connection(broker, prefix)
-    influx = InfluxOptions(
-        influx_url,
-        influx_version,
-        influx_token,
-        influx_org,
-        influx_bucket,
-        influx_database,
-        influx_user,
-        influx_password,
-        influx_batch_size,
-        influx_flush_interval,
-        influx_buffer,
-    )
     settings = influx.settings()
     if not settings.enabled:
         fail("fleet ingest needs a database: --influx-url (or FLEET_INFLUX_URL)", Exit.USAGE)

@@ -18,19 +18,21 @@ from pathlib import Path
 from broker.amqtt.embedded import EmbeddedBroker
 from broker.local import BrokerEngine, MosquittoBroker, free_port, local_broker
 from fleet.auth import CredentialStore, Role
-from fleet.controller.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, MeetingServer
+from fleet.controller.factory import ControllerSettings, build_controller
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
-from fleet.controller.web_login import WebLogins
 from fleet.device.sim import MeetingDriver, SimFleet, device_ids
 from fleet.device.tones import tone_amplitude, tone_for
 from fleet.device.workers import DeviceSound, SimWorkers
 from fleet.errors import FleetError
 from fleet.files import private_dir
+from fleet.ha import HomeAssistantSettings
 from fleet.homelock import home_lock
+from fleet.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP
 from fleet.mixer.process import maybe_local_janus
 from fleet.mqtt import BrokerUrl, MqttVersion
 from fleet.protocol import Topics
+from fleet.telemetry import InfluxSettings
 from fleet.web.server import ConsoleConfig, WebConsole
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,9 @@ class StackConfig:
     room_cap: int = DEFAULT_ROOM_CAP
     mesh_cap: int = DEFAULT_MESH_CAP
     mixer: bool = True  # start a local Janus for mixed rooms when it is installed
-    parts: Sequence[ControllerPart] = ()  # controller features (telemetry ingest, ...)
+    influx: InfluxSettings | None = None  # the controller's telemetry ingest, when enabled
+    home_assistant: HomeAssistantSettings | None = None  # None: no Home Assistant part
+    parts: Sequence[ControllerPart] = ()  # further controller parts (a test's own)
     # Audio devices run in this many worker processes (fleet.device.workers); 0: here.
     sim_procs: int = 0
     mixers: Sequence[str] = ()  # further mixers (Janus WebSocket URLs), e.g. a bench's own
@@ -141,18 +145,22 @@ async def _running_stack(config: StackConfig) -> AsyncIterator[Stack]:
         # client asks it for MQTT 5 first.
         mqtt = MqttVersion.AUTO if isinstance(broker, MosquittoBroker) else MqttVersion.V311
         base = BrokerUrl(scheme="mqtt", host=config.host, port=broker.port, mqtt=mqtt)
-        meetings = MeetingServer(
-            room_cap=config.room_cap,
-            mesh_cap=config.mesh_cap,
-            mixers=[*([mixer_url] if mixer_url else []), *config.mixers],
-        )
-        controller = Controller(
-            base.with_credentials(CONTROLLER_USER, controller_secret),
-            home / "controller.db",
-            topics,
-            # Mosquitto reads its ACL from files: the broker rewrites them on a grant.
-            credentials=broker if isinstance(broker, MosquittoBroker) else store,
-            parts=[meetings, WebLogins(store, reload=_reloader(broker)), *config.parts],
+        controller = build_controller(
+            ControllerSettings(
+                base.with_credentials(CONTROLLER_USER, controller_secret),
+                home / "controller.db",
+                topics,
+                room_cap=config.room_cap,
+                mesh_cap=config.mesh_cap,
+                mixers=[*([mixer_url] if mixer_url else []), *config.mixers],
+                credentials=store,
+                # Mosquitto reads its ACL from files: the broker rewrites them on a grant.
+                group_acl=broker if isinstance(broker, MosquittoBroker) else None,
+                reload_credentials=_reloader(broker),
+                influx=config.influx,
+                home_assistant=config.home_assistant,
+                parts=config.parts,
+            )
         )
         workers = sim_workers(config, base, topics, secrets)
         fleet = SimFleet(

@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -21,108 +21,107 @@ from cli.common import (
     console,
     err_console,
     fail,
+    option_group,
     require_name,
     run_service,
 )
-from fleet.client import FleetClient
-from fleet.controller.parts import ControllerPart
-from fleet.errors import ConfigError, FleetError
-from fleet.telemetry.config import InfluxSettings, load_influx_settings
-from fleet.telemetry.tail import EventItem, Refused, TeleItem, follow, summary
+from fleet.errors import ConfigError, UnknownDevice
+
+# What a command runs (MQTT, the payload models, the InfluxDB client) loads when it runs.
+if TYPE_CHECKING:
+    from fleet.telemetry.config import InfluxSettings
+    from fleet.telemetry.tail import EventItem, TeleItem
 
 app = command_group("Device telemetry: live view, InfluxDB, Grafana.")
 
 _ENV = "Env: FLEET_INFLUX_{}."
-InfluxUrlOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--influx-url",
-        help="InfluxDB URL (http://host:8086); telemetry is off without it. " + _ENV.format("URL"),
-        show_default=False,
-    ),
-]
-InfluxVersionOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--influx-version",
-        help="2: the /api/v2/write API (InfluxDB 2.x, 3.x, 1.8+, VictoriaMetrics); "
-        "1: InfluxDB 1.x /write. " + _ENV.format("VERSION"),
-        show_default="2",
-    ),
-]
-InfluxTokenOpt = Annotated[
-    str | None,
-    typer.Option("--influx-token", help="API token (2.x/3.x). " + _ENV.format("TOKEN")),
-]
-InfluxOrgOpt = Annotated[
-    str | None, typer.Option("--influx-org", help="Organisation (2.x). " + _ENV.format("ORG"))
-]
-InfluxBucketOpt = Annotated[
-    str | None,
-    typer.Option("--influx-bucket", help="Bucket (2.x), database (3.x). " + _ENV.format("BUCKET")),
-]
-InfluxDatabaseOpt = Annotated[
-    str | None,
-    typer.Option("--influx-database", help="Database (1.x). " + _ENV.format("DATABASE")),
-]
-InfluxUserOpt = Annotated[
-    str | None, typer.Option("--influx-user", help="User (1.x). " + _ENV.format("USER"))
-]
-InfluxPasswordOpt = Annotated[
-    str | None,
-    typer.Option("--influx-password", help="Password (1.x). " + _ENV.format("PASSWORD")),
-]
-InfluxBatchOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--influx-batch-size", help="Points per write. " + _ENV.format("BATCH_SIZE"), min=1
-    ),
-]
-InfluxFlushOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--influx-flush-interval",
-        help="Milliseconds before a partial batch is written. " + _ENV.format("FLUSH_INTERVAL_MS"),
-        min=10,
-    ),
-]
-InfluxBufferOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--influx-buffer",
-        help="Points kept while the database is unreachable; beyond, the oldest are dropped "
-        "(counted and reported). " + _ENV.format("BUFFER_SIZE"),
-        min=1,
-    ),
-]
 
 
+@option_group
 @dataclass
 class InfluxOptions:
-    url: str | None = None
-    version: int | None = None
-    token: str | None = None
-    org: str | None = None
-    bucket: str | None = None
-    database: str | None = None
-    user: str | None = None
-    password: str | None = None
-    batch_size: int | None = None
-    flush_interval_ms: int | None = None
-    buffer_size: int | None = None
+    """The InfluxDB options of `fleet up`, `fleet controller` and `fleet ingest`."""
+
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--influx-url",
+            help="InfluxDB URL (http://host:8086); telemetry is off without it. "
+            + _ENV.format("URL"),
+            show_default=False,
+        ),
+    ] = None
+    version: Annotated[
+        int | None,
+        typer.Option(
+            "--influx-version",
+            help="2: the /api/v2/write API (InfluxDB 2.x, 3.x, 1.8+, VictoriaMetrics); "
+            "1: InfluxDB 1.x /write. " + _ENV.format("VERSION"),
+            show_default="2",
+        ),
+    ] = None
+    token: Annotated[
+        str | None,
+        typer.Option("--influx-token", help="API token (2.x/3.x). " + _ENV.format("TOKEN")),
+    ] = None
+    org: Annotated[
+        str | None, typer.Option("--influx-org", help="Organisation (2.x). " + _ENV.format("ORG"))
+    ] = None
+    bucket: Annotated[
+        str | None,
+        typer.Option(
+            "--influx-bucket", help="Bucket (2.x), database (3.x). " + _ENV.format("BUCKET")
+        ),
+    ] = None
+    database: Annotated[
+        str | None,
+        typer.Option("--influx-database", help="Database (1.x). " + _ENV.format("DATABASE")),
+    ] = None
+    user: Annotated[
+        str | None, typer.Option("--influx-user", help="User (1.x). " + _ENV.format("USER"))
+    ] = None
+    password: Annotated[
+        str | None,
+        typer.Option("--influx-password", help="Password (1.x). " + _ENV.format("PASSWORD")),
+    ] = None
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--influx-batch-size", help="Points per write. " + _ENV.format("BATCH_SIZE"), min=1
+        ),
+    ] = None
+    flush_interval_ms: Annotated[
+        int | None,
+        typer.Option(
+            "--influx-flush-interval",
+            help="Milliseconds before a partial batch is written. "
+            + _ENV.format("FLUSH_INTERVAL_MS"),
+            min=10,
+        ),
+    ] = None
+    buffer_size: Annotated[
+        int | None,
+        typer.Option(
+            "--influx-buffer",
+            help="Points kept while the database is unreachable; beyond, the oldest are dropped "
+            "(counted and reported). " + _ENV.format("BUFFER_SIZE"),
+            min=1,
+        ),
+    ] = None
 
     def settings(self) -> InfluxSettings:
+        from fleet.telemetry.config import load_influx_settings
+
         try:
             return load_influx_settings(**vars(self))
         except ConfigError as exc:
             fail(str(exc), Exit.USAGE)
 
-    def parts(self, share: str | None = None) -> list[ControllerPart]:
-        """The telemetry ingest part, or nothing when no database is configured; with
-        `share`, it takes its share of a shared subscription (fleet/telemetry/ingest.py)."""
+    def ingest(self) -> InfluxSettings | None:
+        """The telemetry ingest's settings, or None when no database is configured."""
         settings = self.settings()
         if not settings.enabled:
-            return []
+            return None
         if settings.version == 2:
             try:
                 import influxdb_client  # noqa: F401
@@ -131,10 +130,8 @@ class InfluxOptions:
                     "--influx-version 2 needs influxdb-client: pip install -e '.[telemetry]'",
                     Exit.USAGE,
                 )
-        from fleet.telemetry.ingest import TelemetryIngest
-
         console.print(settings.describe(), highlight=False)
-        return [TelemetryIngest(settings, share=share)]
+        return settings
 
 
 @app.command("tail")
@@ -151,6 +148,9 @@ def tail(
     as_json: JsonOpt = False,
 ) -> None:
     """Live telemetry as devices send it (one line, or one JSON object, per message)."""
+    from fleet.client import FleetClient
+    from fleet.telemetry.tail import Refused, follow
+
     if device is not None:
         require_name("device", device)
     url, topics = connection(broker, prefix)
@@ -174,18 +174,16 @@ def tail(
             record = fleet.registry.devices.get(device)
             known = len(fleet.registry.devices)
         if record is None:
-            raise UnknownDevice(f"unknown device {device!r} ({known} known; see `fleet devices`)")
+            raise UnknownDevice(device, known)
         if not record.online:
             err_console.print(f"{device} is offline: waiting for it to come back", highlight=False)
 
     run_service(go())
 
 
-class UnknownDevice(FleetError):
-    """`telemetry tail` was asked for a device the fleet has never seen."""
-
-
 def _show(item: TeleItem | EventItem, as_json: bool) -> None:
+    from fleet.telemetry.tail import TeleItem, summary
+
     if as_json:
         if isinstance(item, TeleItem):
             doc = {

@@ -44,9 +44,18 @@ class ControllerUnavailable(FleetError):
 
 
 class UnknownDevice(FleetError):
-    def __init__(self, device_id: str) -> None:
-        super().__init__(f"unknown device {device_id!r}: it never announced itself")
+    """A device the fleet has never seen: it never announced itself.
+
+    `known`, when given, is how many devices the fleet does know, so a typo shows.
+    """
+
+    def __init__(self, device_id: str, known: int | None = None) -> None:
+        if known is None:
+            super().__init__(f"unknown device {device_id!r}: it never announced itself")
+        else:
+            super().__init__(f"unknown device {device_id!r} ({known} known; see `fleet devices`)")
         self.device_id = device_id
+        self.known = known
 
 
 class CredentialsError(FleetError):
@@ -77,3 +86,13 @@ class PublishRefused(BrokerRefused):
 class SubscribeRefused(BrokerRefused):
     def __init__(self, topic_filter: str, code: int, reason: str) -> None:
         super().__init__("a subscription to", topic_filter, code, reason)
+
+
+class RequestRefused(FleetError):
+    """An API request refused on purpose (an unknown device, a part that will not host the
+    intent's room): `code` and `detail` become the request's refused result."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail

@@ -9,19 +9,23 @@ cd "$(dirname "$0")/.."
 dev=0
 [ "${1:-}" = "--dev" ] && dev=1
 
-# Mosquitto is the local broker `fleet up` and `fleet broker run` start (MQTT 5 beside
-# 3.1.1; amqtt in-process is the fallback without it). Its generated config loads a
-# client-id plugin built with gcc against mosquitto-dev (broker/mosquitto/plugin.py).
+# Mosquitto is the local broker `fleet up`, `fleet demo` and `fleet broker run` start
+# (MQTT 5 beside 3.1.1; amqtt in-process is the fallback without it). Its generated config
+# loads a client-id plugin built on first use (broker/mosquitto/plugin.py): gcc with the C
+# library's headers (libc6-dev, only a recommendation of gcc), mosquitto_broker.h and
+# mosquitto_plugin.h (mosquitto-dev) and mosquitto.h (libmosquitto-dev).
 # janus: the mixer of mixed rooms (its AudioBridge plugin). `fleet up` runs its own Janus
 # with a generated config; the package's system service is not needed.
 # espeak-ng: the voice agent's offline text-to-speech.
-runtime_pkgs=(python3-venv mosquitto mosquitto-dev gcc janus espeak-ng)
+# scripts/fresh_root_check.sh proves this list on a fresh Debian 12 (CI runs it).
+runtime_pkgs=(python3-venv mosquitto mosquitto-dev libmosquitto-dev gcc libc6-dev janus espeak-ng)
 # The test suite runs VictoriaMetrics and InfluxDB 1.x (telemetry), a network namespace
 # (iproute2: a host with only loopback for the media tests) and builds the firmware core
 # (gcc, clang/libFuzzer, cJSON, libmosquitto): the firmware's own list is the source of
 # truth for those.
 # chromium: the web console's browser tests (driven by the playwright package).
-dev_pkgs=(iproute2 victoria-metrics influxdb chromium)
+# debootstrap: scripts/fresh_root_check.sh's fresh Debian root (CI runs it after the suite).
+dev_pkgs=(iproute2 victoria-metrics influxdb chromium debootstrap)
 if [ "$dev" = 1 ]; then
     mapfile -t fw_pkgs < <(grep -v '^\s*#' firmware/host/DEPENDENCIES | grep -v '^\s*$')
     dev_pkgs+=("${fw_pkgs[@]}")

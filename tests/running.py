@@ -11,11 +11,11 @@ from brokers import BrokerHandle
 
 from fleet.auth import Role
 from fleet.client import FleetClient
-from fleet.controller.meetings import MeetingServer
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.device.bulk import BulkFleet
-from fleet.device.sim import DeviceConfig, MeetingDriver, SimFleet, SimulatedDevice, device_ids
+from fleet.device.sim import MeetingDriver, SimDeviceConfig, SimFleet, SimulatedDevice, device_ids
+from fleet.meetings import MeetingServer
 from fleet.mqtt import BrokerUrl
 
 OPERATOR = "operator"
@@ -117,7 +117,9 @@ async def one_device(
     handle: BrokerHandle, device_id: str, secret: str, groups: Sequence[str] = ()
 ) -> AsyncIterator[SimulatedDevice]:
     base = BrokerUrl.parse(f"mqtt://{handle.host}:{handle.port}")
-    dev = SimulatedDevice(DeviceConfig(device_id, secret, list(groups), 30.0), base, handle.topics)
+    dev = SimulatedDevice(
+        SimDeviceConfig(device_id, secret, list(groups), 30.0), base, handle.topics
+    )
     part = Part(dev.run(), device_id)
     try:
         async with asyncio.timeout(10):

@@ -1,4 +1,4 @@
-"""Issue 11 item 17: an agent outlives a broker restart (it reconnects and joins its room
+"""An agent outlives a broker restart (it reconnects and joins its room
 again), and says what it does: joining, its peers, leaving."""
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ from fleet.media.analysis import hears
 from fleet.media.config import MediaConfig
 from fleet.media.sinks import CaptureSink, FanoutSink
 from fleet.media.sources import load_audio
+from fleet.meetings.participant import participant_link
 from fleet.mqtt import BrokerUrl
-from fleet.participant import participant_link
 from fleet.protocol import decode, encode
 from fleet.protocol.messages import ApiOp, ApiRequest, DeviceOutcome, MeetOffer, Telemetry
 

@@ -202,7 +202,7 @@ class Rig:
 
     def assert_connected(self, what: str) -> None:
         assert self.ctl.connected.is_set(), f"controller disconnected after {what}"
-        assert self.ctl._client is self.link, f"controller reconnected after {what}"
+        assert self.ctl.link.client is self.link, f"controller reconnected after {what}"
         connects = {d.id: d.connects for d in self.devices}
         assert connects == self.connects, f"a device reconnected after {what}"
         assert all(d.connected.is_set() for d in self.devices), f"device down after {what}"
@@ -274,7 +274,7 @@ async def rig(
             lambda: all(known(ctl, d.id) for d in devices), what="controller knows the fleet"
         )
         r = Rig(broker, ctl, devices, op, wire, group)
-        r.link = ctl._client
+        r.link = ctl.link.client
         r.connects = {d.id: d.connects for d in devices}
         yield r
 

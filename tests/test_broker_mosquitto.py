@@ -22,7 +22,13 @@ from brokers import (
 )
 from typer.testing import CliRunner
 
-from broker.mosquitto.config import MAX_QUEUED_MESSAGES, mosquitto_acl, write_mosquitto_config
+from broker.mosquitto.config import (
+    MAX_QUEUED_BYTES,
+    MAX_QUEUED_MESSAGES,
+    default_max_connections,
+    mosquitto_acl,
+    write_mosquitto_config,
+)
 from cli.broker import app as broker_app
 from fleet.auth import HOMEASSISTANT_API_OPS, CredentialStore, Role
 
@@ -55,12 +61,19 @@ def test_config_files(users: CredentialStore, tmp_path: Path) -> None:
         "listener 1999 127.0.0.1",
         "listener 9001 127.0.0.1",
         "protocol websockets",
+        "socket_domain ipv4",  # or libwebsockets listens on every address
         f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+        f"max_queued_bytes {MAX_QUEUED_BYTES}",
+        "persistent_client_expiration 1h",
         "persistence true",
         f"persistence_location {tmp_path / 'data'}/",
     ):
         assert line in text
     assert not any(line.startswith("user ") for line in text)
+    # Every listener is bounded, below the descriptor limit.
+    bounds = [int(line.split()[1]) for line in text if line.startswith("max_connections ")]
+    assert len(bounds) == 2
+    assert sum(bounds) == default_max_connections()
     passwd = (tmp_path / "mq" / "passwd").read_text()
     assert f"dev-1:{users.get('dev-1').hash}" in passwd  # type: ignore[union-attr]
     for name in ("passwd", "acl", "mosquitto.conf"):

@@ -1,4 +1,4 @@
-"""Attacks on the brokers (issue 11 items 1-6): client ids, resumed sessions, fake devices,
+"""Attacks on the brokers: client ids, resumed sessions, fake devices,
 message sizes, sockets that never CONNECT, failed-login floods, subscription floods."""
 
 from __future__ import annotations
@@ -391,19 +391,26 @@ async def strict_broker(
         yield broker
 
 
-async def test_failed_logins_are_rate_limited_per_address(
+async def test_failed_logins_are_rate_limited_per_address_and_client_id(
     strict_broker: EmbeddedBroker, creds_store: CredentialStore
 ) -> None:
     secret = creds_store.add("dev-a", Role.DEVICE)
+    ops = creds_store.add("ops", Role.CONTROLLER)
     port = strict_broker.port
     wrong = _connect_packet("dev-a", "dev-a", "wrong")
     for _ in range(3):  # the burst: refused the MQTT way, CONNACK 5
         assert (await _connect_from("127.0.0.1", port, wrong))[3:4] == b"\x05"
-    # Then this address is hung up on at once, even with the right password...
-    assert await _connect_from("127.0.0.1", port, _connect_packet("dev-a", "dev-a", secret)) == b""
-    # ...while another address logs in.
-    ok = await _connect_from("127.0.0.2", port, _connect_packet("dev-a", "dev-a", secret))
-    assert ok[3:4] == b"\x00"
+    checked = strict_broker.admission.refused
+    # Then this client id from this address is refused unchecked, even with the right
+    # password...
+    right = _connect_packet("dev-a", "dev-a", secret)
+    assert (await _connect_from("127.0.0.1", port, right))[3:4] == b"\x05"
+    # ...while a legitimate client on the same address (an operator's CLI) logs in...
+    cli = _connect_packet("ops-cli-1a2b", "ops", ops)
+    assert (await _connect_from("127.0.0.1", port, cli))[3:4] == b"\x00"
+    # ...and so does the same id from another address.
+    assert (await _connect_from("127.0.0.2", port, right))[3:4] == b"\x00"
+    assert strict_broker.admission.refused == checked  # nobody was hung up on at accept
 
 
 async def test_idle_sockets_per_address_are_bounded(
@@ -568,22 +575,24 @@ async def test_controller_rewrites_credentials_off_its_event_loop(
     assert amqtt_broker.store.get("dev-a").groups == ["hall"]  # type: ignore[union-attr]
 
 
-def test_a_burst_of_failed_logins_locks_an_address_out_briefly(
+def test_a_burst_of_failed_logins_locks_a_client_id_out_briefly(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     now = [100.0]
     monkeypatch.setattr("broker.amqtt.admission.time.monotonic", lambda: now[0])
     admission = Admission(failed_logins_per_s=2.0, failed_login_burst=3)
-    for _ in range(50):  # a whole fleet admitted at once, all with a wrong password
+    for _ in range(50):  # one client admitted 50 times at once, all with a wrong password
         assert admission.admit("10.0.0.9")
     for _ in range(50):
         admission.connected("10.0.0.9")
-        admission.login_failed("10.0.0.9")
+        admission.login_failed("10.0.0.9", "dev-1")
         admission.closed()
-    assert not admission.admit("10.0.0.9")
-    assert admission.admit("10.0.0.10")  # others are not affected
+    assert admission.admit("10.0.0.9")  # the socket is accepted: its CONNECT names its id
+    assert not admission.may_try_login("10.0.0.9", "dev-1")
+    assert admission.may_try_login("10.0.0.9", "ops-cli-1")  # another id, same address
+    assert admission.may_try_login("10.0.0.10", "dev-1")  # the same id elsewhere
     now[0] += 0.5  # one login's worth of refill
-    assert admission.admit("10.0.0.9")
+    assert admission.may_try_login("10.0.0.9", "dev-1")
 
 
 def test_sockets_in_all_stay_below_the_bound() -> None:

@@ -1,5 +1,5 @@
 """Chaos: kill -9 of the controller, the broker and device processes at random points of a
-200-device sequence of join-all, leave, join, expiry and leave-all (issue 11).
+200-device sequence of join-all, leave, join, expiry and leave-all.
 
 Every part is its own process, as in a deployment: Mosquitto (persistent), `fleet
 controller`, four `fleet sim` processes of 50 devices. A chaos task kills one of them

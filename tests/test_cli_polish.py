@@ -1,4 +1,4 @@
-"""The frictions a new user hit with the CLI (issue 15, item 4), each pinned.
+"""The frictions a new user hit with the CLI, each pinned.
 
 Offline checks run `fleet` in-process through typer's CliRunner; the rest run it as a
 subprocess against a real broker, controller and simulated devices.

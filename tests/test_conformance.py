@@ -39,7 +39,7 @@ from running import Part, controller, operator, register_devices, sim_fleet, wai
 
 from fleet.auth import Role
 from fleet.device.bulk import BulkFleet
-from fleet.device.sim import DeviceConfig, SimulatedDevice
+from fleet.device.sim import SimDeviceConfig, SimulatedDevice
 from fleet.mqtt import BrokerUrl
 from fleet.protocol.messages import (
     Ack,
@@ -124,7 +124,7 @@ class DeviceUnderTest:
             self._part = Part(fleet.run(), self.id)
         else:
             base = BrokerUrl.parse(f"mqtt://{self.handle.host}:{self.handle.port}")
-            config = DeviceConfig(self.id, self.secret, self.groups, self.tele_interval_s)
+            config = SimDeviceConfig(self.id, self.secret, self.groups, self.tele_interval_s)
             self._sim = SimulatedDevice(config, base, self.handle.topics, seed=1)
             self._part = Part(self._sim.run(), self.id)
 

@@ -1,4 +1,4 @@
-"""Secrets on disk (issue 11 item 14): the home folder 0700, the database and its WAL
+"""Secrets on disk: the home folder 0700, the database and its WAL
 files 0600, client.json 0600 from its creation on."""
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -332,17 +333,46 @@ async def test_host_device_against_broker(
 # --- main/ against the ESP-IDF stubs (no IDF here) -----------------------------------------------
 
 IDF_STUBS = HOST_DIR / "idf_stubs"
-BOARDS = ("none", "korvo2", "xiao")
+BOARDS = ("none", "qemu", "s3", "korvo2", "xiao")
 
 
 def test_main_compiles_against_idf_stubs() -> None:
     """Every file of main/, per audio board, against headers that mimic IDF's (host/idf_stubs)."""
-    proc = _run(["bash", str(HOST_DIR / "idf_syntax_check.sh"), *BOARDS], timeout=300)
+    proc = _run(
+        ["bash", str(HOST_DIR / "idf_syntax_check.sh"), *BOARDS],
+        timeout=300,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     sources = sorted(p.name for p in (HOST_DIR.parent / "main").glob("*.c"))
     for board in BOARDS:
         for name in sources:
             assert f"syntax {board} {name}: ok" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("board", "defined", "undefined"),
+    [
+        ("none", ["CONFIG_FLEET_NET_WIFI", "CONFIG_FLEET_BOARD_NONE"], ["CONFIG_FLEET_AUDIO_RATE"]),
+        ("qemu", ["CONFIG_FLEET_NET_OPENETH", "CONFIG_ETH_USE_OPENETH"], ["CONFIG_FLEET_AUDIO"]),
+        ("s3", ["CONFIG_IDF_TARGET_ESP32S3", "CONFIG_FLEET_BOARD_NONE"], ["CONFIG_FLEET_AUDIO"]),
+        ("korvo2", ["CONFIG_FLEET_AUDIO", "CONFIG_FLEET_AUDIO_RATE"], ["CONFIG_FLEET_NET_OPENETH"]),
+    ],
+)
+def test_stub_sdkconfig_defines_only_what_kconfig_would(
+    tmp_path: Path, board: str, defined: list[str], undefined: list[str]
+) -> None:
+    """The stub check's sdkconfig.h comes from main/Kconfig.projbuild and the board's defaults:
+    FLEET_AUDIO_RATE depends on FLEET_AUDIO, so a board without audio has no such macro (a
+    hand-written list once defined it for every board and hid a build error)."""
+    out = tmp_path / "sdkconfig.h"
+    proc = _run([sys.executable, str(HOST_DIR / "stub_sdkconfig.py"), board, str(out)], timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    macros = {
+        line.split()[1] for line in out.read_text().splitlines() if line.startswith("#define")
+    }
+    assert set(defined) <= macros
+    assert not set(undefined) & macros
 
 
 def test_idf_stubs_break_where_idf_5_1_broke(tmp_path: Path) -> None:

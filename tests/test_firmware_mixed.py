@@ -18,10 +18,10 @@ from firmware_build import Build, Device, build, requires_toolchain  # noqa: E40
 from running import controller, operator, register_devices, sim_fleet, wait_for  # noqa: E402
 from test_firmware_audio import HOST_TONE_HZ, RATE, speaker_tail  # noqa: E402
 
-from fleet.controller.meetings import MeetingServer  # noqa: E402
 from fleet.device.audio import AudioMeetingDriver, AudioProfile, tone_for  # noqa: E402
 from fleet.media.analysis import hears  # noqa: E402
 from fleet.media.config import MediaConfig  # noqa: E402
+from fleet.meetings import MeetingServer  # noqa: E402
 from fleet.protocol.messages import ApiOp, ApiRequest, RoomMedia  # noqa: E402
 
 janus = mixers.janus  # the module-scoped fixtures: Janus inside the module's namespace

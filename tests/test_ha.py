@@ -32,10 +32,10 @@ from running import (
 )
 
 from fleet.auth import Acl, Role
-from fleet.controller.meetings import MeetingServer
 from fleet.controller.service import Controller
 from fleet.ha import HomeAssistantPart, HomeAssistantSettings
 from fleet.ha.discovery import DEVICE_ENTITIES, FLEET_ENTITIES, Discovery, Shown
+from fleet.meetings import MeetingServer
 from fleet.mqtt import payload_bytes
 from fleet.protocol import TopicKind, Topics, encode
 from fleet.protocol.messages import (
@@ -361,8 +361,8 @@ async def test_homeassistant_online_and_controller_reconnect_republish(
 
         # The controller's own reconnect (a broker restart) publishes everything again.
         before = {topic: ha.counts[topic] for topic in config_topics}
-        assert ctl._client is not None
-        ctl._client._client.disconnect()  # paho drops the link; aiomqtt reconnects
+        assert ctl.link.client is not None
+        ctl.link.client._client.disconnect()  # paho drops the link; aiomqtt reconnects
         await wait_for(
             lambda: all(ha.counts[c] > before[c] for c in config_topics),
             timeout=20,
@@ -674,7 +674,7 @@ async def test_join_all_room_survives_a_controller_restart(
             assert ha.doc(t.ha_fleet_state)["room"] == "retro"
 
 
-# --- issue 12: what a real Home Assistant showed ------------------------------------------------
+# --- what a real Home Assistant showed ------------------------------------------------------
 
 
 def _render(template: str, payload: bytes) -> str:

@@ -1,6 +1,6 @@
-"""What a misbehaving device, a careless API client or a race must not break (issue 11,
-items 7-12, 15, 16): the rev counter, expiry, retained requests, memory bounds, the audit
-log, reported convergence and negotiation failures. Each runs on amqtt and Mosquitto
+"""What a misbehaving device, a careless API client or a race must not break: the rev
+counter, expiry, retained requests, memory bounds, the audit log, reported convergence
+and negotiation failures. Each runs on amqtt and Mosquitto
 where the broker matters.
 """
 
@@ -27,16 +27,16 @@ from running import (
 )
 
 from fleet.auth import Role
-from fleet.controller import service
-from fleet.controller.meetings import MeetingServer
+from fleet.controller import api, inbound, service
 from fleet.controller.store import REV_CEILING
-from fleet.device.sim import DeviceConfig, MeetingDriver, SimulatedDevice
+from fleet.device.sim import MeetingDriver, SimDeviceConfig, SimulatedDevice
 from fleet.ha import HomeAssistantPart, HomeAssistantSettings
 from fleet.media.config import MediaConfig
 from fleet.media.mesh import MediaMesh
 from fleet.media.sinks import CaptureSink
+from fleet.meetings import MeetingServer
+from fleet.meetings.participant import LocalParticipant, participant_link
 from fleet.mqtt import BrokerUrl, payload_bytes
-from fleet.participant import MeetingParticipant, participant_link
 from fleet.protocol import TopicKind, decode, encode
 from fleet.protocol.messages import (
     ApiOp,
@@ -83,7 +83,7 @@ async def retained(handle: BrokerHandle, topic: str) -> list[bytes]:
     return got
 
 
-# --- item 7: device-reported revs never move the counter --------------------------------------
+# --- device-reported revs never move the counter -----------------------------------------------
 
 
 async def test_a_device_reporting_the_ceiling_rev_stops_nothing(
@@ -143,7 +143,7 @@ async def test_a_rev_at_the_ceiling_refuses_intents_but_never_stops_the_controll
         assert rooms.ok, "the controller still answers"
 
 
-# --- item 8: expiry is one change that a newer intent beats --------------------------------
+# --- expiry is one change that a newer intent beats --------------------------------------------
 
 
 async def test_joins_during_an_expiry_are_never_undone(
@@ -212,7 +212,7 @@ async def test_a_device_unknown_at_a_lapse_never_falls_back_to_an_older_intent(
         assert "dev-3" not in ctl.registry.devices
 
         base = BrokerUrl.parse(f"mqtt://{any_broker.host}:{any_broker.port}")
-        config = DeviceConfig("dev-3", late["dev-3"], ["kitchen"], 30.0)
+        config = SimDeviceConfig("dev-3", late["dev-3"], ["kitchen"], 30.0)
         for clock_set in (True, False):
             dev = SimulatedDevice(config, base, t)
             dev.clock_set = clock_set
@@ -237,7 +237,7 @@ async def test_a_device_unknown_at_a_lapse_never_falls_back_to_an_older_intent(
                     await task
 
 
-# --- item 9: retained requests are refused and cleared --------------------------------------
+# --- retained requests are refused and cleared -------------------------------------------------
 
 
 async def test_retained_requests_and_signalling_are_refused_and_cleared(
@@ -288,14 +288,14 @@ async def test_retained_requests_and_signalling_are_refused_and_cleared(
             reader.cancel()
 
 
-# --- item 11: memory bounds -------------------------------------------------------------------
+# --- memory bounds -----------------------------------------------------------------------------
 
 
 async def test_route_cache_and_held_requests_are_bounded_by_bytes(
     amqtt_broker: BrokerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(service, "ROUTE_CACHE_BYTES", 1_000_000, raising=False)
-    monkeypatch.setattr(service, "HELD_REQUESTS_BYTES", 20_000, raising=False)
+    monkeypatch.setattr(inbound, "ROUTE_CACHE_BYTES", 1_000_000)
+    monkeypatch.setattr(api, "HELD_REQUESTS_BYTES", 20_000)
     t = amqtt_broker.topics
     async with (
         controller(amqtt_broker, tmp_path / "ctl.db") as ctl,
@@ -307,7 +307,7 @@ async def test_route_cache_and_held_requests_are_bounded_by_bytes(
             name = f"q{chr(97 + n % 26)}{chr(97 + n // 26)}" + "x" * 60_000
             await w.publish(f"{t.prefix}/api/{name}", b"{}", qos=1)
         await op.request(ApiOp.ROOMS, ApiRequest())  # after them: all were routed
-        assert sum(len(k) for k in ctl._routes) <= 1_000_000
+        assert sum(len(k) for k in ctl.inbound.routed_topics) <= 1_000_000
         # Requests while the controller re-reads the fleet wait, within their byte bound.
         ctl._synced = False
         token = ctl._sync_token
@@ -323,15 +323,15 @@ async def test_route_cache_and_held_requests_are_bounded_by_bytes(
                     busy.append(result.id)
                 if len(busy) == 4:
                     break
-        assert ctl._held_bytes <= 20_000
+        assert ctl.api.held[1] <= 20_000
         assert busy == [f"held-{n}" for n in range(6, 10)]
         await w.publish(t.sync(ctl.client_id), encode(Sync(token=token)), qos=1)
         served = await op.request(ApiOp.ROOMS, ApiRequest())
         assert served.ok
-        assert ctl._held_requests == []
+        assert ctl.api.held == (0, 0)
 
 
-# --- item 12: the audit log is true ------------------------------------------------------------
+# --- the audit log is true ---------------------------------------------------------------------
 
 
 async def test_audit_log_rows_are_true(any_broker: BrokerHandle, tmp_path: Path) -> None:
@@ -371,11 +371,11 @@ async def test_audit_log_rows_are_true(any_broker: BrokerHandle, tmp_path: Path)
         assert (jobs["op-same"].device, jobs["op-same"].op) == ("dev-1", "reboot")
         assert jobs["op-same"].status is DeviceOutcome.SUCCEEDED
         assert "op-huge" not in jobs
-        assert ctl._jobs == {}, "no job left open"
+        assert ctl.commands.open_jobs == {}, "no job left open"
         assert fleet["dev-2"].connects == connects, "dev-2 never rebooted"
 
 
-# --- item 15: a device reports a rev once what it asks holds -----------------------------------
+# --- a device reports a rev once what it asks holds --------------------------------------------
 
 
 class SignallingDriver(MeetingDriver):
@@ -390,7 +390,7 @@ class SignallingDriver(MeetingDriver):
             assert device._client is not None
             await device._client.publish(topic, payload, qos=1)
 
-        self.participant = MeetingParticipant(
+        self.participant = LocalParticipant(
             device.id,
             device.topics,
             publish,
@@ -445,7 +445,7 @@ async def test_leave_all_reports_a_rev_only_once_devices_left(
     assert claims == [], "a state claimed the join's rev before joining"
 
 
-# --- item 16: a negotiation failure travels back ------------------------------------------------
+# --- a negotiation failure travels back --------------------------------------------------------
 
 
 async def test_a_failed_answer_reaches_the_offerer_as_an_error_from_that_peer(

@@ -3,7 +3,7 @@ device's last birth outlives its will, and the inventory pages stay inside a pay
 
 from __future__ import annotations
 
-from fleet.controller.operations import inventory
+from fleet.controller.inventory import inventory
 from fleet.protocol import TopicKind, encode
 from fleet.protocol.messages import (
     MAX_LISTED_DEVICES,

@@ -17,9 +17,9 @@ import pytest
 from brokers import BrokerHandle, connect_and_drop, mqtt_client
 from running import controller, one_device, operator, register_devices, wait_for
 
-from fleet.controller.meetings import MeetingServer
+from fleet.meetings import MeetingServer
+from fleet.meetings.participant import LocalParticipant, MeetingRefused, participant_link
 from fleet.mqtt import BrokerUrl, payload_bytes
-from fleet.participant import MeetingParticipant, MeetingRefused, participant_link
 from fleet.protocol import TopicKind, decode_for, encode
 from fleet.protocol.messages import (
     ApiOp,
@@ -37,7 +37,7 @@ SDP = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
 
 
 @contextlib.asynccontextmanager
-async def peer(handle: BrokerHandle, pid: str) -> AsyncIterator[MeetingParticipant]:
+async def peer(handle: BrokerHandle, pid: str) -> AsyncIterator[LocalParticipant]:
     """A signalling-only participant with device credentials of its own."""
     secret = handle.add_device(pid)
     url = BrokerUrl.parse(handle.url(pid, secret))

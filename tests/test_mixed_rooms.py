@@ -31,17 +31,17 @@ from test_telemetry_dashboards import DB, fill, queries_of
 from cli.stack import StackConfig, free_port, running_stack
 from fleet.auth import Role
 from fleet.client import FleetClient
-from fleet.controller.meetings import MeetingServer
 from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.device.audio import AudioMeetingDriver, AudioProfile, audio_drivers, tone_for
 from fleet.device.sim import MeetingDriver, SimFleet
 from fleet.media.config import MediaConfig
 from fleet.media.sinks import CaptureSink, FanoutSink
+from fleet.meetings import MeetingServer
+from fleet.meetings.participant import LocalParticipant, MeetingRefused, participant_link
 from fleet.mixer.errors import MixerUnavailable
 from fleet.mixer.process import JanusProcess, maybe_local_janus, require_janus
 from fleet.mqtt import BrokerUrl, payload_bytes
-from fleet.participant import MeetingParticipant, MeetingRefused, participant_link
 from fleet.protocol import Topics, decode
 from fleet.protocol.messages import (
     MIXER_PARTICIPANT,
@@ -428,7 +428,7 @@ async def signalling_only(
         await stack.enter_async_context(controller(handle, tmp_path / "c.db", parts=[meetings]))
         op = await stack.enter_async_context(operator(handle))
 
-        async def member(pid: str) -> MeetingParticipant:
+        async def member(pid: str) -> LocalParticipant:
             url = BrokerUrl.parse(handle.url(pid, handle.add_device(pid)))
             return await stack.enter_async_context(participant_link(url, pid, handle.topics))
 

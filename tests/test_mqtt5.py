@@ -1,4 +1,4 @@
-"""MQTT 5 on the embedded defaults (issue 12): `fleet up`'s default broker (Mosquitto) with an
+"""MQTT 5 on the embedded defaults: `fleet up`'s default broker (Mosquitto) with an
 MQTT 5 Home Assistant beside 3.1.1 devices, amqtt refusing MQTT 5 at once, and what MQTT 5
 adds where it pays: command expiry, reason codes, reply topics, shared telemetry ingest."""
 
@@ -91,7 +91,7 @@ async def test_amqtt_refuses_mqtt5_at_once_with_one_log_line(
             reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
             writer.write(mqtt5_connect("ha-5", HA_USER, secret))
             await writer.drain()
-            async with asyncio.timeout(0.1):  # the issue's bound: at once, not a hang
+            async with asyncio.timeout(0.1):  # refused at once, not after a hang
                 connack = await reader.readexactly(4)
                 rest = await reader.read()  # and the broker closes the connection
             writer.close()
@@ -287,8 +287,8 @@ async def test_an_expired_command_is_never_delivered(
         try:
             await wait_for(
                 lambda: (
-                    ctl._jobs.get("fresh-1") is not None
-                    and ctl._jobs["fresh-1"].status is DeviceOutcome.SENT
+                    ctl.commands.open_jobs.get("fresh-1") is not None
+                    and ctl.commands.open_jobs["fresh-1"].status is DeviceOutcome.SENT
                 ),
                 what="the fresh command sent (queued at the broker: the marker)",
             )

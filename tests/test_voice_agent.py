@@ -36,8 +36,8 @@ from fleet.controller.service import Controller
 from fleet.device.sim import SimFleet
 from fleet.device.speech import SpeakingDriver, words
 from fleet.media.frames import SAMPLE_RATE
+from fleet.meetings.participant import LocalParticipant
 from fleet.mqtt import BrokerUrl
-from fleet.participant import MeetingParticipant
 from fleet.protocol.messages import ApiOp, ApiRequest
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
@@ -95,7 +95,7 @@ async def room(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Room]:
 
 
 @contextlib.asynccontextmanager
-async def joined(room: Room, pid: str, agent: Agent) -> AsyncIterator[MeetingParticipant]:
+async def joined(room: Room, pid: str, agent: Agent) -> AsyncIterator[LocalParticipant]:
     """`agent` in the room, connected to every device in it."""
     async with agent_in_room(room.agent_url(pid), pid, ROOM, agent, room.handle.topics) as part:
         members = {d for d in DEVICES if room.state(d).meeting}

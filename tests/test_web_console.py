@@ -24,13 +24,15 @@ from running import wait_for
 from cli.stack import Stack, StackConfig, free_port, running_stack, stack_console
 from fleet.auth import CredentialStore
 from fleet.client import FleetClient
-from fleet.controller.meetings import MeetingServer
 from fleet.device.audio import AudioMeetingDriver, tone_for
+from fleet.meetings import MeetingServer
 from fleet.protocol.messages import ApiOp, ApiRequest, MediaPath, RoomMedia
 from fleet.web.chromium import chromium_path, launch, tone_wav
 from fleet.web.server import ConsoleConfig, WebConsole
 
 playwright_api = pytest.importorskip("playwright.async_api")
+
+JSON = {"Content-Type": "application/json"}
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.asyncio(loop_scope="module")]
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -189,6 +191,46 @@ async def test_console_shows_the_fleet_and_its_buttons_change_it(rig: Rig) -> No
     await page.close()
 
 
+def rooms_row(room: str) -> str:
+    """The page's rooms-table row of `room` as its cells' text, '' while it has none."""
+    return (
+        f"[...document.querySelectorAll('#rooms tbody tr')].map(tr => [...tr.children]"
+        f".map(td => td.textContent)).find(cells => cells[0] == {json.dumps(room)})"
+        "?.slice(0, 3).join('|') || ''"
+    )
+
+
+async def test_room_list_follows_the_fleet_without_refresh(rig: Rig) -> None:
+    page = await signed_in(rig)
+    online = f"document.querySelectorAll('#devices tr.online').length == {DEVICES}"
+    await page_until(page, online, "every device online in the table")
+    assert await page.evaluate(rooms_row("corner")) == ""
+    await join_all(rig, page, "corner")
+    session = rig.state("dev-1").meeting.session
+    # Nobody presses "refresh": the list follows the devices' reports and the controller.
+    await page_until(page, rooms_row("corner"), "corner in the rooms list")
+    await page_until(
+        page, f"{rooms_row('corner')}.endsWith('{session} ({DEVICES})')", "corner's live session"
+    )
+    await page.click("tr[data-device=dev-3] button[data-action=leave]")
+    await until(lambda: not rig.state("dev-3").meeting, "dev-3 left")
+    await page_until(
+        page,
+        "document.querySelector('tr[data-device=dev-1] td.room').textContent == 'corner (1 peer)'",
+        "dev-1's row: one peer left",
+    )
+    await page_until(
+        page, f"{rooms_row('corner')}.endsWith('{session} ({DEVICES - 1})')", "one member fewer"
+    )
+    await page.click("#leave-all")
+    await until(lambda: all(not rig.state(i).meeting for i in rig.ids), "every device left")
+    row = await page_until(
+        page, f"{rooms_row('corner')}.endsWith('|—') && {rooms_row('corner')}", "no live session"
+    )
+    assert row.startswith("corner|")
+    await page.close()
+
+
 async def test_talk_from_the_browser_with_trickle_ice_and_push_to_talk(rig: Rig) -> None:
     page = await signed_in(rig)
     await join_all(rig, page, "talk")
@@ -328,7 +370,7 @@ async def test_sign_in_is_refused_without_the_operator_secret_and_credentials_ex
             (json.dumps({"password": "x" * 5000}).encode(), 413),
             (json.dumps({"password": "wrong"}).encode(), 401),
         ):
-            async with http.post(login, data=body) as reply:
+            async with http.post(login, data=body, headers=JSON) as reply:
                 assert reply.status == status, (body[:20], await reply.text())
                 assert "error" in await reply.json()
     assert {c.username for c in store.list()} == before

@@ -5,20 +5,27 @@ the ACL, refused after they expire."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
+import aiohttp
 import aiomqtt
 import pytest
 from brokers import BrokerHandle, mqtt_client
 from running import controller, operator
 
 from fleet.auth import GENERATED_SECRET_ITERATIONS, Role, generate_secret, hash_secret
-from fleet.controller.meetings import MeetingServer
 from fleet.controller.web_login import WebLogins
+from fleet.meetings import MeetingServer
+from fleet.mqtt import BrokerUrl
 from fleet.protocol.messages import ApiOp, ApiRequest
+from fleet.web.attempts import SignInAttempts
+from fleet.web.server import ConsoleConfig, WebConsole
 
 pytestmark = pytest.mark.timeout(60)
+
+JSON = {"Content-Type": "application/json"}
 
 
 async def test_web_login_mints_scoped_credentials_that_expire(
@@ -120,3 +127,68 @@ def test_fleet_web_refuses_bad_arguments(args: list[str], says: str) -> None:
     result = CliRunner().invoke(app, ["web", *args])
     assert result.exit_code == 2, result.output
     assert says in result.output
+
+
+async def test_console_sign_in_takes_json_from_its_own_page_and_limits_guesses(
+    amqtt_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    """Real HTTP against the real console: a page elsewhere cannot sign in (wrong Origin,
+    or a body that is not JSON), and wrong secrets from one address get a clear 429."""
+    h = amqtt_broker
+    secret = h.add_user("operator", Role.CONTROLLER)
+    config = ConsoleConfig(
+        broker=BrokerUrl.parse(f"mqtt://{h.host}:{h.port}"), topics=h.topics, ws_port=9
+    )
+    parts = [MeetingServer(), WebLogins(h.store)]
+
+    def web_users() -> int:
+        return len([c for c in h.store.list() if c.role is Role.WEB])
+
+    async with (
+        controller(h, tmp_path / "ctl.db", parts=parts),
+        WebConsole(config, port=0, attempts=SignInAttempts(burst=3, per_s=0.01)) as console,
+        WebConsole(config, port=0, attempts=SignInAttempts(burst=1, per_s=0.01)) as other,
+        aiohttp.ClientSession() as http,
+    ):
+        right = json.dumps({"password": secret})
+        wrong = json.dumps({"password": "guess"})
+        own = console.url.rstrip("/")
+
+        async def sign_in(
+            url: str, body: str, headers: dict[str, str]
+        ) -> tuple[int, dict[str, str], dict[str, object]]:
+            async with http.post(url + "login", data=body, headers=headers) as reply:
+                return reply.status, dict(reply.headers), await reply.json()
+
+        # A page elsewhere: a text/plain form post (no CORS preflight), or JSON with its
+        # Origin; and a text/plain body without any Origin.
+        for headers, status in (
+            ({"Content-Type": "text/plain", "Origin": "http://evil.example"}, 415),
+            ({**JSON, "Origin": "http://evil.example"}, 403),
+            ({**JSON, "Origin": "null"}, 403),
+            ({"Content-Type": "text/plain"}, 415),
+            ({"Content-Type": "application/x-www-form-urlencoded"}, 415),
+        ):
+            code, _headers, body = await sign_in(console.url, right, headers)
+            assert code == status, (headers, body)
+            assert "error" in body
+        assert web_users() == 0
+
+        # Wrong guesses: refused by the broker until the address's budget is spent...
+        for _ in range(3):
+            assert (await sign_in(console.url, wrong, {**JSON, "Origin": own}))[0] == 401
+        code, headers, body = await sign_in(console.url, wrong, JSON)
+        assert code == 429
+        assert int(headers["Retry-After"]) >= 1
+        assert "too many sign-in attempts" in str(body["error"])
+        # ...then even the right secret waits (a guess is not told apart from it).
+        assert (await sign_in(console.url, right, JSON))[0] == 429
+        assert web_users() == 0
+
+        # The console's own page signs in, again and again: a right secret spends nothing.
+        other_origin = other.url.rstrip("/")
+        for _ in range(3):
+            code, _headers, body = await sign_in(other.url, right, {**JSON, "Origin": other_origin})
+            assert code == 200, body
+            assert str(body["username"]).startswith("web-")
+        assert web_users() == 3

@@ -7,9 +7,13 @@ client flooding wrong passwords makes the broker hash and log for each one. So:
 - at most `max_connections` sockets in all (below the descriptor limit);
 - at most `max_pending_per_address` sockets per source address that have not
   finished CONNECT yet (each also times out, see broker/amqtt/embedded.py);
-- a source address that fails `failed_login_burst` logins faster than
-  `failed_logins_per_s` refills is refused at accept, without reading its CONNECT,
-  until its budget has refilled one login.
+- a client id that fails `failed_login_burst` logins from one source address faster than
+  `failed_logins_per_s` refills is refused (CONNACK 5) without its password being
+  checked, until its budget has refilled one login. The budget is per address *and*
+  client id, so a flood from one address does not lock out a legitimate client with
+  its own id on the same address (an operator's CLI beside a misbehaving script);
+  what a flood of fresh ids costs is bounded by the cost of a check
+  (fleet/auth/logins.py) and, beyond that, by the network edge.
 
 All of it is plain counting per event: O(1) per connection.
 """
@@ -26,7 +30,7 @@ _FD_HEADROOM = 256
 DEFAULT_MAX_PENDING_PER_ADDRESS = 256
 DEFAULT_FAILED_LOGINS_PER_S = 2.0
 DEFAULT_FAILED_LOGIN_BURST = 20
-_ADDRESS_TABLE_LIMIT = 100_000  # failure buckets remembered; the oldest go first past it
+_FAILURE_TABLE_LIMIT = 100_000  # failure buckets remembered; the oldest go first past it
 
 
 def default_max_connections() -> int:
@@ -50,14 +54,13 @@ class Admission:
     connections: int = 0
     refused: int = 0  # sockets closed at accept, for logs and tests
     _pending: dict[str, int] = field(default_factory=dict)
-    _failures: dict[str, _Bucket] = field(default_factory=dict)
+    _failures: dict[tuple[str, str], _Bucket] = field(default_factory=dict)
 
     def admit(self, address: str) -> bool:
         """Count a new socket from `address`; False (and nothing counted) to close it now."""
         if (
             self.connections >= self.max_connections
             or self._pending.get(address, 0) >= self.max_pending_per_address
-            or not self._may_try_login(address)
         ):
             self.refused += 1
             return False
@@ -76,24 +79,26 @@ class Admission:
     def closed(self) -> None:
         self.connections -= 1
 
-    def login_failed(self, address: str) -> None:
+    def login_failed(self, address: str, client_id: str) -> None:
         now = time.monotonic()
-        bucket = self._refill(address, now)
+        key = (address, client_id)
+        bucket = self._refill(key, now)
         if bucket is None:
-            if len(self._failures) >= _ADDRESS_TABLE_LIMIT:
+            if len(self._failures) >= _FAILURE_TABLE_LIMIT:
                 del self._failures[next(iter(self._failures))]
             bucket = _Bucket(float(self.failed_login_burst), now)
-            self._failures[address] = bucket
-        # Not below zero: failures admitted together (a fleet whose credentials are not
-        # there yet) must not lock the address out for longer than a refill of one.
+            self._failures[key] = bucket
+        # Not below zero: failures admitted together (a device whose credentials are not
+        # there yet) must not lock it out for longer than a refill of one.
         bucket.tokens = max(0.0, bucket.tokens - 1.0)
 
-    def _may_try_login(self, address: str) -> bool:
-        bucket = self._refill(address, time.monotonic())
+    def may_try_login(self, address: str, client_id: str) -> bool:
+        """False while `client_id` from `address` has spent its failed-login budget."""
+        bucket = self._refill((address, client_id), time.monotonic())
         return bucket is None or bucket.tokens >= 1.0
 
-    def _refill(self, address: str, now: float) -> _Bucket | None:
-        bucket = self._failures.get(address)
+    def _refill(self, key: tuple[str, str], now: float) -> _Bucket | None:
+        bucket = self._failures.get(key)
         if bucket is None:
             return None
         bucket.tokens = min(
@@ -102,6 +107,6 @@ class Admission:
         )
         bucket.stamp = now
         if bucket.tokens >= self.failed_login_burst:
-            del self._failures[address]  # back to a full budget: forget the address
+            del self._failures[key]  # back to a full budget: forget it
             return None
         return bucket

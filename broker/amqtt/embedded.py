@@ -27,7 +27,7 @@ pinned in pyproject) and marks what differs:
 5. Messages a persistent session queued while offline pass the read ACL again when
    it resumes, like its subscriptions: the user may have changed (groups, role).
 6. Bounds (broker/amqtt/admission.py): sockets in all and per address before CONNECT, a
-   CONNECT timeout, a failed-login rate limit per address, packets over
+   CONNECT timeout, a failed-login rate limit per address and client id, packets over
    `MAX_PACKET_BYTES` close the connection before they are read, payloads over the
    protocol's 64 KiB are dropped, and each client holds at most
    `MAX_SUBSCRIPTIONS_PER_CLIENT` filters.
@@ -36,6 +36,11 @@ pinned in pyproject) and marks what differs:
    as 3.1.1, misreads its properties as the payload, and hangs or fails with a traceback.
 8. A person's browser user (web role) is closed at its credentials' expiry, its will
    sent, as the Mosquitto plugin does: the ACL alone would leave it connected and deaf.
+9. What a user may cost (fleet/auth/limits.py): a homeassistant or agent user holds at
+   most `SESSIONS_PER_USER` sessions, a persistent session ends `SESSION_EXPIRY_S` after
+   its client left, and an offline session queues messages only for devices and
+   controller-role users, at most `QUEUED_MESSAGES_PER_CLIENT` and
+   `QUEUED_BYTES_PER_CLIENT` of them (amqtt queues without a bound).
 """
 
 from __future__ import annotations
@@ -70,6 +75,15 @@ from transitions import MachineError
 from broker.amqtt.admission import Admission
 from broker.amqtt.fixes import LOOP_DONE_KEY, CorkedWriter, FleetAmqttBroker, transport_of
 from broker.amqtt.plugins import SESSION_USER_KEY, FleetAuthPlugin, FleetTopicPlugin
+from fleet.auth import Credential
+from fleet.auth.limits import (
+    QUEUED_BYTES_PER_CLIENT,
+    QUEUED_MESSAGES_PER_CLIENT,
+    SESSION_EXPIRY_S,
+    SESSIONS_PER_USER,
+    queues_offline,
+    session_bounded,
+)
 from fleet.errors import ConfigError
 from fleet.protocol.messages import MAX_PAYLOAD_BYTES
 from fleet.protocol.topics import DEFAULT_PREFIX, Topics
@@ -84,6 +98,7 @@ MAX_PACKET_BYTES = MAX_PAYLOAD_BYTES + 4096
 # The controller holds about ten filters, a device at most 36 (its inboxes and groups).
 MAX_SUBSCRIPTIONS_PER_CLIENT = 256
 _SUBACK_FAILURE = 0x80
+_QUEUED_BYTES_KEY = "espfleet.queued_bytes"  # payload bytes in a session's offline queue
 
 
 class PacketTooLarge(Exception):
@@ -97,7 +112,7 @@ class _BoundedReader(StreamReaderAdapter):
     publish payload in one more); a larger read closes the socket unread instead.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, transport: asyncio.BaseTransport) -> None:
+    def __init__(self, reader: asyncio.StreamReader, transport: asyncio.WriteTransport) -> None:
         super().__init__(reader)
         self._transport = transport
 
@@ -105,7 +120,8 @@ class _BoundedReader(StreamReaderAdapter):
         if n > MAX_PACKET_BYTES:
             self._transport.abort()
             raise PacketTooLarge(f"a packet of more than {n} bytes (limit {MAX_PACKET_BYTES})")
-        return await super().read(n)
+        data: bytes = await super().read(n)
+        return data
 
 
 AMQTT_VERSION = "0.12.1"  # the version whose Broker internals FleetBroker overrides
@@ -136,7 +152,8 @@ class _BoundedWsReader(WebSocketsReader):
     async def read(self, n: int = -1) -> bytes:
         if n > MAX_PACKET_BYTES:
             raise PacketTooLarge(f"a packet of more than {n} bytes (limit {MAX_PACKET_BYTES})")
-        return await super().read(n)
+        data: bytes = await super().read(n)
+        return data
 
 
 class FleetBroker(FleetAmqttBroker):
@@ -145,6 +162,7 @@ class FleetBroker(FleetAmqttBroker):
     def __init__(self, config: dict[str, Any], admission: Admission | None = None) -> None:
         super().__init__(config)
         self.admission = admission or Admission()
+        self._held: dict[str, set[str]] = {}  # client ids of sessions per bounded user
         topic_plugins = [p for p in self.plugins_manager.plugins if isinstance(p, BaseTopicPlugin)]
         self._fleet_topic: FleetTopicPlugin | None = None
         if len(topic_plugins) == 1 and isinstance(topic_plugins[0], FleetTopicPlugin):
@@ -190,9 +208,18 @@ class FleetBroker(FleetAmqttBroker):
         if client_session.clean_session and not client_session.client_id:
             client_session.client_id = gen_client_id()
 
-        # CHANGED: refuse here, before any existing session with this client id is touched.
-        if not await super()._authenticate(client_session, ListenerConfig()):
-            self.admission.login_failed(remote_address)
+        # CHANGED: refuse here, before any existing session with this client id is touched;
+        # a client id that keeps failing from this address is refused without a check.
+        client_id = client_session.client_id or ""
+        refused = not self.admission.may_try_login(
+            remote_address, client_id
+        ) or not await super()._authenticate(client_session, ListenerConfig())
+        if refused:
+            self.admission.login_failed(remote_address, client_id)
+        # CHANGED: a homeassistant or agent user holds at most SESSIONS_PER_USER sessions.
+        elif not self._may_hold_session(client_session):
+            refused = True
+        if refused:
             client_session.parent = 0
             handler.attach(client_session, reader, writer)
             try:
@@ -239,6 +266,56 @@ class FleetBroker(FleetAmqttBroker):
             client_session.keep_alive += timeout_disconnect_delay
         return handler, client_session
 
+    def _credential(self, session: Session) -> Credential | None:
+        username = session.attributes.get(SESSION_USER_KEY)
+        if self._fleet_topic is None or username is None:
+            return None
+        return self._fleet_topic.store.get(username, refresh=False)
+
+    def _may_hold_session(self, newcomer: Session) -> bool:
+        """False when the newcomer's user holds SESSIONS_PER_USER other sessions already."""
+        cred = self._credential(newcomer)
+        if cred is None or not session_bounded(cred.role):
+            return True
+        client_id = newcomer.client_id or ""
+        held = self._held.setdefault(cred.username, set())
+        for other in [c for c in held if not self._holds(cred.username, c)]:
+            held.discard(other)
+        if client_id not in held and len(held) >= SESSIONS_PER_USER:
+            log.warning(
+                "refused %r for user %r: it holds %d sessions already",
+                client_id,
+                cred.username,
+                len(held),
+            )
+            return False
+        held.add(client_id)
+        return True
+
+    def _holds(self, username: str, client_id: str) -> bool:
+        """True while `username` holds the session of `client_id`: it is in `_sessions`
+        (which it leaves in the two places overridden below), still this user's, and not
+        a clean session that ended (amqtt sweeps those a second later)."""
+        entry = self._sessions.get(client_id)
+        if entry is None or entry[0].attributes.get(SESSION_USER_KEY) != username:
+            return False
+        session = entry[0]
+        return not (session.clean_session and session.transitions.state != "connected")
+
+    async def _cleanup_session(self, client_id: str) -> None:
+        self._forget_held(client_id)
+        await super()._cleanup_session(client_id)
+
+    async def _delete_session(self, client_id: str) -> None:
+        self._forget_held(client_id)
+        await super()._delete_session(client_id)
+
+    def _forget_held(self, client_id: str) -> None:
+        entry = self._sessions.get(client_id)
+        username = entry[0].attributes.get(SESSION_USER_KEY) if entry else None
+        if username is not None and username in self._held:
+            self._held[username].discard(client_id)
+
     async def _close_older_connection(self, newcomer: Session) -> None:
         existing = self._sessions.get(newcomer.client_id or "")
         if existing is None:
@@ -265,7 +342,8 @@ class FleetBroker(FleetAmqttBroker):
         # Already decided in _initialize_client_session; don't hash the password twice.
         if session.attributes.pop(_PREAUTHENTICATED_KEY, False):
             return True
-        return await super()._authenticate(session, listener)
+        allowed: bool = await super()._authenticate(session, listener)
+        return allowed
 
     # --- 2: retained messages for the client's own subscriptions only -------------------------
     async def _handle_client_session(
@@ -330,10 +408,8 @@ class FleetBroker(FleetAmqttBroker):
                 closing.cancel()
 
     def _close_at_expiry(self, session: Session, handler: Any) -> asyncio.TimerHandle | None:
-        username = session.attributes.get(SESSION_USER_KEY)
-        cred = None
-        if self._fleet_topic is not None and username is not None:
-            cred = self._fleet_topic.store.get(username, refresh=False)
+        cred = self._credential(session)
+        username = cred.username if cred is not None else None
         transport = transport_of(handler)
         if cred is None or cred.expires is None or transport is None:
             return None
@@ -366,7 +442,26 @@ class FleetBroker(FleetAmqttBroker):
                 kept.append(message)
         for message in kept:
             queue.put_nowait(message)
+        session.attributes[_QUEUED_BYTES_KEY] = 0  # the queue is drained below
         await super()._publish_session_retained_messages(session)
+
+    async def _retain_broadcast_message(
+        self, broadcast: dict[str, Any], qos: int, target_session: Session
+    ) -> None:
+        # CHANGED: an offline session's queue is bounded by count and bytes, and only
+        # devices and controller-role users get one (fleet/auth/limits.py).
+        cred = self._credential(target_session)
+        if cred is None or not queues_offline(cred.role):
+            return
+        size = len(broadcast.get("data") or b"")
+        queued = int(target_session.attributes.get(_QUEUED_BYTES_KEY, 0))
+        if (
+            target_session.retained_messages.qsize() >= QUEUED_MESSAGES_PER_CLIENT
+            or queued + size > QUEUED_BYTES_PER_CLIENT
+        ):
+            return
+        target_session.attributes[_QUEUED_BYTES_KEY] = queued + size
+        await super()._retain_broadcast_message(broadcast, qos, target_session)
 
     # --- 6: bounds ------------------------------------------------------------------------------
     async def stream_connected(
@@ -439,7 +534,8 @@ class FleetBroker(FleetAmqttBroker):
         if self._fleet_topic is not None:
             await self._fleet_topic.refresh_for(action)
             return self._fleet_topic.check(session, topic, action)
-        return await super()._topic_filtering(session, topic, action)
+        allowed: bool = await super()._topic_filtering(session, topic, action)
+        return allowed
 
 
 class EmbeddedBroker:
@@ -489,6 +585,8 @@ class EmbeddedBroker:
         creds = str(self.creds_path)
         return {
             "listeners": listeners,
+            # Persistent sessions end an hour after their client left (fleet/auth/limits.py).
+            "session_expiry_interval": SESSION_EXPIRY_S,
             # Only ours: no anonymous plugin, no $SYS, no per-packet/event loggers.
             "plugins": {
                 _AUTH_PLUGIN: {
@@ -580,10 +678,12 @@ class _Replay(ReaderAdapter):
 
     async def read(self, n: int = -1) -> bytes:
         if not self._prefix:
-            return await self._inner.read(n)
+            data: bytes = await self._inner.read(n)
+            return data
         if n == -1:
             head, self._prefix = self._prefix, b""
-            return head + await self._inner.read(-1)
+            rest: bytes = await self._inner.read(-1)
+            return head + rest
         head, self._prefix = self._prefix[:n], self._prefix[n:]
         if len(head) < n:
             head += await self._inner.read(n - len(head))

@@ -21,6 +21,7 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from fleet.auth import Acl, AclAction, Credential, CredentialStore, Role, clientids, verify_secret
+from fleet.auth.limits import LoginGuard, stretched
 from fleet.errors import CredentialsError
 from fleet.protocol.topics import DEFAULT_PREFIX, Topics
 
@@ -81,6 +82,7 @@ class FleetAuthPlugin(BaseAuthPlugin, _StoreMixin):
         self.acl = Acl(Topics(self.config.prefix))
         self.allow_anonymous = self.config.allow_anonymous
         self._broken_file_logged = False
+        self.guard = LoginGuard()
 
     async def authenticate(self, *, session: Session) -> bool | None:
         username = session.username
@@ -127,10 +129,18 @@ class FleetAuthPlugin(BaseAuthPlugin, _StoreMixin):
         cred = self.store.get(username, refresh=False)
         if cred is None:
             return self.store.verify(username, password, refresh=False)  # dummy work, None
+        if not stretched(cred):
+            return cred if verify_secret(cred.hash, password) else None
+        # A stretched hash: a password seen before, or past the user's budget, is decided
+        # without hashing (fleet.auth.limits.py).
+        known = self.guard.known(cred, password)
+        if known is not None:
+            return cred if known else None
         if cred.iterations >= _THREAD_ITERATIONS:
             ok = await asyncio.to_thread(verify_secret, cred.hash, password)
         else:
             ok = verify_secret(cred.hash, password)
+        self.guard.record(cred, password, ok)
         return cred if ok else None
 
 

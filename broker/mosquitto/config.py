@@ -26,8 +26,11 @@ of subscriptions per client (its topic tree keeps matching cost independent of t
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import resource
 import shutil
+import socket
 from pathlib import Path
 
 from broker.mosquitto.plugin import clientid_plugin
@@ -39,6 +42,15 @@ from fleet.auth import (
     Role,
     clientids_text,
 )
+from fleet.auth.limits import (
+    QUEUED_BYTES_PER_CLIENT,
+    QUEUED_MESSAGES_PER_CLIENT,
+    SESSION_EXPIRY_S,
+    SESSIONS_PER_USER,
+    STRETCHED_CHECK_BURST,
+    STRETCHED_CHECKS_PER_S,
+)
+from fleet.errors import ConfigError
 from fleet.files import atomic_write
 from fleet.protocol.messages import MAX_PAYLOAD_BYTES
 from fleet.protocol.topics import DEFAULT_PREFIX, Topics
@@ -52,11 +64,18 @@ PLUGIN_NAME = "fleet_clientid.so"
 # headers.
 MAX_PACKET_BYTES = MAX_PAYLOAD_BYTES + 4096
 
-# Mosquitto drops QoS 1/2 messages beyond max_queued_messages per client (default 1000).
-# A controller subscribed to dev/+/state gets one message per device at once (retained on
-# subscribe, or live after a join-all), 10,000 for a 10,000-device fleet; the cap is there
-# to bound a stuck client's memory, not to shape normal fan-out.
-MAX_QUEUED_MESSAGES = 1_000_000
+# Mosquitto drops messages beyond max_queued_messages or max_queued_bytes per client. A
+# controller subscribed to dev/+/state gets one message per device at once (retained on
+# subscribe, or live after a join-all): the bounds are deep enough for a 10,000-device
+# fan-out, and bound a stuck client's memory (fleet/auth/limits.py). Offline clients of
+# users other than devices and controllers get nothing queued (the client-id plugin).
+MAX_QUEUED_MESSAGES = QUEUED_MESSAGES_PER_CLIENT
+MAX_QUEUED_BYTES = QUEUED_BYTES_PER_CLIENT
+# Sockets the process keeps beyond its listeners' bounds (files, persistence, reloads).
+FD_HEADROOM = 256
+# Browsers (and Home Assistant where it uses WebSocket) at most on the WebSocket listener;
+# the TCP listener, where devices connect, gets the rest of the descriptors.
+WS_MAX_CONNECTIONS = 1024
 # Larger than the default 20 so one controller drains a fleet-wide burst in fewer round
 # trips; small enough that a slow ESP32 client is not flooded (it also caps via receive max).
 MAX_INFLIGHT_MESSAGES = 100
@@ -114,7 +133,7 @@ def mosquitto_acl(store: CredentialStore, prefix: str = DEFAULT_PREFIX) -> str:
 
 
 def _device_acl(p: str, device_id: str, groups: list[str]) -> list[str]:
-    # Per device user, not `pattern` lines: a pattern applies to every user (issue: a
+    # Per device user, not `pattern` lines: a pattern applies to every user (so a
     # Home Assistant user "ha" could report for a device "ha").
     dev, meet = f"{p}/dev/{device_id}", f"{p}/meet/{device_id}"
     return [
@@ -141,6 +160,35 @@ def _web_acl(t: Topics, username: str) -> list[str]:
         f"topic read {t.api_result}",
         f"topic read {t.events}",
     ]
+
+
+def default_max_connections() -> int:
+    """Sockets Mosquitto may hold in all: the hard descriptor limit (MosquittoBroker
+    raises its child's soft limit to it) less `FD_HEADROOM`. A Mosquitto run by hand
+    needs that limit too (systemd: ``LimitNOFILE``)."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = hard if hard != resource.RLIM_INFINITY else 1_048_576
+    return max(64, limit - FD_HEADROOM)
+
+
+def websocket_listener(port: int, bind: str) -> list[str]:
+    """A WebSocket listener that listens on `bind` only.
+
+    Debian 12's Mosquitto 2.0.11 hands the address to libwebsockets 4.1, which with IPv6
+    compiled in binds ``*:PORT`` for an IPv4 address; naming the socket domain makes it
+    bind the address. The address must be numeric there, so a host name is resolved.
+    """
+    try:
+        address = ipaddress.ip_address(bind)
+    except ValueError:
+        try:
+            found = socket.getaddrinfo(bind, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            msg = f"cannot resolve the WebSocket listener's host {bind!r}: {exc}"
+            raise ConfigError(msg) from exc
+        address = ipaddress.ip_address(found[0][4][0])
+    domain = "ipv4" if address.version == 4 else "ipv6"
+    return [f"listener {port} {address}", "protocol websockets", f"socket_domain {domain}"]
 
 
 def write_user_files(out_dir: Path, store: CredentialStore, prefix: str = DEFAULT_PREFIX) -> None:
@@ -170,6 +218,11 @@ def security_lines(out_dir: Path) -> list[str]:
     return [
         f"plugin {plugin}",
         f"plugin_opt_clientids {clientids}",
+        # What a user may cost (fleet/auth/limits.py): the plugin checks passwords.
+        f"plugin_opt_sessions_per_user {SESSIONS_PER_USER}",
+        f"plugin_opt_session_expiry {SESSION_EXPIRY_S}",
+        f"plugin_opt_checks_per_s {STRETCHED_CHECKS_PER_S}",
+        f"plugin_opt_check_burst {STRETCHED_CHECK_BURST}",
         f"message_size_limit {MAX_PAYLOAD_BYTES}",
         f"max_packet_size {MAX_PACKET_BYTES}",
     ]
@@ -187,6 +240,7 @@ def write_mosquitto_config(
     run_as: str | None = None,
     certfile: Path | None = None,
     keyfile: Path | None = None,
+    max_connections: int | None = None,
 ) -> Path:
     """Write mosquitto.conf, passwd, acl and the client-id list into `out_dir`; returns the
     conf path.
@@ -194,11 +248,18 @@ def write_mosquitto_config(
     Mosquitto started as root switches to the user `run_as` (its default: ``mosquitto``)
     before it reads the 0600 passwd and acl files, so those must belong to that user, or
     pass ``run_as="root"`` to keep root (tests in containers do).
+
+    `max_connections` bounds the sockets of all listeners together, those that have not
+    sent CONNECT yet included (default: `default_max_connections`); the WebSocket
+    listener gets at most `WS_MAX_CONNECTIONS` of them.
     """
     out_dir = Path(out_dir).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_user_files(out_dir, store, prefix)
     passwd, acl = out_dir / PASSWD_NAME, out_dir / ACL_NAME
+    total = max_connections if max_connections is not None else default_max_connections()
+    ws_connections = min(WS_MAX_CONNECTIONS, max(1, total // 2)) if ws_port is not None else 0
+    tcp_connections = max(1, total - ws_connections)
 
     lines = [
         "# Generated by `fleet broker mosquitto-config` for the espfleet control plane.",
@@ -212,16 +273,20 @@ def write_mosquitto_config(
         "",
         f"listener {port} {bind}",
         "protocol mqtt",
+        f"max_connections {tcp_connections}",
         # TLS on the TCP listener (fleet broker run --certfile/--keyfile).
         *([f"certfile {certfile}", f"keyfile {keyfile}"] if certfile and keyfile else []),
     ]
     if ws_port is not None:
-        lines += [f"listener {ws_port} {bind}", "protocol websockets"]
+        lines += [*websocket_listener(ws_port, bind), f"max_connections {ws_connections}"]
     lines += [
         "",
         f"max_queued_messages {MAX_QUEUED_MESSAGES}",
-        "max_queued_bytes 0",
+        f"max_queued_bytes {MAX_QUEUED_BYTES}",
         f"max_inflight_messages {MAX_INFLIGHT_MESSAGES}",
+        # Persistent sessions (MQTT 3.1.1 clean session off, MQTT 5 session expiry) end
+        # this long after their client left; Mosquitto counts in whole hours at least.
+        f"persistent_client_expiration {max(1, SESSION_EXPIRY_S // 3600)}h",
         # Signalling and acks are small messages; don't let Nagle hold them back.
         "set_tcp_nodelay true",
     ]

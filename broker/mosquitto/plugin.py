@@ -1,7 +1,8 @@
 """Build the Mosquitto client-id plugin (broker/mosquitto/clientid.c) once per source.
 
-The plugin is compiled with gcc against Debian's ``mosquitto-dev`` headers into a cache
-folder, named by a hash of its source, so every generated config reuses one build.
+The plugin is compiled with gcc against Debian's ``mosquitto-dev`` and ``libmosquitto-dev``
+headers into a cache folder, named by a hash of its source, so every generated config
+reuses one build.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from pathlib import Path
 from fleet.errors import ConfigError
 
 SOURCE = Path(__file__).with_name("clientid.c")
-HEADER = Path("/usr/include/mosquitto_broker.h")
-INSTALL_HINT = "apt-get install gcc mosquitto-dev"
+HEADERS = (Path("/usr/include/mosquitto_broker.h"), Path("/usr/include/mosquitto.h"))
+INSTALL_HINT = "apt-get install gcc libc6-dev mosquitto-dev libmosquitto-dev"
 
 
 def cache_dir() -> Path:
@@ -32,7 +33,7 @@ def clientid_plugin() -> Path:
     if out.exists():
         return out
     gcc = shutil.which("gcc") or shutil.which("cc")
-    if gcc is None or not HEADER.exists():
+    if gcc is None or not all(header.exists() for header in HEADERS):
         raise ConfigError(
             "the Mosquitto config needs its client-id plugin built, which takes a C compiler"
             f" and Mosquitto's plugin headers: {INSTALL_HINT}"

@@ -19,9 +19,11 @@ import asyncio
 import contextlib
 import ctypes
 import fcntl
+import functools
 import json
 import logging
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -31,7 +33,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from broker.mosquitto.config import CONF_NAME, write_mosquitto_config, write_user_files
+from broker.mosquitto.config import (
+    CONF_NAME,
+    FD_HEADROOM,
+    write_mosquitto_config,
+    write_user_files,
+)
 from fleet.auth import Credential, CredentialStore
 from fleet.errors import ConfigError, CredentialsError
 from fleet.files import atomic_write
@@ -80,6 +87,7 @@ class MosquittoBroker:
         certfile: Path | str | None = None,
         keyfile: Path | str | None = None,
         workdir: Path | None = None,
+        max_connections: int | None = None,
     ) -> None:
         if (certfile is None) != (keyfile is None):
             raise ConfigError("TLS needs both certfile and keyfile")
@@ -95,6 +103,9 @@ class MosquittoBroker:
         self.keyfile = Path(keyfile).resolve() if keyfile is not None else None
         self.workdir = Path(workdir or self.store.path.parent / "mosquitto").expanduser()
         self.log_path = self.workdir / LOG_NAME
+        # Sockets in all, those that never send CONNECT included (default: as many as the
+        # descriptor limit allows, config.py); the child's descriptor limit follows it.
+        self.max_connections = max_connections
         self._proc: asyncio.subprocess.Process | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._seen: tuple[int, int] | None = None
@@ -135,7 +146,15 @@ class MosquittoBroker:
             run_as="root" if os.geteuid() == 0 else None,
             certfile=self.certfile,
             keyfile=self.keyfile,
+            max_connections=self.max_connections,
         )
+
+    def _max_files(self) -> int | None:
+        """The child's descriptor limit: its sockets' bound plus headroom (None: the hard
+        limit)."""
+        if self.max_connections is None:
+            return None
+        return self.max_connections + FD_HEADROOM
 
     def reload(self) -> None:
         """Rewrite the files and have mosquitto read them again (SIGHUP)."""
@@ -185,12 +204,15 @@ class MosquittoBroker:
                 # Its own session: a Ctrl-C or a SIGTERM to the whole group reaches only us,
                 # and we stop it after the controller and devices have said goodbye.
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=functools.partial(_prepare_child, self._max_files()),
             )
         finally:
             log_file.close()
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not await _port_open(self.host, self.port):
+        # Both listeners: Mosquitto opens the WebSocket one after the TCP one.
+        while not all(
+            [await _port_open(self.host, p) for p in (self.port, self.ws_port) if p is not None]
+        ):
             if self._proc.returncode is not None or time.monotonic() > deadline:
                 code = self._proc.returncode
                 await self.stop()
@@ -352,7 +374,17 @@ async def _port_open(host: str, port: int) -> bool:
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the child: no orphan holding the port after the parent is killed."""
+def _prepare_child(max_files: int | None) -> None:
+    """In the child: no orphan holding the port after the parent is killed, and its
+    descriptor limit: the bound on its sockets that holds on Mosquitto 2.0.11 (whose
+    max_connections miscounts), at `max_files` or the hard limit."""
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    with contextlib.suppress(Exception):
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        limit = (
+            hard
+            if max_files is None or (hard != resource.RLIM_INFINITY and max_files > hard)
+            else max_files
+        )
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))

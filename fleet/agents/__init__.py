@@ -27,7 +27,7 @@ from fleet.mqtt import BrokerUrl
 from fleet.protocol import Topics
 
 if TYPE_CHECKING:
-    from fleet.participant import MeetingParticipant
+    from fleet.meetings.participant import LocalParticipant
 
 log = logging.getLogger("fleet.agents")
 
@@ -40,7 +40,7 @@ class AgentContext:
     url: BrokerUrl
     topics: Topics
     pid: str
-    participant: MeetingParticipant
+    participant: LocalParticipant
 
 
 class Agent:

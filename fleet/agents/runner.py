@@ -13,8 +13,8 @@ from pathlib import Path
 from fleet.agents import Agent, AgentContext, EchoAgent, PlayerAgent, RecorderAgent, ToneAgent
 from fleet.errors import ConfigError
 from fleet.media.mesh import MediaMesh
+from fleet.meetings.participant import LocalParticipant, participant_link
 from fleet.mqtt import BrokerUrl
-from fleet.participant import MeetingParticipant, participant_link
 from fleet.protocol import Topics
 
 log = logging.getLogger("fleet.agents")
@@ -70,7 +70,7 @@ async def agent_in_room(
     agent: Agent,
     topics: Topics | None = None,
     ice_servers: tuple[str, ...] = (),
-) -> AsyncIterator[MeetingParticipant]:
+) -> AsyncIterator[LocalParticipant]:
     """Join `room` as `pid` with `agent` as its voice and ears; leave on exit.
 
     The link outlives a broker restart: the agent reconnects and joins again. What it does
@@ -104,7 +104,7 @@ class PeerReport:
 
     def __init__(self, pid: str) -> None:
         self.pid = pid
-        self.participant: MeetingParticipant | None = None
+        self.participant: LocalParticipant | None = None
         self.session: str | None = None
         self.peers: dict[str, str] = {}
 

@@ -53,13 +53,17 @@ def may_use(cred: Credential, client_id: str, users: Mapping[str, Credential]) -
 
 
 def clientids_text(creds: Iterable[Credential]) -> str:
-    """The plugin's user list: ``d <name>`` for devices, ``w <name> <expires>`` for web
-    users, ``u <name>`` for others, sorted by name in byte order (the plugin
-    binary-searches it)."""
+    """The plugin's user list, sorted by name in byte order (the plugin binary-searches
+    it), one user a line with its ``$7$`` hash last: ``d <name>`` for devices, ``c <name>``
+    for controller-role users, ``u <name>`` for homeassistant and agent users (their
+    sessions are bounded, fleet/auth/limits.py), ``w <name> <expires>`` for web users."""
     lines = []
     for c in sorted(creds, key=lambda c: c.username):
         if c.role is Role.WEB:
-            lines.append(f"w {c.username} {c.expires or 0:.3f}\n")
+            lines.append(f"w {c.username} {c.expires or 0:.3f} {c.hash}\n")
         else:
-            lines.append(f"{'d' if c.role is Role.DEVICE else 'u'} {c.username}\n")
+            lines.append(f"{_KINDS.get(c.role, 'u')} {c.username} {c.hash}\n")
     return "".join(lines)
+
+
+_KINDS = {Role.DEVICE: "d", Role.CONTROLLER: "c"}

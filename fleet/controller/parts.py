@@ -5,28 +5,26 @@ the controller's registry, its link and its intents, but not each other. A
 part subclasses `ControllerPart`, overrides what it needs, and is handed to
 `Controller(parts=[...])`. The controller subscribes to every part's filters
 on each (re)connect and hands it the messages they match, tells it when a
-device's presence or state changes, and passes it every fleet event.
+device's presence or state changes, asks it before an intent names a room, and
+passes it every fleet event. A part sees its host only as a `PartHost`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING
 
+from fleet.controller.host import PartHost
 from fleet.mqtt import LastWill
 from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult, FleetEvent
-
-if TYPE_CHECKING:
-    from fleet.controller.service import Controller
 
 
 class ControllerPart:
     name = "part"
-    controller: Controller
+    host: PartHost
 
-    def attach(self, controller: Controller) -> None:
-        """Called once, from Controller.__init__."""
-        self.controller = controller
+    def attach(self, host: PartHost) -> None:
+        """Called once, when the host is built."""
+        self.host = host
 
     def subscriptions(self) -> Mapping[str, int]:
         """Topic filters whose messages go to on_message, each with the QoS to subscribe at:
@@ -43,6 +41,11 @@ class ControllerPart:
         """A last will for the controller's connection (the first part's that has one wins:
         MQTT allows one per connection)."""
         return None
+
+    async def before_intent(self, room: str, request: ApiRequest | None) -> None:
+        """A meeting intent (join, join-all) for `room` is about to be written, for
+        `request` (None: not from the API). Raise RequestRefused to stop the write;
+        whatever the room needs (its row) is made here, before any device can act on it."""
 
     async def on_connect(self) -> None:
         """After every (re)connect and subscribe, before the controller is synced."""

@@ -1,5 +1,6 @@
 """The controller's SQLite store: the rev counter, desired docs, the command audit log,
-rooms and meeting history.
+operator actions, each device's last birth and parts' small settings. The meeting tables
+are in the same file, kept by fleet.meetings.records on this store's connection.
 
 SQLite is the embedded default: one file, no server. Writes are small and
 rare (one per operator action, a few per command), so they run inline.
@@ -22,9 +23,6 @@ from fleet.protocol.messages import (
     Desired,
     DeviceOutcome,
     MeetingIntent,
-    ParticipantRecord,
-    SessionInfo,
-    TranscriptLine,
     decode,
 )
 
@@ -67,35 +65,6 @@ CREATE TABLE IF NOT EXISTS births (
     device TEXT PRIMARY KEY,
     status TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS rooms (
-    name TEXT PRIMARY KEY,
-    cap INTEGER NOT NULL,
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS sessions (
-    id TEXT PRIMARY KEY,
-    room TEXT NOT NULL,
-    started REAL NOT NULL,
-    ended REAL
-);
-CREATE INDEX IF NOT EXISTS sessions_room ON sessions (room, started);
-CREATE TABLE IF NOT EXISTS participants (
-    session TEXT NOT NULL,
-    participant TEXT NOT NULL,
-    pid TEXT NOT NULL,
-    joined REAL NOT NULL,
-    left REAL,
-    PRIMARY KEY (session, participant)
-);
-CREATE TABLE IF NOT EXISTS transcript (
-    session TEXT NOT NULL,
-    participant TEXT NOT NULL,
-    pid TEXT NOT NULL,
-    start REAL NOT NULL,
-    end REAL NOT NULL,
-    text TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS transcript_session ON transcript (session, start);
 """
 
 # A billion operations a second for a century stays below 2^62; 2^53 - 1 is the wire limit.
@@ -387,101 +356,6 @@ class Store:
             )
         )
 
-    # --- rooms and meeting history -----------------------------------------------------------
-    def save_room(self, name: str, cap: int) -> None:
-        self._db.execute(
-            "INSERT INTO rooms (name, cap, created) VALUES (?, ?, ?)"
-            " ON CONFLICT(name) DO UPDATE SET cap=excluded.cap",
-            (name, cap, time.time()),
-        )
-
-    def delete_room(self, name: str) -> None:
-        self._db.execute("DELETE FROM rooms WHERE name=?", (name,))
-
-    def rooms(self, after: str | None = None, limit: int = -1) -> list[tuple[str, int, float]]:
-        """(name, cap, created) of the rooms after `after`, by name (limit -1: all)."""
-        return list(
-            self._db.execute(
-                "SELECT name, cap, created FROM rooms WHERE name > ? ORDER BY name LIMIT ?",
-                (after or "", limit),
-            )
-        )
-
-    def room(self, name: str) -> tuple[int, float] | None:
-        """(cap, created) of one room, or None."""
-        row = self._db.execute("SELECT cap, created FROM rooms WHERE name=?", (name,)).fetchone()
-        return (int(row[0]), float(row[1])) if row else None
-
-    def room_count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM rooms").fetchone()[0])
-
-    def start_session(self, session: str, room: str, started: float) -> None:
-        self._db.execute(
-            "INSERT INTO sessions (id, room, started) VALUES (?, ?, ?)", (session, room, started)
-        )
-
-    def end_session(self, session: str, ended: float) -> None:
-        with self._tx():
-            self._db.execute("UPDATE sessions SET ended=? WHERE id=?", (ended, session))
-            self._db.execute(
-                "UPDATE participants SET left=? WHERE session=? AND left IS NULL", (ended, session)
-            )
-
-    def end_open_sessions(self, ended: float) -> int:
-        """Close sessions a previous run left open (their members' links are gone)."""
-        open_ids = [r[0] for r in self._db.execute("SELECT id FROM sessions WHERE ended IS NULL")]
-        for session in open_ids:
-            self.end_session(session, ended)
-        return len(open_ids)
-
-    def add_participant(self, session: str, participant: str, pid: str, joined: float) -> None:
-        self._db.execute(
-            "INSERT INTO participants (session, participant, pid, joined) VALUES (?, ?, ?, ?)",
-            (session, participant, pid, joined),
-        )
-
-    def remove_participant(self, session: str, participant: str, left: float) -> None:
-        self._db.execute(
-            "UPDATE participants SET left=? WHERE session=? AND participant=?",
-            (left, session, participant),
-        )
-
-    def sessions(self, room: str, limit: int = 20, now: float | None = None) -> list[SessionInfo]:
-        """The room's newest sessions first, live ones included, with their participants."""
-        now = time.time() if now is None else now
-        rows = self._db.execute(
-            "SELECT id, room, started, ended FROM sessions WHERE room=?"
-            " ORDER BY started DESC LIMIT ?",
-            (room, limit),
-        ).fetchall()
-        infos = []
-        for sid, sroom, started, ended in rows:
-            members = [
-                ParticipantRecord(
-                    participant=participant,
-                    pid=pid,
-                    joined=joined,
-                    left=left,
-                    duration_s=round((left if left is not None else now) - joined, 3),
-                )
-                for participant, pid, joined, left in self._db.execute(
-                    "SELECT participant, pid, joined, left FROM participants WHERE session=?"
-                    " ORDER BY joined LIMIT 256",
-                    (sid,),
-                )
-            ]
-            infos.append(
-                SessionInfo(
-                    session=sid,
-                    room=sroom,
-                    started=started,
-                    ended=ended,
-                    duration_s=round((ended if ended is not None else now) - started, 3),
-                    participants=members,
-                )
-            )
-        return infos
-
     # --- small settings of controller parts (the meta table, keys with a part's prefix) ----
     def meta(self, prefix: str) -> dict[str, str]:
         rows = self._db.execute(
@@ -497,35 +371,15 @@ class Store:
                 list(items.items()),
             )
 
-    # --- transcripts ------------------------------------------------------------------------
-    def add_transcript_line(self, line: TranscriptLine) -> None:
-        self._db.execute(
-            "INSERT INTO transcript (session, participant, pid, start, end, text)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (line.session, line.participant, line.pid, line.start, line.end, line.text),
-        )
+    # --- for the tables of other domains in the same file (fleet.meetings.records) ----------
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The one connection to the file: a second one would contend for its write lock."""
+        return self._db
 
-    def transcript(self, session: str, limit: int) -> list[TranscriptLine]:
-        """The session's last `limit` lines, oldest first."""
-        rows = self._db.execute(
-            "SELECT participant, pid, start, end, text FROM transcript WHERE session=?"
-            " ORDER BY start DESC LIMIT ?",
-            (session, limit),
-        ).fetchall()
-        return [
-            TranscriptLine(session=session, participant=p, pid=pid, start=a, end=b, text=t)
-            for p, pid, a, b, t in reversed(rows)
-        ]
-
-    def session_room(self, session: str) -> str | None:
-        row = self._db.execute("SELECT room FROM sessions WHERE id=?", (session,)).fetchone()
-        return str(row[0]) if row else None
-
-    def newest_session(self, room: str) -> str | None:
-        row = self._db.execute(
-            "SELECT id FROM sessions WHERE room=? ORDER BY started DESC LIMIT 1", (room,)
-        ).fetchone()
-        return str(row[0]) if row else None
+    def transaction(self) -> sqlite3.Connection:
+        """`with store.transaction(): ...` writes all of it or none."""
+        return self._tx()
 
     def _tx(self) -> sqlite3.Connection:
         # `with connection:` commits or rolls back; BEGIN IMMEDIATE serialises writers.

@@ -26,8 +26,8 @@ from fleet.media.config import MediaConfig
 from fleet.media.mesh import MediaMesh
 from fleet.media.sinks import AudioSink, CaptureSink, FanoutSink, LevelMeter, WavRecorder
 from fleet.media.sources import SharedSource, ToneSource, WavSource
+from fleet.meetings.participant import LocalParticipant
 from fleet.mqtt import publish_nowait
-from fleet.participant import MeetingParticipant
 from fleet.protocol.messages import Capabilities, MeetingIntent, MeetingState, PeerAudioStats
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class AudioMeetingDriver(MeetingDriver):
         self._stats: list[PeerAudioStats] = []
         self._stats_task: asyncio.Task[None] | None = None
         self.device: SimulatedDevice | None = None
-        self.participant: MeetingParticipant | None = None
+        self.participant: LocalParticipant | None = None
 
     def attach(self, device: SimulatedDevice) -> None:
         self.device = device
@@ -84,7 +84,7 @@ class AudioMeetingDriver(MeetingDriver):
         if self.profile.record_dir is not None:
             sinks.append(WavRecorder(self.profile.record_dir / device.id))
         mesh = MediaMesh(self.profile.media, self._source_for, FanoutSink(*sinks))
-        self.participant = MeetingParticipant(
+        self.participant = LocalParticipant(
             device.id,
             device.topics,
             self._publish,

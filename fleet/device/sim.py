@@ -99,7 +99,10 @@ class MeetingDriver:
 
 
 @dataclass
-class DeviceConfig:
+class SimDeviceConfig:
+    """What one simulated device is given: its identity, groups, telemetry period and
+    capabilities (a real device's NVS values are `fleet.provisioning.DeviceConfig`)."""
+
     device_id: str
     secret: str
     groups: list[str] = field(default_factory=list)
@@ -110,7 +113,7 @@ class DeviceConfig:
 class SimulatedDevice:
     def __init__(
         self,
-        config: DeviceConfig,
+        config: SimDeviceConfig,
         url: BrokerUrl,
         topics: Topics | None = None,
         driver: MeetingDriver | None = None,
@@ -575,7 +578,7 @@ class SimFleet:
         self.devices: list[SimulatedDevice] = []
         for device_id, secret in secrets.items():
             dev_groups = groups(device_id) if callable(groups) else groups
-            cfg = DeviceConfig(
+            cfg = SimDeviceConfig(
                 device_id, secret, list(dev_groups), tele_interval_s, caps or Capabilities()
             )
             driver = driver_factory(device_id) if driver_factory else None

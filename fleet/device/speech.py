@@ -24,7 +24,7 @@ from fleet.device.sim import SimulatedDevice
 from fleet.media.frames import SAMPLE_RATE, rms, samples_of
 from fleet.media.sinks import FanoutSink
 from fleet.media.sources import PushSource, SharedSource
-from fleet.participant import MeetingParticipant
+from fleet.meetings.participant import LocalParticipant
 from fleet.protocol.messages import MIXER_PARTICIPANT, MediaPath
 
 LOUD = 0.01  # RMS (of full scale) above which a 20 ms frame counts as sound, not silence
@@ -35,7 +35,7 @@ def words(text: str) -> str:
     return " ".join(re.sub(r"[^a-z' ]", " ", text.lower()).split())
 
 
-def voice_peer(participant: MeetingParticipant, pid: str) -> str | None:
+def voice_peer(participant: LocalParticipant, pid: str) -> str | None:
     """The participant id of the peer whose stream carries `pid`'s voice to `participant`:
     `pid`'s own in a mesh, the mixer's in a mixed session (the mix of all the others)."""
     peers = participant.peers

@@ -20,12 +20,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from fleet.controller.host import PartHost
 from fleet.controller.parts import ControllerPart
 from fleet.errors import ProtocolError
+from fleet.ha import DEFAULT_ROOM
 from fleet.ha.discovery import Discovery, Shown
 from fleet.ha.models import (
     HaDeviceState,
     HaFleetState,
+    TeleValues,
     encode_state,
     meeting_of,
     parse_press,
@@ -33,6 +36,7 @@ from fleet.ha.models import (
     parse_switch,
     tele_values,
 )
+from fleet.meetings.records import MeetingRecords
 from fleet.mqtt import LastWill
 from fleet.protocol import TopicKind, decode
 from fleet.protocol.messages import (
@@ -45,14 +49,12 @@ from fleet.protocol.messages import (
 from fleet.protocol.topics import DEFAULT_HA_PREFIX, HaTopicKind, ParsedHaTopic, ha_birth
 
 if TYPE_CHECKING:
-    from fleet.controller.service import Controller
     from fleet.registry import DeviceRecord
 
 log = logging.getLogger(__name__)
 
 ONLINE = b"online"
 OFFLINE = b"offline"
-DEFAULT_ROOM = "standup"
 # Telemetry-driven state updates per device at most this often (meeting changes go at once).
 TELE_INTERVAL_S = 30.0
 # The controller's counters (online, in meetings) at most this often: a join-all of
@@ -77,6 +79,10 @@ class HomeAssistantSettings:
     fleet_interval_s: float = FLEET_INTERVAL_S
     rooms_poll_s: float = ROOMS_POLL_S
 
+    def __post_init__(self) -> None:
+        ha_birth(self.ha_prefix)  # validates the prefix
+        parse_room(self.room.encode(), "default room")
+
 
 @dataclass(slots=True)
 class _Device:
@@ -88,7 +94,7 @@ class _Device:
     meeting: tuple[bool, str | None] = (False, None)  # its meeting part
     state_at: float = 0.0
     last_room: str | None = None
-    tele: dict[str, int | float | None] = field(default_factory=dict)
+    tele: TeleValues = field(default_factory=TeleValues)
     tele_shown: bool = False  # telemetry values have gone out: from now on, throttled
     counted: tuple[bool, bool] = (False, False)  # (online, in a meeting) in the fleet counters
 
@@ -103,9 +109,7 @@ class HomeAssistantPart(ControllerPart):
     name = "homeassistant"
 
     def __init__(self, settings: HomeAssistantSettings | None = None) -> None:
-        self.settings = settings or HomeAssistantSettings()
-        ha_birth(self.settings.ha_prefix)  # validates the prefix
-        parse_room(self.settings.room.encode(), "default room")
+        self.settings = settings or HomeAssistantSettings()  # validated as it was made
         self.room = self.settings.room
         self._devices: dict[str, _Device] = {}
         self._rooms: set[str] = {self.room}
@@ -122,9 +126,9 @@ class HomeAssistantPart(ControllerPart):
         self._unsaved: dict[str, str] = {}  # store keys written at the next tick
         self.stats = {"commands": 0, "refused": 0, "configs": 0, "states": 0}
 
-    def attach(self, controller: Controller) -> None:
-        super().attach(controller)
-        kept = controller.store.meta("ha.")
+    def attach(self, host: PartHost) -> None:
+        super().attach(host)
+        kept = host.store.meta("ha.")
         room = kept.get(ROOM_KEY)
         if room is not None and _valid_room(room):
             self.room = room
@@ -135,8 +139,8 @@ class HomeAssistantPart(ControllerPart):
             for key, value in kept.items()
             if key.startswith(LAST_ROOM_KEY) and _valid_room(value)
         }
-        self.discovery = Discovery(controller.topics, self.settings.ha_prefix)
-        t = controller.topics
+        self.discovery = Discovery(host.topics, self.settings.ha_prefix)
+        t = host.topics
         self._birth = ha_birth(self.settings.ha_prefix)
         self._tele_filter = t.all_devices(TopicKind.TELE)
         self._filters = {
@@ -152,13 +156,13 @@ class HomeAssistantPart(ControllerPart):
         return self._filters
 
     def will(self) -> LastWill:
-        return LastWill(self.controller.topics.ha_status, OFFLINE, qos=1, retain=True)
+        return LastWill(self.host.topics.ha_status, OFFLINE, qos=1, retain=True)
 
     async def on_connect(self) -> None:
         # A new connection: nothing published on the old one counts (the broker may have
         # restarted and forgotten it), so everything goes out again once synced.
         self._refresh_rooms()
-        await self._pub(self.controller.topics.ha_status, ONLINE)
+        await self._pub(self.host.topics.ha_status, ONLINE)
         await self._publish_controller()
 
     async def on_synced(self) -> None:
@@ -171,15 +175,13 @@ class HomeAssistantPart(ControllerPart):
                 log.warning("homeassistant dropped held command on %s: %s", topic, exc)
 
     async def on_closing(self) -> None:
-        await self.controller.publish(
-            self.controller.topics.ha_status, OFFLINE, qos=1, retain=True, wait=True
-        )
+        await self.host.publish(self.host.topics.ha_status, OFFLINE, qos=1, retain=True, wait=True)
 
     async def on_message(self, topic: str, payload: bytes) -> None:
         if topic == self._birth:
             await self._on_ha_status(payload)
             return
-        t = self.controller.topics
+        t = self.host.topics
         parsed = t.parse(topic)
         if parsed is not None:
             if parsed.kind is TopicKind.TELE:
@@ -191,7 +193,7 @@ class HomeAssistantPart(ControllerPart):
         if ha.kind is HaTopicKind.FLEET_STATE:
             self._adopt_room(payload)
         elif ha.kind in (HaTopicKind.DEVICE_SET, HaTopicKind.FLEET_SET):
-            if not self.controller.synced:
+            if not self.host.synced:
                 if len(self._held) < MAX_HELD:
                     self._held.append((ha, topic, payload))
                 else:
@@ -200,9 +202,9 @@ class HomeAssistantPart(ControllerPart):
             await self._command(ha, topic, payload)
 
     async def on_device_changed(self, device_id: str, presence_changed: bool) -> None:
-        if not self.controller.synced:
+        if not self.host.synced:
             return  # on_synced publishes the whole fleet
-        rec = self.controller.registry.devices.get(device_id)
+        rec = self.host.registry.devices.get(device_id)
         if rec is None:
             await self._remove(device_id)
             return
@@ -220,13 +222,9 @@ class HomeAssistantPart(ControllerPart):
                 if time.monotonic() >= next_rooms:
                     next_rooms = time.monotonic() + self.settings.rooms_poll_s
                     self._refresh_rooms()
-                if self._controller_stale and self.controller.synced:
+                if self._controller_stale and self.host.synced:
                     await self._publish_controller()
-                if (
-                    self._stale_configs
-                    and self.controller.synced
-                    and not self.controller.converging
-                ):
+                if self._stale_configs and self.host.synced and not self.host.converging:
                     await self._publish_stale_configs()
                 if self._fleet_dirty:
                     await self._publish_fleet_state()
@@ -237,9 +235,9 @@ class HomeAssistantPart(ControllerPart):
     # --- publishing ---------------------------------------------------------------------------
     async def publish_all(self) -> None:
         """Discovery, availability and state of the controller and every device, again."""
-        await self._pub(self.controller.topics.ha_status, ONLINE)
+        await self._pub(self.host.topics.ha_status, ONLINE)
         await self._publish_controller()
-        for device_id, rec in list(self.controller.registry.devices.items()):
+        for device_id, rec in list(self.host.registry.devices.items()):
             dev = self._device(device_id)
             dev.shown = None
             dev.state = b""
@@ -247,7 +245,7 @@ class HomeAssistantPart(ControllerPart):
         await self._publish_fleet_state(force=True)
 
     async def _publish_stale_configs(self) -> None:
-        devices = self.controller.registry.devices
+        devices = self.host.registry.devices
         for device_id in list(self._stale_configs)[:CONFIGS_PER_TICK]:
             del self._stale_configs[device_id]
             rec, dev = devices.get(device_id), self._devices.get(device_id)
@@ -282,13 +280,13 @@ class HomeAssistantPart(ControllerPart):
             await self._publish_config(device_id, rec, dev)
         self._count(dev, rec.online, rec.online and in_meeting)
         meeting = (in_meeting, room)
-        values = dict(dev.tele)
+        values = dev.tele.copy()
         if not in_meeting:
             values["jitter"] = values["loss"] = None
         doc = HaDeviceState(
             in_meeting="ON" if in_meeting else "OFF",
             room=room or dev.last_room or self.room,
-            **values,  # type: ignore[arg-type]
+            **values,
         )
         payload = encode_state(doc)
         if payload == dev.state:
@@ -301,21 +299,21 @@ class HomeAssistantPart(ControllerPart):
         dev.tele_shown = dev.tele_shown or bool(dev.tele)
         # QoS 0: one per device per change of a fan-out, and a lost one is re-sent with
         # everything after a reconnect (retained, so Home Assistant still reads the last).
-        await self._pub(self.controller.topics.ha_device_state(device_id), payload, qos=0)
+        await self._pub(self.host.topics.ha_device_state(device_id), payload, qos=0)
         self.stats["states"] += 1
 
     async def _publish_fleet_state(self, force: bool = False) -> None:
         self._fleet_dirty = False
         doc = HaFleetState(
             room=self.room,
-            devices=len(self.controller.registry.devices),
+            devices=len(self.host.registry.devices),
             online=self._online,
             in_meeting=self._in_meeting,
         )
         payload = encode_state(doc)
         if payload != self._fleet_state or force:
             self._fleet_state = payload
-            await self._pub(self.controller.topics.ha_fleet_state, payload)
+            await self._pub(self.host.topics.ha_fleet_state, payload)
 
     async def _remove(self, device_id: str) -> None:
         """The device left the registry (its retained status was cleared): Home Assistant
@@ -326,7 +324,7 @@ class HomeAssistantPart(ControllerPart):
         self._count(dev, False, False)
         await self._pub(self.discovery.device_config_topic(device_id), b"")
         # At the QoS of the state docs before it: MQTT keeps order only within one QoS.
-        await self._pub(self.controller.topics.ha_device_state(device_id), b"", qos=0)
+        await self._pub(self.host.topics.ha_device_state(device_id), b"", qos=0)
         self._fleet_dirty = True
         log.info("homeassistant: removed %s", device_id)
 
@@ -345,13 +343,13 @@ class HomeAssistantPart(ControllerPart):
         """Room choices into SQLite, in one transaction per tick (a join-all moves many)."""
         if self._unsaved:
             unsaved, self._unsaved = self._unsaved, {}
-            self.controller.store.save_meta(unsaved)
+            self.host.store.save_meta(unsaved)
 
     async def close(self) -> None:
         self._save()
 
     async def _pub(self, topic: str, payload: bytes, qos: int = 1) -> None:
-        await self.controller.publish(topic, payload, qos=qos, retain=True)
+        await self.host.publish(topic, payload, qos=qos, retain=True)
 
     def _count(self, dev: _Device, online: bool, in_meeting: bool) -> None:
         was_online, was_in = dev.counted
@@ -375,13 +373,13 @@ class HomeAssistantPart(ControllerPart):
         return True
 
     def _refresh_rooms(self) -> None:
-        for name, _cap, _created in self.controller.store.rooms():
+        for name in MeetingRecords(self.host.store).room_names():
             self._note_room(name)
 
     def _adopt_room(self, payload: bytes) -> None:
         """Our own retained fleet state, read back once after a restart: keep the room the
         user chose for "Join all" last time."""
-        if self._room_adopted or self.controller.synced or not payload:
+        if self._room_adopted or self.host.synced or not payload:
             return
         self._room_adopted = True
         try:
@@ -397,14 +395,14 @@ class HomeAssistantPart(ControllerPart):
     async def _on_ha_status(self, payload: bytes) -> None:
         text = payload.strip()
         if text == ONLINE:
-            if self.controller.synced:
+            if self.host.synced:
                 log.info("homeassistant: Home Assistant (re)started; publishing everything")
                 await self.publish_all()
         elif text != OFFLINE:
             raise ProtocolError(self._birth, f"expected online or offline, got {text[:32]!r}")
 
     async def _on_tele(self, device_id: str, payload: bytes) -> None:
-        rec = self.controller.registry.devices.get(device_id)
+        rec = self.host.registry.devices.get(device_id)
         if rec is None:
             return  # telemetry of a device that never announced itself shows nowhere
         dev = self._device(device_id)
@@ -412,7 +410,7 @@ class HomeAssistantPart(ControllerPart):
             return  # its state went out recently; not worth decoding this sample
         tele = decode(Telemetry, payload)
         dev.tele = tele_values(tele)
-        if self.controller.synced:
+        if self.host.synced:
             await self._publish_device(device_id, rec, tele=True)
 
     async def _command(self, parsed: ParsedHaTopic, topic: str, payload: bytes) -> None:
@@ -425,7 +423,7 @@ class HomeAssistantPart(ControllerPart):
                 await self._device_command(parsed.device, parsed.entity, payload, what)
         except ProtocolError as exc:
             self.stats["refused"] += 1
-            await self.controller.emit(
+            await self.host.emit(
                 FleetEvent(
                     ts=time.time(),
                     kind=EventKind.ERROR,
@@ -441,9 +439,7 @@ class HomeAssistantPart(ControllerPart):
             if parsed.kind is HaTopicKind.FLEET_SET:
                 await self._publish_fleet_state(force=True)
             elif (dev := self._devices.get(parsed.device)) is not None and dev.state:
-                await self._pub(
-                    self.controller.topics.ha_device_state(parsed.device), dev.state, qos=0
-                )
+                await self._pub(self.host.topics.ha_device_state(parsed.device), dev.state, qos=0)
             raise
 
     async def _fleet_command(self, entity: str, payload: bytes, what: str) -> None:
@@ -461,7 +457,7 @@ class HomeAssistantPart(ControllerPart):
             raise ProtocolError(what, f"no fleet entity {entity!r}")
 
     async def _device_command(self, device_id: str, entity: str, payload: bytes, what: str) -> None:
-        rec = self.controller.registry.devices.get(device_id)
+        rec = self.host.registry.devices.get(device_id)
         if rec is None:
             raise ProtocolError(what, f"unknown device {device_id!r}")
         dev = self._device(device_id)
@@ -499,7 +495,7 @@ class HomeAssistantPart(ControllerPart):
         """The same request the CLI sends: its results go to api/result as for any caller."""
         request = ApiRequest.model_validate({"id": f"ha-{uuid.uuid4().hex[:12]}", **fields})
         log.info("homeassistant: %s %s", op.value, fields)
-        await self.controller.submit(op, request)
+        await self.host.submit(op, request)
 
 
 def _valid_room(room: str) -> bool:

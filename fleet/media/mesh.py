@@ -1,7 +1,7 @@
 """One participant's full mesh: one aiortc peer connection per remote participant.
 
-Signalling is the caller's (fleet.participant): it hands SDP strings in and out. The
-newcomer offers to every member already there (`create_offer`), members answer
+Signalling is the caller's (fleet.meetings.participant): it hands SDP strings in and
+out. The newcomer offers to every member already there (`create_offer`), members answer
 (`accept_offer`), the offerer completes with `accept_answer`. Our own ICE is vanilla:
 candidates are gathered inside setLocalDescription and travel in the SDP. The remote's
 may also trickle in after its SDP (`add_candidate`, a browser's way); those that come
@@ -37,7 +37,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.jitterbuffer import JitterBuffer
-from aiortc.sdp import candidate_from_sdp
+from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from fleet.media import sdp
 from fleet.media.config import (
@@ -325,9 +325,7 @@ class MediaMesh:
             )
         return common
 
-    def _negotiated(
-        self, entry: Peer, local_sdp: str, remote: sdp.aiortc_sdp.SessionDescription
-    ) -> None:
+    def _negotiated(self, entry: Peer, local_sdp: str, remote: SessionDescription) -> None:
         local = sdp.codec_names(sdp.parse_own(local_sdp))
         entry.send_codec, entry.recv_codec = sdp.negotiated(local, sdp.codec_names(remote))
         direction = entry.transceiver.currentDirection

@@ -24,12 +24,13 @@ from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.typing import Subprotocol
 
 from fleet.mixer.errors import MixerFailed, MixerUnavailable
 
 log = logging.getLogger(__name__)
 
-SUBPROTOCOL = "janus-protocol"
+SUBPROTOCOL = Subprotocol("janus-protocol")
 REQUEST_TIMEOUT_S = 5.0  # a request (and an async request's event) must be answered by then
 KEEPALIVE_S = 2.0  # also how quickly a mixer that stopped answering is noticed
 MAX_MESSAGE_BYTES = 1 << 20
@@ -78,7 +79,7 @@ class JanusConnection:
             async with asyncio.timeout(self.request_timeout):
                 self._ws = await websockets.connect(
                     self.url,
-                    subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+                    subprotocols=[SUBPROTOCOL],
                     max_size=MAX_MESSAGE_BYTES,
                     open_timeout=self.request_timeout,
                     ping_interval=None,  # Janus's keepalive below does this job

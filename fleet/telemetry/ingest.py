@@ -14,7 +14,7 @@ its own thread. So a slow or dead database never holds up the controller:
 Several processes can split the ingest (`share`): each reads telemetry through
 the shared subscription `$share/{share}/{prefix}/dev/+/tele`, and the broker
 hands each message to one member of the group. In the controller that
-subscription replaces the plain one (Controller._on_connect), so Home
+subscription replaces the plain one (the controller subscribes once per filter), so Home
 Assistant's sensors read the same share. The controller writes the fleet counts
 and events; the other members (`fleet ingest`, fleet/telemetry/worker.py) only
 telemetry.
@@ -29,8 +29,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
+from fleet.controller.host import PartHost
 from fleet.controller.parts import ControllerPart
 from fleet.errors import ProtocolError
 from fleet.protocol import TopicKind, decode
@@ -38,9 +38,6 @@ from fleet.protocol.messages import EventKind, FleetEvent, Telemetry
 from fleet.telemetry.config import InfluxSettings
 from fleet.telemetry.points import device_tags, event_line, fleet_line, telemetry_lines
 from fleet.telemetry.writers import Outcome, Report, RetryNote, Writer, make_writer
-
-if TYPE_CHECKING:
-    from fleet.controller.service import Controller
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +99,9 @@ class TelemetryIngest(ControllerPart):
         self._tags: dict[str, tuple[list[str] | None, str]] = {}
         self.flushed = asyncio.Event()  # set whenever nothing is buffered or in flight
 
-    def attach(self, controller: Controller) -> None:
-        super().attach(controller)
-        self._tele_filter = self.controller.topics.all_devices(TopicKind.TELE)
+    def attach(self, host: PartHost) -> None:
+        super().attach(host)
+        self._tele_filter = self.host.topics.all_devices(TopicKind.TELE)
 
     def subscriptions(self) -> Mapping[str, int]:
         # Devices publish tele at QoS 0 (docs/protocol.md §1.5).
@@ -114,7 +111,7 @@ class TelemetryIngest(ControllerPart):
 
     # --- inbound (the MQTT loop: never waits) ---------------------------------------------------
     async def on_message(self, topic: str, payload: bytes) -> None:
-        parsed = self.controller.topics.parse(topic)
+        parsed = self.host.topics.parse(topic)
         if parsed is None or parsed.kind is not TopicKind.TELE:
             return
         try:
@@ -124,7 +121,7 @@ class TelemetryIngest(ControllerPart):
             raise  # the controller logs it and counts it
         self.stats.messages += 1
         device = parsed.name
-        rec = self.controller.registry.devices.get(device)
+        rec = self.host.registry.devices.get(device)
         groups = rec.status.groups if rec is not None and rec.status is not None else None
         # The tag set only changes with the device's groups: kept per device.
         cached = self._tags.get(device)
@@ -140,7 +137,7 @@ class TelemetryIngest(ControllerPart):
         self._write_fleet_counts()
 
     async def on_device_changed(self, device_id: str, presence_changed: bool) -> None:
-        if device_id not in self.controller.registry.devices:
+        if device_id not in self.host.registry.devices:
             self._tags.pop(device_id, None)  # removed from the fleet
 
     def _enqueue(self, lines: list[str]) -> None:
@@ -157,7 +154,7 @@ class TelemetryIngest(ControllerPart):
     def _write_fleet_counts(self) -> None:
         if not self.fleet_counts:
             return
-        reg = self.controller.registry
+        reg = self.host.registry
         self._enqueue([fleet_line(len(reg.devices), reg.online_count(), reg.in_meeting_count())])
 
     # --- the drain task ---------------------------------------------------------------------------
@@ -267,7 +264,7 @@ class TelemetryIngest(ControllerPart):
             f"{refused} refused; last error: {self._last_error or '-'}"
         )
         log.warning("telemetry lost points: %s", detail)
-        await self.controller.emit(
+        await self.host.emit(
             FleetEvent(
                 ts=time.time(),
                 kind=EventKind.ERROR,

@@ -15,6 +15,7 @@ import logging
 
 import aiomqtt
 
+from fleet.controller.store import Store
 from fleet.errors import ProtocolError
 from fleet.mqtt import (
     BrokerUrl,
@@ -26,7 +27,7 @@ from fleet.mqtt import (
     subscribe,
 )
 from fleet.protocol import TopicKind, Topics, decode_for, encode
-from fleet.protocol.messages import FleetEvent, Status
+from fleet.protocol.messages import ApiOp, ApiRequest, FleetEvent, Status
 from fleet.registry import Registry
 from fleet.telemetry.config import InfluxSettings
 from fleet.telemetry.ingest import TelemetryIngest
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 
 
 class IngestWorker:
-    """The host TelemetryIngest needs (`topics`, `registry`, `emit`, `url`, `client_id`)."""
+    """The `PartHost` of one TelemetryIngest: a link of its own, a registry built from the
+    devices' retained status, a store in memory (a worker keeps nothing) and no API."""
 
     def __init__(
         self,
@@ -46,13 +48,49 @@ class IngestWorker:
         client_id: str = "fleet-ingest",
     ) -> None:
         self.url = url
-        self.topics = topics or Topics()
+        self._topics = topics or Topics()
         self.client_id = client_id
-        self.registry = Registry()
+        self._registry = Registry()
+        self._store = Store(":memory:")
         self.connected = asyncio.Event()
         self._client: MqttClient | None = None
         self.ingest = TelemetryIngest(settings, share=share, fleet_counts=False)
-        self.ingest.attach(self)  # type: ignore[arg-type]  # the part's view of a host
+        self.ingest.attach(self)
+
+    # --- the PartHost -------------------------------------------------------------------------
+    @property
+    def topics(self) -> Topics:
+        return self._topics
+
+    @property
+    def registry(self) -> Registry:
+        return self._registry
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    @property
+    def synced(self) -> bool:
+        return False  # a worker sends no sync marker: it never claims to hold the whole fleet
+
+    @property
+    def converging(self) -> bool:
+        return False
+
+    async def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, wait: bool = False
+    ) -> bool:
+        if self._client is None:
+            return False
+        if wait:
+            await self._client.publish(topic, payload, qos=qos, retain=retain)
+        else:
+            publish_nowait(self._client, topic, payload, qos=qos, retain=retain)
+        return True
+
+    async def submit(self, op: ApiOp, request: ApiRequest) -> None:
+        log.warning("an ingest worker serves no API: %s dropped", op.value)
 
     async def run(self) -> None:
         try:
@@ -72,11 +110,12 @@ class IngestWorker:
                 tg.create_task(self.ingest.run(), name="ingest-worker-drain")
         finally:
             await self.ingest.close()
+            self._store.close()
 
     async def _on_connect(self, client: MqttClient) -> None:
         self._client = client
         # Status for the tag sets (a device's groups), and the share of telemetry.
-        filters = [(self.topics.all_devices(TopicKind.STATUS), 0)]
+        filters = [(self._topics.all_devices(TopicKind.STATUS), 0)]
         await subscribe(client, [*filters, *self.ingest.subscriptions().items()])
 
     def _on_disconnect(self) -> None:
@@ -84,7 +123,7 @@ class IngestWorker:
 
     async def _on_message(self, message: aiomqtt.Message) -> None:
         topic = message.topic.value
-        parsed = self.topics.parse(topic)
+        parsed = self._topics.parse(topic)
         if parsed is None:
             return
         payload = payload_bytes(message)
@@ -101,7 +140,7 @@ class IngestWorker:
         except ProtocolError as exc:
             log.debug("ignored %s: %s", topic, exc)
             return
-        self.registry.update(parsed.kind, parsed.name, status)  # type: ignore[arg-type]
+        self._registry.update(parsed.kind, parsed.name, status)
         await self.ingest.on_device_changed(parsed.name, True)
 
     async def emit(self, event: FleetEvent) -> None:
@@ -109,6 +148,6 @@ class IngestWorker:
         await self.ingest.on_event(event)
         if self._client is not None:
             try:
-                publish_nowait(self._client, self.topics.events, encode(event), qos=1)
+                publish_nowait(self._client, self._topics.events, encode(event), qos=1)
             except aiomqtt.MqttError as exc:
                 log.debug("event not published: %s", exc)

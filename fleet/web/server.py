@@ -5,7 +5,8 @@ so no Node at run time) and one endpoint that turns an operator's secret into a
 browser's own short-lived credentials: the secret is checked by the broker itself (the
 server connects as the operator with it) and the controller mints the credentials
 (``web-login``, §11.2). The server keeps no secret of its own; the page then talks MQTT
-over WebSocket to the broker directly.
+over WebSocket to the broker directly. Sign-ins are JSON from the console's own origin
+only, and limited per source address (`fleet.web.attempts`), answered 429 past it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fleet.errors import FleetError
 from fleet.mqtt import BrokerUrl
 from fleet.protocol import Topics
 from fleet.protocol.messages import DEFAULT_WEB_TTL_S, MAX_WEB_TTL_S, ApiOp, ApiRequest
+from fleet.web.attempts import SignInAttempts
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,13 @@ class ConsoleConfig:
 class WebConsole:
     """`async with WebConsole(config, port=0) as console:` serves on `console.url`."""
 
-    def __init__(self, config: ConsoleConfig, host: str = "127.0.0.1", port: int = 8080) -> None:
+    def __init__(
+        self,
+        config: ConsoleConfig,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        attempts: SignInAttempts | None = None,
+    ) -> None:
         if config.ws_url is None and config.ws_port is None:
             raise ValueError("the console needs the broker's WebSocket URL or port")
         if not 1 <= config.ttl_s <= MAX_WEB_TTL_S:
@@ -60,6 +68,7 @@ class WebConsole:
         self.host = host
         self.port = port
         self._runner: web.AppRunner | None = None
+        self._attempts = attempts or SignInAttempts()
 
     @property
     def url(self) -> str:
@@ -106,6 +115,15 @@ class WebConsole:
         return web.json_response({"prefix": self.config.topics.prefix})
 
     async def _login(self, request: web.Request) -> web.Response:
+        # Only the console's own page may sign in: a JSON body (which a page elsewhere
+        # cannot send without a CORS preflight this server never grants) and, from a
+        # browser, its own Origin.
+        if request.content_type != "application/json":
+            return _error(415, "send the sign-in as application/json")
+        origin = request.headers.get("Origin")
+        if origin is not None and origin != str(request.url.origin()):
+            log.info("console sign-in refused: from the page of %s", origin[:100])
+            return _error(403, "sign in from the console's own page")
         try:
             body = await request.json()
         except (ValueError, UnicodeDecodeError):
@@ -115,6 +133,15 @@ class WebConsole:
         password = body.get("password") if isinstance(body, dict) else None
         if not isinstance(password, str) or not password or len(password) > 256:
             return _error(400, "password: the operator's secret, a non-empty string")
+        address = request.remote or "?"
+        wait_s = self._attempts.take(address)
+        if wait_s > 0:
+            retry = SignInAttempts.retry_after(wait_s)
+            return _error(
+                429,
+                f"too many sign-in attempts from this address; try again in {retry} s",
+                headers={"Retry-After": retry},
+            )
         secret = generate_secret()
         url = self.config.broker.with_credentials(self.config.operator, password)
         try:
@@ -134,6 +161,7 @@ class WebConsole:
             return _error(503, f"cannot reach the fleet: {exc}")
         if not result.ok or result.username is None or result.until is None:
             return _error(503, f"the controller refused: {result.code} {result.detail}")
+        self._attempts.refund(address)  # a right secret is no guess
         log.info("console credentials %s minted until %.0f", result.username, result.until)
         return web.json_response(
             {
@@ -146,8 +174,8 @@ class WebConsole:
         )
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
 
 
 @web.middleware

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from fleet.client import FleetClient
 from fleet.errors import FleetError
+from fleet.meetings.participant import LocalParticipant
 from fleet.mqtt import BrokerUrl
-from fleet.participant import MeetingParticipant
 from fleet.protocol import Topics
 from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult
 
@@ -82,7 +82,7 @@ class ApiLink:
 
 
 class FleetActions:
-    def __init__(self, link: ApiLink, participant: MeetingParticipant) -> None:
+    def __init__(self, link: ApiLink, participant: LocalParticipant) -> None:
         self.link = link
         self.participant = participant
         self.known_rooms: set[str] = set()  # refreshed by refresh_rooms()

@@ -124,8 +124,8 @@ class VoiceAgent(Agent):
         ep = self._endpointers.get(peer)
         if ep is None:
             ep = self._endpointers[peer] = Endpointer(
-                lambda at, p=peer: self._speech_started(p, at),
-                lambda utt, p=peer: self._queue.put_nowait((p, utt)),
+                lambda at: self._speech_started(peer, at),
+                lambda utt: self._queue.put_nowait((peer, utt)),
                 self.endpoint,
             )
         ep.feed(samples_of(frame), time.monotonic())

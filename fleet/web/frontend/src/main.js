@@ -15,7 +15,7 @@ const state = {
   devices: new Map(), // id -> {status, state, tele}
   rooms: [],
   sessions: [],
-  pending: new Map(), // request id -> resolve
+  pending: new Map(), // request id -> {resolve, quiet}
   talk: null,
   log: [],
 };
@@ -92,7 +92,7 @@ function connect(creds) {
       { qos: 1 },
     );
     note(`connected as ${creds.username}`);
-    refreshRooms();
+    roomsChanged();
   });
   client.on("message", onMessage);
   client.on("error", (err) => {
@@ -122,16 +122,49 @@ function onMessage(t, payload) {
   }
   if (parts[0] === "dev" && parts.length === 3) {
     const entry = state.devices.get(parts[1]) || {};
+    const before = meetingKey(entry.state);
     entry[parts[2]] = doc;
     if (doc === null && parts[2] === "status") state.devices.delete(parts[1]);
     else state.devices.set(parts[1], entry);
+    // A device that enters, leaves or changes a room changes the rooms' sessions and members.
+    if (parts[2] === "state" && meetingKey(doc) !== before) roomsChanged();
     scheduleRender();
   } else if (parts[0] === "api" && parts[1] === "result" && doc) {
     onResult(doc);
   } else if (parts[0] === "events" && doc) {
     note(`${doc.kind}${doc.room ? " " + doc.room : ""}${doc.device ? " " + doc.device : ""}`);
+    if (ROOM_EVENTS.has(doc.kind)) roomsChanged();
   } else if (parts[0] === "meet" && doc && state.talk) {
     state.talk.handle(doc);
+  }
+}
+
+// Events after which the controller's room list reads differently (a session began or
+// ended, or its media path changed), beside the devices' own reports.
+const ROOM_EVENTS = new Set(["session_start", "session_end", "media"]);
+
+function meetingKey(deviceState) {
+  const m = deviceState?.meeting;
+  return m ? `${m.room} ${m.session} ${(m.peers || []).length}` : "";
+}
+
+// One rooms request at a time: changes that arrive meanwhile are folded into one more. A
+// request whose result never comes (the page lost the broker) holds the next one 10 s at most.
+let roomsInFlight = false;
+let roomsStale = false;
+async function roomsChanged() {
+  if (roomsInFlight) {
+    roomsStale = true;
+    return;
+  }
+  roomsInFlight = true;
+  try {
+    do {
+      roomsStale = false;
+      await Promise.race([refreshRooms(), new Promise((resolve) => setTimeout(resolve, 10000))]);
+    } while (roomsStale);
+  } finally {
+    roomsInFlight = false;
   }
 }
 
@@ -168,7 +201,7 @@ function renderDevices() {
       <td class="mic"></td><td class="level"><meter min="0" max="0.3"></meter></td><td class="actions"></td>`;
     tr.querySelector(".id").textContent = id;
     tr.querySelector(".presence").textContent = isOnline ? "online" : "offline";
-    tr.querySelector(".room").textContent = meeting ? `${meeting.room} (${(meeting.peers || []).length} peers)` : "—";
+    tr.querySelector(".room").textContent = meeting ? `${meeting.room} (${count(meeting.peers || [], "peer")})` : "—";
     tr.querySelector(".mic").textContent = mic ? "on" : "muted";
     tr.querySelector("meter").value = level;
     const actions = tr.querySelector(".actions");
@@ -181,7 +214,11 @@ function renderDevices() {
     );
     body.append(tr);
   }
-  $("#fleet-summary").textContent = `${rows.length} device${rows.length === 1 ? "" : "s"}, ${online} online`;
+  $("#fleet-summary").textContent = `${count(rows, "device")}, ${online} online`;
+}
+
+function count(items, noun) {
+  return `${items.length} ${noun}${items.length === 1 ? "" : "s"}`;
 }
 
 function button(label, action, onClick) {
@@ -198,23 +235,26 @@ function roomInput() {
 
 // --- the API ------------------------------------------------------------------------------
 let nextId = 1;
-function api(op, fields = {}) {
+// `quiet`: the log shows the result only when it failed (the page's own refreshes).
+function api(op, fields = {}, quiet = false) {
   const id = `${state.creds.username}-${nextId++}`;
   state.client.publish(topic("api", op), JSON.stringify({ id, ...fields }), { qos: 1 });
-  return new Promise((resolve) => state.pending.set(id, resolve));
+  return new Promise((resolve) => state.pending.set(id, { resolve, quiet }));
 }
 
 function onResult(result) {
-  const resolve = result.id && state.pending.get(result.id);
-  if (!resolve) return;
+  const waiting = result.id && state.pending.get(result.id);
+  if (!waiting) return;
   if (!result.done) return; // the acceptance; the final one follows
   state.pending.delete(result.id);
-  note(`${result.op}: ${result.ok ? "ok" : result.code} ${result.detail || ""}`, result.ok ? "info" : "error");
-  resolve(result);
+  if (!result.ok || !waiting.quiet) {
+    note(`${result.op}: ${result.ok ? "ok" : result.code} ${result.detail || ""}`, result.ok ? "info" : "error");
+  }
+  waiting.resolve(result);
 }
 
 async function refreshRooms() {
-  const result = await api("rooms");
+  const result = await api("rooms", {}, true);
   state.rooms = result.rooms || [];
   const list = $("#rooms tbody");
   list.replaceChildren();
@@ -252,7 +292,7 @@ async function start() {
   $("#leave-all").addEventListener("click", () => api("leave-all", {}));
   $("#mute-all").addEventListener("click", () => api("join-all", { room: roomInput(), mic: false }));
   $("#unmute-all").addEventListener("click", () => api("join-all", { room: roomInput(), mic: true }));
-  $("#refresh-rooms").addEventListener("click", refreshRooms);
+  $("#refresh-rooms").addEventListener("click", roomsChanged);
   $("#sign-out").addEventListener("click", () => signedOut(""));
   $("#talk").addEventListener("click", async () => {
     if (state.talk) {

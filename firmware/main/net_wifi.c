@@ -1,7 +1,11 @@
 /*
- * wifi_sta.c - station mode, events to the queue, reconnects from the fleet task.
+ * net_wifi.c - the network as a Wi-Fi station: events to the queue, reconnects from the
+ * fleet task (net.h).
  */
-#include "wifi_sta.h"
+#include "net.h"
+#include "sdkconfig.h"
+
+#if CONFIG_FLEET_NET_WIFI
 
 #include <stdio.h>
 #include <string.h>
@@ -42,7 +46,7 @@ static void on_event(void *arg, esp_event_base_t base, int32_t id, void *data)
     fleet_ev_post(&ev);
 }
 
-esp_err_t fleet_wifi_start(const char *ssid, const char *pass)
+esp_err_t fleet_net_start(const char *ssid, const char *pass)
 {
     esp_netif_create_default_wifi_sta();
     wifi_init_config_t init = WIFI_INIT_CONFIG_DEFAULT();
@@ -64,7 +68,7 @@ esp_err_t fleet_wifi_start(const char *ssid, const char *pass)
     return esp_wifi_start();
 }
 
-void fleet_wifi_handle(const fleet_ev_t *ev, uint64_t now_ms)
+void fleet_net_handle(const fleet_ev_t *ev, uint64_t now_ms)
 {
     switch (ev->type) {
         case FLEET_EV_WIFI_START:
@@ -91,7 +95,7 @@ void fleet_wifi_handle(const fleet_ev_t *ev, uint64_t now_ms)
     }
 }
 
-void fleet_wifi_poll(uint64_t now_ms)
+void fleet_net_poll(uint64_t now_ms)
 {
     if (reconnect_at_ms != 0 && now_ms >= reconnect_at_ms) {
         reconnect_at_ms = 0;
@@ -102,12 +106,12 @@ void fleet_wifi_poll(uint64_t now_ms)
     }
 }
 
-uint32_t fleet_wifi_reconnects(void)
+uint32_t fleet_net_reconnects(void)
 {
     return reconnects;
 }
 
-bool fleet_wifi_ap_info(int32_t *rssi, int32_t *channel)
+bool fleet_net_radio_info(int32_t *rssi, int32_t *channel)
 {
     wifi_ap_record_t ap;
     if (esp_wifi_sta_get_ap_info(&ap) != ESP_OK) {
@@ -117,3 +121,5 @@ bool fleet_wifi_ap_info(int32_t *rssi, int32_t *channel)
     *channel = ap.primary;
     return true;
 }
+
+#endif /* CONFIG_FLEET_NET_WIFI */

@@ -9,25 +9,18 @@ who was not there.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Protocol
 
+from fleet.meetings.records import MeetingRecords
+from fleet.meetings.session import Session
 from fleet.protocol.messages import MAX_TRANSCRIPT_LINES, ApiOp, ApiRequest, ApiResult
-
-if TYPE_CHECKING:
-    from fleet.controller.store import Store
 
 MAX_TRANSCRIPT_BYTES = 40 * 1024
 LINE_OVERHEAD = 120  # the encoded fields around a line's text
 
 
-class Live(Protocol):
-    """What a live session shows here (fleet.controller.meetings.LiveSession)."""
-
-    id: str
-    members: Mapping[str, object]
-
-
-async def transcribe(store: Store, live: Mapping[str, Live], request: ApiRequest) -> ApiResult:
+async def transcribe(
+    records: MeetingRecords, live: Mapping[str, Session], request: ApiRequest
+) -> ApiResult:
     assert request.room is not None
     assert request.line is not None
     op, line = ApiOp.TRANSCRIBE.value, request.line
@@ -37,23 +30,23 @@ async def transcribe(store: Store, live: Mapping[str, Live], request: ApiRequest
             op, "no_session", f"{line.session} is not the live session of {request.room}"
         )
     member = session.members.get(line.participant)
-    if member is None or getattr(member, "pid", None) != line.pid:
+    if member is None or member.pid != line.pid:
         return _refused(
             op, "unknown_participant", f"{line.participant} ({line.pid}) is not in {line.session}"
         )
     if line.end < line.start:
         return _refused(op, "bad_request", "a line ends before it starts")
-    store.add_transcript_line(line)
+    records.add_transcript_line(line)
     return ApiResult(op=op, ok=True, room=request.room)
 
 
-async def transcript(store: Store, request: ApiRequest) -> ApiResult:
+async def transcript(records: MeetingRecords, request: ApiRequest) -> ApiResult:
     assert request.room is not None
     op = ApiOp.TRANSCRIPT.value
-    session = request.session or store.newest_session(request.room)
-    if session is None or store.session_room(session) != request.room:
+    session = request.session or records.newest_session(request.room)
+    if session is None or records.session_room(session) != request.room:
         return _refused(op, "no_session", f"no session {session or ''} in room {request.room!r}")
-    lines = store.transcript(session, MAX_TRANSCRIPT_LINES)
+    lines = records.transcript(session, MAX_TRANSCRIPT_LINES)
     # The newest lines that fit a result well inside the protocol's payload limit.
     size = 0
     for keep in range(len(lines) - 1, -1, -1):

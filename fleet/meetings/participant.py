@@ -1,4 +1,6 @@
-"""One participant's side of the meeting protocol (docs/protocol.md §8).
+"""The local participant: one participant's own side of the meeting protocol
+(docs/protocol.md §8), and what it knows of the remote participants, the other members
+of its session.
 
 It joins a room through the meeting server, opens a peer connection to every
 peer `joined` names (the members already there, or in a mixed session the one
@@ -59,6 +61,10 @@ from fleet.protocol.messages import (
     PeerInfo,
 )
 
+# A remote participant as the local one knows it: its participant id in the session, its
+# pid, and what its media side can do (the mixer, in a mixed session, is one too).
+RemoteParticipant = PeerInfo
+
 if TYPE_CHECKING:
     from fleet.media.mesh import MediaMesh
 
@@ -77,7 +83,11 @@ class MeetingRefused(FleetError):
         self.detail = detail
 
 
-class MeetingParticipant:
+class LocalParticipant:
+    """This process's member of a session: joins, leaves, negotiates media with each
+    remote participant through `mesh` (publishing its audio and subscribing to theirs),
+    and reports where it is."""
+
     def __init__(
         self,
         pid: str,
@@ -88,7 +98,7 @@ class MeetingParticipant:
         on_change: Callable[[], Any] | None = None,
         on_lost: Callable[[], Any] | None = None,
     ) -> None:
-        self.pid = pid
+        self.pid = pid  # its own id, the one in its topics: a device id or a user name
         self.topics = topics
         self._publish = publish
         self.mesh = mesh
@@ -100,15 +110,21 @@ class MeetingParticipant:
         self.room: str | None = None
         self.wanted_room: str | None = None  # what the caller asked: join()ed, not left
         self.session: str | None = None
-        self.participant: str | None = None
+        self.participant: str | None = None  # the id its session gave it (p-N)
         self.media = MediaPath.MESH
-        self.peers: dict[str, PeerInfo] = {}  # by participant id
+        self.peers: dict[str, RemoteParticipant] = {}  # by participant id
         self.inbox: list[MeetDelivered] = []
         self.errors: list[MeetError] = []
         self.peer_errors: dict[str, str] = {}
         self._pending_join: asyncio.Future[MeetJoined] | None = None
         self._pending_leave: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def remote_participants(self) -> dict[str, RemoteParticipant]:
+        """The other members this one connects to, by participant id (the mixer alone in
+        a mixed session)."""
+        return self.peers
 
     # --- what the caller asks -----------------------------------------------------------------
     async def join(self, room: str, timeout: float = JOIN_TIMEOUT_S) -> MeetJoined:
@@ -366,7 +382,7 @@ async def participant_link(
     connect_timeout: float = 10.0,
     stay: bool = False,
     on_change: Callable[[], Any] | None = None,
-) -> AsyncIterator[MeetingParticipant]:
+) -> AsyncIterator[LocalParticipant]:
     """A participant with an MQTT link of its own (an agent, a test peer).
 
     Its last will is a `leave` on its own up topic: if the process dies, the
@@ -383,7 +399,7 @@ async def participant_link(
             raise FleetError("not connected to the broker")
         publish_nowait(client_ref[0], topic, payload, qos=1)
 
-    participant = MeetingParticipant(pid, topics, publish, mesh, caps, on_change=on_change)
+    participant = LocalParticipant(pid, topics, publish, mesh, caps, on_change=on_change)
     connects = 0
 
     async def on_connect(client: aiomqtt.Client) -> None:
