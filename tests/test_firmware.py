@@ -333,7 +333,7 @@ async def test_host_device_against_broker(
 # --- main/ against the ESP-IDF stubs (no IDF here) -----------------------------------------------
 
 IDF_STUBS = HOST_DIR / "idf_stubs"
-BOARDS = ("none", "qemu", "s3", "korvo2", "xiao")
+BOARDS = ("none", "qemu", "s3", "korvo2", "xiao", "virtual")
 
 
 def test_main_compiles_against_idf_stubs() -> None:
@@ -357,6 +357,11 @@ def test_main_compiles_against_idf_stubs() -> None:
         ("qemu", ["CONFIG_FLEET_NET_OPENETH", "CONFIG_ETH_USE_OPENETH"], ["CONFIG_FLEET_AUDIO"]),
         ("s3", ["CONFIG_IDF_TARGET_ESP32S3", "CONFIG_FLEET_BOARD_NONE"], ["CONFIG_FLEET_AUDIO"]),
         ("korvo2", ["CONFIG_FLEET_AUDIO", "CONFIG_FLEET_AUDIO_RATE"], ["CONFIG_FLEET_NET_OPENETH"]),
+        (
+            "virtual",
+            ["CONFIG_FLEET_BOARD_VIRTUAL", "CONFIG_FLEET_VIRTUAL_CODEC_PCMU", "CONFIG_FLEET_AUDIO"],
+            ["CONFIG_FLEET_BOARD_KORVO2", "CONFIG_FLEET_NET_WIFI"],
+        ),
     ],
 )
 def test_stub_sdkconfig_defines_only_what_kconfig_would(

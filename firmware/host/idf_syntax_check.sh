@@ -4,7 +4,7 @@
 # sdkconfig.h is what Kconfig makes of main/Kconfig.projbuild and that board's defaults
 # files (stub_sdkconfig.py, kconfiglib): an option Kconfig would not define is not defined.
 #
-#   bash firmware/host/idf_syntax_check.sh [none|qemu|s3|korvo2|xiao]...   (default: all)
+#   bash firmware/host/idf_syntax_check.sh [none|qemu|s3|korvo2|xiao|virtual]...   (default: all)
 #
 # PYTHON: an interpreter with kconfiglib (default: python3).
 # Prints "syntax <board> <file>: ok" per file; the exit status is non-zero if any fails.
@@ -13,7 +13,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 fw="$here/.."
 cc=${CC:-gcc}
 boards=("$@")
-[ ${#boards[@]} -eq 0 ] && boards=(none qemu s3 korvo2 xiao)
+[ ${#boards[@]} -eq 0 ] && boards=(none qemu s3 korvo2 xiao virtual)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 status=0

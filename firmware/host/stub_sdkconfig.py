@@ -26,6 +26,7 @@ BOARDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "s3": ("esp32s3", ()),
     "korvo2": ("esp32s3", ("sdkconfig.defaults.korvo2",)),
     "xiao": ("esp32s3", ("sdkconfig.defaults.xiao_s3_sense",)),
+    "virtual": ("esp32s3", ("sdkconfig.defaults.qemu", "sdkconfig.defaults.virtual")),
 }
 
 # What main/Kconfig.projbuild names from ESP-IDF's own Kconfig tree.

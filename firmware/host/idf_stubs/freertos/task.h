@@ -7,6 +7,9 @@ BaseType_t xTaskCreate(TaskFunction_t pxTaskCode, const char *const pcName, cons
                        void *const pvParameters, UBaseType_t uxPriority, TaskHandle_t *const pxCreatedTask);
 void vTaskDelete(TaskHandle_t xTaskToDelete);
 void vTaskDelay(const TickType_t xTicksToDelay);
+BaseType_t xTaskDelayUntil(TickType_t *const pxPreviousWakeTime, const TickType_t xTimeIncrement);
+#define vTaskDelayUntil(pxPreviousWakeTime, xTimeIncrement) \
+    do { (void)xTaskDelayUntil((pxPreviousWakeTime), (xTimeIncrement)); } while (0)
 TickType_t xTaskGetTickCount(void);
 uint32_t ulTaskNotifyTake(BaseType_t xClearCountOnExit, TickType_t xTicksToWait);
 BaseType_t xTaskNotifyGive(TaskHandle_t xTaskToNotify);
