@@ -62,14 +62,14 @@ class Tools:
     qemu: Path
 
 
-def _qemu_has_esp32c3(qemu: Path) -> bool:
+def qemu_has_machine(qemu: Path, machine: str) -> bool:
     try:
         out = subprocess.run(
             [str(qemu), "-machine", "help"], capture_output=True, text=True, timeout=30
         ).stdout
     except OSError:
         return False
-    return re.search(r"^esp32c3\s", out, re.MULTILINE) is not None
+    return re.search(rf"^{machine}\s", out, re.MULTILINE) is not None
 
 
 @functools.cache
@@ -99,7 +99,7 @@ def find_tools() -> Tools | str:
         on_path = shutil.which("qemu-system-riscv32")
         candidates += [Path(on_path)] if on_path else []
         candidates.append(SDK / "qemu-install" / "bin" / "qemu-system-riscv32")
-    qemu = next((q for q in candidates if q.is_file() and _qemu_has_esp32c3(q)), None)
+    qemu = next((q for q in candidates if q.is_file() and qemu_has_machine(q, "esp32c3")), None)
     if qemu is None:
         return (
             "no Espressif QEMU with an esp32c3 machine: set FLEET_QEMU=path/to/qemu-system-riscv32"
@@ -120,7 +120,12 @@ class Firmware:
     build_s: float
 
 
-def build_firmware(tools: Tools, build_dir: Path = BUILD_DIR) -> Firmware:
+def build_firmware(
+    tools: Tools,
+    build_dir: Path = BUILD_DIR,
+    target: str = "esp32c3",
+    defaults: tuple[str, ...] = (QEMU_DEFAULTS,),
+) -> Firmware:
     """idf_build.sh (incremental), then the OTA variant of its app image."""
     t0 = time.monotonic()
     proc = subprocess.run(
@@ -128,8 +133,8 @@ def build_firmware(tools: Tools, build_dir: Path = BUILD_DIR) -> Firmware:
             "bash",
             str(FIRMWARE / "scripts" / "idf_build.sh"),
             str(build_dir),
-            "esp32c3",
-            QEMU_DEFAULTS,
+            target,
+            *defaults,
         ],
         env=tools.env,
         capture_output=True,
@@ -211,23 +216,32 @@ def factory_image(
 # --- QEMU --------------------------------------------------------------------------------------
 
 
-def efuse_blob(idf_path: Path) -> bytes:
-    """The eFuse contents `idf.py qemu` gives an esp32c3 (chip revision v0.3)."""
+def efuse_blob(idf_path: Path, target: str = "esp32c3") -> bytes:
+    """The eFuse contents `idf.py qemu` gives the target (esp32c3, esp32s3: chip revision v0.3)."""
     src = (idf_path / "tools" / "idf_py_actions" / "qemu_ext.py").read_text()
-    block = src[src.index("'esp32c3': QemuTarget(") :]
+    block = src[src.index(f"'{target}': QemuTarget(") :]
     block = block[: block.index("')),")]
     return bytes.fromhex("".join(re.findall(r"'([0-9a-f]+)'", block)))
 
 
 class Qemu:
-    """One emulated ESP32-C3 on a flash file; start, kill and start again."""
+    """One emulated ESP32-C3 (or ESP32-S3: target, qemu) on a flash file: start, kill, again."""
 
-    def __init__(self, tools: Tools, flash: Path, log: Path) -> None:
+    def __init__(
+        self,
+        tools: Tools,
+        flash: Path,
+        log: Path,
+        target: str = "esp32c3",
+        qemu: Path | None = None,
+    ) -> None:
         self.tools = tools
         self.flash = flash
         self.log_path = log
         self.efuse = flash.with_suffix(".efuse.bin")
-        self.efuse.write_bytes(efuse_blob(tools.idf_path))
+        self.target = target
+        self.qemu = qemu or tools.qemu  # qemu-system-xtensa for the esp32s3
+        self.efuse.write_bytes(efuse_blob(tools.idf_path, target))
         self.proc: asyncio.subprocess.Process | None = None
         self.started_at = 0.0
         self._logs: list[Path] = []
@@ -236,11 +250,12 @@ class Qemu:
         assert self.proc is None, "already running"
         log = self.log_path.with_name(f"{self.log_path.stem}.{len(self._logs)}.log")
         self._logs.append(log)
-        args = [str(self.tools.qemu), "-nographic", "-machine", "esp32c3"]
+        t = self.target
+        args = [str(self.qemu), "-nographic", "-machine", t]
         args += ["-drive", f"file={self.flash},if=mtd,format=raw"]
         args += ["-drive", f"file={self.efuse},if=none,format=raw,id=efuse"]
-        args += ["-global", "driver=nvram.esp32c3.efuse,property=drive,value=efuse"]
-        args += ["-global", "driver=timer.esp32c3.timg,property=wdt_disable,value=true"]
+        args += ["-global", f"driver=nvram.{t}.efuse,property=drive,value=efuse"]
+        args += ["-global", f"driver=timer.{t}.timg,property=wdt_disable,value=true"]
         args += ["-nic", "user,model=open_eth"]
         with log.open("wb") as out:
             self.started_at = time.monotonic()
