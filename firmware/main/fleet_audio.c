@@ -92,6 +92,10 @@ void fleet_audio_handle(const fleet_ev_t *ev)
 #else
 #define BOARD_CODEC MC_CODEC_OPUS
 #endif
+/* Stacks as Espressif's own esp_peer solutions size them: the DTLS handshake (a Janus
+ * certificate) overflowed 8 KB; the Opus encoder wants tens of KB, G.711 next to none. */
+#define PEER_STACK  (25 * 1024)
+#define AUDIO_STACK (BOARD_CODEC == MC_CODEC_OPUS ? 40 * 1024 : 6144)
 
 typedef struct {
     bool used;
@@ -686,8 +690,8 @@ esp_err_t fleet_audio_init(fleet_core_t *core)
         return err;
     }
     (void)esp_peer_pre_generate_cert(); /* seconds of ECDSA: once, not per call */
-    if (xTaskCreate(audio_task, "audio", 6144, NULL, 10, NULL) != pdPASS ||
-        xTaskCreate(peer_task, "peer", 8192, NULL, 6, NULL) != pdPASS) {
+    if (xTaskCreate(audio_task, "audio", AUDIO_STACK, NULL, 10, NULL) != pdPASS ||
+        xTaskCreate(peer_task, "peer", PEER_STACK, NULL, 6, NULL) != pdPASS) {
         return ESP_ERR_NO_MEM;
     }
     ESP_LOGI(TAG, "audio up: %d Hz, %s", RATE, BOARD_SPEAKER ? "mic and speaker" : "mic only");
