@@ -99,6 +99,15 @@ def find_s3_tools() -> S3Tools | str:
     return S3Tools(replace(base, env=env), qemu)
 
 
-def build_s3_firmware(tools: S3Tools, build_dir: Path = S3_BUILD_DIR) -> Firmware:
-    """The esp32s3 image: QEMU network, virtual audio board (idf_build.sh, incremental)."""
-    return build_firmware(tools.base, build_dir, "esp32s3", (QEMU_DEFAULTS, VIRTUAL_DEFAULTS))
+def build_s3_firmware(tools: S3Tools, codec: str = "pcmu") -> Firmware:
+    """The esp32s3 image: QEMU network, virtual audio board offering `codec` (pcmu, the
+    board's default, or opus), each in a build directory of its own (idf_build.sh,
+    incremental)."""
+    defaults: tuple[str, ...] = (QEMU_DEFAULTS, VIRTUAL_DEFAULTS)
+    build_dir = S3_BUILD_DIR
+    if codec != "pcmu":
+        build_dir = S3_BUILD_DIR.with_name(f"{S3_BUILD_DIR.name}-{codec}")
+        extra = S3_BUILD_DIR.with_name(f"{build_dir.name}.defaults")
+        extra.write_text(f"CONFIG_FLEET_VIRTUAL_CODEC_{codec.upper()}=y\n")
+        defaults += (str(extra),)
+    return build_firmware(tools.base, build_dir, "esp32s3", defaults)

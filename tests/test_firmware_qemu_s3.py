@@ -1,6 +1,6 @@
 """The ESP32-S3 image with the virtual audio board (a tone for a microphone, a level meter
 for a speaker) and the real esp_peer, booted in Espressif's QEMU (machine esp32s3), in a
-meeting with a simulated device: PCMU both ways, checked by FFT on each side — the
+meeting with a simulated device: PCMU, and Opus, both ways, checked by FFT on each side — the
 simulated device's capture on the host, the virtual board's meter in the serial log.
 
 WebRTC needs an address besides loopback: broker, controller, simulated device and QEMU
@@ -14,6 +14,7 @@ Skips with one line when the S3 toolchain, QEMU's esp32s3 machine or ESP-IDF is 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterator
@@ -51,12 +52,19 @@ BIN_HZ = 8000 / 512  # the meter's FFT bin at the virtual board's 8 kHz
 CRASH_MARKS = ("Guru Meditation", "abort() was called", "stack overflow", "assert failed")
 
 
-@pytest.fixture(scope="session")
-def s3_firmware() -> Firmware:
+@functools.cache
+def s3_build(codec: str) -> Firmware:
+    """One build per codec and session; a lock keeps parallel workers from building twice."""
     assert isinstance(TOOLS, S3Tools)
     S3_BUILD_DIR.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(S3_BUILD_DIR) + ".lock"):
-        return build_s3_firmware(TOOLS)
+        return build_s3_firmware(TOOLS, codec)
+
+
+@pytest.fixture(scope="session")
+def s3_firmware() -> Firmware:
+    """The virtual board's default build (PCMU)."""
+    return s3_build("pcmu")
 
 
 @pytest.fixture
@@ -74,10 +82,12 @@ def meter_hears(log: str, freq_hz: float) -> bool:
     return float(rms) > -40.0 and abs(int(peak) - freq_hz) <= 2 * BIN_HZ
 
 
-async def test_s3_virtual_board_talks_pcmu_with_a_simulated_device(
-    netns: str, s3_firmware: Firmware, tmp_path: Path
+@pytest.mark.parametrize("codec", ["pcmu", "opus"])
+async def test_s3_virtual_board_talks_with_a_simulated_device(
+    netns: str, tmp_path: Path, codec: str
 ) -> None:
     assert isinstance(TOOLS, S3Tools)
+    s3_firmware = s3_build(codec)
     handle = amqtt_handle(CredentialStore(tmp_path / "home" / "credentials.json"), PREFIX)
     await handle.start()
     qemu: Qemu | None = None
@@ -89,7 +99,7 @@ async def test_s3_virtual_board_talks_pcmu_with_a_simulated_device(
         sim_tone = tone_for(0)
 
         def driver(device_id: str) -> AudioMeetingDriver:
-            media = MediaConfig(codecs=("pcmu",))  # type: ignore[arg-type]
+            media = MediaConfig(codecs=(codec,))  # type: ignore[arg-type]
             return AudioMeetingDriver(AudioProfile(media=media, tone_hz=sim_tone))
 
         async with (
@@ -123,7 +133,7 @@ async def test_s3_virtual_board_talks_pcmu_with_a_simulated_device(
                 what="the S3's speaker meter peaks at the sim's tone",
             )
             log = qemu.text()
-            assert "pcmu" in log, log[-4000:]
+            assert f"peer p-1: {codec}" in log, log[-4000:]
             assert not any(mark in log for mark in CRASH_MARKS), log[-6000:]
     except BaseException:
         if qemu is not None:
