@@ -9,15 +9,16 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from brokers import (
+
+from fleet.auth import CredentialStore
+from tests.support.brokers import (
     BrokerHandle,
     amqtt_handle,
     mosquitto_handle,
     require_mosquitto,
     unique_prefix,
 )
-
-from fleet.auth import CredentialStore
+from tests.support.cli import runner as runner  # the fixture
 
 BROKER_KINDS = [
     pytest.param("amqtt", id="amqtt"),

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from brokers import (
+
+import broker.amqtt.plugins as plugins
+from broker.amqtt.embedded import EmbeddedBroker, FleetBroker
+from fleet.auth import CredentialStore, Role
+from fleet.errors import ConfigError
+from fleet.protocol.topics import Topics
+from tests.support.brokers import (
     BrokerHandle,
     collect,
     external_handle,
@@ -20,12 +26,6 @@ from brokers import (
     port_open,
     subscribe_failed,
 )
-
-import broker.amqtt.plugins as plugins
-from broker.amqtt.embedded import EmbeddedBroker, FleetBroker
-from fleet.auth import CredentialStore, Role
-from fleet.errors import ConfigError
-from fleet.protocol.topics import Topics
 
 
 @pytest.fixture

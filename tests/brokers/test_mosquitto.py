@@ -10,7 +10,12 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from brokers import (
+from typer.testing import CliRunner
+
+from broker.mosquitto.config import MAX_QUEUED_MESSAGES, mosquitto_acl, write_mosquitto_config
+from cli.broker import app as broker_app
+from fleet.auth import HOMEASSISTANT_API_OPS, CredentialStore, Role
+from tests.support.brokers import (
     BrokerHandle,
     collect,
     external_handle,
@@ -20,11 +25,6 @@ from brokers import (
     port_open,
     require_mosquitto,
 )
-from typer.testing import CliRunner
-
-from broker.mosquitto.config import MAX_QUEUED_MESSAGES, mosquitto_acl, write_mosquitto_config
-from cli.broker import app as broker_app
-from fleet.auth import HOMEASSISTANT_API_OPS, CredentialStore, Role
 
 P = "fleet/v1"
 

@@ -21,17 +21,6 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from brokers import (
-    BrokerHandle,
-    external_handle,
-    mosquitto_bin,
-    mqtt_client,
-    port_open,
-    require_mosquitto,
-)
-from databases import VictoriaMetrics, fast_settings
-from databases import victoria as victoria  # the fixture
-from running import Part, controller, operator, register_devices, wait_for
 from typer.testing import CliRunner
 
 from broker.amqtt.embedded import EmbeddedBroker
@@ -57,8 +46,19 @@ from fleet.protocol.messages import (
 )
 from fleet.telemetry.ingest import TelemetryIngest
 from fleet.telemetry.worker import IngestWorker
+from tests.support import ROOT
+from tests.support.brokers import (
+    BrokerHandle,
+    external_handle,
+    mosquitto_bin,
+    mqtt_client,
+    port_open,
+    require_mosquitto,
+)
+from tests.support.databases import VictoriaMetrics, fast_settings
+from tests.support.databases import victoria as victoria  # the fixture
+from tests.support.running import Part, controller, operator, register_devices, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 HA_USER = "ha"
 
 

@@ -2,41 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
-from brokers import BrokerHandle, free_port
-from running import controller, operator_url, register_devices, sim_fleet
 
 from broker.amqtt.embedded import EmbeddedBroker
 from fleet.auth import CredentialStore, Role
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-async def fleet(*args: str, home: Path, timeout: float = 60) -> tuple[int, str, str]:
-    """Run `fleet ARGS`; returns (exit code, stdout, stderr)."""
-    env = {**os.environ, "FLEET_HOME": str(home), "COLUMNS": "200"}
-    env.pop("FLEET_BROKER", None)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cli.main",
-        *args,
-        cwd=ROOT,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(timeout):
-        out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+from tests.support.brokers import BrokerHandle, free_port
+from tests.support.cli import fleet
+from tests.support.running import controller, operator_url, register_devices, sim_fleet
 
 
 async def test_protocol_schema_prints_every_message(tmp_path: Path) -> None:

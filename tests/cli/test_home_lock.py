@@ -9,9 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
-from brokers import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
+from tests.support.brokers import free_port
 
 
 async def start_up(home: Path, port: int) -> asyncio.subprocess.Process:

@@ -11,14 +11,22 @@ import sys
 from pathlib import Path
 
 import pytest
-from brokers import BrokerHandle
-from running import controller, operator, operator_url, register_devices, sim_fleet, wait_for
-from test_cli import ROOT, fleet
 
 from fleet.device.audio import AudioMeetingDriver, audio_drivers, tone_for
 from fleet.media.analysis import hears
 from fleet.media.sources import load_audio
 from fleet.protocol.messages import ApiOp, ApiRequest
+from tests.support import ROOT
+from tests.support.brokers import BrokerHandle
+from tests.support.cli import fleet
+from tests.support.running import (
+    controller,
+    operator,
+    operator_url,
+    register_devices,
+    sim_fleet,
+    wait_for,
+)
 
 
 async def test_demo_meets_with_real_audio_and_exits_0(tmp_path: Path) -> None:

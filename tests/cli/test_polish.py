@@ -15,20 +15,16 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from brokers import BrokerHandle, mqtt_client
-from running import controller, operator_url, sim_fleet, wait_for
-from test_cli import ROOT, fleet
 from typer.testing import CliRunner
 
 from cli.main import app
 from fleet.device.sim import FIRMWARE_VERSION, HARDWARE
+from tests.support import ROOT
+from tests.support.brokers import BrokerHandle, mqtt_client
+from tests.support.cli import fleet
+from tests.support.running import controller, operator_url, sim_fleet, wait_for
 
 ROOM_NAMES_REFUSED = ["Standup", "my room!", "", "a/b"]
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner()
 
 
 def invoke(runner: CliRunner, *args: str) -> tuple[int, str, str]:

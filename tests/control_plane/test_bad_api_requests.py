@@ -39,8 +39,6 @@ from typing import NamedTuple
 
 import aiomqtt
 import pytest
-from brokers import BrokerHandle, mqtt_client
-from running import controller, operator, register_devices, sim_fleet, wait_for
 
 from fleet.auth import Role
 from fleet.client import FleetClient
@@ -60,6 +58,8 @@ from fleet.protocol.messages import (
     State,
     Status,
 )
+from tests.support.brokers import BrokerHandle, mqtt_client
+from tests.support.running import controller, operator, register_devices, sim_fleet, wait_for
 
 OVERSIZE = MAX_PAYLOAD_BYTES + 1  # the first size the protocol refuses
 HUGE = 200_000  # well past the protocol's limit; what do the brokers do with it?

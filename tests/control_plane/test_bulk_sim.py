@@ -17,8 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from brokers import BrokerHandle, mqtt_client
-from running import controller, operator, register_devices, sim_fleet, wait_for
 
 from broker.amqtt.embedded import EmbeddedBroker
 from fleet.auth import CredentialStore, Role
@@ -26,8 +24,9 @@ from fleet.device.bulk import BulkFleet
 from fleet.mqtt import BrokerUrl, make_client
 from fleet.protocol import Topics
 from fleet.protocol.messages import Ack, ApiOp, ApiRequest, State, Status, decode
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
+from tests.support.brokers import BrokerHandle, mqtt_client
+from tests.support.running import controller, operator, register_devices, sim_fleet, wait_for
 
 
 async def test_a_waiting_handler_keeps_the_devices_messages_in_order(

@@ -33,18 +33,18 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from brokers import BrokerHandle, mqtt_client
-from running import operator_url, register_devices, wait_for
 
 from fleet.auth import Role
 from fleet.client import FleetClient
 from fleet.errors import FleetError
 from fleet.protocol import TopicKind, decode
 from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult, Desired, DeviceOutcome
+from tests.support import ROOT
+from tests.support.brokers import BrokerHandle, mqtt_client
+from tests.support.running import operator_url, register_devices, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.mosquitto, pytest.mark.timeout(300)]
 
-ROOT = Path(__file__).resolve().parent.parent
 DEVICES = 200
 SIMS = 4  # processes of DEVICES / SIMS devices each
 STEPS = 30  # operator requests per run, at most

@@ -32,10 +32,6 @@ from typing import Any
 import aiomqtt
 import pytest
 import pytest_asyncio
-from brokers import AmqttBackend, BrokerHandle, MosquittoBackend, mqtt_client
-from firmware_build import WAIT_S, Build, Inbox, build, requires_toolchain
-from firmware_build import Device as HostProcess
-from running import Part, controller, operator, register_devices, sim_fleet, wait_for
 
 from fleet.auth import Role
 from fleet.device.bulk import BulkFleet
@@ -55,6 +51,10 @@ from fleet.protocol.messages import (
     decode,
     encode,
 )
+from tests.support.brokers import AmqttBackend, BrokerHandle, MosquittoBackend, mqtt_client
+from tests.support.firmware_build import WAIT_S, Build, Inbox, build, requires_toolchain
+from tests.support.firmware_build import Device as HostProcess
+from tests.support.running import Part, controller, operator, register_devices, sim_fleet, wait_for
 
 __all__ = ["build"]  # the session-scoped fixture (tests/firmware_build.py), found here by pytest
 pytestmark = [requires_toolchain, pytest.mark.timeout(120)]

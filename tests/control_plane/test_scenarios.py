@@ -6,10 +6,17 @@ import json
 from pathlib import Path
 
 import pytest
-from brokers import BrokerHandle
-from running import controller, one_device, operator, register_devices, sim_fleet, wait_for
 
 from fleet.protocol.messages import ApiOp, ApiRequest, DeviceOutcome
+from tests.support.brokers import BrokerHandle
+from tests.support.running import (
+    controller,
+    one_device,
+    operator,
+    register_devices,
+    sim_fleet,
+    wait_for,
+)
 
 ENGINES = pytest.mark.parametrize("engine", ["aiomqtt", "bulk"])
 

@@ -15,16 +15,6 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from brokers import BrokerHandle, mqtt_client
-from running import (
-    OPERATOR,
-    controller,
-    operator,
-    operator_url,
-    register_devices,
-    sim_fleet,
-    wait_for,
-)
 
 from fleet.auth import Role
 from fleet.controller import service
@@ -51,6 +41,16 @@ from fleet.protocol.messages import (
     State,
     Status,
     Sync,
+)
+from tests.support.brokers import BrokerHandle, mqtt_client
+from tests.support.running import (
+    OPERATOR,
+    controller,
+    operator,
+    operator_url,
+    register_devices,
+    sim_fleet,
+    wait_for,
 )
 
 SDP = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"

@@ -24,9 +24,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from brokers import BrokerHandle, amqtt_handle, unique_prefix
-from firmware_build import IN_CI, Build, Device, build, requires_toolchain
-from running import controller, operator, register_devices, sim_fleet, wait_for
+from tests.support.brokers import BrokerHandle, amqtt_handle, unique_prefix
+from tests.support.firmware_build import (
+    HOST_TONE_HZ,
+    IN_CI,
+    RATE,
+    Build,
+    Device,
+    build,
+    requires_toolchain,
+    speaker_tail,
+)
+from tests.support.running import controller, operator, register_devices, sim_fleet, wait_for
 
 from fleet.auth import CredentialStore
 from fleet.client import FleetClient
@@ -40,8 +49,6 @@ from fleet.protocol.messages import ApiOp, ApiRequest
 __all__ = ["build"]  # the session-scoped fixture (tests/firmware_build.py), found here by pytest
 pytestmark = [requires_toolchain, pytest.mark.timeout(180)]
 
-HOST_TONE_HZ = 1850.0  # far from the simulated devices' 400 and 575 Hz and their harmonics
-RATE = 48_000
 CLONE_NEWNET = 0x40000000
 HOST_ID = "fw-audio-1"
 ROOM = "fw-audio"
@@ -97,13 +104,6 @@ def own_network_namespace() -> Iterator[str]:
 
 
 # --- the room ---------------------------------------------------------------------------------
-
-
-def speaker_tail(path: Path, seconds: float = 1.0) -> np.ndarray:
-    """The last seconds the host device's speaker played (its WAV grows as it plays)."""
-    data = path.read_bytes()[44:] if path.exists() else b""
-    samples = np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2")
-    return samples[-int(RATE * seconds) :]
 
 
 @dataclass

@@ -21,8 +21,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from brokers import BrokerHandle
-from firmware_build import (
+from tests.support.brokers import BrokerHandle
+from tests.support.firmware_build import (
     HOST_DIR,
     QEMU_RV32,
     Build,
@@ -33,8 +33,8 @@ from firmware_build import (
     controller_inbox,
     requires_toolchain,
 )
-from firmware_build import IN_CI as _IN_CI
-from firmware_build import run_tool as _run
+from tests.support.firmware_build import IN_CI as _IN_CI
+from tests.support.firmware_build import run_tool as _run
 
 from fleet.protocol.messages import Ack, AckCode, MeetJoined, State, Status, decode, encode
 

@@ -44,8 +44,8 @@ from fleet.provisioning import (
     read_nvs_entries,
     read_partition_table,
 )
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
 PARTITIONS_CSV = FIRMWARE / "partitions.csv"
 # firmware/partitions.csv as (name, type, subtype, offset, size): data=1, app=0;
@@ -583,11 +583,12 @@ def test_flash_and_provision_without_a_board_raise_board_not_found(
 
 
 @pytest.fixture
-def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+def runner(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    """The shared runner, in a wide terminal with no port or Wi-Fi secret from outside."""
     monkeypatch.setenv("COLUMNS", "400")  # rich would wrap long error lines at 80
     monkeypatch.delenv("ESPPORT", raising=False)
     monkeypatch.delenv("FLEET_WIFI_PASSWORD", raising=False)
-    return CliRunner()
+    return runner
 
 
 def _assert_one_line_error(stderr: str, *expected: str) -> None:

@@ -20,16 +20,6 @@ from typing import Any
 import aiomqtt
 import jinja2
 import pytest
-from brokers import BrokerHandle, connect_and_drop, mqtt_client
-from running import (
-    Part,
-    controller,
-    one_device,
-    operator,
-    register_devices,
-    sim_fleet,
-    wait_for,
-)
 
 from fleet.auth import Acl, Role
 from fleet.controller.service import Controller
@@ -49,6 +39,17 @@ from fleet.protocol.messages import (
     Telemetry,
     TelemetryMeeting,
     WifiTelemetry,
+)
+from tests.support import ROOT
+from tests.support.brokers import BrokerHandle, connect_and_drop, mqtt_client
+from tests.support.running import (
+    Part,
+    controller,
+    one_device,
+    operator,
+    register_devices,
+    sim_fleet,
+    wait_for,
 )
 
 HA_USER = "homeassistant"
@@ -768,7 +769,7 @@ async def test_room_choices_are_kept_in_sqlite(amqtt_broker: BrokerHandle, tmp_p
 def test_the_documented_entity_ids_are_the_proposed_ones() -> None:
     """Every entity id the docs' example automations name is one discovery proposes
     (`default_entity_id`, honoured by Home Assistant 2025.10 and newer)."""
-    docs = (Path(__file__).resolve().parent.parent / "docs" / "home-assistant.md").read_text()
+    docs = (ROOT / "docs" / "home-assistant.md").read_text()
     named = set(re.findall(r"entity_id: ([a-z_]+\.[a-z0-9_]+)", docs)) - {"zone.home"}
     assert named
     d = Discovery(Topics())

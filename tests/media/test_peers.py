@@ -17,8 +17,6 @@ import pytest
 import pytest_asyncio
 from aiortc import RTCIceServer
 from aiortc.mediastreams import MediaStreamError
-from netns import require_netns
-from running import wait_for
 
 from fleet.media import (
     CaptureSink,
@@ -44,10 +42,12 @@ from fleet.media.analysis import (
 )
 from fleet.media.frames import SAMPLE_RATE
 from fleet.protocol.messages import Capabilities, PeerAudioStats
+from tests.support import ROOT
+from tests.support.netns import require_netns
+from tests.support.running import wait_for
 
 # Far from each other and from each other's first harmonics, and below G.711's 4 kHz.
 TONES = {"p1": 440.0, "p2": 1010.0, "p3": 2270.0}
-REPO = Path(__file__).resolve().parents[1]
 
 
 class Party:
@@ -548,7 +548,7 @@ def test_a_loopback_only_namespace_fails_clearly_instead_of_hanging() -> None:
             capture_output=True,
             text=True,
             timeout=60,
-            cwd=REPO,
+            cwd=ROOT,
         )
     finally:
         subprocess.run(["ip", "netns", "delete", name], capture_output=True)

@@ -7,8 +7,6 @@ import logging
 from pathlib import Path
 
 import pytest
-from brokers import BrokerHandle
-from running import controller, operator, register_devices, sim_fleet, wait_for
 
 from fleet.agents import EchoAgent
 from fleet.agents.runner import agent_in_room
@@ -17,6 +15,8 @@ from fleet.device.audio import audio_drivers, tone_for
 from fleet.media.sinks import CaptureSink, FanoutSink
 from fleet.mqtt import BrokerUrl
 from fleet.protocol.messages import ApiOp, ApiRequest
+from tests.support.brokers import BrokerHandle
+from tests.support.running import controller, operator, register_devices, sim_fleet, wait_for
 
 pytestmark = pytest.mark.timeout(150)
 

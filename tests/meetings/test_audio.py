@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from brokers import BrokerHandle
-from running import controller, operator, register_devices, sim_fleet, wait_for
 
 from fleet.agents import EchoAgent, RecorderAgent
 from fleet.agents.runner import agent_in_room
@@ -28,6 +26,8 @@ from fleet.meetings.participant import participant_link
 from fleet.mqtt import BrokerUrl
 from fleet.protocol import decode, encode
 from fleet.protocol.messages import ApiOp, ApiRequest, DeviceOutcome, MeetOffer, Telemetry
+from tests.support.brokers import BrokerHandle
+from tests.support.running import controller, operator, register_devices, sim_fleet, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 

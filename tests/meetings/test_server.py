@@ -14,8 +14,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from brokers import BrokerHandle, connect_and_drop, mqtt_client
-from running import controller, one_device, operator, register_devices, wait_for
 
 from fleet.meetings import MeetingServer
 from fleet.meetings.participant import LocalParticipant, MeetingRefused, participant_link
@@ -32,6 +30,8 @@ from fleet.protocol.messages import (
     MeetRelayedCandidate,
     MeetRelayedOffer,
 )
+from tests.support.brokers import BrokerHandle, connect_and_drop, mqtt_client
+from tests.support.running import controller, one_device, operator, register_devices, wait_for
 
 SDP = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
 

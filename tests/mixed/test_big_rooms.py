@@ -10,10 +10,6 @@ import signal
 from pathlib import Path
 
 import pytest
-from mixers import janus as janus  # the fixtures (module-scoped)
-from mixers import mixed_net as mixed_net
-from netns import Netns
-from test_cli import fleet
 
 from cli.demo import hearing_table, wait_until_everyone_hears
 from cli.stack import StackConfig, free_port, running_stack
@@ -21,6 +17,8 @@ from fleet.client import FleetClient
 from fleet.errors import FleetError
 from fleet.mixer.process import JanusProcess
 from fleet.protocol.messages import ApiOp, ApiRequest, MediaPath
+from tests.support.cli import fleet
+from tests.support.netns import Netns
 
 pytestmark = pytest.mark.timeout(240)
 

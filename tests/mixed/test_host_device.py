@@ -1,8 +1,8 @@
 """fleet-host-device --audio in a mixed room: one connection to a real Janus AudioBridge,
 through which it hears the two simulated devices (not itself) and they hear it.
 
-Needs the mixer (fleet.mixer, tests/mixers.py: branch "mixer") and Janus; skips without
-them. The module's network namespace is the mixer fixtures' (tests/mixers.py).
+Needs Janus; skips without it. The module's network namespace is the mixer fixtures'
+(tests/mixed/conftest.py).
 """
 
 from __future__ import annotations
@@ -11,22 +11,24 @@ from pathlib import Path
 
 import pytest
 
-mixers = pytest.importorskip("mixers", reason="needs the mixer's test fixtures (tests/mixers.py)")
+from fleet.device.audio import AudioMeetingDriver, AudioProfile, tone_for
+from fleet.media.analysis import hears
+from fleet.media.config import MediaConfig
+from fleet.meetings import MeetingServer
+from fleet.protocol.messages import ApiOp, ApiRequest, RoomMedia
+from tests.support.brokers import BrokerHandle
+from tests.support.firmware_build import (
+    HOST_TONE_HZ,
+    RATE,
+    Build,
+    Device,
+    build,
+    requires_toolchain,
+    speaker_tail,
+)
+from tests.support.running import controller, operator, register_devices, sim_fleet, wait_for
 
-from brokers import BrokerHandle  # noqa: E402
-from firmware_build import Build, Device, build, requires_toolchain  # noqa: E402
-from running import controller, operator, register_devices, sim_fleet, wait_for  # noqa: E402
-from test_firmware_audio import HOST_TONE_HZ, RATE, speaker_tail  # noqa: E402
-
-from fleet.device.audio import AudioMeetingDriver, AudioProfile, tone_for  # noqa: E402
-from fleet.media.analysis import hears  # noqa: E402
-from fleet.media.config import MediaConfig  # noqa: E402
-from fleet.meetings import MeetingServer  # noqa: E402
-from fleet.protocol.messages import ApiOp, ApiRequest, RoomMedia  # noqa: E402
-
-janus = mixers.janus  # the module-scoped fixtures: Janus inside the module's namespace
-mixed_net = mixers.mixed_net
-__all__ = ["build", "janus", "mixed_net"]
+__all__ = ["build"]  # the session-scoped fixture, found here by pytest
 pytestmark = [requires_toolchain, pytest.mark.timeout(180)]
 HOST_ID = "fw-mix-1"
 

@@ -16,17 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from brokers import BrokerHandle, mqtt_client
-from databases import EventRecorder, Influx1, fast_settings
-from databases import influx1 as influx1  # the fixture
-from impair import Impairment, impaired
-from mixers import fake_mixer, janus_process, tcp_forward, until
-from mixers import janus as janus  # the fixtures (module-scoped)
-from mixers import mixed_net as mixed_net
-from netns import Netns
-from running import controller, operator, register_devices, sim_fleet, wait_for
-from test_cli import fleet
-from test_telemetry_dashboards import DB, fill, queries_of
 
 from cli.stack import StackConfig, free_port, running_stack
 from fleet.auth import Role
@@ -57,9 +46,18 @@ from fleet.protocol.messages import (
     Telemetry,
 )
 from fleet.telemetry import TelemetryIngest
+from tests.support import ROOT
+from tests.support.brokers import BrokerHandle, mqtt_client
+from tests.support.cli import fleet
+from tests.support.databases import EventRecorder, Influx1, fast_settings
+from tests.support.databases import influx1 as influx1  # the fixture
+from tests.support.grafana import DB, fill, queries_of
+from tests.support.impair import Impairment, impaired
+from tests.support.mixers import fake_mixer, janus_process, tcp_forward, until
+from tests.support.netns import Netns
+from tests.support.running import controller, operator, register_devices, sim_fleet, wait_for
 
 pytestmark = pytest.mark.timeout(180)
-REPO = Path(__file__).resolve().parents[1]
 
 # G.711 at the mixer's 16 kHz: the cheapest codec for eight members on two shared cores.
 G711 = MediaConfig(codecs=("pcmu",))
@@ -267,7 +265,7 @@ async def test_a_member_whose_process_is_killed_leaves_the_mixer_and_the_history
         await create_room(m.op, "standup", RoomMedia.MIXED)
         assert (await m.op.request(ApiOp.JOIN_ALL, ApiRequest(room="standup"))).ok
         # A simulated device in a process of its own, to kill.
-        proc = subprocess.Popen(fleet_sim(amqtt_broker, doomed, tmp_path), cwd=REPO)  # noqa: ASYNC220
+        proc = subprocess.Popen(fleet_sim(amqtt_broker, doomed, tmp_path), cwd=ROOT)  # noqa: ASYNC220
         try:
             await wait_for(
                 lambda: (rec := m.ctl.registry.devices.get("doomed-1")) is not None and rec.online,
@@ -579,7 +577,7 @@ async def test_a_member_behind_loss_and_jitter_keeps_hearing_and_its_telemetry_s
         # The lossy member: its own process in the other namespace, its group desired
         # state (join-all) waiting for it.
         command = fleet_sim(amqtt_broker, lossy, tmp_path, f"mqtt://{link.gateway}:{port}")
-        proc = subprocess.Popen(["ip", "netns", "exec", link.netns, *command], cwd=REPO)  # noqa: ASYNC220
+        proc = subprocess.Popen(["ip", "netns", "exec", link.netns, *command], cwd=ROOT)  # noqa: ASYNC220
         try:
 
             async def collect() -> None:
@@ -617,7 +615,7 @@ async def test_a_member_behind_loss_and_jitter_keeps_hearing_and_its_telemetry_s
         assert all((s.loss or 0) < 0.02 for s in clean), clean
         await wait_for(ingest.flushed.is_set, 10, "telemetry written")
     # The meeting-quality panels show it (Grafana's queries, variables filled in).
-    board = json.loads((REPO / "dashboards" / "meeting-quality.json").read_text())
+    board = json.loads((ROOT / "dashboards" / "meeting-quality.json").read_text())
     now_ms = int(time.time() * 1000)
     shown: dict[str, float] = {}
     for title, query in queries_of(board):

@@ -8,8 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from mixers import mixed_net as mixed_net  # the fixture (module-scoped)
-from netns import Netns
 
 from cli.demo import assistant_demo
 from cli.stack import StackConfig, free_port, running_stack
@@ -18,6 +16,7 @@ from fleet.client import FleetClient
 from fleet.device.speech import SpeakingDriver
 from fleet.mixer.process import require_janus
 from fleet.protocol.messages import ApiOp, ApiRequest, MediaPath, RoomMedia
+from tests.support.netns import Netns
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -3,14 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from brokers import (
-    BrokerHandle,
-    collect,
-    connect_and_drop,
-    mqtt_client,
-    subscribe_failed,
-    subscribe_forbidden,
-)
 
 from fleet.auth import (
     HOMEASSISTANT_API_OPS,
@@ -23,6 +15,14 @@ from fleet.auth import (
 )
 from fleet.protocol.messages import ApiOp
 from fleet.protocol.topics import TopicKind, Topics
+from tests.support.brokers import (
+    BrokerHandle,
+    collect,
+    connect_and_drop,
+    mqtt_client,
+    subscribe_failed,
+    subscribe_forbidden,
+)
 
 P = "fleet/v1"
 HASH = hash_secret("x", 1)

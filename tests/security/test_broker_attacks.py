@@ -16,14 +16,6 @@ from pathlib import Path
 import aiomqtt
 import pytest
 import pytest_asyncio
-from brokers import (
-    BrokerHandle,
-    collect,
-    free_port,
-    mqtt_client,
-    subscribe_failed,
-)
-from running import controller, one_device, operator, wait_for
 
 import broker.amqtt.embedded as embedded
 from broker.amqtt.admission import Admission
@@ -34,6 +26,14 @@ from fleet.auth.clientids import may_use, owner
 from fleet.mqtt import BrokerUrl, payload_bytes
 from fleet.protocol import decode
 from fleet.protocol.messages import MAX_PAYLOAD_BYTES, ApiOp, ApiRequest, Status
+from tests.support.brokers import (
+    BrokerHandle,
+    collect,
+    free_port,
+    mqtt_client,
+    subscribe_failed,
+)
+from tests.support.running import controller, one_device, operator, wait_for
 
 # --- 1: client ids belong to one user ---------------------------------------------------------
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from brokers import BrokerHandle, free_port, mqtt_client, require_mosquitto
 from typer.testing import CliRunner
 
 import broker.mosquitto.process as mosquitto_process
@@ -31,6 +30,7 @@ from fleet.auth import (
     verify_secret,
 )
 from fleet.errors import CredentialsError
+from tests.support.brokers import BrokerHandle, free_port, mqtt_client, require_mosquitto
 
 # --- hashes ----------------------------------------------------------------------------------
 
@@ -353,11 +353,6 @@ def test_default_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 # --- fleet creds -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner()
 
 
 def test_cli_add_list_groups_rm(runner: CliRunner, tmp_path: Path) -> None:

@@ -28,8 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from brokers import BrokerHandle
-from running import Part
 
 from cli.stack import free_port
 from fleet.controller.parts import ControllerPart
@@ -37,6 +35,8 @@ from fleet.controller.service import Controller
 from fleet.mqtt import BrokerUrl
 from fleet.protocol.messages import FleetEvent
 from fleet.telemetry import InfluxSettings, TelemetryIngest
+from tests.support.brokers import BrokerHandle
+from tests.support.running import Part
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 30.0

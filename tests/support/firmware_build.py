@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import numpy as np
 import pytest
-from brokers import BrokerHandle, mqtt_client
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
+from tests.support.brokers import BrokerHandle, mqtt_client
+
 HOST_DIR = ROOT / "firmware" / "host"
 WAIT_S = 10.0
 
@@ -278,3 +280,16 @@ class Device:
             assert self.proc is not None
             self.proc.kill()
             await self.proc.wait()
+
+
+# --- the audio host device's speaker -----------------------------------------------------------
+
+HOST_TONE_HZ = 1850.0  # far from the simulated devices' 400 and 575 Hz and their harmonics
+RATE = 48_000  # the speaker's WAV
+
+
+def speaker_tail(path: Path, seconds: float = 1.0) -> np.ndarray:
+    """The last seconds the host device's speaker played (its WAV grows as it plays)."""
+    data = path.read_bytes()[44:] if path.exists() else b""
+    samples = np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2")
+    return samples[-int(RATE * seconds) :]

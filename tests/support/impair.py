@@ -19,7 +19,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from netns import Link, Netns
+from tests.support.netns import Link, Netns
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001

@@ -2,8 +2,10 @@
 address that is not loopback), this process's event loop thread inside it, and Janus
 processes started there on free ports and stopped after.
 
-    from mixers import janus as janus  # the fixtures (module-scoped)
-    from mixers import mixed_net as mixed_net
+    from tests.support.mixers import janus as janus  # the fixtures (module-scoped)
+    from tests.support.mixers import mixed_net as mixed_net
+
+(tests/mixed/conftest.py does this for every module of its folder.)
 
 Then `janus.url` is the WebSocket URL to give `MeetingServer(mixers=[...])`, and every
 broker, controller and simulated device the test starts lives in the namespace too.
@@ -20,10 +22,10 @@ from pathlib import Path
 
 import pytest
 import websockets
-from netns import Netns, netns
 from websockets.asyncio.server import ServerConnection
 
 from fleet.mixer.process import JanusConfig, JanusProcess, spawn_janus, wait_listening_sync
+from tests.support.netns import Netns, netns
 
 _rtp_ranges = itertools.count()
 

@@ -7,8 +7,6 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
-from brokers import BrokerHandle
-
 from fleet.auth import Role
 from fleet.client import FleetClient
 from fleet.controller.parts import ControllerPart
@@ -17,6 +15,7 @@ from fleet.device.bulk import BulkFleet
 from fleet.device.sim import MeetingDriver, SimDeviceConfig, SimFleet, SimulatedDevice, device_ids
 from fleet.meetings import MeetingServer
 from fleet.mqtt import BrokerUrl
+from tests.support.brokers import BrokerHandle
 
 OPERATOR = "operator"
 

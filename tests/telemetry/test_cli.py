@@ -12,14 +12,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from brokers import CONTROLLER_USER, BrokerHandle, mqtt_client
-from databases import VictoriaMetrics
-from databases import victoria as victoria  # the fixture
-from running import operator_url, register_devices, sim_fleet, wait_for
-from test_cli import ROOT, fleet
 
 from fleet.protocol import encode
 from fleet.protocol.messages import Telemetry, WifiTelemetry
+from tests.support import ROOT
+from tests.support.brokers import CONTROLLER_USER, BrokerHandle, mqtt_client
+from tests.support.cli import fleet
+from tests.support.databases import VictoriaMetrics
+from tests.support.databases import victoria as victoria  # the fixture
+from tests.support.running import operator_url, register_devices, sim_fleet, wait_for
 
 
 @pytest.mark.parametrize(

@@ -13,14 +13,9 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
-from brokers import BrokerHandle, mqtt_client
-from databases import EventRecorder, Influx1, fast_settings, ingesting_controller
-from databases import influx1 as influx1  # the fixture
-from running import operator, register_devices, sim_fleet, wait_for
 
 from fleet.errors import ConfigError
 from fleet.protocol import encode
@@ -35,10 +30,14 @@ from fleet.protocol.messages import (
     WifiTelemetry,
 )
 from fleet.telemetry.dashboards import generate
+from tests.support import ROOT
+from tests.support.brokers import BrokerHandle, mqtt_client
+from tests.support.databases import EventRecorder, Influx1, fast_settings, ingesting_controller
+from tests.support.databases import influx1 as influx1  # the fixture
+from tests.support.grafana import DB, fill, queries_of
+from tests.support.running import operator, register_devices, sim_fleet, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "dashboards"
-DB = "fleet"
 AUDIO_DEVICE = "esp-audio"
 
 
@@ -72,31 +71,6 @@ def test_provisioning_points_at_the_dashboards_and_an_influxql_datasource() -> N
 def grafana_regex_escape(value: str) -> str:
     """What Grafana's InfluxDB datasource does to a variable value inside a /regex/."""
     return re.sub(r"([\\^$*+?.()|\[\]{}/])", r"\\\1", value)
-
-
-def fill(query: str, variables: dict[str, str], start_ms: int, end_ms: int) -> str:
-    """Grafana's macros and variables, as Grafana interpolates them for InfluxQL."""
-    query = query.replace("$timeFilter", f"time >= {start_ms}ms and time <= {end_ms}ms")
-    query = query.replace("$__interval", "1s")
-    for name, value in sorted(variables.items(), key=lambda kv: -len(kv[0])):
-        query = query.replace(f"${name}", value)
-    # `$` left only as a regex anchor (`/^...$/`), never as a macro or variable.
-    assert not re.search(r"\$\{?[A-Za-z_]", query), f"unfilled macro in {query}"
-    return query
-
-
-def queries_of(board: dict[str, Any]) -> list[tuple[str, str]]:
-    """(what, query) for every panel target, template variable and annotation."""
-    found: list[tuple[str, str]] = []
-    for panel in board["panels"]:
-        for target in panel.get("targets", []):
-            found.append((f"panel {panel['title']!r}", target["query"]))
-    for var in board["templating"]["list"]:
-        if var["type"] == "query":
-            found.append((f"variable {var['name']!r}", var["query"]))
-    for anno in board["annotations"]["list"]:
-        found.append((f"annotation {anno['name']!r}", anno["target"]["query"]))
-    return found
 
 
 def tag_values(influx: Influx1, query: str) -> list[str]:

@@ -14,11 +14,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiomqtt
-from brokers import BrokerHandle, mqtt_client
-from databases import Influx1, VictoriaMetrics, fast_settings, ingesting_controller
-from databases import influx1 as influx1  # the fixture
-from databases import victoria as victoria  # the fixture
-from running import Part, register_devices, wait_for
 
 from cli.stack import free_port
 from fleet.auth import Role
@@ -32,6 +27,11 @@ from fleet.protocol.messages import (
     Telemetry,
     TelemetryMeeting,
 )
+from tests.support.brokers import BrokerHandle, mqtt_client
+from tests.support.databases import Influx1, VictoriaMetrics, fast_settings, ingesting_controller
+from tests.support.databases import influx1 as influx1  # the fixture
+from tests.support.databases import victoria as victoria  # the fixture
+from tests.support.running import Part, register_devices, wait_for
 
 TELE_INTERVAL_S = 0.1
 

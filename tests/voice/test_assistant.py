@@ -20,9 +20,6 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from brokers import BrokerHandle, amqtt_handle, unique_prefix
-from running import controller, operator, operator_url, sim_fleet, wait_for
-from test_cli import fleet as fleet_cli
 
 from fleet.agents import Agent
 from fleet.agents.runner import agent_in_room
@@ -39,6 +36,9 @@ from fleet.media.frames import SAMPLE_RATE
 from fleet.meetings.participant import LocalParticipant
 from fleet.mqtt import BrokerUrl
 from fleet.protocol.messages import ApiOp, ApiRequest
+from tests.support.brokers import BrokerHandle, amqtt_handle, unique_prefix
+from tests.support.cli import fleet as fleet_cli
+from tests.support.running import controller, operator, operator_url, sim_fleet, wait_for
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
 

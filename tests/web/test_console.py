@@ -11,15 +11,12 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import aiomqtt
 import pytest
 import pytest_asyncio
-from netns import Netns, netns
-from running import wait_for
 
 from cli.stack import Stack, StackConfig, free_port, running_stack, stack_console
 from fleet.auth import CredentialStore
@@ -29,11 +26,14 @@ from fleet.meetings import MeetingServer
 from fleet.protocol.messages import ApiOp, ApiRequest, MediaPath, RoomMedia
 from fleet.web.chromium import chromium_path, launch, tone_wav
 from fleet.web.server import ConsoleConfig, WebConsole
+from tests.support import ROOT
+from tests.support.netns import Netns, netns
+from tests.support.running import wait_for
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.asyncio(loop_scope="module")]
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = ROOT / "docs"
 BROWSER_HZ = 3000.0  # the fake microphone's tone: none of the devices' (400 Hz + 175 n)
 DEVICES = 3
 CREDS_KEY = "espfleet.console.credentials"

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from brokers import BrokerHandle, mqtt_client
-from running import controller, operator
 
 from fleet.auth import GENERATED_SECRET_ITERATIONS, Role, generate_secret, hash_secret
 from fleet.controller.web_login import WebLogins
 from fleet.meetings import MeetingServer
 from fleet.protocol.messages import ApiOp, ApiRequest
+from tests.support.brokers import BrokerHandle, mqtt_client
+from tests.support.running import controller, operator
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,8 +29,9 @@ from fleet.protocol import (
     json_schemas,
 )
 from fleet.protocol import messages as m
+from tests.support import ROOT
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
+DOC = ROOT / "docs" / "protocol.md"
 
 # Every payload model, the topic kind it travels on, and its key in json_schemas().
 MODELS: dict[str, tuple[type[BaseModel], TopicKind, str]] = {
