@@ -57,22 +57,18 @@ from tests.support.brokers import (
 )
 from tests.support.databases import VictoriaMetrics, fast_settings
 from tests.support.databases import victoria as victoria  # the fixture
+from tests.support.packets import mqtt_str
 from tests.support.running import Part, controller, operator, register_devices, wait_for
 
 HA_USER = "ha"
 
 
-def _mqtt_str(value: str) -> bytes:
-    raw = value.encode()
-    return len(raw).to_bytes(2, "big") + raw
-
-
 def mqtt5_connect(client_id: str, username: str, password: str) -> bytes:
     """An MQTT 5 CONNECT as Home Assistant 2026 sends it: with properties (session expiry)."""
     props = bytes([0x11]) + (0).to_bytes(4, "big")  # session expiry interval 0
-    variable = _mqtt_str("MQTT") + bytes([5, 0xC2]) + (60).to_bytes(2, "big")
+    variable = mqtt_str("MQTT") + bytes([5, 0xC2]) + (60).to_bytes(2, "big")
     variable += bytes([len(props)]) + props
-    body = variable + _mqtt_str(client_id) + _mqtt_str(username) + _mqtt_str(password)
+    body = variable + mqtt_str(client_id) + mqtt_str(username) + mqtt_str(password)
     assert len(body) < 128  # one byte of remaining length
     return bytes([0x10, len(body)]) + body
 

@@ -51,10 +51,11 @@ from fleet.protocol.messages import (
     decode,
     encode,
 )
-from tests.support.brokers import AmqttBackend, BrokerHandle, MosquittoBackend, mqtt_client
+from tests.support.brokers import AmqttBackend, BrokerHandle, MosquittoBackend
 from tests.support.firmware_build import WAIT_S, Build, Inbox, build, requires_toolchain
 from tests.support.firmware_build import Device as HostProcess
 from tests.support.running import Part, controller, operator, register_devices, sim_fleet, wait_for
+from tests.support.wire import retained_messages, wire
 
 __all__ = ["build"]  # the session-scoped fixture (tests/firmware_build.py), found here by pytest
 pytestmark = [requires_toolchain, pytest.mark.timeout(120)]
@@ -182,6 +183,7 @@ class Wire:
 
     def __init__(self, handle: BrokerHandle, client: aiomqtt.Client, device_id: str) -> None:
         self.handle = handle
+        self.url = BrokerUrl.parse(handle.controller_url())  # the controller user's
         self.client = client
         self.id = device_id
         t = handle.topics
@@ -295,10 +297,9 @@ def _on(model: Any, pred: Callable[[Any], bool]) -> Callable[[bytes], bool]:
 
 
 @contextlib.asynccontextmanager
-async def wire(handle: BrokerHandle, device_id: str) -> AsyncIterator[Wire]:
-    url = BrokerUrl.parse(handle.controller_url())
-    client_id = f"{url.username}-wire-{uuid.uuid4().hex[:8]}"
-    async with mqtt_client(handle, url.username, url.password, client_id=client_id) as client:
+async def device_wire(handle: BrokerHandle, device_id: str) -> AsyncIterator[Wire]:
+    """The controller user's raw client (tests/support/wire.py) on one device's topics."""
+    async with wire(handle, BrokerUrl.parse(handle.controller_url())) as client:
         w = Wire(handle, client, device_id)
         for topic in w.topics:
             await client.subscribe(topic, qos=1)
@@ -306,14 +307,6 @@ async def wire(handle: BrokerHandle, device_id: str) -> AsyncIterator[Wire]:
             yield w
         finally:
             await w.inbox.close()
-
-
-async def retained(handle: BrokerHandle, topic: str) -> aiomqtt.Message:
-    """What a fresh subscriber gets on `topic`: its retained message."""
-    async with wire(handle, "unused") as w:
-        await w.client.subscribe(topic, qos=1)
-        await w.inbox.wait(topic)
-        return w.messages(topic)[0]
 
 
 def assert_connected_as(handle: BrokerHandle, device_id: str) -> None:
@@ -423,7 +416,7 @@ async def lab(
 async def booted(lab: Lab) -> AsyncIterator[tuple[DeviceUnderTest, Wire]]:
     """Device DEV (group GROUP) up: its birth and first state seen on the wire."""
     dev = await lab.device(DEV, [GROUP])
-    async with wire(lab.handle, DEV) as w:
+    async with device_wire(lab.handle, DEV) as w:
         await dev.start()
         await w.status(lambda s: s.online)
         await w.state(lambda s: True)
@@ -466,7 +459,7 @@ async def test_birth_is_retained_and_says_what_the_device_is(
     assert (state.rev, state.meeting, state.mic, state.error) == (0, None, True, None)
 
     # Retained: a fresh subscriber gets exactly that birth.
-    kept = await retained(w.handle, w.status_t)
+    [kept] = await retained_messages(w.handle, w.status_t, w.url)
     assert kept.retain
     assert bytes(kept.payload) == birth_raw
 
@@ -484,7 +477,7 @@ async def test_will_on_abrupt_end_and_goodbye_on_clean_stop(
     # The broker saw the connection drop without a DISCONNECT: this is the will.
     ends = functools.partial(connection_ends, w.handle, dev.id, caplog)
     await wait_for(lambda: ends() == ["abrupt"], 5, "the broker to see an abrupt end")
-    kept = await retained(w.handle, w.status_t)
+    [kept] = await retained_messages(w.handle, w.status_t, w.url)
     assert kept.retain
     assert decode(Status, kept.payload) == OFFLINE
 
@@ -501,7 +494,7 @@ async def test_will_on_abrupt_end_and_goodbye_on_clean_stop(
     assert [decode(Status, m.payload) for m in goodbye] == [OFFLINE]
     assert goodbye[0].qos == 1
     await wait_for(lambda: ends() == ["abrupt", "clean"], 5, "the broker to see a DISCONNECT")
-    kept = await retained(w.handle, w.status_t)
+    [kept] = await retained_messages(w.handle, w.status_t, w.url)
     assert kept.retain
     assert decode(Status, kept.payload) == OFFLINE
 
@@ -570,7 +563,7 @@ async def test_meeting_until_lapses_at_the_same_rev(
 
 async def test_meeting_until_lapses_on_time(lab: Lab, request: pytest.FixtureRequest) -> None:
     dev = await lab.device(DEV, tele_interval_s=30)
-    async with wire(lab.handle, DEV) as w:
+    async with device_wire(lab.handle, DEV) as w:
         await dev.start()
         await w.state(lambda s: True)
         until = time.time() + 0.3
@@ -1034,7 +1027,7 @@ async def test_mixed_fleet_with_the_controller(
             await wait_for(lambda: seen("fw-2") == (True, retro.rev, "retro"), what="fw-2 back")
 
             # Malformed desired docs: refused, no crash, the device still answers.
-            async with wire(h, "fw-3") as w:
+            async with device_wire(h, "fw-3") as w:
                 for bad in (
                     b'{"rev": 999, "meeting":',
                     b'{"rev": "999"}',

@@ -33,6 +33,7 @@ from tests.support.brokers import (
     mqtt_client,
     subscribe_failed,
 )
+from tests.support.packets import mqtt_connect, mqtt_packet
 from tests.support.running import controller, one_device, operator, wait_for
 
 # --- 1: client ids belong to one user ---------------------------------------------------------
@@ -276,25 +277,6 @@ async def test_payloads_over_64_kib_go_nowhere(any_broker: BrokerHandle) -> None
     ]
 
 
-def _mqtt_packet(kind: int, body: bytes, length: int | None = None) -> bytes:
-    n = len(body) if length is None else length
-    encoded = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        encoded.append(byte | (0x80 if n else 0))
-        if not n:
-            break
-    return bytes([kind]) + bytes(encoded) + body
-
-
-def _connect_packet(client_id: str, username: str, password: str) -> bytes:
-    def s(v: str) -> bytes:
-        return len(v.encode()).to_bytes(2, "big") + v.encode()
-
-    body = s("MQTT") + bytes([4, 0xC2]) + (30).to_bytes(2, "big")
-    return _mqtt_packet(0x10, body + s(client_id) + s(username) + s(password))
-
-
 async def _closed_by_broker(reader: asyncio.StreamReader, timeout_s: float = 5.0) -> bool:
     """True when the broker closes the socket within the time (EOF or reset)."""
     try:
@@ -313,11 +295,11 @@ async def test_a_huge_packet_closes_the_connection_unread(any_broker: BrokerHand
     secret = any_broker.add_device("dev-a")
     reader, writer = await asyncio.open_connection(any_broker.host, any_broker.port)
     try:
-        writer.write(_connect_packet("dev-a", "dev-a", secret))
+        writer.write(mqtt_connect("dev-a", "dev-a", secret))
         assert (await asyncio.wait_for(reader.readexactly(4), 10))[3] == 0
         topic = any_broker.topics.tele("dev-a").encode()
         header = len(topic).to_bytes(2, "big") + topic
-        writer.write(_mqtt_packet(0x30, header + b"z" * 1000, length=250_000_000))
+        writer.write(mqtt_packet(0x30, header + b"z" * 1000, length=250_000_000))
         await writer.drain()
         assert await _closed_by_broker(reader)
     finally:
@@ -396,13 +378,13 @@ async def test_failed_logins_are_rate_limited_per_address(
 ) -> None:
     secret = creds_store.add("dev-a", Role.DEVICE)
     port = strict_broker.port
-    wrong = _connect_packet("dev-a", "dev-a", "wrong")
+    wrong = mqtt_connect("dev-a", "dev-a", "wrong")
     for _ in range(3):  # the burst: refused the MQTT way, CONNACK 5
         assert (await _connect_from("127.0.0.1", port, wrong))[3:4] == b"\x05"
     # Then this address is hung up on at once, even with the right password...
-    assert await _connect_from("127.0.0.1", port, _connect_packet("dev-a", "dev-a", secret)) == b""
+    assert await _connect_from("127.0.0.1", port, mqtt_connect("dev-a", "dev-a", secret)) == b""
     # ...while another address logs in.
-    ok = await _connect_from("127.0.0.2", port, _connect_packet("dev-a", "dev-a", secret))
+    ok = await _connect_from("127.0.0.2", port, mqtt_connect("dev-a", "dev-a", secret))
     assert ok[3:4] == b"\x00"
 
 
@@ -416,7 +398,7 @@ async def test_idle_sockets_per_address_are_bounded(
         assert await _closed_by_broker(reader)  # a fifth idle one
         writer.transport.abort()
         ok = await _connect_from(
-            "127.0.0.2", strict_broker.port, _connect_packet("dev-a", "dev-a", secret)
+            "127.0.0.2", strict_broker.port, mqtt_connect("dev-a", "dev-a", secret)
         )
         assert ok[3:4] == b"\x00"
     finally:

@@ -37,6 +37,7 @@ from broker.mosquitto.config import write_mosquitto_config
 from cli.stack import free_port
 from fleet.auth import CredentialStore, Role
 from fleet.protocol.topics import Topics
+from tests.support.packets import mqtt_packet, mqtt_str
 
 MOSQUITTO_BIN = Path("/usr/sbin/mosquitto")
 HOST = "127.0.0.1"
@@ -374,11 +375,6 @@ async def subscribe_forbidden(
         assert subscribe_failed(result), f"{handle.kind} granted {topic_filter}: {result}"
 
 
-def _mqtt_str(value: str | bytes) -> bytes:
-    raw = value.encode() if isinstance(value, str) else value
-    return len(raw).to_bytes(2, "big") + raw
-
-
 async def connect_and_drop(
     handle: BrokerHandle,
     username: str,
@@ -391,21 +387,14 @@ async def connect_and_drop(
     """CONNECT (MQTT 3.1.1, QoS 1 retained will) on a raw socket, then drop the socket
     without DISCONNECT so the broker fires the will. Returns the CONNACK return code."""
     flags = 0x80 | 0x40 | 0x20 | (1 << 3) | 0x04 | 0x02  # user, pw, will retain/qos1/flag, clean
-    variable = _mqtt_str("MQTT") + bytes([4, flags]) + (30).to_bytes(2, "big")
+    variable = mqtt_str("MQTT") + bytes([4, flags]) + (30).to_bytes(2, "big")
     payload = b"".join(
-        _mqtt_str(v) for v in (client_id or username, will_topic, will_payload, username, secret)
+        mqtt_str(v) for v in (client_id or username, will_topic, will_payload, username, secret)
     )
     body = variable + payload
-    length = bytearray()
-    n = len(body)
-    while True:
-        byte, n = n % 128, n // 128
-        length.append(byte | (0x80 if n else 0))
-        if not n:
-            break
     reader, writer = await asyncio.open_connection(handle.host, handle.port)
     try:
-        writer.write(bytes([0x10]) + bytes(length) + body)
+        writer.write(mqtt_packet(0x10, body))
         await writer.drain()
         connack = await asyncio.wait_for(reader.readexactly(4), 10)
     finally:

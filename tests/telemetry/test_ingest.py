@@ -31,6 +31,7 @@ from tests.support.brokers import BrokerHandle, mqtt_client
 from tests.support.databases import Influx1, VictoriaMetrics, fast_settings, ingesting_controller
 from tests.support.databases import influx1 as influx1  # the fixture
 from tests.support.databases import victoria as victoria  # the fixture
+from tests.support.packets import mqtt_connect, mqtt_packet, mqtt_str
 from tests.support.running import Part, register_devices, wait_for
 
 TELE_INTERVAL_S = 0.1
@@ -252,19 +253,6 @@ async def test_influx1_outage_is_ridden_out(
     assert stored == sent
 
 
-def _mqtt_frame(kind: int, body: bytes) -> bytes:
-    length, n = bytearray(), len(body)
-    while True:
-        byte, n = n % 128, n // 128
-        length.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes([kind]) + bytes(length) + body
-
-
-def _mqtt_str(value: str) -> bytes:
-    return len(value.encode()).to_bytes(2, "big") + value.encode()
-
-
 async def test_a_burst_then_a_disconnect_loses_nothing(
     any_broker: BrokerHandle, victoria: VictoriaMetrics, tmp_path: Path
 ) -> None:
@@ -278,19 +266,18 @@ async def test_a_burst_then_a_disconnect_loses_nothing(
     topic = any_broker.topics.tele("esp-burst")
     settings = fast_settings(victoria.url)
     burst = 2000
-    connect = _mqtt_str("MQTT") + bytes([4, 0xC2]) + (30).to_bytes(2, "big")
-    connect += _mqtt_str("esp-burst") + _mqtt_str("esp-burst") + _mqtt_str(secret)
+    connect = mqtt_connect("esp-burst", "esp-burst", secret)
     frames = b"".join(
-        _mqtt_frame(
+        mqtt_packet(
             0x30,
-            _mqtt_str(topic)
+            mqtt_str(topic)
             + encode(Telemetry(ts=time.time(), sys=SystemTelemetry(uptime_s=float(n)))),
         )
         for n in range(burst)
     )
     async with ingesting_controller(any_broker, tmp_path / "c.db", settings) as (_ctl, ingest):
         reader, writer = await asyncio.open_connection(any_broker.host, any_broker.port)
-        writer.write(_mqtt_frame(0x10, connect))
+        writer.write(connect)
         assert (await reader.readexactly(4))[3] == 0  # CONNACK: accepted
         writer.write(frames + b"\xe0\x00")  # every PUBLISH, then DISCONNECT
         await writer.drain()
