@@ -1,4 +1,5 @@
-"""Shared fixtures: credential store, topic prefix, and real brokers (see tests/brokers.py)."""
+"""Shared fixtures: credential store, topic prefix, real brokers (tests/support/brokers.py),
+and the CLI runner (tests/support/cli.py)."""
 
 from __future__ import annotations
 

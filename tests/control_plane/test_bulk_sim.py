@@ -1,8 +1,9 @@
 """The bulk device engine (fleet/device/bulk.py) where it differs from SimFleet: its own
 transport and dispatch, its shared caches, and `fleet sim` running it as a process.
 
-The device-side scenarios themselves run against it in tests/test_conformance.py ("bulk")
-and tests/test_control_plane.py (engine "bulk").
+The device-side scenarios themselves run against it in
+tests/control_plane/test_device_conformance.py ("bulk") and
+tests/control_plane/test_scenarios.py (engine "bulk").
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ from tests.support.firmware_build import Device as HostProcess
 from tests.support.running import Part, controller, operator, register_devices, sim_fleet, wait_for
 from tests.support.wire import retained_messages, wire
 
-__all__ = ["build"]  # the session-scoped fixture (tests/firmware_build.py), found here by pytest
+__all__ = ["build"]  # the session-scoped fixture (support/firmware_build.py), found by pytest
 pytestmark = [requires_toolchain, pytest.mark.timeout(120)]
 
 DEVICE_KINDS = ["sim", "bulk", "host"]
@@ -854,7 +854,7 @@ async def test_refused_desired_doc_is_only_logged(
     await w.desired({"rev": 2, "meeting": {"room": "standup"}})
     await w.state(lambda s: s.rev == 2)
     start = w.mark()
-    # (An oversize doc never reaches a device: the brokers refuse it, tests/test_acl.py.)
+    # (An oversize doc never reaches a device: the brokers refuse it, tests/security/test_acl.py.)
     for bad in (b'{"rev": 9, "meeting":', b'{"rev": "9"}'):
         await w.publish(w.desired_t, bad, retain=False)
     await w.ping()

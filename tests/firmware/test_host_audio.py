@@ -46,7 +46,7 @@ from fleet.media.analysis import hears
 from fleet.media.config import MediaConfig
 from fleet.protocol.messages import ApiOp, ApiRequest
 
-__all__ = ["build"]  # the session-scoped fixture (tests/firmware_build.py), found here by pytest
+__all__ = ["build"]  # the session-scoped fixture (tests/support/firmware_build.py), found here by pytest
 pytestmark = [requires_toolchain, pytest.mark.timeout(180)]
 
 CLONE_NEWNET = 0x40000000

@@ -2,8 +2,8 @@
 fleet-host-device (the real core as a Linux process) against real brokers.
 
 Everything is built once per session with the project's own build files
-(firmware/host/CMakeLists.txt; the `build` fixture in tests/firmware_build.py, shared with
-tests/test_conformance.py). Needs the Debian packages in firmware/host/DEPENDENCIES;
+(firmware/host/CMakeLists.txt; the `build` fixture in tests/support/firmware_build.py, shared with
+tests/control_plane/test_device_conformance.py). Needs the Debian packages in firmware/host/DEPENDENCIES;
 without a C compiler or cmake the tests skip, except in CI (CI=true), where they fail.
 
 Env: FLEET_FUZZ_SECONDS (default 20) bounds the fuzz run; FLEET_FIRMWARE_BUILD reuses a

@@ -525,7 +525,7 @@ async def test_malformed_api_payloads_get_errors_and_change_nothing(
             ("join", json.dumps({"id": "b-4", "device": "ghost", "room": "x"}), "unknown_device"),
             ("leave", json.dumps({"id": "b-5", "device": 7}), "bad_request"),
             ("leave-all", b"", "bad_request"),
-            # (over 64 KiB the broker drops it: tests/test_bad_input.py)
+            # (over 64 KiB the broker drops it: tests/security/test_oversize_payloads.py)
             ("leave-all", b"\xff\xfe", "bad_request"),
         ]
         for op, payload, _code in bad:

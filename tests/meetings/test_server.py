@@ -2,7 +2,7 @@
 
 Participants here speak the signalling protocol only (no media): SDP bodies
 are opaque to the server, so plain strings show what it relays and to whom.
-Real audio is in tests/test_audio_meetings.py.
+Real audio is in tests/meetings/test_audio.py.
 """
 
 from __future__ import annotations

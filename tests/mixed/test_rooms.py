@@ -542,7 +542,7 @@ def hearing(samples: list[Telemetry]) -> list[PeerAudioStats]:
     return stats[first:]
 
 
-# As `tc netem delay 50ms 50ms loss 10%` would (this kernel has no netem): tests/impair.py.
+# As `tc netem delay 50ms 50ms loss 10%` would (this kernel has no netem): tests/support/impair.py.
 LOSSY = Impairment(loss=0.10, delay_s=0.050, jitter_s=0.050)
 
 

@@ -199,7 +199,8 @@ async def test_bad_telemetry_is_refused_and_loses_nothing_else(
         b'{"ts": "yesterday"}',
         b'{"ts": 1, "sys": {"cpu_load": 7}}',  # outside 0..1
         b'{"ts": 1, "audio": "p-2"}',
-        # (an oversize payload never gets here: the broker drops it, tests/test_broker_security.py)
+        # (an oversize payload never gets here: the broker drops it,
+        # tests/security/test_broker_attacks.py)
         b"",
     ]
     async with (

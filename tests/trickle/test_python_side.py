@@ -1,8 +1,8 @@
 """Trickle ICE on the Python side (docs/protocol.md §8.6), without a network: what a
 mesh does with candidates that are bad, early or too many, the SDP checks, and how a
 trickling Python participant (MediaConfig.trickle) splits its SDP. The candidates
-connecting for real are in tests/test_web_console.py (a browser trickles) and
-tests/test_firmware_audio.py (Python participants trickle to the C host device)."""
+connecting for real are in tests/web/test_console.py (a browser trickles) and
+tests/firmware/test_host_audio.py (Python participants trickle to the C host device)."""
 
 from __future__ import annotations
 
