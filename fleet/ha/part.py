@@ -123,6 +123,11 @@ class HomeAssistantPart(ControllerPart):
         self._unsaved: dict[str, str] = {}  # store keys written at the next tick
         self.stats = {"commands": 0, "refused": 0, "configs": 0, "states": 0}
 
+    @property
+    def rooms(self) -> frozenset[str]:
+        """The rooms its room selects offer (the default room and every room known)."""
+        return frozenset(self._rooms)
+
     def attach(self, controller: Controller) -> None:
         super().attach(controller)
         kept = controller.store.meta("ha.")

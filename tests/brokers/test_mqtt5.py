@@ -310,8 +310,7 @@ async def test_api_results_come_back_on_the_reply_topic(mosquitto_broker: Broker
         operator(mosquitto_broker) as op,
     ):
         await bystander.subscribe(t.api_result, qos=1)
-        assert op._client is not None
-        assert op._client.mqtt5
+        assert op.mqtt5
         result = await op.request(ApiOp.LEAVE_ALL, ApiRequest(id="via-reply"))
         assert result.ok
         # A 3.1.1 request (no response topic) is answered on api/result, as before: the

@@ -152,7 +152,7 @@ class DeviceUnderTest:
         else:
             assert self._sim is not None
             assert self._part is not None
-            client = self._sim._client
+            client = self._sim.connection
             assert client is not None, "the simulated device is not connected"
             # Cut the TCP connection under paho's feet: not a byte more reaches the broker,
             # so the graceful goodbye the cancellation below attempts has nowhere to go.
@@ -314,7 +314,9 @@ def assert_connected_as(handle: BrokerHandle, device_id: str) -> None:
     if isinstance(handle.backend, AmqttBackend):
         broker = handle.backend.broker
         assert broker is not None
-        session, _ = broker._broker._sessions[device_id]  # type: ignore[union-attr]
+        running = broker.amqtt_broker
+        assert running is not None
+        session, _ = running._sessions[device_id]  # amqtt's own table
         assert session.client_id == device_id
         assert session.username == device_id
         assert session.clean_session is True

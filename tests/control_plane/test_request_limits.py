@@ -63,7 +63,7 @@ async def test_retained_requests_and_signalling_are_refused_and_cleared(
                 # A request after them is served; by then all three were seen and refused.
                 rooms = await op.request(ApiOp.ROOMS, ApiRequest())
                 assert [(r.room, r.members) for r in rooms.rooms] == [("standup", 0)]
-                assert "ghost" not in meetings._where
+                assert meetings.roster.where("ghost") is None
                 assert all(d.meeting is not None for d in fleet.devices), "nobody left"
                 for topic in (t.api("leave-all"), t.ha_fleet_set("leave_all"), t.meet_up("ghost")):
                     assert await retained(any_broker, topic) == [], f"{topic} still retained"

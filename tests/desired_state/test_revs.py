@@ -91,8 +91,8 @@ class SignallingDriver(MeetingDriver):
         self.device = device
 
         async def publish(topic: str, payload: bytes) -> None:
-            assert device._client is not None
-            await device._client.publish(topic, payload, qos=1)
+            assert device.connection is not None
+            await device.connection.publish(topic, payload, qos=1)
 
         self.participant = LocalParticipant(
             device.id,

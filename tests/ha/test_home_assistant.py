@@ -744,7 +744,7 @@ async def test_room_choices_are_kept_in_sqlite(amqtt_broker: BrokerHandle, tmp_p
         assert (await op.request(ApiOp.ROOM_CREATE, ApiRequest(room="lunch"))).ok
         part = ctl.parts[1]
         assert isinstance(part, HomeAssistantPart)
-        await wait_for(lambda: {"retro", "lunch"} <= part._rooms, timeout=15, what="rooms")
+        await wait_for(lambda: {"retro", "lunch"} <= part.rooms, timeout=15, what="rooms")
         await ha.press(t.ha_fleet_set("room"), b"retro")
         await ha.press(t.ha_device_set("dev-1", "room"), b"lunch")
         state = t.ha_device_state("dev-1")

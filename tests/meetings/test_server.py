@@ -300,7 +300,8 @@ async def test_a_dead_agent_and_an_offline_device_are_removed(
         # A device whose status turns offline is removed too.
         async with one_device(any_broker, "dev-1", secrets["dev-1"]) as dev:
             await wait_for(lambda: "dev-1" in ctl.registry.devices, what="dev-1 known")
-            await dev._client.publish(  # type: ignore[union-attr]
+            assert dev.connection is not None
+            await dev.connection.publish(
                 t.meet_up("dev-1"), b'{"type": "join", "room": "standup"}', qos=1
             )
             await wait_for(lambda: len(ann.peers) == 1, what="dev-1 joined")
@@ -424,13 +425,12 @@ async def test_candidates_are_relayed_only_inside_the_session(
         await wait_for(lambda: bob.errors, what="bob refused")
         assert bob.errors[-1].code == "unknown_participant"
         # Malformed: an oversize candidate, a number for a candidate, no `to`.
-        topic = any_broker.topics.meet_up("bob")
         for bad in (
             {"type": "candidate", "to": a.participant, "candidate": "x" * 2000},
             {"type": "candidate", "to": a.participant, "candidate": 5},
             {"type": "candidate", "candidate": line},
         ):
-            await bob._publish(topic, json.dumps(bad).encode())
+            await bob.publish_up(json.dumps(bad).encode())
         await wait_for(lambda: len(bob.errors) == 4, what="three bad candidates refused")
         assert [e.code for e in bob.errors[1:]] == ["bad_request"] * 3
         # A marker sent after everything: what reached ann is the two candidates only.

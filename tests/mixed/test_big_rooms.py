@@ -58,7 +58,7 @@ async def test_worker_processes_hold_an_auto_room_past_the_mesh_cap(
             assert len(session.participants) == DEVICES
             # A request a worker does not know is refused, and the workers go on.
             with pytest.raises(FleetError, match="unknown op"):
-                await workers._ask({"op": "karaoke"})
+                await workers.ask({"op": "karaoke"})
             assert len(await workers.hearing(0.05)) == DEVICES
         # A worker that dies ends the stack's sim-workers task with the reason (`fleet up`
         # reports it and stops).

@@ -432,7 +432,7 @@ async def test_delivery_cost_ignores_other_clients_filters(
     ctl = amqtt_broker.add_user("ctl", Role.CONTROLLER)
     secret = amqtt_broker.add_device("dev-a")
     backend = amqtt_broker.backend
-    inner = backend.broker._broker  # type: ignore[attr-defined]
+    inner = backend.broker.amqtt_broker  # type: ignore[attr-defined]
     calls = 0
     matches = inner._matches
 
@@ -501,7 +501,7 @@ async def test_a_wildcard_subscription_looks_only_at_retained_topics_it_can_matc
     10,000 filters made the broker compare 10,000 x (the fleet's retained messages)."""
     t = amqtt_broker.topics
     ctl = amqtt_broker.add_user("ctl", Role.CONTROLLER)
-    inner = amqtt_broker.backend.broker._broker  # type: ignore[attr-defined]
+    inner = amqtt_broker.backend.broker.amqtt_broker  # type: ignore[attr-defined]
     async with mqtt_client(amqtt_broker, "ctl", ctl) as client:
         for i in range(100):
             await client.publish(t.state(f"dev-{i}"), b"{}", qos=1, retain=True)

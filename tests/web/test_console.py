@@ -126,7 +126,7 @@ async def page_until(page: Any, expr: str, what: str, timeout: float = 20.0) -> 
 
 def participant_of(rig: Rig, pid: str) -> str:
     """The participant id `pid` has in its live session."""
-    where = rig.meetings._where.get(pid)
+    where = rig.meetings.roster.where(pid)
     assert where is not None, f"{pid} is in no session"
     return where[1]
 
@@ -147,7 +147,9 @@ async def hang_up(rig: Rig, page: Any) -> None:
     if await page.evaluate("!!window.fleetConsole.talk"):
         username = await page.evaluate("window.fleetConsole.creds.username")
         await page.click("#talk")
-        await until(lambda: username not in rig.meetings._where, "the browser left its session")
+        await until(
+            lambda: rig.meetings.roster.where(username) is None, "the browser left its session"
+        )
 
 
 async def test_console_shows_the_fleet_and_its_buttons_change_it(rig: Rig) -> None:
@@ -236,7 +238,7 @@ async def test_talk_from_the_browser_with_trickle_ice_and_push_to_talk(rig: Rig)
     await page.click("tr[data-device=dev-1] button[data-action=leave]")
     await until(lambda: not rig.state("dev-1").meeting, "dev-1 left")
     await page.click("tr[data-device=dev-1] button[data-action=join]")
-    await until(lambda: "dev-1" in rig.meetings._where, "dev-1 back in the session")
+    await until(lambda: rig.meetings.roster.where("dev-1") is not None, "dev-1 back in the session")
     again = participant_of(rig, "dev-1")
     await page_until(
         page,
