@@ -48,7 +48,7 @@ async def run(cycles: int) -> None:
     from firmware_qemu import ImageServer, Qemu, build_firmware, factory_image, find_tools, sntp
     from running import controller, operator
 
-    from broker.credentials import CredentialStore
+    from fleet.auth.credentials import CredentialStore
     from fleet.protocol.messages import ApiOp, ApiRequest, Telemetry
 
     tools = find_tools()

@@ -45,7 +45,7 @@ from firmware_qemu import (
 from running import controller, operator, wait_for
 from test_conformance import BAD_COMMANDS, MAX_PAYLOAD, padded_doc
 
-from broker.credentials import CredentialStore
+from fleet.auth.credentials import CredentialStore
 from fleet.protocol.messages import (
     Ack,
     AckCode,
