@@ -14,8 +14,9 @@ The firmware_qemu tier (tests/firmware/test_qemu.py) and bench/firmware_qemu.py 
 Where things are found (environment variables):
   IDF_PATH          an ESP-IDF whose tools are on PATH (export.sh done); else
   FLEET_IDF_ENV     a script to source for it (default ~/.cache/espfleet/esp-sdk/env.sh)
-  FLEET_QEMU        Espressif's qemu-system-riscv32 (default: the one on PATH if it has the
-                    esp32c3 machine, else ~/.cache/espfleet/esp-sdk/qemu-install/bin/...)
+  FLEET_QEMU        Espressif's qemu-system-riscv32 (default: of those with the esp32c3
+                    machine, on PATH, in ~/.cache/espfleet/esp-sdk/qemu92-install/bin/ or
+                    .../qemu-install/bin/, the first of version 9 or later, else the first)
   FLEET_QEMU_BUILD  the cached build directory (default ~/.cache/espfleet/fw-build/esp32c3-qemu)
 """
 
@@ -72,6 +73,23 @@ def _qemu_has_esp32c3(qemu: Path) -> bool:
     return re.search(r"^esp32c3\s", out, re.MULTILINE) is not None
 
 
+# Espressif's QEMU before 9 (its esp32c3 interrupt matrix) turns a peripheral's level into
+# one pulse, which is lost when it comes while the CPU has interrupts masked: the Ethernet
+# MAC's line then stays high and is never delivered again, and the device goes deaf.
+FIRST_GOOD_QEMU = (9, 0)
+
+
+def _qemu_version(qemu: Path) -> tuple[int, int]:
+    try:
+        out = subprocess.run(
+            [str(qemu), "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except OSError:
+        return (0, 0)
+    m = re.search(r"version (\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
 @functools.cache
 def find_tools() -> Tools | str:
     """The tools, or one line saying what is missing."""
@@ -98,8 +116,11 @@ def find_tools() -> Tools | str:
     if not qemu_env:
         on_path = shutil.which("qemu-system-riscv32")
         candidates += [Path(on_path)] if on_path else []
+        candidates.append(SDK / "qemu92-install" / "bin" / "qemu-system-riscv32")
         candidates.append(SDK / "qemu-install" / "bin" / "qemu-system-riscv32")
-    qemu = next((q for q in candidates if q.is_file() and _qemu_has_esp32c3(q)), None)
+    usable = [q for q in candidates if q.is_file() and _qemu_has_esp32c3(q)]
+    good = [q for q in usable if _qemu_version(q) >= FIRST_GOOD_QEMU]
+    qemu = (good or usable or [None])[0]
     if qemu is None:
         return (
             "no Espressif QEMU with an esp32c3 machine: set FLEET_QEMU=path/to/qemu-system-riscv32"
