@@ -14,9 +14,9 @@ the child's rusage), which a busy machine inflates far less than wall time.
                                   watches on the broker (from the request on api/join-all
                                   to the last device's state with the new rev)
 
-    python bench/cli_startup.py
+    python -m bench.cli_startup
     git worktree add /tmp/cli-before <rev>
-    python bench/cli_startup.py --before /tmp/cli-before   # the same figures for <rev>
+    python -m bench.cli_startup --before /tmp/cli-before   # the same figures for <rev>
 
 `--before` runs the older tree's CLI (PYTHONPATH set to it) against the same stack,
 which runs this tree's `fleet up`. Both trees are byte-compiled first, as an installed
@@ -41,13 +41,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from cli.stack import free_port  # noqa: E402
-from fleet.mqtt import BrokerUrl, MqttVersion, open_client, own_client_id, subscribe  # noqa: E402
-from fleet.protocol import TopicKind, Topics, decode  # noqa: E402
-from fleet.protocol.messages import State  # noqa: E402
+from bench import ROOT
+from cli.stack import free_port
+from fleet.mqtt import BrokerUrl, MqttVersion, open_client, own_client_id, subscribe
+from fleet.protocol import TopicKind, Topics, decode
+from fleet.protocol.messages import State
 
 DEVICES = 50
 UP_TIMEOUT_S = 120.0

@@ -1,9 +1,9 @@
 """The real firmware in Espressif's QEMU against Mosquitto and the controller: how long it takes.
 
-    .venv/bin/python bench/firmware_qemu.py [--cycles 20]
+    .venv/bin/python -m bench.firmware_qemu [--cycles 20]
 
 Builds the esp32c3 image with the QEMU network (cached, as the firmware_qemu test tier does:
-tests/firmware_qemu.py says where ESP-IDF and QEMU are found), provisions it with
+tests/support/firmware_qemu.py says where ESP-IDF and QEMU are found), provisions it with
 `fleet image`, and prints:
   - QEMU start -> online (the controller's registry has its birth)
   - join-all -> converged (the operator's request answered, the device's state reported)
@@ -20,14 +20,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # the QEMU helpers and brokers the tests use
 
 DEV = "qemu-1"
 WAIT_S = 60.0
@@ -44,12 +39,18 @@ async def until(pred: object, what: str, timeout: float = WAIT_S) -> float:
 
 
 async def run(cycles: int) -> None:
-    from brokers import mosquitto_handle, mqtt_client
-    from firmware_qemu import ImageServer, Qemu, build_firmware, factory_image, find_tools, sntp
-    from running import controller, operator
-
     from fleet.auth import CredentialStore
     from fleet.protocol.messages import ApiOp, ApiRequest, Telemetry
+    from tests.support.brokers import mosquitto_handle, mqtt_client
+    from tests.support.firmware_qemu import (
+        ImageServer,
+        Qemu,
+        build_firmware,
+        factory_image,
+        find_tools,
+        sntp,
+    )
+    from tests.support.running import controller, operator
 
     tools = find_tools()
     if isinstance(tools, str):

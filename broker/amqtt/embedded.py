@@ -570,6 +570,11 @@ class EmbeddedBroker:
         return self._broker is not None
 
     @property
+    def amqtt_broker(self) -> FleetBroker | None:
+        """The amqtt broker while it runs (its sessions, its subscriptions)."""
+        return self._broker
+
+    @property
     def url(self) -> str:
         scheme = "mqtts" if self.certfile else "mqtt"
         return f"{scheme}://{_host_for_url(self.host)}:{self.port}"

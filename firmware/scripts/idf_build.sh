@@ -52,6 +52,32 @@ components=${FLEET_IDF_COMPONENTS:-main;esptool_py;bootloader;partition_table}
 
 mkdir -p "$build"
 build=$(cd "$build" && pwd)
+# IDF's build directory records the source's path, so a build from another checkout (a
+# fresh clone in CI) would start over. The sources are mirrored beside the build instead,
+# copying only files whose content changed: their times stay, and the build stays incremental.
+src="$build.src"
+python3 - "$fw" "$src" << 'PY'
+import filecmp, os, shutil, sys
+from pathlib import Path
+fw, src = Path(sys.argv[1]), Path(sys.argv[2])
+skip = {"build", "host", "scripts"}
+wanted = set()
+for path in fw.rglob("*"):
+    rel = path.relative_to(fw)
+    if rel.parts[0] in skip or path.is_dir() or rel.name == "sdkconfig":
+        continue
+    wanted.add(rel)
+    dst = src / rel
+    if not dst.exists() or not filecmp.cmp(path, dst, shallow=False):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dst)
+        os.utime(dst)  # newer than what the last build saw
+for path in list(src.rglob("*")):
+    if path.is_file() and path.relative_to(src) not in wanted:
+        path.unlink()
+PY
+defaults=${defaults//$fw/$src}
+fw=$src
 # A change of target or defaults starts the configuration over (sdkconfig is derived).
 stamp="$target|$defaults|$components|${FLEET_IDF_EXTRA_COMPONENT_DIRS:-}"
 if [ "$(cat "$build/.fleet-config" 2> /dev/null)" != "$stamp" ]; then

@@ -126,6 +126,11 @@ class HomeAssistantPart(ControllerPart):
         self._unsaved: dict[str, str] = {}  # store keys written at the next tick
         self.stats = {"commands": 0, "refused": 0, "configs": 0, "states": 0}
 
+    @property
+    def rooms(self) -> frozenset[str]:
+        """The rooms its room selects offer (the default room and every room known)."""
+        return frozenset(self._rooms)
+
     def attach(self, host: PartHost) -> None:
         super().attach(host)
         kept = host.store.meta("ha.")

@@ -31,7 +31,7 @@ class FirmwareKey:
 
 
 # The order and limits of config_nvs.c's keys[] table and config_nvs.h's buffers;
-# tests/test_provisioning.py reads the C sources and fails when they drift apart.
+# tests/firmware/test_provisioning.py reads the C sources and fails when they drift apart.
 FIRMWARE_KEYS: tuple[FirmwareKey, ...] = (
     FirmwareKey("device_id", 64, True),  # char device_id[FLEET_ID_MAX + 1]
     FirmwareKey("secret", 127, True),  # char secret[128]

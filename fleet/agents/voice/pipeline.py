@@ -135,6 +135,11 @@ class VoiceAgent(Agent):
         return peer in self._endpointers
 
     @property
+    def listening(self) -> bool:
+        """Its turn worker runs: heard turns are still taken (it is not hung on one)."""
+        return self._worker is not None and not self._worker.done()
+
+    @property
     def speaking(self) -> bool:
         return any(v.queued_samples > 0 and v.readyState == "live" for v in self._voices.values())
 

@@ -1,0 +1,121 @@
+"""The ESP32-S3 image with the virtual audio board (a tone for a microphone, a level meter
+for a speaker) and the real esp_peer, booted in Espressif's QEMU (machine esp32s3), in a
+meeting with a simulated device: PCMU, and Opus, both ways, checked by FFT on each side — the
+simulated device's capture on the host, the virtual board's meter in the serial log.
+
+WebRTC needs an address besides loopback: broker, controller, simulated device and QEMU
+run in a network namespace of the test's own (tests/firmware/test_host_audio.py's). The guest is
+10.0.2.15 behind QEMU's user network; its ICE checks reach the simulated device's host
+candidate through that NAT, which the simulated device answers as a peer-reflexive one.
+
+Skips with one line when the S3 toolchain, QEMU's esp32s3 machine or ESP-IDF is missing
+(tests/support/firmware_qemu_s3.py says where each is looked for).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fleet.auth import CredentialStore
+from fleet.device.audio import AudioMeetingDriver, AudioProfile, tone_for
+from fleet.media.config import MediaConfig
+from fleet.protocol.messages import ApiOp, ApiRequest
+from tests.firmware.test_host_audio import own_network_namespace
+from tests.support.brokers import amqtt_handle
+from tests.support.firmware_qemu import Qemu, factory_image
+from tests.support.firmware_qemu_s3 import (
+    CRASH_MARKS,
+    DEVICE_TONE_HZ,
+    PREFIX,
+    WAIT_S,
+    S3Tools,
+    find_s3_tools,
+    meter_hears,
+    s3_build,
+)
+from tests.support.running import controller, operator, sim_fleet, wait_for
+
+if os.environ.get("FLEET_FIRMWARE_QEMU") == "0":
+    pytest.skip("firmware_qemu_s3: off (FLEET_FIRMWARE_QEMU=0)", allow_module_level=True)
+TOOLS = find_s3_tools()
+if isinstance(TOOLS, str):
+    pytest.skip(f"firmware_qemu_s3: {TOOLS}", allow_module_level=True)
+
+pytestmark = [pytest.mark.firmware_qemu_s3, pytest.mark.timeout(3600)]
+
+DEV = "qemu-s3"
+SIM = "sim-s3-1"
+ROOM = "s3-audio"
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    with own_network_namespace() as name:
+        yield name
+
+
+@pytest.mark.parametrize("codec", ["pcmu", "opus"])
+async def test_s3_virtual_board_talks_with_a_simulated_device(
+    netns: str, tmp_path: Path, codec: str
+) -> None:
+    assert isinstance(TOOLS, S3Tools)
+    s3_firmware = s3_build(TOOLS, codec)
+    handle = amqtt_handle(CredentialStore(tmp_path / "home" / "credentials.json"), PREFIX)
+    await handle.start()
+    qemu: Qemu | None = None
+    try:
+        flash = tmp_path / f"{DEV}.flash.bin"
+        factory_image(s3_firmware, flash, DEV, handle.port, handle.store.path)
+        secrets = {SIM: handle.add_device(SIM)}
+        handle.backend.sync()  # `fleet image` issued the device's credential
+        sim_tone = tone_for(0)
+
+        def driver(device_id: str) -> AudioMeetingDriver:
+            media = MediaConfig(codecs=(codec,))  # type: ignore[arg-type]
+            return AudioMeetingDriver(AudioProfile(media=media, tone_hz=sim_tone))
+
+        async with (
+            controller(handle, tmp_path / "ctl.db") as ctl,
+            sim_fleet(handle, secrets, driver_factory=driver) as fleet,
+            operator(handle) as op,
+        ):
+            qemu = Qemu(TOOLS.base, flash, tmp_path / f"{DEV}.serial", "esp32s3", TOOLS.qemu)
+            await qemu.start()
+            await wait_for(
+                lambda: (r := ctl.registry.devices.get(DEV)) is not None and r.online,
+                timeout=WAIT_S,
+                what="the S3's birth",
+            )
+            # The simulated device first: the S3 joins last and offers (protocol.md 8.1).
+            first = await op.request(ApiOp.JOIN, ApiRequest(room=ROOM, device=SIM, timeout_s=30))
+            assert first.ok, first
+            joined = await op.request(ApiOp.JOIN, ApiRequest(room=ROOM, device=DEV, timeout_s=60))
+            assert joined.ok, joined
+            sim = fleet.devices[0].driver
+            assert isinstance(sim, AudioMeetingDriver)
+
+            def sim_hears_device() -> bool:
+                names = {pid: p for p, pid in sim.peer_pids().items()}
+                return DEV in names and sim.hears_tone(names[DEV], DEVICE_TONE_HZ)
+
+            await wait_for(sim_hears_device, timeout=WAIT_S, what="the sim hears the S3's tone")
+            await wait_for(
+                lambda: meter_hears(qemu.text() if qemu else "", sim_tone),
+                timeout=WAIT_S,
+                what="the S3's speaker meter peaks at the sim's tone",
+            )
+            log = qemu.text()
+            assert f"peer p-1: {codec}" in log, log[-4000:]
+            assert not any(mark in log for mark in CRASH_MARKS), log[-6000:]
+    except BaseException:
+        if qemu is not None:
+            print(f"S3 serial log (tail):\n{qemu.text()[-8000:]}")
+        raise
+    finally:
+        if qemu is not None:
+            await qemu.kill()
+        await handle.stop()
