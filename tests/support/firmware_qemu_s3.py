@@ -123,12 +123,16 @@ def build_s3_firmware(tools: S3Tools, codec: str = "pcmu") -> Firmware:
     return build_firmware(tools.base, build_dir, "esp32s3", defaults)
 
 
-@functools.cache
+_builds: dict[str, Firmware] = {}
+
+
 def s3_build(tools: S3Tools, codec: str = "pcmu") -> Firmware:
     """One build per codec and session; a lock keeps parallel workers from building twice."""
-    S3_BUILD_DIR.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(S3_BUILD_DIR) + ".lock"):
-        return build_s3_firmware(tools, codec)
+    if codec not in _builds:
+        S3_BUILD_DIR.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(S3_BUILD_DIR) + ".lock"):
+            _builds[codec] = build_s3_firmware(tools, codec)
+    return _builds[codec]
 
 
 def meter_hears(log: str, freq_hz: float) -> bool:
