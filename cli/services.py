@@ -44,6 +44,7 @@ from fleet.errors import FleetError, ProtocolError
 from fleet.ha import HomeAssistantSettings
 from fleet.ha.part import DEFAULT_ROOM
 from fleet.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP
+from fleet.mixer.address import MixerAddress
 from fleet.mixer.errors import INSTALL_HINT, MixerUnavailable
 from fleet.protocol import is_valid_id
 from fleet.protocol.messages import (
@@ -216,7 +217,7 @@ def up(
             client_file = settings.write_client_file(stack.operator_url)
             websocket = f", MQTT over WebSocket on {host}:{ws_port}" if ws_port else ""
             mixing = (
-                f"mixer {stack.mixer_url}"
+                f"mixer {MixerAddress.parse(stack.mixer_url).display}"
                 if stack.mixer_url
                 else "no mixer (mixed rooms refused; apt-get install janus)"
             )
@@ -269,7 +270,16 @@ def controller(
         list[str] | None,
         typer.Option(
             help="A Janus WebSocket API URL (ws://HOST:PORT), the mixer of mixed rooms; "
-            "repeatable (a pool: new sessions go to the least loaded). Default: FLEET_MIXERS.",
+            "repeatable (a pool: new sessions go to the least loaded). Default: FLEET_MIXERS. "
+            "A URL may carry its own API secret: ws://:SECRET@HOST:PORT.",
+            show_default=False,
+        ),
+    ] = None,
+    mixer_secret: Annotated[
+        str | None,
+        typer.Option(
+            help="The API secret (Janus's api_secret, also the AudioBridge's admin_key) of "
+            "the --mixer URLs that carry none. Default: FLEET_MIXER_SECRET.",
             show_default=False,
         ),
     ] = None,
@@ -313,6 +323,7 @@ def controller(
         mesh_cap=mesh_cap,
         auto_create=auto_create,
         mixers=mixers,
+        mixer_secret=mixer_secret or load_settings().mixer_secret,
         credentials=store,
         influx=ingest_settings,
         ingest_share=ingest_share,

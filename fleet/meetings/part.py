@@ -88,6 +88,7 @@ class MeetingServer(ControllerPart):
         mixers: Sequence[str] = (),
         mixer_timeout: float | None = None,
         max_rooms: int = DEFAULT_MAX_ROOMS,
+        mixer_secret: str | None = None,
     ) -> None:
         if not 2 <= room_cap <= MAX_ROOM_CAP:
             raise ValueError(f"room cap {room_cap} out of range 2-{MAX_ROOM_CAP}")
@@ -112,6 +113,7 @@ class MeetingServer(ControllerPart):
             join_failed=self._mixed_join_failed,
             mixers=mixers,
             mixer_timeout=mixer_timeout,
+            mixer_secret=mixer_secret,
         )
 
     @property
