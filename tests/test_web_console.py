@@ -134,6 +134,10 @@ def participant_of(rig: Rig, pid: str) -> str:
 
 
 async def join_all(rig: Rig, page: Any, room: str) -> None:
+    # Rooms come from operators: a person's browser (a web user) meets in one, never makes it.
+    if rig.meetings.records.room(room) is None:
+        async with FleetClient(rig.stack.operator_url, rig.stack.controller.topics) as op:
+            assert (await op.request(ApiOp.ROOM_CREATE, ApiRequest(room=room))).ok
     await page.fill("#room", room)
     await page.click("#join-all")
     await until(

@@ -14,6 +14,7 @@ the mesh cap.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 import uuid
@@ -21,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from fleet.controller.parts import ControllerPart
-from fleet.errors import ProtocolError
+from fleet.errors import ProtocolError, RequestRefused
 from fleet.meetings import transcripts
 from fleet.meetings.mixed import MixedSessions
 from fleet.meetings.records import MeetingRecords
@@ -54,6 +55,7 @@ from fleet.protocol.messages import (
     MeetReject,
     MeetSend,
     Message,
+    OperatorKey,
     ParticipantRecord,
     RoomMedia,
     SessionEvent,
@@ -123,6 +125,7 @@ class MeetingServer(ControllerPart):
     def attach(self, host: PartHost) -> None:
         super().attach(host)
         self.records = self.mixed.records = MeetingRecords(self._store())
+        self._operator_key = self.records.operator_key()
         closed = self.records.end_open_sessions(time.time())
         if closed:
             log.info("closed %d session(s) left open by an earlier run", closed)
@@ -148,10 +151,33 @@ class MeetingServer(ControllerPart):
             ApiOp.TRANSCRIPT: lambda r: transcripts.transcript(self.records, r),
         }
 
+    async def on_connect(self) -> None:
+        # Retained for controller-role readers only (the ACL): the proof an operator's
+        # intent carries. Published again on every connect (the broker may have lost it).
+        key = encode(OperatorKey(key=self._operator_key))
+        await self.host.publish(self.host.topics.operator_key, key, qos=1, retain=True)
+
     async def before_intent(self, room: str, request: ApiRequest | None) -> None:
-        """A join or join-all intent names its room: the intent creates it (within the
-        server's room limit), before any device's join for it can arrive."""
-        self._room(room, create=True)
+        """A join or join-all intent names its room. An unknown room is created here,
+        before any device's join for it can arrive, when the server creates rooms on
+        joins (`auto_create`) or the intent is an operator's (it carries the operator key
+        only controller-role users can read, or it is the controller's own); otherwise
+        the intent is refused, as a participant's own join would be."""
+        if self.records.room(room) is not None:
+            return
+        if not (self.auto_create or self._from_operator(request)):
+            raise RequestRefused(
+                "unknown_room",
+                f"room {room!r} does not exist: an operator creates it "
+                f"(`fleet rooms create {room}`, or `fleet join-all {room}`)",
+            )
+        self._room(room, create=True)  # past the room limit: not made (joins get unknown_room)
+
+    def _from_operator(self, request: ApiRequest | None) -> bool:
+        if request is None:  # the controller's own intent, not a requester's
+            return True
+        given = request.operator_key
+        return given is not None and hmac.compare_digest(given, self._operator_key)
 
     async def on_message(self, topic: str, payload: bytes) -> None:
         pid = self._meet_up_pid(topic)

@@ -79,6 +79,7 @@ CREATE INDEX IF NOT EXISTS session_events_session ON session_events (session, ts
 # A session keeps at most this many events (talking is chatty); the oldest go first.
 KEPT_EVENTS = 1000
 MIXER_KEY = "meetings.mixer_key"
+OPERATOR_KEY = "meetings.operator_key"
 # Members listed per session in its history.
 LISTED_MEMBERS = 256
 
@@ -95,15 +96,23 @@ class MeetingRecords:
         self._db.executescript(SCHEMA)
         self._counts: dict[str, int] = {}  # events written per live session since a trim
 
-    # --- the mixer rooms' key ------------------------------------------------------------------
+    # --- the server's keys ---------------------------------------------------------------------
     def mixer_key(self) -> bytes:
         """The key the secret and pin of every AudioBridge room are derived from: random
         once, then kept, so a later run can still destroy the rooms an earlier one left."""
-        kept = self._store.meta(MIXER_KEY).get(MIXER_KEY)
+        return bytes.fromhex(self._kept_secret(MIXER_KEY))
+
+    def operator_key(self) -> str:
+        """The key an operator's intent carries to create its room (fleet.meetings.part):
+        random once, then kept, so clients that read it before a restart still hold it."""
+        return self._kept_secret(OPERATOR_KEY)
+
+    def _kept_secret(self, name: str) -> str:
+        kept = self._store.meta(name).get(name)
         if kept is None:
             kept = secrets.token_hex(32)
-            self._store.save_meta({MIXER_KEY: kept})
-        return bytes.fromhex(kept)
+            self._store.save_meta({name: kept})
+        return kept
 
     # --- rooms --------------------------------------------------------------------------------
     def room(self, name: str) -> Room | None:
