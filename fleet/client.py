@@ -212,6 +212,8 @@ class FleetClient:
         request_id = request.id or uuid.uuid4().hex[:12]
         request = request.model_copy(update={"id": request_id})
         if op in (ApiOp.JOIN, ApiOp.JOIN_ALL) and request.operator_key is None:
+            if self.operator_key is None:
+                await self.sync()  # a controller that started since may have published it
             request = request.model_copy(update={"operator_key": self.operator_key})
         queue: asyncio.Queue[ApiResult] = asyncio.Queue()
         self._results[request_id] = queue

@@ -41,6 +41,10 @@ pinned in pyproject) and marks what differs:
    its client left, and an offline session queues messages only for devices and
    controller-role users, at most `QUEUED_MESSAGES_PER_CLIENT` and
    `QUEUED_BYTES_PER_CLIENT` of them (amqtt queues without a bound).
+10. When a device's connection ends, whatever the way (a clean DISCONNECT too, which
+   suppresses the will), the broker publishes its offline status, retained, before a
+   newer connection of that device goes on: presence is the broker's word, as the
+   Mosquitto plugin makes it.
 """
 
 from __future__ import annotations
@@ -75,7 +79,7 @@ from transitions import MachineError
 from broker.amqtt.admission import Admission
 from broker.amqtt.fixes import LOOP_DONE_KEY, CorkedWriter, FleetAmqttBroker, transport_of
 from broker.amqtt.plugins import SESSION_USER_KEY, FleetAuthPlugin, FleetTopicPlugin
-from fleet.auth import Credential
+from fleet.auth import Credential, Role
 from fleet.auth.limits import (
     QUEUED_BYTES_PER_CLIENT,
     QUEUED_MESSAGES_PER_CLIENT,
@@ -99,6 +103,7 @@ MAX_PACKET_BYTES = MAX_PAYLOAD_BYTES + 4096
 MAX_SUBSCRIPTIONS_PER_CLIENT = 256
 _SUBACK_FAILURE = 0x80
 _QUEUED_BYTES_KEY = "espfleet.queued_bytes"  # payload bytes in a session's offline queue
+OFFLINE = b'{"online":false}'  # a device's will, docs/protocol.md §3
 
 
 class PacketTooLarge(Exception):
@@ -403,6 +408,22 @@ class FleetBroker(FleetAmqttBroker):
         finally:
             if closing is not None:
                 closing.cancel()
+
+    async def _connection_ended(self, client_session: Session) -> None:
+        # CHANGED: the broker has the last word on a device's presence. Whatever ended its
+        # connection (a clean DISCONNECT too, which suppresses the will), its status says
+        # offline, retained: a device cannot leave a birth behind and stay online.
+        cred = self._credential(client_session)
+        if (
+            cred is None
+            or cred.role is not Role.DEVICE
+            or client_session.client_id != cred.username
+            or self._fleet_topic is None
+        ):
+            return
+        topic = self._fleet_topic.acl.topics.status(cred.username)
+        await self._broadcast_message(client_session, topic, OFFLINE, force_qos=1)
+        await self.retain_message(client_session, topic, OFFLINE, 1)
 
     def _close_at_expiry(self, session: Session, handler: Any) -> asyncio.TimerHandle | None:
         cred = self._credential(session)

@@ -39,6 +39,12 @@
  *     sessions cost no memory; devices and the controller role keep theirs,
  *     within max_queued_messages and max_queued_bytes.
  *
+ * Presence. The broker, not the device, has the last word: when a device user's
+ * connection ends, for any reason (a clean DISCONNECT too, which suppresses the
+ * will), the plugin publishes the will's `{"online":false}` retained on that
+ * device's status topic under `plugin_opt_prefix`. A device cannot leave a retained
+ * birth behind it and stay "online" for ever.
+ *
  * Users come from the file named by `plugin_opt_clientids`, sorted by name,
  * one a line: "d <name> <hash>" for devices, "c <name> <hash>" for
  * controller-role users, "u <name> <hash>" for homeassistant and agent users,
@@ -109,10 +115,12 @@ struct account {
 	double tokens, stamp;
 	struct session *sessions;
 	int session_count, session_cap;
+	const struct mosquitto *device_conn;  /* a device's authenticated connection */
 };
 
 static mosquitto_plugin_id_t *plugin_id;
 static char *users_path;
+static char *topic_prefix;  /* the fleet's topic root: fleet/v1 */
 static struct users users;
 static struct account *accounts[ACCOUNT_BUCKETS];
 static unsigned char digest_key[32];
@@ -545,7 +553,30 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	if((self->kind == 'u' || self->kind == 'w') && !session_hold(self, ed->client, id)){
 		return MOSQ_ERR_AUTH;
 	}
+	if(self->kind == 'd'){
+		/* The newest login is the device's connection; an older one it takes over ends
+		 * without an offline status (the newcomer's birth follows). */
+		struct account *a = account_of(self);
+		if(a) a->device_conn = ed->client;
+	}
 	return MOSQ_ERR_SUCCESS;
+}
+
+/* The will, whatever the way out: a device's status says offline once its
+ * connection is gone (the broker's word, not the client's). */
+static void say_offline(const char *device_id)
+{
+	static const char goodbye[] = "{\"online\":false}";
+	if(!topic_prefix) return;
+	size_t len = strlen(topic_prefix) + strlen(device_id) + sizeof("/dev//status");
+	char *topic = malloc(len);
+	if(!topic) return;
+	snprintf(topic, len, "%s/dev/%s/status", topic_prefix, device_id);
+	int rc = mosquitto_broker_publish_copy(NULL, topic, (int)strlen(goodbye), goodbye, 1, true, NULL);
+	if(rc != MOSQ_ERR_SUCCESS){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "fleet-clientid: no offline status for %s", device_id);
+	}
+	free(topic);
 }
 
 static int on_disconnect(int event, void *event_data, void *userdata)
@@ -556,6 +587,12 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 	const char *username = mosquitto_client_username(ed->client);
 	struct account *a = username ? find_account(username) : NULL;
 	if(!a) return MOSQ_ERR_SUCCESS;
+	/* Only the connection that logged in as the device: a refused CONNECT naming it (a
+	 * wrong password) must not mark a live device offline. */
+	if(a->device_conn == ed->client){
+		a->device_conn = NULL;
+		say_offline(a->name);
+	}
 	for(int i = 0; i < a->session_count; i++){
 		struct session *s = &a->sessions[i];
 		if(s->conn != ed->client) continue;
@@ -658,6 +695,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		else if(!strcmp(key, "session_expiry")) session_expiry_s = strtod(value, NULL);
 		else if(!strcmp(key, "checks_per_s")) checks_per_s = strtod(value, NULL);
 		else if(!strcmp(key, "check_burst")) check_burst = strtod(value, NULL);
+		else if(!strcmp(key, "prefix")) topic_prefix = strdup(value);
 	}
 	if(!users_path){
 		mosquitto_log_printf(MOSQ_LOG_ERR, "fleet-clientid: plugin_opt_clientids is required");
@@ -701,5 +739,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 	accounts_free();
 	free(users_path);
 	users_path = NULL;
+	free(topic_prefix);
+	topic_prefix = NULL;
 	return MOSQ_ERR_SUCCESS;
 }

@@ -155,7 +155,9 @@ class MeetingServer(ControllerPart):
         # Retained for controller-role readers only (the ACL): the proof an operator's
         # intent carries. Published again on every connect (the broker may have lost it).
         key = encode(OperatorKey(key=self._operator_key))
-        await self.host.publish(self.host.topics.operator_key, key, qos=1, retain=True)
+        # Acknowledged before the controller counts as connected: a client that syncs after
+        # that holds the key.
+        await self.host.publish(self.host.topics.operator_key, key, qos=1, retain=True, wait=True)
 
     async def before_intent(self, room: str, request: ApiRequest | None) -> None:
         """A join or join-all intent names its room. An unknown room is created here,
