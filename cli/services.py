@@ -286,8 +286,8 @@ def controller(
     auto_create: Annotated[
         bool,
         typer.Option(
-            help="Let a participant's own join create its room (off: only operators and the "
-            "API create rooms: `fleet rooms create`, and the room of a join or join-all)."
+            help="Let every join and join-all create its room (off: only operators create "
+            "rooms: `fleet rooms create`, and an operator's join or join-all)."
         ),
     ] = False,
     ha: HomeAssistantOptions,

@@ -28,7 +28,7 @@ class ControllerSettings:
     client_id: str | None = None  # None: the broker username
     room_cap: int = DEFAULT_ROOM_CAP
     mesh_cap: int = DEFAULT_MESH_CAP
-    # A participant's own join creates its room (off: operators and the API create rooms).
+    # Every join and intent creates its room (off: only operators' create rooms).
     auto_create: bool = False
     # Janus WebSocket URLs, the mixers of mixed rooms (each may carry its API secret:
     # ws://:SECRET@HOST:PORT); `mixer_secret` is the API secret of those that do not.

@@ -98,8 +98,9 @@ class MeetingServer(ControllerPart):
             raise ValueError(f"mesh cap {mesh_cap} out of range 2-{MAX_ROOM_CAP}")
         self.room_cap = room_cap
         self.mesh_cap = mesh_cap
-        # Rooms come from operators and the API (room-create, and the room of a join or
-        # join-all intent); a participant's own join creates one only when this is set.
+        # Rooms come from operators (room-create, and the room of an operator's join or
+        # join-all); a participant's own join, or anyone's intent, creates one only when
+        # this is set.
         self.auto_create = auto_create
         self.max_rooms = max_rooms
         self.roster = Roster()
