@@ -26,7 +26,7 @@ from fleet.controller.desired import DesiredState
 from fleet.controller.events import FleetEvents
 from fleet.controller.inbound import Inbound
 from fleet.controller.link import ControllerLink
-from fleet.controller.parts import ControllerPart
+from fleet.controller.parts import ControllerPart, part_submission
 from fleet.controller.store import Store
 from fleet.errors import FleetError
 from fleet.mqtt import BrokerUrl, MqttClient, MqttVersion, run_link, subscribe
@@ -144,7 +144,8 @@ class Controller:
         await self.events.emit(event)
 
     async def submit(self, op: ApiOp, request: ApiRequest) -> None:
-        await self.api.submit(op, request)
+        with part_submission():
+            await self.api.submit(op, request)
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> None:

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from fleet.controller.parts import ControllerPart
+from fleet.controller.parts import ControllerPart, submitted_by_part
 from fleet.errors import ProtocolError, RequestRefused
 from fleet.meetings import transcripts
 from fleet.meetings.mixed import MixedSessions
@@ -164,8 +164,10 @@ class MeetingServer(ControllerPart):
         """A join or join-all intent names its room. An unknown room is created here,
         before any device's join for it can arrive, when the server creates rooms on
         joins (`auto_create`) or the intent is an operator's (it carries the operator key
-        only controller-role users can read, or it is the controller's own); otherwise
-        the intent is refused, as a participant's own join would be."""
+        only controller-role users can read, or it is the controller's own or one a part
+        submitted, such as Home Assistant's entity presses, which that part limits to
+        rooms it knows); otherwise the intent is refused, as a participant's own join
+        would be."""
         if self.records.room(room) is not None:
             return
         if not (self.auto_create or self._from_operator(request)):
@@ -177,7 +179,7 @@ class MeetingServer(ControllerPart):
         self._room(room, create=True)  # past the room limit: not made (joins get unknown_room)
 
     def _from_operator(self, request: ApiRequest | None) -> bool:
-        if request is None:  # the controller's own intent, not a requester's
+        if request is None or submitted_by_part():  # the controller's own, or a part's
             return True
         given = request.operator_key
         return given is not None and hmac.compare_digest(given, self._operator_key)
