@@ -3,7 +3,7 @@ end of a device's speech → first sound of the answer at a listening device (me
 the word accuracy of what the assistant understood, and CPU per minute of meeting (the
 whole process: broker, controller, two devices and the agent, so an upper bound).
 
-    PYTHONPATH=$PWD .venv/bin/python bench/agent.py [--rounds 10]
+    .venv/bin/python -m bench.agent [--rounds 10]
 """
 
 from __future__ import annotations
@@ -11,16 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from brokers import amqtt_handle, unique_prefix
-from running import controller, operator, sim_fleet
 
 from fleet.agents.runner import agent_in_room
 from fleet.agents.voice.brain import FleetBrain
@@ -31,6 +25,8 @@ from fleet.auth import CredentialStore, Role
 from fleet.device.speech import SpeakingDriver, words
 from fleet.mqtt import BrokerUrl
 from fleet.protocol.messages import ApiOp, ApiRequest
+from tests.support.brokers import amqtt_handle, unique_prefix
+from tests.support.running import controller, operator, sim_fleet
 
 PHRASES = ["what room is this", "how many devices are online", "mute dev two", "unmute dev two"]
 LONG_ANSWER = "what can you do"

@@ -12,9 +12,9 @@ The operator side is this process: it sends join-all through the automation
 API and stops the clock when the controller's final result says every
 targeted device reported the new rev (what `fleet join-all` waits for).
 
-    python bench/fanout.py --broker embedded --devices 1000
-    python bench/fanout.py --broker mosquitto --devices 10000 --sim-procs 2
-    python bench/fanout.py --broker embedded --devices 1000 --under-attack
+    python -m bench.fanout --broker embedded --devices 1000
+    python -m bench.fanout --broker mosquitto --devices 10000 --sim-procs 2
+    python -m bench.fanout --broker embedded --devices 1000 --under-attack
 
 Targets: 1,000 devices on the embedded broker under 3 s; 10,000 on
 Mosquitto under 5 s. Prints figures; asserts nothing about time.
@@ -45,18 +45,16 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from broker.mosquitto.config import write_mosquitto_config  # noqa: E402
-from cli.stack import free_port  # noqa: E402
-from fleet.auth import CredentialStore, Role  # noqa: E402
-from fleet.auth.limits import SESSIONS_PER_USER  # noqa: E402
-from fleet.client import FleetClient  # noqa: E402
-from fleet.device.sim import device_ids  # noqa: E402
-from fleet.mqtt import BrokerUrl  # noqa: E402
-from fleet.protocol import Topics  # noqa: E402
-from fleet.protocol.messages import ApiOp, ApiRequest  # noqa: E402
+from bench import ROOT, module_command
+from broker.mosquitto.config import write_mosquitto_config
+from cli.stack import free_port
+from fleet.auth import CredentialStore, Role
+from fleet.auth.limits import SESSIONS_PER_USER
+from fleet.client import FleetClient
+from fleet.device.sim import device_ids
+from fleet.mqtt import BrokerUrl
+from fleet.protocol import Topics
+from fleet.protocol.messages import ApiOp, ApiRequest
 
 FLEET = [sys.executable, "-m", "cli.main"]
 # At rest the parts only send telemetry and keep-alives; busier than this, they are
@@ -161,7 +159,6 @@ async def wait_port(port: int, procs: Procs, timeout: float = 30) -> None:
     raise SystemExit(f"nothing listens on {port}")
 
 
-SELF = Path(__file__).resolve()
 ATTACK_FILTERS_PER_CONNECTION = 250  # under the embedded broker's bound per client
 # As many as one Home Assistant user's sessions may hold (fleet/auth/limits.py).
 ATTACK_SUBSCRIPTIONS = SESSIONS_PER_USER * ATTACK_FILTERS_PER_CONNECTION
@@ -308,8 +305,7 @@ async def start_attack(
     ready = workdir / "attack.ready"
     await procs.start(
         "attacker",
-        sys.executable,
-        str(SELF),
+        *module_command("bench.fanout"),
         "--attack-worker",
         "--port",
         str(port),

@@ -16,9 +16,9 @@ ACL wants), each publishing `tele` at QoS 0 in the protocol's shape, paced to
 the requested total rate. Every message is counted when sent and counted again
 in the database (`device_uptime_s` samples); the run reports any difference.
 
-    python bench/ingest.py --broker embedded --rate 2000
-    python bench/ingest.py --broker mosquitto --rate 5000
-    python bench/ingest.py --broker mosquitto --compare-shared --rate 12000   # 1 vs 2 processes
+    python -m bench.ingest --broker embedded --rate 2000
+    python -m bench.ingest --broker mosquitto --rate 5000
+    python -m bench.ingest --broker mosquitto --compare-shared --rate 12000   # 1 vs 2 processes
 
 Targets, per controller process: >= 2,000 msg/s on the embedded
 broker, >= 5,000 on Mosquitto. Throughput is messages stored / (time from the
@@ -46,16 +46,12 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from fanout import FLEET, MOSQUITTO, Procs, peak_rss_mib, wait_port  # noqa: E402
-
-from broker.mosquitto.config import write_mosquitto_config  # noqa: E402
-from cli.stack import free_port  # noqa: E402
-from fleet.auth import CredentialStore, Role  # noqa: E402
-from fleet.device.sim import device_ids  # noqa: E402
+from bench import module_command
+from bench.fanout import FLEET, MOSQUITTO, Procs, peak_rss_mib, wait_port
+from broker.mosquitto.config import write_mosquitto_config
+from cli.stack import free_port
+from fleet.auth import CredentialStore, Role
+from fleet.device.sim import device_ids
 
 PREFIX = "fleet/v1"
 VM = shutil.which("victoria-metrics") or "/usr/bin/victoria-metrics"
@@ -288,8 +284,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             count = min(per_gen, args.devices - n * per_gen)
             gens.append(
                 await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    __file__,
+                    *module_command("bench.ingest"),
                     "--generator",
                     "--port",
                     str(port),

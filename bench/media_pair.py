@@ -35,9 +35,9 @@ audio (the frame's arrival at the sink + the onset's offset in it, when a speake
 at arrival would play it). It includes the 20 ms of packetization a microphone frame
 costs; "after framing" subtracts those 20 ms.
 
-    python bench/media_pair.py                 # every scenario, 10 s each
-    python bench/media_pair.py --seconds 20 --scenarios bare mesh --repeat 3
-    python bench/media_pair.py --callgrind --seconds 20 --scenarios bare mesh mesh-fan3
+    python -m bench.media_pair                 # every scenario, 10 s each
+    python -m bench.media_pair --seconds 20 --scenarios bare mesh --repeat 3
+    python -m bench.media_pair --callgrind --seconds 20 --scenarios bare mesh mesh-fan3
 
 Targets: mouth-to-ear under 100 ms on loopback; at most 7% of one core per
 stream (a bare aiortc pair measures about 6.5%). Prints figures; asserts nothing.
@@ -59,23 +59,20 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import av
+from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc.contrib.media import MediaRelay
+from aiortc.mediastreams import MediaStreamError
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from aiortc import RTCConfiguration, RTCPeerConnection  # noqa: E402
-from aiortc.contrib.media import MediaRelay  # noqa: E402
-from aiortc.mediastreams import MediaStreamError  # noqa: E402
-
-from fleet.media import (  # noqa: E402
+from bench import module_command
+from fleet.media import (
     CaptureSink,
     MediaConfig,
     MediaMesh,
     SharedSource,
     ToneSource,
 )
-from fleet.media.analysis import marker_latencies  # noqa: E402
-from fleet.media.frames import FRAME_S, FRAME_SAMPLES, Normalizer, make_frame  # noqa: E402
+from fleet.media.analysis import marker_latencies
+from fleet.media.frames import FRAME_S, FRAME_SAMPLES, Normalizer, make_frame
 
 SCENARIOS = ("bare", "mesh", "mesh-jf4", "mesh-2way", "bare-fan3", "mesh-fan3")
 WARMUP_S = 1.5
@@ -236,7 +233,7 @@ def child(name: str, seconds: float, instrumented: bool) -> None:
 
 
 def run_child(name: str, seconds: float, use_callgrind: bool) -> dict[str, object] | None:
-    command = [sys.executable, __file__, "--child", name, "--seconds", str(seconds)]
+    command = module_command("bench.media_pair", "--child", name, "--seconds", str(seconds))
     workdir = None
     if use_callgrind:
         workdir = tempfile.mkdtemp(prefix="media-pair-cg-")

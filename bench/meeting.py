@@ -18,8 +18,8 @@ latency marker every 0.5 s) on loopback, and:
                  ends of every stream (encode and decode), the broker and the
                  controller are in the process.
 
-    python bench/meeting.py                      # 2, 4 and 6 devices
-    python bench/meeting.py --devices 4 --runs 3 --window 10
+    python -m bench.meeting                      # 2, 4 and 6 devices
+    python -m bench.meeting --devices 4 --runs 3 --window 10
 
 Targets, on loopback: join-to-audio under 0.5 s for 4 devices,
 mouth-to-ear under 100 ms, at most 7% of one core per stream (a bare aiortc
@@ -36,13 +36,11 @@ import asyncio
 import json
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench import module_command
 
 MARKER_EVERY_S = 0.5
 
@@ -149,7 +147,7 @@ def main() -> None:
     for n in args.devices:
         for _ in range(args.runs):
             out = subprocess.run(
-                [sys.executable, __file__, "--child", str(n), "--window", str(args.window)],
+                module_command("bench.meeting", "--child", str(n), "--window", str(args.window)),
                 capture_output=True,
                 text=True,
                 check=False,

@@ -21,8 +21,8 @@ mesh at 4 devices for comparison.
   ctl+broker      this process's CPU seconds (controller + broker) for the join-all,
                   from the request until every device hears, net of its rate at rest.
 
-    python bench/mixed_room.py
-    python bench/mixed_room.py --sizes 10 50 --window 10 --no-mesh
+    python -m bench.mixed_room
+    python -m bench.mixed_room --sizes 10 50 --window 10 --no-mesh
 
 Targets, on this machine: 50 members hearing within 2 s of join-all;
 mouth-to-ear through the mixer under 100 ms median; Janus at most 1.5% of a core per
@@ -41,14 +41,12 @@ import random
 import statistics
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench import module_command
 
 MARKER_EVERY_S = 0.5
 TALKER_AMPLITUDE = 0.3
@@ -306,8 +304,9 @@ def main() -> None:
     rows = []
     for members, kind in runs:
         out = subprocess.run(
-            [sys.executable, __file__, "--child", str(members), kind, "--window", str(args.window),
-             "--aiortc", str(args.aiortc), "--sim-procs", str(args.sim_procs)],
+            module_command("bench.mixed_room", "--child", str(members), kind,
+                           "--window", str(args.window), "--aiortc", str(args.aiortc),
+                           "--sim-procs", str(args.sim_procs)),
             capture_output=True,
             text=True,
             check=False,

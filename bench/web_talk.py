@@ -8,7 +8,7 @@ from any peer), then hangs up. Trickle ICE (the offer leaves before gathering en
 page's default) and vanilla ICE (one complete SDP, what the protocol had before) are
 both measured; target: trickle median under 250 ms on loopback.
 
-    PYTHONPATH=$PWD python bench/web_talk.py --runs 7 --devices 2
+    python -m bench.web_talk --runs 7 --devices 2
 """
 
 from __future__ import annotations
@@ -16,20 +16,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the namespace helper the tests use
+from playwright.async_api import async_playwright
 
-from netns import netns  # noqa: E402
-from playwright.async_api import async_playwright  # noqa: E402
-
-from cli.stack import StackConfig, free_port, running_stack, stack_console  # noqa: E402
-from fleet.client import FleetClient  # noqa: E402
-from fleet.protocol.messages import ApiOp, ApiRequest  # noqa: E402
-from fleet.web.chromium import launch, tone_wav  # noqa: E402
+from cli.stack import StackConfig, free_port, running_stack, stack_console
+from fleet.client import FleetClient
+from fleet.protocol.messages import ApiOp, ApiRequest
+from fleet.web.chromium import launch, tone_wav
+from tests.support.netns import netns  # the namespace helper the tests use
 
 
 async def wait_js(page, expr: str, timeout: float = 20.0):  # type: ignore[no-untyped-def]

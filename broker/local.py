@@ -15,18 +15,28 @@ from __future__ import annotations
 import logging
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from broker.mosquitto.process import INSTALL_HINT, MosquittoBroker, free_port, mosquitto_binary
 from fleet.errors import ConfigError
 from fleet.protocol.topics import DEFAULT_PREFIX
 
 if TYPE_CHECKING:
     from broker.amqtt.embedded import EmbeddedBroker
+    from broker.mosquitto.process import MosquittoBroker, free_port
 
 log = logging.getLogger(__name__)
 
 __all__ = ["BrokerEngine", "MosquittoBroker", "free_port", "local_broker", "resolve_engine"]
+
+
+def __getattr__(name: str) -> Any:
+    # The runtimes load when a broker is made, not with the engine names: a command line
+    # that only names an engine (--help, --engine) stays light.
+    if name in ("MosquittoBroker", "free_port"):
+        from broker.mosquitto import process
+
+        return getattr(process, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class BrokerEngine(StrEnum):
@@ -37,6 +47,8 @@ class BrokerEngine(StrEnum):
 
 def resolve_engine(engine: BrokerEngine | str) -> BrokerEngine:
     """AUTO becomes Mosquitto when it is installed, else amqtt (saying what that costs)."""
+    from broker.mosquitto.process import INSTALL_HINT, mosquitto_binary
+
     engine = BrokerEngine(engine)
     if engine is BrokerEngine.MOSQUITTO and mosquitto_binary() is None:
         raise ConfigError(f"mosquitto is not installed: {INSTALL_HINT}")
@@ -65,6 +77,8 @@ def local_broker(
 ) -> MosquittoBroker | EmbeddedBroker:
     """The broker for `engine` (AUTO resolved), not yet started."""
     if resolve_engine(engine) is BrokerEngine.MOSQUITTO:
+        from broker.mosquitto.process import MosquittoBroker
+
         return MosquittoBroker(
             creds_path,
             host=host,

@@ -3,20 +3,21 @@ Mosquitto config for the same users."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from broker.local import BrokerEngine, MosquittoBroker, local_broker
+from broker.local import BrokerEngine
 from cli.common import CredsFileOpt, command_group, console, err_console, fail
-from fleet.auth import CredentialStore, default_credentials_path
 from fleet.errors import FleetError
 from fleet.protocol.topics import DEFAULT_PREFIX
+
+# The broker runtimes and the credentials file's models load when a command runs.
+if TYPE_CHECKING:
+    from fleet.auth import CredentialStore
 
 app = command_group(
     "Run the local MQTT broker (Mosquitto or amqtt) or write a Mosquitto configuration."
@@ -61,6 +62,12 @@ def run(
     ] = BrokerEngine.AUTO,
 ) -> None:
     """Run the local broker until Ctrl-C. Users come from `fleet creds`."""
+    import asyncio
+    import contextlib
+
+    from broker.local import MosquittoBroker, local_broker
+    from fleet.auth import CredentialStore, default_credentials_path
+
     if not logging.getLogger().handlers:
         # Refused logins and amqtt's warnings, timestamped like a server log.
         logging.basicConfig(
@@ -144,6 +151,7 @@ def mosquitto_config(
 ) -> None:
     """Write a Mosquitto 2 config with the same users (same hashes) and equivalent ACL."""
     from broker.mosquitto.config import write_mosquitto_config
+    from fleet.auth import CredentialStore, default_credentials_path
 
     store = CredentialStore(creds or default_credentials_path())
     count = _users(store)
@@ -188,6 +196,7 @@ def ha_addon(
     """Write what Home Assistant's Mosquitto add-on needs to carry the fleet's users and ACL
     beside the home's (docs/home-assistant.md, "One broker for the home")."""
     from broker.mosquitto.ha_addon import write_ha_addon_files
+    from fleet.auth import CredentialStore, default_credentials_path
 
     store = CredentialStore(creds or default_credentials_path())
     _users(store)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import inspect
@@ -11,15 +10,12 @@ import logging
 import re
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from enum import IntEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast, get_type_hints
 
 import typer
-from pydantic import BaseModel, ValidationError
-from rich.console import Console
-from rich.markup import escape
 from typer.core import TyperGroup
 
 from cli.logsummary import SummarizingFilter
@@ -27,6 +23,7 @@ from cli.logsummary import SummarizingFilter
 try:  # typer 0.29+ carries its own copy of click
     from typer._click import exceptions as click_errors
 except ImportError:  # pragma: no cover - older typer on click
+    # the same module under its older home, which mypy takes for a second definition
     from click import exceptions as click_errors  # type: ignore[no-redef]
 
 from fleet.errors import (
@@ -36,17 +33,51 @@ from fleet.errors import (
     CredentialsError,
     FleetError,
 )
-from fleet.mqtt import BrokerUrl
-from fleet.protocol import Topics
-from fleet.protocol.messages import ApiRequest
+from fleet.files import default_home
 from fleet.protocol.topics import ID_RULE, NAME_RULES, is_valid_id
-from fleet.settings import CLIENT_FILE, default_home, load_settings
+
+# Only what every command needs loads with the command tree: typer, the names. A command
+# imports what it runs (rich, pydantic models, MQTT, the broker, aiortc) when it runs, so
+# --help, --version and completion start in a blink.
+if TYPE_CHECKING:
+    from pydantic import BaseModel, ValidationError
+    from rich.console import Console
+
+    from fleet.mqtt import BrokerUrl
+    from fleet.protocol import Topics
+    from fleet.protocol.messages import ApiRequest
 
 T = TypeVar("T")
 C = TypeVar("C", bound=type)
 
-console = Console()
-err_console = Console(stderr=True)
+
+@functools.cache
+def _rich_console(stderr: bool) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+class _LazyConsole:
+    """rich's Console, made on its first use (rich costs more to import than most commands
+    take to run)."""
+
+    def __init__(self, stderr: bool) -> None:
+        self._stderr = stderr
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_rich_console(self._stderr), name)
+
+
+console = cast("Console", _LazyConsole(stderr=False))
+err_console = cast("Console", _LazyConsole(stderr=True))
+
+
+def escape(markup: str) -> str:
+    """rich's markup escape, rich loaded only when something is printed with it."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(markup)
 
 
 class _Output:
@@ -153,6 +184,8 @@ def grouped(command: Callable[..., T]) -> Callable[..., T]:
 
 
 def connection(broker: str | None, prefix: str | None) -> tuple[BrokerUrl, Topics]:
+    from fleet.settings import load_settings
+
     try:
         settings = load_settings(prefix=prefix)
         return settings.broker_url(broker), settings.topics()
@@ -165,6 +198,8 @@ def run(coro: Coroutine[Any, Any, T], interrupted: str | None = None) -> T:
 
     `interrupted` is said on Ctrl-C (exit 130): what still holds, and how to undo it.
     """
+    import asyncio
+
     try:
         return asyncio.run(coro)
     except FleetError as exc:
@@ -205,6 +240,8 @@ def _credentials_hint(exc: BrokerUnavailable) -> str:
     reason = exc.reason.lower()
     if "authori" not in reason and "password" not in reason:
         return ""
+    from fleet.settings import CLIENT_FILE
+
     return (
         "; credentials come from --broker mqtt://USER:PASS@HOST:PORT or FLEET_BROKER, else from "
         f"the file `fleet up` writes ({default_home() / CLIENT_FILE}); "
@@ -252,6 +289,7 @@ def complete_rooms(incomplete: str) -> list[str]:
 
 def run_service(coro: Coroutine[Any, Any, Any]) -> None:
     """Run a long-lived part until SIGINT (Ctrl-C) or SIGTERM, then stop it cleanly, exit 0."""
+    import asyncio
 
     async def main() -> None:
         task = asyncio.ensure_future(coro)
@@ -315,6 +353,10 @@ def require_name(kind: str, value: str) -> str:
 
 def api_request(**fields: Any) -> ApiRequest:
     """An API request from command-line values; a value the protocol refuses exits 2."""
+    from pydantic import ValidationError
+
+    from fleet.protocol.messages import ApiRequest
+
     try:
         return ApiRequest(**fields)
     except ValidationError as exc:
@@ -325,19 +367,27 @@ class FleetGroup(TyperGroup):
     """The top `fleet` group: usage errors (bad options, missing arguments) speak in the
     same voice as `fail`, instead of typer's boxes; --json makes them JSON on stdout too."""
 
-    def main(  # type: ignore[override]
+    def main(
         self,
-        args: list[str] | None = None,
+        args: Sequence[str] | None = None,
         prog_name: str | None = None,
         complete_var: str | None = None,
         standalone_mode: bool = True,
+        windows_expand_args: bool = True,
         **extra: Any,
     ) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
         _Output.json = "--json" in argv
         try:
             try:
-                code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+                code = super().main(
+                    argv,
+                    prog_name,
+                    complete_var,
+                    standalone_mode=False,
+                    windows_expand_args=windows_expand_args,
+                    **extra,
+                )
             except click_errors.NoArgsIsHelpError as exc:
                 exc.show()
                 code = 0
@@ -363,7 +413,7 @@ def command_group(help: str, **kw: Any) -> typer.Typer:
 
 
 def print_json(value: BaseModel | list[Any] | dict[str, Any]) -> None:
-    if isinstance(value, BaseModel):
+    if not isinstance(value, list | dict):  # a pydantic model
         text = value.model_dump_json(by_alias=True, exclude_none=True, indent=2)
     else:
         text = json.dumps(value, indent=2, default=str)

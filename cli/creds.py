@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
-from broker.mosquitto.process import reload_running
-from cli.common import command_group, console, fail
-from fleet.auth import Credential, CredentialStore, Role, default_credentials_path
+from cli.common import command_group, console, escape, fail
+from fleet.auth import Role
 from fleet.errors import CredentialsError
+
+# The credentials file's models (pydantic) and the broker load when a command runs.
+if TYPE_CHECKING:
+    from fleet.auth import Credential, CredentialStore
 
 app = command_group("Manage broker users: one per device, plus the controller and Home Assistant.")
 
@@ -29,12 +30,16 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts
 
 
 def _store(path: Path | None) -> CredentialStore:
+    from fleet.auth import CredentialStore, default_credentials_path
+
     return CredentialStore(path or default_credentials_path())
 
 
 def _changed(store: CredentialStore) -> None:
     """The Mosquitto of a `fleet up` on this file reads the change before we return, so
     a user just added connects at once (amqtt reads the file itself at each login)."""
+    from broker.mosquitto.process import reload_running
+
     reload_running(store)
 
 
@@ -118,6 +123,8 @@ def list_users(as_json: JsonOption = False, file: FileOption = None) -> None:
     if not creds:
         console.print(f"No users in {store.path}; add one with `fleet creds add NAME --role ...`.")
         return
+    from rich.table import Table
+
     table = Table("username", "role", "groups", title=str(store.path), title_justify="left")
     for cred in creds:
         table.add_row(escape(cred.username), cred.role.value, escape(", ".join(cred.groups)))

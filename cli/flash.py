@@ -11,16 +11,17 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TextIO, TypeVar
+from typing import TYPE_CHECKING, Annotated, TextIO, TypeVar
 
 import typer
-from rich.markup import escape
 
-from cli.common import CredsFileOpt, Exit, JsonOpt, console, fail, print_json
-from fleet import provisioning
-from fleet.auth import CredentialStore, default_credentials_path
+from cli.common import CredsFileOpt, Exit, JsonOpt, console, escape, fail, print_json
+from fleet import provisioning  # its defaults at once; esptool and the codecs when used
 from fleet.errors import ConfigError, CredentialsError
-from fleet.provisioning import BoardNotFound, FlashFailed, ProvisionResult
+
+if TYPE_CHECKING:
+    from fleet.auth import CredentialStore
+    from fleet.provisioning import ProvisionResult
 
 T = TypeVar("T")
 
@@ -112,6 +113,8 @@ ReplaceOpt = Annotated[
 
 def _call(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
     """Run a provisioning call; its errors become one line and an exit code."""
+    from fleet.provisioning.errors import BoardNotFound, FlashFailed
+
     try:
         return fn(*args, **kwargs)
     except BoardNotFound as exc:
@@ -128,6 +131,8 @@ def _esptool_output(quiet: bool) -> TextIO | None:
 
 
 def _store(creds: Path | None) -> CredentialStore:
+    from fleet.auth import CredentialStore, default_credentials_path
+
     return CredentialStore(creds or default_credentials_path())
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated
 
@@ -11,8 +10,7 @@ import typer
 
 from cli import broker, creds, flash, meetings, ops, services, telemetry, web
 from cli.common import Exit, FleetGroup, command_group, fail, setup_logging
-from fleet.protocol import json_schemas
-from fleet.protocol.messages import PROTOCOL_VERSION
+from fleet.protocol.constants import PROTOCOL_VERSION
 
 app = command_group(
     "Run fleets of ESP32 audio devices in meetings.",
@@ -26,6 +24,8 @@ protocol_app = command_group("The wire contract (docs/protocol.md).")
 def _print_version(wanted: bool) -> None:
     if not wanted:
         return
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         release = version("espfleet")
     except PackageNotFoundError:  # run from a checkout that was never installed
@@ -53,6 +53,8 @@ def schema(
     out: Annotated[Path | None, typer.Option(help="Write NAME.schema.json files here.")] = None,
 ) -> None:
     """Print the JSON Schema of every message (or of NAME)."""
+    from fleet.protocol import json_schemas
+
     schemas = json_schemas()
     if name is not None:
         if name not in schemas:

@@ -9,10 +9,9 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from cli.common import (
     BrokerOpt,
@@ -33,10 +32,12 @@ from cli.common import (
     run,
     run_service,
 )
-from fleet.client import FleetClient
-from fleet.errors import FleetError
-from fleet.protocol import is_valid_id
-from fleet.protocol.messages import MAX_ROOM_CAP, ApiOp, ApiRequest, ApiResult, RoomInfo, RoomMedia
+from fleet.protocol.constants import MAX_ROOM_CAP, ApiOp, RoomMedia
+from fleet.protocol.topics import is_valid_id
+
+# What a command runs (MQTT, the payload models, rich's tables, aiortc) loads when it runs.
+if TYPE_CHECKING:
+    from fleet.protocol.messages import ApiRequest, ApiResult, RoomInfo
 
 app = command_group("Rooms the fleet meets in.")
 agent_app = command_group("Python participants that join rooms.")
@@ -64,6 +65,8 @@ def report_agents(as_json: bool = False) -> None:
 
 
 def _ask(broker: str | None, prefix: str | None, op: ApiOp, request: ApiRequest) -> ApiResult:
+    from fleet.client import FleetClient
+
     url, topics = connection(broker, prefix)
 
     async def go() -> ApiResult:
@@ -85,6 +88,8 @@ def _clock(ts: float | None) -> str:
 
 
 def _rooms_table(result: ApiResult) -> None:
+    from rich.table import Table
+
     remember_names(rooms=[r.room for r in result.rooms])
     table = Table(title=plural(len(result.rooms), "room"))
     for column in ("room", "cap", "media", "rate", "live session", "members", "created"):
@@ -134,6 +139,8 @@ def rooms_create(
 @app.command("ls")
 def rooms_ls(broker: BrokerOpt = None, prefix: PrefixOpt = None, as_json: JsonOpt = False) -> None:
     """List rooms with their live sessions (every page of them)."""
+    from fleet.client import FleetClient
+
     url, topics = connection(broker, prefix)
 
     async def go() -> ApiResult:
@@ -181,6 +188,8 @@ def sessions(
     if as_json:
         print_json(result)
         return
+    from rich.table import Table
+
     table = Table(title=f"room {room}: {plural(len(result.sessions), 'session')}")
     # Who first (the device or agent), then the id the session gave it.
     columns = (
@@ -223,6 +232,8 @@ def _transcript(broker: str | None, prefix: str | None, room: str, as_json: bool
     if as_json:
         print_json(result)
         return
+    from rich.table import Table
+
     table = Table(title=f"room {room}, session {result.detail}: {len(result.transcript)} lines")
     for column in ("time", "length", "participant", "pid", "said"):
         table.add_column(column)
@@ -282,6 +293,7 @@ def agent_join(
 ) -> None:
     """Join ROOM as a Python participant until Ctrl-C (or --duration)."""
     from fleet.agents.runner import build_agent, load_plugin, run_agent
+    from fleet.errors import FleetError
 
     pid = agent_id or f"agent-{(plugin and 'plugin') or mode}-{secrets.token_hex(3)}"
     if not is_valid_id(pid):

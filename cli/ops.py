@@ -8,13 +8,9 @@ import sys
 import time
 from collections import Counter
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from cli.common import (
     BrokerOpt,
@@ -29,6 +25,7 @@ from cli.common import (
     console,
     describe_invalid,
     err_console,
+    escape,
     fail,
     parse_duration,
     plural,
@@ -37,18 +34,13 @@ from cli.common import (
     require_name,
     run,
 )
-from fleet.client import FleetClient
-from fleet.errors import ControllerUnavailable
-from fleet.protocol.messages import (
-    COMMAND_ARGS,
-    ApiOp,
-    ApiRequest,
-    ApiResult,
-    CommandOp,
-    DeviceOutcome,
-    Status,
-)
-from fleet.registry import DeviceRecord, Registry
+from fleet.protocol.constants import ApiOp, CommandOp
+
+# What a command runs (MQTT, the payload models, rich's tables) loads when it runs.
+if TYPE_CHECKING:
+    from fleet.client import FleetClient
+    from fleet.protocol.messages import ApiResult
+    from fleet.registry import DeviceRecord, Registry
 
 DeviceArg = Annotated[
     str, typer.Argument(help="Device id.", autocompletion=complete_devices, show_default=False)
@@ -74,6 +66,8 @@ def devices(
     as_json: JsonOpt = False,
 ) -> None:
     """List the fleet: presence, firmware, board, groups, applied rev and meeting."""
+    from fleet.client import FleetClient
+
     url, topics = connection(broker, prefix)
 
     async def go() -> Registry:
@@ -105,6 +99,8 @@ def devices(
             ]
         )
         return
+    from rich.table import Table
+
     table = Table(title=f"{plural(len(records), 'device')}, {registry.online_count()} online")
     for column in ("device", "online", "fw", "board", "groups", "rev", "meeting", "error"):
         table.add_column(column)
@@ -125,6 +121,9 @@ def devices(
 async def _learn_births(fleet: FleetClient) -> None:
     """An offline device's retained status is its will, without firmware, board or
     groups: take them from the controller, which keeps each device's last birth."""
+    from fleet.errors import ControllerUnavailable
+    from fleet.protocol.messages import ApiRequest, ApiResult, Status
+
     after: str | None = None
     while True:
         try:
@@ -157,6 +156,8 @@ def _summary_view(records: list[DeviceRecord], as_json: bool) -> None:
     if as_json:
         print_json({"devices": len(records), **{k: dict(v) for k, v in counts.items()}})
         return
+    from rich.table import Table
+
     table = Table(title=plural(len(records), "device"))
     for column in ("by", "value", "devices"):
         table.add_column(column)
@@ -261,6 +262,8 @@ def cmd(
     Args per op: identify --arg seconds=1..300; ota --arg url=https://...;
     set_groups --arg groups=kitchen,lobby.
     """
+    from fleet.client import FleetClient
+
     args = _checked_args(op, _parse_args(arg or []))
     request = api_request(
         device=require_name("device", device),
@@ -296,6 +299,10 @@ def cmd(
 def _checked_args(op: str, args: dict[str, Any]) -> dict[str, Any]:
     """Refuse, before anything is sent, an op no device knows, an arg it does not take, or
     a value out of its range (devices ignore unknown args, so a typo would pass silently)."""
+    from pydantic import ValidationError
+
+    from fleet.protocol.messages import COMMAND_ARGS
+
     known = ", ".join(o.value for o in CommandOp)
     if op not in CommandOp._value2member_map_:
         fail(f"unknown op {op!r}: use one of {known}", Exit.USAGE)
@@ -336,6 +343,16 @@ def _desired_op(
     prefix: str | None,
     as_json: bool,
 ) -> None:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from fleet.client import FleetClient
+
     request = api_request(timeout_s=timeout, **fields)
     url, topics = connection(broker, prefix)
     show_progress = not as_json and sys.stderr.isatty()
@@ -384,19 +401,21 @@ def _exit_code(result: ApiResult) -> int:
     return Exit.NOT_CONVERGED
 
 
-_STYLE = {
-    DeviceOutcome.CONVERGED: "green",
-    DeviceOutcome.SUCCEEDED: "green",
-    DeviceOutcome.PENDING: "yellow",
-    DeviceOutcome.QUEUED: "yellow",
-    DeviceOutcome.WAITING: "red",
-    DeviceOutcome.FAILED: "red",
-    DeviceOutcome.REJECTED: "red",
-    DeviceOutcome.TIMED_OUT: "red",
-}
-
-
 def _summary(result: ApiResult, elapsed: float) -> None:
+    from rich.table import Table
+
+    from fleet.protocol.messages import DeviceOutcome
+
+    styles = {
+        DeviceOutcome.CONVERGED: "green",
+        DeviceOutcome.SUCCEEDED: "green",
+        DeviceOutcome.PENDING: "yellow",
+        DeviceOutcome.QUEUED: "yellow",
+        DeviceOutcome.WAITING: "red",
+        DeviceOutcome.FAILED: "red",
+        DeviceOutcome.REJECTED: "red",
+        DeviceOutcome.TIMED_OUT: "red",
+    }
     if not result.ok and not result.devices:
         fail(f"{result.op} refused ({result.code}): {result.detail}", _exit_code(result))
     if result.devices:
@@ -406,7 +425,7 @@ def _summary(result: ApiResult, elapsed: float) -> None:
         for column in ("device", "outcome", "online", "rev", "room", "detail"):
             table.add_column(column)
         for d in result.devices:
-            style = _STYLE.get(d.outcome, "white")
+            style = styles.get(d.outcome, "white")
             table.add_row(
                 d.device,
                 f"[{style}]{d.outcome.value}[/]",

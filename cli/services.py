@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from broker.local import BrokerEngine, MosquittoBroker
+from broker.local import BrokerEngine
 from cli.common import (
     BrokerOpt,
     Exit,
@@ -31,32 +29,22 @@ from cli.common import (
     run,
     run_service,
 )
-from cli.stack import Stack, StackConfig, free_port, running_stack, stack_console
 from cli.telemetry import InfluxOptions
-from fleet.auth import CredentialStore, default_credentials_path
-from fleet.client import FleetClient
-from fleet.controller.factory import ControllerSettings, build_controller
-from fleet.device.bulk import BulkFleet
-from fleet.device.sim import MeetingDriver, SimFleet, device_ids
 from fleet.device.tones import TONE_SLOTS
-from fleet.device.workers import IN_PROCESS_UP_TO, auto_procs
 from fleet.errors import FleetError, ProtocolError
-from fleet.ha import HomeAssistantSettings
-from fleet.ha.part import DEFAULT_ROOM
-from fleet.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP
-from fleet.mixer.address import MixerAddress
+from fleet.ha import DEFAULT_ROOM
 from fleet.mixer.errors import INSTALL_HINT, MixerUnavailable
-from fleet.protocol import is_valid_id
-from fleet.protocol.messages import (
-    MAX_ROOM_CAP,
-    ApiOp,
-    ApiRequest,
-    ApiResult,
-    DeviceOutcome,
-    MediaPath,
-)
-from fleet.protocol.topics import DEFAULT_HA_PREFIX
-from fleet.settings import load_settings
+from fleet.protocol.constants import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, MAX_ROOM_CAP, ApiOp
+from fleet.protocol.topics import DEFAULT_HA_PREFIX, is_valid_id
+
+# The parts these commands start (broker, controller, devices, aiortc, the web console)
+# load when one runs: the command tree, --help and the other commands stay light.
+if TYPE_CHECKING:
+    from cli.stack import Stack
+    from fleet.client import FleetClient
+    from fleet.device.sim import MeetingDriver
+    from fleet.ha import HomeAssistantSettings
+    from fleet.protocol.messages import ApiRequest, ApiResult
 
 LISTED_DEVICES = 6  # a join's result lists every device up to this many, then only failures
 
@@ -107,6 +95,8 @@ class HomeAssistantOptions:
     ] = DEFAULT_ROOM
 
     def settings(self) -> HomeAssistantSettings | None:
+        from fleet.ha import HomeAssistantSettings
+
         if not self.enabled:
             return None
         try:
@@ -188,6 +178,14 @@ def up(
     influx: InfluxOptions,
 ) -> None:
     """Run broker + controller + N simulated devices until Ctrl-C."""
+    import asyncio
+    import contextlib
+
+    from cli.stack import StackConfig, free_port, running_stack, stack_console
+    from fleet.device.workers import auto_procs
+    from fleet.mixer.address import MixerAddress
+    from fleet.settings import load_settings
+
     settings = load_settings(home=home, prefix=prefix)
     if web and ws_port is None:
         ws_port = free_port(host)
@@ -298,6 +296,10 @@ def controller(
 ) -> None:
     """Run the controller: registry, desired state, commands, meetings, the automation API,
     telemetry, Home Assistant discovery."""
+    from fleet.auth import CredentialStore
+    from fleet.controller.factory import ControllerSettings, build_controller
+    from fleet.settings import load_settings
+
     if client_id is not None:
         require_id("--client-id", client_id, "client id")
     url, topics = connection(broker, prefix)
@@ -371,6 +373,10 @@ def sim(
     prefix: PrefixOpt = None,
 ) -> None:
     """Run N simulated devices that speak exactly the device side of the protocol."""
+    from fleet.auth import CredentialStore, default_credentials_path
+    from fleet.device.bulk import BulkFleet
+    from fleet.device.sim import SimFleet, device_ids
+
     ids = device_ids(devices, id_prefix, start)
     bad = [i for i in ids if not is_valid_id(i)]
     if bad:
@@ -458,6 +464,11 @@ def demo(
     """The main job on embedded defaults: start everything, meet with real audio, check that
     every device hears every other, leave, report, stop."""
     from cli.demo import demo_room, hearing_table, needs_mixer, wait_until_everyone_hears
+    from cli.stack import StackConfig, free_port, running_stack
+    from fleet.client import FleetClient
+    from fleet.device.workers import IN_PROCESS_UP_TO, auto_procs
+    from fleet.protocol.messages import ApiRequest, MediaPath
+    from fleet.settings import load_settings
 
     if agent not in (None, "assistant"):
         fail(f"--agent {agent!r}: the demo knows only 'assistant'", Exit.USAGE)
@@ -552,6 +563,8 @@ async def _assistant_step(stack: Stack, room: str) -> bool:
 
 
 async def _step(fleet: FleetClient, op: ApiOp, request: ApiRequest) -> ApiResult:
+    from fleet.protocol.messages import DeviceOutcome
+
     started = time.monotonic()
     result = await fleet.request(op, request)
     style = "green" if result.ok else "red"
@@ -568,6 +581,8 @@ async def _step(fleet: FleetClient, op: ApiOp, request: ApiRequest) -> ApiResult
 
 
 def _broker_line(broker: object, host: str) -> str:
+    from broker.local import MosquittoBroker
+
     port = getattr(broker, "port", "?")
     if isinstance(broker, MosquittoBroker):
         return f"Mosquitto (MQTT 5 and 3.1.1) on {host}:{port}, log {broker.log_path}"

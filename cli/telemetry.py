@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -25,10 +25,12 @@ from cli.common import (
     require_name,
     run_service,
 )
-from fleet.client import FleetClient
 from fleet.errors import ConfigError, UnknownDevice
-from fleet.telemetry.config import InfluxSettings, load_influx_settings
-from fleet.telemetry.tail import EventItem, Refused, TeleItem, follow, summary
+
+# What a command runs (MQTT, the payload models, the InfluxDB client) loads when it runs.
+if TYPE_CHECKING:
+    from fleet.telemetry.config import InfluxSettings
+    from fleet.telemetry.tail import EventItem, TeleItem
 
 app = command_group("Device telemetry: live view, InfluxDB, Grafana.")
 
@@ -108,6 +110,8 @@ class InfluxOptions:
     ] = None
 
     def settings(self) -> InfluxSettings:
+        from fleet.telemetry.config import load_influx_settings
+
         try:
             return load_influx_settings(**vars(self))
         except ConfigError as exc:
@@ -144,6 +148,9 @@ def tail(
     as_json: JsonOpt = False,
 ) -> None:
     """Live telemetry as devices send it (one line, or one JSON object, per message)."""
+    from fleet.client import FleetClient
+    from fleet.telemetry.tail import Refused, follow
+
     if device is not None:
         require_name("device", device)
     url, topics = connection(broker, prefix)
@@ -175,6 +182,8 @@ def tail(
 
 
 def _show(item: TeleItem | EventItem, as_json: bool) -> None:
+    from fleet.telemetry.tail import TeleItem, summary
+
     if as_json:
         if isinstance(item, TeleItem):
             doc = {

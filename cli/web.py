@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from typing import Annotated
 
 import typer
 
 from cli.common import BrokerOpt, Exit, PrefixOpt, connection, console, fail, run_service
-from fleet.protocol.messages import DEFAULT_WEB_TTL_S, MAX_WEB_TTL_S
-from fleet.web.server import ConsoleConfig, WebConsole
+from fleet.protocol.constants import DEFAULT_WEB_TTL_S, MAX_WEB_TTL_S
 
 
 def web(
@@ -42,6 +40,10 @@ def web(
 
     People sign in with the operator's secret; each browser gets credentials of its own
     that the controller mints and the broker ends after --ttl seconds."""
+    import asyncio
+
+    from fleet.web.server import ConsoleConfig, WebConsole  # aiohttp
+
     if ws_url is None and ws_port is None:
         fail("give --ws-url or --ws-port: where browsers reach the broker's WebSocket", Exit.USAGE)
     if ws_url is not None and not ws_url.startswith(("ws://", "wss://")):

@@ -129,6 +129,11 @@ class FleetClient:
         return self._client is not None and self._reader is not None and not self._reader.done()
 
     @property
+    def mqtt5(self) -> bool:
+        """Whether its connection speaks MQTT 5 (results then come on its reply topic)."""
+        return self._client is not None and self._client.mqtt5
+
+    @property
     def _sync_topic(self) -> str:
         return self.topics.sync(self.client_id)
 

@@ -15,6 +15,12 @@ PRIVATE_FILE = 0o600
 PRIVATE_DIR = 0o700
 
 
+def default_home() -> Path:
+    """`$FLEET_HOME`, else `~/.espfleet`: credentials, database, client file."""
+    home = os.environ.get("FLEET_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".espfleet"
+
+
 def private_dir(path: Path) -> Path:
     """Create `path` (and parents) 0700; an existing folder loses group and other rights."""
     path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)

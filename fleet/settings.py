@@ -7,26 +7,20 @@ client file `fleet up` writes into FLEET_HOME, then mqtt://127.0.0.1:1883.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleet.errors import ConfigError
-from fleet.files import atomic_write, private_dir
+from fleet.files import atomic_write, default_home, private_dir
 from fleet.mqtt import BrokerUrl
 from fleet.protocol import DEFAULT_PREFIX, Topics
 
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 CLIENT_FILE = "client.json"
-
-
-def default_home() -> Path:
-    """`$FLEET_HOME`, else `~/.espfleet`: credentials, database, client file."""
-    home = os.environ.get("FLEET_HOME")
-    return Path(home).expanduser() if home else Path.home() / ".espfleet"
 
 
 class FleetSettings(BaseSettings):
@@ -74,6 +68,7 @@ class FleetSettings(BaseSettings):
         return path
 
 
-def load_settings(**overrides: object) -> FleetSettings:
+def load_settings(**overrides: Any) -> FleetSettings:
+    """Env vars, then the non-None overrides (CLI flags, of any type: the model validates)."""
     values = {k: v for k, v in overrides.items() if v is not None}
-    return FleetSettings(**values)  # type: ignore[arg-type]
+    return FleetSettings(**values)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The protocol, the meeting server and the embedded broker's tests on the newest other
-# supported Python this machine has (3.12-3.14 beside the main venv's), in a venv of its own.
+# The fast part of the suite on the newest other supported Python this machine has
+# (3.12-3.14 beside the main venv's), in a venv of its own: the unit tests (tests/unit, the
+# protocol among them), the meeting server's and the embedded broker's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 main=$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
@@ -15,7 +16,7 @@ for version in 3.14 3.13 3.12 3.11; do
         echo "fast suite on Python $version ($python)"
         FLEET_PYTHON="$python" FLEET_VENV=".venv-$version" scripts/setup.sh --dev >/dev/null
         exec ".venv-$version/bin/pytest" -q -p no:cacheprovider \
-            tests/test_protocol.py tests/test_meetings.py tests/test_broker_amqtt.py
+            tests/unit tests/meetings/test_server.py tests/brokers/test_amqtt.py
     fi
 done
 echo "no other Python 3.11-3.14 on this machine: fast suite skipped"

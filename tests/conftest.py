@@ -1,4 +1,5 @@
-"""Shared fixtures: credential store, topic prefix, and real brokers (see tests/brokers.py)."""
+"""Shared fixtures: credential store, topic prefix, real brokers (tests/support/brokers.py),
+and the CLI runner (tests/support/cli.py)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,16 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from brokers import (
+
+from fleet.auth import CredentialStore
+from tests.support.brokers import (
     BrokerHandle,
     amqtt_handle,
     mosquitto_handle,
     require_mosquitto,
     unique_prefix,
 )
-
-from fleet.auth import CredentialStore
+from tests.support.cli import runner as runner  # the fixture
 
 BROKER_KINDS = [
     pytest.param("amqtt", id="amqtt"),

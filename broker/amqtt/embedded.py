@@ -120,7 +120,7 @@ class _BoundedReader(StreamReaderAdapter):
     publish payload in one more); a larger read closes the socket unread instead.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, transport: asyncio.BaseTransport) -> None:
+    def __init__(self, reader: asyncio.StreamReader, transport: asyncio.WriteTransport) -> None:
         super().__init__(reader)
         self._transport = transport
 
@@ -128,7 +128,8 @@ class _BoundedReader(StreamReaderAdapter):
         if n > MAX_PACKET_BYTES:
             self._transport.abort()
             raise PacketTooLarge(f"a packet of more than {n} bytes (limit {MAX_PACKET_BYTES})")
-        return await super().read(n)
+        data: bytes = await super().read(n)
+        return data
 
 
 AMQTT_VERSION = "0.12.1"  # the version whose Broker internals FleetBroker overrides
@@ -159,7 +160,8 @@ class _BoundedWsReader(WebSocketsReader):
     async def read(self, n: int = -1) -> bytes:
         if n > MAX_PACKET_BYTES:
             raise PacketTooLarge(f"a packet of more than {n} bytes (limit {MAX_PACKET_BYTES})")
-        return await super().read(n)
+        data: bytes = await super().read(n)
+        return data
 
 
 class FleetBroker(FleetAmqttBroker):
@@ -348,7 +350,8 @@ class FleetBroker(FleetAmqttBroker):
         # Already decided in _initialize_client_session; don't hash the password twice.
         if session.attributes.pop(_PREAUTHENTICATED_KEY, False):
             return True
-        return await super()._authenticate(session, listener)
+        allowed: bool = await super()._authenticate(session, listener)
+        return allowed
 
     # --- 2: retained messages for the client's own subscriptions only -------------------------
     async def _handle_client_session(
@@ -574,7 +577,8 @@ class FleetBroker(FleetAmqttBroker):
         if self._fleet_topic is not None:
             await self._fleet_topic.refresh_for(action)
             return self._fleet_topic.check(session, topic, action)
-        return await super()._topic_filtering(session, topic, action)
+        allowed: bool = await super()._topic_filtering(session, topic, action)
+        return allowed
 
 
 class EmbeddedBroker:
@@ -607,6 +611,11 @@ class EmbeddedBroker:
     @property
     def running(self) -> bool:
         return self._broker is not None
+
+    @property
+    def amqtt_broker(self) -> FleetBroker | None:
+        """The amqtt broker while it runs (its sessions, its subscriptions)."""
+        return self._broker
 
     @property
     def url(self) -> str:
@@ -717,10 +726,12 @@ class _Replay(ReaderAdapter):
 
     async def read(self, n: int = -1) -> bytes:
         if not self._prefix:
-            return await self._inner.read(n)
+            data: bytes = await self._inner.read(n)
+            return data
         if n == -1:
             head, self._prefix = self._prefix, b""
-            return head + await self._inner.read(-1)
+            rest: bytes = await self._inner.read(-1)
+            return head + rest
         head, self._prefix = self._prefix[:n], self._prefix[n:]
         if len(head) < n:
             head += await self._inner.read(n - len(head))

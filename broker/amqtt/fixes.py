@@ -420,13 +420,13 @@ class FleetAmqttBroker(Broker):
                 stopped.set()
 
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
-        code = await super().add_subscription(subscription, session)
+        code: int = await super().add_subscription(subscription, session)
         if code != 0x80 and session.client_id is not None:
             self._subscriptions.by_client.setdefault(session.client_id, set()).add(subscription[0])
         return code
 
     def _del_subscription(self, a_filter: str, session: Session) -> int:
-        deleted = super()._del_subscription(a_filter, session)
+        deleted: int = super()._del_subscription(a_filter, session)
         if deleted and session.client_id is not None:
             held = self._subscriptions.by_client.get(session.client_id)
             if held is not None:
@@ -506,9 +506,9 @@ class FleetAmqttBroker(Broker):
                     )
 
 
-def transport_of(handler: Any) -> asyncio.BaseTransport | None:
+def transport_of(handler: Any) -> asyncio.WriteTransport | None:
     """The socket transport under an amqtt handler's writer (TCP or WebSocket)."""
     writer = getattr(handler, "writer", None)
     inner = getattr(writer, "_writer", None) or getattr(writer, "_protocol", None)
     transport = getattr(inner, "transport", None)
-    return transport if isinstance(transport, asyncio.BaseTransport) else None
+    return transport if isinstance(transport, asyncio.WriteTransport) else None

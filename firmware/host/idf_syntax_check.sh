@@ -1,35 +1,29 @@
 #!/usr/bin/env bash
 # Compiles every file of firmware/main/ against the ESP-IDF stubs in host/idf_stubs (gcc,
-# gnu17, -Wall -Wextra -Werror -Os, as IDF builds it), once per audio board.
+# gnu17, -Wall -Wextra -Werror -Os, as IDF builds it), once per board. Each board's
+# sdkconfig.h is what Kconfig makes of main/Kconfig.projbuild and that board's defaults
+# files (stub_sdkconfig.py, kconfiglib): an option Kconfig would not define is not defined.
 #
-#   bash firmware/host/idf_syntax_check.sh [none|korvo2|xiao]...   (default: all three)
+#   bash firmware/host/idf_syntax_check.sh [none|qemu|s3|korvo2|xiao]...   (default: all)
 #
+# PYTHON: an interpreter with kconfiglib (default: python3).
 # Prints "syntax <board> <file>: ok" per file; the exit status is non-zero if any fails.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 fw="$here/.."
 cc=${CC:-gcc}
 boards=("$@")
-[ ${#boards[@]} -eq 0 ] && boards=(none korvo2 xiao)
+[ ${#boards[@]} -eq 0 ] && boards=(none qemu s3 korvo2 xiao)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 status=0
 for board in "${boards[@]}"; do
     mkdir -p "$out/$board"
-    {
-        echo '#pragma once'
-        echo '#define CONFIG_FLEET_HW_NAME "stub-board"'
-        echo '#define CONFIG_FLEET_TELE_INTERVAL_S 5'
-        echo '#define CONFIG_FLEET_IDENTIFY_GPIO -1'
-        echo '#define CONFIG_FLEET_NTP_SERVER "pool.ntp.org"'
-        case "$board" in
-            korvo2) echo '#define CONFIG_FLEET_BOARD_KORVO2 1'; echo '#define CONFIG_FLEET_AUDIO 1' ;;
-            xiao) echo '#define CONFIG_FLEET_BOARD_XIAO_S3_SENSE 1'; echo '#define CONFIG_FLEET_AUDIO 1' ;;
-            none) echo '#define CONFIG_FLEET_BOARD_NONE 1' ;;
-            *) echo "unknown board $board" >&2; exit 2 ;;
-        esac
-        echo '#define CONFIG_FLEET_AUDIO_RATE 16000'
-    } > "$out/$board/sdkconfig.h"
+    if ! "${PYTHON:-python3}" "$here/stub_sdkconfig.py" "$board" "$out/$board/sdkconfig.h"; then
+        echo "syntax $board: no sdkconfig.h"
+        status=1
+        continue
+    fi
     for src in "$fw"/main/*.c; do
         if "$cc" -std=gnu17 -Os -Wall -Wextra -Werror -Wno-unused-parameter -fsyntax-only \
             -I"$out/$board" -I"$here/idf_stubs" -I"$fw/main" \

@@ -1,8 +1,8 @@
 /*
- * app_main.c - the espfleet device: configuration from NVS, Wi-Fi, SNTP, esp-mqtt and
+ * app_main.c - the espfleet device: configuration from NVS, the network, SNTP, esp-mqtt and
  * the portable fleet core, driven by one task.
  *
- * app_main() only sets things up. Every IDF handler (Wi-Fi, IP, MQTT, SNTP) enqueues a
+ * app_main() only sets things up. Every IDF handler (network, IP, MQTT, SNTP) enqueues a
  * fleet_ev_t; fleet_task() drains the queue, runs the core's timers and is the only
  * code that touches the core.
  */
@@ -21,16 +21,18 @@
 #include "fleet_events.h"
 #include "freertos/FreeRTOS.h"
 #include "freertos/task.h"
+#include "net.h"
 #include "nvs_flash.h"
 #include "port_esp.h"
 #include "sdkconfig.h"
-#include "wifi_sta.h"
 
 static const char *TAG = "fleet_main";
 
-#define TASK_STACK       8192 /* the core keeps its state in a static struct, not here */
+/* The core's state is static, yet command parsing with newlib's printf and set_groups'
+ * NVS write went past 8 KB of stack on the device. */
+#define TASK_STACK       12288
 #define TASK_PRIORITY    5
-#define MAX_TASK_WAIT_MS 100 /* poll Wi-Fi backoff and identify blinking at least this often */
+#define MAX_TASK_WAIT_MS 100 /* poll the link's backoff and identify at least this often */
 
 static fleet_core_t core; /* about 28 KB (bench/firmware_size.sh): static, never on a stack */
 static fleet_nvs_config_t cfg;
@@ -50,13 +52,13 @@ static void fleet_task(void *arg)
             wait = MAX_TASK_WAIT_MS;
         }
         if (fleet_ev_take(&ev, wait)) {
-            fleet_wifi_handle(&ev, now_ms());
+            fleet_net_handle(&ev, now_ms());
             fleet_port_esp_handle(&ev);
             fleet_audio_handle(&ev);
             free(ev.topic);
             free(ev.data);
         }
-        fleet_wifi_poll(now_ms());
+        fleet_net_poll(now_ms());
         fleet_port_esp_poll(now_ms());
     }
 }
@@ -85,9 +87,7 @@ void app_main(void)
     ESP_ERROR_CHECK(esp_netif_init());
     ESP_ERROR_CHECK(esp_event_loop_create_default());
 
-    fleet_audio_config_t audio = {
-        .i2s_port = 0, .sample_rate = CONFIG_FLEET_AUDIO_RATE, .frame_ms = 20, .max_peers = 2};
-    (void)fleet_audio_init(&audio, &core); /* ESP_ERR_NOT_SUPPORTED: signalling only */
+    (void)fleet_audio_init(&core); /* ESP_ERR_NOT_SUPPORTED: signalling only */
 
     fleet_config_t fc;
     memset(&fc, 0, sizeof fc);
@@ -100,6 +100,7 @@ void app_main(void)
     fleet_audio_caps(&fc.caps);
     fc.tele_interval_ms = (uint32_t)CONFIG_FLEET_TELE_INTERVAL_S * 1000u;
     fc.pending_cmd_id = fleet_port_esp_pending();
+    fc.pending_is_ota = fleet_port_esp_pending_ota(&fc.pending_error);
     const fleet_port_t *port = fleet_port_esp_table(fleet_audio_media());
     if (!fleet_core_init(&core, &fc, port)) {
         ESP_LOGE(TAG, "configuration refused by the core (see above)");
@@ -111,9 +112,16 @@ void app_main(void)
     sntp.sync_cb = fleet_port_esp_time_cb;
     ESP_ERROR_CHECK(esp_netif_sntp_init(&sntp));
 
-    /* The task first: Wi-Fi events may arrive as soon as the station starts. */
+    /* The task first: network events may arrive as soon as the link starts. */
     xTaskCreate(fleet_task, "fleet", TASK_STACK, NULL, TASK_PRIORITY, NULL);
-    ESP_ERROR_CHECK(fleet_wifi_start(cfg.wifi_ssid, cfg.wifi_pass));
+    ESP_ERROR_CHECK(fleet_net_start(cfg.wifi_ssid, cfg.wifi_pass));
     ESP_LOGI(TAG, "espfleet %s on %s as %s, %u groups", fc.fw, fc.hw, cfg.device_id,
              (unsigned)cfg.n_groups);
+#if CONFIG_FLEET_NET_OPENETH
+    /* Emulation builds keep the main task: on the Debian-built toolchain its deletion
+     * asserts in FreeRTOS and the image reboots in a loop. */
+    for (;;) {
+        vTaskDelay(portMAX_DELAY);
+    }
+#endif
 }

@@ -90,7 +90,9 @@ esp_err_t fleet_config_load(fleet_nvs_config_t *cfg)
 
 esp_err_t fleet_config_save_groups(const char *const *groups, size_t count)
 {
-    char buf[FLEET_MAX_GROUPS * (FLEET_ID_MAX + 1)];
+    /* Static: 2 KB that the fleet task's stack cannot spare under NVS's flash writes (only
+     * that task stores groups). */
+    static char buf[FLEET_MAX_GROUPS * (FLEET_ID_MAX + 1)];
     size_t len = 0;
     buf[0] = '\0';
     for (size_t i = 0; i < count; i++) {

@@ -49,9 +49,8 @@ static const char *TAG = "fleet_audio";
 #if !CONFIG_FLEET_AUDIO
 
 /* A board without audio (ESP32-C3, or none chosen): signalling only. */
-esp_err_t fleet_audio_init(const fleet_audio_config_t *cfg, fleet_core_t *core)
+esp_err_t fleet_audio_init(fleet_core_t *core)
 {
-    (void)cfg;
     (void)core;
     ESP_LOGI(TAG, "no audio board configured: a signalling-only member");
     return ESP_ERR_NOT_SUPPORTED;
@@ -642,9 +641,8 @@ static void peer_task(void *arg)
 
 /* ---- entry --------------------------------------------------------------------------------- */
 
-esp_err_t fleet_audio_init(const fleet_audio_config_t *cfg, fleet_core_t *core)
+esp_err_t fleet_audio_init(fleet_core_t *core)
 {
-    (void)cfg;
     fa.core = core;
     fa.codec = MC_CODEC_OPUS;
     fa.lock = xSemaphoreCreateMutex();

@@ -24,16 +24,10 @@
 #include "fleet_msg.h"
 #include "fleet_port.h"
 
-typedef struct {
-    int i2s_port;    /* I2S peripheral for the codec */
-    int sample_rate; /* CONFIG_FLEET_AUDIO_RATE */
-    int frame_ms;    /* 20 */
-    int max_peers;   /* esp_peer connections: 2 on an S3 with PSRAM */
-} fleet_audio_config_t;
-
 /* Brings up the board's audio, the media core and the tasks; ESP_ERR_NOT_SUPPORTED when the
- * build has no audio board. */
-esp_err_t fleet_audio_init(const fleet_audio_config_t *cfg, fleet_core_t *core);
+ * build has no audio board. The board, its sample rate and the peer count come from Kconfig
+ * (FLEET_AUDIO_RATE exists only in builds with an audio board). */
+esp_err_t fleet_audio_init(fleet_core_t *core);
 
 /* The media table for fleet_port_t.media, or NULL when there is no audio. */
 const fleet_media_t *fleet_audio_media(void);

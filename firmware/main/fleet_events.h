@@ -26,6 +26,7 @@ typedef enum {
     FLEET_EV_MQTT_OVERSIZE,  /* topic + code = total length: refused, never assembled */
     FLEET_EV_MEDIA,          /* from esp_peer's task: topic = participant, data = SDP or
                                 a rejection's detail, code = which (fleet_audio.c) */
+    FLEET_EV_OTA,            /* the ota task ended: code = esp_err_t, text unused */
 } fleet_ev_type_t;
 
 typedef struct {

@@ -8,6 +8,7 @@
  */
 #include "port_esp.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
@@ -19,8 +20,9 @@
 #include "esp_system.h"
 #include "esp_timer.h"
 #include "mqtt_client.h"
+#include "net.h"
+#include "ota_esp.h"
 #include "sdkconfig.h"
-#include "wifi_sta.h"
 
 /* esp-mqtt in ESP-IDF v5.1.2-v5.2.1 defines esp_mqtt_client_subscribe as a _Generic macro
  * whose only string association is `char *`: a `const char *` topic matches nothing and does
@@ -37,9 +39,11 @@ static const char *TAG = "fleet_port";
 #define GOODBYE_WAIT_MS 3000 /* for the offline status to be acknowledged before a restart */
 #define PENDING_MAGIC   0xF1EE7C0Du
 
-/* Survives esp_restart() (not a power cycle): the reboot command to confirm after boot. */
+/* Survives esp_restart() (not a power cycle): the reboot or ota command to confirm after
+ * boot; for an ota, the slot it installed (if another one runs, it was rolled back). */
 static RTC_NOINIT_ATTR struct {
     uint32_t magic;
+    uint32_t ota_addr; /* 0: a reboot */
     char id[FLEET_UTF8_BYTES(FLEET_CMD_ID_CHARS)];
 } rtc_pending;
 
@@ -62,6 +66,8 @@ static struct {
     int goodbye_msg_id;
     bool goodbye_acked;
     uint64_t reboot_deadline_ms;
+    /* the ota command being downloaded */
+    char ota_id[FLEET_UTF8_BYTES(FLEET_CMD_ID_CHARS)];
 } s;
 
 /* ---- the handler side (esp-mqtt task) ---------------------------------------------------- */
@@ -254,13 +260,13 @@ static void p_sample(void *ctx, fleet_sys_sample_t *out)
 {
     int32_t rssi, channel;
     (void)ctx;
-    if (fleet_wifi_ap_info(&rssi, &channel)) {
+    if (fleet_net_radio_info(&rssi, &channel)) {
         out->has_rssi = true;
         out->rssi = rssi;
         out->has_channel = true;
         out->channel = channel;
     }
-    out->wifi_reconnects = fleet_wifi_reconnects();
+    out->wifi_reconnects = fleet_net_reconnects();
     out->has_heap = true;
     out->heap_free = esp_get_free_heap_size();
     out->heap_min = esp_get_minimum_free_heap_size();
@@ -281,7 +287,18 @@ static bool p_save_pending(void *ctx, const char *cmd_id)
         return true;
     }
     strlcpy(rtc_pending.id, cmd_id, sizeof rtc_pending.id);
+    rtc_pending.ota_addr = 0;
     rtc_pending.magic = PENDING_MAGIC;
+    return true;
+}
+
+static bool p_ota(void *ctx, const char *cmd_id, const char *url)
+{
+    (void)ctx;
+    if (!fleet_ota_start(url)) {
+        return false;
+    }
+    strlcpy(s.ota_id, cmd_id, sizeof s.ota_id);
     return true;
 }
 
@@ -292,6 +309,18 @@ const char *fleet_port_esp_pending(void)
         return NULL; /* power-on: RTC memory holds garbage */
     }
     return rtc_pending.id;
+}
+
+bool fleet_port_esp_pending_ota(const char **error)
+{
+    *error = NULL;
+    if (fleet_port_esp_pending() == NULL || rtc_pending.ota_addr == 0) {
+        return false;
+    }
+    if (fleet_ota_running() != rtc_pending.ota_addr) {
+        *error = "rolled back: the new image did not start";
+    }
+    return true;
 }
 
 const fleet_port_t *fleet_port_esp_table(const fleet_media_t *media)
@@ -309,6 +338,7 @@ const fleet_port_t *fleet_port_esp_table(const fleet_media_t *media)
     s.port.sample = p_sample;
     s.port.save_groups = p_save_groups;
     s.port.save_pending = p_save_pending;
+    s.port.ota = p_ota;
     s.port.media = media;
     s.goodbye_msg_id = -1;
     if (CONFIG_FLEET_IDENTIFY_GPIO >= 0) {
@@ -366,6 +396,7 @@ void fleet_port_esp_handle(const fleet_ev_t *ev)
             }
             s.ever_connected = true;
             s.mqtt_up = true;
+            fleet_ota_confirm_image(); /* it reached the broker: no rollback */
             fleet_core_on_connected(s.core);
             break;
         case FLEET_EV_MQTT_DISCONNECTED:
@@ -379,6 +410,21 @@ void fleet_port_esp_handle(const fleet_ev_t *ev)
             break;
         case FLEET_EV_MQTT_DATA:
             fleet_core_on_message(s.core, ev->topic, ev->topic_len, ev->data, ev->data_len);
+            break;
+        case FLEET_EV_OTA:
+            if (ev->code == ESP_OK) {
+                /* The next boot runs the new slot and sends the final ack with its fw. */
+                strlcpy(rtc_pending.id, s.ota_id, sizeof rtc_pending.id);
+                rtc_pending.ota_addr = fleet_ota_target();
+                rtc_pending.magic = PENDING_MAGIC;
+                ESP_LOGW(TAG, "ota %s installed: restarting", s.ota_id);
+                s.reboot_requested = true;
+            } else {
+                char detail[96];
+                snprintf(detail, sizeof detail, "download or install failed: %s",
+                         esp_err_to_name((esp_err_t)ev->code));
+                fleet_core_ota_failed(s.core, s.ota_id, detail);
+            }
             break;
         case FLEET_EV_MQTT_OVERSIZE:
             /* The core refuses by length before looking at the payload: no bytes needed. */

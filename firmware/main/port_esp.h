@@ -1,8 +1,9 @@
 /*
- * port_esp.h - fleet_port_t on ESP-IDF: esp-mqtt, esp_timer, SNTP time, NVS, restart.
+ * port_esp.h - fleet_port_t on ESP-IDF: esp-mqtt, esp_timer, SNTP time, NVS, restart, ota.
  */
 #pragma once
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/time.h>
 
@@ -13,6 +14,9 @@
 
 /* The reboot command id kept across esp_restart() (RTC memory), or NULL. */
 const char *fleet_port_esp_pending(void);
+/* Whether that command was an ota; *error says why it failed if another image than the one
+ * it installed is running (the bootloader rolled it back), else NULL. */
+bool fleet_port_esp_pending_ota(const char **error);
 
 /* Builds the port table; media may be NULL (no audio). Call before fleet_core_init(). */
 const fleet_port_t *fleet_port_esp_table(const fleet_media_t *media);

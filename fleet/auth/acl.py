@@ -158,10 +158,10 @@ class Acl:
         if role is _WEB:
             if cred.expired(time.time()):
                 return False
-            own = f"{self.prefix}/meet/{cred.username}/"
+            meet = f"{self.prefix}/meet/{cred.username}/"
             if action == "publish":
-                return topic == own + "up" or topic in self._web_write_exact
-            return topic == own + "down" or self._covered(topic, self._web_read)
+                return topic == meet + "up" or topic in self._web_write_exact
+            return topic == meet + "down" or self._covered(topic, self._web_read)
         return False
 
     # --- helpers ------------------------------------------------------------------------------

@@ -39,9 +39,8 @@ from fleet.auth.hashing import (
 )
 from fleet.auth.roles import Role
 from fleet.errors import CredentialsError
-from fleet.files import atomic_write
+from fleet.files import atomic_write, default_home
 from fleet.protocol.topics import ID_PATTERN, NAME_RULES
-from fleet.settings import default_home
 
 FILE_VERSION = 1
 CREDENTIALS_FILENAME = "credentials.json"
@@ -201,8 +200,8 @@ class CredentialStore:
             if loc and loc[0].isdigit():
                 loc[0] = str(fresh[int(loc[0])])  # the index in the file, not in `fresh`
             raise CredentialsError(f"{where}: users.{'.'.join(loc)}: {first['msg']}") from exc
-        for i, cred in zip(fresh, validated, strict=True):
-            creds[i] = cred
+        for i, valid in zip(fresh, validated, strict=True):
+            creds[i] = valid
         users: dict[str, Credential] = {}
         for cred in creds:
             assert cred is not None

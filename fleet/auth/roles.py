@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from fleet.protocol.messages import ApiOp
+from fleet.protocol.constants import ApiOp
 
 
 class Role(StrEnum):

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from fleet.controller.events import FleetEvents
 from fleet.controller.link import ControllerLink
-from fleet.controller.store import Job, Store
+from fleet.controller.store import FINAL_JOB_STATES, Job, Store
 from fleet.errors import RequestRefused
 from fleet.mqtt import publish
 from fleet.protocol import Topics, encode
@@ -148,7 +148,8 @@ class Commands:
         job.detail = ack.detail or job.detail
         job.result = ack.result if ack.result is not None else job.result
         self._store.save_job(job)
-        if job.final:
+        # The new status: mypy would hold `job.final` False from the guard above.
+        if job.status in FINAL_JOB_STATES:
             self._jobs.pop(job.id, None)
             await self._job_event(job)
         return True

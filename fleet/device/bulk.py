@@ -35,6 +35,7 @@ from typing import Any, cast
 
 import aiomqtt
 import paho.mqtt.client as paho
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from fleet.device.sim import MeetingDriver, SimDeviceConfig, SimulatedDevice
@@ -287,7 +288,7 @@ class BulkFleet:
         self._offline = encode(Status(online=False))
 
     def __getitem__(self, device_id: str) -> BulkDevice:
-        return cast("BulkDevice", self._by_id[device_id].dev)
+        return self._by_id[device_id].dev
 
     async def wait_connected(self, timeout: float = 60.0) -> None:
         async with asyncio.timeout(timeout):
@@ -385,7 +386,7 @@ class BulkFleet:
         if client is not conn.client or conn.ready is None or conn.ready.done():
             return
         if rc.is_failure:
-            conn.ready.set_exception(aiomqtt.MqttConnectError(rc))
+            conn.ready.set_exception(MqttConnectError(rc))
             return
         self._submit(conn, partial(self._boot, conn, client))
 
@@ -422,7 +423,9 @@ class BulkFleet:
 
     def _on_message(self, client: paho.Client, conn: _Conn, message: paho.MQTTMessage) -> None:
         if client is conn.client and not conn.leaving:
-            self._submit(conn, partial(conn.dev.handle, message.topic, message.payload))
+            # bytes (paho types it bytes | bytearray); the desired-doc cache hashes it
+            payload = bytes(message.payload)
+            self._submit(conn, partial(conn.dev.handle, message.topic, payload))
 
     def _submit(self, conn: _Conn, handler: Handler) -> None:
         """Run handlers one at a time per device, eagerly: a task only for one that waits."""

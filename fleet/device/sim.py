@@ -501,6 +501,11 @@ class SimulatedDevice:
         if self._client is not None:
             publish_nowait(self._client, self.topics.ack(self.id), encode(ack), 1)
 
+    @property
+    def connection(self) -> aiomqtt.Client | None:
+        """Its MQTT connection while it has one: what a device could publish, raw."""
+        return self._client
+
     # --- periodic work ------------------------------------------------------------------------
     @property
     def uptime_s(self) -> float:

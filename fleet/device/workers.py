@@ -155,7 +155,7 @@ class SimWorkers:
         """What every device hears now (AudioMeetingDriver.hearing in each worker)."""
         from fleet.device.audio import DeviceHearing
 
-        replies = await self._ask({"op": "hearing", "tones": self.tones, "min_share": min_share})
+        replies = await self.ask({"op": "hearing", "tones": self.tones, "min_share": min_share})
         out: dict[str, DeviceHearing] = {}
         for reply in replies:
             for device, got in reply["devices"].items():
@@ -166,12 +166,13 @@ class SimWorkers:
         """Per device: when its markers were spoken, and when each stream's reached it
         (AudioMeetingDriver.markers; one monotonic clock for every process of a host)."""
         out = {}
-        for reply in await self._ask({"op": "markers"}):
+        for reply in await self.ask({"op": "markers"}):
             for device, (sent, arrivals) in reply["devices"].items():
                 out[device] = (sent, arrivals)
         return out
 
-    async def _ask(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+    async def ask(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        """One request to every worker; their replies (FleetError if one refuses it)."""
         async with self._lock, asyncio.timeout(REQUEST_TIMEOUT_S):
             line = json.dumps(request).encode() + b"\n"
             for proc in self._procs:

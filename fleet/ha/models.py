@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, TypedDict
 
 from fleet.errors import PayloadTooLarge, ProtocolError
 from fleet.protocol.messages import Message, RoomName, State, Telemetry
@@ -65,7 +65,17 @@ def meeting_of(state: State | None) -> tuple[bool, str | None]:
     return True, state.meeting.room
 
 
-def tele_values(tele: Telemetry) -> dict[str, int | float | None]:
+class TeleValues(TypedDict, total=False):
+    """A device's sensor values from its last telemetry (none before the first)."""
+
+    rssi: int | None
+    heap: int | None
+    uptime: int | None
+    jitter: float | None
+    loss: float | None
+
+
+def tele_values(tele: Telemetry) -> TeleValues:
     """The sensor values a telemetry sample gives (jitter and loss over the worst peer)."""
     jitters = [a.jitter_ms for a in tele.audio if a.jitter_ms is not None]
     losses = [a.loss for a in tele.audio if a.loss is not None]

@@ -23,10 +23,12 @@ from typing import TYPE_CHECKING
 from fleet.controller.host import PartHost
 from fleet.controller.parts import ControllerPart
 from fleet.errors import ProtocolError
+from fleet.ha import DEFAULT_ROOM
 from fleet.ha.discovery import Discovery, Shown
 from fleet.ha.models import (
     HaDeviceState,
     HaFleetState,
+    TeleValues,
     encode_state,
     meeting_of,
     parse_press,
@@ -53,7 +55,6 @@ log = logging.getLogger(__name__)
 
 ONLINE = b"online"
 OFFLINE = b"offline"
-DEFAULT_ROOM = "standup"
 # Telemetry-driven state updates per device at most this often (meeting changes go at once).
 TELE_INTERVAL_S = 30.0
 # The controller's counters (online, in meetings) at most this often: a join-all of
@@ -93,7 +94,7 @@ class _Device:
     meeting: tuple[bool, str | None] = (False, None)  # its meeting part
     state_at: float = 0.0
     last_room: str | None = None
-    tele: dict[str, int | float | None] = field(default_factory=dict)
+    tele: TeleValues = field(default_factory=TeleValues)
     tele_shown: bool = False  # telemetry values have gone out: from now on, throttled
     counted: tuple[bool, bool] = (False, False)  # (online, in a meeting) in the fleet counters
 
@@ -124,6 +125,11 @@ class HomeAssistantPart(ControllerPart):
         self._last_rooms: dict[str, str] = {}  # kept in SQLite: device -> its last room
         self._unsaved: dict[str, str] = {}  # store keys written at the next tick
         self.stats = {"commands": 0, "refused": 0, "configs": 0, "states": 0}
+
+    @property
+    def rooms(self) -> frozenset[str]:
+        """The rooms its room selects offer (the default room and every room known)."""
+        return frozenset(self._rooms)
 
     def attach(self, host: PartHost) -> None:
         super().attach(host)
@@ -279,13 +285,13 @@ class HomeAssistantPart(ControllerPart):
             await self._publish_config(device_id, rec, dev)
         self._count(dev, rec.online, rec.online and in_meeting)
         meeting = (in_meeting, room)
-        values = dict(dev.tele)
+        values = dev.tele.copy()
         if not in_meeting:
             values["jitter"] = values["loss"] = None
         doc = HaDeviceState(
             in_meeting="ON" if in_meeting else "OFF",
             room=room or dev.last_room or self.room,
-            **values,  # type: ignore[arg-type]
+            **values,
         )
         payload = encode_state(doc)
         if payload == dev.state:

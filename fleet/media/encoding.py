@@ -36,6 +36,7 @@ import fractions
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import av
 import numpy as np
@@ -43,14 +44,14 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from fleet.media.errors import MediaError
-from fleet.media.frames import FRAME_SAMPLES, SAMPLE_RATE, make_frame
+from fleet.media.frames import FRAME_SAMPLES, SAMPLE_RATE, make_frame, next_audio_frame
 from fleet.media.sources import PacedSource, SharedTrack, SourceLoop
 
 log = logging.getLogger(__name__)
 
 G711_RATE = 8_000
 G711_FRAME = 160  # 20 ms at 8 kHz
-G711_CODECS = {"pcmu": "pcm_mulaw", "pcma": "pcm_alaw"}
+G711_CODECS: dict[str, Literal["pcm_mulaw", "pcm_alaw"]] = {"pcmu": "pcm_mulaw", "pcma": "pcm_alaw"}
 ENCODED = ("opus", *G711_CODECS)  # what the mesh encodes itself; anything else: aiortc
 # Packets a sender may have waiting before the oldest is dropped: a sender that stalls
 # for more than this (20 ms each) gets the newest audio, not a growing delay.
@@ -88,7 +89,7 @@ class FrameEncoder:
         # Frames other than 48 kHz mono s16, 960 samples (a caller's own track) are brought to it.
         self._conform: av.AudioResampler | None = None
 
-    def encode(self, frame: av.AudioFrame) -> list[av.Packet]:
+    def encode(self, frame: av.AudioFrame) -> list[Packet]:
         out = []
         for piece in self._conformed(frame):
             parts = self._resampler.resample(piece) if self._resampler is not None else [piece]
@@ -149,7 +150,11 @@ class LoopedPackets:
         return EncodedChunk(data, frame * self.step, self.time_base)
 
 
-Sendable = av.Packet | av.AudioFrame | EncodedChunk
+if TYPE_CHECKING:
+    # Generic over its stream in av's stubs only (not subscriptable at run time); an
+    # encoder's packets belong to no stream.
+    Packet: TypeAlias = av.Packet[Any]
+    Sendable: TypeAlias = Packet | av.AudioFrame | EncodedChunk
 _LOOPS: dict[tuple[object, ...], LoopedPackets] = {}
 
 
@@ -164,12 +169,15 @@ def looped_packets(
         return cached
     frames = 2 * loop.period
     encoder = FrameEncoder(codec, opus_kbps)
-    packets: list[av.Packet] = []
+    packets: list[Packet] = []
     index = 0
     # Codecs with a delay (G.711's resampler) give their packets a little late: encode on
     # until there are as many packets as frames.
     while len(packets) < frames:
-        packets += encoder.encode(make_frame(source.render(index, FRAME_SAMPLES), index))
+        samples = source.render(index, FRAME_SAMPLES)
+        if samples is None:  # a source that repeats has no end
+            raise MediaError("a repeating source ended")
+        packets += encoder.encode(make_frame(samples, index))
         index += FRAME_SAMPLES
     mute = FrameEncoder(codec, opus_kbps)
     quiet = [p for _ in range(4) for p in mute.encode(make_frame(SILENT_FRAME, 0))]
@@ -281,8 +289,8 @@ class Broadcast:
     async def _next(self) -> tuple[int, av.AudioFrame | None]:
         """The next frame's first sample, and the frame itself unless every lane replays."""
         if self._paced is None or self._loop is None:
-            frame = await self.source.recv()
-            return frame.pts or 0, frame  # type: ignore[return-value]
+            frame = await next_audio_frame(self.source)
+            return frame.pts or 0, frame
         start = await self._paced.next_frame()
         if all(lane.looped is not None for lane in self._lanes.values()):
             return start, None
@@ -302,7 +310,7 @@ class Broadcast:
                 if muted and frame is not None:
                     frame = silence_like(frame)
                 for lane in list(self._lanes.values()):
-                    items: list[EncodedChunk] | list[av.Packet] | list[av.AudioFrame]
+                    items: list[EncodedChunk] | list[Packet] | list[av.AudioFrame]
                     if lane.looped is not None:
                         items = [lane.looped.packet(start // FRAME_SAMPLES, muted)]
                     elif frame is None:
@@ -350,6 +358,7 @@ class SendTrack(MediaStreamTrack):
         """The source is now the Broadcast's (or was a spare one, stopped): not ours to stop."""
         self._owns_source = False
 
+    # Wider than MediaStreamTrack.recv: aiortc's sender also packs EncodedChunks (`pack()`).
     async def recv(self) -> Sendable:  # type: ignore[override]
         if self.readyState != "live":
             raise MediaStreamError

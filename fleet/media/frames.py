@@ -10,6 +10,7 @@ import fractions
 
 import av
 import numpy as np
+from aiortc import MediaStreamTrack
 
 SAMPLE_RATE = 48_000
 FRAME_SAMPLES = 960  # 20 ms
@@ -29,11 +30,20 @@ def make_frame(samples: np.ndarray, pts: int) -> av.AudioFrame:
     return frame
 
 
+async def next_audio_frame(track: MediaStreamTrack) -> av.AudioFrame:
+    """An audio track's next frame (aiortc types `recv` for every kind of media)."""
+    frame = await track.recv()
+    if not isinstance(frame, av.AudioFrame):
+        raise TypeError(f"an audio track gave a {type(frame).__name__}")
+    return frame
+
+
 def samples_of(frame: av.AudioFrame) -> np.ndarray:
     """A packed s16 frame's samples (channels interleaved) as a 1-D int16 array: a view
     of the frame's memory, not a copy (PyAV's to_ndarray costs five times as much)."""
     count = frame.samples * len(frame.layout.channels)
-    return np.frombuffer(frame.planes[0], dtype=np.int16, count=count)
+    # memoryview: numpy's stubs for 3.11 take no buffer-protocol object but the built-ins
+    return np.frombuffer(memoryview(frame.planes[0]), dtype=np.int16, count=count)
 
 
 def is_internal(frame: av.AudioFrame) -> bool:
@@ -56,7 +66,8 @@ def rms(samples: np.ndarray) -> float:
 def scale(samples: np.ndarray, gain: float) -> np.ndarray:
     if gain == 1.0:
         return samples
-    return np.clip(samples.astype(np.float32) * gain, -32768, 32767).astype(np.int16)
+    clipped: np.ndarray = np.clip(samples.astype(np.float32) * gain, -32768, 32767)
+    return clipped.astype(np.int16)
 
 
 class Normalizer:

@@ -37,7 +37,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.jitterbuffer import JitterBuffer
-from aiortc.sdp import candidate_from_sdp
+from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from fleet.media import sdp
 from fleet.media.config import (
@@ -325,9 +325,7 @@ class MediaMesh:
             )
         return common
 
-    def _negotiated(
-        self, entry: Peer, local_sdp: str, remote: sdp.aiortc_sdp.SessionDescription
-    ) -> None:
+    def _negotiated(self, entry: Peer, local_sdp: str, remote: SessionDescription) -> None:
         local = sdp.codec_names(sdp.parse_own(local_sdp))
         entry.send_codec, entry.recv_codec = sdp.negotiated(local, sdp.codec_names(remote))
         direction = entry.transceiver.currentDirection

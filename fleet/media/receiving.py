@@ -36,6 +36,7 @@ from aiortc import RTCRtpReceiver
 from aiortc.codecs import get_decoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtcrtpreceiver import RemoteStreamTrack
 from aiortc.rtp import RtpPacket
 from aiortc.utils import uint16_gt
 
@@ -61,7 +62,7 @@ class MonoOpusDecoder:
         packet = av.Packet(encoded.data)
         packet.pts = encoded.timestamp
         packet.time_base = OPUS_TIME_BASE
-        return self._context.decode(packet)  # type: ignore[return-value]
+        return self._context.decode(packet)
 
 
 class InlineDecoder:
@@ -100,10 +101,10 @@ class InlineDecoder:
             for frame in frames:
                 self.deliver(frame)
             return
-        track = self._receiver.track
-        if track is None:
+        track = self._receiver.track  # typed as always there, but None until negotiated
+        if not isinstance(track, RemoteStreamTrack):
             return
-        queue: asyncio.Queue[Any] = track._queue  # type: ignore[attr-defined]
+        queue: asyncio.Queue[Any] = track._queue
         for frame in frames:
             queue.put_nowait(frame)
 
@@ -124,7 +125,9 @@ class InOrderBuffer:
         if self._last is not None and not uint16_gt(seq, self._last):
             return False, None
         self._last = seq
-        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
+        # aiortc's receiver sets the depayloaded payload as an undeclared attribute
+        data: bytes = packet._data  # type: ignore[attr-defined]
+        return False, JitterFrame(data=data, timestamp=packet.timestamp)
 
 
 def decoder_for(codec: RTCRtpCodecParameters) -> Any:

@@ -33,7 +33,7 @@ def parse_remote(peer: str, text: str, kind: str) -> aiortc_sdp.SessionDescripti
     if kinds.count("audio") != 1 or set(kinds) - {"audio", "application"}:
         raise MediaError(f"bad SDP {what}: expected one audio section, got {kinds or 'none'}")
     for media in description.media:
-        if not media.ice.usernameFragment or not media.ice.password:
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
             raise MediaError(f"bad SDP {what}: no ICE credentials")
         if not media.dtls or not media.dtls.fingerprints:
             raise MediaError(f"bad SDP {what}: no DTLS fingerprint")

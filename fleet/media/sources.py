@@ -23,7 +23,14 @@ from av.container import InputContainer
 
 from fleet.media.analysis import find_markers
 from fleet.media.errors import MediaError
-from fleet.media.frames import FRAME_S, FRAME_SAMPLES, FULL_SCALE, SAMPLE_RATE, make_frame
+from fleet.media.frames import (
+    FRAME_S,
+    FRAME_SAMPLES,
+    FULL_SCALE,
+    SAMPLE_RATE,
+    make_frame,
+    next_audio_frame,
+)
 
 # A latency marker: the tone stops for MARKER_GAP_S, a loud burst of MARKER_BURST_S plays,
 # then silence again for MARKER_TAIL_S. The silence before it makes the onset unmistakable
@@ -336,7 +343,7 @@ class SharedTrack(MediaStreamTrack):
         if self._proxy is None:
             self._proxy = self.shared.subscribe()
         try:
-            return await self._proxy.recv()  # type: ignore[return-value]
+            return await next_audio_frame(self._proxy)
         except MediaStreamError:
             self.stop()
             raise

@@ -32,6 +32,7 @@ from fleet.meetings.session import Member, Roster, Session
 from fleet.mixer.errors import MixerError
 from fleet.mixer.pool import MixerPool
 from fleet.protocol import TopicKind, decode_for, encode
+from fleet.protocol.constants import DEFAULT_MESH_CAP as DEFAULT_MESH_CAP
 from fleet.protocol.messages import (
     MAX_LISTED_BYTES,
     MAX_ROOM_CAP,
@@ -70,9 +71,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Each member of a mesh holds one peer connection per other member; an ESP32-S3 manages
-# 2-3, a Python participant a handful. Past this an `auto` session goes mixed.
-DEFAULT_MESH_CAP = 4
 # Rooms are rows a join could otherwise add without end.
 DEFAULT_MAX_ROOMS = 1000
 SERVER_PARTICIPANT = "server"  # `from` of messages sent by the CLI's `fleet say`

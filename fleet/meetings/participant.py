@@ -120,6 +120,10 @@ class LocalParticipant:
         self._pending_leave: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
+    async def publish_up(self, payload: bytes) -> None:
+        """Raw bytes on its own `meet/{pid}/up`, as any peer could send them."""
+        await self._publish(self.topics.meet_up(self.pid), payload)
+
     @property
     def remote_participants(self) -> dict[str, RemoteParticipant]:
         """The other members this one connects to, by participant id (the mixer alone in

@@ -6,16 +6,15 @@ server allows it (`auto_create`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
+from fleet.protocol.constants import DEFAULT_ROOM_CAP as DEFAULT_ROOM_CAP
 from fleet.protocol.messages import DEFAULT_MIX_RATE, MixRate, RoomInfo, RoomMedia
 
 if TYPE_CHECKING:
     from fleet.meetings.session import Session
 
-# Members of a room's session (a mixed session holds this many).
-DEFAULT_ROOM_CAP = 256
-DEFAULT_RATE = cast("MixRate", DEFAULT_MIX_RATE)
+DEFAULT_RATE: MixRate = DEFAULT_MIX_RATE
 
 
 @dataclass(frozen=True, slots=True)

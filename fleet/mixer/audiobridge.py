@@ -78,7 +78,7 @@ class AudioBridge:
         if self._control is None:
             self._control = await self.janus.attach(PLUGIN)
         answer = await self.janus.request({"janus": "message", "body": body}, self._control)
-        return _plugin_data(answer, body["request"], self.name)
+        return plugin_data(answer, body["request"], self.name)
 
     def _keyed(self, body: dict[str, Any]) -> dict[str, Any]:
         return {**body, "admin_key": self._admin_key} if self._admin_key else body
@@ -134,7 +134,7 @@ class AudioBridge:
 
         def listener(event: Event) -> None:
             if entry is not None:
-                self._on_handle_event(entry, event)
+                self.member_event(entry, event)
 
         handle = await self.janus.attach(PLUGIN, listener)
         body: dict[str, Any] = {
@@ -154,7 +154,7 @@ class AudioBridge:
                 handle,
                 want_event=True,
             )
-            data = _plugin_data(answer, "join", self.name)
+            data = plugin_data(answer, "join", self.name)
             if data.get("audiobridge") != "joined":
                 raise MixerFailed(self.name, f"join answered {data.get('audiobridge')!r}")
             jsep = answer.get("jsep")
@@ -172,7 +172,7 @@ class AudioBridge:
             member.handle,
             want_event=True,
         )
-        _plugin_data(answer, "configure", self.name)
+        plugin_data(answer, "configure", self.name)
         member.muted = muted
 
     async def trickle(self, member: BridgeMember, candidate: str | None, mid: str) -> None:
@@ -195,7 +195,9 @@ class AudioBridge:
         except Exception as exc:  # a mixer that is gone has dropped the handle anyway
             log.debug("%s: detach %s: %s", self.name, handle, exc)
 
-    def _on_handle_event(self, member: BridgeMember, event: Event) -> None:
+    def member_event(self, member: BridgeMember, event: Event) -> None:
+        """What a member's own handle heard, passed to `on_event` once (hangups, media up,
+        slow links, the member's own talking and stopped talking)."""
         if self.on_event is None:
             return
         kind = event.get("janus")
@@ -215,7 +217,9 @@ class AudioBridge:
             self.on_event(member.room, member.id, {"event": what})
 
 
-def _plugin_data(answer: Event, request: str, name: str) -> dict[str, Any]:
+def plugin_data(answer: Event, request: str, name: str) -> dict[str, Any]:
+    """The plugin's data in a Janus answer to `request`; MixerFailed when it has none or
+    says it refused."""
     plugindata = answer.get("plugindata")
     data = plugindata.get("data") if isinstance(plugindata, dict) else None
     if not isinstance(data, dict):

@@ -27,13 +27,14 @@ from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.typing import Origin, Subprotocol
 
 from fleet.mixer.address import CLIENT_ORIGIN
 from fleet.mixer.errors import MixerFailed, MixerUnavailable
 
 log = logging.getLogger(__name__)
 
-SUBPROTOCOL = "janus-protocol"
+SUBPROTOCOL = Subprotocol("janus-protocol")
 REQUEST_TIMEOUT_S = 5.0  # a request (and an async request's event) must be answered by then
 KEEPALIVE_S = 2.0  # also how quickly a mixer that stopped answering is noticed
 MAX_MESSAGE_BYTES = 1 << 20
@@ -85,8 +86,8 @@ class JanusConnection:
             async with asyncio.timeout(self.request_timeout):
                 self._ws = await websockets.connect(
                     self.url,
-                    subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
-                    origin=CLIENT_ORIGIN,  # type: ignore[arg-type]
+                    subprotocols=[SUBPROTOCOL],
+                    origin=Origin(CLIENT_ORIGIN),
                     max_size=MAX_MESSAGE_BYTES,
                     open_timeout=self.request_timeout,
                     # A mixer that stopped answering will not answer the close either.

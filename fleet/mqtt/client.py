@@ -10,7 +10,7 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aiomqtt
 import paho.mqtt.client as paho_mqtt
@@ -50,7 +50,8 @@ class MqttClient(aiomqtt.Client):
         # topics of the others, to name them when the broker refuses one.
         self._acks: dict[int, asyncio.Future[ReasonCode]] = {}
         self._unawaited: dict[int, str] = {}
-        on_publish = self._client.on_publish
+        # aiomqtt registers paho's version 2 callbacks
+        on_publish = cast("paho_mqtt.CallbackOnPublish_v2 | None", self._client.on_publish)
 
         def on_puback(paho: Any, userdata: Any, mid: int, code: ReasonCode, props: Any) -> None:
             waiter = self._acks.pop(mid, None)
@@ -59,7 +60,8 @@ class MqttClient(aiomqtt.Client):
             topic = self._unawaited.pop(mid, None)
             if topic is not None and code.is_failure:
                 log.warning("the broker refused a publish to %s: %s", topic, reason_name(code))
-            on_publish(paho, userdata, mid, code, props)
+            if on_publish is not None:
+                on_publish(paho, userdata, mid, code, props)
 
         self._client.on_publish = on_puback
 
@@ -146,18 +148,23 @@ async def open_client(
 
 def _wrong_version(exc: aiomqtt.MqttCodeError) -> bool:
     rc = exc.rc
+    if rc is None:  # only other MqttCodeErrors carry none
+        return False
     return int(rc.value if isinstance(rc, ReasonCode) else rc) in _UNSUPPORTED_PROTOCOL
 
 
 async def subscribe(client: MqttClient, filters: Sequence[tuple[str, int]]) -> None:
     """One SUBSCRIBE; `SubscribeRefused` naming the first filter the broker refused (SUBACK
     0x80 on 3.1.1, a reason code such as 0x87 not authorised on MQTT 5)."""
-    codes = await client.subscribe(list(filters))
+    codes: Sequence[int | ReasonCode] = await client.subscribe(list(filters))
     for (topic_filter, _qos), code in zip(filters, codes, strict=False):
         value = int(code.value if isinstance(code, ReasonCode) else code)
         if value >= 0x80:
             # 3.1.1's one failure code says no more than that (the ACL, or no such feature).
-            reason = reason_name(code) if client.mqtt5 else "Failure (MQTT 3.1.1 SUBACK)"
+            if client.mqtt5 and isinstance(code, ReasonCode):
+                reason = reason_name(code)
+            else:
+                reason = "Failure (MQTT 3.1.1 SUBACK)"
             raise SubscribeRefused(topic_filter, value, reason)
 
 

@@ -86,7 +86,7 @@ async def run_link(
         delay = min(delay * 2, RECONNECT_MAX_S)
 
 
-async def close_quietly(on_close: OnConnect, client: aiomqtt.Client) -> None:
+async def close_quietly(on_close: OnConnect, client: MqttClient) -> None:
     try:
         async with asyncio.timeout(2):
             await on_close(client)

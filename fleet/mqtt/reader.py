@@ -48,7 +48,7 @@ async def dispatch(handler: OnMessage, message: aiomqtt.Message) -> None:
 
 
 def payload_bytes(message: aiomqtt.Message) -> bytes:
-    payload = message.payload
+    payload: object = message.payload  # aiomqtt declares bytes; guard the rest
     if isinstance(payload, bytes | bytearray):
         return bytes(payload)
     if payload is None:

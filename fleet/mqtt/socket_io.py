@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 import aiomqtt
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.matcher import MQTTMatcher
 
 
@@ -33,6 +34,8 @@ def register_writes_on_loop(client: aiomqtt.Client) -> None:
     paho = client._client
     threadsafe_register = paho.on_socket_register_write
     aiomqtt_unregister = paho.on_socket_unregister_write
+    if threadsafe_register is None or aiomqtt_unregister is None:
+        raise RuntimeError("aiomqtt's socket write callbacks are not set")
     writer = False  # a selector writer is registered (aiomqtt's, or ours when the buffer filled)
 
     def flush() -> None:
@@ -119,25 +122,33 @@ def buffer_reads(client: aiomqtt.Client) -> None:
     def on_open(paho_client: Any, userdata: Any, sock: Any) -> None:
         if type(sock) is socket.socket:  # not TLS (its own buffering) nor WebSocket
             paho_client._sock = _BufferedReads(sock)
-        opened(paho_client, userdata, sock)
+        if opened is not None:
+            opened(paho_client, userdata, sock)
 
-    def drain(max_packets: int = 1) -> Any:
+    def drain(max_packets: int = 1) -> MQTTErrorCode:
         sock = paho._sock
         if not isinstance(sock, _BufferedReads):
             return loop_read(max_packets)
-        sock.refills = 4  # at most 256 KiB per callback
+        # A name of its own: the `is` test below would widen `sock` back to paho's type.
+        reads: _BufferedReads = sock
+        reads.refills = 4  # at most 256 KiB per callback
         rc = loop_read(max_packets)
-        while rc == 0 and paho._sock is sock and sock.buffered:
+        while rc == 0 and paho._sock is reads and reads.buffered:
             rc = loop_read(max_packets)
         return rc
 
     paho.on_socket_open = on_open
-    paho.loop_read = drain
+    # a per-instance override of paho's method, which mypy reads as a class attribute
+    paho.loop_read = drain  # type: ignore[method-assign]
     # paho walks its per-filter callback tree for every message; aiomqtt registers
     # none, so an empty tree is skipped.
     paho._on_message_filtered = _SkipEmptyMatcher()
 
 
 class _SkipEmptyMatcher(MQTTMatcher):
+    # The base named outright: mypy sees its unannotated methods through super() as untyped.
+    def __init__(self) -> None:
+        MQTTMatcher.__init__(self)
+
     def iter_match(self, topic: str) -> Any:
-        return super().iter_match(topic) if self._root._children else ()
+        return MQTTMatcher.iter_match(self, topic) if self._root._children else ()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from functools import cache
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, overload
 
 from pydantic import (
     BaseModel,
@@ -24,10 +24,33 @@ from pydantic import (
 )
 
 from fleet.errors import PayloadTooLarge, ProtocolError
+
+# The names of the contract that need no model live in `constants`; they are part of
+# this module's names too.
+from fleet.protocol.constants import (
+    DEFAULT_WEB_TTL_S as DEFAULT_WEB_TTL_S,
+)
+from fleet.protocol.constants import (
+    MAX_ROOM_CAP as MAX_ROOM_CAP,
+)
+from fleet.protocol.constants import (
+    MAX_WEB_TTL_S as MAX_WEB_TTL_S,
+)
+from fleet.protocol.constants import (
+    PROTOCOL_VERSION as PROTOCOL_VERSION,
+)
+from fleet.protocol.constants import (
+    ApiOp as ApiOp,
+)
+from fleet.protocol.constants import (
+    CommandOp as CommandOp,
+)
+from fleet.protocol.constants import (
+    RoomMedia as RoomMedia,
+)
 from fleet.protocol.topics import ID_PATTERN, ROOM_PATTERN, TopicKind
 
 MAX_PAYLOAD_BYTES = 64 * 1024
-PROTOCOL_VERSION = 1
 
 DeviceId = Annotated[str, StringConstraints(pattern=rf"^{ID_PATTERN}$")]
 GroupName = Annotated[str, StringConstraints(pattern=rf"^{ID_PATTERN}$")]
@@ -45,16 +68,21 @@ MAX_TTL_MS = 86_400_000
 TtlMs = Annotated[int, Field(gt=0, le=MAX_TTL_MS)]
 # An intent lasts at most a year (`for_s`).
 MAX_FOR_S = 366 * 86_400
-# Members of one session: a mixed room holds this many, a mesh far fewer (its mesh cap).
-MAX_ROOM_CAP = 256
 RoomCap = Annotated[int, Field(ge=2, le=MAX_ROOM_CAP)]
 # The reserved participant id of a mixed session's mixer (members are p-N).
 MIXER_PARTICIPANT = "mixer"
 
 
 class Message(BaseModel):
+    # defer_build: a model's validator is built on its first use, not at import, so a
+    # program that speaks a few messages (the CLI) does not pay for all of them.
     model_config = ConfigDict(
-        extra="ignore", strict=True, frozen=True, populate_by_name=True, allow_inf_nan=False
+        extra="ignore",
+        strict=True,
+        frozen=True,
+        populate_by_name=True,
+        allow_inf_nan=False,
+        defer_build=True,
     )
 
     @model_validator(mode="before")
@@ -149,14 +177,6 @@ class State(Message):
 
 
 # --- imperative commands ----------------------------------------------------------------------
-
-
-class CommandOp(StrEnum):
-    PING = "ping"
-    IDENTIFY = "identify"
-    REBOOT = "reboot"
-    OTA = "ota"
-    SET_GROUPS = "set_groups"
 
 
 class IdentifyArgs(Message):
@@ -291,19 +311,8 @@ class MediaPath(StrEnum):
     MIXED = "mixed"  # every member holds one connection, to the mixer (mix-minus)
 
 
-class RoomMedia(StrEnum):
-    """A room's media mode: its sessions' path, or `auto` (mesh up to the mesh cap)."""
-
-    MESH = "mesh"
-    MIXED = "mixed"
-    AUTO = "auto"
-
-
 MixRate = Literal[16000, 48000]
-DEFAULT_MIX_RATE = 16000
-# Lifetime of a person's browser credentials (web-login): a work day at most.
-DEFAULT_WEB_TTL_S = 3600.0
-MAX_WEB_TTL_S = 12 * 3600.0
+DEFAULT_MIX_RATE: MixRate = 16000
 
 Sdp = Annotated[str, StringConstraints(min_length=1, max_length=32 * 1024)]
 MessageText = Annotated[str, StringConstraints(max_length=4096)]
@@ -469,27 +478,6 @@ MeetDown = Annotated[
 
 
 # --- the automation API (api/{op} and api/result) ---------------------------------------------
-
-
-class ApiOp(StrEnum):
-    JOIN_ALL = "join-all"
-    LEAVE_ALL = "leave-all"
-    JOIN = "join"
-    LEAVE = "leave"
-    CMD = "cmd"
-    # the meeting server's (§8.4)
-    ROOM_CREATE = "room-create"
-    ROOM_RM = "room-rm"
-    ROOMS = "rooms"
-    SESSIONS = "sessions"
-    SAY = "say"
-    # short-lived credentials for one person's browser (§11.2); operators only
-    WEB_LOGIN = "web-login"
-    # transcripts (§8.5): an agent appends what was said; anyone with the API reads it
-    TRANSCRIBE = "transcribe"
-    TRANSCRIPT = "transcript"
-    # what the controller knows of each device, offline ones too (their last birth)
-    DEVICES = "devices"
 
 
 class TranscriptLine(Message):
@@ -761,7 +749,16 @@ def encode(message: BaseModel) -> bytes:
     return message.model_dump_json(by_alias=True, exclude_none=True).encode()
 
 
-def decode(model: type[M] | Any, payload: bytes | bytearray | str, what: str = "") -> M:
+@overload
+def decode(model: type[M], payload: bytes | bytearray | str, what: str = "") -> M: ...
+
+
+# An Annotated union (MeetUp, MeetDown) is no class: its members are told apart by the caller.
+@overload
+def decode(model: object, payload: bytes | bytearray | str, what: str = "") -> Any: ...
+
+
+def decode(model: object, payload: bytes | bytearray | str, what: str = "") -> Any:
     """Parse and validate raw bytes; ProtocolError (never ValidationError) on bad input."""
     label = what or _model_name(model)
     if isinstance(payload, str):
@@ -772,7 +769,7 @@ def decode(model: type[M] | Any, payload: bytes | bytearray | str, what: str = "
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise PayloadTooLarge(label, len(payload), MAX_PAYLOAD_BYTES)
     try:
-        return _adapter(model).validate_json(payload)  # type: ignore[no-any-return]
+        return _adapter(model).validate_json(payload)
     except ValidationError as exc:
         raise ProtocolError(label, _summarise(exc)) from exc
 

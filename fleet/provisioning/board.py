@@ -11,12 +11,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TextIO
 
-from fleet.provisioning.build_info import FlashFile, read_flasher_args
 from fleet.provisioning.errors import BoardNotFound, FlashFailed
 from fleet.provisioning.tools import load_tool
 
 if TYPE_CHECKING:
     from esptool.loader import ESPLoader
+
+    from fleet.provisioning.build_info import FlashFile
 
 DEFAULT_BAUD = 460800  # idf.py flash's default; the ROM syncs at 115200 first
 ROM_BAUD = 115200
@@ -139,6 +140,9 @@ def flash(
     NVS is not in flasher_args, so a provisioned device keeps its identity across
     re-flashing. esptool's chatter goes to `output` (None: dropped).
     """
+    # Here, not at the top: `fleet flash --help` reads this module's defaults only.
+    from fleet.provisioning.build_info import read_flasher_args
+
     build = read_flasher_args(build_dir)
     cmds = load_tool("esptool.cmds")
 

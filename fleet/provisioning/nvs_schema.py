@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from fleet.mqtt import BrokerUrl
 from fleet.protocol import is_valid_id
 from fleet.protocol.topics import NAME_RULES
 from fleet.provisioning.errors import ProvisioningError
@@ -32,7 +31,7 @@ class FirmwareKey:
 
 
 # The order and limits of config_nvs.c's keys[] table and config_nvs.h's buffers;
-# tests/test_provisioning.py reads the C sources and fails when they drift apart.
+# tests/firmware/test_provisioning.py reads the C sources and fails when they drift apart.
 FIRMWARE_KEYS: tuple[FirmwareKey, ...] = (
     FirmwareKey("device_id", 64, True),  # char device_id[FLEET_ID_MAX + 1]
     FirmwareKey("secret", 127, True),  # char secret[128]
@@ -76,6 +75,8 @@ def device_broker_url(url: str) -> str:
     The device logs in as its own id with its own secret, so a user or password in the URL
     is refused rather than silently dropped; so are paths, queries and WebSocket schemes.
     """
+    from fleet.mqtt.url import BrokerUrl  # here: fleet.mqtt loads the MQTT client (aiomqtt)
+
     parsed = BrokerUrl.parse(url)  # ConfigError for bad schemes, hosts, ports
     scheme = _DEVICE_SCHEMES.get(parsed.scheme)
     if scheme is None:

@@ -6,7 +6,7 @@ FLEET_INFLUX_TOKEN, ...); command-line flags override them. No URL, no telemetry
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError
@@ -65,11 +65,11 @@ class InfluxSettings(BaseSettings):
         return f"telemetry to InfluxDB {self.version}.x API at {self.url}, {where}"
 
 
-def load_influx_settings(**overrides: object) -> InfluxSettings:
+def load_influx_settings(**overrides: Any) -> InfluxSettings:
     """Env vars, then the non-None overrides (CLI flags); ConfigError when invalid."""
     values = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return InfluxSettings(**values).check()  # type: ignore[arg-type]
+        return InfluxSettings(**values).check()
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in err["loc"])

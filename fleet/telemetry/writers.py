@@ -75,7 +75,8 @@ class InfluxV2Writer(Writer):
 
     def __init__(self, settings: InfluxSettings, report: Report, note_retry: RetryNote) -> None:
         super().__init__(settings, report, note_retry)
-        from influxdb_client import InfluxDBClient, WriteOptions
+        from influxdb_client.client.influxdb_client import InfluxDBClient
+        from influxdb_client.client.write_api import WriteOptions
         from reactivex.scheduler import ThreadPoolScheduler
 
         s = settings

@@ -1,4 +1,4 @@
-/* esp_audio_codec 2.3 include/esp_audio_types.h + esp_audio_enc.h + esp_audio_dec.h (subset). */
+/* esp_audio_codec 2.3.0 include/esp_audio_types.h + esp_audio_enc.h + esp_audio_dec.h (subset; main/ builds against 2.6.0 too). */
 #pragma once
 #include <stdint.h>
 typedef enum { ESP_AUDIO_ERR_OK = 0, ESP_AUDIO_ERR_FAIL = -1, ESP_AUDIO_ERR_MEM_LACK = -2,

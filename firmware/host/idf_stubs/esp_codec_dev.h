@@ -1,4 +1,4 @@
-/* esp_codec_dev 1.3 include/esp_codec_dev.h + esp_codec_dev_types.h (subset). */
+/* esp_codec_dev 1.4.0 include/esp_codec_dev.h + esp_codec_dev_types.h (subset; main/ builds against 1.5.2 too). */
 #pragma once
 #include <stdbool.h>
 #include <stdint.h>

@@ -1,4 +1,4 @@
-/* esp_codec_dev 1.3 include/esp_codec_dev_defaults.h + es8311_codec.h + es7210_adc.h (subset). */
+/* esp_codec_dev 1.4.0 include/esp_codec_dev_defaults.h + device/include/es8311_codec.h + es7210_adc.h (subset; main/ builds against 1.5.2 too). */
 #pragma once
 #include <stdbool.h>
 #include <stdint.h>

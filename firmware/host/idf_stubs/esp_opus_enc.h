@@ -1,4 +1,4 @@
-/* esp_audio_codec 2.3 include/encoder/impl/esp_opus_enc.h (subset). */
+/* esp_audio_codec 2.3.0 include/encoder/impl/esp_opus_enc.h (subset; main/ builds against 2.6.0 too). */
 #pragma once
 #include <stdbool.h>
 #include "esp_audio_types.h"

@@ -1,4 +1,4 @@
-/* esp_peer 1.2 include/esp_peer.h + esp_peer_types.h (subset). */
+/* esp_peer 1.2.3 include/esp_peer.h + esp_peer_types.h (subset; esp_peer_pre_generate_cert arrives in 1.2.3; main/ builds against 1.5.4 too). */
 #pragma once
 #include <stdbool.h>
 #include <stdint.h>

@@ -1,4 +1,4 @@
-/* esp_peer 1.2 include/esp_peer_default.h (subset). */
+/* esp_peer 1.2.3 include/esp_peer_default.h (subset; main/ builds against 1.5.4 too). */
 #pragma once
 #include "esp_peer.h"
 typedef struct { uint32_t cache_timeout; uint32_t cache_size; } esp_peer_default_jitter_cfg_t;

@@ -509,6 +509,71 @@ static void test_cmd_ota(void)
     check_publishes_valid();
 }
 
+static char ota_started[128];
+
+static bool fp_ota(void *ctx, const char *cmd_id, const char *url)
+{
+    (void)ctx;
+    snprintf(ota_started, sizeof ota_started, "%s %s", cmd_id, url);
+    return true;
+}
+
+static void test_cmd_ota_by_the_port(void)
+{
+    setup();
+    fp.port.ota = fp_ota;
+    ota_started[0] = '\0';
+    fp_clear(&fp);
+    deliver("dev/dev-1/cmd",
+            "{\"id\":\"o1\",\"op\":\"ota\",\"args\":{\"url\":\"http://x/fw.bin\"}}");
+    /* Accepted, and the port runs it: no final ack until it ends. */
+    CHECK_INT(fp_count(&fp, "/ack"), 1);
+    fleet_ack_t *a = last_ack();
+    CHECK(a != NULL && a->ok && a->code == FLEET_ACK_ACCEPTED && !a->done);
+    CHECK_STR(ota_started, "o1 http://x/fw.bin");
+    fleet_core_ota_failed(&core, "o1", "image header: invalid magic byte");
+    a = last_ack();
+    CHECK(a != NULL && !a->ok && a->code == FLEET_ACK_FAILED && a->done);
+    CHECK_STR(a != NULL ? a->detail : "", "image header: invalid magic byte");
+    /* A redelivery gets that final answer and starts nothing. */
+    ota_started[0] = '\0';
+    deliver("dev/dev-1/cmd",
+            "{\"id\":\"o1\",\"op\":\"ota\",\"args\":{\"url\":\"http://x/fw.bin\"}}");
+    CHECK_STR(ota_started, "");
+    CHECK(last_ack() != NULL && last_ack()->code == FLEET_ACK_FAILED);
+    check_publishes_valid();
+}
+
+/* After the restart into the new image, or back in the old one after a rollback. */
+static void test_ota_final_ack_after_restart(void)
+{
+    for (int rolled_back = 0; rolled_back < 2; rolled_back++) {
+        fleet_config_t cfg;
+        fp_free(&fp);
+        fp_init(&fp);
+        memset(&cfg, 0, sizeof cfg);
+        cfg.device_id = "dev-1";
+        cfg.fw = "0.2.0";
+        cfg.pending_cmd_id = "o1";
+        cfg.pending_is_ota = true;
+        cfg.pending_error = rolled_back ? "rolled back: the new image did not start" : NULL;
+        CHECK(fleet_core_init(&core, &cfg, &fp.port));
+        fleet_core_on_connected(&core);
+        fleet_ack_t *a = last_ack();
+        CHECK(a != NULL && a->done);
+        CHECK_STR(a != NULL ? a->id : "", "o1");
+        if (rolled_back) {
+            CHECK(a != NULL && !a->ok && a->code == FLEET_ACK_FAILED);
+            CHECK_STR(a != NULL ? a->detail : "", "rolled back: the new image did not start");
+        } else {
+            CHECK(a != NULL && a->ok && a->code == FLEET_ACK_OK);
+            CHECK(strstr(last_payload("/ack"), "\"result\":{\"fw\":\"0.2.0\"}") != NULL);
+        }
+        CHECK_STR(fp.pending, "");
+        check_publishes_valid();
+    }
+}
+
 static void test_cmd_set_groups(void)
 {
     static const char *const groups[] = {"kitchen", "floor-1"};
@@ -1138,6 +1203,8 @@ void suite_core(void)
     RUN(test_cmd_reboot);
     RUN(test_reboot_final_ack_after_restart);
     RUN(test_cmd_ota);
+    RUN(test_cmd_ota_by_the_port);
+    RUN(test_ota_final_ack_after_restart);
     RUN(test_cmd_set_groups);
     RUN(test_cmd_unknown_bad_request_expired);
     RUN(test_cmd_idempotent);

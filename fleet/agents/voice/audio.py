@@ -34,7 +34,7 @@ def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
 def decode_audio(data: bytes, what: str) -> np.ndarray:
     """Sound file bytes (WAV, MP3, ...) → 48 kHz mono int16."""
     try:
-        with av.open(io.BytesIO(data)) as container:
+        with av.open(io.BytesIO(data), mode="r") as container:
             samples = decode_mono(container)
     except (av.FFmpegError, OSError, IndexError) as exc:
         raise VoiceError(f"{what}: not audio: {exc}") from exc

@@ -193,11 +193,11 @@ class LLMBrain:
         return f"no tool called {name!r}"
 
 
-def _first_message(answer: object) -> dict[str, Any]:
+def _first_message(answer: Any) -> dict[str, Any]:  # a JSON document of unknown shape
     from fleet.agents.voice.audio import VoiceError
 
     try:
-        message = answer["choices"][0]["message"]  # type: ignore[index]
+        message = answer["choices"][0]["message"]
     except (KeyError, IndexError, TypeError):
         raise VoiceError("the LLM answered without a message") from None
     if not isinstance(message, dict):

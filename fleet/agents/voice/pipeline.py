@@ -124,8 +124,8 @@ class VoiceAgent(Agent):
         ep = self._endpointers.get(peer)
         if ep is None:
             ep = self._endpointers[peer] = Endpointer(
-                lambda at, p=peer: self._speech_started(p, at),
-                lambda utt, p=peer: self._queue.put_nowait((p, utt)),
+                lambda at: self._speech_started(peer, at),
+                lambda utt: self._queue.put_nowait((peer, utt)),
                 self.endpoint,
             )
         ep.feed(samples_of(frame), time.monotonic())
@@ -133,6 +133,11 @@ class VoiceAgent(Agent):
     def hears_from(self, peer: str) -> bool:
         """Whether audio from `peer` has reached us yet."""
         return peer in self._endpointers
+
+    @property
+    def listening(self) -> bool:
+        """Its turn worker runs: heard turns are still taken (it is not hung on one)."""
+        return self._worker is not None and not self._worker.done()
 
     @property
     def speaking(self) -> bool:

@@ -155,13 +155,21 @@ class OpenAISTT:
         return Transcript(text.strip())
 
 
-async def post(url: str, key: str | None, timeout_s: float, **kwargs: object) -> object:
+async def post(
+    url: str,
+    key: str | None,
+    timeout_s: float,
+    *,
+    json: object = None,
+    data: dict[str, str] | None = None,
+    files: dict[str, tuple[str, bytes, str]] | None = None,
+) -> object:
     """POST and return the JSON answer; VoiceError (never a hang) when the endpoint is down,
     slow (`timeout_s` for the whole exchange) or answers an error."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         async with asyncio.timeout(timeout_s), httpx.AsyncClient(timeout=timeout_s) as client:
-            response = await client.post(url, headers=headers, **kwargs)  # type: ignore[arg-type]
+            response = await client.post(url, headers=headers, json=json, data=data, files=files)
     except TimeoutError:
         raise VoiceError(f"{url}: no answer within {timeout_s:g}s") from None
     except httpx.HTTPError as exc:

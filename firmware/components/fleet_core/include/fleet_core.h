@@ -78,6 +78,11 @@ typedef struct {
     /* The id of a reboot command that restarted the device (persisted by the port across
      * the restart), or NULL: its final ack goes out after the first connect. */
     const char *pending_cmd_id;
+    /* The pending command was an ota: its final ack carries {"fw": fw}. */
+    bool pending_is_ota;
+    /* NULL, or why the pending command failed after all (an ota image that did not boot
+     * and was rolled back): its final ack is then failed with this detail. */
+    const char *pending_error;
 } fleet_config_t;
 
 typedef enum {
@@ -156,7 +161,13 @@ typedef struct fleet_core {
     char arena[FLEET_ACK_ARENA];
     size_t arena_pos;
     char pending_cmd[FLEET_UTF8_BYTES(FLEET_CMD_ID_CHARS)]; /* a reboot to confirm, or "" */
-    char result[FLEET_RESULT_BYTES];                        /* scratch for ack results */
+    bool pending_is_ota;
+    char pending_error[FLEET_DETAIL_BYTES]; /* "" = the pending command succeeded */
+    char result[FLEET_RESULT_BYTES];        /* scratch for ack results */
+    /* set_groups' scratch (about 5 KB: more than a device task's stack can spare) */
+    char new_groups[FLEET_MAX_GROUPS][FLEET_ID_MAX + 1];
+    char old_groups[FLEET_MAX_GROUPS][FLEET_ID_MAX + 1];
+    fleet_source_t old_sources[FLEET_MAX_GROUPS];
 
     /* telemetry */
     uint64_t next_tele_ms;
@@ -170,6 +181,9 @@ bool fleet_core_init(fleet_core_t *core, const fleet_config_t *cfg, const fleet_
 
 /* The device's address changed (DHCP): the next birth reports it. NULL = none. */
 void fleet_core_set_ip(fleet_core_t *core, const char *ip);
+
+/* The port's ota download or install failed (fleet_port_t.ota): the final ack, failed. */
+void fleet_core_ota_failed(fleet_core_t *core, const char *cmd_id, const char *detail);
 
 /* For the port's MQTT setup: the LWT goes retained on this topic with FLEET_LWT_PAYLOAD. */
 const char *fleet_core_status_topic(const fleet_core_t *core);

@@ -108,6 +108,11 @@ typedef struct fleet_port {
     /* Persist the id of a reboot command across the restart (NULL clears it); the port
      * hands it back in fleet_config_t.pending_cmd_id so the final ack can follow. */
     bool (*save_pending)(void *ctx, const char *cmd_id);
+    /* Install the image at url (http:// or https://) in the background; NULL: this build
+     * cannot update itself and the ota command fails at once. True: started. The port then
+     * either restarts into the new image, keeping cmd_id for fleet_config_t (pending_is_ota),
+     * or ends the command with fleet_core_ota_failed(); the old image keeps running. */
+    bool (*ota)(void *ctx, const char *cmd_id, const char *url);
     const fleet_media_t *media;
 } fleet_port_t;
 

@@ -2,8 +2,8 @@
  * fleet_cmd.c - imperative commands on dev/{id}/cmd and their acks on dev/{id}/ack.
  *
  * Order of checks (protocol.md 6.2): parse (bad_request, remembered for a salvaged id)
- * -> seen id (resend the remembered ack, run nothing) -> expiry (expired) -> op (unknown_op) -> args
- * (bad_args) -> run.
+ * -> seen id (resend the remembered ack, run nothing) -> expiry (expired) -> op (unknown_op) ->
+ * args (bad_args) -> run.
  *
  * Remembered acks: the last ack sent for each of the last FLEET_CMD_RING ids, kept
  * byte for byte so a redelivered command gets exactly the same answer. Ids and acks
@@ -165,10 +165,24 @@ static void op_ota(fleet_core_t *core, const fleet_cmd_t *cmd)
         reject(core, cmd->id, FLEET_ACK_BAD_ARGS, "args.url: an http:// or https:// URL");
         return;
     }
-    answer(core, cmd->id, true, FLEET_ACK_ACCEPTED, "", false, NULL);
-    /* Where an OTA-capable build starts esp_https_ota and sends the final ack from the new
-     * image. This one cannot: the final ack says so at once. */
-    answer(core, cmd->id, false, FLEET_ACK_FAILED, "not supported in this build", true, NULL);
+    if (core->port->ota == NULL) {
+        answer(core, cmd->id, true, FLEET_ACK_ACCEPTED, "", false, NULL);
+        answer(core, cmd->id, false, FLEET_ACK_FAILED, "not supported in this build", true, NULL);
+        return;
+    }
+    answer(core, cmd->id, true, FLEET_ACK_ACCEPTED, "downloading", false, NULL);
+    /* The final ack comes from the new image after its restart, or from
+     * fleet_core_ota_failed() while the old one keeps running. */
+    if (!core->port->ota(core->port->ctx, cmd->id, url->valuestring)) {
+        answer(core, cmd->id, false, FLEET_ACK_FAILED,
+               "cannot start: an update is running, or no OTA slot", true, NULL);
+    }
+}
+
+void fleet_core_ota_failed(fleet_core_t *core, const char *cmd_id, const char *detail)
+{
+    fleet_core_logf(core, FLEET_LOG_WARN, TAG, "ota %.64s failed: %.120s", cmd_id, detail);
+    answer(core, cmd_id, false, FLEET_ACK_FAILED, detail, true, NULL);
 }
 
 static void op_set_groups(fleet_core_t *core, const fleet_cmd_t *cmd)
@@ -291,7 +305,20 @@ void fleet_cmd_confirm_pending(fleet_core_t *core)
     if (core->pending_cmd[0] == '\0') {
         return;
     }
-    answer(core, core->pending_cmd, true, FLEET_ACK_OK, "rebooted", true, NULL);
+    if (core->pending_error[0] != '\0') {
+        answer(core, core->pending_cmd, false, FLEET_ACK_FAILED, core->pending_error, true, NULL);
+    } else if (core->pending_is_ota) {
+        fleet_jw_t w;
+        fleet_jw_init(&w, core->result, sizeof core->result);
+        fleet_jw_obj_begin(&w);
+        fleet_jw_key(&w, "fw");
+        fleet_jw_str(&w, core->fw);
+        fleet_jw_obj_end(&w);
+        answer(core, core->pending_cmd, true, FLEET_ACK_OK, "", true,
+               fleet_jw_finish(&w) > 0 ? core->result : NULL);
+    } else {
+        answer(core, core->pending_cmd, true, FLEET_ACK_OK, "rebooted", true, NULL);
+    }
     core->pending_cmd[0] = '\0';
     if (core->port->save_pending != NULL) {
         (void)core->port->save_pending(core->port->ctx, NULL);

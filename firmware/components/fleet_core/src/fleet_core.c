@@ -141,6 +141,10 @@ bool fleet_core_init(fleet_core_t *core, const fleet_config_t *cfg, const fleet_
         if (cps >= 1 && cps <= FLEET_CMD_ID_CHARS &&
             fleet_utf8_valid(cfg->pending_cmd_id, strlen(cfg->pending_cmd_id))) {
             (void)fleet_copy_str(core->pending_cmd, sizeof core->pending_cmd, cfg->pending_cmd_id);
+            core->pending_is_ota = cfg->pending_is_ota;
+            fleet_copy_text(core->pending_error, sizeof core->pending_error,
+                            cfg->pending_error != NULL ? cfg->pending_error : "",
+                            FLEET_DETAIL_BYTES - 1);
         }
     }
     core->caps = cfg->caps;
@@ -285,11 +289,11 @@ static void group_topic_do(fleet_core_t *core, const char *group, bool sub)
 
 void fleet_core_replace_groups(fleet_core_t *core, const char (*groups)[FLEET_ID_MAX + 1], size_t n)
 {
-    char old[FLEET_MAX_GROUPS][FLEET_ID_MAX + 1];
-    fleet_source_t old_src[FLEET_MAX_GROUPS];
+    char(*old)[FLEET_ID_MAX + 1] = core->old_groups;
+    fleet_source_t *old_src = core->old_sources;
     size_t n_old = core->n_groups;
-    memcpy(old, core->groups, sizeof old);
-    memcpy(old_src, &core->sources[FLEET_SRC_GROUP0], sizeof old_src);
+    memcpy(old, core->groups, sizeof core->old_groups);
+    memcpy(old_src, &core->sources[FLEET_SRC_GROUP0], sizeof core->old_sources);
 
     /* Unsubscribe first so no doc of a dropped group can arrive after the switch. */
     for (size_t i = 0; i < n_old; i++) {
@@ -302,7 +306,7 @@ void fleet_core_replace_groups(fleet_core_t *core, const char (*groups)[FLEET_ID
         }
     }
     core->n_groups = 0;
-    memset(&core->sources[FLEET_SRC_GROUP0], 0, sizeof old_src);
+    memset(&core->sources[FLEET_SRC_GROUP0], 0, sizeof core->old_sources);
     for (size_t j = 0; j < n && j < FLEET_MAX_GROUPS; j++) {
         size_t slot = FLEET_SRC_GROUP0 + core->n_groups;
         memcpy(core->groups[core->n_groups], groups[j], FLEET_ID_MAX + 1);
