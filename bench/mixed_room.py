@@ -74,10 +74,14 @@ class RtpMembers:
         self._task: asyncio.Task[None] | None = None
         self._janus: Any = None
 
-    async def start(self, url: str, room: str, media_ip: str) -> None:
+    async def start(self, url: str, room: Any, media_ip: str) -> None:
+        from fleet.mixer.address import MixerAddress
         from fleet.mixer.janus import JanusConnection
 
-        self._janus = JanusConnection(url, name="bench-rtp", request_timeout=10)
+        address = MixerAddress.parse(url)
+        self._janus = JanusConnection(
+            address.url, name="bench-rtp", request_timeout=10, api_secret=address.api_secret
+        )
         await self._janus.open()
         loop = asyncio.get_running_loop()
         for n in range(self.count):
@@ -94,7 +98,8 @@ class RtpMembers:
             handle = await self._janus.attach("janus.plugin.audiobridge")
             body = {
                 "request": "join",
-                "room": room,
+                "room": room.id,
+                "pin": room.pin,
                 "id": f"rtp-{n + 1}",
                 "display": f"rtp-{n + 1}",
                 "prebuffer": 2,
@@ -145,6 +150,7 @@ async def one_run(
     from fleet.device.sim import device_ids
     from fleet.device.workers import DeviceSound
     from fleet.media.analysis import marker_latencies
+    from fleet.meetings import MeetingServer
     from fleet.mixer.process import JanusConfig, local_janus, media_address
     from fleet.protocol.messages import ApiOp, ApiRequest, RoomMedia
 
@@ -166,7 +172,7 @@ async def one_run(
     if media_ip is None:
         raise SystemExit("no address but loopback here: WebRTC needs one")
     janus_cm = (
-        local_janus(JanusConfig(home / "janus", name="janus-1", debug_level=2))
+        local_janus(JanusConfig(home / "janus", name="janus-1", debug_level=2, rtp_members=True))
         if mixed
         else contextlib.nullcontext(None)
     )
@@ -184,6 +190,8 @@ async def one_run(
         async with running_stack(config) as stack:
             assert stack.workers is not None
             await stack.wait_ready(120)
+            server = next(p for p in stack.controller.parts if isinstance(p, MeetingServer))
+            server.mixed.allow_rtp_members = True  # the load below: plain-RTP members
             async with FleetClient(stack.operator_url, stack.controller.topics) as client:
                 media = RoomMedia.MIXED if mixed else RoomMedia.MESH
                 made = await client.request(
@@ -200,8 +208,9 @@ async def one_run(
                     session = next(r.session for r in rooms.rooms if r.room == "bench")
                     assert session is not None
                     assert janus is not None
+                    live = server.live["bench"]  # its device is on the mixer: the room exists
                     load = RtpMembers(rtp, tone_for(devices), background)
-                    await load.start(janus.url, session, media_ip)
+                    await load.start(janus.url, live.mixer_room, media_ip)
                     await asyncio.sleep(2)
                 # At rest: what this process (controller, broker, RTP members) costs idle.
                 rest0, rest_t0 = time.process_time(), time.monotonic()

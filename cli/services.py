@@ -183,6 +183,7 @@ def up(
 
     from cli.stack import StackConfig, free_port, running_stack, stack_console
     from fleet.device.workers import auto_procs
+    from fleet.mixer.address import MixerAddress
     from fleet.settings import load_settings
 
     settings = load_settings(home=home, prefix=prefix)
@@ -214,7 +215,7 @@ def up(
             client_file = settings.write_client_file(stack.operator_url)
             websocket = f", MQTT over WebSocket on {host}:{ws_port}" if ws_port else ""
             mixing = (
-                f"mixer {stack.mixer_url}"
+                f"mixer {MixerAddress.parse(stack.mixer_url).display}"
                 if stack.mixer_url
                 else "no mixer (mixed rooms refused; apt-get install janus)"
             )
@@ -267,15 +268,24 @@ def controller(
         list[str] | None,
         typer.Option(
             help="A Janus WebSocket API URL (ws://HOST:PORT), the mixer of mixed rooms; "
-            "repeatable (a pool: new sessions go to the least loaded). Default: FLEET_MIXERS.",
+            "repeatable (a pool: new sessions go to the least loaded). Default: FLEET_MIXERS. "
+            "A URL may carry its own API secret: ws://:SECRET@HOST:PORT.",
+            show_default=False,
+        ),
+    ] = None,
+    mixer_secret: Annotated[
+        str | None,
+        typer.Option(
+            help="The API secret (Janus's api_secret, also the AudioBridge's admin_key) of "
+            "the --mixer URLs that carry none. Default: FLEET_MIXER_SECRET.",
             show_default=False,
         ),
     ] = None,
     auto_create: Annotated[
         bool,
         typer.Option(
-            help="Let a participant's own join create its room (off: only operators and the "
-            "API create rooms: `fleet rooms create`, and the room of a join or join-all)."
+            help="Let every join and join-all create its room (off: only operators create "
+            "rooms: `fleet rooms create`, and an operator's join or join-all)."
         ),
     ] = False,
     ha: HomeAssistantOptions,
@@ -315,6 +325,7 @@ def controller(
         mesh_cap=mesh_cap,
         auto_create=auto_create,
         mixers=mixers,
+        mixer_secret=mixer_secret or load_settings().mixer_secret,
         credentials=store,
         influx=ingest_settings,
         ingest_share=ingest_share,

@@ -86,7 +86,7 @@ class Stack:
     fleet: SimFleet
     operator_url: BrokerUrl
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    mixer_url: str | None = None  # the local Janus, when one runs
+    mixer_url: str | None = None  # the local Janus, when one runs (its URL holds its secret)
     workers: SimWorkers | None = None  # the devices, when they run in worker processes
 
     async def wait_ready(self, timeout: float = 60.0) -> None:

@@ -18,7 +18,12 @@ from types import TracebackType
 
 import aiomqtt
 
-from fleet.errors import BrokerUnavailable, ControllerUnavailable, ProtocolError
+from fleet.errors import (
+    BrokerUnavailable,
+    ControllerUnavailable,
+    ProtocolError,
+    SubscribeRefused,
+)
 from fleet.mqtt import (
     BrokerUrl,
     MqttClient,
@@ -31,7 +36,7 @@ from fleet.mqtt import (
     subscribe,
 )
 from fleet.protocol import TopicKind, Topics, decode, decode_for, encode
-from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult, State, Sync
+from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult, OperatorKey, State, Sync
 from fleet.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -66,6 +71,9 @@ class FleetClient:
         self._synced: dict[str, asyncio.Event] = {}
         self._watch: Convergence | None = None
         self._last_read = 0.0
+        # The controller's operator key, when this user may read it (controller role):
+        # our join and join-all intents carry it, so they may create their room.
+        self.operator_key: str | None = None
 
     async def __aenter__(self) -> FleetClient:
         connection = open_client(self.url, client_id=self.client_id, version=MqttVersion.AUTO)
@@ -90,6 +98,9 @@ class FleetClient:
                 (self._sync_topic, 1),
             ],
         )
+        # Only controller-role users may read it: refused (3.1.1) or silent for the others.
+        with contextlib.suppress(SubscribeRefused):
+            await subscribe(client, [(t.operator_key, 1)])
         await self.sync()
         return self
 
@@ -157,6 +168,10 @@ class FleetClient:
         if topic == self._reply_topic:
             self._on_result(topic, payload)
             return
+        if topic == self.topics.operator_key:
+            with contextlib.suppress(ProtocolError):
+                self.operator_key = decode(OperatorKey, payload).key if payload else None
+            return
         parsed = self.topics.parse(topic)
         if parsed is None:
             return
@@ -201,6 +216,10 @@ class FleetClient:
         assert self._client is not None
         request_id = request.id or uuid.uuid4().hex[:12]
         request = request.model_copy(update={"id": request_id})
+        if op in (ApiOp.JOIN, ApiOp.JOIN_ALL) and request.operator_key is None:
+            if self.operator_key is None:
+                await self.sync()  # a controller that started since may have published it
+            request = request.model_copy(update={"operator_key": self.operator_key})
         queue: asyncio.Queue[ApiResult] = asyncio.Queue()
         self._results[request_id] = queue
         try:

@@ -32,6 +32,8 @@ class FleetSettings(BaseSettings):
     ca_file: str | None = None
     # Janus WebSocket URLs for `fleet controller` (FLEET_MIXERS='["ws://host:8188"]')
     mixers: list[str] = Field(default_factory=list)
+    # Their Janus API secret (`api_secret`), for URLs that carry none (FLEET_MIXER_SECRET)
+    mixer_secret: str | None = Field(default=None, repr=False)
 
     def topics(self) -> Topics:
         try:

@@ -41,12 +41,18 @@ pinned in pyproject) and marks what differs:
    its client left, and an offline session queues messages only for devices and
    controller-role users, at most `QUEUED_MESSAGES_PER_CLIENT` and
    `QUEUED_BYTES_PER_CLIENT` of them (amqtt queues without a bound).
+10. When a device's connection ends, whatever the way (a clean DISCONNECT too, which
+   suppresses the will), the broker publishes its offline status, retained, before a
+   newer connection of that device goes on, unless the connection's last status (its
+   goodbye, or its will) said offline already: presence is the broker's word, as the
+   Mosquitto plugin makes it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -75,7 +81,7 @@ from transitions import MachineError
 from broker.amqtt.admission import Admission
 from broker.amqtt.fixes import LOOP_DONE_KEY, CorkedWriter, FleetAmqttBroker, transport_of
 from broker.amqtt.plugins import SESSION_USER_KEY, FleetAuthPlugin, FleetTopicPlugin
-from fleet.auth import Credential
+from fleet.auth import Credential, Role
 from fleet.auth.limits import (
     QUEUED_BYTES_PER_CLIENT,
     QUEUED_MESSAGES_PER_CLIENT,
@@ -99,6 +105,8 @@ MAX_PACKET_BYTES = MAX_PAYLOAD_BYTES + 4096
 MAX_SUBSCRIPTIONS_PER_CLIENT = 256
 _SUBACK_FAILURE = 0x80
 _QUEUED_BYTES_KEY = "espfleet.queued_bytes"  # payload bytes in a session's offline queue
+OFFLINE = b'{"online":false}'  # a device's will, docs/protocol.md §3
+_SAID_OFFLINE_KEY = "espfleet.said_offline"  # the device's last status said offline
 
 
 class PacketTooLarge(Exception):
@@ -407,6 +415,25 @@ class FleetBroker(FleetAmqttBroker):
             if closing is not None:
                 closing.cancel()
 
+    async def _connection_ended(self, client_session: Session) -> None:
+        # CHANGED: the broker has the last word on a device's presence. Whatever ended its
+        # connection (a clean DISCONNECT too, which suppresses the will), its status says
+        # offline, retained, unless the connection's last status said so (a goodbye, the
+        # will): a device cannot leave a birth behind and stay online.
+        said_offline = client_session.attributes.pop(_SAID_OFFLINE_KEY, False)
+        cred = self._credential(client_session)
+        if (
+            said_offline  # its goodbye or its will said it
+            or cred is None
+            or cred.role is not Role.DEVICE
+            or client_session.client_id != cred.username
+            or self._fleet_topic is None
+        ):
+            return
+        topic = self._fleet_topic.acl.topics.status(cred.username)
+        await self._broadcast_message(client_session, topic, OFFLINE, force_qos=1)
+        await self.retain_message(client_session, topic, OFFLINE, 1)
+
     def _close_at_expiry(self, session: Session, handler: Any) -> asyncio.TimerHandle | None:
         cred = self._credential(session)
         username = cred.username if cred is not None else None
@@ -505,7 +532,23 @@ class FleetBroker(FleetAmqttBroker):
         if data is not None and len(data) > MAX_PAYLOAD_BYTES:
             log.info("dropped a %d-byte message on %s: over 64 KiB", len(data), topic)
             return
+        if session is not None and topic is not None and topic.endswith("/status"):
+            self._note_status(session, topic, data)
         await super()._broadcast_message(session, topic, data, force_qos)
+
+    def _note_status(self, session: Session, topic: str, data: bytes | bytearray | None) -> None:
+        """A device's status on its own topic (a birth, a goodbye, its will): whether it
+        said offline itself, so the broker need not say it again at the end."""
+        cred = self._credential(session)
+        if cred is None or cred.role is not Role.DEVICE or self._fleet_topic is None:
+            return
+        if topic != self._fleet_topic.acl.topics.status(cred.username):
+            return
+        try:
+            doc = json.loads(data or b"")
+        except ValueError:
+            doc = None
+        session.attributes[_SAID_OFFLINE_KEY] = isinstance(doc, dict) and doc.get("online") is False
 
     async def retain_message(
         self,

@@ -285,7 +285,14 @@ class FleetAmqttBroker(Broker):
                 [disconnect_waiter, subscribe_waiter, unsubscribe_waiter, wait_deliver],
             )
         finally:
-            loop_done.set()
+            try:
+                await self._connection_ended(client_session)
+            finally:
+                loop_done.set()
+
+    async def _connection_ended(self, client_session: Session) -> None:
+        """After a client's connection ended, whatever the way, before a newer connection
+        with its client id goes on (it waits for LOOP_DONE_KEY)."""
 
     async def _run_client_loop(
         self, client_session: Session, handler: Any, waiters: list[asyncio.Future[Any]]

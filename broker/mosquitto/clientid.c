@@ -39,6 +39,13 @@
  *     sessions cost no memory; devices and the controller role keep theirs,
  *     within max_queued_messages and max_queued_bytes.
  *
+ * Presence. The broker, not the device, has the last word: when a device user's
+ * connection ends, for any reason (a clean DISCONNECT too, which suppresses the
+ * will), the plugin publishes the will's `{"online":false}` retained on that
+ * device's status topic under `plugin_opt_prefix`, unless the last status that
+ * connection published said so itself (a graceful goodbye). A device cannot leave
+ * a retained birth behind it and stay "online" for ever.
+ *
  * Users come from the file named by `plugin_opt_clientids`, sorted by name,
  * one a line: "d <name> <hash>" for devices, "c <name> <hash>" for
  * controller-role users, "u <name> <hash>" for homeassistant and agent users,
@@ -109,10 +116,13 @@ struct account {
 	double tokens, stamp;
 	struct session *sessions;
 	int session_count, session_cap;
+	const struct mosquitto *device_conn;  /* a device's authenticated connection */
+	bool said_offline;  /* its last status on that connection said online:false */
 };
 
 static mosquitto_plugin_id_t *plugin_id;
 static char *users_path;
+static char *topic_prefix;  /* the fleet's topic root: fleet/v1 */
 static struct users users;
 static struct account *accounts[ACCOUNT_BUCKETS];
 static unsigned char digest_key[32];
@@ -545,7 +555,91 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	if((self->kind == 'u' || self->kind == 'w') && !session_hold(self, ed->client, id)){
 		return MOSQ_ERR_AUTH;
 	}
+	if(self->kind == 'd'){
+		/* The newest login is the device's connection; an older one it takes over ends
+		 * without an offline status (the newcomer's birth follows). */
+		struct account *a = account_of(self);
+		if(a){
+			a->device_conn = ed->client;
+			a->said_offline = false;
+		}
+	}
 	return MOSQ_ERR_SUCCESS;
+}
+
+/* The top-level `online` of a status payload: 1 true, 0 false, -1 none or unsure
+ * (an escaped key could spell it). The last one counts, as for the controller's
+ * JSON parser; a key nested in an object below (caps) is not it. */
+static int top_level_online(const char *s, uint32_t n)
+{
+	int depth = 0, result = -1;
+	uint32_t i = 0;
+	while(i < n){
+		char c = s[i];
+		if(c != '"'){
+			if(c == '{' || c == '[') depth++;
+			else if(c == '}' || c == ']') depth--;
+			i++;
+			continue;
+		}
+		uint32_t start = ++i;
+		bool escaped = false;
+		while(i < n && s[i] != '"'){
+			if(s[i] == '\\'){
+				escaped = true;
+				i++;
+			}
+			i++;
+		}
+		if(i >= n) return -1;
+		uint32_t end = i++;
+		if(depth != 1) continue;
+		uint32_t j = i;
+		while(j < n && (s[j] == ' ' || s[j] == '\t' || s[j] == '\n' || s[j] == '\r')) j++;
+		if(j >= n || s[j] != ':') continue;  /* a value, not a key */
+		j++;
+		while(j < n && (s[j] == ' ' || s[j] == '\t' || s[j] == '\n' || s[j] == '\r')) j++;
+		if(escaped) return -1;
+		if(end - start == 6 && !memcmp(s + start, "online", 6)){
+			if(n - j >= 4 && !memcmp(s + j, "true", 4)) result = 1;
+			else if(n - j >= 5 && !memcmp(s + j, "false", 5)) result = 0;
+			else return -1;
+		}
+		i = j;
+	}
+	return result;
+}
+
+/* A device's publish on its own status topic: remember whether it said goodbye. */
+static void note_status(struct user *u, const struct mosquitto_evt_acl_check *ed)
+{
+	if(!topic_prefix || !ed->topic) return;
+	size_t plen = strlen(topic_prefix), nlen = strlen(u->name);
+	const char *t = ed->topic;
+	if(strncmp(t, topic_prefix, plen) || strncmp(t + plen, "/dev/", 5)
+			|| strncmp(t + plen + 5, u->name, nlen) || strcmp(t + plen + 5 + nlen, "/status")){
+		return;
+	}
+	struct account *a = find_account(u->name);
+	if(!a || a->device_conn != ed->client) return;
+	a->said_offline = top_level_online(ed->payload, ed->payloadlen) == 0;
+}
+
+/* The will, whatever the way out: a device's status says offline once its
+ * connection is gone (the broker's word, not the client's). */
+static void say_offline(const char *device_id)
+{
+	static const char goodbye[] = "{\"online\":false}";
+	if(!topic_prefix) return;
+	size_t len = strlen(topic_prefix) + strlen(device_id) + sizeof("/dev//status");
+	char *topic = malloc(len);
+	if(!topic) return;
+	snprintf(topic, len, "%s/dev/%s/status", topic_prefix, device_id);
+	int rc = mosquitto_broker_publish_copy(NULL, topic, (int)strlen(goodbye), goodbye, 1, true, NULL);
+	if(rc != MOSQ_ERR_SUCCESS){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "fleet-clientid: no offline status for %s", device_id);
+	}
+	free(topic);
 }
 
 static int on_disconnect(int event, void *event_data, void *userdata)
@@ -556,6 +650,12 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 	const char *username = mosquitto_client_username(ed->client);
 	struct account *a = username ? find_account(username) : NULL;
 	if(!a) return MOSQ_ERR_SUCCESS;
+	/* Only the connection that logged in as the device: a refused CONNECT naming it (a
+	 * wrong password) must not mark a live device offline. */
+	if(a->device_conn == ed->client){
+		a->device_conn = NULL;
+		if(!a->said_offline) say_offline(a->name);  /* a goodbye of its own said it */
+	}
 	for(int i = 0; i < a->session_count; i++){
 		struct session *s = &a->sessions[i];
 		if(s->conn != ed->client) continue;
@@ -590,6 +690,7 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 			&& !online(username, ed->client)){
 		return MOSQ_ERR_ACL_DENIED;
 	}
+	if(u->kind == 'd' && ed->access == MOSQ_ACL_WRITE) note_status(u, ed);
 	return MOSQ_ERR_PLUGIN_DEFER;
 }
 
@@ -658,6 +759,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		else if(!strcmp(key, "session_expiry")) session_expiry_s = strtod(value, NULL);
 		else if(!strcmp(key, "checks_per_s")) checks_per_s = strtod(value, NULL);
 		else if(!strcmp(key, "check_burst")) check_burst = strtod(value, NULL);
+		else if(!strcmp(key, "prefix")) topic_prefix = strdup(value);
 	}
 	if(!users_path){
 		mosquitto_log_printf(MOSQ_LOG_ERR, "fleet-clientid: plugin_opt_clientids is required");
@@ -701,5 +803,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 	accounts_free();
 	free(users_path);
 	users_path = NULL;
+	free(topic_prefix);
+	topic_prefix = NULL;
 	return MOSQ_ERR_SUCCESS;
 }

@@ -204,8 +204,9 @@ def write_user_files(out_dir: Path, store: CredentialStore, prefix: str = DEFAUL
     store.write_mosquitto_passwd(out_dir / PASSWD_NAME)
 
 
-def security_lines(out_dir: Path) -> list[str]:
-    """Config lines for what the ACL file cannot say: client ids, sizes.
+def security_lines(out_dir: Path, prefix: str = DEFAULT_PREFIX) -> list[str]:
+    """Config lines for what the ACL file cannot say: client ids, sizes, and a device's
+    offline status at the end of its every connection (the plugin publishes it).
 
     Copies the client-id plugin into `out_dir`, beside its user list (`write_user_files`),
     passwd and acl, so they share their owner.
@@ -223,6 +224,7 @@ def security_lines(out_dir: Path) -> list[str]:
         f"plugin_opt_session_expiry {SESSION_EXPIRY_S}",
         f"plugin_opt_checks_per_s {STRETCHED_CHECKS_PER_S}",
         f"plugin_opt_check_burst {STRETCHED_CHECK_BURST}",
+        f"plugin_opt_prefix {Topics(prefix).prefix}",
         f"message_size_limit {MAX_PAYLOAD_BYTES}",
         f"max_packet_size {MAX_PACKET_BYTES}",
     ]
@@ -269,7 +271,7 @@ def write_mosquitto_config(
         "allow_anonymous false",
         f"password_file {passwd}",
         f"acl_file {acl}",
-        *security_lines(out_dir),
+        *security_lines(out_dir, prefix),
         "",
         f"listener {port} {bind}",
         "protocol mqtt",

@@ -28,9 +28,12 @@ class ControllerSettings:
     client_id: str | None = None  # None: the broker username
     room_cap: int = DEFAULT_ROOM_CAP
     mesh_cap: int = DEFAULT_MESH_CAP
-    # A participant's own join creates its room (off: operators and the API create rooms).
+    # Every join and intent creates its room (off: only operators' create rooms).
     auto_create: bool = False
-    mixers: Sequence[str] = ()  # Janus WebSocket URLs, the mixers of mixed rooms
+    # Janus WebSocket URLs, the mixers of mixed rooms (each may carry its API secret:
+    # ws://:SECRET@HOST:PORT); `mixer_secret` is the API secret of those that do not.
+    mixers: Sequence[str] = ()
+    mixer_secret: str | None = field(default=None, repr=False)
     # The credentials the broker reads: browsers' web logins are minted there (None: no
     # web logins), and set_groups grants there unless `group_acl` says otherwise.
     credentials: CredentialStore | None = None
@@ -49,6 +52,7 @@ def build_controller(settings: ControllerSettings) -> Controller:
             auto_create=settings.auto_create,
             mesh_cap=settings.mesh_cap,
             mixers=list(settings.mixers),
+            mixer_secret=settings.mixer_secret,
         )
     ]
     if settings.credentials is not None:  # people's browsers get credentials only where kept

@@ -11,11 +11,33 @@ passes it every fleet event. A part sees its host only as a `PartHost`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from fleet.controller.host import PartHost
 from fleet.mqtt import LastWill
 from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult, FleetEvent
+
+# True while a request a part itself submitted runs (Home Assistant's entity presses,
+# which that part limits to rooms it knows): the controller's own, not a requester's
+# from the wire, so its intent may do what an operator's may (create its room).
+_submitted_by_part: ContextVar[bool] = ContextVar("submitted_by_part", default=False)
+
+
+def submitted_by_part() -> bool:
+    """The request now running was submitted by a part (`PartHost.submit`)."""
+    return _submitted_by_part.get()
+
+
+@contextmanager
+def part_submission() -> Iterator[None]:
+    """Around `PartHost.submit`: what runs inside is a part's own request."""
+    token = _submitted_by_part.set(True)
+    try:
+        yield
+    finally:
+        _submitted_by_part.reset(token)
 
 
 class ControllerPart:

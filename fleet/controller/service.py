@@ -26,7 +26,7 @@ from fleet.controller.desired import DesiredState
 from fleet.controller.events import FleetEvents
 from fleet.controller.inbound import Inbound
 from fleet.controller.link import ControllerLink
-from fleet.controller.parts import ControllerPart
+from fleet.controller.parts import ControllerPart, part_submission
 from fleet.controller.store import Store
 from fleet.errors import FleetError
 from fleet.mqtt import BrokerUrl, MqttClient, MqttVersion, run_link, subscribe
@@ -76,6 +76,7 @@ class Controller:
         # wait: acting on a partial registry could hand out a rev that is already in use.
         self._synced = False
         self._sync_token = ""
+        self._revs_ahead: dict[str, int] = {}  # devices whose reported rev was a lie: that rev
         self.parts = list(parts)
         self.events = FleetEvents(self._topics, self.link, self.parts)
         self.desired = DesiredState(
@@ -143,7 +144,8 @@ class Controller:
         await self.events.emit(event)
 
     async def submit(self, op: ApiOp, request: ApiRequest) -> None:
-        await self.api.submit(op, request)
+        with part_submission():
+            await self.api.submit(op, request)
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -222,6 +224,12 @@ class Controller:
         if name != self.client_id or decode(Sync, payload).token != self._sync_token:
             return
         self._synced = True
+        # States read before the retained desired docs had raised the counter's floor are
+        # judged now; each later one as it comes.
+        for rec in list(self._registry.devices.values()):
+            if rec.state is not None and await self._rev_ahead(rec.id, rec.state.rev):
+                rec.state = None
+                await self._device_changed(rec.id, False)
         for part in self.parts:
             await part.on_synced()
         await self.api.run_held()
@@ -233,9 +241,42 @@ class Controller:
         if kind is TopicKind.STATUS:
             self.births.keep(device_id, message, payload)
         # A reported rev never moves the counter: a device could push it to the ceiling
-        # and stop every intent. Only desired docs, which only we write, raise it.
+        # and stop every intent. Only desired docs, which only we write, raise it. A rev
+        # above every one we handed out is a lie: refused, so it converges nothing.
+        if (
+            kind is TopicKind.STATE
+            and isinstance(message, State)
+            and self._synced
+            and await self._rev_ahead(device_id, message.rev)
+        ):
+            return
         presence_changed = self._registry.update(kind, device_id, message)
         await self._device_changed(device_id, presence_changed)
+
+    async def _rev_ahead(self, device_id: str, rev: int) -> bool:
+        """True when `rev` is above the counter: no intent of ours ever had it. Recorded
+        (a log line and an error event) once per device and rev."""
+        counter = self._store.last_rev()
+        if rev <= counter:
+            self._revs_ahead.pop(device_id, None)
+            return False
+        self.stats["rejected"] += 1
+        if self._revs_ahead.get(device_id) != rev:
+            self._revs_ahead[device_id] = rev
+            detail = f"reported rev {rev}, above every rev handed out ({counter}): refused"
+            log.warning("%s %s", device_id, detail)
+            await self.events.emit(
+                FleetEvent(
+                    ts=time.time(),
+                    kind=EventKind.ERROR,
+                    device=device_id,
+                    ok=False,
+                    code="rev_ahead",
+                    rev=rev,
+                    detail=detail,
+                )
+            )
+        return True
 
     async def _device_changed(self, device_id: str, presence_changed: bool) -> None:
         self.api.observe(device_id)

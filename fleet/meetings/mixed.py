@@ -6,13 +6,22 @@ room, joins each member's offer to it (one handle per member, muted while its de
 reports `mic: false`), hands it the member's trickled candidates, and when a mixer dies
 moves its sessions to another one, every member renegotiating. All of it runs in tasks:
 the MQTT loop never waits on Janus. Each step goes into the session's media history.
+
+A session's AudioBridge room is named by a random id (never the session id, which state
+reports show), and its secret and pin are derived from a key only the server holds. A
+room that disappears anyway (destroyed behind our back: Janus's `destroyed` event on a
+member's handle, a request answered "no such room", or the periodic look at each
+mixer's rooms) moves the session to a new room, as a dead mixer does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
@@ -20,8 +29,8 @@ from typing import Any
 from fleet.meetings.outbox import Outbox
 from fleet.meetings.records import MeetingRecords
 from fleet.meetings.session import Member, Roster, Session
-from fleet.mixer.audiobridge import BridgeMember
-from fleet.mixer.errors import MixerError, MixerUnavailable
+from fleet.mixer.audiobridge import BridgeMember, BridgeRoom
+from fleet.mixer.errors import MixerError, MixerUnavailable, RoomGone
 from fleet.mixer.pool import Mixer, MixerPool
 from fleet.protocol.messages import MIXER_PARTICIPANT as MIXER
 from fleet.protocol.messages import (
@@ -44,6 +53,8 @@ log = logging.getLogger(__name__)
 # sends a handful; more is a misbehaving client).
 MAX_EARLY_CANDIDATES = 32
 MIXER_CAPS = Capabilities(audio=True, mic=True, speaker=True, codecs=["opus", "pcmu", "pcma"])
+ROOM_PREFIX = "m-"  # our rooms' ids: the prefix and 16 random hex digits
+ROOM_CHECK_S = 2.0  # how often each mixer's rooms are compared with our sessions
 
 
 class MixedSessions:
@@ -58,6 +69,7 @@ class MixedSessions:
         join_failed: Callable[[str, MixerError], Awaitable[None]],
         mixers: Sequence[str] = (),
         mixer_timeout: float | None = None,
+        mixer_secret: str | None = None,
     ) -> None:
         self._roster = roster
         self._outbox = outbox
@@ -70,13 +82,25 @@ class MixedSessions:
             on_up=self._mixer_up,
             on_event=self._mixer_event,
             request_timeout=mixer_timeout,
+            api_secret=mixer_secret,
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        self._watch: asyncio.Task[None] | None = None
+        self._key: bytes | None = None
+        # A bench loads the mixer with plain-RTP members; no room of a fleet admits them.
+        self.allow_rtp_members = False
 
     def start(self) -> None:
         self.pool.start()
+        if self._watch is None and self.pool.mixers:
+            self._watch = asyncio.create_task(self._watch_rooms(), name="mixer-rooms")
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -107,6 +131,7 @@ class MixedSessions:
 
     def place(self, live: Session, mixer: Mixer) -> None:
         live.mixer = mixer.name
+        live.mixer_room = self._new_room()
         live.bridge.clear()
         live.ready = asyncio.create_task(self._make_room(live, mixer), name=f"room-{live.id}")
         live.ready.add_done_callback(_consume)
@@ -187,10 +212,27 @@ class MixedSessions:
         return PeerInfo(participant=MIXER, pid=live.mixer or "mixer", caps=MIXER_CAPS)
 
     # --- the session's room and its members on the mixer ----------------------------------------
+    def _room_keys(self, room_id: str) -> BridgeRoom:
+        """The room's secret and pin, derived from the server's key: a later run holding
+        the same key can still destroy it."""
+        if self._key is None:
+            self._key = self.records.mixer_key()
+
+        def derive(what: str) -> str:
+            message = f"{what}:{room_id}".encode()
+            return hmac.new(self._key or b"", message, hashlib.sha256).hexdigest()[:32]
+
+        return BridgeRoom(room_id, derive("secret"), derive("pin"))
+
+    def _new_room(self) -> BridgeRoom:
+        return self._room_keys(f"{ROOM_PREFIX}{secrets.token_hex(8)}")
+
     async def _make_room(self, live: Session, mixer: Mixer) -> None:
-        if mixer.bridge is None:
+        if mixer.bridge is None or live.mixer_room is None:
             raise MixerUnavailable(mixer.name, "not connected")
-        await mixer.bridge.create_room(live.id, live.room.rate)
+        await mixer.bridge.create_room(
+            live.mixer_room, live.room.rate, rtp_members=self.allow_rtp_members
+        )
         self._history(live, "mixer", None, f"on {mixer.name} at {live.room.rate} Hz")
 
     async def _joined_mixed(self, live: Session, member: Member) -> None:
@@ -261,15 +303,20 @@ class MixedSessions:
         try:
             await self._wait_ready(live)
             mixer = self.pool.get(live.mixer or "")
-            if mixer is None or mixer.bridge is None:
+            if mixer is None or mixer.bridge is None or live.mixer_room is None:
                 raise MixerUnavailable(live.mixer or "none", "not connected")
-            ready = live.ready
+            ready, room = live.ready, live.mixer_room
             if old is not None:
                 await mixer.bridge.leave(old)
             muted = self._muted(member.pid)
             entry, answer = await mixer.bridge.join(
-                live.id, participant, member.pid, sdp, codec, muted
+                room, participant, member.pid, sdp, codec, muted
             )
+        except RoomGone as exc:
+            # Every member offers again to the session's new room: no error to tell.
+            if live.ready is ready and live.mixer_room is room:
+                self._room_lost(live, f"room gone on {live.mixer}: {exc.reason}")
+            return
         except MixerError as exc:
             await self._mixer_error(member.pid, exc)
             return
@@ -328,12 +375,13 @@ class MixedSessions:
 
     async def _destroy_mixer_room(self, live: Session) -> None:
         mixer = self.pool.get(live.mixer or "")
-        if mixer is None or mixer.bridge is None or live.ready is None:
+        room = live.mixer_room
+        if mixer is None or mixer.bridge is None or live.ready is None or room is None:
             return
         try:
-            await mixer.bridge.destroy_room(live.id)
+            await mixer.bridge.destroy_room(room)
         except MixerError as exc:
-            log.info("room %s on %s not destroyed: %s", live.id, mixer.name, exc)
+            log.info("room of %s on %s not destroyed: %s", live.id, mixer.name, exc)
 
     async def _mixer_error(self, pid: str, exc: MixerError) -> None:
         log.warning("mixer error for %s: %s", pid, exc)
@@ -356,13 +404,27 @@ class MixedSessions:
             if live.media is MediaPath.MIXED and live.mixer is None:
                 self._move(live, f"{mixer.name} is up")
 
-    def _move(self, live: Session, why: str) -> None:
-        """The session's mixer is gone: on to another one, every member renegotiating."""
+    def _room_lost(self, live: Session, why: str) -> None:
+        """The session's room vanished from a mixer that still answers: the session moves to
+        a new room (on the least-loaded mixer, this one included)."""
+        log.warning("session %s of room %s: %s", live.id, live.room.name, why)
+        mixer = self.pool.get(live.mixer or "")
+        entries = list(live.bridge.values())
+        live.bridge.clear()
+        if mixer is not None and mixer.bridge is not None:
+            bridge = mixer.bridge
+            for entry in entries:  # their handles outlive the room: let them go
+                self._spawn(bridge.leave(entry))
+        self._move(live, why, same_mixer_ok=True)
+
+    def _move(self, live: Session, why: str, same_mixer_ok: bool = False) -> None:
+        """The session's mixer (or its room there) is gone: on to another one, every member
+        renegotiating."""
         old = live.mixer
         try:
-            mixer = self.pick(exclude=old)
+            mixer = self.pick(exclude=None if same_mixer_ok else old)
         except MixerError as exc:
-            live.mixer, live.ready = None, None
+            live.mixer, live.ready, live.mixer_room = None, None, None
             live.bridge.clear()
             self.records.set_media(live.id, MediaPath.MIXED, None)
             detail = f"{why}; no mixer to move to: {exc.reason}"
@@ -381,11 +443,46 @@ class MixedSessions:
         """Destroy the rooms an earlier run of ours left on this mixer (sessions it closed)."""
         if mixer.bridge is None:
             return
-        ours = {live.id for live in self._roster}
+        ours = {live.mixer_room.id for live in self._roster if live.mixer_room is not None}
         for room in await mixer.bridge.rooms():
-            if room.startswith("s-") and room not in ours:
+            if room.startswith(ROOM_PREFIX) and room not in ours:
                 with contextlib.suppress(MixerError):
-                    await mixer.bridge.destroy_room(room)
+                    await mixer.bridge.destroy_room(self._room_keys(room))
+
+    async def _watch_rooms(self) -> None:
+        """Every few seconds, each mixer's rooms against our sessions on it: a room that
+        is gone (destroyed with every member's handle, or before anyone joined) moves its
+        session. A mixer that stops answering is the pool's to notice."""
+        while True:
+            await asyncio.sleep(ROOM_CHECK_S)
+            for mixer in self.pool.mixers:
+                try:
+                    await self._check_rooms(mixer)
+                except MixerError as exc:
+                    log.debug("rooms of %s not checked: %s", mixer.name, exc)
+
+    async def _check_rooms(self, mixer: Mixer) -> None:
+        bridge = mixer.bridge
+        if bridge is None or not mixer.healthy:
+            return
+        # Only rooms made before the listing is asked for: those must be in it.
+        placed = [
+            (live, live.ready, live.mixer_room)
+            for live in self._roster
+            if live.mixer == mixer.name
+            and live.mixer_room is not None
+            and live.ready is not None
+            and live.ready.done()
+            and not live.ready.cancelled()
+            and live.ready.exception() is None
+        ]
+        if not placed:
+            return
+        listed = set(await bridge.rooms())
+        for live, ready, room in placed:
+            gone = room is not None and room.id not in listed
+            if gone and live.ready is ready and live.mixer_room is room and live.members:
+                self._room_lost(live, f"room gone from {mixer.name}")
 
     async def _mixer_news(self, mixer: Mixer, ok: bool, detail: str) -> None:
         await self._outbox.emit(
@@ -393,10 +490,20 @@ class MixedSessions:
         )
 
     def _mixer_event(self, mixer: str, room: str, member: str, event: dict[str, Any]) -> None:
-        live = next((s for s in self._roster if s.id == room and s.mixer == mixer), None)
+        live = next(
+            (
+                s
+                for s in self._roster
+                if s.mixer == mixer and s.mixer_room is not None and s.mixer_room.id == room
+            ),
+            None,
+        )
         if live is None:
             return
         kind = str(event.get("event"))
+        if kind == "destroyed":
+            self._room_lost(live, f"room destroyed on {mixer}")
+            return
         detail = ", ".join(f"{k}={v}" for k, v in event.items() if k != "event") or None
         self._history(live, kind, member, detail)
         if kind == "talking":

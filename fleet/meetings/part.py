@@ -14,14 +14,15 @@ the mesh cap.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from fleet.controller.parts import ControllerPart
-from fleet.errors import ProtocolError
+from fleet.controller.parts import ControllerPart, submitted_by_part
+from fleet.errors import ProtocolError, RequestRefused
 from fleet.meetings import transcripts
 from fleet.meetings.mixed import MixedSessions
 from fleet.meetings.records import MeetingRecords
@@ -55,6 +56,7 @@ from fleet.protocol.messages import (
     MeetReject,
     MeetSend,
     Message,
+    OperatorKey,
     ParticipantRecord,
     RoomMedia,
     SessionEvent,
@@ -86,6 +88,7 @@ class MeetingServer(ControllerPart):
         mixers: Sequence[str] = (),
         mixer_timeout: float | None = None,
         max_rooms: int = DEFAULT_MAX_ROOMS,
+        mixer_secret: str | None = None,
     ) -> None:
         if not 2 <= room_cap <= MAX_ROOM_CAP:
             raise ValueError(f"room cap {room_cap} out of range 2-{MAX_ROOM_CAP}")
@@ -93,8 +96,9 @@ class MeetingServer(ControllerPart):
             raise ValueError(f"mesh cap {mesh_cap} out of range 2-{MAX_ROOM_CAP}")
         self.room_cap = room_cap
         self.mesh_cap = mesh_cap
-        # Rooms come from operators and the API (room-create, and the room of a join or
-        # join-all intent); a participant's own join creates one only when this is set.
+        # Rooms come from operators (room-create, and the room of an operator's join or
+        # join-all); a participant's own join, or anyone's intent, creates one only when
+        # this is set.
         self.auto_create = auto_create
         self.max_rooms = max_rooms
         self.roster = Roster()
@@ -110,6 +114,7 @@ class MeetingServer(ControllerPart):
             join_failed=self._mixed_join_failed,
             mixers=mixers,
             mixer_timeout=mixer_timeout,
+            mixer_secret=mixer_secret,
         )
 
     @property
@@ -119,6 +124,7 @@ class MeetingServer(ControllerPart):
     def attach(self, host: PartHost) -> None:
         super().attach(host)
         self.records = self.mixed.records = MeetingRecords(self._store())
+        self._operator_key = self.records.operator_key()
         closed = self.records.end_open_sessions(time.time())
         if closed:
             log.info("closed %d session(s) left open by an earlier run", closed)
@@ -144,10 +150,37 @@ class MeetingServer(ControllerPart):
             ApiOp.TRANSCRIPT: lambda r: transcripts.transcript(self.records, r),
         }
 
+    async def on_connect(self) -> None:
+        # Retained for controller-role readers only (the ACL): the proof an operator's
+        # intent carries. Published again on every connect (the broker may have lost it).
+        key = encode(OperatorKey(key=self._operator_key))
+        # Acknowledged before the controller counts as connected: a client that syncs after
+        # that holds the key.
+        await self.host.publish(self.host.topics.operator_key, key, qos=1, retain=True, wait=True)
+
     async def before_intent(self, room: str, request: ApiRequest | None) -> None:
-        """A join or join-all intent names its room: the intent creates it (within the
-        server's room limit), before any device's join for it can arrive."""
-        self._room(room, create=True)
+        """A join or join-all intent names its room. An unknown room is created here,
+        before any device's join for it can arrive, when the server creates rooms on
+        joins (`auto_create`) or the intent is an operator's (it carries the operator key
+        only controller-role users can read, or it is the controller's own or one a part
+        submitted, such as Home Assistant's entity presses, which that part limits to
+        rooms it knows); otherwise the intent is refused, as a participant's own join
+        would be."""
+        if self.records.room(room) is not None:
+            return
+        if not (self.auto_create or self._from_operator(request)):
+            raise RequestRefused(
+                "unknown_room",
+                f"room {room!r} does not exist: an operator creates it "
+                f"(`fleet rooms create {room}`, or `fleet join-all {room}`)",
+            )
+        self._room(room, create=True)  # past the room limit: not made (joins get unknown_room)
+
+    def _from_operator(self, request: ApiRequest | None) -> bool:
+        if request is None or submitted_by_part():  # the controller's own, or a part's
+            return True
+        given = request.operator_key
+        return given is not None and hmac.compare_digest(given, self._operator_key)
 
     async def on_message(self, topic: str, payload: bytes) -> None:
         pid = self._meet_up_pid(topic)

@@ -9,6 +9,7 @@ working: a room with no `room_media` row has the default media mode and rate.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import time
 from typing import cast
@@ -77,6 +78,8 @@ CREATE INDEX IF NOT EXISTS session_events_session ON session_events (session, ts
 """
 # A session keeps at most this many events (talking is chatty); the oldest go first.
 KEPT_EVENTS = 1000
+MIXER_KEY = "meetings.mixer_key"
+OPERATOR_KEY = "meetings.operator_key"
 # Members listed per session in its history.
 LISTED_MEMBERS = 256
 
@@ -92,6 +95,24 @@ class MeetingRecords:
         self._db: sqlite3.Connection = store.connection  # one file, one connection
         self._db.executescript(SCHEMA)
         self._counts: dict[str, int] = {}  # events written per live session since a trim
+
+    # --- the server's keys ---------------------------------------------------------------------
+    def mixer_key(self) -> bytes:
+        """The key the secret and pin of every AudioBridge room are derived from: random
+        once, then kept, so a later run can still destroy the rooms an earlier one left."""
+        return bytes.fromhex(self._kept_secret(MIXER_KEY))
+
+    def operator_key(self) -> str:
+        """The key an operator's intent carries to create its room (fleet.meetings.part):
+        random once, then kept, so clients that read it before a restart still hold it."""
+        return self._kept_secret(OPERATOR_KEY)
+
+    def _kept_secret(self, name: str) -> str:
+        kept = self._store.meta(name).get(name)
+        if kept is None:
+            kept = secrets.token_hex(32)
+            self._store.save_meta({name: kept})
+        return kept
 
     # --- rooms --------------------------------------------------------------------------------
     def room(self, name: str) -> Room | None:

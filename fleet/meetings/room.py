@@ -1,7 +1,7 @@
 """A room: a named place to talk and its settings. It outlives its sessions (one live
-at a time, the rest history); it is created by an operator (`room-create`), by the
-intent of a join or join-all that names it, or by a participant's own join where the
-server allows it."""
+at a time, the rest history); it is created by an operator (`room-create`, or an
+operator's join or join-all that names it), or by anyone's join or intent where the
+server allows it (`auto_create`)."""
 
 from __future__ import annotations
 

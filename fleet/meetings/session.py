@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from fleet.meetings.room import Room
-from fleet.mixer.audiobridge import BridgeMember
+from fleet.mixer.audiobridge import BridgeMember, BridgeRoom
 from fleet.protocol.messages import (
     Capabilities,
     EventKind,
@@ -49,6 +49,7 @@ class Session:
     next_number: int = 1
     media: MediaPath = MediaPath.MESH
     mixer: str | None = None  # the mixer's name while mixed (None: none reachable)
+    mixer_room: BridgeRoom | None = None  # its AudioBridge room there (a new one per placement)
     # Done once the AudioBridge room exists on `mixer`; offers and joins wait for it.
     ready: asyncio.Future[None] | None = None
     bridge: dict[str, BridgeMember] = field(default_factory=dict)  # by participant id

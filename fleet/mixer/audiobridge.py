@@ -6,7 +6,13 @@ accepted as is, and a browser's offer without candidates is completed by `trickl
 messages; `join` and `configure` are answered by an event after an ack; a G.711-only
 offer is answered `inactive` unless the join names the codec; `prebuffer: 0` means
 permanent silence, 2 packets (40 ms) is the low-latency choice (the default 6 adds ~120
-ms); the mix sent to each member leaves that member out."""
+ms); the mix sent to each member leaves that member out.
+
+Nobody but the meeting server may use a room: each is private, made with the plugin's
+`admin_key` (the mixer's API secret), a `secret` to destroy it and a `pin` to join it,
+both the server's own per room (`BridgeRoom`), and no plain-RTP members. A room that
+is destroyed anyway is told to each member's handle (`destroyed`), which `on_event`
+passes on; a request naming a room that is gone raises `RoomGone`."""
 
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fleet.mixer.errors import MixerFailed
+from fleet.mixer.errors import MixerFailed, RoomGone
 from fleet.mixer.janus import Event, JanusConnection
 
 log = logging.getLogger(__name__)
@@ -24,6 +30,17 @@ PLUGIN = "janus.plugin.audiobridge"
 PREBUFFER_PACKETS = 2
 RATES = (16000, 48000)
 G711 = ("pcmu", "pcma")
+NO_SUCH_ROOM = 485  # JANUS_AUDIOBRIDGE_ERROR_NO_SUCH_ROOM
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeRoom:
+    """One AudioBridge room as the meeting server made it: an id that says nothing of the
+    session, the secret that destroys it and the pin that joins it."""
+
+    id: str
+    secret: str
+    pin: str
 
 
 @dataclass
@@ -45,9 +62,11 @@ class AudioBridge:
         self,
         janus: JanusConnection,
         on_event: Callable[[str, str, dict[str, Any]], None] | None = None,
+        admin_key: str | None = None,
     ) -> None:
         self.janus = janus
         self.on_event = on_event
+        self._admin_key = admin_key  # the plugin's, when it has one: creates rooms, lists all
         self._control: int | None = None
 
     @property
@@ -61,29 +80,39 @@ class AudioBridge:
         answer = await self.janus.request({"janus": "message", "body": body}, self._control)
         return plugin_data(answer, body["request"], self.name)
 
-    async def create_room(self, room: str, rate: int = 16000) -> None:
+    def _keyed(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {**body, "admin_key": self._admin_key} if self._admin_key else body
+
+    async def create_room(
+        self, room: BridgeRoom, rate: int = 16000, rtp_members: bool = False
+    ) -> None:
         if rate not in RATES:
             raise ValueError(f"mix rate {rate} is not one of {RATES}")
         await self._admin(
-            {
-                "request": "create",
-                "room": room,
-                "sampling_rate": rate,
-                "is_private": True,
-                "permanent": False,
-                "default_prebuffering": PREBUFFER_PACKETS,
-                "audiolevel_event": True,
-                "audio_active_packets": 50,  # a second of 20 ms packets
-                "audio_level_average": 40,
-                "allow_rtp_participants": True,
-            }
+            self._keyed(
+                {
+                    "request": "create",
+                    "room": room.id,
+                    "secret": room.secret,
+                    "pin": room.pin,
+                    "sampling_rate": rate,
+                    "is_private": True,
+                    "permanent": False,
+                    "default_prebuffering": PREBUFFER_PACKETS,
+                    "audiolevel_event": True,
+                    "audio_active_packets": 50,  # a second of 20 ms packets
+                    "audio_level_average": 40,
+                    "allow_rtp_participants": rtp_members,
+                }
+            )
         )
 
-    async def destroy_room(self, room: str) -> None:
-        await self._admin({"request": "destroy", "room": room})
+    async def destroy_room(self, room: BridgeRoom) -> None:
+        await self._admin({"request": "destroy", "room": room.id, "secret": room.secret})
 
     async def rooms(self) -> list[str]:
-        data = await self._admin({"request": "list"})
+        """Every room's id (private ones too, with the admin key)."""
+        data = await self._admin(self._keyed({"request": "list"}))
         return [str(r.get("room")) for r in data.get("list", []) if isinstance(r, dict)]
 
     async def participants(self, room: str) -> list[dict[str, Any]]:
@@ -92,7 +121,13 @@ class AudioBridge:
         return [p for p in listed if isinstance(p, dict)]
 
     async def join(
-        self, room: str, member: str, display: str, sdp: str, codec: str, muted: bool = False
+        self,
+        room: BridgeRoom,
+        member: str,
+        display: str,
+        sdp: str,
+        codec: str,
+        muted: bool = False,
     ) -> tuple[BridgeMember, str]:
         """A new handle for `member`, joined with its offer; (the member, the SDP answer)."""
         entry: BridgeMember | None = None
@@ -104,7 +139,8 @@ class AudioBridge:
         handle = await self.janus.attach(PLUGIN, listener)
         body: dict[str, Any] = {
             "request": "join",
-            "room": room,
+            "room": room.id,
+            "pin": room.pin,
             "id": member,
             "display": display[:64],
             "muted": muted,
@@ -127,7 +163,7 @@ class AudioBridge:
         except BaseException:
             await self._detach_quietly(handle)
             raise
-        entry = BridgeMember(room, member, handle, codec, muted)
+        entry = BridgeMember(room.id, member, handle, codec, muted)
         return entry, str(jsep["sdp"])
 
     async def configure(self, member: BridgeMember, muted: bool) -> None:
@@ -173,6 +209,9 @@ class AudioBridge:
         if not isinstance(data, dict):
             return
         what = data.get("audiobridge")
+        if what == "destroyed":  # the room is gone, with every member in it
+            self.on_event(member.room, member.id, {"event": "destroyed"})
+            return
         # Talking notifications go to every member's handle: take each from the talker's own.
         if what in ("talking", "stopped-talking") and str(data.get("id")) == member.id:
             self.on_event(member.room, member.id, {"event": what})
@@ -185,6 +224,8 @@ def plugin_data(answer: Event, request: str, name: str) -> dict[str, Any]:
     data = plugindata.get("data") if isinstance(plugindata, dict) else None
     if not isinstance(data, dict):
         raise MixerFailed(name, f"{request!r} answered without plugin data")
+    if data.get("error_code") == NO_SUCH_ROOM:
+        raise RoomGone(name, f"{request!r} refused: {NO_SUCH_ROOM} {data.get('error', '')}".strip())
     if "error_code" in data or data.get("audiobridge") == "error":
         raise MixerFailed(
             name, f"{request!r} refused: {data.get('error_code')} {data.get('error', '')}".strip()

@@ -31,3 +31,8 @@ class MixerFailed(MixerError):
     """The mixer answered garbage, an error, or nothing in time."""
 
     code = "mixer_failed"
+
+
+class RoomGone(MixerFailed):
+    """The mixer answers, but the session's room on it is gone (destroyed behind the
+    meeting server's back): the session moves to a new room."""

@@ -6,6 +6,9 @@ answer nothing (a participant joined, someone is talking, the PeerConnection is 
 are routed by `sender`, the handle they concern, to that handle's listener. A keepalive
 every few seconds holds the session and notices a mixer that stopped answering.
 
+Every message carries the mixer's API secret when it has one (Janus's `api_secret`), and
+the connection sends our own Origin (a generated Janus refuses any other).
+
 Why WebSocket (docs/architecture.md): Janus pushes events, so nothing polls; one TCP
 connection per mixer carries every request and event; a dead mixer shows as a closed
 socket at once; and the `websockets` library is already installed (amqtt uses it).
@@ -24,8 +27,9 @@ from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection
-from websockets.typing import Subprotocol
+from websockets.typing import Origin, Subprotocol
 
+from fleet.mixer.address import CLIENT_ORIGIN
 from fleet.mixer.errors import MixerFailed, MixerUnavailable
 
 log = logging.getLogger(__name__)
@@ -34,6 +38,7 @@ SUBPROTOCOL = Subprotocol("janus-protocol")
 REQUEST_TIMEOUT_S = 5.0  # a request (and an async request's event) must be answered by then
 KEEPALIVE_S = 2.0  # also how quickly a mixer that stopped answering is noticed
 MAX_MESSAGE_BYTES = 1 << 20
+CLOSE_TIMEOUT_S = 1.0
 
 Event = dict[str, Any]
 Listener = Callable[[Event], None]
@@ -49,9 +54,11 @@ class JanusConnection:
         request_timeout: float = REQUEST_TIMEOUT_S,
         keepalive_s: float = KEEPALIVE_S,
         on_lost: Callable[[str], None] | None = None,
+        api_secret: str | None = None,
     ) -> None:
         self.url = url
         self.name = name
+        self._api_secret = api_secret
         self.request_timeout = request_timeout
         self.keepalive_s = keepalive_s
         self._on_lost = on_lost
@@ -80,8 +87,11 @@ class JanusConnection:
                 self._ws = await websockets.connect(
                     self.url,
                     subprotocols=[SUBPROTOCOL],
+                    origin=Origin(CLIENT_ORIGIN),
                     max_size=MAX_MESSAGE_BYTES,
                     open_timeout=self.request_timeout,
+                    # A mixer that stopped answering will not answer the close either.
+                    close_timeout=CLOSE_TIMEOUT_S,
                     ping_interval=None,  # Janus's keepalive below does this job
                 )
         except TimeoutError:
@@ -92,6 +102,12 @@ class JanusConnection:
         try:
             created = await self.request({"janus": "create"})
             self.session_id = int(_data(created, self.name)["id"])
+        except MixerFailed as exc:
+            await self.close()
+            if " 403 " in exc.reason:
+                hint = "wrong API secret" if self._api_secret else "it wants an API secret"
+                raise MixerFailed(self.name, f"{exc.reason} ({hint}: --mixer-secret)") from exc
+            raise
         except BaseException:
             await self.close()
             raise
@@ -173,6 +189,8 @@ class JanusConnection:
     async def _send(self, body: dict[str, Any]) -> None:
         if self._ws is None:
             raise MixerUnavailable(self.name, "not connected")
+        if self._api_secret is not None:
+            body = {**body, "apisecret": self._api_secret}
         try:
             await self._ws.send(json.dumps(body))
         except websockets.exceptions.WebSocketException as exc:

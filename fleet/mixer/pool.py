@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleet.mixer.address import MixerAddress
 from fleet.mixer.audiobridge import AudioBridge
 from fleet.mixer.errors import INSTALL_HINT, MixerError, MixerFailed, MixerUnavailable
 from fleet.mixer.janus import JanusConnection
@@ -27,7 +28,8 @@ EventSink = Callable[[str, str, str, dict[str, Any]], None]
 @dataclass(eq=False)
 class Mixer:
     name: str
-    url: str
+    url: str  # without its secret: what logs, events and errors show
+    api_secret: str | None = field(default=None, repr=False)
     bridge: AudioBridge | None = None  # while connected
     error: MixerError | None = None  # why it is not healthy (None: never tried yet)
     up: asyncio.Event = field(default_factory=asyncio.Event)
@@ -43,7 +45,8 @@ def mixer_name(index: int) -> str:
 
 class MixerPool:
     """`async with MixerPool(urls, on_lost=..., on_up=...)`. Mixers are named janus-1,
-    janus-2, ... in the order given (the name is the mixer's `pid` in `joined`)."""
+    janus-2, ... in the order given (the name is the mixer's `pid` in `joined`). A URL
+    carries its mixer's API secret (`ws://:SECRET@HOST:PORT`), or gets `api_secret`."""
 
     def __init__(
         self,
@@ -52,8 +55,12 @@ class MixerPool:
         on_up: Callable[[Mixer], None] | None = None,
         on_event: EventSink | None = None,
         request_timeout: float | None = None,
+        api_secret: str | None = None,
     ) -> None:
-        self.mixers = [Mixer(mixer_name(n), url) for n, url in enumerate(urls)]
+        addresses = [MixerAddress.parse(url, api_secret) for url in urls]
+        self.mixers = [
+            Mixer(mixer_name(n), a.display, a.api_secret) for n, a in enumerate(addresses)
+        ]
         self._on_lost = on_lost
         self._on_up = on_up
         self._on_event = on_event
@@ -109,12 +116,12 @@ class MixerPool:
     async def _keep(self, mixer: Mixer) -> None:
         """Connect, hold the connection until it is lost, report, reconnect."""
         while True:
-            janus = JanusConnection(mixer.url, mixer.name)
+            janus = JanusConnection(mixer.url, mixer.name, api_secret=mixer.api_secret)
             if self._request_timeout is not None:
                 janus.request_timeout = self._request_timeout
             try:
                 await janus.open()
-                bridge = AudioBridge(janus, self._events_of(mixer))
+                bridge = AudioBridge(janus, self._events_of(mixer), admin_key=mixer.api_secret)
                 await bridge.rooms()  # the plugin is there and answers sensibly
             except MixerError as exc:
                 await janus.close()

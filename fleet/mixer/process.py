@@ -3,7 +3,13 @@ WebSocket transport, bound to 127.0.0.1 on a free port (`fleet up`, the tests).
 
 The config folder is generated: janus.jcfg (media address, RTP port range, a private
 plugins and transports folder holding only what we use), the WebSocket transport's and
-the AudioBridge's config (string room ids, `local_ip` for plain-RTP participants).
+the AudioBridge's config (string room ids).
+
+Nobody but the controller may use it: every run gets a fresh API secret (Janus's
+`api_secret`, which every request must carry, and the AudioBridge's `admin_key`, which
+creating and listing rooms need), the WebSocket API takes only our client's Origin
+(`enforce_cors`), and the admin API is off. The secret is in the URL the pool is given
+(`JanusProcess.url`, `ws://:SECRET@HOST:PORT`) and in no log line.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import os
+import secrets
 import shutil
 import signal
 import socket
@@ -21,6 +29,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fleet.mixer.address import CLIENT_ORIGIN, MixerAddress
 from fleet.mixer.errors import INSTALL_HINT, MixerUnavailable
 
 log = logging.getLogger(__name__)
@@ -79,6 +88,10 @@ class JanusConfig:
     name: str = "janus-1"
     debug_level: int = 3
     ice_enforce: str | None = None  # interfaces or addresses ICE may use (None: all)
+    # Every request must carry it; a fresh one per run (a config written again keeps it).
+    # Plain-RTP members (a bench's load; off: no room of ours admits them anyway).
+    rtp_members: bool = False
+    api_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
 
     def write(self, lib: Path) -> Path:
         """Write the config folder; returns janus.jcfg."""
@@ -91,6 +104,8 @@ class JanusConfig:
             )
         self.media_ip = media_ip
         folder = self.folder
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.chmod(0o700)  # the configs hold the API secret
         for sub, names in (("plugins", PLUGINS), ("transports", TRANSPORTS)):
             target = folder / sub
             target.mkdir(parents=True, exist_ok=True)
@@ -104,7 +119,8 @@ class JanusConfig:
         # Enforcing an address makes libnice reach only that address's own subnet (a member
         # routed from elsewhere gets no answer): by default Janus gathers every interface.
         enforce = f'\n    ice_enforce_list = "{self.ice_enforce}"' if self.ice_enforce else ""
-        (folder / "janus.jcfg").write_text(
+        _private_write(
+            folder / "janus.jcfg",
             f"""general: {{
     configs_folder = "{folder}"
     plugins_folder = "{folder}/plugins"
@@ -112,6 +128,9 @@ class JanusConfig:
     events_folder = "{folder}/events"
     loggers_folder = "{folder}/loggers"
     debug_level = {self.debug_level}
+    api_secret = "{self.api_secret}"
+    token_auth = false
+    admin_secret = "{secrets.token_urlsafe(24)}"
     interface = "{media_ip}"
     session_timeout = 30
     server_name = "{self.name}"
@@ -125,9 +144,10 @@ nat: {{
 events: {{
     broadcast = false
 }}
-"""
+""",
         )
-        (folder / "janus.transport.websockets.jcfg").write_text(
+        _private_write(
+            folder / "janus.transport.websockets.jcfg",
             f"""general: {{
     json = "compact"
     ws = true
@@ -139,23 +159,47 @@ admin: {{
     admin_ws = false
     admin_wss = false
 }}
-"""
+cors: {{
+    allow_origin = "{CLIENT_ORIGIN}"
+    enforce_cors = true
+}}
+""",
         )
-        # The AudioBridge's own range for plain-RTP participants, apart from ICE's.
-        (folder / "janus.plugin.audiobridge.jcfg").write_text(
+        # Rooms are made (and all listed) with the key; plain RTP has its own port range.
+        rtp = (
+            f'\n    local_ip = "{media_ip}"\n    rtp_port_range = "{high + 1}-{high + 2000}"'
+            if self.rtp_members
+            else ""
+        )
+        _private_write(
+            folder / "janus.plugin.audiobridge.jcfg",
             f"""general: {{
     string_ids = true
     events = false
-    local_ip = "{media_ip}"
-    rtp_port_range = "{high + 1}-{high + 2000}"
+    admin_key = "{self.api_secret}"
+    lock_rtp_forward = true
+    lock_play_file = true{rtp}
 }}
-"""
+""",
         )
         return folder / "janus.jcfg"
 
     @property
     def url(self) -> str:
+        """The WebSocket API's URL, without the secret: for logs."""
         return f"ws://{self.host}:{self.ws_port}"
+
+    @property
+    def address(self) -> MixerAddress:
+        return MixerAddress(self.url, self.api_secret)
+
+
+def _private_write(path: Path, text: str) -> None:
+    """Write a file only its owner can read (it holds the API secret)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
 
 
 @dataclass
@@ -169,7 +213,13 @@ class JanusProcess:
 
     @property
     def url(self) -> str:
-        return self.config.url
+        """What to give the pool (`MeetingServer(mixers=[...])`, `--mixer`): the API's URL
+        with the run's secret in it, `ws://:SECRET@HOST:PORT`."""
+        return self.config.address.text()
+
+    @property
+    def api_secret(self) -> str:
+        return self.config.api_secret
 
     @property
     def pid(self) -> int:
@@ -275,8 +325,8 @@ async def local_janus(config: JanusConfig) -> AsyncIterator[JanusProcess]:
 @contextlib.asynccontextmanager
 async def maybe_local_janus(folder: Path, enabled: bool = True) -> AsyncIterator[str | None]:
     """`fleet up`'s mixer: a local Janus when it is installed and this host has an address
-    for media; its URL, or None (logged with the reason: mesh rooms work without it, a
-    mixed join is refused with `mixer_unavailable`)."""
+    for media; its URL (with its secret), or None (logged with the reason: mesh rooms work
+    without it, a mixed join is refused with `mixer_unavailable`)."""
     if not enabled:
         yield None
         return
@@ -286,7 +336,7 @@ async def maybe_local_janus(folder: Path, enabled: bool = True) -> AsyncIterator
         log.warning("no local mixer: %s", exc.reason.splitlines()[0])
         yield None
         return
-    log.info("local mixer %s at %s (media on %s)", running.config.name, running.url,
+    log.info("local mixer %s at %s (media on %s)", running.config.name, running.config.url,
              running.config.media_ip)  # fmt: skip
     try:
         yield running.url

@@ -525,6 +525,10 @@ class ApiRequest(Message):
     # transcript: which session (absent: the room's newest)
     session: ShortText | None = None
 
+    # join, join-all: the controller's operator key (ctl/operator-key), which only
+    # controller-role users can read: such an intent may create its room (§8.4)
+    operator_key: Annotated[str, StringConstraints(max_length=128)] | None = None
+
     # web-login: the $7$ hash of the secret the caller chose (the secret never travels)
     # and how long the credentials last
     secret_hash: Annotated[str, StringConstraints(max_length=256)] | None = None
@@ -672,6 +676,13 @@ class Sync(Message):
     """On sync/{client id}: a client's loopback marker (see Topics.sync)."""
 
     token: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class OperatorKey(Message):
+    """On ctl/operator-key (retained, controller-role readers only): what an operator's
+    join or join-all carries in `operator_key` to create its room."""
+
+    key: Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
 class EventKind(StrEnum):

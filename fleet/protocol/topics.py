@@ -186,6 +186,12 @@ class Topics:
         return f"{self.prefix}/sync/{client_id}"
 
     @property
+    def operator_key(self) -> str:
+        """Retained by the controller, readable by controller-role users only (the ACL):
+        the key an intent carries to show it comes from one, so it may create its room."""
+        return f"{self.prefix}/ctl/operator-key"
+
+    @property
     def events(self) -> str:
         """The controller's fleet events (join, leave, command, session...), not retained."""
         return f"{self.prefix}/events"

@@ -269,7 +269,15 @@ async def test_an_expired_command_is_never_delivered(
                 t.status("dev-1"), encode(Status(online=True, fw="1")), qos=1, retain=True
             )
             await wait_for(lambda: "dev-1" in ctl.registry.devices, what="dev-1 known")
-        # Gone without a will: still "online" to the controller, its session kept.
+        # Its link dropped silently (the keep-alive has not run out): still "online" to the
+        # controller, its session kept. The broker marks a device offline at any end of its
+        # connection it sees, so a controller-role user restores the stale view here.
+        await wait_for(lambda: not ctl.registry.devices["dev-1"].online, what="the broker's word")
+        stand_in = mosquitto_broker.add_user("stand-in", Role.CONTROLLER)
+        async with mqtt_client(mosquitto_broker, "stand-in", stand_in) as c:
+            birth = encode(Status(online=True, fw="1"))
+            await c.publish(t.status("dev-1"), birth, qos=1, retain=True)
+        await wait_for(lambda: ctl.registry.devices["dev-1"].online, what="stale online view")
         stale = await op.request(
             ApiOp.CMD,
             ApiRequest(id="stale-1", device="dev-1", cmd_op="ping", ttl_ms=1000, timeout_s=1),

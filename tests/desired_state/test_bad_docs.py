@@ -148,10 +148,13 @@ async def test_a_device_reporting_the_max_rev_does_not_stop_desired_ops(
 ) -> None:
     secret = any_broker.add_device(RAW_DEVICE)
     async with raw_rig(any_broker, tmp_path) as r, raw_device(r, secret) as raw:
+        rejected = r.ctl.stats["rejected"]
         await raw.publish(
             r.topics.state(RAW_DEVICE), encode(State(rev=MAX_REV)), qos=1, retain=True
         )
-        await wait_for(lambda: r.ctl.registry.devices[RAW_DEVICE].rev == MAX_REV)
+        # Above every rev the controller handed out: a lie, refused (no progress).
+        await wait_for(lambda: r.ctl.stats["rejected"] > rejected)
+        assert r.ctl.registry.devices[RAW_DEVICE].rev != MAX_REV
         mark = r.wire.mark()
         request = ApiRequest(id="r-after-max", room="standup", group="sim", timeout_s=5)
         await r.wire.send(r.topics.api("join-all"), encode(request))

@@ -37,7 +37,7 @@ async def test_a_device_reporting_the_ceiling_rev_stops_nothing(
         # A controller re-reading the fleet (a restart) must not take the rev from it.
         async with controller(any_broker, tmp_path / "ctl.db") as ctl:
             await wait_for(lambda: ctl.synced, what="synced")
-            assert ctl.registry.devices["dev-3"].rev == REV_CEILING
+            assert ctl.registry.devices["dev-3"].rev is None  # a lie, refused
             assert ctl.store.last_rev() < REV_CEILING - 2**40
             lapsing = await op.request(
                 ApiOp.JOIN_ALL, ApiRequest(room="standup", for_s=0.5, timeout_s=3)

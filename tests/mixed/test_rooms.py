@@ -28,6 +28,7 @@ from fleet.media.config import MediaConfig
 from fleet.media.sinks import CaptureSink, FanoutSink
 from fleet.meetings import MeetingServer
 from fleet.meetings.participant import LocalParticipant, MeetingRefused, participant_link
+from fleet.meetings.session import Session
 from fleet.mixer.errors import MixerUnavailable
 from fleet.mixer.process import JanusProcess, maybe_local_janus, require_janus
 from fleet.mqtt import BrokerUrl, payload_bytes
@@ -139,6 +140,12 @@ async def everyone_hears_the_others(m: Meeting, ids: Sequence[str], timeout: flo
         raise AssertionError(f"what each hears: {got}") from None
 
 
+def room_of(live: Session) -> str:
+    """The id of the session's AudioBridge room (never the session id)."""
+    assert live.mixer_room is not None
+    return live.mixer_room.id
+
+
 async def create_room(op: FleetClient, room: str, media: RoomMedia, **fields: object) -> None:
     created = await op.request(ApiOp.ROOM_CREATE, ApiRequest(room=room, media=media, **fields))  # type: ignore[arg-type]
     assert created.ok, created
@@ -164,7 +171,7 @@ async def test_eight_devices_in_a_mixed_room_each_hear_the_other_seven(
         live = m.server.live["all-hands"]
         bridge = m.server.pool.mixers[0].bridge
         assert bridge is not None
-        listed = await bridge.participants(live.id)
+        listed = await bridge.participants(room_of(live))
         assert sorted(p["id"] for p in listed) == sorted(live.members)
         history = (await m.op.request(ApiOp.SESSIONS, ApiRequest(room="all-hands"))).sessions[0]
         assert history.media is MediaPath.MIXED
@@ -180,7 +187,7 @@ async def test_eight_devices_in_a_mixed_room_each_hear_the_other_seven(
         await wait_for(lambda: "all-hands" not in m.server.live, what="the session ends")
 
         async def destroyed() -> bool:
-            return live.id not in await bridge.rooms()
+            return room_of(live) not in await bridge.rooms()
 
         await until(destroyed, what="the AudioBridge room is destroyed")
 
@@ -222,7 +229,7 @@ async def test_mic_false_takes_a_member_out_of_everyones_mix_and_true_puts_it_ba
         speaker = next(p for p, mem in live.members.items() if mem.pid == "dev-1")
 
         async def mixer_says(muted: bool) -> bool:
-            listed = {p["id"]: p.get("muted") for p in await bridge.participants(live.id)}
+            listed = {p["id"]: p.get("muted") for p in await bridge.participants(room_of(live))}
             return len(listed) == 3 and listed[speaker] is muted
 
         await until(lambda: mixer_says(True), 20, "the mixer holds dev-1 muted")
@@ -281,7 +288,7 @@ async def test_a_member_whose_process_is_killed_leaves_the_mixer_and_the_history
             assert bridge is not None
 
             async def listed() -> set[str]:
-                return {p["id"] for p in await bridge.participants(live.id)}
+                return {p["id"] for p in await bridge.participants(room_of(live))}
 
             assert gone in await listed()
         finally:
@@ -404,7 +411,12 @@ async def test_a_session_whose_only_mixer_dies_waits_and_moves_when_one_is_back(
                 ),
                 what="members are told",
             )
-            with janus_process(mixed_net, tmp_path / "j-b", ws_port=first.config.ws_port):
+            with janus_process(
+                mixed_net,
+                tmp_path / "j-b",
+                ws_port=first.config.ws_port,
+                api_secret=first.api_secret,
+            ):
                 await wait_for(lambda: live.mixer == "janus-1", timeout=15, what="back on janus-1")
                 for drv in m.drivers.values():
                     fresh_ears(drv)

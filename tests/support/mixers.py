@@ -38,16 +38,22 @@ def mixed_net() -> Iterator[Netns]:
 
 
 def start_janus_in(
-    space: Netns, folder: Path, name: str = "janus-1", ws_port: int = 0
+    space: Netns,
+    folder: Path,
+    name: str = "janus-1",
+    ws_port: int = 0,
+    api_secret: str | None = None,
 ) -> JanusProcess:
     """A Janus in `space` (the caller's thread must be inside it), on free ports (or on
-    `ws_port`: a mixer restarted where the pool knows it)."""
+    `ws_port`, with `api_secret`: a mixer restarted where and as the pool knows it)."""
     # Each process its own RTP range, so two mixers never race for a port.
     n = next(_rtp_ranges) % 8
     low = 20000 + n * 4000
     config = JanusConfig(
         folder, ws_port, media_ip=space.address, rtp_ports=(low, low + 1999), name=name
     )
+    if api_secret is not None:
+        config.api_secret = api_secret
     running = spawn_janus(config)
     wait_listening_sync(running)
     return running
@@ -55,9 +61,13 @@ def start_janus_in(
 
 @contextlib.contextmanager
 def janus_process(
-    space: Netns, folder: Path, name: str = "janus-1", ws_port: int = 0
+    space: Netns,
+    folder: Path,
+    name: str = "janus-1",
+    ws_port: int = 0,
+    api_secret: str | None = None,
 ) -> Iterator[JanusProcess]:
-    running = start_janus_in(space, folder, name, ws_port)
+    running = start_janus_in(space, folder, name, ws_port, api_secret)
     try:
         yield running
     finally:

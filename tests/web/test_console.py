@@ -133,7 +133,16 @@ def participant_of(rig: Rig, pid: str) -> str:
     return where[1]
 
 
+async def operator_room(rig: Rig, room: str) -> None:
+    """Rooms come from operators: a person's browser (a web user) meets in one, never
+    makes it."""
+    if rig.meetings.records.room(room) is None:
+        async with FleetClient(rig.stack.operator_url, rig.stack.controller.topics) as op:
+            assert (await op.request(ApiOp.ROOM_CREATE, ApiRequest(room=room))).ok
+
+
 async def join_all(rig: Rig, page: Any, room: str) -> None:
+    await operator_room(rig, room)
     await page.fill("#room", room)
     await page.click("#join-all")
     await until(
@@ -160,6 +169,7 @@ async def test_console_shows_the_fleet_and_its_buttons_change_it(rig: Rig) -> No
     await page_until(page, online, "every device online in the table")
     assert await page.text_content("#fleet-summary") == f"{DEVICES} devices, {DEVICES} online"
     # One device, from its row.
+    await operator_room(rig, "desk")
     await page.fill("#room", "desk")
     await page.click("tr[data-device=dev-2] button[data-action=join]")
     await until(
