@@ -27,6 +27,7 @@ import contextlib
 import functools
 import hashlib
 import http.server
+import json
 import os
 import re
 import shutil
@@ -34,11 +35,14 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = ROOT / "firmware"
@@ -147,29 +151,34 @@ def build_firmware(
     target: str = "esp32c3",
     defaults: tuple[str, ...] = (QEMU_DEFAULTS,),
 ) -> Firmware:
-    """idf_build.sh (incremental), then the OTA variant of its app image."""
+    """idf_build.sh (incremental), then the OTA variant of its app image.
+
+    The build directory is shared (by test workers, benches, other checkouts): it is built
+    under a file lock, and what flashing needs is copied out, so a later build in it cannot
+    change an image under a running test."""
     t0 = time.monotonic()
-    proc = subprocess.run(
-        [
-            "bash",
-            str(FIRMWARE / "scripts" / "idf_build.sh"),
-            str(build_dir),
-            target,
-            *defaults,
-        ],
-        env=tools.env,
-        capture_output=True,
-        text=True,
-        timeout=BUILD_TIMEOUT_S,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"firmware build failed:\n{proc.stderr[-4000:]}")
-    app = Path(proc.stdout.strip().splitlines()[-1])
+    with FileLock(str(build_dir) + ".lock"):
+        proc = subprocess.run(
+            ["bash", str(FIRMWARE / "scripts" / "idf_build.sh"), str(build_dir), target, *defaults],
+            env=tools.env,
+            capture_output=True,
+            text=True,
+            timeout=BUILD_TIMEOUT_S,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"firmware build failed:\n{proc.stderr[-4000:]}")
+        built = Path(proc.stdout.strip().splitlines()[-1])
+        images = Path(tempfile.mkdtemp(prefix="fleet-fw-"))
+        flasher = json.loads((build_dir / "flasher_args.json").read_text())
+        for rel in ["flasher_args.json", *flasher["flash_files"].values()]:
+            (images / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(build_dir / rel, images / rel)
+    app = images / built.relative_to(build_dir)
     version = app_version(app.read_bytes())
     ota_version = version + OTA_VERSION_SUFFIX
-    ota_app = build_dir / f"espfleet-{ota_version}.bin"
+    ota_app = images / f"espfleet-{ota_version}.bin"
     ota_app.write_bytes(with_version(app.read_bytes(), ota_version))
-    return Firmware(build_dir, app, version, ota_app, ota_version, time.monotonic() - t0)
+    return Firmware(images, app, version, ota_app, ota_version, time.monotonic() - t0)
 
 
 # An ESP-IDF app image: a 24-byte header, then segments (8-byte header each); the first

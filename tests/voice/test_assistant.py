@@ -223,7 +223,9 @@ async def test_the_transcriber_writes_who_said_what_into_the_session_history(
         end = await say(room, "dev-1", "good morning everyone")
         await asyncio.sleep(end - time.monotonic() + 0.8)
         await say(room, "kitchen", "the coffee is ready")
-        await wait_for(lambda: len(transcriber.turns) >= 2, 20, "two turns")
+        # Decoding with the general language model (no grammar) is slow when the machine
+        # is busy (a firmware build beside the suite): a wait for the turns, not a timing.
+        await wait_for(lambda: len(transcriber.turns) >= 2, 60, "two turns")
     result = await room.op.request(ApiOp.TRANSCRIPT, ApiRequest(room=ROOM))
     assert result.ok, result
     speakers = [line.pid for line in result.transcript]
