@@ -42,8 +42,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from filelock import FileLock
-
 ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = ROOT / "firmware"
 SDK = Path.home() / ".cache" / "espfleet" / "esp-sdk"
@@ -153,26 +151,25 @@ def build_firmware(
 ) -> Firmware:
     """idf_build.sh (incremental), then the OTA variant of its app image.
 
-    The build directory is shared (by test workers, benches, other checkouts): it is built
-    under a file lock, and what flashing needs is copied out, so a later build in it cannot
-    change an image under a running test."""
+    The build directory is shared (by test workers, benches, other checkouts; the callers
+    hold its file lock while it builds): what flashing needs is copied out, so a later build
+    in it cannot change an image under a running test."""
     t0 = time.monotonic()
-    with FileLock(str(build_dir) + ".lock"):
-        proc = subprocess.run(
-            ["bash", str(FIRMWARE / "scripts" / "idf_build.sh"), str(build_dir), target, *defaults],
-            env=tools.env,
-            capture_output=True,
-            text=True,
-            timeout=BUILD_TIMEOUT_S,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"firmware build failed:\n{proc.stderr[-4000:]}")
-        built = Path(proc.stdout.strip().splitlines()[-1])
-        images = Path(tempfile.mkdtemp(prefix="fleet-fw-"))
-        flasher = json.loads((build_dir / "flasher_args.json").read_text())
-        for rel in ["flasher_args.json", *flasher["flash_files"].values()]:
-            (images / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(build_dir / rel, images / rel)
+    proc = subprocess.run(
+        ["bash", str(FIRMWARE / "scripts" / "idf_build.sh"), str(build_dir), target, *defaults],
+        env=tools.env,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT_S,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"firmware build failed:\n{proc.stderr[-4000:]}")
+    built = Path(proc.stdout.strip().splitlines()[-1])
+    images = Path(tempfile.mkdtemp(prefix="fleet-fw-"))
+    flasher = json.loads((build_dir / "flasher_args.json").read_text())
+    for rel in ["flasher_args.json", *flasher["flash_files"].values()]:
+        (images / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(build_dir / rel, images / rel)
     app = images / built.relative_to(build_dir)
     version = app_version(app.read_bytes())
     ota_version = version + OTA_VERSION_SUFFIX
