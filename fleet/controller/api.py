@@ -16,6 +16,8 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
+import aiomqtt
+
 from fleet.controller.commands import Commands, CommandTracker
 from fleet.controller.desired import DESIRED_OPS, DesiredState, DesiredTracker
 from fleet.controller.events import FleetEvents
@@ -24,7 +26,7 @@ from fleet.controller.link import ControllerLink
 from fleet.controller.parts import ControllerPart
 from fleet.controller.store import Store
 from fleet.errors import FleetError, ProtocolError, RequestRefused
-from fleet.mqtt import Reply, publish
+from fleet.mqtt import Reply, publish, publish_nowait
 from fleet.protocol import Topics, encode
 from fleet.protocol.messages import (
     ApiOp,
@@ -240,6 +242,21 @@ class AutomationApi:
             if result.done:
                 del self._replies[result.id or ""]
             await publish(client, reply.topic, encode(result), correlation=reply.correlation)
+
+    def busy(self, request_id: str | None, op: str, reply: Reply | None, detail: str) -> None:
+        """A request refused at the door, its requester past its bound: one `busy` result,
+        not recorded and no event (a flood would turn into as many), not awaited."""
+        client = self._link.client
+        if client is None:
+            return
+        result = ApiResult(id=request_id, op=op, ok=False, code="busy", detail=detail[:256])
+        topic, correlation = self._topics.api_result, None
+        if reply is not None and self._topics.is_api_reply(reply.topic):
+            topic, correlation = reply.topic, reply.correlation
+        try:
+            publish_nowait(client, topic, encode(result), qos=1, correlation=correlation)
+        except aiomqtt.MqttError as exc:
+            log.debug("busy answer not sent: %s", exc)
 
     async def error(
         self, request_id: str | None, op: str, code: str, detail: str, record: bool = True

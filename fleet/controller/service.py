@@ -154,7 +154,7 @@ class Controller:
                         self.url,
                         client_id=self.client_id,
                         on_connect=self._on_connect,
-                        on_message=self.inbound.on_message,
+                        on_message=self.inbound.accept,
                         on_disconnect=self._on_disconnect,
                         on_close=self._on_close,
                         will=next((w for p in self.parts if (w := p.will()) is not None), None),
@@ -163,6 +163,7 @@ class Controller:
                     ),
                     name="controller-link",
                 )
+                tg.create_task(self.inbound.run(), name="controller-inbound")
                 tg.create_task(self._tick_loop(), name="controller-ticks")
                 for part in self.parts:
                     tg.create_task(part.run(), name=f"controller-{part.name}")
@@ -178,6 +179,7 @@ class Controller:
         t = self._topics
         self.link.client = client
         self._synced = False
+        self.inbound.hold_requests()
         filters = {
             t.all_devices(TopicKind.STATUS): 1,
             t.all_devices(TopicKind.STATE): 1,
@@ -185,6 +187,7 @@ class Controller:
             t.all_devices(TopicKind.DESIRED): 1,
             t.all_group_desired: 1,
             t.all_api_requests: 1,
+            t.all_api_requests_by: 1,
             t.sync(self.client_id): 1,
         }
         for part in self.parts:
@@ -225,6 +228,7 @@ class Controller:
         for part in self.parts:
             await part.on_synced()
         await self.api.run_held()
+        self.inbound.open_requests()
 
     # --- devices ------------------------------------------------------------------------------
     async def _on_report(
