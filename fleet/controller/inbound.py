@@ -195,7 +195,12 @@ class Inbound:
         else:
             op = message.topic.value.removeprefix(self._api_head).rpartition("/")[2]
         reply = reply_of(message) if self._link.mqtt5 else None
-        self._api.busy(probe_id(payload), op[:32], reply, f"too many requests from {key}")
+        self._api.busy(
+            probe_id(payload),
+            op[:32],
+            reply,
+            f"the controller holds too many requests from {key}; retry later",
+        )
 
     def _signal_refused(self, pid: str) -> None:
         self._stats["busy"] += 1
