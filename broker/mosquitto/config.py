@@ -44,6 +44,8 @@ from fleet.auth import (
     clientids_text,
 )
 from fleet.auth.limits import (
+    PUBLISH_BURST,
+    PUBLISHES_PER_S,
     QUEUED_BYTES_PER_CLIENT,
     QUEUED_MESSAGES_PER_CLIENT,
     SESSION_EXPIRY_S,
@@ -233,6 +235,8 @@ def security_lines(out_dir: Path) -> list[str]:
         f"plugin_opt_session_expiry {SESSION_EXPIRY_S}",
         f"plugin_opt_checks_per_s {STRETCHED_CHECKS_PER_S}",
         f"plugin_opt_check_burst {STRETCHED_CHECK_BURST}",
+        f"plugin_opt_publishes_per_s {PUBLISHES_PER_S}",
+        f"plugin_opt_publish_burst {PUBLISH_BURST}",
         f"message_size_limit {MAX_PAYLOAD_BYTES}",
         f"max_packet_size {MAX_PACKET_BYTES}",
     ]

@@ -74,6 +74,7 @@ class AutomationApi:
         # MQTT 5 requests that named a response topic: their results go there (by request id).
         self._replies: dict[str, Reply] = {}
         self._desired_trackers: list[DesiredTracker] = []
+        self._announcing: set[int] = set()  # trackers whose acceptance is on its way
         self._command_trackers: list[CommandTracker] = []
         self._held_requests: list[tuple[str, bytes]] = []
         self._held_bytes = 0
@@ -176,11 +177,18 @@ class AutomationApi:
                 return
         if op in DESIRED_OPS:
             tracker = await self._desired.start(op, request)
-            self._store.save_operation(
-                request.id or "", op.value, encode(request).decode(), tracker.rev
-            )
-            await self.publish_result(tracker.result(self._registry, final=False))
+            # Followed at once: reports are served while the acceptance goes out, and a
+            # device that converges meanwhile must count. Its final result waits for the
+            # acceptance, which comes first.
             self._desired_trackers.append(tracker)
+            self._announcing.add(id(tracker))
+            try:
+                self._store.save_operation(
+                    request.id or "", op.value, encode(request).decode(), tracker.rev
+                )
+                await self.publish_result(tracker.result(self._registry, final=False))
+            finally:
+                self._announcing.discard(id(tracker))
             await self.finish_done()
         elif op is ApiOp.CMD:
             ctracker = await self._commands.start(request)
@@ -212,7 +220,9 @@ class AutomationApi:
         finals: list[ApiResult] = []
         open_desired: list[DesiredTracker] = []
         for tracker in self._desired_trackers:
-            if tracker.done or mono >= tracker.deadline:
+            if id(tracker) in self._announcing:
+                open_desired.append(tracker)
+            elif tracker.done or mono >= tracker.deadline:
                 finals.append(tracker.result(self._registry, final=True))
             else:
                 open_desired.append(tracker)
