@@ -79,14 +79,7 @@ class Controller:
         self.births = Births(self._store, self._registry)
         self.births.load()
         self.connected = asyncio.Event()
-        # Connections of their own for API requests and for meeting signalling (when the
-        # client id leaves room for a suffix): a flood of either waits in its own broker
-        # queue and socket, never in front of the devices' reports on the main one.
-        self._side_up = {
-            side: asyncio.Event()
-            for side in SIDE_FILTERS
-            if is_valid_id(f"{self.client_id}-{side}")
-        }
+        self._side_up: dict[str, asyncio.Event] = {}
         self.link = ControllerLink()
         self.stats = {"messages": 0, "rejected": 0}
         # Until the retained fleet has been read after a (re)connect, API requests
@@ -126,6 +119,14 @@ class Controller:
         )
         for part in self.parts:
             part.attach(self)
+        # Connections of their own for API requests and for meeting signalling (when the
+        # client id leaves room for a suffix): a flood of either waits in its own broker
+        # queue and socket, never in front of the devices' reports on the main one.
+        self._side_up = {
+            side: asyncio.Event()
+            for side in SIDE_FILTERS
+            if is_valid_id(f"{self.client_id}-{side}") and self._side_filters(side)
+        }
 
     # --- the PartHost -------------------------------------------------------------------------
     @property
