@@ -34,6 +34,10 @@ their answer times (p50, max) are printed per phase (targets: a meeting join ans
 within 1 s, an API request within 0.5 s).
 
     python bench/fanout.py --broker mosquitto --devices 1000 --under-attack --attack api
+
+`--profile` samples the controller with py-spy during the quiet rounds and prints the
+functions where its time goes (own time, and time under each), the collapsed stacks kept
+in the work dir (`--keep`).
 """
 
 from __future__ import annotations
@@ -307,6 +311,58 @@ class Probe:
             return f"p50={statistics.median(values):.3f}s max={max(values):.3f}s n={len(values)}"
 
         return f"meeting_join {p(self.joins)}; api_rooms {p(self.requests)}"
+
+
+async def start_profile(pid: int, out: Path) -> asyncio.subprocess.Process:
+    """py-spy sampling `pid` (without pausing it) until SIGINT, collapsed stacks to `out`."""
+    return await asyncio.create_subprocess_exec(
+        shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
+        "record",
+        "--pid",
+        str(pid),
+        "--rate",
+        "250",
+        "--nonblocking",
+        "--format",
+        "raw",
+        "--output",
+        str(out),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
+def _frame_name(frame: str) -> str:
+    """`func (path/file.py:123)` -> `func (file.py)`: samples add up per function."""
+    func, sep, where = frame.partition(" (")
+    if not sep:
+        return frame
+    return f"{func} ({where.split(':')[0].rsplit('/', 1)[-1]})"
+
+
+def profile_top(path: Path, count: int = 15) -> str:
+    """The functions with the most samples: own (leaf) and in all (anywhere on the stack)."""
+    own: dict[str, int] = {}
+    total: dict[str, int] = {}
+    samples = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        frames = [_frame_name(f) for f in stack.split(";")]
+        samples += int(n)
+        own[frames[-1]] = own.get(frames[-1], 0) + int(n)
+        for frame in set(frames):
+            total[frame] = total.get(frame, 0) + int(n)
+    lines = [f"  {samples} samples; own time:"]
+    for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:count]:
+        lines.append(f"    {100 * n / samples:5.1f}%  {frame}")
+    lines.append("  in all (the function and what it calls):")
+    # Leaving out the loop and its runners, under which everything is.
+    fleet_frames = {k: v for k, v in total.items() if v < 0.9 * samples}
+    for frame, n in sorted(fleet_frames.items(), key=lambda kv: -kv[1])[:count]:
+        lines.append(f"    {100 * n / samples:5.1f}%  {frame}")
+    return "\n".join(lines)
 
 
 def report(path: str, text: str) -> None:
@@ -616,7 +672,15 @@ async def run(args: argparse.Namespace) -> None:
                     raise SystemExit(f"room-create probe: {created.detail}")
                 quiet_probe = Probe(port, PROBE_DEVICE, probe_secret, operator)
                 probe = Probe(port, PROBE_DEVICE, probe_secret, operator)
+            profiler = None
+            if args.profile:
+                profiler = await start_profile(controller_pid, workdir / "profile.txt")
             times, cpu_per_join = await run_rounds(args, procs, fleet, "room", quiet_probe)
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)
+                await profiler.wait()
+                print(f"PROFILE of the controller (no_ha={args.no_ha}):")
+                print(profile_top(workdir / "profile.txt"))
             if args.under_attack:
                 secret = api_attack_secret if args.attack == "api" else attack_secret
                 await start_attack(args, attackers, workdir, port, secret)
@@ -720,6 +784,9 @@ def main() -> None:
         type=float,
         default=0.0,
         help="API requests a second the flooder aims at (0: as many as it can)",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="sample the controller with py-spy (quiet rounds)"
     )
     parser.add_argument("--attack-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
