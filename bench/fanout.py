@@ -675,12 +675,14 @@ async def run(args: argparse.Namespace) -> None:
             profiler = None
             if args.profile:
                 profiler = await start_profile(controller_pid, workdir / "profile.txt")
-            times, cpu_per_join = await run_rounds(args, procs, fleet, "room", quiet_probe)
-            if profiler is not None:
-                profiler.send_signal(signal.SIGINT)
-                await profiler.wait()
-                print(f"PROFILE of the controller (no_ha={args.no_ha}):")
-                print(profile_top(workdir / "profile.txt"))
+            try:
+                times, cpu_per_join = await run_rounds(args, procs, fleet, "room", quiet_probe)
+            finally:
+                if profiler is not None:
+                    profiler.send_signal(signal.SIGINT)
+                    await profiler.wait()
+                    print(f"PROFILE of the controller (no_ha={args.no_ha}):")
+                    print(profile_top(workdir / "profile.txt"))
             if args.under_attack:
                 secret = api_attack_secret if args.attack == "api" else attack_secret
                 await start_attack(args, attackers, workdir, port, secret)
