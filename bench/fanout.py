@@ -359,7 +359,7 @@ def profile_top(path: Path, count: int = 15) -> str:
         lines.append(f"    {100 * n / samples:5.1f}%  {frame}")
     lines.append("  in all (the function and what it calls):")
     # Leaving out the loop and its runners, under which everything is.
-    fleet_frames = {k: v for k, v in total.items() if v < 0.9 * samples}
+    fleet_frames = {k: v for k, v in total.items() if v < 0.8 * samples}
     for frame, n in sorted(fleet_frames.items(), key=lambda kv: -kv[1])[:count]:
         lines.append(f"    {100 * n / samples:5.1f}%  {frame}")
     return "\n".join(lines)

@@ -5,7 +5,8 @@ its CPU went into two paho 2.1 constructors that run for every message:
 
 - `Properties.__init__` builds its tables (two dicts of ~30 entries, each type looked
   up with `list.index`) for every MQTT 5 PUBLISH received, though they never change.
-  Here every Properties shares one copy of them (paho only reads them).
+  Here every Properties shares one copy of them (paho only reads them); and `clear`,
+  which `unpack` runs first, no longer derives every property's attribute name again.
 - `MQTTMessageInfo.__init__` makes a `threading.Condition` (a lock and a deque) for every
   message sent and every message received (each MQTTMessage holds one). Here they share
   one Condition, notified with `notify_all` so any thread waiting in
@@ -37,7 +38,15 @@ def _share_property_tables() -> None:
         set_attr(self, "names", names)
         set_attr(self, "properties", properties)
 
+    attributes = tuple(name.replace(" ", "") for name in names)
+
+    def clear(self: Properties) -> None:
+        values = self.__dict__
+        for name in attributes:
+            values.pop(name, None)
+
     Properties.__init__ = init  # type: ignore[method-assign]
+    Properties.clear = clear  # type: ignore[method-assign]
 
 
 def _share_publish_conditions() -> None:
