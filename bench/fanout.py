@@ -25,6 +25,19 @@ one user may hold) and floods wrong-password logins from another address (127.0.
 and prints both medians and their ratio (target: within 1.5x of quiet).
 `--attack-chosen-secret` gives that user a chosen (stretched) secret and makes every
 failed login a new guess from a new client id.
+
+`--under-attack --attack api` floods the automation API instead: an allowed user (an
+agent) publishes `rooms` requests at QoS 0 as fast as it can (`--attack-api-rate` paces
+it). Both the quiet and the attacked rounds run a probe beside the join-all: a device of
+its own joins and leaves a meeting, and a second operator asks `rooms`, over and over;
+their answer times (p50, max) are printed per phase (targets: a meeting join answered
+within 1 s, an API request within 0.5 s).
+
+    python bench/fanout.py --broker mosquitto --devices 1000 --under-attack --attack api
+
+`--profile` samples the controller with py-spy during the quiet rounds and prints the
+functions where its time goes (own time, and time under each), the collapsed stacks kept
+in the work dir (`--keep`).
 """
 
 from __future__ import annotations
@@ -164,6 +177,8 @@ ATTACK_FILTERS_PER_CONNECTION = 250  # under the embedded broker's bound per cli
 ATTACK_SUBSCRIPTIONS = SESSIONS_PER_USER * ATTACK_FILTERS_PER_CONNECTION
 ATTACK_LOGIN_WORKERS = 8
 ATTACK_SOURCE = "127.0.0.2"  # an attacker is not on the devices' address
+API_ATTACKER = "flood-agent"
+PROBE_DEVICE = "probe-1"
 
 
 def _mqtt_connect(client_id: str, username: str, password: str) -> bytes:
@@ -189,6 +204,162 @@ async def _failed_login(port: int, packet: bytes) -> None:
         pass
     finally:
         sock.close()
+
+
+async def api_flood(args: argparse.Namespace) -> None:
+    """The attacker process of `--attack api`: `rooms` requests at QoS 0, flat out."""
+    import aiomqtt
+
+    topic = Topics(args.prefix).api("rooms")
+    batch = 200
+    pause = batch / args.attack_api_rate if args.attack_api_rate else 0.0
+    async with aiomqtt.Client(
+        "127.0.0.1",
+        args.port,
+        username=args.attack_user,
+        password=args.attack_secret,
+        identifier=f"{args.attack_user}-flood",
+        protocol=aiomqtt.ProtocolVersion.V311,
+    ) as client:
+        paho = client._client
+        sent, started, shown = 0, time.monotonic(), time.monotonic()
+        report(args.ready_file, "0\n")
+        while True:
+            t0 = time.monotonic()
+            for _ in range(batch):
+                paho.publish(topic, b'{"id": "f-%d"}' % sent, qos=0)
+                sent += 1
+            # Only what the socket takes: paho would otherwise queue without end here.
+            while len(paho._out_packet) > 10 * batch:  # noqa: ASYNC110 - paho has no event
+                await asyncio.sleep(0.001)
+            await asyncio.sleep(max(0.0, pause - (time.monotonic() - t0)))
+            if time.monotonic() - shown > 1:
+                shown = time.monotonic()
+                report(args.ready_file, f"0 {sent / (shown - started):.0f}\n")
+
+
+class Probe:
+    """A device of the bench's own joining and leaving a meeting, and an operator asking
+    `rooms`, over and over: how long each waits for its answer."""
+
+    def __init__(self, port: int, device: str, secret: str, operator: BrokerUrl) -> None:
+        self.port = port
+        self.device = device
+        self.secret = secret
+        self.operator = operator
+        self.joins: list[float] = []
+        self.requests: list[float] = []
+        self.failures = 0
+
+    async def run(self, room: str) -> None:
+        import aiomqtt
+
+        t = Topics("fleet/v1")
+        async with (
+            aiomqtt.Client(
+                "127.0.0.1",
+                self.port,
+                username=self.device,
+                password=self.secret,
+                identifier=self.device,
+                protocol=aiomqtt.ProtocolVersion.V311,
+            ) as dev,
+            FleetClient(self.operator, t) as api,
+        ):
+            await dev.subscribe(t.meet_down(self.device), qos=1)
+            replies = dev.messages
+            while True:
+                t0 = time.perf_counter()
+                await dev.publish(
+                    t.meet_up(self.device),
+                    b'{"type": "join", "room": "%s"}' % (room.encode()),
+                    qos=1,
+                )
+                if await self._answer(replies, ("joined", "error")) == "joined":
+                    self.joins.append(time.perf_counter() - t0)
+                else:
+                    self.failures += 1
+                await dev.publish(t.meet_up(self.device), b'{"type": "leave"}', qos=1)
+                await self._answer(replies, ("left",))
+                t0 = time.perf_counter()
+                try:
+                    await api.request(ApiOp.ROOMS, ApiRequest(limit=1))
+                    self.requests.append(time.perf_counter() - t0)
+                except Exception:
+                    self.failures += 1
+                await asyncio.sleep(0.3)
+
+    @staticmethod
+    async def _answer(replies: object, kinds: tuple[str, ...]) -> str:
+        try:
+            async with asyncio.timeout(30):
+                async for message in replies:  # type: ignore[attr-defined]
+                    kind = json.loads(message.payload).get("type")
+                    if kind in kinds:
+                        return str(kind)
+        except TimeoutError:
+            pass
+        return "timeout"
+
+    def figures(self) -> str:
+        def p(values: list[float]) -> str:
+            if not values:
+                return "none"
+            return f"p50={statistics.median(values):.3f}s max={max(values):.3f}s n={len(values)}"
+
+        return f"meeting_join {p(self.joins)}; api_rooms {p(self.requests)}"
+
+
+async def start_profile(pid: int, out: Path) -> asyncio.subprocess.Process:
+    """py-spy sampling `pid` (without pausing it) until SIGINT, collapsed stacks to `out`."""
+    return await asyncio.create_subprocess_exec(
+        shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
+        "record",
+        "--pid",
+        str(pid),
+        "--rate",
+        "250",
+        "--nonblocking",
+        "--format",
+        "raw",
+        "--output",
+        str(out),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
+def _frame_name(frame: str) -> str:
+    """`func (path/file.py:123)` -> `func (file.py)`: samples add up per function."""
+    func, sep, where = frame.partition(" (")
+    if not sep:
+        return frame
+    return f"{func} ({where.split(':')[0].rsplit('/', 1)[-1]})"
+
+
+def profile_top(path: Path, count: int = 15) -> str:
+    """The functions with the most samples: own (leaf) and in all (anywhere on the stack)."""
+    own: dict[str, int] = {}
+    total: dict[str, int] = {}
+    samples = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        frames = [_frame_name(f) for f in stack.split(";")]
+        samples += int(n)
+        own[frames[-1]] = own.get(frames[-1], 0) + int(n)
+        for frame in set(frames):
+            total[frame] = total.get(frame, 0) + int(n)
+    lines = [f"  {samples} samples; own time:"]
+    for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:count]:
+        lines.append(f"    {100 * n / samples:5.1f}%  {frame}")
+    lines.append("  in all (the function and what it calls):")
+    # Leaving out the loop and its runners, under which everything is.
+    fleet_frames = {k: v for k, v in total.items() if v < 0.8 * samples}
+    for frame, n in sorted(fleet_frames.items(), key=lambda kv: -kv[1])[:count]:
+        lines.append(f"    {100 * n / samples:5.1f}%  {frame}")
+    return "\n".join(lines)
 
 
 def report(path: str, text: str) -> None:
@@ -255,6 +426,28 @@ async def attack(args: argparse.Namespace) -> None:
 
 
 async def run_rounds(
+    args: argparse.Namespace,
+    procs: Procs,
+    fleet: FleetClient,
+    tag: str,
+    probe: Probe | None = None,
+) -> tuple[list[float], list[dict[str, float]]]:
+    """The join-all / leave-all rounds; with `probe`, its joins and requests beside them."""
+    probing = asyncio.create_task(probe.run("probe")) if probe is not None else None
+    try:
+        return await _rounds(args, procs, fleet, tag)
+    finally:
+        if probing is not None:
+            probing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probing
+            if probing.done() and not probing.cancelled() and probing.exception():
+                print(f"  probe failed: {probing.exception()!r}")
+            assert probe is not None
+            print(f"  probe ({tag}): {probe.figures()}")
+
+
+async def _rounds(
     args: argparse.Namespace, procs: Procs, fleet: FleetClient, tag: str
 ) -> tuple[list[float], list[dict[str, float]]]:
     times: list[float] = []
@@ -303,6 +496,34 @@ async def start_attack(
 ) -> None:
     """Start the attacker in `procs` (not the platform's: its CPU is not the platform's)."""
     ready = workdir / "attack.ready"
+    if args.attack == "api":
+        await procs.start(
+            "attacker",
+            *module_command("bench.fanout"),
+            "--attack-worker",
+            "--attack",
+            "api",
+            "--port",
+            str(port),
+            "--prefix",
+            "fleet/v1",
+            "--attack-user",
+            API_ATTACKER,
+            "--attack-secret",
+            secret,
+            "--ready-file",
+            str(ready),
+            "--attack-api-rate",
+            str(args.attack_api_rate),
+        )
+        while not ready.exists():
+            procs.check()
+            await asyncio.sleep(0.1)
+        print(
+            f"attacker ({API_ATTACKER}, an agent) floods api/rooms at QoS 0"
+            f" (aiming at {args.attack_api_rate or 'as many as it can'}/s)"
+        )
+        return
     await procs.start(
         "attacker",
         *module_command("bench.fanout"),
@@ -352,6 +573,9 @@ async def run(args: argparse.Namespace) -> None:
     # With --attack-chosen-secret its secret is a chosen (stretched) one.
     chosen = "a chosen passphrase" if args.attack_chosen_secret else None
     attack_secret = store.add("ha", Role.HOMEASSISTANT, chosen)
+    # The attacker of --attack api: an agent, allowed the `rooms` op; and the probe's device.
+    api_attack_secret = store.add(API_ATTACKER, Role.AGENT)
+    probe_secret = store.add_devices([PROBE_DEVICE])[PROBE_DEVICE]
     env = {"FLEET_HOME": str(home)}
     extra = ["--no-ha"] if args.no_ha else []  # the controller's Home Assistant part, on by default
     try:
@@ -436,11 +660,29 @@ async def run(args: argparse.Namespace) -> None:
                     args.tele_interval, " ".join(f"{k}={v:.2f}" for k, v in sorted(rest.items()))
                 )
             )
-            times, cpu_per_join = await run_rounds(args, procs, fleet, "room")
+            probe = quiet_probe = None
+            if args.attack == "api":
+                created = await fleet.request(ApiOp.ROOM_CREATE, ApiRequest(room="probe"))
+                if not created.ok:
+                    raise SystemExit(f"room-create probe: {created.detail}")
+                quiet_probe = Probe(port, PROBE_DEVICE, probe_secret, operator)
+                probe = Probe(port, PROBE_DEVICE, probe_secret, operator)
+            profiler = None
+            if args.profile:
+                profiler = await start_profile(controller_pid, workdir / "profile.txt")
+            try:
+                times, cpu_per_join = await run_rounds(args, procs, fleet, "room", quiet_probe)
+            finally:
+                if profiler is not None:
+                    profiler.send_signal(signal.SIGINT)
+                    await profiler.wait()
+                    print(f"PROFILE of the controller (no_ha={args.no_ha}):")
+                    print(profile_top(workdir / "profile.txt"))
             if args.under_attack:
-                await start_attack(args, attackers, workdir, port, attack_secret)
+                secret = api_attack_secret if args.attack == "api" else attack_secret
+                await start_attack(args, attackers, workdir, port, secret)
                 attack_rest = await settle(procs)
-                attacked, attacked_cpu = await run_rounds(args, procs, fleet, "attacked")
+                attacked, attacked_cpu = await run_rounds(args, procs, fleet, "attacked", probe)
                 rate = attack_rate(workdir)
         target = 3.0 if args.broker == "embedded" else 5.0
         median = statistics.median(times)
@@ -458,16 +700,24 @@ async def run(args: argparse.Namespace) -> None:
 
             # CPU seconds per join-all (net of rest) hold up better than wall time on a
             # shared machine; the rest figure is what the attack costs standing.
+            flood = (
+                f"api_requests_per_s={rate}"
+                if args.attack == "api"
+                else f"subscriptions_held={ATTACK_SUBSCRIPTIONS} failed_logins_per_s={rate}"
+            )
             print(
-                f"ATTACK broker={args.broker} devices={args.devices} "
+                f"ATTACK ({args.attack}) broker={args.broker} devices={args.devices} "
                 f"quiet_median_s={median:.3f} attacked_median_s={attacked_median:.3f} "
                 f"ratio={attacked_median / median:.2f} target_ratio=1.5 "
                 f"join_all_cpu_s quiet={cpu_of(cpu_per_join):.2f} "
                 f"attacked={cpu_of(attacked_cpu):.2f} "
                 f"ratio={cpu_of(attacked_cpu) / cpu_of(cpu_per_join):.2f} "
                 f"rest_cores_under_attack={sum(attack_rest.values()):.2f} "
-                f"subscriptions_held={ATTACK_SUBSCRIPTIONS} failed_logins_per_s={rate}"
+                f"{flood}"
             )
+            if probe is not None and quiet_probe is not None:
+                print(f"PROBE quiet: {quiet_probe.figures()}")
+                print(f"PROBE attacked: {probe.figures()} (targets: join 1 s, request 0.5 s)")
         cpu_median = {
             k: statistics.median(c.get(k, 0.0) for c in cpu_per_join) for k in cpu_per_join[0]
         }
@@ -520,6 +770,21 @@ def main() -> None:
         default=500.0,
         help="failed logins a second the attacker aims at (0: unthrottled, about 133 here)",
     )
+    parser.add_argument(
+        "--attack",
+        choices=["subscriptions", "api"],
+        default="subscriptions",
+        help="what --under-attack does: held subscriptions and a login flood, or an API flood",
+    )
+    parser.add_argument(
+        "--attack-api-rate",
+        type=float,
+        default=0.0,
+        help="API requests a second the flooder aims at (0: as many as it can)",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="sample the controller with py-spy (quiet rounds)"
+    )
     parser.add_argument("--attack-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--prefix", default="fleet/v1", help=argparse.SUPPRESS)
@@ -529,7 +794,10 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep logs and work dir")
     parser.add_argument("--verbose", action="store_true", help="verbose logs from the parts")
     args = parser.parse_args()
-    asyncio.run(attack(args) if args.attack_worker else run(args))
+    if args.attack_worker:
+        asyncio.run(api_flood(args) if args.attack == "api" else attack(args))
+    else:
+        asyncio.run(run(args))
 
 
 if __name__ == "__main__":

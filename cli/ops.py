@@ -396,7 +396,7 @@ def _desired_op(
 def _exit_code(result: ApiResult) -> int:
     if result.ok:
         return Exit.OK
-    if result.code in ("bad_request", "unknown_device", "unknown_op"):
+    if result.code in ("bad_request", "unknown_device", "unknown_op", "busy"):
         return Exit.REFUSED
     return Exit.NOT_CONVERGED
 

@@ -35,7 +35,7 @@ from fleet.mqtt import (
     publish,
     subscribe,
 )
-from fleet.protocol import TopicKind, Topics, decode, decode_for, encode
+from fleet.protocol import TopicKind, Topics, decode, decode_for, encode, is_valid_id
 from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult, OperatorKey, State, Sync
 from fleet.registry import Registry
 
@@ -226,7 +226,7 @@ class FleetClient:
             # PublishRefused (MQTT 5) when the broker's ACL does not let this user send it.
             await publish(
                 self._client,
-                self.topics.api(op.value),
+                self._request_topic(op),
                 encode(request),
                 reply=Reply(self._reply_topic, request_id.encode()),
             )
@@ -245,6 +245,14 @@ class FleetClient:
         finally:
             self._results.pop(request_id, None)
             self._watch = None
+
+    def _request_topic(self, op: ApiOp) -> str:
+        """`api/by/{user}/{op}`: the controller counts the request against this user (its
+        own bound, protocol.md §9); `api/{op}`, shared by everyone, without a username."""
+        user = self.url.username
+        if user and is_valid_id(user):
+            return self.topics.api_by(user, op.value)
+        return self.topics.api(op.value)
 
     async def _accepted(
         self, queue: asyncio.Queue[ApiResult], op: ApiOp, limit_s: float

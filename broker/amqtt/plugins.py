@@ -21,7 +21,7 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from fleet.auth import Acl, AclAction, Credential, CredentialStore, Role, clientids, verify_secret
-from fleet.auth.limits import LoginGuard, stretched
+from fleet.auth.limits import LoginGuard, PublishBudget, publish_bounded, stretched
 from fleet.errors import CredentialsError
 from fleet.protocol.topics import DEFAULT_PREFIX, Topics
 
@@ -158,6 +158,7 @@ class FleetTopicPlugin(BaseTopicPlugin, _StoreMixin):
             raise CredentialsError("FleetTopicPlugin needs 'credentials_file' in its config")
         self.store = self._store_for(self.config.credentials_file)
         self.acl = Acl(Topics(self.config.prefix))
+        self.publishes = PublishBudget()  # per homeassistant, agent and web user
         self._next_refresh = 0.0
         self._reload: asyncio.Future[None] | None = None
 
@@ -207,4 +208,8 @@ class FleetTopicPlugin(BaseTopicPlugin, _StoreMixin):
         if username is None:
             return False
         cred = self.store.get(username, refresh=False)
-        return self.acl.allows(cred, _ACTIONS[action], topic)
+        if not self.acl.allows(cred, _ACTIONS[action], topic):
+            return False
+        if action is Action.PUBLISH and cred is not None and publish_bounded(cred.role):
+            return self.publishes.take(username)  # a flood is dropped here, not downstream
+        return True

@@ -34,6 +34,10 @@
  *     (an MQTT 5 client's session expiry is not visible to plugins, so its
  *     session counts until Mosquitto's persistent_client_expiration would
  *     have ended it).
+ *   - kinds 'u' and 'w' publish within a budget per user over all its
+ *     sessions (`publish_burst`, refilled at `publishes_per_s`): past it every
+ *     publish is denied (dropped; MQTT 5: PUBACK 0x87), so one user's flood
+ *     reaches the controller at that rate at most.
  *   - kinds 'u' and 'w' get nothing queued while offline: every READ check of
  *     a client of theirs that is not connected is denied. Their offline
  *     sessions cost no memory; devices and the controller role keep theirs,
@@ -114,6 +118,8 @@ struct account {
 	unsigned char bad[FAILURES_REMEMBERED][DIGEST_BYTES];
 	int bad_count, bad_next;
 	double tokens, stamp;
+	double pub_tokens, pub_stamp;  /* publishes of a 'u' or 'w' user */
+	unsigned long pub_refused;
 	struct session *sessions;
 	int session_count, session_cap;
 	const struct mosquitto *device_conn;  /* a device's authenticated connection */
@@ -131,6 +137,8 @@ static int sessions_per_user = 32;
 static double session_expiry_s = 3600;
 static double checks_per_s = 2;
 static double check_burst = 10;
+static double publishes_per_s = 50;
+static double publish_burst = 500;
 /* Web users whose expiry is at or before this were kicked already. */
 static double kicked_until;
 /* The web user being kicked: its will (the meeting's leave) is still sent. */
@@ -352,6 +360,8 @@ static struct account *account_of(const struct user *u)
 		unsigned b = bucket_of(u->name);
 		a->next = accounts[b];
 		accounts[b] = a;
+		a->pub_tokens = publish_burst;
+		a->pub_stamp = monotonic_s();
 	}
 	if(!a->hash || strcmp(a->hash, u->hash)){
 		char *hash = strdup(u->hash);
@@ -670,6 +680,28 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 	return MOSQ_ERR_SUCCESS;
 }
 
+/* A publish of a homeassistant, agent or web user, within its budget over all its
+ * sessions (a burst, then a rate): a flood is dropped here, not at its subscribers. */
+static bool publish_allowed(const struct user *u)
+{
+	struct account *a = account_of(u);
+	if(!a) return true;
+	double now = monotonic_s();
+	a->pub_tokens += (now - a->pub_stamp) * publishes_per_s;
+	if(a->pub_tokens > publish_burst) a->pub_tokens = publish_burst;
+	a->pub_stamp = now;
+	if(a->pub_tokens < 1){
+		if(a->pub_refused++ % 10000 == 0){
+			mosquitto_log_printf(MOSQ_LOG_WARNING,
+					"fleet-clientid: dropping publishes of '%s': over its budget of %g a second"
+					" (%lu dropped)", u->name, publishes_per_s, a->pub_refused);
+		}
+		return false;
+	}
+	a->pub_tokens -= 1;
+	return true;
+}
+
 /* Per message and subscription: an expired web user may do nothing, even on a
  * connection opened before its expiry; nothing is queued for an offline client of a
  * homeassistant, agent or web user. Others are the ACL file's to decide. */
@@ -691,6 +723,10 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 		return MOSQ_ERR_ACL_DENIED;
 	}
 	if(u->kind == 'd' && ed->access == MOSQ_ACL_WRITE) note_status(u, ed);
+	if((u->kind == 'u' || u->kind == 'w') && ed->access == MOSQ_ACL_WRITE
+			&& !publish_allowed(u)){
+		return MOSQ_ERR_ACL_DENIED;
+	}
 	return MOSQ_ERR_PLUGIN_DEFER;
 }
 
@@ -760,6 +796,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		else if(!strcmp(key, "checks_per_s")) checks_per_s = strtod(value, NULL);
 		else if(!strcmp(key, "check_burst")) check_burst = strtod(value, NULL);
 		else if(!strcmp(key, "prefix")) topic_prefix = strdup(value);
+		else if(!strcmp(key, "publishes_per_s")) publishes_per_s = strtod(value, NULL);
+		else if(!strcmp(key, "publish_burst")) publish_burst = strtod(value, NULL);
 	}
 	if(!users_path){
 		mosquitto_log_printf(MOSQ_LOG_ERR, "fleet-clientid: plugin_opt_clientids is required");

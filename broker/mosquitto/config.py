@@ -31,6 +31,7 @@ import os
 import resource
 import shutil
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 
 from broker.mosquitto.plugin import clientid_plugin
@@ -43,6 +44,8 @@ from fleet.auth import (
     clientids_text,
 )
 from fleet.auth.limits import (
+    PUBLISH_BURST,
+    PUBLISHES_PER_S,
     QUEUED_BYTES_PER_CLIENT,
     QUEUED_MESSAGES_PER_CLIENT,
     SESSION_EXPIRY_S,
@@ -52,7 +55,7 @@ from fleet.auth.limits import (
 )
 from fleet.errors import ConfigError
 from fleet.files import atomic_write
-from fleet.protocol.messages import MAX_PAYLOAD_BYTES
+from fleet.protocol.messages import MAX_PAYLOAD_BYTES, ApiOp
 from fleet.protocol.topics import DEFAULT_PREFIX, Topics
 
 CONF_NAME = "mosquitto.conf"
@@ -102,6 +105,7 @@ def mosquitto_acl(store: CredentialStore, prefix: str = DEFAULT_PREFIX) -> str:
         elif cred.role is Role.HOMEASSISTANT:
             lines.append(f"user {cred.username}")
             lines.extend(f"topic write {p}/api/{op.value}" for op in HOMEASSISTANT_API_OPS)
+            lines.extend(_own_requests(t, cred.username, HOMEASSISTANT_API_OPS))
             lines += [
                 "topic read homeassistant/#",
                 "topic write homeassistant/status",
@@ -116,6 +120,7 @@ def mosquitto_acl(store: CredentialStore, prefix: str = DEFAULT_PREFIX) -> str:
         elif cred.role is Role.AGENT:  # the username is its participant id
             lines.append(f"user {cred.username}")
             lines.extend(f"topic write {p}/api/{op.value}" for op in AGENT_API_OPS)
+            lines.extend(_own_requests(t, cred.username, AGENT_API_OPS))
             lines += [
                 f"topic write {t.meet_up(cred.username)}",
                 f"topic read {t.meet_down(cred.username)}",
@@ -147,6 +152,12 @@ def _device_acl(p: str, device_id: str, groups: list[str]) -> list[str]:
     ]
 
 
+def _own_requests(t: Topics, username: str, ops: Sequence[ApiOp]) -> list[str]:
+    """The user's own request topics, `api/by/{username}/{op}`: the controller counts a
+    request against the user its topic names, so nobody else may write there."""
+    return [f"topic write {t.api_by(username, op.value)}" for op in ops]
+
+
 def _web_acl(t: Topics, username: str) -> list[str]:
     """A person's browser (fleet/auth/acl.py): its meet topics, its API ops, the fleet view.
     Its expiry is the client-id plugin's to check (the ACL file has no time)."""
@@ -156,6 +167,7 @@ def _web_acl(t: Topics, username: str) -> list[str]:
         f"topic write {p}/meet/{username}/up",
         f"topic read {p}/meet/{username}/down",
         *(f"topic write {p}/api/{op.value}" for op in WEB_API_OPS),
+        *_own_requests(t, username, WEB_API_OPS),
         *(f"topic read {p}/dev/+/{kind}" for kind in ("status", "state", "tele")),
         f"topic read {t.api_result}",
         f"topic read {t.events}",
@@ -225,6 +237,8 @@ def security_lines(out_dir: Path, prefix: str = DEFAULT_PREFIX) -> list[str]:
         f"plugin_opt_checks_per_s {STRETCHED_CHECKS_PER_S}",
         f"plugin_opt_check_burst {STRETCHED_CHECK_BURST}",
         f"plugin_opt_prefix {Topics(prefix).prefix}",
+        f"plugin_opt_publishes_per_s {PUBLISHES_PER_S}",
+        f"plugin_opt_publish_burst {PUBLISH_BURST}",
         f"message_size_limit {MAX_PAYLOAD_BYTES}",
         f"max_packet_size {MAX_PACKET_BYTES}",
     ]

@@ -8,22 +8,26 @@ The rules, by role:
   ``meet/{id}/down`` and ``grp/{g}/desired`` for its groups and ``all``, by exact
   subscription (no wildcards).
 - homeassistant: publishes the meeting ops of ``api/{op}`` (join-all, leave-all, join,
-  leave), ``homeassistant/status`` and its entities' command topics (``ha/dev/+/+/set``,
-  ``ha/fleet/+/set``); reads ``homeassistant/#``, device status/state/tele, ``api/result``
-  and ``ha/#``. So it cannot forge the state docs under ``ha/`` nor write discovery.
+  leave) and of its own ``api/by/{username}/{op}``, ``homeassistant/status`` and its
+  entities' command topics (``ha/dev/+/+/set``, ``ha/fleet/+/set``); reads
+  ``homeassistant/#``, device status/state/tele, ``api/result`` and ``ha/#``. So it
+  cannot forge the state docs under ``ha/`` nor write discovery.
 - agent (username == participant id): publishes its own ``meet/{id}/up`` and the ops of
-  ``api/{op}`` in AGENT_API_OPS; reads ``meet/{id}/down``, device status/state and
-  ``api/result``; both on ``sync/{id}-api`` (its API client's loopback); on Mosquitto
-  it also reads ``api/reply/{id}-api`` (MQTT 5 results; amqtt speaks 3.1.1 only).
+  ``api/{op}`` and ``api/by/{id}/{op}`` in AGENT_API_OPS; reads ``meet/{id}/down``,
+  device status/state and ``api/result``; both on ``sync/{id}-api`` (its API client's
+  loopback); on Mosquitto it also reads ``api/reply/{id}-api`` (MQTT 5 results; amqtt
+  speaks 3.1.1 only).
 - web (one person's browser, username == its participant pid): publishes only
   ``meet/{name}/up`` and the person's API ops (``WEB_API_OPS``: meetings, rooms,
-  sessions, say); reads ``meet/{name}/down``, device status/state/tele, ``api/result``
-  and ``events``: the read-only fleet view. Nothing at all once its credentials expire
-  (checked per message, so an open page goes deaf and mute at its expiry; the broker
-  then closes it).
+  sessions, say) on ``api/{op}`` or ``api/by/{name}/{op}``; reads ``meet/{name}/down``,
+  device status/state/tele, ``api/result`` and ``events``: the read-only fleet view.
+  Nothing at all once its credentials expire (checked per message, so an open page goes
+  deaf and mute at its expiry; the broker then closes it).
 - anonymous or unknown role: nothing.
 
 A wildcard subscription is allowed only when every topic it can match is readable.
+``api/by/{user}/{op}`` is writable by that user only: the controller counts requests
+against the user the topic names (docs/protocol.md §9).
 
 `Acl.allows` runs once per message per subscriber inside amqtt, so it does no regex work:
 exact topics are set lookups, the few wildcard rules are pre-split filters.
@@ -92,6 +96,9 @@ class Acl:
         self._ha_write_exact = frozenset(
             {f"{p}/api/{op.value}" for op in HOMEASSISTANT_API_OPS} | {self._ha_status}
         )
+        self._ha_ops = frozenset(op.value for op in HOMEASSISTANT_API_OPS)
+        self._agent_ops = frozenset(op.value for op in AGENT_API_OPS)
+        self._web_ops = frozenset(op.value for op in WEB_API_OPS)
         self._ha_write: tuple[Filter, ...] = (
             split_filter(topics.ha_all_device_sets),
             split_filter(topics.ha_all_fleet_sets),
@@ -138,7 +145,11 @@ class Acl:
             )
         if role is _HOMEASSISTANT:
             if action == "publish":
-                return topic in self._ha_write_exact or self._covered(topic, self._ha_write)
+                return (
+                    topic in self._ha_write_exact
+                    or self._covered(topic, self._ha_write)
+                    or self._own_request(cred, topic, self._ha_ops)
+                )
             # Home Assistant receives every device's state: remember answers per topic.
             allowed = self._ha_read_cache.get(topic)
             if allowed is None:
@@ -151,7 +162,11 @@ class Acl:
             own = (f"{self.prefix}/sync/{cred.username}-api",)
             if action == "publish":
                 mine = (*own, self.topics.meet_up(cred.username))
-                return topic in self._agent_api or topic in mine
+                return (
+                    topic in self._agent_api
+                    or topic in mine
+                    or self._own_request(cred, topic, self._agent_ops)
+                )
             if topic in (*own, self.topics.meet_down(cred.username)):
                 return True
             return self._covered(topic, self._agent_read)
@@ -160,11 +175,20 @@ class Acl:
                 return False
             meet = f"{self.prefix}/meet/{cred.username}/"
             if action == "publish":
-                return topic == meet + "up" or topic in self._web_write_exact
+                return (
+                    topic == meet + "up"
+                    or topic in self._web_write_exact
+                    or self._own_request(cred, topic, self._web_ops)
+                )
             return topic == meet + "down" or self._covered(topic, self._web_read)
         return False
 
     # --- helpers ------------------------------------------------------------------------------
+    def _own_request(self, cred: Credential, topic: str, ops: frozenset[str]) -> bool:
+        """`api/by/{the user's own name}/{op}` for an op of its role."""
+        head = f"{self.prefix}/api/by/{cred.username}/"
+        return topic.startswith(head) and topic[len(head) :] in ops
+
     @staticmethod
     def _covered(topic: str, patterns: tuple[Filter, ...]) -> bool:
         sub = split_filter(topic)

@@ -17,6 +17,12 @@ could open any number of sessions; `SESSIONS_PER_USER` bounds those it holds (co
 or persistent and not expired yet). Only devices and controller-role users get messages
 queued while offline (`queues_offline`): the others read retained state when they return.
 
+Publishes: a homeassistant, agent or web user publishes requests, entity commands and
+its own signalling, a few a second at most; `PublishBudget` gives each such user
+`PUBLISH_BURST` publishes at once, refilled at `PUBLISHES_PER_S`, over all its sessions,
+and the broker drops the rest (MQTT 5: PUBACK 0x87), so a flood from one user costs the
+controller no more than that rate. Devices and controller-role users are not bounded.
+
 Queues: every client's queue of undelivered messages is bounded by count and bytes
 (`QUEUED_MESSAGES_PER_CLIENT`, `QUEUED_BYTES_PER_CLIENT`). They are deep because the
 controller must not lose a message of a fleet-wide fan-out while it is connected (it
@@ -52,6 +58,9 @@ SESSIONS_PER_USER = 32
 # this long after its client left (Mosquitto's persistent_client_expiration; it takes
 # whole hours). Nothing in the fleet depends on broker sessions.
 SESSION_EXPIRY_S = 3600
+# Publishes of a homeassistant, agent or web user: a burst, then this many a second.
+PUBLISH_BURST = 500
+PUBLISHES_PER_S = 50.0
 QUEUED_MESSAGES_PER_CLIENT = 100_000
 QUEUED_BYTES_PER_CLIENT = 32 * 1024 * 1024
 
@@ -66,6 +75,35 @@ def queues_offline(role: Role) -> bool:
     """True for users that get QoS 1 messages queued while offline (devices: commands;
     the controller role: anything it subscribed to). The others get nothing while away."""
     return role in (Role.DEVICE, Role.CONTROLLER)
+
+
+def publish_bounded(role: Role) -> bool:
+    """True for users whose publishes `PublishBudget` bounds (the clients of people and
+    automations; devices publish their own few topics, controller-role users are ours)."""
+    return role in (Role.HOMEASSISTANT, Role.AGENT, Role.WEB)
+
+
+class PublishBudget:
+    """Publishes per user: `PUBLISH_BURST` at once, refilled at `PUBLISHES_PER_S`."""
+
+    def __init__(self, burst: float = PUBLISH_BURST, rate: float = PUBLISHES_PER_S) -> None:
+        self.burst = burst
+        self.rate = rate
+        self._users: dict[str, tuple[float, float]] = {}
+        self.refused = 0
+
+    def take(self, username: str) -> bool:
+        now = time.monotonic()
+        tokens, stamp = self._users.get(username, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - stamp) * self.rate)
+        if tokens < 1:
+            self._users[username] = (tokens, now)
+            self.refused += 1
+            return False
+        if len(self._users) > 100_000:  # users come and go (web logins): full ones go first
+            self._users = {k: v for k, v in self._users.items() if v[0] < self.burst}
+        self._users[username] = (tokens - 1, now)
+        return True
 
 
 def stretched(cred: Credential) -> bool:

@@ -16,6 +16,8 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
+import aiomqtt
+
 from fleet.controller.commands import Commands, CommandTracker
 from fleet.controller.desired import DESIRED_OPS, DesiredState, DesiredTracker
 from fleet.controller.events import FleetEvents
@@ -24,7 +26,7 @@ from fleet.controller.link import ControllerLink
 from fleet.controller.parts import ControllerPart
 from fleet.controller.store import Store
 from fleet.errors import FleetError, ProtocolError, RequestRefused
-from fleet.mqtt import Reply, publish
+from fleet.mqtt import Reply, publish, publish_nowait
 from fleet.protocol import Topics, encode
 from fleet.protocol.messages import (
     ApiOp,
@@ -72,6 +74,7 @@ class AutomationApi:
         # MQTT 5 requests that named a response topic: their results go there (by request id).
         self._replies: dict[str, Reply] = {}
         self._desired_trackers: list[DesiredTracker] = []
+        self._announcing: set[int] = set()  # trackers whose acceptance is on its way
         self._command_trackers: list[CommandTracker] = []
         self._held_requests: list[tuple[str, bytes]] = []
         self._held_bytes = 0
@@ -174,11 +177,18 @@ class AutomationApi:
                 return
         if op in DESIRED_OPS:
             tracker = await self._desired.start(op, request)
-            self._store.save_operation(
-                request.id or "", op.value, encode(request).decode(), tracker.rev
-            )
-            await self.publish_result(tracker.result(self._registry, final=False))
+            # Followed at once: reports are served while the acceptance goes out, and a
+            # device that converges meanwhile must count. Its final result waits for the
+            # acceptance, which comes first.
             self._desired_trackers.append(tracker)
+            self._announcing.add(id(tracker))
+            try:
+                self._store.save_operation(
+                    request.id or "", op.value, encode(request).decode(), tracker.rev
+                )
+                await self.publish_result(tracker.result(self._registry, final=False))
+            finally:
+                self._announcing.discard(id(tracker))
             await self.finish_done()
         elif op is ApiOp.CMD:
             ctracker = await self._commands.start(request)
@@ -210,7 +220,9 @@ class AutomationApi:
         finals: list[ApiResult] = []
         open_desired: list[DesiredTracker] = []
         for tracker in self._desired_trackers:
-            if tracker.done or mono >= tracker.deadline:
+            if id(tracker) in self._announcing:
+                open_desired.append(tracker)
+            elif tracker.done or mono >= tracker.deadline:
                 finals.append(tracker.result(self._registry, final=True))
             else:
                 open_desired.append(tracker)
@@ -240,6 +252,21 @@ class AutomationApi:
             if result.done:
                 del self._replies[result.id or ""]
             await publish(client, reply.topic, encode(result), correlation=reply.correlation)
+
+    def busy(self, request_id: str | None, op: str, reply: Reply | None, detail: str) -> None:
+        """A request refused at the door, its requester past its bound: one `busy` result,
+        not recorded and no event (a flood would turn into as many), not awaited."""
+        client = self._link.client
+        if client is None:
+            return
+        result = ApiResult(id=request_id, op=op, ok=False, code="busy", detail=detail[:256])
+        topic, correlation = self._topics.api_result, None
+        if reply is not None and self._topics.is_api_reply(reply.topic):
+            topic, correlation = reply.topic, reply.correlation
+        try:
+            publish_nowait(client, topic, encode(result), qos=1, correlation=correlation)
+        except aiomqtt.MqttError as exc:
+            log.debug("busy answer not sent: %s", exc)
 
     async def error(
         self, request_id: str | None, op: str, code: str, detail: str, record: bool = True

@@ -11,10 +11,11 @@ broker that forgets its retained messages (amqtt keeps them in memory) loses no 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import aiomqtt
@@ -45,6 +46,14 @@ from fleet.registry import Registry
 log = logging.getLogger(__name__)
 
 TICK_S = 0.2
+# The controller's side connections (client id `{client id}-{side}`) and what each reads.
+SIDE_FILTERS: dict[str, Callable[[Topics], frozenset[str]]] = {
+    "req": lambda t: frozenset(
+        {t.all_api_requests, t.all_api_requests_by, t.ha_all_device_sets, t.ha_all_fleet_sets}
+    ),
+    "sig": lambda t: frozenset({t.all_meet_up}),
+}
+SIDE_LINK_WAIT_S = 10.0
 DEFAULT_CLIENT_ID = "fleet-controller"  # only for a broker without usernames
 
 
@@ -70,6 +79,7 @@ class Controller:
         self.births = Births(self._store, self._registry)
         self.births.load()
         self.connected = asyncio.Event()
+        self._side_up: dict[str, asyncio.Event] = {}
         self.link = ControllerLink()
         self.stats = {"messages": 0, "rejected": 0}
         # Until the retained fleet has been read after a (re)connect, API requests
@@ -110,6 +120,14 @@ class Controller:
         )
         for part in self.parts:
             part.attach(self)
+        # Connections of their own for API requests and for meeting signalling (when the
+        # client id leaves room for a suffix): a flood of either waits in its own broker
+        # queue and socket, never in front of the devices' reports on the main one.
+        self._side_up = {
+            side: asyncio.Event()
+            for side in SIDE_FILTERS
+            if is_valid_id(f"{self.client_id}-{side}") and self._side_filters(side)
+        }
 
     # --- the PartHost -------------------------------------------------------------------------
     @property
@@ -156,7 +174,7 @@ class Controller:
                         self.url,
                         client_id=self.client_id,
                         on_connect=self._on_connect,
-                        on_message=self.inbound.on_message,
+                        on_message=self.inbound.accept,
                         on_disconnect=self._on_disconnect,
                         on_close=self._on_close,
                         will=next((w for p in self.parts if (w := p.will()) is not None), None),
@@ -165,6 +183,19 @@ class Controller:
                     ),
                     name="controller-link",
                 )
+                for side, up in self._side_up.items():
+                    tg.create_task(
+                        run_link(
+                            self.url,
+                            client_id=f"{self.client_id}-{side}",
+                            on_connect=functools.partial(self._on_side_connect, side),
+                            on_message=self.inbound.accept,
+                            connected=up,
+                            version=MqttVersion.AUTO,
+                        ),
+                        name=f"controller-link-{side}",
+                    )
+                tg.create_task(self.inbound.run(), name="controller-inbound")
                 tg.create_task(self._tick_loop(), name="controller-ticks")
                 for part in self.parts:
                     tg.create_task(part.run(), name=f"controller-{part.name}")
@@ -176,10 +207,9 @@ class Controller:
                     log.exception("part %s failed to close", part.name)
             self._store.close()
 
-    async def _on_connect(self, client: MqttClient) -> None:
+    def _filters(self) -> dict[str, int]:
+        """Every filter the controller reads, with its QoS, over all its connections."""
         t = self._topics
-        self.link.client = client
-        self._synced = False
         filters = {
             t.all_devices(TopicKind.STATUS): 1,
             t.all_devices(TopicKind.STATE): 1,
@@ -187,6 +217,7 @@ class Controller:
             t.all_devices(TopicKind.DESIRED): 1,
             t.all_group_desired: 1,
             t.all_api_requests: 1,
+            t.all_api_requests_by: 1,
             t.sync(self.client_id): 1,
         }
         for part in self.parts:
@@ -201,12 +232,35 @@ class Controller:
             plain = shared.split("/", 2)[2]
             if plain in filters:
                 filters[shared] = max(filters[shared], filters.pop(plain))
-        await subscribe(client, list(filters.items()))  # SubscribeRefused: a clear stop
+        return filters
+
+    def _side_filters(self, side: str) -> list[tuple[str, int]]:
+        t = self._topics
+        mine = SIDE_FILTERS[side](t)
+        return [(f, qos) for f, qos in self._filters().items() if f in mine]
+
+    async def _on_side_connect(self, side: str, client: MqttClient) -> None:
+        await subscribe(client, self._side_filters(side))
+
+    async def _on_connect(self, client: MqttClient) -> None:
+        t = self._topics
+        self.link.client = client
+        self._synced = False
+        self.inbound.hold_requests()
+        sides = {f for side in self._side_up for f, _qos in self._side_filters(side)}
+        filters = [(f, qos) for f, qos in self._filters().items() if f not in sides]
+        await subscribe(client, filters)  # SubscribeRefused: a clear stop
         self._sync_token = uuid.uuid4().hex  # a stale marker from an earlier connection is not it
         await client.publish(t.sync(self.client_id), encode(Sync(token=self._sync_token)), qos=1)
         await self.desired.reassert(client)
         for part in self.parts:
             await part.on_connect()
+        try:  # connected means every filter is read: a request sent now is not lost
+            async with asyncio.timeout(SIDE_LINK_WAIT_S):
+                for up in self._side_up.values():
+                    await up.wait()
+        except TimeoutError:
+            log.warning("the controller's other connections are not up yet; still trying")
         log.info("controller connected to %s", self.url.redacted())
 
     def _on_disconnect(self) -> None:
@@ -233,6 +287,7 @@ class Controller:
         for part in self.parts:
             await part.on_synced()
         await self.api.run_held()
+        self.inbound.open_requests()
 
     # --- devices ------------------------------------------------------------------------------
     async def _on_report(

@@ -115,6 +115,8 @@ class HomeAssistantPart(ControllerPart):
         self._rooms: set[str] = {self.room}
         self._rooms_gen = 0
         self._stale_configs: dict[str, None] = {}  # devices whose config lists old rooms
+        # Devices that changed since the last tick: their state docs go out once a tick.
+        self._changed: dict[str, None] = {}
         self._controller_stale = False  # the controller's config lists old rooms
         self._fleet_dirty = False
         self._fleet_state = b""
@@ -209,11 +211,21 @@ class HomeAssistantPart(ControllerPart):
     async def on_device_changed(self, device_id: str, presence_changed: bool) -> None:
         if not self.host.synced:
             return  # on_synced publishes the whole fleet
-        rec = self.host.registry.devices.get(device_id)
-        if rec is None:
+        if device_id not in self.host.registry.devices:
+            self._changed.pop(device_id, None)
             await self._remove(device_id)
             return
-        await self._publish_device(device_id, rec)
+        # Coalesced: a fan-out changes a device's state twice or more within a second;
+        # its doc is built and sent once, at the next tick, from what it is then.
+        self._changed[device_id] = None
+
+    async def _publish_changed(self) -> None:
+        changed, self._changed = self._changed, {}
+        devices = self.host.registry.devices
+        for device_id in changed:
+            rec = devices.get(device_id)
+            if rec is not None:
+                await self._publish_device(device_id, rec)
 
     async def on_event(self, event: FleetEvent) -> None:
         if event.kind == EventKind.JOIN and event.room:
@@ -227,6 +239,8 @@ class HomeAssistantPart(ControllerPart):
                 if time.monotonic() >= next_rooms:
                     next_rooms = time.monotonic() + self.settings.rooms_poll_s
                     self._refresh_rooms()
+                if self._changed and self.host.synced:
+                    await self._publish_changed()
                 if self._controller_stale and self.host.synced:
                     await self._publish_controller()
                 if self._stale_configs and self.host.synced and not self.host.converging:

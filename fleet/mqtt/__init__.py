@@ -16,11 +16,13 @@ calls `on_connect` after every (re)connect and feeds each message to
 the loop: one bad message must not take a device or the controller down.
 
 Modules: `url` (broker URLs), `client` (the client, its last will, the MQTT 5
-fallback, SUBSCRIBE), `socket_io` (paho's socket fast paths), `link` (the
+fallback, SUBSCRIBE), `socket_io` (paho's socket fast paths), `paho_objects`
+(paho's per-message objects made cheap), `link` (the
 reconnecting connection), `reader` (the read loop), `publish` (PUBLISH and
 MQTT 5 request/reply).
 """
 
+from fleet.mqtt import paho_objects  # noqa: F401 - paho's per-message objects made cheap
 from fleet.mqtt.client import (
     CONNECT_TIMEOUT_S,
     KEEPALIVE_S,

@@ -87,7 +87,13 @@ async def publish(
 
 
 def publish_nowait(
-    client: aiomqtt.Client, topic: str, payload: bytes, qos: int = 0, retain: bool = False
+    client: aiomqtt.Client,
+    topic: str,
+    payload: bytes,
+    qos: int = 0,
+    retain: bool = False,
+    *,
+    correlation: bytes | None = None,
 ) -> None:
     """Queue a publish without waiting for its PUBACK.
 
@@ -96,9 +102,12 @@ def publish_nowait(
     block on that (the firmware does not either). Waiting per message costs a
     future and a timer in aiomqtt, which dominates when a thousand simulated
     devices share one event loop. aiomqtt exposes no such call, so this reaches
-    the paho client it wraps.
+    the paho client it wraps. `correlation` (MQTT 5 only) answers a request that asked
+    for it.
     """
-    info = client._client.publish(topic, payload, qos=qos, retain=retain)
+    mqtt5 = isinstance(client, MqttClient) and client.mqtt5
+    props = _publish_properties(None, None, correlation) if mqtt5 else None
+    info = client._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
     if info.rc != 0:
         raise aiomqtt.MqttCodeError(info.rc, f"could not publish to {topic}")
     if qos and isinstance(client, MqttClient) and client.mqtt5 and not info.is_published():

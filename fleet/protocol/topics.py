@@ -73,6 +73,9 @@ class ParsedTopic:
     kind: TopicKind
     # device id, group name, participant peer id or API op, depending on kind
     name: str
+    # An API request's requester: the broker user named by `api/by/{user}/{op}`, which the
+    # brokers' ACL lets only that user write; "" for the shared form `api/{op}`.
+    requester: str = ""
 
 
 def is_valid_id(value: str) -> bool:
@@ -111,6 +114,7 @@ class Topics:
             rf"|grp/(?P<grp>{ID_PATTERN})/desired"
             rf"|meet/(?P<pid>{ID_PATTERN})/(?P<dir>up|down)"
             rf"|api/(?P<api>{API_OP_PATTERN})"
+            rf"|api/by/(?P<by>{ID_PATTERN})/(?P<by_op>{API_OP_PATTERN})"
             rf"|sync/(?P<sync>{ID_PATTERN})"
             r"|(?P<events>events)"
             r")"
@@ -164,6 +168,14 @@ class Topics:
         if op == "result" or not _API_OP_RE.fullmatch(op):
             raise ValueError(f"invalid API op {op!r}: must match {API_OP_PATTERN}, not 'result'")
         return f"{self.prefix}/api/{op}"
+
+    def api_by(self, user: str, op: str) -> str:
+        """A request of broker user `user`: only that user may write here (the brokers'
+        ACL), so the controller knows whom to count it against (docs/protocol.md §9)."""
+        _check_id(user, "user")
+        if op == "result" or not _API_OP_RE.fullmatch(op):
+            raise ValueError(f"invalid API op {op!r}: must match {API_OP_PATTERN}, not 'result'")
+        return f"{self.prefix}/api/by/{user}/{op}"
 
     @property
     def api_result(self) -> str:
@@ -275,6 +287,11 @@ class Topics:
         return f"{self.prefix}/api/+"
 
     @property
+    def all_api_requests_by(self) -> str:
+        """Every user's own request topics, `api/by/{user}/{op}`."""
+        return f"{self.prefix}/api/by/+/+"
+
+    @property
     def everything(self) -> str:
         return f"{self.prefix}/#"
 
@@ -295,6 +312,8 @@ class Topics:
             return ParsedTopic(TopicKind.SYNC, m["sync"])
         if m["events"]:
             return ParsedTopic(TopicKind.EVENTS, "events")
+        if m["by"]:
+            return ParsedTopic(TopicKind.API, m["by_op"], m["by"])
         op = m["api"]
         if op == "result":
             return ParsedTopic(TopicKind.API_RESULT, "result")

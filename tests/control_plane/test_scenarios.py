@@ -120,7 +120,10 @@ async def test_controller_restart_keeps_registry_and_revs(
         assert first.ok
         assert first.rev is not None
         async with controller(any_broker, tmp_path / "ctl.db") as ctl:
-            await wait_for(lambda: len(ctl.registry.devices) == 5, what="registry rebuilt")
+            # Synced: the retained fleet has been read (the registry starts from kept births).
+            await wait_for(
+                lambda: ctl.synced and len(ctl.registry.devices) == 5, what="registry rebuilt"
+            )
             assert all(
                 rec.online and rec.room == "standup" for rec in ctl.registry.devices.values()
             )

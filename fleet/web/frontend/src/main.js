@@ -238,7 +238,10 @@ let nextId = 1;
 // `quiet`: the log shows the result only when it failed (the page's own refreshes).
 function api(op, fields = {}, quiet = false) {
   const id = `${state.creds.username}-${nextId++}`;
-  state.client.publish(topic("api", op), JSON.stringify({ id, ...fields }), { qos: 1 });
+  // On this user's own request topic: the controller bounds each user's requests apart.
+  state.client.publish(topic("api", "by", state.creds.username, op), JSON.stringify({ id, ...fields }), {
+    qos: 1,
+  });
   return new Promise((resolve) => state.pending.set(id, { resolve, quiet }));
 }
 
