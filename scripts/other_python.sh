@@ -15,7 +15,7 @@ for version in 3.14 3.13 3.12 3.11; do
     if [ -n "$python" ] && "$python" -c 'import sys' 2>/dev/null; then
         echo "fast suite on Python $version ($python)"
         FLEET_PYTHON="$python" FLEET_VENV=".venv-$version" scripts/setup.sh --dev >/dev/null
-        exec ".venv-$version/bin/pytest" -q -p no:cacheprovider \
+        exec ".venv-$version/bin/pytest" -q -p no:cacheprovider -n "${FLEET_TEST_WORKERS:-2}" \
             tests/unit tests/meetings/test_server.py tests/brokers/test_amqtt.py
     fi
 done
