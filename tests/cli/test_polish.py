@@ -352,7 +352,8 @@ async def test_ctrl_c_during_join_all_says_the_intent_stays(
     env = {**os.environ, "FLEET_HOME": str(tmp_path), "COLUMNS": "200"}
     watcher = mqtt_client(amqtt_broker, url.username, url.password, client_id=f"{url.username}-w")
     async with watcher as watch:
-        await watch.subscribe(amqtt_broker.topics.api("join-all"), qos=1)
+        # The CLI names itself as the requester (api/by/{user}/{op}).
+        await watch.subscribe(amqtt_broker.topics.api_by(url.username, "join-all"), qos=1)
         proc = await _interrupt_once_sent(watch, env, common)
     assert proc.stderr is not None
     async with asyncio.timeout(20):
