@@ -150,7 +150,7 @@ def running_up(home: Path, devices: int) -> Iterator[tuple[BrokerUrl, Topics]]:
 
 class Watch:
     """The controller's own time to converge a join-all, seen on the broker: from the
-    request on api/join-all to the last target's state with a newer rev in the room."""
+    request (api/join-all or api/by/{user}/join-all) to the last target's state with a newer rev in the room."""
 
     def __init__(self, url: BrokerUrl, topics: Topics) -> None:
         self.url, self.topics = url, topics
@@ -175,17 +175,20 @@ class Watch:
         client_id = own_client_id(self.url.username, "bench-watch")
         async with open_client(self.url, client_id=client_id, version=MqttVersion.AUTO) as client:
             t = self.topics
-            await subscribe(client, [(t.api("join-all"), 0), (t.all_devices(TopicKind.STATE), 0)])
+            requests = [(t.api("join-all"), 0), (t.all_api_requests_by, 0)]
+            await subscribe(client, [*requests, (t.all_devices(TopicKind.STATE), 0)])
             self.ready.set()
             async for message in client.messages:
                 self._on(message.topic.value, bytes(message.payload), time.perf_counter())
 
     def _on(self, topic: str, payload: bytes, at: float) -> None:
-        if topic == self.topics.api("join-all"):
-            self._request_at, self._base = at, dict(self.revs)
-            return
         parsed = self.topics.parse(topic)
         if parsed is None or not payload:
+            return
+        if parsed.kind is TopicKind.API:
+            if parsed.name != "join-all":
+                return
+            self._request_at, self._base = at, dict(self.revs)
             return
         state = decode(State, payload)
         self.revs[parsed.name] = state.rev

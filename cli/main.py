@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -12,12 +14,6 @@ from cli import broker, creds, flash, meetings, ops, services, telemetry, web
 from cli.common import Exit, FleetGroup, command_group, fail, setup_logging
 from fleet.protocol.constants import PROTOCOL_VERSION
 
-app = command_group(
-    "Run fleets of ESP32 audio devices in meetings.",
-    name="fleet",
-    cls=FleetGroup,
-    pretty_exceptions_enable=False,
-)
 protocol_app = command_group("The wire contract (docs/protocol.md).")
 
 
@@ -34,7 +30,6 @@ def _print_version(wanted: bool) -> None:
     raise typer.Exit()
 
 
-@app.callback()
 def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False,
     show_version: Annotated[
@@ -69,33 +64,71 @@ def schema(
     typer.echo(json.dumps(schemas if name is None else schemas[name], indent=2))
 
 
-app.command("up")(services.up)
-app.command("demo")(services.demo)
-app.command("controller")(services.controller)
-app.command("ingest")(services.ingest)
-app.command("sim")(services.sim)
-app.command("web")(web.web)
-app.command("devices")(ops.devices)
-app.command("join-all")(ops.join_all)
-app.command("leave-all")(ops.leave_all)
-app.command("join")(ops.join)
-app.command("leave")(ops.leave)
-app.command("cmd")(ops.cmd)
-app.command("sessions")(meetings.sessions)
-app.command("say")(meetings.say)
-app.command("flash")(flash.flash)
-app.command("provision")(flash.provision)
-app.command("image")(flash.image)
-app.add_typer(protocol_app, name="protocol")
-app.add_typer(creds.app, name="creds")
-app.add_typer(broker.app, name="broker")
-app.add_typer(meetings.app, name="rooms")
-app.add_typer(meetings.agent_app, name="agent")
-app.add_typer(telemetry.app, name="telemetry")
+COMMANDS: dict[str, Callable[..., None]] = {
+    "up": services.up,
+    "demo": services.demo,
+    "controller": services.controller,
+    "ingest": services.ingest,
+    "sim": services.sim,
+    "web": web.web,
+    "devices": ops.devices,
+    "join-all": ops.join_all,
+    "leave-all": ops.leave_all,
+    "join": ops.join,
+    "leave": ops.leave,
+    "cmd": ops.cmd,
+    "sessions": meetings.sessions,
+    "say": meetings.say,
+    "flash": flash.flash,
+    "provision": flash.provision,
+    "image": flash.image,
+}
+GROUPS = {
+    "protocol": protocol_app,
+    "creds": creds.app,
+    "broker": broker.app,
+    "rooms": meetings.app,
+    "agent": meetings.agent_app,
+    "telemetry": telemetry.app,
+}
+
+
+def build_app(only: str | None = None) -> typer.Typer:
+    """The `fleet` app; with `only`, one command or group of it and nothing else.
+
+    Typer turns every command it holds into click's form before it runs any (about 0.1 s
+    for them all), so a run that names its command gets an app of that command alone: its
+    usage, help and errors are the same, as they depend on the command only."""
+    fleet = command_group(
+        "Run fleets of ESP32 audio devices in meetings.",
+        name="fleet",
+        cls=FleetGroup,
+        pretty_exceptions_enable=False,
+    )
+    fleet.callback()(_main)
+    for name, command in COMMANDS.items():
+        if only in (None, name):
+            fleet.command(name)(command)
+    for name, group in GROUPS.items():
+        if only in (None, name):
+            fleet.add_typer(group, name=name)
+    return fleet
+
+
+app = build_app()
+
+
+def _named_command(argv: list[str]) -> str | None:
+    """The command or group `argv` names, when it names one before any other word."""
+    for arg in argv:
+        if arg in ("-v", "--verbose"):
+            continue
+        return arg if arg in COMMANDS or arg in GROUPS else None
+    return None
 
 
 def main() -> None:
-    app()
+    build_app(_named_command(sys.argv[1:]))(prog_name="fleet")
 
 
 if __name__ == "__main__":

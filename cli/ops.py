@@ -343,14 +343,6 @@ def _desired_op(
     prefix: str | None,
     as_json: bool,
 ) -> None:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
     from fleet.client import FleetClient
 
     request = api_request(timeout_s=timeout, **fields)
@@ -361,6 +353,15 @@ def _desired_op(
         async with FleetClient(url, topics) as fleet:
             if not show_progress:
                 return await fleet.request(op, request)
+            # rich's progress bar costs a scripted (--json, piped) run 60-80 ms to import.
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
             with Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),

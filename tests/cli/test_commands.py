@@ -39,7 +39,7 @@ async def test_protocol_schema_prints_every_message(tmp_path: Path) -> None:
         (["join", "Not_A_Device", "standup"], "invalid device id"),
         (["cmd", "dev-1", "ping", "--arg", "novalue"], "KEY=VALUE"),
         (["devices", "--broker", "gopher://x"], "unsupported broker URL scheme"),
-        (["sim", "--devices", "0"], "greater than or equal to 1"),
+        (["sim", "--devices", "0"], "0 is not in the range 1<=x<=20000"),
     ],
 )
 async def test_bad_arguments_exit_2_with_a_clear_message(
