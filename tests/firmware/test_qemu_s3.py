@@ -32,18 +32,13 @@ from tests.support.firmware_qemu_s3 import (
     DEVICE_TONE_HZ,
     PREFIX,
     WAIT_S,
-    S3Tools,
-    find_s3_tools,
     meter_hears,
     s3_build,
+    s3_tools_or_skip,
 )
 from tests.support.running import controller, operator, sim_fleet, wait_for
 
-if os.environ.get("FLEET_FIRMWARE_QEMU") == "0":
-    pytest.skip("firmware_qemu_s3: off (FLEET_FIRMWARE_QEMU=0)", allow_module_level=True)
-TOOLS = find_s3_tools()
-if isinstance(TOOLS, str):
-    pytest.skip(f"firmware_qemu_s3: {TOOLS}", allow_module_level=True)
+TOOLS = s3_tools_or_skip()
 
 pytestmark = [pytest.mark.firmware_qemu_s3, pytest.mark.timeout(3600)]
 
@@ -62,7 +57,6 @@ def netns() -> Iterator[str]:
 async def test_s3_virtual_board_talks_with_a_simulated_device(
     netns: str, tmp_path: Path, codec: str
 ) -> None:
-    assert isinstance(TOOLS, S3Tools)
     s3_firmware = s3_build(TOOLS, codec)
     handle = amqtt_handle(CredentialStore(tmp_path / "home" / "credentials.json"), PREFIX)
     await handle.start()

@@ -28,6 +28,7 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import pytest
 from filelock import FileLock
 
 from tests.support.firmware_qemu import (
@@ -82,6 +83,17 @@ def _qemu_xtensa() -> Path | None:
 
 
 @functools.cache
+def s3_tools_or_skip() -> S3Tools:
+    """The S3 tools, for a test module's top; skips the module with one line when the tier
+    is off (FLEET_FIRMWARE_QEMU=0) or a tool is missing."""
+    if os.environ.get("FLEET_FIRMWARE_QEMU") == "0":
+        pytest.skip("firmware_qemu_s3: off (FLEET_FIRMWARE_QEMU=0)", allow_module_level=True)
+    tools = find_s3_tools()
+    if isinstance(tools, str):
+        pytest.skip(f"firmware_qemu_s3: {tools}", allow_module_level=True)
+    return tools
+
+
 def find_s3_tools() -> S3Tools | str:
     """The tools, or one line saying what is missing."""
     base = find_tools()
