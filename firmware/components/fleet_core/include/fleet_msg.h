@@ -263,7 +263,7 @@ typedef struct {
     const char *participant; /* joined, peer_left */
     const cJSON *peers;      /* joined, media: validated array of PeerInfo (view), NULL = [] */
     size_t n_peers;
-    bool mixed;             /* joined (default mesh), media: the session's media path */
+    bool mixed;              /* joined (default mesh), media: the session's media path */
     fleet_peer_info_t peer; /* peer_joined */
     const char *from;       /* offer, answer, message, candidate; error (NULL = the server) */
     const char *sdp;        /* offer, answer */
