@@ -1263,6 +1263,10 @@ static void test_announce_plays_and_acks(void)
     deliver("dev/dev-1/cmd", "{\"id\":\"a1\",\"op\":\"announce\",\"args\":{\"ann\":\"ann-1\","
                              "\"priority\":\"normal\",\"duration_ms\":1200}}");
     CHECK_INT(fp_count(&fp, "/ack"), 0); /* accepted only when it starts playing */
+    /* redelivered before any ack: still the same announcement, no answer */
+    deliver("dev/dev-1/cmd", "{\"id\":\"a1\",\"op\":\"announce\",\"args\":{\"ann\":\"ann-1\"}}");
+    CHECK_INT(fp_count(&fp, "/ack"), 0);
+    CHECK_INT(core.ann.phase, FLEET_ANN_WAITING);
     deliver("dev/dev-1/ann",
             "{\"ann\":\"ann-1\",\"seq\":0,\"codec\":\"opus\",\"frames\":" OPUS_FRAMES3
             ",\"priority\":\"normal\"}");

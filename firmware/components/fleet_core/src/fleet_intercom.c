@@ -67,6 +67,12 @@ static bool read_int_arg(const fleet_json_doc_t *doc, const cJSON *args, const c
 void fleet_intercom_announce(fleet_core_t *core, const fleet_json_doc_t *doc,
                              const fleet_cmd_t *cmd)
 {
+    if (core->ann.phase == FLEET_ANN_WAITING && strcmp(cmd->id, core->ann.cmd) == 0) {
+        /* Redelivered before its first ack (nothing remembered yet): it is running. */
+        fleet_core_logf(core, FLEET_LOG_INFO, TAG, "announce %.64s again: already waiting",
+                        cmd->id);
+        return;
+    }
     const cJSON *ann = fleet_json_get(cmd->args, "ann");
     if (ann == NULL || !cJSON_IsString(ann) || !fleet_ann_id_valid(ann->valuestring)) {
         fleet_cmd_answer(core, cmd->id, false, FLEET_ACK_BAD_ARGS,
