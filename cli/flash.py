@@ -98,8 +98,7 @@ CallToOpt = Annotated[
     str | None,
     typer.Option(
         "--call-to",
-        help="Where the device's call button calls: a device id, or group:NAME "
-        "(default: nowhere).",
+        help="Where the device's call button calls: a device id, or group:NAME (default: nowhere).",
     ),
 ]
 PartitionsOpt = Annotated[
