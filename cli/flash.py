@@ -94,6 +94,13 @@ NtpOpt = Annotated[
     str | None,
     typer.Option("--ntp", help="SNTP server (default: the firmware's, see menuconfig)."),
 ]
+CallToOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--call-to",
+        help="Where the device's call button calls: a device id, or group:NAME (default: nowhere).",
+    ),
+]
 PartitionsOpt = Annotated[
     Path | None,
     typer.Option(
@@ -172,6 +179,7 @@ def provision(
     broker: DeviceBrokerOpt,
     group: GroupOpt = None,
     ntp: NtpOpt = None,
+    call_to: CallToOpt = None,
     creds: CredsFileOpt = None,
     partitions: PartitionsOpt = None,
     build_dir: Annotated[
@@ -216,6 +224,7 @@ def provision(
         baud,
         replace=replace,
         ntp=ntp,
+        call_to=call_to,
         chip=chip,
         table_offset=table_offset,
         connect_attempts=connect_attempts,
@@ -249,6 +258,7 @@ def image(
     ],
     group: GroupOpt = None,
     ntp: NtpOpt = None,
+    call_to: CallToOpt = None,
     creds: CredsFileOpt = None,
     partitions: PartitionsOpt = None,
     replace: ReplaceOpt = False,
@@ -272,6 +282,7 @@ def image(
         partitions=partitions,
         replace=replace,
         ntp=ntp,
+        call_to=call_to,
         output=None,  # merge_bin's notes say nothing our summary does not
     )
     if as_json:

@@ -8,11 +8,15 @@
  *
  *   fleet-host-device --broker mqtt://dev-1:secret@127.0.0.1:1883 --id dev-1 \
  *                     [--prefix fleet/v1] [--group kitchen]... [--tele-interval 10]
+ *                     [--call-to dev-2 | --call-to group:kitchen]
  *                     [--audio [--codecs opus,pcmu,pcma] [--tone HZ | --mic-wav F.wav]
  *                              [--speaker-wav OUT.wav] [--speaker-level] [--trickle]]
  *
  * --audio: a member that meets for real (host_media.c: webrtcbin + the media core).
  * --trickle: our SDP leaves at once and our candidates follow it (protocol.md 8.6).
+ * --audio also plays announcements and the ring tone (protocol.md 14) through the speaker.
+ * SIGUSR1 is a short press of the call button (answer a ring, hang up a call room, or call
+ * --call-to: NVS key call_to on a board).
  *
  * One thread: mosquitto_loop() runs the network and calls back into the core, so the
  * core is only ever entered from here. SIGTERM/SIGINT: publish {"online":false}
@@ -70,6 +74,7 @@ typedef struct {
 
 static host_t host;
 static volatile sig_atomic_t stop_requested;
+static volatile sig_atomic_t button_presses; /* SIGUSR1: the call button */
 static char **saved_argv;
 static char pending_cmd[300]; /* a reboot command id to hand to the next image */
 static char saved_groups[FLEET_MAX_GROUPS * (FLEET_ID_MAX + 1) + 1];
@@ -304,6 +309,12 @@ static void on_signal(int sig)
     stop_requested = 1;
 }
 
+static void on_button(int sig)
+{
+    (void)sig;
+    button_presses++;
+}
+
 static void sleep_ms(uint32_t ms)
 {
     struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
@@ -346,14 +357,14 @@ static void usage(void)
     fprintf(stderr,
             "usage: fleet-host-device --broker mqtt://user:pass@host:port --id ID\n"
             "                         [--prefix fleet/v1] [--group NAME]... [--tele-interval S]\n"
-            "                         [--fw VERSION]\n"
+            "                         [--fw VERSION] [--call-to DEVICE | --call-to group:NAME]\n"
             "                         [--audio [--codecs opus,pcmu,pcma] [--tone HZ | --mic-wav F]\n"
             "                                  [--speaker-wav OUT.wav] [--speaker-level] [--trickle]]\n");
 }
 
 int main(int argc, char **argv)
 {
-    const char *broker = NULL, *prefix = NULL, *fw = FLEET_HOST_FW_VERSION;
+    const char *broker = NULL, *prefix = NULL, *fw = FLEET_HOST_FW_VERSION, *call_to = NULL;
     const char *groups[FLEET_MAX_GROUPS];
     size_t n_groups = 0;
     double tele_s = 10.0;
@@ -405,6 +416,8 @@ int main(int argc, char **argv)
             }
         } else if (strcmp(a, "--fw") == 0) {
             fw = v;
+        } else if (strcmp(a, "--call-to") == 0) {
+            call_to = v;
 #ifdef FLEET_HOST_AUDIO
         } else if (strcmp(a, "--codecs") == 0) {
             mopts.codecs = v;
@@ -477,6 +490,7 @@ int main(int argc, char **argv)
             return 2;
         }
         host.port.media = host_media_table(hm);
+        host.port.player = host_media_player(hm);
         host_media_caps(hm, &cfg.caps);
     }
 #endif
@@ -487,6 +501,7 @@ int main(int argc, char **argv)
     cfg.fw = fw;
     cfg.hw = "host";
     cfg.tele_interval_ms = (uint32_t)(tele_s * 1000.0);
+    cfg.call_to = call_to;
     const char *pending = getenv(PENDING_ENV);
     if (pending != NULL) {
         (void)snprintf(pending_cmd, sizeof pending_cmd, "%s", pending);
@@ -508,6 +523,8 @@ int main(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    sa.sa_handler = on_button;
+    sigaction(SIGUSR1, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     mosquitto_lib_init();
@@ -546,6 +563,11 @@ int main(int argc, char **argv)
                 continue;
             }
             socket_open = true;
+        }
+        while (button_presses > 0) {
+            button_presses--;
+            logf_host('I', "button pressed");
+            fleet_core_button(&host.core, FLEET_BUTTON_SHORT);
         }
         uint32_t wait = fleet_core_tick(&host.core);
         uint32_t cap = audio ? 10 : 200; /* with audio: drain what GStreamer queued soon */

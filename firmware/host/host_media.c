@@ -59,6 +59,7 @@ typedef struct {
 struct host_media {
     host_media_opts_t opts;
     fleet_media_t table;
+    fleet_player_t player;
     fleet_core_t *core;
     const char *codec_names[FLEET_MAX_CODECS];
     mc_codec_t codecs[FLEET_MAX_CODECS];
@@ -797,6 +798,43 @@ static size_t media_stats(void *ctx, fleet_peer_audio_t *out, size_t cap)
     return n;
 }
 
+/* ---- fleet_player_t: announcements and the ring ------------------------------------------- */
+
+static bool player_ann_frame(void *ctx, fleet_ann_codec_t codec, const uint8_t *data, size_t len)
+{
+    host_media_t *hm = ctx;
+    pthread_mutex_lock(&hm->lock);
+    bool ok = mc_ann_push(&hm->mc, codec == FLEET_ANN_PCMU ? MC_CODEC_PCMU : MC_CODEC_OPUS, data,
+                          len);
+    pthread_mutex_unlock(&hm->lock);
+    return ok;
+}
+
+static void player_ann_flush(void *ctx)
+{
+    host_media_t *hm = ctx;
+    pthread_mutex_lock(&hm->lock);
+    mc_ann_flush(&hm->mc);
+    pthread_mutex_unlock(&hm->lock);
+}
+
+static void player_ann_progress(void *ctx, uint32_t *queued, uint32_t *played)
+{
+    host_media_t *hm = ctx;
+    pthread_mutex_lock(&hm->lock);
+    mc_ann_progress(&hm->mc, queued, played);
+    pthread_mutex_unlock(&hm->lock);
+}
+
+static void player_ring(void *ctx, bool on)
+{
+    host_media_t *hm = ctx;
+    pthread_mutex_lock(&hm->lock);
+    mc_ring(&hm->mc, on);
+    pthread_mutex_unlock(&hm->lock);
+    logf_media(hm, 'I', "ring tone %s", on ? "on" : "off");
+}
+
 /* ---- audio thread -------------------------------------------------------------------------- */
 
 static void send_rtp(void *ctx, uint32_t peer_id, const uint8_t *rtp, size_t len)
@@ -1007,6 +1045,13 @@ host_media_t *host_media_new(const host_media_opts_t *opts, char *why, size_t ca
         .stop = media_stop,
         .stats = media_stats,
     };
+    hm->player = (fleet_player_t){
+        .ctx = hm,
+        .ann_frame = player_ann_frame,
+        .ann_flush = player_ann_flush,
+        .ann_progress = player_ann_progress,
+        .ring = player_ring,
+    };
     hm->running = true;
     if (pthread_create(&hm->thread, NULL, audio_thread, hm) != 0) {
         hm->running = false;
@@ -1032,6 +1077,11 @@ void host_media_caps(const host_media_t *hm, fleet_caps_t *caps)
     for (size_t i = 0; i < hm->n_codecs; i++) {
         caps->codecs[i] = hm->codec_names[i];
     }
+}
+
+const fleet_player_t *host_media_player(host_media_t *hm)
+{
+    return &hm->player;
 }
 
 void host_media_bind(host_media_t *hm, fleet_core_t *core)

@@ -39,6 +39,9 @@ host_media_t *host_media_new(const host_media_opts_t *opts, char *why, size_t wh
 /* The table for fleet_port_t.media, and the caps to advertise. */
 const fleet_media_t *host_media_table(host_media_t *hm);
 void host_media_caps(const host_media_t *hm, fleet_caps_t *caps);
+/* The table for fleet_port_t.player: announcements and the ring tone through the same
+ * speaker (and --speaker-wav) as the meeting, whether or not a meeting runs. */
+const fleet_player_t *host_media_player(host_media_t *hm);
 /* The core to send SDP through (set once it is initialised). */
 void host_media_bind(host_media_t *hm, fleet_core_t *core);
 /* Main thread: send what GStreamer's threads queued. */

@@ -4,11 +4,12 @@
  *
  * app_main() only sets things up. Every IDF handler (network, IP, MQTT, SNTP) enqueues a
  * fleet_ev_t; fleet_task() drains the queue, runs the core's timers and is the only
- * code that touches the core.
+ * code that touches the core. The call button (button.c) posts its presses the same way.
  */
 #include <stdlib.h>
 #include <string.h>
 
+#include "button.h"
 #include "config_nvs.h"
 #include "esp_app_desc.h"
 #include "esp_event.h"
@@ -55,6 +56,9 @@ static void fleet_task(void *arg)
             fleet_net_handle(&ev, now_ms());
             fleet_port_esp_handle(&ev);
             fleet_audio_handle(&ev);
+            if (ev.type == FLEET_EV_BUTTON) {
+                fleet_core_button(&core, FLEET_BUTTON_SHORT);
+            }
             free(ev.topic);
             free(ev.data);
         }
@@ -101,7 +105,8 @@ void app_main(void)
     fc.tele_interval_ms = (uint32_t)CONFIG_FLEET_TELE_INTERVAL_S * 1000u;
     fc.pending_cmd_id = fleet_port_esp_pending();
     fc.pending_is_ota = fleet_port_esp_pending_ota(&fc.pending_error);
-    const fleet_port_t *port = fleet_port_esp_table(fleet_audio_media());
+    fc.call_to = cfg.call_to;
+    const fleet_port_t *port = fleet_port_esp_table(fleet_audio_media(), fleet_audio_player());
     if (!fleet_core_init(&core, &fc, port)) {
         ESP_LOGE(TAG, "configuration refused by the core (see above)");
         return;
@@ -114,6 +119,7 @@ void app_main(void)
 
     /* The task first: network events may arrive as soon as the link starts. */
     xTaskCreate(fleet_task, "fleet", TASK_STACK, NULL, TASK_PRIORITY, NULL);
+    fleet_button_start();
     ESP_ERROR_CHECK(fleet_net_start(cfg.wifi_ssid, cfg.wifi_pass));
     ESP_LOGI(TAG, "espfleet %s on %s as %s, %u groups", fc.fw, fc.hw, cfg.device_id,
              (unsigned)cfg.n_groups);

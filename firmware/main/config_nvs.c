@@ -73,6 +73,7 @@ esp_err_t fleet_config_load(fleet_nvs_config_t *cfg)
         {"wifi_pass", cfg->wifi_pass, sizeof cfg->wifi_pass, false},
         {"groups", cfg->groups_buf, sizeof cfg->groups_buf, false},
         {"ntp", cfg->ntp, sizeof cfg->ntp, false},
+        {"call_to", cfg->call_to, sizeof cfg->call_to, false},
     };
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
         err = get_str(h, keys[i].key, keys[i].out, keys[i].cap, keys[i].required);

@@ -2,7 +2,8 @@
  * config_nvs.h - device configuration from NVS namespace "fleet".
  *
  * Keys (all strings): device_id, secret, broker_url, groups (comma-separated),
- * wifi_ssid, wifi_pass; optional: ntp. Provision them with esp-idf-nvs-partition-gen
+ * wifi_ssid, wifi_pass; optional: ntp, call_to (where the call button calls: a device id
+ * or group:NAME). Provision them with esp-idf-nvs-partition-gen
  * (pip package, see pyproject's "flash" extra) or `fleet` tooling.
  */
 #pragma once
@@ -21,6 +22,7 @@ typedef struct {
     char wifi_ssid[33];   /* 802.11: at most 32 bytes */
     char wifi_pass[65];   /* WPA2: at most 64 */
     char ntp[64];
+    char call_to[FLEET_ID_MAX + 7]; /* "group:" + id, or a device id; "" = none */
     char groups_buf[FLEET_MAX_GROUPS * (FLEET_ID_MAX + 1)];
     const char *groups[FLEET_MAX_GROUPS]; /* point into groups_buf */
     size_t n_groups;

@@ -10,7 +10,8 @@
  *
  * Tasks: the fleet task calls the fleet_media_t table (fleet_core) and fleet_audio_handle()
  * for what the peers queued; one audio task reads 20 ms from the microphone (the I2S DMA
- * paces it), runs mc_frame() and writes the speaker; one peer task runs esp_peer's main
+ * paces it), runs mc_frame() (which plays announcements and the ring tone over the meeting,
+ * in a meeting or not) and writes the speaker; one peer task runs esp_peer's main
  * loops. esp_peer's callbacks run in the peer task: they queue SDP and trickled candidates
  * for the fleet task and feed received frames to the media core, which a mutex guards.
  */
@@ -60,6 +61,11 @@ esp_err_t fleet_audio_init(fleet_core_t *core)
 }
 
 const fleet_media_t *fleet_audio_media(void)
+{
+    return NULL;
+}
+
+const fleet_player_t *fleet_audio_player(void)
 {
     return NULL;
 }
@@ -638,6 +644,49 @@ static const fleet_media_t media = {
     .stats = m_stats,
 };
 
+/* ---- fleet_player_t: announcements and the ring, on the media core ------------------------ */
+
+static bool p_ann_frame(void *ctx, fleet_ann_codec_t codec, const uint8_t *data, size_t len)
+{
+    (void)ctx;
+    xSemaphoreTake(fa.lock, portMAX_DELAY);
+    bool ok = mc_ann_push(&fa.mc, codec == FLEET_ANN_PCMU ? MC_CODEC_PCMU : MC_CODEC_OPUS, data,
+                          len);
+    xSemaphoreGive(fa.lock);
+    return ok;
+}
+
+static void p_ann_flush(void *ctx)
+{
+    (void)ctx;
+    xSemaphoreTake(fa.lock, portMAX_DELAY);
+    mc_ann_flush(&fa.mc);
+    xSemaphoreGive(fa.lock);
+}
+
+static void p_ann_progress(void *ctx, uint32_t *queued, uint32_t *played)
+{
+    (void)ctx;
+    xSemaphoreTake(fa.lock, portMAX_DELAY);
+    mc_ann_progress(&fa.mc, queued, played);
+    xSemaphoreGive(fa.lock);
+}
+
+static void p_ring(void *ctx, bool on)
+{
+    (void)ctx;
+    xSemaphoreTake(fa.lock, portMAX_DELAY);
+    mc_ring(&fa.mc, on);
+    xSemaphoreGive(fa.lock);
+}
+
+static const fleet_player_t player = {
+    .ann_frame = p_ann_frame,
+    .ann_flush = p_ann_flush,
+    .ann_progress = p_ann_progress,
+    .ring = p_ring,
+};
+
 /* ---- tasks --------------------------------------------------------------------------------- */
 
 static void audio_task(void *arg)
@@ -701,6 +750,11 @@ esp_err_t fleet_audio_init(fleet_core_t *core)
 const fleet_media_t *fleet_audio_media(void)
 {
     return fa.lock != NULL ? &media : NULL;
+}
+
+const fleet_player_t *fleet_audio_player(void)
+{
+    return fa.lock != NULL && BOARD_SPEAKER ? &player : NULL;
 }
 
 void fleet_audio_caps(fleet_caps_t *caps)

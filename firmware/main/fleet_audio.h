@@ -32,6 +32,10 @@ esp_err_t fleet_audio_init(fleet_core_t *core);
 /* The media table for fleet_port_t.media, or NULL when there is no audio. */
 const fleet_media_t *fleet_audio_media(void);
 
+/* The table for fleet_port_t.player (announcements and the ring tone through the speaker,
+ * mixed over the meeting by the media core), or NULL when the board has no speaker. */
+const fleet_player_t *fleet_audio_player(void);
+
 /* What to advertise in the birth and in join (caps), from what the board has. */
 void fleet_audio_caps(fleet_caps_t *caps);
 

@@ -27,6 +27,7 @@ typedef enum {
     FLEET_EV_MEDIA,          /* from esp_peer's task: topic = participant, data = SDP or
                                 a rejection's detail, code = which (fleet_audio.c) */
     FLEET_EV_OTA,            /* the ota task ended: code = esp_err_t, text unused */
+    FLEET_EV_BUTTON,         /* the call button was pressed (button.c) */
 } fleet_ev_type_t;
 
 typedef struct {

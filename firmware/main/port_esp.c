@@ -323,7 +323,8 @@ bool fleet_port_esp_pending_ota(const char **error)
     return true;
 }
 
-const fleet_port_t *fleet_port_esp_table(const fleet_media_t *media)
+const fleet_port_t *fleet_port_esp_table(const fleet_media_t *media,
+                                         const fleet_player_t *player)
 {
     s.port.ctx = &s;
     s.port.now_ms = p_now_ms;
@@ -340,6 +341,7 @@ const fleet_port_t *fleet_port_esp_table(const fleet_media_t *media)
     s.port.save_pending = p_save_pending;
     s.port.ota = p_ota;
     s.port.media = media;
+    s.port.player = player;
     s.goodbye_msg_id = -1;
     if (CONFIG_FLEET_IDENTIFY_GPIO >= 0) {
         gpio_reset_pin((gpio_num_t)CONFIG_FLEET_IDENTIFY_GPIO);

@@ -18,8 +18,10 @@ const char *fleet_port_esp_pending(void);
  * it installed is running (the bootloader rolled it back), else NULL. */
 bool fleet_port_esp_pending_ota(const char **error);
 
-/* Builds the port table; media may be NULL (no audio). Call before fleet_core_init(). */
-const fleet_port_t *fleet_port_esp_table(const fleet_media_t *media);
+/* Builds the port table; media and player may be NULL (no audio, no speaker). Call before
+ * fleet_core_init(). */
+const fleet_port_t *fleet_port_esp_table(const fleet_media_t *media,
+                                         const fleet_player_t *player);
 
 /* Creates the esp-mqtt client (client id and user = device id, LWT on the core's status
  * topic) after fleet_core_init(); the client starts with the first IP address. */

@@ -32,6 +32,7 @@ def merged_image(
     partitions: Path | str | None = None,
     replace: bool = False,
     ntp: str | None = None,
+    call_to: str | None = None,
     output: TextIO | None = None,
 ) -> ProvisionResult:
     """One factory image for one device: the build plus its NVS, to flash at offset 0.
@@ -43,7 +44,9 @@ def merged_image(
     The NVS offset comes from the build's own partition-table.bin (what the image carries);
     a `partitions` table given as well must agree with it.
     """
-    config = DeviceConfig(device_id, broker_url, wifi_ssid, wifi_password, tuple(groups), ntp)
+    config = DeviceConfig(
+        device_id, broker_url, wifi_ssid, wifi_password, tuple(groups), ntp, call_to
+    )
     build = read_flasher_args(build_dir)
     table_path = Path(partitions) if partitions is not None else build.partition_table
     if table_path is None:

@@ -1,7 +1,7 @@
 """The ``fleet`` NVS namespace as the firmware reads it, and one device's values for it.
 
 firmware/main/config_nvs.c reads string keys device_id, secret, broker_url, wifi_ssid,
-wifi_pass, groups and ntp. `FIRMWARE_KEYS` mirrors its table and buffer sizes;
+wifi_pass, groups, ntp and call_to. `FIRMWARE_KEYS` mirrors its table and buffer sizes;
 `DeviceConfig` holds one device's values, checked against those limits. A new key is
 added here (and in config_nvs.c) and nowhere else.
 """
@@ -40,7 +40,9 @@ FIRMWARE_KEYS: tuple[FirmwareKey, ...] = (
     FirmwareKey("wifi_pass", 64, False),  # char wifi_pass[65]
     FirmwareKey("groups", 32 * 65 - 1, False),  # FLEET_MAX_GROUPS * (FLEET_ID_MAX + 1)
     FirmwareKey("ntp", 63, False),  # char ntp[64]
+    FirmwareKey("call_to", 70, False),  # char call_to[FLEET_ID_MAX + 7]
 )
+CALL_TO_GROUP = "group:"  # call_to names a group with this prefix, else a device
 _KEY_LIMITS = {k.name: k.max_bytes for k in FIRMWARE_KEYS}
 MAX_GROUPS = 32  # FLEET_MAX_GROUPS: split_groups() silently drops the rest
 # A version-2 NVS string (with its NUL) must fit one 4000-byte span; the firmware's
@@ -132,6 +134,8 @@ class DeviceConfig:
     wifi_password: str = ""
     groups: tuple[str, ...] = ()
     ntp: str | None = None
+    # where the device's call button calls: a device id or "group:NAME" (None: nowhere)
+    call_to: str | None = None
     secret: str | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -164,6 +168,13 @@ class DeviceConfig:
             if not self.ntp or any(c.isspace() or c == "," for c in self.ntp):
                 raise ProvisioningError(f"NTP server {self.ntp!r} is not a host name")
             _check_text("ntp", self.ntp, what="NTP server")
+        if self.call_to is not None:
+            target = self.call_to.removeprefix(CALL_TO_GROUP)
+            if not is_valid_id(target):
+                raise ProvisioningError(
+                    f"call target {self.call_to!r} is not a device id or group:NAME: "
+                    f"{NAME_RULES['device']}"
+                )
         if self.secret is not None:
             if not self.secret:
                 raise ProvisioningError("the device secret is empty")
@@ -176,7 +187,8 @@ class DeviceConfig:
         """Key -> string, in the order config_nvs.c reads them.
 
         wifi_pass and groups are written even when empty, so the image states every value
-        the device will use; ntp only when given (the firmware then uses its Kconfig default).
+        the device will use; ntp only when given (the firmware then uses its Kconfig default),
+        call_to only when given (the call button then calls nobody).
         """
         if self.secret is None:
             raise ProvisioningError("the device has no secret yet: issue a credential first")
@@ -190,4 +202,6 @@ class DeviceConfig:
         }
         if self.ntp is not None:
             values["ntp"] = self.ntp
+        if self.call_to is not None:
+            values["call_to"] = self.call_to
         return values

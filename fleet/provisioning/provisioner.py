@@ -113,6 +113,7 @@ def provision(
     *,
     replace: bool = False,
     ntp: str | None = None,
+    call_to: str | None = None,
     chip: str = "auto",
     table_offset: int = PARTITION_TABLE_OFFSET,
     connect_attempts: int = DEFAULT_CONNECT_ATTEMPTS,
@@ -125,7 +126,9 @@ def provision(
     is issued, the NVS image built and written; if that fails the credential is removed.
     `partitions_csv` may also be a built partition-table.bin.
     """
-    config = DeviceConfig(device_id, broker_url, wifi_ssid, wifi_password, tuple(groups), ntp)
+    config = DeviceConfig(
+        device_id, broker_url, wifi_ssid, wifi_password, tuple(groups), ntp, call_to
+    )
     nvs = read_partition_table(partitions_csv, table_offset=table_offset).nvs()
     store = open_store(creds_store)
     replaced = check_store(store, config.device_id, replace)

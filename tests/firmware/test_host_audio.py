@@ -1,7 +1,8 @@
 """fleet-host-device --audio (the C core + media core on GStreamer webrtcbin) meets the Python
 simulated devices (aiortc) for real: tones both ways checked by FFT, the mic gate, a
-PCMU-only C device with Opus devices, a killed C device leaving its peers, and simulated
-devices that trickle their ICE candidates (offers and answers) to the C device.
+PCMU-only C device with Opus devices, a killed C device leaving its peers, simulated
+devices that trickle their ICE candidates (offers and answers) to the C device, and an
+announcement played over the meeting, which the C device ducks meanwhile.
 
 WebRTC needs an address besides loopback: the whole test (broker, controller, simulated
 devices, host device) runs in a network namespace of its own with one veth pair inside,
@@ -11,6 +12,7 @@ in firmware/host/DEPENDENCIES, and the `build` fixture's host build.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import os
@@ -18,13 +20,25 @@ import shutil
 import signal
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from fleet.auth import CredentialStore
+from fleet.auth.acl import Acl
+from fleet.client import FleetClient
+from fleet.controller.service import Controller
+from fleet.device.audio import AudioMeetingDriver, AudioProfile, tone_for
+from fleet.device.sim import SimFleet
+from fleet.media.analysis import hears
+from fleet.media.config import MediaConfig
+from fleet.protocol.messages import Ack, AckCode, ApiOp, ApiRequest, decode
 from tests.support.brokers import BrokerHandle, amqtt_handle, unique_prefix
+from tests.support.firmware_announce import WINDOW, amplitude, announce_cmd, chunks, speaker
+from tests.support.firmware_announce import tone_frames as announcement_frames
 from tests.support.firmware_build import (
     HOST_TONE_HZ,
     IN_CI,
@@ -32,21 +46,15 @@ from tests.support.firmware_build import (
     Build,
     Device,
     build,
+    controller_inbox,
     requires_toolchain,
     speaker_tail,
 )
 from tests.support.running import controller, operator, register_devices, sim_fleet, wait_for
 
-from fleet.auth import CredentialStore
-from fleet.client import FleetClient
-from fleet.controller.service import Controller
-from fleet.device.audio import AudioMeetingDriver, AudioProfile, tone_for
-from fleet.device.sim import SimFleet
-from fleet.media.analysis import hears
-from fleet.media.config import MediaConfig
-from fleet.protocol.messages import ApiOp, ApiRequest
-
-__all__ = ["build"]  # the session-scoped fixture (tests/support/firmware_build.py), found here by pytest
+__all__ = [
+    "build"
+]  # the session-scoped fixture (tests/support/firmware_build.py), found here by pytest
 pytestmark = [requires_toolchain, pytest.mark.timeout(180)]
 
 CLONE_NEWNET = 0x40000000
@@ -364,3 +372,82 @@ async def test_a_host_device_meets_participants_that_trickle(
         assert taken(") taken: end of candidates") == 4, log[-3000:]
         assert taken("sent: end of candidates") == 4, log[-3000:]
         assert not [line for line in log.splitlines() if "candidate" in line and "ignored" in line]
+
+
+# --- an announcement over the meeting ------------------------------------------------------------
+
+ANN_HZ = 1000.0
+
+
+@pytest.fixture
+def host_reads_announcements(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host device may subscribe to its dev/{id}/ann. The ACL grants it once the controller
+    side's part of announcements is in; until then this grants that one topic to HOST_ID on
+    the in-process amqtt broker, so that the test checks the firmware alone."""
+    allows = Acl.allows
+
+    def with_ann(self: Acl, cred: object, action: str, topic: str) -> bool:
+        own = getattr(cred, "username", None) == HOST_ID and topic.endswith(f"/dev/{HOST_ID}/ann")
+        return allows(self, cred, action, topic) or (own and action != "publish")  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Acl, "allows", with_ann)
+
+
+async def test_an_announcement_plays_over_the_meeting_ducked(
+    netns: str, build: Build, tmp_path: Path, host_reads_announcements: None
+) -> None:
+    """The controller's announce command and Opus chunks (1 s at once, then paced) reach the C
+    device in a meeting: it plays the clip at full level over the meeting, whose audio it
+    ducks to a quarter meanwhile and brings back after the last frame, and it stays in the
+    meeting (both ways)."""
+    async with room_with_host(tmp_path, build, "opus") as room:
+        await wait_for(
+            lambda: _host_hears_both(room), timeout=30, what="the host's speaker plays both tones"
+        )
+        mark = speaker(room.speaker).size  # a second and a half of the meeting, undisturbed
+        await wait_for(
+            lambda: speaker(room.speaker).size > mark + 3 * RATE // 2, what="more of the meeting"
+        )
+        t = room.handle.topics
+        frames = announcement_frames("opus", ANN_HZ, 2.0)
+        payloads = chunks("ann-duck", "opus", frames)
+        ann_topic = f"{t.prefix}/dev/{HOST_ID}/ann"
+        async with controller_inbox(room.handle, [t.ack(HOST_ID)]) as inbox:
+
+            def ack_of(done: bool) -> Callable[[bytes], bool]:
+                return lambda p: (a := decode(Ack, p)).id == "d1" and a.done == done
+
+            ctl = inbox.client
+            await ctl.publish(t.cmd(HOST_ID), announce_cmd("d1", "ann-duck", 2000), qos=1)
+            for payload in payloads[:5]:  # the first second at once
+                await ctl.publish(ann_topic, payload, qos=1)
+            accepted = decode(Ack, await inbox.wait(t.ack(HOST_ID), ack_of(False)))
+            assert accepted.code is AckCode.ACCEPTED
+            await asyncio.sleep(0.8)  # pacing, as the controller does: about 1 s ahead
+            for payload in payloads[5:]:
+                await ctl.publish(ann_topic, payload, qos=1)
+            final = decode(Ack, await inbox.wait(t.ack(HOST_ID), ack_of(True)))
+        assert final.code is AckCode.OK, final
+        assert final.result == {"played_ms": 2000}
+        end = speaker(room.speaker).size
+        await wait_for(
+            lambda: speaker(room.speaker).size > end + RATE, what="a second more of the speaker"
+        )
+        heard = speaker(room.speaker)
+
+        def meeting_level(x: np.ndarray) -> float:
+            return sum(amplitude(x, tone_for(n)) for n in range(2))
+
+        wins = [heard[i : i + WINDOW] for i in range(0, heard.size - WINDOW, WINDOW)]
+        playing = [i for i, w in enumerate(wins) if amplitude(w, ANN_HZ) > 0.2]
+        assert 17 <= len(playing) <= 21, len(playing)  # 2 s of 100 ms windows
+        first, last = playing[0], playing[-1]
+        before = float(np.median([meeting_level(w) for w in wins[first - 10 : first - 1]]))
+        during = float(np.median([meeting_level(w) for w in wins[first + 2 : last - 1]]))
+        after = float(np.median([meeting_level(w) for w in wins[last + 4 : last + 10]]))
+        assert before > 0.05, before
+        assert 0.15 * before < during < 0.35 * before, (before, during)
+        assert after > 0.7 * before, (before, after)
+        # Still in the meeting: the sims hear it, it hears them.
+        await wait_for(lambda: all(_hears_host(room).values()), what="both sims still hear it")
+        assert "announcement ann-duck played: 2000 ms" in room.host.text()

@@ -77,6 +77,7 @@ def config(**overrides: object) -> DeviceConfig:
         wifi_password='pa,ss "word"',  # commas and quotes would need CSV quoting
         groups=("kitchen", "floor-1"),
         ntp="ntp.example.org",
+        call_to="group:kitchen",
     )
     values.update(overrides)
     return DeviceConfig(**values)  # type: ignore[arg-type]
@@ -131,6 +132,7 @@ def test_nvs_image_round_trips_exactly_with_the_firmwares_types() -> None:
             "wifi_pass": 'pa,ss "word"',
             "groups": "kitchen,floor-1",
             "ntp": "ntp.example.org",
+            "call_to": "group:kitchen",
         }
     }
     entries = read_nvs_entries(image)
@@ -146,6 +148,7 @@ def test_nvs_image_holds_values_at_the_firmwares_limits() -> None:
         wifi_ssid="é" * 16,  # 32 bytes
         wifi_password="p" * 63,
         groups=groups,
+        call_to="group:" + "c" * 64,  # 70 bytes
     ).with_secret("s" * 127)
     image = build_nvs_image(cfg, 0x3000)  # the smallest read/write NVS
     values = parse_nvs_image(image)["fleet"]
@@ -241,6 +244,8 @@ def test_nvs_reader_refuses_corrupt_images() -> None:
         ({"groups": tuple(f"g{i}" for i in range(33))}, "33 groups; the firmware keeps at most 32"),
         ({"ntp": "pool ntp"}, "not a host name"),
         ({"ntp": "n" * 64}, "holds at most 63"),
+        ({"call_to": "Dev 2"}, "call target 'Dev 2' is not a device id or group:NAME"),
+        ({"call_to": "group:"}, "call target 'group:' is not"),
     ],
 )
 def test_invalid_inputs_are_refused_with_clear_messages(
@@ -684,6 +689,7 @@ def test_cli_image_end_to_end(runner: CliRunner, build_dir: Path, tmp_path: Path
     out = tmp_path / "kitchen-3.bin"
     args = ["image", "--device-id", "kitchen-3", "--wifi-ssid", "home", "--wifi-password", ""]
     args += ["--broker", "mqtts://broker.lan", "-g", "kitchen,hall", "--ntp", "ntp.lan"]
+    args += ["--call-to", "hall-2"]
     args += ["--build-dir", str(build_dir), "--out", str(out), "--creds", str(creds)]
     res = runner.invoke(app, [*args, "--json"])
     assert res.exit_code == 0, res.output
@@ -704,6 +710,7 @@ def test_cli_image_end_to_end(runner: CliRunner, build_dir: Path, tmp_path: Path
     assert values["wifi_pass"] == ""
     assert values["groups"] == "kitchen,hall"
     assert values["ntp"] == "ntp.lan"
+    assert values["call_to"] == "hall-2"
     store = CredentialStore(creds)
     assert store.verify("kitchen-3", str(values["secret"])) is not None
     assert str(values["secret"]) not in res.output  # never printed

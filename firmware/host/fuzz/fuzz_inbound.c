@@ -7,8 +7,9 @@
  *     encode to the same bytes (a fixed point);
  *   8 a device session: a fresh core, then the rest split at 0xFF bytes into messages,
  *     each with its first byte picking the topic (own desired, grp/all, a group, cmd,
- *     meet down, a foreign one) and with clock and disconnects stirred in, and a media
- *     layer that takes SDP (or refuses it) and trickled candidates;
+ *     meet down, announcement chunks, a foreign one) and with clock, disconnects and
+ *     button presses stirred in, a media layer that takes SDP (or refuses it) and trickled
+ *     candidates, and a player with a small queue that plays a frame per tick;
  *   9 on_message with a fuzzed topic: "topic\npayload".
  * In 8 and 9 every payload the core publishes must parse as its topic's message.
  */
@@ -170,6 +171,15 @@ static bool p_publish(void *ctx, const char *topic, const char *payload, size_t 
     (void)ctx;
     (void)qos;
     (void)retain;
+    static const char by[] = "fleet/v1/api/by/dev-1/";
+    if (strncmp(topic, by, sizeof by - 1) == 0) {
+        /* the button's ApiRequest: an object */
+        if (fleet_json_parse(&doc, payload, len, &err) != FLEET_OK || !cJSON_IsObject(doc.root)) {
+            die("the button published an invalid request", topic);
+        }
+        fleet_json_free(&doc);
+        return true;
+    }
     if (!fleet_topic_parse(core.prefix, topic, strlen(topic), &t)) {
         die("published on a foreign topic", topic);
     }
@@ -258,6 +268,45 @@ static bool m_candidate(void *ctx, const char *from, const char *mid, const char
 
 static const fleet_media_t fuzz_media = {.remote_sdp = m_sdp, .remote_candidate = m_candidate};
 
+/* A player with room for 8 frames; each tick plays one. */
+static uint32_t pl_queued, pl_played;
+
+static bool pl_frame(void *ctx, fleet_ann_codec_t codec, const uint8_t *data, size_t len)
+{
+    (void)ctx;
+    if (len == 0 || len > FLEET_ANN_FRAME_MAX || data == NULL ||
+        (codec == FLEET_ANN_PCMU && len != FLEET_ANN_PCMU_FRAME)) {
+        die("a frame the core should not have handed over", "");
+    }
+    if (pl_queued >= 8) {
+        return false;
+    }
+    pl_queued++;
+    return true;
+}
+
+static void pl_flush(void *ctx)
+{
+    (void)ctx;
+    pl_queued = 0;
+    pl_played = 0;
+}
+
+static void pl_progress(void *ctx, uint32_t *queued, uint32_t *played)
+{
+    (void)ctx;
+    *queued = pl_queued;
+    *played = pl_played;
+}
+
+static void pl_ring(void *ctx, bool on)
+{
+    (void)ctx;
+    (void)on;
+}
+
+static const fleet_player_t fuzz_player = {NULL, pl_frame, pl_flush, pl_progress, pl_ring};
+
 static void start_core(void)
 {
     static const char *const groups[] = {"kitchen", "floor-1"};
@@ -274,6 +323,9 @@ static void start_core(void)
     port.identify = p_identify;
     port.log = p_log;
     port.media = &fuzz_media;
+    port.player = &fuzz_player;
+    pl_queued = 0;
+    pl_played = 0;
     fport.now_ms = 1000;
     fport.clock_set = true;
     fport.unix_now = 1700000000.0;
@@ -284,6 +336,7 @@ static void start_core(void)
     cfg.fw = "fuzz";
     cfg.hw = "host";
     cfg.tele_interval_ms = 1000;
+    cfg.call_to = "dev-2";
     if (!fleet_core_init(&core, &cfg, &port)) {
         die("core init", "");
     }
@@ -293,7 +346,7 @@ static void start_core(void)
 static const char *const TOPICS[] = {
     "fleet/v1/dev/dev-1/desired",   "fleet/v1/grp/all/desired", "fleet/v1/grp/kitchen/desired",
     "fleet/v1/grp/floor-1/desired", "fleet/v1/dev/dev-1/cmd",   "fleet/v1/meet/dev-1/down",
-    "fleet/v1/dev/dev-2/cmd",       "fleet/v1/grp/lab/desired",
+    "fleet/v1/dev/dev-2/cmd",       "fleet/v1/grp/lab/desired", "fleet/v1/dev/dev-1/ann",
 };
 
 static void session_path(const uint8_t *data, size_t len)
@@ -318,8 +371,15 @@ static void session_path(const uint8_t *data, size_t len)
                 fleet_core_on_disconnected(&core);
                 fleet_core_on_connected(&core);
             }
+            if ((sel & 0xF8) == 0xF0) {
+                fleet_core_button(&core, FLEET_BUTTON_SHORT);
+            }
             fleet_core_on_message(&core, topic, strlen(topic), (const char *)data + i + 1,
                                   end - i - 1);
+            if (pl_queued > 0) {
+                pl_queued--;
+                pl_played++;
+            }
             (void)fleet_core_tick(&core);
         }
         i = end + 1;

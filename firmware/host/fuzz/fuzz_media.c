@@ -7,7 +7,9 @@
  *   1 a session: a core at 16 kHz with a PCMU, a PCMA and an Opus peer (real libopus);
  *     the rest is split at 0xFF 0xFE into packets, each packet's first byte picks the
  *     peer and how far the clock moves, and a frame runs after each; every speaker frame
- *     is within int16 and stats stay consistent;
+ *     is within int16 and stats stay consistent; "peer" 3 is the announcement player: the
+ *     packet is a frame for it (PCMU or Opus), and the ring or a flush may come with it,
+ *     and its queue and the ducking stay within their bounds;
  *   2 the jitter buffer alone: pairs of (seq high, seq low) push/pop, checking its
  *     bookkeeping (buffered never exceeds the slots).
  */
@@ -73,13 +75,30 @@ static void fuzz_session(const uint8_t *data, size_t size)
         if (j > i) {
             uint8_t ctl = data[i];
             now += ctl >> 2; /* 0..63 ms */
-            (void)mc_peer_rtp(&m, ctl & 3u, data + i + 1, j - i - 1, now);
+            if ((ctl & 3u) == 3u) {
+                mc_codec_t codec = (ctl & 0x40) != 0 ? MC_CODEC_PCMU : MC_CODEC_OPUS;
+                (void)mc_ann_push(&m, codec, data + i + 1, j - i - 1);
+                if (ctl & 0x20) {
+                    mc_ring(&m, (ctl & 0x10) != 0);
+                }
+                if ((ctl & 0x0c) == 0x0c) {
+                    mc_ann_flush(&m);
+                }
+            } else {
+                (void)mc_peer_rtp(&m, ctl & 3u, data + i + 1, j - i - 1, now);
+            }
             if (ctl & 0x80) {
                 mc_set_mic(&m, (ctl & 0x40) != 0);
                 mc_set_volume(&m, (int)(ctl & 0x7f));
             }
         }
         mc_frame(&m, NULL, spk);
+        uint32_t queued, played;
+        mc_ann_progress(&m, &queued, &played);
+        if (queued > MC_ANN_FRAMES || m.ann.used > MC_ANN_BYTES || mc_duck_gain(&m) < 0.2499 ||
+            mc_duck_gain(&m) > 1.0) {
+            fail("announcement player out of bounds");
+        }
         i = j + 2;
     }
     for (uint32_t id = 0; id < 3; id++) {

@@ -91,6 +91,9 @@ static void check_publishes_valid(void)
         fleet_json_doc_t doc;
         fleet_perr_t err;
         fleet_err_t rc = FLEET_ERR_SCHEMA;
+        if (strstr(p->topic, "/api/by/") != NULL) {
+            continue; /* the button's requests: checked by test_button */
+        }
         CHECK(fleet_topic_parse(core.prefix, p->topic, strlen(p->topic), &t));
         if (fleet_json_parse(&doc, p->payload, p->len, &err) == FLEET_OK) {
             union {
@@ -166,7 +169,8 @@ static void test_connect_birth_subscriptions_state(void)
     CHECK(fp_subscribed(&fp, "fleet/v1/meet/dev-1/down"));
     CHECK(fp_subscribed(&fp, "fleet/v1/grp/all/desired"));
     CHECK(fp_subscribed(&fp, "fleet/v1/grp/kitchen/desired"));
-    CHECK_INT(fp.n_subs, 5);
+    CHECK(fp_subscribed(&fp, "fleet/v1/dev/dev-1/ann"));
+    CHECK_INT(fp.n_subs, 6);
     const fp_pub_t *state = fp_last(&fp, "/dev/dev-1/state");
     CHECK(state != NULL && state->retain && state->qos == 1);
     CHECK_STR(state->payload, "{\"rev\":0,\"mic\":true,\"ts\":1700000000}");
@@ -1184,6 +1188,390 @@ static void test_publish_refused_is_survived(void)
     fp.refuse_publish = false;
 }
 
+/* ---- announcements, ring, dnd, the button (protocol.md 14) -------------------------------- */
+
+static struct {
+    uint32_t queued, played, frames, flushes, rings_on, rings_off;
+    size_t last_len;
+    fleet_ann_codec_t codec;
+    uint32_t room; /* frames the fake buffer takes */
+} pl;
+
+static bool pl_frame(void *ctx, fleet_ann_codec_t codec, const uint8_t *data, size_t len)
+{
+    (void)ctx;
+    (void)data;
+    if (pl.queued >= pl.room) {
+        return false;
+    }
+    pl.queued++;
+    pl.frames++;
+    pl.codec = codec;
+    pl.last_len = len;
+    return true;
+}
+
+static void pl_flush(void *ctx)
+{
+    (void)ctx;
+    pl.queued = 0;
+    pl.played = 0;
+    pl.flushes++;
+}
+
+static void pl_progress(void *ctx, uint32_t *queued, uint32_t *played)
+{
+    (void)ctx;
+    *queued = pl.queued;
+    *played = pl.played;
+}
+
+static void pl_ring(void *ctx, bool on)
+{
+    (void)ctx;
+    if (on) {
+        pl.rings_on++;
+    } else {
+        pl.rings_off++;
+    }
+}
+
+static fleet_player_t fake_player = {NULL, pl_frame, pl_flush, pl_progress, pl_ring};
+
+static void setup_player(void)
+{
+    setup();
+    memset(&pl, 0, sizeof pl);
+    pl.room = 100;
+    fp.port.player = &fake_player;
+}
+
+/* Plays everything queued (the fake's audio task). */
+static void pl_play_all(void)
+{
+    pl.played += pl.queued;
+    pl.queued = 0;
+}
+
+/* "AAAA" is 3 zero bytes: a tiny but valid Opus payload as far as the core is concerned. */
+#define OPUS_FRAMES3 "[\"AAAA\",\"AAAA\",\"AAAA\"]"
+
+static void test_announce_plays_and_acks(void)
+{
+    setup_player();
+    fp.now_ms = 1000;
+    deliver("dev/dev-1/cmd", "{\"id\":\"a1\",\"op\":\"announce\",\"args\":{\"ann\":\"ann-1\","
+                             "\"priority\":\"normal\",\"duration_ms\":1200}}");
+    CHECK_INT(fp_count(&fp, "/ack"), 0); /* accepted only when it starts playing */
+    /* redelivered before any ack: still the same announcement, no answer */
+    deliver("dev/dev-1/cmd", "{\"id\":\"a1\",\"op\":\"announce\",\"args\":{\"ann\":\"ann-1\"}}");
+    CHECK_INT(fp_count(&fp, "/ack"), 0);
+    CHECK_INT(core.ann.phase, FLEET_ANN_WAITING);
+    deliver("dev/dev-1/ann",
+            "{\"ann\":\"ann-1\",\"seq\":0,\"codec\":\"opus\",\"frames\":" OPUS_FRAMES3
+            ",\"priority\":\"normal\"}");
+    fleet_ack_t *a = last_ack();
+    CHECK(a != NULL && a->code == FLEET_ACK_ACCEPTED && !a->done && a->ok);
+    CHECK_INT(pl.frames, 3);
+    CHECK_INT(pl.codec, FLEET_ANN_OPUS);
+    CHECK_INT(pl.last_len, 3);
+    CHECK_INT(fleet_core_tick(&core), 20); /* it watches the player every frame */
+    /* a redelivered chunk is not played twice; another announcement's chunk is ignored */
+    deliver("dev/dev-1/ann",
+            "{\"ann\":\"ann-1\",\"seq\":0,\"codec\":\"opus\",\"frames\":" OPUS_FRAMES3 "}");
+    deliver("dev/dev-1/ann",
+            "{\"ann\":\"other\",\"seq\":1,\"codec\":\"opus\",\"frames\":" OPUS_FRAMES3 "}");
+    CHECK_INT(pl.frames, 3);
+    deliver("dev/dev-1/ann",
+            "{\"ann\":\"ann-1\",\"seq\":1,\"codec\":\"opus\",\"frames\":" OPUS_FRAMES3
+            ",\"last\":true}");
+    CHECK_INT(pl.frames, 6);
+    pl.played = 4;
+    pl.queued = 2;
+    (void)fleet_core_tick(&core);
+    CHECK_INT(fp_count(&fp, "/ack"), 1); /* still playing */
+    pl_play_all();
+    (void)fleet_core_tick(&core);
+    a = last_ack();
+    CHECK(a != NULL && a->code == FLEET_ACK_OK && a->done && a->ok);
+    CHECK_STR(last_payload("/ack"), "{\"id\":\"a1\",\"ok\":true,\"code\":\"ok\",\"detail\":\"\","
+                                    "\"done\":true,\"result\":{\"played_ms\":120}}");
+    CHECK_INT(core.ann.phase, FLEET_ANN_IDLE);
+    /* the same command again: the final ack again, nothing plays */
+    deliver("dev/dev-1/cmd", "{\"id\":\"a1\",\"op\":\"announce\",\"args\":{\"ann\":\"ann-1\"}}");
+    CHECK_INT(core.ann.phase, FLEET_ANN_IDLE);
+    CHECK(strstr(last_payload("/ack"), "played_ms") != NULL);
+    check_publishes_valid();
+    fp.port.player = NULL;
+}
+
+static void test_announce_failures(void)
+{
+    setup_player();
+    /* bad args */
+    deliver("dev/dev-1/cmd", "{\"id\":\"b1\",\"op\":\"announce\",\"args\":{}}");
+    CHECK(last_ack() != NULL && last_ack()->code == FLEET_ACK_BAD_ARGS);
+    deliver("dev/dev-1/cmd", "{\"id\":\"b2\",\"op\":\"announce\",\"args\":{\"ann\":\"a b\"}}");
+    CHECK(last_ack() != NULL && last_ack()->code == FLEET_ACK_BAD_ARGS);
+    deliver("dev/dev-1/cmd", "{\"id\":\"b3\",\"op\":\"announce\",\"args\":{\"ann\":\"x\","
+                             "\"priority\":\"loud\"}}");
+    CHECK(last_ack() != NULL && last_ack()->code == FLEET_ACK_BAD_ARGS);
+    deliver("dev/dev-1/cmd", "{\"id\":\"b4\",\"op\":\"announce\",\"args\":{\"ann\":\"x\","
+                             "\"duration_ms\":0}}");
+    CHECK(last_ack() != NULL && last_ack()->code == FLEET_ACK_BAD_ARGS);
+    CHECK_INT(core.ann.phase, FLEET_ANN_IDLE);
+
+    /* no chunk within 2 s: failed "no audio" */
+    fp.now_ms = 1000;
+    deliver("dev/dev-1/cmd", "{\"id\":\"n1\",\"op\":\"announce\",\"args\":{\"ann\":\"quiet\"}}");
+    fp.now_ms = 2900;
+    (void)fleet_core_tick(&core);
+    CHECK_INT(core.ann.phase, FLEET_ANN_WAITING);
+    fp.now_ms = 3000;
+    (void)fleet_core_tick(&core);
+    fleet_ack_t *a = last_ack();
+    CHECK(a != NULL && a->code == FLEET_ACK_FAILED && a->done);
+    CHECK_STR(a != NULL ? a->detail : "", "no audio");
+
+    /* an urgent one interrupts a normal one; a normal one does not interrupt */
+    deliver("dev/dev-1/cmd", "{\"id\":\"n2\",\"op\":\"announce\",\"args\":{\"ann\":\"first\"}}");
+    deliver("dev/dev-1/ann", "{\"ann\":\"first\",\"seq\":0,\"codec\":\"pcmu\",\"frames\":[\""
+                             "/////////////////////////////////////////////////////////////////////"
+                             "///////////////////////////////"
+                             "/////////////////////////////////////////////////////////////////////"
+                             "///////////////////////////////"
+                             "/////////////w==\"]}");
+    CHECK_INT(pl.codec, FLEET_ANN_PCMU);
+    CHECK_INT(pl.last_len, 160);
+    deliver("dev/dev-1/cmd", "{\"id\":\"n3\",\"op\":\"announce\",\"args\":{\"ann\":\"second\"}}");
+    a = last_ack();
+    CHECK(a != NULL && a->code == FLEET_ACK_FAILED);
+    CHECK_STR(a != NULL ? a->detail : "", "busy: first is playing");
+    CHECK_STR(core.ann.ann, "first");
+    uint32_t flushes = pl.flushes;
+    deliver("dev/dev-1/cmd", "{\"id\":\"u1\",\"op\":\"announce\",\"args\":{\"ann\":\"fire\","
+                             "\"priority\":\"urgent\"}}");
+    CHECK(pl.flushes > flushes);
+    CHECK_INT(pl.queued, 0);
+    CHECK_STR(core.ann.ann, "fire");
+    bool interrupted = false;
+    for (size_t i = 0; i < fp.n_pubs; i++) {
+        interrupted = interrupted || (strstr(fp.pubs[i].payload, "\"id\":\"n2\"") != NULL &&
+                                      strstr(fp.pubs[i].payload, "interrupted by fire") != NULL);
+    }
+    CHECK(interrupted);
+
+    /* chunks stop before the last one: failed once the queue ran dry */
+    fp.now_ms = 10000;
+    deliver("dev/dev-1/ann",
+            "{\"ann\":\"fire\",\"seq\":0,\"codec\":\"opus\",\"frames\":" OPUS_FRAMES3
+            ",\"priority\":\"urgent\"}");
+    pl_play_all();
+    fp.now_ms = 12000;
+    (void)fleet_core_tick(&core);
+    CHECK_INT(core.ann.phase, FLEET_ANN_PLAYING);
+    fp.now_ms = 13000;
+    (void)fleet_core_tick(&core);
+    a = last_ack();
+    CHECK(a != NULL && a->code == FLEET_ACK_FAILED);
+    CHECK_STR(a != NULL ? a->detail : "", "audio stopped after 60 ms");
+
+    /* a full buffer drops frames, the rest plays */
+    pl.room = 2;
+    deliver("dev/dev-1/cmd", "{\"id\":\"f1\",\"op\":\"announce\",\"args\":{\"ann\":\"full\"}}");
+    deliver("dev/dev-1/ann",
+            "{\"ann\":\"full\",\"seq\":0,\"codec\":\"opus\",\"frames\":" OPUS_FRAMES3
+            ",\"last\":true}");
+    CHECK_INT(core.ann.dropped, 1);
+    pl_play_all();
+    (void)fleet_core_tick(&core);
+    CHECK(strstr(last_payload("/ack"), "{\"played_ms\":40}") != NULL);
+
+    /* no speaker: failed at once */
+    fp.port.player = NULL;
+    deliver("dev/dev-1/cmd", "{\"id\":\"s1\",\"op\":\"announce\",\"args\":{\"ann\":\"mute\"}}");
+    a = last_ack();
+    CHECK(a != NULL && a->code == FLEET_ACK_FAILED);
+    CHECK_STR(a != NULL ? a->detail : "", "no speaker");
+    check_publishes_valid();
+}
+
+static void test_bad_chunks_refused(void)
+{
+    static const char *const bad[] = {
+        "",
+        "not json",
+        "[]",
+        "{\"ann\":\"a\",\"seq\":0,\"codec\":\"opus\"}",
+        "{\"ann\":\"a\",\"seq\":0,\"codec\":\"opus\",\"frames\":[]}",
+        "{\"ann\":\"a\",\"seq\":-1,\"codec\":\"opus\",\"frames\":[\"AAAA\"]}",
+        "{\"ann\":\"a\",\"seq\":\"0\",\"codec\":\"opus\",\"frames\":[\"AAAA\"]}",
+        "{\"ann\":\"a\",\"seq\":0.5,\"codec\":\"opus\",\"frames\":[\"AAAA\"]}",
+        "{\"ann\":\"a b\",\"seq\":0,\"codec\":\"opus\",\"frames\":[\"AAAA\"]}",
+        "{\"ann\":\"\",\"seq\":0,\"codec\":\"opus\",\"frames\":[\"AAAA\"]}",
+        "{\"ann\":\"a\",\"seq\":0,\"codec\":\"mp3\",\"frames\":[\"AAAA\"]}",
+        "{\"ann\":\"a\",\"seq\":0,\"codec\":\"opus\",\"frames\":[\"AAA\"]}",
+        "{\"ann\":\"a\",\"seq\":0,\"codec\":\"opus\",\"frames\":[\"A=AA\"]}",
+        "{\"ann\":\"a\",\"seq\":0,\"codec\":\"opus\",\"frames\":[\"AA!A\"]}",
+        "{\"ann\":\"a\",\"seq\":0,\"codec\":\"opus\",\"frames\":[5]}",
+        "{\"ann\":\"a\",\"seq\":0,\"codec\":\"opus\",\"frames\":[\"\"]}",
+        "{\"ann\":\"a\",\"seq\":0,\"codec\":\"pcmu\",\"frames\":[\"AAAA\"]}",
+        "{\"ann\":\"a\",\"seq\":0,\"codec\":\"opus\",\"frames\":[\"AAAA\"],\"last\":1}",
+        "{\"ann\":\"a\",\"seq\":0,\"codec\":\"opus\",\"frames\":[\"AAAA\"],\"priority\":\"high\"}",
+    };
+    setup_player();
+    deliver("dev/dev-1/cmd", "{\"id\":\"a1\",\"op\":\"announce\",\"args\":{\"ann\":\"a\"}}");
+    int logs = fp.logs;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        deliver("dev/dev-1/ann", bad[i]);
+        if (pl.frames != 0) {
+            fprintf(stderr, "  chunk taken: %s\n", bad[i]);
+            CHECK(!"bad chunk taken");
+        }
+    }
+    CHECK(fp.logs >= logs + (int)(sizeof bad / sizeof bad[0])); /* each refusal is logged */
+    CHECK_INT(core.ann.phase, FLEET_ANN_WAITING);
+    CHECK_INT(fp_count(&fp, "/ack"), 0);
+    /* 51 frames: one too many */
+    char big[1024];
+    size_t n = (size_t)snprintf(big, sizeof big,
+                                "{\"ann\":\"a\",\"seq\":0,\"codec\":\"opus\",\"frames\":[");
+    for (int i = 0; i < 51; i++) {
+        n += (size_t)snprintf(big + n, sizeof big - n, "%s\"AAAA\"", i > 0 ? "," : "");
+    }
+    (void)snprintf(big + n, sizeof big - n, "]}");
+    deliver("dev/dev-1/ann", big);
+    CHECK_INT(pl.frames, 0);
+    /* the device still works */
+    deliver("dev/dev-1/ann", "{\"ann\":\"a\",\"seq\":0,\"codec\":\"opus\",\"frames\":[\"AAAA\"]}");
+    CHECK_INT(pl.frames, 1);
+    fp.port.player = NULL;
+}
+
+static void test_ring(void)
+{
+    setup_player();
+    fp.now_ms = 1000;
+    deliver("dev/dev-1/cmd", "{\"id\":\"r1\",\"op\":\"ring\",\"args\":{\"call\":\"call-x\","
+                             "\"seconds\":10}}");
+    fleet_ack_t *a = last_ack();
+    CHECK(a != NULL && a->code == FLEET_ACK_OK && a->done);
+    CHECK(core.ringing);
+    CHECK_INT(pl.rings_on, 1);
+    CHECK(fleet_core_tick(&core) <= 1000);
+    fp.now_ms = 10999;
+    (void)fleet_core_tick(&core);
+    CHECK(core.ringing);
+    fp.now_ms = 11000;
+    (void)fleet_core_tick(&core);
+    CHECK(!core.ringing);
+    CHECK_INT(pl.rings_off, 1);
+    /* 0 stops; bad args */
+    deliver("dev/dev-1/cmd", "{\"id\":\"r2\",\"op\":\"ring\",\"args\":{\"seconds\":30}}");
+    CHECK(core.ringing);
+    deliver("dev/dev-1/cmd", "{\"id\":\"r3\",\"op\":\"ring\",\"args\":{\"seconds\":0}}");
+    CHECK(!core.ringing);
+    deliver("dev/dev-1/cmd", "{\"id\":\"r4\",\"op\":\"ring\",\"args\":{\"seconds\":121}}");
+    CHECK(last_ack() != NULL && last_ack()->code == FLEET_ACK_BAD_ARGS);
+    deliver("dev/dev-1/cmd", "{\"id\":\"r5\",\"op\":\"ring\",\"args\":{}}");
+    CHECK(last_ack() != NULL && last_ack()->code == FLEET_ACK_BAD_ARGS);
+    deliver("dev/dev-1/cmd", "{\"id\":\"r6\",\"op\":\"ring\",\"args\":{\"call\":5,\"seconds\":3}}");
+    CHECK(last_ack() != NULL && last_ack()->code == FLEET_ACK_BAD_ARGS);
+    CHECK(!core.ringing);
+    /* the desired meeting changes: the ring stops; a new rev with the same room does not */
+    deliver("dev/dev-1/cmd", "{\"id\":\"r7\",\"op\":\"ring\",\"args\":{\"seconds\":30}}");
+    deliver("grp/all/desired", "{\"rev\":3}");
+    CHECK(core.ringing);
+    deliver("grp/all/desired", "{\"rev\":4,\"meeting\":{\"room\":\"call-x\"}}");
+    CHECK(!core.ringing);
+    check_publishes_valid();
+    fp.port.player = NULL;
+}
+
+static void test_dnd_from_own_doc_only(void)
+{
+    setup();
+    deliver("dev/dev-1/desired", "{\"rev\":2,\"dnd\":true}");
+    fleet_state_t *st = last_state();
+    CHECK(core.dnd);
+    CHECK(strstr(last_payload("/dev/dev-1/state"), "\"dnd\":true") != NULL);
+    (void)st;
+    /* a group doc's higher rev wins the meeting, never dnd */
+    deliver("grp/kitchen/desired", "{\"rev\":5,\"meeting\":{\"room\":\"r\"},\"dnd\":false}");
+    CHECK(core.dnd);
+    CHECK_INT(core.applied_rev, 5);
+    CHECK(strstr(last_payload("/dev/dev-1/state"), "\"dnd\":true") != NULL);
+    /* an own doc with a lower rev still sets dnd; None leaves it */
+    deliver("dev/dev-1/desired", "{\"rev\":3,\"dnd\":false}");
+    CHECK(!core.dnd);
+    CHECK(strstr(last_payload("/dev/dev-1/state"), "dnd") == NULL); /* false: left out */
+    CHECK_INT(core.applied_rev, 5);
+    deliver("dev/dev-1/desired", "{\"rev\":6,\"dnd\":true}");
+    deliver("dev/dev-1/desired", "{\"rev\":7,\"dnd\":null}");
+    CHECK(core.dnd);
+    deliver("dev/dev-1/desired", "{\"rev\":8,\"dnd\":\"yes\"}");
+    CHECK(core.dnd);
+    CHECK_INT(core.applied_rev, 7);
+    check_publishes_valid();
+}
+
+static void test_button(void)
+{
+    static const char *const groups[] = {"kitchen"};
+    fleet_config_t cfg;
+    fp_free(&fp);
+    fp_init(&fp);
+    memset(&cfg, 0, sizeof cfg);
+    cfg.device_id = "dev-1";
+    cfg.groups = groups;
+    cfg.n_groups = 1;
+    cfg.call_to = "dev-2";
+    CHECK(fleet_core_init(&core, &cfg, &fp.port));
+    fleet_core_button(&core, FLEET_BUTTON_SHORT); /* not connected: nothing */
+    CHECK_INT(fp.n_pubs, 0);
+    fleet_core_on_connected(&core);
+    fp_clear(&fp);
+    fp.now_ms = 5000;
+    fleet_core_button(&core, FLEET_BUTTON_SHORT);
+    const fp_pub_t *p = fp_last(&fp, "/call");
+    CHECK(p != NULL && p->qos == 1 && !p->retain);
+    CHECK_STR(p != NULL ? p->topic : "", "fleet/v1/api/by/dev-1/call");
+    CHECK_STR(p != NULL ? p->payload : "",
+              "{\"id\":\"btn-5000-1\",\"device\":\"dev-1\",\"to\":\"dev-2\"}");
+    /* ringing: answer (and the ring stops) */
+    deliver("dev/dev-1/cmd", "{\"id\":\"r1\",\"op\":\"ring\",\"args\":{\"seconds\":30}}");
+    fleet_core_button(&core, FLEET_BUTTON_SHORT);
+    p = fp_last(&fp, "/answer");
+    CHECK_STR(p != NULL ? p->topic : "", "fleet/v1/api/by/dev-1/answer");
+    CHECK_STR(p != NULL ? p->payload : "", "{\"id\":\"btn-5000-2\",\"device\":\"dev-1\"}");
+    CHECK(!core.ringing);
+    /* in a call room: hang up */
+    deliver("dev/dev-1/desired", "{\"rev\":9,\"meeting\":{\"room\":\"call-ab12\"}}");
+    fleet_core_button(&core, FLEET_BUTTON_SHORT);
+    p = fp_last(&fp, "/hangup");
+    CHECK_STR(p != NULL ? p->topic : "", "fleet/v1/api/by/dev-1/hangup");
+    CHECK_STR(p != NULL ? p->payload : "", "{\"id\":\"btn-5000-3\",\"device\":\"dev-1\"}");
+    check_publishes_valid();
+
+    /* a group target; none; a bad one is ignored at init */
+    static const char *const targets[] = {"group:kitchen", NULL, "Bad Target"};
+    for (size_t i = 0; i < 3; i++) {
+        fp_free(&fp);
+        fp_init(&fp);
+        cfg.call_to = targets[i];
+        CHECK(fleet_core_init(&core, &cfg, &fp.port));
+        fleet_core_on_connected(&core);
+        fp_clear(&fp);
+        fleet_core_button(&core, FLEET_BUTTON_SHORT);
+        p = fp_last(&fp, "/call");
+        if (i == 0) {
+            CHECK(p != NULL && strstr(p->payload, "\"group\":\"kitchen\"") != NULL);
+        } else {
+            CHECK(p == NULL);
+        }
+    }
+}
+
 void suite_core(void)
 {
     RUN(test_init_refuses_bad_config);
@@ -1218,6 +1606,12 @@ void suite_core(void)
     RUN(test_telemetry);
     RUN(test_shutdown_publishes_offline);
     RUN(test_publish_refused_is_survived);
+    RUN(test_announce_plays_and_acks);
+    RUN(test_announce_failures);
+    RUN(test_bad_chunks_refused);
+    RUN(test_ring);
+    RUN(test_dnd_from_own_doc_only);
+    RUN(test_button);
     fp_free(&fp);
     fleet_json_free(&state_doc);
     fleet_json_free(&ack_doc);

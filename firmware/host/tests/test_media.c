@@ -596,6 +596,168 @@ static void test_opus_and_pcmu_peers_at_once(void)
 }
 #endif
 
+/* ---- announcements, ring, ducking ------------------------------------------------------------ */
+
+/* Amplitude (0..1 of full scale) of the hz component of n samples. */
+static double tone_amp(const int16_t *pcm, size_t n, double hz, uint32_t rate)
+{
+    double re = 0, im = 0;
+    for (size_t i = 0; i < n; i++) {
+        double w = 2.0 * PI * hz * (double)i / rate;
+        re += pcm[i] * cos(w);
+        im += pcm[i] * sin(w);
+    }
+    return 2.0 * sqrt(re * re + im * im) / (double)n / 32767.0;
+}
+
+/* One 20 ms PCMU frame of a 1300 Hz tone at 0.3. */
+static void pcmu_tone_frame(uint8_t *out, size_t *phase)
+{
+    int16_t pcm[160];
+    tone(pcm, 160, 1300.0, 8000, 0.3, phase);
+    for (int i = 0; i < 160; i++) {
+        out[i] = mc_ulaw_encode(pcm[i]);
+    }
+}
+
+static void test_ann_plays_over_a_ducked_meeting(void)
+{
+    /* B hears A's 500 Hz at 0.5 over PCMU (8 kHz: 160 samples a frame) and gets an
+     * announcement of 1300 Hz at 0.3 that arrives as it plays (the controller's pacing),
+     * long enough for the byte ring to wrap. */
+    static int16_t out[400 * 160];
+    link_init(8000, MC_CODEC_PCMU, 0);
+    size_t pa = 0, pann = 0;
+    uint8_t frame[160];
+    link_run(20, 500.0, out, &pa);
+    double before = tone_amp(out + 10 * 160, 1600, 500.0, 8000);
+    CHECK(before > 0.45 && before < 0.55);
+    CHECK(mc_duck_gain(&L.b) == 1.0);
+
+    unsigned pushed = 0, total = 250;
+    for (unsigned f = 0; f < 400; f++) {
+        while (pushed < total && L.b.ann.count < 50) { /* about 1 s ahead */
+            pcmu_tone_frame(frame, &pann);
+            CHECK(mc_ann_push(&L.b, MC_CODEC_PCMU, frame, sizeof frame));
+            pushed++;
+        }
+        link_run(1, 500.0, out + (size_t)f * 160, &pa);
+    }
+    uint32_t queued, played;
+    mc_ann_progress(&L.b, &queued, &played);
+    CHECK_INT(queued, 0);
+    CHECK_INT(played, total);
+    /* While it plays (after the 50 ms ramp): the meeting at a quarter, the announcement whole,
+     * in every 100 ms window, through the ring's wrap-arounds. */
+    for (unsigned w = 1; w < total / 5 - 1; w++) {
+        const int16_t *win = out + (size_t)w * 5 * 160;
+        double meeting = tone_amp(win, 800, 500.0, 8000);
+        double ann = tone_amp(win, 800, 1300.0, 8000);
+        if (!(meeting > before * 0.2 && meeting < before * 0.3 && ann > 0.25 && ann < 0.35)) {
+            fprintf(stderr, "  window %u: meeting %.3f ann %.3f\n", w, meeting, ann);
+            CHECK(!"not ducked, or the announcement is not whole");
+            break;
+        }
+    }
+    /* After the last frame the meeting comes back within 200 ms, and the announcement stops. */
+    const int16_t *after = out + (size_t)(total + 12) * 160;
+    CHECK(tone_amp(after, 1600, 500.0, 8000) > before * 0.9);
+    CHECK(tone_amp(after, 1600, 1300.0, 8000) < 0.01);
+    CHECK(mc_duck_gain(&L.b) == 1.0);
+    /* The ramp back up is gradual: 100 ms after the end the gain is about half way. */
+    const int16_t *mid = out + (size_t)(total + 4) * 160;
+    double ramp = tone_amp(mid, 160, 500.0, 8000);
+    CHECK(ramp > before * 0.4 && ramp < before * 0.85);
+}
+
+static void test_ann_queue_bounds_and_flush(void)
+{
+    mc_t m;
+    mc_config_t cfg = {.rate = 16000};
+    CHECK(mc_init(&m, &cfg));
+    uint8_t frame[160];
+    size_t phase = 0;
+    pcmu_tone_frame(frame, &phase);
+    CHECK(!mc_ann_push(&m, MC_CODEC_PCMU, frame, 159)); /* PCMU frames are 160 bytes */
+    CHECK(!mc_ann_push(&m, MC_CODEC_PCMA, frame, 160));
+    CHECK(!mc_ann_push(&m, MC_CODEC_OPUS, frame, 10)); /* no Opus ops in this core */
+    CHECK(!mc_ann_push(&m, MC_CODEC_PCMU, NULL, 160));
+    unsigned n = 0;
+    while (mc_ann_push(&m, MC_CODEC_PCMU, frame, sizeof frame)) {
+        n++;
+    }
+    CHECK_INT(n, MC_ANN_FRAMES);
+    uint32_t queued, played;
+    int16_t spk[MC_MAX_FRAME];
+    mc_frame(&m, NULL, spk);
+    mc_frame(&m, NULL, NULL); /* no speaker: the frame is used up all the same */
+    mc_ann_progress(&m, &queued, &played);
+    CHECK_INT(queued, MC_ANN_FRAMES - 2);
+    CHECK_INT(played, 2);
+    CHECK(mc_ann_push(&m, MC_CODEC_PCMU, frame, sizeof frame));
+    mc_ann_flush(&m);
+    mc_ann_progress(&m, &queued, &played);
+    CHECK_INT(queued, 0);
+    CHECK_INT(played, 0);
+    mc_frame(&m, NULL, spk);
+    CHECK(mc_rms(spk, 320) == 0.0);
+    mc_deinit(&m);
+}
+
+static void test_ring_tone_pattern(void)
+{
+    static int16_t out[350 * 160];
+    mc_t m;
+    mc_config_t cfg = {.rate = 8000};
+    CHECK(mc_init(&m, &cfg));
+    mc_ring(&m, true);
+    for (int f = 0; f < 350; f++) { /* 7 s: on 0-2 s, off 2-6 s, on again from 6 s */
+        mc_frame(&m, NULL, out + (size_t)f * 160);
+    }
+    const int16_t *on = out + 8000; /* 1-1.5 s */
+    CHECK(tone_amp(on, 4000, 440.0, 8000) > 0.12);
+    CHECK(tone_amp(on, 4000, 480.0, 8000) > 0.12);
+    CHECK(mc_duck_gain(&m) < 1.0);               /* the ring ducks a meeting too */
+    CHECK(mc_rms(out + 3 * 8000, 8000) < 0.001); /* 3-4 s: the pause */
+    CHECK(tone_amp(out + 6 * 8000 + 800, 4000, 440.0, 8000) > 0.12);
+    mc_ring(&m, false);
+    mc_frame(&m, NULL, out);
+    CHECK(mc_rms(out, 160) == 0.0);
+    mc_deinit(&m);
+}
+
+#ifdef MC_TEST_OPUS
+static void test_ann_opus_decoded(void)
+{
+    /* Opus frames of a 1000 Hz tone, encoded at 48 kHz as the controller does, played by a
+     * 16 kHz core (the decoder resamples). */
+    const mc_opus_ops_t *ops = host_opus_ops();
+    void *enc = ops->enc_new(ops->ctx, 48000, 32000);
+    CHECK(enc != NULL);
+    mc_t m;
+    mc_config_t cfg = {.rate = 16000, .opus = ops};
+    CHECK(mc_init(&m, &cfg));
+    static int16_t out[50 * 320];
+    size_t phase = 0;
+    for (int f = 0; f < 50; f++) {
+        int16_t pcm[960];
+        uint8_t pkt[MC_MAX_PAYLOAD];
+        tone(pcm, 960, 1000.0, 48000, 0.3, &phase);
+        int n = ops->encode(enc, pcm, 960, pkt, sizeof pkt);
+        CHECK(n > 0);
+        CHECK(mc_ann_push(&m, MC_CODEC_OPUS, pkt, (size_t)n));
+    }
+    for (int f = 0; f < 50; f++) {
+        mc_frame(&m, NULL, out + (size_t)f * 320);
+    }
+    CHECK(tone_share(out + 320 * 10, 320 * 30, 1000.0, 16000) > 0.8);
+    double amp = tone_amp(out + 320 * 10, 320 * 30, 1000.0, 16000);
+    CHECK(amp > 0.2 && amp < 0.4);
+    ops->enc_free(enc);
+    mc_deinit(&m);
+}
+#endif
+
 void suite_media(void)
 {
     RUN(test_rtp_roundtrip_and_refusals);
@@ -608,7 +770,11 @@ void suite_media(void)
     RUN(test_mix_volume_and_clipping);
     RUN(test_concealment_g711);
     RUN(test_bad_input_is_refused_and_counted);
+    RUN(test_ann_plays_over_a_ducked_meeting);
+    RUN(test_ann_queue_bounds_and_flush);
+    RUN(test_ring_tone_pattern);
 #ifdef MC_TEST_OPUS
+    RUN(test_ann_opus_decoded);
     RUN(test_opus_path_and_plc);
     RUN(test_opus_and_pcmu_peers_at_once);
 #endif

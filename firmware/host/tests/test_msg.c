@@ -818,6 +818,47 @@ static void cleanup(void)
     fleet_json_free(&g_doc);
 }
 
+static void test_base64(void)
+{
+    uint8_t out[8];
+    CHECK_INT(fleet_b64_len("AAAA"), 3);
+    CHECK_INT(fleet_b64_len("AA=="), 1);
+    CHECK_INT(fleet_b64_len("AAA="), 2);
+    CHECK_INT(fleet_b64_len(""), -1);
+    CHECK_INT(fleet_b64_len("AAA"), -1);
+    CHECK_INT(fleet_b64_len("A==="), -1);
+    CHECK_INT(fleet_b64_len("AA=A"), -1);
+    CHECK_INT(fleet_b64_len("AA==AAAA"), -1);
+    CHECK_INT(fleet_b64_len("AA A"), -1);
+    CHECK_INT(fleet_b64_decode("aGVsbG8=", out, sizeof out), 5);
+    CHECK(memcmp(out, "hello", 5) == 0);
+    CHECK_INT(fleet_b64_decode("+/+/", out, sizeof out), 3);
+    CHECK_INT(out[0], 0xfb);
+    CHECK_INT(fleet_b64_decode("aGVsbG8gd29ybGQ=", out, sizeof out), -1); /* 11 > 8 */
+    CHECK(fleet_ann_id_valid("Ann_1-x"));
+    CHECK(!fleet_ann_id_valid(""));
+    CHECK(!fleet_ann_id_valid("a.b"));
+}
+
+static void test_ann_chunk_and_api_req(void)
+{
+    fleet_ann_chunk_t c;
+    CHECK_INT(PARSE(fleet_ann_chunk_parse,
+                    "{\"ann\":\"a\",\"seq\":3,\"codec\":\"opus\",\"frames\":[\"AAAA\",\"AA==\"],"
+                    "\"last\":true,\"priority\":\"urgent\",\"extra\":1}",
+                    &c),
+              FLEET_OK);
+    CHECK_INT(c.seq, 3);
+    CHECK_INT(c.n_frames, 2);
+    CHECK(c.last && c.urgent);
+    CHECK_INT(c.codec, FLEET_ANN_OPUS);
+    char buf[128];
+    fleet_api_req_t r = {.id = "b1", .device = "dev-1", .to = NULL, .group = "g"};
+    CHECK(fleet_api_req_encode(&r, buf, sizeof buf) > 0);
+    CHECK_STR(buf, "{\"id\":\"b1\",\"device\":\"dev-1\",\"group\":\"g\"}");
+    CHECK_INT(fleet_api_req_encode(&r, buf, 8), 0);
+}
+
 void suite_msg(void)
 {
     RUN(test_desired_good);
@@ -840,5 +881,7 @@ void suite_msg(void)
     RUN(test_meet_down_round_trip);
     RUN(test_meet_candidate);
     RUN(test_encoders_refuse_small_buffers);
+    RUN(test_base64);
+    RUN(test_ann_chunk_and_api_req);
     cleanup();
 }

@@ -137,10 +137,29 @@ static void test_parse(void)
     CHECK_STR(fleet_topic_kind_name(FLEET_TOPIC_MEET_DOWN), "meet_down");
 }
 
+static void test_announce_and_api_by(void)
+{
+    char buf[FLEET_TOPIC_MAX + FLEET_API_OP_MAX];
+    fleet_topic_t t;
+    CHECK(fleet_topic_device(buf, sizeof buf, "fleet/v1", FLEET_TOPIC_ANNOUNCE, "dev-1"));
+    CHECK_STR(buf, "fleet/v1/dev/dev-1/ann");
+    CHECK(fleet_topic_parse("fleet/v1", buf, strlen(buf), &t));
+    CHECK_INT(t.kind, FLEET_TOPIC_ANNOUNCE);
+    CHECK_STR(t.name, "dev-1");
+    CHECK_STR(fleet_topic_kind_name(FLEET_TOPIC_ANNOUNCE), "announce");
+    CHECK(!fleet_topic_device(buf, sizeof buf, "fleet/v1", FLEET_TOPIC_ANNOUNCE, "Dev"));
+    CHECK(fleet_topic_api_by(buf, sizeof buf, "fleet/v1", "dev-1", "call"));
+    CHECK_STR(buf, "fleet/v1/api/by/dev-1/call");
+    CHECK(!fleet_topic_api_by(buf, sizeof buf, "fleet/v1", "dev-1", "Call"));
+    CHECK(!fleet_topic_api_by(buf, sizeof buf, "fleet/v1", "dev/1", "call"));
+    CHECK(!fleet_topic_api_by(buf, 10, "fleet/v1", "dev-1", "call"));
+}
+
 void suite_topics(void)
 {
     RUN(test_ids);
     RUN(test_prefix);
     RUN(test_build);
     RUN(test_parse);
+    RUN(test_announce_and_api_by);
 }

@@ -15,7 +15,9 @@
  *    the applied rev, so state never goes backwards;
  *  - the meeting signalling phase (idle/joining/joined) and the session it is in;
  *  - the last FLEET_CMD_RING command ids and their final acks, so a redelivered
- *    command gets the same answer and runs nothing.
+ *    command gets the same answer and runs nothing;
+ *  - the announcement playing (its command, its next chunk), the ring, do-not-disturb
+ *    (fleet_intercom.c, protocol.md 14).
  *
  * All storage is inside fleet_core_t (no allocation except cJSON's while a payload
  * is parsed), so one static instance is all a device needs. Not thread-safe: call
@@ -65,6 +67,12 @@ extern "C" {
 #define FLEET_IDENTIFY_DEFAULT_S 5
 #define FLEET_IDENTIFY_MAX_S     300
 
+#define FLEET_ANN_NO_AUDIO_MS 2000   /* announce: no chunk this long after the command */
+#define FLEET_ANN_STALL_MS    3000   /* chunks stopped before the last one, queue empty */
+#define FLEET_ANN_MAX_MS      600000 /* announce args.duration_ms */
+#define FLEET_RING_MAX_S      120
+#define FLEET_CALL_TO_BYTES   (6 + FLEET_ID_MAX + 1) /* "group:" + id, or a device id */
+
 typedef struct {
     const char *device_id; /* [a-z0-9][a-z0-9-]{0,63} */
     const char *prefix;    /* NULL = "fleet/v1" */
@@ -83,6 +91,9 @@ typedef struct {
     /* NULL, or why the pending command failed after all (an ota image that did not boot
      * and was rolled back): its final ack is then failed with this detail. */
     const char *pending_error;
+    /* Where the call button calls: a device id, "group:NAME", or NULL/"" = nowhere
+     * (NVS key call_to). */
+    const char *call_to;
 } fleet_config_t;
 
 typedef enum {
@@ -95,6 +106,18 @@ typedef struct {
     bool has_doc;
     fleet_desired_t doc;
 } fleet_source_t;
+
+typedef enum {
+    FLEET_ANN_IDLE = 0, /* nothing to play */
+    FLEET_ANN_WAITING,  /* the command came, its first chunk has not */
+    FLEET_ANN_PLAYING,  /* chunks are coming and playing */
+    FLEET_ANN_DRAINING, /* the last chunk came: the rest of the queue plays out */
+} fleet_ann_phase_t;
+
+/* What a button press means (the port debounces and times it). */
+typedef enum {
+    FLEET_BUTTON_SHORT = 0, /* answer a ring, hang up a call, or call call_to */
+} fleet_button_t;
 
 /* A remembered command: its id and the last ack sent for it live in the arena. */
 typedef struct {
@@ -129,6 +152,7 @@ typedef struct fleet_core {
     char t_cmd[FLEET_TOPIC_MAX];
     char t_meet_up[FLEET_TOPIC_MAX];
     char t_meet_down[FLEET_TOPIC_MAX];
+    char t_ann[FLEET_TOPIC_MAX];
 
     bool connected;
 
@@ -141,6 +165,7 @@ typedef struct fleet_core {
     bool has_meeting; /* the applied intent has a meeting */
     fleet_intent_t meeting;
     char error[FLEET_TEXT_BYTES]; /* reported in state when not empty */
+    bool dnd;                     /* do-not-disturb, from the own desired doc only */
 
     /* meeting signalling */
     fleet_meet_phase_t phase;
@@ -169,6 +194,23 @@ typedef struct fleet_core {
     char old_groups[FLEET_MAX_GROUPS][FLEET_ID_MAX + 1];
     fleet_source_t old_sources[FLEET_MAX_GROUPS];
 
+    /* announcements, ring, the call button (fleet_intercom.c) */
+    struct {
+        fleet_ann_phase_t phase;
+        char ann[FLEET_ANN_ID_CHARS + 1];
+        char cmd[FLEET_UTF8_BYTES(FLEET_CMD_ID_CHARS)]; /* the announce command to answer */
+        bool urgent;
+        int64_t next_seq;
+        uint64_t since_ms; /* the command (WAITING) or the latest chunk */
+        uint32_t dropped;  /* frames the player had no room for */
+    } ann;
+    bool ringing;
+    uint64_t ring_until_ms;
+    char ring_call[FLEET_ROOM_MAX + 1];
+    char call_to[FLEET_CALL_TO_BYTES];
+    uint32_t api_seq;                   /* numbers the button's request ids */
+    uint8_t frame[FLEET_ANN_FRAME_MAX]; /* one decoded announcement frame */
+
     /* telemetry */
     uint64_t next_tele_ms;
     bool tele_waits_for_clock;
@@ -196,6 +238,10 @@ void fleet_core_on_message(fleet_core_t *core, const char *topic, size_t topic_l
 uint32_t fleet_core_tick(fleet_core_t *core);
 /* Orderly stop: leave the meeting, publish {"online":false} retained. Then disconnect. */
 void fleet_core_shutdown(fleet_core_t *core);
+
+/* The device's button (the port debounces it): a short press answers a ring, hangs up a
+ * call room (call-...) or calls call_to, as an ApiRequest on api/by/{id}/{op}. */
+void fleet_core_button(fleet_core_t *core, fleet_button_t event);
 
 /* For the media layer: send SDP to a participant of our session through the controller. */
 bool fleet_core_send_sdp(fleet_core_t *core, const char *to, bool is_offer, const char *sdp);

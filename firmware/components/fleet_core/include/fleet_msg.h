@@ -99,6 +99,8 @@ typedef struct {
     int64_t rev; /* >= 0 */
     bool has_meeting;
     fleet_intent_t meeting;
+    bool has_dnd; /* dnd: bool | None (None = leave as is); only a device's own doc */
+    bool dnd;
     bool has_ts;
     double ts;
 } fleet_desired_t;
@@ -117,6 +119,7 @@ typedef struct {
     bool has_volume;
     int volume;
     const char *error; /* NULL = none */
+    bool dnd;          /* default false, left out when false */
     bool has_ts;
     double ts;
 } fleet_state_t;
@@ -272,12 +275,54 @@ typedef struct {
     const char *data_b64;   /* message */
 } fleet_meet_down_t;
 
+/* ---- announcements and the device's own API requests (protocol.md 14) ---------------------- */
+
+#define FLEET_ANN_ID_CHARS   64   /* [A-Za-z0-9_-]{1,64} */
+#define FLEET_ANN_MAX_FRAMES 50   /* AnnounceChunk.frames max_length */
+#define FLEET_ANN_FRAME_MAX  1275 /* bytes: the largest Opus frame (RFC 6716 3.4) */
+#define FLEET_ANN_PCMU_FRAME 160  /* bytes: 20 ms at 8 kHz */
+
+typedef enum {
+    FLEET_ANN_OPUS = 0, /* 48 kHz mono, 20 ms frames */
+    FLEET_ANN_PCMU,     /* 8 kHz, 160-byte 20 ms frames */
+} fleet_ann_codec_t;
+
+typedef struct {
+    const char *ann; /* the announcement's id */
+    int64_t seq;     /* >= 0 */
+    fleet_ann_codec_t codec;
+    const cJSON *frames; /* validated array of base64 strings (view) */
+    size_t n_frames;     /* 1..FLEET_ANN_MAX_FRAMES */
+    bool last;           /* default false */
+    bool urgent;         /* priority: "normal" (default) | "urgent" */
+} fleet_ann_chunk_t;
+
+/* An ApiRequest the device itself sends on api/by/{id}/{op} (its button: call, answer,
+ * hangup). NULL members are left out. */
+typedef struct {
+    const char *id;
+    const char *device;
+    const char *to;
+    const char *group;
+} fleet_api_req_t;
+
+/* [A-Za-z0-9_-]{1,64}, the whole string. */
+bool fleet_ann_id_valid(const char *s);
+/* Decoded length of strict base64 (standard alphabet, padded, no whitespace), -1 if not. */
+long fleet_b64_len(const char *s);
+/* Decodes strict base64 into out; the decoded length, or -1 (bad input, or cap too small). */
+long fleet_b64_decode(const char *s, uint8_t *out, size_t cap);
+
 /* ---- parsers: doc must hold a successfully parsed document --------------------------------- */
 
 fleet_err_t fleet_desired_parse(const fleet_json_doc_t *doc, fleet_desired_t *out,
                                 fleet_perr_t *err);
 fleet_err_t fleet_cmd_parse(const fleet_json_doc_t *doc, fleet_cmd_t *out, fleet_perr_t *err);
 fleet_err_t fleet_meet_down_parse(const fleet_json_doc_t *doc, fleet_meet_down_t *out,
+                                  fleet_perr_t *err);
+/* Every frame is checked (base64, 1..FLEET_ANN_FRAME_MAX bytes, 160 for pcmu) before any is
+ * used: a chunk is taken whole or refused. */
+fleet_err_t fleet_ann_chunk_parse(const fleet_json_doc_t *doc, fleet_ann_chunk_t *out,
                                   fleet_perr_t *err);
 /* The i-th entry of a parsed joined or media message's peers (already validated). */
 bool fleet_meet_peer_at(const fleet_meet_down_t *msg, size_t i, fleet_peer_info_t *out);
@@ -296,6 +341,7 @@ size_t fleet_state_encode(const fleet_state_t *m, char *buf, size_t cap);
 size_t fleet_ack_encode(const fleet_ack_t *m, char *buf, size_t cap);
 size_t fleet_tele_encode(const fleet_tele_t *m, char *buf, size_t cap);
 size_t fleet_meet_up_encode(const fleet_meet_up_t *m, char *buf, size_t cap);
+size_t fleet_api_req_encode(const fleet_api_req_t *m, char *buf, size_t cap);
 
 const char *fleet_ack_code_name(fleet_ack_code_t code);
 

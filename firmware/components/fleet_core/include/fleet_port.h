@@ -77,6 +77,24 @@ typedef struct fleet_media {
     size_t (*stats)(void *ctx, fleet_peer_audio_t *out, size_t cap);
 } fleet_media_t;
 
+/*
+ * The speaker outside the meeting's media (optional: NULL = no speaker, announce fails at
+ * once): announcements (encoded 20 ms frames the platform decodes and plays mixed over the
+ * meeting, which it ducks meanwhile) and the ring tone. Implementations: the media core's
+ * player (mc_ann_*, mc_ring) behind host/host_media.c and main/fleet_audio.c.
+ */
+typedef struct fleet_player {
+    void *ctx;
+    /* Queue one encoded frame; false: the buffer is full or the frame cannot be taken. */
+    bool (*ann_frame)(void *ctx, fleet_ann_codec_t codec, const uint8_t *data, size_t len);
+    /* Drop what is queued at once (the announcement was cut off) and zero the count. */
+    void (*ann_flush)(void *ctx);
+    /* Frames queued and not yet played; frames played since the last flush. */
+    void (*ann_progress)(void *ctx, uint32_t *queued, uint32_t *played);
+    /* The ring pattern on (from its start) or off. */
+    void (*ring)(void *ctx, bool on);
+} fleet_player_t;
+
 typedef struct fleet_port {
     void *ctx; /* passed back to every callback */
 
@@ -114,6 +132,7 @@ typedef struct fleet_port {
      * or ends the command with fleet_core_ota_failed(); the old image keeps running. */
     bool (*ota)(void *ctx, const char *cmd_id, const char *url);
     const fleet_media_t *media;
+    const fleet_player_t *player;
 } fleet_port_t;
 
 #ifdef __cplusplus

@@ -1,10 +1,10 @@
 /*
  * fleet_topics.h - the fleet's MQTT namespace (mirror of fleet/protocol/topics.py).
  *
- *   {prefix}/dev/{id}/{status|desired|state|cmd|ack|tele}
+ *   {prefix}/dev/{id}/{status|desired|state|cmd|ack|tele|ann}
  *   {prefix}/grp/{group}/desired
  *   {prefix}/meet/{pid}/{up|down}
- *   {prefix}/api/{op}   {prefix}/api/result
+ *   {prefix}/api/{op}   {prefix}/api/result   {prefix}/api/by/{user}/{op}
  */
 #ifndef FLEET_TOPICS_H
 #define FLEET_TOPICS_H
@@ -35,6 +35,7 @@ typedef enum {
     FLEET_TOPIC_MEET_DOWN,
     FLEET_TOPIC_API,
     FLEET_TOPIC_API_RESULT,
+    FLEET_TOPIC_ANNOUNCE, /* dev/{id}/ann: announcement audio (protocol.md 14) */
 } fleet_topic_kind_t;
 
 typedef struct {
@@ -56,11 +57,14 @@ bool fleet_room_valid(const char *s);
  */
 bool fleet_prefix_normalize(const char *in, char *out, size_t cap);
 
-/* Device topic for kind in {STATUS..TELE}; false if the id or the buffer is bad. */
+/* Device topic for kind in {STATUS..TELE, ANNOUNCE}; false if the id or the buffer is bad. */
 bool fleet_topic_device(char *out, size_t cap, const char *prefix, fleet_topic_kind_t kind,
                         const char *device_id);
 bool fleet_topic_group_desired(char *out, size_t cap, const char *prefix, const char *group);
 bool fleet_topic_meet(char *out, size_t cap, const char *prefix, const char *pid, bool up);
+/* api/by/{user}/{op}: a request the device itself makes (its button). */
+bool fleet_topic_api_by(char *out, size_t cap, const char *prefix, const char *user,
+                        const char *op);
 
 /* Classify a topic (len bytes, need not be NUL-terminated). False if outside the namespace. */
 bool fleet_topic_parse(const char *prefix, const char *topic, size_t len, fleet_topic_t *out);

@@ -74,8 +74,8 @@ static void memo_store(fleet_core_t *core, const char *id, const char *ack, size
 }
 
 /* Sends an ack and, unless the id is unknown ("?"), remembers it for that id. */
-static void answer(fleet_core_t *core, const char *id, bool ok, fleet_ack_code_t code,
-                   const char *detail, bool done, const char *result)
+void fleet_cmd_answer(fleet_core_t *core, const char *id, bool ok, fleet_ack_code_t code,
+                      const char *detail, bool done, const char *result)
 {
     fleet_ack_t msg;
     memset(&msg, 0, sizeof msg);
@@ -108,7 +108,7 @@ static void resend(fleet_core_t *core, const char *id, const fleet_ack_memo_t *m
 
 static void reject(fleet_core_t *core, const char *id, fleet_ack_code_t code, const char *detail)
 {
-    answer(core, id, false, code, detail, true, NULL);
+    fleet_cmd_answer(core, id, false, code, detail, true, NULL);
 }
 
 /* ---- ops --------------------------------------------------------------------------------- */
@@ -117,7 +117,7 @@ static void op_ping(fleet_core_t *core, const fleet_cmd_t *cmd)
 {
     double up = (double)fleet_core_now_ms(core) / 1000.0;
     (void)snprintf(core->result, sizeof core->result, "{\"uptime_s\":%.3f}", up);
-    answer(core, cmd->id, true, FLEET_ACK_OK, "", true, core->result);
+    fleet_cmd_answer(core, cmd->id, true, FLEET_ACK_OK, "", true, core->result);
 }
 
 static void op_identify(fleet_core_t *core, const fleet_json_doc_t *doc, const fleet_cmd_t *cmd)
@@ -133,12 +133,12 @@ static void op_identify(fleet_core_t *core, const fleet_json_doc_t *doc, const f
         seconds = (long)v->valuedouble;
     }
     core->port->identify(core->port->ctx, (uint32_t)seconds);
-    answer(core, cmd->id, true, FLEET_ACK_OK, "", true, NULL);
+    fleet_cmd_answer(core, cmd->id, true, FLEET_ACK_OK, "", true, NULL);
 }
 
 static void op_reboot(fleet_core_t *core, const fleet_cmd_t *cmd)
 {
-    answer(core, cmd->id, true, FLEET_ACK_ACCEPTED, "rebooting", false, NULL);
+    fleet_cmd_answer(core, cmd->id, true, FLEET_ACK_ACCEPTED, "rebooting", false, NULL);
     /* The final ack ("ok") is sent by the next boot, after it has connected. */
     if (core->port->save_pending != NULL && !core->port->save_pending(core->port->ctx, cmd->id)) {
         fleet_core_logf(core, FLEET_LOG_WARN, TAG, "reboot %.64s: id not saved, no final ack",
@@ -166,23 +166,24 @@ static void op_ota(fleet_core_t *core, const fleet_cmd_t *cmd)
         return;
     }
     if (core->port->ota == NULL) {
-        answer(core, cmd->id, true, FLEET_ACK_ACCEPTED, "", false, NULL);
-        answer(core, cmd->id, false, FLEET_ACK_FAILED, "not supported in this build", true, NULL);
+        fleet_cmd_answer(core, cmd->id, true, FLEET_ACK_ACCEPTED, "", false, NULL);
+        fleet_cmd_answer(core, cmd->id, false, FLEET_ACK_FAILED, "not supported in this build",
+                         true, NULL);
         return;
     }
-    answer(core, cmd->id, true, FLEET_ACK_ACCEPTED, "downloading", false, NULL);
+    fleet_cmd_answer(core, cmd->id, true, FLEET_ACK_ACCEPTED, "downloading", false, NULL);
     /* The final ack comes from the new image after its restart, or from
      * fleet_core_ota_failed() while the old one keeps running. */
     if (!core->port->ota(core->port->ctx, cmd->id, url->valuestring)) {
-        answer(core, cmd->id, false, FLEET_ACK_FAILED,
-               "cannot start: an update is running, or no OTA slot", true, NULL);
+        fleet_cmd_answer(core, cmd->id, false, FLEET_ACK_FAILED,
+                         "cannot start: an update is running, or no OTA slot", true, NULL);
     }
 }
 
 void fleet_core_ota_failed(fleet_core_t *core, const char *cmd_id, const char *detail)
 {
     fleet_core_logf(core, FLEET_LOG_WARN, TAG, "ota %.64s failed: %.120s", cmd_id, detail);
-    answer(core, cmd_id, false, FLEET_ACK_FAILED, detail, true, NULL);
+    fleet_cmd_answer(core, cmd_id, false, FLEET_ACK_FAILED, detail, true, NULL);
 }
 
 static void op_set_groups(fleet_core_t *core, const fleet_cmd_t *cmd)
@@ -231,8 +232,8 @@ static void op_set_groups(fleet_core_t *core, const fleet_cmd_t *cmd)
     }
     fleet_jw_arr_end(&w);
     fleet_jw_obj_end(&w);
-    answer(core, cmd->id, true, FLEET_ACK_OK, "", true,
-           fleet_jw_finish(&w) > 0 ? core->result : NULL);
+    fleet_cmd_answer(core, cmd->id, true, FLEET_ACK_OK, "", true,
+                     fleet_jw_finish(&w) > 0 ? core->result : NULL);
 }
 
 /* ---- entry ------------------------------------------------------------------------------- */
@@ -292,6 +293,10 @@ void fleet_cmd_handle(fleet_core_t *core, const char *payload, size_t len)
             op_ota(core, &cmd);
         } else if (strcmp(cmd.op, "set_groups") == 0) {
             op_set_groups(core, &cmd);
+        } else if (strcmp(cmd.op, "announce") == 0) {
+            fleet_intercom_announce(core, &doc, &cmd);
+        } else if (strcmp(cmd.op, "ring") == 0) {
+            fleet_intercom_ring(core, &doc, &cmd);
         } else {
             (void)snprintf(detail, sizeof detail, "unknown op '%s'", cmd.op);
             reject(core, cmd.id, FLEET_ACK_UNKNOWN_OP, detail);
@@ -306,7 +311,8 @@ void fleet_cmd_confirm_pending(fleet_core_t *core)
         return;
     }
     if (core->pending_error[0] != '\0') {
-        answer(core, core->pending_cmd, false, FLEET_ACK_FAILED, core->pending_error, true, NULL);
+        fleet_cmd_answer(core, core->pending_cmd, false, FLEET_ACK_FAILED, core->pending_error,
+                         true, NULL);
     } else if (core->pending_is_ota) {
         fleet_jw_t w;
         fleet_jw_init(&w, core->result, sizeof core->result);
@@ -314,10 +320,10 @@ void fleet_cmd_confirm_pending(fleet_core_t *core)
         fleet_jw_key(&w, "fw");
         fleet_jw_str(&w, core->fw);
         fleet_jw_obj_end(&w);
-        answer(core, core->pending_cmd, true, FLEET_ACK_OK, "", true,
-               fleet_jw_finish(&w) > 0 ? core->result : NULL);
+        fleet_cmd_answer(core, core->pending_cmd, true, FLEET_ACK_OK, "", true,
+                         fleet_jw_finish(&w) > 0 ? core->result : NULL);
     } else {
-        answer(core, core->pending_cmd, true, FLEET_ACK_OK, "rebooted", true, NULL);
+        fleet_cmd_answer(core, core->pending_cmd, true, FLEET_ACK_OK, "rebooted", true, NULL);
     }
     core->pending_cmd[0] = '\0';
     if (core->port->save_pending != NULL) {

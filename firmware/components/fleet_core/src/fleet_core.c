@@ -92,7 +92,8 @@ static bool build_topics(fleet_core_t *core)
            fleet_topic_device(core->t_desired, FLEET_TOPIC_MAX, p, FLEET_TOPIC_DESIRED, id) &&
            fleet_topic_device(core->t_cmd, FLEET_TOPIC_MAX, p, FLEET_TOPIC_CMD, id) &&
            fleet_topic_meet(core->t_meet_up, FLEET_TOPIC_MAX, p, id, true) &&
-           fleet_topic_meet(core->t_meet_down, FLEET_TOPIC_MAX, p, id, false);
+           fleet_topic_meet(core->t_meet_down, FLEET_TOPIC_MAX, p, id, false) &&
+           fleet_topic_device(core->t_ann, FLEET_TOPIC_MAX, p, FLEET_TOPIC_ANNOUNCE, id);
 }
 
 bool fleet_core_init(fleet_core_t *core, const fleet_config_t *cfg, const fleet_port_t *port)
@@ -152,6 +153,17 @@ bool fleet_core_init(fleet_core_t *core, const fleet_config_t *cfg, const fleet_
         core->caps.n_codecs = FLEET_MAX_CODECS;
     }
     core->tele_interval_ms = cfg->tele_interval_ms;
+    if (cfg->call_to != NULL && cfg->call_to[0] != '\0') {
+        const char *target =
+            strncmp(cfg->call_to, "group:", 6) == 0 ? cfg->call_to + 6 : cfg->call_to;
+        if (fleet_id_valid(target)) {
+            (void)fleet_copy_str(core->call_to, sizeof core->call_to, cfg->call_to);
+        } else {
+            fleet_core_logf(core, FLEET_LOG_WARN, TAG,
+                            "config: call_to '%.80s' is not a device id or group:NAME: ignored",
+                            cfg->call_to);
+        }
+    }
     if (!build_topics(core)) {
         fleet_core_logf(core, FLEET_LOG_ERROR, TAG, "config: topics do not fit");
         return false;
@@ -232,6 +244,7 @@ static size_t encode_state(fleet_core_t *core, char *buf, size_t cap, bool with_
         }
     }
     st.error = core->error[0] != '\0' ? core->error : NULL;
+    st.dnd = core->dnd;
     st.has_ts = fleet_core_unix_now(core, &st.ts);
     return fleet_state_encode(&st, buf, cap);
 }
@@ -346,6 +359,7 @@ void fleet_core_on_connected(fleet_core_t *core)
     subscribe(core, core->t_desired);
     subscribe(core, core->t_cmd);
     subscribe(core, core->t_meet_down);
+    subscribe(core, core->t_ann);
     group_topic_do(core, "all", true);
     for (size_t i = 0; i < core->n_groups; i++) {
         group_topic_do(core, core->groups[i], true);
@@ -419,6 +433,12 @@ void fleet_core_on_message(fleet_core_t *core, const char *topic, size_t topic_l
                 return;
             }
             break;
+        case FLEET_TOPIC_ANNOUNCE:
+            if (mine) {
+                fleet_intercom_on_chunk(core, payload, len);
+                return;
+            }
+            break;
         default:
             break;
     }
@@ -482,6 +502,10 @@ uint32_t fleet_core_tick(fleet_core_t *core)
     uint64_t now = fleet_core_now_ms(core);
     uint64_t wait = 1000; /* meeting.until is checked at least once a second */
     fleet_reconciler_expire(core);
+    uint32_t intercom = fleet_intercom_tick(core);
+    if (intercom < wait) {
+        wait = intercom;
+    }
     if (core->connected && core->tele_interval_ms > 0) {
         if (now >= core->next_tele_ms) {
             send_tele(core);

@@ -55,6 +55,22 @@ void fleet_participant_on_down(fleet_core_t *core, const char *payload, size_t l
 void fleet_cmd_handle(fleet_core_t *core, const char *payload, size_t len);
 /* After a connect: the final ack of the reboot command that restarted us, if any. */
 void fleet_cmd_confirm_pending(fleet_core_t *core);
+/* Sends an ack and remembers it for the id (fleet_cmd.c). result: encoded JSON or NULL. */
+void fleet_cmd_answer(fleet_core_t *core, const char *id, bool ok, fleet_ack_code_t code,
+                      const char *detail, bool done, const char *result);
+
+/* fleet_intercom.c: announcements, ring, do-not-disturb, the call button */
+void fleet_intercom_announce(fleet_core_t *core, const fleet_json_doc_t *doc,
+                             const fleet_cmd_t *cmd);
+void fleet_intercom_ring(fleet_core_t *core, const fleet_json_doc_t *doc, const fleet_cmd_t *cmd);
+/* A message on dev/{id}/ann. */
+void fleet_intercom_on_chunk(fleet_core_t *core, const char *payload, size_t len);
+/* Timers: no audio, the end of play, the ring's end. Returns ms until it wants to run. */
+uint32_t fleet_intercom_tick(fleet_core_t *core);
+/* The applied meeting intent changed room (or to none, or from none): the ring stops. */
+void fleet_intercom_meeting_changed(fleet_core_t *core);
+/* The own desired doc said dnd (true/false). */
+void fleet_intercom_set_dnd(fleet_core_t *core, bool dnd);
 
 /* Copies src into dst (cap bytes), cut at a UTF-8 boundary to at most max_cp code points. */
 void fleet_copy_text(char *dst, size_t cap, const char *src, size_t max_cp);

@@ -41,6 +41,11 @@ fleet_err_t fleet_desired_parse(const fleet_json_doc_t *doc, fleet_desired_t *ou
             out->meeting.volume = (int)volume;
         }
     }
+    if (ok) {
+        const cJSON *dnd = fleet_json_get(root, "dnd");
+        out->has_dnd = dnd != NULL && !cJSON_IsNull(dnd);
+        ok = !out->has_dnd || fleet_read_bool(&c, root, "", "dnd", F_REQ, false, &out->dnd);
+    }
     ok = ok && fleet_read_num(&c, root, "", "ts", F_NULL, false, 0, 0, &out->has_ts, &out->ts);
     return ok ? FLEET_OK : FLEET_ERR_SCHEMA;
 }
@@ -299,6 +304,10 @@ size_t fleet_state_encode(const fleet_state_t *m, char *buf, size_t cap)
     fleet_jw_bool(&w, m->mic);
     fleet_write_opt_int(&w, "volume", m->has_volume, m->volume);
     fleet_write_opt_str(&w, "error", m->error);
+    if (m->dnd) { /* false is the default: left out, so older readers see the same doc */
+        fleet_jw_key(&w, "dnd");
+        fleet_jw_bool(&w, true);
+    }
     fleet_write_opt_num(&w, "ts", m->has_ts, m->ts);
     fleet_jw_obj_end(&w);
     return fleet_jw_finish(&w);

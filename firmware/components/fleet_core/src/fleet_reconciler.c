@@ -50,11 +50,16 @@ static void reconcile(fleet_core_t *core)
                         (long long)d->rev, want->room);
         want = NULL;
     }
+    bool room_changed = (want != NULL) != core->has_meeting ||
+                        (want != NULL && strcmp(want->room, core->meeting.room) != 0);
     core->applied_rev = d->rev;
     core->error[0] = '\0';
     fleet_core_logf(core, FLEET_LOG_INFO, TAG, "desired rev %lld from %s applied: meeting %s",
                     (long long)d->rev, source_name(core, best), want != NULL ? want->room : "none");
     fleet_participant_set_intent(core, want);
+    if (room_changed) {
+        fleet_intercom_meeting_changed(core);
+    }
     fleet_core_publish_state(core);
 }
 
@@ -77,6 +82,15 @@ void fleet_reconciler_on_desired(fleet_core_t *core, size_t slot, const char *pa
                         source_name(core, slot), err.msg);
         return;
     }
+    if (doc.has_dnd) {
+        if (slot == FLEET_SRC_OWN) {
+            /* dnd follows the own doc whichever doc's rev wins the meeting (protocol.md 14). */
+            fleet_intercom_set_dnd(core, doc.dnd);
+        } else {
+            fleet_core_logf(core, FLEET_LOG_INFO, TAG, "dnd in the doc of %s ignored: own doc only",
+                            source_name(core, slot));
+        }
+    }
     src->doc = doc;
     src->has_doc = true;
     if (doc.rev <= core->applied_rev) {
@@ -94,6 +108,7 @@ void fleet_reconciler_expire(fleet_core_t *core)
         fleet_core_logf(core, FLEET_LOG_INFO, TAG, "meeting %s lapsed (until passed)",
                         core->meeting.room);
         fleet_participant_set_intent(core, NULL);
+        fleet_intercom_meeting_changed(core);
         fleet_core_publish_state(core);
     }
 }

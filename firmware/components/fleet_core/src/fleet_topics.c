@@ -14,7 +14,7 @@ const char *fleet_topic_kind_name(fleet_topic_kind_t kind)
 {
     static const char *const names[] = {"status",    "desired", "state",         "cmd",
                                         "ack",       "tele",    "group_desired", "meet_up",
-                                        "meet_down", "api",     "api_result"};
+                                        "meet_down", "api",     "api_result",    "announce"};
     if ((unsigned)kind < sizeof names / sizeof names[0]) {
         return names[kind];
     }
@@ -112,6 +112,9 @@ static bool build(char *out, size_t cap, const char *prefix, const char *mid, co
 bool fleet_topic_device(char *out, size_t cap, const char *prefix, fleet_topic_kind_t kind,
                         const char *device_id)
 {
+    if (kind == FLEET_TOPIC_ANNOUNCE) {
+        return fleet_id_valid(device_id) && build(out, cap, prefix, "dev", device_id, "ann");
+    }
     if ((unsigned)kind > (unsigned)FLEET_TOPIC_TELE || !fleet_id_valid(device_id)) {
         return false;
     }
@@ -126,6 +129,17 @@ bool fleet_topic_group_desired(char *out, size_t cap, const char *prefix, const 
 bool fleet_topic_meet(char *out, size_t cap, const char *prefix, const char *pid, bool up)
 {
     return fleet_id_valid(pid) && build(out, cap, prefix, "meet", pid, up ? "up" : "down");
+}
+
+static bool api_op_valid(const char *s, size_t n);
+
+bool fleet_topic_api_by(char *out, size_t cap, const char *prefix, const char *user, const char *op)
+{
+    if (!fleet_id_valid(user) || op == NULL || !api_op_valid(op, strlen(op))) {
+        return false;
+    }
+    int n = snprintf(out, cap, "%s/api/by/%s/%s", prefix, user, op);
+    return n > 0 && (size_t)n < cap;
 }
 
 /* Splits "a/b/c" (n bytes) into exactly three levels; false for any other count. */
@@ -209,6 +223,11 @@ bool fleet_topic_parse(const char *prefix, const char *topic, size_t len, fleet_
                 set_name(out, lv[1], ln[1]);
                 return true;
             }
+        }
+        if (level_is(lv[2], ln[2], "ann")) {
+            out->kind = FLEET_TOPIC_ANNOUNCE;
+            set_name(out, lv[1], ln[1]);
+            return true;
         }
         return false;
     }

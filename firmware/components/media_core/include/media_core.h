@@ -9,7 +9,11 @@
  *  - the speaker mix: every decoded peer summed, scaled by the volume, clipped to int16;
  *  - the microphone: the mic gate (a muted mic sends silence, so the RTP clock and the
  *    peer's jitter buffer keep running), one encode per codec in use, RTP packets per peer;
- *  - choosing the codec from an SDP answer (mc_sdp_audio).
+ *  - choosing the codec from an SDP answer (mc_sdp_audio);
+ *  - announcements (mc_ann_*): a bounded queue of encoded 20 ms frames (Opus or PCMU),
+ *    decoded and played over the meeting mix at full level while the meeting is ducked to
+ *    MC_DUCK_GAIN (ramps: MC_DUCK_DOWN_MS down, MC_DUCK_UP_MS back up after the last frame);
+ *  - the ring tone (mc_ring): 440 + 480 Hz, 2 s on, 4 s off, ducking the meeting as well.
  * G.711 (PCMU/PCMA) is built in. Opus comes from the platform through mc_opus_ops_t
  * (libopus on the host, esp_audio_codec or libopus on the ESP32).
  *
@@ -44,6 +48,18 @@ extern "C" {
 #define MC_PREFILL_FRAMES 3  /* playout starts once 60 ms are buffered */
 #define MC_IDLE_FRAMES    25 /* 500 ms without a packet: the peer paused, prefill again */
 #define MC_CONCEAL_FRAMES 5  /* G.711: fade the last frame over this many, then silence */
+#ifndef MC_ANN_BYTES
+#define MC_ANN_BYTES 16384 /* encoded announcement audio held (the controller is ~1 s ahead) */
+#endif
+#ifndef MC_ANN_FRAMES
+#define MC_ANN_FRAMES 100 /* 2 s of 20 ms frames */
+#endif
+#define MC_ANN_FRAME_MAX 1275 /* bytes: the largest Opus frame */
+#define MC_DUCK_GAIN     0.25 /* the meeting's gain while an announcement or ring plays */
+#define MC_DUCK_DOWN_MS  50
+#define MC_DUCK_UP_MS    200
+#define MC_RING_ON_MS    2000
+#define MC_RING_OFF_MS   4000
 
 typedef enum {
     MC_CODEC_NONE = 0,
@@ -207,6 +223,25 @@ typedef struct {
     uint32_t ssrc_seed; /* the first peer's SSRC; each next peer gets the next one */
 } mc_config_t;
 
+/* The announcement player: frames in a byte ring (each with its length), played in order. */
+typedef struct {
+    uint8_t buf[MC_ANN_BYTES];
+    struct {
+        uint16_t off, len;
+        uint16_t pad;  /* bytes skipped at buf's end before this frame */
+        uint8_t codec; /* mc_codec_t */
+    } frame[MC_ANN_FRAMES];
+    size_t head, count; /* frame[] ring */
+    size_t write;       /* where the next frame's bytes go in buf */
+    size_t used;        /* bytes of buf held, skipped tail bytes included */
+    uint32_t played;    /* frames played since the last flush */
+    void *dec;          /* its own Opus decoder (the peers' keep their state) */
+    int16_t up_prev;    /* PCMU upsampling */
+    int32_t duck_q24;   /* the meeting's gain now, 1.0 = 1 << 24 */
+    bool ring;
+    uint32_t ring_pos; /* samples since the ring started */
+} mc_ann_t;
+
 typedef struct {
     mc_config_t cfg;
     size_t frame;           /* samples per frame at cfg.rate */
@@ -219,11 +254,13 @@ typedef struct {
     uint32_t clipped;       /* speaker samples clipped since start */
     double mic_level;       /* RMS of the last mic frame after the gate, 0..1 */
     uint32_t frames;        /* frames run */
+    mc_ann_t ann;
     /* scratch */
     uint8_t enc_opus[MC_MAX_PAYLOAD];
     uint8_t enc_pcmu[MC_MAX_FRAME / 6]; /* 160: 20 ms at 8 kHz */
     uint8_t enc_pcma[MC_MAX_FRAME / 6];
     int16_t pcm[MC_MAX_FRAME];
+    int16_t ann_pcm[MC_MAX_FRAME];
     int32_t acc[MC_MAX_FRAME];
     uint8_t pkt[MC_MAX_RTP];
 } mc_t;
@@ -256,6 +293,20 @@ bool mc_peer_payload(mc_t *m, uint32_t id, uint16_t seq, uint32_t ts, const uint
 /* One 20 ms frame: mic (frame samples, NULL = silence) goes through the gate and out to
  * every sending peer as RTP; the speaker frame is the mix of every receiving peer. */
 void mc_frame(mc_t *m, const int16_t *mic, int16_t *speaker);
+
+/* ---- announcements and the ring tone ----------------------------------------------------- */
+
+/* Queues one encoded 20 ms frame (MC_CODEC_OPUS: any size up to MC_ANN_FRAME_MAX, needs the
+ * Opus ops; MC_CODEC_PCMU: 160 bytes). False: the queue is full, or the frame is refused. */
+bool mc_ann_push(mc_t *m, mc_codec_t codec, const uint8_t *data, size_t len);
+/* Drops what is queued and zeroes the played count (the ducking ramps back up). */
+void mc_ann_flush(mc_t *m);
+/* Frames queued and not played yet; frames played since the last flush. */
+void mc_ann_progress(const mc_t *m, uint32_t *queued, uint32_t *played);
+/* The ring pattern on (from its start) or off. */
+void mc_ring(mc_t *m, bool on);
+/* The meeting's gain now (1.0, MC_DUCK_GAIN, or on a ramp between). */
+double mc_duck_gain(const mc_t *m);
 
 /* RMS of n samples, 0..1 (used for levels). */
 double mc_rms(const int16_t *pcm, size_t n);

@@ -1,13 +1,13 @@
 /*
  * media_core.c - peers, the speaker mix, the mic gate and per-peer statistics.
  */
-#include "media_core.h"
-
 #include <math.h>
 #include <string.h>
 
-#define G711_RATE  8000u
-#define G711_FRAME (G711_RATE / 50u) /* 160 samples */
+#include "media_internal.h"
+
+#define G711_RATE  MC_G711_RATE
+#define G711_FRAME MC_G711_FRAME
 
 const char *mc_codec_name(mc_codec_t codec)
 {
@@ -54,6 +54,7 @@ bool mc_init(mc_t *m, const mc_config_t *cfg)
     m->frame = cfg->rate / 50u;
     m->mic_on = true;
     m->next_ssrc = cfg->ssrc_seed != 0 ? cfg->ssrc_seed : 0x5eed0001u;
+    m->ann.duck_q24 = 1 << 24;
     mc_set_volume(m, 100);
     return true;
 }
@@ -77,6 +78,7 @@ void mc_deinit(mc_t *m)
         m->cfg.opus->enc_free(m->enc);
     }
     m->enc = NULL;
+    mc_ann_deinit(m);
 }
 
 size_t mc_frame_samples(const mc_t *m)
@@ -246,7 +248,7 @@ static void down_to_8k(const int16_t *in, size_t n_in, int16_t *out)
 }
 
 /* 8 kHz -> rate: linear interpolation from the previous sample (kept across frames). */
-static void up_from_8k(const int16_t *in, int16_t *out, size_t n_out, int16_t *prev)
+void mc_up_from_8k(const int16_t *in, int16_t *out, size_t n_out, int16_t *prev)
 {
     int32_t r = (int32_t)(n_out / G711_FRAME);
     int32_t a = *prev;
@@ -343,7 +345,7 @@ static bool play_peer(mc_t *m, mc_peer_t *p)
         for (size_t i = 0; i < G711_FRAME; i++) {
             narrow[i] = p->codec == MC_CODEC_PCMU ? mc_ulaw_decode(data[i]) : mc_alaw_decode(data[i]);
         }
-        up_from_8k(narrow, pcm, m->frame, &p->up_prev);
+        mc_up_from_8k(narrow, pcm, m->frame, &p->up_prev);
         memcpy(p->last, pcm, m->frame * sizeof *pcm);
         p->concealed_run = 0;
     } else {
@@ -382,11 +384,17 @@ void mc_frame(mc_t *m, const int16_t *mic, int16_t *speaker)
             }
         }
     }
+    /* An announcement or the ring plays at full level over the meeting, which is ducked. */
+    bool over = mc_ann_render(m, speaker != NULL);
     if (speaker == NULL) {
         return;
     }
     for (size_t k = 0; k < m->frame; k++) {
         int64_t v = ((int64_t)m->acc[k] * m->gain_q15) >> 15;
+        v = (v * mc_ann_duck_step(m, over)) >> 24;
+        if (over) {
+            v += m->ann_pcm[k];
+        }
         if (v > INT16_MAX || v < INT16_MIN) {
             m->clipped++;
             v = v > INT16_MAX ? INT16_MAX : INT16_MIN;
