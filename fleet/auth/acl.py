@@ -5,8 +5,9 @@ The rules, by role:
 - controller: everything under the prefix, and ``homeassistant/#``.
 - device (username == device id): publishes only its own ``dev/{id}/status|state|ack|tele``
   and ``meet/{id}/up``; reads only ``dev/{id}/desired``, ``dev/{id}/cmd``,
-  ``dev/{id}/ann`` (announcements, which only the controller writes), ``meet/{id}/down`` and ``grp/{g}/desired`` for its groups and ``all``, by exact
-  subscription (no wildcards).
+  ``dev/{id}/ann`` (announcements, which only the controller writes), ``meet/{id}/down``
+  and ``grp/{g}/desired`` for its groups and ``all``, by exact subscription (no
+  wildcards).
 - homeassistant: publishes the ops of ``api/{op}`` in HOMEASSISTANT_API_OPS (meetings,
   announce, dnd) and of its own ``api/by/{username}/{op}``, ``homeassistant/status`` and its
   entities' command topics (``ha/dev/+/+/set``, ``ha/fleet/+/set``); reads

@@ -8,6 +8,7 @@ import httpx
 
 from fleet.speech.audio import VoiceError
 
+
 async def post(
     url: str,
     key: str | None,

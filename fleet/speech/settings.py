@@ -26,7 +26,9 @@ class SpeechSettings(BaseSettings):
     def build_tts(self) -> TextToSpeech:
         if self.tts == "openai":
             if not self.openai_url:
-                raise ConfigError("tts uses an OpenAI-compatible endpoint: set FLEET_VOICE_OPENAI_URL")
+                raise ConfigError(
+                    "tts uses an OpenAI-compatible endpoint: set FLEET_VOICE_OPENAI_URL"
+                )
             return OpenAITTS(
                 self.openai_url, self.openai_key, self.tts_model, self.tts_voice, self.timeout_s
             )

@@ -13,9 +13,9 @@ from typing import Protocol
 
 import numpy as np
 
+from fleet.errors import ConfigError
 from fleet.speech.audio import VoiceError, decode_audio
 from fleet.speech.http import post
-from fleet.errors import ConfigError
 
 ESPEAK_TIMEOUT_S = 10.0
 

@@ -153,5 +153,3 @@ class OpenAISTT:
         if not isinstance(text, str):
             raise VoiceError(f"speech-to-text at {self.url}: no text in the answer")
         return Transcript(text.strip())
-
-
