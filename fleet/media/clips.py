@@ -57,4 +57,5 @@ def _mono(frame: av.AudioFrame) -> np.ndarray:
     channels = len(frame.layout.channels)
     if channels == 1:
         return data.copy()
-    return data.reshape(-1, channels).mean(axis=1).astype(np.int16)
+    mono: np.ndarray = data.reshape(-1, channels).mean(axis=1).astype(np.int16)
+    return mono
