@@ -128,9 +128,11 @@ async def test_urgent_interrupts_a_normal_one_and_normal_ones_queue(
 
         first = ask(long_text, AnnouncePriority.NORMAL)
         await wait_for(
-            lambda: dev._announcer is not None
-            and dev.announcer.current is not None
-            and dev.announcer.current.first_audio_at is not None,
+            lambda: (
+                dev._announcer is not None
+                and dev.announcer.current is not None
+                and dev.announcer.current.first_audio_at is not None
+            ),
             what="the first one playing",
         )
         playing = dev.announcer.current
@@ -155,3 +157,62 @@ async def test_urgent_interrupts_a_normal_one_and_normal_ones_queue(
         assert loud_play.outcome == "played" and later_play.outcome == "played"
         assert loud_play.first_audio_at is not None and later_play.first_audio_at is not None
         assert loud_play.first_audio_at < later_play.first_audio_at
+
+
+async def test_bad_announcements_get_clear_errors(
+    amqtt_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    import base64
+    import io
+    import wave
+
+    from fleet.protocol.messages import MAX_SOUND_BYTES
+
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(b"\x00\x10" * 1600)
+    wav = base64.b64encode(buf.getvalue()).decode()
+    secrets = register_devices(amqtt_broker, 1)
+    async with (
+        announcing_controller(amqtt_broker, tmp_path / "ctl.db"),
+        operator(amqtt_broker) as op,
+        sim_fleet(amqtt_broker, secrets),
+    ):
+        cases = [
+            (ApiRequest(text="hi", sound_b64=wav), "bad_request", "text or sound_b64, not both"),
+            (ApiRequest(), "bad_request", "text or sound_b64"),
+            (ApiRequest(text="  "), "bad_request", "the text is empty"),
+            (ApiRequest(text="a" * 1001), "bad_request", "at most 1000"),
+            (
+                ApiRequest(sound_b64=base64.b64encode(b"\x00" * (MAX_SOUND_BYTES + 1)).decode()),
+                "bad_request",
+                f"at most {MAX_SOUND_BYTES}",
+            ),
+            (ApiRequest(sound_b64="not base64!"), "bad_request", "not base64"),
+            (
+                ApiRequest(sound_b64=base64.b64encode(b"ID3 an mp3").decode()),
+                "bad_request",
+                "not a WAV file",
+            ),
+            (ApiRequest(text="hi", device="dev-9"), "unknown_device", "unknown device 'dev-9'"),
+            (ApiRequest(text="hi", device="dev-1", group="kitchen"), "bad_request", "name one"),
+            (ApiRequest(text="hi", room="nowhere"), "unknown_room", "no room named 'nowhere'"),
+        ]
+        for request, code, detail in cases:
+            result = await op.request(ApiOp.ANNOUNCE, request)
+            assert not result.ok, request
+            assert result.done
+            assert result.code == code, result
+            assert detail in result.detail, result
+        # A sound file plays, here without the chime.
+        result = await op.request(
+            ApiOp.ANNOUNCE, ApiRequest(sound_b64=wav, chime=False, device="dev-1")
+        )
+        assert result.ok, result
+        assert result.devices[0].outcome is DeviceOutcome.PLAYED
+        # An unknown device for dnd.
+        result = await op.request(ApiOp.DND, ApiRequest(device="dev-9", on=True))
+        assert result.code == "unknown_device", result
