@@ -93,7 +93,8 @@ async def test_do_not_disturb_skips_a_normal_announcement_not_an_urgent_one(
         await wait_for(lambda: bool(op.registry.devices["dev-1"].state.dnd), what="dnd reported")
         # A join keeps it: the device's own doc still says dnd.
         assert (await op.request(ApiOp.JOIN, ApiRequest(device="dev-1", room="standup"))).ok
-        assert dev1.dnd and dev1.meeting is not None
+        assert dev1.dnd
+        assert dev1.meeting is not None
         # dnd on and off again keeps the device in its meeting.
         result = await op.request(ApiOp.ANNOUNCE, ApiRequest(text="please go home", timeout_s=60))
         assert result.ok, result
@@ -107,7 +108,8 @@ async def test_do_not_disturb_skips_a_normal_announcement_not_an_urgent_one(
         assert heard(dev1).size > 0
         assert (await op.request(ApiOp.DND, ApiRequest(device="dev-1", on=False))).ok
         assert not dev1.dnd
-        assert dev1.meeting is not None and dev1.meeting.room == "standup"
+        assert dev1.meeting is not None
+        assert dev1.meeting.room == "standup"
 
 
 async def test_urgent_interrupts_a_normal_one_and_normal_ones_queue(
@@ -146,16 +148,22 @@ async def test_urgent_interrupts_a_normal_one_and_normal_ones_queue(
         assert not cut.ok
         assert cut.devices[0].outcome is DeviceOutcome.FAILED
         assert cut.devices[0].detail == f"interrupted by {loud.ann}"
-        assert later.ok and later.devices[0].outcome is DeviceOutcome.PLAYED, later
-        assert loud.ok and loud.devices[0].outcome is DeviceOutcome.PLAYED, loud
+        assert later.ok, later
+        assert later.devices[0].outcome is DeviceOutcome.PLAYED, later
+        assert loud.ok, loud
+        assert loud.devices[0].outcome is DeviceOutcome.PLAYED, loud
         # On the device: the first cut off by the urgent one, the queued one after it.
         first_play = dev.announcer.by_ann(cut.ann or "")
         loud_play = dev.announcer.by_ann(loud.ann or "")
         later_play = dev.announcer.by_ann(later.ann or "")
-        assert first_play and loud_play and later_play
+        assert first_play
+        assert loud_play
+        assert later_play
         assert first_play.outcome == f"failed: interrupted by {loud.ann}"
-        assert loud_play.outcome == "played" and later_play.outcome == "played"
-        assert loud_play.first_audio_at is not None and later_play.first_audio_at is not None
+        assert loud_play.outcome == "played"
+        assert later_play.outcome == "played"
+        assert loud_play.first_audio_at is not None
+        assert later_play.first_audio_at is not None
         assert loud_play.first_audio_at < later_play.first_audio_at
 
 
