@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli import broker, creds, flash, meetings, ops, services, telemetry, web
+from cli import announce, broker, creds, flash, meetings, ops, services, telemetry, web
 from cli.common import Exit, FleetGroup, command_group, fail, setup_logging
 from fleet.protocol.constants import PROTOCOL_VERSION
 
@@ -81,6 +81,8 @@ app.command("leave-all")(ops.leave_all)
 app.command("join")(ops.join)
 app.command("leave")(ops.leave)
 app.command("cmd")(ops.cmd)
+app.command("announce")(announce.announce)
+app.command("dnd")(announce.dnd)
 app.command("sessions")(meetings.sessions)
 app.command("say")(meetings.say)
 app.command("flash")(flash.flash)
