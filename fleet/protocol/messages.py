@@ -179,7 +179,9 @@ class State(Message):
     mic: bool = True
     volume: Annotated[int, Field(ge=0, le=100)] | None = None
     error: ShortText | None = None
-    dnd: bool = False  # do-not-disturb, as the device's own desired doc last said (§14)
+    # Do-not-disturb, as the device's own desired doc last said (§14); on the wire only
+    # when on (absent: off), so a device without it reports what it always did.
+    dnd: bool = Field(default=False, exclude_if=lambda on: on is False)
     ts: float | None = None
 
 
