@@ -66,6 +66,9 @@ class AnnouncePlayer:
         self.current: Playback | None = None
         self.history: collections.deque[Playback] = collections.deque(maxlen=HISTORY)
         self._pts = 0
+        # Chunks that came before their command (a broker may deliver two topics out of
+        # order): kept for the newest such announcement only, until its command comes.
+        self._early: tuple[str, list[AnnounceChunk]] | None = None
 
     def by_ann(self, ann: str) -> Playback | None:
         for playback in reversed(self.history):
@@ -76,18 +79,28 @@ class AnnouncePlayer:
     async def command(self, command_id: str, args: AnnounceArgs) -> None:
         """The `announce` command: a new playback, which cuts off the one playing."""
         previous = self.current
+        if previous is not None and previous.ann == args.ann:
+            return  # the same one again (a command delivered twice): it plays on
         playback = Playback(args.ann, command_id, args, time.monotonic())
         self.current = playback
         self.history.append(playback)
         if previous is not None and previous.task is not None and not previous.task.done():
             previous.task.cancel()
             await self._end(previous, ok=False, detail=f"interrupted by {args.ann}")
+        early, self._early = self._early, None
+        for chunk in early[1] if early is not None and early[0] == args.ann else []:
+            self.chunk(chunk)
         playback.task = asyncio.create_task(self._play(playback), name=f"announce-{args.ann}")
 
     def chunk(self, chunk: AnnounceChunk) -> None:
         playback = self.current
         if playback is None or playback.ann != chunk.ann:
-            log.debug("a chunk of announcement %s, which is not playing: dropped", chunk.ann)
+            if self.by_ann(chunk.ann) is not None:
+                return  # of one that is over (cut off): dropped
+            if self._early is None or self._early[0] != chunk.ann:
+                self._early = (chunk.ann, [])
+            if len(self._early[1]) < MAX_BUFFERED_FRAMES // 10:
+                self._early[1].append(chunk)
             return
         if chunk.seq != playback.next_seq:
             log.warning(
@@ -111,6 +124,7 @@ class AnnouncePlayer:
 
     async def _play(self, playback: Playback) -> None:
         decoder: ClipDecoder | None = None
+        ducked = False
         try:
             if not await self._wait_audio(playback):
                 await self._end(playback, ok=False, detail="no audio")
@@ -125,6 +139,7 @@ class AnnouncePlayer:
                 )
             )
             self._duck(True)
+            ducked = True
             sink = self._sink()
             clock = time.monotonic()
             while True:
@@ -152,7 +167,7 @@ class AnnouncePlayer:
             await self._end(playback, ok=True)
         finally:
             # Back up, unless another one has started meanwhile (and ducks on its own).
-            if self.current is None or self.current is playback:
+            if ducked and (self.current is None or self.current is playback):
                 self._duck(False)
 
     async def _wait_audio(self, playback: Playback) -> bool:

@@ -224,3 +224,21 @@ async def test_bad_announcements_get_clear_errors(
         # An unknown device for dnd.
         result = await op.request(ApiOp.DND, ApiRequest(device="dev-9", on=True))
         assert result.code == "unknown_device", result
+
+
+async def test_the_bulk_engine_plays_announcements_too(
+    amqtt_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    secrets = register_devices(amqtt_broker, 3)
+    stt = PocketSphinxSTT(reject_below=-1e9)
+    async with (
+        announcing_controller(amqtt_broker, tmp_path / "ctl.db"),
+        operator(amqtt_broker) as op,
+        sim_fleet(amqtt_broker, secrets, engine="bulk") as fleet,
+    ):
+        await wait_for(lambda: len(op.registry.devices) == 3, what="three devices known")
+        result = await op.request(ApiOp.ANNOUNCE, ApiRequest(text="stop the music", timeout_s=60))
+        assert result.ok, result
+        assert result.counts == {"played": 3}
+        for dev in fleet.devices:
+            assert await recognize(stt, heard(dev), PHRASES) == "stop the music", dev.id
