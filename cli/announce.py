@@ -47,9 +47,10 @@ def announce(
     words: Annotated[
         list[str] | None,
         typer.Argument(
-            help="[DEVICE] TEXT: what to say, to one device (or to --group, --room or --all); "
+            help="What to say, to one device (or to --group, --room or --all); "
             "with --sound, only [DEVICE].",
             show_default=False,
+            metavar="[DEVICE] TEXT",
             autocompletion=complete_devices,
         ),
     ] = None,
@@ -70,7 +71,15 @@ def announce(
         typer.Option(help="urgent plays through do-not-disturb and cuts off a normal one."),
     ] = AnnouncePriority.NORMAL,
     chime: Annotated[bool, typer.Option("--chime/--no-chime", help="The chime first.")] = True,
-    timeout: TimeoutOpt = 300.0,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout",
+            min=0.1,
+            max=3600,
+            help="Seconds to wait for every target's outcome (queued ones play in turn).",
+        ),
+    ] = 300.0,
     broker: BrokerOpt = None,
     prefix: PrefixOpt = None,
     as_json: JsonOpt = False,
