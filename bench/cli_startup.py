@@ -150,7 +150,8 @@ def running_up(home: Path, devices: int) -> Iterator[tuple[BrokerUrl, Topics]]:
 
 class Watch:
     """The controller's own time to converge a join-all, seen on the broker: from the
-    request (api/join-all or api/by/{user}/join-all) to the last target's state with a newer rev in the room."""
+    request (api/join-all or api/by/{user}/join-all) to the last target's state with a
+    newer rev in the room."""
 
     def __init__(self, url: BrokerUrl, topics: Topics) -> None:
         self.url, self.topics = url, topics

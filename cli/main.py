@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from cli import broker, creds, flash, meetings, ops, services, telemetry, web
+from cli import announce, broker, creds, flash, meetings, ops, services, telemetry, web
 from cli.common import Exit, FleetGroup, command_group, fail, setup_logging
 from fleet.protocol.constants import PROTOCOL_VERSION
 
@@ -77,6 +77,8 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "join": ops.join,
     "leave": ops.leave,
     "cmd": ops.cmd,
+    "announce": announce.announce,
+    "dnd": announce.dnd,
     "sessions": meetings.sessions,
     "say": meetings.say,
     "flash": flash.flash,

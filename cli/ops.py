@@ -234,8 +234,13 @@ def leave(
     _desired_op(ApiOp.LEAVE, fields, timeout, broker, prefix, as_json)
 
 
+# The controller sends `announce` itself, its audio right behind it (`fleet announce`): not
+# an op to send alone.
+CMD_OPS = [op for op in CommandOp if op is not CommandOp.ANNOUNCE]
+
+
 def _complete_ops(incomplete: str) -> list[str]:
-    return [op.value for op in CommandOp if op.value.startswith(incomplete)]
+    return [op.value for op in CMD_OPS if op.value.startswith(incomplete)]
 
 
 def cmd(
@@ -303,7 +308,9 @@ def _checked_args(op: str, args: dict[str, Any]) -> dict[str, Any]:
 
     from fleet.protocol.messages import COMMAND_ARGS
 
-    known = ", ".join(o.value for o in CommandOp)
+    known = ", ".join(o.value for o in CMD_OPS)
+    if op == CommandOp.ANNOUNCE.value:
+        fail("announce is sent with its audio: use `fleet announce`", Exit.USAGE)
     if op not in CommandOp._value2member_map_:
         fail(f"unknown op {op!r}: use one of {known}", Exit.USAGE)
     model = COMMAND_ARGS[CommandOp(op)]

@@ -147,6 +147,7 @@ def _device_acl(p: str, device_id: str, groups: list[str]) -> list[str]:
         f"topic write {meet}/up",
         f"topic read {dev}/desired",
         f"topic read {dev}/cmd",
+        f"topic read {dev}/ann",
         f"topic read {meet}/down",
         *(f"topic read {p}/grp/{g}/desired" for g in ("all", *groups)),
     ]

@@ -5,10 +5,11 @@ The rules, by role:
 - controller: everything under the prefix, and ``homeassistant/#``.
 - device (username == device id): publishes only its own ``dev/{id}/status|state|ack|tele``
   and ``meet/{id}/up``; reads only ``dev/{id}/desired``, ``dev/{id}/cmd``,
-  ``meet/{id}/down`` and ``grp/{g}/desired`` for its groups and ``all``, by exact
-  subscription (no wildcards).
-- homeassistant: publishes the meeting ops of ``api/{op}`` (join-all, leave-all, join,
-  leave) and of its own ``api/by/{username}/{op}``, ``homeassistant/status`` and its
+  ``dev/{id}/ann`` (announcements, which only the controller writes), ``meet/{id}/down``
+  and ``grp/{g}/desired`` for its groups and ``all``, by exact subscription (no
+  wildcards).
+- homeassistant: publishes the ops of ``api/{op}`` in HOMEASSISTANT_API_OPS (meetings,
+  announce, dnd) and of its own ``api/by/{username}/{op}``, ``homeassistant/status`` and its
   entities' command topics (``ha/dev/+/+/set``, ``ha/fleet/+/set``); reads
   ``homeassistant/#``, device status/state/tele, ``api/result`` and ``ha/#``. So it
   cannot forge the state docs under ``ha/`` nor write discovery.
@@ -45,7 +46,7 @@ from fleet.protocol.topics import Topics
 AclAction = Literal["publish", "subscribe", "receive"]
 
 _DEVICE_WRITE = ("status", "state", "ack", "tele")
-_DEVICE_READ = ("desired", "cmd")
+_DEVICE_READ = ("desired", "cmd", "ann")
 _HA_DEVICE_READ = ("status", "state", "tele")
 # Enum member lookup costs ~0.2 us on Python 3.11; module constants are plain globals.
 _DEVICE, _CONTROLLER, _HOMEASSISTANT = Role.DEVICE, Role.CONTROLLER, Role.HOMEASSISTANT

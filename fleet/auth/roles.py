@@ -23,7 +23,7 @@ class Role(StrEnum):
 
 
 # The ops an agent-role user may request (§11): meetings, rooms and sessions to read, and
-# transcripts; no commands, no room management.
+# transcripts, and announcements; no commands, no room management.
 AGENT_API_OPS = (
     ApiOp.JOIN_ALL,
     ApiOp.LEAVE_ALL,
@@ -33,6 +33,7 @@ AGENT_API_OPS = (
     ApiOp.SESSIONS,
     ApiOp.TRANSCRIBE,
     ApiOp.TRANSCRIPT,
+    ApiOp.ANNOUNCE,
 )
 
 # The ops a person's browser (web role) may request (§11.2): meetings and the fleet view.
@@ -46,6 +47,13 @@ WEB_API_OPS = (
     ApiOp.SAY,
 )
 
-# The ops a homeassistant-role user may request (§11): meetings only, no commands
-# (reboot, OTA) and no room management.
-HOMEASSISTANT_API_OPS = (ApiOp.JOIN_ALL, ApiOp.LEAVE_ALL, ApiOp.JOIN, ApiOp.LEAVE)
+# The ops a homeassistant-role user may request (§11): meetings, announcements and
+# do-not-disturb; no commands (reboot, OTA) and no room management.
+HOMEASSISTANT_API_OPS = (
+    ApiOp.JOIN_ALL,
+    ApiOp.LEAVE_ALL,
+    ApiOp.JOIN,
+    ApiOp.LEAVE,
+    ApiOp.ANNOUNCE,
+    ApiOp.DND,
+)

@@ -38,7 +38,7 @@ from fleet.registry import Registry
 
 log = logging.getLogger(__name__)
 
-DESIRED_OPS = frozenset({ApiOp.JOIN_ALL, ApiOp.LEAVE_ALL, ApiOp.JOIN, ApiOp.LEAVE})
+DESIRED_OPS = frozenset({ApiOp.JOIN_ALL, ApiOp.LEAVE_ALL, ApiOp.JOIN, ApiOp.LEAVE, ApiOp.DND})
 
 
 class DesiredState:
@@ -79,7 +79,10 @@ class DesiredState:
 
     # --- intents ------------------------------------------------------------------------------
     async def start(self, op: ApiOp, request: ApiRequest) -> DesiredTracker:
-        """Write the intent of a join, leave, join-all or leave-all request and follow it."""
+        """Write the intent of a join, leave, join-all, leave-all or dnd request and follow
+        it."""
+        if op is ApiOp.DND:
+            return await self._start_dnd(request)
         if op in (ApiOp.JOIN, ApiOp.LEAVE):
             device = request.device or ""
             if device not in self._registry.devices:
@@ -108,6 +111,33 @@ class DesiredState:
             until=until,
         )
 
+    async def _start_dnd(self, request: ApiRequest) -> DesiredTracker:
+        """Do-not-disturb on or off (§14): the device's own doc gets `dnd`, and the meeting
+        intent it follows now (its own doc's or a group's, whichever rev wins), so the new
+        rev moves it nowhere."""
+        device = request.device or ""
+        rec = self._registry.devices.get(device)
+        if rec is None:
+            raise RequestRefused(
+                "unknown_device", f"unknown device {device!r}: it never announced itself"
+            )
+        sources = [("dev", device), ("grp", "all"), *(("grp", g) for g in rec.groups)]
+        docs = [d for d in (self._store.desired_doc(*src) for src in sources) if d is not None]
+        winning = max(docs, key=lambda d: d.rev, default=None)
+        meeting = winning.meeting if winning is not None else None
+        doc = self._store.write_desired("dev", device, meeting, time.time(), dnd=bool(request.on))
+        await self._publish_doc("dev", device, doc, op=ApiOp.DND.value, kind=EventKind.DND)
+        return DesiredTracker.start(
+            ApiOp.DND,
+            request,
+            doc.rev,
+            [device],
+            self._registry,
+            room=meeting.room if meeting else None,
+            group=None,
+            until=meeting.until if meeting else None,
+        )
+
     async def write(
         self,
         scope: str,
@@ -120,6 +150,13 @@ class DesiredState:
             for part in self._parts:
                 await part.before_intent(meeting.room, request)  # RequestRefused stops it
         doc = self._store.write_desired(scope, name, meeting, time.time())
+        await self._publish_doc(scope, name, doc, op=op)
+        return doc
+
+    async def _publish_doc(
+        self, scope: str, name: str, doc: Desired, op: str | None, kind: str | None = None
+    ) -> None:
+        meeting = doc.meeting
         if self._link.client is not None:  # else re-asserted on the next connect
             await self._link.client.publish(
                 self.topic(scope, name), encode(doc), qos=1, retain=True
@@ -127,15 +164,15 @@ class DesiredState:
         await self._events.emit(
             FleetEvent(
                 ts=doc.ts or time.time(),
-                kind=EventKind.JOIN if meeting else EventKind.LEAVE,
+                kind=kind or (EventKind.JOIN if meeting else EventKind.LEAVE),
                 device=name if scope == "dev" else None,
+                detail=f"dnd {'on' if doc.dnd else 'off'}" if kind == EventKind.DND else None,
                 group=name if scope == "grp" else None,
                 room=meeting.room if meeting else None,
                 op=op,
                 rev=doc.rev,
             )
         )
-        return doc
 
     # --- lapses -------------------------------------------------------------------------------
     async def expire(self, now: float) -> None:

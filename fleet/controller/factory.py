@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fleet.announce import AnnouncePart
 from fleet.auth import CredentialStore
 from fleet.controller.commands import GroupAcl
 from fleet.controller.parts import ControllerPart
@@ -46,15 +47,15 @@ class ControllerSettings:
 
 
 def build_controller(settings: ControllerSettings) -> Controller:
-    parts: list[ControllerPart] = [
-        MeetingServer(
-            room_cap=settings.room_cap,
-            auto_create=settings.auto_create,
-            mesh_cap=settings.mesh_cap,
-            mixers=list(settings.mixers),
-            mixer_secret=settings.mixer_secret,
-        )
-    ]
+    meetings = MeetingServer(
+        room_cap=settings.room_cap,
+        auto_create=settings.auto_create,
+        mesh_cap=settings.mesh_cap,
+        mixers=list(settings.mixers),
+        mixer_secret=settings.mixer_secret,
+    )
+    # Announcements reach a room's live members through the meeting server's view.
+    parts: list[ControllerPart] = [meetings, AnnouncePart(rooms=meetings)]
     if settings.credentials is not None:  # people's browsers get credentials only where kept
         parts.append(WebLogins(settings.credentials, reload=settings.reload_credentials))
     if settings.influx is not None and settings.influx.enabled:

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from fleet.controller.store import Store
 from fleet.protocol import Topics
-from fleet.protocol.messages import ApiOp, ApiRequest, FleetEvent
+from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult, FleetEvent
 from fleet.registry import DeviceRecord
 
 
@@ -65,6 +65,11 @@ class PartHost(Protocol):
 
     async def emit(self, event: FleetEvent) -> None:
         """Publish a fleet event and hand it to every part."""
+        ...
+
+    async def publish_result(self, result: ApiResult) -> None:
+        """A later result of a request a part accepted (its op handler answered with
+        `done: false`): to the requester's reply topic or api/result, recorded when final."""
         ...
 
     async def submit(self, op: ApiOp, request: ApiRequest) -> None:

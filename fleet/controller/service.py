@@ -35,6 +35,7 @@ from fleet.protocol import ID_RULE, TopicKind, Topics, decode, encode, is_valid_
 from fleet.protocol.messages import (
     ApiOp,
     ApiRequest,
+    ApiResult,
     EventKind,
     FleetEvent,
     State,
@@ -160,6 +161,9 @@ class Controller:
 
     async def emit(self, event: FleetEvent) -> None:
         await self.events.emit(event)
+
+    async def publish_result(self, result: ApiResult) -> None:
+        await self.api.publish_result(result)
 
     async def submit(self, op: ApiOp, request: ApiRequest) -> None:
         with part_submission():

@@ -201,13 +201,37 @@ class Store:
         )
 
     def write_desired(
-        self, scope: str, name: str, meeting: MeetingIntent | None, ts: float
+        self,
+        scope: str,
+        name: str,
+        meeting: MeetingIntent | None,
+        ts: float,
+        dnd: bool | None = None,
     ) -> Desired:
-        """A new doc with a new rev, saved in one transaction with the rev's allocation."""
+        """A new doc with a new rev, saved in one transaction with the rev's allocation.
+
+        A device's own doc keeps its do-not-disturb (`dnd`, §14) unless `dnd` says
+        otherwise: an intent written for a meeting must not turn it off. Group docs never
+        carry it."""
         with self._tx():
-            doc = Desired(rev=self._allocate(1), meeting=meeting, ts=ts)
+            if scope == "dev" and dnd is None:
+                dnd = self.own_dnd(name)
+            doc = Desired(
+                rev=self._allocate(1), meeting=meeting, dnd=dnd if scope == "dev" else None, ts=ts
+            )
             self.save_desired(scope, name, doc)
         return doc
+
+    def own_dnd(self, device_id: str) -> bool | None:
+        """The do-not-disturb a device's own desired doc carries (None: it has none)."""
+        doc = self.desired_doc("dev", device_id)
+        return doc.dnd if doc is not None else None
+
+    def desired_doc(self, scope: str, name: str) -> Desired | None:
+        row = self._db.execute(
+            "SELECT doc FROM desired WHERE scope=? AND name=?", (scope, name)
+        ).fetchone()
+        return decode(Desired, row[0]) if row else None
 
     def lapse(self, lapsed: DesiredRecord, followers: list[str], ts: float) -> list[Desired] | None:
         """End a lapsed intent as one change: every follower gets a leave with a rev of its
@@ -229,7 +253,10 @@ class Store:
                 (ts, lapsed.scope, lapsed.name),
             )
             first = self._allocate(len(followers)) if followers else 0
-            leaves = [Desired(rev=first + n, meeting=None, ts=ts) for n in range(len(followers))]
+            leaves = [
+                Desired(rev=first + n, meeting=None, dnd=self.own_dnd(device_id), ts=ts)
+                for n, device_id in enumerate(followers)
+            ]
             for device_id, leave in zip(followers, leaves, strict=True):
                 self.save_desired("dev", device_id, leave)  # on a device's own doc: replaces it
         return leaves

@@ -139,6 +139,17 @@ class AudioMeetingDriver(MeetingDriver):
     def audio_stats(self) -> list[PeerAudioStats]:
         return list(self._stats)
 
+    def speaker(self) -> AudioSink:
+        """Announcements play into the same sinks as the meeting (levels, `heard`, the
+        recorder), as the stream `announce`."""
+        return self.mesh.sink
+
+    def duck(self, on: bool) -> None:
+        if on:
+            self.mesh.ducking.duck()
+        else:
+            self.mesh.ducking.release()
+
     def capabilities(self) -> Capabilities:
         return self.profile.media.capabilities()
 

@@ -9,6 +9,7 @@ them share one process and one event loop (`SimFleet`).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import random
@@ -16,7 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 
@@ -34,6 +35,8 @@ from fleet.protocol import TopicKind, Topics, decode, encode, is_valid_id
 from fleet.protocol.messages import (
     Ack,
     AckCode,
+    AnnounceArgs,
+    AnnounceChunk,
     Capabilities,
     Command,
     CommandOp,
@@ -50,6 +53,10 @@ from fleet.protocol.messages import (
     probe_id,
 )
 
+if TYPE_CHECKING:
+    from fleet.device.announce import AnnouncePlayer
+    from fleet.media.sinks import AudioSink, CaptureSink
+
 log = logging.getLogger(__name__)
 
 FIRMWARE_VERSION = "sim-0.1.0"
@@ -57,6 +64,7 @@ HARDWARE = "sim-esp32s3"
 ACK_CACHE_SIZE = 64  # recent command ids answered again without running twice
 REBOOT_DELAY_S = 0.5
 MAX_IDENTIFY_S = 300
+ANNOUNCE_KEEP_S = 30.0  # seconds of announcements a device without meeting audio keeps
 
 
 class MeetingDriver:
@@ -68,9 +76,22 @@ class MeetingDriver:
     """
 
     waits_for_server = False
+    _speaker: CaptureSink | None = None
 
     def attach(self, device: SimulatedDevice) -> None:
         """Called once by the device that owns this driver."""
+
+    def speaker(self) -> AudioSink:
+        """Where the device plays what is not the meeting (announcements): here a capture
+        of the last ANNOUNCE_KEEP_S seconds (`heard`), made on first use."""
+        if self._speaker is None:
+            from fleet.media.sinks import CaptureSink
+
+            self._speaker = CaptureSink(keep_s=ANNOUNCE_KEEP_S)
+        return self._speaker
+
+    def duck(self, on: bool) -> None:
+        """An announcement starts (on) or ends: the meeting's audio is lowered meanwhile."""
 
     async def join(self, intent: MeetingIntent) -> MeetingState:
         return MeetingState(room=intent.room)
@@ -138,6 +159,8 @@ class SimulatedDevice:
         self.mic = True
         self.volume: int | None = None
         self.error: str | None = None
+        self.dnd = False  # do-not-disturb, from its own desired doc (§14)
+        self._announcer: AnnouncePlayer | None = None
         self.fw = FIRMWARE_VERSION
         self.connected = asyncio.Event()
         self.booted_at = time.monotonic()
@@ -158,6 +181,8 @@ class SimulatedDevice:
         try:
             await self._run()
         finally:
+            if self._announcer is not None:
+                await self._announcer.close()
             await self.driver.close()
 
     async def _run(self) -> None:
@@ -187,6 +212,7 @@ class SimulatedDevice:
         await client.publish(self.topics.status(self.id), encode(self._birth()), qos=1, retain=True)
         subs = [(t, 1) for t in self._desired_sources()]
         subs += [(self.topics.cmd(self.id), 1), (self.topics.meet_down(self.id), 1)]
+        subs += [(self.topics.announce(self.id), 1)]
         granted = await client.subscribe(subs)
         refused = [t for (t, _), g in zip(subs, granted, strict=False) if _code(g) >= 0x80]
         self.error = f"broker refused: {', '.join(refused)}" if refused else None
@@ -241,6 +267,8 @@ class SimulatedDevice:
             await self._on_command(payload)
         elif parsed.kind is TopicKind.MEET_DOWN:
             self.driver.on_down(payload)
+        elif parsed.kind is TopicKind.ANNOUNCE:
+            self._on_announce_chunk(payload)
 
     async def _on_desired(self, topic: str, payload: bytes) -> None:
         try:
@@ -252,6 +280,12 @@ class SimulatedDevice:
             log.warning("%s: refused desired doc on %s: %s", self.id, topic, exc)
             return
         self.reconciler.offer(topic, doc)
+        own = topic == self.topics.desired(self.id)
+        # Its own doc's dnd holds whichever doc's rev wins for the meeting (§14).
+        if own and doc is not None and doc.dnd is not None and doc.dnd != self.dnd:
+            self.dnd = doc.dnd
+            self.state_changes += 1
+            await self._publish_state()
         await self._reconcile_soon()
 
     async def _reconcile_soon(self) -> None:
@@ -332,6 +366,7 @@ class SimulatedDevice:
             mic=self.mic,
             volume=self.volume,
             error=self.error,
+            dnd=self.dnd,
             ts=time.time(),
         )
 
@@ -405,6 +440,40 @@ class SimulatedDevice:
             await self._reboot(cmd)
         elif op is CommandOp.OTA:
             await self._ota(cmd)
+        elif op is CommandOp.ANNOUNCE:
+            await self._announce(cmd)
+
+    # --- announcements (§14) ------------------------------------------------------------------
+    @property
+    def announcer(self) -> AnnouncePlayer:
+        """What plays announcements on this device (made on the first one)."""
+        if self._announcer is None:
+            from fleet.device.announce import AnnouncePlayer
+
+            self._announcer = AnnouncePlayer(
+                self._announce_ack, self.driver.speaker, self.driver.duck
+            )
+        return self._announcer
+
+    async def _announce(self, cmd: Command) -> None:
+        try:
+            args = decode(AnnounceArgs, json.dumps(cmd.args), what="announce args")
+        except ProtocolError as exc:
+            await self._bad_args(cmd, exc.reason[:256])
+            return
+        await self.announcer.command(cmd.id, args)
+
+    async def _announce_ack(self, ack: Ack) -> None:
+        self._remember(ack.id, ack)
+        await self._send_ack(ack)
+
+    def _on_announce_chunk(self, payload: bytes) -> None:
+        try:
+            chunk = decode(AnnounceChunk, payload)
+        except ProtocolError as exc:
+            log.warning("%s: refused an announcement chunk: %s", self.id, exc)
+            return
+        self.announcer.chunk(chunk)
 
     async def _set_groups(self, cmd: Command) -> None:
         groups = cmd.args.get("groups")
@@ -464,6 +533,7 @@ class SimulatedDevice:
         self.reconciler = Reconciler()
         self.reported_rev = 0
         self.meeting = None
+        self.dnd = False
         self._spawn(self.driver.forget())
         self.booted_at = time.monotonic()
         raise RestartLink(REBOOT_DELAY_S)

@@ -47,6 +47,7 @@ from fleet.media.config import (
     MediaConfig,
     known_codecs,
 )
+from fleet.media.ducking import Ducking
 from fleet.media.encoding import ENCODED, Broadcast, EncoderInfo, SendTrack
 from fleet.media.errors import MediaError, MediaNotSupported
 from fleet.media.frames import TIME_BASE, Normalizer, is_internal, make_frame, scale
@@ -112,6 +113,8 @@ class MediaMesh:
         self._peers: dict[str, Peer] = {}
         self._mic = True
         self._gain = 1.0
+        # Lowered while the device plays an announcement over the meeting (§14).
+        self.ducking = Ducking()
         self._closed = False
         self._caps = {c.mimeType.lower(): c for c in RTCRtpSender.getCapabilities("audio").codecs}
         # One per source being sent (a SharedSource, or a track of one peer's own).
@@ -366,17 +369,18 @@ class MediaMesh:
 
     def _deliver(self, entry: Peer, frame: av.AudioFrame) -> None:
         """A decoded frame of one peer (from its InlineDecoder, as it is decoded) → 48 kHz
-        mono → volume → level → sink."""
+        mono → volume (and ducking, while an announcement plays) → level → sink."""
         if self._peers.get(entry.id) is not entry:
             return  # dropped: its connection is closing
         try:
             for data in entry.normalizer(frame):
                 pts = entry.counters.samples  # the frame's start in this peer's stream
-                if self._gain == 1.0 and is_internal(frame):
+                gain = self._gain * self.ducking.gain()
+                if gain == 1.0 and is_internal(frame):
                     frame.pts, frame.time_base = pts, TIME_BASE  # handed on as it is
                     out = frame
                 else:
-                    data = scale(data, self._gain)
+                    data = scale(data, gain)
                     out = make_frame(data, pts)
                 entry.counters.add_audio(data)
                 self.sink.on_frame(entry.id, out)

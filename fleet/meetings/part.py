@@ -342,6 +342,14 @@ class MeetingServer(ControllerPart):
         return min(limits)
 
     # --- rooms --------------------------------------------------------------------------------
+    def room_members(self, room: str) -> list[str] | None:
+        """The pids in `room`'s live session ([] when none is live); None when there is no
+        such room (what an announcement to a room reaches, fleet.announce)."""
+        live = self.live.get(room)
+        if live is not None:
+            return [member.pid for member in live.members.values()]
+        return [] if self._room(room) is not None else None
+
     def _room(self, name: str, create: bool = False) -> Room | None:
         """The room, or (with `create`, within the server's room limit) a new one with the
         server's cap; None otherwise."""

@@ -30,6 +30,16 @@ class CommandOp(StrEnum):
     REBOOT = "reboot"
     OTA = "ota"
     SET_GROUPS = "set_groups"
+    # an announcement's audio follows on dev/{id}/ann (§14)
+    ANNOUNCE = "announce"
+
+
+class AnnouncePriority(StrEnum):
+    """An announcement's priority (§14): urgent plays through do-not-disturb and cuts off
+    a normal one; normal ones queue behind the one playing."""
+
+    NORMAL = "normal"
+    URGENT = "urgent"
 
 
 class RoomMedia(StrEnum):
@@ -59,3 +69,6 @@ class ApiOp(StrEnum):
     TRANSCRIPT = "transcript"
     # what the controller knows of each device, offline ones too (their last birth)
     DEVICES = "devices"
+    # announcements and do-not-disturb (§14)
+    ANNOUNCE = "announce"
+    DND = "dnd"

@@ -40,6 +40,9 @@ from fleet.protocol.constants import (
     PROTOCOL_VERSION as PROTOCOL_VERSION,
 )
 from fleet.protocol.constants import (
+    AnnouncePriority as AnnouncePriority,
+)
+from fleet.protocol.constants import (
     ApiOp as ApiOp,
 )
 from fleet.protocol.constants import (
@@ -153,6 +156,9 @@ class Desired(Message):
 
     rev: Rev
     meeting: MeetingIntent | None = None
+    # Do-not-disturb (§14): only a device's own doc carries it; None leaves it as it is.
+    # A device takes it from its own doc whichever doc's rev wins for the meeting.
+    dnd: bool | None = None
     ts: float | None = None
 
 
@@ -173,6 +179,9 @@ class State(Message):
     mic: bool = True
     volume: Annotated[int, Field(ge=0, le=100)] | None = None
     error: ShortText | None = None
+    # Do-not-disturb, as the device's own desired doc last said (§14); on the wire only
+    # when on (absent: off), so a device without it reports what it always did.
+    dnd: bool = Field(default=False, exclude_if=lambda on: on is False)
     ts: float | None = None
 
 
@@ -195,6 +204,19 @@ class NoArgs(Message):
     pass
 
 
+# An announcement's id (§14): what its command and every one of its chunks carry.
+AnnounceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+MAX_ANNOUNCE_MS = 600_000
+
+
+class AnnounceArgs(Message):
+    """The `announce` command's args: its audio follows on dev/{id}/ann (§14)."""
+
+    ann: AnnounceId
+    priority: AnnouncePriority = AnnouncePriority.NORMAL
+    duration_ms: Annotated[int, Field(ge=1, le=MAX_ANNOUNCE_MS)]
+
+
 # The args of each op (§6.1). Devices ignore unknown args; clients check them before
 # sending, so a typo in a key is caught where a person can fix it.
 COMMAND_ARGS: dict[CommandOp, type[Message]] = {
@@ -203,6 +225,7 @@ COMMAND_ARGS: dict[CommandOp, type[Message]] = {
     CommandOp.REBOOT: NoArgs,
     CommandOp.OTA: OtaArgs,
     CommandOp.SET_GROUPS: SetGroupsArgs,
+    CommandOp.ANNOUNCE: AnnounceArgs,
 }
 
 
@@ -252,6 +275,32 @@ class Ack(Message):
         if not self.done and self.code is not AckCode.ACCEPTED:
             raise ValueError("done: false is only for code 'accepted'")
         return self
+
+
+# --- announcements (dev/{id}/ann, §14) -------------------------------------------------------
+
+
+class AnnounceCodec(StrEnum):
+    OPUS = "opus"  # 48 kHz mono, 20 ms frames
+    PCMU = "pcmu"  # G.711 mu-law, 8 kHz, 160-byte 20 ms frames
+
+
+ANNOUNCE_FRAME_MS = 20
+MAX_CHUNK_FRAMES = 50
+# base64 of one 20 ms frame: Opus at its highest bitrate stays far below this.
+EncodedFrame = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+
+
+class AnnounceChunk(Message):
+    """On dev/{id}/ann (QoS 1, never retained): consecutive 20 ms frames of one
+    announcement. Chunk 0 starts playback; `last` marks the final chunk."""
+
+    ann: AnnounceId
+    seq: Count
+    codec: AnnounceCodec
+    frames: list[EncodedFrame] = Field(min_length=1, max_length=MAX_CHUNK_FRAMES)
+    last: bool = False
+    priority: AnnouncePriority = AnnouncePriority.NORMAL
 
 
 # --- telemetry --------------------------------------------------------------------------------
@@ -494,6 +543,13 @@ class TranscriptLine(Message):
 MAX_TRANSCRIPT_LINES = 200
 
 
+# An announcement's text, and its sound (a WAV file): the request, its base64 and the rest
+# of its fields, stays within MAX_PAYLOAD_BYTES.
+MAX_ANNOUNCE_TEXT = 1000
+MAX_SOUND_BYTES = 46 * 1024
+MAX_SOUND_B64 = 4 * ((MAX_SOUND_BYTES + 2) // 3)
+
+
 class ApiRequest(Message):
     """On api/{op}. Which fields matter depends on the op (docs/protocol.md)."""
 
@@ -525,6 +581,14 @@ class ApiRequest(Message):
     # transcript: which session (absent: the room's newest)
     session: ShortText | None = None
 
+    # announce (§14): `text` (at most MAX_ANNOUNCE_TEXT characters) or `sound_b64` (a WAV
+    # file, at most MAX_SOUND_BYTES), to `device`, `group` or `room` (none: every device)
+    sound_b64: Annotated[str, StringConstraints(max_length=MAX_SOUND_B64)] | None = None
+    priority: AnnouncePriority = AnnouncePriority.NORMAL
+    chime: bool = True
+    # dnd (§14): do-not-disturb on or off for `device`
+    on: bool | None = None
+
     # join, join-all: the controller's operator key (ctl/operator-key), which only
     # controller-role users can read: such an intent may create its room (§8.4)
     operator_key: Annotated[str, StringConstraints(max_length=128)] | None = None
@@ -551,6 +615,8 @@ API_REQUIRED_FIELDS: dict[ApiOp, tuple[str, ...]] = {
     ApiOp.TRANSCRIPT: ("room",),
     ApiOp.WEB_LOGIN: ("secret_hash",),
     ApiOp.DEVICES: (),
+    ApiOp.ANNOUNCE: (),
+    ApiOp.DND: ("device", "on"),
 }
 
 
@@ -566,6 +632,10 @@ class DeviceOutcome(StrEnum):
     SUCCEEDED = "succeeded"
     REJECTED = "rejected"
     TIMED_OUT = "timed_out"
+    # announcement outcomes (§14)
+    PLAYED = "played"
+    SKIPPED = "skipped"  # do-not-disturb, and the announcement not urgent
+    OFFLINE = "offline"
 
 
 class DeviceResult(Message):
@@ -670,6 +740,8 @@ class ApiResult(Message):
     transcript: list[TranscriptLine] = Field(default_factory=list, max_length=MAX_TRANSCRIPT_LINES)
     # web-login: the broker user (= client id = participant pid) minted, valid until `until`
     username: ShortText | None = None
+    # announce: the announcement's id
+    ann: AnnounceId | None = None
 
 
 class Sync(Message):
@@ -697,6 +769,8 @@ class EventKind(StrEnum):
     MIXER = "mixer"  # a mixer went down or came back (`detail` names it)
     TALKING = "talking"  # the mixer heard a member start talking (`detail`: its participant)
     ERROR = "error"  # a refused API request or another fault worth an annotation
+    DND = "dnd"  # a device's do-not-disturb was set (`detail`: on or off)
+    ANNOUNCE = "announce"  # an announcement reached its final outcome on a device
 
 
 class FleetEvent(Message):
@@ -736,6 +810,7 @@ MODEL_FOR_KIND: dict[TopicKind, Any] = {
     TopicKind.API_RESULT: ApiResult,
     TopicKind.SYNC: Sync,
     TopicKind.EVENTS: FleetEvent,
+    TopicKind.ANNOUNCE: AnnounceChunk,
 }
 
 
@@ -850,6 +925,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         "api_result": ApiResult,
         "sync": Sync,
         "event": FleetEvent,
+        "announce": AnnounceChunk,
     }
     return {
         name: _adapter(model).json_schema(by_alias=True, mode="validation")

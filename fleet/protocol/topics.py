@@ -47,6 +47,7 @@ class TopicKind(StrEnum):
     API_RESULT = "api_result"
     SYNC = "sync"
     EVENTS = "events"
+    ANNOUNCE = "ann"  # dev/{id}/ann: an announcement's audio chunks (§14)
 
 
 DEVICE_TOPIC_KINDS = (
@@ -56,6 +57,7 @@ DEVICE_TOPIC_KINDS = (
     TopicKind.CMD,
     TopicKind.ACK,
     TopicKind.TELE,
+    TopicKind.ANNOUNCE,
 )
 
 
@@ -64,6 +66,7 @@ DEVICE_TOPIC_KINDS = (
 # restart). Receivers refuse these kinds when they arrive retained (docs/protocol.md §1.5).
 NEVER_RETAINED_KINDS = frozenset(
     {TopicKind.CMD, TopicKind.ACK, TopicKind.TELE, TopicKind.MEET_UP, TopicKind.MEET_DOWN}
+    | {TopicKind.ANNOUNCE}
     | {TopicKind.API, TopicKind.API_RESULT, TopicKind.SYNC, TopicKind.EVENTS}
 )
 
@@ -110,7 +113,7 @@ class Topics:
         p = re.escape(prefix)
         self._matcher = re.compile(
             rf"{p}/(?:"
-            rf"dev/(?P<dev>{ID_PATTERN})/(?P<dev_kind>status|desired|state|cmd|ack|tele)"
+            rf"dev/(?P<dev>{ID_PATTERN})/(?P<dev_kind>status|desired|state|cmd|ack|tele|ann)"
             rf"|grp/(?P<grp>{ID_PATTERN})/desired"
             rf"|meet/(?P<pid>{ID_PATTERN})/(?P<dir>up|down)"
             rf"|api/(?P<api>{API_OP_PATTERN})"
@@ -151,6 +154,10 @@ class Topics:
 
     def tele(self, device_id: str) -> str:
         return self.device(TopicKind.TELE, device_id)
+
+    def announce(self, device_id: str) -> str:
+        """An announcement's audio for one device, controller -> device (§14)."""
+        return self.device(TopicKind.ANNOUNCE, device_id)
 
     def group_desired(self, group: str) -> str:
         _check_id(group, "group")

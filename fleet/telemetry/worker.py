@@ -27,7 +27,7 @@ from fleet.mqtt import (
     subscribe,
 )
 from fleet.protocol import TopicKind, Topics, decode_for, encode
-from fleet.protocol.messages import ApiOp, ApiRequest, FleetEvent, Status
+from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult, FleetEvent, Status
 from fleet.registry import Registry
 from fleet.telemetry.config import InfluxSettings
 from fleet.telemetry.ingest import TelemetryIngest
@@ -88,6 +88,9 @@ class IngestWorker:
         else:
             publish_nowait(self._client, topic, payload, qos=qos, retain=retain)
         return True
+
+    async def publish_result(self, result: ApiResult) -> None:
+        log.warning("an ingest worker serves no API: a %s result dropped", result.op)
 
     async def submit(self, op: ApiOp, request: ApiRequest) -> None:
         log.warning("an ingest worker serves no API: %s dropped", op.value)

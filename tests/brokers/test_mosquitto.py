@@ -96,6 +96,7 @@ def test_acl_text(users: CredentialStore) -> None:
         f"topic write {P}/meet/dev-1/up",
         f"topic read {P}/dev/dev-1/desired",
         f"topic read {P}/dev/dev-1/cmd",
+        f"topic read {P}/dev/dev-1/ann",
         f"topic read {P}/meet/dev-1/down",
     ]
     assert sections["dev-1"] == [

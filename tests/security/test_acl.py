@@ -77,7 +77,7 @@ def test_device_publishes_its_own_reports(acl: Acl, kind: str) -> None:
     assert not acl.allows(DEV, "publish", f"{P}/dev/dev-2/{kind}")
 
 
-@pytest.mark.parametrize("kind", ["desired", "cmd"])
+@pytest.mark.parametrize("kind", ["desired", "cmd", "ann"])
 def test_device_never_publishes_its_inboxes(acl: Acl, kind: str) -> None:
     assert not acl.allows(DEV, "publish", f"{P}/dev/dev-1/{kind}")
 
@@ -97,12 +97,14 @@ def test_device_reads_only_its_inboxes_and_groups(acl: Acl, action: str) -> None
     allowed = [
         f"{P}/dev/dev-1/desired",
         f"{P}/dev/dev-1/cmd",
+        f"{P}/dev/dev-1/ann",
         f"{P}/grp/all/desired",
         f"{P}/grp/kitchen/desired",
     ]
     refused = [
         f"{P}/dev/dev-2/desired",
         f"{P}/dev/dev-2/cmd",
+        f"{P}/dev/dev-2/ann",
         f"{P}/dev/dev-1/state",
         f"{P}/dev/dev-2/state",
         f"{P}/grp/garden/desired",
@@ -171,7 +173,14 @@ def test_homeassistant_publishes_meeting_requests_and_entity_commands_only(acl: 
     for op in ApiOp:
         allowed = op in HOMEASSISTANT_API_OPS
         assert acl.allows(HA, "publish", f"{P}/api/{op.value}") is allowed, op
-    assert {op.value for op in HOMEASSISTANT_API_OPS} == {"join-all", "leave-all", "join", "leave"}
+    assert {op.value for op in HOMEASSISTANT_API_OPS} == {
+        "join-all",
+        "leave-all",
+        "join",
+        "leave",
+        "announce",
+        "dnd",
+    }
     assert acl.allows(HA, "publish", "homeassistant/status")
     assert acl.allows(HA, "publish", f"{P}/ha/fleet/join_all/set")
     assert acl.allows(HA, "publish", f"{P}/ha/dev/dev-1/meeting/set")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fleet.agents.voice.actions import FleetActions, spoken
-from fleet.agents.voice.stt import post
+from fleet.speech.http import post
 
 log = logging.getLogger(__name__)
 

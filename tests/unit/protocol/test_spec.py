@@ -62,6 +62,7 @@ MODELS: dict[str, tuple[type[BaseModel], TopicKind, str]] = {
     "ApiResult": (m.ApiResult, TopicKind.API_RESULT, "api_result"),
     "Sync": (m.Sync, TopicKind.SYNC, "sync"),
     "FleetEvent": (m.FleetEvent, TopicKind.EVENTS, "event"),
+    "AnnounceChunk": (m.AnnounceChunk, TopicKind.ANNOUNCE, "announce"),
 }
 
 _MARKER_RE = re.compile(r"<!-- example: (\S+) -->")
@@ -213,6 +214,7 @@ DEVICE_KINDS = [
     TopicKind.CMD,
     TopicKind.ACK,
     TopicKind.TELE,
+    TopicKind.ANNOUNCE,
 ]
 PREFIXES = [DEFAULT_PREFIX, "site-a/fleet/v1", "x", "Lab_2.home/fleet"]
 
@@ -226,6 +228,7 @@ def _all_topics(t: Topics, name: str) -> list[tuple[str, ParsedTopic]]:
         (t.cmd(name), ParsedTopic(TopicKind.CMD, name)),
         (t.ack(name), ParsedTopic(TopicKind.ACK, name)),
         (t.tele(name), ParsedTopic(TopicKind.TELE, name)),
+        (t.announce(name), ParsedTopic(TopicKind.ANNOUNCE, name)),
         (t.group_desired(name), ParsedTopic(TopicKind.GROUP_DESIRED, name)),
         (t.meet_up(name), ParsedTopic(TopicKind.MEET_UP, name)),
         (t.meet_down(name), ParsedTopic(TopicKind.MEET_DOWN, name)),
@@ -260,6 +263,7 @@ def test_topic_strings_are_the_documented_ones() -> None:
     assert t.cmd("d1") == "fleet/v1/dev/d1/cmd"
     assert t.ack("d1") == "fleet/v1/dev/d1/ack"
     assert t.tele("d1") == "fleet/v1/dev/d1/tele"
+    assert t.announce("d1") == "fleet/v1/dev/d1/ann"
     assert t.group_desired("all") == "fleet/v1/grp/all/desired"
     assert t.meet_up("p1") == "fleet/v1/meet/p1/up"
     assert t.meet_down("p1") == "fleet/v1/meet/p1/down"
@@ -877,7 +881,14 @@ def test_reject_codes_match_the_spec() -> None:
         "failed",
         "bad_request",
     }
-    assert {op.value for op in m.CommandOp} == {"ping", "identify", "reboot", "ota", "set_groups"}
+    assert {op.value for op in m.CommandOp} == {
+        "ping",
+        "identify",
+        "reboot",
+        "ota",
+        "set_groups",
+        "announce",
+    }
     assert {op.value for op in m.ApiOp} == {
         "join-all",
         "leave-all",
@@ -893,6 +904,8 @@ def test_reject_codes_match_the_spec() -> None:
         "transcript",
         "web-login",
         "devices",
+        "announce",
+        "dnd",
     }
 
 
@@ -929,6 +942,7 @@ SCHEMA_NAMES = {
     "api_result",
     "sync",
     "event",
+    "announce",
 }
 
 
