@@ -28,7 +28,6 @@ import numpy as np
 import pytest
 
 from fleet.auth import CredentialStore
-from fleet.auth.acl import Acl
 from fleet.client import FleetClient
 from fleet.controller.service import Controller
 from fleet.device.audio import AudioMeetingDriver, AudioProfile, tone_for
@@ -379,22 +378,8 @@ async def test_a_host_device_meets_participants_that_trickle(
 ANN_HZ = 1000.0
 
 
-@pytest.fixture
-def host_reads_announcements(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The host device may subscribe to its dev/{id}/ann. The ACL grants it once the controller
-    side's part of announcements is in; until then this grants that one topic to HOST_ID on
-    the in-process amqtt broker, so that the test checks the firmware alone."""
-    allows = Acl.allows
-
-    def with_ann(self: Acl, cred: object, action: str, topic: str) -> bool:
-        own = getattr(cred, "username", None) == HOST_ID and topic.endswith(f"/dev/{HOST_ID}/ann")
-        return allows(self, cred, action, topic) or (own and action != "publish")  # type: ignore[arg-type]
-
-    monkeypatch.setattr(Acl, "allows", with_ann)
-
-
 async def test_an_announcement_plays_over_the_meeting_ducked(
-    netns: str, build: Build, tmp_path: Path, host_reads_announcements: None
+    netns: str, build: Build, tmp_path: Path
 ) -> None:
     """The controller's announce command and Opus chunks (1 s at once, then paced) reach the C
     device in a meeting: it plays the clip at full level over the meeting, whose audio it
