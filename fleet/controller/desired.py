@@ -115,11 +115,12 @@ class DesiredState:
         meeting: MeetingIntent | None,
         op: str | None = None,
         request: ApiRequest | None = None,
+        dnd: bool | None = None,
     ) -> Desired:
         if meeting is not None:
             for part in self._parts:
                 await part.before_intent(meeting.room, request)  # RequestRefused stops it
-        doc = self._store.write_desired(scope, name, meeting, time.time())
+        doc = self._store.write_desired(scope, name, meeting, time.time(), dnd=dnd)
         if self._link.client is not None:  # else re-asserted on the next connect
             await self._link.client.publish(
                 self.topic(scope, name), encode(doc), qos=1, retain=True

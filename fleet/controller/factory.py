@@ -1,5 +1,5 @@
 """The one place a controller is put together, for `fleet up`, `fleet controller` and the
-demo: its store, its parts (meeting server, web logins, telemetry ingest, Home
+demo: its store, its parts (meeting server, intercom, web logins, telemetry ingest, Home
 Assistant) and their settings, so the commands cannot wire it differently."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.controller.web_login import WebLogins
 from fleet.ha import HomeAssistantPart, HomeAssistantSettings
+from fleet.intercom import Intercom
 from fleet.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, MeetingServer
 from fleet.mqtt import BrokerUrl
 from fleet.protocol import Topics
@@ -53,7 +54,8 @@ def build_controller(settings: ControllerSettings) -> Controller:
             mesh_cap=settings.mesh_cap,
             mixers=list(settings.mixers),
             mixer_secret=settings.mixer_secret,
-        )
+        ),
+        Intercom(),
     ]
     if settings.credentials is not None:  # people's browsers get credentials only where kept
         parts.append(WebLogins(settings.credentials, reload=settings.reload_credentials))

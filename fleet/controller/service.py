@@ -35,8 +35,11 @@ from fleet.protocol import ID_RULE, TopicKind, Topics, decode, encode, is_valid_
 from fleet.protocol.messages import (
     ApiOp,
     ApiRequest,
+    ApiResult,
+    Desired,
     EventKind,
     FleetEvent,
+    MeetingIntent,
     State,
     Status,
     Sync,
@@ -164,6 +167,18 @@ class Controller:
     async def submit(self, op: ApiOp, request: ApiRequest) -> None:
         with part_submission():
             await self.api.submit(op, request)
+
+    async def publish_result(self, result: ApiResult) -> None:
+        await self.api.publish_result(result)
+
+    async def write_own_intent(
+        self, device_id: str, meeting: MeetingIntent | None, op: str
+    ) -> Desired:
+        own = self._store.desired_doc("dev", device_id)
+        with part_submission():  # the part's own intent, as an operator's
+            return await self.desired.write(
+                "dev", device_id, meeting, op=op, dnd=own.dnd if own else None
+            )
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> None:

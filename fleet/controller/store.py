@@ -201,11 +201,16 @@ class Store:
         )
 
     def write_desired(
-        self, scope: str, name: str, meeting: MeetingIntent | None, ts: float
+        self,
+        scope: str,
+        name: str,
+        meeting: MeetingIntent | None,
+        ts: float,
+        dnd: bool | None = None,
     ) -> Desired:
         """A new doc with a new rev, saved in one transaction with the rev's allocation."""
         with self._tx():
-            doc = Desired(rev=self._allocate(1), meeting=meeting, ts=ts)
+            doc = Desired(rev=self._allocate(1), meeting=meeting, ts=ts, dnd=dnd)
             self.save_desired(scope, name, doc)
         return doc
 
@@ -251,6 +256,12 @@ class Store:
             "SELECT rev FROM desired WHERE scope=? AND name=?", (scope, name)
         ).fetchone()
         return int(row[0]) if row else None
+
+    def desired_doc(self, scope: str, name: str) -> Desired | None:
+        row = self._db.execute(
+            "SELECT doc FROM desired WHERE scope=? AND name=?", (scope, name)
+        ).fetchone()
+        return decode(Desired, row[0]) if row else None
 
     def delete_desired(self, scope: str, name: str) -> None:
         self._db.execute("DELETE FROM desired WHERE scope=? AND name=?", (scope, name))

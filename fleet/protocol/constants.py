@@ -30,6 +30,8 @@ class CommandOp(StrEnum):
     REBOOT = "reboot"
     OTA = "ota"
     SET_GROUPS = "set_groups"
+    # a call's ring tone, played by the device itself (§14.3)
+    RING = "ring"
 
 
 class RoomMedia(StrEnum):
@@ -59,3 +61,29 @@ class ApiOp(StrEnum):
     TRANSCRIPT = "transcript"
     # what the controller knows of each device, offline ones too (their last birth)
     DEVICES = "devices"
+    # intercom calls (§14.3): a private room for two devices (or a device and a group)
+    CALL = "call"
+    ANSWER = "answer"
+    HANGUP = "hangup"
+
+
+class RoomKind(StrEnum):
+    """What a room is for: a meeting anyone with the room's name may join, or a call's
+    private room that only the call's members may join (§14.3)."""
+
+    MEETING = "meeting"
+    CALL = "call"
+
+
+class Priority(StrEnum):
+    """An announcement's or a call's priority (§14): urgent goes through do-not-disturb."""
+
+    NORMAL = "normal"
+    URGENT = "urgent"
+
+
+# A call's room is named this and a random part; operators' rooms may not use it (§14.3).
+CALL_ROOM_PREFIX = "call-"
+# Seconds a ringing call waits for an answer when the caller names none; at most a call rings.
+DEFAULT_RING_TIMEOUT_S = 30.0
+MAX_RING_S = 120

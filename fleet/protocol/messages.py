@@ -31,6 +31,9 @@ from fleet.protocol.constants import (
     DEFAULT_WEB_TTL_S as DEFAULT_WEB_TTL_S,
 )
 from fleet.protocol.constants import (
+    MAX_RING_S as MAX_RING_S,
+)
+from fleet.protocol.constants import (
     MAX_ROOM_CAP as MAX_ROOM_CAP,
 )
 from fleet.protocol.constants import (
@@ -44,6 +47,12 @@ from fleet.protocol.constants import (
 )
 from fleet.protocol.constants import (
     CommandOp as CommandOp,
+)
+from fleet.protocol.constants import (
+    Priority as Priority,
+)
+from fleet.protocol.constants import (
+    RoomKind as RoomKind,
 )
 from fleet.protocol.constants import (
     RoomMedia as RoomMedia,
@@ -154,6 +163,7 @@ class Desired(Message):
     rev: Rev
     meeting: MeetingIntent | None = None
     ts: float | None = None
+    dnd: bool | None = None
 
 
 class MeetingState(Message):
@@ -174,6 +184,7 @@ class State(Message):
     volume: Annotated[int, Field(ge=0, le=100)] | None = None
     error: ShortText | None = None
     ts: float | None = None
+    dnd: bool = False
 
 
 # --- imperative commands ----------------------------------------------------------------------
@@ -195,6 +206,13 @@ class NoArgs(Message):
     pass
 
 
+class RingArgs(Message):
+    """`ring` (§14.3): play the ring tone for the call `call` for `seconds` (0: stop)."""
+
+    call: RoomName
+    seconds: Annotated[int, Field(ge=0, le=MAX_RING_S)]
+
+
 # The args of each op (§6.1). Devices ignore unknown args; clients check them before
 # sending, so a typo in a key is caught where a person can fix it.
 COMMAND_ARGS: dict[CommandOp, type[Message]] = {
@@ -203,6 +221,7 @@ COMMAND_ARGS: dict[CommandOp, type[Message]] = {
     CommandOp.REBOOT: NoArgs,
     CommandOp.OTA: OtaArgs,
     CommandOp.SET_GROUPS: SetGroupsArgs,
+    CommandOp.RING: RingArgs,
 }
 
 
@@ -534,6 +553,15 @@ class ApiRequest(Message):
     secret_hash: Annotated[str, StringConstraints(max_length=256)] | None = None
     ttl_s: Annotated[float, Field(ge=1, le=MAX_WEB_TTL_S)] = DEFAULT_WEB_TTL_S
 
+    # call: the device called (or `group`); ring it instead of joining it at once; how
+    # urgent (urgent: through do-not-disturb, out of a meeting at once). `timeout_s` is
+    # how long a ring waits for an answer.
+    to: DeviceId | None = None
+    ring: bool = False
+    priority: Priority = Priority.NORMAL
+    # answer, hangup: the call (its room's name)
+    call: RoomName | None = None
+
 
 # Fields each API op needs beyond the defaults.
 API_REQUIRED_FIELDS: dict[ApiOp, tuple[str, ...]] = {
@@ -551,6 +579,9 @@ API_REQUIRED_FIELDS: dict[ApiOp, tuple[str, ...]] = {
     ApiOp.TRANSCRIPT: ("room",),
     ApiOp.WEB_LOGIN: ("secret_hash",),
     ApiOp.DEVICES: (),
+    ApiOp.CALL: ("device",),
+    ApiOp.ANSWER: (),
+    ApiOp.HANGUP: (),
 }
 
 
@@ -566,6 +597,13 @@ class DeviceOutcome(StrEnum):
     SUCCEEDED = "succeeded"
     REJECTED = "rejected"
     TIMED_OUT = "timed_out"
+    # a call's members (§14.3)
+    JOINED = "joined"  # told to join the call's room
+    RINGING = "ringing"  # rung: joins on answer
+    NO_ANSWER = "no_answer"  # rung, not answered in time
+    DND = "dnd"  # do-not-disturb on and the call not urgent
+    OFFLINE = "offline"
+    BUSY = "busy"  # already in another call
 
 
 class DeviceResult(Message):
@@ -605,6 +643,7 @@ class RoomInfo(Message):
     media: RoomMedia = RoomMedia.AUTO
     rate: MixRate = DEFAULT_MIX_RATE
     session_media: MediaPath | None = None  # the live session's path now
+    kind: RoomKind = RoomKind.MEETING  # a call's private room: `call` (§14.3)
 
 
 class ParticipantRecord(Message):
@@ -670,6 +709,8 @@ class ApiResult(Message):
     transcript: list[TranscriptLine] = Field(default_factory=list, max_length=MAX_TRANSCRIPT_LINES)
     # web-login: the broker user (= client id = participant pid) minted, valid until `until`
     username: ShortText | None = None
+    # call, answer, hangup: the call (its room's name)
+    call: RoomName | None = None
 
 
 class Sync(Message):
