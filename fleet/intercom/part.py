@@ -219,9 +219,11 @@ class Intercom(ControllerPart):
             if request.to not in devices:
                 raise RequestRefused("unknown_device", f"unknown device {request.to!r}")
             return [request.to], None
-        if "group" not in request.model_fields_set:
-            raise RequestRefused("bad_request", "a call needs `to` (a device) or `group`")
         group = request.group
+        if group == "all":  # the field's default: every device is an announcement's target
+            raise RequestRefused(
+                "bad_request", "a call needs `to` (a device) or `group` (not all devices)"
+            )
         callees = sorted(d for d, rec in devices.items() if rec.in_group(group) and d != caller)
         if not callees:
             raise RequestRefused("unknown_group", f"group {group!r} has no device to call")
