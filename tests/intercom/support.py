@@ -50,7 +50,7 @@ class CallFleet:
         return meeting.room if meeting is not None else None
 
     async def request(self, op: ApiOp, **fields: object) -> ApiResult:
-        return await self.op.request(op, ApiRequest.model_validate(fields))
+        return await self.op.request(op, ApiRequest.model_validate(fields, strict=False))
 
     async def in_room(self, room: str | None, *devices: str, timeout: float = 20) -> None:
         await wait_for(
