@@ -313,7 +313,7 @@ class Intercom(ControllerPart):
         if acting is not None and acting not in call.members:
             raise RequestRefused("forbidden", f"{acting} is not a member of call {call.id}")
         by = acting or device or "the operator"
-        await self._end(call, DeviceOutcome.NO_ANSWER, f"hung up by {by}")
+        await self._end(call, DeviceOutcome.NO_ANSWER, f"hung up by {by}", code="hung_up")
         return ApiResult(
             op=op,
             ok=True,
@@ -335,7 +335,9 @@ class Intercom(ControllerPart):
         log.info("call %s: no answer", call.id)
         await self._end(call, DeviceOutcome.NO_ANSWER, "no answer")
 
-    async def _end(self, call: Call, unanswered: DeviceOutcome, why: str) -> None:
+    async def _end(
+        self, call: Call, unanswered: DeviceOutcome, why: str, code: str = "no_answer"
+    ) -> None:
         """Stop the ringing, put every member back where it was, remove the room."""
         if self.calls.pop(call.id, None) is None:
             return
@@ -356,7 +358,7 @@ class Intercom(ControllerPart):
         if answered:
             await self._finish_pending(call, ok=True, code="ok")
         else:
-            await self._finish_pending(call, ok=False, code="no_answer", detail=why)
+            await self._finish_pending(call, ok=False, code=code, detail=why)
         await self._event(call, "call_end", why)
         log.info("call %s ended: %s", call.id, why)
 

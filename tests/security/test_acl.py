@@ -171,7 +171,10 @@ def test_homeassistant_publishes_meeting_requests_and_entity_commands_only(acl: 
     for op in ApiOp:
         allowed = op in HOMEASSISTANT_API_OPS
         assert acl.allows(HA, "publish", f"{P}/api/{op.value}") is allowed, op
-    assert {op.value for op in HOMEASSISTANT_API_OPS} == {"join-all", "leave-all", "join", "leave"}
+    assert {op.value for op in HOMEASSISTANT_API_OPS} == {
+        *("join-all", "leave-all", "join", "leave"),
+        *("call", "answer", "hangup"),
+    }
     assert acl.allows(HA, "publish", "homeassistant/status")
     assert acl.allows(HA, "publish", f"{P}/ha/fleet/join_all/set")
     assert acl.allows(HA, "publish", f"{P}/ha/dev/dev-1/meeting/set")
