@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli import broker, creds, flash, meetings, ops, services, telemetry, web
+from cli import broker, creds, flash, intercom, meetings, ops, services, telemetry, web
 from cli.common import Exit, FleetGroup, command_group, fail, setup_logging
 from fleet.protocol.constants import PROTOCOL_VERSION
 
@@ -83,6 +83,9 @@ app.command("leave")(ops.leave)
 app.command("cmd")(ops.cmd)
 app.command("sessions")(meetings.sessions)
 app.command("say")(meetings.say)
+app.command("call")(intercom.call)
+app.command("answer")(intercom.answer)
+app.command("hangup")(intercom.hangup)
 app.command("flash")(flash.flash)
 app.command("provision")(flash.provision)
 app.command("image")(flash.image)

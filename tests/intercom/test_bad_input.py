@@ -33,10 +33,10 @@ async def test_bad_call_requests_get_clear_errors(
         ]
         for op, fields, code, named in cases:
             result = await f.request(op, **fields)
-            assert not result.ok and result.code == code, (op, fields, result)
+            assert (result.ok, result.code) == (False, code), (op, fields, result)
             assert named in result.detail, (op, fields, result.detail)
         # An operator may not make a room with a call's name (calls make their own).
         made = await f.request(ApiOp.ROOM_CREATE, room="call-12345678")
-        assert not made.ok and made.code == "reserved_room", made
+        assert (made.ok, made.code) == (False, "reserved_room"), made
         assert all(f.room(d) is None for d in f.ids)
         assert not (await f.request(ApiOp.ROOMS)).rooms

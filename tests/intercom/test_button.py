@@ -44,7 +44,8 @@ async def test_the_button_calls_its_target_and_hangs_up(
         assert await f.dev("dev-1").press_button() is ApiOp.CALL
         await wait_for(lambda: f.room("dev-1") is not None, what="dev-1 in its call")
         call = f.room("dev-1")
-        assert call is not None and call.startswith("call-")
+        assert call is not None
+        assert call.startswith("call-")
         await f.in_room(call, "dev-2")
         await f.talking("dev-1", "dev-2")
         # The callee's button hangs up: both go back to nothing.
@@ -77,7 +78,7 @@ async def test_a_device_cannot_call_in_another_devices_name(
         # On its own topic, in another device's name: the controller refuses it.
         named = await dev1.send_request(ApiOp.CALL, ApiRequest(device="dev-2", to="dev-3"))
         refused = await final(f, named)
-        assert refused["ok"] is False and refused["code"] == "forbidden", refused
+        assert (refused["ok"], refused["code"]) == (False, "forbidden"), refused
         # Another device's call is not its to hang up, nor another's ring its to answer.
         pending = asyncio.create_task(
             f.request(ApiOp.CALL, device="dev-2", to="dev-3", ring=True, timeout_s=60)
@@ -93,7 +94,7 @@ async def test_a_device_cannot_call_in_another_devices_name(
         assert all(f.room(d) is None for d in f.ids)
         await f.request(ApiOp.HANGUP, call=call)
         result = await pending
-        assert not result.ok and result.code == "hung_up", result
+        assert (result.ok, result.code) == (False, "hung_up"), result
 
 
 def test_the_acl_lets_a_device_request_only_its_own_calls() -> None:

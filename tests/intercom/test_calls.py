@@ -10,7 +10,7 @@ import pytest
 
 from fleet.device.tones import RING_HZ, RING_PEER
 from fleet.protocol.messages import ApiOp, DeviceOutcome, RoomKind
-from tests.intercom.support import CallFleet, call_fleet
+from tests.intercom.support import call_fleet
 from tests.support.brokers import BrokerHandle
 from tests.support.running import wait_for
 
@@ -29,9 +29,10 @@ async def test_a_call_carries_audio_both_ways_and_nothing_to_a_third_device_then
         standup_peers = dict(f.driver("dev-3").peer_pids())
 
         result = await f.request(ApiOp.CALL, device="dev-1", to="dev-2", priority="urgent")
-        assert result.ok and result.done, result
+        assert (result.ok, result.done) == (True, True), result
         call = result.call
-        assert call is not None and call.startswith("call-")
+        assert call is not None
+        assert call.startswith("call-")
         assert {d.device: d.outcome for d in result.devices} == {
             "dev-1": DeviceOutcome.JOINED,
             "dev-2": DeviceOutcome.JOINED,
@@ -50,9 +51,11 @@ async def test_a_call_carries_audio_both_ways_and_nothing_to_a_third_device_then
 
         # Nothing of the call reaches dev-3 (left alone in standup) nor dev-4 (in nothing):
         # dev-3 has no peer, and the stream it had from dev-1 stopped before the call.
-        assert f.dev("dev-3").meeting is not None and f.dev("dev-3").meeting.peers == []
+        assert f.dev("dev-3").meeting is not None
+        assert f.dev("dev-3").meeting.peers == []
         assert f.driver("dev-3").peer_pids() == {}
-        assert f.driver("dev-4").peer_pids() == {} and f.dev("dev-4").meeting is None
+        assert f.driver("dev-4").peer_pids() == {}
+        assert f.dev("dev-4").meeting is None
         from_dev1 = [p for p, pid in standup_peers.items() if pid == "dev-1"]
         before = {p: f.driver("dev-3").levels.peers[p].frames for p in from_dev1}
         # dev-1 and dev-2 keep talking for a while (a second of fresh audio each way) ...
@@ -89,7 +92,8 @@ async def test_a_call_carries_audio_both_ways_and_nothing_to_a_third_device_then
         rooms = await f.request(ApiOp.ROOMS)
         assert call not in {r.room for r in rooms.rooms}
         again = await f.request(ApiOp.HANGUP, call=call)
-        assert not again.ok and again.code == "unknown_call"
+        assert not again.ok
+        assert again.code == "unknown_call"
 
 
 async def test_an_unanswered_ring_times_out_and_nobody_joins(
@@ -107,13 +111,14 @@ async def test_an_unanswered_ring_times_out_and_nobody_joins(
         )
         assert f.dev("dev-1").ringing is None
         result = await pending
-        assert not result.ok and result.done and result.code == "no_answer", result
+        assert (result.ok, result.done, result.code) == (False, True, "no_answer"), result
         outcomes = {d.device: d.outcome for d in result.devices}
         assert outcomes["dev-2"] is DeviceOutcome.NO_ANSWER
         assert DeviceOutcome.JOINED not in outcomes.values()
         await wait_for(lambda: f.dev("dev-2").ringing is None, what="the ring stops")
         # Nobody joined: neither device was ever in the call's room, which is gone.
-        assert f.room("dev-1") is None and f.room("dev-2") is None
+        assert f.room("dev-1") is None
+        assert f.room("dev-2") is None
         assert f.dev("dev-1").state_changes == f.dev("dev-2").state_changes == 0  # no intent
         rooms = await f.request(ApiOp.ROOMS)
         assert result.call not in {r.room for r in rooms.rooms}
@@ -129,7 +134,7 @@ async def test_an_answered_ring_joins_both(amqtt_broker: BrokerHandle, tmp_path:
         answered = await f.request(ApiOp.ANSWER, device="dev-2")
         assert answered.ok, answered
         result = await pending
-        assert result.ok and result.code == "ok", result
+        assert (result.ok, result.code) == (True, "ok"), result
         assert {d.device: d.outcome for d in result.devices} == {
             "dev-1": DeviceOutcome.JOINED,
             "dev-2": DeviceOutcome.JOINED,

@@ -30,9 +30,10 @@ async def test_dnd_refuses_a_normal_call_and_rings_for_an_urgent_one(
     async with call_fleet(amqtt_broker, tmp_path, 2) as f:
         await set_dnd(f, "dev-2", True)
         normal = await f.request(ApiOp.CALL, device="dev-1", to="dev-2")
-        assert not normal.ok and normal.code == "dnd", normal
+        assert (normal.ok, normal.code) == (False, "dnd"), normal
         assert {d.device: d.outcome for d in normal.devices} == {"dev-2": DeviceOutcome.DND}
-        assert f.dev("dev-2").ringing is None and f.room("dev-1") is None
+        assert f.dev("dev-2").ringing is None
+        assert f.room("dev-1") is None
         # Urgent: rung through dnd (not joined at once), and it joins when it answers.
         pending = asyncio.create_task(
             f.request(ApiOp.CALL, device="dev-1", to="dev-2", priority="urgent", timeout_s=60)
@@ -44,11 +45,14 @@ async def test_dnd_refuses_a_normal_call_and_rings_for_an_urgent_one(
         await f.in_room(result.call, "dev-1", "dev-2")
         # The call kept the device's dnd in its own doc, and hanging up keeps it too.
         own = f.ctl.store.desired_doc("dev", "dev-2")
-        assert own is not None and own.dnd is True
+        assert own is not None
+        assert own.dnd is True
         assert (await f.request(ApiOp.HANGUP, device="dev-1")).ok
         await f.in_room(None, "dev-1", "dev-2")
         own = f.ctl.store.desired_doc("dev", "dev-2")
-        assert own is not None and own.dnd is True and own.meeting is None
+        assert own is not None
+        assert own.dnd is True
+        assert own.meeting is None
 
 
 async def test_a_device_in_a_meeting_is_rung_by_a_normal_call_and_pulled_by_an_urgent_one(
@@ -65,7 +69,7 @@ async def test_a_device_in_a_meeting_is_rung_by_a_normal_call_and_pulled_by_an_u
         accepted_call = f.dev("dev-2").ringing
         assert (await f.request(ApiOp.ANSWER, call=accepted_call)).ok
         result = await pending
-        assert result.ok and result.call == accepted_call, result
+        assert (result.ok, result.call) == (True, accepted_call), result
         await f.in_room(result.call, "dev-1", "dev-2")
         await f.talking("dev-1", "dev-2")
         # ... and goes back to it (a group's intent) with the caller, after the hangup.
@@ -74,7 +78,7 @@ async def test_a_device_in_a_meeting_is_rung_by_a_normal_call_and_pulled_by_an_u
         await f.talking("dev-2", "dev-3")
         # Urgent: out of the meeting at once, and back in it after.
         urgent = await f.request(ApiOp.CALL, device="dev-3", to="dev-2", priority="urgent")
-        assert urgent.ok and urgent.done, urgent
+        assert (urgent.ok, urgent.done) == (True, True), urgent
         assert {d.outcome for d in urgent.devices} == {DeviceOutcome.JOINED}
         await f.in_room(urgent.call, "dev-2", "dev-3")
         await f.in_room("standup", "dev-1")
@@ -92,7 +96,7 @@ async def test_busy_and_offline_callees(amqtt_broker: BrokerHandle, tmp_path: Pa
         first = await f.request(ApiOp.CALL, device="dev-1", to="dev-2")
         assert first.ok, first
         busy = await f.request(ApiOp.CALL, device="dev-3", to="dev-2")
-        assert not busy.ok and busy.code == "busy", busy
+        assert (busy.ok, busy.code) == (False, "busy"), busy
         caller_busy = await f.request(ApiOp.CALL, device="dev-1", to="dev-3")
-        assert not caller_busy.ok and caller_busy.code == "busy", caller_busy
+        assert (caller_busy.ok, caller_busy.code) == (False, "busy"), caller_busy
         assert (await f.request(ApiOp.HANGUP, call=first.call)).ok
