@@ -52,6 +52,7 @@ from fleet.protocol.messages import (
     RingArgs,
     RoomKind,
 )
+from fleet.registry import count_outcomes
 
 if TYPE_CHECKING:
     from fleet.controller.host import PartHost
@@ -153,6 +154,7 @@ class Intercom(ControllerPart):
         ]
         if not reachable:
             outcomes = {m.outcome.value for d, m in members.items() if d != caller}
+            callees_reached = [m.result("") for d, m in members.items() if d != caller]
             code = outcomes.pop() if len(outcomes) == 1 else "unreachable"
             return ApiResult(
                 op=op,
@@ -160,7 +162,8 @@ class Intercom(ControllerPart):
                 code=code,
                 detail=f"nobody to call: {_summary(members, caller)}",
                 group=group,
-                devices=[m.result("") for d, m in members.items() if d != caller],
+                devices=callees_reached,
+                counts=count_outcomes(callees_reached),
             )
         call = Call(
             id=self._new_room_name(),
@@ -209,6 +212,7 @@ class Intercom(ControllerPart):
             call=call.id,
             group=group,
             devices=call.results(),
+            counts=count_outcomes(call.results()),
         )
 
     def _callees(self, request: ApiRequest, caller: str) -> tuple[list[str], str | None]:
@@ -292,6 +296,7 @@ class Intercom(ControllerPart):
             call=call.id,
             detail=f"{device} answered",
             devices=call.results(),
+            counts=count_outcomes(call.results()),
         )
 
     # --- hangup -------------------------------------------------------------------------------
@@ -321,6 +326,7 @@ class Intercom(ControllerPart):
             call=call.id,
             detail=f"hung up by {by}",
             devices=call.results(),
+            counts=count_outcomes(call.results()),
         )
 
     # --- ending -------------------------------------------------------------------------------
@@ -379,6 +385,7 @@ class Intercom(ControllerPart):
                 call=call.id,
                 group=call.group,
                 devices=call.results(),
+                counts=count_outcomes(call.results()),
             )
         )
 

@@ -877,7 +877,10 @@ def test_reject_codes_match_the_spec() -> None:
         "failed",
         "bad_request",
     }
-    assert {op.value for op in m.CommandOp} == {"ping", "identify", "reboot", "ota", "set_groups"}
+    assert {op.value for op in m.CommandOp} == {
+        *("ping", "identify", "reboot", "ota", "set_groups"),
+        "ring",
+    }
     assert {op.value for op in m.ApiOp} == {
         "join-all",
         "leave-all",
@@ -893,6 +896,7 @@ def test_reject_codes_match_the_spec() -> None:
         "transcript",
         "web-login",
         "devices",
+        *("call", "answer", "hangup"),
     }
 
 
