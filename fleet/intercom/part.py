@@ -244,7 +244,8 @@ class Intercom(ControllerPart):
         dnd = bool(own is not None and own.dnd)
         if dnd and not urgent:
             return CallMember(device_id, DeviceOutcome.DND)
-        in_meeting = rec.room is not None or self._intent_now(device_id) is not None
+        # By its intent, not its report: a report may lag (a call just hung up).
+        in_meeting = self._intent_now(device_id) is not None
         if ring or dnd or (in_meeting and not urgent):
             return CallMember(device_id, DeviceOutcome.RINGING)
         return CallMember(device_id, DeviceOutcome.JOINED)
