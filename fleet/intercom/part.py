@@ -93,8 +93,9 @@ class Intercom(ControllerPart):
                 if call.ring_deadline is not None and now >= call.ring_deadline:
                     await self._ring_timed_out(call)
 
-    async def close(self) -> None:
-        # Members go back to what they were doing: a stopped controller ends its calls.
+    async def on_closing(self) -> None:
+        # The link is still up: members go back to what they were doing before a stopped
+        # controller forgets its calls (a crash leaves them where their docs put them).
         for call in list(self.calls.values()):
             await self._end(call, DeviceOutcome.NO_ANSWER, "the controller stopped")
 
