@@ -46,8 +46,9 @@ class Call:
     members: dict[str, CallMember]  # the caller's first
     priority: Priority = Priority.NORMAL
     group: str | None = None
-    # A ringing call: when it gives up on the callees still ringing (time.monotonic()).
-    ring_deadline: float | None = None
+    # A ringing call: when it gives up on the callees still ringing (time.time(), kept
+    # across a controller restart).
+    ring_until: float | None = None
     ring_s: int = 0
     # The request whose final result waits for an answer (the acceptance went out).
     pending: str | None = None

@@ -15,8 +15,9 @@ nobody answering within the timeout ends the call (`no_answer`) with nobody move
 
 A call ends on `hangup`, when its ring is not answered, or when at most one member is
 left in it (another intent took the others: a later join, leave or join-all wins, as
-everywhere in the fleet). Calls live in memory: a controller restart forgets them, and
-their members stay where their desired docs put them until someone moves them.
+everywhere in the fleet). Live calls are kept in the controller's store
+(fleet.intercom.records), so a restarted controller still ends them and puts their
+members back.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING
 from fleet.controller.parts import ControllerPart, requester
 from fleet.errors import RequestRefused
 from fleet.intercom.call import Call, CallMember
+from fleet.intercom.records import CallRecords
 from fleet.meetings.records import MeetingRecords
 from fleet.meetings.room import Room
 from fleet.protocol import encode
@@ -77,6 +79,16 @@ class Intercom(ControllerPart):
     def attach(self, host: PartHost) -> None:
         super().attach(host)
         self.records = MeetingRecords(self.host.store)
+        # Calls an earlier run left live: still ended, and their members put back, here.
+        self.kept = CallRecords(self.host.store)
+        for call in self.kept.calls():
+            self.calls[call.id] = call
+            for member in call.members.values():
+                live = (DeviceOutcome.RINGING, DeviceOutcome.WAITING, DeviceOutcome.JOINED)
+                if member.outcome in live:
+                    self._call_of[member.device] = call.id
+        if self.calls:
+            log.info("%d call(s) carried over from an earlier run", len(self.calls))
 
     def api_ops(self) -> Mapping[ApiOp, Callable[[ApiRequest], Awaitable[ApiResult]]]:
         return {
@@ -88,16 +100,12 @@ class Intercom(ControllerPart):
     async def run(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
-            now = time.monotonic()
+            if not self.host.synced:
+                continue  # a ring that lapsed while we were away ends once the fleet is read
+            now = time.time()
             for call in list(self.calls.values()):
-                if call.ring_deadline is not None and now >= call.ring_deadline:
+                if call.ring_until is not None and now >= call.ring_until:
                     await self._ring_timed_out(call)
-
-    async def on_closing(self) -> None:
-        # The link is still up: members go back to what they were doing before a stopped
-        # controller forgets its calls (a crash leaves them where their docs put them).
-        for call in list(self.calls.values()):
-            await self._end(call, DeviceOutcome.NO_ANSWER, "the controller stopped")
 
     async def on_event(self, event: FleetEvent) -> None:
         """A member's intent moved on (a join, leave or join-all written since the call's
@@ -123,6 +131,8 @@ class Intercom(ControllerPart):
                 self._call_of.pop(member.device, None)
             if gone and len(call.joined) <= 1 and not call.ringing:
                 await self._end(call, DeviceOutcome.NO_ANSWER, "a member left")
+            elif gone:
+                self.kept.save(call)
 
     def _concerns(self, event: FleetEvent, device_id: str) -> bool:
         if event.device is not None:
@@ -192,13 +202,14 @@ class Intercom(ControllerPart):
         if ringing:
             timeout = min(request.timeout_s, float(MAX_RING_S))
             call.ring_s = min(MAX_RING_S, math.ceil(timeout))
-            call.ring_deadline = time.monotonic() + timeout
+            call.ring_until = time.time() + timeout
             call.pending = request.id
         for member in reachable:
             if member.outcome is DeviceOutcome.JOINED:
                 await self._join(call, member, "call")
         if any(m.joined for m in reachable):
             await self._join(call, members[caller], "call")
+        self.kept.save(call)
         for member in ringing:
             await self._ring(member.device, call.id, call.ring_s)
         await self._event(call, "call", f"{caller} called {_summary(members, caller)}")
@@ -288,7 +299,8 @@ class Intercom(ControllerPart):
         if not caller.joined:
             await self._join(call, caller, "call-answer")
         if not call.ringing:
-            call.ring_deadline = None
+            call.ring_until = None
+        self.kept.save(call)
         await self._finish_pending(call, ok=True, code="ok")
         log.info("call %s: %s answered", call.id, device)
         return ApiResult(
@@ -333,12 +345,13 @@ class Intercom(ControllerPart):
 
     # --- ending -------------------------------------------------------------------------------
     async def _ring_timed_out(self, call: Call) -> None:
-        call.ring_deadline = None
+        call.ring_until = None
         for member in call.ringing:
             member.outcome = DeviceOutcome.NO_ANSWER
             await self._ring(member.device, call.id, 0)
             self._call_of.pop(member.device, None)
         if call.answered:
+            self.kept.save(call)
             return  # a group call: those that answered talk on
         log.info("call %s: no answer", call.id)
         await self._end(call, DeviceOutcome.NO_ANSWER, "no answer")
@@ -349,6 +362,7 @@ class Intercom(ControllerPart):
         """Stop the ringing, put every member back where it was, remove the room."""
         if self.calls.pop(call.id, None) is None:
             return
+        self.kept.delete(call.id)
         for member in call.members.values():
             if self._call_of.get(member.device) == call.id:
                 del self._call_of[member.device]

@@ -8,11 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from fleet.device.audio import audio_drivers
+from fleet.device.sim import SimFleet
 from fleet.device.tones import RING_HZ, RING_PEER
-from fleet.protocol.messages import ApiOp, DeviceOutcome, RoomKind
+from fleet.intercom import Intercom
+from fleet.meetings import MeetingServer
+from fleet.protocol.messages import ApiOp, ApiRequest, DeviceOutcome, RoomKind
 from tests.intercom.support import call_fleet
 from tests.support.brokers import BrokerHandle
-from tests.support.running import wait_for
+from tests.support.running import controller, operator, register_devices, sim_fleet, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -168,3 +172,42 @@ async def test_a_call_to_a_group_joins_every_device_of_it(
         await f.in_room(None, "dev-1", "dev-2")
         gone = await f.request(ApiOp.HANGUP, call=result.call)
         assert gone.code == "unknown_call"
+
+
+async def test_a_restarted_controller_still_ends_its_calls(
+    amqtt_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    secrets = register_devices(amqtt_broker, 3)
+    ids = list(secrets)
+    db = tmp_path / "ctl.db"
+    async with (
+        sim_fleet(amqtt_broker, secrets, driver_factory=audio_drivers(ids)) as fleet,
+        operator(amqtt_broker) as op,
+    ):
+        assert isinstance(fleet, SimFleet)
+        async with controller(amqtt_broker, db, parts=[MeetingServer(), Intercom()]) as ctl:
+            await wait_for(lambda: len(ctl.registry.devices) == 3, what="the fleet")
+            joined = await op.request(ApiOp.JOIN, ApiRequest(device="dev-1", room="standup"))
+            assert joined.ok, joined
+            result = await op.request(ApiOp.CALL, ApiRequest(device="dev-1", to="dev-2"))
+            assert result.ok, result
+            await wait_for(
+                lambda: all(
+                    (fleet[d].meeting.room if fleet[d].meeting else None) == result.call
+                    for d in ("dev-1", "dev-2")
+                ),
+                timeout=20,
+                what="both in the call",
+            )
+        async with controller(amqtt_broker, db, parts=[MeetingServer(), Intercom()]):
+            hung = await op.request(ApiOp.HANGUP, ApiRequest(device="dev-2"))
+            assert hung.ok, hung
+            assert hung.call == result.call
+            await wait_for(
+                lambda: (
+                    [fleet[d].meeting.room if fleet[d].meeting else None for d in ids]
+                    == ["standup", None, None]
+                ),
+                timeout=20,
+                what="dev-1 back in standup, dev-2 in nothing",
+            )
