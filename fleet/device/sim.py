@@ -62,6 +62,7 @@ HARDWARE = "sim-esp32s3"
 ACK_CACHE_SIZE = 64  # recent command ids answered again without running twice
 REBOOT_DELAY_S = 0.5
 MAX_IDENTIFY_S = 300
+GROUP_TARGET = "group:"  # a call button's target that names a group
 
 
 class MeetingDriver:
@@ -116,9 +117,9 @@ class SimDeviceConfig:
     groups: list[str] = field(default_factory=list)
     tele_interval_s: float = 10.0
     caps: Capabilities = field(default_factory=Capabilities)
-    # Whom its call button calls (a device, or else a group), as the firmware's config.
+    # Whom its call button calls, as the firmware's NVS `call_to`: a device id, or
+    # `group:NAME` for every device of a group.
     call_to: str | None = None
-    call_group: str | None = None
 
 
 class SimulatedDevice:
@@ -287,7 +288,9 @@ class SimulatedDevice:
 
     async def _apply(self, applied: Applied) -> None:
         intent = applied.meeting
-        self._stop_ringing()  # the desired meeting changed: an answer, or the call's end
+        current = self.meeting.room if self.meeting is not None else None
+        if (intent.room if intent is not None else None) != current:
+            self._stop_ringing()  # the desired meeting changed: an answer, or a move
         self.error = None
         try:
             if intent is None:
@@ -462,9 +465,12 @@ class SimulatedDevice:
         elif (call := self.in_call()) is not None:
             op, request = ApiOp.HANGUP, ApiRequest(device=self.id, call=call)
         elif self.config.call_to is not None:
-            op, request = ApiOp.CALL, ApiRequest(device=self.id, to=self.config.call_to)
-        elif self.config.call_group is not None:
-            op, request = ApiOp.CALL, ApiRequest(device=self.id, group=self.config.call_group)
+            target = self.config.call_to
+            if target.startswith(GROUP_TARGET):
+                request = ApiRequest(device=self.id, group=target.removeprefix(GROUP_TARGET))
+            else:
+                request = ApiRequest(device=self.id, to=target)
+            op = ApiOp.CALL
         else:
             raise FleetError(f"{self.id}: its call button has no target configured")
         await self.send_request(op, request)

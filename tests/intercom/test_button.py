@@ -111,3 +111,14 @@ def test_the_acl_lets_a_device_request_only_its_own_calls() -> None:
     for op in ("call", "answer", "hangup"):
         assert acl.allows(ha, "publish", f"fleet/v1/api/{op}")
         assert acl.allows(ha, "publish", f"fleet/v1/api/by/ha/{op}")
+
+
+async def test_the_button_calls_a_group_target(amqtt_broker: BrokerHandle, tmp_path: Path) -> None:
+    async with call_fleet(amqtt_broker, tmp_path, 3, groups=("upstairs",)) as f:
+        f.dev("dev-1").config.call_to = "group:upstairs"
+        assert await f.dev("dev-1").press_button() is ApiOp.CALL
+        await wait_for(lambda: f.room("dev-1") is not None, what="dev-1 in its call")
+        await f.in_room(f.room("dev-1"), "dev-2", "dev-3")
+        await f.talking("dev-1", "dev-3")
+        assert await f.dev("dev-1").press_button() is ApiOp.HANGUP
+        await f.in_room(None, "dev-1", "dev-2", "dev-3")
