@@ -10,6 +10,7 @@ side), then hung up; both devices are back out of the call before the next.
     python -m bench.call                 # 10 calls
     python -m bench.call --calls 20
     python -m bench.call --meeting       # the caller is in a meeting with a third device
+    python -m bench.call --ring          # rung first: timed from the answer instead
 
 Target: call -> two-way audio under 400 ms. Prints figures; asserts nothing. Everything
 shares this one process; other load on the machine moves the figures.
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 
 
-async def run(calls: int, meeting: bool) -> list[float]:
+async def run(calls: int, meeting: bool, ring: bool) -> list[float]:
     from cli.stack import StackConfig, free_port, running_stack
     from fleet.client import FleetClient
     from fleet.device.audio import AudioMeetingDriver
@@ -76,8 +77,17 @@ async def run(calls: int, meeting: bool) -> list[float]:
                 for drv in (drivers[a], drivers[b]):
                     assert isinstance(drv, AudioMeetingDriver)
                     drv.levels.peers.clear()  # participant ids repeat in every new session
-                sent = time.monotonic()
-                result = await client.request(ApiOp.CALL, ApiRequest(device=a, to=b))
+                if ring:
+                    pending = asyncio.create_task(
+                        client.request(ApiOp.CALL, ApiRequest(device=a, to=b, ring=True))
+                    )
+                    await until(lambda: devices[b].ringing is not None)
+                    sent = time.monotonic()
+                    await client.request(ApiOp.ANSWER, ApiRequest(device=b))
+                    result = await pending
+                else:
+                    sent = time.monotonic()
+                    result = await client.request(ApiOp.CALL, ApiRequest(device=a, to=b))
                 if not result.ok:
                     print(f"call refused: {result.code}: {result.detail}")
                     break
@@ -96,18 +106,20 @@ def main() -> None:
     parser.add_argument(
         "--meeting", action="store_true", help="the caller is in a meeting before each call"
     )
+    parser.add_argument("--ring", action="store_true", help="ring first, and time from the answer")
     args = parser.parse_args()
     import logging
 
     logging.basicConfig(level=logging.ERROR)
-    latencies = sorted(asyncio.run(run(args.calls, args.meeting)))
+    latencies = sorted(asyncio.run(run(args.calls, args.meeting, args.ring)))
     if not latencies:
         print("no call reached two-way audio")
         return
     median = statistics.median(latencies) * 1000
     p95 = latencies[int(0.95 * (len(latencies) - 1))] * 1000
     where = "caller in a meeting" if args.meeting else "caller idle"
-    print(f"call -> two-way audio ({where}), {len(latencies)} calls:")
+    start = "answer" if args.ring else "call"
+    print(f"{start} -> two-way audio ({where}), {len(latencies)} calls:")
     print(
         f"  median {median:.0f} ms   p95 {p95:.0f} ms   min {latencies[0] * 1000:.0f} ms   "
         f"max {latencies[-1] * 1000:.0f} ms"
