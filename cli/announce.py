@@ -26,7 +26,7 @@ from cli.common import (
     require_name,
     run,
 )
-from fleet.protocol.constants import AnnouncePriority, ApiOp
+from fleet.protocol.constants import ApiOp, Priority
 
 if TYPE_CHECKING:
     from fleet.protocol.messages import ApiResult
@@ -67,9 +67,9 @@ def announce(
         typer.Option(help="Play this WAV file (at most 46 KiB) instead of speaking TEXT."),
     ] = None,
     priority: Annotated[
-        AnnouncePriority,
+        Priority,
         typer.Option(help="urgent plays through do-not-disturb and cuts off a normal one."),
-    ] = AnnouncePriority.NORMAL,
+    ] = Priority.NORMAL,
     chime: Annotated[bool, typer.Option("--chime/--no-chime", help="The chime first.")] = True,
     timeout: Annotated[
         float,

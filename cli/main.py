@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from cli import announce, broker, creds, flash, meetings, ops, services, telemetry, web
+from cli import announce, broker, creds, flash, intercom, meetings, ops, services, telemetry, web
 from cli.common import Exit, FleetGroup, command_group, fail, setup_logging
 from fleet.protocol.constants import PROTOCOL_VERSION
 
@@ -81,6 +81,9 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "dnd": announce.dnd,
     "sessions": meetings.sessions,
     "say": meetings.say,
+    "call": intercom.call,
+    "answer": intercom.answer,
+    "hangup": intercom.hangup,
     "flash": flash.flash,
     "provision": flash.provision,
     "image": flash.image,

@@ -92,12 +92,13 @@ def _rooms_table(result: ApiResult) -> None:
 
     remember_names(rooms=[r.room for r in result.rooms])
     table = Table(title=plural(len(result.rooms), "room"))
-    for column in ("room", "cap", "media", "rate", "live session", "members", "created"):
+    for column in ("room", "kind", "cap", "media", "rate", "live session", "members", "created"):
         table.add_column(column)
     for r in result.rooms:
         live = f"{r.session} ({r.session_media.value})" if r.session and r.session_media else ""
         table.add_row(
             r.room,
+            r.kind.value,
             str(r.cap),
             r.media.value,
             f"{r.rate // 1000} kHz",

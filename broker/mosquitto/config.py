@@ -37,6 +37,7 @@ from pathlib import Path
 from broker.mosquitto.plugin import clientid_plugin
 from fleet.auth import (
     AGENT_API_OPS,
+    DEVICE_API_OPS,
     HOMEASSISTANT_API_OPS,
     WEB_API_OPS,
     CredentialStore,
@@ -145,6 +146,8 @@ def _device_acl(p: str, device_id: str, groups: list[str]) -> list[str]:
         f"user {device_id}",
         *(f"topic write {dev}/{kind}" for kind in ("status", "state", "ack", "tele")),
         f"topic write {meet}/up",
+        # its button's requests (call, answer, hangup), on its own api/by/{id}/{op}
+        *(f"topic write {p}/api/by/{device_id}/{op.value}" for op in DEVICE_API_OPS),
         f"topic read {dev}/desired",
         f"topic read {dev}/cmd",
         f"topic read {dev}/ann",

@@ -41,7 +41,6 @@ from fleet.protocol.messages import (
     AnnounceArgs,
     AnnounceChunk,
     AnnounceCodec,
-    AnnouncePriority,
     ApiOp,
     ApiRequest,
     ApiResult,
@@ -51,6 +50,7 @@ from fleet.protocol.messages import (
     DeviceResult,
     EventKind,
     FleetEvent,
+    Priority,
     decode,
 )
 
@@ -92,7 +92,7 @@ class Delivery:
     task: asyncio.Task[None] | None = None
 
     @property
-    def priority(self) -> AnnouncePriority:
+    def priority(self) -> Priority:
         return self.announcement.priority
 
     @property
@@ -114,7 +114,7 @@ class Delivery:
 class Announcement:
     id: str
     request: ApiRequest
-    priority: AnnouncePriority
+    priority: Priority
     clip: Clip
     chunks: dict[AnnounceCodec, list[bytes]]  # encoded AnnounceChunk payloads per codec
     deliveries: list[Delivery] = field(default_factory=list)
@@ -240,8 +240,7 @@ class AnnouncePart(ControllerPart):
                 why = "the device decodes neither opus nor pcmu"
                 plan.append((device, True, DeviceOutcome.FAILED, AnnounceCodec.OPUS, why))
             elif (
-                request.priority is not AnnouncePriority.URGENT
-                and self.host.store.own_dnd(device) is True
+                request.priority is not Priority.URGENT and self.host.store.own_dnd(device) is True
             ):
                 plan.append((device, True, DeviceOutcome.SKIPPED, codec, "do-not-disturb"))
             else:
@@ -492,9 +491,7 @@ def _codec_for(codecs: list[str]) -> AnnounceCodec | None:
     return None
 
 
-def _chunks(
-    ann: str, codec: AnnounceCodec, frames: list[bytes], priority: AnnouncePriority
-) -> list[bytes]:
+def _chunks(ann: str, codec: AnnounceCodec, frames: list[bytes], priority: Priority) -> list[bytes]:
     """The clip's chunk payloads for one codec: the same bytes for every device."""
     encoded = [base64.b64encode(f).decode() for f in frames]
     groups = [encoded[n : n + CHUNK_FRAMES] for n in range(0, len(encoded), CHUNK_FRAMES)]

@@ -13,12 +13,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
-from fleet.protocol.messages import AnnouncePriority
+from fleet.protocol.messages import Priority
 
 
 class Queued(Protocol):
     @property
-    def priority(self) -> AnnouncePriority: ...
+    def priority(self) -> Priority: ...
 
 
 T = TypeVar("T", bound=Queued)
@@ -78,4 +78,4 @@ class DeviceQueue(Generic[T]):
 
 
 def _urgent(item: Queued) -> bool:
-    return item.priority is AnnouncePriority.URGENT
+    return item.priority is Priority.URGENT

@@ -10,7 +10,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from fleet.auth.roles import AGENT_API_OPS, HOMEASSISTANT_API_OPS, WEB_API_OPS, Role
+from fleet.auth.roles import (
+    AGENT_API_OPS,
+    DEVICE_API_OPS,
+    HOMEASSISTANT_API_OPS,
+    WEB_API_OPS,
+    Role,
+)
 
 if TYPE_CHECKING:
     from fleet.auth.acl import Acl, AclAction, filter_covers, split_filter
@@ -58,6 +64,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AGENT_API_OPS",
     "CHOSEN_SECRET_ITERATIONS",
+    "DEVICE_API_OPS",
     "GENERATED_SECRET_ITERATIONS",
     "HOMEASSISTANT_API_OPS",
     "WEB_API_OPS",

@@ -3,14 +3,14 @@
 The rules, by role:
 
 - controller: everything under the prefix, and ``homeassistant/#``.
-- device (username == device id): publishes only its own ``dev/{id}/status|state|ack|tele``
-  and ``meet/{id}/up``; reads only ``dev/{id}/desired``, ``dev/{id}/cmd``,
-  ``dev/{id}/ann`` (announcements, which only the controller writes), ``meet/{id}/down``
-  and ``grp/{g}/desired`` for its groups and ``all``, by exact subscription (no
-  wildcards).
+- device (username == device id): publishes only its own ``dev/{id}/status|state|ack|tele``,
+  ``meet/{id}/up`` and its button's requests ``api/by/{id}/call|answer|hangup``; reads
+  only ``dev/{id}/desired``, ``dev/{id}/cmd``, ``dev/{id}/ann`` (announcements, which only
+  the controller writes), ``meet/{id}/down`` and ``grp/{g}/desired`` for its groups and
+  ``all``, by exact subscription (no wildcards).
 - homeassistant: publishes the ops of ``api/{op}`` in HOMEASSISTANT_API_OPS (meetings,
-  announce, dnd) and of its own ``api/by/{username}/{op}``, ``homeassistant/status`` and its
-  entities' command topics (``ha/dev/+/+/set``, ``ha/fleet/+/set``); reads
+  calls, announce, dnd) and of its own ``api/by/{username}/{op}``, ``homeassistant/status``
+  and its entities' command topics (``ha/dev/+/+/set``, ``ha/fleet/+/set``); reads
   ``homeassistant/#``, device status/state/tele, ``api/result`` and ``ha/#``. So it
   cannot forge the state docs under ``ha/`` nor write discovery.
 - agent (username == participant id): publishes its own ``meet/{id}/up`` and the ops of
@@ -40,7 +40,13 @@ import time
 from typing import Literal
 
 from fleet.auth.credentials import Credential
-from fleet.auth.roles import AGENT_API_OPS, HOMEASSISTANT_API_OPS, WEB_API_OPS, Role
+from fleet.auth.roles import (
+    AGENT_API_OPS,
+    DEVICE_API_OPS,
+    HOMEASSISTANT_API_OPS,
+    WEB_API_OPS,
+    Role,
+)
 from fleet.protocol.topics import Topics
 
 AclAction = Literal["publish", "subscribe", "receive"]
@@ -211,6 +217,7 @@ class Acl:
         base = f"{self.prefix}/dev/{device_id}/"
         write = {base + k for k in _DEVICE_WRITE}
         write.add(f"{self.prefix}/meet/{device_id}/up")
+        write.update(self.topics.api_by(device_id, op.value) for op in DEVICE_API_OPS)
         read = {base + k for k in _DEVICE_READ}
         read.add(f"{self.prefix}/meet/{device_id}/down")
         for g in ("all", *groups):

@@ -1,6 +1,7 @@
 """The roles a broker user has, and the API ops each role may request (docs/protocol.md §11).
 
-A controller-role user may request every op; a device none. The lists are the policy
+A controller-role user may request every op; a device only the intercom's (DEVICE_API_OPS),
+for itself, on its own `api/by/{id}/{op}`. The lists are the policy
 both brokers enforce on ``api/{op}`` topics (`fleet.auth.acl` for the embedded broker,
 the generated Mosquitto ACL file for Mosquitto).
 """
@@ -47,8 +48,8 @@ WEB_API_OPS = (
     ApiOp.SAY,
 )
 
-# The ops a homeassistant-role user may request (§11): meetings, announcements and
-# do-not-disturb; no commands (reboot, OTA) and no room management.
+# The ops a homeassistant-role user may request (§11): meetings, calls, announcements
+# and do-not-disturb; no commands (reboot, OTA) and no room management.
 HOMEASSISTANT_API_OPS = (
     ApiOp.JOIN_ALL,
     ApiOp.LEAVE_ALL,
@@ -56,4 +57,11 @@ HOMEASSISTANT_API_OPS = (
     ApiOp.LEAVE,
     ApiOp.ANNOUNCE,
     ApiOp.DND,
+    ApiOp.CALL,
+    ApiOp.ANSWER,
+    ApiOp.HANGUP,
 )
+
+# The ops a device may request (§14.7), its button's: only on its own `api/by/{id}/{op}`,
+# and the controller acts on them only for the device itself.
+DEVICE_API_OPS = (ApiOp.CALL, ApiOp.ANSWER, ApiOp.HANGUP)

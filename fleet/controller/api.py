@@ -23,7 +23,7 @@ from fleet.controller.desired import DESIRED_OPS, DesiredState, DesiredTracker
 from fleet.controller.events import FleetEvents
 from fleet.controller.inventory import inventory
 from fleet.controller.link import ControllerLink
-from fleet.controller.parts import ControllerPart
+from fleet.controller.parts import ControllerPart, requested_by
 from fleet.controller.store import Store
 from fleet.errors import FleetError, ProtocolError, RequestRefused
 from fleet.mqtt import Reply, publish, publish_nowait
@@ -76,7 +76,7 @@ class AutomationApi:
         self._desired_trackers: list[DesiredTracker] = []
         self._announcing: set[int] = set()  # trackers whose acceptance is on its way
         self._command_trackers: list[CommandTracker] = []
-        self._held_requests: list[tuple[str, bytes]] = []
+        self._held_requests: list[tuple[str, bytes, str]] = []
         self._held_bytes = 0
 
     @property
@@ -105,10 +105,12 @@ class AutomationApi:
                 probe_id(payload), op[:32], "unknown_op", f"unknown API op {op[:32]!r}"
             )
 
-    async def receive(self, op_name: str, payload: bytes) -> None:
-        """A request on api/{op_name}: run now, or held until the fleet has been read."""
+    async def receive(self, op_name: str, payload: bytes, requester: str = "") -> None:
+        """A request on api/{op_name} (or api/by/{requester}/{op_name}): run now, or held
+        until the fleet has been read."""
         if self._synced():
-            await self._on_api(op_name, payload)
+            with requested_by(requester):
+                await self._on_api(op_name, payload)
         elif self._held_bytes + len(payload) > HELD_REQUESTS_BYTES:
             await self.error(
                 probe_id(payload),
@@ -117,14 +119,15 @@ class AutomationApi:
                 "the controller is re-reading the fleet and holds enough requests; retry",
             )
         else:
-            self._held_requests.append((op_name, payload))
+            self._held_requests.append((op_name, payload, requester))
             self._held_bytes += len(payload)
 
     async def run_held(self) -> None:
         """The fleet has been read: the requests that waited for it, in order."""
         held, self._held_requests, self._held_bytes = self._held_requests, [], 0
-        for op_name, request in held:
-            await self._on_api(op_name, request)
+        for op_name, request, requester in held:
+            with requested_by(requester):
+                await self._on_api(op_name, request)
 
     async def _on_api(self, op_name: str, payload: bytes) -> None:
         try:

@@ -145,11 +145,12 @@ class DesiredState:
         meeting: MeetingIntent | None,
         op: str | None = None,
         request: ApiRequest | None = None,
+        dnd: bool | None = None,
     ) -> Desired:
         if meeting is not None:
             for part in self._parts:
                 await part.before_intent(meeting.room, request)  # RequestRefused stops it
-        doc = self._store.write_desired(scope, name, meeting, time.time())
+        doc = self._store.write_desired(scope, name, meeting, time.time(), dnd=dnd)
         await self._publish_doc(scope, name, doc, op=op)
         return doc
 

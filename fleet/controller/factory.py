@@ -1,5 +1,5 @@
 """The one place a controller is put together, for `fleet up`, `fleet controller` and the
-demo: its store, its parts (meeting server, web logins, telemetry ingest, Home
+demo: its store, its parts (meeting server, intercom, web logins, telemetry ingest, Home
 Assistant) and their settings, so the commands cannot wire it differently."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from fleet.controller.parts import ControllerPart
 from fleet.controller.service import Controller
 from fleet.controller.web_login import WebLogins
 from fleet.ha import HomeAssistantPart, HomeAssistantSettings
+from fleet.intercom import Intercom
 from fleet.meetings import DEFAULT_MESH_CAP, DEFAULT_ROOM_CAP, MeetingServer
 from fleet.mqtt import BrokerUrl
 from fleet.protocol import Topics
@@ -55,7 +56,7 @@ def build_controller(settings: ControllerSettings) -> Controller:
         mixer_secret=settings.mixer_secret,
     )
     # Announcements reach a room's live members through the meeting server's view.
-    parts: list[ControllerPart] = [meetings, AnnouncePart(rooms=meetings)]
+    parts: list[ControllerPart] = [meetings, AnnouncePart(rooms=meetings), Intercom()]
     if settings.credentials is not None:  # people's browsers get credentials only where kept
         parts.append(WebLogins(settings.credentials, reload=settings.reload_credentials))
     if settings.influx is not None and settings.influx.enabled:

@@ -14,7 +14,14 @@ from typing import Protocol
 
 from fleet.controller.store import Store
 from fleet.protocol import Topics
-from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult, FleetEvent
+from fleet.protocol.messages import (
+    ApiOp,
+    ApiRequest,
+    ApiResult,
+    Desired,
+    FleetEvent,
+    MeetingIntent,
+)
 from fleet.registry import DeviceRecord
 
 
@@ -74,4 +81,11 @@ class PartHost(Protocol):
 
     async def submit(self, op: ApiOp, request: ApiRequest) -> None:
         """Run an API request as if it came on api/{op}; its results go to api/result."""
+        ...
+
+    async def write_own_intent(
+        self, device_id: str, meeting: MeetingIntent | None, op: str
+    ) -> Desired:
+        """Write the device's own desired doc (dev/{id}/desired) with `meeting` and a new
+        rev, keeping its `dnd`; parts are asked first (`before_intent`)."""
         ...

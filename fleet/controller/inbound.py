@@ -340,6 +340,6 @@ class Inbound:
             if payload:
                 self._desired.adopt(kind, parsed.name, decode_for(kind, payload))
         elif kind is TopicKind.API:
-            await self._api.receive(parsed.name, payload)
+            await self._api.receive(parsed.name, payload, parsed.requester)
         elif kind is TopicKind.SYNC:
             await self._on_sync(parsed.name, payload)

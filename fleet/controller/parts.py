@@ -25,6 +25,26 @@ from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult, FleetEvent
 _submitted_by_part: ContextVar[bool] = ContextVar("submitted_by_part", default=False)
 
 
+# The broker user a request from the wire came from: the `{user}` of `api/by/{user}/{op}`
+# (only that user may write there), "" for the shared `api/{op}` and a part's own.
+_requester: ContextVar[str] = ContextVar("requester", default="")
+
+
+def requester() -> str:
+    """Who sent the request now running, where its topic says (`api/by/{user}/{op}`)."""
+    return _requester.get()
+
+
+@contextmanager
+def requested_by(user: str) -> Iterator[None]:
+    """Around the handling of one request from the wire: `requester()` names `user`."""
+    token = _requester.set(user)
+    try:
+        yield
+    finally:
+        _requester.reset(token)
+
+
 def submitted_by_part() -> bool:
     """The request now running was submitted by a part (`PartHost.submit`)."""
     return _submitted_by_part.get()
@@ -34,9 +54,11 @@ def submitted_by_part() -> bool:
 def part_submission() -> Iterator[None]:
     """Around `PartHost.submit`: what runs inside is a part's own request."""
     token = _submitted_by_part.set(True)
+    by = _requester.set("")
     try:
         yield
     finally:
+        _requester.reset(by)
         _submitted_by_part.reset(token)
 
 

@@ -36,8 +36,10 @@ from fleet.protocol.messages import (
     ApiOp,
     ApiRequest,
     ApiResult,
+    Desired,
     EventKind,
     FleetEvent,
+    MeetingIntent,
     State,
     Status,
     Sync,
@@ -168,6 +170,15 @@ class Controller:
     async def submit(self, op: ApiOp, request: ApiRequest) -> None:
         with part_submission():
             await self.api.submit(op, request)
+
+    async def write_own_intent(
+        self, device_id: str, meeting: MeetingIntent | None, op: str
+    ) -> Desired:
+        own = self._store.desired_doc("dev", device_id)
+        with part_submission():  # the part's own intent, as an operator's
+            return await self.desired.write(
+                "dev", device_id, meeting, op=op, dnd=own.dnd if own else None
+            )
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> None:

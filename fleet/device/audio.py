@@ -11,18 +11,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from aiortc import MediaStreamTrack
 
 from fleet.device.sim import MeetingDriver
-from fleet.device.tones import TONE_AMPLITUDE, TONE_BASE_HZ, tone_amplitude, tone_for
+from fleet.device.tones import (
+    RING_AMPLITUDE,
+    RING_HZ,
+    RING_OFF_S,
+    RING_ON_S,
+    RING_PEER,
+    TONE_AMPLITUDE,
+    TONE_BASE_HZ,
+    tone_amplitude,
+    tone_for,
+)
 from fleet.errors import FleetError
 from fleet.media.analysis import hears, tone_shares
 from fleet.media.config import MediaConfig
+from fleet.media.frames import FRAME_S, FRAME_SAMPLES, FULL_SCALE, SAMPLE_RATE, make_frame
 from fleet.media.mesh import MediaMesh
 from fleet.media.sinks import AudioSink, CaptureSink, FanoutSink, LevelMeter, WavRecorder
 from fleet.media.sources import SharedSource, ToneSource, WavSource
@@ -75,6 +88,8 @@ class AudioMeetingDriver(MeetingDriver):
         self._stats_task: asyncio.Task[None] | None = None
         self.device: SimulatedDevice | None = None
         self.participant: LocalParticipant | None = None
+        self._ringer: asyncio.Task[None] | None = None
+        self._output: FanoutSink | None = None
 
     def attach(self, device: SimulatedDevice) -> None:
         self.device = device
@@ -83,7 +98,8 @@ class AudioMeetingDriver(MeetingDriver):
             sinks.append(self.heard)
         if self.profile.record_dir is not None:
             sinks.append(WavRecorder(self.profile.record_dir / device.id))
-        mesh = MediaMesh(self.profile.media, self._source_for, FanoutSink(*sinks))
+        self._output = FanoutSink(*sinks)
+        mesh = MediaMesh(self.profile.media, self._source_for, self._output)
         self.participant = LocalParticipant(
             device.id,
             device.topics,
@@ -150,10 +166,41 @@ class AudioMeetingDriver(MeetingDriver):
         else:
             self.mesh.ducking.release()
 
+    def ring(self, seconds: int) -> None:
+        if self._ringer is not None:
+            self._ringer.cancel()
+            self._ringer = None
+        if seconds > 0:
+            self._ringer = asyncio.get_running_loop().create_task(self._play_ring(seconds))
+
+    @property
+    def ringing(self) -> bool:
+        return self._ringer is not None and not self._ringer.done()
+
+    async def _play_ring(self, seconds: float) -> None:
+        """The ring tone into what the device hears (its speaker's sinks, as peer
+        RING_PEER), paced in real time: generated here, nothing comes over the network."""
+        if self._output is None:
+            return
+        t = np.arange(FRAME_SAMPLES) / SAMPLE_RATE
+        start = time.monotonic()
+        n = 0
+        while n * FRAME_S < seconds:
+            phase = (n * FRAME_S) % (RING_ON_S + RING_OFF_S)
+            if phase < RING_ON_S:
+                x = np.sum([np.sin(2 * np.pi * f * (t + n * FRAME_S)) for f in RING_HZ], axis=0)
+                samples = (x * RING_AMPLITUDE * (FULL_SCALE - 1)).astype(np.int16)
+            else:
+                samples = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+            self._output.on_frame(RING_PEER, make_frame(samples, n * FRAME_SAMPLES))
+            n += 1
+            await asyncio.sleep(max(0.0, start + n * FRAME_S - time.monotonic()))
+
     def capabilities(self) -> Capabilities:
         return self.profile.media.capabilities()
 
     async def close(self) -> None:
+        self.ring(0)
         await self._stopped()
         if self.participant is not None:
             await self.participant.close()

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import aiomqtt
 
 from fleet.device.reconciler import Applied, Reconciler
-from fleet.errors import ProtocolError
+from fleet.errors import FleetError, ProtocolError
 from fleet.mqtt import (
     BrokerUrl,
     LastWill,
@@ -32,11 +32,14 @@ from fleet.mqtt import (
     run_link,
 )
 from fleet.protocol import TopicKind, Topics, decode, encode, is_valid_id
+from fleet.protocol.constants import CALL_ROOM_PREFIX
 from fleet.protocol.messages import (
     Ack,
     AckCode,
     AnnounceArgs,
     AnnounceChunk,
+    ApiOp,
+    ApiRequest,
     Capabilities,
     Command,
     CommandOp,
@@ -44,6 +47,7 @@ from fleet.protocol.messages import (
     MeetingIntent,
     MeetingState,
     PeerAudioStats,
+    RingArgs,
     State,
     Status,
     SystemTelemetry,
@@ -65,6 +69,7 @@ ACK_CACHE_SIZE = 64  # recent command ids answered again without running twice
 REBOOT_DELAY_S = 0.5
 MAX_IDENTIFY_S = 300
 ANNOUNCE_KEEP_S = 30.0  # seconds of announcements a device without meeting audio keeps
+GROUP_TARGET = "group:"  # a call button's target that names a group
 
 
 class MeetingDriver:
@@ -108,6 +113,9 @@ class MeetingDriver:
     def set_audio(self, mic: bool, volume: int | None) -> None:
         """The applied intent's mic and speaker volume."""
 
+    def ring(self, seconds: int) -> None:
+        """Play the ring tone, generated here, for `seconds` (0: stop it)."""
+
     def audio_stats(self) -> list[PeerAudioStats]:
         return []
 
@@ -129,6 +137,9 @@ class SimDeviceConfig:
     groups: list[str] = field(default_factory=list)
     tele_interval_s: float = 10.0
     caps: Capabilities = field(default_factory=Capabilities)
+    # Whom its call button calls, as the firmware's NVS `call_to`: a device id, or
+    # `group:NAME` for every device of a group.
+    call_to: str | None = None
 
 
 class SimulatedDevice:
@@ -175,6 +186,9 @@ class SimulatedDevice:
         self._lapse: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._apply_lock = asyncio.Lock()
+        self.ringing: str | None = None  # the call ringing on this device now
+        self._ring_end: asyncio.TimerHandle | None = None
+        self._requests = 0
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -307,6 +321,9 @@ class SimulatedDevice:
 
     async def _apply(self, applied: Applied) -> None:
         intent = applied.meeting
+        current = self.meeting.room if self.meeting is not None else None
+        if (intent.room if intent is not None else None) != current:
+            self._stop_ringing()  # the desired meeting changed: an answer, or a move
         self.error = None
         try:
             if intent is None:
@@ -442,6 +459,8 @@ class SimulatedDevice:
             await self._ota(cmd)
         elif op is CommandOp.ANNOUNCE:
             await self._announce(cmd)
+        elif op is CommandOp.RING:
+            await self._ring(cmd)
 
     # --- announcements (§14) ------------------------------------------------------------------
     @property
@@ -474,6 +493,69 @@ class SimulatedDevice:
             log.warning("%s: refused an announcement chunk: %s", self.id, exc)
             return
         self.announcer.chunk(chunk)
+
+    # --- calls (§14.7) ------------------------------------------------------------------------
+    async def _ring(self, cmd: Command) -> None:
+        try:
+            args = decode(RingArgs, json.dumps(cmd.args))
+        except ProtocolError as exc:
+            await self._bad_args(cmd, exc.reason)
+            return
+        if args.seconds == 0:
+            if self.ringing in (None, args.call):
+                self._stop_ringing()
+        else:
+            self._stop_ringing()
+            self.ringing = args.call
+            self.driver.ring(args.seconds)
+            self._ring_end = asyncio.get_running_loop().call_later(args.seconds, self._stop_ringing)
+        await self._finish(cmd, Ack(id=cmd.id, ok=True, code=AckCode.OK))
+
+    def _stop_ringing(self) -> None:
+        if self._ring_end is not None:
+            self._ring_end.cancel()
+            self._ring_end = None
+        if self.ringing is not None:
+            self.ringing = None
+            self.driver.ring(0)
+
+    def in_call(self) -> str | None:
+        """The call this device is in (its meeting's room is a call's), if any."""
+        room = self.meeting.room if self.meeting is not None else None
+        return room if room is not None and room.startswith(CALL_ROOM_PREFIX) else None
+
+    async def press_button(self) -> ApiOp:
+        """The call button, as the firmware's: answers the call ringing, hangs up the call
+        the device is in, or calls its configured target. The request goes on the
+        device's own `api/by/{id}/{op}`; the op it sent is returned."""
+        if self.ringing is not None:
+            op, request = ApiOp.ANSWER, ApiRequest(device=self.id, call=self.ringing)
+        elif (call := self.in_call()) is not None:
+            op, request = ApiOp.HANGUP, ApiRequest(device=self.id, call=call)
+        elif self.config.call_to is not None:
+            target = self.config.call_to
+            if target.startswith(GROUP_TARGET):
+                request = ApiRequest(device=self.id, group=target.removeprefix(GROUP_TARGET))
+            else:
+                request = ApiRequest(device=self.id, to=target)
+            op = ApiOp.CALL
+        else:
+            raise FleetError(f"{self.id}: its call button has no target configured")
+        await self.send_request(op, request)
+        return op
+
+    async def send_request(self, op: ApiOp, request: ApiRequest, user: str | None = None) -> str:
+        """Publish an API request as this device's button does, on `api/by/{user}/{op}`
+        (`user`: the device itself unless a test plays a forger); its id is returned."""
+        client = self._client
+        if client is None:
+            raise FleetError(f"{self.id}: not connected to the broker")
+        self._requests += 1
+        request_id = request.id or f"{self.id}-btn-{self._requests}-{self._rng.randrange(1 << 30)}"
+        request = request.model_copy(update={"id": request_id})
+        topic = self.topics.api_by(user or self.id, op.value)
+        await client.publish(topic, encode(request), qos=1)
+        return request_id
 
     async def _set_groups(self, cmd: Command) -> None:
         groups = cmd.args.get("groups")

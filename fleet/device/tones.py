@@ -22,3 +22,12 @@ def tone_amplitude(devices: int) -> float:
     """Each tone's amplitude in a fleet of `devices`: a mixer sums the others' tones for
     each member, and that sum must not clip (clipping smears tones into each other)."""
     return min(TONE_AMPLITUDE, MIX_HEADROOM / max(1, devices - 1))
+
+
+# The ring tone a device plays for a call (§14.7): two tones together, 2 s on, 4 s off.
+RING_HZ = (440.0, 480.0)
+RING_ON_S = 2.0
+RING_OFF_S = 4.0
+RING_AMPLITUDE = 0.2  # of full scale, each tone
+# What a ringing device "hears" the ring as (its sinks' peer name).
+RING_PEER = "ring"

@@ -32,6 +32,7 @@ from fleet.meetings.session import Member, Roster, Session
 from fleet.mixer.errors import MixerError
 from fleet.mixer.pool import MixerPool
 from fleet.protocol import TopicKind, decode_for, encode
+from fleet.protocol.constants import CALL_ROOM_PREFIX
 from fleet.protocol.constants import DEFAULT_MESH_CAP as DEFAULT_MESH_CAP
 from fleet.protocol.messages import (
     MAX_LISTED_BYTES,
@@ -168,6 +169,10 @@ class MeetingServer(ControllerPart):
         would be."""
         if self.records.room(room) is not None:
             return
+        if _reserved(room):
+            raise RequestRefused(
+                "unknown_room", f"room {room!r} does not exist (calls make their own rooms)"
+            )
         if not (self.auto_create or self._from_operator(request)):
             raise RequestRefused(
                 "unknown_room",
@@ -242,12 +247,17 @@ class MeetingServer(ControllerPart):
     async def _join(self, pid: str, join: MeetJoin) -> None:
         if self.roster.where(pid) is not None:
             await self._leave(pid, tell_self=False)
-        room = self._room(join.room, create=self.auto_create)
+        room = self._room(join.room, create=self.auto_create and not _reserved(join.room))
         if room is None:
             await self.refuse(
                 pid,
                 "unknown_room",
                 f"room {join.room!r} does not exist: `fleet rooms create {join.room}`",
+            )
+            return
+        if not room.admits(pid):
+            await self.refuse(
+                pid, "private_room", f"room {join.room!r} is a private call: members only"
             )
             return
         live = self.live.get(join.room)
@@ -368,6 +378,12 @@ class MeetingServer(ControllerPart):
     async def _api_room_create(self, request: ApiRequest) -> ApiResult:
         assert request.room is not None
         existing = self.records.room(request.room)
+        if _reserved(request.room):
+            return _refused(
+                ApiOp.ROOM_CREATE.value,
+                "reserved_room",
+                f"room names starting {CALL_ROOM_PREFIX!r} are for calls (`fleet call`)",
+            )
         if existing is None and self._full():
             return _refused(ApiOp.ROOM_CREATE.value, "too_many_rooms", self._full_detail())
         room = self.records.save_room(
@@ -466,6 +482,11 @@ class MeetingServer(ControllerPart):
 
     def _devices(self) -> list[DeviceRecord]:
         return list(self.host.registry.devices.values())
+
+
+def _reserved(room: str) -> bool:
+    """A call's room name: made by the intercom only, never by a join or room-create."""
+    return room.startswith(CALL_ROOM_PREFIX)
 
 
 def _refused(op: str, code: str, detail: str) -> ApiResult:

@@ -269,6 +269,12 @@ class LocalParticipant:
             self._changed()
             return
         if self._pending_join is not None and not self._pending_join.done():
+            if error.code == "not_in_session":
+                # The server's answer to a late message (an SDP answer, a candidate) of the
+                # session just left, not to this join, which it never refuses so: moving
+                # straight from one room to another (a call's hangup) sees it.
+                log.info("%s: late message refused: %s", self.pid, error.detail)
+                return
             self.room = None
             self._pending_join.set_exception(MeetingRefused(error.code, error.detail))
         elif error.code == "session_lost" and self.session is not None:

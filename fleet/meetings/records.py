@@ -21,6 +21,7 @@ from fleet.protocol.messages import (
     MediaPath,
     MixRate,
     ParticipantRecord,
+    RoomKind,
     RoomMedia,
     SessionEvent,
     SessionInfo,
@@ -37,6 +38,11 @@ CREATE TABLE IF NOT EXISTS room_media (
     name TEXT PRIMARY KEY,
     media TEXT NOT NULL,
     rate INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS room_access (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    members TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
@@ -84,8 +90,10 @@ OPERATOR_KEY = "meetings.operator_key"
 LISTED_MEMBERS = 256
 
 ROOM_COLUMNS = (
-    "SELECT rooms.name, rooms.cap, rooms.created, room_media.media, room_media.rate"
+    "SELECT rooms.name, rooms.cap, rooms.created, room_media.media, room_media.rate,"
+    " room_access.kind, room_access.members"
     " FROM rooms LEFT JOIN room_media ON room_media.name = rooms.name"
+    " LEFT JOIN room_access ON room_access.name = rooms.name"
 )
 
 
@@ -147,6 +155,15 @@ class MeetingRecords:
                 " ON CONFLICT(name) DO UPDATE SET media=excluded.media, rate=excluded.rate",
                 (room.name, room.media.value, room.rate),
             )
+            if room.kind is RoomKind.MEETING:
+                self._db.execute("DELETE FROM room_access WHERE name=?", (room.name,))
+            else:
+                self._db.execute(
+                    "INSERT INTO room_access (name, kind, members) VALUES (?, ?, ?)"
+                    " ON CONFLICT(name) DO UPDATE SET kind=excluded.kind,"
+                    " members=excluded.members",
+                    (room.name, room.kind.value, " ".join(sorted(room.members))),
+                )
         stored = self.room(room.name)
         assert stored is not None
         return stored
@@ -155,6 +172,7 @@ class MeetingRecords:
         with self._store.transaction():
             self._db.execute("DELETE FROM rooms WHERE name=?", (name,))
             self._db.execute("DELETE FROM room_media WHERE name=?", (name,))
+            self._db.execute("DELETE FROM room_access WHERE name=?", (name,))
 
     # --- sessions and their members -----------------------------------------------------------
     def start_session(self, session: str, room: str, started: float) -> None:
@@ -312,9 +330,13 @@ class MeetingRecords:
         return str(row[0]) if row else None
 
 
-def _room(row: tuple[str, int, float, str | None, int | None]) -> Room:
-    name, cap, created, media, rate = row
+def _room(
+    row: tuple[str, int, float, str | None, int | None, str | None, str | None],
+) -> Room:
+    name, cap, created, media, rate, kind, members = row
     return Room(
+        kind=RoomKind(kind) if kind is not None else RoomKind.MEETING,
+        members=frozenset(members.split()) if members else frozenset(),
         name=name,
         cap=int(cap),
         media=RoomMedia(media) if media is not None else RoomMedia.AUTO,

@@ -32,14 +32,8 @@ class CommandOp(StrEnum):
     SET_GROUPS = "set_groups"
     # an announcement's audio follows on dev/{id}/ann (§14)
     ANNOUNCE = "announce"
-
-
-class AnnouncePriority(StrEnum):
-    """An announcement's priority (§14): urgent plays through do-not-disturb and cuts off
-    a normal one; normal ones queue behind the one playing."""
-
-    NORMAL = "normal"
-    URGENT = "urgent"
+    # a call's ring tone, played by the device itself (§14.7)
+    RING = "ring"
 
 
 class RoomMedia(StrEnum):
@@ -72,3 +66,29 @@ class ApiOp(StrEnum):
     # announcements and do-not-disturb (§14)
     ANNOUNCE = "announce"
     DND = "dnd"
+    # intercom calls (§14.7): a private room for two devices (or a device and a group)
+    CALL = "call"
+    ANSWER = "answer"
+    HANGUP = "hangup"
+
+
+class RoomKind(StrEnum):
+    """What a room is for: a meeting anyone with the room's name may join, or a call's
+    private room that only the call's members may join (§14.7)."""
+
+    MEETING = "meeting"
+    CALL = "call"
+
+
+class Priority(StrEnum):
+    """An announcement's or a call's priority (§14): urgent goes through do-not-disturb."""
+
+    NORMAL = "normal"
+    URGENT = "urgent"
+
+
+# A call's room is named this and a random part; operators' rooms may not use it (§14.7).
+CALL_ROOM_PREFIX = "call-"
+# Seconds a ringing call waits for an answer when the caller names none; at most a call rings.
+DEFAULT_RING_TIMEOUT_S = 30.0
+MAX_RING_S = 120

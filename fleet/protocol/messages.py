@@ -31,6 +31,9 @@ from fleet.protocol.constants import (
     DEFAULT_WEB_TTL_S as DEFAULT_WEB_TTL_S,
 )
 from fleet.protocol.constants import (
+    MAX_RING_S as MAX_RING_S,
+)
+from fleet.protocol.constants import (
     MAX_ROOM_CAP as MAX_ROOM_CAP,
 )
 from fleet.protocol.constants import (
@@ -40,13 +43,16 @@ from fleet.protocol.constants import (
     PROTOCOL_VERSION as PROTOCOL_VERSION,
 )
 from fleet.protocol.constants import (
-    AnnouncePriority as AnnouncePriority,
-)
-from fleet.protocol.constants import (
     ApiOp as ApiOp,
 )
 from fleet.protocol.constants import (
     CommandOp as CommandOp,
+)
+from fleet.protocol.constants import (
+    Priority as Priority,
+)
+from fleet.protocol.constants import (
+    RoomKind as RoomKind,
 )
 from fleet.protocol.constants import (
     RoomMedia as RoomMedia,
@@ -213,8 +219,15 @@ class AnnounceArgs(Message):
     """The `announce` command's args: its audio follows on dev/{id}/ann (§14)."""
 
     ann: AnnounceId
-    priority: AnnouncePriority = AnnouncePriority.NORMAL
+    priority: Priority = Priority.NORMAL
     duration_ms: Annotated[int, Field(ge=1, le=MAX_ANNOUNCE_MS)]
+
+
+class RingArgs(Message):
+    """`ring` (§14.7): play the ring tone for the call `call` for `seconds` (0: stop)."""
+
+    call: RoomName
+    seconds: Annotated[int, Field(ge=0, le=MAX_RING_S)]
 
 
 # The args of each op (§6.1). Devices ignore unknown args; clients check them before
@@ -226,6 +239,7 @@ COMMAND_ARGS: dict[CommandOp, type[Message]] = {
     CommandOp.OTA: OtaArgs,
     CommandOp.SET_GROUPS: SetGroupsArgs,
     CommandOp.ANNOUNCE: AnnounceArgs,
+    CommandOp.RING: RingArgs,
 }
 
 
@@ -300,7 +314,7 @@ class AnnounceChunk(Message):
     codec: AnnounceCodec
     frames: list[EncodedFrame] = Field(min_length=1, max_length=MAX_CHUNK_FRAMES)
     last: bool = False
-    priority: AnnouncePriority = AnnouncePriority.NORMAL
+    priority: Priority = Priority.NORMAL
 
 
 # --- telemetry --------------------------------------------------------------------------------
@@ -584,7 +598,8 @@ class ApiRequest(Message):
     # announce (§14): `text` (at most MAX_ANNOUNCE_TEXT characters) or `sound_b64` (a WAV
     # file, at most MAX_SOUND_BYTES), to `device`, `group` or `room` (none: every device)
     sound_b64: Annotated[str, StringConstraints(max_length=MAX_SOUND_B64)] | None = None
-    priority: AnnouncePriority = AnnouncePriority.NORMAL
+    # announce and call (§14): urgent goes through do-not-disturb
+    priority: Priority = Priority.NORMAL
     chime: bool = True
     # dnd (§14): do-not-disturb on or off for `device`
     on: bool | None = None
@@ -597,6 +612,14 @@ class ApiRequest(Message):
     # and how long the credentials last
     secret_hash: Annotated[str, StringConstraints(max_length=256)] | None = None
     ttl_s: Annotated[float, Field(ge=1, le=MAX_WEB_TTL_S)] = DEFAULT_WEB_TTL_S
+
+    # call: the device called (or `group`); ring it instead of joining it at once; how
+    # urgent is `priority` above (urgent: through do-not-disturb, out of a meeting at
+    # once). `timeout_s` is how long a ring waits for an answer.
+    to: DeviceId | None = None
+    ring: bool = False
+    # answer, hangup: the call (its room's name)
+    call: RoomName | None = None
 
 
 # Fields each API op needs beyond the defaults.
@@ -617,6 +640,9 @@ API_REQUIRED_FIELDS: dict[ApiOp, tuple[str, ...]] = {
     ApiOp.DEVICES: (),
     ApiOp.ANNOUNCE: (),
     ApiOp.DND: ("device", "on"),
+    ApiOp.CALL: ("device",),
+    ApiOp.ANSWER: (),
+    ApiOp.HANGUP: (),
 }
 
 
@@ -635,7 +661,13 @@ class DeviceOutcome(StrEnum):
     # announcement outcomes (§14)
     PLAYED = "played"
     SKIPPED = "skipped"  # do-not-disturb, and the announcement not urgent
-    OFFLINE = "offline"
+    # a call's members (§14.7)
+    JOINED = "joined"  # told to join the call's room
+    RINGING = "ringing"  # rung: joins on answer
+    NO_ANSWER = "no_answer"  # rung, not answered in time
+    DND = "dnd"  # do-not-disturb on and the call not urgent
+    OFFLINE = "offline"  # announce: not online; call: not online
+    BUSY = "busy"  # already in another call
 
 
 class DeviceResult(Message):
@@ -675,6 +707,7 @@ class RoomInfo(Message):
     media: RoomMedia = RoomMedia.AUTO
     rate: MixRate = DEFAULT_MIX_RATE
     session_media: MediaPath | None = None  # the live session's path now
+    kind: RoomKind = RoomKind.MEETING  # a call's private room: `call` (§14.7)
 
 
 class ParticipantRecord(Message):
@@ -742,6 +775,8 @@ class ApiResult(Message):
     username: ShortText | None = None
     # announce: the announcement's id
     ann: AnnounceId | None = None
+    # call, answer, hangup: the call (its room's name)
+    call: RoomName | None = None
 
 
 class Sync(Message):

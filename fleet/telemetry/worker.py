@@ -16,7 +16,7 @@ import logging
 import aiomqtt
 
 from fleet.controller.store import Store
-from fleet.errors import ProtocolError
+from fleet.errors import FleetError, ProtocolError
 from fleet.mqtt import (
     BrokerUrl,
     MqttClient,
@@ -27,7 +27,15 @@ from fleet.mqtt import (
     subscribe,
 )
 from fleet.protocol import TopicKind, Topics, decode_for, encode
-from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult, FleetEvent, Status
+from fleet.protocol.messages import (
+    ApiOp,
+    ApiRequest,
+    ApiResult,
+    Desired,
+    FleetEvent,
+    MeetingIntent,
+    Status,
+)
 from fleet.registry import Registry
 from fleet.telemetry.config import InfluxSettings
 from fleet.telemetry.ingest import TelemetryIngest
@@ -94,6 +102,11 @@ class IngestWorker:
 
     async def submit(self, op: ApiOp, request: ApiRequest) -> None:
         log.warning("an ingest worker serves no API: %s dropped", op.value)
+
+    async def write_own_intent(
+        self, device_id: str, meeting: MeetingIntent | None, op: str
+    ) -> Desired:
+        raise FleetError("an ingest worker writes no desired state")
 
     async def run(self) -> None:
         try:

@@ -11,11 +11,11 @@ import pytest
 
 from fleet.agents.voice.stt import PocketSphinxSTT
 from fleet.protocol.messages import (
-    AnnouncePriority,
     ApiOp,
     ApiRequest,
     ApiResult,
     DeviceOutcome,
+    Priority,
 )
 from tests.announce.support import announcing_controller, heard, recognize
 from tests.support.brokers import BrokerHandle
@@ -102,7 +102,7 @@ async def test_do_not_disturb_skips_a_normal_announcement_not_an_urgent_one(
         assert heard(dev1).size == 0
         result = await op.request(
             ApiOp.ANNOUNCE,
-            ApiRequest(text="stop the music", priority=AnnouncePriority.URGENT, timeout_s=60),
+            ApiRequest(text="stop the music", priority=Priority.URGENT, timeout_s=60),
         )
         assert outcomes(result) == {"dev-1": DeviceOutcome.PLAYED, "dev-2": DeviceOutcome.PLAYED}
         assert heard(dev1).size > 0
@@ -124,11 +124,11 @@ async def test_urgent_interrupts_a_normal_one_and_normal_ones_queue(
     ):
         dev = fleet["dev-1"]
 
-        def ask(text: str, priority: AnnouncePriority) -> asyncio.Task[ApiResult]:
+        def ask(text: str, priority: Priority) -> asyncio.Task[ApiResult]:
             request = ApiRequest(device="dev-1", text=text, priority=priority, timeout_s=60)
             return asyncio.create_task(op.request(ApiOp.ANNOUNCE, request))
 
-        first = ask(long_text, AnnouncePriority.NORMAL)
+        first = ask(long_text, Priority.NORMAL)
         await wait_for(
             lambda: (
                 dev._announcer is not None
@@ -139,10 +139,10 @@ async def test_urgent_interrupts_a_normal_one_and_normal_ones_queue(
         )
         playing = dev.announcer.current
         assert playing is not None
-        queued = ask("lunch is ready", AnnouncePriority.NORMAL)
+        queued = ask("lunch is ready", Priority.NORMAL)
         await asyncio.sleep(0.3)  # the second one in the queue before the urgent one
         assert dev.announcer.current is playing, "a normal one waits behind the one playing"
-        urgent = ask("stop the music", AnnouncePriority.URGENT)
+        urgent = ask("stop the music", Priority.URGENT)
         results = await asyncio.gather(first, queued, urgent)
         cut, later, loud = results
         assert not cut.ok

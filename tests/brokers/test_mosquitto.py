@@ -94,6 +94,8 @@ def test_acl_text(users: CredentialStore) -> None:
     own = [
         *(f"topic write {P}/dev/dev-1/{k}" for k in ("status", "state", "ack", "tele")),
         f"topic write {P}/meet/dev-1/up",
+        # its call button's requests, on its own api/by/{id}/{op} only
+        *(f"topic write {P}/api/by/dev-1/{op}" for op in ("call", "answer", "hangup")),
         f"topic read {P}/dev/dev-1/desired",
         f"topic read {P}/dev/dev-1/cmd",
         f"topic read {P}/dev/dev-1/ann",

@@ -213,6 +213,7 @@ def test_completion_offers_ops_devices_and_rooms_without_connecting(tmp_path: Pa
         "reboot",
         "ota",
         "set_groups",
+        "ring",
     ]
     # Names come from what the last commands saw (FLEET_HOME/names.json): no broker here.
     (tmp_path / "names.json").write_text(

@@ -583,7 +583,9 @@ async def test_reported_state_fields(booted: tuple[DeviceUnderTest, Wire]) -> No
     _, w = booted
     await w.desired({"rev": 11, "meeting": {"room": "standup", "mic": False, "volume": 35}})
     raw = json.loads(await w.state_raw(lambda s: s.rev == 11))
-    assert set(raw) == {"rev", "meeting", "mic", "volume", "ts"}
+    # `dnd` (§14) is reported by devices that know it, false unless their own doc set it.
+    assert set(raw) - {"dnd"} == {"rev", "meeting", "mic", "volume", "ts"}
+    assert raw.get("dnd", False) is False
     assert raw["rev"] == 11
     assert raw["meeting"]["room"] == "standup"
     # Alone in the room; a device that signals has the session of the wire's stand-in server.

@@ -22,8 +22,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fleet.auth import Role
-from fleet.auth.acl import Acl
 from fleet.protocol.messages import Ack, AckCode, decode
 from tests.support.brokers import BrokerHandle
 from tests.support.firmware_announce import (
@@ -53,21 +51,9 @@ pytestmark = [requires_toolchain, pytest.mark.timeout(120)]
 
 
 def device_secret(handle: BrokerHandle, dev: str) -> str:
-    """The host device's credential. Devices may read dev/{id}/ann and publish their own
-    api/by/{id}/{call,answer,hangup} once the ACL grants it (the controller side's part of
-    this feature); until then the device logs in with a controller's rights, so that these
-    tests check the firmware alone."""
-    probe = f"probe-{uuid.uuid4().hex[:8]}"
-    handle.store.add(probe, Role.DEVICE)
-    cred = handle.store.get(probe)
-    acl, t = Acl(handle.topics), handle.topics
-    granted = acl.allows(cred, "subscribe", f"{t.prefix}/dev/{probe}/ann") and acl.allows(
-        cred, "publish", t.api_by(probe, "call")
-    )
-    handle.store.remove(probe)
-    if granted:
-        return handle.add_device(dev)
-    return handle.add_user(dev, Role.CONTROLLER)
+    """The host device's own device credential: the ACL lets it read its dev/{id}/ann and
+    publish its button's api/by/{id}/call|answer|hangup, and nothing of another's."""
+    return handle.add_device(dev)
 
 
 @dataclass

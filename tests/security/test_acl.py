@@ -174,12 +174,8 @@ def test_homeassistant_publishes_meeting_requests_and_entity_commands_only(acl: 
         allowed = op in HOMEASSISTANT_API_OPS
         assert acl.allows(HA, "publish", f"{P}/api/{op.value}") is allowed, op
     assert {op.value for op in HOMEASSISTANT_API_OPS} == {
-        "join-all",
-        "leave-all",
-        "join",
-        "leave",
-        "announce",
-        "dnd",
+        *("join-all", "leave-all", "join", "leave", "announce", "dnd"),
+        *("call", "answer", "hangup"),
     }
     assert acl.allows(HA, "publish", "homeassistant/status")
     assert acl.allows(HA, "publish", f"{P}/ha/fleet/join_all/set")

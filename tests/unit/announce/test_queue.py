@@ -7,15 +7,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fleet.announce.queue import DeviceQueue
-from fleet.protocol.messages import AnnouncePriority
+from fleet.protocol.messages import Priority
 
-NORMAL, URGENT = AnnouncePriority.NORMAL, AnnouncePriority.URGENT
+NORMAL, URGENT = Priority.NORMAL, Priority.URGENT
 
 
 @dataclass(eq=False)
 class Item:
     name: str
-    priority: AnnouncePriority
+    priority: Priority
 
 
 def test_the_first_plays_and_normal_ones_queue_in_order() -> None:

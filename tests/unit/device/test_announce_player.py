@@ -19,7 +19,7 @@ from fleet.protocol.messages import (
     AnnounceArgs,
     AnnounceChunk,
     AnnounceCodec,
-    AnnouncePriority,
+    Priority,
 )
 
 HALF_SECOND = (np.sin(2 * np.pi * 440 * np.arange(SAMPLE_RATE // 2) / SAMPLE_RATE) * 9000).astype(
@@ -51,7 +51,7 @@ def chunks(ann: str, codec: AnnounceCodec = AnnounceCodec.OPUS) -> list[Announce
     ]
 
 
-def args(ann: str, priority: AnnouncePriority = AnnouncePriority.NORMAL) -> AnnounceArgs:
+def args(ann: str, priority: Priority = Priority.NORMAL) -> AnnounceArgs:
     return AnnounceArgs(ann=ann, priority=priority, duration_ms=500)
 
 
@@ -96,7 +96,7 @@ async def test_another_command_cuts_the_one_playing_off() -> None:
     await rig.player.command("c3", args("a3"))
     rig.player.chunk(chunks("a3")[0])
     await until(lambda: any(a.id == "c3" for a in rig.acks))
-    await rig.player.command("c4", args("a4", AnnouncePriority.URGENT))
+    await rig.player.command("c4", args("a4", Priority.URGENT))
     cut = rig.final("c3")
     assert cut == Ack(id="c3", ok=False, code=AckCode.FAILED, detail="interrupted by a4")
     for chunk in chunks("a4"):

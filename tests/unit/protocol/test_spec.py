@@ -882,12 +882,9 @@ def test_reject_codes_match_the_spec() -> None:
         "bad_request",
     }
     assert {op.value for op in m.CommandOp} == {
-        "ping",
-        "identify",
-        "reboot",
-        "ota",
-        "set_groups",
+        *("ping", "identify", "reboot", "ota", "set_groups"),
         "announce",
+        "ring",
     }
     assert {op.value for op in m.ApiOp} == {
         "join-all",
@@ -906,6 +903,7 @@ def test_reject_codes_match_the_spec() -> None:
         "devices",
         "announce",
         "dnd",
+        *("call", "answer", "hangup"),
     }
 
 
