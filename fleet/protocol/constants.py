@@ -59,3 +59,10 @@ class ApiOp(StrEnum):
     TRANSCRIPT = "transcript"
     # what the controller knows of each device, offline ones too (their last birth)
     DEVICES = "devices"
+    # announcements and do-not-disturb (§14)
+    ANNOUNCE = "announce"
+    DND = "dnd"
+    # intercom calls (§14.3): a private room for two devices (or a device and a group)
+    CALL = "call"
+    ANSWER = "answer"
+    HANGUP = "hangup"

@@ -445,6 +445,16 @@ class MeetRelayedCandidate(Message):
 class MeetLeft(Message):
     type: Literal["left"]
     session: ShortText | None = None
+    # announce (§14): how it plays; `text` is the words, to `device`, `group` or none (all)
+    priority: Literal["normal", "urgent"] = "normal"
+    chime: bool = True
+    # dnd (§14): do-not-disturb on or off for `device`
+    on: bool | None = None
+    # call (§14): `device` calls `to` (a device) or `group`, rung first with `ring`;
+    # answer, hangup: the call's id (its room)
+    to: DeviceId | None = None
+    ring: bool = False
+    call: RoomName | None = None
 
 
 class MeetError(Message):
@@ -551,6 +561,11 @@ API_REQUIRED_FIELDS: dict[ApiOp, tuple[str, ...]] = {
     ApiOp.TRANSCRIPT: ("room",),
     ApiOp.WEB_LOGIN: ("secret_hash",),
     ApiOp.DEVICES: (),
+    ApiOp.ANNOUNCE: (),
+    ApiOp.DND: ("device", "on"),
+    ApiOp.CALL: ("device",),
+    ApiOp.ANSWER: (),
+    ApiOp.HANGUP: (),
 }
 
 

@@ -38,6 +38,7 @@ HA_USER = "ha"
 DISCOVERY = ("homeassistant/+/+/config", "homeassistant/+/+/+/config")
 BIRTH = "homeassistant/status"
 DEVICES = 3
+GROUPS = ("kitchen", "upstairs-hall")
 # What each platform's schema requires, beyond `p` and `unique_id` (Home Assistant's MQTT
 # platform schemas).
 REQUIRED = {
@@ -58,14 +59,18 @@ def random_client_id() -> str:
 
 def promised_entities() -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
     """(name, platform) of every entity the docs' "What you see" tables list: a device's
-    and the controller's."""
+    and the controller's; a row named with `{group}` is one entity per group."""
     docs = (ROOT / "docs" / "home-assistant.md").read_text()
     section = docs.split("## What you see", 1)[1].split("\n## ", 1)[0]
     device_part, controller_part = section.split("The controller is one more device", 1)
     row = re.compile(r"^\| ([^|]+?) \| (switch|select|button|sensor|notify) \|", re.M)
 
     def rows(text: str) -> set[tuple[str, str]]:
-        return {(m[1], m[2]) for m in row.finditer(text)}
+        return {
+            (m[1].replace("{group}", g), m[2])
+            for m in row.finditer(text)
+            for g in (GROUPS if "{group}" in m[1] else ("",))
+        }
 
     return rows(device_part), rows(controller_part)
 
@@ -150,25 +155,35 @@ async def test_home_assistant_on_its_defaults_discovers_and_drives_everything(
     any_broker: BrokerHandle, tmp_path: Path
 ) -> None:
     t = any_broker.topics
-    secrets = register_devices(any_broker, DEVICES)
+    secrets = register_devices(any_broker, DEVICES, groups=GROUPS)
     ha_secret = any_broker.add_user(HA_USER, Role.HOMEASSISTANT)
     part = HomeAssistantPart(HomeAssistantSettings(tele_interval_s=0, fleet_interval_s=0.05))
     async with (
         controller(any_broker, tmp_path / "ctl.db", parts=[MeetingServer(), part]),
-        sim_fleet(any_broker, secrets) as fleet,
+        sim_fleet(any_broker, secrets, groups=GROUPS) as fleet,
         home_assistant(any_broker, ha_secret) as ha,
     ):
-        await wait_for(
-            lambda: len(ha.configs()) == DEVICES + 1, what="the discovery config of each device"
-        )
-        configs = ha.configs()
         device_promise, controller_promise = promised_entities()
         assert device_promise
         assert controller_promise
-        for topic, config in configs.items():
-            got = {(c["name"], c["p"]) for c in config["cmps"].values()}
-            promise = device_promise if "via_device" in config["dev"] else controller_promise
-            assert got == promise, (topic, got ^ promise)
+
+        def shown(config: dict[str, Any]) -> set[tuple[str, str]]:
+            return {(c["name"], c["p"]) for c in config["cmps"].values()}
+
+        def complete() -> bool:
+            # Every config as it settles: the groups' notify entities, and the call selects
+            # listing every other device and group.
+            configs = ha.configs()
+            return len(configs) == DEVICES + 1 and all(
+                shown(c) == controller_promise
+                if "via_device" not in c["dev"]
+                else shown(c) == device_promise
+                and len(c["cmps"]["call"]["options"]) == DEVICES - 1 + len(GROUPS) + 1
+                for c in configs.values()
+            )
+
+        await wait_for(complete, what="every entity the docs promise, in every config")
+        configs = ha.configs()
 
         components = _components(configs)
         # As Home Assistant does for each entity: subscribe to its state and availability
@@ -193,7 +208,8 @@ async def test_home_assistant_on_its_defaults_discovers_and_drives_everything(
                 if cmp["p"] == "switch":
                     assert value in ("ON", "OFF"), (key, value)
                 if cmp["p"] == "select":
-                    assert value in cmp["options"], (key, value, cmp["options"])
+                    # Home Assistant's select reads "None" (a null) as no option: unknown.
+                    assert value in (*cmp["options"], "None"), (key, value, cmp["options"])
             for avail in cmp.get("availability", ()):
                 payload = ha.last[avail["topic"]]
                 if "value_template" in avail:
