@@ -445,16 +445,6 @@ class MeetRelayedCandidate(Message):
 class MeetLeft(Message):
     type: Literal["left"]
     session: ShortText | None = None
-    # announce (§14): how it plays; `text` is the words, to `device`, `group` or none (all)
-    priority: Literal["normal", "urgent"] = "normal"
-    chime: bool = True
-    # dnd (§14): do-not-disturb on or off for `device`
-    on: bool | None = None
-    # call (§14): `device` calls `to` (a device) or `group`, rung first with `ring`;
-    # answer, hangup: the call's id (its room)
-    to: DeviceId | None = None
-    ring: bool = False
-    call: RoomName | None = None
 
 
 class MeetError(Message):
@@ -534,6 +524,17 @@ class ApiRequest(Message):
     line: TranscriptLine | None = None
     # transcript: which session (absent: the room's newest)
     session: ShortText | None = None
+
+    # announce (§14): how it plays; `text` is the words, to `device`, `group` or none (all)
+    priority: Literal["normal", "urgent"] = "normal"
+    chime: bool = True
+    # dnd (§14): do-not-disturb on or off for `device`
+    on: bool | None = None
+    # call (§14): `device` calls `to` (a device) or `group`, rung first with `ring`;
+    # answer, hangup: the call's id (its room)
+    to: DeviceId | None = None
+    ring: bool = False
+    call: RoomName | None = None
 
     # join, join-all: the controller's operator key (ctl/operator-key), which only
     # controller-role users can read: such an intent may create its room (§8.4)
