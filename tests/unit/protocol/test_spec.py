@@ -893,6 +893,11 @@ def test_reject_codes_match_the_spec() -> None:
         "transcript",
         "web-login",
         "devices",
+        "announce",
+        "dnd",
+        "call",
+        "answer",
+        "hangup",
     }
 
 
