@@ -35,7 +35,9 @@ AGENT_API_OPS = (
     ApiOp.TRANSCRIPT,
 )
 
-# The ops a person's browser (web role) may request (§11.2): meetings and the fleet view.
+# The ops a person's browser (web role) may request (§11.2): meetings and the fleet view,
+# announcements and calls between devices. The person signed in with the operator's
+# secret, and these move devices no further than a join-all does.
 WEB_API_OPS = (
     ApiOp.JOIN_ALL,
     ApiOp.LEAVE_ALL,
@@ -44,6 +46,9 @@ WEB_API_OPS = (
     ApiOp.ROOMS,
     ApiOp.SESSIONS,
     ApiOp.SAY,
+    ApiOp.ANNOUNCE,
+    ApiOp.CALL,
+    ApiOp.HANGUP,
 )
 
 # The ops a homeassistant-role user may request (§11): meetings only, no commands
