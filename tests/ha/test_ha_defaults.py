@@ -104,6 +104,7 @@ async def home_assistant(handle: BrokerHandle, secret: str) -> AsyncIterator[Hom
         username=HA_USER,
         password=secret,
         identifier=random_client_id(),
+        will=aiomqtt.Will(BIRTH, b"offline"),  # its default will
         protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
         keepalive=60,
         timeout=10,
