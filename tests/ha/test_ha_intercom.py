@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import pytest
 
 from fleet.auth import Role
 from fleet.controller.parts import ControllerPart
@@ -25,8 +26,8 @@ from fleet.ha import HomeAssistantPart, HomeAssistantSettings
 from fleet.ha.discovery import MAX_CALL_DEVICES, call_options, group_entity
 from fleet.meetings import MeetingServer
 from fleet.mqtt import payload_bytes
-from fleet.protocol import TopicKind
-from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult
+from fleet.protocol import TopicKind, encode
+from fleet.protocol.messages import ApiOp, ApiRequest, ApiResult, State, Status
 from tests.support.brokers import BrokerHandle, mqtt_client
 from tests.support.running import Part, controller, register_devices, sim_fleet, wait_for
 
@@ -263,3 +264,37 @@ async def test_bad_intercom_commands_are_refused(
         # A good one still goes through.
         await ha.client.publish(t.ha_fleet_set("announce"), "x" * 1000, qos=1)
         await wait_for(lambda: len(stand_in.of(ApiOp.ANNOUNCE)) == 1, what="the good one")
+
+
+@pytest.mark.skipif(
+    "dnd" not in State.model_fields, reason="devices report dnd once the announcement side lands"
+)
+async def test_dnd_switch_shows_what_the_device_reports(
+    amqtt_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    t = amqtt_broker.topics
+    secret = amqtt_broker.add_device("dev-d")
+    ha_secret = amqtt_broker.add_user(HA_USER, Role.HOMEASSISTANT)
+    part = HomeAssistantPart(HomeAssistantSettings(tele_interval_s=0, fleet_interval_s=0.05))
+    async with (
+        controller(amqtt_broker, tmp_path / "ctl.db", parts=[part]),
+        mqtt_client(amqtt_broker, HA_USER, ha_secret, client_id="ha-dnd") as ha,
+        mqtt_client(amqtt_broker, "dev-d", secret) as dev,
+    ):
+        docs: list[dict[str, Any]] = []
+
+        async def read() -> None:
+            async for m in ha.messages:
+                if payload_bytes(m):
+                    docs.append(json.loads(payload_bytes(m)))
+
+        reader = Part(read(), "ha-reader")
+        try:
+            await ha.subscribe(t.ha_device_state("dev-d"), qos=1)
+            await dev.publish(t.status("dev-d"), encode(Status(online=True, fw="1.0")), 1, True)
+            await dev.publish(t.state("dev-d"), b'{"rev": 1, "dnd": true}', 1, True)
+            await wait_for(lambda: bool(docs) and docs[-1]["dnd"] == "ON", what="dnd on")
+            await dev.publish(t.state("dev-d"), b'{"rev": 2, "dnd": false}', 1, True)
+            await wait_for(lambda: docs[-1]["dnd"] == "OFF", what="dnd off")
+        finally:
+            await reader.stop()
