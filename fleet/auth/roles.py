@@ -37,7 +37,9 @@ AGENT_API_OPS = (
     ApiOp.ANNOUNCE,
 )
 
-# The ops a person's browser (web role) may request (§11.2): meetings and the fleet view.
+# The ops a person's browser (web role) may request (§11.2): meetings and the fleet view,
+# announcements and calls between devices. The person signed in with the operator's
+# secret, and these move devices no further than a join-all does.
 WEB_API_OPS = (
     ApiOp.JOIN_ALL,
     ApiOp.LEAVE_ALL,
@@ -46,6 +48,9 @@ WEB_API_OPS = (
     ApiOp.ROOMS,
     ApiOp.SESSIONS,
     ApiOp.SAY,
+    ApiOp.ANNOUNCE,
+    ApiOp.CALL,
+    ApiOp.HANGUP,
 )
 
 # The ops a homeassistant-role user may request (§11): meetings, calls, announcements

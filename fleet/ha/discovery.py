@@ -13,8 +13,9 @@ so nothing is left for the user to work out.
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -64,6 +65,7 @@ class Entity:
     state: bool = True  # reads the state doc (value_template = value_json.<state_key>)
     command: bool = False  # has a command topic
     state_key: str = ""  # defaults to key
+    choices: str = "rooms"  # a select's options: "rooms", or "calls" (whom a device may call)
 
 
 # The entities a device shows. Jitter and loss are null (unknown) outside a meeting.
@@ -86,6 +88,11 @@ DEVICE_ENTITIES: tuple[Entity, ...] = (
         command=True,
     ),
     Entity("leave", "button", "Leave", {"icon": "mdi:phone-hangup"}, state=False, command=True),
+    Entity("dnd", "switch", "Do not disturb", {"icon": "mdi:bell-off"}, command=True),
+    # Choosing a device or a group calls it from this device; the state shows whom this
+    # device called from Home Assistant until it hangs up (unknown otherwise).
+    Entity("call", "select", "Call", {"icon": "mdi:phone"}, command=True, choices="calls"),
+    Entity("hangup", "button", "Hang up", {"icon": "mdi:phone-off"}, state=False, command=True),
     Entity(
         "rssi",
         "sensor",
@@ -157,6 +164,17 @@ FLEET_ENTITIES: tuple[Entity, ...] = (
         command=True,
     ),
     Entity("room", "select", "Room", {"icon": "mdi:door"}, command=True),
+    # Home Assistant's notify.send_message publishes the message on the command topic:
+    # an announcement to every device (and, below, one entity per group).
+    Entity("announce", "notify", "Announce", {"icon": "mdi:bullhorn"}, state=False, command=True),
+    Entity(
+        "announce_urgent",
+        "notify",
+        "Urgent announcement",
+        {"icon": "mdi:bullhorn-variant"},
+        state=False,
+        command=True,
+    ),
     Entity(
         "online",
         "sensor",
@@ -171,6 +189,40 @@ FLEET_ENTITIES: tuple[Entity, ...] = (
     ),
     Entity("devices", "sensor", "Devices", {"state_class": "measurement", "icon": "mdi:devices"}),
 )
+
+
+# A call select's option for a group (device ids never contain ':').
+GROUP_OPTION = "group:"
+# A call select lists every other device only up to this fleet size (beyond, the groups
+# only): a select of thousands of devices is of no use, and every device's config would
+# be re-published whenever a device appears.
+MAX_CALL_DEVICES = 64
+
+
+def group_entity(group: str) -> str:
+    """The key of a group's notify entity (a topic level and part of its unique id)."""
+    key = "g_" + group.replace("-", "_")
+    if len(key) > 32:  # an entity key is at most 32 characters: long names are hashed
+        key = "g_" + hashlib.sha1(group.encode()).hexdigest()[:16]
+    return key
+
+
+def group_notify(group: str) -> Entity:
+    return Entity(
+        group_entity(group),
+        "notify",
+        f"Announce to {group}",
+        {"icon": "mdi:bullhorn"},
+        state=False,
+        command=True,
+    )
+
+
+def call_options(device_id: str, devices: Sequence[str], groups: Iterable[str]) -> list[str]:
+    """Whom a device's call select offers: the other devices (small fleets) and the groups,
+    `all` (every device) always, so the list is never empty."""
+    others = [d for d in devices if d != device_id] if len(devices) <= MAX_CALL_DEVICES else []
+    return sorted(others) + sorted(GROUP_OPTION + g for g in {"all", *groups})
 
 
 class Discovery:
@@ -194,7 +246,13 @@ class Discovery:
         return f"{platform}.espfleet_{owner.replace('-', '_')}_{key}"
 
     # --- payloads -------------------------------------------------------------------------
-    def device_config(self, device_id: str, shown: Shown, rooms: Iterable[str]) -> dict[str, Any]:
+    def device_config(
+        self,
+        device_id: str,
+        shown: Shown,
+        rooms: Iterable[str],
+        calls: Sequence[str] = (),
+    ) -> dict[str, Any]:
         t = self.topics
         node = self.device_node(device_id)
         dev: dict[str, Any] = {
@@ -213,7 +271,7 @@ class Discovery:
                 entity_id=self._entity_id(e.platform, device_id, e.key),
                 state_topic=t.ha_device_state(device_id),
                 command_topic=t.ha_device_set(device_id, e.key) if e.command else None,
-                rooms=rooms,
+                options={"rooms": sorted(rooms), "calls": list(calls)},
             )
             for e in DEVICE_ENTITIES
         }
@@ -230,7 +288,7 @@ class Discovery:
             "availability_mode": "all",
         }
 
-    def controller_config(self, rooms: Iterable[str]) -> dict[str, Any]:
+    def controller_config(self, rooms: Iterable[str], groups: Iterable[str] = ()) -> dict[str, Any]:
         t = self.topics
         node = self.controller_node
         name = "espfleet" if t.prefix == "fleet/v1" else f"espfleet {t.prefix}"
@@ -241,10 +299,20 @@ class Discovery:
                 entity_id=self._entity_id(e.platform, "fleet", e.key),
                 state_topic=t.ha_fleet_state,
                 command_topic=t.ha_fleet_set(e.key) if e.command else None,
-                rooms=rooms,
+                options={"rooms": sorted(rooms)},
             )
             for e in FLEET_ENTITIES
         }
+        for group in sorted(groups):
+            e = group_notify(group)
+            cmps[e.key] = self._component(
+                e,
+                unique_id=f"{node}_{e.key}",
+                entity_id=f"notify.espfleet_announce_{group.replace('-', '_')}",
+                state_topic=t.ha_fleet_state,
+                command_topic=t.ha_fleet_set(e.key),
+                options={},
+            )
         return {
             "dev": {
                 "identifiers": [node],
@@ -266,7 +334,7 @@ class Discovery:
         entity_id: str,
         state_topic: str,
         command_topic: str | None,
-        rooms: Iterable[str],
+        options: Mapping[str, list[str]],
     ) -> dict[str, Any]:
         cmp: dict[str, Any] = {
             "p": e.platform,
@@ -282,7 +350,7 @@ class Discovery:
             cmp["command_topic"] = command_topic
             cmp["qos"] = 1
         if e.platform == "select":
-            cmp["options"] = sorted(rooms)
+            cmp["options"] = options[e.choices]
         return cmp
 
     # --- topics ---------------------------------------------------------------------------

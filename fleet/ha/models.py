@@ -18,7 +18,12 @@ from fleet.protocol.topics import NAME_RULES
 
 # Commands are a word or a room name; anything longer is not from Home Assistant.
 MAX_COMMAND_BYTES = 256
+# An announcement's text (a notify entity's message): at most this many characters, and
+# the bytes of that many 4-byte characters.
+MAX_ANNOUNCE_CHARS = 1000
 _ROOM_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+# A call select's option: a device id, or `group:` and a group name.
+_CALL_OPTION_RE = re.compile(r"(?:group:)?[a-z0-9][a-z0-9-]{0,63}")
 
 OnOff = Literal["ON", "OFF"]
 
@@ -42,6 +47,9 @@ class HaDeviceState(Message):
     uptime: int | None = None  # seconds since boot
     jitter: float | None = None  # ms, the worst peer's; null outside a meeting
     loss: float | None = None  # %, the worst peer's; null outside a meeting
+    dnd: OnOff = "OFF"  # do-not-disturb, as the device reports it
+    # Whom the device called from Home Assistant (a call select option) until it hangs up.
+    call: str | None = None
 
 
 class HaFleetState(Message):
@@ -89,9 +97,9 @@ def tele_values(tele: Telemetry) -> TeleValues:
     }
 
 
-def _text(payload: bytes, what: str) -> str:
-    if len(payload) > MAX_COMMAND_BYTES:
-        raise PayloadTooLarge(what, len(payload), MAX_COMMAND_BYTES)
+def _text(payload: bytes, what: str, limit: int = MAX_COMMAND_BYTES) -> str:
+    if len(payload) > limit:
+        raise PayloadTooLarge(what, len(payload), limit)
     try:
         return payload.decode().strip()
     except UnicodeDecodeError as exc:
@@ -119,4 +127,22 @@ def parse_room(payload: bytes, what: str) -> str:
     text = _text(payload, what)
     if not _ROOM_RE.fullmatch(text):
         raise ProtocolError(what, f"invalid room name {text[:64]!r}: {NAME_RULES['room']}")
+    return text
+
+
+def parse_message(payload: bytes, what: str) -> str:
+    """A notify entity's message: plain text, 1 to MAX_ANNOUNCE_CHARS characters."""
+    text = _text(payload, what, 4 * MAX_ANNOUNCE_CHARS)
+    if not text:
+        raise ProtocolError(what, "empty message")
+    if len(text) > MAX_ANNOUNCE_CHARS:
+        raise ProtocolError(what, f"message longer than {MAX_ANNOUNCE_CHARS} characters")
+    return text
+
+
+def parse_call_option(payload: bytes, what: str) -> str:
+    """A call select's chosen option: a device id or `group:<name>`."""
+    text = _text(payload, what)
+    if not _CALL_OPTION_RE.fullmatch(text):
+        raise ProtocolError(what, f"not a device or group:<name>: {text[:64]!r}")
     return text

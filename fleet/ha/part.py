@@ -24,13 +24,22 @@ from fleet.controller.host import PartHost
 from fleet.controller.parts import ControllerPart
 from fleet.errors import ProtocolError
 from fleet.ha import DEFAULT_ROOM
-from fleet.ha.discovery import Discovery, Shown
+from fleet.ha.discovery import (
+    GROUP_OPTION,
+    MAX_CALL_DEVICES,
+    Discovery,
+    Shown,
+    call_options,
+    group_entity,
+)
 from fleet.ha.models import (
     HaDeviceState,
     HaFleetState,
     TeleValues,
     encode_state,
     meeting_of,
+    parse_call_option,
+    parse_message,
     parse_press,
     parse_room,
     parse_switch,
@@ -39,6 +48,7 @@ from fleet.ha.models import (
 from fleet.meetings.records import MeetingRecords
 from fleet.mqtt import LastWill
 from fleet.protocol import TopicKind, decode
+from fleet.protocol.constants import CALL_ROOM_PREFIX
 from fleet.protocol.messages import (
     ApiOp,
     ApiRequest,
@@ -97,6 +107,8 @@ class _Device:
     tele: TeleValues = field(default_factory=TeleValues)
     tele_shown: bool = False  # telemetry values have gone out: from now on, throttled
     counted: tuple[bool, bool] = (False, False)  # (online, in a meeting) in the fleet counters
+    call: str | None = None  # whom it called from Home Assistant (a call select option)
+    in_call: bool = False  # its reported meeting is a call's room
 
 
 # Keys of what the part keeps in the controller's SQLite store (meta table): the room of
@@ -113,6 +125,10 @@ class HomeAssistantPart(ControllerPart):
         self.room = self.settings.room
         self._devices: dict[str, _Device] = {}
         self._rooms: set[str] = {self.room}
+        self._groups: set[str] = set()  # every group a device's birth named ("all" aside)
+        self._group_keys: dict[str, str] = {}  # a group notify entity's key -> its group
+        # Bumped whenever what a select offers changes (rooms, groups, the devices a call
+        # select lists): configs published under an older generation are re-published.
         self._rooms_gen = 0
         self._stale_configs: dict[str, None] = {}  # devices whose config lists old rooms
         # Devices that changed since the last tick: their state docs go out once a tick.
@@ -276,14 +292,18 @@ class HomeAssistantPart(ControllerPart):
         if (dev.shown, dev.rooms_gen) == (shown, self._rooms_gen):
             return
         dev.shown, dev.rooms_gen = shown, self._rooms_gen
-        config = self.discovery.device_config(device_id, shown, self._rooms)
+        devices = self.host.registry.devices
+        listed = list(devices) if len(devices) <= MAX_CALL_DEVICES else []
+        calls = call_options(device_id, listed, self._groups)
+        config = self.discovery.device_config(device_id, shown, self._rooms, calls)
         await self._pub(self.discovery.device_config_topic(device_id), _json(config))
         self.stats["configs"] += 1
 
     async def _publish_controller(self) -> None:
         self._controller_stale = False
         d = self.discovery
-        await self._pub(d.controller_config_topic, _json(d.controller_config(self._rooms)))
+        config = d.controller_config(self._rooms, self._groups)
+        await self._pub(d.controller_config_topic, _json(config))
         self.stats["configs"] += 1
 
     async def _publish_device(self, device_id: str, rec: DeviceRecord, tele: bool = False) -> None:
@@ -292,6 +312,12 @@ class HomeAssistantPart(ControllerPart):
         if room is not None:
             self._set_last_room(device_id, dev, room)
             self._note_room(room)
+        for group in rec.groups:
+            self._note_group(group)
+        in_call = room is not None and room.startswith(CALL_ROOM_PREFIX)
+        if dev.in_call and not in_call:
+            dev.call = None  # the call it was in ended
+        dev.in_call = in_call
         # A new device or a new firmware or board: its config at once. A config that only
         # lists old rooms waits in _stale_configs for the periodic task. A will (no
         # firmware, no board) changes nothing it shows.
@@ -305,6 +331,8 @@ class HomeAssistantPart(ControllerPart):
         doc = HaDeviceState(
             in_meeting="ON" if in_meeting else "OFF",
             room=room or dev.last_room or self.room,
+            dnd="ON" if _reported_dnd(rec) else "OFF",
+            call=dev.call,
             **values,
         )
         payload = encode_state(doc)
@@ -341,6 +369,7 @@ class HomeAssistantPart(ControllerPart):
         if dev is None:
             return
         self._count(dev, False, False)
+        self._devices_changed()
         await self._pub(self.discovery.device_config_topic(device_id), b"")
         # At the QoS of the state docs before it: MQTT keeps order only within one QoS.
         await self._pub(self.host.topics.ha_device_state(device_id), b"", qos=0)
@@ -351,6 +380,7 @@ class HomeAssistantPart(ControllerPart):
         dev = self._devices.get(device_id)
         if dev is None:
             dev = self._devices[device_id] = _Device(last_room=self._last_rooms.get(device_id))
+            self._devices_changed()
         return dev
 
     def _set_last_room(self, device_id: str, dev: _Device, room: str) -> None:
@@ -390,6 +420,25 @@ class HomeAssistantPart(ControllerPart):
         self._stale_configs.update(dict.fromkeys(self._devices))
         self._controller_stale = True
         return True
+
+    def _choices_changed(self, controller: bool) -> None:
+        self._rooms_gen += 1
+        # Re-published from the periodic task, a slice per tick, not from inside the
+        # handler of one message of a fan-out.
+        self._stale_configs.update(dict.fromkeys(self._devices))
+        self._controller_stale = self._controller_stale or controller
+
+    def _devices_changed(self) -> None:
+        """A device appeared or left: the call selects list the devices of a small fleet."""
+        if len(self.host.registry.devices) <= MAX_CALL_DEVICES + 1:
+            self._choices_changed(controller=False)
+
+    def _note_group(self, group: str) -> None:
+        if group == "all" or group in self._groups:
+            return
+        self._groups.add(group)
+        self._group_keys[group_entity(group)] = group
+        self._choices_changed(controller=True)  # its notify entity, and the call selects
 
     def _refresh_rooms(self) -> None:
         for name in MeetingRecords(self.host.store).room_names():
@@ -472,6 +521,13 @@ class HomeAssistantPart(ControllerPart):
             self.room = self._known_room(payload, what)
             self._unsaved[ROOM_KEY] = self.room
             await self._publish_fleet_state(force=True)
+        elif entity in ("announce", "announce_urgent"):
+            text = parse_message(payload, what)
+            urgent = entity == "announce_urgent"
+            await self._submit(ApiOp.ANNOUNCE, text=text, priority="urgent" if urgent else "normal")
+        elif entity in self._group_keys:
+            text = parse_message(payload, what)
+            await self._submit(ApiOp.ANNOUNCE, text=text, group=self._group_keys[entity])
         else:
             raise ProtocolError(what, f"no fleet entity {entity!r}")
 
@@ -501,6 +557,26 @@ class HomeAssistantPart(ControllerPart):
         elif entity == "leave":
             parse_press(payload, what)
             await self._submit(ApiOp.LEAVE, device=device_id)
+        elif entity == "dnd":
+            await self._submit(ApiOp.DND, device=device_id, on=parse_switch(payload, what))
+        elif entity == "call":
+            option = parse_call_option(payload, what)
+            group = option.removeprefix(GROUP_OPTION) if option.startswith(GROUP_OPTION) else None
+            if group is not None:
+                if group != "all" and group not in self._groups:
+                    raise ProtocolError(what, f"unknown group {group[:64]!r}")
+                await self._submit(ApiOp.CALL, device=device_id, group=group)
+            else:
+                if option == device_id or option not in self.host.registry.devices:
+                    raise ProtocolError(what, f"no other device {option[:64]!r} to call")
+                await self._submit(ApiOp.CALL, device=device_id, to=option)
+            dev.call = option
+            await self._publish_device(device_id, rec)
+        elif entity == "hangup":
+            parse_press(payload, what)
+            await self._submit(ApiOp.HANGUP, device=device_id)
+            dev.call = None
+            await self._publish_device(device_id, rec)
         else:
             raise ProtocolError(what, f"no device entity {entity!r}")
 
@@ -512,9 +588,16 @@ class HomeAssistantPart(ControllerPart):
 
     async def _submit(self, op: ApiOp, **fields: object) -> None:
         """The same request the CLI sends: its results go to api/result as for any caller."""
-        request = ApiRequest.model_validate({"id": f"ha-{uuid.uuid4().hex[:12]}", **fields})
+        # Validated as JSON, as a request on api/{op} is: enum fields take their values.
+        body = json.dumps({"id": f"ha-{uuid.uuid4().hex[:12]}", **fields})
+        request = ApiRequest.model_validate_json(body)
         log.info("homeassistant: %s %s", op.value, fields)
         await self.host.submit(op, request)
+
+
+def _reported_dnd(rec: DeviceRecord) -> bool:
+    """The device's do-not-disturb as its state reports it (False before it reports one)."""
+    return rec.state is not None and rec.state.dnd
 
 
 def _valid_room(room: str) -> bool:

@@ -7,6 +7,7 @@ serves the module."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -240,6 +241,84 @@ async def test_room_list_follows_the_fleet_without_refresh(rig: Rig) -> None:
         page, f"{rooms_row('corner')}.endsWith('|—') && {rooms_row('corner')}", "no live session"
     )
     assert row.startswith("corner|")
+    await page.close()
+
+
+@contextlib.asynccontextmanager
+async def wire(rig: Rig) -> AsyncIterator[list[tuple[str, dict[str, Any]]]]:
+    """Every request on a user's own request topic (`api/by/{user}/{op}`) as the broker
+    delivers it: (op, the request's JSON), read by an operator's client."""
+    url = rig.stack.operator_url
+    t = rig.stack.controller.topics
+    seen: list[tuple[str, dict[str, Any]]] = []
+    async with aiomqtt.Client(
+        url.host,
+        url.port,
+        username=url.username,
+        password=url.password,
+        identifier=f"{url.username}-wire",
+        protocol=aiomqtt.ProtocolVersion.V311,
+    ) as client:
+        await client.subscribe(t.all_api_requests_by, qos=1)
+
+        async def read() -> None:
+            async for m in client.messages:
+                seen.append((m.topic.value.rsplit("/", 1)[1], json.loads(bytes(m.payload))))  # type: ignore[arg-type]
+
+        reader = asyncio.create_task(read())
+        try:
+            yield seen
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+
+def sent(seen: list[tuple[str, dict[str, Any]]], op: str) -> list[dict[str, Any]]:
+    """The requests of `op`, without their ids."""
+    return [{k: v for k, v in r.items() if k != "id"} for o, r in seen if o == op]
+
+
+async def test_announce_box_and_call_buttons_send_their_requests(rig: Rig) -> None:
+    page = await signed_in(rig)
+    online = f"document.querySelectorAll('#devices tr.online').length == {DEVICES}"
+    await page_until(page, online, "every device online in the table")
+    async with wire(rig) as seen:
+        await page.fill("#announce-text", "Lunch is ready")
+        await page.click("#announce")
+        await page.fill("#announce-text", "Fire drill at noon")
+        await page.select_option("#announce-target", "device:dev-2")
+        await page.select_option("#announce-priority", "urgent")
+        await page.click("#announce")
+        await until(lambda: len(sent(seen, "announce")) == 2, "two announcements on the wire")
+        assert sent(seen, "announce") == [
+            {"text": "Lunch is ready", "priority": "normal"},
+            {"text": "Fire drill at noon", "priority": "urgent", "device": "dev-2"},
+        ]
+
+        row = "tr[data-device=dev-1]"
+        await page.select_option(f"{row} select[data-action=call-target]", "dev-3")
+        await page.click(f"{row} button[data-action=call]")
+        await until(lambda: len(sent(seen, "call")) == 1, "a call on the wire")
+        await page.select_option(f"{row} select[data-action=call-target]", "group:all")
+        await page.click(f"{row} button[data-action=call]")
+        await page.click("tr[data-device=dev-2] button[data-action=hangup]")
+        await until(lambda: len(sent(seen, "hangup")) == 1, "a hang-up on the wire")
+        await until(lambda: len(sent(seen, "call")) == 2, "the second call on the wire")
+        assert sent(seen, "call") == [
+            {"device": "dev-1", "to": "dev-3"},
+            {"device": "dev-1", "group": "all"},
+        ]
+        assert sent(seen, "hangup") == [{"device": "dev-2"}]
+        # Each on the person's own request topic, answered by the controller.
+        username = await page.evaluate("window.fleetConsole.creds.username")
+        ids = [r["id"] for o, r in seen if o in ("announce", "call", "hangup")]
+        assert all(i.startswith(f"{username}-") for i in ids)
+        await page_until(
+            page,
+            f"{json.dumps(ids)}.every(id => !window.fleetConsole.pending.has(id))",
+            "a final result for each",
+        )
     await page.close()
 
 

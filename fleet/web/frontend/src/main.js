@@ -15,6 +15,7 @@ const state = {
   devices: new Map(), // id -> {status, state, tele}
   rooms: [],
   sessions: [],
+  callTargets: new Map(), // device id -> the call target chosen in its row
   pending: new Map(), // request id -> {resolve, quiet}
   talk: null,
   log: [],
@@ -174,6 +175,11 @@ function scheduleRender() {
   renderQueued = true;
   requestAnimationFrame(() => {
     renderQueued = false;
+    // Not under a person choosing a call target: re-rendering would close the list.
+    if (document.activeElement?.closest("#devices select")) {
+      setTimeout(scheduleRender, 500);
+      return;
+    }
     renderDevices();
   });
 }
@@ -198,8 +204,10 @@ function renderDevices() {
     tr.dataset.device = id;
     tr.className = isOnline ? "online" : "offline";
     tr.innerHTML = `<td class="id"></td><td class="presence"></td><td class="room"></td>
-      <td class="mic"></td><td class="level"><meter min="0" max="0.3"></meter></td><td class="actions"></td>`;
+      <td class="mic"></td><td class="level"><meter min="0" max="0.3"></meter></td><td class="actions"></td>
+      <td class="call"></td>`;
     tr.querySelector(".id").textContent = id;
+    if (d.state?.dnd) tr.querySelector(".id").append(badge("dnd", "do not disturb"));
     tr.querySelector(".presence").textContent = isOnline ? "online" : "offline";
     tr.querySelector(".room").textContent = meeting ? `${meeting.room} (${count(meeting.peers || [], "peer")})` : "—";
     tr.querySelector(".mic").textContent = mic ? "on" : "muted";
@@ -212,9 +220,77 @@ function renderDevices() {
         meeting ? api("join", { device: id, room: meeting.room, mic: !mic }) : note(`${id} is in no room`, "error"),
       ),
     );
+    tr.querySelector(".call").append(...callControls(id, rows));
     body.append(tr);
   }
+  renderAnnounceTargets(rows);
   $("#fleet-summary").textContent = `${count(rows, "device")}, ${online} online`;
+}
+
+function badge(text, title) {
+  const span = document.createElement("span");
+  span.className = text;
+  span.textContent = text;
+  span.title = title;
+  return span;
+}
+
+// Groups the devices' births name ("all" is every device), sorted.
+function groupsOf(rows) {
+  const groups = new Set();
+  for (const [, d] of rows) for (const g of d.status?.groups || []) if (g !== "all") groups.add(g);
+  return [...groups].sort();
+}
+
+function option(value, label) {
+  const o = document.createElement("option");
+  o.value = value;
+  o.textContent = label;
+  return o;
+}
+
+// A row's call: whom (another device or a group: `group:<name>`), call, hang up. The
+// choice outlives the table's re-rendering.
+function callControls(id, rows) {
+  const pick = document.createElement("select");
+  pick.dataset.action = "call-target";
+  for (const [other] of rows) if (other !== id) pick.append(option(other, other));
+  for (const g of ["all", ...groupsOf(rows)]) pick.append(option(`group:${g}`, `group ${g}`));
+  const chosen = state.callTargets.get(id);
+  if (chosen && [...pick.options].some((o) => o.value === chosen)) pick.value = chosen;
+  pick.addEventListener("change", () => state.callTargets.set(id, pick.value));
+  const call = button("call", "call", () => {
+    const target = pick.value;
+    const to = target.startsWith("group:") ? { group: target.slice(6) } : { to: target };
+    api("call", { device: id, ...to });
+  });
+  const hangup = button("hang up", "hangup", () => api("hangup", { device: id }));
+  return [pick, call, hangup];
+}
+
+// The announce box's targets: every device, a group, or one device (kept while re-rendered).
+function renderAnnounceTargets(rows) {
+  const pick = $("#announce-target");
+  const kept = pick.value;
+  const options = [option("all", "every device")];
+  for (const g of groupsOf(rows)) options.push(option(`group:${g}`, `group ${g}`));
+  for (const [id] of rows) options.push(option(`device:${id}`, id));
+  const same =
+    options.length === pick.options.length && options.every((o, i) => o.value === pick.options[i].value);
+  if (same) return;
+  pick.replaceChildren(...options);
+  if (options.some((o) => o.value === kept)) pick.value = kept;
+}
+
+function announce(event) {
+  event.preventDefault();
+  const text = $("#announce-text").value.trim();
+  if (!text) return;
+  const target = $("#announce-target").value;
+  const fields = { text, priority: $("#announce-priority").value };
+  if (target.startsWith("group:")) fields.group = target.slice(6);
+  else if (target.startsWith("device:")) fields.device = target.slice(7);
+  api("announce", fields);
 }
 
 function count(items, noun) {
@@ -291,6 +367,7 @@ async function showSessions(room) {
 async function start() {
   state.config = await (await fetch("config")).json();
   $("#login").addEventListener("submit", signIn);
+  $("#announce-form").addEventListener("submit", announce);
   $("#join-all").addEventListener("click", () => api("join-all", { room: roomInput(), mic: true }));
   $("#leave-all").addEventListener("click", () => api("leave-all", {}));
   $("#mute-all").addEventListener("click", () => api("join-all", { room: roomInput(), mic: false }));
