@@ -79,6 +79,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench import ROOT, module_command
 from broker.mosquitto.config import write_mosquitto_config
@@ -200,6 +201,15 @@ async def settle(procs: Procs, max_s: float = 60.0) -> dict[str, float]:
             return rate
 
 
+async def rest_rate(procs: Procs, seconds: float = 3.0) -> dict[str, float]:
+    """The parts' CPU use at rest, in cores, over a few seconds (what a join-all's figures
+    are net of: one 0.5 s sample of `settle` is too noisy on a shared machine)."""
+    before, t0 = procs.cpu(), time.monotonic()
+    await asyncio.sleep(seconds)
+    elapsed = time.monotonic() - t0
+    return {k: (v - before.get(k, 0.0)) / elapsed for k, v in procs.cpu().items()}
+
+
 async def wait_port(port: int, procs: Procs, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -286,6 +296,8 @@ async def api_probe(args: argparse.Namespace) -> None:
     not the last one was answered (a stalled controller shows as a growing latency); each
     send and each first reply written to `--ready-file` as `s ID T` / `r ID T` (monotonic,
     which the bench's processes share)."""
+    import aiomqtt
+
     from fleet.mqtt import MqttVersion, Reply, open_client, payload_bytes, publish, subscribe
     from fleet.protocol.messages import ApiResult, decode, encode
 
@@ -295,33 +307,39 @@ async def api_probe(args: argparse.Namespace) -> None:
         args.attack_user, args.attack_secret
     )
     out = open(args.ready_file, "a", buffering=1)  # noqa: SIM115, ASYNC230 - lives as long as we do
-    async with open_client(url, client_id=client_id, version=MqttVersion.AUTO) as client:
-        inbox = topics.api_reply(client_id) if client.mqtt5 else topics.api_result
-        await subscribe(client, [(inbox, 1)])
-        mine = f"{args.attack_user}-"
-
-        async def replies() -> None:
-            async for message in client.messages:
-                result = decode(ApiResult, payload_bytes(message))
-                if result.id and result.id.startswith(mine):
-                    out.write(f"r {result.id} {time.monotonic():.4f}\n")
-
-        reader = asyncio.create_task(replies())
-        topic = topics.api_by(args.attack_user, ApiOp.ROOMS.value)
+    counter = itertools.count()
+    mine = f"{args.attack_user}-"
+    while True:  # a broker too busy to answer (a connect storm) costs a connection, not the probe
         try:
-            for n in itertools.count():
-                request_id = f"{mine}{n}"
-                out.write(f"s {request_id} {time.monotonic():.4f}\n")
-                await publish(
-                    client,
-                    topic,
-                    encode(ApiRequest(id=request_id, limit=1)),
-                    reply=Reply(inbox, request_id.encode()) if client.mqtt5 else None,
-                )
-                out.write(f"a {request_id} {time.monotonic():.4f}\n")  # the broker's PUBACK
-                await asyncio.sleep(args.probe_interval)
-        finally:
-            reader.cancel()
+            async with open_client(url, client_id=client_id, version=MqttVersion.AUTO) as client:
+                inbox = topics.api_reply(client_id) if client.mqtt5 else topics.api_result
+                await subscribe(client, [(inbox, 1)])
+
+                async def replies(client: Any = client) -> None:
+                    async for message in client.messages:
+                        result = decode(ApiResult, payload_bytes(message))
+                        if result.id and result.id.startswith(mine):
+                            out.write(f"r {result.id} {time.monotonic():.4f}\n")
+
+                reader = asyncio.create_task(replies())
+                topic = topics.api_by(args.attack_user, ApiOp.ROOMS.value)
+                try:
+                    while True:
+                        request_id = f"{mine}{next(counter)}"
+                        out.write(f"s {request_id} {time.monotonic():.4f}\n")
+                        await publish(
+                            client,
+                            topic,
+                            encode(ApiRequest(id=request_id, limit=1)),
+                            reply=Reply(inbox, request_id.encode()) if client.mqtt5 else None,
+                        )
+                        out.write(f"a {request_id} {time.monotonic():.4f}\n")  # its PUBACK
+                        await asyncio.sleep(args.probe_interval)
+                finally:
+                    reader.cancel()
+        except aiomqtt.MqttError as exc:
+            print(f"api probe: {exc}; again", flush=True)
+            await asyncio.sleep(1)
 
 
 def probe_latencies(
@@ -897,7 +915,8 @@ async def run(args: argparse.Namespace) -> dict[str, str]:
                 f"{args.devices} devices online after {connect_s:.1f}s "
                 f"({sim_procs} sim process(es), {len(ports)} listener port(s))"
             )
-            rest = args.rest_cores = await settle(procs)
+            await settle(procs)
+            rest = args.rest_cores = await rest_rate(procs)
             print(
                 "  at rest (telemetry every {}s, keep-alives), cores: {}".format(
                     args.tele_interval, " ".join(f"{k}={v:.2f}" for k, v in sorted(rest.items()))

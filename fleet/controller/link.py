@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fleet.mqtt import MqttClient, publish_nowait
-
-# QoS 1 messages the client may hold unacknowledged (sent, or queued behind its inflight
-# window) before a publisher that does not wait for its PUBACK waits for room. A part's
-# bulk (Home Assistant's state docs after a fan-out, ten thousand at once) would otherwise
-# queue all at once in front of every later publish on the link: an API result or a desired
-# doc, which wait for their PUBACK, would wait for all of them.
-BACKLOG = 64
-BACKLOG_POLL_S = 0.005
 
 
 class ControllerLink:
@@ -35,24 +25,14 @@ class ControllerLink:
     def mqtt5(self) -> bool:
         return self.client is not None and self.client.mqtt5
 
-    def backlog(self) -> int:
-        """QoS 1 messages the client holds until their PUBACK (0 while disconnected)."""
-        client = self.client
-        return len(client._client._out_messages) if client is not None else 0
-
     async def publish(
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, wait: bool = False
     ) -> bool:
         """Queue a publish; False (nothing sent) while disconnected.
 
         Not awaited to its PUBACK unless `wait`: parts publish from message handlers, and
-        paho resends an unacknowledged QoS 1 message by itself. Past `BACKLOG` messages
-        held by the client it first waits for room, so a bulk of publishes is paced by the
-        broker's acknowledgements and never stands long in front of a later one.
+        paho resends an unacknowledged QoS 1 message by itself.
         """
-        # Polled: paho signals no event when a PUBACK makes room.
-        while qos and self.client is not None and self.backlog() >= BACKLOG:  # noqa: ASYNC110
-            await asyncio.sleep(BACKLOG_POLL_S)
         if self.client is None:
             return False
         if wait:
