@@ -300,7 +300,8 @@ class Controller:
             await part.on_synced()
         await self.api.run_held()
         self.inbound.open_requests()
-        self._settle_collector()
+        if len(self._registry.devices) >= SETTLE_MIN_DEVICES:
+            self._settle_collector()
 
     def _settle_collector(self) -> None:
         collector.settle()
