@@ -38,6 +38,27 @@ within 1 s, an API request within 0.5 s).
 `--profile` samples the controller with py-spy during the quiet rounds and prints the
 functions where its time goes (own time, and time under each), the collapsed stacks kept
 in the work dir (`--keep`).
+
+Every run has an API probe beside it, a process of its own (an agent user): a `rooms`
+request every `--probe-interval` s, its first reply timed (target: within 0.5 s at every
+point of a fan-out). `--devices` takes a list (`1000,10000`); each size runs on a fresh
+broker, controller and fleet, and a SUMMARY table closes the run, per size: join-all to
+converged, device states on the wire (p50, p100), the controller's lag behind the wire
+(converged minus the last state seen), its CPU per device, its CPU over Mosquitto's for
+the same join-all, its RSS per device (growth over the controller at rest with no
+device, and in all), and the probe's accept latency during the fan-outs (p50, p100).
+
+Large fleets (Mosquitto): every process of the bench raises its descriptor limit, soft to
+hard (`ulimit -Hn` bounds the devices: Mosquitto holds one descriptor per connection, so
+`write_mosquitto_config` sets its max_connections to the hard limit less a headroom, and
+a sim process holds one per device: the bench starts enough of them to stay under it).
+One source address reaches one listener port through at most ~28,000 ephemeral ports
+(`net.ipv4.ip_local_port_range`): past `DEVICES_PER_PORT` devices Mosquitto gets more
+listener ports and the sim processes spread over them. 100,000 devices need
+`ulimit -Hn` above 100,300 for Mosquitto (root, or LimitNOFILE= in its unit) and about
+4 listener ports.
+
+    python -m bench.fanout --broker mosquitto --devices 1000,10000 --sim-procs 2
 """
 
 from __future__ import annotations
@@ -45,6 +66,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -57,6 +79,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench import ROOT, module_command
 from broker.mosquitto.config import write_mosquitto_config
@@ -76,9 +99,27 @@ IDLE_CORES = 0.35
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
-def raise_nofile() -> None:
+# One source address to one listener port: ~28,000 ephemeral ports (32768-60999); a
+# listener port per this many devices leaves room for reconnects in TIME_WAIT.
+DEVICES_PER_PORT = 20_000
+# Descriptors a process keeps besides its connections (files, pipes, the loop's own).
+FD_SPARE = 300
+
+
+def raise_nofile() -> int:
+    """The soft descriptor limit raised to the hard one (this process and, run in a child's
+    preexec, the child); returns it."""
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard if hard != resource.RLIM_INFINITY else 1_048_576
+
+
+def rss_mib(pid: int) -> float:
+    """VmRSS: the process's resident set size now."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -160,6 +201,15 @@ async def settle(procs: Procs, max_s: float = 60.0) -> dict[str, float]:
             return rate
 
 
+async def rest_rate(procs: Procs, seconds: float = 3.0) -> dict[str, float]:
+    """The parts' CPU use at rest, in cores, over a few seconds (what a join-all's figures
+    are net of: one 0.5 s sample of `settle` is too noisy on a shared machine)."""
+    before, t0 = procs.cpu(), time.monotonic()
+    await asyncio.sleep(seconds)
+    elapsed = time.monotonic() - t0
+    return {k: (v - before.get(k, 0.0)) / elapsed for k, v in procs.cpu().items()}
+
+
 async def wait_port(port: int, procs: Procs, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -236,6 +286,95 @@ async def api_flood(args: argparse.Namespace) -> None:
             if time.monotonic() - shown > 1:
                 shown = time.monotonic()
                 report(args.ready_file, f"0 {sent / (shown - started):.0f}\n")
+
+
+API_PROBE = "api-probe"  # an agent: `rooms` is one of its ops
+
+
+async def api_probe(args: argparse.Namespace) -> None:
+    """The API probe process: a `rooms` request every `--probe-interval` s, sent whether or
+    not the last one was answered (a stalled controller shows as a growing latency); each
+    send and each first reply written to `--ready-file` as `s ID T` / `r ID T` (monotonic,
+    which the bench's processes share)."""
+    import aiomqtt
+
+    from fleet.mqtt import MqttVersion, Reply, open_client, payload_bytes, publish, subscribe
+    from fleet.protocol.messages import ApiResult, decode, encode
+
+    topics = Topics(args.prefix)
+    client_id = f"{args.attack_user}-api"
+    url = BrokerUrl.parse(f"mqtt://127.0.0.1:{args.port}").with_credentials(
+        args.attack_user, args.attack_secret
+    )
+    out = open(args.ready_file, "a", buffering=1)  # noqa: SIM115, ASYNC230 - lives as long as we do
+    counter = itertools.count()
+    mine = f"{args.attack_user}-"
+    while True:  # a broker too busy to answer (a connect storm) costs a connection, not the probe
+        try:
+            async with open_client(url, client_id=client_id, version=MqttVersion.AUTO) as client:
+                inbox = topics.api_reply(client_id) if client.mqtt5 else topics.api_result
+                await subscribe(client, [(inbox, 1)])
+
+                async def replies(client: Any = client) -> None:
+                    async for message in client.messages:
+                        result = decode(ApiResult, payload_bytes(message))
+                        if result.id and result.id.startswith(mine):
+                            out.write(f"r {result.id} {time.monotonic():.4f}\n")
+
+                reader = asyncio.create_task(replies())
+                topic = topics.api_by(args.attack_user, ApiOp.ROOMS.value)
+                try:
+                    while True:
+                        request_id = f"{mine}{next(counter)}"
+                        out.write(f"s {request_id} {time.monotonic():.4f}\n")
+                        await publish(
+                            client,
+                            topic,
+                            encode(ApiRequest(id=request_id, limit=1)),
+                            reply=Reply(inbox, request_id.encode()) if client.mqtt5 else None,
+                        )
+                        out.write(f"a {request_id} {time.monotonic():.4f}\n")  # its PUBACK
+                        await asyncio.sleep(args.probe_interval)
+                finally:
+                    reader.cancel()
+        except aiomqtt.MqttError as exc:
+            print(f"api probe: {exc}; again", flush=True)
+            await asyncio.sleep(1)
+
+
+def probe_latencies(
+    path: Path, windows: list[tuple[float, float]], brokered: dict[str, float] | None = None
+) -> tuple[list[float], int]:
+    """First-reply latencies of the probe's requests sent within `windows`, and how many of
+    those were never answered (counted in the latencies at their age when the window
+    closed plus 10 s, what the bench waits for them: a lower bound). `brokered` gets the
+    time to each one's PUBACK from the broker."""
+    sent: dict[str, float] = {}
+    answered: dict[str, float] = {}
+    acks: dict[str, float] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            kind, request_id, at = line.split()
+            if kind == "s":
+                sent[request_id] = float(at)
+            elif kind == "r":
+                answered.setdefault(request_id, float(at))
+            elif kind == "a":
+                acks[request_id] = float(at)
+    latencies: list[float] = []
+    unanswered = 0
+    for request_id, t0 in sent.items():
+        window = next(((a, b) for a, b in windows if a <= t0 <= b), None)
+        if window is None:
+            continue
+        if brokered is not None and request_id in acks:
+            brokered[request_id] = acks[request_id] - t0
+        if request_id in answered:
+            latencies.append(answered[request_id] - t0)
+        else:
+            unanswered += 1
+            latencies.append(window[1] + 10.0 - t0)
+    return latencies, unanswered
 
 
 class Probe:
@@ -447,11 +586,24 @@ async def run_rounds(
             print(f"  probe ({tag}): {probe.figures()}")
 
 
+@dataclasses.dataclass
+class Round:
+    """One join-all or leave-all: when it ran (monotonic, shared by the bench's processes),
+    how long it took, when states reached the operator, and the CPU it cost per role."""
+
+    op: ApiOp
+    started: float
+    elapsed: float
+    wire: dict[str, float]
+    cpu: dict[str, float]
+
+
 async def _rounds(
     args: argparse.Namespace, procs: Procs, fleet: FleetClient, tag: str
 ) -> tuple[list[float], list[dict[str, float]]]:
     times: list[float] = []
     cpu_per_join: list[dict[str, float]] = []
+    rounds: list[Round] = args.rounds_seen
     for i in range(args.rounds):
         for op, request in (
             (ApiOp.JOIN_ALL, ApiRequest(room=f"{tag}-{i}", timeout_s=60)),
@@ -460,6 +612,7 @@ async def _rounds(
             rest = await settle(procs)
             cpu0 = procs.cpu()
             t0 = time.perf_counter()
+            started = time.monotonic()
             seen: dict[str, float] = {}
 
             def progress(converged: int, online: int, seen=seen, t0=t0) -> None:
@@ -474,11 +627,18 @@ async def _rounds(
             elapsed = time.perf_counter() - t0
             if not result.ok:
                 raise SystemExit(f"{op.value} did not converge: {result.detail}")
-            # Net of what the parts burn at rest (telemetry, keep-alives) over the
-            # same time: what the operation itself cost, however long it took.
+            # Until the parts are idle again: what follows the verdict (Home Assistant's
+            # state docs, the broker's last deliveries) is the operation's too. Net of
+            # what the parts burn at rest (telemetry, keep-alives; measured once, before
+            # the rounds) over the same time: what the operation itself cost, however long
+            # it took on a shared machine.
+            await settle(procs)
+            span = time.perf_counter() - t0
+            base = args.rest_cores or rest
             cpu = {
-                k: v - cpu0.get(k, 0.0) - rest.get(k, 0.0) * elapsed for k, v in procs.cpu().items()
+                k: v - cpu0.get(k, 0.0) - base.get(k, 0.0) * span for k, v in procs.cpu().items()
             }
+            rounds.append(Round(op, started, elapsed, dict(seen), cpu))
             if op is ApiOp.JOIN_ALL:
                 times.append(elapsed)
                 cpu_per_join.append(cpu)
@@ -486,7 +646,7 @@ async def _rounds(
             used = " ".join(f"{k}={v:.2f}" for k, v in sorted(cpu.items()))
             print(
                 f"  {op.value:<9} rev {result.rev}: {result.detail} in {elapsed:.3f}s"
-                f" (states on the wire: {marks}; cpu_s net of rest: {used})"
+                f" (states on the wire: {marks}; cpu_s until idle, net of rest: {used})"
             )
     return times, cpu_per_join
 
@@ -557,7 +717,69 @@ def attack_rate(workdir: Path) -> str:
     return parts[1] if len(parts) > 1 else "?"
 
 
-async def run(args: argparse.Namespace) -> None:
+def summary_row(
+    args: argparse.Namespace, probe_file: Path, peak_rss: float, base_rss: float
+) -> dict[str, str]:
+    """The figures of one size, medians over the quiet join-all rounds."""
+    joins = [r for r in args.rounds_seen if r.op is ApiOp.JOIN_ALL]
+    quiet = joins[: args.rounds]
+    n = args.devices
+
+    def med(values: list[float]) -> float:
+        return statistics.median(values) if values else float("nan")
+
+    # A mark is missing when the operator's own view fell behind (it reads states at QoS
+    # 0: a busy broker may drop some); the medians are of the rounds that have it.
+    wire50 = med([r.wire["p50"] for r in quiet if "p50" in r.wire])
+    wire100 = med([r.wire["p100"] for r in quiet if "p100" in r.wire])
+    ctl = med([r.cpu.get("controller", 0.0) for r in quiet])
+    mosq = med([r.cpu.get("mosquitto", 0.0) for r in quiet])
+    windows = [(r.started, r.started + r.elapsed) for r in args.rounds_seen]
+    brokered: dict[str, float] = {}
+    latencies, unanswered = probe_latencies(probe_file, windows, brokered)
+    # The PUBACK of the probe's request: what the broker alone adds (a busy broker reads
+    # the request late), within the windows.
+    acked = list(brokered.values())
+    return {
+        "devices": f"{n}",
+        "join_all_s": f"{med([r.elapsed for r in quiet]):.2f}",
+        "wire_p50_s": f"{wire50:.2f}",
+        "wire_p100_s": f"{wire100:.2f}",
+        "lag_s": f"{med([r.elapsed - r.wire['p100'] for r in quiet if 'p100' in r.wire]):.2f}",
+        "ctl_cpu_us_per_dev": f"{1e6 * ctl / n:.0f}",
+        "ctl_cpu_over_mosq": f"{ctl / mosq:.2f}" if mosq > 0 else "-",
+        "ctl_rss_kb_per_dev": f"{1024 * (peak_rss - base_rss) / n:.1f}",
+        "ctl_rss_kb_per_dev_all": f"{1024 * peak_rss / n:.1f}",
+        "api_p50_s": f"{med(latencies):.3f}",
+        "api_p100_s": f"{max(latencies, default=float('nan')):.3f}",
+        "api_n": f"{len(latencies)}" + (f" ({unanswered} unanswered)" if unanswered else ""),
+        "puback_p50_s": f"{med(acked):.3f}",
+        "puback_p100_s": f"{max(acked, default=float('nan')):.3f}",
+    }
+
+
+def print_summary(rows: list[dict[str, str]]) -> None:
+    if not rows:
+        return
+    keys = list(rows[0])
+    widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in keys}
+    print("SUMMARY (medians of the quiet join-all rounds; api_*: the probe during all rounds)")
+    print("  " + "  ".join(k.rjust(widths[k]) for k in keys))
+    for row in rows:
+        print("  " + "  ".join(row[k].rjust(widths[k]) for k in keys))
+
+
+async def run(args: argparse.Namespace) -> dict[str, str]:
+    """One size (`args.devices`) on a fresh stack; returns its SUMMARY row."""
+    args.rounds_seen = []
+    args.rest_cores = {}
+    limit = raise_nofile()
+    if args.broker == "mosquitto" and args.devices + FD_SPARE > limit:
+        raise SystemExit(
+            f"{args.devices} devices need Mosquitto to hold as many connections, but the"
+            f" descriptor limit is {limit} (`ulimit -Hn`): raise it (as root, or LimitNOFILE=)"
+            f" to {args.devices + FD_SPARE} or more, or run at most {limit - FD_SPARE} devices"
+        )
     workdir = Path(tempfile.mkdtemp(prefix="fanout-"))
     home = workdir / "home"
     home.mkdir()
@@ -576,6 +798,10 @@ async def run(args: argparse.Namespace) -> None:
     # The attacker of --attack api: an agent, allowed the `rooms` op; and the probe's device.
     api_attack_secret = store.add(API_ATTACKER, Role.AGENT)
     probe_secret = store.add_devices([PROBE_DEVICE])[PROBE_DEVICE]
+    api_probe_secret = store.add(API_PROBE, Role.AGENT)
+    observers = Procs(workdir)  # the API probe: its CPU is nobody's
+    probe_file = workdir / "api-probe.txt"
+    ports = [port]
     env = {"FLEET_HOME": str(home)}
     extra = ["--no-ha"] if args.no_ha else []  # the controller's Home Assistant part, on by default
     try:
@@ -605,8 +831,18 @@ async def run(args: argparse.Namespace) -> None:
             ctl_secret = store.add("controller", Role.CONTROLLER)
             op_secret = store.add("operator", Role.CONTROLLER)
             conf = write_mosquitto_config(workdir / "mosquitto", store, prefix, port, run_as="root")
+            # More listener ports for a large fleet (one address reaches one port through
+            # ~28,000 ephemeral ports); every listener has the first one's settings.
+            ports += [free_port() for _ in range(-(-args.devices // DEVICES_PER_PORT) - 1)]
+            text = conf.read_text()
+            first = text[text.index(f"listener {port} ") :].split("\n\n")[0]
+            extra_listeners = [
+                first.replace(f"listener {port} ", f"listener {p} ") for p in ports[1:]
+            ]
+            conf.write_text(text.replace(first, "\n\n".join([first, *extra_listeners])))
             await procs.start("mosquitto", MOSQUITTO, "-c", str(conf))
-            await wait_port(port, procs)
+            for p in ports:
+                await wait_port(p, procs)
             base = BrokerUrl.parse(f"mqtt://127.0.0.1:{port}")
             controller_pid = await procs.start(
                 "controller",
@@ -621,9 +857,34 @@ async def run(args: argparse.Namespace) -> None:
             )
             operator = base.with_credentials("operator", op_secret)
             label = "controller process"
+        # The controller at rest with no device: what the fleet adds is measured over it.
+        await settle(procs, max_s=10)
+        await asyncio.sleep(1)
+        base_rss = rss_mib(controller_pid)
+        await observers.start(
+            "api-probe",
+            *module_command("bench.fanout"),
+            "--probe-worker",
+            "--port",
+            str(port),
+            "--attack-user",
+            API_PROBE,
+            "--attack-secret",
+            api_probe_secret,
+            "--ready-file",
+            str(probe_file),
+            "--probe-interval",
+            str(args.probe_interval),
+            env=env,
+        )
         started = time.monotonic()
-        per_proc = -(-args.devices // args.sim_procs)
-        for n in range(args.sim_procs):
+        # Each sim process holds a descriptor per device, under the hard limit, and
+        # reaches one listener port.
+        sim_procs = max(args.sim_procs, len(ports), -(-args.devices // (raise_nofile() - FD_SPARE)))
+        if sim_procs != args.sim_procs:
+            print(f"  {sim_procs} sim processes (descriptor limit, listener ports)")
+        per_proc = -(-args.devices // sim_procs)
+        for n in range(sim_procs):
             first = 1 + n * per_proc
             count = min(per_proc, args.devices - n * per_proc)
             if count <= 0:
@@ -641,7 +902,7 @@ async def run(args: argparse.Namespace) -> None:
                 "--tele-interval",
                 str(args.tele_interval),
                 "--broker",
-                f"mqtt://127.0.0.1:{port}",
+                f"mqtt://127.0.0.1:{ports[n % len(ports)]}",
                 *(["--engine", args.sim_engine] if args.sim_engine else []),
                 env=env,
             )
@@ -652,9 +913,10 @@ async def run(args: argparse.Namespace) -> None:
             connect_s = time.monotonic() - started
             print(
                 f"{args.devices} devices online after {connect_s:.1f}s "
-                f"({args.sim_procs} sim process(es))"
+                f"({sim_procs} sim process(es), {len(ports)} listener port(s))"
             )
-            rest = await settle(procs)
+            await settle(procs)
+            rest = args.rest_cores = await rest_rate(procs)
             print(
                 "  at rest (telemetry every {}s, keep-alives), cores: {}".format(
                     args.tele_interval, " ".join(f"{k}={v:.2f}" for k, v in sorted(rest.items()))
@@ -721,6 +983,13 @@ async def run(args: argparse.Namespace) -> None:
         cpu_median = {
             k: statistics.median(c.get(k, 0.0) for c in cpu_per_join) for k in cpu_per_join[0]
         }
+        # The probe's last requests of the rounds may still be on their way.
+        windows = [(r.started, r.started + r.elapsed) for r in args.rounds_seen]
+        for _ in range(100):
+            if probe_latencies(probe_file, windows)[1] == 0:
+                break
+            await asyncio.sleep(0.1)
+        row = summary_row(args, probe_file, peak_rss_mib(controller_pid), base_rss)
         print(
             "CPU broker={} devices={} join_all_median_cpu_s_net: {} total={:.2f}".format(
                 args.broker,
@@ -729,7 +998,9 @@ async def run(args: argparse.Namespace) -> None:
                 sum(cpu_median.values()),
             )
         )
+        return row
     finally:
+        await observers.stop()
         await attackers.stop()
         await procs.stop()
         if not args.keep:
@@ -743,7 +1014,16 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--broker", choices=["embedded", "mosquitto"], default="embedded")
-    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument(
+        "--devices",
+        type=lambda v: [int(n) for n in v.split(",")],
+        default=[1000],
+        help="fleet size, or sizes (1000,10000): each on a fresh stack",
+    )
+    parser.add_argument(
+        "--probe-interval", type=float, default=0.1, help="the API probe's pace (s)"
+    )
+    parser.add_argument("--probe-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sim-procs", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tele-interval", type=float, default=10.0)
@@ -794,10 +1074,17 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep logs and work dir")
     parser.add_argument("--verbose", action="store_true", help="verbose logs from the parts")
     args = parser.parse_args()
-    if args.attack_worker:
+    raise_nofile()
+    if args.probe_worker:
+        asyncio.run(api_probe(args))
+    elif args.attack_worker:
         asyncio.run(api_flood(args) if args.attack == "api" else attack(args))
     else:
-        asyncio.run(run(args))
+        rows = []
+        for size in args.devices:
+            print(f"--- {size} devices; load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}")
+            rows.append(asyncio.run(run(argparse.Namespace(**{**vars(args), "devices": size}))))
+        print_summary(rows)
 
 
 if __name__ == "__main__":

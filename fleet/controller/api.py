@@ -246,7 +246,7 @@ class AutomationApi:
             self._store.save_operation(
                 result.id, result.op, "", result.rev, encode(result).decode()
             )
-        client = self._link.client
+        client = self._link.answering
         if client is not None:
             reply = self._replies.get(result.id or "")
             if reply is None:
@@ -259,7 +259,7 @@ class AutomationApi:
     def busy(self, request_id: str | None, op: str, reply: Reply | None, detail: str) -> None:
         """A request refused at the door, its requester past its bound: one `busy` result,
         not recorded and no event (a flood would turn into as many), not awaited."""
-        client = self._link.client
+        client = self._link.answering
         if client is None:
             return
         result = ApiResult(id=request_id, op=op, ok=False, code="busy", detail=detail[:256])

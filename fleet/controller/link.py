@@ -12,6 +12,14 @@ class ControllerLink:
 
     def __init__(self) -> None:
         self.client: MqttClient | None = None
+        # The connection requests come in on, while it is up: their answers go out there,
+        # never behind what the main connection holds (a part's bulk, the fleet's acks).
+        self.answers: MqttClient | None = None
+
+    @property
+    def answering(self) -> MqttClient | None:
+        """The client API results go out on: the requests' own connection, else the main."""
+        return self.answers if self.answers is not None else self.client
 
     @property
     def mqtt5(self) -> bool:

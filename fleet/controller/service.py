@@ -20,6 +20,7 @@ from pathlib import Path
 
 import aiomqtt
 
+from fleet.controller import collector
 from fleet.controller.api import AutomationApi
 from fleet.controller.births import Births
 from fleet.controller.commands import Commands, GroupAcl
@@ -56,7 +57,9 @@ SIDE_FILTERS: dict[str, Callable[[Topics], frozenset[str]]] = {
     ),
     "sig": lambda t: frozenset({t.all_meet_up}),
 }
+ANSWERS_SIDE = "req"  # API results go out on the connection their requests came in on
 SIDE_LINK_WAIT_S = 10.0
+SETTLE_MIN_DEVICES = 1000  # below it the collector has little to walk
 DEFAULT_CLIENT_ID = "fleet-controller"  # only for a broker without usernames
 
 
@@ -89,6 +92,7 @@ class Controller:
         # wait: acting on a partial registry could hand out a rev that is already in use.
         self._synced = False
         self._sync_token = ""
+        self._settled_devices = 0  # the fleet's size when the collector last froze it
         self._revs_ahead: dict[str, int] = {}  # devices whose reported rev was a lie: that rev
         self.parts = list(parts)
         self.events = FleetEvents(self._topics, self.link, self.parts)
@@ -182,6 +186,7 @@ class Controller:
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> None:
+        collector.tune()
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(
@@ -205,6 +210,7 @@ class Controller:
                             client_id=f"{self.client_id}-{side}",
                             on_connect=functools.partial(self._on_side_connect, side),
                             on_message=self.inbound.accept,
+                            on_disconnect=functools.partial(self._on_side_disconnect, side),
                             connected=up,
                             version=MqttVersion.AUTO,
                         ),
@@ -256,6 +262,12 @@ class Controller:
 
     async def _on_side_connect(self, side: str, client: MqttClient) -> None:
         await subscribe(client, self._side_filters(side))
+        if side == ANSWERS_SIDE:
+            self.link.answers = client
+
+    def _on_side_disconnect(self, side: str) -> None:
+        if side == ANSWERS_SIDE:
+            self.link.answers = None
 
     async def _on_connect(self, client: MqttClient) -> None:
         t = self._topics
@@ -303,6 +315,12 @@ class Controller:
             await part.on_synced()
         await self.api.run_held()
         self.inbound.open_requests()
+        if len(self._registry.devices) >= SETTLE_MIN_DEVICES:
+            self._settle_collector()
+
+    def _settle_collector(self) -> None:
+        collector.settle()
+        self._settled_devices = len(self._registry.devices)
 
     # --- devices ------------------------------------------------------------------------------
     async def _on_report(
@@ -380,6 +398,12 @@ class Controller:
 
     async def _tick(self) -> None:
         now = time.time()
+        # The fleet grew (devices came online since the sync): its records are long-lived
+        # too. Doubling each time, so a fleet of any size is frozen a few times only.
+        devices = len(self._registry.devices)
+        grown = devices >= max(SETTLE_MIN_DEVICES, 2 * self._settled_devices)
+        if self._synced and grown and not self.api.converging:
+            self._settle_collector()
         await self.commands.expire(now)
         if self._synced:
             # Only on the whole retained fleet: a partial registry would miss followers.
