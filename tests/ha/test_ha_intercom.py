@@ -32,13 +32,13 @@ from fleet.device.audio import AudioMeetingDriver, audio_drivers
 from fleet.device.sim import SimulatedDevice
 from fleet.device.tones import tone_for
 from fleet.ha import HomeAssistantPart, HomeAssistantSettings
-from fleet.ha.discovery import MAX_CALL_DEVICES, call_options, group_entity
+from fleet.ha.discovery import MAX_CALL_DEVICES, Discovery, Shown, call_options, group_entity
 from fleet.intercom import Intercom
 from fleet.media.analysis import hears
 from fleet.media.frames import SAMPLE_RATE
 from fleet.meetings import MeetingServer
 from fleet.mqtt import payload_bytes
-from fleet.protocol import TopicKind, encode
+from fleet.protocol import TopicKind, Topics, encode
 from fleet.protocol.constants import CALL_ROOM_PREFIX
 from fleet.protocol.messages import (
     AnnounceArgs,
@@ -51,6 +51,7 @@ from fleet.protocol.messages import (
     Priority,
     Status,
 )
+from fleet.protocol.topics import DEFAULT_HA_PREFIX
 from tests.announce.support import recognize
 from tests.support.brokers import BrokerHandle, mqtt_client
 from tests.support.running import (
@@ -249,7 +250,6 @@ async def test_discovery_of_notify_dnd_call_and_hangup(
         assert want_calls == [
             "dev-2",
             "dev-3",
-            "group:all",
             "group:kitchen",
             "group:upstairs-hall",
         ]
@@ -293,8 +293,15 @@ async def test_discovery_of_notify_dnd_call_and_hangup(
 
 def test_call_selects_list_devices_of_small_fleets_only() -> None:
     many = [f"dev-{n}" for n in range(MAX_CALL_DEVICES + 1)]
-    assert call_options("dev-1", many, ["kitchen"]) == ["group:all", "group:kitchen"]
-    assert len(call_options("dev-1", many[:MAX_CALL_DEVICES], [])) == MAX_CALL_DEVICES
+    assert call_options("dev-1", many, ["kitchen", "all"]) == ["group:kitchen"]
+    # Nobody to offer (a call is never to every device): no call select at all.
+    assert call_options("dev-1", many, []) == []
+    discovery = Discovery(Topics(), DEFAULT_HA_PREFIX)
+    shown = Shown("1.0", "esp32-s3")
+    assert "call" not in discovery.device_config("dev-1", shown, ["lobby"])["cmps"]
+    with_groups = discovery.device_config("dev-1", shown, ["lobby"], ["group:kitchen"])
+    assert with_groups["cmps"]["call"]["options"] == ["group:kitchen"]
+    assert len(call_options("dev-1", many[:MAX_CALL_DEVICES], [])) == MAX_CALL_DEVICES - 1
     assert group_entity("a" * 64).startswith("g_")
     assert len(group_entity("a" * 64)) <= 32
 
@@ -468,6 +475,7 @@ async def test_bad_intercom_commands_are_refused(
             (t.ha_device_set("dev-1", "call"), b"ghost"),
             (t.ha_device_set("dev-1", "call"), b"group:nobody"),
             (t.ha_device_set("dev-1", "call"), b"Group:Kitchen"),
+            (t.ha_device_set("dev-1", "call"), b"group:all"),  # a call is never to everyone
             (t.ha_device_set("dev-1", "dnd"), b"yes"),
             (t.ha_device_set("dev-1", "hangup"), b"NOW"),
             (t.ha_fleet_set("announce"), b"   "),
