@@ -90,6 +90,9 @@ class AudioMeetingDriver(MeetingDriver):
         self.participant: LocalParticipant | None = None
         self._ringer: asyncio.Task[None] | None = None
         self._output: FanoutSink | None = None
+        # What ducks the meeting now (an announcement, the ring): it comes back up only
+        # when neither plays, as on the firmware.
+        self._ducked_by: set[str] = set()
 
     def attach(self, device: SimulatedDevice) -> None:
         self.device = device
@@ -161,7 +164,19 @@ class AudioMeetingDriver(MeetingDriver):
         return self.mesh.sink
 
     def duck(self, on: bool) -> None:
+        self._duck_for("announce", on)
+
+    def _duck_for(self, cause: str, on: bool) -> None:
+        """The meeting ducked while an announcement or the ring plays (docs/protocol.md
+        §14): down when the first starts, back up when the last ends."""
+        was = bool(self._ducked_by)
         if on:
+            self._ducked_by.add(cause)
+        else:
+            self._ducked_by.discard(cause)
+        if self.participant is None or was == bool(self._ducked_by):
+            return
+        if self._ducked_by:
             self.mesh.ducking.duck()
         else:
             self.mesh.ducking.release()
@@ -172,6 +187,8 @@ class AudioMeetingDriver(MeetingDriver):
             self._ringer = None
         if seconds > 0:
             self._ringer = asyncio.get_running_loop().create_task(self._play_ring(seconds))
+        else:
+            self._duck_for("ring", False)
 
     @property
     def ringing(self) -> bool:
@@ -179,22 +196,29 @@ class AudioMeetingDriver(MeetingDriver):
 
     async def _play_ring(self, seconds: float) -> None:
         """The ring tone into what the device hears (its speaker's sinks, as peer
-        RING_PEER), paced in real time: generated here, nothing comes over the network."""
+        RING_PEER), paced in real time: generated here, nothing comes over the network.
+        The meeting is ducked while it rings, its silent gaps too (as on the firmware)."""
         if self._output is None:
             return
-        t = np.arange(FRAME_SAMPLES) / SAMPLE_RATE
-        start = time.monotonic()
-        n = 0
-        while n * FRAME_S < seconds:
-            phase = (n * FRAME_S) % (RING_ON_S + RING_OFF_S)
-            if phase < RING_ON_S:
-                x = np.sum([np.sin(2 * np.pi * f * (t + n * FRAME_S)) for f in RING_HZ], axis=0)
-                samples = (x * RING_AMPLITUDE * (FULL_SCALE - 1)).astype(np.int16)
-            else:
-                samples = np.zeros(FRAME_SAMPLES, dtype=np.int16)
-            self._output.on_frame(RING_PEER, make_frame(samples, n * FRAME_SAMPLES))
-            n += 1
-            await asyncio.sleep(max(0.0, start + n * FRAME_S - time.monotonic()))
+        self._duck_for("ring", True)
+        try:
+            t = np.arange(FRAME_SAMPLES) / SAMPLE_RATE
+            start = time.monotonic()
+            n = 0
+            while n * FRAME_S < seconds:
+                phase = (n * FRAME_S) % (RING_ON_S + RING_OFF_S)
+                if phase < RING_ON_S:
+                    x = np.sum([np.sin(2 * np.pi * f * (t + n * FRAME_S)) for f in RING_HZ], axis=0)
+                    samples = (x * RING_AMPLITUDE * (FULL_SCALE - 1)).astype(np.int16)
+                else:
+                    samples = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+                self._output.on_frame(RING_PEER, make_frame(samples, n * FRAME_SAMPLES))
+                n += 1
+                await asyncio.sleep(max(0.0, start + n * FRAME_S - time.monotonic()))
+        finally:
+            # A ring that replaced this one ducks on its own: the meeting stays down.
+            if self._ringer is None or self._ringer is asyncio.current_task():
+                self._duck_for("ring", False)
 
     def capabilities(self) -> Capabilities:
         return self.profile.media.capabilities()

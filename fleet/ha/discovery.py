@@ -220,9 +220,10 @@ def group_notify(group: str) -> Entity:
 
 def call_options(device_id: str, devices: Sequence[str], groups: Iterable[str]) -> list[str]:
     """Whom a device's call select offers: the other devices (small fleets) and the groups,
-    `all` (every device) always, so the list is never empty."""
+    not `all` (a call is to a device or a group, never every device: §14). Empty for a big
+    fleet with no groups: the device then shows no call select."""
     others = [d for d in devices if d != device_id] if len(devices) <= MAX_CALL_DEVICES else []
-    return sorted(others) + sorted(GROUP_OPTION + g for g in {"all", *groups})
+    return sorted(others) + sorted(GROUP_OPTION + g for g in set(groups) - {"all"})
 
 
 class Discovery:
@@ -274,6 +275,8 @@ class Discovery:
                 options={"rooms": sorted(rooms), "calls": list(calls)},
             )
             for e in DEVICE_ENTITIES
+            # Home Assistant refuses a select with no options: none when nobody is callable.
+            if e.choices != "calls" or calls
         }
         return {
             "dev": dev,

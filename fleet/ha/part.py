@@ -565,7 +565,7 @@ class HomeAssistantPart(ControllerPart):
             option = parse_call_option(payload, what)
             group = option.removeprefix(GROUP_OPTION) if option.startswith(GROUP_OPTION) else None
             if group is not None:
-                if group != "all" and group not in self._groups:
+                if group not in self._groups:  # never "all": a call is not to every device
                     raise ProtocolError(what, f"unknown group {group[:64]!r}")
                 await self._submit(ApiOp.CALL, device=device_id, group=group)
             else:

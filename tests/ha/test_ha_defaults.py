@@ -179,7 +179,7 @@ async def test_home_assistant_on_its_defaults_discovers_and_drives_everything(
                 shown(c) == controller_promise
                 if "via_device" not in c["dev"]
                 else shown(c) == device_promise
-                and len(c["cmps"]["call"]["options"]) == DEVICES - 1 + len(GROUPS) + 1
+                and len(c["cmps"]["call"]["options"]) == DEVICES - 1 + len(GROUPS)
                 for c in configs.values()
             )
 

@@ -24,7 +24,7 @@ import pytest
 from fleet.auth import Acl, Role
 from fleet.controller.service import Controller
 from fleet.ha import HomeAssistantPart, HomeAssistantSettings
-from fleet.ha.discovery import DEVICE_ENTITIES, FLEET_ENTITIES, Discovery, Shown
+from fleet.ha.discovery import DEVICE_ENTITIES, FLEET_ENTITIES, Discovery, Shown, call_options
 from fleet.meetings import MeetingServer
 from fleet.mqtt import payload_bytes
 from fleet.protocol import TopicKind, Topics, encode
@@ -779,8 +779,9 @@ def test_the_documented_entity_ids_are_the_proposed_ones() -> None:
     named = set(re.findall(r"entity_id: ([a-z_]+\.[a-z0-9_]+)", docs)) - home
     assert named
     d = Discovery(Topics())
+    ids = [f"dev-{n}" for n in (1, 2, 3)]
     configs = [d.controller_config(["standup"])] + [
-        d.device_config(f"dev-{n}", Shown(), ["standup"]) for n in (1, 2, 3)
+        d.device_config(i, Shown(), ["standup"], call_options(i, ids, [])) for i in ids
     ]
     proposed = {cmp["default_entity_id"] for c in configs for cmp in c["cmps"].values()}
     assert named <= proposed, named - proposed

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from fleet.media.ducking import DUCK_GAIN
 from fleet.protocol.messages import ApiOp, DeviceOutcome
 from tests.intercom.support import CallFleet, call_fleet
 from tests.support.brokers import BrokerHandle
@@ -66,11 +67,15 @@ async def test_a_device_in_a_meeting_is_rung_by_a_normal_call_and_pulled_by_an_u
         pending = asyncio.create_task(f.request(ApiOp.CALL, device="dev-1", to="dev-2"))
         await wait_for(lambda: f.dev("dev-2").ringing is not None, what="dev-2 rings")
         assert f.room("dev-2") == "standup"
+        # While it rings, its meeting is ducked, as under an announcement.
+        ducking = f.driver("dev-2").mesh.ducking
+        await wait_for(lambda: ducking.gain() == DUCK_GAIN, what="dev-2's meeting ducked")
         accepted_call = f.dev("dev-2").ringing
         assert (await f.request(ApiOp.ANSWER, call=accepted_call)).ok
         result = await pending
         assert (result.ok, result.call) == (True, accepted_call), result
         await f.in_room(result.call, "dev-1", "dev-2")
+        await wait_for(lambda: ducking.gain() == 1.0, what="the ring over, dev-2 not ducked")
         await f.talking("dev-1", "dev-2")
         # ... and goes back to it (a group's intent) with the caller, after the hangup.
         assert (await f.request(ApiOp.HANGUP, call=result.call)).ok

@@ -11,22 +11,35 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import aiomqtt
+import numpy as np
 import pytest
 import pytest_asyncio
 
 from cli.stack import Stack, StackConfig, free_port, running_stack, stack_console
+from fleet.agents.voice.stt import PocketSphinxSTT
 from fleet.auth import CredentialStore
 from fleet.client import FleetClient
-from fleet.device.audio import AudioMeetingDriver, tone_for
+from fleet.device.announce import ANNOUNCE_STREAM
+from fleet.device.audio import AudioMeetingDriver
+from fleet.device.tones import tone_for
 from fleet.meetings import MeetingServer
-from fleet.protocol.messages import ApiOp, ApiRequest, MediaPath, RoomMedia
+from fleet.protocol.constants import CALL_ROOM_PREFIX
+from fleet.protocol.messages import (
+    ApiOp,
+    ApiRequest,
+    ApiResult,
+    DeviceOutcome,
+    MediaPath,
+    RoomMedia,
+)
 from fleet.web.chromium import chromium_path, launch, tone_wav
 from fleet.web.server import ConsoleConfig, WebConsole
+from tests.announce.support import recognize
 from tests.support import ROOT
 from tests.support.netns import Netns, netns
 from tests.support.running import wait_for
@@ -39,6 +52,8 @@ pytestmark = [pytest.mark.timeout(240), pytest.mark.asyncio(loop_scope="module")
 DOCS = ROOT / "docs"
 BROWSER_HZ = 3000.0  # the fake microphone's tone: none of the devices' (400 Hz + 175 n)
 DEVICES = 3
+GROUP = "office"  # every device's group: a call button may call it
+PHRASES = ["lunch is ready", "the door is open", "please go home", "stop the music"]
 CREDS_KEY = "espfleet.console.credentials"
 
 
@@ -83,6 +98,7 @@ async def rig(space: Netns, tmp_path_factory: pytest.TempPathFactory) -> AsyncIt
         port=free_port(),
         ws_port=free_port(),
         tele_interval_s=1.0,
+        groups=(GROUP,),
     )
     wav = tone_wav(home / "mic.wav", BROWSER_HZ)
     async with (
@@ -244,13 +260,34 @@ async def test_room_list_follows_the_fleet_without_refresh(rig: Rig) -> None:
     await page.close()
 
 
+@dataclass
+class Wire:
+    """What a user's requests were and what became of them, as the broker delivers them:
+    every request on a user's own request topic (`api/by/{user}/{op}`) as (op, its JSON),
+    and the controller's final results on `api/result`, by request id."""
+
+    requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    results: dict[str, ApiResult] = field(default_factory=dict)
+
+    async def final(self, op: str, n: int) -> ApiResult:
+        """The final result of the `n`th request of `op` (from 0)."""
+
+        def result() -> ApiResult | None:
+            ids = [r["id"] for o, r in self.requests if o == op]
+            return self.results.get(ids[n]) if len(ids) > n else None
+
+        await until(lambda: result() is not None, f"the result of {op} #{n}", timeout=60)
+        got = result()
+        assert got is not None
+        return got
+
+
 @contextlib.asynccontextmanager
-async def wire(rig: Rig) -> AsyncIterator[list[tuple[str, dict[str, Any]]]]:
-    """Every request on a user's own request topic (`api/by/{user}/{op}`) as the broker
-    delivers it: (op, the request's JSON), read by an operator's client."""
+async def wire(rig: Rig) -> AsyncIterator[Wire]:
+    """The requests and their results, read by an operator's client."""
     url = rig.stack.operator_url
     t = rig.stack.controller.topics
-    seen: list[tuple[str, dict[str, Any]]] = []
+    seen = Wire()
     async with aiomqtt.Client(
         url.host,
         url.port,
@@ -260,10 +297,18 @@ async def wire(rig: Rig) -> AsyncIterator[list[tuple[str, dict[str, Any]]]]:
         protocol=aiomqtt.ProtocolVersion.V311,
     ) as client:
         await client.subscribe(t.all_api_requests_by, qos=1)
+        await client.subscribe(t.api_result, qos=1)
 
         async def read() -> None:
             async for m in client.messages:
-                seen.append((m.topic.value.rsplit("/", 1)[1], json.loads(bytes(m.payload))))  # type: ignore[arg-type]
+                if m.topic.value == t.api_result:
+                    result = ApiResult.model_validate_json(bytes(m.payload))  # type: ignore[arg-type]
+                    if result.done and result.id:
+                        seen.results[result.id] = result
+                    continue
+                seen.requests.append(
+                    (m.topic.value.rsplit("/", 1)[1], json.loads(bytes(m.payload)))  # type: ignore[arg-type]
+                )
 
         reader = asyncio.create_task(read())
         try:
@@ -274,50 +319,131 @@ async def wire(rig: Rig) -> AsyncIterator[list[tuple[str, dict[str, Any]]]]:
                 await reader
 
 
-def sent(seen: list[tuple[str, dict[str, Any]]], op: str) -> list[dict[str, Any]]:
+def sent(seen: Wire, op: str) -> list[dict[str, Any]]:
     """The requests of `op`, without their ids."""
-    return [{k: v for k, v in r.items() if k != "id"} for o, r in seen if o == op]
+    return [{k: v for k, v in r.items() if k != "id"} for o, r in seen.requests if o == op]
 
 
-async def test_announce_box_and_call_buttons_send_their_requests(rig: Rig) -> None:
+def outcomes(result: ApiResult) -> dict[str, DeviceOutcome]:
+    return {d.device: d.outcome for d in result.devices}
+
+
+async def test_the_announce_box_is_played_by_its_targets(rig: Rig) -> None:
     page = await signed_in(rig)
     online = f"document.querySelectorAll('#devices tr.online').length == {DEVICES}"
     await page_until(page, online, "every device online in the table")
+    devices = {d.id: d for d in rig.stack.fleet.devices}
+    stt = PocketSphinxSTT(reject_below=-1e9)
+
+    def played(device: str, result: ApiResult) -> np.ndarray:
+        playback = devices[device].announcer.by_ann(result.ann or "")
+        assert playback is not None, f"{device} never played {result.ann}"
+        assert playback.outcome == "played", playback.outcome
+        ms = playback.played_frames * 20
+        return rig.drivers[device].heard.samples(ANNOUNCE_STREAM, ms / 1000)
+
     async with wire(rig) as seen:
-        await page.fill("#announce-text", "Lunch is ready")
+        # Every device (the box's default).
+        await page.fill("#announce-text", "lunch is ready")
         await page.click("#announce")
-        await page.fill("#announce-text", "Fire drill at noon")
+        everyone = await seen.final("announce", 0)
+        assert everyone.ok, everyone
+        assert outcomes(everyone) == dict.fromkeys(rig.ids, DeviceOutcome.PLAYED)
+        for device in rig.ids:
+            heard = played(device, everyone)
+            assert await recognize(stt, heard, PHRASES) == "lunch is ready", device
+        # One device, urgent: that one plays it, no other.
+        await page.fill("#announce-text", "stop the music")
         await page.select_option("#announce-target", "device:dev-2")
         await page.select_option("#announce-priority", "urgent")
         await page.click("#announce")
-        await until(lambda: len(sent(seen, "announce")) == 2, "two announcements on the wire")
+        one = await seen.final("announce", 1)
+        assert one.ok, one
+        assert outcomes(one) == {"dev-2": DeviceOutcome.PLAYED}
+        assert await recognize(stt, played("dev-2", one), PHRASES) == "stop the music"
+        for device in ("dev-1", "dev-3"):
+            assert devices[device].announcer.by_ann(one.ann or "") is None, device
         assert sent(seen, "announce") == [
-            {"text": "Lunch is ready", "priority": "normal"},
-            {"text": "Fire drill at noon", "priority": "urgent", "device": "dev-2"},
+            {"text": "lunch is ready", "priority": "normal"},
+            {"text": "stop the music", "priority": "urgent", "device": "dev-2"},
         ]
+        await page.wait_for_selector("#log div.info:has-text('announce: ok')")
+    await page.close()
 
-        row = "tr[data-device=dev-1]"
+
+async def test_a_call_button_puts_two_devices_in_a_call_and_hang_up_ends_it(rig: Rig) -> None:
+    page = await signed_in(rig)
+    online = f"document.querySelectorAll('#devices tr.online').length == {DEVICES}"
+    await page_until(page, online, "every device online in the table")
+    tones = {i: tone_for(n) for n, i in enumerate(rig.ids)}
+
+    def room(device: str) -> str | None:
+        state = rig.state(device)
+        return state.meeting.room if state is not None and state.meeting is not None else None
+
+    def hears(listener: str, speaker: str) -> bool:
+        driver = rig.drivers[listener]
+        return any(
+            pid == speaker and driver.hears_tone(participant, tones[speaker])
+            for participant, pid in driver.peer_pids().items()
+        )
+
+    row = "tr[data-device=dev-1]"
+    # Whom it may call: the other devices and the groups, never every device (refused).
+    targets = await page.evaluate(
+        f"[...document.querySelectorAll('{row} select[data-action=call-target] option')]"
+        ".map(o => o.value)"
+    )
+    assert targets == ["dev-2", "dev-3", f"group:{GROUP}"]
+    async with wire(rig) as seen:
+        # dev-1 calls dev-3 from its row: both in the call's room, hearing each other.
         await page.select_option(f"{row} select[data-action=call-target]", "dev-3")
         await page.click(f"{row} button[data-action=call]")
-        await until(lambda: len(sent(seen, "call")) == 1, "a call on the wire")
-        await page.select_option(f"{row} select[data-action=call-target]", "group:all")
+        call = await seen.final("call", 0)
+        assert call.ok, call
+        assert call.call is not None
+        assert call.call.startswith(CALL_ROOM_PREFIX)
+        await until(lambda: room("dev-1") == room("dev-3") == call.call, "dev-1 and dev-3 in it")
+        await until(lambda: hears("dev-1", "dev-3") and hears("dev-3", "dev-1"), "two-way audio")
+        assert room("dev-2") is None
+        await page_until(
+            page,
+            f"document.querySelector('{row} td.room').textContent.startsWith('{call.call}')",
+            "dev-1's row in the call",
+        )
+        # Hang up, from the callee's row: both back where they were (in no meeting).
+        await page.click("tr[data-device=dev-3] button[data-action=hangup]")
+        hung = await seen.final("hangup", 0)
+        assert (hung.ok, hung.call) == (True, call.call), hung
+        await until(lambda: room("dev-1") is None and room("dev-3") is None, "the call over")
+
+        # A group: dev-1 calls the office (every other device), dev-2 hangs up.
+        await page.select_option(f"{row} select[data-action=call-target]", f"group:{GROUP}")
         await page.click(f"{row} button[data-action=call]")
+        group_call = await seen.final("call", 1)
+        assert group_call.ok, group_call
+        assert group_call.group == GROUP
+        await until(
+            lambda: all(room(d) == group_call.call for d in rig.ids), "every device in the call"
+        )
         await page.click("tr[data-device=dev-2] button[data-action=hangup]")
-        await until(lambda: len(sent(seen, "hangup")) == 1, "a hang-up on the wire")
-        await until(lambda: len(sent(seen, "call")) == 2, "the second call on the wire")
+        hung = await seen.final("hangup", 1)
+        assert (hung.ok, hung.call) == (True, group_call.call), hung
+        await until(lambda: all(room(d) is None for d in rig.ids), "the group call over")
+
         assert sent(seen, "call") == [
             {"device": "dev-1", "to": "dev-3"},
-            {"device": "dev-1", "group": "all"},
+            {"device": "dev-1", "group": GROUP},
         ]
-        assert sent(seen, "hangup") == [{"device": "dev-2"}]
+        assert sent(seen, "hangup") == [{"device": "dev-3"}, {"device": "dev-2"}]
         # Each on the person's own request topic, answered by the controller.
         username = await page.evaluate("window.fleetConsole.creds.username")
-        ids = [r["id"] for o, r in seen if o in ("announce", "call", "hangup")]
+        ids = [r["id"] for o, r in seen.requests if o in ("call", "hangup")]
         assert all(i.startswith(f"{username}-") for i in ids)
         await page_until(
             page,
             f"{json.dumps(ids)}.every(id => !window.fleetConsole.pending.has(id))",
-            "a final result for each",
+            "the page has a final result for each",
         )
     await page.close()
 

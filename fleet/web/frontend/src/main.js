@@ -249,13 +249,13 @@ function option(value, label) {
   return o;
 }
 
-// A row's call: whom (another device or a group: `group:<name>`), call, hang up. The
-// choice outlives the table's re-rendering.
+// A row's call: whom (another device or a group: `group:<name>`; not every device, which
+// a call refuses), call, hang up. The choice outlives the table's re-rendering.
 function callControls(id, rows) {
   const pick = document.createElement("select");
   pick.dataset.action = "call-target";
   for (const [other] of rows) if (other !== id) pick.append(option(other, other));
-  for (const g of ["all", ...groupsOf(rows)]) pick.append(option(`group:${g}`, `group ${g}`));
+  for (const g of groupsOf(rows)) pick.append(option(`group:${g}`, `group ${g}`));
   const chosen = state.callTargets.get(id);
   if (chosen && [...pick.options].some((o) => o.value === chosen)) pick.value = chosen;
   pick.addEventListener("change", () => state.callTargets.set(id, pick.value));
