@@ -1,7 +1,9 @@
 """The ESP32-S3 image with the virtual audio board (a tone for a microphone, a level meter
 for a speaker) and the real esp_peer, booted in Espressif's QEMU (machine esp32s3), in a
 meeting with a simulated device: PCMU, and Opus, both ways, checked by FFT on each side — the
-simulated device's capture on the host, the virtual board's meter in the serial log.
+simulated device's capture on the host, the virtual board's meter in the serial log. And an
+announcement (protocol.md §14) from the real controller to the S3 outside any meeting: the
+API says it played, the meter heard the sound's tone.
 
 WebRTC needs an address besides loopback: broker, controller, simulated device and QEMU
 run in a network namespace of the test's own (tests/firmware/test_host_audio.py's). The guest is
@@ -14,24 +16,32 @@ Skips with one line when the S3 toolchain, QEMU's esp32s3 machine or ESP-IDF is 
 
 from __future__ import annotations
 
-import os
+import base64
+import io
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from fleet.announce import AnnouncePart
 from fleet.auth import CredentialStore
-from fleet.device.audio import AudioMeetingDriver, AudioProfile, tone_for
+from fleet.device.audio import AudioMeetingDriver, AudioProfile
+from fleet.device.tones import tone_for
 from fleet.media.config import MediaConfig
-from fleet.protocol.messages import ApiOp, ApiRequest
+from fleet.meetings import MeetingServer
+from fleet.protocol.messages import ApiOp, ApiRequest, DeviceOutcome, Priority
 from tests.firmware.test_host_audio import own_network_namespace
 from tests.support.brokers import amqtt_handle
 from tests.support.firmware_qemu import Qemu, factory_image
 from tests.support.firmware_qemu_s3 import (
     CRASH_MARKS,
     DEVICE_TONE_HZ,
+    METER,
     PREFIX,
     WAIT_S,
+    meter_heard,
     meter_hears,
     s3_build,
     s3_tools_or_skip,
@@ -69,7 +79,7 @@ async def test_s3_virtual_board_talks_with_a_simulated_device(
         sim_tone = tone_for(0)
 
         def driver(device_id: str) -> AudioMeetingDriver:
-            media = MediaConfig(codecs=(codec,))  # type: ignore[arg-type]
+            media = MediaConfig(codecs=(codec,))
             return AudioMeetingDriver(AudioProfile(media=media, tone_hz=sim_tone))
 
         async with (
@@ -105,6 +115,105 @@ async def test_s3_virtual_board_talks_with_a_simulated_device(
             log = qemu.text()
             assert f"peer p-1: {codec}" in log, log[-4000:]
             assert not any(mark in log for mark in CRASH_MARKS), log[-6000:]
+    except BaseException:
+        if qemu is not None:
+            print(f"S3 serial log (tail):\n{qemu.text()[-8000:]}")
+        raise
+    finally:
+        if qemu is not None:
+            await qemu.kill()
+        await handle.stop()
+
+
+# The announced sound: a tone on an FFT bin of the meter's (48 x 15.625 Hz), far from the
+# virtual microphone's 1000 Hz, so what the meter hears can only be the announcement.
+ANN_TONE_HZ = 750.0
+ANN_RATE = 8000  # 2.5 s of 16-bit mono at 8 kHz: 40 KB, under the API's 46 KiB for a sound
+ANN_MS = 2500
+ANN_FRAME_MS = 20
+
+
+def tone_wav(freq_hz: float, ms: int, rate: int = ANN_RATE) -> bytes:
+    """A WAV file of one tone at half of full scale (-9 dBFS), its edges ramped over 10 ms."""
+    t = np.arange(rate * ms // 1000) / rate
+    ramp = np.minimum(1.0, np.minimum(t, t[-1] - t) / 0.010)
+    samples = (0.5 * 32767 * ramp * np.sin(2 * np.pi * freq_hz * t)).astype("<i2")
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(samples.tobytes())
+    return out.getvalue()
+
+
+async def test_s3_plays_an_announcement_outside_a_meeting(tmp_path: Path) -> None:
+    s3_firmware = s3_build(TOOLS)
+    handle = amqtt_handle(CredentialStore(tmp_path / "home" / "credentials.json"), PREFIX)
+    await handle.start()
+    qemu: Qemu | None = None
+    try:
+        flash = tmp_path / f"{DEV}.flash.bin"
+        factory_image(s3_firmware, flash, DEV, handle.port, handle.store.path)
+        handle.backend.sync()  # `fleet image` issued the device's credential
+        # The parts as fleet.controller.factory builds them: announcements reach a room's
+        # members through the meeting server.
+        meetings = MeetingServer(auto_create=True)
+        parts = [meetings, AnnouncePart(rooms=meetings)]
+        async with (
+            controller(handle, tmp_path / "ctl.db", parts=parts) as ctl,
+            operator(handle) as op,
+        ):
+            qemu = Qemu(TOOLS.base, flash, tmp_path / f"{DEV}.serial", "esp32s3", TOOLS.qemu)
+            await qemu.start()
+            await wait_for(
+                lambda: (r := ctl.registry.devices.get(DEV)) is not None and r.online,
+                timeout=WAIT_S,
+                what="the S3's birth",
+            )
+            birth = ctl.registry.devices[DEV].birth
+            caps = birth.caps if birth else None
+            assert caps is not None, birth
+            assert caps.speaker, caps
+            assert caps.codecs == ["pcmu"], caps
+            # The speaker runs in no meeting: its meter reads, and hears no announcement yet.
+            await wait_for(
+                lambda: METER.search(qemu.text() if qemu else "") is not None,
+                timeout=WAIT_S,
+                what="a meter reading of the S3's speaker",
+            )
+            mark = len(qemu.text())
+            assert not meter_heard(qemu.text(), ANN_TONE_HZ), qemu.text()[-4000:]
+
+            sound = base64.b64encode(tone_wav(ANN_TONE_HZ, ANN_MS)).decode()
+            result = await op.request(
+                ApiOp.ANNOUNCE,
+                ApiRequest(
+                    sound_b64=sound,
+                    chime=False,
+                    device=DEV,
+                    priority=Priority.NORMAL,
+                    timeout_s=120,
+                ),
+            )
+            assert result.ok, result
+            assert result.done, result
+            assert [(d.device, d.outcome) for d in result.devices] == [
+                (DEV, DeviceOutcome.PLAYED)
+            ], result
+            # The device's final `ok` ack: every frame of the clip played, none dropped.
+            played_ms = (result.devices[0].result or {}).get("played_ms")
+            assert isinstance(played_ms, int), result
+            assert ANN_MS <= played_ms <= ANN_MS + ANN_FRAME_MS, result
+            # The meter logs once a second: a second of the clip lies wholly within it.
+            await wait_for(
+                lambda: meter_heard(qemu.text()[mark:] if qemu else "", ANN_TONE_HZ),
+                timeout=WAIT_S,
+                what=f"the S3's speaker meter peaks at the announcement's {ANN_TONE_HZ} Hz",
+            )
+            log = qemu.text()
+            assert f"announcement {result.ann} playing" in log, log[-4000:]
+            assert not any(crash in log for crash in CRASH_MARKS), log[-6000:]
     except BaseException:
         if qemu is not None:
             print(f"S3 serial log (tail):\n{qemu.text()[-8000:]}")

@@ -147,10 +147,20 @@ def s3_build(tools: S3Tools, codec: str = "pcmu") -> Firmware:
     return _builds[codec]
 
 
+def _reading_hears(rms: str, peak: str, freq_hz: float) -> bool:
+    return float(rms) > -40.0 and abs(int(peak) - freq_hz) <= 2 * BIN_HZ
+
+
 def meter_hears(log: str, freq_hz: float) -> bool:
     """The virtual board's last meter line: a level well above silence, its peak at freq_hz."""
     readings = METER.findall(log)
     if not readings:
         return False
     rms, peak = readings[-1]
-    return float(rms) > -40.0 and abs(int(peak) - freq_hz) <= 2 * BIN_HZ
+    return _reading_hears(rms, peak, freq_hz)
+
+
+def meter_heard(log: str, freq_hz: float) -> bool:
+    """Any meter line of `log` (a slice of the serial log: what came after a mark) heard
+    freq_hz well above silence; for a sound that plays a few seconds and stops."""
+    return any(_reading_hears(rms, peak, freq_hz) for rms, peak in METER.findall(log))
