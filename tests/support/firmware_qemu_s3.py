@@ -147,10 +147,24 @@ def s3_build(tools: S3Tools, codec: str = "pcmu") -> Firmware:
     return _builds[codec]
 
 
+def meter_readings(log: str) -> list[tuple[float, int]]:
+    """The virtual board's meter lines in `log`: (rms in dBFS, peak in Hz), oldest first."""
+    return [(float(rms), int(peak)) for rms, peak in METER.findall(log)]
+
+
+def reading_hears(reading: tuple[float, int], freq_hz: float) -> bool:
+    """A level well above silence, its peak at freq_hz."""
+    rms, peak = reading
+    return rms > -40.0 and abs(peak - freq_hz) <= 2 * BIN_HZ
+
+
 def meter_hears(log: str, freq_hz: float) -> bool:
-    """The virtual board's last meter line: a level well above silence, its peak at freq_hz."""
-    readings = METER.findall(log)
-    if not readings:
-        return False
-    rms, peak = readings[-1]
-    return float(rms) > -40.0 and abs(int(peak) - freq_hz) <= 2 * BIN_HZ
+    """The virtual board's last meter line hears freq_hz."""
+    readings = meter_readings(log)
+    return bool(readings) and reading_hears(readings[-1], freq_hz)
+
+
+def meter_heard(log: str, freq_hz: float) -> bool:
+    """Any meter line of `log` (a slice of the serial log: what came after a mark) heard
+    freq_hz; for a sound that plays a few seconds and stops."""
+    return any(reading_hears(r, freq_hz) for r in meter_readings(log))
