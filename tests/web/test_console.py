@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -50,6 +53,9 @@ JSON = {"Content-Type": "application/json"}
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.asyncio(loop_scope="module")]
 DOCS = ROOT / "docs"
+# The page's pictures in the docs are refreshed on request (FLEET_DOCS_SCREENSHOTS=1);
+# otherwise they go to a temporary folder, so a test run leaves the checkout as it was.
+SHOTS = DOCS if os.environ.get("FLEET_DOCS_SCREENSHOTS") == "1" else Path(tempfile.gettempdir())
 BROWSER_HZ = 3000.0  # the fake microphone's tone: none of the devices' (400 Hz + 175 n)
 DEVICES = 3
 GROUP = "office"  # every device's group: a call button may call it
@@ -214,7 +220,7 @@ async def test_console_shows_the_fleet_and_its_buttons_change_it(rig: Rig) -> No
     await page.wait_for_selector("#rooms td:has-text('standup')")
     await page.click("#rooms tr:has-text('standup') button[data-action=sessions]")
     await page.wait_for_selector("#sessions div:has-text('(live)')")
-    await page.screenshot(path=str(DOCS / "console-fleet.png"), type="png")
+    await page.screenshot(path=str(SHOTS / "console-fleet.png"), type="png")
     await page.click("#leave-all")
     await until(lambda: all(not rig.state(i).meeting for i in rig.ids), "every device left")
     await page.close()
@@ -489,7 +495,7 @@ async def test_talk_from_the_browser_with_trickle_ice_and_push_to_talk(rig: Rig)
         "[...document.querySelectorAll('#devices meter')].every(m => m.value > 0.01)",
         "a received level on every device's row",
     )
-    await page.screenshot(path=str(DOCS / "console-talk.png"), type="png")
+    await page.screenshot(path=str(SHOTS / "console-talk.png"), type="png")
     # A device that joins after the browser offers to it (vanilla, from aiortc); the
     # browser answers at once and trickles its candidates to the device.
     await page.click("tr[data-device=dev-1] button[data-action=leave]")
