@@ -20,7 +20,7 @@ The rules, by role:
   speaks 3.1.1 only).
 - web (one person's browser, username == its participant pid): publishes only
   ``meet/{name}/up`` and the person's API ops (``WEB_API_OPS``: meetings, rooms,
-  sessions, say, announce, call, hangup) on ``api/{op}`` or ``api/by/{name}/{op}``;
+  sessions, say, announce, dnd, call, hangup) on ``api/{op}`` or ``api/by/{name}/{op}``;
   reads ``meet/{name}/down``, device status/state/tele, ``api/result`` and ``events``:
   the read-only fleet view.
   Nothing at all once its credentials expire (checked per message, so an open page goes

@@ -38,8 +38,8 @@ AGENT_API_OPS = (
 )
 
 # The ops a person's browser (web role) may request (§11.2): meetings and the fleet view,
-# announcements and calls between devices. The person signed in with the operator's
-# secret, and these move devices no further than a join-all does.
+# announcements, a device's do-not-disturb and calls between devices. The person signed
+# in with the operator's secret, and these move devices no further than a join-all does.
 WEB_API_OPS = (
     ApiOp.JOIN_ALL,
     ApiOp.LEAVE_ALL,
@@ -49,6 +49,7 @@ WEB_API_OPS = (
     ApiOp.SESSIONS,
     ApiOp.SAY,
     ApiOp.ANNOUNCE,
+    ApiOp.DND,
     ApiOp.CALL,
     ApiOp.HANGUP,
 )

@@ -381,8 +381,17 @@ def test_web_user_has_its_meet_topics_its_ops_and_the_read_only_fleet_view(acl: 
     from fleet.auth import WEB_API_OPS
 
     web = Credential(username="web-1a2b", role=Role.WEB, hash=HASH, expires=time.time() + 60)
-    for topic in (f"{P}/meet/web-1a2b/up", *(f"{P}/api/{op.value}" for op in WEB_API_OPS)):
-        assert acl.allows(web, "publish", topic), topic
+    assert acl.allows(web, "publish", f"{P}/meet/web-1a2b/up")
+    # The console's ops, on `api/{op}` and on its own request topic; no other op.
+    assert {op.value for op in WEB_API_OPS} == {
+        *("join-all", "leave-all", "join", "leave", "rooms", "sessions", "say"),
+        *("announce", "dnd", "call", "hangup"),
+    }
+    for op in ApiOp:
+        allowed = op in WEB_API_OPS
+        assert acl.allows(web, "publish", f"{P}/api/{op.value}") is allowed, op
+        assert acl.allows(web, "publish", f"{P}/api/by/web-1a2b/{op.value}") is allowed, op
+        assert not acl.allows(web, "publish", f"{P}/api/by/web-9999/{op.value}"), op
     for topic in (
         f"{P}/meet/web-1a2b/down",
         f"{P}/dev/dev-1/status",

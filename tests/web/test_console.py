@@ -377,6 +377,85 @@ async def test_the_announce_box_is_played_by_its_targets(rig: Rig) -> None:
     await page.close()
 
 
+def dnd_row(device: str) -> str:
+    """`device`'s row as the page shows its do-not-disturb: its toggle (checked, disabled)
+    and whether the id carries the badge."""
+    row = f"document.querySelector('tr[data-device={device}]')"
+    return (
+        f"(tr => tr && (b => [b.checked, b.disabled, !!tr.querySelector('td.id span.dnd')])"
+        f"(tr.querySelector('input[data-action=dnd]')))({row})"
+    )
+
+
+async def test_a_dnd_toggle_has_normal_announcements_pass_its_device_by(rig: Rig) -> None:
+    page = await signed_in(rig)
+    online = f"document.querySelectorAll('#devices tr.online').length == {DEVICES}"
+    await page_until(page, online, "every device online in the table")
+    devices = {d.id: d for d in rig.stack.fleet.devices}
+    toggle = "tr[data-device=dev-2] input[data-action=dnd]"
+
+    def dnd(device: str) -> bool:
+        state = rig.state(device)
+        return state is not None and state.dnd
+
+    assert not any(dnd(i) for i in rig.ids)
+    assert await page.evaluate(dnd_row("dev-2")) == [False, False, False]
+    try:
+        async with wire(rig) as seen:
+            # On, from dev-2's row: the device reports it, and its row shows it.
+            await page.check(toggle)
+            on = await seen.final("dnd", 0)
+            assert on.ok, on
+            await until(lambda: dnd("dev-2"), "dev-2 reports do-not-disturb")
+            assert [dnd(i) for i in rig.ids] == [False, True, False]
+            await page_until(
+                page,
+                f"JSON.stringify({dnd_row('dev-2')}) == '[true,false,true]'",
+                "dev-2's row: toggle on, badge",
+            )
+            # A normal announcement to every device passes dev-2 by; the others play it.
+            await page.fill("#announce-text", "please go home")
+            await page.select_option("#announce-target", "all")
+            await page.select_option("#announce-priority", "normal")
+            await page.click("#announce")
+            quiet = await seen.final("announce", 0)
+            assert quiet.ok, quiet
+            assert outcomes(quiet) == {
+                "dev-1": DeviceOutcome.PLAYED,
+                "dev-2": DeviceOutcome.SKIPPED,
+                "dev-3": DeviceOutcome.PLAYED,
+            }
+            for device in ("dev-1", "dev-3"):
+                playback = devices[device].announcer.by_ann(quiet.ann or "")
+                assert playback is not None, device
+                assert playback.outcome == "played", (device, playback.outcome)
+            assert devices["dev-2"].announcer.by_ann(quiet.ann or "") is None
+            # Off again: cleared on the device and in its row, and dev-2 plays a normal one.
+            await page.uncheck(toggle)
+            off = await seen.final("dnd", 1)
+            assert off.ok, off
+            await until(lambda: not dnd("dev-2"), "dev-2 reports do-not-disturb off")
+            await page_until(
+                page,
+                f"JSON.stringify({dnd_row('dev-2')}) == '[false,false,false]'",
+                "dev-2's row: toggle off, no badge",
+            )
+            await page.select_option("#announce-target", "device:dev-2")
+            await page.click("#announce")
+            again = await seen.final("announce", 1)
+            assert outcomes(again) == {"dev-2": DeviceOutcome.PLAYED}, again
+            assert sent(seen, "dnd") == [
+                {"device": "dev-2", "on": True},
+                {"device": "dev-2", "on": False},
+            ]
+            await page.wait_for_selector("#log div.info:has-text('dnd: ok')")
+    finally:
+        if dnd("dev-2"):  # the module's other tests call and announce to every device
+            async with FleetClient(rig.stack.operator_url, rig.stack.controller.topics) as op:
+                await op.request(ApiOp.DND, ApiRequest(device="dev-2", on=False))
+    await page.close()
+
+
 async def test_a_call_button_puts_two_devices_in_a_call_and_hang_up_ends_it(rig: Rig) -> None:
     page = await signed_in(rig)
     online = f"document.querySelectorAll('#devices tr.online').length == {DEVICES}"

@@ -16,6 +16,7 @@ const state = {
   rooms: [],
   sessions: [],
   callTargets: new Map(), // device id -> the call target chosen in its row
+  dndWanted: new Map(), // device id -> the do-not-disturb asked from its row, until its result
   pending: new Map(), // request id -> {resolve, quiet}
   talk: null,
   log: [],
@@ -204,13 +205,14 @@ function renderDevices() {
     tr.dataset.device = id;
     tr.className = isOnline ? "online" : "offline";
     tr.innerHTML = `<td class="id"></td><td class="presence"></td><td class="room"></td>
-      <td class="mic"></td><td class="level"><meter min="0" max="0.3"></meter></td><td class="actions"></td>
+      <td class="mic"></td><td class="quiet"></td><td class="level"><meter min="0" max="0.3"></meter></td><td class="actions"></td>
       <td class="call"></td>`;
     tr.querySelector(".id").textContent = id;
     if (d.state?.dnd) tr.querySelector(".id").append(badge("dnd", "do not disturb"));
     tr.querySelector(".presence").textContent = isOnline ? "online" : "offline";
     tr.querySelector(".room").textContent = meeting ? `${meeting.room} (${count(meeting.peers || [], "peer")})` : "—";
     tr.querySelector(".mic").textContent = mic ? "on" : "muted";
+    tr.querySelector(".quiet").append(dndToggle(id, d.state?.dnd === true));
     tr.querySelector("meter").value = level;
     const actions = tr.querySelector(".actions");
     actions.append(
@@ -233,6 +235,26 @@ function badge(text, title) {
   span.textContent = text;
   span.title = title;
   return span;
+}
+
+// A row's do-not-disturb: checked as the device reports it; while a request from it is
+// under way, as asked (and disabled), so the table's re-rendering does not flip it back.
+function dndToggle(id, reported) {
+  const box = document.createElement("input");
+  box.type = "checkbox";
+  box.dataset.action = "dnd";
+  box.title = "do not disturb: normal announcements and calls pass this device by";
+  const wanted = state.dndWanted.get(id);
+  box.checked = wanted ?? reported;
+  box.disabled = wanted !== undefined;
+  box.addEventListener("change", async () => {
+    state.dndWanted.set(id, box.checked);
+    box.disabled = true;
+    await api("dnd", { device: id, on: box.checked });
+    state.dndWanted.delete(id);
+    scheduleRender();
+  });
+  return box;
 }
 
 // Groups the devices' births name ("all" is every device), sorted.
