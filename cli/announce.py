@@ -20,7 +20,6 @@ from cli.common import (
     complete_devices,
     complete_rooms,
     connection,
-    console,
     fail,
     print_json,
     require_name,
@@ -29,7 +28,7 @@ from cli.common import (
 from fleet.protocol.constants import ApiOp, Priority
 
 if TYPE_CHECKING:
-    from fleet.protocol.messages import ApiResult
+    from fleet.protocol.messages import ApiResult, DeviceResult
 
 # The protocol's limits (fleet.protocol.messages), here without loading the models.
 MAX_TEXT = 1000
@@ -197,35 +196,17 @@ def _exit_code(result: ApiResult) -> int:
 
 
 def _table(result: ApiResult, elapsed: float) -> None:
-    from rich.table import Table
+    from cli.outcomes import print_outcomes
 
-    from fleet.protocol.messages import DeviceOutcome
+    def played(d: DeviceResult) -> str:
+        ms = (d.result or {}).get("played_ms")
+        return f"{ms / 1000:.1f}s" if isinstance(ms, int) else ""
 
-    styles = {
-        DeviceOutcome.PLAYED: "green",
-        DeviceOutcome.SKIPPED: "yellow",
-        DeviceOutcome.OFFLINE: "yellow",
-        DeviceOutcome.FAILED: "red",
-    }
-    if not result.ok and not result.devices:
-        fail(
-            f"{result.op} refused ({result.code}): {result.detail}", _exit_code(result), result.code
-        )
-    if result.devices:
-        table = Table(title=f"announcement {result.ann or ''}".strip())
-        for column in ("device", "outcome", "online", "played", "detail"):
-            table.add_column(column)
-        for d in result.devices:
-            played = (d.result or {}).get("played_ms")
-            table.add_row(
-                d.device,
-                f"[{styles.get(d.outcome, 'white')}]{d.outcome.value}[/]",
-                "yes" if d.online else "no",
-                f"{played / 1000:.1f}s" if isinstance(played, int) else "",
-                d.detail or "",
-            )
-        if result.omitted:
-            table.caption = f"and {result.omitted} more"
-        console.print(table)
-    style = "green" if result.ok else "red"
-    console.print(f"[{style}]{result.code}[/]: {result.detail} in {elapsed:.2f}s", highlight=False)
+    print_outcomes(
+        result,
+        elapsed,
+        title=f"announcement {result.ann or ''}".strip(),
+        styles={"played": "green", "skipped": "yellow", "offline": "yellow"},
+        columns={"played": played, "detail": lambda d: d.detail or ""},
+        refused_code=_exit_code(result),
+    )

@@ -15,7 +15,6 @@ from cli.common import (
     api_request,
     complete_devices,
     connection,
-    console,
     fail,
     print_json,
     require_name,
@@ -65,19 +64,15 @@ def _exit_code(result: ApiResult) -> int:
 
 
 def _table(result: ApiResult, elapsed: float) -> None:
-    from rich.table import Table
+    from cli.outcomes import print_outcomes
 
-    styles = {"joined": "green", "ringing": "yellow", "waiting": "yellow"}
-    if result.devices:
-        table = Table(title=f"{result.op} {result.call or ''}".strip())
-        for column in ("device", "outcome", "online"):
-            table.add_column(column)
-        for d in result.devices:
-            style = styles.get(d.outcome.value, "red")
-            table.add_row(d.device, f"[{style}]{d.outcome.value}[/]", "yes" if d.online else "no")
-        console.print(table)
-    style = "green" if result.ok else "red"
-    console.print(f"[{style}]{result.code}[/]: {result.detail} in {elapsed:.2f}s", highlight=False)
+    print_outcomes(
+        result,
+        elapsed,
+        title=f"{result.op} {result.call or ''}".strip(),
+        styles={"joined": "green", "ringing": "yellow", "waiting": "yellow"},
+        refused_code=_exit_code(result),
+    )
 
 
 def call(

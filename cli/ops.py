@@ -401,6 +401,15 @@ def _desired_op(
     raise typer.Exit(_exit_code(result))
 
 
+# join-all and the other desired-state ops: an outcome's colour in the table
+_DESIRED_STYLES = {
+    "converged": "green",
+    "succeeded": "green",
+    "pending": "yellow",
+    "queued": "yellow",
+}
+
+
 def _exit_code(result: ApiResult) -> int:
     if result.ok:
         return Exit.OK
@@ -410,43 +419,23 @@ def _exit_code(result: ApiResult) -> int:
 
 
 def _summary(result: ApiResult, elapsed: float) -> None:
-    from rich.table import Table
-
+    from cli.outcomes import print_outcomes
     from fleet.protocol.messages import DeviceOutcome
 
-    styles = {
-        DeviceOutcome.CONVERGED: "green",
-        DeviceOutcome.SUCCEEDED: "green",
-        DeviceOutcome.PENDING: "yellow",
-        DeviceOutcome.QUEUED: "yellow",
-        DeviceOutcome.WAITING: "red",
-        DeviceOutcome.FAILED: "red",
-        DeviceOutcome.REJECTED: "red",
-        DeviceOutcome.TIMED_OUT: "red",
-    }
-    if not result.ok and not result.devices:
-        fail(f"{result.op} refused ({result.code}): {result.detail}", _exit_code(result))
-    if result.devices:
-        table = Table(
-            title=f"{result.op} rev {result.rev}" + (f" → {result.room}" if result.room else "")
-        )
-        for column in ("device", "outcome", "online", "rev", "room", "detail"):
-            table.add_column(column)
-        for d in result.devices:
-            style = styles.get(d.outcome, "white")
-            table.add_row(
-                d.device,
-                f"[{style}]{d.outcome.value}[/]",
-                "yes" if d.online else "no",
-                "" if d.rev is None else str(d.rev),
-                d.room or "",
-                d.detail or "",
-            )
-        if result.omitted:
-            table.caption = f"and {result.omitted} more, all converged"
-        console.print(table)
-    style = "green" if result.ok else "red"
-    console.print(f"[{style}]{result.code}[/]: {result.detail} in {elapsed:.2f}s", highlight=False)
+    room = f" → {result.room}" if result.room else ""
+    print_outcomes(
+        result,
+        elapsed,
+        title=f"{result.op} rev {result.rev}{room}",
+        styles=_DESIRED_STYLES,
+        columns={
+            "rev": lambda d: "" if d.rev is None else str(d.rev),
+            "room": lambda d: d.room or "",
+            "detail": lambda d: d.detail or "",
+        },
+        omitted="and {n} more, all converged",
+        refused_code=_exit_code(result),
+    )
     if result.until:
         leave_at = datetime.fromtimestamp(result.until).strftime("%H:%M:%S")
         console.print(f"the devices leave at {leave_at} (--for)", highlight=False)

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from fleet.protocol.messages import (
+    ApiResult,
     DeviceOutcome,
     DeviceResult,
     MeetingIntent,
     Priority,
 )
+from fleet.registry import count_outcomes
 
 
 @dataclass(slots=True)
@@ -69,3 +72,15 @@ class Call:
 
     def results(self) -> list[DeviceResult]:
         return [m.result(self.id) for m in self.members.values()]
+
+    def api_result(self, op: str, **fields: Any) -> ApiResult:
+        """A result about this call: its room and every member's outcome, and `fields`."""
+        results = self.results()
+        return ApiResult(
+            op=op,
+            room=self.id,
+            call=self.id,
+            devices=results,
+            counts=count_outcomes(results),
+            **fields,
+        )

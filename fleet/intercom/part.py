@@ -214,17 +214,13 @@ class Intercom(ControllerPart):
             await self._ring(member.device, call.id, call.ring_s)
         await self._event(call, "call", f"{caller} called {_summary(members, caller)}")
         log.info("call %s: %s", call.id, _summary(members, caller))
-        return ApiResult(
-            op=op,
+        return call.api_result(
+            op,
             ok=True,
             done=not ringing,
             code="accepted" if ringing else "ok",
             detail=_summary(members, caller),
-            room=call.id,
-            call=call.id,
             group=group,
-            devices=call.results(),
-            counts=count_outcomes(call.results()),
         )
 
     def _callees(self, request: ApiRequest, caller: str) -> tuple[list[str], str | None]:
@@ -303,14 +299,10 @@ class Intercom(ControllerPart):
         self.kept.save(call)
         await self._finish_pending(call, ok=True, code="ok")
         log.info("call %s: %s answered", call.id, device)
-        return ApiResult(
-            op=op,
+        return call.api_result(
+            op,
             ok=True,
-            room=call.id,
-            call=call.id,
             detail=f"{device} answered",
-            devices=call.results(),
-            counts=count_outcomes(call.results()),
         )
 
     # --- hangup -------------------------------------------------------------------------------
@@ -333,14 +325,10 @@ class Intercom(ControllerPart):
             raise RequestRefused("forbidden", f"{acting} is not a member of call {call.id}")
         by = acting or device or "the operator"
         await self._end(call, DeviceOutcome.NO_ANSWER, f"hung up by {by}", code="hung_up")
-        return ApiResult(
-            op=op,
+        return call.api_result(
+            op,
             ok=True,
-            room=call.id,
-            call=call.id,
             detail=f"hung up by {by}",
-            devices=call.results(),
-            counts=count_outcomes(call.results()),
         )
 
     # --- ending -------------------------------------------------------------------------------
@@ -391,17 +379,13 @@ class Intercom(ControllerPart):
             return
         request_id, call.pending = call.pending, None
         await self.host.publish_result(
-            ApiResult(
+            call.api_result(
+                ApiOp.CALL.value,
                 id=request_id,
-                op=ApiOp.CALL.value,
                 ok=ok,
                 code=code,
                 detail=detail or _summary(call.members, call.caller),
-                room=call.id,
-                call=call.id,
                 group=call.group,
-                devices=call.results(),
-                counts=count_outcomes(call.results()),
             )
         )
 

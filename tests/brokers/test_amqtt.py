@@ -26,6 +26,7 @@ from tests.support.brokers import (
     port_open,
     subscribe_failed,
 )
+from tests.support.cli import interruptible
 
 
 @pytest.fixture
@@ -298,6 +299,7 @@ async def test_cli_run_serves_until_interrupted(tmp_path: Path) -> None:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "COLUMNS": "200"},
+        preexec_fn=interruptible,
     )
     try:
         assert proc.stdout is not None

@@ -55,6 +55,7 @@ from tests.support.brokers import (
     port_open,
     require_mosquitto,
 )
+from tests.support.cli import interruptible
 from tests.support.databases import VictoriaMetrics, fast_settings
 from tests.support.databases import victoria as victoria  # the fixture
 from tests.support.packets import mqtt_str
@@ -117,6 +118,7 @@ def fleet_up(home: Path, port: int, *args: str) -> Iterator[subprocess.Popen[byt
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=ROOT,
+        preexec_fn=interruptible,
     )
     try:
         yield proc

@@ -21,7 +21,7 @@ from cli.main import app
 from fleet.device.sim import FIRMWARE_VERSION, HARDWARE
 from tests.support import ROOT
 from tests.support.brokers import BrokerHandle, mqtt_client
-from tests.support.cli import fleet
+from tests.support.cli import fleet, interruptible
 from tests.support.running import controller, operator_url, sim_fleet, wait_for
 
 ROOM_NAMES_REFUSED = ["Standup", "my room!", "", "a/b"]
@@ -380,6 +380,7 @@ async def _interrupt_once_sent(
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=interruptible,
     )
     async with asyncio.timeout(60):
         async for _ in watch.messages:

@@ -17,9 +17,11 @@ Skips with one line when the S3 toolchain, QEMU's esp32s3 machine or ESP-IDF is 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import wave
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,10 @@ from fleet.announce import AnnouncePart
 from fleet.auth import CredentialStore
 from fleet.client import FleetClient
 from fleet.controller.parts import ControllerPart
+from fleet.controller.service import Controller
 from fleet.device.audio import AudioMeetingDriver, AudioProfile
+from fleet.device.bulk import BulkFleet
+from fleet.device.sim import SimFleet
 from fleet.device.tones import tone_for
 from fleet.media.config import MediaConfig
 from fleet.meetings import MeetingServer
@@ -42,9 +47,11 @@ from tests.support.firmware_qemu_s3 import (
     DEVICE_TONE_HZ,
     METER,
     PREFIX,
+    S3_MARKS,
     WAIT_S,
     meter_heard,
     meter_hears,
+    raise_for_crash,
     meter_readings,
     reading_hears,
     s3_build,
@@ -54,7 +61,7 @@ from tests.support.running import controller, operator, sim_fleet, wait_for
 
 TOOLS = s3_tools_or_skip()
 
-pytestmark = [pytest.mark.firmware_qemu_s3, pytest.mark.timeout(3600)]
+pytestmark = S3_MARKS
 
 DEV = "qemu-s3"
 SIM = "sim-s3-1"
@@ -67,10 +74,29 @@ def netns() -> Iterator[str]:
         yield name
 
 
-@pytest.mark.parametrize("codec", ["pcmu", "opus"])
-async def test_s3_virtual_board_talks_with_a_simulated_device(
-    netns: str, tmp_path: Path, codec: str
-) -> None:
+@dataclass
+class S3Rig:
+    """The S3 booted on a fresh broker with a real controller: `op` is an operator,
+    `fleet` the simulated devices (SIM, its tone `sim_tone`) when asked for."""
+
+    ctl: Controller
+    op: FleetClient
+    qemu: Qemu
+    fleet: SimFleet | BulkFleet | None
+    sim_tone: float
+
+
+@contextlib.asynccontextmanager
+async def s3_rig(
+    tmp_path: Path,
+    codec: str = "pcmu",
+    parts: list[ControllerPart] | None = None,
+    with_sim: bool = False,
+) -> AsyncIterator[S3Rig]:
+    """Build (cached) and flash the S3 image, start broker, controller (with `parts`), the
+    simulated device when `with_sim` (its codec `codec`) and an operator, boot QEMU and
+    wait for the S3's birth. On the way out: no crash in the serial log (its tail is
+    printed when the test failed), QEMU killed, broker stopped."""
     s3_firmware = s3_build(TOOLS, codec)
     handle = amqtt_handle(CredentialStore(tmp_path / "home" / "credentials.json"), PREFIX)
     await handle.start()
@@ -78,7 +104,7 @@ async def test_s3_virtual_board_talks_with_a_simulated_device(
     try:
         flash = tmp_path / f"{DEV}.flash.bin"
         factory_image(s3_firmware, flash, DEV, handle.port, handle.store.path)
-        secrets = {SIM: handle.add_device(SIM)}
+        secrets = {SIM: handle.add_device(SIM)} if with_sim else {}
         handle.backend.sync()  # `fleet image` issued the device's credential
         sim_tone = tone_for(0)
 
@@ -86,11 +112,16 @@ async def test_s3_virtual_board_talks_with_a_simulated_device(
             media = MediaConfig(codecs=(codec,))
             return AudioMeetingDriver(AudioProfile(media=media, tone_hz=sim_tone))
 
-        async with (
-            controller(handle, tmp_path / "ctl.db") as ctl,
-            sim_fleet(handle, secrets, driver_factory=driver) as fleet,
-            operator(handle) as op,
-        ):
+        async with contextlib.AsyncExitStack() as stack:
+            ctl = await stack.enter_async_context(
+                controller(handle, tmp_path / "ctl.db", parts=parts)
+            )
+            fleet = (
+                await stack.enter_async_context(sim_fleet(handle, secrets, driver_factory=driver))
+                if with_sim
+                else None
+            )
+            op = await stack.enter_async_context(operator(handle))
             qemu = Qemu(TOOLS.base, flash, tmp_path / f"{DEV}.serial", "esp32s3", TOOLS.qemu)
             await qemu.start()
             await wait_for(
@@ -98,35 +129,44 @@ async def test_s3_virtual_board_talks_with_a_simulated_device(
                 timeout=WAIT_S,
                 what="the S3's birth",
             )
-            # The simulated device first: the S3 joins last and offers (protocol.md 8.1).
-            first = await op.request(ApiOp.JOIN, ApiRequest(room=ROOM, device=SIM, timeout_s=30))
-            assert first.ok, first
-            joined = await op.request(ApiOp.JOIN, ApiRequest(room=ROOM, device=DEV, timeout_s=60))
-            assert joined.ok, joined
-            sim = fleet.devices[0].driver
-            assert isinstance(sim, AudioMeetingDriver)
-
-            def sim_hears_device() -> bool:
-                names = {pid: p for p, pid in sim.peer_pids().items()}
-                return DEV in names and sim.hears_tone(names[DEV], DEVICE_TONE_HZ)
-
-            await wait_for(sim_hears_device, timeout=WAIT_S, what="the sim hears the S3's tone")
-            await wait_for(
-                lambda: meter_hears(qemu.text() if qemu else "", sim_tone),
-                timeout=WAIT_S,
-                what="the S3's speaker meter peaks at the sim's tone",
-            )
+            yield S3Rig(ctl, op, qemu, fleet, sim_tone)
             log = qemu.text()
-            assert f"peer p-1: {codec}" in log, log[-4000:]
-            assert not any(mark in log for mark in CRASH_MARKS), log[-6000:]
-    except BaseException:
-        if qemu is not None:
-            print(f"S3 serial log (tail):\n{qemu.text()[-8000:]}")
+            assert not any(crash in log for crash in CRASH_MARKS), log[-6000:]
+    except BaseException as exc:
+        raise_for_crash(qemu, exc)
         raise
     finally:
         if qemu is not None:
             await qemu.kill()
         await handle.stop()
+
+
+@pytest.mark.parametrize("codec", ["pcmu", "opus"])
+async def test_s3_virtual_board_talks_with_a_simulated_device(
+    netns: str, tmp_path: Path, codec: str
+) -> None:
+    async with s3_rig(tmp_path, codec, with_sim=True) as rig:
+        op, qemu, sim_tone = rig.op, rig.qemu, rig.sim_tone
+        assert rig.fleet is not None
+        # The simulated device first: the S3 joins last and offers (protocol.md 8.1).
+        first = await op.request(ApiOp.JOIN, ApiRequest(room=ROOM, device=SIM, timeout_s=30))
+        assert first.ok, first
+        joined = await op.request(ApiOp.JOIN, ApiRequest(room=ROOM, device=DEV, timeout_s=60))
+        assert joined.ok, joined
+        sim = rig.fleet.devices[0].driver
+        assert isinstance(sim, AudioMeetingDriver)
+
+        def sim_hears_device() -> bool:
+            names = {pid: p for p, pid in sim.peer_pids().items()}
+            return DEV in names and sim.hears_tone(names[DEV], DEVICE_TONE_HZ)
+
+        await wait_for(sim_hears_device, timeout=WAIT_S, what="the sim hears the S3's tone")
+        await wait_for(
+            lambda: meter_hears(qemu.text(), sim_tone),
+            timeout=WAIT_S,
+            what="the S3's speaker meter peaks at the sim's tone",
+        )
+        assert f"peer p-1: {codec}" in qemu.text(), qemu.text()[-4000:]
 
 
 # The announced sound: a tone on an FFT bin of the meter's (48 x 15.625 Hz), far from the
@@ -191,47 +231,19 @@ async def announce_tone(op: FleetClient, qemu: Qemu, amplitude: float = 0.5) -> 
 
 
 async def test_s3_plays_an_announcement_outside_a_meeting(tmp_path: Path) -> None:
-    s3_firmware = s3_build(TOOLS)
-    handle = amqtt_handle(CredentialStore(tmp_path / "home" / "credentials.json"), PREFIX)
-    await handle.start()
-    qemu: Qemu | None = None
-    try:
-        flash = tmp_path / f"{DEV}.flash.bin"
-        factory_image(s3_firmware, flash, DEV, handle.port, handle.store.path)
-        handle.backend.sync()  # `fleet image` issued the device's credential
-        async with (
-            controller(handle, tmp_path / "ctl.db", parts=announcing_parts()) as ctl,
-            operator(handle) as op,
-        ):
-            qemu = Qemu(TOOLS.base, flash, tmp_path / f"{DEV}.serial", "esp32s3", TOOLS.qemu)
-            await qemu.start()
-            await wait_for(
-                lambda: (r := ctl.registry.devices.get(DEV)) is not None and r.online,
-                timeout=WAIT_S,
-                what="the S3's birth",
-            )
-            birth = ctl.registry.devices[DEV].birth
-            caps = birth.caps if birth else None
-            assert caps is not None, birth
-            assert caps.speaker, caps
-            assert caps.codecs == ["pcmu"], caps
-            # The speaker runs in no meeting: its meter reads, and hears no announcement yet.
-            await wait_for(
-                lambda: METER.search(qemu.text() if qemu else "") is not None,
-                timeout=WAIT_S,
-                what="a meter reading of the S3's speaker",
-            )
-            await announce_tone(op, qemu)
-            log = qemu.text()
-            assert not any(crash in log for crash in CRASH_MARKS), log[-6000:]
-    except BaseException:
-        if qemu is not None:
-            print(f"S3 serial log (tail):\n{qemu.text()[-8000:]}")
-        raise
-    finally:
-        if qemu is not None:
-            await qemu.kill()
-        await handle.stop()
+    async with s3_rig(tmp_path, parts=announcing_parts()) as rig:
+        birth = rig.ctl.registry.devices[DEV].birth
+        caps = birth.caps if birth else None
+        assert caps is not None, birth
+        assert caps.speaker, caps
+        assert caps.codecs == ["pcmu"], caps
+        # The speaker runs in no meeting: its meter reads, and hears no announcement yet.
+        await wait_for(
+            lambda: METER.search(rig.qemu.text()) is not None,
+            timeout=WAIT_S,
+            what="a meter reading of the S3's speaker",
+        )
+        await announce_tone(rig.op, rig.qemu)
 
 
 async def test_s3_plays_an_announcement_over_its_meeting(netns: str, tmp_path: Path) -> None:
@@ -241,71 +253,35 @@ async def test_s3_plays_an_announcement_over_its_meeting(netns: str, tmp_path: P
     The announcement is quieter than the meeting (0.1 of full scale against the sim's
     0.3): the meter's peak is the announcement's tone only if the meeting is ducked
     (x 0.25, protocol.md 14.4), and the level while it plays is below the meeting's."""
-    s3_firmware = s3_build(TOOLS)
-    handle = amqtt_handle(CredentialStore(tmp_path / "home" / "credentials.json"), PREFIX)
-    await handle.start()
-    qemu: Qemu | None = None
-    try:
-        flash = tmp_path / f"{DEV}.flash.bin"
-        factory_image(s3_firmware, flash, DEV, handle.port, handle.store.path)
-        secrets = {SIM: handle.add_device(SIM)}
-        handle.backend.sync()
-        sim_tone = tone_for(0)
+    async with s3_rig(tmp_path, parts=announcing_parts(), with_sim=True) as rig:
+        op, qemu, sim_tone = rig.op, rig.qemu, rig.sim_tone
+        first = await op.request(ApiOp.JOIN, ApiRequest(room=ROOM, device=SIM, timeout_s=30))
+        assert first.ok, first
+        joined = await op.request(ApiOp.JOIN, ApiRequest(room=ROOM, device=DEV, timeout_s=60))
+        assert joined.ok, joined
 
-        def driver(device_id: str) -> AudioMeetingDriver:
-            return AudioMeetingDriver(
-                AudioProfile(media=MediaConfig(codecs=("pcmu",)), tone_hz=sim_tone)
-            )
+        def meter_hears_sim() -> bool:
+            return meter_hears(qemu.text(), sim_tone)
 
-        async with (
-            controller(handle, tmp_path / "ctl.db", parts=announcing_parts()) as ctl,
-            sim_fleet(handle, secrets, driver_factory=driver),
-            operator(handle) as op,
-        ):
-            qemu = Qemu(TOOLS.base, flash, tmp_path / f"{DEV}.serial", "esp32s3", TOOLS.qemu)
-            await qemu.start()
-            await wait_for(
-                lambda: (r := ctl.registry.devices.get(DEV)) is not None and r.online,
-                timeout=WAIT_S,
-                what="the S3's birth",
-            )
-            first = await op.request(ApiOp.JOIN, ApiRequest(room=ROOM, device=SIM, timeout_s=30))
-            assert first.ok, first
-            joined = await op.request(ApiOp.JOIN, ApiRequest(room=ROOM, device=DEV, timeout_s=60))
-            assert joined.ok, joined
+        await wait_for(meter_hears_sim, timeout=WAIT_S, what="the S3 hears the sim")
 
-            def meter_hears_sim() -> bool:
-                return meter_hears(qemu.text() if qemu else "", sim_tone)
+        def a_second_of_meeting() -> bool:
+            # Two readings in a row: the last one's whole second is the meeting's.
+            last = meter_readings(qemu.text())[-2:]
+            return len(last) == 2 and all(reading_hears(r, sim_tone) for r in last)
 
-            await wait_for(meter_hears_sim, timeout=WAIT_S, what="the S3 hears the sim")
-
-            def a_second_of_meeting() -> bool:
-                # Two readings in a row: the last one's whole second is the meeting's.
-                last = meter_readings(qemu.text() if qemu else "")[-2:]
-                return len(last) == 2 and all(reading_hears(r, sim_tone) for r in last)
-
-            await wait_for(a_second_of_meeting, timeout=WAIT_S, what="a second of the sim")
-            meeting_rms, _ = meter_readings(qemu.text())[-1]
-            mark = await announce_tone(op, qemu, amplitude=QUIET)
-            during = [
-                rms
-                for rms, peak in meter_readings(qemu.text()[mark:])
-                if reading_hears((rms, peak), ANN_TONE_HZ)
-            ]
-            assert during, qemu.text()[-4000:]
-            # A second wholly within it: the ducked meeting (-12 dB) under the quiet tone,
-            # well below the meeting alone (unducked, both together would be above it).
-            assert min(during) < meeting_rms - 3.0, (meeting_rms, during)
-            # Back to the meeting, unducked: the last reading is the sim's tone again.
-            await wait_for(meter_hears_sim, timeout=WAIT_S, what="the S3 hears the sim again")
-            assert ctl.registry.devices[DEV].room == ROOM
-            log = qemu.text()
-            assert not any(crash in log for crash in CRASH_MARKS), log[-6000:]
-    except BaseException:
-        if qemu is not None:
-            print(f"S3 serial log (tail):\n{qemu.text()[-8000:]}")
-        raise
-    finally:
-        if qemu is not None:
-            await qemu.kill()
-        await handle.stop()
+        await wait_for(a_second_of_meeting, timeout=WAIT_S, what="a second of the sim")
+        meeting_rms, _ = meter_readings(qemu.text())[-1]
+        mark = await announce_tone(op, qemu, amplitude=QUIET)
+        during = [
+            rms
+            for rms, peak in meter_readings(qemu.text()[mark:])
+            if reading_hears((rms, peak), ANN_TONE_HZ)
+        ]
+        assert during, qemu.text()[-4000:]
+        # A second wholly within it: the ducked meeting (-12 dB) under the quiet tone,
+        # well below the meeting alone (unducked, both together would be above it).
+        assert min(during) < meeting_rms - 3.0, (meeting_rms, during)
+        # Back to the meeting, unducked: the last reading is the sim's tone again.
+        await wait_for(meter_hears_sim, timeout=WAIT_S, what="the S3 hears the sim again")
+        assert rig.ctl.registry.devices[DEV].room == ROOM

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from fleet.auth import CredentialStore
-from fleet.device.audio import AudioMeetingDriver, AudioProfile, tone_for
+from fleet.device.audio import AudioMeetingDriver, AudioProfile
+from fleet.device.tones import tone_for
 from fleet.media.config import MediaConfig
 from fleet.meetings import MeetingServer
 from fleet.protocol.messages import ApiOp, ApiRequest, RoomMedia
@@ -24,8 +23,10 @@ from tests.support.firmware_qemu_s3 import (
     CRASH_MARKS,
     DEVICE_TONE_HZ,
     PREFIX,
+    S3_MARKS,
     WAIT_S,
     meter_hears,
+    raise_for_crash,
     s3_build,
     s3_tools_or_skip,
 )
@@ -33,7 +34,7 @@ from tests.support.running import controller, operator, sim_fleet, wait_for
 
 TOOLS = s3_tools_or_skip()
 
-pytestmark = [pytest.mark.firmware_qemu_s3, pytest.mark.timeout(3600)]
+pytestmark = S3_MARKS
 DEV = "qemu-s3-mix"
 SIM = "sim-s3-mix"
 ROOM = "s3-mix"
@@ -89,9 +90,8 @@ async def test_s3_virtual_board_meets_through_janus(janus: object, tmp_path: Pat
             assert "1 peers (mixed)" in log, log[-4000:]
             assert "peer mixer: pcmu" in log, log[-4000:]
             assert not any(mark in log for mark in CRASH_MARKS), log[-6000:]
-    except BaseException:
-        if qemu is not None:
-            print(f"S3 serial log (tail):\n{qemu.text()[-8000:]}")
+    except BaseException as exc:
+        raise_for_crash(qemu, exc)
         raise
     finally:
         if qemu is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -33,6 +34,12 @@ async def fleet(*args: str, home: Path, timeout: float = 60) -> tuple[int, str, 
         out, err = await proc.communicate()
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+def interruptible() -> None:
+    """`preexec_fn` of a child a test stops with SIGINT (Ctrl-C): a shell's background job,
+    a CI runner's among them, starts with SIGINT ignored, and a child would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture

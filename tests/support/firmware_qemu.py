@@ -251,6 +251,12 @@ def efuse_blob(idf_path: Path, target: str = "esp32c3") -> bytes:
     return bytes.fromhex("".join(re.findall(r"'([0-9a-f]+)'", block)))
 
 
+class EmulatorCrashed(Exception):
+    """QEMU itself died (its host process aborted) while a test waited on the guest: a fault
+    of the emulator's, not of the firmware, which the guest cannot cause. The S3 tier's
+    tests run again on it (pytest-rerunfailures, `only_rerun`), and only on it."""
+
+
 class Qemu:
     """One emulated ESP32-C3 (or ESP32-S3: target, qemu) on a flash file: start, kill, again."""
 
@@ -300,6 +306,14 @@ class Qemu:
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
+
+    def crashed(self) -> str | None:
+        """How QEMU ended by itself on a signal (glibc's heap checks abort it), if it did:
+        its exit and the last line it wrote; None while it runs or after `kill`."""
+        if self.proc is None or self.proc.returncode is None or self.proc.returncode >= 0:
+            return None
+        lines = self.text().strip().splitlines()
+        return f"exit {self.proc.returncode}, last line {lines[-1] if lines else ''!r}"
 
     def text(self) -> str:
         """The serial output of every run so far, ANSI colours removed."""
