@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fleet.agents.voice.stt import PocketSphinxSTT
@@ -171,18 +172,11 @@ async def test_bad_announcements_get_clear_errors(
     amqtt_broker: BrokerHandle, tmp_path: Path
 ) -> None:
     import base64
-    import io
-    import wave
 
     from fleet.protocol.messages import MAX_SOUND_BYTES
+    from fleet.speech.audio import wav_bytes
 
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(16000)
-        out.writeframes(b"\x00\x10" * 1600)
-    wav = base64.b64encode(buf.getvalue()).decode()
+    wav = base64.b64encode(wav_bytes(np.full(1600, 0x1000, dtype="<i2"), 16000)).decode()
     secrets = register_devices(amqtt_broker, 1)
     async with (
         announcing_controller(amqtt_broker, tmp_path / "ctl.db"),

@@ -4,11 +4,12 @@ controller and simulated devices."""
 from __future__ import annotations
 
 import json
-import wave
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from fleet.speech.audio import wav_bytes
 from tests.announce.support import announcing_controller
 from tests.support.brokers import BrokerHandle
 from tests.support.cli import fleet
@@ -44,11 +45,7 @@ async def test_announce_and_dnd_end_to_end(amqtt_broker: BrokerHandle, tmp_path:
     secrets = register_devices(amqtt_broker, 2)
     common = ("--broker", str(operator_url(amqtt_broker)), "--prefix", amqtt_broker.prefix)
     sound = tmp_path / "bell.wav"
-    with wave.open(str(sound), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(16000)
-        out.writeframes(b"\x00\x20" * 4000)
+    sound.write_bytes(wav_bytes(np.full(4000, 0x2000, dtype="<i2"), 16000))
     not_wav = tmp_path / "bell.mp3"
     not_wav.write_bytes(b"ID3 not a wav")
     async with (

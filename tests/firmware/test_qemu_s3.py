@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import io
-import wave
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ from fleet.device.tones import tone_for
 from fleet.media.config import MediaConfig
 from fleet.meetings import MeetingServer
 from fleet.protocol.messages import ApiOp, ApiRequest, DeviceOutcome, Priority
+from fleet.speech.audio import wav_bytes
 from tests.firmware.test_host_audio import own_network_namespace
 from tests.support.brokers import amqtt_handle
 from tests.support.firmware_qemu import Qemu, factory_image
@@ -51,8 +50,8 @@ from tests.support.firmware_qemu_s3 import (
     WAIT_S,
     meter_heard,
     meter_hears,
-    raise_for_crash,
     meter_readings,
+    raise_for_crash,
     reading_hears,
     s3_build,
     s3_tools_or_skip,
@@ -183,13 +182,7 @@ def tone_wav(freq_hz: float, ms: int, amplitude: float, rate: int = ANN_RATE) ->
     t = np.arange(rate * ms // 1000) / rate
     ramp = np.minimum(1.0, np.minimum(t, t[-1] - t) / 0.010)
     samples = (amplitude * 32767 * ramp * np.sin(2 * np.pi * freq_hz * t)).astype("<i2")
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(samples.tobytes())
-    return out.getvalue()
+    return wav_bytes(samples, rate)
 
 
 def announcing_parts() -> list[ControllerPart]:

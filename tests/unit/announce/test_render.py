@@ -4,9 +4,6 @@ espeak-ng or a WAV, 48 kHz mono, encoded once per codec in 20 ms frames that dec
 
 from __future__ import annotations
 
-import io
-import wave
-
 import numpy as np
 import pytest
 
@@ -21,16 +18,7 @@ from fleet.media.analysis import hears
 from fleet.media.clips import ClipDecoder
 from fleet.media.frames import FRAME_SAMPLES, SAMPLE_RATE, rms
 from fleet.protocol.messages import AnnounceCodec
-
-
-def wav_of(samples: np.ndarray, rate: int) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(samples.astype("<i2").tobytes())
-    return buf.getvalue()
+from fleet.speech.audio import wav_bytes
 
 
 def decoded(frames: list[bytes], codec: AnnounceCodec) -> np.ndarray:
@@ -71,7 +59,7 @@ async def test_a_wav_is_played_at_48_khz_after_the_chime_in_every_codec_asked() 
     t = np.arange(16000) / 16000  # one second at 16 kHz
     tone = (np.sin(2 * np.pi * 500 * t) * 0.3 * 32767).astype(np.int16)
     clip = await Renderer().render(
-        sound=wav_of(tone, 16000), codecs=[AnnounceCodec.OPUS, AnnounceCodec.PCMU]
+        sound=wav_bytes(tone, 16000), codecs=[AnnounceCodec.OPUS, AnnounceCodec.PCMU]
     )
     assert set(clip.frames) == {AnnounceCodec.OPUS, AnnounceCodec.PCMU}
     expected = chime().size + SAMPLE_RATE
@@ -79,7 +67,7 @@ async def test_a_wav_is_played_at_48_khz_after_the_chime_in_every_codec_asked() 
     assert clip.duration_ms == len(clip.frames[AnnounceCodec.OPUS]) * 20
     assert abs(clip.duration_ms - expected * 1000 / SAMPLE_RATE) <= 20
     assert hears(clip.samples[-SAMPLE_RATE // 2 :], 500)
-    bare = await Renderer().render(sound=wav_of(tone, 16000), chime_first=False)
+    bare = await Renderer().render(sound=wav_bytes(tone, 16000), chime_first=False)
     assert abs(bare.samples.size - SAMPLE_RATE) < FRAME_SAMPLES
 
 
