@@ -50,6 +50,7 @@ from tests.support.firmware_qemu_s3 import (
     WAIT_S,
     meter_heard,
     meter_hears,
+    s3_rig,
     meter_readings,
     raise_for_crash,
     reading_hears,
@@ -73,78 +74,11 @@ def netns() -> Iterator[str]:
         yield name
 
 
-@dataclass
-class S3Rig:
-    """The S3 booted on a fresh broker with a real controller: `op` is an operator,
-    `fleet` the simulated devices (SIM, its tone `sim_tone`) when asked for."""
-
-    ctl: Controller
-    op: FleetClient
-    qemu: Qemu
-    fleet: SimFleet | BulkFleet | None
-    sim_tone: float
-
-
-@contextlib.asynccontextmanager
-async def s3_rig(
-    tmp_path: Path,
-    codec: str = "pcmu",
-    parts: list[ControllerPart] | None = None,
-    with_sim: bool = False,
-) -> AsyncIterator[S3Rig]:
-    """Build (cached) and flash the S3 image, start broker, controller (with `parts`), the
-    simulated device when `with_sim` (its codec `codec`) and an operator, boot QEMU and
-    wait for the S3's birth. On the way out: no crash in the serial log (its tail is
-    printed when the test failed), QEMU killed, broker stopped."""
-    s3_firmware = s3_build(TOOLS, codec)
-    handle = amqtt_handle(CredentialStore(tmp_path / "home" / "credentials.json"), PREFIX)
-    await handle.start()
-    qemu: Qemu | None = None
-    try:
-        flash = tmp_path / f"{DEV}.flash.bin"
-        factory_image(s3_firmware, flash, DEV, handle.port, handle.store.path)
-        secrets = {SIM: handle.add_device(SIM)} if with_sim else {}
-        handle.backend.sync()  # `fleet image` issued the device's credential
-        sim_tone = tone_for(0)
-
-        def driver(device_id: str) -> AudioMeetingDriver:
-            media = MediaConfig(codecs=(codec,))
-            return AudioMeetingDriver(AudioProfile(media=media, tone_hz=sim_tone))
-
-        async with contextlib.AsyncExitStack() as stack:
-            ctl = await stack.enter_async_context(
-                controller(handle, tmp_path / "ctl.db", parts=parts)
-            )
-            fleet = (
-                await stack.enter_async_context(sim_fleet(handle, secrets, driver_factory=driver))
-                if with_sim
-                else None
-            )
-            op = await stack.enter_async_context(operator(handle))
-            qemu = Qemu(TOOLS.base, flash, tmp_path / f"{DEV}.serial", "esp32s3", TOOLS.qemu)
-            await qemu.start()
-            await wait_for(
-                lambda: (r := ctl.registry.devices.get(DEV)) is not None and r.online,
-                timeout=WAIT_S,
-                what="the S3's birth",
-            )
-            yield S3Rig(ctl, op, qemu, fleet, sim_tone)
-            log = qemu.text()
-            assert not any(crash in log for crash in CRASH_MARKS), log[-6000:]
-    except BaseException as exc:
-        raise_for_crash(qemu, exc)
-        raise
-    finally:
-        if qemu is not None:
-            await qemu.kill()
-        await handle.stop()
-
-
 @pytest.mark.parametrize("codec", ["pcmu", "opus"])
 async def test_s3_virtual_board_talks_with_a_simulated_device(
     netns: str, tmp_path: Path, codec: str
 ) -> None:
-    async with s3_rig(tmp_path, codec, with_sim=True) as rig:
+    async with s3_rig(TOOLS, tmp_path, DEV, codec=codec, sim=SIM) as rig:
         op, qemu, sim_tone = rig.op, rig.qemu, rig.sim_tone
         assert rig.fleet is not None
         # The simulated device first: the S3 joins last and offers (protocol.md 8.1).
@@ -224,7 +158,7 @@ async def announce_tone(op: FleetClient, qemu: Qemu, amplitude: float = 0.5) -> 
 
 
 async def test_s3_plays_an_announcement_outside_a_meeting(tmp_path: Path) -> None:
-    async with s3_rig(tmp_path, parts=announcing_parts()) as rig:
+    async with s3_rig(TOOLS, tmp_path, DEV, parts=announcing_parts()) as rig:
         birth = rig.ctl.registry.devices[DEV].birth
         caps = birth.caps if birth else None
         assert caps is not None, birth
@@ -246,7 +180,7 @@ async def test_s3_plays_an_announcement_over_its_meeting(netns: str, tmp_path: P
     The announcement is quieter than the meeting (0.1 of full scale against the sim's
     0.3): the meter's peak is the announcement's tone only if the meeting is ducked
     (x 0.25, protocol.md 14.4), and the level while it plays is below the meeting's."""
-    async with s3_rig(tmp_path, parts=announcing_parts(), with_sim=True) as rig:
+    async with s3_rig(TOOLS, tmp_path, DEV, parts=announcing_parts(), sim=SIM) as rig:
         op, qemu, sim_tone = rig.op, rig.qemu, rig.sim_tone
         first = await op.request(ApiOp.JOIN, ApiRequest(room=ROOM, device=SIM, timeout_s=30))
         assert first.ok, first

@@ -21,16 +21,28 @@ Environment (defaults: what firmware/scripts/ builds under ~/.cache/espfleet):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import shutil
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 from filelock import FileLock
 
+from fleet.auth import CredentialStore
+from fleet.client import FleetClient
+from fleet.controller.parts import ControllerPart
+from fleet.controller.service import Controller
+from fleet.device.audio import AudioMeetingDriver, AudioProfile
+from fleet.device.bulk import BulkFleet
+from fleet.device.sim import SimFleet
+from fleet.device.tones import tone_for
+from fleet.media.config import MediaConfig
+from tests.support.brokers import amqtt_handle
 from tests.support.firmware_qemu import (
     QEMU_DEFAULTS,
     EmulatorCrashed,
@@ -38,9 +50,11 @@ from tests.support.firmware_qemu import (
     Qemu,
     Tools,
     build_firmware,
+    factory_image,
     find_tools,
     qemu_has_machine,
 )
+from tests.support.running import controller, operator, sim_fleet, wait_for
 
 CACHE = Path.home() / ".cache" / "espfleet"
 S3_BUILD_DIR = Path(
@@ -191,3 +205,73 @@ def meter_heard(log: str, freq_hz: float) -> bool:
     """Any meter line of `log` (a slice of the serial log: what came after a mark) heard
     freq_hz; for a sound that plays a few seconds and stops."""
     return any(reading_hears(r, freq_hz) for r in meter_readings(log))
+
+
+@dataclass
+class S3Rig:
+    """The S3 booted on a fresh broker with a real controller: `op` is an operator,
+    `fleet` the simulated device (its tone `sim_tone`) when one was asked for."""
+
+    ctl: Controller
+    op: FleetClient
+    qemu: Qemu
+    fleet: SimFleet | BulkFleet | None
+    sim_tone: float
+
+
+@contextlib.asynccontextmanager
+async def s3_rig(
+    tools: S3Tools,
+    tmp_path: Path,
+    dev: str,
+    *,
+    codec: str = "pcmu",
+    parts: list[ControllerPart] | None = None,
+    sim: str | None = None,
+) -> AsyncIterator[S3Rig]:
+    """Build (cached) and flash the S3 image as device `dev`, start broker, controller (with
+    `parts`), the simulated device `sim` if named (codec `codec`) and an operator, boot QEMU
+    and wait for the S3's birth. On the way out: no crash in the serial log (its tail is
+    printed when the test failed), QEMU killed, broker stopped."""
+    s3_firmware = s3_build(tools, codec)
+    handle = amqtt_handle(CredentialStore(tmp_path / "home" / "credentials.json"), PREFIX)
+    await handle.start()
+    qemu: Qemu | None = None
+    try:
+        flash = tmp_path / f"{dev}.flash.bin"
+        factory_image(s3_firmware, flash, dev, handle.port, handle.store.path)
+        secrets = {sim: handle.add_device(sim)} if sim else {}
+        handle.backend.sync()  # `fleet image` issued the device's credential
+        sim_tone = tone_for(0)
+
+        def driver(device_id: str) -> AudioMeetingDriver:
+            media = MediaConfig(codecs=(codec,))
+            return AudioMeetingDriver(AudioProfile(media=media, tone_hz=sim_tone))
+
+        async with contextlib.AsyncExitStack() as stack:
+            ctl = await stack.enter_async_context(
+                controller(handle, tmp_path / "ctl.db", parts=parts)
+            )
+            fleet = (
+                await stack.enter_async_context(sim_fleet(handle, secrets, driver_factory=driver))
+                if sim
+                else None
+            )
+            op = await stack.enter_async_context(operator(handle))
+            qemu = Qemu(tools.base, flash, tmp_path / f"{dev}.serial", "esp32s3", tools.qemu)
+            await qemu.start()
+            await wait_for(
+                lambda: (r := ctl.registry.devices.get(dev)) is not None and r.online,
+                timeout=WAIT_S,
+                what="the S3's birth",
+            )
+            yield S3Rig(ctl, op, qemu, fleet, sim_tone)
+            log = qemu.text()
+            assert not any(crash in log for crash in CRASH_MARKS), log[-6000:]
+    except BaseException as exc:
+        raise_for_crash(qemu, exc)
+        raise
+    finally:
+        if qemu is not None:
+            await qemu.kill()
+        await handle.stop()
